@@ -1,0 +1,612 @@
+//! The `DRTopology` API (`drtopologies.drctl.io/v1alpha1`): one cluster-scoped object, applied by
+//! Argo CD to both globals, that declares which global is primary and how DR runs.
+//!
+//! Field names here are the public API. Everything the OpenAPI schema can say is said with CEL
+//! (`x-kubernetes-validations`) so the apiserver rejects it at admission; `validate` repeats those
+//! rules client-side with field paths and adds checks CEL cannot express.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::keyspace::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_EXCLUDED_RESOURCES};
+
+pub const GROUP: &str = "drctl.io";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "DRTopology";
+/// Where the seed's platform keeps the shared etcd encryption-at-rest config.
+pub const DEFAULT_ENCRYPTION_CONFIG_PATH: &str = "/etc/kubernetes/encryption-provider.conf";
+
+/// Go-duration subset accepted for every duration field: `90s`, `5m`, `1h30m`, `500ms`.
+pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
+/// Lower-case FQDN, at least two labels, optional trailing dot.
+pub const DOMAIN_PATTERN: &str =
+    "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?\\.?$";
+/// RFC 1123 label: what Kubernetes accepts as a namespace or resource name part.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// The disaster-recovery topology of a pair of global clusters.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "drctl.io",
+    version = "v1alpha1",
+    kind = "DRTopology",
+    plural = "drtopologies",
+    singular = "drtopology",
+    shortname = "drt",
+    category = "dr",
+    status = "DRTopologyStatus",
+    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".spec.primary","description":"Declared primary cluster"}"#,
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".status.role","description":"Role of the cluster this object lives in"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Lag","type":"number","jsonPath":".status.sync.lagSeconds","description":"Replication lag in seconds (standby only)"}"#,
+    printcolumn = r#"{"name":"Missed","type":"integer","jsonPath":".status.sync.missedKeys","description":"Keys on the primary missing here at the last check"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.clusters.exists(c, c.name == self.primary)")
+    .message("spec.primary must be the name of one of spec.clusters").field_path(".primary").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("self.restarts.all(r, r.scope != 'workloadClusters') || size(self.workloadClusters) > 0")
+    .message("a restart with scope workloadClusters needs spec.workloadClusters").field_path(".workloadClusters").reason(Reason::FieldValueRequired))]
+#[serde(rename_all = "camelCase")]
+pub struct DRTopologySpec {
+    /// Name of the primary cluster; the field a pull request flips to fail over.
+    #[schemars(length(min = 1, max = 63))]
+    pub primary: String,
+    pub platform: Platform,
+    /// Exactly two globals: the primary and the standby.
+    #[schemars(length(min = 2, max = 2))]
+    #[x_kube(validation = Rule::new("size(self) == 2").message("spec.clusters must list exactly two clusters"))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("spec.clusters[].name must be unique").reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.vip == a.vip))").message("spec.clusters[].vip must be unique").reason(Reason::FieldValueDuplicate))]
+    pub clusters: Vec<ClusterSpec>,
+    #[serde(default)]
+    pub sync: SyncSpec,
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub restarts: Vec<RestartSpec>,
+    pub dns: DnsSpec,
+    #[serde(default)]
+    pub failover: FailoverSpec,
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub workload_clusters: Vec<WorkloadCluster>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Platform {
+    /// The platform domain whose record points at the primary's VIP.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", DOMAIN_PATTERN.replace('\\', "\\\\")))
+        .message("spec.platform.domain must be a lower-case fully qualified domain name, e.g. platform.example.com"))]
+    pub domain: String,
+    /// TTL in seconds of the platform record.
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ttl: u32,
+}
+
+fn default_ttl() -> u32 {
+    30
+}
+
+/// A reference to a key of a Secret. The object is cluster-scoped, so the namespace is explicit.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Key inside the Secret; each consumer documents its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{NAME_PATTERN}')"))
+        .message("cluster names are RFC 1123 labels: lower-case letters, digits and '-'"))]
+    pub name: String,
+    /// The VIP in front of this cluster; the platform domain points here while it is primary.
+    #[schemars(length(min = 2, max = 45))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("vip must be an IPv4 or IPv6 address"))]
+    pub vip: String,
+    /// URL of this cluster's kube-apiserver, used by the peer.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')")
+        .message("apiServer must be an http(s) URL"))]
+    pub api_server: String,
+    /// Secret holding a kubeconfig the peer uses to reach this cluster (key default `kubeconfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<SecretRef>,
+    pub etcd: EtcdSpec,
+    #[serde(default = "default_encryption_config_path")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub encryption_config_path: String,
+}
+
+fn default_encryption_config_path() -> String {
+    DEFAULT_ENCRYPTION_CONFIG_PATH.to_string()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSpec {
+    /// Client URLs of this cluster's etcd, e.g. `https://10.0.0.1:2379`.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("self.all(e, e.startsWith('https://') || e.startsWith('http://'))")
+        .message("etcd endpoints must be http(s) URLs, e.g. https://10.0.0.1:2379"))]
+    pub endpoints: Vec<String>,
+    /// Secret with `ca.crt`, `tls.crt`, `tls.key` for mTLS to this etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.driver != 'manifest' || has(self.manifest)")
+    .message("spec.sync.driver manifest needs spec.sync.manifest").field_path(".manifest").reason(Reason::FieldValueRequired))]
+pub struct SyncSpec {
+    #[serde(default)]
+    pub exclude: ExcludeSpec,
+    /// How often the standby runs a full consistency check.
+    #[serde(default = "default_check_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("checkInterval must be a duration like 30s, 5m or 1h"))]
+    pub check_interval: String,
+    #[serde(default)]
+    pub driver: SyncDriver,
+    /// With `driver: manifest`: the platform's own sync object, applied while standby and deleted
+    /// while primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub manifest: Option<serde_json::Value>,
+}
+
+impl Default for SyncSpec {
+    fn default() -> Self {
+        Self {
+            exclude: ExcludeSpec::default(),
+            check_interval: default_check_interval(),
+            driver: SyncDriver::default(),
+            manifest: None,
+        }
+    }
+}
+
+fn default_check_interval() -> String {
+    "5m".into()
+}
+
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum SyncDriver {
+    /// drctl's own etcd mirror, in-process.
+    #[default]
+    Builtin,
+    /// A user-given manifest (a platform's own synchronizer).
+    Manifest,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExcludeSpec {
+    /// Namespaces never replicated. Default: the platform's own namespaces (DESIGN.md §1).
+    #[serde(default = "default_excluded_namespaces")]
+    #[schemars(length(max = 512))]
+    pub namespaces: Vec<String>,
+    /// Resources never replicated, as `resource` or `group/resource`. Default: see `keyspace`.
+    #[serde(default = "default_excluded_resources")]
+    #[schemars(length(max = 512))]
+    pub resources: Vec<String>,
+    /// Raw etcd key prefixes never replicated, e.g. `/registry/example.com/widgets/`.
+    #[serde(default)]
+    #[schemars(length(max = 512))]
+    pub key_prefixes: Vec<String>,
+}
+
+impl Default for ExcludeSpec {
+    fn default() -> Self {
+        Self {
+            namespaces: default_excluded_namespaces(),
+            resources: default_excluded_resources(),
+            key_prefixes: Vec::new(),
+        }
+    }
+}
+
+fn default_excluded_namespaces() -> Vec<String> {
+    DEFAULT_EXCLUDED_NAMESPACES.iter().map(|s| s.to_string()).collect()
+}
+
+fn default_excluded_resources() -> Vec<String> {
+    DEFAULT_EXCLUDED_RESOURCES.iter().map(|(r, _why)| r.to_string()).collect()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartSpec {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[serde(default)]
+    pub scope: RestartScope,
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// A label selector in kubectl syntax: `app=vmselect` or `app in (vmselect,vminsert)`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub label_selector: String,
+    #[serde(default)]
+    pub method: RestartMethod,
+    /// The runbook moments that trigger this restart.
+    #[schemars(length(min = 1, max = 3))]
+    pub when: Vec<RestartWhen>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RestartScope {
+    /// The global cluster the controller runs in.
+    #[default]
+    #[serde(rename = "self")]
+    SelfCluster,
+    /// Every cluster in `spec.workloadClusters`.
+    WorkloadClusters,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RestartMethod {
+    /// Patch `restartedAt` into the pod template of Deployments, StatefulSets and DaemonSets.
+    #[default]
+    RolloutRestart,
+    /// Delete matching pods and let their owners recreate them.
+    DeletePods,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RestartWhen {
+    /// Once, after replication first becomes healthy on a standby.
+    SyncEnabled,
+    /// On the new primary during failover.
+    Failover,
+    /// On the old primary once it has become a standby.
+    Demotion,
+}
+
+/// How the platform domain is switched. Exactly one provider is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.rfc2136), has(self.powerdns), has(self.externalDns), has(self.webhook), has(self.manual)].filter(x, x).size() == 1")
+    .message("spec.dns must set exactly one of rfc2136, powerdns, externalDns, webhook, manual"))]
+pub struct DnsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rfc2136: Option<Rfc2136Dns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub powerdns: Option<PowerDns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_dns: Option<ExternalDns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookDns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual: Option<ManualDns>,
+    #[serde(default)]
+    pub verify: DnsVerify,
+}
+
+/// Dynamic update (RFC 2136) signed with TSIG.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rfc2136Dns {
+    /// Primary name server, `host:port` (port 53 if omitted).
+    #[schemars(length(min = 1, max = 253))]
+    pub server: String,
+    /// The zone the record lives in, e.g. `example.com.`.
+    #[schemars(length(min = 1, max = 253))]
+    pub zone: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub tsig_key_name: String,
+    #[serde(default = "default_tsig_algorithm")]
+    pub tsig_algorithm: TsigAlgorithm,
+    /// Secret holding the base64 TSIG secret (key default `secret`).
+    pub tsig_secret_ref: SecretRef,
+}
+
+fn default_tsig_algorithm() -> TsigAlgorithm {
+    TsigAlgorithm::HmacSha256
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "hmac-sha384")]
+    HmacSha384,
+    #[serde(rename = "hmac-sha512")]
+    HmacSha512,
+}
+
+/// The PowerDNS authoritative HTTP API.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerDns {
+    /// Base URL of the API, e.g. `http://pdns.example.com:8081`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub api_url: String,
+    #[serde(default = "default_pdns_server_id")]
+    pub server_id: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub zone: String,
+    /// Secret holding the API key (key default `apiKey`).
+    pub api_key_secret_ref: SecretRef,
+}
+
+fn default_pdns_server_id() -> String {
+    "localhost".into()
+}
+
+/// An external-dns `DNSEndpoint` object that drctl rewrites; external-dns does the rest.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalDns {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A generic webhook: drctl POSTs `{domain, type, address, ttl}` signed with HMAC-SHA256.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookDns {
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// Secret holding the HMAC key (key default `hmacKey`).
+    pub hmac_secret_ref: SecretRef,
+}
+
+/// An operator switches DNS by hand and confirms with an annotation on the DRTopology.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ManualDns {
+    /// Shown to the operator while drctl waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsVerify {
+    /// Resolvers asked after the switch, `ip` or `ip:port`. Empty: the system resolver.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub resolvers: Vec<String>,
+    /// Rollout-restart CoreDNS (kube-system, k8s-app=kube-dns) when it still answers the old VIP.
+    #[serde(default, rename = "restartCoreDNS")]
+    pub restart_core_dns: bool,
+    /// Give up verifying after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Most keys the check may find missing on the new primary before a planned failover stops.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_missed_keys: u64,
+    /// How long to wait for a reachable old primary to acknowledge its demotion.
+    #[serde(default = "default_demotion_timeout")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("demotionTimeout must be a duration like 30s, 2m or 1h"))]
+    pub demotion_timeout: String,
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub pre_hooks: Vec<Hook>,
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub post_hooks: Vec<Hook>,
+    /// Plan and report the steps; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Fail over even when the clusters' encryption configs differ (copied secrets won't decrypt).
+    #[serde(default)]
+    pub allow_encryption_config_mismatch: bool,
+}
+
+impl Default for FailoverSpec {
+    fn default() -> Self {
+        Self {
+            max_missed_keys: 0,
+            demotion_timeout: default_demotion_timeout(),
+            pre_hooks: Vec::new(),
+            post_hooks: Vec::new(),
+            dry_run: false,
+            allow_encryption_config_mismatch: false,
+        }
+    }
+}
+
+fn default_demotion_timeout() -> String {
+    "2m".into()
+}
+
+/// A runbook hook: a Job from a template, or a webhook call. Exactly one is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.job) != has(self.webhook)").message("a hook sets exactly one of job or webhook"))]
+pub struct Hook {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobHook>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookHook>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobHook {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// A `batch/v1` Job spec; drctl names the Job and waits for it to succeed.
+    #[schemars(schema_with = "any_object")]
+    pub template: serde_json::Value,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookHook {
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret_ref: Option<SecretRef>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCluster {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Secret holding a kubeconfig for this workload cluster (key default `kubeconfig`).
+    pub kubeconfig_secret_ref: SecretRef,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status: written by the controller of the cluster the object lives in, never by Git.
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DRTopologyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// sha256 of this cluster's encryption config; the peer compares it before failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_config_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Standby,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Steady,
+    Syncing,
+    FailingOver,
+    Demoting,
+    Degraded,
+    Invalid,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// Latest revision seen on the primary's etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_revision: Option<i64>,
+    /// Last primary revision fully applied here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_keys: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surplus_keys: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged_keys: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    #[serde(default)]
+    pub steps: Vec<StepStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_token: Option<RpoToken>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepStatus {
+    pub name: String,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StepState {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+/// What a planned switchover promises not to lose: the last source revision applied here.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RpoToken {
+    pub source_cluster_id: String,
+    /// The old primary's final revision when it acknowledged demotion (absent in a disaster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_revision: Option<i64>,
+    pub applied_revision: i64,
+}
+
+impl DRTopologySpec {
+    pub fn cluster(&self, name: &str) -> Option<&ClusterSpec> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The cluster that is not `name`, when `name` is one of the two.
+    pub fn peer_of(&self, name: &str) -> Option<&ClusterSpec> {
+        self.cluster(name)?;
+        self.clusters.iter().find(|c| c.name != name)
+    }
+}
+
+/// The CRD as YAML, exactly what `drctl crd` prints and `crds/drtopology.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    let header = "# Generated by `drctl crd`; do not edit. CI fails when this file drifts.\n";
+    Ok(format!("{header}{}", serde_norway::to_string(&DRTopology::crd())?))
+}

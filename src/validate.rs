@@ -1,0 +1,583 @@
+//! Client-side validation of DRTopology manifests: what `drctl validate` and the controller's
+//! `Valid` condition report. It repeats every CEL rule of the CRD (so a pull request fails before
+//! Argo CD ever applies it) and adds checks CEL cannot express. Every error names the field path
+//! and says how to fix it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use kube::CustomResourceExt;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::topology::{
+    DRTopology, DRTopologySpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
+    VERSION,
+};
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path from the document root, e.g. `spec.clusters[1].vip`.
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A document that is not YAML at all.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}, column {column}: {message}")]
+pub struct SyntaxError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// One YAML document of a file, checked.
+#[derive(Debug)]
+pub struct DocumentReport {
+    /// 1-based index of the document in its file.
+    pub index: usize,
+    pub name: Option<String>,
+    pub errors: Vec<FieldError>,
+    /// The parsed object when it deserialized (it may still have semantic errors).
+    pub topology: Option<DRTopology>,
+}
+
+/// Splits a (multi-document) YAML text into JSON values, reporting syntax errors with their line.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, SyntaxError> {
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| {
+            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            SyntaxError { line, column, message: e.to_string() }
+        })?;
+        // `---` followed by nothing is an empty document, not an object to validate.
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// Validates every document of a YAML text.
+pub fn validate_text(text: &str) -> Result<Vec<DocumentReport>, SyntaxError> {
+    let docs = parse_documents(text)?;
+    Ok(docs.iter().enumerate().map(|(i, v)| validate_value(i + 1, v)).collect())
+}
+
+/// Validates one document: shape against the CRD schema, types, then semantics.
+pub fn validate_value(index: usize, value: &Value) -> DocumentReport {
+    let name = value.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string);
+    let mut errors = Vec::new();
+    let want_api_version = format!("{GROUP}/{VERSION}");
+    match value.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v == want_api_version => {}
+        other => errors.push(FieldError::new(
+            "apiVersion",
+            format!("is {}; set it to {want_api_version}", describe(other)),
+        )),
+    }
+    match value.get("kind").and_then(Value::as_str) {
+        Some(KIND) => {}
+        other => errors.push(FieldError::new("kind", format!("is {}; set it to {KIND}", describe(other)))),
+    }
+    if name.is_none() {
+        errors.push(FieldError::new("metadata.name", "is missing; name the object, e.g. `platform`"));
+    }
+    if !errors.is_empty() {
+        return DocumentReport { index, name, errors, topology: None };
+    }
+
+    let schema = crd_schema();
+    unknown_fields(value, &schema, "", &mut errors);
+
+    let topology = match serde_path_to_error::deserialize::<_, DRTopology>(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            errors.push(FieldError::new(e.path().to_string(), type_error_fix(&e.inner().to_string())));
+            None
+        }
+    };
+    if let Some(t) = &topology {
+        errors.extend(validate_spec(&t.spec));
+    }
+    DocumentReport { index, name, errors, topology }
+}
+
+fn describe(v: Option<&str>) -> String {
+    v.map(|s| format!("{s:?}")).unwrap_or_else(|| "missing".into())
+}
+
+/// serde's messages are accurate but terse; say what a user should write instead.
+fn type_error_fix(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        format!("is missing the required field {rest}; add it")
+    } else if msg.starts_with("unknown variant") {
+        format!("{msg}; use one of the listed values")
+    } else {
+        format!("{msg}; fix the value's type")
+    }
+}
+
+fn crd_schema() -> Value {
+    let crd = DRTopology::crd();
+    let schema = crd
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok());
+    schema.unwrap_or(Value::Null)
+}
+
+/// Reports fields the CRD does not know. The apiserver silently prunes them, so a typo like
+/// `powerDns` would otherwise vanish and change behaviour without a word.
+fn unknown_fields(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let Some(props) = schema.get("properties").and_then(Value::as_object) else { return };
+            for (k, v) in map {
+                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match props.get(k) {
+                    Some(s) => unknown_fields(v, s, &child, errors),
+                    // Checked above (apiVersion, kind) or by the apiserver (metadata).
+                    None if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                    None => {
+                        let known: Vec<&str> = props.keys().map(String::as_str).collect();
+                        errors.push(FieldError::new(
+                            child,
+                            format!("unknown field; known fields here: {}", known.join(", ")),
+                        ));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    unknown_fields(v, item_schema, &format!("{path}[{i}]"), errors);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Semantic checks on a typed spec: every CEL rule of the CRD, with richer messages, plus more.
+pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let names: Vec<&str> = spec.clusters.iter().map(|c| c.name.as_str()).collect();
+
+    if spec.clusters.len() != 2 {
+        errs.push(FieldError::new(
+            "spec.clusters",
+            format!(
+                "lists {} cluster(s); a DR topology has exactly two: the primary and the standby",
+                spec.clusters.len()
+            ),
+        ));
+    }
+    let mut seen_names = BTreeSet::new();
+    let mut seen_vips = BTreeSet::new();
+    for (i, c) in spec.clusters.iter().enumerate() {
+        let p = format!("spec.clusters[{i}]");
+        if !is_dns_label(&c.name) {
+            errs.push(FieldError::new(
+                format!("{p}.name"),
+                format!("{:?} is not an RFC 1123 label; use lower-case letters, digits and '-', at most 63 characters", c.name),
+            ));
+        }
+        if !seen_names.insert(c.name.as_str()) {
+            errs.push(FieldError::new(
+                format!("{p}.name"),
+                format!("{:?} is used by another cluster; give each cluster a unique name", c.name),
+            ));
+        }
+        match c.vip.parse::<IpAddr>() {
+            Ok(ip) => {
+                if !seen_vips.insert(ip) {
+                    errs.push(FieldError::new(
+                        format!("{p}.vip"),
+                        format!("{} is also another cluster's VIP; each global has its own VIP", c.vip),
+                    ));
+                }
+            }
+            Err(_) => errs.push(FieldError::new(
+                format!("{p}.vip"),
+                format!("{:?} is not an IPv4 or IPv6 address; write e.g. 192.0.2.10 or 2001:db8::10", c.vip),
+            )),
+        }
+        check_url(&c.api_server, &format!("{p}.apiServer"), "https://api.global-a.example.com:6443", &mut errs);
+        if c.etcd.endpoints.is_empty() {
+            errs.push(FieldError::new(
+                format!("{p}.etcd.endpoints"),
+                "is empty; list this cluster's etcd client URLs, e.g. https://10.0.0.1:2379",
+            ));
+        }
+        for (j, e) in c.etcd.endpoints.iter().enumerate() {
+            check_url(e, &format!("{p}.etcd.endpoints[{j}]"), "https://10.0.0.1:2379", &mut errs);
+        }
+        if c.encryption_config_path.is_empty() || !c.encryption_config_path.starts_with('/') {
+            errs.push(FieldError::new(
+                format!("{p}.encryptionConfigPath"),
+                format!("{:?} is not an absolute path; the default is /etc/kubernetes/encryption-provider.conf", c.encryption_config_path),
+            ));
+        }
+    }
+    if !names.contains(&spec.primary.as_str()) {
+        errs.push(FieldError::new(
+            "spec.primary",
+            format!("{:?} is not one of spec.clusters[].name ({})", spec.primary, names.join(", ")),
+        ));
+    }
+
+    if !is_domain(&spec.platform.domain) {
+        errs.push(FieldError::new(
+            "spec.platform.domain",
+            format!("{:?} is not a lower-case fully qualified domain name; write e.g. platform.example.com", spec.platform.domain),
+        ));
+    }
+    if spec.platform.ttl == 0 || spec.platform.ttl > 86400 {
+        errs.push(FieldError::new(
+            "spec.platform.ttl",
+            format!("{} is out of range; use 1..86400 seconds (a short TTL, e.g. 30, makes failover visible sooner)", spec.platform.ttl),
+        ));
+    }
+
+    let ex = &spec.sync.exclude;
+    for (i, ns) in ex.namespaces.iter().enumerate() {
+        if !is_dns_label(ns) {
+            errs.push(FieldError::new(
+                format!("spec.sync.exclude.namespaces[{i}]"),
+                format!("{ns:?} is not a valid namespace name (RFC 1123 label)"),
+            ));
+        }
+    }
+    for (i, r) in ex.resources.iter().enumerate() {
+        let ok = !r.is_empty() && r.split('/').count() <= 2 && r.split('/').all(|p| !p.is_empty() && !p.contains(char::is_whitespace));
+        if !ok {
+            errs.push(FieldError::new(
+                format!("spec.sync.exclude.resources[{i}]"),
+                format!("{r:?} is not a resource; write `resource` (e.g. events) or `group/resource` (e.g. example.com/widgets)"),
+            ));
+        }
+    }
+    for (i, k) in ex.key_prefixes.iter().enumerate() {
+        if !k.starts_with('/') {
+            errs.push(FieldError::new(
+                format!("spec.sync.exclude.keyPrefixes[{i}]"),
+                format!("{k:?} is not an etcd key prefix; prefixes start with '/', e.g. /registry/example.com/widgets/"),
+            ));
+        }
+    }
+    check_duration(&spec.sync.check_interval, "spec.sync.checkInterval", &mut errs);
+    if spec.sync.driver == SyncDriver::Manifest {
+        match &spec.sync.manifest {
+            None => errs.push(FieldError::new(
+                "spec.sync.manifest",
+                "is required when spec.sync.driver is manifest; put the platform's sync object here",
+            )),
+            Some(m) => {
+                for field in ["apiVersion", "kind"] {
+                    if m.get(field).and_then(Value::as_str).is_none() {
+                        errs.push(FieldError::new(format!("spec.sync.manifest.{field}"), "is missing; the manifest must be a complete Kubernetes object"));
+                    }
+                }
+                if m.pointer("/metadata/name").and_then(Value::as_str).is_none() {
+                    errs.push(FieldError::new("spec.sync.manifest.metadata.name", "is missing; the manifest must be a complete Kubernetes object"));
+                }
+            }
+        }
+    }
+
+    let mut restart_names = BTreeSet::new();
+    for (i, r) in spec.restarts.iter().enumerate() {
+        let p = format!("spec.restarts[{i}]");
+        if !restart_names.insert(r.name.as_str()) {
+            errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used by another restart; names must be unique", r.name)));
+        }
+        if !is_dns_label(&r.namespace) {
+            errs.push(FieldError::new(format!("{p}.namespace"), format!("{:?} is not a valid namespace name", r.namespace)));
+        }
+        if r.label_selector.trim().is_empty() {
+            errs.push(FieldError::new(format!("{p}.labelSelector"), "is empty; an empty selector would restart everything in the namespace. Write e.g. app=vmselect"));
+        }
+        if r.when.is_empty() {
+            errs.push(FieldError::new(format!("{p}.when"), "is empty; list at least one of syncEnabled, failover, demotion"));
+        }
+        if r.scope == RestartScope::WorkloadClusters && spec.workload_clusters.is_empty() {
+            errs.push(FieldError::new(
+                format!("{p}.scope"),
+                "is workloadClusters but spec.workloadClusters is empty; list the workload clusters or use scope: self",
+            ));
+        }
+    }
+
+    check_dns(spec, &mut errs);
+
+    check_duration(&spec.failover.demotion_timeout, "spec.failover.demotionTimeout", &mut errs);
+    check_hooks(&spec.failover.pre_hooks, "spec.failover.preHooks", &mut errs);
+    check_hooks(&spec.failover.post_hooks, "spec.failover.postHooks", &mut errs);
+
+    let mut wl_names = BTreeSet::new();
+    for (i, w) in spec.workload_clusters.iter().enumerate() {
+        if !wl_names.insert(w.name.as_str()) {
+            errs.push(FieldError::new(
+                format!("spec.workloadClusters[{i}].name"),
+                format!("{:?} is listed twice; each workload cluster once", w.name),
+            ));
+        }
+    }
+    errs
+}
+
+fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
+    let d = &spec.dns;
+    let set: Vec<&str> = [
+        ("rfc2136", d.rfc2136.is_some()),
+        ("powerdns", d.powerdns.is_some()),
+        ("externalDns", d.external_dns.is_some()),
+        ("webhook", d.webhook.is_some()),
+        ("manual", d.manual.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(n, on)| on.then_some(n))
+    .collect();
+    if set.len() != 1 {
+        let what = if set.is_empty() { "none".to_string() } else { set.join(", ") };
+        errs.push(FieldError::new(
+            "spec.dns",
+            format!("sets {what}; set exactly one of rfc2136, powerdns, externalDns, webhook, manual"),
+        ));
+    }
+    if let Some(r) = &d.rfc2136 {
+        if !is_domain(r.zone.trim_end_matches('.')) {
+            errs.push(FieldError::new("spec.dns.rfc2136.zone", format!("{:?} is not a domain name", r.zone)));
+        } else if !in_zone(&spec.platform.domain, &r.zone) {
+            errs.push(FieldError::new(
+                "spec.dns.rfc2136.zone",
+                format!("{:?} does not contain spec.platform.domain {:?}; use the zone the record lives in", r.zone, spec.platform.domain),
+            ));
+        }
+        if r.server.trim().is_empty() {
+            errs.push(FieldError::new("spec.dns.rfc2136.server", "is empty; give the primary name server as host or host:port"));
+        }
+    }
+    if let Some(p) = &d.powerdns {
+        check_url(&p.api_url, "spec.dns.powerdns.apiUrl", "http://pdns.example.com:8081", errs);
+        if !in_zone(&spec.platform.domain, &p.zone) {
+            errs.push(FieldError::new(
+                "spec.dns.powerdns.zone",
+                format!("{:?} does not contain spec.platform.domain {:?}; use the zone the record lives in", p.zone, spec.platform.domain),
+            ));
+        }
+    }
+    if let Some(w) = &d.webhook {
+        check_url(&w.url, "spec.dns.webhook.url", "https://dns-switch.example.com/hook", errs);
+    }
+    for (i, r) in d.verify.resolvers.iter().enumerate() {
+        if parse_resolver(r).is_none() {
+            errs.push(FieldError::new(
+                format!("spec.dns.verify.resolvers[{i}]"),
+                format!("{r:?} is not a resolver address; write ip or ip:port, e.g. 10.96.0.10 or [2001:db8::53]:53"),
+            ));
+        }
+    }
+    if let Some(t) = &d.verify.timeout {
+        check_duration(t, "spec.dns.verify.timeout", errs);
+    }
+}
+
+fn check_hooks(hooks: &[Hook], path: &str, errs: &mut Vec<FieldError>) {
+    let mut names = BTreeSet::new();
+    for (i, h) in hooks.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if !names.insert(h.name.as_str()) {
+            errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used twice; hook names must be unique", h.name)));
+        }
+        match (&h.job, &h.webhook) {
+            (Some(_), None) => {}
+            (None, Some(w)) => check_url(&w.url, &format!("{p}.webhook.url"), "https://hooks.example.com/vip", errs),
+            _ => errs.push(FieldError::new(p, "sets both or neither of job and webhook; set exactly one")),
+        }
+    }
+}
+
+fn check_url(s: &str, path: &str, example: &str, errs: &mut Vec<FieldError>) {
+    match reqwest::Url::parse(s) {
+        Ok(u) if (u.scheme() == "https" || u.scheme() == "http") && u.host().is_some() => {}
+        _ => errs.push(FieldError::new(path, format!("{s:?} is not an http(s) URL; write e.g. {example}"))),
+    }
+}
+
+fn check_duration(s: &str, path: &str, errs: &mut Vec<FieldError>) {
+    if parse_duration(s).is_none() {
+        errs.push(FieldError::new(path, format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h30m")));
+    }
+}
+
+/// Parses the Go-duration subset the CRD accepts (`DURATION_PATTERN`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return None;
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+/// `ip` or `ip:port` (IPv6 with port in brackets) → socket address, port 53 by default.
+pub fn parse_resolver(s: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa);
+    }
+    s.parse::<IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 53))
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Same language as the CRD's `DOMAIN_PATTERN`.
+fn is_domain(s: &str) -> bool {
+    debug_assert!(DOMAIN_PATTERN.starts_with('^'));
+    let s = s.strip_suffix('.').unwrap_or(s);
+    if s.is_empty() || s.len() > 253 {
+        return false;
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| is_dns_label(l))
+        && labels.last().is_some_and(|tld| tld.starts_with(|c: char| c.is_ascii_lowercase()))
+}
+
+fn in_zone(domain: &str, zone: &str) -> bool {
+    let d = domain.trim_end_matches('.');
+    let z = zone.trim_end_matches('.');
+    d == z || d.ends_with(&format!(".{z}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> &'static str {
+        include_str!("../examples/minimal.yaml")
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        validate_text(text).expect("yaml").into_iter().flat_map(|r| r.errors).map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn examples_are_valid() {
+        assert_eq!(errors_of(minimal()), Vec::<String>::new());
+        assert_eq!(errors_of(include_str!("../examples/acp-global.yaml")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn unknown_primary_names_the_choices() {
+        let t = minimal().replace("primary: global-a", "primary: global-c");
+        assert_eq!(
+            errors_of(&t),
+            vec![r#"spec.primary: "global-c" is not one of spec.clusters[].name (global-a, global-b)"#]
+        );
+    }
+
+    #[test]
+    fn bad_vip_and_duplicate_vip() {
+        let t = minimal().replace("vip: 192.0.2.20", "vip: 192.0.2.10");
+        assert_eq!(
+            errors_of(&t),
+            vec!["spec.clusters[1].vip: 192.0.2.10 is also another cluster's VIP; each global has its own VIP"]
+        );
+        let t = minimal().replace("vip: 192.0.2.20", "vip: 192.0.2");
+        let e = errors_of(&t);
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("spec.clusters[1].vip: \"192.0.2\" is not an IPv4 or IPv6 address"), "{e:?}");
+    }
+
+    #[test]
+    fn type_errors_carry_the_path() {
+        let t = minimal().replace("ttl: 30", "ttl: soon");
+        let e = errors_of(&t);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("spec.platform.ttl: invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_not_dropped() {
+        let t = minimal().replace("  dns:\n", "  dns:\n    powerDns: {}\n");
+        let e = errors_of(&t);
+        assert!(e.iter().any(|m| m.starts_with("spec.dns.powerDns: unknown field; known fields here:")), "{e:?}");
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let err = validate_text("apiVersion: drctl.io/v1alpha1\nkind: [\n").unwrap_err();
+        assert!(err.line >= 2, "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("m5"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+
+    #[test]
+    fn domains() {
+        assert!(is_domain("platform.example.com"));
+        assert!(is_domain("platform.example.com."));
+        assert!(!is_domain("localhost"));
+        assert!(!is_domain("Platform.Example.com"));
+        assert!(!is_domain("a..b"));
+        assert!(!is_domain("x.123"));
+    }
+}
