@@ -12,7 +12,3 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
-# The packages start system daemons where an init system runs; tests start their own on loopback.
-for svc in etcd named pdns; do
-  pkill -x "$svc" 2>/dev/null || true
-done

@@ -57,8 +57,8 @@ pub struct DRTopologySpec {
     /// Exactly two globals: the primary and the standby.
     #[schemars(length(min = 2, max = 2))]
     #[x_kube(validation = Rule::new("size(self) == 2").message("spec.clusters must list exactly two clusters"))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("spec.clusters[].name must be unique").reason(Reason::FieldValueDuplicate))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.vip == a.vip))").message("spec.clusters[].vip must be unique").reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("spec.clusters[].name must be unique"))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.vip == a.vip))").message("spec.clusters[].vip must be unique"))]
     pub clusters: Vec<ClusterSpec>,
     #[serde(default)]
     pub sync: SyncSpec,

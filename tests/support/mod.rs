@@ -48,7 +48,8 @@ pub fn kubectl() -> PathBuf {
     kube_bin_dir().join("kubectl")
 }
 
-/// Spawns `cmd` so it dies with the test process and logs into `log`.
+/// Spawns `cmd` so it dies with the spawning thread and logs into `log`. Spawn from the test's
+/// own thread (not a helper thread that exits early), or the child is killed with that thread.
 fn spawn(mut cmd: Command, log: &Path) -> Child {
     use std::os::unix::process::CommandExt;
     let f = std::fs::File::create(log).expect("create log file");
@@ -96,15 +97,20 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let client_url = format!("http://127.0.0.1:{}", free_port());
-        let peer_url = format!("http://127.0.0.1:{}", free_port());
-        let mut e = Etcd { child: None, dir, client_url, peer_url };
-        e.spawn_and_wait();
+        let mut e = Etcd::new();
+        e.spawn();
+        e.wait_ready();
         e
     }
 
-    fn spawn_and_wait(&mut self) {
+    fn new() -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        Etcd { child: None, dir, client_url, peer_url }
+    }
+
+    fn spawn(&mut self) {
         let data = self.dir.path().join("data");
         let mut cmd = Command::new("etcd");
         cmd.args([
@@ -120,8 +126,11 @@ impl Etcd {
             "--logger=zap",
             "--log-level=warn",
         ]);
+        self.child = Some(spawn(cmd, &self.dir.path().join("etcd.log")));
+    }
+
+    fn wait_ready(&self) {
         let log = self.dir.path().join("etcd.log");
-        self.child = Some(spawn(cmd, &log));
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = self.client_url.trim_start_matches("http://").to_string();
         while Instant::now() < deadline {
@@ -144,7 +153,8 @@ impl Etcd {
     /// Start again on the same data dir and ports.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn_and_wait();
+        self.spawn();
+        self.wait_ready();
     }
 
     pub async fn client(&self) -> etcd_client::Client {
@@ -217,6 +227,12 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(etcd: &Etcd) -> ApiServer {
+        let mut a = ApiServer::spawn_new(etcd);
+        a.wait_ready();
+        a
+    }
+
+    fn spawn_new(etcd: &Etcd) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = write_pki(dir.path());
         let port = free_port();
@@ -230,11 +246,11 @@ impl ApiServer {
         );
         std::fs::write(&kubeconfig, kc).expect("write kubeconfig");
         let mut a = ApiServer { child: None, dir, url, kubeconfig, etcd_url: etcd.client_url.clone(), port };
-        a.spawn_and_wait();
+        a.spawn();
         a
     }
 
-    fn spawn_and_wait(&mut self) {
+    fn spawn(&mut self) {
         let d = self.dir.path();
         let p = |n: &str| d.join(n).display().to_string();
         let mut cmd = Command::new(kube_bin_dir().join("kube-apiserver"));
@@ -257,8 +273,11 @@ impl ApiServer {
             "--endpoint-reconciler-type=none".into(),
             "-v=1".into(),
         ]);
-        let log = d.join("kube-apiserver.log");
-        self.child = Some(spawn(cmd, &log));
+        self.child = Some(spawn(cmd, &d.join("kube-apiserver.log")));
+    }
+
+    fn wait_ready(&mut self) {
+        let log = self.dir.path().join("kube-apiserver.log");
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             let ok = self
@@ -308,7 +327,8 @@ impl ApiServer {
 
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn_and_wait();
+        self.spawn();
+        self.wait_ready();
     }
 }
 
@@ -333,13 +353,21 @@ impl Global {
         Global { name: name.to_string(), api, etcd }
     }
 
-    /// Two independent globals, started in parallel.
+    /// Two independent globals. Processes are spawned from this thread (PR_SET_PDEATHSIG fires
+    /// when the spawning *thread* exits) and then waited for together.
     pub fn start_pair(a: &str, b: &str) -> (Global, Global) {
-        let (a, b) = (a.to_string(), b.to_string());
-        let hb = std::thread::spawn(move || Global::start(&b));
-        let ga = Global::start(&a);
-        let gb = hb.join().expect("start second global");
-        (ga, gb)
+        let (mut ea, mut eb) = (Etcd::new(), Etcd::new());
+        ea.spawn();
+        eb.spawn();
+        ea.wait_ready();
+        eb.wait_ready();
+        let (mut aa, mut ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
+        aa.wait_ready();
+        ab.wait_ready();
+        (
+            Global { name: a.to_string(), api: aa, etcd: ea },
+            Global { name: b.to_string(), api: ab, etcd: eb },
+        )
     }
 
     pub async fn client(&self) -> Client {
