@@ -3,3 +3,4 @@ pub mod cli;
 pub mod keyspace;
 pub mod topology;
 pub mod validate;
+pub mod failover;

@@ -505,6 +505,28 @@ pub struct DRTopologyStatus {
     pub sync: Option<SyncStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverStatus>,
+    /// Set by a primary that saw `spec.primary` move away: the acknowledgement the new primary
+    /// waits for before it takes over (the demotion token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demotion: Option<DemotionStatus>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DemotionStatus {
+    /// The primary this cluster stepped down for.
+    pub new_primary: String,
+    /// This cluster's etcd revision when it stopped acting as primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_revision: Option<i64>,
+    /// This cluster's etcd cluster ID, so the new primary can tie the revision to a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<String>,
+    /// `when: demotion` restarts have run.
+    #[serde(default)]
+    pub restarts_done: bool,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -542,6 +564,9 @@ pub struct SyncStatus {
     pub diverged_keys: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<String>,
+    /// `when: syncEnabled` restarts have run for this standby term.
+    #[serde(default)]
+    pub restarts_done: bool,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -557,6 +582,16 @@ pub struct FailoverStatus {
     pub steps: Vec<StepStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpo_token: Option<RpoToken>,
+    /// Why the failover ended early (e.g. superseded by a flip back); absent when it ran through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+    /// The Git commit that flipped `spec.primary`, when the controller can read the repo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
