@@ -18,6 +18,11 @@ pub struct Cli {
 pub enum Command {
     /// Print the DRTopology CustomResourceDefinition (what crds/drtopology.yaml holds).
     Crd,
+    /// Run the controller in one global cluster.
+    Controller(crate::controller::ControllerArgs),
+    /// Failover tools.
+    #[command(subcommand)]
+    Failover(FailoverCommand),
     /// Check DRTopology manifests as the apiserver and the controller would; exit 1 on any error.
     Validate {
         /// YAML files, each with one or more DRTopology documents.
@@ -26,8 +31,34 @@ pub enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum FailoverCommand {
+    /// Print the steps a failover to CLUSTER would run and the facts they rest on; change nothing.
+    Plan {
+        /// The cluster that would become primary.
+        #[arg(long)]
+        to: String,
+        /// Read the topology from this file instead of the cluster.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Kubeconfig of the cluster that would become primary (its peer Secret and status are read).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Name of the DRTopology object when reading from the cluster.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Controller(args) => {
+            crate::controller::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Failover(FailoverCommand::Plan { to, file, kubeconfig, name }) => {
+            crate::failover::cli::plan(&to, file.as_deref(), kubeconfig.as_deref(), name.as_deref()).await
+        }
         Command::Crd => {
             print!("{}", topology::crd_yaml()?);
             Ok(ExitCode::SUCCESS)

@@ -15,6 +15,7 @@ use crate::keyspace::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_EXCLUDED_RESOURCES};
 pub const GROUP: &str = "drctl.io";
 pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "DRTopology";
+pub const API_VERSION: &str = "drctl.io/v1alpha1";
 /// Where the seed's platform keeps the shared etcd encryption-at-rest config.
 pub const DEFAULT_ENCRYPTION_CONFIG_PATH: &str = "/etc/kubernetes/encryption-provider.conf";
 

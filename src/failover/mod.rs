@@ -14,6 +14,9 @@
 //! - a flip back during a failover supersedes it: the remaining steps are skipped and recorded,
 //!   and the cluster named by the new `spec.primary` runs a complete failover of its own.
 
+pub mod cli;
+pub mod runbook;
+
 use std::fmt;
 
 use crate::topology::{DRTopologyStatus, FailoverStatus, Phase, Role, StepState};
@@ -109,6 +112,17 @@ pub struct PeerState {
     pub demoted_for: Option<String>,
     pub final_revision: Option<i64>,
     pub encryption_config_sha256: Option<String>,
+    /// The peer's own latest failover (to itself), if any.
+    pub failover: Option<PeerFailover>,
+}
+
+/// How far the peer got with its latest failover to itself.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PeerFailover {
+    pub completed: bool,
+    pub aborted: bool,
+    /// Its SwitchDNS step succeeded: clients may have written there since.
+    pub dns_switched: bool,
 }
 
 impl PeerView {
@@ -142,6 +156,12 @@ pub enum Action {
     StayPrimary,
     /// Begin a failover record from the peer to this cluster.
     StartFailover,
+    /// We stepped down for a peer whose failover was abandoned before DNS moved to it: nobody
+    /// wrote there, so take the primary role back without a runbook.
+    ReclaimPrimary,
+    /// We stepped down for a peer that is still mid-failover and the primary is flipped back to
+    /// us: wait until it abandons (it acknowledges with its own demotion token).
+    WaitForPeerAbort { why: String },
     /// Execute this runbook step (recording it before and after).
     RunStep(Step),
     /// The declared primary changed away from an in-progress failover to us: skip what remains.
@@ -194,8 +214,18 @@ pub fn plan(o: &Observed) -> Action {
             if let Some(f) = in_progress(o.status, o.self_name) {
                 return Action::RunStep(next_step(f));
             }
+            let stepped_down = o.status.and_then(|s| s.demotion.as_ref()).is_some();
             match role {
                 Some(Role::Primary) => Action::StayPrimary,
+                Some(Role::Standby) if stepped_down => match o.peer.reachable().and_then(|p| p.failover.as_ref()) {
+                    Some(f) if f.aborted && !f.dns_switched => Action::ReclaimPrimary,
+                    Some(f) if !f.aborted && !f.completed => Action::WaitForPeerAbort {
+                        why: format!("spec.primary is back to {}; waiting for the peer to abandon its failover", o.self_name),
+                    },
+                    // It completed (or moved DNS before aborting), or it cannot be asked: a full
+                    // failover brings its writes back here.
+                    _ => Action::StartFailover,
+                },
                 Some(Role::Standby) => Action::StartFailover,
                 None => match o.peer.reachable() {
                     // A peer that still calls itself primary must be failed over from, not ignored.
@@ -384,6 +414,30 @@ mod tests {
         st.failover.as_mut().expect("f").aborted = Some("superseded".into());
         let o = obs("b", "a", Some(&st), peer("a", Some(Role::Standby), Some(Phase::FailingOver)));
         assert!(matches!(plan(&o), Action::WaitForPrimary { .. }));
+    }
+
+    #[test]
+    fn flip_back_before_dns_moved_reclaims_without_a_runbook() {
+        let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
+        st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        let with = |f: PeerFailover| {
+            PeerView::Reachable(PeerState {
+                spec_primary: "a".into(),
+                role: Some(Role::Standby),
+                failover: Some(f),
+                ..Default::default()
+            })
+        };
+        let running = PeerFailover { completed: false, aborted: false, dns_switched: false };
+        assert!(matches!(plan(&obs("a", "a", Some(&st), with(running))), Action::WaitForPeerAbort { .. }));
+        let aborted = PeerFailover { completed: false, aborted: true, dns_switched: false };
+        assert_eq!(plan(&obs("a", "a", Some(&st), with(aborted))), Action::ReclaimPrimary);
+        // DNS already moved to b before it aborted: b may hold writes, so fail over properly.
+        let moved = PeerFailover { completed: false, aborted: true, dns_switched: true };
+        assert_eq!(plan(&obs("a", "a", Some(&st), with(moved))), Action::StartFailover);
+        let done = PeerFailover { completed: true, aborted: false, dns_switched: true };
+        assert_eq!(plan(&obs("a", "a", Some(&st), with(done))), Action::StartFailover);
+        assert_eq!(plan(&obs("a", "a", Some(&st), PeerView::Unreachable)), Action::StartFailover);
     }
 
     #[test]

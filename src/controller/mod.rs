@@ -1,0 +1,382 @@
+//! `drctl controller`: runs in each global, reconciles the one DRTopology.
+//!
+//! Reconcile is a pipeline (the Stackable shape): read fresh → validate → observe the peer →
+//! plan (pure, `failover::plan`) → act → write status, looping until the plan says "wait".
+//! Status is written with server-side apply, and before and after every runbook step, so a
+//! controller killed at any point re-plans from status and resumes where it stopped.
+
+pub mod peer;
+pub mod status;
+pub mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::Mutex;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::failover::{self, runbook::Runbook, Action, Observed, PeerView};
+use crate::http;
+use crate::leader::LeaderElector;
+use crate::metrics::Metrics;
+use crate::topology::{DRTopology, Phase, Role};
+use crate::validate;
+use status::{set_condition, StatusWriter};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Which cluster of the topology this controller runs in (spec.clusters[].name).
+    #[arg(long, env = "DRCTL_CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// Kubeconfig for this cluster; in-cluster config when absent.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the controller (leader-election Lease, default Secret lookups).
+    #[arg(long, env = "DRCTL_NAMESPACE", default_value = "drctl-system")]
+    pub namespace: String,
+    /// Address for /metrics, /healthz, /readyz and /check.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Identity in the leader Lease; defaults to the hostname plus pid.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a leader Lease is valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+    /// How long a restart waits for workloads to become ready again.
+    #[arg(long, default_value = "5m", value_parser = parse_duration_arg)]
+    pub restart_ready_timeout: Duration,
+    /// Lag above which SyncHealthy turns false.
+    #[arg(long, default_value_t = 30.0)]
+    pub max_lag_seconds: f64,
+}
+
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    validate::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 30s, 5m or 1h"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("step {step} failed: {message}")]
+    Step { step: failover::Step, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub args: ControllerArgs,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub sync: sync::SyncManager,
+    /// Serialises reconciles that act (one DRTopology is acted on, but watch events race).
+    pub act_lock: Mutex<()>,
+}
+
+impl Context {
+    pub fn self_name(&self) -> &str {
+        &self.args.cluster_name
+    }
+
+    pub async fn event(&self, obj: &DRTopology, type_: EventType, reason: &str, action: &str, note: String) {
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+        }
+        None => Client::try_default().await?,
+    };
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let metrics = Arc::new(Metrics::new(&args.cluster_name));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reporter = Reporter { controller: "drctl".into(), instance: Some(identity.clone()) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        sync: sync::SyncManager::default(),
+        act_lock: Mutex::new(()),
+        args: args.clone(),
+    });
+    let server = http::serve(args.listen, metrics.clone(), ctx.clone(), ready.clone());
+    let server = tokio::spawn(server);
+
+    // Two replicas never both act: only the Lease holder runs the controller.
+    let elector = LeaderElector::new(client.clone(), &args.namespace, &format!("drctl-{}", args.cluster_name), &identity, Duration::from_secs(args.lease_seconds));
+    info!(identity, cluster = %args.cluster_name, "waiting for leadership");
+    elector.acquire().await?;
+    metrics.leader.set(1);
+    info!(identity, "leading");
+    let lost = elector.keep_renewing();
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let api: Api<DRTopology> = Api::all(client.clone());
+    let controller = Controller::new(api, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        });
+    tokio::select! {
+        _ = controller => info!("controller stopped"),
+        e = lost => anyhow::bail!("lost leadership: {e}"),
+        r = server => anyhow::bail!("http server stopped: {r:?}"),
+    }
+    ctx.sync.stop().await;
+    elector.release().await;
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "drctl".into())
+}
+
+fn error_policy(_obj: Arc<DRTopology>, err: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.reconcile_errors.inc();
+    warn!(error = %err, "reconcile error; retrying");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+/// How often a standby refreshes lag and status while nothing else happens.
+const STEADY_REQUEUE: Duration = Duration::from_secs(5);
+const WAIT_REQUEUE: Duration = Duration::from_secs(2);
+
+async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let name = obj.name_any();
+    let span = info_span!("reconcile", topology = %name, cluster = %ctx.self_name());
+    async move {
+        let _guard = ctx.act_lock.lock().await;
+        let api: Api<DRTopology> = Api::all(ctx.client.clone());
+        let mut writer: Option<StatusWriter> = None;
+        // Plan and act until the plan says wait. The object is read again before every action:
+        // the watch cache may trail our own status writes, and a flip back must be seen between
+        // two runbook steps, not after the whole runbook.
+        loop {
+            let Some(topo) = api.get_opt(&name).await? else { return Ok(Requeue::await_change()) };
+            let w = writer.get_or_insert_with(|| StatusWriter::new(api.clone(), &topo, ctx.self_name()));
+            w.status.observed_generation = topo.metadata.generation;
+            if let Some(wait) = refuse_invalid(&ctx, &api, &topo, w).await? {
+                return Ok(wait);
+            }
+            let peer_name = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.clone()).unwrap_or_default();
+            let (peer, peer_err) = peer::observe(&ctx.client, &topo, &peer_name).await;
+            match &peer_err {
+                None => set_condition(&mut w.status, "PeerReachable", true, "Reachable", &format!("{peer_name} answered"), topo.metadata.generation),
+                Some(e) => set_condition(&mut w.status, "PeerReachable", false, "Unreachable", e, topo.metadata.generation),
+            }
+            let status_now = w.status.clone();
+            let action = failover::plan(&Observed {
+                self_name: ctx.self_name(),
+                spec_primary: &topo.spec.primary,
+                invalid: false,
+                status: Some(&status_now),
+                peer: peer.clone(),
+            });
+            tracing::debug!(?action, "planned");
+            match act(&ctx, &topo, w, action, &peer, &peer_name).await? {
+                Next::Continue => continue,
+                Next::Requeue(d) => {
+                    w.write().await?;
+                    ctx.metrics.observe_status(&w.status);
+                    return Ok(Requeue::requeue(d));
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reports an invalid spec, or a second DRTopology, and says how long to wait; None when the
+/// object may be acted on. An invalid spec never starts (or continues) a failover.
+async fn refuse_invalid(ctx: &Context, api: &Api<DRTopology>, topo: &DRTopology, w: &mut StatusWriter) -> Result<Option<Requeue>, Error> {
+    let generation = topo.metadata.generation;
+    if let Some(older) = oldest_other(api, topo).await? {
+        let msg = format!("only the oldest DRTopology is acted on; {older} is older: delete one of them");
+        set_condition(&mut w.status, "Valid", false, "NotTheOnlyTopology", &msg, generation);
+        w.status.phase = Some(Phase::Invalid);
+        w.write().await?;
+        return Ok(Some(Requeue::requeue(Duration::from_secs(60))));
+    }
+    w.status.encryption_config_sha256 = topo.spec.cluster(ctx.self_name()).and_then(|c| fingerprint(&c.encryption_config_path));
+    let mut msgs: Vec<String> = validate::validate_spec(&topo.spec).iter().map(|e| e.to_string()).collect();
+    if topo.spec.cluster(ctx.self_name()).is_none() {
+        msgs.push(format!("spec.clusters: no cluster is named {:?} (this controller's --cluster-name)", ctx.self_name()));
+    }
+    if msgs.is_empty() {
+        set_condition(&mut w.status, "Valid", true, "Valid", "the spec passed validation", generation);
+        return Ok(None);
+    }
+    set_condition(&mut w.status, "Valid", false, "InvalidSpec", &msgs.join("; "), generation);
+    set_condition(&mut w.status, "Ready", false, "InvalidSpec", "the spec is invalid; nothing is done until it is fixed", generation);
+    w.status.phase = Some(Phase::Invalid);
+    w.write().await?;
+    Ok(Some(Requeue::requeue(Duration::from_secs(30))))
+}
+
+enum Next {
+    Continue,
+    Requeue(Duration),
+}
+
+async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action: Action, peer: &PeerView, peer_name: &str) -> Result<Next, Error> {
+    let generation = topo.metadata.generation;
+    match action {
+        Action::Hold => Ok(Next::Requeue(Duration::from_secs(30))),
+        Action::BootstrapPrimary => {
+            ctx.sync.stop().await;
+            w.status.role = Some(Role::Primary);
+            w.status.phase = Some(Phase::Steady);
+            w.status.sync = None;
+            set_condition(&mut w.status, "SyncHealthy", true, "Primary", "a primary does not replicate", generation);
+            set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
+            w.write().await?;
+            ctx.event(topo, EventType::Normal, "BecamePrimary", "Bootstrap", format!("{} is the primary", ctx.self_name())).await;
+            Ok(Next::Continue)
+        }
+        Action::StayPrimary => {
+            ctx.sync.stop().await;
+            w.status.phase = Some(Phase::Steady);
+            set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
+            Ok(Next::Requeue(Duration::from_secs(30)))
+        }
+        Action::StartFailover => {
+            if topo.spec.failover.dry_run {
+                let plan = failover::runbook::describe(topo, ctx.self_name(), peer);
+                set_condition(&mut w.status, "Ready", false, "DryRun", &format!("spec.failover.dryRun: would run {plan}"), generation);
+                return Ok(Next::Requeue(Duration::from_secs(30)));
+            }
+            w.status.failover = Some(crate::topology::FailoverStatus {
+                from: peer_name.to_string(),
+                to: ctx.self_name().to_string(),
+                started_at: Some(Timestamp::now().to_string()),
+                ..Default::default()
+            });
+            w.status.phase = Some(Phase::FailingOver);
+            w.status.demotion = None;
+            set_condition(&mut w.status, "Ready", false, "FailingOver", &format!("failing over from {peer_name}"), generation);
+            w.write().await?;
+            ctx.metrics.failovers.inc();
+            ctx.event(topo, EventType::Normal, "FailoverStarted", "Failover", format!("failover {peer_name} -> {} started", ctx.self_name())).await;
+            Ok(Next::Continue)
+        }
+        Action::RunStep(step) => {
+            let mut rb = Runbook { ctx, topo, peer_name, status: w };
+            rb.run(step).await?;
+            Ok(Next::Continue)
+        }
+        Action::AbortFailover { reason } => {
+            if let Some(f) = w.status.failover.as_mut() {
+                failover::runbook::skip_remaining(f, &reason);
+                f.aborted = Some(reason.clone());
+            }
+            ctx.event(topo, EventType::Warning, "FailoverAborted", "Failover", reason).await;
+            // Abandoning is stepping down: the new declared primary waits for this token.
+            acknowledge(ctx, topo, w).await?;
+            Ok(Next::Continue)
+        }
+        Action::AcknowledgeDemotion { .. } => {
+            acknowledge(ctx, topo, w).await?;
+            Ok(Next::Continue)
+        }
+        Action::ReclaimPrimary => {
+            w.status.role = Some(Role::Primary);
+            w.status.phase = Some(Phase::Steady);
+            w.status.demotion = None;
+            w.status.sync = None;
+            set_condition(&mut w.status, "Ready", true, "Steady", "primary again: the failover away was abandoned before DNS moved", generation);
+            w.write().await?;
+            ctx.event(topo, EventType::Normal, "PrimaryReclaimed", "Reclaim", format!("{peer_name} abandoned its failover before DNS moved; {} is primary again", ctx.self_name())).await;
+            Ok(Next::Continue)
+        }
+        Action::WaitForPeerAbort { why } => {
+            set_condition(&mut w.status, "Ready", false, "WaitingForPeer", &why, generation);
+            Ok(Next::Requeue(WAIT_REQUEUE))
+        }
+        Action::WaitForPrimary { why } => {
+            ctx.sync.stop().await;
+            if w.status.role.is_none() {
+                w.status.role = Some(Role::Standby);
+            }
+            if w.status.phase != Some(Phase::Demoting) {
+                w.status.phase = Some(Phase::Syncing);
+            }
+            set_condition(&mut w.status, "SyncHealthy", false, "WaitingForPrimary", &why, generation);
+            set_condition(&mut w.status, "Ready", false, "WaitingForPrimary", &why, generation);
+            Ok(Next::Requeue(WAIT_REQUEUE))
+        }
+        Action::Mirror => {
+            w.status.role = Some(Role::Standby);
+            sync::standby(ctx, topo, w).await?;
+            Ok(Next::Requeue(STEADY_REQUEUE))
+        }
+    }
+}
+
+/// Writes the demotion token: this cluster stops acting as primary and tells the new primary
+/// its final etcd revision, so a planned switchover can catch up to exactly that point.
+async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> Result<(), Error> {
+    let new_primary = topo.spec.primary.clone();
+    let (final_revision, cluster_id) = match sync::own_revision(ctx, topo).await {
+        Ok((rev, id)) => (Some(rev), Some(id)),
+        Err(e) => {
+            warn!(error = %e, "cannot read own etcd revision for the demotion token");
+            (None, None)
+        }
+    };
+    w.status.role = Some(Role::Standby);
+    w.status.phase = Some(Phase::Demoting);
+    w.status.sync = None;
+    w.status.demotion = Some(crate::topology::DemotionStatus {
+        new_primary: new_primary.clone(),
+        final_revision,
+        cluster_id,
+        acknowledged_at: Some(Timestamp::now().to_string()),
+        restarts_done: false,
+    });
+    set_condition(&mut w.status, "Ready", false, "Demoting", &format!("stepped down for {new_primary}"), topo.metadata.generation);
+    w.write().await?;
+    let rev = final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
+    ctx.event(topo, EventType::Normal, "DemotionAcknowledged", "Demote", format!("{} stepped down for {new_primary} at revision {rev}", ctx.self_name())).await;
+    Ok(())
+}
+
+/// The name of an older DRTopology than `topo`, if any (oldest wins; ties by name).
+async fn oldest_other(api: &Api<DRTopology>, topo: &DRTopology) -> Result<Option<String>, Error> {
+    let all = api.list(&Default::default()).await?;
+    let key = |t: &DRTopology| (t.metadata.creation_timestamp.clone().map(|t| t.0), t.name_any());
+    let mine = key(topo);
+    Ok(all.items.iter().filter(|t| key(t) < mine).map(|t| t.name_any()).min())
+}
+
+/// sha256 of the encryption config, published so the peer can compare before failing over.
+pub fn fingerprint(path: &str) -> Option<String> {
+    use sha2::Digest;
+    std::fs::read(path).ok().map(|b| hex::encode(sha2::Sha256::digest(&b)))
+}

@@ -1,0 +1,125 @@
+//! Reaching the other global: a kube client built from the kubeconfig Secret the topology names,
+//! and what we read of the peer's DRTopology.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+
+use crate::failover::{PeerFailover, PeerState, PeerView, Step};
+use crate::topology::{DRTopology, SecretRef};
+
+/// How long a peer call may take before the peer counts as unreachable.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(4);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("reading Secret {namespace}/{name}: {source}")]
+    Get { namespace: String, name: String, source: kube::Error },
+    #[error("Secret {namespace}/{name} has no key {key:?}")]
+    MissingKey { namespace: String, name: String, key: String },
+}
+
+/// The bytes of one key of a Secret. The value is never logged or put in an error.
+pub async fn secret_bytes(client: &Client, r: &SecretRef, default_key: &str) -> Result<Vec<u8>, SecretError> {
+    let key = r.key.clone().unwrap_or_else(|| default_key.to_string());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
+    let secret = api.get(&r.name).await.map_err(|source| SecretError::Get {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        source,
+    })?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(&key))
+        .map(|b| b.0)
+        .ok_or_else(|| SecretError::MissingKey { namespace: r.namespace.clone(), name: r.name.clone(), key })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("no kubeconfigSecretRef for cluster {0}: the peer cannot be reached")]
+    NoKubeconfig(String),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("kubeconfig in Secret {0} is not valid: {1}")]
+    Kubeconfig(String, String),
+    #[error("peer {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    #[error("peer {0}: {1}")]
+    Api(String, kube::Error),
+}
+
+/// A client for cluster `name` of the topology, from its kubeconfig Secret in this cluster.
+pub async fn client_for(local: &Client, topo: &DRTopology, name: &str) -> Result<Client, PeerError> {
+    let r = topo
+        .spec
+        .cluster(name)
+        .and_then(|c| c.kubeconfig_secret_ref.clone())
+        .ok_or_else(|| PeerError::NoKubeconfig(name.to_string()))?;
+    kubeconfig_client(local, &r).await
+}
+
+/// A client from a kubeconfig held in a Secret (peer globals and workload clusters alike).
+pub async fn kubeconfig_client(local: &Client, r: &SecretRef) -> Result<Client, PeerError> {
+    let where_ = format!("{}/{}", r.namespace, r.name);
+    let bytes = secret_bytes(local, r, "kubeconfig").await?;
+    let text = String::from_utf8(bytes).map_err(|_| PeerError::Kubeconfig(where_.clone(), "not UTF-8".into()))?;
+    let kc = Kubeconfig::from_yaml(&text).map_err(|e| PeerError::Kubeconfig(where_.clone(), e.to_string()))?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| PeerError::Kubeconfig(where_.clone(), e.to_string()))?;
+    cfg.connect_timeout = Some(PEER_TIMEOUT);
+    cfg.read_timeout = Some(PEER_TIMEOUT);
+    Client::try_from(cfg).map_err(|e| PeerError::Kubeconfig(where_, e.to_string()))
+}
+
+/// The peer's DRTopology of the same name, bounded in time.
+pub async fn get_topology(peer: &Client, peer_name: &str, name: &str) -> Result<Option<DRTopology>, PeerError> {
+    let api: Api<DRTopology> = Api::all(peer.clone());
+    match tokio::time::timeout(PEER_TIMEOUT, api.get_opt(name)).await {
+        Err(_) => Err(PeerError::Timeout(peer_name.to_string(), PEER_TIMEOUT)),
+        Ok(Err(e)) => Err(PeerError::Api(peer_name.to_string(), e)),
+        Ok(Ok(t)) => Ok(t),
+    }
+}
+
+/// Observes the peer for the planner; any failure is `Unreachable` plus the reason.
+pub async fn observe(local: &Client, topo: &DRTopology, peer_name: &str) -> (PeerView, Option<String>) {
+    let name = kube::ResourceExt::name_any(topo);
+    let result = async {
+        let c = client_for(local, topo, peer_name).await?;
+        get_topology(&c, peer_name, &name).await
+    }
+    .await;
+    match result {
+        Ok(Some(t)) => (PeerView::Reachable(peer_state(&t, peer_name)), None),
+        Ok(None) => (
+            PeerView::Reachable(PeerState::default()),
+            Some(format!("peer {peer_name} has no DRTopology {name} yet")),
+        ),
+        Err(e) => (PeerView::Unreachable, Some(e.to_string())),
+    }
+}
+
+pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
+    let st = t.status.clone().unwrap_or_default();
+    PeerState {
+        spec_primary: t.spec.primary.clone(),
+        role: st.role,
+        phase: st.phase,
+        demoted_for: st.demotion.as_ref().map(|d| d.new_primary.clone()),
+        final_revision: st.demotion.as_ref().and_then(|d| d.final_revision),
+        encryption_config_sha256: st.encryption_config_sha256.clone(),
+        failover: st.failover.as_ref().filter(|f| f.to == peer_name).map(|f| PeerFailover {
+            completed: f.completed_at.is_some(),
+            aborted: f.aborted.is_some(),
+            dns_switched: f
+                .steps
+                .iter()
+                .any(|s| s.name == Step::SwitchDns.name() && s.state == crate::topology::StepState::Succeeded),
+        }),
+    }
+}

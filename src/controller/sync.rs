@@ -1,0 +1,316 @@
+//! The standby's replication, run in-process: starts the `mirror` engine from the declared
+//! primary's etcd into this cluster's etcd, restarts it when the topology's endpoints or
+//! exclusions change, runs the periodic consistency check and reports into status.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::status::{set_condition, StatusWriter};
+use super::{Context, Error};
+use crate::check::{self, CheckReport};
+use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
+use crate::failover::runbook::run_restarts;
+use crate::keyspace::Filter;
+use crate::mirror::{Mirror, MirrorConfig, Phase as MirrorPhase, Progress, Tuning};
+use crate::secret::{KubeSecrets, SecretSource};
+use crate::topology::{ClusterSpec, DRTopology, DRTopologyStatus, Phase, RestartWhen, SyncStatus};
+use crate::validate::parse_duration;
+
+/// What identifies a running mirror: when any of it changes, the mirror restarts.
+#[derive(Clone, Debug, PartialEq)]
+struct SyncKey {
+    source: Vec<String>,
+    dest: Vec<String>,
+    exclude: String,
+    namespace: String,
+    tls: String,
+}
+
+struct Running {
+    key: SyncKey,
+    progress: watch::Receiver<Progress>,
+    /// When applied last equalled the source head: lag is measured from there.
+    caught_up: Arc<std::sync::Mutex<Instant>>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    source: Endpoint,
+    dest: Endpoint,
+    filter: Filter,
+}
+
+#[derive(Default)]
+pub struct SyncManager {
+    running: Mutex<Option<Running>>,
+    last_check: Mutex<Option<(CheckReport, Instant)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cluster {0} is not in spec.clusters")]
+    UnknownCluster(String),
+    #[error("etcd TLS for cluster {cluster}: {message}")]
+    Tls { cluster: String, message: String },
+    #[error("the mirror is not running")]
+    NotRunning,
+    #[error("applied revision {applied} did not reach {want} within {after:?}")]
+    CatchUpTimeout { applied: i64, want: i64, after: Duration },
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+    #[error(transparent)]
+    Check(#[from] check::CheckError),
+    #[error("reading this cluster's etcd revision: {0}")]
+    Status(etcd_client::Error),
+}
+
+/// This cluster's etcd as an endpoint, with mTLS material from its Secret.
+async fn endpoint(ctx: &Context, c: &ClusterSpec) -> Result<Endpoint, SyncError> {
+    let tls = match &c.etcd.tls_secret_ref {
+        None => None,
+        Some(r) => {
+            let secrets = KubeSecrets::new(ctx.client.clone());
+            let get = |key: &'static str| {
+                let secrets = secrets.clone();
+                let r = r.clone();
+                async move { secrets.get(&r, key).await }
+            };
+            let err = |e: crate::secret::SecretError| SyncError::Tls { cluster: c.name.clone(), message: e.to_string() };
+            let ca = get("ca.crt").await.map_err(err)?;
+            let cert = get("tls.crt").await.map_err(err)?;
+            let key = get("tls.key").await.map_err(err)?;
+            Some(TlsMaterial {
+                ca: Some(ca.expose().to_vec()),
+                identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))),
+            })
+        }
+    };
+    Ok(Endpoint { urls: c.etcd.endpoints.clone(), tls })
+}
+
+fn filter_for(topo: &DRTopology, namespace: &str) -> Filter {
+    Filter::new(&topo.spec.sync.exclude, namespace, crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)
+}
+
+impl SyncManager {
+    pub async fn stop(&self) {
+        if let Some(r) = self.running.lock().await.take() {
+            r.shutdown.cancel();
+            let _ = r.task.await;
+            info!(source = %r.key.source.join(","), "mirror stopped");
+        }
+    }
+
+    async fn start(&self, key: SyncKey, source: Endpoint, dest: Endpoint, filter: Filter) {
+        self.stop().await;
+        let mirror = Arc::new(Mirror::new(MirrorConfig {
+            source: source.clone(),
+            dest: dest.clone(),
+            filter: filter.clone(),
+            tuning: Tuning::default(),
+        }));
+        let progress = mirror.progress();
+        let shutdown = CancellationToken::new();
+        let caught_up = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let task = {
+            let (mirror, token, caught_up, mut rx) = (mirror.clone(), shutdown.clone(), caught_up.clone(), mirror.progress());
+            tokio::spawn(async move {
+                let watch_lag = async move {
+                    while rx.changed().await.is_ok() {
+                        let p = rx.borrow().clone();
+                        if p.phase == MirrorPhase::Following && p.applied_revision >= p.source_revision {
+                            if let Ok(mut t) = caught_up.lock() {
+                                *t = Instant::now();
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = mirror.run(token.cancelled_owned()) => {}
+                    () = watch_lag => {}
+                }
+            })
+        };
+        info!(source = %key.source.join(","), dest = %key.dest.join(","), "mirror started");
+        *self.running.lock().await = Some(Running { key, progress, caught_up, shutdown, task, source, dest, filter });
+    }
+
+    pub async fn progress(&self) -> Option<(Progress, f64)> {
+        let guard = self.running.lock().await;
+        let r = guard.as_ref()?;
+        let p = r.progress.borrow().clone();
+        let lag = if p.phase == MirrorPhase::Following && p.applied_revision >= p.source_revision {
+            0.0
+        } else {
+            r.caught_up.lock().map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
+        };
+        Some((p, lag))
+    }
+
+    pub async fn applied_revision(&self) -> Option<i64> {
+        self.progress().await.map(|(p, _)| p.applied_revision).filter(|r| *r > 0)
+    }
+
+    pub async fn source_cluster_id(&self) -> Option<String> {
+        self.progress().await.map(|(p, _)| format!("{:x}", p.source_cluster_id)).filter(|s| s != "0")
+    }
+
+    /// Waits until the mirror has applied source revision `want`.
+    pub async fn wait_applied(&self, want: i64, timeout: Duration) -> Result<i64, SyncError> {
+        let mut rx = self.running.lock().await.as_ref().map(|r| r.progress.clone()).ok_or(SyncError::NotRunning)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let applied = rx.borrow().applied_revision;
+            if applied >= want {
+                return Ok(applied);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SyncError::NotRunning),
+                Err(_) => return Err(SyncError::CatchUpTimeout { applied, want, after: timeout }),
+            }
+        }
+    }
+
+    /// Runs a full consistency check of the running mirror's source and destination.
+    pub async fn check_now(&self) -> Result<CheckReport, SyncError> {
+        let (source, dest, filter) = {
+            let guard = self.running.lock().await;
+            let r = guard.as_ref().ok_or(SyncError::NotRunning)?;
+            (r.source.clone(), r.dest.clone(), r.filter.clone())
+        };
+        let (s, d) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
+        let result = check::run(&s, &d, &filter, &check::CheckOptions::default()).await?;
+        *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
+        Ok(result.report)
+    }
+
+    pub async fn last_check(&self) -> Option<CheckReport> {
+        self.last_check.lock().await.as_ref().map(|(r, _)| r.clone())
+    }
+
+    async fn last_check_age(&self) -> Option<Duration> {
+        self.last_check.lock().await.as_ref().map(|(_, at)| at.elapsed())
+    }
+}
+
+/// Starts (or keeps, or restarts on change) the mirror from the declared primary into this cluster.
+pub async fn ensure_mirror(ctx: &Context, topo: &DRTopology, self_name: &str) -> Result<(), SyncError> {
+    // The source is whoever is primary by declaration, or during a failover to us, the peer.
+    let source_name = if topo.spec.primary == self_name {
+        topo.spec.peer_of(self_name).map(|c| c.name.clone())
+    } else {
+        Some(topo.spec.primary.clone())
+    }
+    .ok_or_else(|| SyncError::UnknownCluster(self_name.to_string()))?;
+    let src = topo.spec.cluster(&source_name).ok_or_else(|| SyncError::UnknownCluster(source_name.clone()))?;
+    let me = topo.spec.cluster(self_name).ok_or_else(|| SyncError::UnknownCluster(self_name.to_string()))?;
+    let key = SyncKey {
+        source: src.etcd.endpoints.clone(),
+        dest: me.etcd.endpoints.clone(),
+        exclude: serde_json::to_string(&topo.spec.sync.exclude).unwrap_or_default(),
+        namespace: ctx.args.namespace.clone(),
+        tls: format!("{:?}/{:?}", src.etcd.tls_secret_ref, me.etcd.tls_secret_ref),
+    };
+    if ctx.sync.running.lock().await.as_ref().is_some_and(|r| r.key == key) {
+        return Ok(());
+    }
+    let (source, dest) = (endpoint(ctx, src).await?, endpoint(ctx, me).await?);
+    ctx.sync.start(key, source, dest, filter_for(topo, &ctx.args.namespace)).await;
+    Ok(())
+}
+
+/// This cluster's own etcd head revision and cluster ID (the demotion token's content).
+pub async fn own_revision(ctx: &Context, topo: &DRTopology) -> Result<(i64, String), SyncError> {
+    let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
+    let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
+    let (cluster_id, revision) = etcd::head(&mut conn.kv).await.map_err(SyncError::Status)?;
+    Ok((revision, format!("{cluster_id:x}")))
+}
+
+pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport) {
+    let sync = status.sync.get_or_insert_with(SyncStatus::default);
+    sync.missed_keys = Some(report.missed.count);
+    sync.surplus_keys = Some(report.surplus.count);
+    sync.diverged_keys = Some(report.diverged.count);
+    sync.last_check_time = Some(Timestamp::now().to_string());
+}
+
+/// One standby reconcile: mirror running, status and conditions current, the periodic check
+/// and the once-only `syncEnabled` / `demotion` restarts.
+pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter) -> Result<(), Error> {
+    let generation = topo.metadata.generation;
+    if let Err(e) = ensure_mirror(ctx, topo, ctx.self_name()).await {
+        w.status.phase = Some(Phase::Degraded);
+        set_condition(&mut w.status, "SyncHealthy", false, "MirrorNotStarted", &e.to_string(), generation);
+        return Ok(());
+    }
+    let Some((p, lag)) = ctx.sync.progress().await else { return Ok(()) };
+    {
+        let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
+        sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
+        sync.applied_revision = Some(p.applied_revision).filter(|r| *r > 0);
+        sync.lag_seconds = Some((lag * 1000.0).round() / 1000.0);
+    }
+    let following = p.phase == MirrorPhase::Following;
+    let interval = parse_duration(&topo.spec.sync.check_interval).unwrap_or(Duration::from_secs(300));
+    let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
+    if following && due {
+        match ctx.sync.check_now().await {
+            Ok(report) => record_check(&mut w.status, &report),
+            Err(e) => warn!(error = %e, "consistency check failed"),
+        }
+    }
+    let sync = w.status.sync.clone().unwrap_or_default();
+    let max_missed = topo.spec.failover.max_missed_keys;
+    let healthy = following
+        && lag <= ctx.args.max_lag_seconds
+        && sync.missed_keys.is_some_and(|m| m <= max_missed)
+        && p.last_error.is_none();
+    let why = if !following {
+        format!("mirror is {:?}{}", p.phase, p.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())
+    } else if lag > ctx.args.max_lag_seconds {
+        format!("lag {lag:.1}s is over {:.0}s", ctx.args.max_lag_seconds)
+    } else if let Some(m) = sync.missed_keys.filter(|m| *m > max_missed) {
+        format!("{m} keys missed at the last check")
+    } else if sync.missed_keys.is_none() {
+        "waiting for the first consistency check".into()
+    } else {
+        format!("following {} at revision {}, lag {lag:.2}s", topo.spec.primary, p.applied_revision)
+    };
+    set_condition(&mut w.status, "SyncHealthy", healthy, if healthy { "Mirroring" } else { "NotHealthy" }, &why, generation);
+    set_condition(&mut w.status, "DNSCorrect", true, "Standby", "DNS is the primary's concern", generation);
+    set_condition(&mut w.status, "Ready", healthy, if healthy { "Steady" } else { "Syncing" }, &why, generation);
+    w.status.phase = Some(if healthy { Phase::Steady } else if following && sync.missed_keys.is_some() { Phase::Degraded } else { Phase::Syncing });
+
+    if healthy {
+        let stamp = Timestamp::now();
+        if !sync.restarts_done {
+            match run_restarts(ctx, topo, RestartWhen::SyncEnabled, stamp).await {
+                Ok(o) => {
+                    info!(message = %o.message, "syncEnabled restarts done");
+                    if let Some(s) = w.status.sync.as_mut() {
+                        s.restarts_done = true;
+                    }
+                }
+                Err(e) => warn!(error = %e, "syncEnabled restarts failed; will retry"),
+            }
+        }
+        if w.status.demotion.as_ref().is_some_and(|d| !d.restarts_done) {
+            match run_restarts(ctx, topo, RestartWhen::Demotion, stamp).await {
+                Ok(o) => {
+                    info!(message = %o.message, "demotion restarts done");
+                    if let Some(d) = w.status.demotion.as_mut() {
+                        d.restarts_done = true;
+                    }
+                }
+                Err(e) => warn!(error = %e, "demotion restarts failed; will retry"),
+            }
+        }
+    }
+    Ok(())
+}

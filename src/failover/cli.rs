@@ -1,0 +1,79 @@
+//! `drctl failover plan`: what a failover would do, from a file or from a live cluster.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use kube::api::Api;
+use kube::Client;
+
+use super::{plan as decide, runbook, Action, Observed, PeerView};
+use crate::controller::peer;
+use crate::topology::DRTopology;
+use crate::validate;
+
+pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name: Option<&str>) -> anyhow::Result<ExitCode> {
+    let (topo, client) = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?;
+            let docs = validate::validate_text(&text).map_err(|e| anyhow::anyhow!("{}: not valid YAML at {e}", f.display()))?;
+            let Some(doc) = docs.into_iter().next() else { anyhow::bail!("{}: no DRTopology in the file", f.display()) };
+            if !doc.errors.is_empty() {
+                for e in &doc.errors {
+                    println!("{}: {e}", f.display());
+                }
+                println!("an invalid topology never starts a failover");
+                return Ok(ExitCode::FAILURE);
+            }
+            let Some(t) = doc.topology else { anyhow::bail!("{}: no DRTopology in the file", f.display()) };
+            (t, None)
+        }
+        None => {
+            let client = match kubeconfig {
+                Some(p) => {
+                    let kc = kube::config::Kubeconfig::read_from(p)?;
+                    Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+                }
+                None => Client::try_default().await?,
+            };
+            let api: Api<DRTopology> = Api::all(client.clone());
+            let topo = match name {
+                Some(n) => api.get(n).await?,
+                None => api
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .min_by_key(|t| t.metadata.creation_timestamp.clone().map(|t| t.0))
+                    .ok_or_else(|| anyhow::anyhow!("no DRTopology in the cluster"))?,
+            };
+            (topo, Some(client))
+        }
+    };
+    let Some(peer_cluster) = topo.spec.peer_of(to) else {
+        let names: Vec<&str> = topo.spec.clusters.iter().map(|c| c.name.as_str()).collect();
+        anyhow::bail!("{to:?} is not one of spec.clusters[].name ({})", names.join(", "));
+    };
+    let (view, why) = match &client {
+        Some(c) => peer::observe(c, &topo, &peer_cluster.name).await,
+        None => (PeerView::Unreachable, Some("reading from a file: the peer is not consulted".into())),
+    };
+    let mut hypothetical = topo.spec.clone();
+    hypothetical.primary = to.to_string();
+    let status = topo.status.clone();
+    let action = decide(&Observed {
+        self_name: to,
+        spec_primary: &hypothetical.primary,
+        invalid: !validate::validate_spec(&hypothetical).is_empty(),
+        status: status.as_ref(),
+        peer: view.clone(),
+    });
+    println!("failover {} -> {to} (spec.primary is {} now)", peer_cluster.name, topo.spec.primary);
+    if let Some(w) = why {
+        println!("peer: {w}");
+    }
+    println!("next action: {action:?}");
+    if matches!(action, Action::StartFailover | Action::RunStep(_)) || topo.spec.primary != to {
+        println!("{}", runbook::describe(&topo, to, &view));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,129 @@
+//! Runbook hooks (`spec.failover.preHooks` / `postHooks`): a webhook call or a Job, e.g. to
+//! remove the 2379 forwarding from the VIPs before DNS moves.
+//!
+//! Both are idempotent per failover: a Job is named after the hook and the failover id, so a
+//! resumed step finds the Job it already created instead of starting another; a webhook gets
+//! the failover id in its body and header so the receiver can deduplicate.
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::Client;
+use serde::Serialize;
+
+use crate::dns::webhook::signature_header;
+use crate::secret::{SecretError, SecretSource};
+use crate::topology::Hook;
+
+/// How long a Job hook may run.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hook {hook}: {source}")]
+    Secret { hook: String, source: SecretError },
+    #[error("hook {hook}: POST {url}: {source}")]
+    Http { hook: String, url: String, source: reqwest::Error },
+    #[error("hook {hook}: {url} answered HTTP {status}: {body}")]
+    Status { hook: String, url: String, status: u16, body: String },
+    #[error("hook {hook}: job template is not a batch/v1 JobSpec: {reason}")]
+    Template { hook: String, reason: String },
+    #[error("hook {hook}: Job {namespace}/{name}: {source}")]
+    Kube { hook: String, namespace: String, name: String, source: kube::Error },
+    #[error("hook {hook}: Job {namespace}/{name} failed: {reason}")]
+    JobFailed { hook: String, namespace: String, name: String, reason: String },
+    #[error("hook {hook}: Job {namespace}/{name} did not finish within {after:?}")]
+    JobTimeout { hook: String, namespace: String, name: String, after: Duration },
+    #[error("hook {0}: sets neither job nor webhook")]
+    Empty(String),
+}
+
+/// What a hook is told about the failover it runs in.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookInput<'a> {
+    pub hook: &'a str,
+    /// `pre` or `post`.
+    pub phase: &'a str,
+    pub topology: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// Stable across retries of the same failover (its start time in Unix seconds).
+    pub failover_id: &'a str,
+}
+
+/// Runs one hook to completion; returns a line for the step message.
+pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input: &HookInput<'_>) -> Result<String, HookError> {
+    if let Some(w) = &hook.webhook {
+        let body = serde_json::to_vec(input).map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
+        let mut req = reqwest::Client::new()
+            .post(&w.url)
+            .timeout(WEBHOOK_TIMEOUT)
+            .header("Content-Type", "application/json")
+            .header("X-Drctl-Failover-Id", input.failover_id);
+        if let Some(r) = &w.hmac_secret_ref {
+            let key = secrets
+                .get(r, "hmacKey")
+                .await
+                .map_err(|source| HookError::Secret { hook: hook.name.clone(), source })?;
+            req = req.header("X-Drctl-Signature", signature_header(key.expose(), &body));
+        }
+        let resp = req
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| HookError::Http { hook: hook.name.clone(), url: w.url.clone(), source })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+            return Err(HookError::Status { hook: hook.name.clone(), url: w.url.clone(), status: status.as_u16(), body });
+        }
+        return Ok(format!("{}: webhook answered {}", hook.name, status.as_u16()));
+    }
+    let Some(j) = &hook.job else { return Err(HookError::Empty(hook.name.clone())) };
+    let spec = serde_json::from_value(j.template.clone())
+        .map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
+    let name = format!("drctl-{}-{}-{}", input.phase, hook.name, input.failover_id);
+    let name: String = name.chars().take(63).collect::<String>().trim_end_matches('-').to_string();
+    let api: Api<Job> = Api::namespaced(client.clone(), &j.namespace);
+    let kube_err = |source| HookError::Kube { hook: hook.name.clone(), namespace: j.namespace.clone(), name: name.clone(), source };
+    if api.get_opt(&name).await.map_err(kube_err)?.is_none() {
+        let job = Job {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([("app.kubernetes.io/managed-by".to_string(), "drctl".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(spec),
+            status: None,
+        };
+        match api.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(kube_err(e)),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
+    loop {
+        let job = api.get(&name).await.map_err(kube_err)?;
+        let st = job.status.unwrap_or_default();
+        if st.succeeded.unwrap_or(0) > 0 {
+            return Ok(format!("{}: Job {}/{name} succeeded", hook.name, j.namespace));
+        }
+        let failed = st.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Failed" && c.status == "True");
+        if let Some(c) = failed {
+            return Err(HookError::JobFailed {
+                hook: hook.name.clone(),
+                namespace: j.namespace.clone(),
+                name,
+                reason: c.message.unwrap_or_default(),
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(HookError::JobTimeout { hook: hook.name.clone(), namespace: j.namespace.clone(), name, after: JOB_TIMEOUT });
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -1,0 +1,204 @@
+//! Restarting platform components after sync is enabled, at failover and at demotion: the
+//! runbook's `kubectl delete po -l ...` and rollout restarts, made idempotent.
+//!
+//! Idempotence comes from a stamp chosen by the caller (the failover's start time, say): a
+//! rollout restart writes it into the pod template, so running the step again after a crash
+//! changes nothing; pod deletion removes only pods created before the stamp.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{info, instrument};
+
+use crate::topology::{RestartMethod, RestartSpec};
+
+/// The annotation `kubectl rollout restart` uses; drctl writes the same so tools recognise it.
+pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error("restart {name}: listing {kind} in {namespace} with {selector:?}: {source}")]
+    List { name: String, kind: &'static str, namespace: String, selector: String, source: kube::Error },
+    #[error("restart {name}: patching {kind} {namespace}/{object}: {source}")]
+    Patch { name: String, kind: &'static str, namespace: String, object: String, source: kube::Error },
+    #[error("restart {name}: deleting pod {namespace}/{object}: {source}")]
+    Delete { name: String, namespace: String, object: String, source: kube::Error },
+}
+
+/// What one restart did, for the step message.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RestartReport {
+    pub name: String,
+    /// Workloads whose template now carries the stamp / pods deleted.
+    pub touched: Vec<String>,
+    /// Objects already restarted for this stamp (a resumed step).
+    pub already: usize,
+    /// Workloads not ready when the wait ended.
+    pub not_ready: Vec<String>,
+}
+
+impl RestartReport {
+    pub fn summary(&self) -> String {
+        let mut s = format!("{}: restarted {}", self.name, self.touched.len());
+        if self.already > 0 {
+            s.push_str(&format!(", {} already restarted", self.already));
+        }
+        if !self.not_ready.is_empty() {
+            s.push_str(&format!(", not ready: {}", self.not_ready.join(", ")));
+        }
+        s
+    }
+}
+
+/// Runs one restart in the cluster `client` points at and waits up to `ready_timeout` for the
+/// restarted workloads to be ready again.
+#[instrument(skip(client, r), fields(restart = %r.name, namespace = %r.namespace))]
+pub async fn run(client: &Client, r: &RestartSpec, stamp: Timestamp, ready_timeout: Duration) -> Result<RestartReport, RestartError> {
+    let mut report = RestartReport { name: r.name.clone(), ..Default::default() };
+    match r.method {
+        RestartMethod::RolloutRestart => {
+            let stamp_s = stamp.to_string();
+            rollout::<Deployment>(client, r, &stamp_s, "Deployment", &mut report).await?;
+            rollout::<StatefulSet>(client, r, &stamp_s, "StatefulSet", &mut report).await?;
+            rollout::<DaemonSet>(client, r, &stamp_s, "DaemonSet", &mut report).await?;
+        }
+        RestartMethod::DeletePods => delete_pods(client, r, stamp, &mut report).await?,
+    }
+    report.not_ready = wait_ready(client, r, ready_timeout).await?;
+    info!(summary = %report.summary(), "restart finished");
+    Ok(report)
+}
+
+async fn rollout<K>(client: &Client, r: &RestartSpec, stamp: &str, kind: &'static str, report: &mut RestartReport) -> Result<(), RestartError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &r.namespace);
+    let list = api.list(&ListParams::default().labels(&r.label_selector)).await.map_err(|source| RestartError::List {
+        name: r.name.clone(),
+        kind,
+        namespace: r.namespace.clone(),
+        selector: r.label_selector.clone(),
+        source,
+    })?;
+    for obj in list.items {
+        let name = obj.name_any();
+        let current = serde_json::to_value(&obj)
+            .ok()
+            .and_then(|v| v.pointer(&format!("/spec/template/metadata/annotations/{}", RESTARTED_AT.replace('/', "~1"))).cloned());
+        if current.as_ref().and_then(|v| v.as_str()) == Some(stamp) {
+            report.already += 1;
+            continue;
+        }
+        let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|source| RestartError::Patch {
+            name: r.name.clone(),
+            kind,
+            namespace: r.namespace.clone(),
+            object: name.clone(),
+            source,
+        })?;
+        report.touched.push(format!("{kind}/{name}"));
+    }
+    Ok(())
+}
+
+async fn delete_pods(client: &Client, r: &RestartSpec, stamp: Timestamp, report: &mut RestartReport) -> Result<(), RestartError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &r.namespace);
+    let list = api.list(&ListParams::default().labels(&r.label_selector)).await.map_err(|source| RestartError::List {
+        name: r.name.clone(),
+        kind: "Pod",
+        namespace: r.namespace.clone(),
+        selector: r.label_selector.clone(),
+        source,
+    })?;
+    for pod in list.items {
+        let name = pod.name_any();
+        let created = pod.creation_timestamp().map(|t| t.0);
+        if created.is_some_and(|c| c >= stamp) || pod.metadata.deletion_timestamp.is_some() {
+            report.already += 1;
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => report.touched.push(format!("Pod/{name}")),
+            // Gone already: someone (or our previous run) deleted it.
+            Err(kube::Error::Api(e)) if e.code == 404 => report.already += 1,
+            Err(source) => {
+                return Err(RestartError::Delete { name: r.name.clone(), namespace: r.namespace.clone(), object: name, source })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every Deployment/StatefulSet/DaemonSet matching the selector reports all replicas
+/// updated and available (pods for `deletePods`: all Ready); returns the ones that are not.
+async fn wait_ready(client: &Client, r: &RestartSpec, timeout: Duration) -> Result<Vec<String>, RestartError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let not_ready = not_ready(client, r).await?;
+        if not_ready.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(not_ready);
+        }
+        tokio::time::sleep(Duration::from_secs(1).min(timeout)).await;
+    }
+}
+
+async fn not_ready(client: &Client, r: &RestartSpec) -> Result<Vec<String>, RestartError> {
+    let lp = ListParams::default().labels(&r.label_selector);
+    let list_err = |kind: &'static str| {
+        let (name, namespace, selector) = (r.name.clone(), r.namespace.clone(), r.label_selector.clone());
+        move |source| RestartError::List { name, kind, namespace, selector, source }
+    };
+    let mut out = Vec::new();
+    match r.method {
+        RestartMethod::RolloutRestart => {
+            let deps: Api<Deployment> = Api::namespaced(client.clone(), &r.namespace);
+            for d in deps.list(&lp).await.map_err(list_err("Deployment"))? {
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let st = d.status.clone().unwrap_or_default();
+                let observed = st.observed_generation >= d.metadata.generation;
+                if !observed || st.updated_replicas.unwrap_or(0) < want || st.available_replicas.unwrap_or(0) < want {
+                    out.push(format!("Deployment/{}", d.name_any()));
+                }
+            }
+            let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &r.namespace);
+            for s in sts.list(&lp).await.map_err(list_err("StatefulSet"))? {
+                let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let st = s.status.clone().unwrap_or_default();
+                let observed = st.observed_generation >= s.metadata.generation;
+                if !observed || st.updated_replicas.unwrap_or(0) < want || st.ready_replicas.unwrap_or(0) < want {
+                    out.push(format!("StatefulSet/{}", s.name_any()));
+                }
+            }
+            let dss: Api<DaemonSet> = Api::namespaced(client.clone(), &r.namespace);
+            for d in dss.list(&lp).await.map_err(list_err("DaemonSet"))? {
+                let st = d.status.clone().unwrap_or_default();
+                let observed = st.observed_generation >= d.metadata.generation;
+                if !observed || st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled || st.number_available.unwrap_or(0) < st.desired_number_scheduled {
+                    out.push(format!("DaemonSet/{}", d.name_any()));
+                }
+            }
+        }
+        RestartMethod::DeletePods => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &r.namespace);
+            for p in pods.list(&lp).await.map_err(list_err("Pod"))? {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if !ready {
+                    out.push(format!("Pod/{}", p.name_any()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
