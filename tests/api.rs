@@ -32,23 +32,6 @@ fn minimal_with(from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-/// Apply a manifest from stdin; returns (success, stdout+stderr).
-fn apply_stdin(g: &Global, manifest: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(support::kubectl())
-        .arg(format!("--kubeconfig={}", g.api.kubeconfig.display()))
-        .args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn kubectl");
-    child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write manifest");
-    let out = child.wait_with_output().expect("kubectl apply");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn crd_examples_cel_and_printer_columns() {
     let g = Global::start("global-a");
@@ -75,7 +58,7 @@ async fn crd_examples_cel_and_printer_columns() {
     ];
     for (from, to, want) in cases {
         let bad = minimal_with(from, to).replace("name: platform", "name: rejected");
-        let (ok, out) = apply_stdin(&g, &bad);
+        let (ok, out) = g.api.apply_stdin(&bad);
         assert!(!ok, "apiserver accepted {to:?}: {out}");
         assert!(out.contains(want), "for {to:?} expected {want:?} in: {out}");
         // drctl validate rejects the same document.
@@ -88,7 +71,7 @@ async fn crd_examples_cel_and_printer_columns() {
         "    - name: global-c\n      vip: 192.0.2.30\n      apiServer: https://192.0.2.30:6443\n      etcd: {endpoints: [https://192.0.2.31:2379]}\n  dns:\n",
     )
     .replace("name: platform", "name: three");
-    let (ok, out) = apply_stdin(&g, &three);
+    let (ok, out) = g.api.apply_stdin(&three);
     assert!(!ok, "apiserver accepted three clusters: {out}");
     assert!(out.contains("spec.clusters"), "{out}");
 

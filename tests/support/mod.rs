@@ -4,6 +4,9 @@
 //! when the test process dies (PR_SET_PDEATHSIG), so a crashed test leaves nothing behind.
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod pair;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -298,6 +301,23 @@ impl ApiServer {
     /// Runs kubectl against this apiserver as admin.
     pub fn kubectl(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
         Command::new(kubectl()).arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args).output()
+    }
+
+    /// `kubectl apply -f -` with `manifest` on stdin; (success, stdout+stderr).
+    pub fn apply_stdin(&self, manifest: &str) -> (bool, String) {
+        use std::io::Write;
+        let mut child = Command::new(kubectl())
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl");
+        child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write manifest");
+        let out = child.wait_with_output().expect("kubectl apply");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
     }
 
     /// kubectl that must succeed; returns stdout.

@@ -1,0 +1,323 @@
+//! The controller on two real globals with real PowerDNS: steady state, a planned failover, a
+//! disaster failover, kill -9 at every step, a flip back mid-failover, an invalid spec, and two
+//! replicas behind one Lease.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use drctl::topology::{DRTopologyStatus, Phase, Role, StepState};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use support::dns::dig;
+use support::pair::{Controller, Pair, DOMAIN, VIP_A, VIP_B};
+use support::Global;
+
+const STEADY: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(120);
+
+fn steps_all_finished(s: &DRTopologyStatus) -> bool {
+    s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())
+}
+
+fn is(role: Role, phase: Phase) -> impl Fn(&DRTopologyStatus) -> bool {
+    move |s| s.role == Some(role) && s.phase == Some(phase)
+}
+
+fn standby_in_sync(s: &DRTopologyStatus) -> bool {
+    s.role == Some(Role::Standby)
+        && s.phase == Some(Phase::Steady)
+        && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
+}
+
+async fn put_configmap(g: &Global, ns: &str, name: &str, data: &str) {
+    let client = g.client().await;
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns_obj: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+    let _ = nss.create(&PostParams::default(), &ns_obj).await;
+    let api: Api<ConfigMap> = Api::namespaced(client, ns);
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "data": {"value": data},
+    }))
+    .expect("configmap");
+    api.create(&PostParams::default(), &cm).await.expect("create configmap");
+}
+
+async fn wait_configmap(g: &Global, ns: &str, name: &str, timeout: Duration) -> BTreeMap<String, String> {
+    let api: Api<ConfigMap> = Api::namespaced(g.client().await, ns);
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(cm)) = api.get_opt(name).await {
+            return cm.data.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("configmap {ns}/{name} did not appear on {} within {timeout:?}", g.name);
+}
+
+/// The Deployment the topology's `when: failover` restart targets, in both globals.
+async fn create_restart_target(g: &Global) {
+    let api: Api<Deployment> = Api::namespaced(g.client().await, "cpaas-system");
+    let d: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "cluster-transformer", "labels": {"service_name": "cluster-transformer"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "ct"}},
+            "template": {"metadata": {"labels": {"app": "ct"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+        }
+    }))
+    .expect("deployment");
+    api.create(&PostParams::default(), &d).await.expect("create deployment");
+}
+
+async fn restarted_at(g: &Global) -> Option<String> {
+    let api: Api<Deployment> = Api::namespaced(g.client().await, "cpaas-system");
+    let d = api.get("cluster-transformer").await.expect("get deployment");
+    d.spec?.template.metadata?.annotations?.get(drctl::restart::RESTARTED_AT).cloned()
+}
+
+/// Both controllers running, A primary and B an in-sync standby.
+async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
+    create_restart_target(&pair.a).await;
+    create_restart_target(&pair.b).await;
+    pair.apply_both("global-a");
+    let ca = pair.controller(&pair.a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    pair.wait(&pair.a, "A primary and steady", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    (ca, cb)
+}
+
+fn dns_answer(pair: &Pair) -> Vec<String> {
+    dig(pair.pdns.dns, DOMAIN, "A")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+
+    // Steady state: the standby mirrors, the primary does not.
+    let a = pair.status(&pair.a).await.expect("a").status.expect("status");
+    assert!(a.sync.is_none(), "a primary reports no sync: {:?}", a.sync);
+    put_configmap(&pair.a, "apps", "before-flip", "written on global-a").await;
+    let data = wait_configmap(&pair.b, "apps", "before-flip", Duration::from_secs(30)).await;
+    assert_eq!(data.get("value").map(String::as_str), Some("written on global-a"));
+    assert_eq!(dns_answer(&pair), vec![VIP_A]);
+
+    // The pull request merges; Argo CD applies it to both globals.
+    let flipped = Instant::now();
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let rto = flipped.elapsed();
+    let st = b.status.expect("status");
+    assert_eq!(st.role, Some(Role::Primary));
+    assert_eq!(st.phase, Some(Phase::Steady));
+    let f = st.failover.clone().expect("failover record");
+    assert_eq!((f.from.as_str(), f.to.as_str()), ("global-a", "global-b"));
+    let names: Vec<&str> = f.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["Preflight", "Demote", "FinalSync", "StopSync", "PreHooks", "SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"]
+    );
+    for s in &f.steps {
+        let ok = s.state == StepState::Succeeded || (s.state == StepState::Skipped && s.name.ends_with("Hooks"));
+        assert!(ok, "step {} ended {:?}: {:?}", s.name, s.state, s.message);
+    }
+    let rpo = f.rpo_token.clone().expect("rpo token");
+    let final_rev = rpo.final_revision.expect("planned failover records the old primary's final revision");
+    assert!(rpo.applied_revision >= final_rev, "applied {} < final {final_rev}", rpo.applied_revision);
+    assert_eq!(st.sync.as_ref().and_then(|s| s.missed_keys), None, "a primary reports no sync");
+
+    // DNS points at the new primary, the restart ran, the old primary mirrors from the new one.
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    assert!(restarted_at(&pair.b).await.is_some(), "restart stamped the Deployment on global-b");
+    assert!(restarted_at(&pair.a).await.is_none(), "no failover restart on the old primary");
+    pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let data = wait_configmap(&pair.b, "apps", "before-flip", Duration::from_secs(5)).await;
+    assert_eq!(data.get("value").map(String::as_str), Some("written on global-a"));
+    put_configmap(&pair.b, "apps", "after-flip", "written on global-b").await;
+    let data = wait_configmap(&pair.a, "apps", "after-flip", Duration::from_secs(30)).await;
+    assert_eq!(data.get("value").map(String::as_str), Some("written on global-b"));
+
+    // What an operator sees.
+    let table = pair.b.api.kubectl_ok(&["get", "drt"]);
+    assert!(table.contains("global-b") && table.contains("Primary") && table.contains("Steady"), "{table}");
+    let table = pair.a.api.kubectl_ok(&["get", "drt"]);
+    assert!(table.contains("Standby") && table.contains("Steady"), "{table}");
+    eprintln!("planned failover: flip observed -> Done in {:.1}s\n{table}", rto.as_secs_f64());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disaster_failover_with_the_primary_gone() {
+    let mut pair = Pair::start().await;
+    let (mut ca, cb) = steady_pair(&pair).await;
+    put_configmap(&pair.a, "apps", "last-words", "from global-a").await;
+    wait_configmap(&pair.b, "apps", "last-words", Duration::from_secs(30)).await;
+
+    // The primary's controller, apiserver and etcd die; Argo CD on B still syncs the flip.
+    ca.kill();
+    pair.a.api.kill();
+    pair.a.etcd.kill();
+    let flipped = Instant::now();
+    let y = pair.topology_yaml("global-b");
+    pair.apply(&pair.b, &y);
+    let b = pair.wait(&pair.b, "B disaster failover done", FAILOVER, &[&cb], steps_all_finished).await;
+    let rto = flipped.elapsed();
+    let f = b.status.clone().expect("status").failover.expect("failover");
+    let step = |n: &str| f.steps.iter().find(|s| s.name == n).cloned().expect("step");
+    assert!(step("Demote").message.unwrap_or_default().contains("unreachable"), "{:?}", step("Demote"));
+    assert_eq!(step("FinalSync").state, StepState::Skipped);
+    let rpo = f.rpo_token.expect("rpo token");
+    assert_eq!(rpo.final_revision, None, "no final revision without the old primary");
+    assert!(rpo.applied_revision > 0);
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    assert_eq!(b.status.expect("status").role, Some(Role::Primary));
+    // What was replicated before the disaster is there.
+    wait_configmap(&pair.b, "apps", "last-words", Duration::from_secs(5)).await;
+    eprintln!("disaster failover: flip observed -> Done in {:.1}s", rto.as_secs_f64());
+
+    // The old primary comes back, sees the flip, steps down and mirrors from the new primary.
+    pair.a.etcd.restart();
+    pair.a.api.restart();
+    pair.apply(&pair.a, &y);
+    ca = pair.controller(&pair.a, &[]);
+    pair.wait(&pair.a, "old primary back as standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    put_configmap(&pair.b, "apps", "after-disaster", "from global-b").await;
+    wait_configmap(&pair.a, "apps", "after-disaster", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_killed_at_every_step_resumes_and_finishes_once() {
+    let pair = Pair::start().await;
+    let (ca, mut cb) = steady_pair(&pair).await;
+    pair.apply_both("global-b");
+    let api: Api<drctl::topology::DRTopology> = Api::all(pair.b.client().await);
+    let mut killed_in = Vec::new();
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < FAILOVER * 2, "failover did not finish; killed in {killed_in:?}\n{}", cb.log_tail());
+        let st = api.get("platform").await.expect("get").status.unwrap_or_default();
+        if steps_all_finished(&st) {
+            break;
+        }
+        let running = st
+            .failover
+            .as_ref()
+            .and_then(|f| f.steps.iter().find(|s| s.state == StepState::Running))
+            .map(|s| s.name.clone());
+        if let Some(step) = running {
+            if !killed_in.contains(&step) {
+                cb.restart(); // kill -9, then start again
+                killed_in.push(step);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = api.get("platform").await.expect("get").status.expect("status");
+    let f = st.failover.expect("failover");
+    // Each step recorded exactly once, every one finished.
+    let mut names: Vec<&str> = f.steps.iter().map(|s| s.name.as_str()).collect();
+    names.dedup();
+    assert_eq!(names.len(), 10, "{names:?}");
+    assert!(f.steps.iter().all(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped)), "{:?}", f.steps);
+    assert!(killed_in.len() >= 3, "the test killed the controller in only {killed_in:?}");
+    // The restart is stamped with the failover's start, so re-running it restarted once.
+    let stamp = restarted_at(&pair.b).await.expect("restarted");
+    assert_eq!(Some(stamp.as_str()), f.started_at.as_deref(), "the restart stamp is the failover's start");
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    eprintln!("killed the controller in steps {killed_in:?}; failover finished");
+    pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_back_mid_failover_reclaims_the_old_primary() {
+    let mut pair = Pair::start().await;
+    // A pre-hook that always fails holds B's failover after Demote/FinalSync/StopSync, before DNS.
+    let dead = format!("http://127.0.0.1:{}/hook", support::free_port());
+    pair.failover_extra = format!("    preHooks:\n    - name: vip-forwarding\n      webhook: {{url: \"{dead}\"}}\n");
+    let (ca, cb) = steady_pair(&pair).await;
+    pair.apply_both("global-b");
+    pair.wait(&pair.b, "B stuck at PreHooks", FAILOVER, &[&ca, &cb], |s| {
+        s.failover.as_ref().is_some_and(|f| f.steps.iter().any(|x| x.name == "PreHooks" && x.state == StepState::Failed))
+    })
+    .await;
+    pair.wait(&pair.a, "A stepped down", STEADY, &[&ca, &cb], |s| s.demotion.is_some()).await;
+
+    // The pull request is reverted.
+    pair.apply_both("global-a");
+    let b = pair.wait(&pair.b, "B abandoned its failover", FAILOVER, &[&ca, &cb], |s| {
+        s.failover.as_ref().is_some_and(|f| f.aborted.is_some())
+    })
+    .await;
+    let f = b.status.expect("status").failover.expect("failover");
+    for name in ["SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"] {
+        let s = f.steps.iter().find(|s| s.name == name).expect("step");
+        assert_eq!(s.state, StepState::Skipped, "{name}: {s:?}");
+    }
+    pair.wait(&pair.a, "A primary again", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+    assert!(restarted_at(&pair.b).await.is_none(), "no failover restarts ran on B");
+    put_configmap(&pair.a, "apps", "after-revert", "a").await;
+    wait_configmap(&pair.b, "apps", "after-revert", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_spec_never_starts_a_failover() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    // Passes the CRD's CEL rules but not drctl's checks: a resolver that is not an address.
+    let bad = pair.topology_yaml("global-b").replace(&format!("resolvers: [\"{}\"]", pair.pdns.dns), "resolvers: [\"not-an-address\"]");
+    assert_ne!(bad, pair.topology_yaml("global-b"));
+    pair.apply(&pair.a, &bad);
+    pair.apply(&pair.b, &bad);
+    let b = pair.wait(&pair.b, "B reports Invalid", STEADY, &[&ca, &cb], |s| s.phase == Some(Phase::Invalid)).await;
+    let st = b.status.expect("status");
+    let valid = st.conditions.iter().find(|c| c.type_ == "Valid").expect("Valid condition");
+    assert_eq!(valid.status, "False");
+    assert!(valid.message.contains("spec.dns.verify.resolvers[0]"), "{}", valid.message);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let st = pair.status(&pair.b).await.expect("b").status.expect("status");
+    assert!(st.failover.is_none(), "no failover started: {:?}", st.failover);
+    assert_eq!(st.role, Some(Role::Standby));
+    let a = pair.status(&pair.a).await.expect("a").status.expect("status");
+    assert_eq!(a.role, Some(Role::Primary), "the primary did not step down");
+    assert!(a.demotion.is_none());
+    assert_eq!(dns_answer(&pair), vec![VIP_A]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_only_the_leader_acts() {
+    let pair = Pair::start().await;
+    pair.apply_both("global-a");
+    let first = pair.controller(&pair.a, &["--identity=replica-1"]);
+    pair.wait(&pair.a, "A primary", STEADY, &[&first], is(Role::Primary, Phase::Steady)).await;
+    let mut second = pair.controller(&pair.a, &["--identity=replica-2"]);
+    let leases: Api<Lease> = Api::namespaced(pair.a.client().await, "drctl-system");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let holder = |l: Lease| l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    assert_eq!(holder(leases.get("drctl-global-a").await.expect("lease")), "replica-1");
+    let ready = support::http_get(&second.listen.to_string(), "/readyz").unwrap_or_default();
+    assert!(ready.contains("503"), "a follower is not ready: {ready}");
+    assert!(second.log_tail().contains("waiting for leadership"), "{}", second.log_tail());
+    // The leader dies; the follower takes over once the lease runs out.
+    drop(first);
+    let start = Instant::now();
+    loop {
+        if holder(leases.get("drctl-global-a").await.expect("lease")) == "replica-2" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "replica-2 never took over:\n{}", second.log_tail());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ready = support::http_get(&second.listen.to_string(), "/readyz").unwrap_or_default();
+    assert!(ready.contains("200"), "{ready}");
+    let metrics = support::http_get(&second.listen.to_string(), "/metrics").unwrap_or_default();
+    assert!(metrics.contains("drctl_leader{cluster=\"global-a\"} 1"), "{metrics}");
+    second.kill();
+}

@@ -1,0 +1,190 @@
+//! A DR pair for controller tests: two globals (etcd + kube-apiserver each), PowerDNS holding
+//! the platform domain, the peer kubeconfig and DNS Secrets, the topology applied to both, and
+//! `drctl controller` processes that can be killed and restarted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use drctl::topology::{DRTopology, DRTopologyStatus};
+use kube::api::Api;
+
+use super::dns::PowerDnsServer;
+use super::{free_port, Global};
+
+pub const DOMAIN: &str = "platform.drlab.test";
+pub const ZONE: &str = "drlab.test.";
+pub const VIP_A: &str = "127.0.0.10";
+pub const VIP_B: &str = "127.0.0.20";
+pub const TOPOLOGY: &str = "platform";
+
+pub struct Controller {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub listen: SocketAddr,
+    args: Vec<String>,
+}
+
+impl Controller {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("controller log");
+        let log2 = log.try_clone().expect("clone log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drctl"));
+        cmd.args(&self.args).env("DRCTL_LOG", "info,drctl=debug").stdout(log).stderr(log2);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.child = Some(cmd.spawn().expect("spawn drctl controller"));
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Pair {
+    pub a: Global,
+    pub b: Global,
+    pub pdns: PowerDnsServer,
+    pub dir: tempfile::TempDir,
+    /// Extra YAML under `spec.failover:` (hooks, timeouts).
+    pub failover_extra: String,
+}
+
+impl Pair {
+    pub async fn start() -> Pair {
+        let (a, b) = Global::start_pair("global-a", "global-b");
+        let pdns = PowerDnsServer::start(ZONE);
+        pdns.set(&format!("{DOMAIN}."), "A", 30, &[VIP_A]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Both globals share one encryption config, as the runbook requires.
+        std::fs::write(dir.path().join("encryption-a.conf"), "kind: EncryptionConfiguration\n").expect("write");
+        std::fs::write(dir.path().join("encryption-b.conf"), "kind: EncryptionConfiguration\n").expect("write");
+        let pair = Pair { a, b, pdns, dir, failover_extra: String::new() };
+        for (g, peer) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
+            g.api.kubectl_ok(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")]);
+            g.api.kubectl_ok(&["create", "namespace", "drctl-system"]);
+            g.api.kubectl_ok(&["create", "namespace", "cpaas-system"]);
+            let kc = peer.api.kubeconfig.display().to_string();
+            g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", &format!("{}-kubeconfig", peer.name), &format!("--from-file=kubeconfig={kc}")]);
+            g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
+            g.api.kubectl_ok(&["wait", "--for=condition=Established", "crd/drtopologies.drctl.io", "--timeout=30s"]);
+        }
+        pair
+    }
+
+    pub fn global(&self, name: &str) -> &Global {
+        if name == self.a.name {
+            &self.a
+        } else {
+            &self.b
+        }
+    }
+
+    pub fn topology_yaml(&self, primary: &str) -> String {
+        let cluster = |g: &Global, vip: &str, enc: &str| {
+            format!(
+                "  - name: {}\n    vip: {vip}\n    apiServer: {}\n    kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: drctl-system}}\n    etcd:\n      endpoints: [{}]\n    encryptionConfigPath: {}\n",
+                g.name,
+                g.api.url,
+                g.name,
+                g.etcd.client_url,
+                self.dir.path().join(enc).display()
+            )
+        };
+        format!(
+            "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nmetadata:\n  name: {TOPOLOGY}\nspec:\n  primary: {primary}\n  platform:\n    domain: {DOMAIN}\n    ttl: 30\n  clusters:\n{}{}  sync:\n    checkInterval: 2s\n  restarts:\n  - name: cluster-transformer\n    namespace: cpaas-system\n    labelSelector: service_name=cluster-transformer\n    method: rolloutRestart\n    when: [failover]\n  dns:\n    powerdns:\n      apiUrl: {}\n      zone: {ZONE}\n      apiKeySecretRef: {{name: pdns-api, namespace: drctl-system}}\n    verify:\n      resolvers: [\"{}\"]\n      timeout: 20s\n  failover:\n    demotionTimeout: 30s\n{}",
+            cluster(&self.a, VIP_A, "encryption-a.conf"),
+            cluster(&self.b, VIP_B, "encryption-b.conf"),
+            self.pdns.api_url(),
+            self.pdns.dns,
+            self.failover_extra
+        )
+    }
+
+    /// What Argo CD does: apply the topology from Git to one global.
+    pub fn apply(&self, g: &Global, yaml: &str) {
+        let (ok, out) = g.api.apply_stdin(yaml);
+        assert!(ok, "apply topology to {}: {out}", g.name);
+    }
+
+    pub fn apply_both(&self, primary: &str) {
+        let y = self.topology_yaml(primary);
+        self.apply(&self.a, &y);
+        self.apply(&self.b, &y);
+    }
+
+    pub fn controller(&self, g: &Global, extra: &[&str]) -> Controller {
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut args: Vec<String> = vec![
+            "controller".into(),
+            format!("--cluster-name={}", g.name),
+            format!("--kubeconfig={}", g.api.kubeconfig.display()),
+            format!("--listen={listen}"),
+            "--lease-seconds=6".into(),
+            "--restart-ready-timeout=1s".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut c = Controller { child: None, log: self.dir.path().join(format!("controller-{}-{}.log", g.name, listen.port())), listen, args };
+        c.spawn();
+        c
+    }
+
+    pub async fn status(&self, g: &Global) -> Option<DRTopology> {
+        let api: Api<DRTopology> = Api::all(g.client().await);
+        api.get_opt(TOPOLOGY).await.ok().flatten()
+    }
+
+    /// Polls `g`'s DRTopology until `pred` holds; panics with the last status and `logs` when it
+    /// does not within `timeout`.
+    pub async fn wait(&self, g: &Global, what: &str, timeout: Duration, logs: &[&Controller], pred: impl Fn(&DRTopologyStatus) -> bool) -> DRTopology {
+        let start = Instant::now();
+        let client = g.client().await;
+        let api: Api<DRTopology> = Api::all(client);
+        let mut last = None;
+        while start.elapsed() < timeout {
+            if let Ok(Some(t)) = api.get_opt(TOPOLOGY).await {
+                if t.status.as_ref().is_some_and(&pred) {
+                    return t;
+                }
+                last = Some(t);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let logs: Vec<String> = logs.iter().map(|c| format!("--- {}\n{}", c.log.display(), c.log_tail())).collect();
+        panic!(
+            "{} on {}: not reached within {timeout:?}; status: {}\n{}",
+            what,
+            g.name,
+            serde_json::to_string_pretty(&last.and_then(|t| t.status)).unwrap_or_default(),
+            logs.join("\n")
+        );
+    }
+}
