@@ -11,7 +11,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp};
-use futures::{StreamExt, TryStreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::etcd::{self, Conn, Kv};
@@ -322,7 +323,8 @@ async fn reverify(
     differences: Vec<Difference>,
     at: i64,
 ) -> Result<Vec<Difference>, CheckError> {
-    let results: Vec<Option<Difference>> = futures::stream::iter(differences)
+    let lookups: Vec<BoxFuture<'static, Result<Option<Difference>, CheckError>>> = differences
+        .into_iter()
         .map(|d| {
             let (mut s, mut t) = (skv.clone(), dkv.clone());
             async move {
@@ -330,16 +332,17 @@ async fn reverify(
                 let dst = t.get(d.key.clone(), None).await.map_err(on("destination"))?;
                 let src = src.kvs().first().map(|kv| kv.value().to_vec());
                 let dst = dst.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision()));
-                Ok::<_, CheckError>(match (src, dst) {
+                Ok(match (src, dst) {
                     (None, None) => None,
                     (Some(a), Some((b, _))) if a == b => None,
                     (source, dst) => Some(Difference { key: d.key, source, dest_mod_revision: dst.map(|(_, r)| r) }),
                 })
             }
+            .boxed()
         })
-        .buffered(KEY_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect();
+    let results: Vec<Option<Difference>> =
+        futures::stream::iter(lookups).buffered(KEY_CONCURRENCY).try_collect().await?;
     Ok(results.into_iter().flatten().collect())
 }
 
@@ -347,7 +350,9 @@ async fn reverify(
 /// Each write is a compare-and-swap on what the check saw, so a concurrent mirror write wins.
 #[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
 pub async fn repair(dest: &Conn, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
-    let outcomes: Vec<Option<(Kind, bool)>> = futures::stream::iter(differences)
+    let writes: Vec<BoxFuture<'static, Result<Option<(Kind, bool)>, CheckError>>> = differences
+        .iter()
+        .cloned()
         .map(|d| {
             let mut kv = dest.kv.clone();
             async move {
@@ -361,12 +366,13 @@ pub async fn repair(dest: &Conn, differences: &[Difference], prune: bool) -> Res
                     (None, false) => return Ok(None),
                 };
                 let resp = kv.txn(Txn::new().when(vec![guard]).and_then(vec![op])).await.map_err(on("destination"))?;
-                Ok::<_, CheckError>(Some((d.kind(), resp.succeeded())))
+                Ok(Some((d.kind(), resp.succeeded())))
             }
+            .boxed()
         })
-        .buffer_unordered(KEY_CONCURRENCY)
-        .try_collect()
-        .await?;
+        .collect();
+    let outcomes: Vec<Option<(Kind, bool)>> =
+        futures::stream::iter(writes).buffer_unordered(KEY_CONCURRENCY).try_collect().await?;
     let mut out = RepairOutcome::default();
     for (kind, ok) in outcomes.into_iter().flatten() {
         match (kind, ok) {

@@ -265,14 +265,10 @@ impl Batch {
     fn absorb(&mut self, resp: &WatchResponse, filter: &Filter) {
         let header = resp.header().map(|h| h.revision()).unwrap_or(0);
         self.source_revision = self.source_revision.max(header);
-        if resp.events().is_empty() {
-            // A progress notification: every event up to the header revision was delivered.
-            // (A creation response's header is the head, not progress.)
-            if !resp.created() {
-                self.revision = self.revision.max(header);
-            }
-            return;
-        }
+        // The watch covers every key, so every source revision arrives as at least one event
+        // and the last event's revision is exactly what is delivered. (Progress responses are
+        // not trusted for that: etcd before 3.4.24/3.5.8 answers a progress request with the
+        // head revision even while the watcher is still catching up.)
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             self.revision = self.revision.max(kv.mod_revision());
@@ -545,17 +541,14 @@ impl Mirror {
         mut anti_entropy: Option<Instant>,
     ) -> Result<(), MirrorError> {
         let t = &self.cfg.tuning;
-        let opts = WatchOptions::new().with_prefix().with_start_revision(from + 1).with_progress_notify();
-        let mut stream = src.watch.clone().watch(REGISTRY_PREFIX, Some(opts)).await.map_err(on("source"))?;
+        let opts = WatchOptions::new().with_all_keys().with_start_revision(from + 1).with_progress_notify();
+        let mut stream = src.watch.clone().watch("", Some(opts)).await.map_err(on("source"))?;
         self.update(|p| {
             p.phase = Phase::Following;
             p.applied_revision = from;
         });
         let (mut applied, mut persisted, mut last_persist) = (from, from, Instant::now());
         let mut asked_progress = false;
-        if target.is_some() {
-            stream.request_progress().await.map_err(on("source"))?;
-        }
         loop {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
                 Err(_) if asked_progress => return Err(MirrorError::DeadWatch(t.progress_timeout)),
@@ -611,9 +604,6 @@ impl Mirror {
             if done {
                 return Ok(());
             }
-            if target.is_some() {
-                stream.request_progress().await.map_err(on("source"))?;
-            }
             if caught_up && anti_entropy.is_some_and(|at| Instant::now() >= at) && persisted == applied {
                 anti_entropy = None;
                 self.anti_entropy(src, dst).await?;
@@ -630,11 +620,9 @@ impl Mirror {
         let puts = ops.len() as u64 - dels;
         let mut txns = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
         let last = txns.pop().unwrap_or_default();
-        futures::stream::iter(txns)
-            .map(|ops| apply(dst.kv.clone(), ops, None))
-            .buffer_unordered(t.in_flight)
-            .try_collect::<Vec<()>>()
-            .await?;
+        let writes: Vec<BoxFuture<'static, Result<(), MirrorError>>> =
+            txns.into_iter().map(|ops| apply(dst.kv.clone(), ops, None).boxed()).collect();
+        futures::stream::iter(writes).buffer_unordered(t.in_flight).try_collect::<Vec<()>>().await?;
         apply(dst.kv.clone(), last, Some(checkpoint)).await?;
         Ok((puts, dels))
     }
