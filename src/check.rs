@@ -24,6 +24,9 @@ pub const DEFAULT_LIST_LIMIT: usize = 20;
 /// Concurrent single-key requests while re-verifying or repairing.
 const KEY_CONCURRENCY: usize = 16;
 
+/// One single-key request of a re-verification or a repair.
+type KeyTask<T> = BoxFuture<'static, Result<T, CheckError>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("etcd request to the {side} failed: {source}")]
@@ -323,7 +326,7 @@ async fn reverify(
     differences: Vec<Difference>,
     at: i64,
 ) -> Result<Vec<Difference>, CheckError> {
-    let lookups: Vec<BoxFuture<'static, Result<Option<Difference>, CheckError>>> = differences
+    let lookups: Vec<KeyTask<Option<Difference>>> = differences
         .into_iter()
         .map(|d| {
             let (mut s, mut t) = (skv.clone(), dkv.clone());
@@ -350,7 +353,7 @@ async fn reverify(
 /// Each write is a compare-and-swap on what the check saw, so a concurrent mirror write wins.
 #[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
 pub async fn repair(dest: &Conn, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
-    let writes: Vec<BoxFuture<'static, Result<Option<(Kind, bool)>, CheckError>>> = differences
+    let writes: Vec<KeyTask<Option<(Kind, bool)>>> = differences
         .iter()
         .cloned()
         .map(|d| {

@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn parses_real_key_shapes() {
-        let cases: [(&str, Option<(Option<&str>, &str, Option<&str>, &str)>); 16] = [
+        type Parsed = Option<(Option<&'static str>, &'static str, Option<&'static str>, &'static str)>;
+        let cases: [(&str, Parsed); 16] = [
             ("/registry/pods/team-a/web-0", Some((None, "pods", Some("team-a"), "web-0"))),
             ("/registry/deployments/team-a/web", Some((None, "deployments", Some("team-a"), "web"))),
             ("/registry/namespaces/team-a", Some((None, "namespaces", Some("team-a"), "team-a"))),

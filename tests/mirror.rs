@@ -314,3 +314,36 @@ fn check_finds_planted_differences_and_repair_fixes_them() {
     let ignored = rt.block_on(d.get("/registry/pods/kube-system/ignored", None)).expect("get");
     assert_eq!(ignored.kvs().len(), 1, "excluded keys are never pruned");
 }
+
+#[tokio::test]
+async fn the_mirror_reconnects_when_either_etcd_restarts() {
+    let (mut src, mut dst) = (Etcd::start(), Etcd::start());
+    let mut s = src.client().await;
+    s.put("/registry/configmaps/team-a/before", "1", None).await.expect("put");
+    let mirror = std::sync::Arc::new(Mirror::new(config(&src, &dst)));
+    let mut rx = mirror.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let m = mirror.clone();
+    let task = tokio::spawn(async move {
+        m.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    caught_up(&mut rx, &mut s).await;
+
+    dst.restart();
+    s.put("/registry/configmaps/team-a/after-dest-restart", "2", None).await.expect("put");
+    caught_up(&mut rx, &mut s).await;
+
+    src.restart();
+    let mut s = src.client().await;
+    s.put("/registry/configmaps/team-a/after-source-restart", "3", None).await.expect("put");
+    caught_up(&mut rx, &mut s).await;
+
+    let mut d = dst.client().await;
+    assert_same(&mut s, &mut d).await;
+    assert_eq!(replicated(&mut d).await.len(), 3);
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+}
