@@ -1,10 +1,18 @@
 //! The `drctl` command line: one binary, one subcommand per job.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
 
+use crate::check::{self, CheckOptions};
+use crate::etcd::{self, Endpoint, TlsFiles};
+use crate::keyspace::Filter;
+use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
+use crate::topology::ExcludeSpec;
 use crate::{topology, validate};
 
 #[derive(Parser, Debug)]
@@ -29,6 +37,115 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Replicate the Kubernetes keyspace of a source etcd into a destination etcd.
+    Mirror {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(flatten)]
+        exclude: ExcludeArgs,
+        /// Copy, catch up to the source's revision at start, print a summary and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Compare the replicated keyspace of source and destination: missed, surplus, diverged keys.
+    Check {
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        #[command(flatten)]
+        exclude: ExcludeArgs,
+        /// Print the report as JSON (what the controller serves at /check).
+        #[arg(long)]
+        json: bool,
+        /// Write the source's value over missed and diverged keys.
+        #[arg(long)]
+        repair: bool,
+        /// With --repair, also delete surplus keys.
+        #[arg(long, requires = "repair")]
+        prune_surplus: bool,
+        /// Keys listed per kind.
+        #[arg(long, default_value_t = check::DEFAULT_LIST_LIMIT)]
+        list: usize,
+    },
+}
+
+/// The two etcds and how to reach them.
+#[derive(Args, Debug)]
+pub struct EtcdArgs {
+    /// Source etcd client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    source: Vec<String>,
+    /// Destination etcd client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    dest: Vec<String>,
+    #[arg(long)]
+    source_cacert: Option<PathBuf>,
+    #[arg(long)]
+    source_cert: Option<PathBuf>,
+    #[arg(long)]
+    source_key: Option<PathBuf>,
+    #[arg(long)]
+    dest_cacert: Option<PathBuf>,
+    #[arg(long)]
+    dest_cert: Option<PathBuf>,
+    #[arg(long)]
+    dest_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    fn endpoints(&self) -> anyhow::Result<(Endpoint, Endpoint)> {
+        let endpoint = |urls: &[String], ca: &Option<PathBuf>, cert: &Option<PathBuf>, key: &Option<PathBuf>| {
+            let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+            let tls = if files.is_empty() { None } else { Some(files.load()?) };
+            Ok::<_, etcd::EtcdError>(Endpoint { urls: urls.to_vec(), tls })
+        };
+        Ok((
+            endpoint(&self.source, &self.source_cacert, &self.source_cert, &self.source_key).context("source TLS")?,
+            endpoint(&self.dest, &self.dest_cacert, &self.dest_cert, &self.dest_key).context("destination TLS")?,
+        ))
+    }
+}
+
+/// What is never replicated. Without flags or --config, the defaults of DESIGN.md §1 and §4;
+/// each flag kind given replaces that kind's defaults.
+#[derive(Args, Debug)]
+pub struct ExcludeArgs {
+    /// A namespace never replicated (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// A resource never replicated, as `resource` or `group/resource` (repeatable).
+    #[arg(long = "exclude-resource", value_name = "R")]
+    resources: Vec<String>,
+    /// Take the exclusions from this DRTopology manifest's spec.sync.exclude.
+    #[arg(long, value_name = "TOPOLOGY.yaml")]
+    config: Option<PathBuf>,
+}
+
+impl ExcludeArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        let mut spec = match &self.config {
+            Some(path) => exclude_from_manifest(path)?,
+            None => ExcludeSpec::default(),
+        };
+        if !self.namespaces.is_empty() {
+            spec.namespaces = self.namespaces.clone();
+        }
+        if !self.resources.is_empty() {
+            spec.resources = self.resources.clone();
+        }
+        Ok(Filter::with_default_namespaces(&spec))
+    }
+}
+
+fn exclude_from_manifest(path: &PathBuf) -> anyhow::Result<ExcludeSpec> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+    let reports = validate::validate_text(&text).with_context(|| format!("{shown} is not valid YAML"))?;
+    let report = reports.into_iter().next().with_context(|| format!("{shown} holds no DRTopology"))?;
+    if let Some(e) = report.errors.first() {
+        anyhow::bail!("{shown}: {e}");
+    }
+    let topology = report.topology.with_context(|| format!("{shown} holds no DRTopology"))?;
+    Ok(topology.spec.sync.exclude)
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,7 +181,103 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate_files(&files)),
+        Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
+        Command::Check { etcd, exclude, json, repair, prune_surplus, list } => {
+            check(&etcd, &exclude, json, repair, prune_surplus, list).await
+        }
     }
+}
+
+async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::Result<ExitCode> {
+    let (source, dest) = etcd.endpoints()?;
+    let m = Mirror::new(MirrorConfig { source, dest, filter: exclude.filter()?, tuning: Tuning::default() });
+    let started = Instant::now();
+    if !once {
+        m.run(shutdown_signal()).await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = std::io::stderr().is_terminal().then(|| show_progress(m.progress()));
+    let result = m.run_once().await;
+    if let Some(bar) = bar {
+        bar.abort();
+    }
+    let p = result.context("mirror --once")?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "mirrored to source revision {} ({}): {} keys put, {} deleted, {} replicated keys compared in {:.2}s ({:.0} keys/s){}",
+        p.applied_revision,
+        if p.resumed { "resumed from checkpoint" } else { "initial copy" },
+        p.put_keys,
+        p.deleted_keys,
+        p.copy_compared_keys,
+        secs,
+        p.put_keys as f64 / secs.max(1e-9),
+        if p.resyncs > 0 { format!(", {} full resync(s)", p.resyncs) } else { String::new() },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on the terminal, fed by the mirror's progress channel.
+fn show_progress(mut rx: tokio::sync::watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} keys {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        while rx.changed().await.is_ok() {
+            let p = rx.borrow_and_update().clone();
+            bar.set_length(p.copy_total_keys);
+            bar.set_position(p.copy_compared_keys);
+            bar.set_message(format!("{:?}, revision {}/{}", p.phase, p.applied_revision, p.source_revision));
+        }
+        bar.finish_and_clear();
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("signalled: stopping");
+}
+
+async fn check(
+    etcd: &EtcdArgs,
+    exclude: &ExcludeArgs,
+    json: bool,
+    repair: bool,
+    prune: bool,
+    list: usize,
+) -> anyhow::Result<ExitCode> {
+    let (source, dest) = etcd.endpoints()?;
+    let filter = exclude.filter()?;
+    let (src, dst) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
+    let opts = CheckOptions { list_limit: list, ..CheckOptions::default() };
+    let mut found = check::run(&src, &dst, &filter, &opts).await?;
+    if repair && !found.differences.is_empty() {
+        found.report.repair = Some(check::repair(&dst, &found.differences, prune).await?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found.report)?);
+    } else {
+        print!("{}", found.report);
+    }
+    Ok(if found.report.consistent { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 fn validate_files(files: &[PathBuf]) -> ExitCode {

@@ -1,5 +1,9 @@
 //! The Kubernetes etcd keyspace: what a `/registry/...` key names, and which keys DR never copies.
 
+use std::collections::HashSet;
+
+use crate::topology::ExcludeSpec;
+
 /// Namespaces the seed's runbook never syncs: each global keeps its own platform components,
 /// credentials and node-local state there.
 pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 14] = [
@@ -28,3 +32,271 @@ pub const DEFAULT_EXCLUDED_RESOURCES: [(&str, &str); 6] = [
     ("volumeattachments", "bind the source's volumes to the source's nodes"),
     ("certificatesigningrequests", "CSRs are signed by, and only valid for, the source's CA"),
 ];
+
+/// Where the apiserver keeps everything (its default `--etcd-prefix`). Nothing outside is copied.
+pub const REGISTRY_PREFIX: &str = "/registry/";
+/// The controller's own namespace: each global runs its own controller.
+pub const DEFAULT_CONTROLLER_NAMESPACE: &str = "drctl-system";
+/// Argo CD's namespace: one Argo CD per global, so the survivor can still sync.
+pub const DEFAULT_ARGOCD_NAMESPACE: &str = "argocd";
+
+/// Keys never copied whatever the configuration says, with why.
+const NEVER_COPIED_PREFIXES: [&str; 3] = [
+    // The apiserver's compaction CAS clock; the standby's apiserver keeps its own.
+    "/registry/compact_rev_key",
+    // The apiservers of the source cluster announcing themselves.
+    "/registry/masterleases/",
+    // The DRTopology objects: Argo CD applies them to each global, each keeps its own status.
+    "/registry/drctl.io/drtopologies/",
+];
+
+/// What a `/registry/...` key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey<'a> {
+    /// API group when the key carries one (`apps` keys do not; CRD keys do).
+    pub group: Option<&'a str>,
+    /// Resource (plural), with the special prefixes mapped to their resource names.
+    pub resource: &'a str,
+    /// The namespace the object lives in; for a Namespace object, the namespace it *is*.
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+}
+
+/// Parses a key of the apiserver's keyspace; None for anything that is not an object key.
+pub fn parse(key: &[u8]) -> Option<ObjectKey<'_>> {
+    let rest = std::str::from_utf8(key).ok()?.strip_prefix(REGISTRY_PREFIX)?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let (group, resource, tail) = match segs.as_slice() {
+        ["services", "specs", tail @ ..] => (None, "services", tail),
+        ["services", "endpoints", tail @ ..] => (None, "endpoints", tail),
+        [g, r, tail @ ..] if g.contains('.') => (Some(*g), *r, tail),
+        [r, tail @ ..] => (None, special_resource(r), tail),
+        [] => return None,
+    };
+    let (namespace, name) = match tail {
+        [name] if resource == "namespaces" && group.is_none() => (Some(*name), *name),
+        [name] => (None, *name),
+        [ns, name] => (Some(*ns), *name),
+        _ => return None,
+    };
+    if resource.is_empty() || name.is_empty() || namespace.is_some_and(str::is_empty) {
+        return None;
+    }
+    Some(ObjectKey { group, resource, namespace, name })
+}
+
+/// Built-in resources whose key prefix is not their resource name (historical names).
+fn special_resource(segment: &str) -> &str {
+    match segment {
+        "minions" => "nodes",
+        "controllers" => "replicationcontrollers",
+        "ingress" => "ingresses",
+        other => other,
+    }
+}
+
+/// Which keys DR copies: everything under `/registry/` except the never-copied keys and the
+/// configured exclusions.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    namespaces: HashSet<String>,
+    /// (group, resource); no group matches the resource in any group.
+    resources: Vec<(Option<String>, String)>,
+    prefixes: Vec<Vec<u8>>,
+}
+
+impl Filter {
+    /// A filter from the topology's exclusions plus the never-copied rules, with the controller's
+    /// and Argo CD's namespaces given.
+    pub fn new(spec: &ExcludeSpec, controller_namespace: &str, argocd_namespace: &str) -> Filter {
+        let mut namespaces: HashSet<String> = spec.namespaces.iter().cloned().collect();
+        namespaces.insert(controller_namespace.to_string());
+        namespaces.insert(argocd_namespace.to_string());
+        let resources = spec
+            .resources
+            .iter()
+            .map(|r| match r.rsplit_once('/') {
+                Some((g, r)) => (Some(g.to_string()), r.to_string()),
+                None => (None, r.clone()),
+            })
+            .collect();
+        let prefixes = NEVER_COPIED_PREFIXES
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .chain(spec.key_prefixes.iter().map(|p| p.as_bytes().to_vec()))
+            .collect();
+        Filter { namespaces, resources, prefixes }
+    }
+
+    /// A filter with the default controller and Argo CD namespaces.
+    pub fn with_default_namespaces(spec: &ExcludeSpec) -> Filter {
+        Filter::new(spec, DEFAULT_CONTROLLER_NAMESPACE, DEFAULT_ARGOCD_NAMESPACE)
+    }
+
+    /// True when `key` is replicated.
+    pub fn copies(&self, key: &[u8]) -> bool {
+        if !key.starts_with(REGISTRY_PREFIX.as_bytes()) || self.prefixes.iter().any(|p| key.starts_with(p)) {
+            return false;
+        }
+        // Keys of an unknown shape are copied: the mirror must not silently drop data it does
+        // not understand; exclude them with a key prefix.
+        let Some(obj) = parse(key) else { return true };
+        if obj.namespace.is_some_and(|ns| self.namespaces.contains(ns)) {
+            return false;
+        }
+        !self.resources.iter().any(|(group, resource)| {
+            // Built-in keys carry no group, so `apps/deployments` matches `/registry/deployments/`;
+            // a custom group (`example.com/secrets`) only matches keys that carry it.
+            resource == obj.resource
+                && match (group, obj.group) {
+                    (Some(g), Some(kg)) => g == kg,
+                    (Some(g), None) => !g.contains('.') || g.ends_with(".k8s.io"),
+                    (None, _) => true,
+                }
+        })
+    }
+}
+
+/// The order of the initial copy: owners before dependents where the key tells. Each phase is a
+/// half-open key range `[start, end)`; together they cover `/registry/` exactly once.
+pub fn copy_phases() -> Vec<(Vec<u8>, Vec<u8>)> {
+    // Namespaces and CRDs first (objects in them need them), replicasets then pods last
+    // (their owners, the workloads, come in the middle phase).
+    let first = ["/registry/namespaces/", "/registry/apiextensions.k8s.io/customresourcedefinitions/"];
+    let last = ["/registry/replicasets/", "/registry/pods/"];
+    let mut phases: Vec<(Vec<u8>, Vec<u8>)> =
+        first.iter().map(|p| (p.as_bytes().to_vec(), prefix_end(p.as_bytes()))).collect();
+    let mut holes: Vec<&str> = first.iter().chain(last.iter()).copied().collect();
+    holes.sort_unstable();
+    let mut start = REGISTRY_PREFIX.as_bytes().to_vec();
+    for hole in holes {
+        phases.push((start, hole.as_bytes().to_vec()));
+        start = prefix_end(hole.as_bytes());
+    }
+    phases.push((start, prefix_end(REGISTRY_PREFIX.as_bytes())));
+    phases.extend(last.iter().map(|p| (p.as_bytes().to_vec(), prefix_end(p.as_bytes()))));
+    phases
+}
+
+/// The first key after every key starting with `prefix` (etcd's range end for a prefix).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace, which etcd spells as "\0".
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_real_key_shapes() {
+        type Parsed = Option<(Option<&'static str>, &'static str, Option<&'static str>, &'static str)>;
+        let cases: [(&str, Parsed); 16] = [
+            ("/registry/pods/team-a/web-0", Some((None, "pods", Some("team-a"), "web-0"))),
+            ("/registry/deployments/team-a/web", Some((None, "deployments", Some("team-a"), "web"))),
+            ("/registry/namespaces/team-a", Some((None, "namespaces", Some("team-a"), "team-a"))),
+            ("/registry/services/specs/team-a/api", Some((None, "services", Some("team-a"), "api"))),
+            ("/registry/services/endpoints/team-a/api", Some((None, "endpoints", Some("team-a"), "api"))),
+            ("/registry/minions/node-1", Some((None, "nodes", None, "node-1"))),
+            ("/registry/controllers/team-a/rc", Some((None, "replicationcontrollers", Some("team-a"), "rc"))),
+            ("/registry/ingress/team-a/www", Some((None, "ingresses", Some("team-a"), "www"))),
+            ("/registry/clusterroles/admin", Some((None, "clusterroles", None, "admin"))),
+            (
+                "/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com",
+                Some((Some("apiextensions.k8s.io"), "customresourcedefinitions", None, "widgets.example.com")),
+            ),
+            (
+                "/registry/apiregistration.k8s.io/apiservices/v1.apps",
+                Some((Some("apiregistration.k8s.io"), "apiservices", None, "v1.apps")),
+            ),
+            ("/registry/example.com/widgets/team-a/w1", Some((Some("example.com"), "widgets", Some("team-a"), "w1"))),
+            ("/registry/example.com/clusterwidgets/cw", Some((Some("example.com"), "clusterwidgets", None, "cw"))),
+            ("/registry/compact_rev_key", None),
+            ("/other/pods/a/b", None),
+            ("/registry/pods/a/b/c", None),
+        ];
+        for (key, want) in cases {
+            let got = parse(key.as_bytes()).map(|o| (o.group, o.resource, o.namespace, o.name));
+            assert_eq!(got, want, "{key}");
+        }
+    }
+
+    #[test]
+    fn filter_applies_exclusions_and_never_copied_keys() {
+        let spec = ExcludeSpec {
+            namespaces: vec!["kube-system".into()],
+            resources: vec![
+                "events".into(),
+                "nodes".into(),
+                "example.com/secrets".into(),
+                "apps/replicasets".into(),
+                "storage.k8s.io/volumeattachments".into(),
+            ],
+            key_prefixes: vec!["/registry/raw.example.com/".into()],
+        };
+        let f = Filter::with_default_namespaces(&spec);
+        let cases = [
+            ("/registry/pods/team-a/web-0", true),
+            ("/registry/pods/kube-system/coredns", false),
+            ("/registry/namespaces/kube-system", false),
+            ("/registry/namespaces/team-a", true),
+            ("/registry/events/team-a/web.1", false),
+            ("/registry/minions/node-1", false),
+            ("/registry/replicasets/team-a/web-5d8", false),
+            ("/registry/secrets/team-a/tls", true),
+            ("/registry/volumeattachments/va-1", false),
+            ("/registry/example.com/secrets/team-a/s", false),
+            ("/registry/other.example.com/secrets/team-a/s", true),
+            ("/registry/raw.example.com/things/x", false),
+            ("/registry/compact_rev_key", false),
+            ("/registry/masterleases/10.0.0.1", false),
+            ("/registry/drctl.io/drtopologies/dr", false),
+            ("/registry/configmaps/drctl-system/state", false),
+            ("/registry/namespaces/argocd", false),
+            ("/registry/argoproj.io/applications/argocd/app", false),
+            ("/registry/argoproj.io/applications/team-a/app", true),
+            ("/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com", true),
+            ("/registry/some/odd/deep/key/shape", true),
+            ("/elsewhere/key", false),
+            ("drctl/mirror/checkpoint", false),
+        ];
+        for (key, want) in cases {
+            assert_eq!(f.copies(key.as_bytes()), want, "{key}");
+        }
+    }
+
+    #[test]
+    fn default_filter_excludes_design_defaults() {
+        let f = Filter::with_default_namespaces(&ExcludeSpec::default());
+        assert!(!f.copies(b"/registry/configmaps/cpaas-system/x"));
+        assert!(!f.copies(b"/registry/leases/kube-node-lease/node-1"));
+        assert!(!f.copies(b"/registry/certificatesigningrequests/csr-1"));
+        assert!(!f.copies(b"/registry/storage.k8s.io/volumeattachments/va"));
+        assert!(f.copies(b"/registry/configmaps/team-a/x"));
+    }
+
+    #[test]
+    fn copy_phases_cover_registry_once_in_owner_order() {
+        let phases = copy_phases();
+        assert_eq!(phases[0].0, b"/registry/namespaces/".to_vec());
+        assert_eq!(phases[1].0, b"/registry/apiextensions.k8s.io/customresourcedefinitions/".to_vec());
+        assert_eq!(phases[phases.len() - 1].0, b"/registry/pods/".to_vec());
+        let contains = |k: &[u8]| phases.iter().filter(|(s, e)| k >= s.as_slice() && k < e.as_slice()).count();
+        for key in [
+            "/registry/", "/registry/namespaces/a", "/registry/namespacesx", "/registry/pods/a/b",
+            "/registry/podsecuritypolicy/p", "/registry/replicasets/a/b", "/registry/zzz", "/registry/\u{7f}",
+            "/registry/apiextensions.k8s.io/customresourcedefinitions/w.x", "/registry/apiextensions.k8s.io/other",
+        ] {
+            assert_eq!(contains(key.as_bytes()), 1, "{key}");
+        }
+        assert_eq!(contains(b"/registrz"), 0);
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+    }
+}

@@ -1,0 +1,451 @@
+//! Anti-entropy: which replicated keys are missed (source only), surplus (destination only) or
+//! diverged (different bytes), and the repair.
+//!
+//! In-flight writes are not reported: the source is read at the revision the destination's
+//! mirror checkpoint says is fully applied (the checkpoint is written in the same txn as its data),
+//! so a running mirror's destination equals that snapshot except for writes it applied after it.
+//! Every mismatch is then re-verified after a short settle against the checkpoint of that moment;
+//! only keys that still differ are reported.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::etcd::{self, Conn, Kv};
+use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
+use crate::mirror::{Checkpoint, CheckpointError};
+
+/// How many keys of each kind a report lists.
+pub const DEFAULT_LIST_LIMIT: usize = 20;
+/// Concurrent single-key requests while re-verifying or repairing.
+const KEY_CONCURRENCY: usize = 16;
+
+/// One single-key request of a re-verification or a repair.
+type KeyTask<T> = BoxFuture<'static, Result<T, CheckError>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("etcd request to the {side} failed: {source}")]
+    Etcd { side: &'static str, source: etcd_client::Error },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+fn on(side: &'static str) -> impl FnOnce(etcd_client::Error) -> CheckError {
+    move |source| CheckError::Etcd { side, source }
+}
+
+/// One key that differs between the two sides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub key: Vec<u8>,
+    /// The source's value; None for a surplus key.
+    pub source: Option<Vec<u8>>,
+    /// The destination's mod revision (for a compare-and-swap repair); None for a missed key.
+    pub dest_mod_revision: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Missed,
+    Surplus,
+    Diverged,
+}
+
+impl Difference {
+    pub fn kind(&self) -> Kind {
+        match (&self.source, self.dest_mod_revision) {
+            (Some(_), None) => Kind::Missed,
+            (None, _) => Kind::Surplus,
+            (Some(_), Some(_)) => Kind::Diverged,
+        }
+    }
+}
+
+/// Merge-joins two key-sorted lists, keeping only keys the filter replicates.
+pub fn diff_sorted(source: Vec<Kv>, dest: Vec<Kv>, filter: &Filter) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let mut s = source.into_iter().filter(|kv| filter.copies(&kv.key)).peekable();
+    let mut d = dest.into_iter().filter(|kv| filter.copies(&kv.key)).peekable();
+    loop {
+        let order = match (s.peek(), d.peek()) {
+            (None, None) => return out,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => a.key.cmp(&b.key),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                if let Some(a) = s.next() {
+                    out.push(Difference { key: a.key, source: Some(a.value), dest_mod_revision: None });
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some(b) = d.next() {
+                    out.push(Difference { key: b.key, source: None, dest_mod_revision: Some(b.mod_revision) });
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some(a), Some(b)) = (s.next(), d.next()) {
+                    if a.value != b.value {
+                        out.push(Difference { key: a.key, source: Some(a.value), dest_mod_revision: Some(b.mod_revision) });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pages through `[start, end)` of the source at a fixed revision and the destination now,
+/// aligned so each page covers the same key interval on both sides.
+pub struct DiffPager {
+    next: Vec<u8>,
+    end: Vec<u8>,
+    revision: i64,
+    page_bytes: usize,
+    page_keys: i64,
+    done: bool,
+}
+
+/// One aligned page: every key before `covered_to` is compared.
+#[derive(Debug)]
+pub struct DiffPage {
+    pub differences: Vec<Difference>,
+    /// Replicated source keys in the page.
+    pub source_keys: u64,
+    pub covered_to: Vec<u8>,
+}
+
+impl DiffPager {
+    pub fn new(start: Vec<u8>, end: Vec<u8>, revision: i64, page_bytes: usize) -> DiffPager {
+        DiffPager { next: start, end, revision, page_bytes, page_keys: 256, done: false }
+    }
+
+    /// The next page, None when the range is done. Errors name the side that failed.
+    pub async fn next(
+        &mut self,
+        source: &mut KvClient,
+        dest: &mut KvClient,
+        filter: &Filter,
+    ) -> Result<Option<DiffPage>, CheckError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = etcd::range_page(source, &self.next, &self.end, self.revision, self.page_keys)
+            .await
+            .map_err(on("source"))?;
+        let covered_to = match (page.more, page.kvs.last()) {
+            (true, Some(last)) => etcd::key_after(&last.key),
+            _ => self.end.clone(),
+        };
+        // Size pages by bytes: values range from a few bytes to 1.5 MiB.
+        let bytes: usize = page.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+        if !page.kvs.is_empty() {
+            let avg = (bytes / page.kvs.len()).max(1);
+            self.page_keys = (self.page_bytes / avg).clamp(16, 10_000) as i64;
+        }
+        let dest_kvs = etcd::range_all(dest, &self.next, &covered_to, 0, self.page_keys.max(256))
+            .await
+            .map_err(on("destination"))?;
+        let source_keys = page.kvs.iter().filter(|kv| filter.copies(&kv.key)).count() as u64;
+        self.done = covered_to == self.end;
+        self.next = covered_to.clone();
+        Ok(Some(DiffPage { differences: diff_sorted(page.kvs, dest_kvs, filter), source_keys, covered_to }))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Keys listed per kind in the report.
+    pub list_limit: usize,
+    /// Wait before re-verifying mismatches (lets in-flight mirror writes land).
+    pub settle: Duration,
+    pub page_bytes: usize,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions { list_limit: DEFAULT_LIST_LIMIT, settle: Duration::from_millis(500), page_bytes: 8 << 20 }
+    }
+}
+
+/// Counts plus the first keys of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyList {
+    pub count: u64,
+    pub keys: Vec<String>,
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepairOutcome {
+    /// Missed and diverged keys written with the source's value.
+    pub put: u64,
+    /// Surplus keys deleted (only with prune).
+    pub deleted: u64,
+    /// Keys that changed on the destination meanwhile (left to the mirror).
+    pub skipped: u64,
+}
+
+/// The report `drctl check` prints and the controller serves at `/check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub consistent: bool,
+    /// Source revision compared against (the destination's checkpoint when it has one).
+    pub revision: i64,
+    /// The source's revision when the check started.
+    pub source_revision: i64,
+    pub source_cluster_id: String,
+    /// Replicated source keys compared.
+    pub checked_keys: u64,
+    pub missed: KeyList,
+    pub surplus: KeyList,
+    pub diverged: KeyList,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<RepairOutcome>,
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.consistent { "consistent" } else { "NOT consistent" };
+        writeln!(
+            f,
+            "{verdict} at source revision {} (source head {}): {} keys checked in {} ms",
+            self.revision, self.source_revision, self.checked_keys, self.duration_ms
+        )?;
+        for (name, list) in [("missed", &self.missed), ("surplus", &self.surplus), ("diverged", &self.diverged)] {
+            writeln!(f, "{name}: {}", list.count)?;
+            for k in &list.keys {
+                writeln!(f, "  {k}")?;
+            }
+            if list.count > list.keys.len() as u64 {
+                writeln!(f, "  ... and {} more", list.count - list.keys.len() as u64)?;
+            }
+        }
+        if let Some(r) = &self.repair {
+            writeln!(f, "repair: {} put, {} deleted, {} skipped (changed meanwhile)", r.put, r.deleted, r.skipped)?;
+        }
+        Ok(())
+    }
+}
+
+/// A check's report with every difference (the report lists only the first few).
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub report: CheckReport,
+    pub differences: Vec<Difference>,
+}
+
+/// Compares the replicated keyspace of `source` and `dest`.
+#[tracing::instrument(skip_all)]
+pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOptions) -> Result<Check, CheckError> {
+    let started = Instant::now();
+    let (mut skv, mut dkv) = (source.kv.clone(), dest.kv.clone());
+    let (cluster_id, head) = etcd::head(&mut skv).await.map_err(on("source"))?;
+    let at = compare_revision(&mut dkv, cluster_id, head).await?;
+    let (revision, mut differences, checked) = match scan(&mut skv, &mut dkv, filter, at, opts).await {
+        // The checkpoint's revision is gone from the source's history: compare with now.
+        Err(CheckError::Etcd { side: "source", source: e }) if etcd::is_compacted(&e) => {
+            let (d, n) = scan(&mut skv, &mut dkv, filter, head, opts).await?;
+            (head, d, n)
+        }
+        r => {
+            let (d, n) = r?;
+            (at, d, n)
+        }
+    };
+    if !differences.is_empty() && !opts.settle.is_zero() {
+        tokio::time::sleep(opts.settle).await;
+        let (_, head2) = etcd::head(&mut skv).await.map_err(on("source"))?;
+        let at2 = compare_revision(&mut dkv, cluster_id, head2).await?;
+        differences = reverify(&skv, &dkv, differences, at2).await?;
+    }
+    let list = |kind: Kind| {
+        let mut l = KeyList::default();
+        for d in differences.iter().filter(|d| d.kind() == kind) {
+            l.count += 1;
+            if l.keys.len() < opts.list_limit {
+                l.keys.push(String::from_utf8_lossy(&d.key).into_owned());
+            }
+        }
+        l
+    };
+    let report = CheckReport {
+        consistent: differences.is_empty(),
+        revision,
+        source_revision: head,
+        source_cluster_id: format!("{cluster_id:x}"),
+        checked_keys: checked,
+        missed: list(Kind::Missed),
+        surplus: list(Kind::Surplus),
+        diverged: list(Kind::Diverged),
+        duration_ms: started.elapsed().as_millis() as u64,
+        repair: None,
+    };
+    tracing::info!(consistent = report.consistent, revision, checked, "check done");
+    Ok(Check { report, differences })
+}
+
+/// The source revision the destination claims to have fully applied, else the source's head.
+async fn compare_revision(dest: &mut KvClient, cluster_id: u64, head: i64) -> Result<i64, CheckError> {
+    Ok(match Checkpoint::read(dest).await? {
+        Some(cp) if cp.cluster_id == cluster_id && cp.copy.is_none() && cp.revision <= head => cp.revision,
+        _ => head,
+    })
+}
+
+async fn scan(
+    skv: &mut KvClient,
+    dkv: &mut KvClient,
+    filter: &Filter,
+    at: i64,
+    opts: &CheckOptions,
+) -> Result<(Vec<Difference>, u64), CheckError> {
+    let start = REGISTRY_PREFIX.as_bytes().to_vec();
+    let end = prefix_end(&start);
+    let mut pager = DiffPager::new(start, end, at, opts.page_bytes);
+    let (mut diffs, mut checked) = (Vec::new(), 0);
+    while let Some(page) = pager.next(skv, dkv, filter).await? {
+        checked += page.source_keys;
+        diffs.extend(page.differences);
+    }
+    Ok((diffs, checked))
+}
+
+/// Re-reads each differing key (source at `at`, destination now); keeps those still differing.
+async fn reverify(
+    skv: &KvClient,
+    dkv: &KvClient,
+    differences: Vec<Difference>,
+    at: i64,
+) -> Result<Vec<Difference>, CheckError> {
+    let lookups: Vec<KeyTask<Option<Difference>>> = differences
+        .into_iter()
+        .map(|d| {
+            let (mut s, mut t) = (skv.clone(), dkv.clone());
+            async move {
+                let src = s.get(d.key.clone(), Some(GetOptions::new().with_revision(at))).await.map_err(on("source"))?;
+                let dst = t.get(d.key.clone(), None).await.map_err(on("destination"))?;
+                let src = src.kvs().first().map(|kv| kv.value().to_vec());
+                let dst = dst.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision()));
+                Ok(match (src, dst) {
+                    (None, None) => None,
+                    (Some(a), Some((b, _))) if a == b => None,
+                    (source, dst) => Some(Difference { key: d.key, source, dest_mod_revision: dst.map(|(_, r)| r) }),
+                })
+            }
+            .boxed()
+        })
+        .collect();
+    let results: Vec<Option<Difference>> =
+        futures::stream::iter(lookups).buffered(KEY_CONCURRENCY).try_collect().await?;
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// Writes the source's value over missed and diverged keys; deletes surplus keys when `prune`.
+/// Each write is a compare-and-swap on what the check saw, so a concurrent mirror write wins.
+#[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
+pub async fn repair(dest: &Conn, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
+    let writes: Vec<KeyTask<Option<(Kind, bool)>>> = differences
+        .iter()
+        .cloned()
+        .map(|d| {
+            let mut kv = dest.kv.clone();
+            async move {
+                let guard = match d.dest_mod_revision {
+                    Some(rev) => Compare::mod_revision(d.key.clone(), CompareOp::Equal, rev),
+                    None => Compare::version(d.key.clone(), CompareOp::Equal, 0),
+                };
+                let op = match (&d.source, prune) {
+                    (Some(v), _) => TxnOp::put(d.key.clone(), v.clone(), None),
+                    (None, true) => TxnOp::delete(d.key.clone(), None),
+                    (None, false) => return Ok(None),
+                };
+                let resp = kv.txn(Txn::new().when(vec![guard]).and_then(vec![op])).await.map_err(on("destination"))?;
+                Ok(Some((d.kind(), resp.succeeded())))
+            }
+            .boxed()
+        })
+        .collect();
+    let outcomes: Vec<Option<(Kind, bool)>> =
+        futures::stream::iter(writes).buffer_unordered(KEY_CONCURRENCY).try_collect().await?;
+    let mut out = RepairOutcome::default();
+    for (kind, ok) in outcomes.into_iter().flatten() {
+        match (kind, ok) {
+            (_, false) => out.skipped += 1,
+            (Kind::Surplus, true) => out.deleted += 1,
+            (_, true) => out.put += 1,
+        }
+    }
+    tracing::info!(put = out.put, deleted = out.deleted, skipped = out.skipped, "repair done");
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::ExcludeSpec;
+
+    fn kv(key: &str, value: &str, rev: i64) -> Kv {
+        Kv { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), mod_revision: rev }
+    }
+
+    #[test]
+    fn diff_finds_missed_surplus_diverged_and_ignores_excluded() {
+        let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
+        let source = vec![
+            kv("/registry/configmaps/a/same", "1", 5),
+            kv("/registry/configmaps/a/missed", "2", 6),
+            kv("/registry/configmaps/a/diverged", "3", 7),
+            kv("/registry/configmaps/kube-system/excluded", "4", 8),
+        ];
+        let mut source = source;
+        source.sort_by(|a, b| a.key.cmp(&b.key));
+        let dest = vec![
+            kv("/registry/configmaps/a/diverged", "x", 40),
+            kv("/registry/configmaps/a/same", "1", 41),
+            kv("/registry/configmaps/a/surplus", "5", 42),
+            kv("/registry/masterleases/10.0.0.1", "own", 43),
+        ];
+        let got: Vec<(String, Kind)> = diff_sorted(source, dest, &filter)
+            .into_iter()
+            .map(|d| (String::from_utf8_lossy(&d.key).into_owned(), d.kind()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/registry/configmaps/a/diverged".to_string(), Kind::Diverged),
+                ("/registry/configmaps/a/missed".to_string(), Kind::Missed),
+                ("/registry/configmaps/a/surplus".to_string(), Kind::Surplus),
+            ]
+        );
+    }
+
+    #[test]
+    fn report_json_round_trips_and_text_lists_keys() {
+        let report = CheckReport {
+            consistent: false,
+            revision: 10,
+            source_revision: 12,
+            source_cluster_id: "ab".into(),
+            checked_keys: 3,
+            missed: KeyList { count: 2, keys: vec!["/registry/a".into()] },
+            surplus: KeyList::default(),
+            diverged: KeyList::default(),
+            duration_ms: 1,
+            repair: None,
+        };
+        let json = serde_json::to_string(&report).expect("serialize");
+        assert!(json.contains("\"sourceRevision\":12"), "{json}");
+        assert_eq!(serde_json::from_str::<CheckReport>(&json).expect("parse"), report);
+        let text = report.to_string();
+        assert!(text.contains("NOT consistent") && text.contains("  /registry/a") && text.contains("1 more"), "{text}");
+    }
+}

@@ -1,0 +1,678 @@
+//! etcd→etcd replication of the Kubernetes keyspace: a paged copy at a fixed source revision,
+//! then a watch from the next revision, with a checkpoint in the destination that makes both
+//! resumable.
+//!
+//! Values are copied byte for byte and keys are never renamed (encryption at rest binds the key
+//! as authenticated data); leases are not copied (the source's leases mean nothing here).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use etcd_client::{EventType, KvClient, Txn, TxnOp, WatchOptions, WatchResponse};
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::check::{self, CheckError, CheckOptions, DiffPager};
+use crate::etcd::{self, Conn, Endpoint, EtcdError};
+use crate::keyspace::{self, Filter, REGISTRY_PREFIX};
+
+/// Where the mirror keeps its checkpoint in the destination: outside `/registry/`, so the
+/// destination's apiserver never sees it and no mirror ever copies it.
+pub const CHECKPOINT_KEY: &str = "drctl/mirror/checkpoint";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read the mirror checkpoint {CHECKPOINT_KEY}: {0}")]
+    Read(#[source] etcd_client::Error),
+    #[error("the mirror checkpoint {CHECKPOINT_KEY} is not valid: {0}")]
+    Parse(#[source] serde_json::Error),
+}
+
+/// What the destination has of the source: written in the same txn as the data it covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// The source etcd's cluster ID; another ID means another source and a full resync.
+    pub cluster_id: u64,
+    /// The last source revision fully applied; during a copy, the revision copied at.
+    pub revision: i64,
+    /// Set while the initial copy (or a resync) is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyCursor>,
+}
+
+/// How far a copy got: every key of the copy phases before (`phase`, `next`) is copied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyCursor {
+    pub phase: usize,
+    /// The next key to copy, hex-encoded (keys are bytes); empty means the phase's start.
+    pub next: String,
+    /// A resync also deletes destination keys the source no longer has.
+    pub prune: bool,
+}
+
+impl CopyCursor {
+    fn start(prune: bool) -> CopyCursor {
+        CopyCursor { phase: 0, next: String::new(), prune }
+    }
+
+    fn at(phase: usize, next: &[u8], prune: bool) -> CopyCursor {
+        CopyCursor { phase, next: hex::encode(next), prune }
+    }
+}
+
+impl Checkpoint {
+    pub async fn read(kv: &mut KvClient) -> Result<Option<Checkpoint>, CheckpointError> {
+        let resp = kv.get(CHECKPOINT_KEY, None).await.map_err(CheckpointError::Read)?;
+        resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).map_err(CheckpointError::Parse)).transpose()
+    }
+
+    fn op(&self) -> TxnOp {
+        // Serializing plain integers and strings cannot fail.
+        TxnOp::put(CHECKPOINT_KEY, serde_json::to_vec(self).unwrap_or_default(), None)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Connect(#[from] EtcdError),
+    #[error("etcd request to the {side} failed: {source}")]
+    Etcd { side: &'static str, source: etcd_client::Error },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("anti-entropy check failed: {0}")]
+    Check(#[source] CheckError),
+    #[error("the source compacted the revision the mirror needs")]
+    Compacted,
+    #[error("the source's watch stream went silent for {0:?} after a progress request")]
+    DeadWatch(Duration),
+    #[error("the source ended the watch stream")]
+    WatchEnded,
+    #[error("the source canceled the watch: {0}")]
+    WatchCanceled(String),
+}
+
+fn on(side: &'static str) -> impl FnOnce(etcd_client::Error) -> MirrorError {
+    move |source| {
+        if side == "source" && etcd::is_compacted(&source) {
+            MirrorError::Compacted
+        } else {
+            MirrorError::Etcd { side, source }
+        }
+    }
+}
+
+impl From<CheckError> for MirrorError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Etcd { side, source } => on(side)(source),
+            CheckError::Checkpoint(c) => MirrorError::Checkpoint(c),
+        }
+    }
+}
+
+/// Sizes and timings; the defaults suit a Kubernetes etcd with its default 1.5 MiB request limit.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// etcd's `--max-txn-ops` default; one op of each txn is the checkpoint.
+    pub txn_max_ops: usize,
+    pub txn_max_bytes: usize,
+    /// Target size of one range page.
+    pub page_bytes: usize,
+    /// Write txns in flight during the copy.
+    pub in_flight: usize,
+    /// Distinct keys collected from the watch before a batch is applied.
+    pub batch_max_keys: usize,
+    /// Silence on the watch before asking for progress, and then before declaring it dead.
+    pub progress_timeout: Duration,
+    /// How often a checkpoint is written when only excluded keys changed.
+    pub checkpoint_every: Duration,
+    /// The anti-entropy pass runs this long after the copy (None: never).
+    pub anti_entropy_after: Option<Duration>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            txn_max_ops: 128,
+            txn_max_bytes: 1 << 20,
+            page_bytes: 4 << 20,
+            in_flight: 4,
+            batch_max_keys: 2048,
+            progress_timeout: Duration::from_secs(5),
+            checkpoint_every: Duration::from_secs(2),
+            anti_entropy_after: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    pub source: Endpoint,
+    pub dest: Endpoint,
+    pub filter: Filter,
+    pub tuning: Tuning,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    #[default]
+    Connecting,
+    Copying,
+    Following,
+    Stopped,
+}
+
+/// What the mirror is doing; observe it with [`Mirror::progress`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub phase: Phase,
+    pub source_cluster_id: u64,
+    /// Latest revision the source reported.
+    pub source_revision: i64,
+    /// Last source revision fully applied to the destination.
+    pub applied_revision: i64,
+    /// Keys under `/registry/` at the copy revision (for a progress bar).
+    pub copy_total_keys: u64,
+    /// Replicated source keys compared by the copy so far.
+    pub copy_compared_keys: u64,
+    /// Keys written to / deleted from the destination since start.
+    pub put_keys: u64,
+    pub deleted_keys: u64,
+    /// This run continued from a checkpoint instead of copying from scratch.
+    pub resumed: bool,
+    /// Full resyncs (compaction, another source cluster).
+    pub resyncs: u64,
+    pub last_error: Option<String>,
+}
+
+impl Progress {
+    /// Source revisions not yet applied.
+    pub fn lag_revisions(&self) -> i64 {
+        (self.source_revision - self.applied_revision).max(0)
+    }
+}
+
+/// A write of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+impl Op {
+    fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(k, _) | Op::Delete(k) => k,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Put(k, v) => k.len() + v.len(),
+            Op::Delete(k) => k.len(),
+        }
+    }
+
+    fn txn_op(self) -> TxnOp {
+        match self {
+            Op::Put(k, v) => TxnOp::put(k, v, None),
+            Op::Delete(k) => TxnOp::delete(k, None),
+        }
+    }
+}
+
+/// Splits writes to distinct keys into txns of at most `max_ops` ops and about `max_bytes`
+/// (a single bigger value gets a txn of its own).
+fn split_txns(ops: Vec<Op>, max_ops: usize, max_bytes: usize) -> Vec<Vec<Op>> {
+    let mut out: Vec<Vec<Op>> = Vec::new();
+    let mut cur: Vec<Op> = Vec::new();
+    let mut bytes = 0;
+    for op in ops {
+        if !cur.is_empty() && (cur.len() >= max_ops || bytes + op.bytes() > max_bytes) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += op.bytes();
+        cur.push(op);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Watch events of consecutive revisions, collapsed to the last write per key (etcd rejects a
+/// txn that touches a key twice).
+#[derive(Debug, Default)]
+struct Batch {
+    ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+    /// Every source revision up to this one is in the batch.
+    revision: i64,
+    source_revision: i64,
+}
+
+impl Batch {
+    fn absorb(&mut self, resp: &WatchResponse, filter: &Filter) {
+        let header = resp.header().map(|h| h.revision()).unwrap_or(0);
+        self.source_revision = self.source_revision.max(header);
+        // The watch covers every key, so every source revision arrives as at least one event
+        // and the last event's revision is exactly what is delivered. (Progress responses are
+        // not trusted for that: etcd before 3.4.24/3.5.8 answers a progress request with the
+        // head revision even while the watcher is still catching up.)
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            self.revision = self.revision.max(kv.mod_revision());
+            if !filter.copies(kv.key()) {
+                continue;
+            }
+            let value = match ev.event_type() {
+                EventType::Put => Some(kv.value().to_vec()),
+                EventType::Delete => None,
+            };
+            self.bytes += kv.key().len() + value.as_ref().map_or(0, Vec::len);
+            self.ops.insert(kv.key().to_vec(), value);
+        }
+    }
+
+    fn into_ops(self) -> Vec<Op> {
+        self.ops
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => Op::Put(k, v),
+                None => Op::Delete(k),
+            })
+            .collect()
+    }
+}
+
+/// Applies one txn of writes, with the checkpoint when given.
+async fn apply(mut kv: KvClient, ops: Vec<Op>, checkpoint: Option<Checkpoint>) -> Result<(), MirrorError> {
+    let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(Op::txn_op).collect();
+    txn_ops.extend(checkpoint.map(|c| c.op()));
+    kv.txn(Txn::new().and_then(txn_ops)).await.map_err(on("destination"))?;
+    Ok(())
+}
+
+/// Where a session starts.
+enum Start {
+    Copy { revision: i64, cursor: CopyCursor },
+    Follow(i64),
+}
+
+/// The replication engine; the CLI and the controller run it in-process.
+pub struct Mirror {
+    cfg: MirrorConfig,
+    progress: watch::Sender<Progress>,
+}
+
+impl Mirror {
+    pub fn new(cfg: MirrorConfig) -> Mirror {
+        Mirror { cfg, progress: watch::Sender::new(Progress::default()) }
+    }
+
+    /// Live progress: revisions, lag, counts.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        self.progress.send_modify(f);
+    }
+
+    /// Copies (or resumes), catches up to the source's revision at start, and returns.
+    pub async fn run_once(&self) -> Result<Progress, MirrorError> {
+        let r = self.session(true).await;
+        self.update(|p| p.phase = Phase::Stopped);
+        r.map(|()| self.progress.borrow().clone())
+    }
+
+    /// Mirrors until `shutdown` completes, reconnecting with backoff when either side fails.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let started = Instant::now();
+            let err = tokio::select! {
+                r = self.session(false) => match r {
+                    Ok(()) => break,
+                    Err(e) => e,
+                },
+                () = &mut shutdown => break,
+            };
+            tracing::warn!(error = %err, retry_in = ?backoff, "mirror session failed");
+            self.update(|p| {
+                p.last_error = Some(err.to_string());
+                p.phase = Phase::Connecting;
+            });
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_millis(500);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = &mut shutdown => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        self.update(|p| p.phase = Phase::Stopped);
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn session(&self, once: bool) -> Result<(), MirrorError> {
+        self.update(|p| p.phase = Phase::Connecting);
+        let src = etcd::connect(&self.cfg.source).await?;
+        let dst = etcd::connect(&self.cfg.dest).await?;
+        let (cluster_id, head) = etcd::head(&mut src.kv.clone()).await.map_err(on("source"))?;
+        self.update(|p| {
+            p.source_cluster_id = cluster_id;
+            p.source_revision = head;
+        });
+        let mut start = match Checkpoint::read(&mut dst.kv.clone()).await? {
+            None => {
+                tracing::info!(revision = head, "no checkpoint: initial copy");
+                Start::Copy { revision: head, cursor: CopyCursor::start(false) }
+            }
+            Some(cp) if cp.cluster_id != cluster_id => {
+                tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
+                self.update(|p| p.resyncs += 1);
+                Start::Copy { revision: head, cursor: CopyCursor::start(true) }
+            }
+            Some(Checkpoint { revision, copy: Some(cursor), .. }) => {
+                tracing::info!(revision, phase = cursor.phase, "resuming the copy");
+                self.update(|p| p.resumed = true);
+                Start::Copy { revision, cursor }
+            }
+            Some(cp) => {
+                tracing::info!(revision = cp.revision, "resuming the watch");
+                self.update(|p| p.resumed = true);
+                Start::Follow(cp.revision)
+            }
+        };
+        loop {
+            let (from, copied) = match start {
+                Start::Copy { revision, cursor } => (self.copy(&src, &dst, cluster_id, revision, cursor).await, true),
+                Start::Follow(rev) => (Ok(rev), false),
+            };
+            let result = match from {
+                Ok(from) if once && from >= head => {
+                    self.update(|p| p.applied_revision = from);
+                    return Ok(());
+                }
+                Ok(from) => {
+                    let anti_entropy = match (copied, once, self.cfg.tuning.anti_entropy_after) {
+                        (true, false, Some(after)) => Some(Instant::now() + after),
+                        _ => None,
+                    };
+                    self.follow(&src, &dst, cluster_id, from, once.then_some(head), anti_entropy).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(MirrorError::Compacted) => {
+                    let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on("source"))?;
+                    tracing::warn!(revision = now, "source compacted past the checkpoint: full resync");
+                    self.update(|p| p.resyncs += 1);
+                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true) };
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Copies `/registry/` at `revision` from `cursor` on; returns `revision`.
+    #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
+    async fn copy(
+        &self,
+        src: &Conn,
+        dst: &Conn,
+        cluster_id: u64,
+        revision: i64,
+        cursor: CopyCursor,
+    ) -> Result<i64, MirrorError> {
+        let t = &self.cfg.tuning;
+        let (mut skv, mut dkv) = (src.kv.clone(), dst.kv.clone());
+        let total = skv
+            .get(REGISTRY_PREFIX, Some(etcd_client::GetOptions::new().with_prefix().with_count_only().with_revision(revision)))
+            .await
+            .map_err(on("source"))?
+            .count();
+        self.update(|p| {
+            p.phase = Phase::Copying;
+            p.copy_total_keys = total.max(0) as u64;
+            p.copy_compared_keys = 0;
+        });
+        let prune = cursor.prune;
+        let next = hex::decode(&cursor.next).unwrap_or_default();
+        let checkpoint = |c: &CopyCursor| Checkpoint { cluster_id, revision, copy: Some(c.clone()) };
+        let mut done = cursor.clone();
+        type Pending = BoxFuture<'static, Result<(CopyCursor, u64, u64), MirrorError>>;
+        let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let phases = keyspace::copy_phases();
+        for (phase, (start, end)) in phases.iter().enumerate().skip(cursor.phase) {
+            let from = if phase == cursor.phase && !next.is_empty() { next.clone() } else { start.clone() };
+            let mut pager = DiffPager::new(from, end.clone(), revision, t.page_bytes);
+            while let Some(page) = pager.next(&mut skv, &mut dkv, &self.cfg.filter).await? {
+                self.update(|p| p.copy_compared_keys += page.source_keys);
+                let ops: Vec<Op> = page
+                    .differences
+                    .into_iter()
+                    .filter_map(|d| match d.source {
+                        Some(v) => Some(Op::Put(d.key, v)),
+                        None if prune => Some(Op::Delete(d.key)),
+                        None => None,
+                    })
+                    .collect();
+                let mut chunks = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
+                let last = chunks.pop();
+                // Each chunk covers keys up to its last key; the page's last chunk (or an empty
+                // page's marker) covers the whole page.
+                let mut ends: Vec<(Vec<Op>, CopyCursor)> = chunks
+                    .into_iter()
+                    .map(|c| {
+                        let end = c.last().map(|op| etcd::key_after(op.key())).unwrap_or_default();
+                        (c, CopyCursor::at(phase, &end, prune))
+                    })
+                    .collect();
+                ends.push((last.unwrap_or_default(), CopyCursor::at(phase, &page.covered_to, prune)));
+                for (ops, end) in ends {
+                    while inflight.len() >= t.in_flight {
+                        done = self.settle(inflight.next().await, done)?;
+                    }
+                    let (puts, dels) = ops.iter().fold((0, 0), |(p, d), op| match op {
+                        Op::Put(..) => (p + 1, d),
+                        Op::Delete(_) => (p, d + 1),
+                    });
+                    if ops.is_empty() {
+                        inflight.push_back(async move { Ok((end, 0, 0)) }.boxed());
+                    } else {
+                        // The checkpoint may only claim what has committed in order before it.
+                        let fut = apply(dkv.clone(), ops, Some(checkpoint(&done)));
+                        inflight.push_back(async move { fut.await.map(|()| (end, puts, dels)) }.boxed());
+                    }
+                }
+            }
+            while let Some(r) = inflight.next().await {
+                done = self.settle(Some(r), done)?;
+            }
+            done = CopyCursor::at(phase + 1, &[], prune);
+        }
+        apply(dkv, Vec::new(), Some(Checkpoint { cluster_id, revision, copy: None })).await?;
+        self.update(|p| p.applied_revision = revision);
+        tracing::info!(revision, "copy done");
+        Ok(revision)
+    }
+
+    fn settle(
+        &self,
+        r: Option<Result<(CopyCursor, u64, u64), MirrorError>>,
+        done: CopyCursor,
+    ) -> Result<CopyCursor, MirrorError> {
+        match r {
+            Some(Ok((cursor, puts, dels))) => {
+                self.update(|p| {
+                    p.put_keys += puts;
+                    p.deleted_keys += dels;
+                });
+                Ok(cursor)
+            }
+            Some(Err(e)) => Err(e),
+            None => Ok(done),
+        }
+    }
+
+    /// Applies the source's changes after revision `from`, until `target` (once) or forever.
+    #[tracing::instrument(skip(self, src, dst, anti_entropy))]
+    async fn follow(
+        &self,
+        src: &Conn,
+        dst: &Conn,
+        cluster_id: u64,
+        from: i64,
+        target: Option<i64>,
+        mut anti_entropy: Option<Instant>,
+    ) -> Result<(), MirrorError> {
+        let t = &self.cfg.tuning;
+        let opts = WatchOptions::new().with_all_keys().with_start_revision(from + 1).with_progress_notify();
+        let mut stream = src.watch.clone().watch("", Some(opts)).await.map_err(on("source"))?;
+        self.update(|p| {
+            p.phase = Phase::Following;
+            p.applied_revision = from;
+        });
+        let (mut applied, mut persisted, mut last_persist) = (from, from, Instant::now());
+        let mut asked_progress = false;
+        loop {
+            let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
+                Err(_) if asked_progress => return Err(MirrorError::DeadWatch(t.progress_timeout)),
+                Err(_) => {
+                    stream.request_progress().await.map_err(on("source"))?;
+                    asked_progress = true;
+                    continue;
+                }
+                Ok(r) => r.map_err(on("source"))?.ok_or(MirrorError::WatchEnded)?,
+            };
+            asked_progress = false;
+            let mut batch = Batch::default();
+            let mut next = Some(first);
+            // Take whatever else is already here, up to the batch bounds.
+            while let Some(resp) = next.take() {
+                if resp.canceled() || resp.compact_revision() > 0 {
+                    return Err(match resp.compact_revision() {
+                        0 => MirrorError::WatchCanceled(resp.cancel_reason().to_string()),
+                        _ => MirrorError::Compacted,
+                    });
+                }
+                batch.absorb(&resp, &self.cfg.filter);
+                if batch.ops.len() < t.batch_max_keys && batch.bytes < t.page_bytes {
+                    next = match stream.message().now_or_never() {
+                        Some(r) => Some(r.map_err(on("source"))?.ok_or(MirrorError::WatchEnded)?),
+                        None => None,
+                    };
+                }
+            }
+            let source_revision = batch.source_revision;
+            if batch.revision > applied {
+                let revision = batch.revision;
+                if !batch.ops.is_empty() {
+                    let (puts, dels) = self.apply_batch(dst, Checkpoint { cluster_id, revision, copy: None }, batch).await?;
+                    self.update(|p| {
+                        p.put_keys += puts;
+                        p.deleted_keys += dels;
+                    });
+                    (persisted, last_persist) = (revision, Instant::now());
+                }
+                applied = revision;
+            }
+            self.update(|p| {
+                p.applied_revision = applied;
+                p.source_revision = p.source_revision.max(source_revision);
+            });
+            let caught_up = applied >= self.progress.borrow().source_revision;
+            let done = target.is_some_and(|t| applied >= t);
+            if applied > persisted && (done || last_persist.elapsed() >= t.checkpoint_every || anti_entropy.is_some()) {
+                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint { cluster_id, revision: applied, copy: None })).await?;
+                (persisted, last_persist) = (applied, Instant::now());
+            }
+            if done {
+                return Ok(());
+            }
+            if caught_up && anti_entropy.is_some_and(|at| Instant::now() >= at) && persisted == applied {
+                anti_entropy = None;
+                self.anti_entropy(src, dst).await?;
+            }
+        }
+    }
+
+    /// Writes one deduplicated batch; the checkpoint goes with the last txn, after the others
+    /// committed, so it never claims a revision whose writes are not all in.
+    async fn apply_batch(&self, dst: &Conn, checkpoint: Checkpoint, batch: Batch) -> Result<(u64, u64), MirrorError> {
+        let t = &self.cfg.tuning;
+        let ops = batch.into_ops();
+        let dels = ops.iter().filter(|op| matches!(op, Op::Delete(_))).count() as u64;
+        let puts = ops.len() as u64 - dels;
+        let mut txns = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
+        let last = txns.pop().unwrap_or_default();
+        let writes: Vec<BoxFuture<'static, Result<(), MirrorError>>> =
+            txns.into_iter().map(|ops| apply(dst.kv.clone(), ops, None).boxed()).collect();
+        futures::stream::iter(writes).buffer_unordered(t.in_flight).try_collect::<Vec<()>>().await?;
+        apply(dst.kv.clone(), last, Some(checkpoint)).await?;
+        Ok((puts, dels))
+    }
+
+    /// Re-puts keys that went missing or diverged after the copy (e.g. the destination's garbage
+    /// collector deleting a child that arrived before its owner). Never deletes.
+    async fn anti_entropy(&self, src: &Conn, dst: &Conn) -> Result<(), MirrorError> {
+        let opts = CheckOptions { settle: Duration::ZERO, ..CheckOptions::default() };
+        let found = check::run(src, dst, &self.cfg.filter, &opts).await.map_err(MirrorError::Check)?;
+        if !found.differences.is_empty() {
+            let outcome = check::repair(dst, &found.differences, false).await.map_err(MirrorError::Check)?;
+            tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
+            self.update(|p| p.put_keys += outcome.put);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: usize) -> Op {
+        Op::Put(k.as_bytes().to_vec(), vec![b'x'; v])
+    }
+
+    #[test]
+    fn split_respects_op_and_byte_bounds() {
+        let ops: Vec<Op> = (0..300).map(|i| put(&format!("/registry/k/{i:04}"), 10)).collect();
+        let txns = split_txns(ops, 127, 1 << 20);
+        assert_eq!(txns.iter().map(Vec::len).collect::<Vec<_>>(), vec![127, 127, 46]);
+        let big = vec![put("/a", 600_000), put("/b", 600_000), put("/c", 2_000_000), put("/d", 10)];
+        let txns = split_txns(big, 127, 1 << 20);
+        assert_eq!(txns.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn batch_keeps_last_write_per_key() {
+        let mut b = Batch::default();
+        for (k, v) in [("/registry/a", Some("1")), ("/registry/b", Some("2")), ("/registry/a", None), ("/registry/b", Some("3"))] {
+            b.ops.insert(k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
+        }
+        assert_eq!(b.into_ops(), vec![Op::Delete(b"/registry/a".to_vec()), Op::Put(b"/registry/b".to_vec(), b"3".to_vec())]);
+    }
+
+    #[test]
+    fn checkpoint_json_is_stable() {
+        let cp = Checkpoint { cluster_id: 7, revision: 42, copy: Some(CopyCursor::at(2, b"/registry/x", true)) };
+        let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
+        assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
+        assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);
+    }
+}

@@ -1,0 +1,349 @@
+//! The mirror and the check on two real etcds.
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use drctl::check::{self, CheckOptions, CheckReport};
+use drctl::etcd::{self, Endpoint};
+use drctl::keyspace::Filter;
+use drctl::mirror::{Checkpoint, Mirror, MirrorConfig, Progress, Tuning, CHECKPOINT_KEY};
+use drctl::topology::ExcludeSpec;
+use etcd_client::{Client, GetOptions, PutOptions, Txn, TxnOp};
+use support::{drctl, Etcd};
+
+fn filter() -> Filter {
+    Filter::with_default_namespaces(&ExcludeSpec::default())
+}
+
+fn config(src: &Etcd, dst: &Etcd) -> MirrorConfig {
+    let tuning = Tuning { anti_entropy_after: None, progress_timeout: Duration::from_secs(2), ..Tuning::default() };
+    MirrorConfig {
+        source: Endpoint::plain(vec![src.client_url.clone()]),
+        dest: Endpoint::plain(vec![dst.client_url.clone()]),
+        filter: filter(),
+        tuning,
+    }
+}
+
+/// Replicated keys and values of an etcd, as the filter sees them.
+async fn replicated(c: &mut Client) -> BTreeMap<String, Vec<u8>> {
+    let mut kv = c.kv_client().max_decoding_message_size(etcd::MAX_MESSAGE_BYTES);
+    let all = etcd::range_all(&mut kv, b"/registry/", b"/registry0", 0, 5000).await.expect("range");
+    let f = filter();
+    all.into_iter()
+        .filter(|kv| f.copies(&kv.key))
+        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
+        .collect()
+}
+
+/// Asserts both sides hold the same replicated keys and values, naming a few that differ.
+async fn assert_same(s: &mut Client, d: &mut Client) {
+    let (a, b) = (replicated(s).await, replicated(d).await);
+    let differing: Vec<&String> =
+        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).take(5).collect();
+    assert!(differing.is_empty(), "{} source vs {} destination keys; differing: {differing:?}", a.len(), b.len());
+}
+
+async fn head(c: &mut Client) -> i64 {
+    c.get("\0", Some(GetOptions::new().with_count_only())).await.expect("head").header().expect("header").revision()
+}
+
+async fn put_all(c: &mut Client, kvs: &[(String, Vec<u8>)]) {
+    for chunk in kvs.chunks(100) {
+        let ops: Vec<TxnOp> = chunk.iter().map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), None)).collect();
+        c.txn(Txn::new().and_then(ops)).await.expect("load txn");
+    }
+}
+
+/// Waits until the mirror has applied the source's current revision.
+async fn caught_up(rx: &mut tokio::sync::watch::Receiver<Progress>, src: &mut Client) {
+    let target = head(src).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let p = rx.borrow().clone();
+        if p.applied_revision >= target {
+            return;
+        }
+        assert!(Instant::now() < deadline, "mirror did not reach revision {target}: {p:?}");
+        let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+    }
+}
+
+/// Keys of every shape, replicated or not.
+fn fixture() -> Vec<(String, Vec<u8>, bool)> {
+    [
+        ("/registry/namespaces/team-a", true),
+        ("/registry/configmaps/team-a/settings", true),
+        ("/registry/services/specs/team-a/api", true),
+        ("/registry/clusterroles/viewer", true),
+        ("/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com", true),
+        ("/registry/example.com/widgets/team-a/w1", true),
+        ("/registry/configmaps/kube-system/own", false),
+        ("/registry/namespaces/cpaas-system", false),
+        ("/registry/events/team-a/e1", false),
+        ("/registry/minions/node-1", false),
+        ("/registry/leases/team-a/l1", false),
+        ("/registry/compact_rev_key", false),
+        ("/registry/masterleases/10.0.0.1", false),
+        ("/registry/drctl.io/drtopologies/dr", false),
+        ("/registry/configmaps/drctl-system/state", false),
+        ("/registry/argoproj.io/applications/argocd/app", false),
+        ("/outside/registry", false),
+    ]
+    .into_iter()
+    .map(|(k, copied)| (k.to_string(), format!("value of {k}").into_bytes(), copied))
+    .collect()
+}
+
+#[tokio::test]
+async fn puts_updates_and_deletes_propagate_and_exclusions_hold() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let fx = fixture();
+    put_all(&mut s, &fx.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect::<Vec<_>>()).await;
+
+    let mirror = std::sync::Arc::new(Mirror::new(config(&src, &dst)));
+    let mut rx = mirror.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let m = mirror.clone();
+    let task = tokio::spawn(async move {
+        m.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    caught_up(&mut rx, &mut s).await;
+    let all = d.get("", Some(GetOptions::new().with_all_keys().with_keys_only())).await.expect("dest keys");
+    let mut dest_keys: Vec<String> =
+        all.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+    dest_keys.retain(|k| k != CHECKPOINT_KEY);
+    let mut want: Vec<String> = fx.iter().filter(|(_, _, c)| *c).map(|(k, _, _)| k.clone()).collect();
+    want.sort();
+    assert_eq!(dest_keys, want, "exactly the replicated keys are copied");
+    assert_same(&mut s, &mut d).await;
+
+    // Updates, deletes, new keys, a key with a lease, and an excluded write while following.
+    let lease = s.lease_grant(60, None).await.expect("lease").id();
+    s.put("/registry/configmaps/team-a/settings", "v2", None).await.expect("update");
+    s.delete("/registry/services/specs/team-a/api", None).await.expect("delete");
+    s.put("/registry/secrets/team-a/new", "fresh", Some(PutOptions::new().with_lease(lease))).await.expect("put");
+    s.put("/registry/configmaps/kube-system/own", "changed", None).await.expect("excluded put");
+    caught_up(&mut rx, &mut s).await;
+    assert_same(&mut s, &mut d).await;
+    let new = d.get("/registry/secrets/team-a/new", None).await.expect("get");
+    let kv = new.kvs().first().expect("leased key copied");
+    assert_eq!((kv.value(), kv.lease()), (&b"fresh"[..], 0), "value byte for byte, lease not copied");
+    let own = d.get("/registry/configmaps/kube-system/own", None).await.expect("get");
+    assert!(own.kvs().is_empty(), "excluded namespace never written");
+
+    // A check while writes stream in reports nothing in flight as divergence.
+    let writer = {
+        let mut s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                s.put(format!("/registry/configmaps/team-a/live-{i}"), vec![b'x'; 2048], None).await.expect("live put");
+            }
+        })
+    };
+    let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
+    let mut reports = Vec::new();
+    while !writer.is_finished() {
+        reports.push(check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check").report);
+    }
+    writer.await.expect("writer");
+    assert!(!reports.is_empty());
+    for r in &reports {
+        assert!(r.consistent, "in-flight writes reported: {r}");
+    }
+    caught_up(&mut rx, &mut s).await;
+    assert_same(&mut s, &mut d).await;
+
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+    let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read").expect("checkpoint");
+    assert_eq!(cp.revision, head(&mut s).await);
+    assert!(cp.copy.is_none());
+}
+
+#[tokio::test]
+async fn a_window_of_more_than_128_events_with_a_key_written_twice_is_batched() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    s.put("/registry/configmaps/team-a/seed", "1", None).await.expect("seed");
+    let m = Mirror::new(config(&src, &dst));
+    m.run_once().await.expect("initial copy");
+
+    // While the mirror is away: 300 puts, one key written twice, a delete.
+    for i in 0..300 {
+        s.put(format!("/registry/configmaps/team-a/k{i:03}"), format!("v{i}"), None).await.expect("put");
+    }
+    s.put("/registry/configmaps/team-a/k007", "rewritten", None).await.expect("rewrite");
+    s.delete("/registry/configmaps/team-a/seed", None).await.expect("delete");
+    let before = head(&mut d).await;
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("catch up");
+    assert!(p.resumed);
+    assert_eq!(p.applied_revision, head(&mut s).await);
+    assert_same(&mut s, &mut d).await;
+    let got = d.get("/registry/configmaps/team-a/k007", None).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), b"rewritten");
+    // 301 distinct writes in 127-op txns: 3 txns (no more than one per batch window of etcd's
+    // watch responses would add), instead of 302 single writes.
+    let txns = head(&mut d).await - before;
+    assert!((3..=8).contains(&txns), "{txns} destination revisions for 302 events");
+}
+
+#[test]
+fn kill_9_mid_copy_then_resume_without_recopying() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    const N: usize = 20_000;
+    let keys: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| (format!("/registry/configmaps/ns-{}/cm-{i:05}", i % 50), vec![b'a' + (i % 26) as u8; 2048]))
+        .collect();
+    rt.block_on(put_all(&mut s, &keys));
+
+    let args = ["mirror", "--source", &src.client_url, "--dest", &dst.client_url, "--once"];
+    let mut child = drctl().args(args).spawn().expect("spawn drctl mirror");
+    let count = |d: &mut Client| {
+        rt.block_on(async {
+            d.get("/registry/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count").count()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&mut d) < 2_000 {
+        assert!(Instant::now() < deadline, "copy did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let killed_at = rt.block_on(head(&mut d));
+    let copied = count(&mut d) as usize;
+    assert!(copied < N, "the copy finished before the kill; nothing to resume");
+    let cp = rt.block_on(Checkpoint::read(&mut d.kv_client())).expect("read").expect("checkpoint written");
+    assert!(cp.copy.is_some(), "checkpoint of an unfinished copy: {cp:?}");
+
+    let out = drctl().args(args).output().expect("run drctl mirror again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("resumed from checkpoint"), "{stdout}");
+    rt.block_on(async {
+        assert_same(&mut s, &mut d).await;
+        // Keys written after the kill: the rest, plus at most the txns that were in flight.
+        let all = d.get("/registry/", Some(GetOptions::new().with_prefix().with_keys_only())).await.expect("keys");
+        let rewritten = all.kvs().iter().filter(|kv| kv.mod_revision() > killed_at).count();
+        let in_flight = Tuning::default().in_flight * Tuning::default().txn_max_ops;
+        assert!(rewritten <= N - copied + in_flight, "{rewritten} keys written after the kill; {copied} were already copied");
+    });
+}
+
+#[tokio::test]
+async fn compaction_while_stopped_forces_a_resync_that_converges_with_deletes() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let keys: Vec<(String, Vec<u8>)> =
+        (0..400).map(|i| (format!("/registry/secrets/team-{}/s{i}", i % 4), format!("v{i}").into_bytes())).collect();
+    put_all(&mut s, &keys).await;
+    Mirror::new(config(&src, &dst)).run_once().await.expect("initial copy");
+    // The standby's own object in an excluded namespace must survive the resync's prune.
+    d.put("/registry/configmaps/kube-system/standby-own", "mine", None).await.expect("own put");
+
+    for i in 0..40 {
+        s.delete(format!("/registry/secrets/team-{}/s{i}", i % 4), None).await.expect("delete");
+    }
+    s.put("/registry/secrets/team-1/s41", "updated", None).await.expect("update");
+    s.put("/registry/secrets/team-9/new", "new", None).await.expect("new");
+    let now = head(&mut s).await;
+    s.compact(now, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("resync");
+    assert_eq!(p.resyncs, 1, "{p:?}");
+    assert_eq!(p.deleted_keys, 40, "{p:?}");
+    assert_same(&mut s, &mut d).await;
+    let own = d.get("/registry/configmaps/kube-system/standby-own", None).await.expect("get");
+    assert_eq!(own.kvs().len(), 1, "excluded keys are not pruned");
+}
+
+fn check_cli(src: &Etcd, dst: &Etcd, extra: &[&str]) -> (i32, CheckReport) {
+    let out = drctl()
+        .args(["check", "--source", &src.client_url, "--dest", &dst.client_url, "--json"])
+        .args(extra)
+        .output()
+        .expect("run drctl check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("check JSON: {e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().expect("exit code"), report)
+}
+
+#[test]
+fn check_finds_planted_differences_and_repair_fixes_them() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    rt.block_on(async {
+        let keys: Vec<(String, Vec<u8>)> =
+            (0..50).map(|i| (format!("/registry/pods/team-a/p{i:02}"), format!("pod {i}").into_bytes())).collect();
+        put_all(&mut s, &keys).await;
+        Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
+        d.delete("/registry/pods/team-a/p07", None).await.expect("plant missed");
+        d.put("/registry/pods/team-a/p08", "tampered", None).await.expect("plant diverged");
+        d.put("/registry/pods/team-a/zz-surplus", "extra", None).await.expect("plant surplus");
+        d.put("/registry/pods/kube-system/ignored", "excluded", None).await.expect("excluded surplus");
+    });
+
+    let (code, r) = check_cli(&src, &dst, &[]);
+    assert_eq!(code, 2, "inconsistent exits 2");
+    assert!(!r.consistent);
+    assert_eq!((r.missed.count, r.surplus.count, r.diverged.count, r.checked_keys), (1, 1, 1, 50));
+    assert_eq!(r.missed.keys, vec!["/registry/pods/team-a/p07"]);
+    assert_eq!(r.diverged.keys, vec!["/registry/pods/team-a/p08"]);
+    assert_eq!(r.surplus.keys, vec!["/registry/pods/team-a/zz-surplus"]);
+
+    let (_, r) = check_cli(&src, &dst, &["--repair"]);
+    let repair = r.repair.expect("repair outcome");
+    assert_eq!((repair.put, repair.deleted), (2, 0), "surplus kept without --prune-surplus");
+    let (code, r) = check_cli(&src, &dst, &[]);
+    assert_eq!((code, r.missed.count, r.diverged.count, r.surplus.count), (2, 0, 0, 1));
+
+    let (_, r) = check_cli(&src, &dst, &["--repair", "--prune-surplus"]);
+    assert_eq!(r.repair.expect("repair").deleted, 1);
+    let (code, r) = check_cli(&src, &dst, &[]);
+    assert!(r.consistent && code == 0, "{r}");
+    let ignored = rt.block_on(d.get("/registry/pods/kube-system/ignored", None)).expect("get");
+    assert_eq!(ignored.kvs().len(), 1, "excluded keys are never pruned");
+}
+
+#[tokio::test]
+async fn the_mirror_reconnects_when_either_etcd_restarts() {
+    let (mut src, mut dst) = (Etcd::start(), Etcd::start());
+    let mut s = src.client().await;
+    s.put("/registry/configmaps/team-a/before", "1", None).await.expect("put");
+    let mirror = std::sync::Arc::new(Mirror::new(config(&src, &dst)));
+    let mut rx = mirror.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let m = mirror.clone();
+    let task = tokio::spawn(async move {
+        m.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    caught_up(&mut rx, &mut s).await;
+
+    dst.restart();
+    s.put("/registry/configmaps/team-a/after-dest-restart", "2", None).await.expect("put");
+    caught_up(&mut rx, &mut s).await;
+
+    src.restart();
+    let mut s = src.client().await;
+    s.put("/registry/configmaps/team-a/after-source-restart", "3", None).await.expect("put");
+    caught_up(&mut rx, &mut s).await;
+
+    let mut d = dst.client().await;
+    assert_same(&mut s, &mut d).await;
+    assert_eq!(replicated(&mut d).await.len(), 3);
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+}
