@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{topology, validate};
+use crate::{dns, topology, validate};
 
 #[derive(Parser, Debug)]
 #[command(name = "drctl", version, about = "Declarative, GitOps-driven disaster recovery for a Kubernetes global cluster")]
@@ -24,6 +24,23 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// DNS tools for operators.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DnsCommand {
+    /// Ask resolvers directly (no cache in between) for a name's A and AAAA addresses, as the
+    /// failover's VerifyDNS step does; exit 1 if any resolver fails.
+    Resolve {
+        name: String,
+        /// `ip` or `ip:port`; repeat for several. Default: the nameservers of /etc/resolv.conf.
+        #[arg(long = "resolver")]
+        resolvers: Vec<String>,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -33,7 +50,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate_files(&files)),
+        Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
     }
+}
+
+async fn dns_resolve(name: &str, resolvers: &[String]) -> anyhow::Result<ExitCode> {
+    let spec = topology::DnsSpec {
+        verify: topology::DnsVerify { resolvers: resolvers.to_vec(), ..Default::default() },
+        ..Default::default()
+    };
+    let resolvers = dns::verify_resolvers(&spec)?;
+    let mut failed = false;
+    for answer in dns::ask_all(&resolvers, name, std::time::Duration::from_secs(3)).await {
+        match answer.result {
+            Ok(addrs) if addrs.is_empty() => println!("{}: no address", answer.resolver),
+            Ok(addrs) => {
+                let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                println!("{}: {}", answer.resolver, shown.join(", "));
+            }
+            Err(e) => {
+                failed = true;
+                println!("{}: error: {e}", answer.resolver);
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn validate_files(files: &[PathBuf]) -> ExitCode {

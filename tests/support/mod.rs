@@ -4,6 +4,8 @@
 //! when the test process dies (PR_SET_PDEATHSIG), so a crashed test leaves nothing behind.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
