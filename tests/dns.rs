@@ -336,3 +336,122 @@ async fn cli_dns_resolve_prints_each_resolvers_answer() {
     assert_eq!(lines[0], format!("{}: {NEW}, {NEW6}", p.addr()));
     assert!(lines[1].starts_with(&format!("{dead}: error: ")), "{stdout}");
 }
+
+/// external-dns's `DNSEndpoint` CRD, trimmed to the fields drctl writes (upstream
+/// kubernetes-sigs/external-dns config/crd/standard/dnsendpoint.yaml has the same shape).
+const DNSENDPOINT_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: dnsendpoints.externaldns.k8s.io
+  annotations:
+    api-approved.kubernetes.io: "https://github.com/kubernetes-sigs/external-dns/pull/2007"
+spec:
+  group: externaldns.k8s.io
+  names: {kind: DNSEndpoint, listKind: DNSEndpointList, plural: dnsendpoints, singular: dnsendpoint}
+  scope: Namespaced
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              endpoints:
+                type: array
+                items:
+                  type: object
+                  properties:
+                    dnsName: {type: string}
+                    recordTTL: {type: integer, format: int64}
+                    recordType: {type: string}
+                    setIdentifier: {type: string}
+                    targets: {type: array, items: {type: string}}
+                    labels: {type: object, additionalProperties: {type: string}}
+          status:
+            type: object
+            x-kubernetes-preserve-unknown-fields: true
+"#;
+
+fn endpoints(g: &support::Global, name: &str) -> serde_json::Value {
+    let out = g.api.kubectl_ok(&["-n", "dns", "get", "dnsendpoint", name, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v["spec"]["endpoints"].clone()
+}
+
+/// On a real kube-apiserver: the TSIG key comes from a Kubernetes Secret (KubeSecrets), and the
+/// external-dns provider rewrites a DNSEndpoint with server-side apply.
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_secrets_and_external_dns_on_a_real_apiserver() {
+    use drctl::secret::{KubeSecrets, SecretSource};
+    let g = support::Global::start("global-a");
+    let tsig = Tsig::generate("drctl-key.", "hmac-sha256");
+    let b = BindServer::start(ZONE, &tsig);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let crd = tmp.path().join("crd.yaml");
+    std::fs::write(&crd, DNSENDPOINT_CRD).expect("write crd");
+    g.api.kubectl_ok(&["apply", "-f", crd.to_str().expect("path")]);
+    g.api.kubectl_ok(&["create", "namespace", "dns"]);
+    g.api.kubectl_ok(&["-n", "dns", "create", "secret", "generic", "tsig", &format!("--from-literal=secret={}", tsig.secret)]);
+    g.api.kubectl_ok(&["wait", "--for=condition=Established", "crd/dnsendpoints.externaldns.k8s.io", "--timeout=30s"]);
+    let client = g.client().await;
+    let secrets = KubeSecrets::new(client.clone());
+
+    // KubeSecrets: found, missing key, missing Secret.
+    let r = |name: &str, key: Option<&str>| drctl::topology::SecretRef {
+        namespace: "dns".into(),
+        name: name.into(),
+        key: key.map(str::to_string),
+    };
+    let got = secrets.get(&r("tsig", None), "secret").await.expect("read Secret");
+    assert_eq!(got.expose(), tsig.secret.as_bytes());
+    let err = secrets.get(&r("tsig", Some("apiKey")), "secret").await.expect_err("missing key");
+    assert_eq!(err.to_string(), "Secret dns/tsig has no key \"apiKey\" (keys: secret)");
+    let err = secrets.get(&r("nope", None), "secret").await.expect_err("missing Secret");
+    assert_eq!(err.to_string(), "Secret dns/nope not found");
+
+    // RFC 2136 with the key read from the Secret.
+    let annotations = BTreeMap::new();
+    let ctx = SwitchContext { secrets: &secrets, kube: Some(client.clone()), annotations: &annotations };
+    let o = dns::switch(&bind_spec(&b, &tsig.name, &tsig.algorithm), &platform(), ip(NEW), &ctx).await.expect("rfc2136");
+    assert_eq!(o.action, SwitchAction::Updated);
+    assert_eq!(dig(b.addr(), DOMAIN, "A"), vec![NEW.to_string()]);
+
+    // external-dns: an existing object with another name's endpoint, which must survive.
+    let existing = tmp.path().join("endpoint.yaml");
+    std::fs::write(
+        &existing,
+        format!(
+            "apiVersion: externaldns.k8s.io/v1alpha1\nkind: DNSEndpoint\nmetadata: {{name: platform, namespace: dns}}\nspec:\n  endpoints:\n  - {{dnsName: other.{ZONE}, recordType: A, recordTTL: 60, targets: [192.0.2.9]}}\n  - {{dnsName: {DOMAIN}, recordType: A, recordTTL: 30, targets: [{OLD}]}}\n"
+        ),
+    )
+    .expect("write endpoint");
+    g.api.kubectl_ok(&["apply", "-f", existing.to_str().expect("path")]);
+    let ext = spec(json!({"externalDns": {"namespace": "dns", "name": "platform"}}));
+    let o = dns::switch(&ext, &platform(), ip(NEW), &ctx).await.expect("externalDns");
+    assert_eq!((o.action.clone(), o.previous.clone()), (SwitchAction::Updated, Some(vec![ip(OLD)])));
+    assert_eq!(
+        endpoints(&g, "platform"),
+        json!([
+            {"dnsName": format!("other.{ZONE}"), "recordType": "A", "recordTTL": 60, "targets": ["192.0.2.9"]},
+            {"dnsName": DOMAIN, "recordType": "A", "recordTTL": 30, "targets": [NEW]},
+        ])
+    );
+    let again = dns::switch(&ext, &platform(), ip(NEW), &ctx).await.expect("externalDns again");
+    assert_eq!(again.action, SwitchAction::Unchanged);
+    let v6 = dns::switch(&ext, &platform(), ip(NEW6), &ctx).await.expect("externalDns v6");
+    assert_eq!(v6.action, SwitchAction::Updated);
+    assert_eq!(endpoints(&g, "platform")[1], json!({"dnsName": DOMAIN, "recordType": "AAAA", "recordTTL": 30, "targets": [NEW6]}));
+    assert_eq!(endpoints(&g, "platform").as_array().map(Vec::len), Some(2));
+
+    // A missing object is created.
+    let fresh = spec(json!({"externalDns": {"namespace": "dns", "name": "fresh"}}));
+    let o = dns::switch(&fresh, &platform(), ip(NEW), &ctx).await.expect("create DNSEndpoint");
+    assert_eq!((o.action, o.previous), (SwitchAction::Updated, Some(vec![])));
+    assert_eq!(endpoints(&g, "fresh"), json!([{"dnsName": DOMAIN, "recordType": "A", "recordTTL": 30, "targets": [NEW]}]));
+}
