@@ -182,6 +182,12 @@ pub enum DnsError {
     VerifyTimeout(String),
 }
 
+impl DnsError {
+    fn bad_secret(what: &'static str, r: &crate::topology::SecretRef, reason: &str) -> Self {
+        DnsError::BadSecret { what, namespace: r.namespace.clone(), name: r.name.clone(), reason: reason.to_string() }
+    }
+}
+
 /// Sets the platform domain's record to `target` through the configured provider.
 #[tracing::instrument(skip_all, fields(domain = %platform.domain, %target))]
 pub async fn switch(

@@ -77,15 +77,11 @@ pub(super) async fn switch(
 ) -> Result<SwitchOutcome, DnsError> {
     let r = &cfg.api_key_secret_ref;
     let secret = secrets.get(r, "apiKey").await?;
-    let key = secret
-        .expose_trimmed_str()
-        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| DnsError::BadSecret {
-            what: "PowerDNS API key",
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
-            reason: "empty or not printable ASCII".into(),
-        })?;
+    let bad = |reason: &str| DnsError::bad_secret("PowerDNS API key", r, reason);
+    let text = secret.expose_trimmed_str().filter(|k| !k.is_empty()).ok_or_else(|| bad("empty or not text"))?;
+    let mut key = reqwest::header::HeaderValue::from_str(text).map_err(|_| bad("not a valid HTTP header value"))?;
+    // Sensitive header values print as `Sensitive` in any Debug output of the request.
+    key.set_sensitive(true);
     let zone = fqdn(&cfg.zone);
     let name = fqdn(&platform.domain);
     if !name.ends_with(&format!(".{zone}")) && name != zone {
@@ -95,7 +91,7 @@ pub(super) async fn switch(
     let client = http_client().map_err(|source| DnsError::Http { url: url.clone(), source })?;
     let http = |source: reqwest::Error| DnsError::Http { url: url.clone(), source: source.without_url() };
 
-    let resp = client.get(&url).header("X-API-Key", key).send().await.map_err(http)?;
+    let resp = client.get(&url).header("X-API-Key", key.clone()).send().await.map_err(http)?;
     let resp = check(resp, &url).await?;
     let zone_data: Zone = resp.json().await.map_err(http)?;
     let kind = RecordKind::for_ip(target);
@@ -106,7 +102,7 @@ pub(super) async fn switch(
     } else {
         let resp = client
             .patch(&url)
-            .header("X-API-Key", key)
+            .header("X-API-Key", key.clone())
             .json(&patch_body(&name, target, platform.ttl))
             .send()
             .await

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode, UpdateMessage};
+use hickory_proto::op::{Message, OpCode, Query, ResponseCode, UpdateMessage};
 use hickory_proto::rr::rdata::tsig::{TsigAlgorithm as HickoryAlg, TsigError};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
@@ -97,12 +97,7 @@ pub(super) async fn switch(
 
 async fn signer(cfg: &Rfc2136Dns, secrets: &dyn SecretSource) -> Result<TSigner, DnsError> {
     let r = &cfg.tsig_secret_ref;
-    let bad = |reason: &str| DnsError::BadSecret {
-        what: "TSIG secret",
-        namespace: r.namespace.clone(),
-        name: r.name.clone(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| DnsError::bad_secret("TSIG secret", r, reason);
     let secret = secrets.get(r, "secret").await?;
     let text = secret.expose_trimmed_str().ok_or_else(|| bad("not text; expected base64"))?;
     let key = base64::engine::general_purpose::STANDARD
@@ -118,7 +113,9 @@ async fn signer(cfg: &Rfc2136Dns, secrets: &dyn SecretSource) -> Result<TSigner,
 
 /// Zone section = the zone's SOA; update section = delete both address rrsets, add the target.
 fn update_message(zone: &Name, domain: &Name, target: IpAddr, ttl: u32) -> Message {
-    let mut msg = Message::new(rand_id(), MessageType::Query, OpCode::Update);
+    let mut msg = Message::query();
+    msg.metadata.op_code = OpCode::Update;
+    msg.metadata.recursion_desired = false;
     msg.add_zone(Query::query(zone.clone(), RecordType::SOA));
     for t in [RecordType::A, RecordType::AAAA] {
         let mut del = Record::update0(domain.clone(), 0, t);
@@ -131,11 +128,6 @@ fn update_message(zone: &Name, domain: &Name, target: IpAddr, ttl: u32) -> Messa
     };
     msg.add_update(Record::from_rdata(domain.clone(), ttl, data));
     msg
-}
-
-fn rand_id() -> u16 {
-    // Message::query() draws a random id; reuse it rather than pulling in a rand dependency.
-    Message::query().metadata.id
 }
 
 async fn send_update(server: SocketAddr, zone: &str, mut msg: Message, signer: &TSigner) -> Result<(), DnsError> {

@@ -39,12 +39,7 @@ pub(super) async fn switch(
     let r = &cfg.hmac_secret_ref;
     let key = secrets.get(r, "hmacKey").await?;
     if key.expose().is_empty() {
-        return Err(DnsError::BadSecret {
-            what: "webhook HMAC key",
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
-            reason: "empty".into(),
-        });
+        return Err(DnsError::bad_secret("webhook HMAC key", r, "empty"));
     }
     let body = body(platform, target);
     let signature = signature_header(key.expose(), &body);
