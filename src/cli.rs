@@ -13,7 +13,7 @@ use crate::etcd::{self, Endpoint, TlsFiles};
 use crate::keyspace::Filter;
 use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
 use crate::topology::ExcludeSpec;
-use crate::{topology, validate};
+use crate::{dns, topology, validate};
 
 #[derive(Parser, Debug)]
 #[command(name = "drctl", version, about = "Declarative, GitOps-driven disaster recovery for a Kubernetes global cluster")]
@@ -65,6 +65,11 @@ pub enum Command {
         /// Keys listed per kind.
         #[arg(long, default_value_t = check::DEFAULT_LIST_LIMIT)]
         list: usize,
+    },
+    /// DNS tools for operators.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
     },
 }
 
@@ -167,6 +172,18 @@ pub enum FailoverCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum DnsCommand {
+    /// Ask resolvers directly (no cache in between) for a name's A and AAAA addresses, as the
+    /// failover's VerifyDNS step does; exit 1 if any resolver fails.
+    Resolve {
+        name: String,
+        /// `ip` or `ip:port`; repeat for several. Default: the nameservers of /etc/resolv.conf.
+        #[arg(long = "resolver")]
+        resolvers: Vec<String>,
+    },
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Controller(args) => {
@@ -182,6 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { files } => Ok(validate_files(&files)),
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
+        Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Check { etcd, exclude, json, repair, prune_surplus, list } => {
             check(&etcd, &exclude, json, repair, prune_surplus, list).await
         }
@@ -278,6 +296,29 @@ async fn check(
         print!("{}", found.report);
     }
     Ok(if found.report.consistent { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+async fn dns_resolve(name: &str, resolvers: &[String]) -> anyhow::Result<ExitCode> {
+    let spec = topology::DnsSpec {
+        verify: topology::DnsVerify { resolvers: resolvers.to_vec(), ..Default::default() },
+        ..Default::default()
+    };
+    let resolvers = dns::verify_resolvers(&spec)?;
+    let mut failed = false;
+    for answer in dns::ask_all(&resolvers, name, Duration::from_secs(3)).await {
+        match answer.result {
+            Ok(addrs) if addrs.is_empty() => println!("{}: no address", answer.resolver),
+            Ok(addrs) => {
+                let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                println!("{}: {}", answer.resolver, shown.join(", "));
+            }
+            Err(e) => {
+                failed = true;
+                println!("{}: error: {e}", answer.resolver);
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn validate_files(files: &[PathBuf]) -> ExitCode {

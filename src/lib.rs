@@ -5,7 +5,6 @@ pub mod controller;
 pub mod dns;
 pub mod etcd;
 pub mod failover;
-pub mod gitops;
 pub mod hooks;
 pub mod http;
 pub mod keyspace;

@@ -367,7 +367,8 @@ pub struct ExternalDns {
     pub name: String,
 }
 
-/// A generic webhook: drctl POSTs `{domain, type, address, ttl}` signed with HMAC-SHA256.
+/// A generic webhook: drctl POSTs `{domain, recordType, address, ttl}` with header
+/// `X-Drctl-Signature: sha256=<hex HMAC-SHA256 of the body>`; any 2xx means accepted.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDns {
