@@ -21,6 +21,7 @@ build:
 
 crds: build
 	$(DRCTL) crd > crds/drtopology.yaml
+	cp crds/drtopology.yaml gitops/deploy/base/crd.yaml
 
 # Inline gitops/health/health.lua into the argocd-cm patch (tests/health.rs fails when they differ).
 argocd-cm:
