@@ -49,8 +49,8 @@ pub enum GitopsError {
     BranchExists(String),
     #[error("{0:?} is not a valid branch name")]
     BadBranchName(String),
-    #[error("push of {branch} to {remote} was rejected: {message}")]
-    PushRejected { branch: String, remote: String, message: String },
+    #[error("committed {commit} on branch {branch}, but pushing it to {remote} failed: {message}; push it with `git push {remote} {branch}`")]
+    PushFailed { commit: String, branch: String, remote: String, message: String },
 }
 
 fn git(action: impl Into<String>) -> impl FnOnce(git2::Error) -> GitopsError {
@@ -321,7 +321,13 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
         remote_url: None,
     };
     if let Some(remote) = &req.push {
-        outcome.remote_url = push(&repo, remote, &outcome.branch)?;
+        // The branch exists locally whatever happens here; say so rather than just failing.
+        outcome.remote_url = push(&repo, remote, &outcome.branch).map_err(|message| GitopsError::PushFailed {
+            commit: outcome.commit.clone(),
+            branch: outcome.branch.clone(),
+            remote: remote.clone(),
+            message,
+        })?;
         outcome.pushed_to = Some(remote.clone());
     } else if let Ok(r) = repo.find_remote("origin") {
         outcome.remote_url = r.url().ok().map(str::to_string);
@@ -367,9 +373,10 @@ fn refuse_dirty(repo: &Repository) -> Result<(), GitopsError> {
     }
 }
 
-/// Pushes `branch` to `remote`, returning the remote's URL.
-fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>, GitopsError> {
-    let mut r = repo.find_remote(remote).map_err(git(format!("find remote {remote}")))?;
+/// Pushes `branch` to `remote`, returning the remote's URL. drctl's libgit2 is built without
+/// HTTPS/SSH transports, so only local and file:// remotes work; the caller explains the fallback.
+fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>, String> {
+    let mut r = repo.find_remote(remote).map_err(|e| format!("no remote {remote}: {}", e.message()))?;
     let url = r.url().ok().map(str::to_string);
     let mut rejected = None;
     {
@@ -383,10 +390,10 @@ fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>,
         let mut opts = git2::PushOptions::new();
         opts.remote_callbacks(cb);
         let spec = format!("refs/heads/{branch}:refs/heads/{branch}");
-        r.push(&[spec.as_str()], Some(&mut opts)).map_err(git(format!("push {branch} to {remote}")))?;
+        r.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| e.message().to_string())?;
     }
     match rejected {
-        Some(message) => Err(GitopsError::PushRejected { branch: branch.into(), remote: remote.into(), message }),
+        Some(message) => Err(format!("rejected: {message}")),
         None => Ok(url),
     }
 }

@@ -261,3 +261,20 @@ fn history_follows_first_parent_merges_and_renames() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("topology/drtopology.yaml is not in the repository at HEAD"), "{:?}", text(&out));
 }
+
+#[test]
+fn failed_push_keeps_the_branch_and_says_how_to_push() {
+    let repo = Repo::new();
+    repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    // drctl's libgit2 has no HTTPS transport, so this fails before any network I/O.
+    repo.git(&["remote", "add", "forge", "https://git.example.invalid/platform/dr.git"]);
+    let out = repo.drctl(&["promote", "global-b", "--branch", "dr/b", "--push", "forge"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    let commit = repo.git(&["rev-parse", "dr/b"]);
+    assert!(
+        stderr.contains(&format!("committed {commit} on branch dr/b, but pushing it to forge failed:")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("push it with `git push forge dr/b`"), "{stderr}");
+}
