@@ -196,7 +196,7 @@ fn parsed_primary(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn describe_reports(text: &str) -> Result<Option<crate::topology::DRTopology>, String> {
+fn validated_topology(text: &str) -> Result<Option<crate::topology::DRTopology>, String> {
     let reports = validate::validate_text(text).map_err(|e| format!("not valid YAML at {e}"))?;
     if reports.len() != 1 {
         return Err(format!("{} documents; a topology file holds exactly one DRTopology", reports.len()));
@@ -256,7 +256,7 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
     let text = std::str::from_utf8(blob.content())
         .map_err(|_| GitopsError::CurrentInvalid { file: file.clone(), details: "not UTF-8".into() })?;
 
-    let current = describe_reports(text)
+    let current = validated_topology(text)
         .map_err(|details| GitopsError::CurrentInvalid { file: file.clone(), details })?
         .ok_or_else(|| GitopsError::CurrentInvalid { file: file.clone(), details: "not a DRTopology".into() })?;
     let at = find_primary(text).map_err(|reason| GitopsError::PrimaryLine { file: file.clone(), reason })?;
@@ -275,7 +275,7 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
     }
 
     let new_text = set_primary(text, &at, &to);
-    describe_reports(&new_text).map_err(|details| GitopsError::ResultInvalid { details })?;
+    validated_topology(&new_text).map_err(|details| GitopsError::ResultInvalid { details })?;
     if parsed_primary(&new_text).as_deref() != Some(to.as_str()) {
         return Err(GitopsError::ResultInvalid { details: format!("spec.primary does not read back as {to}") });
     }
@@ -466,52 +466,64 @@ pub struct HistoryEntry {
 }
 
 /// Every change of `spec.primary` in `file` on HEAD's first-parent line, newest first.
+///
+/// A commit whose file does not parse changes nothing: the change is attributed to the commit
+/// where a new value first reads back, measured from the last value that did.
 #[tracing::instrument(skip_all, fields(repo = %repo_path.display(), file = %file.display()))]
 pub fn history(repo_path: &Path, file: &Path) -> Result<Vec<HistoryEntry>, GitopsError> {
     let repo = Repository::open(repo_path).map_err(|source| GitopsError::Open { path: repo_path.to_path_buf(), source })?;
-    let mut path = repo_relative(&repo, file)?;
-    let mut commit = repo.head().and_then(|h| h.peel_to_commit()).map_err(git("resolve HEAD to a commit"))?;
-    let mut blob = blob_at(&commit, &path)?.ok_or_else(|| GitopsError::FileMissing { file: path.clone() })?;
+    let versions = file_versions(&repo, &repo_relative(&repo, file)?)?;
     let mut entries = Vec::new();
-    loop {
-        let parent = match commit.parent(0) {
-            Ok(p) => Some(p),
-            Err(e) if e.code() == ErrorCode::NotFound => None,
-            Err(e) => return Err(git(format!("read the parent of {}", commit.id()))(e)),
-        };
-        let (old_path, old_blob) = match &parent {
-            Some(p) => match blob_at(p, &path)? {
-                Some(b) => (Some(path.clone()), Some(b)),
-                None => match renamed_from(&repo, p, &commit, &path)? {
-                    Some(old) => {
-                        let b = blob_at(p, &old)?;
-                        (Some(old), b)
-                    }
-                    None => (None, None),
-                },
-            },
-            None => (None, None),
-        };
-        if old_blob != Some(blob) {
-            let to = primary_of(&repo, blob)?;
-            let from = match old_blob {
-                Some(b) => primary_of(&repo, b)?,
-                None => None,
-            };
-            if let Some(to) = to.filter(|t| from.as_deref() != Some(t.as_str())) {
-                entries.push(entry(&repo, &commit, &path, from, to)?);
-            }
+    let mut last: Option<String> = None;
+    let mut last_blob = None;
+    for v in versions.iter().rev() {
+        if last_blob == Some(v.blob) {
+            continue;
         }
-        match (parent, old_path, old_blob) {
-            (Some(p), Some(op), Some(ob)) => {
-                commit = p;
-                path = op;
-                blob = ob;
-            }
-            _ => break,
+        last_blob = Some(v.blob);
+        let Some(primary) = primary_of(&repo, v.blob)? else { continue };
+        if last.as_deref() != Some(primary.as_str()) {
+            let commit = repo.find_commit(v.commit).map_err(git(format!("read commit {}", v.commit)))?;
+            entries.push(entry(&repo, &commit, &v.path, last.clone(), primary.clone())?);
+            last = Some(primary);
         }
     }
+    entries.reverse();
     Ok(entries)
+}
+
+/// The file as of one commit on the first-parent line.
+struct FileVersion {
+    commit: Oid,
+    path: PathBuf,
+    blob: Oid,
+}
+
+/// The file at HEAD and at each first-parent ancestor back to where it appeared, newest first,
+/// following renames.
+fn file_versions(repo: &Repository, file: &Path) -> Result<Vec<FileVersion>, GitopsError> {
+    let mut commit = repo.head().and_then(|h| h.peel_to_commit()).map_err(git("resolve HEAD to a commit"))?;
+    let mut path = file.to_path_buf();
+    let mut blob = blob_at(&commit, &path)?.ok_or_else(|| GitopsError::FileMissing { file: path.clone() })?;
+    let mut versions = Vec::new();
+    loop {
+        versions.push(FileVersion { commit: commit.id(), path: path.clone(), blob });
+        let parent = match commit.parent(0) {
+            Ok(p) => p,
+            Err(e) if e.code() == ErrorCode::NotFound => break,
+            Err(e) => return Err(git(format!("read the parent of {}", commit.id()))(e)),
+        };
+        let older = match blob_at(&parent, &path)? {
+            Some(b) => Some((path.clone(), b)),
+            None => match renamed_from(repo, &parent, &commit, &path)? {
+                Some(old) => blob_at(&parent, &old)?.map(|b| (old, b)),
+                None => None,
+            },
+        };
+        let Some((p, b)) = older else { break };
+        (commit, path, blob) = (parent, p, b);
+    }
+    Ok(versions)
 }
 
 fn blob_at(commit: &Commit<'_>, path: &Path) -> Result<Option<Oid>, GitopsError> {

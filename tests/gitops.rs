@@ -194,6 +194,9 @@ fn history_follows_first_parent_merges_and_renames() {
     let repo = Repo::new();
     let c1 = repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
     repo.commit_file(FILE, &TOPOLOGY.replace("ttl: 30", "ttl: 60"), "Longer TTL");
+    // A commit that breaks the YAML and its fix change no primary.
+    repo.commit_file(FILE, &TOPOLOGY.replace("spec:\n", "spec: [\n"), "Oops");
+    repo.commit_file(FILE, TOPOLOGY, "Fix the YAML");
 
     // A pull request by Bob, prepared with drctl promote, merged by Alice with a merge commit.
     repo.as_user("Bob", "bob@example.com");
