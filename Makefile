@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube build crds test demo
+.PHONY: deps kube build crds argocd-cm test demo
 
 # Debian packages the tests and the lab run: etcd, etcdctl, PowerDNS, BIND, protoc.
 deps:
@@ -21,6 +21,13 @@ build:
 
 crds: build
 	$(DRCTL) crd > crds/drtopology.yaml
+	cp crds/drtopology.yaml gitops/deploy/base/crd.yaml
+
+# Inline gitops/health/health.lua into the argocd-cm patch (tests/health.rs fails when they differ).
+argocd-cm:
+	{ sed '/^  resource.customizations.health.drctl.io_DRTopology: |$$/q' gitops/argocd/argocd-cm-patch.yaml; \
+	  sed 's/^\(..*\)$$/    \1/' gitops/health/health.lua; } > gitops/argocd/argocd-cm-patch.yaml.new
+	mv gitops/argocd/argocd-cm-patch.yaml.new gitops/argocd/argocd-cm-patch.yaml
 
 test: deps kube
 	cargo test --no-fail-fast -- --test-threads=2

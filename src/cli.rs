@@ -13,7 +13,7 @@ use crate::etcd::{self, Endpoint, TlsFiles};
 use crate::keyspace::Filter;
 use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
 use crate::topology::ExcludeSpec;
-use crate::{dns, topology, validate};
+use crate::{dns, gitops, topology, validate};
 
 #[derive(Parser, Debug)]
 #[command(name = "drctl", version, about = "Declarative, GitOps-driven disaster recovery for a Kubernetes global cluster")]
@@ -65,6 +65,40 @@ pub enum Command {
         /// Keys listed per kind.
         #[arg(long, default_value_t = check::DEFAULT_LIST_LIMIT)]
         list: usize,
+    },
+    /// Prepare the pull request that makes CLUSTER the primary: a branch with a one-line commit.
+    Promote {
+        /// The cluster to promote; one of spec.clusters[].name.
+        cluster: String,
+        /// The Git repository (a clone of the one Argo CD watches).
+        #[arg(long)]
+        repo: PathBuf,
+        /// The topology file, relative to the repository root.
+        #[arg(long, default_value = gitops::DEFAULT_FILE)]
+        file: PathBuf,
+        /// Branch to create; default dr/promote-CLUSTER-<UTC YYYYMMDD-HHMMSS>.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Commit subject; default "DR: promote CLUSTER to primary".
+        #[arg(long)]
+        message: Option<String>,
+        /// Why, recorded in the DR-Reason trailer (default: the subject).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Push the branch to this remote.
+        #[arg(long, value_name = "REMOTE")]
+        push: Option<String>,
+    },
+    /// The DR audit trail: every change of spec.primary on the first-parent line of HEAD.
+    History {
+        #[arg(long)]
+        repo: PathBuf,
+        /// The topology file, relative to the repository root (renames are followed).
+        #[arg(long, default_value = gitops::DEFAULT_FILE)]
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// DNS tools for operators.
     Dns {
@@ -198,6 +232,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate_files(&files)),
+        Command::Promote { cluster, repo, file, branch, message, reason, push } => {
+            let req = gitops::PromoteRequest { repo, file, cluster, branch, message, reason, push };
+            let outcome = gitops::promote(&req)?;
+            print!("{}", gitops::next_steps(&outcome));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::History { repo, file, json } => {
+            let entries = gitops::history(&repo, &file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", gitops::format_history(&entries));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Check { etcd, exclude, json, repair, prune_surplus, list } => {

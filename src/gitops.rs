@@ -1,0 +1,704 @@
+//! The Git side of DR: `promote` prepares the pull request that flips `spec.primary`, `history`
+//! reads the topology file's first-parent log back as the audit trail.
+//!
+//! The topology file is edited as text, one value on one line: re-serializing YAML would drop
+//! comments and reorder keys, and reviewers must see a one-line diff.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use git2::{Commit, Delta, DiffFindOptions, ErrorCode, FileMode, ObjectType, Oid, Repository, StatusOptions};
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::topology::KIND;
+use crate::validate;
+
+/// Where the topology lives in the repository Argo CD watches (see `gitops/`).
+pub const DEFAULT_FILE: &str = "topology/drtopology.yaml";
+/// Trailer keys `promote` writes and `history` reads.
+pub const TRAILER_ACTION: &str = "DR-Action";
+pub const TRAILER_FROM: &str = "DR-From";
+pub const TRAILER_TO: &str = "DR-To";
+pub const TRAILER_REASON: &str = "DR-Reason";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitopsError {
+    #[error("cannot open git repository {}: {source}", path.display())]
+    Open { path: PathBuf, source: git2::Error },
+    #[error("{action}: {source}")]
+    Git { action: String, source: git2::Error },
+    #[error("{} is not in the repository at HEAD; pass --file with its path inside the repository", file.display())]
+    FileMissing { file: PathBuf },
+    #[error("{} is outside the repository {}; pass a path inside it", file.display(), repo.display())]
+    FileOutside { file: PathBuf, repo: PathBuf },
+    #[error("{}: {reason}", file.display())]
+    PrimaryLine { file: PathBuf, reason: PrimaryLineError },
+    #[error("{} is not a valid DRTopology now, so it cannot be promoted: {details}", file.display())]
+    CurrentInvalid { file: PathBuf, details: String },
+    #[error("unknown cluster {cluster:?}: {} lists {known}", file.display())]
+    UnknownCluster { cluster: String, file: PathBuf, known: String },
+    #[error("{cluster} is already the primary in {}; nothing to promote", file.display())]
+    AlreadyPrimary { cluster: String, file: PathBuf },
+    #[error("the worktree has uncommitted changes ({paths}); commit or stash them first so the pull request holds only the flip")]
+    DirtyWorktree { paths: String },
+    #[error("the promoted file would not validate, nothing was committed: {details}")]
+    ResultInvalid { details: String },
+    #[error("branch {0} already exists; pass --branch with another name")]
+    BranchExists(String),
+    #[error("{0:?} is not a valid branch name")]
+    BadBranchName(String),
+    #[error("committed {commit} on branch {branch}, but pushing it to {remote} failed: {message}; push it with `git push {remote} {branch}`")]
+    PushFailed { commit: String, branch: String, remote: String, message: String },
+}
+
+fn git(action: impl Into<String>) -> impl FnOnce(git2::Error) -> GitopsError {
+    let action = action.into();
+    move |source| GitopsError::Git { action, source }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The spec.primary line (pure).
+
+/// Why the `spec.primary` value could not be located for a one-line edit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrimaryLineError {
+    #[error("no `primary:` key directly under `spec:`; promote edits that one line")]
+    NotFound,
+    #[error("`primary:` appears {0} times under `spec:` (several documents?); keep one DRTopology per file")]
+    Ambiguous(usize),
+    #[error("line {0}: `spec` is written in flow style ({{...}}); write it as a block mapping so one line can change")]
+    FlowStyle(usize),
+    #[error("line {line}: the spec.primary value is not a plain or quoted cluster name ({why})")]
+    Unsupported { line: usize, why: &'static str },
+    #[error("line {line} says primary {found:?} but the YAML parses to {parsed:?}; refusing to edit a line that is not the value")]
+    Mismatch { line: usize, found: String, parsed: String },
+}
+
+/// The byte range of the `spec.primary` value, quotes excluded, so an edit keeps the quote style.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryValue {
+    pub start: usize,
+    pub end: usize,
+    /// 1-based line number.
+    pub line: usize,
+    pub value: String,
+}
+
+/// Finds the value of the `primary:` key that is a direct child of the top-level `spec:`.
+pub fn find_primary(text: &str) -> Result<PrimaryValue, PrimaryLineError> {
+    let mut found = Vec::new();
+    let mut in_spec = false;
+    let mut child_indent: Option<usize> = None;
+    let mut offset = 0;
+    for (i, raw) in text.split_inclusive('\n').enumerate() {
+        let line_no = i + 1;
+        let line_start = offset;
+        offset += raw.len();
+        let line = raw.trim_end_matches(['\n', '\r']);
+        if line == "---" || line.starts_with("--- ") || line == "..." {
+            in_spec = false;
+            child_indent = None;
+            continue;
+        }
+        let body = line.trim_start_matches(' ');
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        if indent == 0 {
+            in_spec = false;
+            child_indent = None;
+            if let Some(rest) = body.strip_prefix("spec:") {
+                let rest = rest.trim_start();
+                if rest.starts_with('{') {
+                    return Err(PrimaryLineError::FlowStyle(line_no));
+                }
+                in_spec = rest.is_empty() || rest.starts_with('#');
+            }
+            continue;
+        }
+        if !in_spec {
+            continue;
+        }
+        let want = *child_indent.get_or_insert(indent);
+        if indent != want {
+            continue;
+        }
+        if let Some(after) = body.strip_prefix("primary:") {
+            let value_at = line_start + indent + "primary:".len();
+            found.push(parse_scalar(after, value_at, line_no)?);
+        }
+    }
+    match found.len() {
+        0 => Err(PrimaryLineError::NotFound),
+        1 => Ok(found.remove(0)),
+        n => Err(PrimaryLineError::Ambiguous(n)),
+    }
+}
+
+/// Parses `after` (the text following `primary:`) as a plain, single- or double-quoted scalar
+/// optionally followed by a comment. `at` is the byte offset of `after` in the file.
+fn parse_scalar(after: &str, at: usize, line: usize) -> Result<PrimaryValue, PrimaryLineError> {
+    let unsupported = |why| PrimaryLineError::Unsupported { line, why };
+    let trimmed = after.trim_start_matches([' ', '\t']);
+    if trimmed.len() == after.len() && !after.is_empty() {
+        return Err(unsupported("no space after the colon"));
+    }
+    let lead = after.len() - trimmed.len();
+    let (start, end, rest) = match trimmed.chars().next() {
+        None | Some('#') => return Err(unsupported("the value is empty")),
+        Some(q @ ('"' | '\'')) => {
+            let inner = &trimmed[1..];
+            let close = inner.find(q).ok_or_else(|| unsupported("the quote is not closed on this line"))?;
+            if inner[..close].contains('\\') {
+                return Err(unsupported("escapes in the quoted value"));
+            }
+            (lead + 1, lead + 1 + close, &inner[close + 1..])
+        }
+        Some('|' | '>' | '&' | '*' | '!' | '[' | '{') => {
+            return Err(unsupported("block scalars, anchors, aliases, tags and collections"))
+        }
+        Some(_) => {
+            let comment = [" #", "\t#"].iter().filter_map(|c| trimmed.find(c)).min().unwrap_or(trimmed.len());
+            let value = trimmed[..comment].trim_end_matches([' ', '\t']);
+            (lead, lead + value.len(), &trimmed[value.len()..])
+        }
+    };
+    let rest = rest.trim_start_matches([' ', '\t']);
+    if !rest.is_empty() && !rest.starts_with('#') {
+        return Err(unsupported("text after the closing quote"));
+    }
+    let value = after[start..end].to_string();
+    if value.is_empty() {
+        return Err(unsupported("the value is empty"));
+    }
+    Ok(PrimaryValue { start: at + start, end: at + end, line, value })
+}
+
+/// The topology text with only the `spec.primary` value replaced.
+pub fn set_primary(text: &str, at: &PrimaryValue, to: &str) -> String {
+    let mut out = String::with_capacity(text.len() + to.len());
+    out.push_str(&text[..at.start]);
+    out.push_str(to);
+    out.push_str(&text[at.end..]);
+    out
+}
+
+/// `spec.primary` of the first DRTopology document of a YAML text, if it parses that far.
+fn parsed_primary(text: &str) -> Option<String> {
+    let docs = validate::parse_documents(text).ok()?;
+    docs.iter()
+        .find(|d| d.get("kind").and_then(Value::as_str) == Some(KIND))
+        .and_then(|d| d.pointer("/spec/primary"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn validated_topology(text: &str) -> Result<Option<crate::topology::DRTopology>, String> {
+    let reports = validate::validate_text(text).map_err(|e| format!("not valid YAML at {e}"))?;
+    if reports.len() != 1 {
+        return Err(format!("{} documents; a topology file holds exactly one DRTopology", reports.len()));
+    }
+    let errors: Vec<String> = reports.iter().flat_map(|r| r.errors.iter().map(|e| e.to_string())).collect();
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    Ok(reports.into_iter().next().and_then(|r| r.topology))
+}
+
+// ---------------------------------------------------------------------------------------------
+// promote
+
+#[derive(Debug, Clone)]
+pub struct PromoteRequest {
+    pub repo: PathBuf,
+    /// Path of the topology file inside the repository.
+    pub file: PathBuf,
+    pub cluster: String,
+    pub branch: Option<String>,
+    /// Commit subject; default `DR: promote <cluster> to primary`.
+    pub message: Option<String>,
+    /// The `DR-Reason` trailer; default the subject.
+    pub reason: Option<String>,
+    /// Remote to push the new branch to.
+    pub push: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PromoteOutcome {
+    pub branch: String,
+    pub commit: String,
+    /// The branch HEAD was on, the pull request's target.
+    pub base: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub pushed_to: Option<String>,
+    /// URL of the remote the branch went to, for the pull request link.
+    pub remote_url: Option<String>,
+}
+
+/// Commits the flip of `spec.primary` on a new branch, checks it out, and pushes when asked.
+#[tracing::instrument(skip_all, fields(cluster = %req.cluster, repo = %req.repo.display()))]
+pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
+    let repo = Repository::open(&req.repo).map_err(|source| GitopsError::Open { path: req.repo.clone(), source })?;
+    let file = repo_relative(&repo, &req.file)?;
+    if !repo.is_bare() {
+        refuse_dirty(&repo)?;
+    }
+    let head = repo.head().map_err(git("read HEAD"))?;
+    let base = head.shorthand().ok().filter(|_| head.is_branch()).map(str::to_string);
+    let parent = head.peel_to_commit().map_err(git("resolve HEAD to a commit"))?;
+    let tree = parent.tree().map_err(git("read HEAD's tree"))?;
+    let entry = tree.get_path(&file).map_err(|_| GitopsError::FileMissing { file: file.clone() })?;
+    let blob = repo.find_blob(entry.id()).map_err(git(format!("read {}", file.display())))?;
+    let text = std::str::from_utf8(blob.content())
+        .map_err(|_| GitopsError::CurrentInvalid { file: file.clone(), details: "not UTF-8".into() })?;
+
+    let current = validated_topology(text)
+        .map_err(|details| GitopsError::CurrentInvalid { file: file.clone(), details })?
+        .ok_or_else(|| GitopsError::CurrentInvalid { file: file.clone(), details: "not a DRTopology".into() })?;
+    let at = find_primary(text).map_err(|reason| GitopsError::PrimaryLine { file: file.clone(), reason })?;
+    if at.value != current.spec.primary {
+        let reason = PrimaryLineError::Mismatch { line: at.line, found: at.value, parsed: current.spec.primary };
+        return Err(GitopsError::PrimaryLine { file, reason });
+    }
+    let from = at.value.clone();
+    let to = req.cluster.clone();
+    if current.spec.cluster(&to).is_none() {
+        let known = current.spec.clusters.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(GitopsError::UnknownCluster { cluster: to, file, known });
+    }
+    if from == to {
+        return Err(GitopsError::AlreadyPrimary { cluster: to, file });
+    }
+
+    let new_text = set_primary(text, &at, &to);
+    validated_topology(&new_text).map_err(|details| GitopsError::ResultInvalid { details })?;
+    if parsed_primary(&new_text).as_deref() != Some(to.as_str()) {
+        return Err(GitopsError::ResultInvalid { details: format!("spec.primary does not read back as {to}") });
+    }
+
+    let branch = match &req.branch {
+        Some(b) => b.clone(),
+        None => format!("dr/promote-{to}-{}", Timestamp::now().strftime("%Y%m%d-%H%M%S")),
+    };
+    if !git2::Branch::name_is_valid(&branch).unwrap_or(false) {
+        return Err(GitopsError::BadBranchName(branch));
+    }
+    if repo.find_branch(&branch, git2::BranchType::Local).is_ok() {
+        return Err(GitopsError::BranchExists(branch));
+    }
+
+    let blob_id = repo.blob(new_text.as_bytes()).map_err(git("write the new file"))?;
+    let mode = if entry.filemode() == i32::from(FileMode::BlobExecutable) { FileMode::BlobExecutable } else { FileMode::Blob };
+    let tree_id = git2::build::TreeUpdateBuilder::new()
+        .upsert(file.to_string_lossy().as_ref(), blob_id, mode)
+        .create_updated(&repo, &tree)
+        .map_err(git("build the new tree"))?;
+    let new_tree = repo.find_tree(tree_id).map_err(git("read the new tree"))?;
+    let sig = repo.signature().map_err(git("find the committer (set git config user.name and user.email)"))?;
+    let message = commit_message(req, &from, &to);
+    let commit_id = repo.commit(None, &sig, &sig, &message, &new_tree, &[&parent]).map_err(git("commit"))?;
+    let commit = repo.find_commit(commit_id).map_err(git("read the new commit"))?;
+    repo.branch(&branch, &commit, false).map_err(git(format!("create branch {branch}")))?;
+    if !repo.is_bare() {
+        let mut co = git2::build::CheckoutBuilder::new();
+        co.safe();
+        repo.checkout_tree(commit.as_object(), Some(&mut co)).map_err(git(format!("check out {branch}")))?;
+        repo.set_head(&format!("refs/heads/{branch}")).map_err(git(format!("switch to {branch}")))?;
+    }
+    tracing::info!(%branch, commit = %commit_id, %from, %to, "promotion committed");
+
+    let mut outcome = PromoteOutcome {
+        branch,
+        commit: commit_id.to_string(),
+        base,
+        from,
+        to,
+        pushed_to: None,
+        remote_url: None,
+    };
+    if let Some(remote) = &req.push {
+        // The branch exists locally whatever happens here; say so rather than just failing.
+        outcome.remote_url = push(&repo, remote, &outcome.branch).map_err(|message| GitopsError::PushFailed {
+            commit: outcome.commit.clone(),
+            branch: outcome.branch.clone(),
+            remote: remote.clone(),
+            message,
+        })?;
+        outcome.pushed_to = Some(remote.clone());
+    } else if let Ok(r) = repo.find_remote("origin") {
+        outcome.remote_url = r.url().ok().map(str::to_string);
+    }
+    Ok(outcome)
+}
+
+fn commit_message(req: &PromoteRequest, from: &str, to: &str) -> String {
+    let subject = req.message.clone().unwrap_or_else(|| format!("DR: promote {to} to primary"));
+    // Trailers are one line each; a multi-line reason would end the trailer block.
+    let reason = req.reason.clone().unwrap_or_else(|| subject.clone());
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    format!(
+        "{subject}\n\nspec.primary: {from} -> {to}\n\n{TRAILER_ACTION}: promote\n{TRAILER_FROM}: {from}\n{TRAILER_TO}: {to}\n{TRAILER_REASON}: {reason}\n"
+    )
+}
+
+/// `file` relative to the repository root; absolute paths must lie inside the worktree.
+fn repo_relative(repo: &Repository, file: &Path) -> Result<PathBuf, GitopsError> {
+    if file.is_relative() {
+        return Ok(file.to_path_buf());
+    }
+    let outside = || GitopsError::FileOutside { file: file.to_path_buf(), repo: repo.path().to_path_buf() };
+    let root = repo.workdir().ok_or_else(outside)?;
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let abs = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    abs.strip_prefix(&root).map(Path::to_path_buf).map_err(|_| outside())
+}
+
+fn refuse_dirty(repo: &Repository) -> Result<(), GitopsError> {
+    let mut opts = StatusOptions::new();
+    opts.include_untracked(false).include_ignored(false);
+    let statuses = repo.statuses(Some(&mut opts)).map_err(git("read the worktree status"))?;
+    let paths: Vec<String> = statuses
+        .iter()
+        .filter(|s| !s.status().is_empty())
+        .map(|s| s.path().unwrap_or("?").to_string())
+        .collect();
+    if paths.is_empty() {
+        Ok(())
+    } else {
+        Err(GitopsError::DirtyWorktree { paths: paths.join(", ") })
+    }
+}
+
+/// Pushes `branch` to `remote`, returning the remote's URL. drctl's libgit2 is built without
+/// HTTPS/SSH transports, so only local and file:// remotes work; the caller explains the fallback.
+fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>, String> {
+    let mut r = repo.find_remote(remote).map_err(|e| format!("no remote {remote}: {}", e.message()))?;
+    let url = r.url().ok().map(str::to_string);
+    let mut rejected = None;
+    {
+        let mut cb = git2::RemoteCallbacks::new();
+        cb.push_update_reference(|_refname, status| {
+            if let Some(msg) = status {
+                rejected = Some(msg.to_string());
+            }
+            Ok(())
+        });
+        let mut opts = git2::PushOptions::new();
+        opts.remote_callbacks(cb);
+        let spec = format!("refs/heads/{branch}:refs/heads/{branch}");
+        r.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| e.message().to_string())?;
+    }
+    match rejected {
+        Some(message) => Err(format!("rejected: {message}")),
+        None => Ok(url),
+    }
+}
+
+/// What to do next, for people: push (if not done) and open the pull request.
+pub fn next_steps(o: &PromoteOutcome) -> String {
+    let base = o.base.as_deref().unwrap_or("main");
+    let mut s = format!(
+        "Committed {} on branch {}: spec.primary {} -> {}.\n",
+        &o.commit[..o.commit.len().min(12)],
+        o.branch,
+        o.from,
+        o.to
+    );
+    match &o.pushed_to {
+        Some(remote) => s.push_str(&format!("Pushed {} to {remote}.\n", o.branch)),
+        None => s.push_str(&format!("Push it:   git push origin {}\n", o.branch)),
+    }
+    match o.remote_url.as_deref().and_then(|u| pull_request_url(u, base, &o.branch)) {
+        Some(url) => s.push_str(&format!("Open the pull request into {base}: {url}\n")),
+        None => s.push_str(&format!("Open a pull request from {} into {base}.\n", o.branch)),
+    }
+    s.push_str("When it merges, Argo CD applies the flip to both globals and the new primary runs the failover.\n");
+    s
+}
+
+/// A "new pull/merge request" link for GitHub and GitLab remotes.
+fn pull_request_url(remote_url: &str, base: &str, branch: &str) -> Option<String> {
+    let rest = remote_url
+        .strip_prefix("https://")
+        .or_else(|| remote_url.strip_prefix("ssh://git@"))
+        .or_else(|| remote_url.strip_prefix("git@"))?;
+    let (host, path) = rest.split_once(['/', ':'])?;
+    let path = path.trim_end_matches(".git").trim_end_matches('/');
+    if host == "github.com" {
+        Some(format!("https://{host}/{path}/compare/{base}...{branch}?expand=1"))
+    } else if host.contains("gitlab") {
+        Some(format!(
+            "https://{host}/{path}/-/merge_requests/new?merge_request[source_branch]={branch}&merge_request[target_branch]={base}"
+        ))
+    } else {
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// history
+
+/// One change of `spec.primary` on the first-parent line: the DR audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    /// The commit on the first-parent line that changed the primary (a merge for a merged PR).
+    pub commit: String,
+    /// When it landed: committer time, RFC 3339 UTC.
+    pub time: String,
+    /// Author of that commit, `Name <email>`.
+    pub author: String,
+    /// The primary before; None when this commit created the file.
+    pub from: Option<String>,
+    pub to: String,
+    /// The `DR-Reason` trailer, else the subject of the commit.
+    pub reason: String,
+    /// The file's path at that commit (it may have been renamed since).
+    pub path: String,
+    /// For a merge: the `DR-Action: promote` commit it brought in, and who proposed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposed_in: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proposed_by: Option<String>,
+}
+
+/// Every change of `spec.primary` in `file` on HEAD's first-parent line, newest first.
+///
+/// A commit whose file does not parse changes nothing: the change is attributed to the commit
+/// where a new value first reads back, measured from the last value that did.
+#[tracing::instrument(skip_all, fields(repo = %repo_path.display(), file = %file.display()))]
+pub fn history(repo_path: &Path, file: &Path) -> Result<Vec<HistoryEntry>, GitopsError> {
+    let repo = Repository::open(repo_path).map_err(|source| GitopsError::Open { path: repo_path.to_path_buf(), source })?;
+    let versions = file_versions(&repo, &repo_relative(&repo, file)?)?;
+    let mut entries = Vec::new();
+    let mut last: Option<String> = None;
+    let mut last_blob = None;
+    for v in versions.iter().rev() {
+        if last_blob == Some(v.blob) {
+            continue;
+        }
+        last_blob = Some(v.blob);
+        let Some(primary) = primary_of(&repo, v.blob)? else { continue };
+        if last.as_deref() != Some(primary.as_str()) {
+            let commit = repo.find_commit(v.commit).map_err(git(format!("read commit {}", v.commit)))?;
+            entries.push(entry(&repo, &commit, &v.path, last.clone(), primary.clone())?);
+            last = Some(primary);
+        }
+    }
+    entries.reverse();
+    Ok(entries)
+}
+
+/// The file as of one commit on the first-parent line.
+struct FileVersion {
+    commit: Oid,
+    path: PathBuf,
+    blob: Oid,
+}
+
+/// The file at HEAD and at each first-parent ancestor back to where it appeared, newest first,
+/// following renames.
+fn file_versions(repo: &Repository, file: &Path) -> Result<Vec<FileVersion>, GitopsError> {
+    let mut commit = repo.head().and_then(|h| h.peel_to_commit()).map_err(git("resolve HEAD to a commit"))?;
+    let mut path = file.to_path_buf();
+    let mut blob = blob_at(&commit, &path)?.ok_or_else(|| GitopsError::FileMissing { file: path.clone() })?;
+    let mut versions = Vec::new();
+    loop {
+        versions.push(FileVersion { commit: commit.id(), path: path.clone(), blob });
+        let parent = match commit.parent(0) {
+            Ok(p) => p,
+            Err(e) if e.code() == ErrorCode::NotFound => break,
+            Err(e) => return Err(git(format!("read the parent of {}", commit.id()))(e)),
+        };
+        let older = match blob_at(&parent, &path)? {
+            Some(b) => Some((path.clone(), b)),
+            None => match renamed_from(repo, &parent, &commit, &path)? {
+                Some(old) => blob_at(&parent, &old)?.map(|b| (old, b)),
+                None => None,
+            },
+        };
+        let Some((p, b)) = older else { break };
+        (commit, path, blob) = (parent, p, b);
+    }
+    Ok(versions)
+}
+
+fn blob_at(commit: &Commit<'_>, path: &Path) -> Result<Option<Oid>, GitopsError> {
+    let tree = commit.tree().map_err(git(format!("read the tree of {}", commit.id())))?;
+    Ok(tree.get_path(path).ok().filter(|e| e.kind() == Some(ObjectType::Blob)).map(|e| e.id()))
+}
+
+/// The path `path` had in `parent` when `child` renamed it.
+fn renamed_from(repo: &Repository, parent: &Commit<'_>, child: &Commit<'_>, path: &Path) -> Result<Option<PathBuf>, GitopsError> {
+    let action = || format!("diff {}..{}", parent.id(), child.id());
+    let (pt, ct) = (parent.tree().map_err(git(action()))?, child.tree().map_err(git(action()))?);
+    let mut diff = repo.diff_tree_to_tree(Some(&pt), Some(&ct), None).map_err(git(action()))?;
+    diff.find_similar(Some(DiffFindOptions::new().renames(true))).map_err(git(action()))?;
+    Ok(diff
+        .deltas()
+        .find(|d| d.status() == Delta::Renamed && d.new_file().path() == Some(path))
+        .and_then(|d| d.old_file().path().map(Path::to_path_buf)))
+}
+
+fn primary_of(repo: &Repository, blob: Oid) -> Result<Option<String>, GitopsError> {
+    let b = repo.find_blob(blob).map_err(git(format!("read blob {blob}")))?;
+    Ok(std::str::from_utf8(b.content()).ok().and_then(parsed_primary))
+}
+
+fn entry(repo: &Repository, c: &Commit<'_>, path: &Path, from: Option<String>, to: String) -> Result<HistoryEntry, GitopsError> {
+    let own = trailers(c.message().unwrap_or(""));
+    // A merged pull request: the merge carries no trailers, the promote commit it brought in does.
+    let proposal = if own.reason.is_none() && c.parent_count() > 1 { merged_promotion(repo, c, &to)? } else { None };
+    let reason = own
+        .reason
+        .or_else(|| proposal.as_ref().and_then(|p| trailers(p.message().unwrap_or("")).reason))
+        .unwrap_or_else(|| c.summary().ok().flatten().unwrap_or("").to_string());
+    Ok(HistoryEntry {
+        commit: c.id().to_string(),
+        time: git_time(c.committer().when()),
+        author: Person(&c.author()).to_string(),
+        from,
+        to,
+        reason,
+        path: path.to_string_lossy().into_owned(),
+        proposed_in: proposal.as_ref().map(|p| p.id().to_string()),
+        proposed_by: proposal.as_ref().map(|p| Person(&p.author()).to_string()),
+    })
+}
+
+/// The newest `DR-Action: promote` commit to `to` among those a merge brought in.
+fn merged_promotion<'r>(repo: &'r Repository, merge: &Commit<'r>, to: &str) -> Result<Option<Commit<'r>>, GitopsError> {
+    let action = || format!("walk the commits merged by {}", merge.id());
+    let mut walk = repo.revwalk().map_err(git(action()))?;
+    for p in merge.parent_ids().skip(1) {
+        walk.push(p).map_err(git(action()))?;
+    }
+    walk.hide(merge.parent_id(0).map_err(git(action()))?).map_err(git(action()))?;
+    for id in walk {
+        let c = repo.find_commit(id.map_err(git(action()))?).map_err(git(action()))?;
+        let t = trailers(c.message().unwrap_or(""));
+        if t.action.as_deref() == Some("promote") && t.to.as_deref() == Some(to) {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
+}
+
+#[derive(Default)]
+struct DrTrailers {
+    action: Option<String>,
+    to: Option<String>,
+    reason: Option<String>,
+}
+
+fn trailers(message: &str) -> DrTrailers {
+    let mut t = DrTrailers::default();
+    if let Ok(all) = git2::message_trailers_strs(message) {
+        for (k, v) in all.iter() {
+            let v = Some(v.trim().to_string());
+            match k {
+                TRAILER_ACTION => t.action = v,
+                TRAILER_TO => t.to = v,
+                TRAILER_REASON => t.reason = v,
+                _ => {}
+            }
+        }
+    }
+    t
+}
+
+struct Person<'a>(&'a git2::Signature<'a>);
+
+impl fmt::Display for Person<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} <{}>", self.0.name().unwrap_or("?"), self.0.email().unwrap_or("?"))
+    }
+}
+
+fn git_time(t: git2::Time) -> String {
+    Timestamp::from_second(t.seconds()).map(|ts| ts.to_string()).unwrap_or_else(|_| t.seconds().to_string())
+}
+
+/// The audit trail as text, one change per line.
+pub fn format_history(entries: &[HistoryEntry]) -> String {
+    let mut s = String::new();
+    for e in entries {
+        let from = e.from.as_deref().unwrap_or("(created)");
+        s.push_str(&format!(
+            "{}  {}  {} -> {}  {}  {}",
+            e.time,
+            &e.commit[..e.commit.len().min(12)],
+            from,
+            e.to,
+            e.author,
+            e.reason
+        ));
+        if let (Some(c), Some(by)) = (&e.proposed_in, &e.proposed_by) {
+            s.push_str(&format!("  (proposed in {} by {by})", &c[..c.len().min(12)]));
+        }
+        s.push('\n');
+    }
+    if entries.is_empty() {
+        s.push_str("spec.primary never changed on this branch's first-parent line\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flip(text: &str, to: &str) -> String {
+        let at = find_primary(text).expect("find primary");
+        set_primary(text, &at, to)
+    }
+
+    #[test]
+    fn plain_quoted_and_commented_values() {
+        let cases = [
+            ("spec:\n  primary: a\n", "spec:\n  primary: b\n"),
+            ("spec:\n  primary: \"a\"\n", "spec:\n  primary: \"b\"\n"),
+            ("spec:\n  primary: 'a'  # why\n", "spec:\n  primary: 'b'  # why\n"),
+            ("spec:\n  primary:   a   # flip me\r\n", "spec:\n  primary:   b   # flip me\r\n"),
+            ("spec:  # the spec\n    x: 1\n    primary: a\n", "spec:  # the spec\n    x: 1\n    primary: b\n"),
+        ];
+        for (before, after) in cases {
+            assert_eq!(flip(before, "b"), after, "for {before:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_spec_child_is_edited() {
+        let text = "metadata:\n  primary: no\nspec:\n  sync:\n    primary: nested\n  primary: yes-this # c\nstatus:\n  primary: no\n";
+        assert_eq!(
+            flip(text, "other"),
+            "metadata:\n  primary: no\nspec:\n  sync:\n    primary: nested\n  primary: other # c\nstatus:\n  primary: no\n"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(find_primary("spec:\n  x: 1\n"), Err(PrimaryLineError::NotFound));
+        assert_eq!(find_primary("spec: {primary: a}\n"), Err(PrimaryLineError::FlowStyle(1)));
+        assert_eq!(find_primary("spec:\n  primary: a\n---\nspec:\n  primary: a\n"), Err(PrimaryLineError::Ambiguous(2)));
+        for bad in ["spec:\n  primary: |\n    a\n", "spec:\n  primary: \"a\n", "spec:\n  primary:\n", "spec:\n  primary: *x\n"] {
+            assert!(matches!(find_primary(bad), Err(PrimaryLineError::Unsupported { line: 2, .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pull_request_links() {
+        assert_eq!(
+            pull_request_url("git@github.com:acme/dr.git", "main", "dr/x").as_deref(),
+            Some("https://github.com/acme/dr/compare/main...dr/x?expand=1")
+        );
+        assert_eq!(
+            pull_request_url("https://gitlab.example.com/p/dr.git", "main", "b").as_deref(),
+            Some("https://gitlab.example.com/p/dr/-/merge_requests/new?merge_request[source_branch]=b&merge_request[target_branch]=main")
+        );
+        assert_eq!(pull_request_url("/tmp/remote.git", "main", "b"), None);
+    }
+}

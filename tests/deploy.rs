@@ -1,0 +1,247 @@
+//! The `gitops/` tree a platform team copies: every kustomize overlay builds with kubectl and
+//! applies to a real kube-apiserver; the RBAC grants exactly the controller's verbs; the Argo CD
+//! Applications and the CI job point at files that exist.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+use support::Global;
+
+const GLOBALS: [&str; 2] = ["global-a", "global-b"];
+const SA: &str = "system:serviceaccount:drctl-system:drctl-controller";
+
+fn gitops() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops")
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    drctl::validate::parse_documents(yaml).expect("valid YAML")
+}
+
+fn kustomize(dir: &Path, extra: &[&str]) -> String {
+    let out = Command::new(support::kubectl()).arg("kustomize").args(extra).arg(dir).output().expect("run kubectl kustomize");
+    assert!(out.status.success(), "kubectl kustomize {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn apply_server_side(g: &Global, manifest: &str) {
+    use std::io::Write;
+    let mut child = Command::new(support::kubectl())
+        .arg(format!("--kubeconfig={}", g.api.kubeconfig.display()))
+        .args(["apply", "--server-side", "--field-manager=argocd-controller", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kubectl");
+    child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write manifest");
+    let out = child.wait_with_output().expect("kubectl apply");
+    assert!(
+        out.status.success(),
+        "apply failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kubectl auth can-i` as the controller's ServiceAccount.
+fn can_i(g: &Global, args: &[&str]) -> bool {
+    let out = g.api.kubectl(&[&["auth", "can-i", "--as", SA][..], args].concat()).expect("run kubectl auth can-i");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    match answer.lines().next() {
+        Some("yes") => true,
+        Some("no") => false,
+        _ => panic!("can-i {args:?}: {answer}{}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+const DNSENDPOINT_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: dnsendpoints.externaldns.k8s.io
+  annotations: {api-approved.kubernetes.io: \"https://github.com/kubernetes-sigs/external-dns/pull/2007\"}
+spec:
+  group: externaldns.k8s.io
+  scope: Namespaced
+  names: {kind: DNSEndpoint, plural: dnsendpoints, singular: dnsendpoint, listKind: DNSEndpointList}
+  versions:
+    - name: v1alpha1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
+#[test]
+fn base_crd_is_the_generated_crd() {
+    let copy = std::fs::read_to_string(gitops().join("deploy/base/crd.yaml")).expect("read base crd");
+    let crd = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/drtopology.yaml")).expect("read crd");
+    assert!(copy == crd, "gitops/deploy/base/crd.yaml is stale; run `make crds`");
+}
+
+#[test]
+fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
+    for g in GLOBALS {
+        let objs = docs(&kustomize(&gitops().join("deploy/overlays").join(g), &[]));
+        let deploy = find(&objs, "Deployment", "drctl-controller");
+        let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["args"], serde_json::json!(["controller", "--cluster-name", "$(CLUSTER_NAME)"]));
+        let env: Vec<&Value> = c["env"].as_array().expect("env").iter().filter(|e| e["name"] == "CLUSTER_NAME").collect();
+        assert_eq!(env.len(), 1, "{env:?}");
+        assert_eq!(env[0]["value"], g);
+        assert_eq!(c["ports"][0]["containerPort"], 8080);
+        let svc = find(&objs, "Service", "drctl-controller");
+        assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+        assert_eq!(svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"], "the Service selects the controller");
+        find(&objs, "CustomResourceDefinition", "drtopologies.drctl.io");
+        for o in objs.iter().filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role") {
+            for rule in o["rules"].as_array().expect("rules") {
+                for field in ["verbs", "resources", "apiGroups"] {
+                    let items = rule[field].as_array().map(Vec::as_slice).unwrap_or_default();
+                    assert!(!items.iter().any(|v| v == "*"), "{} {} has `*` in {field}", o["kind"], o["metadata"]["name"]);
+                }
+            }
+        }
+    }
+    // The optional ServiceMonitor component builds on the base and scrapes the Service.
+    let dir = tempfile::tempdir().expect("tempdir");
+    // kustomize wants relative paths; climb from the temp dir to / and down again.
+    let up = "../".repeat(dir.path().components().count() - 1);
+    let rel = |p: &str| format!("{up}{}", gitops().join(p).display().to_string().trim_start_matches('/'));
+    let k = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{}]\ncomponents: [{}]\n",
+        rel("deploy/overlays/global-a"),
+        rel("deploy/components/servicemonitor")
+    );
+    std::fs::write(dir.path().join("kustomization.yaml"), k).expect("write kustomization");
+    let objs = docs(&kustomize(dir.path(), &["--load-restrictor=LoadRestrictionsNone"]));
+    let sm = find(&objs, "ServiceMonitor", "drctl-controller");
+    let svc = find(&objs, "Service", "drctl-controller");
+    assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]);
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
+    assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+}
+
+#[test]
+fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
+    let g = Global::start("global-a");
+    for name in GLOBALS {
+        apply_server_side(&g, &kustomize(&gitops().join("deploy/overlays").join(name), &[]));
+        let env = g.api.kubectl_ok(&[
+            "-n", "drctl-system", "get", "deployment", "drctl-controller",
+            "-o", "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"CLUSTER_NAME\")].value}",
+        ]);
+        assert_eq!(env, name, "the applied Deployment runs as {name}");
+    }
+    g.api.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=30s", "crd/drtopologies.drctl.io"]);
+    // What Argo CD's topology Application applies, through the CRD the base installed.
+    let topology = std::fs::read_to_string(gitops().join("topology/drtopology.yaml")).expect("read topology");
+    apply_server_side(&g, &topology);
+    assert_eq!(g.api.kubectl_ok(&["get", "drtopology", "platform", "-o", "jsonpath={.spec.primary}"]), "global-a");
+
+    // kubectl resolves resource names by discovery, so external-dns's CRD must exist (a stand-in
+    // with its real group and names).
+    apply_server_side(&g, DNSENDPOINT_CRD);
+    g.api.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=30s", "crd/dnsendpoints.externaldns.k8s.io"]);
+
+    let allowed: &[&[&str]] = &[
+        &["get", "drtopologies.drctl.io"],
+        &["list", "drtopologies.drctl.io"],
+        &["watch", "drtopologies.drctl.io"],
+        &["patch", "drtopologies.drctl.io"],
+        &["patch", "drtopologies.drctl.io", "--subresource=status"],
+        &["get", "drtopologies.drctl.io", "--subresource=status"],
+        &["create", "events.events.k8s.io", "-n", "drctl-system"],
+        &["patch", "events.events.k8s.io", "-n", "cpaas-system"],
+        &["get", "secrets", "-n", "drctl-system"],
+        &["get", "leases.coordination.k8s.io", "-n", "drctl-system"],
+        &["create", "leases.coordination.k8s.io", "-n", "drctl-system"],
+        &["update", "leases.coordination.k8s.io", "-n", "drctl-system"],
+        &["list", "pods", "-n", "cpaas-system"],
+        &["delete", "pods", "-n", "cpaas-system"],
+        &["patch", "deployments.apps", "-n", "cpaas-system"],
+        &["get", "statefulsets.apps", "-n", "cpaas-system"],
+        &["list", "daemonsets.apps", "-n", "kube-system"],
+        &["create", "jobs.batch", "-n", "drctl-system"],
+        &["delete", "jobs.batch", "-n", "drctl-system"],
+        &["create", "dnsendpoints.externaldns.k8s.io", "-n", "drctl-system"],
+        &["patch", "dnsendpoints.externaldns.k8s.io", "-n", "drctl-system"],
+        &["create", "validatingadmissionpolicies.admissionregistration.k8s.io"],
+        &["delete", "validatingadmissionpolicybindings.admissionregistration.k8s.io"],
+    ];
+    let denied: &[&[&str]] = &[
+        &["delete", "drtopologies.drctl.io"],
+        &["create", "drtopologies.drctl.io"],
+        &["update", "drtopologies.drctl.io"],
+        &["get", "secrets", "-n", "kube-system"],
+        &["list", "secrets", "-n", "drctl-system"],
+        &["delete", "leases.coordination.k8s.io", "-n", "drctl-system"],
+        &["get", "leases.coordination.k8s.io", "-n", "kube-system"],
+        &["create", "pods", "-n", "cpaas-system"],
+        &["delete", "deployments.apps", "-n", "cpaas-system"],
+        &["update", "deployments.apps", "-n", "cpaas-system"],
+        &["list", "jobs.batch", "-n", "drctl-system"],
+        &["delete", "dnsendpoints.externaldns.k8s.io", "-n", "drctl-system"],
+        &["update", "validatingadmissionpolicies.admissionregistration.k8s.io"],
+        &["create", "clusterroles.rbac.authorization.k8s.io"],
+        &["*", "*"],
+    ];
+    let mut wrong = Vec::new();
+    for args in allowed {
+        if !can_i(&g, args) {
+            wrong.push(format!("denied but needed: {args:?}"));
+        }
+    }
+    for args in denied {
+        if can_i(&g, args) {
+            wrong.push(format!("allowed but not needed: {args:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn argocd_applications_sync_paths_that_exist() {
+    for g in GLOBALS {
+        let text = std::fs::read_to_string(gitops().join(format!("argocd/application-{g}.yaml"))).expect("read application");
+        let apps = docs(&text);
+        let paths: Vec<&str> = apps.iter().map(|a| a["spec"]["source"]["path"].as_str().expect("source.path")).collect();
+        assert_eq!(paths, [format!("deploy/overlays/{g}").as_str(), "topology"], "{g}");
+        for a in &apps {
+            assert_eq!(a["kind"], "Application");
+            assert_eq!(a["metadata"]["namespace"], "argocd");
+            assert_eq!(a["spec"]["destination"]["server"], "https://kubernetes.default.svc", "each global syncs into itself");
+            let path = a["spec"]["source"]["path"].as_str().expect("path");
+            assert!(gitops().join(path).is_dir(), "gitops/{path} does not exist");
+        }
+        let topology = apps.iter().find(|a| a["metadata"]["name"] == "drtopology").expect("drtopology Application");
+        assert_eq!(topology["spec"]["syncPolicy"]["automated"]["prune"], false, "Argo CD must never prune the topology");
+    }
+}
+
+#[test]
+fn ci_job_runs_drctl_validate_on_the_topology() {
+    let text = std::fs::read_to_string(gitops().join("ci/validate-topology.yaml")).expect("read ci job");
+    let job = docs(&text).remove(0);
+    assert_eq!(job["on"], "pull_request");
+    let runs: Vec<&str> = job["jobs"]["validate"]["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .collect();
+    let cmd = "drctl validate topology/drtopology.yaml";
+    assert_eq!(runs, [cmd]);
+    // The same command, from the directory the job checks out, passes on the shipped topology.
+    let out = support::drctl().current_dir(gitops()).args(["validate", "topology/drtopology.yaml"]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}

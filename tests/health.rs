@@ -1,0 +1,163 @@
+//! `gitops/health/health.lua` on a real Lua 5.1 interpreter set up like Argo CD's sandbox, against
+//! the cases of `gitops/health/health_test.yaml` in Argo CD's own test format.
+
+use std::path::{Path, PathBuf};
+
+use mlua::{Lua, LuaOptions, StdLib, Table};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn health_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/health")
+}
+
+fn script() -> String {
+    std::fs::read_to_string(health_dir().join("health.lua")).expect("read health.lua")
+}
+
+/// Argo CD (util/lua) opens only package, base and table, plus a safe `os` with `time` and `date`,
+/// also what `require("os")` returns. No string, math, io or debug.
+fn sandbox() -> Lua {
+    let lua = Lua::new_with(StdLib::TABLE | StdLib::PACKAGE | StdLib::OS, LuaOptions::default()).expect("lua state");
+    lua.load("local safe = { time = os.time, date = os.date }; os = safe; package.loaded.os = safe")
+        .exec()
+        .expect("restrict os");
+    lua
+}
+
+/// Argo CD's decodeValue: JSON null is nil, every number is a Lua number, arrays are 1-based tables.
+fn to_lua(lua: &Lua, v: &Value) -> mlua::Value {
+    match v {
+        Value::Null => mlua::Value::Nil,
+        Value::Bool(b) => mlua::Value::Boolean(*b),
+        Value::Number(n) => mlua::Value::Number(n.as_f64().expect("finite number")),
+        Value::String(s) => mlua::Value::String(lua.create_string(s).expect("lua string")),
+        Value::Array(items) => {
+            let t = lua.create_table().expect("table");
+            for (i, item) in items.iter().enumerate() {
+                t.raw_set(i + 1, to_lua(lua, item)).expect("set item");
+            }
+            mlua::Value::Table(t)
+        }
+        Value::Object(map) => {
+            let t = lua.create_table().expect("table");
+            for (k, item) in map {
+                t.raw_set(k.as_str(), to_lua(lua, item)).expect("set field");
+            }
+            mlua::Value::Table(t)
+        }
+    }
+}
+
+/// Runs health.lua on `obj` the way Argo CD does: `obj` global, the chunk returns the status table.
+fn health(obj: &Value) -> Result<(String, String), mlua::Error> {
+    let lua = sandbox();
+    lua.globals().set("obj", to_lua(&lua, obj))?;
+    let hs: Table = lua.load(script()).set_name("health.lua").eval()?;
+    Ok((hs.get("status")?, hs.get("message")?))
+}
+
+fn yaml_file(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthTests {
+    tests: Vec<HealthTest>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthTest {
+    health_status: Expected,
+    input_path: String,
+}
+
+#[derive(Deserialize)]
+struct Expected {
+    status: String,
+    message: String,
+}
+
+fn cases() -> Vec<HealthTest> {
+    let text = std::fs::read_to_string(health_dir().join("health_test.yaml")).expect("read health_test.yaml");
+    serde_norway::from_str::<HealthTests>(&text).expect("parse health_test.yaml").tests
+}
+
+#[test]
+fn every_case_of_health_test_yaml() {
+    let cases = cases();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let obj = yaml_file(&health_dir().join(&case.input_path));
+        let want = (case.health_status.status.clone(), case.health_status.message.clone());
+        match health(&obj) {
+            Ok(got) if got == want => {}
+            Ok(got) => failures.push(format!("{}: got {got:?}, want {want:?}", case.input_path)),
+            Err(e) => failures.push(format!("{}: script error: {e}", case.input_path)),
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    for status in ["Healthy", "Progressing", "Degraded"] {
+        assert!(cases.iter().any(|c| c.health_status.status == status), "no case for {status}");
+    }
+    // Every file in testdata is used, so none is silently untested.
+    let used: Vec<&str> = cases.iter().map(|c| c.input_path.as_str()).collect();
+    for entry in std::fs::read_dir(health_dir().join("testdata")).expect("list testdata") {
+        let name = format!("testdata/{}", entry.expect("entry").file_name().to_string_lossy());
+        assert!(used.contains(&name.as_str()), "{name} is not in health_test.yaml");
+    }
+}
+
+#[test]
+fn testdata_are_full_valid_drtopologies() {
+    // The schema check of `drctl validate` covers status too, so a misspelt status field (one
+    // health.lua would silently never see) fails here.
+    for case in cases() {
+        let path = health_dir().join(&case.input_path);
+        let text = std::fs::read_to_string(&path).expect("read testdata");
+        let reports = drctl::validate::validate_text(&text).expect("yaml");
+        assert_eq!(reports.len(), 1, "{}", case.input_path);
+        let errors: Vec<String> = reports[0].errors.iter().map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", case.input_path);
+    }
+}
+
+#[test]
+fn an_empty_status_is_progressing_not_an_error() {
+    let mut obj = yaml_file(&health_dir().join("testdata/no-status.yaml"));
+    obj["status"] = serde_json::json!({});
+    let (status, message) = health(&obj).expect("script runs");
+    assert_eq!(status, "Progressing");
+    assert_eq!(message, "Waiting for the drctl controller to observe the spec");
+}
+
+#[test]
+fn the_sandbox_is_argo_cds() {
+    let lua = sandbox();
+    let absent: Vec<String> = ["string", "math", "io", "debug"]
+        .into_iter()
+        .filter(|lib| !lua.globals().get::<mlua::Value>(*lib).expect("global").is_nil())
+        .map(str::to_string)
+        .collect();
+    assert!(absent.is_empty(), "libraries Argo CD does not open are present: {absent:?}");
+    assert!(lua.load(r#"return ("x"):upper()"#).eval::<String>().is_err(), "string methods must not exist");
+    assert!(lua.load("return os.execute").eval::<mlua::Value>().expect("eval").is_nil());
+    let t: f64 = lua.load(r#"return require("os").time()"#).eval().expect("os.time via require");
+    assert!(t > 1.7e9);
+    let version: String = lua.load("return _VERSION").eval().expect("version");
+    assert_eq!(version, "Lua 5.1");
+}
+
+#[test]
+fn argocd_cm_inlines_exactly_health_lua() {
+    let cm = yaml_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/argocd/argocd-cm-patch.yaml"));
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "argocd-cm");
+    let inlined = cm["data"]["resource.customizations.health.drctl.io_DRTopology"]
+        .as_str()
+        .expect("argocd-cm has resource.customizations.health.drctl.io_DRTopology");
+    assert!(inlined == script(), "gitops/argocd/argocd-cm-patch.yaml is out of date: paste gitops/health/health.lua into it again");
+}
