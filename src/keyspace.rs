@@ -24,13 +24,15 @@ pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 14] = [
 ];
 
 /// Resources excluded by default, with the one-line reason shown in the docs.
-pub const DEFAULT_EXCLUDED_RESOURCES: [(&str, &str); 6] = [
+pub const DEFAULT_EXCLUDED_RESOURCES: [(&str, &str); 8] = [
     ("events", "high-churn, short-lived records of the source cluster's own activity"),
     ("leases", "leader election and node heartbeats belong to the cluster that holds them"),
     ("nodes", "nodes are the standby's own machines; copying them would register ghosts"),
     ("csinodes", "per-node CSI driver state of the source's nodes"),
     ("volumeattachments", "bind the source's volumes to the source's nodes"),
     ("certificatesigningrequests", "CSRs are signed by, and only valid for, the source's CA"),
+    ("ipaddresses", "ClusterIP allocations; each apiserver rebuilds them from its own Services and deletes orphans"),
+    ("servicecidrs", "the Service IP ranges each apiserver was started with"),
 ];
 
 /// Where the apiserver keeps everything (its default `--etcd-prefix`). Nothing outside is copied.

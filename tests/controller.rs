@@ -321,3 +321,73 @@ async fn two_replicas_only_the_leader_acts() {
     assert!(metrics.contains("drctl_leader{cluster=\"global-a\"} 1"), "{metrics}");
     second.kill();
 }
+
+/// A kubeconfig for `g` that authenticates as the controller's ServiceAccount, from the RBAC the
+/// kustomize overlay installs (not as admin).
+fn service_account_kubeconfig(g: &Global, overlay: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = g.api.kubectl_ok(&["kustomize", &format!("{root}/gitops/deploy/overlays/{overlay}")]);
+    let manifest = dir.join(format!("{overlay}.yaml"));
+    std::fs::write(&manifest, built).expect("write manifests");
+    g.api.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &manifest.display().to_string()]);
+    let token = g.api.kubectl_ok(&["-n", "drctl-system", "create", "token", "drctl-controller", "--duration=1h"]);
+    let path = dir.join(format!("{overlay}-sa.kubeconfig"));
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: c\n  context: {{cluster: c, user: sa}}\ncurrent-context: c\n",
+        g.api.url,
+        g.api.dir.path().join("ca.crt").display(),
+        token.trim()
+    );
+    std::fs::write(&path, kc).expect("write kubeconfig");
+    path
+}
+
+fn git(repo: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Dana Ops", "-c", "user.email=dana@example.com"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_with_the_service_accounts_rbac_names_the_flipping_commit() {
+    let pair = Pair::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ka = service_account_kubeconfig(&pair.a, "global-a", dir.path());
+    let kb = service_account_kubeconfig(&pair.b, "global-b", dir.path());
+    // The GitOps repo: the topology, then the commit that flips it (what a merged PR leaves).
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("topology")).expect("mkdir");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("topology/drtopology.yaml"), pair.topology_yaml("global-a")).expect("write");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "Add the DR topology"]);
+    create_restart_target(&pair.a).await;
+    create_restart_target(&pair.b).await;
+    pair.apply_both("global-a");
+    let repo_arg = format!("--git-repo={}", repo.display());
+    let ca = pair.controller_as(&pair.a, &ka, &[&repo_arg]);
+    let cb = pair.controller_as(&pair.b, &kb, &[&repo_arg]);
+    pair.wait(&pair.a, "A primary (as its ServiceAccount)", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    pair.wait(&pair.b, "B standby in sync (as its ServiceAccount)", STEADY, &[&ca, &cb], standby_in_sync).await;
+
+    std::fs::write(repo.join("topology/drtopology.yaml"), pair.topology_yaml("global-b")).expect("write");
+    git(&repo, &["commit", "-q", "-am", "DR: promote global-b to primary", "-m", "DR-Action: promote\nDR-From: global-a\nDR-To: global-b\nDR-Reason: datacenter A maintenance"]);
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B failover done (as its ServiceAccount)", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let f = b.status.expect("status").failover.expect("failover");
+    assert_eq!(f.reason.as_deref(), Some("datacenter A maintenance"));
+    assert_eq!(f.author.as_deref(), Some("Dana Ops <dana@example.com>"));
+    let head = std::process::Command::new("git").arg("-C").arg(&repo).args(["rev-parse", "HEAD"]).output().expect("git");
+    assert_eq!(f.commit.as_deref(), Some(String::from_utf8_lossy(&head.stdout).trim()));
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    assert!(restarted_at(&pair.b).await.is_some(), "the ServiceAccount may patch Deployments");
+    pair.wait(&pair.a, "A standby in sync (as its ServiceAccount)", STEADY, &[&ca, &cb], standby_in_sync).await;
+    // Events were written with the ServiceAccount's rights.
+    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("StepSwitchDNS") && events.contains("FailoverStarted"), "{events}");
+}

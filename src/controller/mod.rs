@@ -57,6 +57,13 @@ pub struct ControllerArgs {
     /// Lag above which SyncHealthy turns false.
     #[arg(long, default_value_t = 30.0)]
     pub max_lag_seconds: f64,
+    /// A local clone of the GitOps repo (kept current by e.g. a git-sync sidecar), read-only:
+    /// a failover record names the commit, author and reason that flipped spec.primary.
+    #[arg(long)]
+    pub git_repo: Option<PathBuf>,
+    /// The topology file inside --git-repo.
+    #[arg(long, default_value = crate::gitops::DEFAULT_FILE)]
+    pub git_file: PathBuf,
 }
 
 pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -272,12 +279,18 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
                 set_condition(&mut w.status, "Ready", false, "DryRun", &format!("spec.failover.dryRun: would run {plan}"), generation);
                 return Ok(Next::Requeue(Duration::from_secs(30)));
             }
-            w.status.failover = Some(crate::topology::FailoverStatus {
+            let mut record = crate::topology::FailoverStatus {
                 from: peer_name.to_string(),
                 to: ctx.self_name().to_string(),
                 started_at: Some(Timestamp::now().to_string()),
                 ..Default::default()
-            });
+            };
+            if let Some(e) = flipping_commit(&ctx.args, ctx.self_name()) {
+                record.commit = Some(e.commit);
+                record.author = Some(e.proposed_by.unwrap_or(e.author));
+                record.reason = Some(e.reason);
+            }
+            w.status.failover = Some(record);
             w.status.phase = Some(Phase::FailingOver);
             w.status.demotion = None;
             set_condition(&mut w.status, "Ready", false, "FailingOver", &format!("failing over from {peer_name}"), generation);
@@ -365,6 +378,19 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> 
     let rev = final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
     ctx.event(topo, EventType::Normal, "DemotionAcknowledged", "Demote", format!("{} stepped down for {new_primary} at revision {rev}", ctx.self_name())).await;
     Ok(())
+}
+
+/// The newest commit of the GitOps repo that made `to` the primary, when the repo is configured
+/// and readable; failing to read it never blocks a failover.
+fn flipping_commit(args: &ControllerArgs, to: &str) -> Option<crate::gitops::HistoryEntry> {
+    let repo = args.git_repo.as_ref()?;
+    match crate::gitops::history(repo, &args.git_file) {
+        Ok(entries) => entries.into_iter().find(|e| e.to == to),
+        Err(e) => {
+            warn!(error = %e, repo = %repo.display(), "cannot read the GitOps history");
+            None
+        }
+    }
 }
 
 /// The name of an older DRTopology than `topo`, if any (oldest wins; ties by name).

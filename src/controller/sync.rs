@@ -276,7 +276,8 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     } else if lag > ctx.args.max_lag_seconds {
         format!("lag {lag:.1}s is over {:.0}s", ctx.args.max_lag_seconds)
     } else if let Some(m) = sync.missed_keys.filter(|m| *m > max_missed) {
-        format!("{m} keys missed at the last check")
+        let first = ctx.sync.last_check().await.map(|r| r.missed.keys.join(", ")).unwrap_or_default();
+        format!("{m} keys missed at the last check: {first}")
     } else if sync.missed_keys.is_none() {
         "waiting for the first consistency check".into()
     } else {

@@ -142,11 +142,16 @@ impl Pair {
     }
 
     pub fn controller(&self, g: &Global, extra: &[&str]) -> Controller {
+        self.controller_as(g, &g.api.kubeconfig, extra)
+    }
+
+    /// A controller authenticating with `kubeconfig` (e.g. a ServiceAccount token) instead of admin.
+    pub fn controller_as(&self, g: &Global, kubeconfig: &std::path::Path, extra: &[&str]) -> Controller {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut args: Vec<String> = vec![
             "controller".into(),
             format!("--cluster-name={}", g.name),
-            format!("--kubeconfig={}", g.api.kubeconfig.display()),
+            format!("--kubeconfig={}", kubeconfig.display()),
             format!("--listen={listen}"),
             "--lease-seconds=6".into(),
             "--restart-ready-timeout=1s".into(),
