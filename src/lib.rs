@@ -5,6 +5,7 @@ pub mod controller;
 pub mod dns;
 pub mod etcd;
 pub mod failover;
+pub mod fence;
 pub mod gitops;
 pub mod hooks;
 pub mod http;

@@ -161,6 +161,10 @@ pub struct SyncSpec {
     pub check_interval: String,
     #[serde(default)]
     pub driver: SyncDriver,
+    /// While this cluster is standby, reject user writes to replicated data (a
+    /// ValidatingAdmissionPolicy), so nobody edits a copy that the mirror will overwrite.
+    #[serde(default)]
+    pub fence: FenceSpec,
     /// With `driver: manifest`: the platform's own sync object, applied while standby and deleted
     /// while primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +176,7 @@ impl Default for SyncSpec {
     fn default() -> Self {
         Self {
             exclude: ExcludeSpec::default(),
+            fence: FenceSpec::default(),
             check_interval: default_check_interval(),
             driver: SyncDriver::default(),
             manifest: None,
@@ -188,6 +193,28 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
     })
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceSpec {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Groups that may still write on a fenced standby. Users named `system:*` (control-plane
+    /// components, nodes, service accounts, drctl itself) are always exempt.
+    #[serde(default = "default_fence_exempt_groups")]
+    #[schemars(length(max = 32))]
+    pub exempt_groups: Vec<String>,
+}
+
+impl Default for FenceSpec {
+    fn default() -> Self {
+        Self { enabled: false, exempt_groups: default_fence_exempt_groups() }
+    }
+}
+
+fn default_fence_exempt_groups() -> Vec<String> {
+    vec!["system:masters".into(), "system:nodes".into()]
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

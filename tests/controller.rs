@@ -391,3 +391,55 @@ async fn failover_with_the_service_accounts_rbac_names_the_flipping_commit() {
     let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"]);
     assert!(events.contains("StepSwitchDNS") && events.contains("FailoverStarted"), "{events}");
 }
+
+/// `kubectl --as=alice create configmap` in `ns`; Ok(()) or the error text.
+fn alice_creates(g: &Global, ns: &str, name: &str) -> Result<(), String> {
+    let out = g.api.kubectl(&["--as=alice", "-n", ns, "create", "configmap", name, "--from-literal=k=v"]).expect("kubectl");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The fence takes a moment to be enforced after the policy is written (the apiserver compiles it).
+async fn wait_denied(g: &Global, ns: &str) -> String {
+    let start = Instant::now();
+    loop {
+        match alice_creates(g, ns, &format!("probe-{}", start.elapsed().as_millis())) {
+            Err(e) => return e,
+            Ok(()) => assert!(start.elapsed() < Duration::from_secs(30), "{} never fenced {ns}", g.name),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fenced_standby_rejects_user_writes_and_the_fence_follows_the_role() {
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    fence: {enabled: true}\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    // alice may do anything by RBAC; only the fence stands in her way. Both objects replicate.
+    pair.a.api.kubectl_ok(&["create", "clusterrolebinding", "alice-admin", "--clusterrole=cluster-admin", "--user=alice"]);
+    pair.a.api.kubectl_ok(&["create", "namespace", "apps"]);
+    let start = Instant::now();
+    while pair.b.api.kubectl(&["get", "namespace", "apps"]).map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(start.elapsed() < Duration::from_secs(30), "namespace apps never replicated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let denied = wait_denied(&pair.b, "apps").await;
+    assert!(denied.contains("DR standby fenced by drctl: write to the primary (global-a)"), "{denied}");
+    assert_eq!(alice_creates(&pair.b, "cpaas-system", "local-config"), Ok(()), "excluded namespaces stay writable");
+    assert_eq!(alice_creates(&pair.a, "apps", "on-primary"), Ok(()), "the primary is not fenced");
+
+    pair.apply_both("global-b");
+    pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let denied = wait_denied(&pair.a, "apps").await;
+    assert!(denied.contains("write to the primary (global-b)"), "{denied}");
+    let start = Instant::now();
+    while let Err(e) = alice_creates(&pair.b, "apps", &format!("on-new-primary-{}", start.elapsed().as_millis())) {
+        assert!(start.elapsed() < Duration::from_secs(30), "the new primary is still fenced: {e}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

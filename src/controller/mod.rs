@@ -89,6 +89,8 @@ pub struct Context {
     pub sync: sync::SyncManager,
     /// Serialises reconciles that act (one DRTopology is acted on, but watch events race).
     pub act_lock: Mutex<()>,
+    /// The fence last applied: Some(primary it points writers to) or None when lifted.
+    pub fenced: Mutex<Option<Option<String>>>,
 }
 
 impl Context {
@@ -125,6 +127,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         sync: sync::SyncManager::default(),
         act_lock: Mutex::new(()),
+        fenced: Mutex::new(None),
         args: args.clone(),
     });
     let server = http::serve(args.listen, metrics.clone(), ctx.clone(), ready.clone());
@@ -209,6 +212,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
             match act(&ctx, &topo, w, action, &peer, &peer_name).await? {
                 Next::Continue => continue,
                 Next::Requeue(d) => {
+                    fence_as_role(&ctx, &topo, w.status.role).await;
                     w.write().await?;
                     ctx.metrics.observe_status(&w.status);
                     return Ok(Requeue::requeue(d));
@@ -378,6 +382,27 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> 
     let rev = final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
     ctx.event(topo, EventType::Normal, "DemotionAcknowledged", "Demote", format!("{} stepped down for {new_primary} at revision {rev}", ctx.self_name())).await;
     Ok(())
+}
+
+/// A fenced standby rejects user writes; a primary (or fencing disabled) lifts the fence.
+/// Only acts when the wanted state changed since the last reconcile of this process.
+async fn fence_as_role(ctx: &Context, topo: &DRTopology, role: Option<Role>) {
+    let want = (topo.spec.sync.fence.enabled && role == Some(Role::Standby)).then(|| topo.spec.primary.clone());
+    let mut last = ctx.fenced.lock().await;
+    if last.as_ref() == Some(&want) {
+        return;
+    }
+    let result = match &want {
+        Some(_) => crate::fence::apply(&ctx.client, topo, &ctx.args.namespace).await,
+        None => crate::fence::remove(&ctx.client, topo).await,
+    };
+    match result {
+        Ok(()) => {
+            info!(fenced = want.is_some(), "fence reconciled");
+            *last = Some(want);
+        }
+        Err(e) => warn!(error = %e, "fence not reconciled; will retry"),
+    }
 }
 
 /// The newest commit of the GitOps repo that made `to` the primary, when the repo is configured
