@@ -443,3 +443,32 @@ async fn fenced_standby_rejects_user_writes_and_the_fence_follows_the_role() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_driver_applies_the_platforms_sync_object_only_on_the_standby() {
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    driver: manifest\n    manifest:\n      apiVersion: v1\n      kind: ConfigMap\n      metadata: {name: etcd-sync, namespace: cpaas-system}\n      data: {plugin: etcd-sync}\n".into();
+    create_restart_target(&pair.a).await;
+    create_restart_target(&pair.b).await;
+    pair.apply_both("global-a");
+    let ca = pair.controller(&pair.a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    pair.wait(&pair.a, "A primary", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    pair.wait(&pair.b, "B standby with the manifest", STEADY, &[&ca, &cb], is(Role::Standby, Phase::Steady)).await;
+    let present = |g: &Global| g.api.kubectl(&["-n", "cpaas-system", "get", "configmap", "etcd-sync"]).map(|o| o.status.success()).unwrap_or(false);
+    assert!(present(&pair.b), "the standby runs the platform's synchronizer");
+    assert!(!present(&pair.a), "the primary does not");
+    // drctl's own mirror does not run: a write on the primary stays there.
+    put_configmap(&pair.a, "apps", "not-mirrored-by-drctl", "x").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(pair.b.api.kubectl(&["-n", "apps", "get", "configmap", "not-mirrored-by-drctl"]).map(|o| !o.status.success()).unwrap_or(true));
+
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let f = b.status.expect("status").failover.expect("failover");
+    let final_sync = f.steps.iter().find(|s| s.name == "FinalSync").expect("FinalSync");
+    assert_eq!(final_sync.state, StepState::Skipped, "{final_sync:?}");
+    pair.wait(&pair.a, "A standby with the manifest", STEADY, &[&ca, &cb], is(Role::Standby, Phase::Steady)).await;
+    assert!(present(&pair.a), "the new standby runs the synchronizer");
+    assert!(!present(&pair.b), "the new primary deleted it");
+}

@@ -261,7 +261,7 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
     match action {
         Action::Hold => Ok(Next::Requeue(Duration::from_secs(30))),
         Action::BootstrapPrimary => {
-            ctx.sync.stop().await;
+            sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
             w.status.role = Some(Role::Primary);
             w.status.phase = Some(Phase::Steady);
             w.status.sync = None;
@@ -272,7 +272,7 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             Ok(Next::Continue)
         }
         Action::StayPrimary => {
-            ctx.sync.stop().await;
+            sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
             w.status.phase = Some(Phase::Steady);
             set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
             Ok(Next::Requeue(Duration::from_secs(30)))
@@ -337,7 +337,7 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             Ok(Next::Requeue(WAIT_REQUEUE))
         }
         Action::WaitForPrimary { why } => {
-            ctx.sync.stop().await;
+            sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
             if w.status.role.is_none() {
                 w.status.role = Some(Role::Standby);
             }

@@ -19,7 +19,10 @@ use crate::failover::runbook::run_restarts;
 use crate::keyspace::Filter;
 use crate::mirror::{Mirror, MirrorConfig, Phase as MirrorPhase, Progress, Tuning};
 use crate::secret::{KubeSecrets, SecretSource};
-use crate::topology::{ClusterSpec, DRTopology, DRTopologyStatus, Phase, RestartWhen, SyncStatus};
+use crate::topology::{ClusterSpec, DRTopology, DRTopologyStatus, Phase, RestartWhen, SyncDriver, SyncStatus};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
 use crate::validate::parse_duration;
 
 /// What identifies a running mirror: when any of it changes, the mirror restarts.
@@ -66,6 +69,8 @@ pub enum SyncError {
     Check(#[from] check::CheckError),
     #[error("reading this cluster's etcd revision: {0}")]
     Status(etcd_client::Error),
+    #[error("spec.sync.manifest: {0}")]
+    Manifest(String),
 }
 
 /// This cluster's etcd as an endpoint, with mTLS material from its Secret.
@@ -198,6 +203,45 @@ impl SyncManager {
     }
 }
 
+/// Stops whatever replicates into this cluster: the in-process mirror, or with
+/// `sync.driver: manifest` the platform's own sync object. Idempotent.
+pub async fn stop_replication(ctx: &Context, topo: &DRTopology) -> Result<(), SyncError> {
+    ctx.sync.stop().await;
+    if topo.spec.sync.driver == SyncDriver::Manifest {
+        manifest(ctx, topo, false).await?;
+    }
+    Ok(())
+}
+
+/// Applies (server-side) or deletes the `sync.manifest` object.
+async fn manifest(ctx: &Context, topo: &DRTopology, present: bool) -> Result<(), SyncError> {
+    let Some(m) = &topo.spec.sync.manifest else { return Ok(()) };
+    let err = |e: String| SyncError::Manifest(e);
+    let obj: DynamicObject = serde_json::from_value(m.clone()).map_err(|e| err(format!("not a Kubernetes object: {e}")))?;
+    let gvk = obj
+        .types
+        .as_ref()
+        .map(GroupVersionKind::try_from)
+        .ok_or_else(|| err("apiVersion and kind are required".into()))?
+        .map_err(|e| err(e.to_string()))?;
+    let name = obj.metadata.name.clone().ok_or_else(|| err("metadata.name is required".into()))?;
+    let (ar, caps) = kube::discovery::pinned_kind(&ctx.client, &gvk).await.map_err(|e| err(format!("{}: {e}", gvk.kind)))?;
+    let api: Api<DynamicObject> = match (caps.scope, &obj.metadata.namespace) {
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(ctx.client.clone(), ns, &ar),
+        (Scope::Namespaced, None) => Api::default_namespaced_with(ctx.client.clone(), &ar),
+        (Scope::Cluster, _) => Api::all_with(ctx.client.clone(), &ar),
+    };
+    let result = if present {
+        api.patch(&name, &PatchParams::apply("drctl-sync").force(), &Patch::Apply(m)).await.map(|_| ())
+    } else {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            r => r.map(|_| ()),
+        }
+    };
+    result.map_err(|e| err(format!("{} {name}: {e}", gvk.kind)))
+}
+
 /// Starts (or keeps, or restarts on change) the mirror from the declared primary into this cluster.
 pub async fn ensure_mirror(ctx: &Context, topo: &DRTopology, self_name: &str) -> Result<(), SyncError> {
     // The source is whoever is primary by declaration, or during a failover to us, the peer.
@@ -244,6 +288,17 @@ pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport) {
 /// and the once-only `syncEnabled` / `demotion` restarts.
 pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter) -> Result<(), Error> {
     let generation = topo.metadata.generation;
+    if topo.spec.sync.driver == SyncDriver::Manifest {
+        // The platform's own synchronizer does the work; drctl only keeps its object present.
+        let (ok, why) = match manifest(ctx, topo, true).await {
+            Ok(()) => (true, "sync delegated to spec.sync.manifest (applied); drctl does not measure its lag".to_string()),
+            Err(e) => (false, e.to_string()),
+        };
+        set_condition(&mut w.status, "SyncHealthy", ok, if ok { "ManifestApplied" } else { "ManifestFailed" }, &why, generation);
+        set_condition(&mut w.status, "Ready", ok, if ok { "Steady" } else { "ManifestFailed" }, &why, generation);
+        w.status.phase = Some(if ok { Phase::Steady } else { Phase::Degraded });
+        return Ok(());
+    }
     if let Err(e) = ensure_mirror(ctx, topo, ctx.self_name()).await {
         w.status.phase = Some(Phase::Degraded);
         set_condition(&mut w.status, "SyncHealthy", false, "MirrorNotStarted", &e.to_string(), generation);

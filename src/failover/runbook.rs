@@ -141,7 +141,7 @@ impl Runbook<'_> {
             Step::Demote => self.demote().await,
             Step::FinalSync => self.final_sync().await,
             Step::StopSync => {
-                self.ctx.sync.stop().await;
+                sync::stop_replication(self.ctx, self.topo).await.map_err(|e| e.to_string())?;
                 Ok(Outcome::ok(format!("no longer replicating from {}", self.peer_name)))
             }
             Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), "pre").await,
@@ -268,6 +268,9 @@ impl Runbook<'_> {
             .filter(|p| p.demoted_for.as_deref() == Some(self.self_name()))
             .and_then(|p| p.final_revision);
         let timeout = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
+        if self.topo.spec.sync.driver == crate::topology::SyncDriver::Manifest {
+            return Ok(Outcome::skipped("sync.driver is manifest: the platform's synchronizer cannot be asked for its revision"));
+        }
         let Some(final_revision) = acked else {
             let applied = self.ctx.sync.applied_revision().await;
             let token = RpoToken {
