@@ -74,6 +74,22 @@ async fn create_restart_target(g: &Global) {
     api.create(&PostParams::default(), &d).await.expect("create deployment");
 }
 
+/// A pod the `when: syncEnabled` restart deletes (no kubelet here: it is just an object).
+async fn create_sync_restart_target(g: &Global) {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(g.client().await, "cpaas-system");
+    let p = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "vmselect-0", "labels": {"service_name": "vmselect"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .expect("pod");
+    api.create(&PostParams::default(), &p).await.expect("create pod");
+}
+
+async fn has_vmselect_pod(g: &Global) -> bool {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(g.client().await, "cpaas-system");
+    api.get_opt("vmselect-0").await.expect("get pod").is_some()
+}
+
 async fn restarted_at(g: &Global) -> Option<String> {
     let api: Api<Deployment> = Api::namespaced(g.client().await, "cpaas-system");
     let d = api.get("cluster-transformer").await.expect("get deployment");
@@ -84,6 +100,8 @@ async fn restarted_at(g: &Global) -> Option<String> {
 async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
     create_restart_target(&pair.a).await;
     create_restart_target(&pair.b).await;
+    create_sync_restart_target(&pair.a).await;
+    create_sync_restart_target(&pair.b).await;
     pair.apply_both("global-a");
     let ca = pair.controller(&pair.a, &[]);
     let cb = pair.controller(&pair.b, &[]);
@@ -108,6 +126,22 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     let data = wait_configmap(&pair.b, "apps", "before-flip", Duration::from_secs(30)).await;
     assert_eq!(data.get("value").map(String::as_str), Some("written on global-a"));
     assert_eq!(dns_answer(&pair), vec![VIP_A]);
+    // `when: syncEnabled` restarts ran once sync was healthy, on the standby only.
+    pair.wait(&pair.b, "syncEnabled restarts done", STEADY, &[&ca, &cb], |s| s.sync.as_ref().is_some_and(|y| y.restarts_done)).await;
+    assert!(!has_vmselect_pod(&pair.b).await, "the standby's vmselect pod was restarted (deleted)");
+    assert!(has_vmselect_pod(&pair.a).await, "the primary's was not");
+
+    // What a failover would do, without doing it.
+    let out = support::drctl()
+        .args(["failover", "plan", "--to", "global-b", "--kubeconfig"])
+        .arg(&pair.b.api.kubeconfig)
+        .output()
+        .expect("drctl failover plan");
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{plan}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(plan.contains("next action: StartFailover"), "{plan}");
+    assert!(plan.contains("Demote: ask the old primary") && plan.contains("global-a reachable, role Some(Primary)"), "{plan}");
+    assert!(plan.contains(&format!("SwitchDNS: point the platform domain at this cluster's VIP [{DOMAIN} -> {VIP_B}]")), "{plan}");
 
     // The pull request merges; Argo CD applies it to both globals.
     let flipped = Instant::now();
@@ -138,6 +172,8 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     assert!(restarted_at(&pair.b).await.is_some(), "restart stamped the Deployment on global-b");
     assert!(restarted_at(&pair.a).await.is_none(), "no failover restart on the old primary");
     pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    pair.wait(&pair.a, "syncEnabled restarts on the new standby", STEADY, &[&ca, &cb], |s| s.sync.as_ref().is_some_and(|y| y.restarts_done)).await;
+    assert!(!has_vmselect_pod(&pair.a).await, "the new standby restarted its vmselect pod");
     let data = wait_configmap(&pair.b, "apps", "before-flip", Duration::from_secs(5)).await;
     assert_eq!(data.get("value").map(String::as_str), Some("written on global-a"));
     put_configmap(&pair.b, "apps", "after-flip", "written on global-b").await;
@@ -265,6 +301,31 @@ async fn flip_back_mid_failover_reclaims_the_old_primary() {
     assert!(restarted_at(&pair.b).await.is_none(), "no failover restarts ran on B");
     put_configmap(&pair.a, "apps", "after-revert", "a").await;
     wait_configmap(&pair.b, "apps", "after-revert", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_reports_the_plan_and_changes_nothing() {
+    let mut pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    pair.failover_extra = "    dryRun: true\n".into();
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B reports the dry run", STEADY, &[&ca, &cb], |s| {
+        s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DryRun")
+    })
+    .await;
+    let st = b.status.expect("status");
+    let ready = st.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert!(ready.message.contains("would fail over to global-b") && ready.message.contains("SwitchDNS"), "{}", ready.message);
+    assert!(st.failover.is_none(), "a dry run records no failover");
+    assert_eq!(st.role, Some(Role::Standby));
+    let a = pair.wait(&pair.a, "A reports the dry run", STEADY, &[&ca, &cb], |s| {
+        s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DryRun")
+    })
+    .await;
+    let st = a.status.expect("status");
+    assert_eq!(st.role, Some(Role::Primary), "the primary did not step down");
+    assert!(st.demotion.is_none());
+    assert_eq!(dns_answer(&pair), vec![VIP_A]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -205,6 +205,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
                 self_name: ctx.self_name(),
                 spec_primary: &topo.spec.primary,
                 invalid: false,
+                dry_run: topo.spec.failover.dry_run,
                 status: Some(&status_now),
                 peer: peer.clone(),
             });
@@ -277,12 +278,15 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
             Ok(Next::Requeue(Duration::from_secs(30)))
         }
+        Action::DryRun { would } => {
+            let plan = match *would {
+                Action::StartFailover => format!("would fail over to {}:\n{}", ctx.self_name(), failover::runbook::describe(topo, ctx.self_name(), peer)),
+                other => format!("would {other:?}"),
+            };
+            set_condition(&mut w.status, "Ready", false, "DryRun", &format!("spec.failover.dryRun: {plan}"), generation);
+            Ok(Next::Requeue(Duration::from_secs(30)))
+        }
         Action::StartFailover => {
-            if topo.spec.failover.dry_run {
-                let plan = failover::runbook::describe(topo, ctx.self_name(), peer);
-                set_condition(&mut w.status, "Ready", false, "DryRun", &format!("spec.failover.dryRun: would run {plan}"), generation);
-                return Ok(Next::Requeue(Duration::from_secs(30)));
-            }
             let mut record = crate::topology::FailoverStatus {
                 from: peer_name.to_string(),
                 to: ctx.self_name().to_string(),

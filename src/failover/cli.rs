@@ -64,6 +64,7 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
         self_name: to,
         spec_primary: &hypothetical.primary,
         invalid: !validate::validate_spec(&hypothetical).is_empty(),
+        dry_run: false,
         status: status.as_ref(),
         peer: view.clone(),
     });

@@ -141,6 +141,8 @@ pub struct Observed<'a> {
     pub spec_primary: &'a str,
     /// Validation errors of the spec (empty when valid).
     pub invalid: bool,
+    /// `spec.failover.dryRun`: report what a role change would do instead of doing it.
+    pub dry_run: bool,
     pub status: Option<&'a DRTopologyStatus>,
     pub peer: PeerView,
 }
@@ -150,6 +152,9 @@ pub struct Observed<'a> {
 pub enum Action {
     /// The spec is invalid: change nothing, report `Valid=False`.
     Hold,
+    /// `spec.failover.dryRun` and the declared primary differs from the role held: report the
+    /// plan (the runbook, or the step-down) and keep the current role.
+    DryRun { would: Box<Action> },
     /// First start as primary, nothing to fail over from.
     BootstrapPrimary,
     /// Steady primary: make sure no mirror runs.
@@ -208,6 +213,16 @@ pub fn plan(o: &Observed) -> Action {
     if o.invalid {
         return Action::Hold;
     }
+    let next = plan_role(o);
+    match next {
+        Action::StartFailover | Action::AcknowledgeDemotion { .. } | Action::ReclaimPrimary if o.dry_run => {
+            Action::DryRun { would: Box::new(next) }
+        }
+        other => other,
+    }
+}
+
+fn plan_role(o: &Observed) -> Action {
     let role = o.status.and_then(|s| s.role);
     match desired_role(o.self_name, o.spec_primary) {
         Role::Primary => {
@@ -309,7 +324,7 @@ mod tests {
     }
 
     fn obs<'a>(me: &'a str, primary: &'a str, st: Option<&'a DRTopologyStatus>, peer: PeerView) -> Observed<'a> {
-        Observed { self_name: me, spec_primary: primary, invalid: false, status: st, peer }
+        Observed { self_name: me, spec_primary: primary, invalid: false, dry_run: false, status: st, peer }
     }
 
     #[test]
@@ -318,6 +333,22 @@ mod tests {
         let mut o = obs("b", "b", Some(&st), PeerView::Unreachable);
         o.invalid = true;
         assert_eq!(plan(&o), Action::Hold);
+    }
+
+    #[test]
+    fn dry_run_reports_role_changes_but_makes_none() {
+        let standby = status(Some(Role::Standby), Some(Phase::Steady));
+        let mut o = obs("b", "b", Some(&standby), PeerView::Unreachable);
+        o.dry_run = true;
+        assert_eq!(plan(&o), Action::DryRun { would: Box::new(Action::StartFailover) });
+        let primary = status(Some(Role::Primary), Some(Phase::Steady));
+        let mut o = obs("a", "b", Some(&primary), PeerView::Unreachable);
+        o.dry_run = true;
+        assert!(matches!(plan(&o), Action::DryRun { .. }));
+        // Nothing to change: dry run or not, the same.
+        let mut o = obs("a", "a", Some(&primary), PeerView::Unreachable);
+        o.dry_run = true;
+        assert_eq!(plan(&o), Action::StayPrimary);
     }
 
     #[test]

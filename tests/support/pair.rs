@@ -122,7 +122,7 @@ impl Pair {
             )
         };
         format!(
-            "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nmetadata:\n  name: {TOPOLOGY}\nspec:\n  primary: {primary}\n  platform:\n    domain: {DOMAIN}\n    ttl: 30\n  clusters:\n{}{}  sync:\n    checkInterval: 2s\n{}  restarts:\n  - name: cluster-transformer\n    namespace: cpaas-system\n    labelSelector: service_name=cluster-transformer\n    method: rolloutRestart\n    when: [failover]\n  dns:\n    powerdns:\n      apiUrl: {}\n      zone: {ZONE}\n      apiKeySecretRef: {{name: pdns-api, namespace: drctl-system}}\n    verify:\n      resolvers: [\"{}\"]\n      timeout: 20s\n  failover:\n    demotionTimeout: 30s\n{}",
+            "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nmetadata:\n  name: {TOPOLOGY}\nspec:\n  primary: {primary}\n  platform:\n    domain: {DOMAIN}\n    ttl: 30\n  clusters:\n{}{}  sync:\n    checkInterval: 2s\n{}  restarts:\n  - name: cluster-transformer\n    namespace: cpaas-system\n    labelSelector: service_name=cluster-transformer\n    method: rolloutRestart\n    when: [failover]\n  - name: victoriametrics\n    namespace: cpaas-system\n    labelSelector: service_name in (vmselect,vminsert)\n    method: deletePods\n    when: [syncEnabled]\n  dns:\n    powerdns:\n      apiUrl: {}\n      zone: {ZONE}\n      apiKeySecretRef: {{name: pdns-api, namespace: drctl-system}}\n    verify:\n      resolvers: [\"{}\"]\n      timeout: 20s\n  failover:\n    demotionTimeout: 30s\n{}",
             cluster(&self.a, VIP_A, "encryption-a.conf"),
             cluster(&self.b, VIP_B, "encryption-b.conf"),
             self.sync_extra,
