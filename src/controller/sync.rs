@@ -51,7 +51,13 @@ struct Running {
 pub struct SyncManager {
     running: Mutex<Option<Running>>,
     last_check: Mutex<Option<(CheckReport, Instant)>>,
+    /// When revisions and lag were last copied into status. Each status write wakes the
+    /// controller's watch; without this a busy primary would keep the standby reconciling.
+    reported_at: std::sync::Mutex<Option<Instant>>,
 }
+
+/// How often revisions and lag are refreshed in status.
+const REPORT_EVERY: Duration = Duration::from_secs(4);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -194,6 +200,16 @@ impl SyncManager {
         Ok(result.report)
     }
 
+    /// True at most once per `REPORT_EVERY`.
+    fn report_due(&self) -> bool {
+        let Ok(mut at) = self.reported_at.lock() else { return true };
+        if at.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return false;
+        }
+        *at = Some(Instant::now());
+        true
+    }
+
     pub async fn last_check(&self) -> Option<CheckReport> {
         self.last_check.lock().await.as_ref().map(|(r, _)| r.clone())
     }
@@ -305,7 +321,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         return Ok(());
     }
     let Some((p, lag)) = ctx.sync.progress().await else { return Ok(()) };
-    {
+    if ctx.sync.report_due() || w.status.sync.is_none() {
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
         sync.applied_revision = Some(p.applied_revision).filter(|r| *r > 0);
