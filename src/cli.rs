@@ -99,6 +99,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Also show whether and when each failover completed, from this cluster's DRTopology
+        /// status (repeat for both globals).
+        #[arg(long)]
+        kubeconfig: Vec<PathBuf>,
     },
     /// DNS tools for operators.
     Dns {
@@ -238,8 +242,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", gitops::next_steps(&outcome));
             Ok(ExitCode::SUCCESS)
         }
-        Command::History { repo, file, json } => {
-            let entries = gitops::history(&repo, &file)?;
+        Command::History { repo, file, json, kubeconfig } => {
+            let mut entries = gitops::history(&repo, &file)?;
+            let mut records = Vec::new();
+            for k in &kubeconfig {
+                match failover_record(k).await {
+                    Ok(Some(r)) => records.push(r),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("warning: {}: {e:#}", k.display()),
+                }
+            }
+            gitops::attach_failovers(&mut entries, &records);
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {
@@ -345,6 +358,16 @@ async fn check(
         print!("{}", found.report);
     }
     Ok(if found.report.consistent { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+/// The latest failover record in the status of the (oldest) DRTopology a kubeconfig reaches.
+async fn failover_record(kubeconfig: &std::path::Path) -> anyhow::Result<Option<topology::FailoverStatus>> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+    let api: kube::Api<topology::DRTopology> = kube::Api::all(client);
+    let list = api.list(&Default::default()).await.context("listing DRTopology")?;
+    let oldest = list.items.into_iter().min_by_key(|t| t.metadata.creation_timestamp.clone().map(|t| t.0));
+    Ok(oldest.and_then(|t| t.status).and_then(|s| s.failover))
 }
 
 async fn dns_resolve(name: &str, resolvers: &[String]) -> anyhow::Result<ExitCode> {

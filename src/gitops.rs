@@ -463,6 +463,41 @@ pub struct HistoryEntry {
     pub proposed_in: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proposed_by: Option<String>,
+    /// What the clusters recorded of the failover this change started (`history --kubeconfig`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Completion>,
+}
+
+/// A failover record read from a cluster's DRTopology status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Completion {
+    /// The cluster whose status holds the record (the new primary).
+    pub cluster: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
+}
+
+/// Joins failover records from the clusters' status onto the history. A record names the commit
+/// that started it when the controller reads the repo; otherwise it belongs to the newest change
+/// to its target (a status holds only the latest failover, so older entries stay unmatched).
+pub fn attach_failovers(entries: &mut [HistoryEntry], records: &[crate::topology::FailoverStatus]) {
+    for r in records {
+        let by_commit = r.commit.as_ref().and_then(|c| entries.iter().position(|e| &e.commit == c));
+        let at = by_commit.or_else(|| entries.iter().position(|e| e.to == r.to));
+        if let Some(i) = at {
+            entries[i].failover = Some(Completion {
+                cluster: r.to.clone(),
+                started_at: r.started_at.clone(),
+                completed_at: r.completed_at.clone(),
+                aborted: r.aborted.clone(),
+            });
+        }
+    }
 }
 
 /// Every change of `spec.primary` in `file` on HEAD's first-parent line, newest first.
@@ -566,6 +601,7 @@ fn entry(repo: &Repository, c: &Commit<'_>, path: &Path, from: Option<String>, t
         path: path.to_string_lossy().into_owned(),
         proposed_in: proposal.as_ref().map(|p| p.id().to_string()),
         proposed_by: proposal.as_ref().map(|p| Person(&p.author()).to_string()),
+        failover: None,
     })
 }
 
@@ -638,6 +674,13 @@ pub fn format_history(entries: &[HistoryEntry]) -> String {
         ));
         if let (Some(c), Some(by)) = (&e.proposed_in, &e.proposed_by) {
             s.push_str(&format!("  (proposed in {} by {by})", &c[..c.len().min(12)]));
+        }
+        if let Some(f) = &e.failover {
+            match (&f.completed_at, &f.aborted) {
+                (_, Some(why)) => s.push_str(&format!("  [failover on {} aborted: {why}]", f.cluster)),
+                (Some(at), None) => s.push_str(&format!("  [failover done on {} at {at}]", f.cluster)),
+                (None, None) => s.push_str(&format!("  [failover on {} in progress]", f.cluster)),
+            }
         }
         s.push('\n');
     }

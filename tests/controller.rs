@@ -445,6 +445,21 @@ async fn failover_with_the_service_accounts_rbac_names_the_flipping_commit() {
     assert_eq!(f.author.as_deref(), Some("Dana Ops <dana@example.com>"));
     let head = std::process::Command::new("git").arg("-C").arg(&repo).args(["rev-parse", "HEAD"]).output().expect("git");
     assert_eq!(f.commit.as_deref(), Some(String::from_utf8_lossy(&head.stdout).trim()));
+    // The audit trail joins Git and the clusters' own record of the failover.
+    let out = support::drctl()
+        .args(["history", "--json", "--repo"])
+        .arg(&repo)
+        .arg("--kubeconfig")
+        .arg(&pair.b.api.kubeconfig)
+        .output()
+        .expect("drctl history");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history json");
+    assert_eq!(entries[0]["to"], "global-b");
+    assert_eq!(entries[0]["reason"], "datacenter A maintenance");
+    assert_eq!(entries[0]["failover"]["cluster"], "global-b");
+    assert_eq!(entries[0]["failover"]["completedAt"].as_str(), f.completed_at.as_deref());
+    assert!(entries[1].get("failover").is_none(), "the creating commit started no failover");
     assert_eq!(dns_answer(&pair), vec![VIP_B]);
     assert!(restarted_at(&pair.b).await.is_some(), "the ServiceAccount may patch Deployments");
     pair.wait(&pair.a, "A standby in sync (as its ServiceAccount)", STEADY, &[&ca, &cb], standby_in_sync).await;
