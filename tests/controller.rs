@@ -180,6 +180,20 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     let data = wait_configmap(&pair.a, "apps", "after-flip", Duration::from_secs(30)).await;
     assert_eq!(data.get("value").map(String::as_str), Some("written on global-b"));
 
+    // What Argo CD shows: its health check on both objects as the controllers left them.
+    for (g, want) in [(&pair.a, "Standby of global-b, in sync"), (&pair.b, "Primary; the platform domain points here")] {
+        let obj = serde_json::to_value(pair.status(g).await.expect("topology")).expect("json");
+        let start = Instant::now();
+        let mut seen = support::health::health(&obj).expect("health.lua runs");
+        while seen.0 != "Healthy" && start.elapsed() < STEADY {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let obj = serde_json::to_value(pair.status(g).await.expect("topology")).expect("json");
+            seen = support::health::health(&obj).expect("health.lua runs");
+        }
+        assert_eq!(seen.0, "Healthy", "{}: {}", g.name, seen.1);
+        assert!(seen.1.starts_with(want), "{}: {}", g.name, seen.1);
+    }
+
     // What an operator sees.
     let table = pair.b.api.kubectl_ok(&["get", "drt"]);
     assert!(table.contains("global-b") && table.contains("Primary") && table.contains("Steady"), "{table}");

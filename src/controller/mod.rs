@@ -276,6 +276,8 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
             w.status.phase = Some(Phase::Steady);
             set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
+            let (ok, why) = dns_points_here(topo, ctx.self_name()).await;
+            set_condition(&mut w.status, "DNSCorrect", ok, if ok { "PointsHere" } else { "Wrong" }, &why, generation);
             Ok(Next::Requeue(Duration::from_secs(30)))
         }
         Action::DryRun { would } => {
@@ -358,6 +360,26 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             Ok(Next::Requeue(STEADY_REQUEUE))
         }
     }
+}
+
+/// Whether every verify resolver answers exactly this cluster's VIP for the platform domain.
+async fn dns_points_here(topo: &DRTopology, self_name: &str) -> (bool, String) {
+    let Some(vip) = topo.spec.cluster(self_name).and_then(|c| c.vip.parse::<std::net::IpAddr>().ok()) else {
+        return (false, "this cluster has no valid VIP in spec.clusters".into());
+    };
+    let resolvers = match crate::dns::verify_resolvers(&topo.spec.dns) {
+        Ok(r) => r,
+        Err(e) => return (false, e.to_string()),
+    };
+    let answers = crate::dns::ask_all(&resolvers, &topo.spec.platform.domain, Duration::from_secs(2)).await;
+    let ok = answers.iter().all(|a| matches!(&a.result, Ok(ips) if ips == &[vip]));
+    let said: Vec<String> = answers.iter().map(|a| a.to_string()).collect();
+    let msg = if ok {
+        format!("{} resolves to {vip} ({})", topo.spec.platform.domain, said.join("; "))
+    } else {
+        format!("{} should resolve to {vip}: {}", topo.spec.platform.domain, said.join("; "))
+    };
+    (ok, msg)
 }
 
 /// Writes the demotion token: this cluster stops acting as primary and tells the new primary
