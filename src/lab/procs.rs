@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::secret::Secret;
 
 pub const KUBE_VERSION: &str = "v1.34.4";
@@ -136,7 +138,8 @@ pub fn kube_bin_dir() -> Result<PathBuf, ProcError> {
 // etcd
 
 /// A single-member etcd (Debian `etcd-server`) with its data under `dir`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EtcdServer {
     pub dir: PathBuf,
     pub client_url: String,
@@ -259,7 +262,8 @@ fn b64(s: &str) -> String {
 
 /// A kube-apiserver (built from the `k8s.io/kubernetes` Go module) on its own etcd, with its PKI
 /// and an admin kubeconfig under `dir`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ApiServer {
     pub dir: PathBuf,
     pub port: u16,
