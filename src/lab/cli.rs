@@ -18,6 +18,8 @@ pub enum LabCommand {
     Flip(DirArg),
     /// Stop the primary's etcd, apiserver and controller, then flip.
     Disaster(DirArg),
+    /// Start the globals `disaster` stopped again; they come back as standbys of the new primary.
+    Recover(DirArg),
     /// Primary, DNS answer and each global's role, phase and missed keys, read live.
     Status {
         #[command(flatten)]
@@ -57,6 +59,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Disaster(d) => {
             flip::flip(&d.path(), Scenario::Disaster, &o).await?;
         }
+        LabCommand::Recover(d) => up::recover(&d.path(), &o).await?,
         LabCommand::Status { dir, json } => {
             let state = LabState::require(&dir.path())?;
             let s = status::read(&state).await;

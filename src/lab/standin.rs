@@ -52,15 +52,20 @@ pub async fn run(dir: &Path) -> Result<(), LabError> {
         match repo::read_main(&git, &state.file) {
             Ok((commit, text)) => {
                 let commit = commit.to_string();
-                for c in &state.clusters {
-                    if record.clusters.get(&c.name).is_some_and(|a| a.commit == commit) {
-                        continue;
-                    }
-                    match procs::kubectl_apply(c.kubectl(&state), &text) {
-                        Ok(_) => {
-                            let applied = Applied { commit: commit.clone(), applied_at: Timestamp::now().to_string() };
+                let pending: Vec<_> = state.clusters.iter().filter(|c| record.clusters.get(&c.name).is_none_or(|a| a.commit != commit)).collect();
+                // One Argo CD per global: apply to each independently, at the same time.
+                let results: Vec<_> = std::thread::scope(|s| {
+                    let handles: Vec<_> = pending
+                        .iter()
+                        .map(|c| s.spawn(|| procs::kubectl_apply(c.kubectl(&state), &text).map(|_| Timestamp::now())))
+                        .collect();
+                    handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(procs::ProcError::Failed("kubectl apply panicked".into())))).collect()
+                });
+                for (c, result) in pending.into_iter().zip(results) {
+                    match result {
+                        Ok(at) => {
                             info!(cluster = %c.name, commit = %&commit[..12], "stand-in for Argo CD: applied {} from {}", state.file.display(), repo::MAIN);
-                            record.clusters.insert(c.name.clone(), applied);
+                            record.clusters.insert(c.name.clone(), Applied { commit: commit.clone(), applied_at: at.to_string() });
                             last_error.remove(&c.name);
                             let text = serde_json::to_string_pretty(&record).map_err(|source| LabError::Json { what: "serialize the stand-in record".into(), source })?;
                             write_atomic(&record_path(dir), &text)?;

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::jiff::Timestamp;
+
 use crate::secret::Secret;
 use crate::topology::{DRTopologyStatus, Phase, Role};
 
@@ -389,7 +391,7 @@ fn print_summary(state: &LabState, o: &Out) {
     ));
     let d = state.dir.display();
     t.push_str(&format!(
-        "\n  Next:  drctl lab flip --dir {d}      (a pull request flips spec.primary)\n         drctl lab disaster --dir {d}  (the primary dies, then the flip)\n         drctl lab status --dir {d}\n         drctl lab down --dir {d}\n         {} --kubeconfig {} get drtopology\n",
+        "\n  Next:  drctl lab flip --dir {d}      (a pull request flips spec.primary)\n         drctl lab disaster --dir {d}  (the primary dies, then the flip)\n         drctl lab recover --dir {d}   (restart what disaster stopped)\n         drctl lab status --dir {d}\n         drctl lab down --dir {d}\n         {} --kubeconfig {} get drtopology\n",
         state.kube_bin.join("kubectl").display(),
         state.clusters[0].api.kubeconfig.display()
     ));
@@ -473,3 +475,60 @@ kind: Widget
 metadata: {name: green, namespace: team-b}
 spec: {size: 5}
 ";
+
+/// Starts the stopped globals again on their data and ports (after `drctl lab disaster`): etcd and
+/// apiserver first, then, once the stand-in for Argo CD has applied `main` to them, their
+/// controllers, which find they are no longer primary and mirror from the new one.
+#[tracing::instrument(skip_all, fields(dir = %dir.display()))]
+pub async fn recover(dir: &Path, o: &Out) -> Result<(), LabError> {
+    let mut state = LabState::require(dir)?;
+    let drctl = std::env::current_exe().map_err(io_err("find the drctl binary"))?;
+    let down: Vec<usize> = (0..state.clusters.len())
+        .filter(|&i| !state.clusters[i].api_pid.as_ref().is_some_and(Pid::is_alive))
+        .collect();
+    if down.is_empty() {
+        o.info("every global is running: nothing to recover");
+        return Ok(());
+    }
+    for &i in &down {
+        let kube_bin = state.kube_bin.clone();
+        let c = &mut state.clusters[i];
+        o.heading(&format!("Recovering {}", c.name));
+        if !c.etcd_pid.as_ref().is_some_and(Pid::is_alive) {
+            let mut child = c.etcd.spawn(Lifetime::Detached)?;
+            c.etcd_pid = Some(Pid::of(&child, "etcd"));
+            c.etcd.wait_ready(&mut child)?;
+            o.ok(&format!("{}'s etcd is back on its data at {}", c.name, c.etcd.client_url));
+        }
+        let mut child = c.api.spawn(&kube_bin, Lifetime::Detached)?;
+        c.api_pid = Some(Pid::of(&child, "kube-apiserver"));
+        c.api.wait_ready(&kube_bin, &mut child)?;
+        o.ok(&format!("{}'s kube-apiserver is back at {}", c.name, c.api.url));
+    }
+    state.save()?;
+    let git = git2::Repository::open(&state.repo).map_err(super::git_err(format!("open {}", state.repo.display())))?;
+    let (main, _) = repo::read_main(&git, &state.file)?;
+    o.step("waiting for the stand-in for Argo CD to apply main to the recovered globals");
+    wait_applied(&state, &main.to_string(), Duration::from_secs(30)).await?;
+    let restarted = Timestamp::now();
+    for &i in &down {
+        let c = &mut state.clusters[i];
+        if let Some(p) = c.controller.pid.take() {
+            p.stop(Duration::from_secs(3));
+        }
+        c.controller.pid = Some(start_controller(&drctl, c)?);
+    }
+    state.save()?;
+    for &i in &down {
+        let c = &state.clusters[i];
+        // A check from before the disaster must not count: only one this controller ran.
+        let fresh = |s: &DRTopologyStatus| {
+            standby_in_sync(s)
+                && s.sync.as_ref().and_then(|y| y.last_check_time.as_deref()).and_then(|t| t.parse::<Timestamp>().ok()).is_some_and(|t| t >= restarted)
+        };
+        let s = wait_status(c, "standby in sync", STEADY_TIMEOUT, fresh).await?;
+        let missed = s.sync.and_then(|y| y.missed_keys).unwrap_or_default();
+        o.ok(&format!("{} is Standby, Steady, {missed} missed keys: it mirrors from the primary", c.name));
+    }
+    Ok(())
+}
