@@ -350,3 +350,17 @@ fn print_timeline(r: &FlipReport, applied: &BTreeMap<String, String>, steps: &[c
     ));
     o.raw(&t);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_between_controller_timestamps() {
+        let a = "2026-11-25T17:39:15.086298Z";
+        let b = "2026-11-25T17:39:16.586298Z";
+        assert_eq!(secs_between(a, b), Some(1.5));
+        assert_eq!(secs_between(b, a), Some(-1.5));
+        assert_eq!(secs_between("now", b), None);
+    }
+}

@@ -307,3 +307,20 @@ pub fn down(dir: &Path, o: &out::Out) -> Result<(), LabError> {
     o.info(&format!("logs and data stay in {}", dir.display()));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_is_alive_only_as_the_program_it_was_started_as() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let pid = Pid::of(&child, "sleep");
+        assert!(pid.is_alive());
+        assert!(!Pid { pid: pid.pid, program: "etcd".into() }.is_alive(), "a reused pid is not ours");
+        pid.stop(Duration::from_secs(2));
+        let _ = child.wait();
+        assert!(!pid.is_alive());
+        pid.stop(Duration::from_secs(1));
+    }
+}

@@ -532,3 +532,75 @@ pub async fn recover(dir: &Path, o: &Out) -> Result<(), LabError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn lab_state() -> LabState {
+        let dir = PathBuf::from("/lab");
+        let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
+        let clusters = CLUSTERS
+            .iter()
+            .enumerate()
+            .map(|(i, (name, vip))| {
+                let port = 2000 + 10 * i as u16;
+                ClusterState {
+                    name: name.to_string(),
+                    vip: vip.to_string(),
+                    etcd: procs::EtcdServer {
+                        dir: dir.join(name).join("etcd"),
+                        client_url: format!("http://127.0.0.1:{port}"),
+                        peer_url: format!("http://127.0.0.1:{}", port + 1),
+                    },
+                    etcd_pid: None,
+                    api: procs::ApiServer {
+                        dir: dir.join(name).join("apiserver"),
+                        port: port + 2,
+                        url: format!("https://127.0.0.1:{}", port + 2),
+                        etcd_url: format!("http://127.0.0.1:{port}"),
+                        kubeconfig: dir.join(name).join("apiserver/kubeconfig"),
+                    },
+                    api_pid: None,
+                    controller: ControllerState { listen: addr(port + 3), log: dir.join(name).join("controller.log"), pid: None },
+                }
+            })
+            .collect();
+        LabState {
+            dir: dir.clone(),
+            kube_bin: PathBuf::from("/kube"),
+            domain: DOMAIN.into(),
+            repo: dir.join("repo"),
+            file: PathBuf::from(crate::gitops::DEFAULT_FILE),
+            dns: DnsState { server: addr(53), api_url: "http://127.0.0.1:8081".into(), api_key_file: dir.join("pdns/api-key"), log: dir.join("pdns/pdns.log"), pid: None },
+            clusters,
+            standin: None,
+            standin_log: dir.join("argo-standin.log"),
+        }
+    }
+
+    #[test]
+    fn the_lab_topology_is_valid_and_promote_can_flip_it() {
+        let state = lab_state();
+        let text = topology_yaml(&state);
+        let reports = crate::validate::validate_text(&text).expect("YAML");
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0].errors.is_empty(), "{:?}", reports[0].errors);
+        let t = reports[0].topology.as_ref().expect("topology");
+        assert_eq!(t.spec.primary, "global-a");
+        assert_eq!(t.spec.clusters.iter().map(|c| c.vip.as_str()).collect::<Vec<_>>(), ["127.0.0.10", "127.0.0.20"]);
+        assert_eq!(t.spec.clusters[1].api_server, "https://127.0.0.1:2012");
+        assert_eq!(crate::gitops::find_primary(&text).expect("primary line").value, "global-a");
+        assert!(text.contains("stand-in for Argo CD"), "the file says who applies it");
+    }
+
+    #[test]
+    fn lab_state_round_trips_without_the_api_key() {
+        let state = lab_state();
+        let json = serde_json::to_string(&state).expect("json");
+        let back: LabState = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back.clusters[1].api.url, state.clusters[1].api.url);
+        assert!(json.contains("apiKeyFile") && !json.contains("apiKey\""), "{json}");
+    }
+}
