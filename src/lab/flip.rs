@@ -105,6 +105,16 @@ pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport,
         .map(|c| c.name.clone())
         .ok_or_else(|| LabError::Failed(format!("no cluster besides {from}")))?;
 
+    let down = |name: &str| state.cluster(name).map(|c| !c.api_pid.as_ref().is_some_and(|p| p.is_alive()));
+    if down(&to)? {
+        return Err(LabError::Failed(format!("{to} is down: `drctl lab recover --dir {}` first", dir.display())));
+    }
+    if scenario == Scenario::Planned && down(&from)? {
+        return Err(LabError::Failed(format!(
+            "{from} is down: a planned switchover needs both globals (`drctl lab recover --dir {}`, or `drctl lab disaster`)",
+            dir.display()
+        )));
+    }
     if scenario == Scenario::Disaster {
         o.heading(&format!("Disaster: {from} goes dark"));
         let c = state.clusters.iter_mut().find(|c| c.name == from).ok_or_else(|| LabError::Failed(format!("no cluster {from}")))?;
