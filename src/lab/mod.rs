@@ -316,6 +316,11 @@ mod tests {
     fn a_pid_is_alive_only_as_the_program_it_was_started_as() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
         let pid = Pid::of(&child, "sleep");
+        // /proc may show the pre-exec image for a moment after spawn returns.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !pid.is_alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(pid.is_alive());
         assert!(!Pid { pid: pid.pid, program: "etcd".into() }.is_alive(), "a reused pid is not ours");
         pid.stop(Duration::from_secs(2));
