@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube build crds argocd-cm test demo
+.PHONY: deps kube build crds argocd-cm test demo demo-down
 
 # Debian packages the tests and the lab run: etcd, etcdctl, PowerDNS, BIND, protoc.
 deps:
@@ -32,5 +32,17 @@ argocd-cm:
 test: deps kube
 	cargo test --no-fail-fast -- --test-threads=2
 
+# The local DR lab (drctl lab): two globals, PowerDNS, a Git repo and a stand-in for Argo CD on
+# loopback; a pull request flips spec.primary and the runbook runs. The lab keeps running after.
+LAB_DIR ?= $(CURDIR)/lab
 demo: deps kube build
-	bash hack/demo.sh
+	@$(DRCTL) lab down --dir $(LAB_DIR) >/dev/null
+	$(DRCTL) lab up --dir $(LAB_DIR)
+	$(DRCTL) lab flip --dir $(LAB_DIR)
+	$(DRCTL) lab status --dir $(LAB_DIR)
+	@echo
+	@echo "The lab is still running. Next: $(DRCTL) lab disaster --dir $(LAB_DIR)"
+	@echo "Stop it with: make demo-down"
+
+demo-down:
+	$(DRCTL) lab down --dir $(LAB_DIR)

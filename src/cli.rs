@@ -104,6 +104,9 @@ pub enum Command {
         #[arg(long)]
         kubeconfig: Vec<PathBuf>,
     },
+    /// The local DR lab: two globals, PowerDNS, a Git repo and a stand-in for Argo CD on this machine.
+    #[command(subcommand)]
+    Lab(crate::lab::cli::LabCommand),
     /// DNS tools for operators.
     Dns {
         #[command(subcommand)]
@@ -260,6 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Lab(cmd) => crate::lab::cli::run(cmd).await,
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Check { etcd, exclude, json, repair, prune_surplus, list } => {

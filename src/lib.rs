@@ -10,6 +10,7 @@ pub mod gitops;
 pub mod hooks;
 pub mod http;
 pub mod keyspace;
+pub mod lab;
 pub mod leader;
 pub mod metrics;
 pub mod mirror;

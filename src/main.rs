@@ -1,16 +1,23 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = drctl::cli::Cli::parse();
+    // The lab prints its own progress and reports unreachable globals itself.
+    let default_filter = match cli.command {
+        drctl::cli::Command::Lab(_) => "warn,kube_client=off",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| default_filter.into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let cli = drctl::cli::Cli::parse();
     match drctl::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -28,19 +28,9 @@ pub struct Controller {
 
 impl Controller {
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("controller log");
-        let log2 = log.try_clone().expect("clone log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_drctl"));
-        cmd.args(&self.args).env("DRCTL_LOG", "info,drctl=debug").stdout(log).stderr(log2);
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(cmd.spawn().expect("spawn drctl controller"));
+        cmd.args(&self.args).env("DRCTL_LOG", "info,drctl=debug");
+        self.child = Some(super::spawn(cmd, &self.log));
     }
 
     /// kill -9, as a crash would.

@@ -1,0 +1,541 @@
+//! The real servers a lab (and the integration tests) run on loopback: etcd, kube-apiserver with
+//! generated PKI and an admin kubeconfig, PowerDNS with its HTTP API. This module builds their
+//! command lines, prepares their directories and waits for them; it never decides how long they
+//! live: the caller spawns with a [`Lifetime`] (tests: die with the test; lab: detached).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+pub const KUBE_VERSION: &str = "v1.34.4";
+const PDNS_SCHEMA_DIR: &str = "/usr/share/doc/pdns-backend-sqlite3";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("generate certificates: {0}")]
+    Pki(#[from] rcgen::Error),
+    #[error("{what} did not become ready within {timeout:?}; last log lines of {log}:\n{tail}")]
+    NotReady { what: String, timeout: Duration, log: String, tail: String },
+    #[error("{what} exited ({status}); last log lines of {log}:\n{tail}")]
+    Exited { what: String, status: std::process::ExitStatus, log: String, tail: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcError {
+    let what = what.into();
+    move |source| ProcError::Io { what, source }
+}
+
+/// How long a spawned server lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Killed by the kernel when the spawning *thread* exits (PR_SET_PDEATHSIG): tests.
+    WithParent,
+    /// A session of its own, outliving the command that started it: the lab.
+    Detached,
+}
+
+/// Spawns `cmd` with stdout and stderr appended to `log`.
+pub fn spawn(mut cmd: Command, log: &Path, lifetime: Lifetime) -> Result<Child, ProcError> {
+    use std::os::unix::process::CommandExt;
+    let f = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(io(format!("open {}", log.display())))?;
+    let f2 = f.try_clone().map_err(io("clone a log file handle"))?;
+    cmd.stdout(f).stderr(f2).stdin(Stdio::null());
+    // SAFETY: prctl and setsid are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        match lifetime {
+            Lifetime::WithParent => cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            }),
+            Lifetime::Detached => cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            }),
+        };
+    }
+    cmd.spawn().map_err(io(format!("spawn {}", cmd.get_program().to_string_lossy())))
+}
+
+/// A free TCP port on 127.0.0.1. The listener closes before the port is used, so another process
+/// may win it; servers that matter are started with retries.
+pub fn free_port() -> Result<u16, ProcError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind an ephemeral port"))?;
+    Ok(l.local_addr().map_err(io("read an ephemeral port"))?.port())
+}
+
+/// A plain HTTP/1.0 GET, enough for health endpoints; None on any failure.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// The last 30 lines of a log file, for error messages.
+pub fn tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Polls `ready` every `every` until it holds; the error carries the log's tail.
+fn wait_until(what: &str, log: &Path, timeout: Duration, every: Duration, mut ready: impl FnMut() -> Result<bool, ProcError>) -> Result<(), ProcError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready()? {
+            return Ok(());
+        }
+        std::thread::sleep(every);
+    }
+    Err(ProcError::NotReady { what: what.into(), timeout, log: log.display().to_string(), tail: tail(log) })
+}
+
+/// Err when `child` has exited: a server that died will not become ready.
+pub fn check_running(child: &mut Child, what: &str, log: &Path) -> Result<(), ProcError> {
+    match child.try_wait() {
+        Ok(Some(status)) => Err(ProcError::Exited { what: what.into(), status, log: log.display().to_string(), tail: tail(log) }),
+        _ => Ok(()),
+    }
+}
+
+/// The directory with `kube-apiserver` and `kubectl`: `$DRCTL_KUBE_BIN_DIR`, else what
+/// `hack/build-kube.sh` prints (it builds them once per machine and caches them).
+pub fn kube_bin_dir() -> Result<PathBuf, ProcError> {
+    if let Ok(d) = std::env::var("DRCTL_KUBE_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    // The work tree drctl runs in, else the one it was built from.
+    let script = ["hack/build-kube.sh", concat!(env!("CARGO_MANIFEST_DIR"), "/hack/build-kube.sh")]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| ProcError::Failed("no hack/build-kube.sh here; set DRCTL_KUBE_BIN_DIR to the directory with kube-apiserver and kubectl".into()))?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("KUBE_VERSION", std::env::var("KUBE_VERSION").unwrap_or_else(|_| KUBE_VERSION.into()))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(io(format!("run {}", script.display())))?;
+    if !out.status.success() {
+        return Err(ProcError::Failed(format!("{} failed ({})", script.display(), out.status)));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd
+
+/// A single-member etcd (Debian `etcd-server`) with its data under `dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdServer {
+    pub dir: PathBuf,
+    pub client_url: String,
+    pub peer_url: String,
+}
+
+impl EtcdServer {
+    pub fn on_free_ports(dir: &Path) -> Result<EtcdServer, ProcError> {
+        Ok(EtcdServer {
+            dir: dir.to_path_buf(),
+            client_url: format!("http://127.0.0.1:{}", free_port()?),
+            peer_url: format!("http://127.0.0.1:{}", free_port()?),
+        })
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("etcd");
+        cmd.args([
+            "--name=default",
+            &format!("--data-dir={}", self.dir.join("data").display()),
+            &format!("--listen-client-urls={}", self.client_url),
+            &format!("--advertise-client-urls={}", self.client_url),
+            &format!("--listen-peer-urls={}", self.peer_url),
+            &format!("--initial-advertise-peer-urls={}", self.peer_url),
+            &format!("--initial-cluster=default={}", self.peer_url),
+            "--max-request-bytes=10485760",
+            "--quota-backend-bytes=8589934592",
+            "--logger=zap",
+            "--log-level=warn",
+        ]);
+        cmd
+    }
+
+    pub fn spawn(&self, lifetime: Lifetime) -> Result<Child, ProcError> {
+        spawn(self.command(), &self.log(), lifetime)
+    }
+
+    pub fn healthy(&self) -> bool {
+        let addr = self.client_url.trim_start_matches("http://");
+        http_get(addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
+    }
+
+    pub fn wait_ready(&self, child: &mut Child) -> Result<(), ProcError> {
+        wait_until(&format!("etcd at {}", self.client_url), &self.log(), Duration::from_secs(30), Duration::from_millis(100), || {
+            check_running(child, "etcd", &self.log())?;
+            Ok(self.healthy())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// kube-apiserver
+
+/// Certificates for one apiserver: a CA, its serving cert, an admin client cert, an SA key.
+struct Pki {
+    ca_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+}
+
+fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, "drctl-lab-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+    let serving_key = KeyPair::generate()?;
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()])?;
+    sp.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    sp.subject_alt_names.push(SanType::DnsName("kubernetes.default.svc".try_into()?));
+    sp.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    sp.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+    let serving = sp.signed_by(&serving_key, &issuer)?;
+
+    let admin_key = KeyPair::generate()?;
+    let mut ap = CertificateParams::new(Vec::<String>::new())?;
+    ap.distinguished_name.push(DnType::CommonName, "drctl-lab-admin");
+    ap.distinguished_name.push(DnType::OrganizationName, "system:masters");
+    ap.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+    let admin = ap.signed_by(&admin_key, &issuer)?;
+
+    let sa_key = KeyPair::generate()?;
+
+    for (name, body) in [
+        ("ca.crt", ca.pem()),
+        ("serving.crt", serving.pem()),
+        ("serving.key", serving_key.serialize_pem()),
+        ("sa.key", sa_key.serialize_pem()),
+        ("sa.pub", sa_key.public_key_pem()),
+    ] {
+        write_private(&dir.join(name), &body)?;
+    }
+    Ok(Pki { ca_pem: ca.pem(), admin_cert_pem: admin.pem(), admin_key_pem: admin_key.serialize_pem() })
+}
+
+/// Writes a file only its owner can read (keys, kubeconfigs, API keys).
+pub fn write_private(path: &Path, body: &str) -> Result<(), ProcError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("create {}", path.display())))?;
+    f.write_all(body.as_bytes()).map_err(io(format!("write {}", path.display())))
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A kube-apiserver (built from the `k8s.io/kubernetes` Go module) on its own etcd, with its PKI
+/// and an admin kubeconfig under `dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiServer {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub url: String,
+    pub etcd_url: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl ApiServer {
+    /// Generates the certificates and the kubeconfig for a server on a free port.
+    pub fn prepare(dir: &Path, etcd_url: &str) -> Result<ApiServer, ProcError> {
+        let pki = write_pki(dir)?;
+        let port = free_port()?;
+        let url = format!("https://127.0.0.1:{port}");
+        let kubeconfig = dir.join("kubeconfig");
+        let kc = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {url}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: admin}}\ncurrent-context: lab\n",
+            b64(&pki.ca_pem),
+            b64(&pki.admin_cert_pem),
+            b64(&pki.admin_key_pem)
+        );
+        write_private(&kubeconfig, &kc)?;
+        Ok(ApiServer { dir: dir.to_path_buf(), port, url, etcd_url: etcd_url.to_string(), kubeconfig })
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("kube-apiserver.log")
+    }
+
+    pub fn command(&self, kube_bin: &Path) -> Command {
+        let p = |n: &str| self.dir.join(n).display().to_string();
+        let mut cmd = Command::new(kube_bin.join("kube-apiserver"));
+        cmd.args([
+            format!("--etcd-servers={}", self.etcd_url),
+            format!("--secure-port={}", self.port),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--cert-dir={}", p("certs")),
+            format!("--tls-cert-file={}", p("serving.crt")),
+            format!("--tls-private-key-file={}", p("serving.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--authorization-mode=RBAC".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--allow-privileged=true".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "-v=1".into(),
+        ]);
+        cmd
+    }
+
+    pub fn spawn(&self, kube_bin: &Path, lifetime: Lifetime) -> Result<Child, ProcError> {
+        spawn(self.command(kube_bin), &self.log(), lifetime)
+    }
+
+    /// kubectl against this apiserver as admin.
+    pub fn kubectl(&self, kube_bin: &Path) -> Command {
+        let mut cmd = Command::new(kube_bin.join("kubectl"));
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        cmd
+    }
+
+    pub fn ready(&self, kube_bin: &Path) -> bool {
+        self.kubectl(kube_bin)
+            .args(["get", "--raw", "/readyz"])
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok")
+    }
+
+    pub fn wait_ready(&self, kube_bin: &Path, child: &mut Child) -> Result<(), ProcError> {
+        wait_until(&format!("kube-apiserver at {}", self.url), &self.log(), Duration::from_secs(90), Duration::from_millis(250), || {
+            check_running(child, "kube-apiserver", &self.log())?;
+            Ok(self.ready(kube_bin))
+        })
+    }
+}
+
+/// `kubectl apply -f -` with `manifest` on stdin; Ok(output) or Err(output).
+pub fn kubectl_apply(mut kubectl: Command, manifest: &str) -> Result<String, ProcError> {
+    let mut child = kubectl
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("spawn kubectl"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(manifest.as_bytes()).map_err(io("write a manifest to kubectl"))?;
+    }
+    let out = child.wait_with_output().map_err(io("wait for kubectl apply"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(ProcError::Failed(format!("kubectl apply: {}", text.trim())))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PowerDNS
+
+/// Random bytes from the kernel, base64-encoded: TSIG secrets, API keys.
+pub fn random_b64(n: usize) -> Result<String, ProcError> {
+    use base64::Engine;
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(io("read /dev/urandom"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// A plain HTTP/1.0 request with an API key; returns (status, body).
+pub fn http_with_key(addr: &str, method: &str, path: &str, key: &Secret, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let key = key.expose_trimmed_str().unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// PowerDNS authoritative server (gsqlite3 backend, HTTP API) under `dir`; the API key lives in
+/// its `pdns.conf` (mode 0600), not on the command line.
+#[derive(Debug, Clone)]
+pub struct PowerDns {
+    pub dir: PathBuf,
+    pub dns: SocketAddr,
+    pub web: String,
+    pub api_key: Secret,
+    /// Fully qualified, with the trailing dot.
+    pub zone: String,
+}
+
+impl PowerDns {
+    /// Creates the database and picks free ports; call again (new ports) when the spawn fails.
+    pub fn prepare(dir: &Path, zone: &str, api_key: Secret) -> Result<PowerDns, ProcError> {
+        let db = dir.join("pdns.sqlite3");
+        if !db.exists() {
+            create_pdns_db(&db)?;
+        }
+        let key = api_key.expose_trimmed_str().ok_or_else(|| ProcError::Failed("the PowerDNS API key is not text".into()))?;
+        write_private(&dir.join("pdns.conf"), &format!("api-key={key}\n"))?;
+        Ok(PowerDns {
+            dir: dir.to_path_buf(),
+            dns: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            web: format!("127.0.0.1:{}", free_port()?),
+            api_key,
+            zone: format!("{}.", zone.trim_end_matches('.')),
+        })
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("pdns.log")
+    }
+
+    pub fn command(&self) -> Command {
+        let d = &self.dir;
+        let (web_addr, web_port) = self.web.split_once(':').unwrap_or((&self.web, "8081"));
+        let mut cmd = Command::new("pdns_server");
+        cmd.args([
+            format!("--config-dir={}", d.display()),
+            "--launch=gsqlite3".into(),
+            format!("--gsqlite3-database={}", d.join("pdns.sqlite3").display()),
+            format!("--local-address={}", self.dns.ip()),
+            format!("--local-port={}", self.dns.port()),
+            "--api=yes".into(),
+            "--webserver=yes".into(),
+            format!("--webserver-address={web_addr}"),
+            format!("--webserver-port={web_port}"),
+            "--webserver-allow-from=127.0.0.0/8".into(),
+            format!("--socket-dir={}", d.display()),
+            "--guardian=no".into(),
+            "--daemon=no".into(),
+            "--disable-syslog=yes".into(),
+            // Readers look right after writes: no caches between the API and DNS answers.
+            "--cache-ttl=0".into(),
+            "--query-cache-ttl=0".into(),
+            "--negquery-cache-ttl=0".into(),
+            "--security-poll-suffix=".into(),
+            "--receiver-threads=1".into(),
+            "--distributor-threads=1".into(),
+            "--loglevel=4".into(),
+        ]);
+        cmd
+    }
+
+    pub fn spawn(&self, lifetime: Lifetime) -> Result<Child, ProcError> {
+        spawn(self.command(), &self.log(), lifetime)
+    }
+
+    /// Ok(false) when the server exited (its port was taken): retry with new ports.
+    pub fn wait_ready(&self, child: &mut Child) -> Result<bool, ProcError> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = self.api("GET", "/api/v1/servers/localhost", "") {
+                return Ok(true);
+            }
+            if let Ok(Some(_)) = child.try_wait() {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ProcError::NotReady { what: "pdns_server".into(), timeout: Duration::from_secs(15), log: self.log().display().to_string(), tail: tail(&self.log()) })
+    }
+
+    /// A raw API call with the key; returns (status, body).
+    pub fn api(&self, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+        http_with_key(&self.web, method, path, &self.api_key, body)
+    }
+
+    pub fn create_zone(&self) -> Result<(), ProcError> {
+        let body = format!(r#"{{"name":"{}","kind":"Native","nameservers":["ns1.{}"]}}"#, self.zone, self.zone);
+        match self.api("POST", "/api/v1/servers/localhost/zones", &body).map_err(io("PowerDNS API"))? {
+            (201, _) => Ok(()),
+            (status, resp) => Err(ProcError::Failed(format!("create zone {}: HTTP {status}: {resp}", self.zone))),
+        }
+    }
+
+    /// Sets `name`'s `rtype` rrset to exactly `contents`.
+    pub fn set(&self, name: &str, rtype: &str, ttl: u32, contents: &[&str]) -> Result<(), ProcError> {
+        let records: Vec<String> = contents.iter().map(|c| format!(r#"{{"content":"{c}","disabled":false}}"#)).collect();
+        let body = format!(
+            r#"{{"rrsets":[{{"name":"{}.","type":"{rtype}","ttl":{ttl},"changetype":"REPLACE","records":[{}]}}]}}"#,
+            name.trim_end_matches('.'),
+            records.join(",")
+        );
+        match self.api("PATCH", &format!("/api/v1/servers/localhost/zones/{}", self.zone), &body).map_err(io("PowerDNS API"))? {
+            (204, _) => Ok(()),
+            (status, resp) => Err(ProcError::Failed(format!("set {name} {rtype}: HTTP {status}: {resp}"))),
+        }
+    }
+
+    /// The API base URL, as `spec.dns.powerdns.apiUrl` takes it.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.web)
+    }
+}
+
+/// Creates the gsqlite3 database from the schema Debian ships (plain or gzipped).
+fn create_pdns_db(db: &Path) -> Result<(), ProcError> {
+    let plain = Path::new(PDNS_SCHEMA_DIR).join("schema.sqlite3.sql");
+    let schema = if plain.exists() {
+        std::fs::read_to_string(&plain).map_err(io(format!("read {}", plain.display())))?
+    } else {
+        let gz = plain.with_extension("sql.gz");
+        let out = Command::new("zcat").arg(&gz).output().map_err(io("run zcat"))?;
+        if !out.status.success() {
+            return Err(ProcError::Failed(format!("no PowerDNS sqlite schema at {} or {} (make deps)", plain.display(), gz.display())));
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("run sqlite3"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(schema.as_bytes()).map_err(io("write the schema to sqlite3"))?;
+    }
+    let out = child.wait_with_output().map_err(io("wait for sqlite3"))?;
+    if !out.status.success() {
+        return Err(ProcError::Failed(format!("sqlite3 schema: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    Ok(())
+}

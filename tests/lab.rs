@@ -1,0 +1,204 @@
+//! The DR lab end to end, through the `drctl lab` commands a newcomer runs: a planned switchover,
+//! and a disaster (the primary dies first) followed by the old primary's recovery. Everything is
+//! real: two etcd + kube-apiserver globals, PowerDNS, a Git repo, the stand-in for Argo CD and two
+//! `drctl controller` processes, in a temp dir, stopped at the end even when an assertion fails.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use drctl::lab::flip::{FlipReport, Scenario};
+use drctl::lab::{LabState, DOMAIN};
+use serde_json::Value;
+use support::dns::dig;
+use support::{drctl, kubectl};
+
+/// A lab in a temp dir; `drctl lab down` runs on drop, also on panic.
+struct Lab {
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    fn up() -> Lab {
+        let lab = Lab { dir: tempfile::tempdir().expect("tempdir") };
+        lab.run(&["up"]);
+        lab
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `drctl lab CMD --dir DIR`, which must succeed; its stdout.
+    fn run(&self, args: &[&str]) -> String {
+        let out: Output = drctl().arg("lab").args(args).arg("--dir").arg(self.path()).output().expect("run drctl lab");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "drctl lab {args:?} failed:\n{stdout}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        stdout
+    }
+
+    fn state(&self) -> LabState {
+        LabState::load(self.path()).expect("read lab.json").expect("a lab")
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.run(&["status", "--json"])).expect("status JSON")
+    }
+
+    fn kubectl(&self, cluster: &str, args: &[&str]) -> Output {
+        let state = self.state();
+        let c = state.cluster(cluster).expect("cluster");
+        std::process::Command::new(kubectl())
+            .arg(format!("--kubeconfig={}", c.api.kubeconfig.display()))
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Creates ConfigMap `apps/NAME` with `value` on `cluster`.
+    fn put(&self, cluster: &str, name: &str, value: &str) {
+        let _ = self.kubectl(cluster, &["create", "namespace", "apps"]);
+        let out = self.kubectl(cluster, &["-n", "apps", "create", "configmap", name, &format!("--from-literal=value={value}")]);
+        assert!(out.status.success(), "create configmap on {cluster}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Waits until ConfigMap `apps/NAME` on `cluster` holds `value`.
+    fn wait_for(&self, cluster: &str, name: &str, value: &str, timeout: Duration) {
+        let start = Instant::now();
+        let mut last = String::new();
+        while start.elapsed() < timeout {
+            let out = self.kubectl(cluster, &["-n", "apps", "get", "configmap", name, "-o", "jsonpath={.data.value}"]);
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && last == value {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("configmap apps/{name} on {cluster} is {last:?}, not {value:?}, after {timeout:?}\n{}", self.logs());
+    }
+
+    fn last_flip(&self) -> FlipReport {
+        drctl::lab::flip::read_reports(self.path()).pop().expect("a flip report")
+    }
+
+    fn dig(&self) -> Vec<String> {
+        dig(self.state().dns.server, DOMAIN, "A")
+    }
+
+    fn logs(&self) -> String {
+        let state = self.state();
+        let mut s = String::new();
+        for c in &state.clusters {
+            s.push_str(&format!("--- {}\n{}\n", c.controller.log.display(), drctl::lab::procs::tail(&c.controller.log)));
+        }
+        s.push_str(&format!("--- {}\n{}\n", state.standin_log.display(), drctl::lab::procs::tail(&state.standin_log)));
+        s
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = drctl().args(["lab", "down", "--dir"]).arg(self.path()).output();
+    }
+}
+
+fn cluster<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["clusters"].as_array().expect("clusters").iter().find(|c| c["name"] == name).expect("cluster in status")
+}
+
+const MIRROR: Duration = Duration::from_secs(30);
+
+#[test]
+fn planned_switchover_by_pull_request() {
+    let lab = Lab::up();
+    let s = lab.status();
+    assert_eq!((s["primary"].as_str(), s["dnsAnswer"].as_str()), (Some("global-a"), Some("127.0.0.10")), "{s}");
+    // The seeded workloads were mirrored: the standby has the custom resources.
+    let out = lab.kubectl("global-b", &["-n", "team-a", "get", "widgets.example.com", "blue", "-o", "jsonpath={.spec.size}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3", "seeded Widget on the standby: {}", String::from_utf8_lossy(&out.stderr));
+
+    lab.put("global-a", "before-flip", "written on global-a");
+    let shown = lab.run(&["flip"]);
+    assert!(shown.contains("stand-in for Argo CD applied the merge to global-b"), "{shown}");
+    assert!(shown.contains("Timeline") && shown.contains("RTO (planned)"), "{shown}");
+
+    // DNS, roles, phases and missed keys, read live.
+    let s = lab.status();
+    assert_eq!(s["primary"], "global-b", "{s}");
+    assert_eq!(s["dnsAnswer"], "127.0.0.20", "{s}");
+    assert_eq!(lab.dig(), vec!["127.0.0.20"], "what a plain DNS client sees");
+    let (a, b) = (cluster(&s, "global-a"), cluster(&s, "global-b"));
+    assert_eq!((a["role"].as_str(), a["phase"].as_str()), (Some("Standby"), Some("Steady")), "{s}");
+    assert_eq!((b["role"].as_str(), b["phase"].as_str()), (Some("Primary"), Some("Steady")), "{s}");
+    assert_eq!(a["missedKeys"], 0, "{s}");
+    assert_eq!((a["vip"].as_str(), b["vip"].as_str()), (Some("127.0.0.10"), Some("127.0.0.20")));
+
+    // Nothing written before the flip is lost; the mirror now runs the other way.
+    lab.wait_for("global-b", "before-flip", "written on global-a", Duration::from_secs(5));
+    lab.put("global-b", "after-flip", "written on global-b");
+    lab.wait_for("global-a", "after-flip", "written on global-b", MIRROR);
+
+    // The flip is a merged pull request, and the audit trail names it.
+    let r = lab.last_flip();
+    assert_eq!((r.scenario, r.from.as_str(), r.to.as_str()), (Scenario::Planned, "global-a", "global-b"));
+    let repo = git2::Repository::open(&lab.state().repo).expect("open repo");
+    let main = repo.find_branch("main", git2::BranchType::Local).expect("main").get().peel_to_commit().expect("commit");
+    assert_eq!(main.id().to_string(), r.merge_commit);
+    assert_eq!(main.parent_count(), 2, "merged with a merge commit, as a pull request");
+    assert_eq!(main.parent_id(1).expect("second parent").to_string(), r.promote_commit);
+    let history = drctl::gitops::history(&lab.state().repo, Path::new(drctl::gitops::DEFAULT_FILE)).expect("history");
+    let newest = history.first().expect("history entry");
+    assert_eq!((newest.to.as_str(), newest.commit.as_str()), ("global-b", r.merge_commit.as_str()), "{history:?}");
+    assert_eq!(newest.proposed_in.as_deref(), Some(r.promote_commit.as_str()), "{history:?}");
+    let names: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names.last(), Some(&"Done"), "{names:?}");
+    assert!(r.rto_seconds > 0.0 && r.rto_seconds <= r.merge_to_done_seconds, "{r:?}");
+    eprintln!("planned switchover RTO {:.2}s (merge -> Done {:.2}s)", r.rto_seconds, r.merge_to_done_seconds);
+}
+
+#[test]
+fn disaster_failover_then_the_old_primary_returns_as_standby() {
+    let lab = Lab::up();
+    lab.put("global-a", "last-words", "from global-a");
+    lab.wait_for("global-b", "last-words", "from global-a", MIRROR);
+
+    let shown = lab.run(&["disaster"]);
+    assert!(shown.contains("killed global-a's kube-apiserver"), "{shown}");
+    let s = lab.status();
+    assert_eq!(s["primary"], "global-b", "{s}");
+    assert_eq!(s["dnsAnswer"], "127.0.0.20", "{s}");
+    assert_eq!(lab.dig(), vec!["127.0.0.20"]);
+    let (a, b) = (cluster(&s, "global-a"), cluster(&s, "global-b"));
+    assert_eq!(a["reachable"], false, "{s}");
+    assert_eq!((b["role"].as_str(), b["phase"].as_str()), (Some("Primary"), Some("Steady")), "{s}");
+    lab.wait_for("global-b", "last-words", "from global-a", Duration::from_secs(5));
+    let r = lab.last_flip();
+    assert_eq!((r.scenario, r.to.as_str()), (Scenario::Disaster, "global-b"));
+    let demote = r.steps.iter().find(|s| s.name == "Demote").expect("Demote step");
+    assert!(demote.message.as_deref().unwrap_or_default().contains("unreachable"), "{demote:?}");
+    eprintln!("disaster failover RTO {:.2}s (merge -> Done {:.2}s)", r.rto_seconds, r.merge_to_done_seconds);
+
+    // The old primary comes back, takes the flip from the stand-in for Argo CD and mirrors.
+    lab.run(&["recover"]);
+    let s = lab.status();
+    let (a, b) = (cluster(&s, "global-a"), cluster(&s, "global-b"));
+    assert_eq!((a["role"].as_str(), a["phase"].as_str(), a["missedKeys"].as_u64()), (Some("Standby"), Some("Steady"), Some(0)), "{s}");
+    assert_eq!((b["role"].as_str(), b["phase"].as_str()), (Some("Primary"), Some("Steady")), "{s}");
+    lab.put("global-b", "after-disaster", "from global-b");
+    lab.wait_for("global-a", "after-disaster", "from global-b", MIRROR);
+
+    // down stops everything, and a second down is harmless.
+    let running: Vec<drctl::lab::Pid> = lab.state().processes().into_iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(running.len(), 8, "stand-in, PowerDNS, and etcd, apiserver, controller per global: {running:?}");
+    lab.run(&["down"]);
+    assert!(running.iter().all(|p| !p.is_alive()), "still running after down: {running:?}");
+    assert!(lab.state().processes().is_empty());
+    lab.run(&["down"]);
+}
