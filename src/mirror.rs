@@ -96,6 +96,8 @@ pub enum MirrorError {
     WatchEnded,
     #[error("the source canceled the watch: {0}")]
     WatchCanceled(String),
+    #[error("a write task failed: {0}")]
+    Task(String),
 }
 
 fn on(side: &'static str) -> impl FnOnce(etcd_client::Error) -> MirrorError {
@@ -303,6 +305,15 @@ async fn apply(mut kv: KvClient, ops: Vec<Op>, checkpoint: Option<Checkpoint>) -
     Ok(())
 }
 
+/// A spawned write that stops when its copy is abandoned (an error, a shutdown).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Where a session starts.
 enum Start {
     Copy { revision: i64, cursor: CopyCursor },
@@ -495,8 +506,17 @@ impl Mirror {
                         inflight.push_back(async move { Ok((end, 0, 0)) }.boxed());
                     } else {
                         // The checkpoint may only claim what has committed in order before it.
-                        let fut = apply(dkv.clone(), ops, Some(checkpoint(&done)));
-                        inflight.push_back(async move { fut.await.map(|()| (end, puts, dels)) }.boxed());
+                        // Spawned, so writes proceed while the next page is read.
+                        let mut task = AbortOnDrop(tokio::spawn(apply(dkv.clone(), ops, Some(checkpoint(&done)))));
+                        inflight.push_back(
+                            async move {
+                                match (&mut task.0).await {
+                                    Ok(r) => r.map(|()| (end, puts, dels)),
+                                    Err(e) => Err(MirrorError::Task(e.to_string())),
+                                }
+                            }
+                            .boxed(),
+                        );
                     }
                 }
             }
