@@ -87,27 +87,51 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// PEM files for mTLS to an etcd: its CA and a client certificate with key.
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
 /// A single-member etcd (Debian `etcd-server`) in a temp dir.
 pub struct Etcd {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub client_url: String,
     peer_url: String,
+    /// Plain-HTTP listener for /health (the client port may speak TLS).
+    health_addr: String,
+    /// Set for an etcd that requires mTLS from its clients.
+    pub tls: Option<EtcdTls>,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let mut e = Etcd::new();
+        let mut e = Etcd::new(false);
         e.spawn();
         e.wait_ready();
         e
     }
 
-    fn new() -> Etcd {
+    /// An etcd that serves HTTPS and requires a client certificate signed by its CA.
+    pub fn start_tls() -> Etcd {
+        let mut e = Etcd::new(true);
+        e.spawn();
+        e.wait_ready();
+        e
+    }
+
+    fn new(tls: bool) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let scheme = if tls { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", free_port());
         let peer_url = format!("http://127.0.0.1:{}", free_port());
-        Etcd { child: None, dir, client_url, peer_url }
+        let health_addr = format!("127.0.0.1:{}", free_port());
+        let tls = tls.then(|| write_etcd_pki(dir.path()));
+        Etcd { child: None, dir, client_url, peer_url, health_addr, tls }
     }
 
     fn spawn(&mut self) {
@@ -125,16 +149,25 @@ impl Etcd {
             "--quota-backend-bytes=8589934592",
             "--logger=zap",
             "--log-level=warn",
+            &format!("--listen-metrics-urls=http://{}", self.health_addr),
         ]);
+        if let Some(t) = &self.tls {
+            cmd.args([
+                format!("--cert-file={}", t.server_cert.display()),
+                format!("--key-file={}", t.server_key.display()),
+                format!("--trusted-ca-file={}", t.ca.display()),
+                "--client-cert-auth".to_string(),
+            ]);
+        }
         self.child = Some(spawn(cmd, &self.dir.path().join("etcd.log")));
     }
 
     fn wait_ready(&self) {
         let log = self.dir.path().join("etcd.log");
         let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = self.client_url.trim_start_matches("http://").to_string();
+        let addr = &self.health_addr;
         while Instant::now() < deadline {
-            if http_get(&addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\"")) {
+            if http_get(addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\"")) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -158,13 +191,54 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.client_url.as_str()], None).await.expect("connect etcd")
+        let opts = self.tls.as_ref().map(|t| {
+            let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca)))
+                    .identity(etcd_client::Identity::from_pem(read(&t.cert), read(&t.key))),
+            )
+        });
+        etcd_client::Client::connect([self.client_url.as_str()], opts).await.expect("connect etcd")
     }
 }
 
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A CA, a serving certificate for 127.0.0.1 and a client certificate, as files in `dir`.
+fn write_etcd_pki(dir: &Path) -> EtcdTls {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.distinguished_name.push(DnType::CommonName, "drctl-test-etcd-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("self-sign ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("server key");
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    sp.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    sp.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+    let server = sp.signed_by(&server_key, &issuer).expect("sign server");
+    let client_key = KeyPair::generate().expect("client key");
+    let mut cp = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    cp.distinguished_name.push(DnType::CommonName, "drctl");
+    cp.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+    let client = cp.signed_by(&client_key, &issuer).expect("sign client");
+    let w = |name: &str, body: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, body).expect("write etcd PEM");
+        p
+    };
+    EtcdTls {
+        ca: w("etcd-ca.crt", &ca.pem()),
+        cert: w("etcd-client.crt", &client.pem()),
+        key: w("etcd-client.key", &client_key.serialize_pem()),
+        server_cert: w("etcd-server.crt", &server.pem()),
+        server_key: w("etcd-server.key", &server_key.serialize_pem()),
     }
 }
 
@@ -356,7 +430,7 @@ impl Global {
     /// Two independent globals. Processes are spawned from this thread (PR_SET_PDEATHSIG fires
     /// when the spawning *thread* exits) and then waited for together.
     pub fn start_pair(a: &str, b: &str) -> (Global, Global) {
-        let (mut ea, mut eb) = (Etcd::new(), Etcd::new());
+        let (mut ea, mut eb) = (Etcd::new(false), Etcd::new(false));
         ea.spawn();
         eb.spawn();
         ea.wait_ready();
