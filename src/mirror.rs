@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{EventType, KvClient, Txn, TxnOp, WatchOptions, WatchResponse};
 use futures::future::BoxFuture;
@@ -194,12 +194,20 @@ pub struct Progress {
     /// Full resyncs (compaction, another source cluster).
     pub resyncs: u64,
     pub last_error: Option<String>,
+    /// When the destination last had every source revision the mirror knew of.
+    pub caught_up_at: Option<SystemTime>,
 }
 
 impl Progress {
     /// Source revisions not yet applied.
     pub fn lag_revisions(&self) -> i64 {
         (self.source_revision - self.applied_revision).max(0)
+    }
+
+    /// How long the destination has been behind (zero when caught up; None before it ever was).
+    pub fn lag(&self, now: SystemTime) -> Option<Duration> {
+        let since = self.caught_up_at?;
+        Some(if self.lag_revisions() == 0 { Duration::ZERO } else { now.duration_since(since).unwrap_or_default() })
     }
 }
 
@@ -526,7 +534,12 @@ impl Mirror {
             done = CopyCursor::at(phase + 1, &[], prune);
         }
         apply(dkv, Vec::new(), Some(Checkpoint { cluster_id, revision, copy: None })).await?;
-        self.update(|p| p.applied_revision = revision);
+        self.update(|p| {
+            p.applied_revision = revision;
+            if revision >= p.source_revision {
+                p.caught_up_at = Some(SystemTime::now());
+            }
+        });
         tracing::info!(revision, "copy done");
         Ok(revision)
     }
@@ -614,6 +627,9 @@ impl Mirror {
             self.update(|p| {
                 p.applied_revision = applied;
                 p.source_revision = p.source_revision.max(source_revision);
+                if applied >= p.source_revision {
+                    p.caught_up_at = Some(SystemTime::now());
+                }
             });
             let caught_up = applied >= self.progress.borrow().source_revision;
             let done = target.is_some_and(|t| applied >= t);
@@ -686,6 +702,18 @@ mod tests {
             b.ops.insert(k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
         }
         assert_eq!(b.into_ops(), vec![Op::Delete(b"/registry/a".to_vec()), Op::Put(b"/registry/b".to_vec(), b"3".to_vec())]);
+    }
+
+    #[test]
+    fn lag_is_zero_when_caught_up_and_grows_while_behind() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut p = Progress { source_revision: 10, applied_revision: 10, ..Progress::default() };
+        assert_eq!(p.lag(t0), None);
+        p.caught_up_at = Some(t0);
+        assert_eq!(p.lag(t0 + Duration::from_secs(5)), Some(Duration::ZERO));
+        p.source_revision = 12;
+        assert_eq!(p.lag(t0 + Duration::from_secs(5)), Some(Duration::from_secs(5)));
+        assert_eq!(p.lag_revisions(), 2);
     }
 
     #[test]
