@@ -140,26 +140,36 @@ async fn count(c: &mut Client) -> Res<i64> {
 }
 
 /// Runs a command to completion; returns (elapsed, peak RSS in KiB, stdout).
+///
+/// The peak is the child's own `VmHWM`, sampled while it runs: `wait4`'s `ru_maxrss` would
+/// include this process's RSS (a vfork child execs from the parent's address space).
 fn run_measured(cmd: &mut Command) -> Res<(Duration, i64, String)> {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
-    let pid = child.id() as libc::pid_t;
-    let mut stdout = child.stdout.ok_or("no stdout")?;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
         s
     });
-    let mut status = 0;
-    // SAFETY: plain wait4 on our own child; rusage is written by the kernel.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let mut peak_kib = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let hwm = std::fs::read_to_string(&status_path).ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches(" kB").parse::<i64>().ok()))
+        });
+        peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let elapsed = started.elapsed();
     let out = reader.join().map_err(|_| "reader panicked")?;
-    if r != pid || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) > 2 {
-        return Err(format!("{cmd:?} failed: status {status}: {out}").into());
+    if status.code().is_none_or(|c| c > 2) {
+        return Err(format!("{cmd:?} failed: {status}: {out}").into());
     }
-    Ok((elapsed, usage.ru_maxrss, out))
+    Ok((elapsed, peak_kib, out))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -16,7 +16,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::check::{self, CheckError, CheckOptions, DiffPager};
+use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 use crate::etcd::{self, Conn, Endpoint, EtcdError};
 use crate::keyspace::{self, Filter, REGISTRY_PREFIX};
 
@@ -322,6 +322,34 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Reads the pager's pages in a task of its own, one page ahead of the writes.
+fn read_ahead(
+    mut pager: DiffPager,
+    src: &Conn,
+    dst: &Conn,
+    filter: &Filter,
+) -> (AbortOnDrop<()>, tokio::sync::mpsc::Receiver<Result<DiffPage, CheckError>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (mut skv, mut dkv, filter) = (src.kv.clone(), dst.kv.clone(), filter.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            match pager.next(&mut skv, &mut dkv, &filter).await {
+                Ok(Some(page)) => {
+                    if tx.send(Ok(page)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    (AbortOnDrop(task), rx)
+}
+
 /// Where a session starts.
 enum Start {
     Copy { revision: i64, cursor: CopyCursor },
@@ -458,7 +486,8 @@ impl Mirror {
         cursor: CopyCursor,
     ) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
-        let (mut skv, mut dkv) = (src.kv.clone(), dst.kv.clone());
+        let mut skv = src.kv.clone();
+        let dkv = dst.kv.clone();
         let total = skv
             .get(REGISTRY_PREFIX, Some(etcd_client::GetOptions::new().with_prefix().with_count_only().with_revision(revision)))
             .await
@@ -478,8 +507,9 @@ impl Mirror {
         let phases = keyspace::copy_phases();
         for (phase, (start, end)) in phases.iter().enumerate().skip(cursor.phase) {
             let from = if phase == cursor.phase && !next.is_empty() { next.clone() } else { start.clone() };
-            let mut pager = DiffPager::new(from, end.clone(), revision, t.page_bytes);
-            while let Some(page) = pager.next(&mut skv, &mut dkv, &self.cfg.filter).await? {
+            let (mut reader, mut pages) =
+                read_ahead(DiffPager::new(from, end.clone(), revision, t.page_bytes), src, dst, &self.cfg.filter);
+            while let Some(page) = pages.recv().await.transpose()? {
                 self.update(|p| p.copy_compared_keys += page.source_keys);
                 let ops: Vec<Op> = page
                     .differences
@@ -528,6 +558,8 @@ impl Mirror {
                     }
                 }
             }
+            // The channel also closes when the reader dies; only a clean end means the phase is read.
+            (&mut reader.0).await.map_err(|e| MirrorError::Task(e.to_string()))?;
             while let Some(r) = inflight.next().await {
                 done = self.settle(Some(r), done)?;
             }
