@@ -145,7 +145,7 @@ impl Default for Tuning {
             txn_max_ops: 128,
             txn_max_bytes: 1 << 20,
             page_bytes: 4 << 20,
-            in_flight: 4,
+            in_flight: 8,
             batch_max_keys: 2048,
             progress_timeout: Duration::from_secs(5),
             checkpoint_every: Duration::from_secs(2),
@@ -322,14 +322,17 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Reads the pager's pages in a task of its own, one page ahead of the writes.
+/// Pages read ahead of the writes, so the source's reads overlap the destination's writes.
+const READ_AHEAD_PAGES: usize = 3;
+
+/// Reads the pager's pages in a task of its own, ahead of the writes.
 fn read_ahead(
     mut pager: DiffPager,
     src: &Conn,
     dst: &Conn,
     filter: &Filter,
 ) -> (AbortOnDrop<()>, tokio::sync::mpsc::Receiver<Result<DiffPage, CheckError>>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_PAGES);
     let (mut skv, mut dkv, filter) = (src.kv.clone(), dst.kv.clone(), filter.clone());
     let task = tokio::spawn(async move {
         loop {
