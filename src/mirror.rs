@@ -614,6 +614,7 @@ impl Mirror {
         self.update(|p| {
             p.phase = Phase::Following;
             p.applied_revision = from;
+            p.last_error = None;
         });
         let (mut applied, mut persisted, mut last_persist) = (from, from, Instant::now());
         let mut asked_progress = false;
