@@ -388,3 +388,32 @@ fn mirror_and_check_speak_mtls_to_both_sides() {
     let report: CheckReport = serde_json::from_slice(&out.stdout).expect("check JSON");
     assert!(report.consistent && report.checked_keys == 1, "{report}");
 }
+
+#[test]
+fn drctl_mirror_follows_until_sigterm_then_exits_cleanly() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    let mut child = drctl()
+        .args(["mirror", "--source", &src.client_url, "--dest", &dst.client_url])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn drctl mirror");
+    rt.block_on(s.put("/registry/configmaps/team-a/later", "1", None)).expect("put");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt.block_on(d.get("/registry/configmaps/team-a/later", None)).expect("get").kvs().is_empty() {
+        assert!(Instant::now() < deadline, "the write never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "drctl mirror ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
