@@ -417,3 +417,35 @@ fn drctl_mirror_follows_until_sigterm_then_exits_cleanly() {
     };
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn anti_entropy_after_the_copy_restores_a_key_the_destination_lost() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let keys: Vec<(String, Vec<u8>)> =
+        (0..20).map(|i| (format!("/registry/replicasets/team-a/rs-{i}"), format!("rs {i}").into_bytes())).collect();
+    put_all(&mut s, &keys).await;
+    let mut cfg = config(&src, &dst);
+    cfg.tuning.anti_entropy_after = Some(Duration::from_secs(3));
+    let mirror = std::sync::Arc::new(Mirror::new(cfg));
+    let mut rx = mirror.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let m = mirror.clone();
+    let task = tokio::spawn(async move {
+        m.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    caught_up(&mut rx, &mut s).await;
+    // What the standby's garbage collector does to a child that arrived before its owner.
+    d.delete("/registry/replicasets/team-a/rs-3", None).await.expect("delete on the destination");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.get("/registry/replicasets/team-a/rs-3", None).await.expect("get").kvs().is_empty() {
+        assert!(Instant::now() < deadline, "anti-entropy never restored the key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_same(&mut s, &mut d).await;
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+}
