@@ -186,7 +186,7 @@ async fn main() -> Res<()> {
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let drctl = PathBuf::from(arg("--drctl").ok_or("--drctl PATH is required")?);
     let n: usize = arg("--keys").map(|s| s.parse()).transpose()?.unwrap_or(100_000);
-    let mm_budget = Duration::from_secs(arg("--make-mirror-budget").map(|s| s.parse()).transpose()?.unwrap_or(60));
+    let mm_budget = Duration::from_secs(arg("--make-mirror-budget").map(|s| s.parse()).transpose()?.unwrap_or(120));
 
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
     let all: Vec<(String, Vec<u8>)> = (0..n).map(|i| (key(i), value(i, 0))).collect();

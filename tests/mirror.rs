@@ -29,12 +29,22 @@ fn config(src: &Etcd, dst: &Etcd) -> MirrorConfig {
 /// Replicated keys and values of an etcd, as the filter sees them.
 async fn replicated(c: &mut Client) -> BTreeMap<String, Vec<u8>> {
     let mut kv = c.kv_client().max_decoding_message_size(etcd::MAX_MESSAGE_BYTES);
-    let all = etcd::range_all(&mut kv, b"/registry/", b"/registry0", 0, 5000).await.expect("range");
-    let f = filter();
-    all.into_iter()
-        .filter(|kv| f.copies(&kv.key))
-        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
-        .collect()
+    let (f, mut out, mut from) = (filter(), BTreeMap::new(), b"/registry/".to_vec());
+    loop {
+        let page = etcd::range_page(&mut kv, &from, b"/registry0", 0, 5000).await.expect("range");
+        if let Some(last) = page.kvs.last() {
+            from = etcd::key_after(&last.key);
+        }
+        out.extend(
+            page.kvs
+                .into_iter()
+                .filter(|kv| f.copies(&kv.key))
+                .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)),
+        );
+        if !page.more {
+            return out;
+        }
+    }
 }
 
 /// Asserts both sides hold the same replicated keys and values, naming a few that differ.
