@@ -331,7 +331,11 @@ async fn main() -> Res<()> {
         if mm_done { "" } else { ", stopped at the time budget" }
     );
     println!("| `drctl mirror --once` initial copy | {drctl_rate:.0} keys/s ({copied} keys in {:.2} s) | |", once_elapsed.as_secs_f64());
-    println!("| drctl / make-mirror | {:.1}× | ≥ 10×: {} |", drctl_rate / mm_rate, ok(drctl_rate >= 10.0 * mm_rate));
+    if mm_keys > 0 {
+        println!("| drctl / make-mirror | {:.1}× | ≥ 10×: {} |", drctl_rate / mm_rate, ok(drctl_rate >= 10.0 * mm_rate));
+    } else {
+        println!("| drctl / make-mirror | not measured (budget 0) | |");
+    }
     println!("| drctl / ceiling | {:.2} | ≥ 0.70: {} |", drctl_rate / ceiling, ok(drctl_rate >= 0.7 * ceiling));
     println!(
         "| steady-state lag at {} writes/s ({} writes over {write_secs:.0} s) | p50 {p50:.1} ms, p99 {p99:.1} ms | p99 < 200 ms: {} |",
