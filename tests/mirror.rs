@@ -459,3 +459,50 @@ async fn anti_entropy_after_the_copy_restores_a_key_the_destination_lost() {
     let _ = stop.send(());
     task.await.expect("mirror task");
 }
+
+#[test]
+fn exclusions_come_from_the_topology_file_or_the_flags() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    let keys = [
+        "/registry/configmaps/team-a/a",
+        "/registry/configmaps/team-b/b",
+        "/registry/configmaps/kube-system/k",
+        "/registry/events/team-a/e",
+        "/registry/example.com/widgets/team-a/w",
+    ];
+    rt.block_on(put_all(&mut s, &keys.iter().map(|k| (k.to_string(), b"v".to_vec())).collect::<Vec<_>>()));
+    let minimal = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/minimal.yaml")).expect("example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topo = dir.path().join("topology.yaml");
+    // Namespaces given, resources left at their defaults.
+    std::fs::write(&topo, format!("{minimal}  sync:\n    exclude:\n      namespaces: [team-b]\n")).expect("write");
+    let copied = |d: &mut Client| -> Vec<String> {
+        let resp = rt.block_on(d.get("/registry/", Some(GetOptions::new().with_prefix().with_keys_only()))).expect("keys");
+        resp.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
+    };
+    let base = ["--source", &src.client_url, "--dest", &dst.client_url];
+
+    let config = format!("--config={}", topo.display());
+    let out = drctl().args(["mirror", "--once", &config]).args(base).output().expect("run drctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        copied(&mut d),
+        vec!["/registry/configmaps/kube-system/k", "/registry/configmaps/team-a/a", "/registry/example.com/widgets/team-a/w"]
+    );
+    let out = drctl().args(["check", &config]).args(base).output().expect("run drctl check");
+    assert!(out.status.success(), "the check filters like the mirror: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Flags replace the defaults of their kind; here: no namespace exclusion beyond team-a,
+    // and only the example.com widgets excluded.
+    rt.block_on(d.delete("/registry/", Some(etcd_client::DeleteOptions::new().with_prefix()))).expect("wipe");
+    rt.block_on(d.delete(CHECKPOINT_KEY, None)).expect("wipe checkpoint");
+    let out = drctl()
+        .args(["mirror", "--once", "--exclude-namespace=team-a", "--exclude-resource=example.com/widgets"])
+        .args(base)
+        .output()
+        .expect("run drctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(copied(&mut d), vec!["/registry/configmaps/kube-system/k", "/registry/configmaps/team-b/b"]);
+}
