@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube build crds argocd-cm test demo demo-down
+.PHONY: deps kube build crds argocd-cm test demo demo-down bench
 
 # Debian packages the tests and the lab run: etcd, etcdctl, PowerDNS, BIND, protoc.
 deps:
@@ -46,3 +46,9 @@ demo: deps kube build
 
 demo-down:
 	$(DRCTL) lab down --dir $(LAB_DIR)
+
+# The mirror benchmark (not a test): drctl vs etcdctl make-mirror vs the destination's own
+# batched-put rate, lag, check and RSS on 100k keys. Paste its output into BENCHMARKS.md.
+bench: deps
+	cargo build --release --bin drctl --example mirror_bench
+	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl

@@ -135,26 +135,34 @@ impl DiffPager {
         if self.done {
             return Ok(None);
         }
-        let page = etcd::range_page(source, &self.next, &self.end, self.revision, self.page_keys)
-            .await
-            .map_err(on("source"))?;
-        let covered_to = match (page.more, page.kvs.last()) {
-            (true, Some(last)) => etcd::key_after(&last.key),
-            _ => self.end.clone(),
+        // Both sides at once; the page covers keys up to where the shorter read stopped.
+        let (src, dst) = tokio::try_join!(
+            async {
+                etcd::range_page(source, &self.next, &self.end, self.revision, self.page_keys).await.map_err(on("source"))
+            },
+            async { etcd::range_page(dest, &self.next, &self.end, 0, self.page_keys).await.map_err(on("destination")) },
+        )?;
+        let stop = |p: &etcd::Page| match (p.more, p.kvs.last()) {
+            (true, Some(last)) => Some(etcd::key_after(&last.key)),
+            _ => None,
+        };
+        let covered_to = match (stop(&src), stop(&dst)) {
+            (None, None) => self.end.clone(),
+            (Some(a), None) | (None, Some(a)) => a,
+            (Some(a), Some(b)) => a.min(b),
         };
         // Size pages by bytes: values range from a few bytes to 1.5 MiB.
-        let bytes: usize = page.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
-        if !page.kvs.is_empty() {
-            let avg = (bytes / page.kvs.len()).max(1);
+        let bytes: usize = src.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+        if !src.kvs.is_empty() {
+            let avg = (bytes / src.kvs.len()).max(1);
             self.page_keys = (self.page_bytes / avg).clamp(16, 10_000) as i64;
         }
-        let dest_kvs = etcd::range_all(dest, &self.next, &covered_to, 0, self.page_keys.max(256))
-            .await
-            .map_err(on("destination"))?;
-        let source_keys = page.kvs.iter().filter(|kv| filter.copies(&kv.key)).count() as u64;
+        let within = |kvs: Vec<Kv>| -> Vec<Kv> { kvs.into_iter().take_while(|kv| kv.key < covered_to).collect() };
+        let (source_kvs, dest_kvs) = (within(src.kvs), within(dst.kvs));
+        let source_keys = source_kvs.iter().filter(|kv| filter.copies(&kv.key)).count() as u64;
         self.done = covered_to == self.end;
         self.next = covered_to.clone();
-        Ok(Some(DiffPage { differences: diff_sorted(page.kvs, dest_kvs, filter), source_keys, covered_to }))
+        Ok(Some(DiffPage { differences: diff_sorted(source_kvs, dest_kvs, filter), source_keys, covered_to }))
     }
 }
 

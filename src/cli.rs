@@ -277,7 +277,9 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
     let m = Mirror::new(MirrorConfig { source, dest, filter: exclude.filter()?, tuning: Tuning::default() });
     let started = Instant::now();
     if !once {
+        let log = log_progress(m.progress());
         m.run(shutdown_signal()).await;
+        log.abort();
         return Ok(ExitCode::SUCCESS);
     }
     let bar = std::io::stderr().is_terminal().then(|| show_progress(m.progress()));
@@ -299,6 +301,27 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
         if p.resyncs > 0 { format!(", {} full resync(s)", p.resyncs) } else { String::new() },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A line of progress in the log every 30 seconds while mirroring.
+fn log_progress(rx: tokio::sync::watch::Receiver<Progress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            let p = rx.borrow().clone();
+            tracing::info!(
+                phase = ?p.phase,
+                source_revision = p.source_revision,
+                applied_revision = p.applied_revision,
+                lag_revisions = p.lag_revisions(),
+                put = p.put_keys,
+                deleted = p.deleted_keys,
+                last_error = p.last_error.as_deref().unwrap_or(""),
+                "mirror progress"
+            );
+        }
+    })
 }
 
 /// A progress bar on the terminal, fed by the mirror's progress channel.

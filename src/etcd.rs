@@ -156,29 +156,6 @@ pub async fn range_page(
     Ok(Page { kvs, more, revision: if revision > 0 { revision } else { rev }, cluster_id })
 }
 
-/// Reads all of `[start, end)` at `revision` (0 = now), in pages of `page_keys`.
-pub async fn range_all(
-    kv: &mut KvClient,
-    start: &[u8],
-    end: &[u8],
-    revision: i64,
-    page_keys: i64,
-) -> Result<Vec<Kv>, etcd_client::Error> {
-    let mut out = Vec::new();
-    let mut from = start.to_vec();
-    loop {
-        let page = range_page(kv, &from, end, revision, page_keys).await?;
-        let more = page.more;
-        if let Some(last) = page.kvs.last() {
-            from = key_after(&last.key);
-        }
-        out.extend(page.kvs);
-        if !more {
-            return Ok(out);
-        }
-    }
-}
-
 /// The smallest key greater than `key`.
 pub fn key_after(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{EventType, KvClient, Txn, TxnOp, WatchOptions, WatchResponse};
 use futures::future::BoxFuture;
@@ -16,7 +16,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::check::{self, CheckError, CheckOptions, DiffPager};
+use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 use crate::etcd::{self, Conn, Endpoint, EtcdError};
 use crate::keyspace::{self, Filter, REGISTRY_PREFIX};
 
@@ -96,6 +96,8 @@ pub enum MirrorError {
     WatchEnded,
     #[error("the source canceled the watch: {0}")]
     WatchCanceled(String),
+    #[error("a write task failed: {0}")]
+    Task(String),
 }
 
 fn on(side: &'static str) -> impl FnOnce(etcd_client::Error) -> MirrorError {
@@ -143,7 +145,7 @@ impl Default for Tuning {
             txn_max_ops: 128,
             txn_max_bytes: 1 << 20,
             page_bytes: 4 << 20,
-            in_flight: 4,
+            in_flight: 8,
             batch_max_keys: 2048,
             progress_timeout: Duration::from_secs(5),
             checkpoint_every: Duration::from_secs(2),
@@ -192,12 +194,20 @@ pub struct Progress {
     /// Full resyncs (compaction, another source cluster).
     pub resyncs: u64,
     pub last_error: Option<String>,
+    /// When the destination last had every source revision the mirror knew of.
+    pub caught_up_at: Option<SystemTime>,
 }
 
 impl Progress {
     /// Source revisions not yet applied.
     pub fn lag_revisions(&self) -> i64 {
         (self.source_revision - self.applied_revision).max(0)
+    }
+
+    /// How long the destination has been behind (zero when caught up; None before it ever was).
+    pub fn lag(&self, now: SystemTime) -> Option<Duration> {
+        let since = self.caught_up_at?;
+        Some(if self.lag_revisions() == 0 { Duration::ZERO } else { now.duration_since(since).unwrap_or_default() })
     }
 }
 
@@ -301,6 +311,46 @@ async fn apply(mut kv: KvClient, ops: Vec<Op>, checkpoint: Option<Checkpoint>) -
     txn_ops.extend(checkpoint.map(|c| c.op()));
     kv.txn(Txn::new().and_then(txn_ops)).await.map_err(on("destination"))?;
     Ok(())
+}
+
+/// A spawned write that stops when its copy is abandoned (an error, a shutdown).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Pages read ahead of the writes, so the source's reads overlap the destination's writes.
+const READ_AHEAD_PAGES: usize = 3;
+
+/// Reads the pager's pages in a task of its own, ahead of the writes.
+fn read_ahead(
+    mut pager: DiffPager,
+    src: &Conn,
+    dst: &Conn,
+    filter: &Filter,
+) -> (AbortOnDrop<()>, tokio::sync::mpsc::Receiver<Result<DiffPage, CheckError>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_PAGES);
+    let (mut skv, mut dkv, filter) = (src.kv.clone(), dst.kv.clone(), filter.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            match pager.next(&mut skv, &mut dkv, &filter).await {
+                Ok(Some(page)) => {
+                    if tx.send(Ok(page)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    (AbortOnDrop(task), rx)
 }
 
 /// Where a session starts.
@@ -439,7 +489,8 @@ impl Mirror {
         cursor: CopyCursor,
     ) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
-        let (mut skv, mut dkv) = (src.kv.clone(), dst.kv.clone());
+        let mut skv = src.kv.clone();
+        let dkv = dst.kv.clone();
         let total = skv
             .get(REGISTRY_PREFIX, Some(etcd_client::GetOptions::new().with_prefix().with_count_only().with_revision(revision)))
             .await
@@ -459,8 +510,9 @@ impl Mirror {
         let phases = keyspace::copy_phases();
         for (phase, (start, end)) in phases.iter().enumerate().skip(cursor.phase) {
             let from = if phase == cursor.phase && !next.is_empty() { next.clone() } else { start.clone() };
-            let mut pager = DiffPager::new(from, end.clone(), revision, t.page_bytes);
-            while let Some(page) = pager.next(&mut skv, &mut dkv, &self.cfg.filter).await? {
+            let (mut reader, mut pages) =
+                read_ahead(DiffPager::new(from, end.clone(), revision, t.page_bytes), src, dst, &self.cfg.filter);
+            while let Some(page) = pages.recv().await.transpose()? {
                 self.update(|p| p.copy_compared_keys += page.source_keys);
                 let ops: Vec<Op> = page
                     .differences
@@ -495,18 +547,34 @@ impl Mirror {
                         inflight.push_back(async move { Ok((end, 0, 0)) }.boxed());
                     } else {
                         // The checkpoint may only claim what has committed in order before it.
-                        let fut = apply(dkv.clone(), ops, Some(checkpoint(&done)));
-                        inflight.push_back(async move { fut.await.map(|()| (end, puts, dels)) }.boxed());
+                        // Spawned, so writes proceed while the next page is read.
+                        let mut task = AbortOnDrop(tokio::spawn(apply(dkv.clone(), ops, Some(checkpoint(&done)))));
+                        inflight.push_back(
+                            async move {
+                                match (&mut task.0).await {
+                                    Ok(r) => r.map(|()| (end, puts, dels)),
+                                    Err(e) => Err(MirrorError::Task(e.to_string())),
+                                }
+                            }
+                            .boxed(),
+                        );
                     }
                 }
             }
+            // The channel also closes when the reader dies; only a clean end means the phase is read.
+            (&mut reader.0).await.map_err(|e| MirrorError::Task(e.to_string()))?;
             while let Some(r) = inflight.next().await {
                 done = self.settle(Some(r), done)?;
             }
             done = CopyCursor::at(phase + 1, &[], prune);
         }
         apply(dkv, Vec::new(), Some(Checkpoint { cluster_id, revision, copy: None })).await?;
-        self.update(|p| p.applied_revision = revision);
+        self.update(|p| {
+            p.applied_revision = revision;
+            if revision >= p.source_revision {
+                p.caught_up_at = Some(SystemTime::now());
+            }
+        });
         tracing::info!(revision, "copy done");
         Ok(revision)
     }
@@ -546,6 +614,7 @@ impl Mirror {
         self.update(|p| {
             p.phase = Phase::Following;
             p.applied_revision = from;
+            p.last_error = None;
         });
         let (mut applied, mut persisted, mut last_persist) = (from, from, Instant::now());
         let mut asked_progress = false;
@@ -594,6 +663,9 @@ impl Mirror {
             self.update(|p| {
                 p.applied_revision = applied;
                 p.source_revision = p.source_revision.max(source_revision);
+                if applied >= p.source_revision {
+                    p.caught_up_at = Some(SystemTime::now());
+                }
             });
             let caught_up = applied >= self.progress.borrow().source_revision;
             let done = target.is_some_and(|t| applied >= t);
@@ -666,6 +738,18 @@ mod tests {
             b.ops.insert(k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec()));
         }
         assert_eq!(b.into_ops(), vec![Op::Delete(b"/registry/a".to_vec()), Op::Put(b"/registry/b".to_vec(), b"3".to_vec())]);
+    }
+
+    #[test]
+    fn lag_is_zero_when_caught_up_and_grows_while_behind() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut p = Progress { source_revision: 10, applied_revision: 10, ..Progress::default() };
+        assert_eq!(p.lag(t0), None);
+        p.caught_up_at = Some(t0);
+        assert_eq!(p.lag(t0 + Duration::from_secs(5)), Some(Duration::ZERO));
+        p.source_revision = 12;
+        assert_eq!(p.lag(t0 + Duration::from_secs(5)), Some(Duration::from_secs(5)));
+        assert_eq!(p.lag_revisions(), 2);
     }
 
     #[test]

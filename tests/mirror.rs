@@ -29,12 +29,22 @@ fn config(src: &Etcd, dst: &Etcd) -> MirrorConfig {
 /// Replicated keys and values of an etcd, as the filter sees them.
 async fn replicated(c: &mut Client) -> BTreeMap<String, Vec<u8>> {
     let mut kv = c.kv_client().max_decoding_message_size(etcd::MAX_MESSAGE_BYTES);
-    let all = etcd::range_all(&mut kv, b"/registry/", b"/registry0", 0, 5000).await.expect("range");
-    let f = filter();
-    all.into_iter()
-        .filter(|kv| f.copies(&kv.key))
-        .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value))
-        .collect()
+    let (f, mut out, mut from) = (filter(), BTreeMap::new(), b"/registry/".to_vec());
+    loop {
+        let page = etcd::range_page(&mut kv, &from, b"/registry0", 0, 5000).await.expect("range");
+        if let Some(last) = page.kvs.last() {
+            from = etcd::key_after(&last.key);
+        }
+        out.extend(
+            page.kvs
+                .into_iter()
+                .filter(|kv| f.copies(&kv.key))
+                .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)),
+        );
+        if !page.more {
+            return out;
+        }
+    }
 }
 
 /// Asserts both sides hold the same replicated keys and values, naming a few that differ.
@@ -346,4 +356,153 @@ async fn the_mirror_reconnects_when_either_etcd_restarts() {
     assert_eq!(replicated(&mut d).await.len(), 3);
     let _ = stop.send(());
     task.await.expect("mirror task");
+}
+
+#[test]
+fn mirror_and_check_speak_mtls_to_both_sides() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start_tls(), Etcd::start_tls());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    rt.block_on(put_all(&mut s, &[("/registry/secrets/team-a/tls".into(), b"sealed".to_vec())]));
+    let tls_args = |side: &str, e: &Etcd| {
+        let t = e.tls.as_ref().expect("tls etcd");
+        vec![
+            format!("--{side}-cacert={}", t.ca.display()),
+            format!("--{side}-cert={}", t.cert.display()),
+            format!("--{side}-key={}", t.key.display()),
+        ]
+    };
+    let base = ["--source", &src.client_url, "--dest", &dst.client_url];
+
+    let without = drctl().args(["mirror", "--once"]).args(base).output().expect("run drctl");
+    assert!(!without.status.success(), "a client without a certificate must be refused");
+
+    let out = drctl()
+        .args(["mirror", "--once"])
+        .args(base)
+        .args(tls_args("source", &src))
+        .args(tls_args("dest", &dst))
+        .output()
+        .expect("run drctl mirror");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    rt.block_on(assert_same(&mut s, &mut d));
+    assert_eq!(rt.block_on(replicated(&mut d)).len(), 1);
+
+    let out = drctl()
+        .args(["check", "--json"])
+        .args(base)
+        .args(tls_args("source", &src))
+        .args(tls_args("dest", &dst))
+        .output()
+        .expect("run drctl check");
+    let report: CheckReport = serde_json::from_slice(&out.stdout).expect("check JSON");
+    assert!(report.consistent && report.checked_keys == 1, "{report}");
+}
+
+#[test]
+fn drctl_mirror_follows_until_sigterm_then_exits_cleanly() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    let mut child = drctl()
+        .args(["mirror", "--source", &src.client_url, "--dest", &dst.client_url])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn drctl mirror");
+    rt.block_on(s.put("/registry/configmaps/team-a/later", "1", None)).expect("put");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rt.block_on(d.get("/registry/configmaps/team-a/later", None)).expect("get").kvs().is_empty() {
+        assert!(Instant::now() < deadline, "the write never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "drctl mirror ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn anti_entropy_after_the_copy_restores_a_key_the_destination_lost() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let keys: Vec<(String, Vec<u8>)> =
+        (0..20).map(|i| (format!("/registry/replicasets/team-a/rs-{i}"), format!("rs {i}").into_bytes())).collect();
+    put_all(&mut s, &keys).await;
+    let mut cfg = config(&src, &dst);
+    cfg.tuning.anti_entropy_after = Some(Duration::from_secs(3));
+    let mirror = std::sync::Arc::new(Mirror::new(cfg));
+    let mut rx = mirror.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let m = mirror.clone();
+    let task = tokio::spawn(async move {
+        m.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    caught_up(&mut rx, &mut s).await;
+    // What the standby's garbage collector does to a child that arrived before its owner.
+    d.delete("/registry/replicasets/team-a/rs-3", None).await.expect("delete on the destination");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.get("/registry/replicasets/team-a/rs-3", None).await.expect("get").kvs().is_empty() {
+        assert!(Instant::now() < deadline, "anti-entropy never restored the key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_same(&mut s, &mut d).await;
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+}
+
+#[test]
+fn exclusions_come_from_the_topology_file_or_the_flags() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    let keys = [
+        "/registry/configmaps/team-a/a",
+        "/registry/configmaps/team-b/b",
+        "/registry/configmaps/kube-system/k",
+        "/registry/events/team-a/e",
+        "/registry/example.com/widgets/team-a/w",
+    ];
+    rt.block_on(put_all(&mut s, &keys.iter().map(|k| (k.to_string(), b"v".to_vec())).collect::<Vec<_>>()));
+    let minimal = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/minimal.yaml")).expect("example");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topo = dir.path().join("topology.yaml");
+    // Namespaces given, resources left at their defaults.
+    std::fs::write(&topo, format!("{minimal}  sync:\n    exclude:\n      namespaces: [team-b]\n")).expect("write");
+    let copied = |d: &mut Client| -> Vec<String> {
+        let resp = rt.block_on(d.get("/registry/", Some(GetOptions::new().with_prefix().with_keys_only()))).expect("keys");
+        resp.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
+    };
+    let base = ["--source", &src.client_url, "--dest", &dst.client_url];
+
+    let config = format!("--config={}", topo.display());
+    let out = drctl().args(["mirror", "--once", &config]).args(base).output().expect("run drctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        copied(&mut d),
+        vec!["/registry/configmaps/kube-system/k", "/registry/configmaps/team-a/a", "/registry/example.com/widgets/team-a/w"]
+    );
+    let out = drctl().args(["check", &config]).args(base).output().expect("run drctl check");
+    assert!(out.status.success(), "the check filters like the mirror: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Flags replace the defaults of their kind; here: no namespace exclusion beyond team-a,
+    // and only the example.com widgets excluded.
+    rt.block_on(d.delete("/registry/", Some(etcd_client::DeleteOptions::new().with_prefix()))).expect("wipe");
+    rt.block_on(d.delete(CHECKPOINT_KEY, None)).expect("wipe checkpoint");
+    let out = drctl()
+        .args(["mirror", "--once", "--exclude-namespace=team-a", "--exclude-resource=example.com/widgets"])
+        .args(base)
+        .output()
+        .expect("run drctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(copied(&mut d), vec!["/registry/configmaps/kube-system/k", "/registry/configmaps/team-b/b"]);
 }

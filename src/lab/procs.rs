@@ -144,6 +144,23 @@ pub struct EtcdServer {
     pub dir: PathBuf,
     pub client_url: String,
     pub peer_url: String,
+    /// A plain-HTTP listener for /health, needed when the client port speaks TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_addr: Option<String>,
+    /// Set for an etcd that serves HTTPS and requires client certificates signed by its CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EtcdTls>,
+}
+
+/// PEM files for an mTLS etcd: its CA, a client certificate with key, its serving pair.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
 }
 
 impl EtcdServer {
@@ -152,6 +169,19 @@ impl EtcdServer {
             dir: dir.to_path_buf(),
             client_url: format!("http://127.0.0.1:{}", free_port()?),
             peer_url: format!("http://127.0.0.1:{}", free_port()?),
+            health_addr: None,
+            tls: None,
+        })
+    }
+
+    /// An etcd that requires mTLS from its clients, with a fresh CA and certificates in `dir`.
+    pub fn on_free_ports_tls(dir: &Path) -> Result<EtcdServer, ProcError> {
+        Ok(EtcdServer {
+            dir: dir.to_path_buf(),
+            client_url: format!("https://127.0.0.1:{}", free_port()?),
+            peer_url: format!("http://127.0.0.1:{}", free_port()?),
+            health_addr: Some(format!("127.0.0.1:{}", free_port()?)),
+            tls: Some(write_etcd_pki(dir)?),
         })
     }
 
@@ -174,6 +204,17 @@ impl EtcdServer {
             "--logger=zap",
             "--log-level=warn",
         ]);
+        if let Some(h) = &self.health_addr {
+            cmd.arg(format!("--listen-metrics-urls=http://{h}"));
+        }
+        if let Some(t) = &self.tls {
+            cmd.args([
+                format!("--cert-file={}", t.server_cert.display()),
+                format!("--key-file={}", t.server_key.display()),
+                format!("--trusted-ca-file={}", t.ca.display()),
+                "--client-cert-auth".to_string(),
+            ]);
+        }
         cmd
     }
 
@@ -182,7 +223,10 @@ impl EtcdServer {
     }
 
     pub fn healthy(&self) -> bool {
-        let addr = self.client_url.trim_start_matches("http://");
+        let addr = match &self.health_addr {
+            Some(h) => h.as_str(),
+            None => self.client_url.trim_start_matches("http://"),
+        };
         http_get(addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
     }
 
@@ -192,6 +236,39 @@ impl EtcdServer {
             Ok(self.healthy())
         })
     }
+}
+
+/// A CA, a serving certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn write_etcd_pki(dir: &Path) -> Result<EtcdTls, ProcError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, "drctl-etcd-ca");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate()?;
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()])?;
+    sp.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    sp.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+    let server = sp.signed_by(&server_key, &issuer)?;
+    let client_key = KeyPair::generate()?;
+    let mut cp = CertificateParams::new(Vec::<String>::new())?;
+    cp.distinguished_name.push(DnType::CommonName, "drctl");
+    cp.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+    let client = cp.signed_by(&client_key, &issuer)?;
+    let w = |name: &str, body: &str| -> Result<PathBuf, ProcError> {
+        let p = dir.join(name);
+        std::fs::write(&p, body).map_err(io(format!("write {}", p.display())))?;
+        Ok(p)
+    };
+    Ok(EtcdTls {
+        ca: w("etcd-ca.crt", &ca.pem())?,
+        cert: w("etcd-client.crt", &client.pem())?,
+        key: w("etcd-client.key", &client_key.serialize_pem())?,
+        server_cert: w("etcd-server.crt", &server.pem())?,
+        server_key: w("etcd-server.key", &server_key.serialize_pem())?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

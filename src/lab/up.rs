@@ -554,6 +554,8 @@ mod tests {
                         dir: dir.join(name).join("etcd"),
                         client_url: format!("http://127.0.0.1:{port}"),
                         peer_url: format!("http://127.0.0.1:{}", port + 1),
+                        health_addr: None,
+                        tls: None,
                     },
                     etcd_pid: None,
                     api: procs::ApiServer {

@@ -54,26 +54,43 @@ fn tail(path: &Path) -> String {
     procs::tail(path)
 }
 
+pub use procs::EtcdTls;
+
 /// A single-member etcd (Debian `etcd-server`) in a temp dir.
 pub struct Etcd {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub client_url: String,
     server: procs::EtcdServer,
+    /// Set for an etcd that requires mTLS from its clients.
+    pub tls: Option<EtcdTls>,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let mut e = Etcd::new();
+        let mut e = Etcd::new(false);
         e.spawn();
         e.wait_ready();
         e
     }
 
-    fn new() -> Etcd {
+    /// An etcd that serves HTTPS and requires a client certificate signed by its CA.
+    pub fn start_tls() -> Etcd {
+        let mut e = Etcd::new(true);
+        e.spawn();
+        e.wait_ready();
+        e
+    }
+
+    fn new(tls: bool) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = procs::EtcdServer::on_free_ports(dir.path()).expect("etcd ports");
-        Etcd { child: None, client_url: server.client_url.clone(), dir, server }
+        let server = if tls {
+            procs::EtcdServer::on_free_ports_tls(dir.path())
+        } else {
+            procs::EtcdServer::on_free_ports(dir.path())
+        }
+        .expect("etcd ports");
+        Etcd { child: None, client_url: server.client_url.clone(), tls: server.tls.clone(), dir, server }
     }
 
     fn spawn(&mut self) {
@@ -101,7 +118,15 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.client_url.as_str()], None).await.expect("connect etcd")
+        let opts = self.tls.as_ref().map(|t| {
+            let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca)))
+                    .identity(etcd_client::Identity::from_pem(read(&t.cert), read(&t.key))),
+            )
+        });
+        etcd_client::Client::connect([self.client_url.as_str()], opts).await.expect("connect etcd")
     }
 }
 
@@ -213,7 +238,7 @@ impl Global {
     /// Two independent globals. Processes are spawned from this thread (PR_SET_PDEATHSIG fires
     /// when the spawning *thread* exits) and then waited for together.
     pub fn start_pair(a: &str, b: &str) -> (Global, Global) {
-        let (mut ea, mut eb) = (Etcd::new(), Etcd::new());
+        let (mut ea, mut eb) = (Etcd::new(false), Etcd::new(false));
         ea.spawn();
         eb.spawn();
         ea.wait_ready();
