@@ -38,8 +38,6 @@ struct SyncKey {
 struct Running {
     key: SyncKey,
     progress: watch::Receiver<Progress>,
-    /// When applied last equalled the source head: lag is measured from there.
-    caught_up: Arc<std::sync::Mutex<Instant>>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     source: Endpoint,
@@ -126,39 +124,19 @@ impl SyncManager {
         }));
         let progress = mirror.progress();
         let shutdown = CancellationToken::new();
-        let caught_up = Arc::new(std::sync::Mutex::new(Instant::now()));
         let task = {
-            let (mirror, token, caught_up, mut rx) = (mirror.clone(), shutdown.clone(), caught_up.clone(), mirror.progress());
-            tokio::spawn(async move {
-                let watch_lag = async move {
-                    while rx.changed().await.is_ok() {
-                        let p = rx.borrow().clone();
-                        if p.phase == MirrorPhase::Following && p.applied_revision >= p.source_revision {
-                            if let Ok(mut t) = caught_up.lock() {
-                                *t = Instant::now();
-                            }
-                        }
-                    }
-                };
-                tokio::select! {
-                    () = mirror.run(token.cancelled_owned()) => {}
-                    () = watch_lag => {}
-                }
-            })
+            let (mirror, token) = (mirror.clone(), shutdown.clone());
+            tokio::spawn(async move { mirror.run(token.cancelled_owned()).await })
         };
         info!(source = %key.source.join(","), dest = %key.dest.join(","), "mirror started");
-        *self.running.lock().await = Some(Running { key, progress, caught_up, shutdown, task, source, dest, filter });
+        *self.running.lock().await = Some(Running { key, progress, shutdown, task, source, dest, filter });
     }
 
+    /// The mirror's progress and its lag in seconds (how long it has been behind the source).
     pub async fn progress(&self) -> Option<(Progress, f64)> {
         let guard = self.running.lock().await;
-        let r = guard.as_ref()?;
-        let p = r.progress.borrow().clone();
-        let lag = if p.phase == MirrorPhase::Following && p.applied_revision >= p.source_revision {
-            0.0
-        } else {
-            r.caught_up.lock().map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
-        };
+        let p = guard.as_ref()?.progress.borrow().clone();
+        let lag = p.lag(std::time::SystemTime::now()).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         Some((p, lag))
     }
 
