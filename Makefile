@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube build crds argocd-cm test demo
+.PHONY: deps kube build crds argocd-cm test demo faults soak
 
 # Debian packages the tests and the lab run: etcd, etcdctl, PowerDNS, BIND, protoc.
 deps:
@@ -34,3 +34,12 @@ test: deps kube
 
 demo: deps kube build
 	bash hack/demo.sh
+
+# The fault matrix alone, with its FAULT lines (RELIABILITY.md records them).
+faults: deps kube
+	cargo test --test faults -- --nocapture --test-threads=2 2>&1 | grep -E '^(FAULT|test )'
+
+# Not in CI: a DR pair under 1,000 writes/s with deletes and a failover in the middle, for
+# DRCTL_SOAK_SECS (default 600); prints max lag, memory growth and the final check.
+soak: deps kube
+	cargo test --test soak soak_long -- --ignored --nocapture
