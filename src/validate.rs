@@ -594,6 +594,24 @@ mod tests {
     }
 
     #[test]
+    fn secret_references_that_cannot_resolve_are_errors() {
+        let t = minimal().replace("{name: pdns-api, namespace: drctl-system}", "{name: Pdns_Api, namespace: drctl system}");
+        assert_eq!(
+            errors_of(&t),
+            vec![
+                r#"spec.dns.powerdns.apiKeySecretRef.namespace: "drctl system" is not a valid namespace name (RFC 1123 label)"#,
+                r#"spec.dns.powerdns.apiKeySecretRef.name: "Pdns_Api" is not a valid Secret name (RFC 1123 subdomain)"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_reported_at_its_own_path() {
+        let t = minimal().replace("  platform:\n    domain: platform.example.com\n    ttl: 30\n", "");
+        assert_eq!(errors_of(&t), vec!["spec.platform: is missing; this field is required"]);
+    }
+
+    #[test]
     fn syntax_errors_give_the_line() {
         let err = validate_text("apiVersion: drctl.io/v1alpha1\nkind: [\n").unwrap_err();
         assert!(err.line >= 2, "{err}");
