@@ -172,7 +172,9 @@ async fn planted_secrets_never_appear_in_logs_events_or_status() {
     }
     let total: usize = haystacks.iter().map(|(_, h)| h.len()).sum();
     let all_events: String = haystacks.iter().filter(|(n, _)| n.ends_with("events")).map(|(_, h)| h.as_str()).collect();
-    assert!(all_events.contains("reason: Failover") || all_events.contains("FailoverStep") || all_events.contains("SwitchDNS"), "events were recorded:\n{all_events}");
+    for reason in ["FailoverStarted", "StepSwitchDNS", "StepPostHooks", "DemotionAcknowledged"] {
+        assert!(all_events.contains(&format!("reason: {reason}")), "no {reason} Event to search:\n{all_events}");
+    }
     let mut leaks = Vec::new();
     for p in &planted {
         for n in &p.needles {
