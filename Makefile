@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube build crds argocd-cm test demo demo-down bench
+.PHONY: deps kube build crds argocd-cm test demo demo-down bench faults soak
 
 # Debian packages the tests and the lab run: etcd, etcdctl, PowerDNS, BIND, protoc.
 deps:
@@ -52,3 +52,12 @@ demo-down:
 bench: deps
 	cargo build --release --bin drctl --example mirror_bench
 	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl
+
+# The fault matrix alone, with its FAULT lines (RELIABILITY.md records them).
+faults: deps kube
+	cargo test --test faults -- --nocapture --test-threads=2
+
+# Not in CI: a DR pair under 1,000 writes/s with deletes and a failover in the middle, for
+# DRCTL_SOAK_SECS (default 600); prints max lag, memory growth and the final check.
+soak: deps kube
+	cargo test --test soak soak_long -- --ignored --nocapture

@@ -26,6 +26,8 @@ pub const DOMAIN_PATTERN: &str =
     "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?\\.?$";
 /// RFC 1123 label: what Kubernetes accepts as a namespace or resource name part.
 pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// RFC 1123 subdomain: what Kubernetes accepts as the name of a Secret.
+pub const SUBDOMAIN_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// The disaster-recovery topology of a pair of global clusters.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -96,9 +98,9 @@ fn default_ttl() -> u32 {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SUBDOMAIN_PATTERN))]
     pub name: String,
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub namespace: String,
     /// Key inside the Secret; each consumer documents its default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,7 +128,7 @@ pub struct ClusterSpec {
     pub kubeconfig_secret_ref: Option<SecretRef>,
     pub etcd: EtcdSpec,
     #[serde(default = "default_encryption_config_path")]
-    #[schemars(length(min = 1, max = 4096))]
+    #[schemars(length(min = 1, max = 4096), regex(pattern = "^/"))]
     pub encryption_config_path: String,
 }
 
@@ -232,7 +234,7 @@ pub enum SyncDriver {
 pub struct ExcludeSpec {
     /// Namespaces never replicated. Default: the platform's own namespaces (DESIGN.md §1).
     #[serde(default = "default_excluded_namespaces")]
-    #[schemars(length(max = 512))]
+    #[schemars(length(max = 512), inner(regex(pattern = NAME_PATTERN)))]
     pub namespaces: Vec<String>,
     /// Resources never replicated, as `resource` or `group/resource`. Default: see `keyspace`.
     #[serde(default = "default_excluded_resources")]
@@ -240,7 +242,7 @@ pub struct ExcludeSpec {
     pub resources: Vec<String>,
     /// Raw etcd key prefixes never replicated, e.g. `/registry/example.com/widgets/`.
     #[serde(default)]
-    #[schemars(length(max = 512))]
+    #[schemars(length(max = 512), inner(regex(pattern = "^/")))]
     pub key_prefixes: Vec<String>,
 }
 
@@ -269,7 +271,7 @@ pub struct RestartSpec {
     pub name: String,
     #[serde(default)]
     pub scope: RestartScope,
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub namespace: String,
     /// A label selector in kubectl syntax: `app=vmselect` or `app in (vmselect,vminsert)`.
     #[schemars(length(min = 1, max = 1024))]
@@ -388,7 +390,7 @@ fn default_pdns_server_id() -> String {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalDns {
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub namespace: String,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
@@ -488,7 +490,7 @@ pub struct Hook {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JobHook {
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub namespace: String,
     /// A `batch/v1` Job spec; drctl names the Job and waits for it to succeed.
     #[schemars(schema_with = "any_object")]
@@ -498,7 +500,7 @@ pub struct JobHook {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookHook {
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = "^https?://"))]
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret_ref: Option<SecretRef>,
@@ -507,7 +509,7 @@ pub struct WebhookHook {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadCluster {
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// Secret holding a kubeconfig for this workload cluster (key default `kubeconfig`).
     pub kubeconfig_secret_ref: SecretRef,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::topology::{
-    DRTopology, DRTopologySpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
+    DRTopology, DRTopologySpec, Hook, RestartScope, SecretRef, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
     VERSION,
 };
 
@@ -108,7 +108,7 @@ pub fn validate_value(index: usize, value: &Value) -> DocumentReport {
     let topology = match serde_path_to_error::deserialize::<_, DRTopology>(value) {
         Ok(t) => Some(t),
         Err(e) => {
-            errors.push(FieldError::new(e.path().to_string(), type_error_fix(&e.inner().to_string())));
+            errors.push(type_error(&e.path().to_string(), &e.inner().to_string()));
             None
         }
     };
@@ -122,14 +122,16 @@ fn describe(v: Option<&str>) -> String {
     v.map(|s| format!("{s:?}")).unwrap_or_else(|| "missing".into())
 }
 
-/// serde's messages are accurate but terse; say what a user should write instead.
-fn type_error_fix(msg: &str) -> String {
-    if let Some(rest) = msg.strip_prefix("missing field ") {
-        format!("is missing the required field {rest}; add it")
+/// serde's messages are accurate but terse; say what a user should write instead. A missing
+/// field is reported at its own path (`spec.dns`), not its parent's.
+fn type_error(path: &str, msg: &str) -> FieldError {
+    if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
+        let full = if path == "." { field.to_string() } else { format!("{path}.{field}") };
+        FieldError::new(full, "is missing; this field is required")
     } else if msg.starts_with("unknown variant") {
-        format!("{msg}; use one of the listed values")
+        FieldError::new(path, format!("{msg}; use one of the listed values"))
     } else {
-        format!("{msg}; fix the value's type")
+        FieldError::new(path, format!("{msg}; fix the value's type"))
     }
 }
 
@@ -235,6 +237,8 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
         for (j, e) in c.etcd.endpoints.iter().enumerate() {
             check_url(e, &format!("{p}.etcd.endpoints[{j}]"), "https://10.0.0.1:2379", &mut errs);
         }
+        check_secret_ref(c.kubeconfig_secret_ref.as_ref(), &format!("{p}.kubeconfigSecretRef"), &mut errs);
+        check_secret_ref(c.etcd.tls_secret_ref.as_ref(), &format!("{p}.etcd.tlsSecretRef"), &mut errs);
         if c.encryption_config_path.is_empty() || !c.encryption_config_path.starts_with('/') {
             errs.push(FieldError::new(
                 format!("{p}.encryptionConfigPath"),
@@ -339,6 +343,13 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
 
     let mut wl_names = BTreeSet::new();
     for (i, w) in spec.workload_clusters.iter().enumerate() {
+        if !is_dns_label(&w.name) {
+            errs.push(FieldError::new(
+                format!("spec.workloadClusters[{i}].name"),
+                format!("{:?} is not an RFC 1123 label; use lower-case letters, digits and '-'", w.name),
+            ));
+        }
+        check_secret_ref(Some(&w.kubeconfig_secret_ref), &format!("spec.workloadClusters[{i}].kubeconfigSecretRef"), &mut errs);
         if !wl_names.insert(w.name.as_str()) {
             errs.push(FieldError::new(
                 format!("spec.workloadClusters[{i}].name"),
@@ -380,6 +391,7 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
         if r.server.trim().is_empty() {
             errs.push(FieldError::new("spec.dns.rfc2136.server", "is empty; give the primary name server as host or host:port"));
         }
+        check_secret_ref(Some(&r.tsig_secret_ref), "spec.dns.rfc2136.tsigSecretRef", errs);
     }
     if let Some(p) = &d.powerdns {
         check_url(&p.api_url, "spec.dns.powerdns.apiUrl", "http://pdns.example.com:8081", errs);
@@ -389,9 +401,16 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
                 format!("{:?} does not contain spec.platform.domain {:?}; use the zone the record lives in", p.zone, spec.platform.domain),
             ));
         }
+        check_secret_ref(Some(&p.api_key_secret_ref), "spec.dns.powerdns.apiKeySecretRef", errs);
+    }
+    if let Some(x) = &d.external_dns {
+        if !is_dns_label(&x.namespace) {
+            errs.push(FieldError::new("spec.dns.externalDns.namespace", format!("{:?} is not a valid namespace name", x.namespace)));
+        }
     }
     if let Some(w) = &d.webhook {
         check_url(&w.url, "spec.dns.webhook.url", "https://dns-switch.example.com/hook", errs);
+        check_secret_ref(Some(&w.hmac_secret_ref), "spec.dns.webhook.hmacSecretRef", errs);
     }
     for (i, r) in d.verify.resolvers.iter().enumerate() {
         if parse_resolver(r).is_none() {
@@ -414,10 +433,28 @@ fn check_hooks(hooks: &[Hook], path: &str, errs: &mut Vec<FieldError>) {
             errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used twice; hook names must be unique", h.name)));
         }
         match (&h.job, &h.webhook) {
-            (Some(_), None) => {}
-            (None, Some(w)) => check_url(&w.url, &format!("{p}.webhook.url"), "https://hooks.example.com/vip", errs),
+            (Some(j), None) => {
+                if !is_dns_label(&j.namespace) {
+                    errs.push(FieldError::new(format!("{p}.job.namespace"), format!("{:?} is not a valid namespace name", j.namespace)));
+                }
+            }
+            (None, Some(w)) => {
+                check_url(&w.url, &format!("{p}.webhook.url"), "https://hooks.example.com/vip", errs);
+                check_secret_ref(w.hmac_secret_ref.as_ref(), &format!("{p}.webhook.hmacSecretRef"), errs);
+            }
             _ => errs.push(FieldError::new(p, "sets both or neither of job and webhook; set exactly one")),
         }
+    }
+}
+
+/// A reference the controller could never resolve fails at first use, mid-failover; say so now.
+fn check_secret_ref(r: Option<&SecretRef>, path: &str, errs: &mut Vec<FieldError>) {
+    let Some(r) = r else { return };
+    if !is_dns_label(&r.namespace) {
+        errs.push(FieldError::new(format!("{path}.namespace"), format!("{:?} is not a valid namespace name (RFC 1123 label)", r.namespace)));
+    }
+    if r.name.is_empty() || r.name.len() > 253 || !r.name.split('.').all(is_dns_label) {
+        errs.push(FieldError::new(format!("{path}.name"), format!("{:?} is not a valid Secret name (RFC 1123 subdomain)", r.name)));
     }
 }
 
@@ -554,6 +591,24 @@ mod tests {
         let t = minimal().replace("  dns:\n", "  dns:\n    powerDns: {}\n");
         let e = errors_of(&t);
         assert!(e.iter().any(|m| m.starts_with("spec.dns.powerDns: unknown field; known fields here:")), "{e:?}");
+    }
+
+    #[test]
+    fn secret_references_that_cannot_resolve_are_errors() {
+        let t = minimal().replace("{name: pdns-api, namespace: drctl-system}", "{name: Pdns_Api, namespace: drctl system}");
+        assert_eq!(
+            errors_of(&t),
+            vec![
+                r#"spec.dns.powerdns.apiKeySecretRef.namespace: "drctl system" is not a valid namespace name (RFC 1123 label)"#,
+                r#"spec.dns.powerdns.apiKeySecretRef.name: "Pdns_Api" is not a valid Secret name (RFC 1123 subdomain)"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_reported_at_its_own_path() {
+        let t = minimal().replace("  platform:\n    domain: platform.example.com\n    ttl: 30\n", "");
+        assert_eq!(errors_of(&t), vec!["spec.platform: is missing; this field is required"]);
     }
 
     #[test]

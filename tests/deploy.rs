@@ -94,7 +94,7 @@ fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
         let objs = docs(&kustomize(&gitops().join("deploy/overlays").join(g), &[]));
         let deploy = find(&objs, "Deployment", "drctl-controller");
         let c = &deploy["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["args"], serde_json::json!(["controller", "--cluster-name", "$(CLUSTER_NAME)"]));
+        assert_eq!(c["args"], serde_json::json!(["controller", "--cluster-name", "$(CLUSTER_NAME)", "--listen", "0.0.0.0:8080"]));
         let env: Vec<&Value> = c["env"].as_array().expect("env").iter().filter(|e| e["name"] == "CLUSTER_NAME").collect();
         assert_eq!(env.len(), 1, "{env:?}");
         assert_eq!(env[0]["value"], g);

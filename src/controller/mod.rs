@@ -45,6 +45,10 @@ pub struct ControllerArgs {
     /// Address for /metrics, /healthz, /readyz and /check.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// File with a bearer token /check requires. Without it /check answers only on a loopback
+    /// --listen address: the report names keys of every replicated namespace.
+    #[arg(long, value_name = "FILE")]
+    pub check_token_file: Option<PathBuf>,
     /// Identity in the leader Lease; defaults to the hostname plus pid.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -130,7 +134,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         fenced: Mutex::new(None),
         args: args.clone(),
     });
-    let server = http::serve(args.listen, metrics.clone(), ctx.clone(), ready.clone());
+    let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref())?;
+    let server = http::serve(args.listen, check_access, metrics.clone(), ctx.clone(), ready.clone());
     let server = tokio::spawn(server);
 
     // Two replicas never both act: only the Lease holder runs the controller.

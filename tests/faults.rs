@@ -1,0 +1,404 @@
+//! The fault matrix: the mirror and the controller broken on purpose, on real etcds and real
+//! apiservers, each run judged by `drctl check` at the source's head (0 missed / 0 surplus /
+//! 0 diverged) and by a ledger of every write the source acknowledged. Each test prints one
+//! `FAULT | ...` line (run with `--nocapture`); RELIABILITY.md records those figures.
+//!
+//! `DRCTL_FAULT_SEED` and `DRCTL_FAULT_RUNS` replay or extend the kill -9 runs.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drctl::etcd::Endpoint;
+use drctl::keyspace::Filter;
+use drctl::mirror::{Mirror, MirrorConfig, Progress, Tuning};
+use drctl::topology::{DRTopologyStatus, ExcludeSpec, Phase, Role};
+use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
+use support::faults::{self, DrctlProcess, Ledger, Mode, Proxy, Rng, Verdict};
+use support::pair::{Controller, Pair, DOMAIN, VIP_A, VIP_B};
+use support::Etcd;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn head(c: &mut Client) -> i64 {
+    c.get("\0", Some(GetOptions::new().with_count_only())).await.expect("head").header().expect("header").revision()
+}
+
+/// `n` keys of 512 bytes in a replicated namespace, so an initial copy takes a while.
+async fn preload(c: &mut Client, ns: &str, n: usize) {
+    let keys: Vec<usize> = (0..n).collect();
+    for chunk in keys.chunks(100) {
+        let ops: Vec<TxnOp> =
+            chunk.iter().map(|i| TxnOp::put(format!("/registry/secrets/{ns}/s{i}"), vec![b'p'; 512], None)).collect();
+        c.txn(Txn::new().and_then(ops)).await.expect("preload");
+    }
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(c: &Client, ns: &str, rate: u64, seed: u64, ledger: &Arc<Mutex<Ledger>>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(faults::write_load(c.clone(), ns.to_string(), rate, seed, stop.clone(), ledger.clone()));
+        Load { stop, task }
+    }
+
+    async fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("write load");
+    }
+}
+
+fn mirror_args<'a>(src: &'a str, dst: &'a str) -> [&'a str; 5] {
+    ["mirror", "--source", src, "--dest", dst]
+}
+
+/// An in-process mirror (for its progress) until `stop` fires.
+fn in_process_mirror(source: String, dest: String) -> (tokio::sync::watch::Receiver<Progress>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let tuning = Tuning { progress_timeout: Duration::from_secs(2), anti_entropy_after: None, ..Tuning::default() };
+    let m = Arc::new(Mirror::new(MirrorConfig {
+        source: Endpoint::plain(vec![source]),
+        dest: Endpoint::plain(vec![dest]),
+        filter: Filter::with_default_namespaces(&ExcludeSpec::default()),
+        tuning,
+    }));
+    let rx = m.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        m.run(async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (rx, stop, task)
+}
+
+async fn judge(src: &Etcd, dst: &Etcd, s: &mut Client, d: &mut Client, ledger: &Arc<Mutex<Ledger>>, catch_up: Duration) -> (Verdict, Duration) {
+    let started = Instant::now();
+    let caught = faults::wait_caught_up(s, d, catch_up).await;
+    let took = started.elapsed();
+    let l = ledger.lock().expect("ledger");
+    let mut v = faults::verdict(&src.client_url, &dst.client_url, d, &l).await;
+    if let Err(e) = caught {
+        v.consistent = false;
+        eprintln!("{e}");
+    }
+    (v, took)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_killed_9_at_random_points() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    preload(&mut s, "preloaded", 20_000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("mirror.log");
+    let (seed, runs) = (env_u64("DRCTL_FAULT_SEED", 7), env_u64("DRCTL_FAULT_RUNS", 20));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let args = mirror_args(&src.client_url, &dst.client_url);
+    let (mut survived, mut lost, mut failures, mut kill_ms) = (0, 0, Vec::new(), Vec::new());
+    // Where each kill landed, read from the destination's checkpoint right after it.
+    let (mut before_checkpoint, mut in_copy, mut following) = (0, 0, 0);
+    for run in 0..runs {
+        let mut rng = Rng::new(seed.wrapping_add(run));
+        // Every fourth run starts from an empty destination and is killed early, in the copy.
+        let wiped = run % 4 == 0;
+        if wiped {
+            d.delete(vec![0u8], Some(DeleteOptions::new().with_from_key())).await.expect("wipe destination");
+        }
+        let load = Load::start(&s, "faults", 300, seed.wrapping_add(run) << 8, &ledger);
+        let mut m = DrctlProcess::spawn(&args, &log);
+        let delay = if wiped { rng.range(0, 600) } else { rng.range(0, 2000) };
+        kill_ms.push(delay);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        m.kill();
+        match drctl::mirror::Checkpoint::read(&mut d.kv_client()).await.expect("read checkpoint") {
+            None => before_checkpoint += 1,
+            Some(c) if c.copy.is_some() => in_copy += 1,
+            Some(_) => following += 1,
+        }
+        // Writes go on while the mirror is dead, then it restarts and runs a while.
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 500))).await;
+        let restarted = DrctlProcess::spawn(&args, &log);
+        tokio::time::sleep(Duration::from_millis(rng.range(200, 1000))).await;
+        load.finish().await;
+        let (v, _) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(30)).await;
+        drop(restarted);
+        lost += v.lost.len();
+        if v.survived() {
+            survived += 1;
+        } else {
+            failures.push(format!("run {run} (seed {}, killed after {delay} ms): {v}", seed.wrapping_add(run)));
+        }
+    }
+    let l = ledger.lock().expect("ledger");
+    faults::report(
+        "mirror kill -9 at a random point, restart",
+        runs as usize,
+        survived,
+        lost,
+        &format!(
+            "seed {seed}; killed after {}..{} ms: {before_checkpoint} before the first checkpoint, {in_copy} mid-copy, {following} while following; {} writes at 300/s",
+            kill_ms.iter().min().unwrap_or(&0),
+            kill_ms.iter().max().unwrap_or(&0),
+            l.writes
+        ),
+    );
+    assert!(failures.is_empty(), "runs that lost or diverged:\n{}\nmirror log: {}", failures.join("\n"), log.display());
+}
+
+/// One etcd down for `outage` under writes, the in-process mirror running throughout.
+async fn etcd_down_under_writes(source_side: bool, outage: Duration) -> (Verdict, Duration, u64) {
+    let (mut src, mut dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    preload(&mut s, "preloaded", 500).await;
+    let (mut rx, stop, task) = in_process_mirror(src.client_url.clone(), dst.client_url.clone());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let load = Load::start(&s, "faults", 200, 11, &ledger);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if source_side { src.kill() } else { dst.kill() }
+    tokio::time::sleep(outage).await;
+    if source_side { src.restart() } else { dst.restart() }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.finish().await;
+    let (v, recovered) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(60)).await;
+    let resyncs = rx.borrow_and_update().resyncs;
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+    let failed = ledger.lock().expect("ledger").failed;
+    eprintln!("writes failed during the outage: {failed}; mirror resyncs: {resyncs}");
+    (v, recovered, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_etcd_down_30s_under_writes() {
+    let (v, recovered, failed) = etcd_down_under_writes(true, Duration::from_secs(30)).await;
+    faults::report(
+        "source etcd down 30 s under 200 writes/s",
+        1,
+        usize::from(v.survived()),
+        v.lost.len(),
+        &format!("{failed} writes refused while down; caught up {:.1} s after the last write", recovered.as_secs_f64()),
+    );
+    assert!(v.survived(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_etcd_down_20s_under_writes() {
+    let (v, recovered, failed) = etcd_down_under_writes(false, Duration::from_secs(20)).await;
+    assert_eq!(failed, 0, "the source stayed up");
+    faults::report(
+        "destination etcd down 20 s under 200 writes/s",
+        1,
+        usize::from(v.survived()),
+        v.lost.len(),
+        &format!("caught up {:.1} s after the last write", recovered.as_secs_f64()),
+    );
+    assert!(v.survived(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_while_the_mirror_is_down() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    preload(&mut s, "preloaded", 1000).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("mirror.log");
+    let args = mirror_args(&src.client_url, &dst.client_url);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut m = DrctlProcess::spawn(&args, &log);
+    let load = Load::start(&s, "faults", 300, 21, &ledger);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    m.kill();
+    // While it is down: more writes, deletes of copied keys, and the history compacted away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.finish().await;
+    for i in (0..1000).step_by(3) {
+        s.delete(format!("/registry/secrets/preloaded/s{i}"), None).await.expect("delete");
+    }
+    let rev = head(&mut s).await;
+    s.compact(rev, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+    let _restarted = DrctlProcess::spawn(&args, &log);
+    let (v, recovered) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(60)).await;
+    let resynced = std::fs::read_to_string(&log).unwrap_or_default().contains("compact");
+    faults::report(
+        "source compacted past the checkpoint while the mirror was down (334 deletes missed by the watch)",
+        1,
+        usize::from(v.survived()),
+        v.lost.len(),
+        &format!("caught up {:.1} s after restart; log mentions compaction: {resynced}", recovered.as_secs_f64()),
+    );
+    assert!(v.survived(), "{v}\n{}", log.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_between_source_and_mirror() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let target = src.client_url.trim_start_matches("http://").parse().expect("etcd addr");
+    let proxy = Proxy::start(target);
+    let (rx, stop, task) = in_process_mirror(proxy.url(), dst.client_url.clone());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let load = Load::start(&s, "faults", 200, 31, &ledger);
+    let lag = |rx: &tokio::sync::watch::Receiver<Progress>, h: i64| h - rx.borrow().applied_revision;
+    let sample = |rx: &tokio::sync::watch::Receiver<Progress>, s: &mut Client, for_: Duration| {
+        let mut s = s.clone();
+        let rx = rx.clone();
+        async move {
+            let (mut max, end) = (0, Instant::now() + for_);
+            while Instant::now() < end {
+                max = max.max(lag(&rx, head(&mut s).await));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            max
+        }
+    };
+    let before = sample(&rx, &mut s, Duration::from_secs(3)).await;
+    proxy.set(Mode::Blackhole);
+    let during = sample(&rx, &mut s, Duration::from_secs(10)).await;
+    proxy.set(Mode::Pass);
+    let healed_at = Instant::now();
+    let mut healed = None;
+    while healed_at.elapsed() < Duration::from_secs(30) {
+        if lag(&rx, head(&mut s).await) <= before.max(50) {
+            healed = Some(healed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A slow link (every chunk +30 ms each way) under the same load.
+    proxy.set(Mode::Slow(Duration::from_millis(30)));
+    let slowed = sample(&rx, &mut s, Duration::from_secs(5)).await;
+    proxy.set(Mode::Pass);
+    load.finish().await;
+    let (v, _) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(30)).await;
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+    faults::report(
+        "partition source<->mirror (TCP proxy: 10 s blackhole, then 5 s at +30 ms per chunk)",
+        1,
+        usize::from(v.survived()),
+        v.lost.len(),
+        &format!(
+            "max lag in revisions at 200 writes/s: {before} before, {during} blackholed, back to {} within {:.1} s of healing, {slowed} on the slow link",
+            before.max(50),
+            healed.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
+        ),
+    );
+    assert!(during > before.max(100), "lag grew while partitioned: {before} -> {during}");
+    assert!(healed.is_some(), "lag did not recover after the partition healed");
+    assert!(v.survived(), "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller on a DR pair.
+
+const STEADY: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(120);
+
+fn standby_in_sync(s: &DRTopologyStatus) -> bool {
+    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
+}
+
+fn primary_steady(s: &DRTopologyStatus) -> bool {
+    s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)
+}
+
+async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
+    pair.apply_both("global-a");
+    let ca = pair.controller(&pair.a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    pair.wait(&pair.a, "A primary and steady", STEADY, &[&ca, &cb], primary_steady).await;
+    pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    (ca, cb)
+}
+
+/// A key written on `on`'s etcd in a replicated namespace, straight through etcd.
+async fn mark(g: &support::Global, key: &str) {
+    let mut c = g.etcd.client().await;
+    c.put(format!("/registry/configmaps/apps/{key}"), key, None).await.expect("put marker");
+}
+
+async fn has(g: &support::Global, key: &str) -> bool {
+    let mut c = g.etcd.client().await;
+    !c.get(format!("/registry/configmaps/apps/{key}"), None).await.expect("get marker").kvs().is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_a_to_b_to_a_in_quick_succession() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    mark(&pair.a, "before-flips").await;
+    pair.wait(&pair.b, "B in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    // Two merged pull requests a second apart: to B, and straight back to A.
+    pair.apply_both("global-b");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pair.apply_both("global-a");
+    let a = pair.wait(&pair.a, "A primary again", FAILOVER, &[&ca, &cb], primary_steady).await;
+    pair.wait(&pair.b, "B standby in sync again", FAILOVER, &[&ca, &cb], standby_in_sync).await;
+    // Never two primaries at the end, DNS on A, the data there, and replication A->B works.
+    let b = pair.status(&pair.b).await.expect("b").status.expect("status");
+    assert_eq!((a.status.as_ref().and_then(|s| s.role), b.role), (Some(Role::Primary), Some(Role::Standby)));
+    assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), vec![VIP_A]);
+    assert!(has(&pair.a, "before-flips").await && has(&pair.b, "before-flips").await);
+    mark(&pair.a, "after-flips").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !has(&pair.b, "after-flips").await {
+        assert!(Instant::now() < deadline, "A->B replication did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let record = match &b.failover {
+        None => "B never started a failover".to_string(),
+        Some(f) => format!("B's failover record: {} steps, completed {}, aborted {:?}", f.steps.len(), f.completed_at.is_some(), f.aborted),
+    };
+    faults::report("flip A->B->A one second apart", 1, 1, 0, &record);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apiserver_restarted_mid_failover() {
+    let mut pair = Pair::start().await;
+    let (ca, mut cb) = steady_pair(&pair).await;
+    mark(&pair.a, "before-restart").await;
+    pair.wait(&pair.b, "B in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    pair.apply_both("global-b");
+    // As soon as B records a running step, its apiserver goes away for a few seconds.
+    let running = pair
+        .wait(&pair.b, "B failing over", FAILOVER, &[&ca, &cb], |s| {
+            s.failover.as_ref().is_some_and(|f| f.completed_at.is_none() && !f.steps.is_empty())
+        })
+        .await;
+    let step = running.status.and_then(|s| s.failover).and_then(|f| f.steps.last().map(|s| s.name.clone())).unwrap_or_default();
+    pair.b.api.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pair.b.api.restart();
+    // A controller that cannot renew its Lease exits by design; its Deployment restarts it.
+    // Do what the kubelet would, once a renewal has had its chance.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let exited = std::fs::read_to_string(&cb.log).unwrap_or_default().contains("lost leadership");
+    if exited {
+        cb.restart();
+    }
+    let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())).await;
+    pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let f = b.status.expect("status").failover.expect("failover");
+    let names: Vec<&str> = f.steps.iter().map(|s| s.name.as_str()).collect();
+    let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), names.len(), "each step recorded once: {names:?}");
+    assert_eq!(names.last(), Some(&"Done"), "{names:?}");
+    assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), vec![VIP_B]);
+    assert!(has(&pair.b, "before-restart").await, "replicated data survived on the new primary");
+    faults::report(
+        "B's apiserver killed mid-failover, back after 3 s",
+        1,
+        1,
+        0,
+        &format!("killed during step {step}; B's controller {}; every step recorded once", if exited { "lost its Lease, exited and was restarted" } else { "rode it out" }),
+    );
+}
