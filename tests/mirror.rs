@@ -106,6 +106,31 @@ fn fixture() -> Vec<(String, Vec<u8>, bool)> {
     .collect()
 }
 
+/// A mirror running in the background until `stop_mirror`.
+struct Running {
+    rx: tokio::sync::watch::Receiver<drctl::mirror::Progress>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn run_in_background(mirror: Mirror) -> Running {
+    let rx = mirror.progress();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        mirror
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Running { rx, stop, task }
+}
+
+async fn stop_mirror(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>) {
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+}
+
 #[tokio::test]
 async fn puts_updates_and_deletes_propagate_and_exclusions_hold() {
     let (src, dst) = (Etcd::start(), Etcd::start());
@@ -113,16 +138,7 @@ async fn puts_updates_and_deletes_propagate_and_exclusions_hold() {
     let fx = fixture();
     put_all(&mut s, &fx.iter().map(|(k, v, _)| (k.clone(), v.clone())).collect::<Vec<_>>()).await;
 
-    let mirror = std::sync::Arc::new(Mirror::new(config(&src, &dst)));
-    let mut rx = mirror.progress();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let m = mirror.clone();
-    let task = tokio::spawn(async move {
-        m.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let Running { mut rx, stop, task } = run_in_background(Mirror::new(config(&src, &dst)));
     caught_up(&mut rx, &mut s).await;
     let all = d.get("", Some(GetOptions::new().with_all_keys().with_keys_only())).await.expect("dest keys");
     let mut dest_keys: Vec<String> =
@@ -169,8 +185,7 @@ async fn puts_updates_and_deletes_propagate_and_exclusions_hold() {
     caught_up(&mut rx, &mut s).await;
     assert_same(&mut s, &mut d).await;
 
-    let _ = stop.send(());
-    task.await.expect("mirror task");
+    stop_mirror(stop, task).await;
     let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read").expect("checkpoint");
     assert_eq!(cp.revision, head(&mut s).await);
     assert!(cp.copy.is_none());
@@ -330,16 +345,7 @@ async fn the_mirror_reconnects_when_either_etcd_restarts() {
     let (mut src, mut dst) = (Etcd::start(), Etcd::start());
     let mut s = src.client().await;
     s.put("/registry/configmaps/team-a/before", "1", None).await.expect("put");
-    let mirror = std::sync::Arc::new(Mirror::new(config(&src, &dst)));
-    let mut rx = mirror.progress();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let m = mirror.clone();
-    let task = tokio::spawn(async move {
-        m.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let Running { mut rx, stop, task } = run_in_background(Mirror::new(config(&src, &dst)));
     caught_up(&mut rx, &mut s).await;
 
     dst.restart();
@@ -354,8 +360,7 @@ async fn the_mirror_reconnects_when_either_etcd_restarts() {
     let mut d = dst.client().await;
     assert_same(&mut s, &mut d).await;
     assert_eq!(replicated(&mut d).await.len(), 3);
-    let _ = stop.send(());
-    task.await.expect("mirror task");
+    stop_mirror(stop, task).await;
 }
 
 #[test]
@@ -437,16 +442,7 @@ async fn anti_entropy_after_the_copy_restores_a_key_the_destination_lost() {
     put_all(&mut s, &keys).await;
     let mut cfg = config(&src, &dst);
     cfg.tuning.anti_entropy_after = Some(Duration::from_secs(3));
-    let mirror = std::sync::Arc::new(Mirror::new(cfg));
-    let mut rx = mirror.progress();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let m = mirror.clone();
-    let task = tokio::spawn(async move {
-        m.run(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let Running { mut rx, stop, task } = run_in_background(Mirror::new(cfg));
     caught_up(&mut rx, &mut s).await;
     // What the standby's garbage collector does to a child that arrived before its owner.
     d.delete("/registry/replicasets/team-a/rs-3", None).await.expect("delete on the destination");
@@ -456,8 +452,7 @@ async fn anti_entropy_after_the_copy_restores_a_key_the_destination_lost() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_same(&mut s, &mut d).await;
-    let _ = stop.send(());
-    task.await.expect("mirror task");
+    stop_mirror(stop, task).await;
 }
 
 #[test]
