@@ -238,36 +238,77 @@ impl EtcdServer {
     }
 }
 
+/// A throwaway CA for one server's certificates (tests and the lab only).
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its private key, PEM.
+struct Issued {
+    cert: String,
+    key: String,
+}
+
+impl Ca {
+    fn new(common_name: &str) -> Result<Ca, ProcError> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key)?.pem();
+        Ok(Ca { pem, issuer: rcgen::Issuer::new(params, key) })
+    }
+
+    /// A serving certificate for localhost and 127.0.0.1 (plus `extra_dns`).
+    fn server(&self, common_name: &str, extra_dns: &[&str]) -> Result<Issued, ProcError> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, SanType};
+        let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
+        p.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        for d in extra_dns {
+            p.subject_alt_names.push(SanType::DnsName((*d).try_into()?));
+        }
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        p.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        self.sign(p)
+    }
+
+    /// A client certificate; `organization` becomes the Kubernetes group.
+    fn client(&self, common_name: &str, organization: Option<&str>) -> Result<Issued, ProcError> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose};
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, common_name);
+        if let Some(o) = organization {
+            p.distinguished_name.push(DnType::OrganizationName, o);
+        }
+        p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        self.sign(p)
+    }
+
+    fn sign(&self, params: rcgen::CertificateParams) -> Result<Issued, ProcError> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued { cert: cert.pem(), key: key.serialize_pem() })
+    }
+}
+
 /// A CA, a serving certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
 fn write_etcd_pki(dir: &Path) -> Result<EtcdTls, ProcError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "drctl-etcd-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate()?;
-    let mut sp = CertificateParams::new(vec!["localhost".to_string()])?;
-    sp.subject_alt_names.push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
-    sp.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
-    let server = sp.signed_by(&server_key, &issuer)?;
-    let client_key = KeyPair::generate()?;
-    let mut cp = CertificateParams::new(Vec::<String>::new())?;
-    cp.distinguished_name.push(DnType::CommonName, "drctl");
-    cp.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
-    let client = cp.signed_by(&client_key, &issuer)?;
+    let ca = Ca::new("drctl-etcd-ca")?;
+    let server = ca.server("etcd", &[])?;
+    let client = ca.client("drctl", None)?;
     let w = |name: &str, body: &str| -> Result<PathBuf, ProcError> {
         let p = dir.join(name);
-        std::fs::write(&p, body).map_err(io(format!("write {}", p.display())))?;
+        write_private(&p, body)?;
         Ok(p)
     };
     Ok(EtcdTls {
-        ca: w("etcd-ca.crt", &ca.pem())?,
-        cert: w("etcd-client.crt", &client.pem())?,
-        key: w("etcd-client.key", &client_key.serialize_pem())?,
-        server_cert: w("etcd-server.crt", &server.pem())?,
-        server_key: w("etcd-server.key", &server_key.serialize_pem())?,
+        ca: w("etcd-ca.crt", &ca.pem)?,
+        cert: w("etcd-client.crt", &client.cert)?,
+        key: w("etcd-client.key", &client.key)?,
+        server_cert: w("etcd-server.crt", &server.cert)?,
+        server_key: w("etcd-server.key", &server.key)?,
     })
 }
 
@@ -282,41 +323,20 @@ struct Pki {
 }
 
 fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.distinguished_name.push(DnType::CommonName, "drctl-lab-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-    let serving_key = KeyPair::generate()?;
-    let mut sp = CertificateParams::new(vec!["localhost".to_string()])?;
-    sp.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-    sp.subject_alt_names.push(SanType::DnsName("kubernetes.default.svc".try_into()?));
-    sp.distinguished_name.push(DnType::CommonName, "kube-apiserver");
-    sp.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
-    let serving = sp.signed_by(&serving_key, &issuer)?;
-
-    let admin_key = KeyPair::generate()?;
-    let mut ap = CertificateParams::new(Vec::<String>::new())?;
-    ap.distinguished_name.push(DnType::CommonName, "drctl-lab-admin");
-    ap.distinguished_name.push(DnType::OrganizationName, "system:masters");
-    ap.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
-    let admin = ap.signed_by(&admin_key, &issuer)?;
-
-    let sa_key = KeyPair::generate()?;
-
+    let ca = Ca::new("drctl-lab-ca")?;
+    let serving = ca.server("kube-apiserver", &["kubernetes.default.svc"])?;
+    let admin = ca.client("drctl-lab-admin", Some("system:masters"))?;
+    let sa_key = rcgen::KeyPair::generate()?;
     for (name, body) in [
-        ("ca.crt", ca.pem()),
-        ("serving.crt", serving.pem()),
-        ("serving.key", serving_key.serialize_pem()),
+        ("ca.crt", ca.pem.clone()),
+        ("serving.crt", serving.cert),
+        ("serving.key", serving.key),
         ("sa.key", sa_key.serialize_pem()),
         ("sa.pub", sa_key.public_key_pem()),
     ] {
         write_private(&dir.join(name), &body)?;
     }
-    Ok(Pki { ca_pem: ca.pem(), admin_cert_pem: admin.pem(), admin_key_pem: admin_key.serialize_pem() })
+    Ok(Pki { ca_pem: ca.pem, admin_cert_pem: admin.cert, admin_key_pem: admin.key })
 }
 
 /// Writes a file only its owner can read (keys, kubeconfigs, API keys).
