@@ -569,3 +569,39 @@ async fn manifest_driver_applies_the_platforms_sync_object_only_on_the_standby()
     assert!(present(&pair.a), "the new standby runs the synchronizer");
     assert!(!present(&pair.b), "the new primary deleted it");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_restarts_warlock_in_every_workload_cluster() {
+    let mut pair = Pair::start().await;
+    // A workload cluster of its own (etcd + kube-apiserver), reached through a kubeconfig Secret.
+    let business = Global::start("business-1");
+    let warlock: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "warlock", "namespace": "cpaas-system", "labels": {"service_name": "warlock"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "warlock"}},
+            "template": {"metadata": {"labels": {"app": "warlock"}}, "spec": {"containers": [{"name": "w", "image": "busybox"}]}}
+        }
+    }))
+    .expect("deployment");
+    business.api.kubectl_ok(&["create", "namespace", "cpaas-system"]);
+    let deployments: Api<Deployment> = Api::namespaced(business.client().await, "cpaas-system");
+    deployments.create(&PostParams::default(), &warlock).await.expect("create warlock");
+    let kc = business.api.kubeconfig.display().to_string();
+    for g in [&pair.a, &pair.b] {
+        g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "business-1-kubeconfig", &format!("--from-file=kubeconfig={kc}")]);
+    }
+    pair.restarts_extra = "  - name: warlock\n    scope: workloadClusters\n    namespace: cpaas-system\n    labelSelector: service_name=warlock\n    method: rolloutRestart\n    when: [failover]\n".into();
+    pair.spec_extra = "  workloadClusters:\n  - name: business-1\n    kubeconfigSecretRef: {name: business-1-kubeconfig, namespace: drctl-system}\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    let stamp = |d: Deployment| d.spec.and_then(|s| s.template.metadata).and_then(|m| m.annotations).and_then(|a| a.get(drctl::restart::RESTARTED_AT).cloned());
+    assert_eq!(stamp(deployments.get("warlock").await.expect("get")), None);
+
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let f = b.status.expect("status").failover.expect("failover");
+    let restart = f.steps.iter().find(|s| s.name == "Restart").expect("Restart step");
+    let msg = restart.message.clone().unwrap_or_default();
+    assert!(msg.contains("warlock: restarted 1") && msg.contains("in business-1"), "{msg}");
+    assert_eq!(stamp(deployments.get("warlock").await.expect("get")).as_deref(), f.started_at.as_deref());
+}

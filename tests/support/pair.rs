@@ -68,6 +68,9 @@ pub struct Pair {
     pub failover_extra: String,
     /// Extra YAML under `spec.sync:` (fence).
     pub sync_extra: String,
+    /// Extra entries of `spec.restarts` and extra `spec` fields (workload clusters).
+    pub restarts_extra: String,
+    pub spec_extra: String,
 }
 
 impl Pair {
@@ -79,7 +82,7 @@ impl Pair {
         // Both globals share one encryption config, as the runbook requires.
         std::fs::write(dir.path().join("encryption-a.conf"), "kind: EncryptionConfiguration\n").expect("write");
         std::fs::write(dir.path().join("encryption-b.conf"), "kind: EncryptionConfiguration\n").expect("write");
-        let pair = Pair { a, b, pdns, dir, failover_extra: String::new(), sync_extra: String::new() };
+        let pair = Pair { a, b, pdns, dir, failover_extra: String::new(), sync_extra: String::new(), restarts_extra: String::new(), spec_extra: String::new() };
         for (g, peer) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
             g.api.kubectl_ok(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")]);
             g.api.kubectl_ok(&["create", "namespace", "drctl-system"]);
@@ -112,13 +115,15 @@ impl Pair {
             )
         };
         format!(
-            "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nmetadata:\n  name: {TOPOLOGY}\nspec:\n  primary: {primary}\n  platform:\n    domain: {DOMAIN}\n    ttl: 30\n  clusters:\n{}{}  sync:\n    checkInterval: 2s\n{}  restarts:\n  - name: cluster-transformer\n    namespace: cpaas-system\n    labelSelector: service_name=cluster-transformer\n    method: rolloutRestart\n    when: [failover]\n  - name: victoriametrics\n    namespace: cpaas-system\n    labelSelector: service_name in (vmselect,vminsert)\n    method: deletePods\n    when: [syncEnabled]\n  dns:\n    powerdns:\n      apiUrl: {}\n      zone: {ZONE}\n      apiKeySecretRef: {{name: pdns-api, namespace: drctl-system}}\n    verify:\n      resolvers: [\"{}\"]\n      timeout: 20s\n  failover:\n    demotionTimeout: 30s\n{}",
+            "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nmetadata:\n  name: {TOPOLOGY}\nspec:\n  primary: {primary}\n  platform:\n    domain: {DOMAIN}\n    ttl: 30\n  clusters:\n{}{}  sync:\n    checkInterval: 2s\n{}  restarts:\n  - name: cluster-transformer\n    namespace: cpaas-system\n    labelSelector: service_name=cluster-transformer\n    method: rolloutRestart\n    when: [failover]\n  - name: victoriametrics\n    namespace: cpaas-system\n    labelSelector: service_name in (vmselect,vminsert)\n    method: deletePods\n    when: [syncEnabled]\n{}  dns:\n    powerdns:\n      apiUrl: {}\n      zone: {ZONE}\n      apiKeySecretRef: {{name: pdns-api, namespace: drctl-system}}\n    verify:\n      resolvers: [\"{}\"]\n      timeout: 20s\n  failover:\n    demotionTimeout: 30s\n{}{}",
             cluster(&self.a, VIP_A, "encryption-a.conf"),
             cluster(&self.b, VIP_B, "encryption-b.conf"),
             self.sync_extra,
+            self.restarts_extra,
             self.pdns.api_url(),
             self.pdns.dns,
-            self.failover_extra
+            self.failover_extra,
+            self.spec_extra
         )
     }
 
