@@ -389,11 +389,10 @@ async fn check(
 
 /// The latest failover record in the status of the (oldest) DRTopology a kubeconfig reaches.
 async fn failover_record(kubeconfig: &std::path::Path) -> anyhow::Result<Option<topology::FailoverStatus>> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?;
+    let client = crate::controller::client(Some(kubeconfig)).await?;
     let api: kube::Api<topology::DRTopology> = kube::Api::all(client);
     let list = api.list(&Default::default()).await.context("listing DRTopology")?;
-    let oldest = list.items.into_iter().min_by_key(|t| t.metadata.creation_timestamp.clone().map(|t| t.0));
+    let oldest = topology::oldest(list.items);
     Ok(oldest.and_then(|t| t.status).and_then(|s| s.failover))
 }
 

@@ -54,6 +54,11 @@ pub struct HookInput<'a> {
     pub failover_id: &'a str,
 }
 
+fn short_hash(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
+}
+
 /// Runs one hook to completion; returns a line for the step message.
 pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input: &HookInput<'_>) -> Result<String, HookError> {
     if let Some(w) = &hook.webhook {
@@ -85,8 +90,9 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
     let Some(j) = &hook.job else { return Err(HookError::Empty(hook.name.clone())) };
     let spec = serde_json::from_value(j.template.clone())
         .map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
-    let name = format!("drctl-{}-{}-{}", input.phase, hook.name, input.failover_id);
-    let name: String = name.chars().take(63).collect::<String>().trim_end_matches('-').to_string();
+    // Fixed length whatever the hook's name: the failover id is never cut off (a cut id would
+    // find the previous failover's finished Job and skip the hook).
+    let name = format!("drctl-{}-{}-{}", input.phase, input.failover_id, &short_hash(&hook.name));
     let api: Api<Job> = Api::namespaced(client.clone(), &j.namespace);
     let kube_err = |source| HookError::Kube { hook: hook.name.clone(), namespace: j.namespace.clone(), name: name.clone(), source };
     if api.get_opt(&name).await.map_err(kube_err)?.is_none() {
@@ -94,6 +100,7 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 labels: Some([("app.kubernetes.io/managed-by".to_string(), "drctl".to_string())].into()),
+                annotations: Some([("drctl.io/hook".to_string(), hook.name.clone())].into()),
                 ..Default::default()
             },
             spec: Some(spec),

@@ -43,13 +43,16 @@ pub const DEFAULT_CONTROLLER_NAMESPACE: &str = "drctl-system";
 pub const DEFAULT_ARGOCD_NAMESPACE: &str = "argocd";
 
 /// Keys never copied whatever the configuration says, with why.
-const NEVER_COPIED_PREFIXES: [&str; 3] = [
+const NEVER_COPIED_PREFIXES: [&str; 5] = [
     // The apiserver's compaction CAS clock; the standby's apiserver keeps its own.
     "/registry/compact_rev_key",
     // The apiservers of the source cluster announcing themselves.
     "/registry/masterleases/",
     // The DRTopology objects: Argo CD applies them to each global, each keeps its own status.
     "/registry/drctl.io/drtopologies/",
+    // A standby's fence (src/fence.rs) is its own: copying or pruning it would lift it.
+    "/registry/validatingadmissionpolicies/drctl-fence-",
+    "/registry/validatingadmissionpolicybindings/drctl-fence-",
 ];
 
 /// What a `/registry/...` key names.
@@ -260,6 +263,9 @@ mod tests {
             ("/registry/compact_rev_key", false),
             ("/registry/masterleases/10.0.0.1", false),
             ("/registry/drctl.io/drtopologies/dr", false),
+            ("/registry/validatingadmissionpolicies/drctl-fence-platform", false),
+            ("/registry/validatingadmissionpolicybindings/drctl-fence-platform", false),
+            ("/registry/validatingadmissionpolicies/team-policy", true),
             ("/registry/configmaps/drctl-system/state", false),
             ("/registry/namespaces/argocd", false),
             ("/registry/argoproj.io/applications/argocd/app", false),

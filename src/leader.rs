@@ -116,9 +116,17 @@ impl LeaderElector {
     /// Renews until the lease is lost; resolves with the reason.
     pub async fn keep_renewing(&self) -> LeaderError {
         let mut last_ok = tokio::time::Instant::now();
+        // Stop before a rival may take the lease over (it waits the full duration).
+        let give_up = self.duration * 2 / 3;
         loop {
             tokio::time::sleep(self.duration / 3).await;
-            match self.try_acquire().await {
+            // A renewal that hangs (a half-open connection) must not keep us leading.
+            let left = give_up.saturating_sub(last_ok.elapsed());
+            let attempt = match tokio::time::timeout(left, self.try_acquire()).await {
+                Ok(r) => r,
+                Err(_) => return LeaderError::Expired(self.name.clone()),
+            };
+            match attempt {
                 Ok(true) => last_ok = tokio::time::Instant::now(),
                 Ok(false) => {
                     let holder = self
@@ -133,8 +141,7 @@ impl LeaderElector {
                 }
                 Err(e) => {
                     warn!(error = %e, "lease renewal failed");
-                    // Stop before a rival may take the lease over (it waits the full duration).
-                    if last_ok.elapsed() >= self.duration * 2 / 3 {
+                    if last_ok.elapsed() >= give_up {
                         return LeaderError::Expired(self.name.clone());
                     }
                 }

@@ -93,8 +93,8 @@ pub struct Context {
     pub sync: sync::SyncManager,
     /// Serialises reconciles that act (one DRTopology is acted on, but watch events race).
     pub act_lock: Mutex<()>,
-    /// The fence last applied: Some(primary it points writers to) or None when lifted.
-    pub fenced: Mutex<Option<Option<String>>>,
+    /// The fence last applied (the primary it points writers to, or None when lifted) and when.
+    pub fenced: Mutex<Option<(Option<String>, std::time::Instant)>>,
 }
 
 impl Context {
@@ -111,13 +111,7 @@ impl Context {
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)?;
-            Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
-        }
-        None => Client::try_default().await?,
-    };
+    let client = client(args.kubeconfig.as_deref()).await?;
     let identity = args
         .identity
         .clone()
@@ -166,6 +160,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client from a kubeconfig file, or the in-cluster / default configuration without one.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    Ok(match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
+        }
+        None => Client::try_default().await?,
+    })
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -199,6 +204,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
             if let Some(wait) = refuse_invalid(&ctx, &api, &topo, w).await? {
                 return Ok(wait);
             }
+            fence_as_declared(&ctx, &topo, w.status.role).await;
             let peer_name = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.clone()).unwrap_or_default();
             let (peer, peer_err) = peer::observe(&ctx.client, &topo, &peer_name).await;
             match &peer_err {
@@ -218,7 +224,6 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
             match act(&ctx, &topo, w, action, &peer, &peer_name).await? {
                 Next::Continue => continue,
                 Next::Requeue(d) => {
-                    fence_as_role(&ctx, &topo, w.status.role).await;
                     w.write().await?;
                     ctx.metrics.observe_status(&w.status);
                     return Ok(Requeue::requeue(d));
@@ -416,11 +421,14 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> 
 }
 
 /// A fenced standby rejects user writes; a primary (or fencing disabled) lifts the fence.
-/// Only acts when the wanted state changed since the last reconcile of this process.
-async fn fence_as_role(ctx: &Context, topo: &DRTopology, role: Option<Role>) {
-    let want = (topo.spec.sync.fence.enabled && role == Some(Role::Standby)).then(|| topo.spec.primary.clone());
+/// Follows the declared role, so an old primary is fenced before it writes its demotion token
+/// (no write can land after its final revision) and a new primary is writable whatever step
+/// its runbook is in. Re-applied every minute in case something removed it.
+async fn fence_as_declared(ctx: &Context, topo: &DRTopology, role: Option<Role>) {
+    let standby = if topo.spec.failover.dry_run { role != Some(Role::Primary) } else { topo.spec.primary != ctx.self_name() };
+    let want = (topo.spec.sync.fence.enabled && standby).then(|| topo.spec.primary.clone());
     let mut last = ctx.fenced.lock().await;
-    if last.as_ref() == Some(&want) {
+    if last.as_ref().is_some_and(|(w, at)| w == &want && at.elapsed() < Duration::from_secs(60)) {
         return;
     }
     let result = match &want {
@@ -429,8 +437,10 @@ async fn fence_as_role(ctx: &Context, topo: &DRTopology, role: Option<Role>) {
     };
     match result {
         Ok(()) => {
-            info!(fenced = want.is_some(), "fence reconciled");
-            *last = Some(want);
+            if last.as_ref().map(|(w, _)| w) != Some(&want) {
+                info!(fenced = want.is_some(), "fence reconciled");
+            }
+            *last = Some((want, std::time::Instant::now()));
         }
         Err(e) => warn!(error = %e, "fence not reconciled; will retry"),
     }
@@ -451,10 +461,8 @@ fn flipping_commit(args: &ControllerArgs, to: &str) -> Option<crate::gitops::His
 
 /// The name of an older DRTopology than `topo`, if any (oldest wins; ties by name).
 async fn oldest_other(api: &Api<DRTopology>, topo: &DRTopology) -> Result<Option<String>, Error> {
-    let all = api.list(&Default::default()).await?;
-    let key = |t: &DRTopology| (t.metadata.creation_timestamp.clone().map(|t| t.0), t.name_any());
-    let mine = key(topo);
-    Ok(all.items.iter().filter(|t| key(t) < mine).map(|t| t.name_any()).min())
+    let oldest = crate::topology::oldest(api.list(&Default::default()).await?.items);
+    Ok(oldest.map(|t| t.name_any()).filter(|n| *n != topo.name_any()))
 }
 
 /// sha256 of the encryption config, published so the peer can compare before failing over.

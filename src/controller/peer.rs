@@ -3,40 +3,16 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
 use crate::failover::{PeerFailover, PeerState, PeerView, Step};
+use crate::secret::{KubeSecrets, SecretError, SecretSource};
 use crate::topology::{DRTopology, SecretRef};
 
 /// How long a peer call may take before the peer counts as unreachable.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(4);
-
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("reading Secret {namespace}/{name}: {source}")]
-    Get { namespace: String, name: String, source: kube::Error },
-    #[error("Secret {namespace}/{name} has no key {key:?}")]
-    MissingKey { namespace: String, name: String, key: String },
-}
-
-/// The bytes of one key of a Secret. The value is never logged or put in an error.
-pub async fn secret_bytes(client: &Client, r: &SecretRef, default_key: &str) -> Result<Vec<u8>, SecretError> {
-    let key = r.key.clone().unwrap_or_else(|| default_key.to_string());
-    let api: Api<Secret> = Api::namespaced(client.clone(), &r.namespace);
-    let secret = api.get(&r.name).await.map_err(|source| SecretError::Get {
-        namespace: r.namespace.clone(),
-        name: r.name.clone(),
-        source,
-    })?;
-    secret
-        .data
-        .and_then(|mut d| d.remove(&key))
-        .map(|b| b.0)
-        .ok_or_else(|| SecretError::MissingKey { namespace: r.namespace.clone(), name: r.name.clone(), key })
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -52,6 +28,19 @@ pub enum PeerError {
     Api(String, kube::Error),
 }
 
+impl PeerError {
+    /// The peer may be down (or the network between us): as opposed to our own configuration
+    /// or credentials being wrong, which waiting will not fix and must never pass for a disaster.
+    pub fn may_be_down(&self) -> bool {
+        match self {
+            PeerError::Timeout(..) => true,
+            PeerError::Api(_, kube::Error::Api(e)) => !matches!(e.code, 400 | 401 | 403 | 404 | 422),
+            PeerError::Api(..) => true,
+            PeerError::NoKubeconfig(_) | PeerError::Secret(_) | PeerError::Kubeconfig(..) => false,
+        }
+    }
+}
+
 /// A client for cluster `name` of the topology, from its kubeconfig Secret in this cluster.
 pub async fn client_for(local: &Client, topo: &DRTopology, name: &str) -> Result<Client, PeerError> {
     let r = topo
@@ -65,9 +54,12 @@ pub async fn client_for(local: &Client, topo: &DRTopology, name: &str) -> Result
 /// A client from a kubeconfig held in a Secret (peer globals and workload clusters alike).
 pub async fn kubeconfig_client(local: &Client, r: &SecretRef) -> Result<Client, PeerError> {
     let where_ = format!("{}/{}", r.namespace, r.name);
-    let bytes = secret_bytes(local, r, "kubeconfig").await?;
-    let text = String::from_utf8(bytes).map_err(|_| PeerError::Kubeconfig(where_.clone(), "not UTF-8".into()))?;
-    let kc = Kubeconfig::from_yaml(&text).map_err(|e| PeerError::Kubeconfig(where_.clone(), e.to_string()))?;
+    let secret = KubeSecrets::new(local.clone()).get(r, "kubeconfig").await?;
+    let text = std::str::from_utf8(secret.expose()).map_err(|_| PeerError::Kubeconfig(where_.clone(), "not UTF-8".into()))?;
+    // The parser quotes the offending lines in its message, and those may hold keys or tokens:
+    // say only that it is not a kubeconfig.
+    let kc = Kubeconfig::from_yaml(text)
+        .map_err(|_| PeerError::Kubeconfig(where_.clone(), "not a kubeconfig (YAML that does not parse as one)".into()))?;
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| PeerError::Kubeconfig(where_.clone(), e.to_string()))?;
@@ -86,15 +78,16 @@ pub async fn get_topology(peer: &Client, peer_name: &str, name: &str) -> Result<
     }
 }
 
+/// The peer's DRTopology of the same name as `topo`.
+pub async fn read(local: &Client, topo: &DRTopology, peer_name: &str) -> Result<Option<DRTopology>, PeerError> {
+    let c = client_for(local, topo, peer_name).await?;
+    get_topology(&c, peer_name, &kube::ResourceExt::name_any(topo)).await
+}
+
 /// Observes the peer for the planner; any failure is `Unreachable` plus the reason.
 pub async fn observe(local: &Client, topo: &DRTopology, peer_name: &str) -> (PeerView, Option<String>) {
     let name = kube::ResourceExt::name_any(topo);
-    let result = async {
-        let c = client_for(local, topo, peer_name).await?;
-        get_topology(&c, peer_name, &name).await
-    }
-    .await;
-    match result {
+    match read(local, topo, peer_name).await {
         Ok(Some(t)) => (PeerView::Reachable(peer_state(&t, peer_name)), None),
         Ok(None) => (
             PeerView::Reachable(PeerState::default()),
@@ -112,14 +105,16 @@ pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
         phase: st.phase,
         demoted_for: st.demotion.as_ref().map(|d| d.new_primary.clone()),
         final_revision: st.demotion.as_ref().and_then(|d| d.final_revision),
+        token_cluster_id: st.demotion.as_ref().and_then(|d| d.cluster_id.clone()),
         encryption_config_sha256: st.encryption_config_sha256.clone(),
         failover: st.failover.as_ref().filter(|f| f.to == peer_name).map(|f| PeerFailover {
             completed: f.completed_at.is_some(),
             aborted: f.aborted.is_some(),
+            // Started counts: an update may have reached the DNS server before a timeout or a kill.
             dns_switched: f
                 .steps
                 .iter()
-                .any(|s| s.name == Step::SwitchDns.name() && s.state == crate::topology::StepState::Succeeded),
+                .any(|s| s.name == Step::SwitchDns.name() && (s.state == crate::topology::StepState::Succeeded || s.started_at.is_some())),
         }),
     }
 }

@@ -72,8 +72,3 @@ pub fn set_condition(status: &mut DRTopologyStatus, type_: &str, ok: bool, reaso
         }),
     }
 }
-
-pub fn condition_is(status: &DRTopologyStatus, type_: &str, want: bool) -> bool {
-    let s = if want { "True" } else { "False" };
-    status.conditions.iter().any(|c| c.type_ == type_ && c.status == s)
-}

@@ -323,14 +323,16 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     let why = if !following {
         format!("mirror is {:?}{}", p.phase, p.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())
     } else if lag > ctx.args.max_lag_seconds {
-        format!("lag {lag:.1}s is over {:.0}s", ctx.args.max_lag_seconds)
+        // Figures from status.sync (refreshed every few seconds), not live ones: a message that
+        // changes on every reconcile would make every reconcile write status and wake the next.
+        format!("lag {:.1}s is over {:.0}s", sync.lag_seconds.unwrap_or(lag), ctx.args.max_lag_seconds)
     } else if let Some(m) = sync.missed_keys.filter(|m| *m > max_missed) {
         let first = ctx.sync.last_check().await.map(|r| r.missed.keys.join(", ")).unwrap_or_default();
         format!("{m} keys missed at the last check: {first}")
     } else if sync.missed_keys.is_none() {
         "waiting for the first consistency check".into()
     } else {
-        format!("following {} at revision {}, lag {lag:.2}s", topo.spec.primary, p.applied_revision)
+        format!("following {}; revisions and lag in status.sync", topo.spec.primary)
     };
     set_condition(&mut w.status, "SyncHealthy", healthy, if healthy { "Mirroring" } else { "NotHealthy" }, &why, generation);
     set_condition(&mut w.status, "DNSCorrect", true, "Standby", "DNS is the primary's concern", generation);

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use kube::api::Api;
-use kube::Client;
 
 use super::{plan as decide, runbook, Action, Observed, PeerView};
 use crate::controller::peer;
@@ -28,22 +27,11 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
             (t, None)
         }
         None => {
-            let client = match kubeconfig {
-                Some(p) => {
-                    let kc = kube::config::Kubeconfig::read_from(p)?;
-                    Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?
-                }
-                None => Client::try_default().await?,
-            };
+            let client = crate::controller::client(kubeconfig).await?;
             let api: Api<DRTopology> = Api::all(client.clone());
             let topo = match name {
                 Some(n) => api.get(n).await?,
-                None => api
-                    .list(&Default::default())
-                    .await?
-                    .items
-                    .into_iter()
-                    .min_by_key(|t| t.metadata.creation_timestamp.clone().map(|t| t.0))
+                None => crate::topology::oldest(api.list(&Default::default()).await?.items)
                     .ok_or_else(|| anyhow::anyhow!("no DRTopology in the cluster"))?,
             };
             (topo, Some(client))

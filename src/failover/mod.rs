@@ -111,6 +111,8 @@ pub struct PeerState {
     /// The peer's demotion token: whom it stepped down for, and its final revision.
     pub demoted_for: Option<String>,
     pub final_revision: Option<i64>,
+    /// The etcd cluster ID the final revision belongs to.
+    pub token_cluster_id: Option<String>,
     pub encryption_config_sha256: Option<String>,
     /// The peer's own latest failover (to itself), if any.
     pub failover: Option<PeerFailover>,
@@ -232,14 +234,21 @@ fn plan_role(o: &Observed) -> Action {
             let stepped_down = o.status.and_then(|s| s.demotion.as_ref()).is_some();
             match role {
                 Some(Role::Primary) => Action::StayPrimary,
-                Some(Role::Standby) if stepped_down => match o.peer.reachable().and_then(|p| p.failover.as_ref()) {
-                    Some(f) if f.aborted && !f.dns_switched => Action::ReclaimPrimary,
-                    Some(f) if !f.aborted && !f.completed => Action::WaitForPeerAbort {
-                        why: format!("spec.primary is back to {}; waiting for the peer to abandon its failover", o.self_name),
+                Some(Role::Standby) if stepped_down => match o.peer.reachable() {
+                    Some(p) => match p.failover.as_ref() {
+                        Some(f) if !f.aborted && !f.completed => Action::WaitForPeerAbort {
+                            why: format!("spec.primary is back to {}; waiting for the peer to abandon its failover", o.self_name),
+                        },
+                        // It abandoned after DNS had moved to it: clients may have written there.
+                        Some(f) if f.aborted && f.dns_switched => Action::StartFailover,
+                        // It holds a token for us and ran no failover since it wrote it (a
+                        // failover clears the token): nobody wrote there, take the role back.
+                        _ if p.demoted_for.as_deref() == Some(o.self_name) => Action::ReclaimPrimary,
+                        // It completed a failover: a full one back brings its writes here.
+                        _ => Action::StartFailover,
                     },
-                    // It completed (or moved DNS before aborting), or it cannot be asked: a full
-                    // failover brings its writes back here.
-                    _ => Action::StartFailover,
+                    // It cannot be asked: the runbook's Demote step decides (and waits).
+                    None => Action::StartFailover,
                 },
                 Some(Role::Standby) => Action::StartFailover,
                 None => match o.peer.reachable() {
@@ -451,10 +460,13 @@ mod tests {
     fn flip_back_before_dns_moved_reclaims_without_a_runbook() {
         let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
         st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        // A peer that abandons a failover writes a demotion token for us; one that completes
+        // a failover has none (starting a failover clears it).
         let with = |f: PeerFailover| {
             PeerView::Reachable(PeerState {
                 spec_primary: "a".into(),
                 role: Some(Role::Standby),
+                demoted_for: (f.aborted || !f.completed).then(|| "a".to_string()),
                 failover: Some(f),
                 ..Default::default()
             })
@@ -469,6 +481,16 @@ mod tests {
         let done = PeerFailover { completed: true, aborted: false, dns_switched: true };
         assert_eq!(plan(&obs("a", "a", Some(&st), with(done))), Action::StartFailover);
         assert_eq!(plan(&obs("a", "a", Some(&st), PeerView::Unreachable)), Action::StartFailover);
+        // A stale completed record next to a token for us: the peer stepped down for us after
+        // that failover and never failed over since (Argo CD lagged, the flip was reverted).
+        let stale = PeerView::Reachable(PeerState {
+            spec_primary: "a".into(),
+            role: Some(Role::Standby),
+            demoted_for: Some("a".into()),
+            failover: Some(PeerFailover { completed: true, aborted: false, dns_switched: true }),
+            ..Default::default()
+        });
+        assert_eq!(plan(&obs("a", "a", Some(&st), stale)), Action::ReclaimPrimary);
     }
 
     #[test]

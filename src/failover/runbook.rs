@@ -75,7 +75,10 @@ fn record(f: &mut FailoverStatus, step: Step, state: StepState, message: Option<
         }
     };
     if state == StepState::Running {
-        entry.started_at = now;
+        // The first start: timeouts count from it across retries and restarts.
+        if entry.started_at.is_none() {
+            entry.started_at = now;
+        }
         entry.finished_at = None;
     } else {
         entry.finished_at = now;
@@ -231,19 +234,45 @@ impl Runbook<'_> {
         Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
     }
 
+    /// Waits for the old primary's demotion token. Proceeds without it only when the old primary
+    /// has been unreachable for a whole `demotionTimeout` in a row (a blip is not a disaster), and
+    /// never when the failure is our own configuration or credentials.
     async fn demote(&mut self) -> Result<Outcome, String> {
         let timeout = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
         let started = self.step_started(Step::Demote);
+        let mut down_since: Option<Instant> = None;
         loop {
-            let (view, why) = self.observe_peer().await;
-            let Some(p) = view.reachable() else {
-                return Ok(Outcome::ok(format!(
-                    "old primary {} unreachable ({}): proceeding without its acknowledgement (disaster failover)",
-                    self.peer_name,
-                    why.unwrap_or_default()
-                )));
+            let p = match peer::read(&self.ctx.client, self.topo, self.peer_name).await {
+                Err(e) if !e.may_be_down() => {
+                    return Err(format!(
+                        "cannot ask {} to step down: {e}. Fix the peer access (kubeconfig Secret, its RBAC); \
+                         a configuration error is never taken for a disaster",
+                        self.peer_name
+                    ))
+                }
+                Err(e) => {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= timeout {
+                        return Ok(Outcome::ok(format!(
+                            "old primary {} unreachable for {} ({e}): proceeding without its acknowledgement (disaster failover)",
+                            self.peer_name, self.topo.spec.failover.demotion_timeout
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Ok(t) => {
+                    down_since = None;
+                    t.map(|t| peer::peer_state(&t, self.peer_name)).unwrap_or_default()
+                }
             };
             if p.demoted_for.as_deref() == Some(self.self_name()) && p.role == Some(Role::Standby) {
+                // The token is what FinalSync catches up to, even if the peer is gone by then.
+                self.failover().map_err(|e| e.to_string())?.rpo_token = Some(RpoToken {
+                    source_cluster_id: p.token_cluster_id.clone().unwrap_or_default(),
+                    final_revision: p.final_revision,
+                    applied_revision: 0,
+                });
                 return Ok(Outcome::ok(format!(
                     "{} acknowledged demotion at revision {}",
                     self.peer_name,
@@ -253,7 +282,7 @@ impl Runbook<'_> {
             if started.elapsed() >= timeout {
                 return Err(format!(
                     "{} is reachable but did not acknowledge demotion within {} (its spec.primary is {:?}, role {:?}). \
-                     Check its controller and Argo CD sync; to force a disaster failover make it unreachable",
+                     Check its controller and Argo CD sync; only an old primary unreachable for that long is failed over from",
                     self.peer_name, self.topo.spec.failover.demotion_timeout, p.spec_primary, p.role
                 ));
             }
@@ -262,16 +291,12 @@ impl Runbook<'_> {
     }
 
     async fn final_sync(&mut self) -> Result<Outcome, String> {
-        let (view, _) = self.observe_peer().await;
-        let acked = view
-            .reachable()
-            .filter(|p| p.demoted_for.as_deref() == Some(self.self_name()))
-            .and_then(|p| p.final_revision);
         let timeout = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
         if self.topo.spec.sync.driver == crate::topology::SyncDriver::Manifest {
             return Ok(Outcome::skipped("sync.driver is manifest: the platform's synchronizer cannot be asked for its revision"));
         }
-        let Some(final_revision) = acked else {
+        let acked = self.status.status.failover.as_ref().and_then(|f| f.rpo_token.clone());
+        let Some(ack) = acked else {
             let applied = self.ctx.sync.applied_revision().await;
             let token = RpoToken {
                 source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or_default(),
@@ -286,12 +311,17 @@ impl Runbook<'_> {
         };
         // The mirror may not be running when the controller restarted mid-failover.
         sync::ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(|e| e.to_string())?;
+        // An acknowledgement without a revision (its etcd did not answer): catch up to the head.
+        let final_revision = match ack.final_revision {
+            Some(r) => r,
+            None => self.ctx.sync.progress().await.map(|(p, _)| p.source_revision).unwrap_or(0),
+        };
         let applied = self.ctx.sync.wait_applied(final_revision, timeout).await.map_err(|e| e.to_string())?;
         let report = self.ctx.sync.check_now().await.map_err(|e| e.to_string())?;
         let max = self.topo.spec.failover.max_missed_keys;
         let token = RpoToken {
-            source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or_default(),
-            final_revision: Some(final_revision),
+            source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or(ack.source_cluster_id),
+            final_revision: ack.final_revision,
             applied_revision: applied,
         };
         self.failover().map_err(|e| e.to_string())?.rpo_token = Some(token);

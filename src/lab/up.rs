@@ -349,7 +349,7 @@ spec:
       resolvers: [\"{resolver}\"]
       timeout: 20s
   failover:
-    demotionTimeout: 30s
+    demotionTimeout: 10s
 ",
         name = super::TOPOLOGY,
         primary = state.clusters[0].name,
