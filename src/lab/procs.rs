@@ -511,6 +511,8 @@ impl PowerDns {
         }
         let key = api_key.expose_trimmed_str().ok_or_else(|| ProcError::Failed("the PowerDNS API key is not text".into()))?;
         write_private(&dir.join("pdns.conf"), &format!("api-key={key}\n"))?;
+        // A fresh log per attempt: `wait_ready` reads it for a failed bind of the API port.
+        let _ = std::fs::remove_file(dir.join("pdns.log"));
         Ok(PowerDns {
             dir: dir.to_path_buf(),
             dns: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
@@ -567,6 +569,11 @@ impl PowerDns {
                 return Ok(true);
             }
             if let Ok(Some(_)) = child.try_wait() {
+                return Ok(false);
+            }
+            // pdns keeps serving DNS when its API port was taken meanwhile (free ports race):
+            // report it like an exit, so the caller retries on new ports.
+            if std::fs::read_to_string(self.log()).is_ok_and(|l| l.contains("Listening on HTTP socket failed")) {
                 return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(50));

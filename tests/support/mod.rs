@@ -69,18 +69,34 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let mut e = Etcd::new(false);
-        e.spawn();
-        e.wait_ready();
-        e
+        Etcd::launch(false)
     }
 
     /// An etcd that serves HTTPS and requires a client certificate signed by its CA.
     pub fn start_tls() -> Etcd {
-        let mut e = Etcd::new(true);
+        Etcd::launch(true)
+    }
+
+    /// Spawns and waits; a free port taken by someone else meanwhile means new ports and again.
+    fn launch(tls: bool) -> Etcd {
+        let mut e = Etcd::new(tls);
         e.spawn();
-        e.wait_ready();
-        e
+        e.ready_or_relaunch()
+    }
+
+    fn ready_or_relaunch(mut self) -> Etcd {
+        for _ in 0..3 {
+            let child = self.child.as_mut().expect("etcd spawned");
+            match self.server.wait_ready(child) {
+                Ok(()) => return self,
+                Err(e) => eprintln!("etcd did not start, trying new ports: {e}"),
+            }
+            let tls = self.tls.is_some();
+            self.kill();
+            self = Etcd::new(tls);
+            self.spawn();
+        }
+        panic!("etcd did not start on three sets of ports; see {}", self.server.log().display())
     }
 
     fn new(tls: bool) -> Etcd {
@@ -148,9 +164,21 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(etcd: &Etcd) -> ApiServer {
-        let mut a = ApiServer::spawn_new(etcd);
-        a.wait_ready();
-        a
+        ApiServer::spawn_new(etcd).ready_or_relaunch(etcd)
+    }
+
+    /// Waits; a free port taken by someone else meanwhile means a new port and again.
+    fn ready_or_relaunch(mut self, etcd: &Etcd) -> ApiServer {
+        for _ in 0..3 {
+            let child = self.child.as_mut().expect("apiserver spawned");
+            match self.server.wait_ready(kube_bin_dir(), child) {
+                Ok(()) => return self,
+                Err(e) => eprintln!("kube-apiserver did not start, trying a new port: {e}"),
+            }
+            self.kill();
+            self = ApiServer::spawn_new(etcd);
+        }
+        panic!("kube-apiserver did not start on three ports; see {}", self.server.log().display())
     }
 
     fn spawn_new(etcd: &Etcd) -> ApiServer {
@@ -242,11 +270,9 @@ impl Global {
         let (mut ea, mut eb) = (Etcd::new(false), Etcd::new(false));
         ea.spawn();
         eb.spawn();
-        ea.wait_ready();
-        eb.wait_ready();
-        let (mut aa, mut ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
-        aa.wait_ready();
-        ab.wait_ready();
+        let (ea, eb) = (ea.ready_or_relaunch(), eb.ready_or_relaunch());
+        let (aa, ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
+        let (aa, ab) = (aa.ready_or_relaunch(&ea), ab.ready_or_relaunch(&eb));
         (
             Global { name: a.to_string(), api: aa, etcd: ea },
             Global { name: b.to_string(), api: ab, etcd: eb },
