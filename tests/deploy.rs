@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 use support::Global;
@@ -34,17 +34,10 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 fn apply_server_side(g: &Global, manifest: &str) {
-    use std::io::Write;
-    let mut child = Command::new(support::kubectl())
-        .arg(format!("--kubeconfig={}", g.api.kubeconfig.display()))
-        .args(["apply", "--server-side", "--field-manager=argocd-controller", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kubectl");
-    child.stdin.take().expect("stdin").write_all(manifest.as_bytes()).expect("write manifest");
-    let out = child.wait_with_output().expect("kubectl apply");
+    let mut cmd = Command::new(support::kubectl());
+    cmd.arg(format!("--kubeconfig={}", g.api.kubeconfig.display()))
+        .args(["apply", "--server-side", "--field-manager=argocd-controller", "-f", "-"]);
+    let out = drctl::lab::procs::run_with_stdin(cmd, manifest.as_bytes(), "kubectl apply").unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
         "apply failed: {}{}",

@@ -441,19 +441,24 @@ impl ApiServer {
     }
 }
 
-/// `kubectl apply -f -` with `manifest` on stdin; Ok(output) or Err(output).
-pub fn kubectl_apply(mut kubectl: Command, manifest: &str) -> Result<String, ProcError> {
-    let mut child = kubectl
-        .args(["apply", "-f", "-"])
+/// Runs `cmd` with `input` on its stdin and collects its output (status not checked).
+pub fn run_with_stdin(mut cmd: Command, input: &[u8], what: &str) -> Result<std::process::Output, ProcError> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(io("spawn kubectl"))?;
+        .map_err(io(format!("run {what}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(manifest.as_bytes()).map_err(io("write a manifest to kubectl"))?;
+        stdin.write_all(input).map_err(io(format!("write to {what}")))?;
     }
-    let out = child.wait_with_output().map_err(io("wait for kubectl apply"))?;
+    child.wait_with_output().map_err(io(format!("wait for {what}")))
+}
+
+/// `kubectl apply -f -` with `manifest` on stdin; Ok(output) or Err(output).
+pub fn kubectl_apply(mut kubectl: Command, manifest: &str) -> Result<String, ProcError> {
+    kubectl.args(["apply", "-f", "-"]);
+    let out = run_with_stdin(kubectl, manifest.as_bytes(), "kubectl apply")?;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() {
         Ok(text)
@@ -627,17 +632,9 @@ fn create_pdns_db(db: &Path) -> Result<(), ProcError> {
         }
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let mut child = Command::new("sqlite3")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io("run sqlite3"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(schema.as_bytes()).map_err(io("write the schema to sqlite3"))?;
-    }
-    let out = child.wait_with_output().map_err(io("wait for sqlite3"))?;
+    let mut sqlite = Command::new("sqlite3");
+    sqlite.arg(db);
+    let out = run_with_stdin(sqlite, schema.as_bytes(), "sqlite3")?;
     if !out.status.success() {
         return Err(ProcError::Failed(format!("sqlite3 schema: {}", String::from_utf8_lossy(&out.stderr))));
     }

@@ -1,9 +1,8 @@
 //! Real DNS servers for tests: PowerDNS (gsqlite3 backend, HTTP API) and BIND (`named`, dynamic
 //! updates with TSIG), each on 127.0.0.1 free ports in a temp dir, killed on drop.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use drctl::lab::procs;
@@ -183,15 +182,9 @@ zone "{zone}" {{ type primary; file "{d}/zone.db"; allow-update {{ key "{key}"; 
     pub fn nsupdate(&self, script: &str) {
         let full = format!("server {} {}\nzone {}\n{script}\nsend\n", self.dns.ip(), self.dns.port(), self.zone);
         let key = format!("{}:{}:{}", self.tsig.algorithm, self.tsig.name, self.tsig.secret);
-        let mut child = Command::new("nsupdate")
-            .args(["-y", &key])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run nsupdate");
-        child.stdin.take().expect("stdin").write_all(full.as_bytes()).expect("write nsupdate script");
-        let out = child.wait_with_output().expect("wait nsupdate");
+        let mut cmd = Command::new("nsupdate");
+        cmd.args(["-y", &key]);
+        let out = procs::run_with_stdin(cmd, full.as_bytes(), "nsupdate").unwrap_or_else(|e| panic!("{e}"));
         assert!(out.status.success(), "nsupdate failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
