@@ -78,7 +78,7 @@ fn every_bad_input_is_rejected_with_the_recorded_message() {
     assert!(files.len() >= 30, "the catalog holds {} inputs; it promises at least 30", files.len());
     let g = Global::start("global-a");
     g.api.kubectl_ok(&["apply", "-f", CRD]);
-    g.api.kubectl_ok(&["wait", "--for=condition=Established", "crd/drtopologies.drctl.io", "--timeout=30s"]);
+    g.api.wait_crd("drtopologies.drctl.io");
 
     let bless = std::env::var_os("DRCTL_BLESS").is_some();
     let (mut mismatches, mut accepted_by_validate, mut rejected_by_apiserver) = (Vec::new(), Vec::new(), 0);

@@ -135,7 +135,7 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
         ]);
         assert_eq!(env, name, "the applied Deployment runs as {name}");
     }
-    g.api.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=30s", "crd/drtopologies.drctl.io"]);
+    g.api.wait_crd("drtopologies.drctl.io");
     // What Argo CD's topology Application applies, through the CRD the base installed.
     let topology = std::fs::read_to_string(gitops().join("topology/drtopology.yaml")).expect("read topology");
     apply_server_side(&g, &topology);
@@ -144,7 +144,7 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
     // kubectl resolves resource names by discovery, so external-dns's CRD must exist (a stand-in
     // with its real group and names).
     apply_server_side(&g, DNSENDPOINT_CRD);
-    g.api.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=30s", "crd/dnsendpoints.externaldns.k8s.io"]);
+    g.api.wait_crd("dnsendpoints.externaldns.k8s.io");
 
     let allowed: &[&[&str]] = &[
         &["get", "drtopologies.drctl.io"],

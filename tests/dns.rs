@@ -398,7 +398,7 @@ async fn kube_secrets_and_external_dns_on_a_real_apiserver() {
     g.api.kubectl_ok(&["apply", "-f", crd.to_str().expect("path")]);
     g.api.kubectl_ok(&["create", "namespace", "dns"]);
     g.api.kubectl_ok(&["-n", "dns", "create", "secret", "generic", "tsig", &format!("--from-literal=secret={}", tsig.secret)]);
-    g.api.kubectl_ok(&["wait", "--for=condition=Established", "crd/dnsendpoints.externaldns.k8s.io", "--timeout=30s"]);
+    g.api.wait_crd("dnsendpoints.externaldns.k8s.io");
     let client = g.client().await;
     let secrets = KubeSecrets::new(client.clone());
 

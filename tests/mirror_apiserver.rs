@@ -102,7 +102,7 @@ fn objects_created_on_the_primary_are_served_by_the_standby_except_excluded_ones
     let (primary, standby) = Global::start_pair("primary", "standby");
     let dir = tempfile::tempdir().expect("tempdir");
     apply(&primary.api, dir.path(), "objects.yaml", OBJECTS);
-    primary.api.kubectl_ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=60s"]);
+    primary.api.wait_crd("widgets.example.com");
     apply(&primary.api, dir.path(), "widget.yaml", WIDGET);
 
     let _mirror = Running(

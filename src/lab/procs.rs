@@ -439,6 +439,17 @@ impl ApiServer {
             Ok(self.ready(kube_bin))
         })
     }
+
+    /// Waits until the CRD named `crd` is Established. Polls instead of `kubectl wait
+    /// --for=condition=Established`, which fails at once while the new CRD has no
+    /// `status.conditions` yet ("accessor error: <nil>").
+    pub fn wait_crd_established(&self, kube_bin: &Path, crd: &str) -> Result<(), ProcError> {
+        let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+        wait_until(&format!("CustomResourceDefinition {crd}"), &self.log(), Duration::from_secs(60), Duration::from_millis(100), || {
+            let out = self.kubectl(kube_bin).args(["get", "crd", crd, jsonpath]).output().map_err(io("run kubectl get crd"))?;
+            Ok(out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True")
+        })
+    }
 }
 
 /// Runs `cmd` with `input` on its stdin and collects its output (status not checked).

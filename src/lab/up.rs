@@ -217,18 +217,13 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState) -> Re
     cmd.args(["-n", "drctl-system", "create", "secret", "generic", "pdns-api"])
         .arg(format!("--from-file=apiKey={}", state.dns.api_key_file.display()));
     run_ok(cmd, "create the PowerDNS API key Secret")?;
-    // No --request-timeout here: it would cut kubectl wait's watch short.
-    let mut cmd = c.api.kubectl(&state.kube_bin);
-    cmd.args(["wait", "--for=condition=Established", "crd/drtopologies.drctl.io", "--timeout=30s"]);
-    run_ok(cmd, "wait for the DRTopology CRD")?;
+    c.api.wait_crd_established(&state.kube_bin, "drtopologies.drctl.io")?;
     Ok(())
 }
 
 fn seed(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     procs::kubectl_apply(c.kubectl(state), WORKLOADS)?;
-    let mut cmd = c.api.kubectl(&state.kube_bin);
-    cmd.args(["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=30s"]);
-    run_ok(cmd, "wait for the Widget CRD")?;
+    c.api.wait_crd_established(&state.kube_bin, "widgets.example.com")?;
     procs::kubectl_apply(c.kubectl(state), WIDGETS)?;
     Ok(())
 }

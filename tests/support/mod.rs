@@ -211,6 +211,11 @@ impl ApiServer {
         }
     }
 
+    /// Waits until the CRD named `crd` is Established.
+    pub fn wait_crd(&self, crd: &str) {
+        self.server.wait_crd_established(kube_bin_dir(), crd).unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// kubectl that must succeed; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args).expect("run kubectl");

@@ -90,7 +90,7 @@ impl Pair {
             let kc = peer.api.kubeconfig.display().to_string();
             g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", &format!("{}-kubeconfig", peer.name), &format!("--from-file=kubeconfig={kc}")]);
             g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
-            g.api.kubectl_ok(&["wait", "--for=condition=Established", "crd/drtopologies.drctl.io", "--timeout=30s"]);
+            g.api.wait_crd("drtopologies.drctl.io");
         }
         pair
     }
