@@ -12,7 +12,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
 use serde::Serialize;
 
-use crate::dns::webhook::signature_header;
+use crate::dns::json_post;
 use crate::secret::{SecretError, SecretSource};
 use crate::topology::Hook;
 
@@ -63,20 +63,13 @@ fn short_hash(s: &str) -> String {
 pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input: &HookInput<'_>) -> Result<String, HookError> {
     if let Some(w) = &hook.webhook {
         let body = serde_json::to_vec(input).map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
-        let mut req = reqwest::Client::new()
-            .post(&w.url)
+        let key = match &w.hmac_secret_ref {
+            Some(r) => Some(secrets.get(r, "hmacKey").await.map_err(|source| HookError::Secret { hook: hook.name.clone(), source })?),
+            None => None,
+        };
+        let resp = json_post(&reqwest::Client::new(), &w.url, key.as_ref().map(|k| k.expose()), body)
             .timeout(WEBHOOK_TIMEOUT)
-            .header("Content-Type", "application/json")
-            .header("X-Drctl-Failover-Id", input.failover_id);
-        if let Some(r) = &w.hmac_secret_ref {
-            let key = secrets
-                .get(r, "hmacKey")
-                .await
-                .map_err(|source| HookError::Secret { hook: hook.name.clone(), source })?;
-            req = req.header("X-Drctl-Signature", signature_header(key.expose(), &body));
-        }
-        let resp = req
-            .body(body)
+            .header("X-Drctl-Failover-Id", input.failover_id)
             .send()
             .await
             .map_err(|source| HookError::Http { hook: hook.name.clone(), url: w.url.clone(), source })?;

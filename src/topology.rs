@@ -397,7 +397,8 @@ pub struct ExternalDns {
 }
 
 /// A generic webhook: drctl POSTs `{domain, recordType, address, ttl}` with header
-/// `X-Drctl-Signature: sha256=<hex HMAC-SHA256 of the body>`; any 2xx means accepted.
+/// `X-Drctl-Timestamp: <unix seconds>` and `X-Drctl-Signature: sha256=<hex HMAC-SHA256 of
+/// "<timestamp>.<body>">`; any 2xx means accepted. Receivers should refuse stale timestamps.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDns {

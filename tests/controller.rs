@@ -76,20 +76,30 @@ async fn create_restart_target(g: &Global) {
     api.create(&PostParams::default(), &d).await.expect("create deployment");
 }
 
-/// A pod the `when: syncEnabled` restart deletes (no kubelet here: it is just an object).
-async fn create_sync_restart_target(g: &Global) {
+/// A pod a `deletePods` restart deletes (no kubelet here: it is just an object), labelled
+/// `service_name=<service>` and named `<service>-0`.
+async fn create_pod(g: &Global, service: &str) {
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(g.client().await, "cpaas-system");
     let p = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "vmselect-0", "labels": {"service_name": "vmselect"}},
+        "metadata": {"name": format!("{service}-0"), "labels": {"service_name": service}},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}
     }))
     .expect("pod");
     api.create(&PostParams::default(), &p).await.expect("create pod");
 }
 
-async fn has_vmselect_pod(g: &Global) -> bool {
+async fn has_pod(g: &Global, service: &str) -> bool {
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(g.client().await, "cpaas-system");
-    api.get_opt("vmselect-0").await.expect("get pod").is_some()
+    api.get_opt(&format!("{service}-0")).await.expect("get pod").is_some()
+}
+
+/// The pod the `when: syncEnabled` restart deletes.
+async fn create_sync_restart_target(g: &Global) {
+    create_pod(g, "vmselect").await;
+}
+
+async fn has_vmselect_pod(g: &Global) -> bool {
+    has_pod(g, "vmselect").await
 }
 
 async fn restarted_at(g: &Global) -> Option<String> {
@@ -571,7 +581,7 @@ async fn manifest_driver_applies_the_platforms_sync_object_only_on_the_standby()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn failover_restarts_warlock_in_every_workload_cluster() {
+async fn failover_restarts_warlock_in_every_workload_cluster_and_demotion_restarts_the_old_primary() {
     let mut pair = Pair::start().await;
     // A workload cluster of its own (etcd + kube-apiserver), reached through a kubeconfig Secret.
     let business = Global::start("business-1");
@@ -591,11 +601,15 @@ async fn failover_restarts_warlock_in_every_workload_cluster() {
     for g in [&pair.a, &pair.b] {
         g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "business-1-kubeconfig", &format!("--from-file=kubeconfig={kc}")]);
     }
-    pair.restarts_extra = "  - name: warlock\n    scope: workloadClusters\n    namespace: cpaas-system\n    labelSelector: service_name=warlock\n    method: rolloutRestart\n    when: [failover]\n".into();
+    pair.restarts_extra = "  - name: warlock\n    scope: workloadClusters\n    namespace: cpaas-system\n    labelSelector: service_name=warlock\n    method: rolloutRestart\n    when: [failover]\n  - name: alertmanager\n    namespace: cpaas-system\n    labelSelector: service_name=alertmanager\n    method: deletePods\n    when: [demotion]\n".into();
+    for g in [&pair.a, &pair.b] {
+        create_pod(g, "alertmanager").await;
+    }
     pair.spec_extra = "  workloadClusters:\n  - name: business-1\n    kubeconfigSecretRef: {name: business-1-kubeconfig, namespace: drctl-system}\n".into();
     let (ca, cb) = steady_pair(&pair).await;
     let stamp = |d: Deployment| d.spec.and_then(|s| s.template.metadata).and_then(|m| m.annotations).and_then(|a| a.get(drctl::restart::RESTARTED_AT).cloned());
     assert_eq!(stamp(deployments.get("warlock").await.expect("get")), None);
+    assert!(has_pod(&pair.a, "alertmanager").await && has_pod(&pair.b, "alertmanager").await, "no demotion restart while nobody was demoted");
 
     pair.apply_both("global-b");
     let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
@@ -604,4 +618,9 @@ async fn failover_restarts_warlock_in_every_workload_cluster() {
     let msg = restart.message.clone().unwrap_or_default();
     assert!(msg.contains("warlock: restarted 1") && msg.contains("in business-1"), "{msg}");
     assert_eq!(stamp(deployments.get("warlock").await.expect("get")).as_deref(), f.started_at.as_deref());
+
+    // `when: demotion` runs on the old primary once it follows the new one, and nowhere else.
+    pair.wait(&pair.a, "A's demotion restarts done", STEADY, &[&ca, &cb], |s| s.demotion.as_ref().is_some_and(|d| d.restarts_done)).await;
+    assert!(!has_pod(&pair.a, "alertmanager").await, "the demoted cluster restarted (deleted) its alertmanager pod");
+    assert!(has_pod(&pair.b, "alertmanager").await, "the new primary did not");
 }

@@ -230,8 +230,9 @@ async fn verify_fails_on_a_name_that_does_not_exist_and_on_a_dead_resolver() {
     assert!(msg.contains(&format!("{dead} failed:")), "{msg}");
 }
 
-/// A one-shot HTTP/1.1 server: reads one request, answers with the status the handler picks.
-async fn webhook_server<F>(handler: F) -> (String, tokio::task::JoinHandle<(String, String, Vec<u8>)>)
+/// A one-shot HTTP/1.1 server: reads one request, answers with the status the handler picks
+/// from the request's head and body.
+async fn webhook_server<F>(handler: F) -> (String, tokio::task::JoinHandle<(String, Vec<u8>)>)
 where
     F: FnOnce(&str, &[u8]) -> u16 + Send + 'static,
 {
@@ -260,42 +261,58 @@ where
                 break (head, buf[pos + 4..pos + 4 + len].to_vec());
             }
         };
-        let signature = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(dns::SIGNATURE_HEADER)).map(|(_, v)| v.trim().to_string()))
-            .unwrap_or_default();
-        let status = handler(&signature, &body);
+        let status = handler(&head, &body);
         let reason = if status < 300 { "OK" } else { "Unauthorized" };
         let answer = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 9\r\nConnection: close\r\n\r\nbad hmac\n");
         sock.write_all(answer.as_bytes()).await.expect("write");
-        (head, signature, body)
+        (head, body)
     });
     (url, task)
 }
 
-fn hmac_ok(key: &[u8], signature: &str, body: &[u8]) -> bool {
-    // Verify independently of drctl's signing code, in constant time.
-    let Some(hex_tag) = signature.strip_prefix("sha256=") else { return false };
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+/// What a careful receiver does, independently of drctl's signing code: a timestamp within five
+/// minutes, then a constant-time check of the HMAC over "<timestamp>.<body>".
+fn hmac_ok(key: &[u8], head: &str, body: &[u8]) -> bool {
+    let Some(ts) = header(head, dns::TIMESTAMP_HEADER) else { return false };
+    let Ok(t) = ts.parse::<u64>() else { return false };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    if now.abs_diff(t) > 300 {
+        return false;
+    }
+    let Some(hex_tag) = header(head, dns::SIGNATURE_HEADER).and_then(|s| s.strip_prefix("sha256=")) else { return false };
     let Ok(tag) = hex::decode(hex_tag) else { return false };
-    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), body, &tag).is_ok()
+    let signed = [format!("{ts}.").as_bytes(), body].concat();
+    ring::hmac::verify(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), &signed, &tag).is_ok()
 }
 
 #[tokio::test]
 async fn webhook_posts_a_signed_set_and_reports_rejection() {
     let key = "webhook-shared-key";
-    let (url, server) = webhook_server(move |sig, body| if hmac_ok(key.as_bytes(), sig, body) { 204 } else { 401 }).await;
+    let (url, server) = webhook_server(move |head, body| if hmac_ok(key.as_bytes(), head, body) { 204 } else { 401 }).await;
     let wh = spec(json!({"webhook": {"url": url, "hmacSecretRef": {"namespace": "dns", "name": "hook"}}}));
     let s = secrets(&[("hook", "hmacKey", key)]);
     let o = switch(&wh, NEW6, &s).await.expect("webhook accepted");
     assert_eq!(o.action, SwitchAction::Requested);
-    let (head, signature, body) = server.await.expect("server task");
+    let (head, body) = server.await.expect("server task");
     assert!(head.starts_with("POST /dns HTTP/1.1"), "{head}");
-    assert!(hmac_ok(key.as_bytes(), &signature, &body));
+    assert!(hmac_ok(key.as_bytes(), &head, &body));
+    // A replay: the same body and signature under a timestamp an hour old no longer verifies,
+    // nor does the captured signature with the timestamp moved forward.
+    let ts: u64 = header(&head, dns::TIMESTAMP_HEADER).expect("timestamp").parse().expect("unix seconds");
+    let sig = header(&head, dns::SIGNATURE_HEADER).expect("signature");
+    let stale = format!("{}: {}\r\n{}: {sig}", dns::TIMESTAMP_HEADER, ts - 3600, dns::SIGNATURE_HEADER);
+    assert!(!hmac_ok(key.as_bytes(), &stale, &body));
+    let moved = format!("{}: {}\r\n{}: {sig}", dns::TIMESTAMP_HEADER, ts + 1, dns::SIGNATURE_HEADER);
+    assert!(!hmac_ok(key.as_bytes(), &moved, &body), "the timestamp is covered by the signature");
     let got: serde_json::Value = serde_json::from_slice(&body).expect("json body");
     assert_eq!(got, json!({"domain": DOMAIN, "recordType": "AAAA", "address": NEW6, "ttl": 30}));
 
     // The receiver holds another key: drctl's signature does not verify, and the error says so.
-    let (url, server) = webhook_server(|sig, body| if hmac_ok(b"receiver-key", sig, body) { 204 } else { 401 }).await;
+    let (url, server) = webhook_server(|head, body| if hmac_ok(b"receiver-key", head, body) { 204 } else { 401 }).await;
     let wh = spec(json!({"webhook": {"url": url, "hmacSecretRef": {"namespace": "dns", "name": "hook"}}}));
     let err = switch(&wh, NEW, &s).await.expect_err("receiver rejects the signature");
     server.await.expect("server task");

@@ -46,7 +46,7 @@ struct Load {
 impl Load {
     fn start(c: &Client, ns: &str, rate: u64, seed: u64, ledger: &Arc<Mutex<Ledger>>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(faults::write_load(c.clone(), ns.to_string(), rate, seed, stop.clone(), ledger.clone()));
+        let task = tokio::spawn(faults::write_load(c.clone(), ns.to_string(), rate, seed, None, stop.clone(), ledger.clone()));
         Load { stop, task }
     }
 

@@ -46,7 +46,8 @@ impl Planted {
 }
 
 /// Answers every HTTP request 200 and records (signature header, body).
-fn hook_receiver() -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+/// Records (timestamp, signature, body) of every request.
+fn hook_receiver() -> (u16, Arc<Mutex<Vec<(String, String, Vec<u8>)>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
     let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -55,7 +56,7 @@ fn hook_receiver() -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-            let (mut len, mut sig) = (0usize, String::new());
+            let (mut len, mut sig, mut ts) = (0usize, String::new(), String::new());
             loop {
                 let mut line = String::new();
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -68,10 +69,13 @@ fn hook_receiver() -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
                 if lower.starts_with("x-drctl-signature:") {
                     sig = line["x-drctl-signature:".len()..].trim().to_string();
                 }
+                if lower.starts_with("x-drctl-timestamp:") {
+                    ts = line["x-drctl-timestamp:".len()..].trim().to_string();
+                }
             }
             let mut body = vec![0; len];
             let _ = reader.read_exact(&mut body);
-            record.lock().expect("lock").push((sig, body));
+            record.lock().expect("lock").push((ts, sig, body));
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
         }
     });
@@ -153,8 +157,10 @@ async fn planted_secrets_never_appear_in_logs_events_or_status() {
     pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
     let calls = received.lock().expect("lock").clone();
     assert!(!calls.is_empty(), "the post-hook was called");
-    for (sig, body) in &calls {
-        let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hmac_key.as_bytes()), body);
+    for (ts, sig, body) in &calls {
+        assert!(ts.parse::<u64>().is_ok(), "a signed Unix timestamp: {ts:?}");
+        let signed = [format!("{ts}.").as_bytes(), body].concat();
+        let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, hmac_key.as_bytes()), &signed);
         assert_eq!(sig, &format!("sha256={}", hex::encode(tag.as_ref())), "signature verifies with the planted key");
     }
 

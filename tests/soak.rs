@@ -3,6 +3,8 @@
 //! awaited on the standby), the controllers' RSS over time, and the final check and ledger.
 //!
 //! `cargo test --test soak` runs 60 s; `make soak` runs `soak_long` (DRCTL_SOAK_SECS, default 600).
+//! DRCTL_SOAK_KEYS=N makes each writer cycle over N keys (a keyspace of constant size, to tell a
+//! leak from growth with the keyspace); by default every put creates a key.
 
 mod support;
 
@@ -16,9 +18,10 @@ use support::faults::{self, Ledger};
 use support::pair::{Controller, Pair};
 use support::Global;
 
-// Many writers: each waits for its put's fsync, so one alone does ~100 writes/s.
-const WRITERS: u64 = 25;
-const RATE_PER_WRITER: u64 = 40;
+// Many writers: each waits for its put to commit (~40 ms here under load), so 1,000 writes/s
+// needs about 40 in flight; 100 writers at 10/s leave headroom.
+const WRITERS: u64 = 100;
+const RATE_PER_WRITER: u64 = 10;
 
 fn standby_in_sync(s: &DRTopologyStatus) -> bool {
     s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
@@ -61,11 +64,11 @@ async fn probe(mut src: Client, mut dst: Client, stop: Arc<AtomicBool>, lags: Ar
 }
 
 /// Writers and the probe from `src` (the primary) to `dst` (the standby) for `secs`.
-async fn load_phase(src: &Global, dst: &Global, secs: u64, phase: u64, ledger: &Arc<Mutex<Ledger>>, lags: &Arc<Mutex<Vec<Duration>>>, rss: &mut Vec<(u64, u64)>, ctrls: &[&Controller]) {
+async fn load_phase(src: &Global, dst: &Global, secs: u64, keys: Option<u64>, phase: u64, ledger: &Arc<Mutex<Ledger>>, lags: &Arc<Mutex<Vec<Duration>>>, rss: &mut Vec<(u64, u64)>, ctrls: &[&Controller]) {
     let stop = Arc::new(AtomicBool::new(false));
     let s = src.etcd.client().await;
     let mut tasks: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(faults::write_load(s.clone(), format!("soak-{phase}-{w}"), RATE_PER_WRITER, phase * 100 + w, stop.clone(), ledger.clone())))
+        .map(|w| tokio::spawn(faults::write_load(s.clone(), format!("soak-{phase}-{w}"), RATE_PER_WRITER, phase * 1000 + w, keys, stop.clone(), ledger.clone())))
         .collect();
     tasks.push(tokio::spawn(probe(s.clone(), dst.etcd.client().await, stop.clone(), lags.clone())));
     let end = Instant::now() + Duration::from_secs(secs);
@@ -83,7 +86,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(((sorted.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
 }
 
-async fn soak(secs: u64) {
+async fn soak(secs: u64, keys: Option<u64>) {
     let pair = Pair::start().await;
     pair.apply_both("global-a");
     let ca = pair.controller(&pair.a, &[]);
@@ -95,7 +98,7 @@ async fn soak(secs: u64) {
     let mut rss = Vec::new();
     let started = Instant::now();
 
-    load_phase(&pair.a, &pair.b, secs / 2, 1, &ledger, &lags, &mut rss, &[&ca, &cb]).await;
+    load_phase(&pair.a, &pair.b, secs / 2, keys, 1, &ledger, &lags, &mut rss, &[&ca, &cb]).await;
     // The failover in the middle: a planned switchover, then the load moves to the new primary.
     let flipped = Instant::now();
     pair.apply_both("global-b");
@@ -105,7 +108,7 @@ async fn soak(secs: u64) {
     // Everything acknowledged by A before the flip is on B.
     let mut b = pair.b.etcd.client().await;
     let lost_in_failover = faults::lost_writes(&mut b, &ledger.lock().expect("ledger")).await.len();
-    load_phase(&pair.b, &pair.a, secs - secs / 2, 2, &ledger, &lags, &mut rss, &[&ca, &cb]).await;
+    load_phase(&pair.b, &pair.a, secs - secs / 2, keys, 2, &ledger, &lags, &mut rss, &[&ca, &cb]).await;
 
     let mut a = pair.a.etcd.client().await;
     faults::wait_caught_up(&mut b, &mut a, Duration::from_secs(120)).await.expect("A catches up");
@@ -125,9 +128,13 @@ async fn soak(secs: u64) {
     let (b0, b1, bmax) = growth(&rss_b);
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!("soak wall time {elapsed:.0} s");
+    // RSS at each tenth of the load: does it level off or keep climbing?
+    let tenths = |v: &[u64]| (1..=10).map(|i| (v.get((v.len() * i / 10).saturating_sub(1)).copied().unwrap_or(0) / 1024).to_string()).collect::<Vec<_>>().join(" ");
+    eprintln!("RSS MiB by tenths of the load: A [{}], B [{}]", tenths(&rss_a), tenths(&rss_b));
     eprintln!(
-        "SOAK | {secs} s of load at {} writes/s target, {} writes ({:.0}/s achieved, {} failed) | failover A->B in the middle: {:.1} s, {lost_in_failover} acknowledged writes lost | probe lag over {} probes: p50 {:?}, p99 {:?}, max {:?} | RSS KiB controller A {a0}->{a1} (max {amax}), B {b0}->{b1} (max {bmax}) | final check: {}/{}/{} (missed/surplus/diverged), exit {code:?}, {} keys; ledger: {} acknowledged writes lost",
+        "SOAK | {secs} s of load at {} writes/s target, keys per writer {} | {} writes ({:.0}/s achieved, {} failed) | failover A->B in the middle: {:.1} s, {lost_in_failover} acknowledged writes lost | probe lag over {} probes: p50 {:?}, p99 {:?}, max {:?} | RSS KiB controller A {a0}->{a1} (max {amax}), B {b0}->{b1} (max {bmax}) | final check: {}/{}/{} (missed/surplus/diverged), exit {code:?}, {} keys; ledger: {} acknowledged writes lost",
         WRITERS * RATE_PER_WRITER,
+        keys.map_or("unbounded".to_string(), |k| k.to_string()),
         l.writes,
         l.writes as f64 / secs as f64,
         l.failed,
@@ -150,12 +157,13 @@ async fn soak(secs: u64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn soak_60s_with_a_failover() {
-    soak(60).await;
+    soak(60, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "10 minutes; run with `make soak`"]
 async fn soak_long() {
     let secs = std::env::var("DRCTL_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
-    soak(secs).await;
+    let keys = std::env::var("DRCTL_SOAK_KEYS").ok().and_then(|s| s.parse().ok());
+    soak(secs, keys).await;
 }

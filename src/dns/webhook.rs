@@ -1,5 +1,6 @@
 //! A generic webhook: POST `{domain, recordType, address, ttl}` as JSON, signed with
-//! HMAC-SHA256 of the exact body so the receiver can trust it. Any 2xx means accepted; the
+//! HMAC-SHA256 over a timestamp and the exact body so the receiver can trust it and refuse a
+//! replay (an old "point at A" resent after a failover to B). Any 2xx means accepted; the
 //! receiver must treat the request as an idempotent set.
 
 use std::net::IpAddr;
@@ -10,13 +11,32 @@ use super::{http_client, DnsError, RecordKind, SwitchAction, SwitchOutcome};
 use crate::secret::SecretSource;
 use crate::topology::{Platform, WebhookDns};
 
-/// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
+/// The header carrying `sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
 pub const SIGNATURE_HEADER: &str = "X-Drctl-Signature";
+/// The header carrying the signing time, Unix seconds; receivers refuse old ones.
+pub const TIMESTAMP_HEADER: &str = "X-Drctl-Timestamp";
 
-/// The value of [`SIGNATURE_HEADER`] for `body` signed with `key`.
-pub fn signature_header(key: &[u8], body: &[u8]) -> String {
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), body);
-    format!("sha256={}", hex::encode(tag.as_ref()))
+/// The value of [`SIGNATURE_HEADER`] for `body` signed with `key` at `timestamp`.
+pub fn signature_header(key: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut ctx = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
+    ctx.update(format!("{timestamp}.").as_bytes());
+    ctx.update(body);
+    format!("sha256={}", hex::encode(ctx.sign().as_ref()))
+}
+
+/// Both headers for `body` signed with `key` now.
+fn signed_headers(key: &[u8], body: &[u8]) -> [(&'static str, String); 2] {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    [(TIMESTAMP_HEADER, now.to_string()), (SIGNATURE_HEADER, signature_header(key, now, body))]
+}
+
+/// A JSON POST of `body` to `url`, signed when there is a key (DNS webhook and hook webhooks).
+pub fn json_post(client: &reqwest::Client, url: &str, key: Option<&[u8]>, body: Vec<u8>) -> reqwest::RequestBuilder {
+    let mut req = client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json");
+    for (name, value) in key.map(|k| signed_headers(k, &body)).into_iter().flatten() {
+        req = req.header(name, value);
+    }
+    req.body(body)
 }
 
 pub(super) fn body(platform: &Platform, target: IpAddr) -> Vec<u8> {
@@ -42,18 +62,10 @@ pub(super) async fn switch(
         return Err(DnsError::bad_secret("webhook HMAC key", r, "empty"));
     }
     let body = body(platform, target);
-    let signature = signature_header(key.expose(), &body);
     let url = cfg.url.clone();
     let http = |source: reqwest::Error| DnsError::Http { url: url.clone(), source: source.without_url() };
     let client = http_client().map_err(http)?;
-    let resp = client
-        .post(&cfg.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, signature)
-        .body(body)
-        .send()
-        .await
-        .map_err(http)?;
+    let resp = json_post(&client, &cfg.url, Some(key.expose()), body).send().await.map_err(http)?;
     let status = resp.status();
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
@@ -74,10 +86,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_is_hex_hmac_sha256_of_the_body() {
-        // RFC 4231 test case 2.
-        let got = signature_header(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(got, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    fn signature_is_hex_hmac_sha256_of_timestamp_dot_body() {
+        // Streaming the two parts must equal one HMAC over the joined message.
+        let got = signature_header(b"Jefe", 0, b"what do ya want for nothing?");
+        let whole = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"Jefe"), b"0.what do ya want for nothing?");
+        assert_eq!(got, format!("sha256={}", hex::encode(whole.as_ref())));
+        assert_ne!(signature_header(b"Jefe", 1, b"what do ya want for nothing?"), got, "the timestamp is signed");
+    }
+
+    #[test]
+    fn signed_headers_carry_the_time_they_sign() {
+        let [(tn, t), (sn, sig)] = signed_headers(b"k", b"{}");
+        assert_eq!((tn, sn), (TIMESTAMP_HEADER, SIGNATURE_HEADER));
+        let t: u64 = t.parse().expect("unix seconds");
+        assert!(t > 1_700_000_000);
+        assert_eq!(sig, signature_header(b"k", t, b"{}"));
     }
 
     #[test]

@@ -188,7 +188,9 @@ pub struct Ledger {
 
 /// A write load on the source: puts (and deletes of earlier keys) under `/registry/configmaps/
 /// <ns>/`, `rate` per second, until `stop` is set. Failed writes are counted, not retried.
-pub async fn write_load(mut c: Client, ns: String, rate: u64, seed: u64, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>) {
+/// With `keys`, puts cycle over that many names (updates, a keyspace of constant size);
+/// without, every put creates a new key.
+pub async fn write_load(mut c: Client, ns: String, rate: u64, seed: u64, keys: Option<u64>, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>) {
     let mut rng = Rng::new(seed);
     let mut interval = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -196,11 +198,12 @@ pub async fn write_load(mut c: Client, ns: String, rate: u64, seed: u64, stop: A
     while !stop.load(Ordering::SeqCst) {
         interval.tick().await;
         n += 1;
+        let names = keys.map_or(n, |k| n.min(k));
         let (key, op) = if n > 10 && rng.range(0, 5) == 0 {
-            (format!("/registry/configmaps/{ns}/k{}", rng.range(0, n)), None)
+            (format!("/registry/configmaps/{ns}/k{}", rng.range(0, names)), None)
         } else {
             let v = format!("{seed}-{n}-{}", "x".repeat(rng.range(10, 1024) as usize)).into_bytes();
-            (format!("/registry/configmaps/{ns}/k{n}"), Some(v))
+            (format!("/registry/configmaps/{ns}/k{}", keys.map_or(n, |k| n % k)), Some(v))
         };
         let res = match &op {
             Some(v) => tokio::time::timeout(Duration::from_secs(2), c.put(key.as_str(), v.clone(), None)).await.map(|r| r.map(|_| ())),
