@@ -467,3 +467,36 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+/// The error and its causes for stderr. A cause is added only when the text so far does not
+/// already say it: most of drctl's errors quote their source, and `{:#}` would repeat it.
+pub fn report(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("open the repository: {source}")]
+    struct Quoting {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn report_says_each_cause_once() {
+        let quoting = anyhow::Error::new(Quoting { source: std::io::Error::other("permission denied") });
+        assert_eq!(report(&quoting), "open the repository: permission denied");
+        let wrapped = anyhow::Error::new(std::io::Error::other("connection refused")).context("reach etcd at 10.0.0.1:2379");
+        assert_eq!(report(&wrapped), "reach etcd at 10.0.0.1:2379: connection refused");
+    }
+}

@@ -373,14 +373,16 @@ fn refuse_dirty(repo: &Repository) -> Result<(), GitopsError> {
     }
 }
 
-/// Pushes `branch` to `remote`, returning the remote's URL. drctl's libgit2 is built without
-/// HTTPS/SSH transports, so only local and file:// remotes work; the caller explains the fallback.
+/// Pushes `branch` to `remote`, returning the remote's URL. Credentials as git finds them
+/// ([`credentials`]); SSH host keys are checked against `~/.ssh/known_hosts`.
 fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>, String> {
     let mut r = repo.find_remote(remote).map_err(|e| format!("no remote {remote}: {}", e.message()))?;
     let url = r.url().ok().map(str::to_string);
+    let config = repo.config().map_err(|e| format!("read git config: {}", e.message()))?;
     let mut rejected = None;
     {
         let mut cb = git2::RemoteCallbacks::new();
+        cb.credentials(credentials(config, home_dir()));
         cb.push_update_reference(|_refname, status| {
             if let Some(msg) = status {
                 rejected = Some(msg.to_string());
@@ -395,6 +397,49 @@ fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>,
     match rejected {
         Some(message) => Err(format!("rejected: {message}")),
         None => Ok(url),
+    }
+}
+
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+}
+
+/// The key files `ssh` itself tries, in its order.
+const SSH_KEY_FILES: [&str; 3] = ["id_ed25519", "id_ecdsa", "id_rsa"];
+
+/// Credentials in the order git's own tools find them: for SSH the ssh-agent, then the key
+/// files in `~/.ssh`; for HTTPS git's credential helpers. libgit2 calls back after each
+/// refusal, so each source is offered once and then the push fails naming what was tried.
+fn credentials(
+    config: git2::Config,
+    home: Option<PathBuf>,
+) -> impl FnMut(&str, Option<&str>, git2::CredentialType) -> Result<git2::Cred, git2::Error> {
+    use git2::{Cred, CredentialType};
+    let mut agent_tried = std::env::var_os("SSH_AUTH_SOCK").is_none();
+    let mut keys: Vec<PathBuf> = home.map(|h| SSH_KEY_FILES.iter().map(|k| h.join(".ssh").join(k)).filter(|p| p.exists()).collect()).unwrap_or_default();
+    keys.reverse();
+    let mut helper_tried = false;
+    move |url, username, allowed| {
+        let user = username.unwrap_or("git");
+        if allowed.contains(CredentialType::USERNAME) {
+            return Cred::username(user);
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            if !agent_tried {
+                agent_tried = true;
+                return Cred::ssh_key_from_agent(user);
+            }
+            if let Some(key) = keys.pop() {
+                return Cred::ssh_key(user, None, &key, None);
+            }
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) && !helper_tried {
+            helper_tried = true;
+            return Cred::credential_helper(&config, url, username);
+        }
+        Err(git2::Error::from_str(
+            "no credentials left to try (ssh-agent via SSH_AUTH_SOCK, ~/.ssh/id_ed25519, id_ecdsa or id_rsa without a passphrase, a git credential helper for https)",
+        ))
     }
 }
 

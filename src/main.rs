@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
     match drctl::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", drctl::cli::report(&e));
             ExitCode::FAILURE
         }
     }

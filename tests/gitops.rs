@@ -269,7 +269,7 @@ fn history_follows_first_parent_merges_and_renames() {
 fn failed_push_keeps_the_branch_and_says_how_to_push() {
     let repo = Repo::new();
     repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
-    // drctl's libgit2 has no HTTPS transport, so this fails before any network I/O.
+    // `.invalid` never resolves: the push fails at once, after the commit.
     repo.git(&["remote", "add", "forge", "https://git.example.invalid/platform/dr.git"]);
     let out = repo.drctl(&["promote", "global-b", "--branch", "dr/b", "--push", "forge"]);
     let (_, stderr) = text(&out);
@@ -280,4 +280,41 @@ fn failed_push_keeps_the_branch_and_says_how_to_push() {
         "{stderr}"
     );
     assert!(stderr.contains("push it with `git push forge dr/b`"), "{stderr}");
+}
+
+/// `--push` over SSH to a real sshd, with the key and known_hosts in `~/.ssh` as git's users keep
+/// them; then the same push to a server whose host key is not the one known: refused, nothing sent.
+#[test]
+fn push_over_ssh_uses_the_users_key_and_checks_the_host_key() {
+    let home = support::ssh::Home::new();
+    let sshd = support::ssh::Sshd::start(&home.public_key());
+    home.trust(sshd.port, &sshd.host_public_key());
+    let repo = Repo::new();
+    repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    let url = format!("ssh://{}@127.0.0.1:{}{}", support::ssh::user(), sshd.port, repo.remote().display());
+    repo.git(&["remote", "add", "forge", &url]);
+    let drctl = |args: &[&str]| {
+        let mut cmd = support::drctl();
+        cmd.args(args).arg("--repo").arg(repo.work()).env("HOME", home.dir.path()).env_remove("SSH_AUTH_SOCK");
+        cmd.output().expect("run drctl")
+    };
+
+    let out = drctl(&["promote", "global-b", "--branch", "dr/b", "--push", "forge"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("Pushed dr/b to forge."), "{stdout}");
+    let on_remote = run(Command::new("git").arg("--git-dir").arg(repo.remote()).args(["rev-parse", "dr/b"]));
+    assert_eq!(String::from_utf8_lossy(&on_remote.stdout).trim(), repo.git(&["rev-parse", "dr/b"]));
+
+    // Another server key under the same name: a man in the middle, as far as the client knows.
+    let other = tempfile::tempdir().expect("tempdir");
+    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(other.path().join("k")));
+    home.trust(sshd.port, &std::fs::read_to_string(other.path().join("k.pub")).expect("read key"));
+    repo.git(&["checkout", "-q", "main"]);
+    let out = drctl(&["promote", "global-b", "--branch", "dr/b2", "--push", "forge"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("but pushing it to forge failed:") && stderr.to_lowercase().contains("host"), "{stderr}");
+    let refs = run(Command::new("git").arg("--git-dir").arg(repo.remote()).args(["branch", "--list", "dr/b2"]));
+    assert!(refs.stdout.is_empty(), "nothing reached a server whose host key is unknown");
 }
