@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use drctl::etcd::Endpoint;
 use drctl::keyspace::Filter;
-use drctl::mirror::{Mirror, MirrorConfig, Progress, Tuning};
+use drctl::mirror::{Mirror, MirrorConfig, Phase as MirrorPhase, Progress, Tuning};
 use drctl::topology::{DRTopologyStatus, ExcludeSpec, Phase, Role};
 use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
 use support::faults::{self, DrctlProcess, Ledger, Mode, Proxy, Rng, Verdict};
@@ -294,6 +294,62 @@ async fn partition_between_source_and_mirror() {
     );
     assert!(during > before.max(100), "lag grew while partitioned: {before} -> {during}");
     assert!(healed.is_some(), "lag did not recover after the partition healed");
+    assert!(v.survived(), "{v}");
+}
+
+/// The source's open connections go silent for good while new ones work (a hung load balancer,
+/// a lost NAT entry): no error ever arrives, so only the dead-watch detection (silence, a
+/// progress request, silence again) can get the mirror going again, on a new connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_that_goes_silent_without_closing_is_replaced() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let target = src.client_url.trim_start_matches("http://").parse().expect("etcd addr");
+    let proxy = Proxy::start(target);
+    let (rx, stop, task) = in_process_mirror(proxy.url(), dst.client_url.clone());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let load = Load::start(&s, "faults", 200, 37, &ledger);
+    let lag = |rx: &tokio::sync::watch::Receiver<Progress>, h: i64| h - rx.borrow().applied_revision;
+    // Following first, with two seconds of writes applied, and caught up to within one second.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rx.borrow().phase != MirrorPhase::Following || rx.borrow().applied_revision < 400 || lag(&rx, head(&mut s).await) > 200 {
+        assert!(Instant::now() < deadline, "the mirror never caught up before the stall");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.stall_open_connections();
+    let stalled_at = Instant::now();
+    let mut grown = None;
+    while grown.is_none() && stalled_at.elapsed() < Duration::from_secs(10) {
+        if lag(&rx, head(&mut s).await) > 400 {
+            grown = Some(stalled_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut recovered = None;
+    while grown.is_some() && stalled_at.elapsed() < Duration::from_secs(60) {
+        if lag(&rx, head(&mut s).await) <= 200 {
+            recovered = Some(stalled_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    load.finish().await;
+    let (v, _) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(30)).await;
+    let _ = stop.send(());
+    task.await.expect("mirror task");
+    faults::report(
+        "source connections stall for good without closing (TCP proxy; new connections pass)",
+        1,
+        usize::from(v.survived() && recovered.is_some()),
+        v.lost.len(),
+        &format!(
+            "at 200 writes/s, progress timeout 2 s: lag over 400 revisions {:.1} s after the stall, back under 200 on a new connection {:.1} s after it",
+            grown.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
+            recovered.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
+        ),
+    );
+    assert!(grown.is_some(), "the stall did not stop replication; the proxy is not in the path");
+    assert!(recovered.is_some(), "the mirror never replaced its silent watch");
     assert!(v.survived(), "{v}");
 }
 

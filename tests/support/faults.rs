@@ -31,6 +31,8 @@ pub struct Proxy {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Bytes forwarded, both directions.
     pub forwarded: Arc<AtomicU64>,
+    /// Connections accepted before the last [`Proxy::stall_open_connections`] hang for good.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -40,8 +42,9 @@ impl Proxy {
         let addr = std_listener.local_addr().expect("proxy addr");
         let mode = Arc::new(Mutex::new(Mode::Pass));
         let forwarded = Arc::new(AtomicU64::new(0));
+        let epoch = Arc::new(AtomicU64::new(0));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (m, f) = (mode.clone(), forwarded.clone());
+        let (m, f, e) = (mode.clone(), forwarded.clone(), epoch.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("proxy runtime");
             rt.block_on(async move {
@@ -49,13 +52,14 @@ impl Proxy {
                 let accept = async {
                     loop {
                         let Ok((inbound, _)) = listener.accept().await else { continue };
-                        let (m, f) = (m.clone(), f.clone());
+                        let (m, f, e) = (m.clone(), f.clone(), e.clone());
+                        let born = Epoch { current: e.clone(), at_accept: e.load(Ordering::SeqCst) };
                         tokio::spawn(async move {
                             let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
                             let (ri, wi) = inbound.into_split();
                             let (ro, wo) = outbound.into_split();
-                            tokio::spawn(pump(ri, wo, m.clone(), f.clone()));
-                            pump(ro, wi, m, f).await;
+                            tokio::spawn(pump(ri, wo, m.clone(), f.clone(), born.clone()));
+                            pump(ro, wi, m, f, born).await;
                         });
                     }
                 };
@@ -65,7 +69,7 @@ impl Proxy {
                 }
             });
         });
-        Proxy { addr, mode, stop: Some(stop), thread: Some(thread), forwarded }
+        Proxy { addr, mode, stop: Some(stop), thread: Some(thread), forwarded, epoch }
     }
 
     pub fn url(&self) -> String {
@@ -74,6 +78,25 @@ impl Proxy {
 
     pub fn set(&self, mode: Mode) {
         *self.mode.lock().expect("proxy mode") = mode;
+    }
+
+    /// Every connection open now stops carrying bytes, for good, without being closed (a hung
+    /// load balancer or a lost NAT entry); connections made after this pass as usual.
+    pub fn stall_open_connections(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection's generation: it carries bytes only while no stall came after its accept.
+#[derive(Clone)]
+struct Epoch {
+    current: Arc<AtomicU64>,
+    at_accept: u64,
+}
+
+impl Epoch {
+    fn stalled(&self) -> bool {
+        self.current.load(Ordering::SeqCst) != self.at_accept
     }
 }
 
@@ -88,9 +111,9 @@ impl Drop for Proxy {
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mode: Arc<Mutex<Mode>>, forwarded: Arc<AtomicU64>) {
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mode: Arc<Mutex<Mode>>, forwarded: Arc<AtomicU64>, epoch: Epoch) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let current = || *mode.lock().expect("proxy mode");
+    let current = || if epoch.stalled() { Mode::Blackhole } else { *mode.lock().expect("proxy mode") };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // Hold bytes while blackholed: neither read nor write, as a dead link would.
