@@ -238,49 +238,82 @@ async fn compaction_while_the_mirror_is_down() {
     assert!(v.survived(), "{v}\n{}", log.display());
 }
 
+/// Two etcds, the in-process mirror reaching the source through a TCP proxy, and 200 writes/s
+/// on the source.
+struct ThroughProxy {
+    src: Etcd,
+    dst: Etcd,
+    s: Client,
+    d: Client,
+    proxy: Proxy,
+    rx: tokio::sync::watch::Receiver<Progress>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    ledger: Arc<Mutex<Ledger>>,
+    load: Load,
+}
+
+impl ThroughProxy {
+    async fn start(seed: u64) -> ThroughProxy {
+        let (src, dst) = (Etcd::start(), Etcd::start());
+        let (s, d) = (src.client().await, dst.client().await);
+        let proxy = Proxy::start(src.client_url.trim_start_matches("http://").parse().expect("etcd addr"));
+        let (rx, stop, task) = in_process_mirror(proxy.url(), dst.client_url.clone());
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let load = Load::start(&s, "faults", 200, seed, &ledger);
+        ThroughProxy { src, dst, s, d, proxy, rx, stop, task, ledger, load }
+    }
+
+    /// Revisions the mirror is behind the source's head.
+    async fn lag(&self) -> i64 {
+        head(&mut self.s.clone()).await - self.rx.borrow().applied_revision
+    }
+
+    /// The largest lag seen over `for_`.
+    async fn max_lag(&self, for_: Duration) -> i64 {
+        let (mut max, end) = (0, Instant::now() + for_);
+        while Instant::now() < end {
+            max = max.max(self.lag().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        max
+    }
+
+    /// How long until `ok(lag)` holds, if it does within `timeout`.
+    async fn until(&self, timeout: Duration, ok: impl Fn(i64) -> bool) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if ok(self.lag().await) {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Stops the load, lets the mirror catch up, stops it; the verdict.
+    async fn finish(mut self) -> Verdict {
+        self.load.finish().await;
+        let (v, _) = judge(&self.src, &self.dst, &mut self.s, &mut self.d, &self.ledger, Duration::from_secs(30)).await;
+        let _ = self.stop.send(());
+        self.task.await.expect("mirror task");
+        v
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_between_source_and_mirror() {
-    let (src, dst) = (Etcd::start(), Etcd::start());
-    let (mut s, mut d) = (src.client().await, dst.client().await);
-    let target = src.client_url.trim_start_matches("http://").parse().expect("etcd addr");
-    let proxy = Proxy::start(target);
-    let (rx, stop, task) = in_process_mirror(proxy.url(), dst.client_url.clone());
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let load = Load::start(&s, "faults", 200, 31, &ledger);
-    let lag = |rx: &tokio::sync::watch::Receiver<Progress>, h: i64| h - rx.borrow().applied_revision;
-    let sample = |rx: &tokio::sync::watch::Receiver<Progress>, s: &mut Client, for_: Duration| {
-        let mut s = s.clone();
-        let rx = rx.clone();
-        async move {
-            let (mut max, end) = (0, Instant::now() + for_);
-            while Instant::now() < end {
-                max = max.max(lag(&rx, head(&mut s).await));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            max
-        }
-    };
-    let before = sample(&rx, &mut s, Duration::from_secs(3)).await;
-    proxy.set(Mode::Blackhole);
-    let during = sample(&rx, &mut s, Duration::from_secs(10)).await;
-    proxy.set(Mode::Pass);
-    let healed_at = Instant::now();
-    let mut healed = None;
-    while healed_at.elapsed() < Duration::from_secs(30) {
-        if lag(&rx, head(&mut s).await) <= before.max(50) {
-            healed = Some(healed_at.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let t = ThroughProxy::start(31).await;
+    let before = t.max_lag(Duration::from_secs(3)).await;
+    t.proxy.set(Mode::Blackhole);
+    let during = t.max_lag(Duration::from_secs(10)).await;
+    t.proxy.set(Mode::Pass);
+    let healed = t.until(Duration::from_secs(30), |lag| lag <= before.max(50)).await;
     // A slow link (every chunk +30 ms each way) under the same load.
-    proxy.set(Mode::Slow(Duration::from_millis(30)));
-    let slowed = sample(&rx, &mut s, Duration::from_secs(5)).await;
-    proxy.set(Mode::Pass);
-    load.finish().await;
-    let (v, _) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(30)).await;
-    let _ = stop.send(());
-    task.await.expect("mirror task");
+    t.proxy.set(Mode::Slow(Duration::from_millis(30)));
+    let slowed = t.max_lag(Duration::from_secs(5)).await;
+    t.proxy.set(Mode::Pass);
+    let v = t.finish().await;
     faults::report(
         "partition source<->mirror (TCP proxy: 10 s blackhole, then 5 s at +30 ms per chunk)",
         1,
@@ -302,41 +335,21 @@ async fn partition_between_source_and_mirror() {
 /// progress request, silence again) can get the mirror going again, on a new connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_that_goes_silent_without_closing_is_replaced() {
-    let (src, dst) = (Etcd::start(), Etcd::start());
-    let (mut s, mut d) = (src.client().await, dst.client().await);
-    let target = src.client_url.trim_start_matches("http://").parse().expect("etcd addr");
-    let proxy = Proxy::start(target);
-    let (rx, stop, task) = in_process_mirror(proxy.url(), dst.client_url.clone());
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let load = Load::start(&s, "faults", 200, 37, &ledger);
-    let lag = |rx: &tokio::sync::watch::Receiver<Progress>, h: i64| h - rx.borrow().applied_revision;
+    let t = ThroughProxy::start(37).await;
     // Following first, with two seconds of writes applied, and caught up to within one second.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while rx.borrow().phase != MirrorPhase::Following || rx.borrow().applied_revision < 400 || lag(&rx, head(&mut s).await) > 200 {
+    while t.rx.borrow().phase != MirrorPhase::Following || t.rx.borrow().applied_revision < 400 || t.lag().await > 200 {
         assert!(Instant::now() < deadline, "the mirror never caught up before the stall");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    proxy.stall_open_connections();
+    t.proxy.stall_open_connections();
     let stalled_at = Instant::now();
-    let mut grown = None;
-    while grown.is_none() && stalled_at.elapsed() < Duration::from_secs(10) {
-        if lag(&rx, head(&mut s).await) > 400 {
-            grown = Some(stalled_at.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut recovered = None;
-    while grown.is_some() && stalled_at.elapsed() < Duration::from_secs(60) {
-        if lag(&rx, head(&mut s).await) <= 200 {
-            recovered = Some(stalled_at.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    load.finish().await;
-    let (v, _) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(30)).await;
-    let _ = stop.send(());
-    task.await.expect("mirror task");
+    let grown = t.until(Duration::from_secs(10), |lag| lag > 400).await;
+    let recovered = match grown {
+        Some(_) => t.until(Duration::from_secs(60), |lag| lag <= 200).await.map(|_| stalled_at.elapsed()),
+        None => None,
+    };
+    let v = t.finish().await;
     faults::report(
         "source connections stall for good without closing (TCP proxy; new connections pass)",
         1,
