@@ -24,6 +24,7 @@ pub struct Metrics {
     pub missed_keys: Gauge,
     pub surplus_keys: Gauge,
     pub diverged_keys: Gauge,
+    pub repaired_keys: Gauge,
 }
 
 const PHASES: [Phase; 6] = [Phase::Steady, Phase::Syncing, Phase::FailingOver, Phase::Demoting, Phase::Degraded, Phase::Invalid];
@@ -43,6 +44,7 @@ impl Metrics {
             missed_keys: Gauge::default(),
             surplus_keys: Gauge::default(),
             diverged_keys: Gauge::default(),
+            repaired_keys: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("drctl_leader", "1 while this replica holds the leader Lease", m.leader.clone());
@@ -56,6 +58,7 @@ impl Metrics {
         r.register("drctl_check_missed_keys", "Keys on the primary missing here at the last check", m.missed_keys.clone());
         r.register("drctl_check_surplus_keys", "Keys only here at the last check", m.surplus_keys.clone());
         r.register("drctl_check_diverged_keys", "Keys whose bytes differ at the last check", m.diverged_keys.clone());
+        r.register("drctl_check_repaired_keys", "Keys re-put from the primary by autoRepair since this cluster became standby", m.repaired_keys.clone());
         m
     }
 
@@ -72,6 +75,7 @@ impl Metrics {
             self.missed_keys.set(as_i64(sync.missed_keys));
             self.surplus_keys.set(as_i64(sync.surplus_keys));
             self.diverged_keys.set(as_i64(sync.diverged_keys));
+            self.repaired_keys.set(as_i64(sync.repaired_keys));
         }
     }
 

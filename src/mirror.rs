@@ -709,6 +709,7 @@ impl Mirror {
             tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
             self.update(|p| p.put_keys += outcome.put);
         }
+        tracing::info!(checked = found.report.checked_keys, differences = found.differences.len(), "anti-entropy pass done");
         Ok(())
     }
 }

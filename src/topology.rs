@@ -172,6 +172,11 @@ pub struct SyncSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub manifest: Option<serde_json::Value>,
+    /// The standby's checks (periodic and FinalSync) re-put keys it lacks or holds different
+    /// bytes for, from the primary, then check again; restarting the mirror is never the fix.
+    /// Keys only the standby has are reported, never deleted (`drctl check --prune-surplus`).
+    #[serde(default = "default_auto_repair")]
+    pub auto_repair: bool,
 }
 
 impl Default for SyncSpec {
@@ -182,8 +187,13 @@ impl Default for SyncSpec {
             check_interval: default_check_interval(),
             driver: SyncDriver::default(),
             manifest: None,
+            auto_repair: default_auto_repair(),
         }
     }
+}
+
+fn default_auto_repair() -> bool {
+    true
 }
 
 fn default_check_interval() -> String {
@@ -596,6 +606,9 @@ pub struct SyncStatus {
     pub diverged_keys: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_check_time: Option<String>,
+    /// Keys the checks re-put from the primary (`spec.sync.autoRepair`) in this standby term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repaired_keys: Option<u64>,
     /// `when: syncEnabled` restarts have run for this standby term.
     #[serde(default)]
     pub restarts_done: bool,

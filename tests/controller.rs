@@ -624,3 +624,46 @@ async fn failover_restarts_warlock_in_every_workload_cluster_and_demotion_restar
     assert!(!has_pod(&pair.a, "alertmanager").await, "the demoted cluster restarted (deleted) its alertmanager pod");
     assert!(has_pod(&pair.b, "alertmanager").await, "the new primary did not");
 }
+
+/// The seed's failure: keys vanish from the standby (its garbage collector, an operator, a bug)
+/// and only a restart of the synchronizer brought them back. Here the periodic check re-puts
+/// them from the primary, says so in status and an Event, and leaves standby-only keys alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_periodic_check_puts_back_keys_the_standby_lost() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    // After the mirror's one anti-entropy pass, which would also put the keys back.
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for name in ["lost-1", "lost-2", "changed"] {
+        put_configmap(&pair.a, "apps", name, &format!("{name} on global-a")).await;
+        wait_configmap(&pair.b, "apps", name, STEADY).await;
+    }
+    // Straight into B's etcd, behind the mirror's back.
+    let mut b = pair.b.etcd.client().await;
+    b.delete("/registry/configmaps/apps/lost-1", None).await.expect("delete on B");
+    b.delete("/registry/configmaps/apps/lost-2", None).await.expect("delete on B");
+    b.put("/registry/configmaps/apps/changed", "bytes only B has", None).await.expect("overwrite on B");
+    b.put("/registry/configmaps/apps/only-on-b", "surplus", None).await.expect("surplus on B");
+
+    let st = pair.wait(&pair.b, "B repaired 3 keys", STEADY, &[&ca, &cb], |s| s.sync.as_ref().and_then(|y| y.repaired_keys) >= Some(3)).await;
+    let sync = st.status.expect("status").sync.expect("sync");
+    assert_eq!((sync.missed_keys, sync.diverged_keys), (Some(0), Some(0)), "{sync:?}");
+    assert!(sync.surplus_keys >= Some(1), "the standby-only key is reported: {sync:?}");
+    let mut a = pair.a.etcd.client().await;
+    for key in ["/registry/configmaps/apps/lost-1", "/registry/configmaps/apps/lost-2", "/registry/configmaps/apps/changed"] {
+        let on_a = a.get(key, None).await.expect("get on A").kvs().first().map(|kv| kv.value().to_vec());
+        let on_b = b.get(key, None).await.expect("get on B").kvs().first().map(|kv| kv.value().to_vec());
+        assert!(on_a.is_some() && on_a == on_b, "{key} is A's bytes again on B");
+    }
+    assert_eq!(wait_configmap(&pair.b, "apps", "lost-1", STEADY).await.get("value").map(String::as_str), Some("lost-1 on global-a"));
+    let surplus = b.get("/registry/configmaps/apps/only-on-b", None).await.expect("get surplus");
+    assert_eq!(surplus.kvs().first().map(|kv| kv.value().to_vec()), Some(b"surplus".to_vec()), "surplus keys are never deleted by autoRepair");
+    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}"]);
+    assert!(events.contains("re-put") && events.contains("/registry/configmaps/apps/"), "{events}");
+    let metrics = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
+    assert!(metrics.lines().any(|l| l.starts_with("drctl_check_repaired_keys{") && !l.ends_with(" 0")), "{metrics}");
+}

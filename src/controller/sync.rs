@@ -21,6 +21,7 @@ use crate::mirror::{Mirror, MirrorConfig, Phase as MirrorPhase, Progress, Tuning
 use crate::secret::{KubeSecrets, SecretSource};
 use crate::topology::{ClusterSpec, DRTopology, DRTopologyStatus, Phase, RestartWhen, SyncDriver, SyncStatus};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::EventType;
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use crate::validate::parse_duration;
@@ -165,17 +166,31 @@ impl SyncManager {
         }
     }
 
-    /// Runs a full consistency check of the running mirror's source and destination.
-    pub async fn check_now(&self) -> Result<CheckReport, SyncError> {
+    /// Runs a full consistency check of the running mirror's source and destination. With
+    /// `repair`, missed and diverged keys are re-put from the source (a compare-and-swap, so a
+    /// concurrent mirror write wins; surplus keys are left) and the check runs again: the report
+    /// says what is left, its `repair` what was done, and `Repaired` which keys were found.
+    pub async fn check_now(&self, repair: bool) -> Result<(CheckReport, Option<Repaired>), SyncError> {
         let (source, dest, filter) = {
             let guard = self.running.lock().await;
             let r = guard.as_ref().ok_or(SyncError::NotRunning)?;
             (r.source.clone(), r.dest.clone(), r.filter.clone())
         };
         let (s, d) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
-        let result = check::run(&s, &d, &filter, &check::CheckOptions::default()).await?;
+        let opts = check::CheckOptions::default();
+        let mut result = check::run(&s, &d, &filter, &opts).await?;
+        let fixable: Vec<_> = result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect();
+        let mut repaired = None;
+        if repair && !fixable.is_empty() {
+            let outcome = check::repair(&d, &fixable, false).await?;
+            let found = result.report;
+            result = check::run(&s, &d, &filter, &opts).await?;
+            result.report.repair = Some(outcome.clone());
+            let keys = found.missed.keys.iter().chain(&found.diverged.keys).cloned().collect();
+            repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys });
+        }
         *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
-        Ok(result.report)
+        Ok((result.report, repaired))
     }
 
     /// True at most once per `REPORT_EVERY`.
@@ -270,12 +285,39 @@ pub async fn own_revision(ctx: &Context, topo: &DRTopology) -> Result<(i64, Stri
     Ok((revision, format!("{cluster_id:x}")))
 }
 
-pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport) {
+/// What a check with repair found and re-put.
+#[derive(Debug, Clone)]
+pub struct Repaired {
+    pub outcome: check::RepairOutcome,
+    pub missed: u64,
+    pub diverged: u64,
+    /// The first keys found missed, then diverged.
+    pub keys: Vec<String>,
+}
+
+impl Repaired {
+    /// For an Event and the step message.
+    pub fn summary(&self) -> String {
+        format!(
+            "re-put {} keys from the primary ({} missed, {} diverged found; {} changed meanwhile and were left to the mirror); first: {}",
+            self.outcome.put,
+            self.missed,
+            self.diverged,
+            self.outcome.skipped,
+            self.keys.join(", ")
+        )
+    }
+}
+
+pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, repaired: Option<&Repaired>) {
     let sync = status.sync.get_or_insert_with(SyncStatus::default);
     sync.missed_keys = Some(report.missed.count);
     sync.surplus_keys = Some(report.surplus.count);
     sync.diverged_keys = Some(report.diverged.count);
     sync.last_check_time = Some(Timestamp::now().to_string());
+    if let Some(r) = repaired {
+        sync.repaired_keys = Some(sync.repaired_keys.unwrap_or(0) + r.outcome.put);
+    }
 }
 
 /// One standby reconcile: mirror running, status and conditions current, the periodic check
@@ -309,8 +351,14 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     let interval = parse_duration(&topo.spec.sync.check_interval).unwrap_or(Duration::from_secs(300));
     let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
     if following && due {
-        match ctx.sync.check_now().await {
-            Ok(report) => record_check(&mut w.status, &report),
+        match ctx.sync.check_now(topo.spec.sync.auto_repair).await {
+            Ok((report, repaired)) => {
+                record_check(&mut w.status, &report, repaired.as_ref());
+                if let Some(r) = repaired {
+                    warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
+                    ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
+                }
+            }
             Err(e) => warn!(error = %e, "consistency check failed"),
         }
     }

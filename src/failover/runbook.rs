@@ -317,7 +317,7 @@ impl Runbook<'_> {
             None => self.ctx.sync.progress().await.map(|(p, _)| p.source_revision).unwrap_or(0),
         };
         let applied = self.ctx.sync.wait_applied(final_revision, timeout).await.map_err(|e| e.to_string())?;
-        let report = self.ctx.sync.check_now().await.map_err(|e| e.to_string())?;
+        let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair).await.map_err(|e| e.to_string())?;
         let max = self.topo.spec.failover.max_missed_keys;
         let token = RpoToken {
             source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or(ack.source_cluster_id),
@@ -325,7 +325,7 @@ impl Runbook<'_> {
             applied_revision: applied,
         };
         self.failover().map_err(|e| e.to_string())?.rpo_token = Some(token);
-        sync::record_check(&mut self.status.status, &report);
+        sync::record_check(&mut self.status.status, &report, repaired.as_ref());
         if report.missed.count > max {
             return Err(format!(
                 "{} keys of {} are missing here (spec.failover.maxMissedKeys is {max}); first: {}",
@@ -335,8 +335,12 @@ impl Runbook<'_> {
             ));
         }
         Ok(Outcome::ok(format!(
-            "caught up to {}'s final revision {final_revision} (applied {applied}); check: {} missed, {} surplus, {} diverged",
-            self.peer_name, report.missed.count, report.surplus.count, report.diverged.count
+            "caught up to {}'s final revision {final_revision} (applied {applied}); check: {} missed, {} surplus, {} diverged{}",
+            self.peer_name,
+            report.missed.count,
+            report.surplus.count,
+            report.diverged.count,
+            repaired.map(|r| format!(" after the repair: {}", r.summary())).unwrap_or_default()
         )))
     }
 
