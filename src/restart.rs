@@ -79,15 +79,8 @@ async fn rollout<K>(client: &Client, r: &RestartSpec, stamp: &str, kind: &'stati
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + serde::Serialize,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), &r.namespace);
-    let list = api.list(&ListParams::default().labels(&r.label_selector)).await.map_err(|source| RestartError::List {
-        name: r.name.clone(),
-        kind,
-        namespace: r.namespace.clone(),
-        selector: r.label_selector.clone(),
-        source,
-    })?;
-    for obj in list.items {
+    let (api, list) = list_selected::<K>(client, r, kind).await?;
+    for obj in list {
         let name = obj.name_any();
         let current = serde_json::to_value(&obj)
             .ok()
@@ -110,15 +103,8 @@ where
 }
 
 async fn delete_pods(client: &Client, r: &RestartSpec, stamp: Timestamp, report: &mut RestartReport) -> Result<(), RestartError> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), &r.namespace);
-    let list = api.list(&ListParams::default().labels(&r.label_selector)).await.map_err(|source| RestartError::List {
-        name: r.name.clone(),
-        kind: "Pod",
-        namespace: r.namespace.clone(),
-        selector: r.label_selector.clone(),
-        source,
-    })?;
-    for pod in list.items {
+    let (api, pods) = list_selected::<Pod>(client, r, "Pod").await?;
+    for pod in pods {
         let name = pod.name_any();
         let created = pod.creation_timestamp().map(|t| t.0);
         if created.is_some_and(|c| c >= stamp) || pod.metadata.deletion_timestamp.is_some() {
@@ -151,54 +137,82 @@ async fn wait_ready(client: &Client, r: &RestartSpec, timeout: Duration) -> Resu
 }
 
 async fn not_ready(client: &Client, r: &RestartSpec) -> Result<Vec<String>, RestartError> {
-    let lp = ListParams::default().labels(&r.label_selector);
-    let list_err = |kind: &'static str| {
-        let (name, namespace, selector) = (r.name.clone(), r.namespace.clone(), r.label_selector.clone());
-        move |source| RestartError::List { name, kind, namespace, selector, source }
-    };
     let mut out = Vec::new();
     match r.method {
         RestartMethod::RolloutRestart => {
-            let deps: Api<Deployment> = Api::namespaced(client.clone(), &r.namespace);
-            for d in deps.list(&lp).await.map_err(list_err("Deployment"))? {
+            unready::<Deployment>(client, r, "Deployment", &mut out, |d| {
+                let st = d.status.clone().unwrap_or_default();
                 let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let st = d.status.clone().unwrap_or_default();
-                let observed = st.observed_generation >= d.metadata.generation;
-                if !observed || st.updated_replicas.unwrap_or(0) < want || st.available_replicas.unwrap_or(0) < want {
-                    out.push(format!("Deployment/{}", d.name_any()));
-                }
-            }
-            let sts: Api<StatefulSet> = Api::namespaced(client.clone(), &r.namespace);
-            for s in sts.list(&lp).await.map_err(list_err("StatefulSet"))? {
-                let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                rolled_out(d.metadata.generation, st.observed_generation, want, st.updated_replicas, st.available_replicas)
+            })
+            .await?;
+            unready::<StatefulSet>(client, r, "StatefulSet", &mut out, |s| {
                 let st = s.status.clone().unwrap_or_default();
-                let observed = st.observed_generation >= s.metadata.generation;
-                if !observed || st.updated_replicas.unwrap_or(0) < want || st.ready_replicas.unwrap_or(0) < want {
-                    out.push(format!("StatefulSet/{}", s.name_any()));
-                }
-            }
-            let dss: Api<DaemonSet> = Api::namespaced(client.clone(), &r.namespace);
-            for d in dss.list(&lp).await.map_err(list_err("DaemonSet"))? {
+                let want = s.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                rolled_out(s.metadata.generation, st.observed_generation, want, st.updated_replicas, st.ready_replicas)
+            })
+            .await?;
+            unready::<DaemonSet>(client, r, "DaemonSet", &mut out, |d| {
                 let st = d.status.clone().unwrap_or_default();
-                let observed = st.observed_generation >= d.metadata.generation;
-                if !observed || st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled || st.number_available.unwrap_or(0) < st.desired_number_scheduled {
-                    out.push(format!("DaemonSet/{}", d.name_any()));
-                }
-            }
+                rolled_out(d.metadata.generation, st.observed_generation, st.desired_number_scheduled, st.updated_number_scheduled, st.number_available)
+            })
+            .await?;
         }
         RestartMethod::DeletePods => {
-            let pods: Api<Pod> = Api::namespaced(client.clone(), &r.namespace);
-            for p in pods.list(&lp).await.map_err(list_err("Pod"))? {
-                let ready = p
-                    .status
+            unready::<Pod>(client, r, "Pod", &mut out, |p| {
+                p.status
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if !ready {
-                    out.push(format!("Pod/{}", p.name_any()));
-                }
-            }
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .await?;
         }
     }
     Ok(out)
+}
+
+/// Appends `Kind/name` of each object matching the restart's selector that is not `ready`.
+async fn unready<K>(client: &Client, r: &RestartSpec, kind: &'static str, out: &mut Vec<String>, ready: impl Fn(&K) -> bool) -> Result<(), RestartError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let (_, list) = list_selected::<K>(client, r, kind).await?;
+    out.extend(list.iter().filter(|o| !ready(o)).map(|o| format!("{kind}/{}", o.name_any())));
+    Ok(())
+}
+
+/// The objects of kind `K` the restart's selector matches, and the Api that listed them.
+async fn list_selected<K>(client: &Client, r: &RestartSpec, kind: &'static str) -> Result<(Api<K>, Vec<K>), RestartError>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &r.namespace);
+    let list = api.list(&ListParams::default().labels(&r.label_selector)).await.map_err(|source| RestartError::List {
+        name: r.name.clone(),
+        kind,
+        namespace: r.namespace.clone(),
+        selector: r.label_selector.clone(),
+        source,
+    })?;
+    Ok((api, list.items))
+}
+
+/// A workload's controller has seen its latest spec and `want` replicas run it and are ready.
+fn rolled_out(generation: Option<i64>, observed: Option<i64>, want: i32, updated: Option<i32>, ready: Option<i32>) -> bool {
+    observed >= generation && updated.unwrap_or(0) >= want && ready.unwrap_or(0) >= want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rolled_out;
+
+    #[test]
+    fn rolled_out_needs_the_latest_generation_seen_and_every_replica_updated_and_ready() {
+        assert!(rolled_out(Some(3), Some(3), 2, Some(2), Some(2)));
+        assert!(!rolled_out(Some(3), Some(2), 2, Some(2), Some(2)), "status is of an older spec");
+        assert!(!rolled_out(Some(3), None, 2, Some(2), Some(2)), "no status yet");
+        assert!(!rolled_out(Some(3), Some(3), 2, Some(1), Some(2)), "one replica still runs the old template");
+        assert!(!rolled_out(Some(3), Some(3), 2, Some(2), None), "none ready");
+        assert!(rolled_out(Some(1), Some(1), 0, None, None), "scaled to zero is done");
+    }
 }
