@@ -4,8 +4,11 @@
 //! In-flight writes are not reported: the source is read at the revision the destination's
 //! mirror checkpoint says is fully applied (the checkpoint is written in the same txn as its data),
 //! so a running mirror's destination equals that snapshot except for writes it applied after it.
-//! Every mismatch is then re-verified after a short settle against the checkpoint of that moment;
-//! only keys that still differ are reported.
+//! Every mismatch is then re-verified after a short settle, key by key, at a consistent cut: the
+//! destination's key and checkpoint read in one txn, the source at that checkpoint's revision.
+//! Only keys that still differ there are reported. A repair writes only at such a cut, guarded
+//! by the checkpoint being unchanged, so it never undoes a write the mirror applied meanwhile
+//! (a delete applied after the cut would otherwise be resurrected).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -17,12 +20,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::etcd::{self, Conn, Kv};
 use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
-use crate::mirror::{Checkpoint, CheckpointError};
+use crate::mirror::{Checkpoint, CheckpointError, CHECKPOINT_KEY};
 
 /// How many keys of each kind a report lists.
 pub const DEFAULT_LIST_LIMIT: usize = 20;
 /// Concurrent single-key requests while re-verifying or repairing.
 const KEY_CONCURRENCY: usize = 16;
+/// Tries per key when a mirror batch keeps landing between a repair's read and its write.
+const REPAIR_ATTEMPTS: usize = 20;
 
 /// One single-key request of a re-verification or a repair.
 type KeyTask<T> = BoxFuture<'static, Result<T, CheckError>>;
@@ -196,7 +201,10 @@ pub struct RepairOutcome {
     pub put: u64,
     /// Surplus keys deleted (only with prune).
     pub deleted: u64,
-    /// Keys that changed on the destination meanwhile (left to the mirror).
+    /// Keys right by the time of the repair (the mirror got there first).
+    #[serde(default)]
+    pub already: u64,
+    /// Keys the mirror kept changing under the repair (left to the mirror and the next check).
     pub skipped: u64,
 }
 
@@ -238,7 +246,11 @@ impl fmt::Display for CheckReport {
             }
         }
         if let Some(r) = &self.repair {
-            writeln!(f, "repair: {} put, {} deleted, {} skipped (changed meanwhile)", r.put, r.deleted, r.skipped)?;
+            writeln!(
+                f,
+                "repair: {} put, {} deleted, {} already right, {} skipped (kept changing; left to the mirror)",
+                r.put, r.deleted, r.already, r.skipped
+            )?;
         }
         Ok(())
     }
@@ -272,8 +284,7 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
     if !differences.is_empty() && !opts.settle.is_zero() {
         tokio::time::sleep(opts.settle).await;
         let (_, head2) = etcd::head(&mut skv).await.map_err(on("source"))?;
-        let at2 = compare_revision(&mut dkv, cluster_id, head2).await?;
-        differences = reverify(&skv, &dkv, differences, at2).await?;
+        differences = reverify(&skv, &dkv, differences, cluster_id, head2).await?;
     }
     let list = |kind: Kind| {
         let mut l = KeyList::default();
@@ -327,29 +338,62 @@ async fn scan(
     Ok((diffs, checked))
 }
 
-/// Re-reads each differing key (source at `at`, destination now); keeps those still differing.
+/// One key at a consistent cut.
+struct Cut {
+    source: Option<Vec<u8>>,
+    /// Value and mod revision.
+    dest: Option<(Vec<u8>, i64)>,
+    /// The checkpoint's mod revision on the destination, when the cut is the checkpoint's:
+    /// unchanged means no mirror batch landed since the read.
+    checkpoint_mod: Option<i64>,
+}
+
+impl Cut {
+    /// The difference at this cut, if any.
+    fn difference(self, key: Vec<u8>) -> Option<Difference> {
+        match (self.source, self.dest) {
+            (None, None) => None,
+            (Some(a), Some((b, _))) if a == b => None,
+            (source, dest) => Some(Difference { key, source, dest_mod_revision: dest.map(|(_, r)| r) }),
+        }
+    }
+}
+
+/// Reads `key` on the destination together with its mirror checkpoint (one txn), then on the
+/// source at the checkpoint's revision: both sides as of the same source revision. Without a
+/// usable checkpoint (no drctl mirror, another source, a copy in progress) the source is read at
+/// `head` and the destination as it is.
+async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: u64, head: i64) -> Result<Cut, CheckError> {
+    let txn = Txn::new().and_then(vec![TxnOp::get(key, None), TxnOp::get(CHECKPOINT_KEY, None)]);
+    let resp = dkv.txn(txn).await.map_err(on("destination"))?;
+    let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+        etcd_client::TxnOpResponse::Get(g) => Some(g),
+        _ => None,
+    });
+    let dest = gets.next().and_then(|g| g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())));
+    let checkpoint = gets.next().and_then(|g| {
+        let kv = g.kvs().first()?;
+        let cp: Checkpoint = serde_json::from_slice(kv.value()).ok()?;
+        (cp.cluster_id == cluster_id && cp.copy.is_none() && cp.revision <= head).then_some((cp.revision, kv.mod_revision()))
+    });
+    let revision = checkpoint.map_or(head, |(r, _)| r);
+    let src = skv.get(key, Some(GetOptions::new().with_revision(revision))).await.map_err(on("source"))?;
+    Ok(Cut { source: src.kvs().first().map(|kv| kv.value().to_vec()), dest, checkpoint_mod: checkpoint.map(|(_, m)| m) })
+}
+
+/// Re-reads each differing key at a consistent cut; keeps those still differing.
 async fn reverify(
     skv: &KvClient,
     dkv: &KvClient,
     differences: Vec<Difference>,
-    at: i64,
+    cluster_id: u64,
+    head: i64,
 ) -> Result<Vec<Difference>, CheckError> {
     let lookups: Vec<KeyTask<Option<Difference>>> = differences
         .into_iter()
         .map(|d| {
-            let (mut s, mut t) = (skv.clone(), dkv.clone());
-            async move {
-                let src = s.get(d.key.clone(), Some(GetOptions::new().with_revision(at))).await.map_err(on("source"))?;
-                let dst = t.get(d.key.clone(), None).await.map_err(on("destination"))?;
-                let src = src.kvs().first().map(|kv| kv.value().to_vec());
-                let dst = dst.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision()));
-                Ok(match (src, dst) {
-                    (None, None) => None,
-                    (Some(a), Some((b, _))) if a == b => None,
-                    (source, dst) => Some(Difference { key: d.key, source, dest_mod_revision: dst.map(|(_, r)| r) }),
-                })
-            }
-            .boxed()
+            let (s, t) = (skv.clone(), dkv.clone());
+            async move { Ok(read_cut(s, t, &d.key, cluster_id, head).await?.difference(d.key)) }.boxed()
         })
         .collect();
     let results: Vec<Option<Difference>> =
@@ -357,42 +401,62 @@ async fn reverify(
     Ok(results.into_iter().flatten().collect())
 }
 
+/// What one key's repair did.
+enum Fix {
+    Put,
+    Deleted,
+    Already,
+    Skipped,
+}
+
 /// Writes the source's value over missed and diverged keys; deletes surplus keys when `prune`.
-/// Each write is a compare-and-swap on what the check saw, so a concurrent mirror write wins.
+/// Each key is re-read at a consistent cut and written only if the destination's key and its
+/// checkpoint are still as read, so a write the mirror applied meanwhile is never undone.
 #[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
-pub async fn repair(dest: &Conn, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
-    let writes: Vec<KeyTask<Option<(Kind, bool)>>> = differences
+pub async fn repair(source: &Conn, dest: &Conn, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
+    let (cluster_id, head) = etcd::head(&mut source.kv.clone()).await.map_err(on("source"))?;
+    let writes: Vec<KeyTask<Fix>> = differences
         .iter()
-        .cloned()
         .map(|d| {
-            let mut kv = dest.kv.clone();
+            let (skv, dkv, key) = (source.kv.clone(), dest.kv.clone(), d.key.clone());
             async move {
-                let guard = match d.dest_mod_revision {
-                    Some(rev) => Compare::mod_revision(d.key.clone(), CompareOp::Equal, rev),
-                    None => Compare::version(d.key.clone(), CompareOp::Equal, 0),
-                };
-                let op = match (&d.source, prune) {
-                    (Some(v), _) => TxnOp::put(d.key.clone(), v.clone(), None),
-                    (None, true) => TxnOp::delete(d.key.clone(), None),
-                    (None, false) => return Ok(None),
-                };
-                let resp = kv.txn(Txn::new().when(vec![guard]).and_then(vec![op])).await.map_err(on("destination"))?;
-                Ok(Some((d.kind(), resp.succeeded())))
+                for _ in 0..REPAIR_ATTEMPTS {
+                    let cut = read_cut(skv.clone(), dkv.clone(), &key, cluster_id, head).await?;
+                    let (op, fix) = match (&cut.source, &cut.dest) {
+                        (None, None) => return Ok(Fix::Already),
+                        (Some(a), Some((b, _))) if a == b => return Ok(Fix::Already),
+                        (Some(v), _) => (TxnOp::put(key.clone(), v.clone(), None), Fix::Put),
+                        (None, Some(_)) if prune => (TxnOp::delete(key.clone(), None), Fix::Deleted),
+                        (None, Some(_)) => return Ok(Fix::Already),
+                    };
+                    let mut guards = vec![match cut.dest {
+                        Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                        None => Compare::version(key.clone(), CompareOp::Equal, 0),
+                    }];
+                    if let Some(m) = cut.checkpoint_mod {
+                        guards.push(Compare::mod_revision(CHECKPOINT_KEY, CompareOp::Equal, m));
+                    }
+                    let resp = dkv.clone().txn(Txn::new().when(guards).and_then(vec![op])).await.map_err(on("destination"))?;
+                    if resp.succeeded() {
+                        return Ok(fix);
+                    }
+                }
+                Ok(Fix::Skipped)
             }
             .boxed()
         })
         .collect();
-    let outcomes: Vec<Option<(Kind, bool)>> =
-        futures::stream::iter(writes).buffer_unordered(KEY_CONCURRENCY).try_collect().await?;
+    let fixes: Vec<Fix> = futures::stream::iter(writes).buffer_unordered(KEY_CONCURRENCY).try_collect().await?;
     let mut out = RepairOutcome::default();
-    for (kind, ok) in outcomes.into_iter().flatten() {
-        match (kind, ok) {
-            (_, false) => out.skipped += 1,
-            (Kind::Surplus, true) => out.deleted += 1,
-            (_, true) => out.put += 1,
+    for f in fixes {
+        match f {
+            Fix::Put => out.put += 1,
+            Fix::Deleted => out.deleted += 1,
+            Fix::Already => out.already += 1,
+            Fix::Skipped => out.skipped += 1,
         }
     }
-    tracing::info!(put = out.put, deleted = out.deleted, skipped = out.skipped, "repair done");
+    tracing::info!(put = out.put, deleted = out.deleted, already = out.already, skipped = out.skipped, "repair done");
     Ok(out)
 }
 

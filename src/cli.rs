@@ -377,7 +377,7 @@ async fn check(
     let opts = CheckOptions { list_limit: list, ..CheckOptions::default() };
     let mut found = check::run(&src, &dst, &filter, &opts).await?;
     if repair && !found.differences.is_empty() {
-        found.report.repair = Some(check::repair(&dst, &found.differences, prune).await?);
+        found.report.repair = Some(check::repair(&src, &dst, &found.differences, prune).await?);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&found.report)?);

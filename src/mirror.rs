@@ -705,7 +705,7 @@ impl Mirror {
         let opts = CheckOptions { settle: Duration::ZERO, ..CheckOptions::default() };
         let found = check::run(src, dst, &self.cfg.filter, &opts).await.map_err(MirrorError::Check)?;
         if !found.differences.is_empty() {
-            let outcome = check::repair(dst, &found.differences, false).await.map_err(MirrorError::Check)?;
+            let outcome = check::repair(src, dst, &found.differences, false).await.map_err(MirrorError::Check)?;
             tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
             self.update(|p| p.put_keys += outcome.put);
         }

@@ -501,3 +501,43 @@ fn exclusions_come_from_the_topology_file_or_the_flags() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(copied(&mut d), vec!["/registry/configmaps/kube-system/k", "/registry/configmaps/team-b/b"]);
 }
+
+/// The race the 60 s soak caught in CI: a check finds a key missed, the mirror then applies the
+/// source's delete of it (a no-op on the destination, plus its checkpoint), and only then does
+/// the repair run. Putting the checked value back would resurrect a deleted key for good; the
+/// repair re-reads at the new checkpoint and leaves it alone. A diverged key the mirror has
+/// since updated is not overwritten with the older value either.
+#[tokio::test]
+async fn repair_never_undoes_what_the_mirror_applied_after_the_check() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    put_all(&mut s, &[("/registry/pods/team-a/gone".into(), b"v1".to_vec()), ("/registry/pods/team-a/moved".into(), b"v1".to_vec())]).await;
+    Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
+    // The destination lost one key and holds other bytes for the second: both real differences.
+    d.delete("/registry/pods/team-a/gone", None).await.expect("plant missed");
+    d.put("/registry/pods/team-a/moved", "tampered", None).await.expect("plant diverged");
+    let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
+    let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
+    assert_eq!((found.report.missed.count, found.report.diverged.count), (1, 1), "{}", found.report);
+
+    // Now the source deletes one and updates the other, and "the mirror" applies both, with its
+    // checkpoint, in one txn, as the real one does.
+    s.delete("/registry/pods/team-a/gone", None).await.expect("delete on source");
+    let head = s.put("/registry/pods/team-a/moved", "v2", None).await.expect("update on source").header().expect("header").revision();
+    let cp = Checkpoint::read(&mut dc.kv.clone()).await.expect("read checkpoint").expect("checkpoint");
+    let next = Checkpoint { revision: head, ..cp };
+    let ops = vec![
+        TxnOp::delete("/registry/pods/team-a/gone", None),
+        TxnOp::put("/registry/pods/team-a/moved", "v2", None),
+        TxnOp::put(CHECKPOINT_KEY, serde_json::to_vec(&next).expect("json"), None),
+    ];
+    d.txn(Txn::new().and_then(ops)).await.expect("apply like the mirror");
+
+    let outcome = check::repair(&sc, &dc, &found.differences, false).await.expect("repair");
+    assert_eq!((outcome.put, outcome.already, outcome.skipped), (0, 2, 0), "{outcome:?}");
+    assert!(d.get("/registry/pods/team-a/gone", None).await.expect("get").kvs().is_empty(), "the deleted key stays deleted");
+    let moved = d.get("/registry/pods/team-a/moved", None).await.expect("get");
+    assert_eq!(moved.kvs().first().map(|kv| kv.value().to_vec()), Some(b"v2".to_vec()), "the newer value stays");
+    let after = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
+    assert!(after.report.consistent, "{}", after.report);
+}

@@ -182,12 +182,15 @@ impl SyncManager {
         let fixable: Vec<_> = result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect();
         let mut repaired = None;
         if repair && !fixable.is_empty() {
-            let outcome = check::repair(&d, &fixable, false).await?;
+            let outcome = check::repair(&s, &d, &fixable, false).await?;
             let found = result.report;
             result = check::run(&s, &d, &filter, &opts).await?;
             result.report.repair = Some(outcome.clone());
-            let keys = found.missed.keys.iter().chain(&found.diverged.keys).cloned().collect();
-            repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys });
+            // Nothing put: the differences were the mirror's in-flight writes after all.
+            if outcome.put > 0 {
+                let keys = found.missed.keys.iter().chain(&found.diverged.keys).cloned().collect();
+                repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys });
+            }
         }
         *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
         Ok((result.report, repaired))
@@ -299,10 +302,11 @@ impl Repaired {
     /// For an Event and the step message.
     pub fn summary(&self) -> String {
         format!(
-            "re-put {} keys from the primary ({} missed, {} diverged found; {} changed meanwhile and were left to the mirror); first: {}",
+            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror); first: {}",
             self.outcome.put,
             self.missed,
             self.diverged,
+            self.outcome.already,
             self.outcome.skipped,
             self.keys.join(", ")
         )
