@@ -374,7 +374,8 @@ async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
     let checkpoint = gets.next().and_then(|g| {
         let kv = g.kvs().first()?;
         let cp: Checkpoint = serde_json::from_slice(kv.value()).ok()?;
-        (cp.cluster_id == cluster_id && cp.copy.is_none() && cp.revision <= head).then_some((cp.revision, kv.mod_revision()))
+        // May be past `head`: the mirror applied more since; the source has that revision.
+        (cp.cluster_id == cluster_id && cp.copy.is_none()).then_some((cp.revision, kv.mod_revision()))
     });
     let revision = checkpoint.map_or(head, |(r, _)| r);
     let src = skv.get(key, Some(GetOptions::new().with_revision(revision))).await.map_err(on("source"))?;
