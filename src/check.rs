@@ -201,7 +201,8 @@ pub struct RepairOutcome {
     pub put: u64,
     /// Surplus keys deleted (only with prune).
     pub deleted: u64,
-    /// Keys right by the time of the repair (the mirror got there first).
+    /// Keys needing no write by the time of the repair: right again (the mirror got there
+    /// first), or surplus at that point and not to be pruned.
     #[serde(default)]
     pub already: u64,
     /// Keys the mirror kept changing under the repair (left to the mirror and the next check).
