@@ -5,8 +5,9 @@
 //! mirror checkpoint says is fully applied (the checkpoint is written in the same txn as its data),
 //! so a running mirror's destination equals that snapshot except for writes it applied after it.
 //! Every mismatch is then re-verified after a short settle, key by key, at a consistent cut: the
-//! destination's key and checkpoint read in one txn, the source at that checkpoint's revision.
-//! Only keys that still differ there are reported. A repair writes only at such a cut, guarded
+//! destination's key and checkpoint read in one txn, the source at that checkpoint's revision
+//! (no cut while the checkpoint says a copy or a multi-txn batch is half written: such keys are
+//! in flux, not reported). Only keys that still differ there are reported. A repair writes only at such a cut, guarded
 //! by the checkpoint being unchanged, so it never undoes a write the mirror applied meanwhile
 //! (a delete applied after the cut would otherwise be resurrected).
 
@@ -284,8 +285,7 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
     };
     if !differences.is_empty() && !opts.settle.is_zero() {
         tokio::time::sleep(opts.settle).await;
-        let (_, head2) = etcd::head(&mut skv).await.map_err(on("source"))?;
-        differences = reverify(&skv, &dkv, differences, cluster_id, head2).await?;
+        differences = reverify(&skv, &dkv, differences, cluster_id).await?;
     }
     let list = |kind: Kind| {
         let mut l = KeyList::default();
@@ -344,9 +344,8 @@ struct Cut {
     source: Option<Vec<u8>>,
     /// Value and mod revision.
     dest: Option<(Vec<u8>, i64)>,
-    /// The checkpoint's mod revision on the destination, when the cut is the checkpoint's:
-    /// unchanged means no mirror batch landed since the read.
-    checkpoint_mod: Option<i64>,
+    /// Holds while the destination's checkpoint is as read: no mirror batch landed since.
+    checkpoint_unchanged: Compare,
 }
 
 impl Cut {
@@ -361,10 +360,12 @@ impl Cut {
 }
 
 /// Reads `key` on the destination together with its mirror checkpoint (one txn), then on the
-/// source at the checkpoint's revision: both sides as of the same source revision. Without a
-/// usable checkpoint (no drctl mirror, another source, a copy in progress) the source is read at
-/// `head` and the destination as it is.
-async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: u64, head: i64) -> Result<Cut, CheckError> {
+/// source at the checkpoint's revision: both sides as of the same source revision. None when
+/// there is no such cut right now: a copy or a multi-txn batch half written, a checkpoint of
+/// another source, or its revision compacted away; the key is in flux, not known to differ.
+/// With no checkpoint at all (a copy not made by drctl) the source is read at its head and the
+/// destination as it is.
+async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: u64) -> Result<Option<Cut>, CheckError> {
     let txn = Txn::new().and_then(vec![TxnOp::get(key, None), TxnOp::get(CHECKPOINT_KEY, None)]);
     let resp = dkv.txn(txn).await.map_err(on("destination"))?;
     let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
@@ -372,30 +373,33 @@ async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
         _ => None,
     });
     let dest = gets.next().and_then(|g| g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())));
-    let checkpoint = gets.next().and_then(|g| {
-        let kv = g.kvs().first()?;
-        let cp: Checkpoint = serde_json::from_slice(kv.value()).ok()?;
-        // May be past `head`: the mirror applied more since; the source has that revision.
-        (cp.cluster_id == cluster_id && cp.copy.is_none()).then_some((cp.revision, kv.mod_revision()))
-    });
-    let revision = checkpoint.map_or(head, |(r, _)| r);
-    let src = skv.get(key, Some(GetOptions::new().with_revision(revision))).await.map_err(on("source"))?;
-    Ok(Cut { source: src.kvs().first().map(|kv| kv.value().to_vec()), dest, checkpoint_mod: checkpoint.map(|(_, m)| m) })
+    let checkpoint = gets.next().and_then(|g| g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())));
+    let (revision, checkpoint_unchanged) = match checkpoint {
+        None => (etcd::head(&mut skv).await.map_err(on("source"))?.1, Compare::version(CHECKPOINT_KEY, CompareOp::Equal, 0)),
+        Some((value, mod_revision)) => match serde_json::from_slice::<Checkpoint>(&value) {
+            // May be past a head read earlier: the mirror applied more since; the source has it.
+            Ok(cp) if cp.cluster_id == cluster_id && cp.copy.is_none() && cp.pending.is_none() => {
+                (cp.revision, Compare::mod_revision(CHECKPOINT_KEY, CompareOp::Equal, mod_revision))
+            }
+            _ => return Ok(None),
+        },
+    };
+    let src = match skv.get(key, Some(GetOptions::new().with_revision(revision))).await {
+        Ok(r) => r,
+        Err(e) if etcd::is_compacted(&e) => return Ok(None),
+        Err(e) => return Err(on("source")(e)),
+    };
+    Ok(Some(Cut { source: src.kvs().first().map(|kv| kv.value().to_vec()), dest, checkpoint_unchanged }))
 }
 
-/// Re-reads each differing key at a consistent cut; keeps those still differing.
-async fn reverify(
-    skv: &KvClient,
-    dkv: &KvClient,
-    differences: Vec<Difference>,
-    cluster_id: u64,
-    head: i64,
-) -> Result<Vec<Difference>, CheckError> {
+/// Re-reads each differing key at a consistent cut; keeps those that still differ there. A key
+/// with no cut right now is in flux (the mirror is writing): not reported; the next check sees it.
+async fn reverify(skv: &KvClient, dkv: &KvClient, differences: Vec<Difference>, cluster_id: u64) -> Result<Vec<Difference>, CheckError> {
     let lookups: Vec<KeyTask<Option<Difference>>> = differences
         .into_iter()
         .map(|d| {
             let (s, t) = (skv.clone(), dkv.clone());
-            async move { Ok(read_cut(s, t, &d.key, cluster_id, head).await?.difference(d.key)) }.boxed()
+            async move { Ok(read_cut(s, t, &d.key, cluster_id).await?.and_then(|cut| cut.difference(d.key))) }.boxed()
         })
         .collect();
     let results: Vec<Option<Difference>> =
@@ -416,14 +420,18 @@ enum Fix {
 /// checkpoint are still as read, so a write the mirror applied meanwhile is never undone.
 #[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
 pub async fn repair(source: &Conn, dest: &Conn, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
-    let (cluster_id, head) = etcd::head(&mut source.kv.clone()).await.map_err(on("source"))?;
+    let (cluster_id, _) = etcd::head(&mut source.kv.clone()).await.map_err(on("source"))?;
     let writes: Vec<KeyTask<Fix>> = differences
         .iter()
         .map(|d| {
             let (skv, dkv, key) = (source.kv.clone(), dest.kv.clone(), d.key.clone());
             async move {
-                for _ in 0..REPAIR_ATTEMPTS {
-                    let cut = read_cut(skv.clone(), dkv.clone(), &key, cluster_id, head).await?;
+                for attempt in 0..REPAIR_ATTEMPTS {
+                    let Some(cut) = read_cut(skv.clone(), dkv.clone(), &key, cluster_id).await? else {
+                        // In flux: a batch or a copy is being written; give it a moment.
+                        tokio::time::sleep(Duration::from_millis(10 * (attempt as u64 + 1))).await;
+                        continue;
+                    };
                     let (op, fix) = match (&cut.source, &cut.dest) {
                         (None, None) => return Ok(Fix::Already),
                         (Some(a), Some((b, _))) if a == b => return Ok(Fix::Already),
@@ -431,13 +439,13 @@ pub async fn repair(source: &Conn, dest: &Conn, differences: &[Difference], prun
                         (None, Some(_)) if prune => (TxnOp::delete(key.clone(), None), Fix::Deleted),
                         (None, Some(_)) => return Ok(Fix::Already),
                     };
-                    let mut guards = vec![match cut.dest {
-                        Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
-                        None => Compare::version(key.clone(), CompareOp::Equal, 0),
-                    }];
-                    if let Some(m) = cut.checkpoint_mod {
-                        guards.push(Compare::mod_revision(CHECKPOINT_KEY, CompareOp::Equal, m));
-                    }
+                    let guards = vec![
+                        match cut.dest {
+                            Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                            None => Compare::version(key.clone(), CompareOp::Equal, 0),
+                        },
+                        cut.checkpoint_unchanged,
+                    ];
                     let resp = dkv.clone().txn(Txn::new().when(guards).and_then(vec![op])).await.map_err(on("destination"))?;
                     if resp.succeeded() {
                         return Ok(fix);

@@ -43,6 +43,18 @@ pub struct Checkpoint {
     /// Set while the initial copy (or a resync) is in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyCursor>,
+    /// Set by the earlier txns of a batch too big for one: the data of the batch up to this
+    /// revision is partly written, so the destination is not the source at `revision` (a check
+    /// must not compare or repair against it until the batch's last txn clears this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
+}
+
+impl Checkpoint {
+    /// The source fully applied up to `revision`.
+    pub fn at(cluster_id: u64, revision: i64) -> Checkpoint {
+        Checkpoint { cluster_id, revision, copy: None, pending: None }
+    }
 }
 
 /// How far a copy got: every key of the copy phases before (`phase`, `next`) is copied.
@@ -503,7 +515,7 @@ impl Mirror {
         });
         let prune = cursor.prune;
         let next = hex::decode(&cursor.next).unwrap_or_default();
-        let checkpoint = |c: &CopyCursor| Checkpoint { cluster_id, revision, copy: Some(c.clone()) };
+        let checkpoint = |c: &CopyCursor| Checkpoint { copy: Some(c.clone()), ..Checkpoint::at(cluster_id, revision) };
         let mut done = cursor.clone();
         type Pending = BoxFuture<'static, Result<(CopyCursor, u64, u64), MirrorError>>;
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
@@ -568,7 +580,7 @@ impl Mirror {
             }
             done = CopyCursor::at(phase + 1, &[], prune);
         }
-        apply(dkv, Vec::new(), Some(Checkpoint { cluster_id, revision, copy: None })).await?;
+        apply(dkv, Vec::new(), Some(Checkpoint::at(cluster_id, revision))).await?;
         self.update(|p| {
             p.applied_revision = revision;
             if revision >= p.source_revision {
@@ -651,7 +663,7 @@ impl Mirror {
             if batch.revision > applied {
                 let revision = batch.revision;
                 if !batch.ops.is_empty() {
-                    let (puts, dels) = self.apply_batch(dst, Checkpoint { cluster_id, revision, copy: None }, batch).await?;
+                    let (puts, dels) = self.apply_batch(dst, Checkpoint::at(cluster_id, persisted), revision, batch).await?;
                     self.update(|p| {
                         p.put_keys += puts;
                         p.deleted_keys += dels;
@@ -670,7 +682,7 @@ impl Mirror {
             let caught_up = applied >= self.progress.borrow().source_revision;
             let done = target.is_some_and(|t| applied >= t);
             if applied > persisted && (done || last_persist.elapsed() >= t.checkpoint_every || anti_entropy.is_some()) {
-                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint { cluster_id, revision: applied, copy: None })).await?;
+                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied))).await?;
                 (persisted, last_persist) = (applied, Instant::now());
             }
             if done {
@@ -685,17 +697,21 @@ impl Mirror {
 
     /// Writes one deduplicated batch; the checkpoint goes with the last txn, after the others
     /// committed, so it never claims a revision whose writes are not all in.
-    async fn apply_batch(&self, dst: &Conn, checkpoint: Checkpoint, batch: Batch) -> Result<(u64, u64), MirrorError> {
+    /// Writes a batch that takes the destination from `done` (its checkpoint) to `revision`.
+    /// A batch too big for one txn marks the checkpoint pending in each of its earlier txns, so
+    /// no reader takes the half-written state for the source at `done.revision`.
+    async fn apply_batch(&self, dst: &Conn, done: Checkpoint, revision: i64, batch: Batch) -> Result<(u64, u64), MirrorError> {
         let t = &self.cfg.tuning;
         let ops = batch.into_ops();
         let dels = ops.iter().filter(|op| matches!(op, Op::Delete(_))).count() as u64;
         let puts = ops.len() as u64 - dels;
         let mut txns = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
         let last = txns.pop().unwrap_or_default();
+        let pending = Checkpoint { pending: Some(revision), ..done.clone() };
         let writes: Vec<BoxFuture<'static, Result<(), MirrorError>>> =
-            txns.into_iter().map(|ops| apply(dst.kv.clone(), ops, None).boxed()).collect();
+            txns.into_iter().map(|ops| apply(dst.kv.clone(), ops, Some(pending.clone())).boxed()).collect();
         futures::stream::iter(writes).buffer_unordered(t.in_flight).try_collect::<Vec<()>>().await?;
-        apply(dst.kv.clone(), last, Some(checkpoint)).await?;
+        apply(dst.kv.clone(), last, Some(Checkpoint::at(done.cluster_id, revision))).await?;
         Ok((puts, dels))
     }
 
@@ -755,7 +771,7 @@ mod tests {
 
     #[test]
     fn checkpoint_json_is_stable() {
-        let cp = Checkpoint { cluster_id: 7, revision: 42, copy: Some(CopyCursor::at(2, b"/registry/x", true)) };
+        let cp = Checkpoint { copy: Some(CopyCursor::at(2, b"/registry/x", true)), ..Checkpoint::at(7, 42) };
         let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
         assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);

@@ -541,3 +541,33 @@ async fn repair_never_undoes_what_the_mirror_applied_after_the_check() {
     let after = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(after.report.consistent, "{}", after.report);
 }
+
+/// A batch too big for one txn is written in several; until its last txn the checkpoint says
+/// `pending`. A check in that window must neither report the half-written keys nor repair them
+/// from the older revision (which would put back a key the batch deleted).
+#[tokio::test]
+async fn a_half_written_batch_is_never_compared_or_repaired() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    put_all(&mut s, &[("/registry/pods/team-a/big".into(), b"v1".to_vec())]).await;
+    Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
+    let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read checkpoint").expect("checkpoint");
+    let head = s.delete("/registry/pods/team-a/big", None).await.expect("delete on source").header().expect("header").revision();
+    // An earlier txn of the batch up to `head`: its data, and the checkpoint marked pending.
+    let pending = serde_json::to_vec(&Checkpoint { pending: Some(head), ..cp.clone() }).expect("json");
+    d.txn(Txn::new().and_then(vec![TxnOp::delete("/registry/pods/team-a/big", None), TxnOp::put(CHECKPOINT_KEY, pending, None)])).await.expect("partial batch");
+
+    let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
+    let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
+    assert!(found.report.consistent, "a half-written batch is in flux, not damage: {}", found.report);
+    let missed = check::Difference { key: b"/registry/pods/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None };
+    let outcome = check::repair(&sc, &dc, &[missed], false).await.expect("repair");
+    assert_eq!((outcome.put, outcome.skipped), (0, 1), "{outcome:?}");
+    assert!(d.get("/registry/pods/team-a/big", None).await.expect("get").kvs().is_empty(), "the batch's delete stands");
+
+    // The batch's last txn: the checkpoint at `head`, no longer pending. Consistent.
+    let done = serde_json::to_vec(&Checkpoint { pending: None, revision: head, ..cp }).expect("json");
+    d.put(CHECKPOINT_KEY, done, None).await.expect("last txn");
+    let after = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
+    assert!(after.report.consistent, "{}", after.report);
+}
