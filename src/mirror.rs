@@ -98,8 +98,6 @@ pub enum MirrorError {
     Etcd { side: &'static str, source: etcd_client::Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("anti-entropy check failed: {0}")]
-    Check(#[source] CheckError),
     #[error("the source compacted the revision the mirror needs")]
     Compacted,
     #[error("the source's watch stream went silent for {0:?} after a progress request")]
@@ -719,9 +717,10 @@ impl Mirror {
     /// collector deleting a child that arrived before its owner). Never deletes.
     async fn anti_entropy(&self, src: &Conn, dst: &Conn) -> Result<(), MirrorError> {
         let opts = CheckOptions { settle: Duration::ZERO, ..CheckOptions::default() };
-        let found = check::run(src, dst, &self.cfg.filter, &opts).await.map_err(MirrorError::Check)?;
+        // Through From: a compacted revision becomes Compacted, which the session resyncs from.
+        let found = check::run(src, dst, &self.cfg.filter, &opts).await?;
         if !found.differences.is_empty() {
-            let outcome = check::repair(src, dst, &found.differences, false).await.map_err(MirrorError::Check)?;
+            let outcome = check::repair(src, dst, &found.differences, false).await?;
             tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
             self.update(|p| p.put_keys += outcome.put);
         }
