@@ -7,9 +7,9 @@
 //! Every mismatch is then re-verified after a short settle, key by key, at a consistent cut: the
 //! destination's key and checkpoint read in one txn, the source at that checkpoint's revision
 //! (no cut while the checkpoint says a copy or a multi-txn batch is half written: such keys are
-//! in flux, not reported). Only keys that still differ there are reported. A repair writes only at such a cut, guarded
-//! by the checkpoint being unchanged, so it never undoes a write the mirror applied meanwhile
-//! (a delete applied after the cut would otherwise be resurrected).
+//! in flux, not reported). Only keys that still differ there are reported. A repair writes only
+//! at such a cut, guarded by the checkpoint being unchanged, so it never undoes a write the
+//! mirror applied meanwhile (a delete applied after the cut would otherwise be resurrected).
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -63,6 +63,16 @@ pub enum Kind {
 }
 
 impl Difference {
+    /// How `key` differs between the source's value and the destination's (value, mod
+    /// revision); None when both have the same bytes or neither has the key.
+    fn between(key: Vec<u8>, source: Option<Vec<u8>>, dest: Option<(Vec<u8>, i64)>) -> Option<Difference> {
+        match (source, dest) {
+            (None, None) => None,
+            (Some(a), Some((b, _))) if a == b => None,
+            (source, dest) => Some(Difference { key, source, dest_mod_revision: dest.map(|(_, r)| r) }),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match (&self.source, self.dest_mod_revision) {
             (Some(_), None) => Kind::Missed,
@@ -84,25 +94,13 @@ pub fn diff_sorted(source: Vec<Kv>, dest: Vec<Kv>, filter: &Filter) -> Vec<Diffe
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (Some(a), Some(b)) => a.key.cmp(&b.key),
         };
-        match order {
-            std::cmp::Ordering::Less => {
-                if let Some(a) = s.next() {
-                    out.push(Difference { key: a.key, source: Some(a.value), dest_mod_revision: None });
-                }
-            }
-            std::cmp::Ordering::Greater => {
-                if let Some(b) = d.next() {
-                    out.push(Difference { key: b.key, source: None, dest_mod_revision: Some(b.mod_revision) });
-                }
-            }
-            std::cmp::Ordering::Equal => {
-                if let (Some(a), Some(b)) = (s.next(), d.next()) {
-                    if a.value != b.value {
-                        out.push(Difference { key: a.key, source: Some(a.value), dest_mod_revision: Some(b.mod_revision) });
-                    }
-                }
-            }
-        }
+        let (a, b) = match order {
+            std::cmp::Ordering::Less => (s.next(), None),
+            std::cmp::Ordering::Greater => (None, d.next()),
+            std::cmp::Ordering::Equal => (s.next(), d.next()),
+        };
+        let Some(key) = a.as_ref().or(b.as_ref()).map(|kv| kv.key.clone()) else { return out };
+        out.extend(Difference::between(key, a.map(|kv| kv.value), b.map(|kv| (kv.value, kv.mod_revision))));
     }
 }
 
@@ -341,22 +339,10 @@ async fn scan(
 
 /// One key at a consistent cut.
 struct Cut {
-    source: Option<Vec<u8>>,
-    /// Value and mod revision.
-    dest: Option<(Vec<u8>, i64)>,
+    /// How the key differs there; None when both sides agree.
+    difference: Option<Difference>,
     /// Holds while the destination's checkpoint is as read: no mirror batch landed since.
     checkpoint_unchanged: Compare,
-}
-
-impl Cut {
-    /// The difference at this cut, if any.
-    fn difference(self, key: Vec<u8>) -> Option<Difference> {
-        match (self.source, self.dest) {
-            (None, None) => None,
-            (Some(a), Some((b, _))) if a == b => None,
-            (source, dest) => Some(Difference { key, source, dest_mod_revision: dest.map(|(_, r)| r) }),
-        }
-    }
 }
 
 /// Reads `key` on the destination together with its mirror checkpoint (one txn), then on the
@@ -389,7 +375,8 @@ async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
         Err(e) if etcd::is_compacted(&e) => return Ok(None),
         Err(e) => return Err(on("source")(e)),
     };
-    Ok(Some(Cut { source: src.kvs().first().map(|kv| kv.value().to_vec()), dest, checkpoint_unchanged }))
+    let source = src.kvs().first().map(|kv| kv.value().to_vec());
+    Ok(Some(Cut { difference: Difference::between(key.to_vec(), source, dest), checkpoint_unchanged }))
 }
 
 /// Re-reads each differing key at a consistent cut; keeps those that still differ there. A key
@@ -399,7 +386,7 @@ async fn reverify(skv: &KvClient, dkv: &KvClient, differences: Vec<Difference>, 
         .into_iter()
         .map(|d| {
             let (s, t) = (skv.clone(), dkv.clone());
-            async move { Ok(read_cut(s, t, &d.key, cluster_id).await?.and_then(|cut| cut.difference(d.key))) }.boxed()
+            async move { Ok(read_cut(s, t, &d.key, cluster_id).await?.and_then(|cut| cut.difference)) }.boxed()
         })
         .collect();
     let results: Vec<Option<Difference>> =
@@ -432,16 +419,15 @@ pub async fn repair(source: &Conn, dest: &Conn, differences: &[Difference], prun
                         tokio::time::sleep(Duration::from_millis(10 * (attempt as u64 + 1))).await;
                         continue;
                     };
-                    let (op, fix) = match (&cut.source, &cut.dest) {
-                        (None, None) => return Ok(Fix::Already),
-                        (Some(a), Some((b, _))) if a == b => return Ok(Fix::Already),
-                        (Some(v), _) => (TxnOp::put(key.clone(), v.clone(), None), Fix::Put),
-                        (None, Some(_)) if prune => (TxnOp::delete(key.clone(), None), Fix::Deleted),
-                        (None, Some(_)) => return Ok(Fix::Already),
+                    let Some(d) = cut.difference else { return Ok(Fix::Already) };
+                    let (op, fix) = match d.source {
+                        Some(v) => (TxnOp::put(key.clone(), v, None), Fix::Put),
+                        None if prune => (TxnOp::delete(key.clone(), None), Fix::Deleted),
+                        None => return Ok(Fix::Already),
                     };
                     let guards = vec![
-                        match cut.dest {
-                            Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
+                        match d.dest_mod_revision {
+                            Some(rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
                             None => Compare::version(key.clone(), CompareOp::Equal, 0),
                         },
                         cut.checkpoint_unchanged,

@@ -693,10 +693,9 @@ impl Mirror {
         }
     }
 
-    /// Writes one deduplicated batch; the checkpoint goes with the last txn, after the others
-    /// committed, so it never claims a revision whose writes are not all in.
-    /// Writes a batch that takes the destination from `done` (its checkpoint) to `revision`.
-    /// A batch too big for one txn marks the checkpoint pending in each of its earlier txns, so
+    /// Writes one deduplicated batch, taking the destination from `done` (its checkpoint) to
+    /// `revision`. The new checkpoint goes with the last txn, after the others committed, so it
+    /// never claims a revision whose writes are not all in; the earlier txns mark it pending, so
     /// no reader takes the half-written state for the source at `done.revision`.
     async fn apply_batch(&self, dst: &Conn, done: Checkpoint, revision: i64, batch: Batch) -> Result<(u64, u64), MirrorError> {
         let t = &self.cfg.tuning;

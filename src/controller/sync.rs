@@ -167,9 +167,10 @@ impl SyncManager {
     }
 
     /// Runs a full consistency check of the running mirror's source and destination. With
-    /// `repair`, missed and diverged keys are re-put from the source (a compare-and-swap, so a
-    /// concurrent mirror write wins; surplus keys are left) and the check runs again: the report
-    /// says what is left, its `repair` what was done, and `Repaired` which keys were found.
+    /// `repair`, missed and diverged keys are re-put from the source (at a consistent cut, never
+    /// over a write the mirror applied meanwhile; surplus keys are left) and the check runs
+    /// again: the report says what is left, its `repair` what was done, and `Repaired` which
+    /// keys were found.
     pub async fn check_now(&self, repair: bool) -> Result<(CheckReport, Option<Repaired>), SyncError> {
         let (source, dest, filter) = {
             let guard = self.running.lock().await;
@@ -179,9 +180,10 @@ impl SyncManager {
         let (s, d) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
         let opts = check::CheckOptions::default();
         let mut result = check::run(&s, &d, &filter, &opts).await?;
-        let fixable: Vec<_> = result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect();
+        let fixable: Vec<_> =
+            if repair { result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect() } else { Vec::new() };
         let mut repaired = None;
-        if repair && !fixable.is_empty() {
+        if !fixable.is_empty() {
             let outcome = check::repair(&s, &d, &fixable, false).await?;
             let found = result.report;
             result = check::run(&s, &d, &filter, &opts).await?;

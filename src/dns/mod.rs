@@ -26,7 +26,7 @@ use crate::topology::{DnsSpec, Platform};
 use crate::validate::{parse_duration, parse_resolver};
 
 pub use manual::{manual_status, ManualStatus, CONFIRM_ANNOTATION};
-pub use webhook::{json_post, signature_header, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+pub use webhook::{json_post, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 /// How long `VerifyDNS` waits when `spec.dns.verify.timeout` is not set.
 pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(300);

@@ -17,7 +17,7 @@ pub const SIGNATURE_HEADER: &str = "X-Drctl-Signature";
 pub const TIMESTAMP_HEADER: &str = "X-Drctl-Timestamp";
 
 /// The value of [`SIGNATURE_HEADER`] for `body` signed with `key` at `timestamp`.
-pub fn signature_header(key: &[u8], timestamp: u64, body: &[u8]) -> String {
+fn signature_header(key: &[u8], timestamp: u64, body: &[u8]) -> String {
     let mut ctx = ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key));
     ctx.update(format!("{timestamp}.").as_bytes());
     ctx.update(body);
