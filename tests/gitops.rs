@@ -308,7 +308,7 @@ fn push_over_ssh_uses_the_users_key_and_checks_the_host_key() {
 
     // Another server key under the same name: a man in the middle, as far as the client knows.
     let other = tempfile::tempdir().expect("tempdir");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(other.path().join("k")));
+    support::ssh::keygen(&other.path().join("k"));
     home.trust(sshd.port, &std::fs::read_to_string(other.path().join("k.pub")).expect("read key"));
     repo.git(&["checkout", "-q", "main"]);
     let out = drctl(&["promote", "global-b", "--branch", "dr/b2", "--push", "forge"]);

@@ -52,7 +52,7 @@ impl Proxy {
                 let accept = async {
                     loop {
                         let Ok((inbound, _)) = listener.accept().await else { continue };
-                        let (m, f, e) = (m.clone(), f.clone(), e.clone());
+                        let (m, f) = (m.clone(), f.clone());
                         let born = Epoch { current: e.clone(), at_accept: e.load(Ordering::SeqCst) };
                         tokio::spawn(async move {
                             let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };

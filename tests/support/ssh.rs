@@ -33,7 +33,8 @@ impl Home {
     }
 }
 
-fn keygen(path: &Path) {
+/// A new ed25519 key pair without a passphrase at `path` and `path.pub`.
+pub fn keygen(path: &Path) {
     let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "drctl-test", "-f"]).arg(path).output().expect("run ssh-keygen");
     assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
 }
