@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kubectl from the k8s.io/kubernetes Go module (no prebuilt binaries)
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the k8s.io/kubernetes Go module (no prebuilt binaries)
 # and caches them by version under $DRCTL_CACHE (default /var/cache/drctl), so a machine builds
 # them once. `go install k8s.io/kubernetes/cmd/kube-apiserver@vX` cannot work: k8s.io/kubernetes
 # replaces its staging modules with ./staging paths, so a throwaway module pins each staging
 # module to its published v0.Y.Z twin instead.
-# Prints the directory holding both binaries on stdout.
+# Prints the directory holding the binaries on stdout.
 set -euo pipefail
 version="${KUBE_VERSION:-v1.34.4}"
 cache="${DRCTL_CACHE:-/var/cache/drctl}"
 out="$cache/kube-$version"
-want=(kube-apiserver kubectl)
+want=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 missing=()
 for b in "${want[@]}"; do [ -x "$out/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$out"; exit 0; fi
@@ -33,6 +33,8 @@ package main
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	_ "k8s.io/kubectl/pkg/cmd"
 )
 
