@@ -6,15 +6,22 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube build crds argocd-cm test demo demo-down bench faults soak
+.PHONY: deps kube argocd kwok platform build crds argocd-cm test demo demo-down bench faults soak
 
-# Debian packages the tests and the lab run: etcd, etcdctl, PowerDNS, BIND, protoc.
+# Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
+# protoc with its well-known types, OpenSSH, OpenSSL headers.
 deps:
 	bash hack/install-deps.sh
 
-# kube-apiserver and kubectl from the k8s.io/kubernetes Go module, cached by version.
+# Built from Go modules (never downloaded prebuilt), cached by version in $(DRCTL_CACHE):
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl; Argo CD; kwok.
 kube:
 	bash hack/build-kube.sh >/dev/null
+argocd:
+	bash hack/build-argocd.sh >/dev/null
+kwok:
+	bash hack/build-kwok.sh >/dev/null
+platform: kube argocd kwok
 
 build:
 	cargo build --all-targets
@@ -29,13 +36,14 @@ argocd-cm:
 	  sed 's/^\(..*\)$$/    \1/' gitops/health/health.lua; } > gitops/argocd/argocd-cm-patch.yaml.new
 	mv gitops/argocd/argocd-cm-patch.yaml.new gitops/argocd/argocd-cm-patch.yaml
 
-test: deps kube
+test: deps platform
 	cargo test --no-fail-fast -- --test-threads=2
 
-# The local DR lab (drctl lab): two globals, PowerDNS, a Git repo and a stand-in for Argo CD on
-# loopback; a pull request flips spec.primary and the runbook runs. The lab keeps running after.
+# The local DR lab (drctl lab): two whole globals (control plane, kwok nodes, their own Argo CD),
+# PowerDNS and a Git repo on loopback; a pull request flips spec.primary and the runbook runs.
+# The lab keeps running after.
 LAB_DIR ?= $(CURDIR)/lab
-demo: deps kube build
+demo: deps platform build
 	@$(DRCTL) lab down --dir $(LAB_DIR) >/dev/null
 	$(DRCTL) lab up --dir $(LAB_DIR)
 	$(DRCTL) lab flip --dir $(LAB_DIR)
@@ -54,10 +62,10 @@ bench: deps
 	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl
 
 # The fault matrix alone, with its FAULT lines (RELIABILITY.md records them).
-faults: deps kube
+faults: deps platform
 	cargo test --test faults -- --nocapture --test-threads=2
 
 # Not in CI: a DR pair under 1,000 writes/s with deletes and a failover in the middle, for
 # DRCTL_SOAK_SECS (default 600); prints max lag, memory growth and the final check.
-soak: deps kube
+soak: deps platform
 	cargo test --test soak soak_long -- --ignored --nocapture

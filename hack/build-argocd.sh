@@ -11,7 +11,7 @@ set -euo pipefail
 version="${ARGOCD_VERSION:-v3.6.1}"
 cache="${DRCTL_CACHE:-/var/cache/drctl}"
 out="$cache/argocd-$version"
-if [ -x "$out/argocd" ] && [ -x "$out/git-verify-wrapper.sh" ]; then echo "$out/argocd"; exit 0; fi
+if [ -x "$out/argocd" ] && [ -s "$out/manifests/argocd-cm.yaml" ]; then echo "$out/argocd"; exit 0; fi
 command -v go >/dev/null || { echo "go is required to build Argo CD $version" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is required to read Argo CD's go.mod" >&2; exit 1; }
 export GOTOOLCHAIN="${ARGOCD_GOTOOLCHAIN:-go1.27.3}" CGO_ENABLED=0
@@ -46,12 +46,19 @@ import _ "github.com/argoproj/argo-cd/v3/cmd"
 
 func main() {}
 GO
-echo "resolving modules for Argo CD $version ..." >&2
-go mod tidy >&2
-ld="-s -w -X github.com/argoproj/argo-cd/v3/common.version=${version#v} -X github.com/argoproj/argo-cd/v3/common.gitCommit=module"
-echo "building argocd $version into $out (8-10 minutes on 2 cores; cached afterwards) ..." >&2
-go build -trimpath -ldflags "$ld" -o "$out/argocd.tmp" "$mod/cmd"
+if [ ! -x "$out/argocd" ]; then
+  echo "resolving modules for Argo CD $version ..." >&2
+  go mod tidy >&2
+  ld="-s -w -X github.com/argoproj/argo-cd/v3/common.version=${version#v} -X github.com/argoproj/argo-cd/v3/common.gitCommit=module"
+  echo "building argocd $version into $out (8-10 minutes on 2 cores; cached afterwards) ..." >&2
+  go build -trimpath -ldflags "$ld" -o "$out/argocd.tmp" "$mod/cmd"
+  mv "$out/argocd.tmp" "$out/argocd"
+fi
+# What running it outside a cluster needs from the source: the wrapper scripts the repo-server
+# execs, the CRDs, and the base config the lab installs (argocd-cm is then patched with ours).
 for s in git-verify-wrapper.sh gpg-wrapper.sh; do install -m 0755 "$srcdir/hack/$s" "$out/$s"; done
-cp "$srcdir/manifests/crds/application-crd.yaml" "$srcdir/manifests/crds/appproject-crd.yaml" "$out/"
-mv "$out/argocd.tmp" "$out/argocd"
+mkdir -p "$out/manifests.tmp"
+cp "$srcdir/manifests/crds/application-crd.yaml" "$srcdir/manifests/crds/appproject-crd.yaml" \
+   "$srcdir"/manifests/base/config/argocd-{cm,cmd-params-cm,rbac-cm,secret}.yaml "$out/manifests.tmp/"
+rm -rf "$out/manifests"; mv "$out/manifests.tmp" "$out/manifests"
 echo "$out/argocd"

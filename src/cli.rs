@@ -104,7 +104,7 @@ pub enum Command {
         #[arg(long)]
         kubeconfig: Vec<PathBuf>,
     },
-    /// The local DR lab: two globals, PowerDNS, a Git repo and a stand-in for Argo CD on this machine.
+    /// The local DR lab: two whole globals (control plane, kwok nodes, their own Argo CD), PowerDNS and a Git repo on this machine.
     #[command(subcommand)]
     Lab(crate::lab::cli::LabCommand),
     /// DNS tools for operators.

@@ -1,7 +1,9 @@
-//! The DR lab end to end, through the `drctl lab` commands a newcomer runs: a planned switchover,
-//! and a disaster (the primary dies first) followed by the old primary's recovery. Everything is
-//! real: two etcd + kube-apiserver globals, PowerDNS, a Git repo, the stand-in for Argo CD and two
-//! `drctl controller` processes, in a temp dir, stopped at the end even when an assertion fails.
+//! The DR lab end to end, through the `drctl lab` commands a newcomer runs: a planned switchover
+//! and back (once with a webhook-style refresh, once by Argo CD's polling alone), and a disaster
+//! (the primary dies first) followed by the old primary's recovery. Everything is real: two
+//! globals each with etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes,
+//! its own Argo CD (redis, repo-server, application-controller) and a `drctl controller`;
+//! PowerDNS and a Git repo; in a temp dir, stopped at the end even when an assertion fails.
 
 mod support;
 
@@ -96,9 +98,10 @@ impl Lab {
         let state = self.state();
         let mut s = String::new();
         for c in &state.clusters {
-            s.push_str(&format!("--- {}\n{}\n", c.controller.log.display(), drctl::lab::procs::tail(&c.controller.log)));
+            for log in [c.controller.log.clone(), c.supervisor_log.clone(), c.platform.log("argocd-application-controller")] {
+                s.push_str(&format!("--- {}\n{}\n", log.display(), drctl::lab::procs::tail(&log)));
+            }
         }
-        s.push_str(&format!("--- {}\n{}\n", state.standin_log.display(), drctl::lab::procs::tail(&state.standin_log)));
         s
     }
 }
@@ -113,6 +116,43 @@ fn cluster<'a>(status: &'a Value, name: &str) -> &'a Value {
     status["clusters"].as_array().expect("clusters").iter().find(|c| c["name"] == name).expect("cluster in status")
 }
 
+/// Every component of `name` runs, and the control plane's own parts never had to be restarted.
+fn assert_whole_platform(status: &Value, name: &str) {
+    let c = cluster(status, name);
+    let components = c["components"].as_array().expect("components");
+    let names: Vec<&str> = components.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+            "redis",
+            "argocd-repo-server",
+            "argocd-application-controller",
+            "drctl-controller"
+        ],
+        "{status}"
+    );
+    for p in components {
+        assert_eq!(p["running"], true, "{name}: {p} is not running: {status}");
+        assert!(p["pid"].as_u64().is_some_and(|pid| pid > 0), "{p}");
+        if p["name"] != "drctl-controller" {
+            assert_eq!(p["restarts"], 0, "{name}: {p} exited: {status}");
+        }
+    }
+}
+
+/// What `lab status --json` says of `name`'s Argo CD: synced to `commit`, and our health.lua's
+/// verdict on the DRTopology.
+fn assert_argo_synced(status: &Value, name: &str, commit: &str) {
+    let a = &cluster(status, name)["argocd"];
+    assert_eq!((a["application"].as_str(), a["sync"].as_str(), a["revision"].as_str()), (Some("drtopology"), Some("Synced"), Some(commit)), "{status}");
+    assert!(a["health"].is_string() && a["healthMessage"].is_string(), "{status}");
+}
+
 const MIRROR: Duration = Duration::from_secs(30);
 
 #[test]
@@ -124,9 +164,16 @@ fn planned_switchover_by_pull_request() {
     let out = lab.kubectl("global-b", &["-n", "team-a", "get", "widgets.example.com", "blue", "-o", "jsonpath={.spec.size}"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "3", "seeded Widget on the standby: {}", String::from_utf8_lossy(&out.stderr));
 
+    assert_whole_platform(&s, "global-a");
+    assert_whole_platform(&s, "global-b");
+    // Pods become Ready on kwok's nodes: the failover's restart target is a real rollout.
+    let out = lab.kubectl("global-a", &["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "True True", "global-a's kwok nodes are Ready");
+
     lab.put("global-a", "before-flip", "written on global-a");
     let shown = lab.run(&["flip"]);
-    assert!(shown.contains("stand-in for Argo CD applied the merge to global-b"), "{shown}");
+    assert!(shown.contains("global-b's Argo CD synced the merge"), "{shown}");
+    assert!(shown.contains("asked global-a's Argo CD to refresh"), "{shown}");
     assert!(shown.contains("Timeline") && shown.contains("RTO (planned)"), "{shown}");
 
     // DNS, roles, phases and missed keys, read live.
@@ -160,7 +207,28 @@ fn planned_switchover_by_pull_request() {
     let names: Vec<&str> = r.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names.last(), Some(&"Done"), "{names:?}");
     assert!(r.rto_seconds > 0.0 && r.rto_seconds <= r.merge_to_done_seconds, "{r:?}");
-    eprintln!("planned switchover RTO {:.2}s (merge -> Done {:.2}s)", r.rto_seconds, r.merge_to_done_seconds);
+    assert!(r.refreshed && r.argo_synced_at.contains_key("global-a") && r.argo_synced_at.contains_key("global-b"), "{r:?}");
+    let s = lab.status();
+    assert_argo_synced(&s, "global-a", &r.merge_commit);
+    assert_argo_synced(&s, "global-b", &r.merge_commit);
+    assert_whole_platform(&s, "global-a");
+    assert_whole_platform(&s, "global-b");
+    eprintln!("planned switchover RTO {:.2}s (merge -> Done {:.2}s, webhook-style refresh)", r.rto_seconds, r.merge_to_done_seconds);
+
+    // And back, with Argo CD's polling alone.
+    let shown = lab.run(&["flip", "--no-refresh"]);
+    assert!(shown.contains("noticed by polling") || shown.contains("by polling"), "{shown}");
+    let r = lab.last_flip();
+    assert_eq!((r.from.as_str(), r.to.as_str(), r.refreshed), ("global-b", "global-a", false), "{r:?}");
+    let s = lab.status();
+    assert_eq!((s["primary"].as_str(), s["dnsAnswer"].as_str()), (Some("global-a"), Some("127.0.0.10")), "{s}");
+    assert_eq!(lab.dig(), vec!["127.0.0.10"], "DNS follows the flip back");
+    let (a, b) = (cluster(&s, "global-a"), cluster(&s, "global-b"));
+    assert_eq!((a["role"].as_str(), a["phase"].as_str()), (Some("Primary"), Some("Steady")), "{s}");
+    assert_eq!((b["role"].as_str(), b["phase"].as_str(), b["missedKeys"].as_u64()), (Some("Standby"), Some("Steady"), Some(0)), "{s}");
+    lab.wait_for("global-a", "after-flip", "written on global-b", Duration::from_secs(5));
+    assert_argo_synced(&s, "global-b", &r.merge_commit);
+    eprintln!("flip back RTO {:.2}s (merge -> Done {:.2}s, polling only)", r.rto_seconds, r.merge_to_done_seconds);
 }
 
 #[test]
@@ -169,8 +237,11 @@ fn disaster_failover_then_the_old_primary_returns_as_standby() {
     lab.put("global-a", "last-words", "from global-a");
     lab.wait_for("global-b", "last-words", "from global-a", MIRROR);
 
+    let doomed: Vec<drctl::lab::Pid> = lab.state().cluster("global-a").expect("a").components(&lab.state()).iter().filter_map(|r| r.pid()).collect();
+    assert_eq!(doomed.len(), 9, "{doomed:?}");
     let shown = lab.run(&["disaster"]);
-    assert!(shown.contains("killed global-a's kube-apiserver"), "{shown}");
+    assert!(shown.contains("killed global-a's supervisor"), "{shown}");
+    assert!(doomed.iter().all(|p| !p.is_alive()), "every process of global-a died with its supervisor: {doomed:?}");
     let s = lab.status();
     assert_eq!(s["primary"], "global-b", "{s}");
     assert_eq!(s["dnsAnswer"], "127.0.0.20", "{s}");
@@ -185,9 +256,11 @@ fn disaster_failover_then_the_old_primary_returns_as_standby() {
     assert!(demote.message.as_deref().unwrap_or_default().contains("unreachable"), "{demote:?}");
     eprintln!("disaster failover RTO {:.2}s (merge -> Done {:.2}s)", r.rto_seconds, r.merge_to_done_seconds);
 
-    // The old primary comes back, takes the flip from the stand-in for Argo CD and mirrors.
-    lab.run(&["recover"]);
+    // The old primary comes back, its own Argo CD applies the flip, then its controller mirrors.
+    let shown = lab.run(&["recover"]);
+    assert!(shown.contains("global-a's Argo CD synced main"), "{shown}");
     let s = lab.status();
+    assert_whole_platform(&s, "global-a");
     let (a, b) = (cluster(&s, "global-a"), cluster(&s, "global-b"));
     assert_eq!((a["role"].as_str(), a["phase"].as_str(), a["missedKeys"].as_u64()), (Some("Standby"), Some("Steady"), Some(0)), "{s}");
     assert_eq!((b["role"].as_str(), b["phase"].as_str()), (Some("Primary"), Some("Steady")), "{s}");
@@ -195,8 +268,13 @@ fn disaster_failover_then_the_old_primary_returns_as_standby() {
     lab.wait_for("global-a", "after-disaster", "from global-b", MIRROR);
 
     // down stops everything, and a second down is harmless.
-    let running: Vec<drctl::lab::Pid> = lab.state().processes().into_iter().map(|(_, p)| p.clone()).collect();
-    assert_eq!(running.len(), 8, "stand-in, PowerDNS, and etcd, apiserver, controller per global: {running:?}");
+    let state = lab.state();
+    let mut running: Vec<drctl::lab::Pid> = state.processes().into_iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(running.len(), 3, "PowerDNS and a supervisor per global: {running:?}");
+    for c in &state.clusters {
+        running.extend(c.components(&state).iter().filter_map(|r| r.pid()));
+    }
+    assert_eq!(running.len(), 3 + 2 * 9, "{running:?}");
     lab.run(&["down"]);
     assert!(running.iter().all(|p| !p.is_alive()), "still running after down: {running:?}");
     assert!(lab.state().processes().is_empty());

@@ -7,17 +7,17 @@ use clap::{Args, Subcommand};
 
 use super::flip::{self, Scenario};
 use super::out::Out;
-use super::{default_dir, down, standin, status, up, LabState};
+use super::{default_dir, down, status, supervise, up, LabState};
 
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
-    /// Start two globals, PowerDNS, a Git repo, the stand-in for Argo CD and one controller per
-    /// global; seed workloads on the primary; wait until the pair is steady.
+    /// Start PowerDNS, a Git repo and two globals (control plane, kwok nodes, their own Argo CD,
+    /// a drctl controller each); seed workloads on the primary; wait until the pair is steady.
     Up(DirArg),
     /// Flip spec.primary by a merged pull request and follow the failover to the end.
-    Flip(DirArg),
-    /// Stop the primary's etcd, apiserver and controller, then flip.
-    Disaster(DirArg),
+    Flip(FlipArgs),
+    /// Kill the primary global (every process of it at once), then flip.
+    Disaster(FlipArgs),
     /// Start the globals `disaster` stopped again; they come back as standbys of the new primary.
     Recover(DirArg),
     /// Primary, DNS answer and each global's role, phase and missed keys, read live.
@@ -29,9 +29,24 @@ pub enum LabCommand {
     },
     /// Stop everything the lab started (safe to run twice); logs and data stay.
     Down(DirArg),
-    /// The stand-in for Argo CD (started by `lab up`).
+    /// The supervisor of one global (started by `lab up` and `lab recover`).
     #[command(hide = true)]
-    ArgoStandin(DirArg),
+    Supervise {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        cluster: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct FlipArgs {
+    #[command(flatten)]
+    dir: DirArg,
+    /// Do not ask the Argo CDs to refresh after the merge (as a Git webhook would): let them
+    /// notice it by polling.
+    #[arg(long)]
+    no_refresh: bool,
 }
 
 #[derive(Args, Debug)]
@@ -53,11 +68,11 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Up(d) => {
             up::up(&d.path(), &o).await?;
         }
-        LabCommand::Flip(d) => {
-            flip::flip(&d.path(), Scenario::Planned, &o).await?;
+        LabCommand::Flip(f) => {
+            flip::flip(&f.dir.path(), Scenario::Planned, !f.no_refresh, &o).await?;
         }
-        LabCommand::Disaster(d) => {
-            flip::flip(&d.path(), Scenario::Disaster, &o).await?;
+        LabCommand::Disaster(f) => {
+            flip::flip(&f.dir.path(), Scenario::Disaster, !f.no_refresh, &o).await?;
         }
         LabCommand::Recover(d) => up::recover(&d.path(), &o).await?,
         LabCommand::Status { dir, json } => {
@@ -70,7 +85,7 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             }
         }
         LabCommand::Down(d) => down(&d.path(), &o)?,
-        LabCommand::ArgoStandin(d) => standin::run(&d.path()).await?,
+        LabCommand::Supervise { dir, cluster } => supervise::run(&dir.path(), &cluster).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

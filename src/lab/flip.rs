@@ -1,7 +1,7 @@
 //! `drctl lab flip` and `drctl lab disaster`: `drctl promote` on a branch, merged into `main` as a
-//! pull request would be, then following along until the new primary reports Done: the stand-in
-//! for Argo CD applying, each failover step with its duration, the DNS answer, both globals'
-//! `kubectl get drtopology`, the consistency check, and a timeline with the RTO.
+//! pull request would be, then following along until the new primary reports Done: each global's
+//! Argo CD syncing the merge, each failover step with its duration, the DNS answer, both
+//! globals' `kubectl get drtopology`, the consistency check, and a timeline with the RTO.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use crate::topology::{DRTopologyStatus, StepState};
 
 use super::out::Out;
 use super::up::{standby_in_sync, wait_status};
-use super::{procs, repo, standin, write_atomic, ClusterState, LabError, LabState};
+use super::{argo, procs, repo, write_atomic, ClusterState, LabError, LabState};
 
 const FAILOVER_TIMEOUT: Duration = Duration::from_secs(150);
 const STANDBY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -60,13 +60,18 @@ pub struct FlipReport {
     pub promote_commit: String,
     pub merge_commit: String,
     pub merged_at: String,
-    /// When the stand-in for Argo CD applied the merge to the new primary.
+    /// Whether the lab asked both Argo CDs to refresh right after the merge (as a Git webhook
+    /// does), or left them to their polling.
+    pub refreshed: bool,
+    /// Per global: when its own Argo CD finished applying the merge commit (RFC 3339).
+    pub argo_synced_at: BTreeMap<String, String>,
+    /// When the new primary's Argo CD applied the merge.
     pub applied_at: String,
     /// The new primary's `status.failover.completedAt`.
     pub done_at: String,
-    /// Applied to the new primary → Done: the failover itself, without the stand-in's poll wait.
+    /// Applied to the new primary → Done: the failover itself, without Argo CD's sync delay.
     pub rto_seconds: f64,
-    /// Merge → Done, including the stand-in's poll wait.
+    /// Merge → Done, including Argo CD's sync delay.
     pub merge_to_done_seconds: f64,
     pub steps: Vec<StepTime>,
     pub dns_answer: Vec<String>,
@@ -90,11 +95,8 @@ fn secs_between(a: &str, b: &str) -> Option<f64> {
 
 /// Runs a flip on the lab in `dir` and returns its report.
 #[tracing::instrument(skip_all, fields(dir = %dir.display(), ?scenario))]
-pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport, LabError> {
+pub async fn flip(dir: &Path, scenario: Scenario, refresh: bool, o: &Out) -> Result<FlipReport, LabError> {
     let mut state = LabState::require(dir)?;
-    if !state.standin.as_ref().is_some_and(|p| p.is_alive()) {
-        return Err(LabError::Failed(format!("the stand-in for Argo CD is not running in {}: `drctl lab up` first", dir.display())));
-    }
     let git = git2::Repository::open(&state.repo).map_err(super::git_err(format!("open {}", state.repo.display())))?;
     let (_, text) = repo::read_main(&git, &state.file)?;
     let from = gitops::find_primary(&text).map_err(|e| LabError::Failed(format!("{}: {e}", state.file.display())))?.value;
@@ -105,7 +107,7 @@ pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport,
         .map(|c| c.name.clone())
         .ok_or_else(|| LabError::Failed(format!("no cluster besides {from}")))?;
 
-    let down = |name: &str| state.cluster(name).map(|c| !c.api_pid.as_ref().is_some_and(|p| p.is_alive()));
+    let down = |name: &str| state.cluster(name).map(|c| !c.is_up());
     if down(&to)? {
         return Err(LabError::Failed(format!("{to} is down: `drctl lab recover --dir {}` first", dir.display())));
     }
@@ -118,11 +120,11 @@ pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport,
     if scenario == Scenario::Disaster {
         o.heading(&format!("Disaster: {from} goes dark"));
         let c = state.clusters.iter_mut().find(|c| c.name == from).ok_or_else(|| LabError::Failed(format!("no cluster {from}")))?;
-        for (what, pid) in [("controller", c.controller.pid.take()), ("kube-apiserver", c.api_pid.take()), ("etcd", c.etcd_pid.take())] {
-            if let Some(p) = pid {
-                p.kill();
-                o.warn(&format!("killed {from}'s {what} (pid {})", p.pid));
-            }
+        // SIGKILL to the supervisor: every component dies with it (parent-death signal), at once,
+        // as when a datacenter loses power.
+        if let Some(p) = c.supervisor.take() {
+            p.kill();
+            o.warn(&format!("killed {from}'s supervisor (pid {}): etcd, apiserver, controller-manager, scheduler, kwok, Argo CD and drctl die with it", p.pid));
         }
         state.save()?;
     }
@@ -148,6 +150,17 @@ pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport,
     let merged_at = Timestamp::now();
     let clock = Instant::now();
     o.ok(&format!("merged pull request #{number} into {}: merge commit {}", repo::MAIN, &merged[..12]));
+    if refresh {
+        // What the forge's webhook to each Argo CD does after a push.
+        for c in state.clusters.iter().filter(|c| c.is_up()) {
+            match argo::refresh(&state, c) {
+                Ok(()) => o.info(&format!("asked {}'s Argo CD to refresh (as a Git webhook would)", c.name)),
+                Err(e) => o.warn(&e.to_string()),
+            }
+        }
+    } else {
+        o.info(&format!("no refresh: each Argo CD notices the merge by polling (every {} s)", super::platform::ARGOCD_POLL_SECONDS));
+    }
 
     o.heading("Following the failover");
     let target = state.cluster(&to)?.clone();
@@ -162,11 +175,12 @@ pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport,
                 target.controller.log.display()
             )));
         }
-        for (name, a) in standin::read_record(&state.dir).clusters {
-            if a.commit == merged && !seen_applied.contains_key(&name) {
-                let after = secs_between(&merged_at.to_string(), &a.applied_at).unwrap_or_default();
-                o.ok(&format!("stand-in for Argo CD applied the merge to {name} ({after:.2}s after the merge)"));
-                seen_applied.insert(name, a.applied_at);
+        let waiting: Vec<&ClusterState> = state.clusters.iter().filter(|c| c.is_up() && !seen_applied.contains_key(&c.name)).collect();
+        for c in waiting {
+            if let Some(at) = argo::application(&state, c).ok().flatten().and_then(|a| a.applied_at(&merged).map(str::to_string)) {
+                let after = secs_between(&merged_at.to_string(), &at).unwrap_or_default();
+                o.ok(&format!("{}'s Argo CD synced the merge ({after:.1}s after the merge)", c.name));
+                seen_applied.insert(c.name.clone(), at);
             }
         }
         if scenario == Scenario::Planned {
@@ -228,11 +242,15 @@ pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport,
         Scenario::Disaster => o.info(&format!("no standby while {from} is down: nothing to check")),
     }
 
-    let applied_at = seen_applied
-        .get(&to)
-        .cloned()
-        .or_else(|| standin::read_record(&state.dir).clusters.get(&to).filter(|a| a.commit == merged).map(|a| a.applied_at.clone()))
-        .unwrap_or_else(|| merged_at.to_string());
+    // The old primary's Argo CD may sync after the failover finished (it is not waited for).
+    if let Ok(c) = state.cluster(&from) {
+        if c.is_up() && !seen_applied.contains_key(&from) {
+            if let Ok(at) = super::up::wait_argo_synced(&state, c, &merged, STANDBY_TIMEOUT).await {
+                seen_applied.insert(from.clone(), at);
+            }
+        }
+    }
+    let applied_at = seen_applied.get(&to).cloned().unwrap_or_else(|| merged_at.to_string());
     let steps: Vec<StepTime> = f
         .steps
         .iter()
@@ -251,6 +269,8 @@ pub async fn flip(dir: &Path, scenario: Scenario, o: &Out) -> Result<FlipReport,
         promote_commit: promoted.commit,
         merge_commit: merged,
         merged_at: merged_at.to_string(),
+        refreshed: refresh,
+        argo_synced_at: seen_applied.clone(),
         rto_seconds: secs_between(&applied_at, &done_at).unwrap_or_default(),
         merge_to_done_seconds: secs_between(&merged_at.to_string(), &done_at).unwrap_or_default(),
         applied_at,
@@ -333,7 +353,7 @@ fn print_timeline(r: &FlipReport, applied: &BTreeMap<String, String>, steps: &[c
     let at = |t: &str| secs_between(&r.merged_at, t);
     for (name, t) in applied {
         if let Some(s) = at(t) {
-            events.push((s, format!("stand-in for Argo CD applied it to {name}")));
+            events.push((s, format!("{name}'s Argo CD applied it")));
         }
     }
     for s in steps {
@@ -350,13 +370,13 @@ fn print_timeline(r: &FlipReport, applied: &BTreeMap<String, String>, steps: &[c
     for (s, e) in events {
         t.push_str(&format!("  {s:>7.2}  {e}\n"));
     }
+    let how = if r.refreshed { "refreshed after the merge, as by a Git webhook".to_string() } else { format!("polling every {} s", super::platform::ARGOCD_POLL_SECONDS) };
     t.push_str(&format!(
-        "\n  {} {:.2}s  (stand-in applied to {} -> Done; merge -> Done {:.2}s including the stand-in's {:?} poll)\n",
+        "\n  {} {:.2}s  ({}'s Argo CD applied it -> Done; merge -> Done {:.2}s, Argo CD {how})\n",
         o.bold(&format!("RTO ({}):", r.scenario.as_str())),
         r.rto_seconds,
         r.to,
         r.merge_to_done_seconds,
-        standin::POLL
     ));
     o.raw(&t);
 }

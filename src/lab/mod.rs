@@ -1,18 +1,21 @@
-//! The local DR lab: two globals (etcd + kube-apiserver each), PowerDNS holding the platform
-//! domain, a Git repo with the `gitops/` layout, a stand-in for Argo CD and one `drctl
-//! controller` per global, all on loopback and all recorded in `DIR/lab.json`, so `flip`,
-//! `disaster`, `status` and `down` (separate commands) find what `up` started.
+//! The local DR lab: two globals, each a whole platform (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok nodes, its own Argo CD and a `drctl
+//! controller`), PowerDNS holding the platform domain and a Git repo with the `gitops/` layout,
+//! all on loopback and all recorded in `DIR/lab.json`, so `flip`, `disaster`, `status` and `down`
+//! (separate commands) find what `up` started.
 //!
-//! Lab processes are detached (own session, no parent-death signal): they outlive `drctl lab up`
-//! and are stopped by `drctl lab down`.
+//! Each global runs under its own supervisor (`supervise`), detached (own session): it outlives
+//! `drctl lab up` and is stopped by `drctl lab down`.
 
+pub mod argo;
 pub mod cli;
 pub mod flip;
 pub mod out;
+pub mod platform;
 pub mod procs;
 pub mod repo;
-pub mod standin;
 pub mod status;
+pub mod supervise;
 pub mod up;
 
 use std::net::SocketAddr;
@@ -83,7 +86,9 @@ impl Pid {
         }
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.pid)).unwrap_or_default();
         let argv0 = cmdline.split(|b| *b == 0).next().map(String::from_utf8_lossy).unwrap_or_default();
-        Path::new(argv0.as_ref()).file_name().is_some_and(|n| n.to_string_lossy() == self.program)
+        // Some servers (redis) rewrite their title into argv[0]: "redis-server 127.0.0.1:6379".
+        let argv0 = argv0.split_whitespace().next().unwrap_or_default();
+        Path::new(argv0).file_name().is_some_and(|n| n.to_string_lossy() == self.program)
     }
 
     fn signal(&self, sig: libc::c_int) {
@@ -140,7 +145,6 @@ pub struct DnsState {
 pub struct ControllerState {
     pub listen: SocketAddr,
     pub log: PathBuf,
-    pub pid: Option<Pid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,17 +153,40 @@ pub struct ClusterState {
     pub name: String,
     pub vip: String,
     pub etcd: procs::EtcdServer,
-    pub etcd_pid: Option<Pid>,
     pub api: procs::ApiServer,
-    pub api_pid: Option<Pid>,
+    pub platform: platform::Platform,
     pub controller: ControllerState,
+    /// The global's supervisor: every component of the global lives and dies with it.
+    pub supervisor: Option<Pid>,
+    pub supervisor_log: PathBuf,
 }
 
 impl ClusterState {
     pub fn kubectl(&self, state: &LabState) -> std::process::Command {
-        let mut cmd = self.api.kubectl(&state.kube_bin);
+        let mut cmd = self.api.kubectl(&state.bins.kube);
         cmd.arg("--request-timeout=5s");
         cmd
+    }
+
+    /// Its supervisor runs (the global is up, whatever state its components are in).
+    pub fn is_up(&self) -> bool {
+        self.supervisor.as_ref().is_some_and(Pid::is_alive)
+    }
+
+    /// Each component as its supervisor last recorded it.
+    pub fn components(&self, state: &LabState) -> Vec<supervise::ComponentRecord> {
+        let mut records = supervise::read_records(&state.dir, &self.name);
+        if !self.is_up() {
+            for r in &mut records {
+                r.running = r.alive();
+            }
+        }
+        records
+    }
+
+    /// The pid of a running component, by its name in [`supervise::Kind`].
+    pub fn component_pid(&self, state: &LabState, kind: supervise::Kind) -> Option<Pid> {
+        self.components(state).into_iter().find(|r| r.name == kind.name() && r.alive()).and_then(|r| r.pid())
     }
 
     /// This global's DRTopology; Err when its apiserver does not answer.
@@ -175,17 +202,14 @@ impl ClusterState {
 #[serde(rename_all = "camelCase")]
 pub struct LabState {
     pub dir: PathBuf,
-    pub kube_bin: PathBuf,
+    pub bins: platform::Binaries,
     pub domain: String,
-    /// The Git repository the stand-in for Argo CD watches (its `main` branch).
+    /// The Git repository each global's Argo CD syncs (its `main` branch).
     pub repo: PathBuf,
     /// The topology file inside the repository.
     pub file: PathBuf,
     pub dns: DnsState,
     pub clusters: Vec<ClusterState>,
-    /// The stand-in for Argo CD.
-    pub standin: Option<Pid>,
-    pub standin_log: PathBuf,
 }
 
 impl LabState {
@@ -219,27 +243,10 @@ impl LabState {
         self.clusters.iter().find(|c| c.name == name).ok_or_else(|| LabError::Failed(format!("no cluster {name} in this lab")))
     }
 
-    /// Every process the lab started, with what it is.
+    /// Every process the lab started itself, with what it is (the supervisors start the rest).
     pub fn processes(&self) -> Vec<(String, &Pid)> {
-        let mut v = Vec::new();
-        if let Some(p) = &self.standin {
-            v.push(("stand-in for Argo CD".to_string(), p));
-        }
-        for c in &self.clusters {
-            if let Some(p) = &c.controller.pid {
-                v.push((format!("{} controller", c.name), p));
-            }
-        }
-        for c in &self.clusters {
-            if let Some(p) = &c.api_pid {
-                v.push((format!("{} kube-apiserver", c.name), p));
-            }
-        }
-        for c in &self.clusters {
-            if let Some(p) = &c.etcd_pid {
-                v.push((format!("{} etcd", c.name), p));
-            }
-        }
+        let mut v: Vec<(String, &Pid)> =
+            self.clusters.iter().filter_map(|c| c.supervisor.as_ref().map(|p| (format!("{} (supervisor and its components)", c.name), p))).collect();
         if let Some(p) = &self.dns.pid {
             v.push(("PowerDNS".to_string(), p));
         }
@@ -288,17 +295,15 @@ pub fn down(dir: &Path, o: &out::Out) -> Result<(), LabError> {
     let mut stopped = 0;
     for (what, pid) in state.processes() {
         if pid.is_alive() {
-            pid.stop(Duration::from_secs(5));
+            // A supervisor stops its components first (5 s grace each).
+            pid.stop(Duration::from_secs(60));
             o.ok(&format!("stopped {what} (pid {})", pid.pid));
             stopped += 1;
         }
     }
-    state.standin = None;
     state.dns.pid = None;
     for c in &mut state.clusters {
-        c.controller.pid = None;
-        c.api_pid = None;
-        c.etcd_pid = None;
+        c.supervisor = None;
     }
     state.save()?;
     if stopped == 0 {

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::secret::Secret;
 
 pub const KUBE_VERSION: &str = "v1.34.4";
+pub const ARGOCD_VERSION: &str = "v3.6.1";
+pub const KWOK_VERSION: &str = "v0.8.0";
 const PDNS_SCHEMA_DIR: &str = "/usr/share/doc/pdns-backend-sqlite3";
 
 #[derive(Debug, thiserror::Error)]
@@ -110,28 +112,50 @@ pub fn check_running(child: &mut Child, what: &str, log: &Path) -> Result<(), Pr
     }
 }
 
-/// The directory with `kube-apiserver` and `kubectl`: `$DRCTL_KUBE_BIN_DIR`, else what
-/// `hack/build-kube.sh` prints (it builds them once per machine and caches them).
+/// The directory with kube-apiserver, kube-controller-manager, kube-scheduler and kubectl:
+/// `$DRCTL_KUBE_BIN_DIR`, else what `hack/build-kube.sh` prints (it builds them once per machine
+/// and caches them).
 pub fn kube_bin_dir() -> Result<PathBuf, ProcError> {
-    if let Ok(d) = std::env::var("DRCTL_KUBE_BIN_DIR") {
+    built("DRCTL_KUBE_BIN_DIR", "build-kube.sh", &[("KUBE_VERSION", KUBE_VERSION)])
+}
+
+/// The `argocd` multi-call binary: `$DRCTL_ARGOCD_BIN`, else what `hack/build-argocd.sh` prints.
+/// Its directory also holds the wrapper scripts the repo-server runs and Argo CD's manifests.
+pub fn argocd_bin() -> Result<PathBuf, ProcError> {
+    built("DRCTL_ARGOCD_BIN", "build-argocd.sh", &[("ARGOCD_VERSION", ARGOCD_VERSION)])
+}
+
+/// The `kwok` binary (next to its `stages.yaml`): `$DRCTL_KWOK_BIN`, else `hack/build-kwok.sh`.
+pub fn kwok_bin() -> Result<PathBuf, ProcError> {
+    built("DRCTL_KWOK_BIN", "build-kwok.sh", &[("KWOK_VERSION", KWOK_VERSION)])
+}
+
+/// A path from `$override_var`, else the last stdout line of `hack/SCRIPT` (which builds the
+/// program from Go modules once per machine, caches it by version, and prints where it is).
+fn built(override_var: &str, script: &str, versions: &[(&str, &str)]) -> Result<PathBuf, ProcError> {
+    if let Ok(d) = std::env::var(override_var) {
         return Ok(PathBuf::from(d));
     }
     // The work tree drctl runs in, else the one it was built from.
-    let script = ["hack/build-kube.sh", concat!(env!("CARGO_MANIFEST_DIR"), "/hack/build-kube.sh")]
+    let path = [PathBuf::from("hack").join(script), Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script)]
         .into_iter()
-        .map(PathBuf::from)
         .find(|p| p.exists())
-        .ok_or_else(|| ProcError::Failed("no hack/build-kube.sh here; set DRCTL_KUBE_BIN_DIR to the directory with kube-apiserver and kubectl".into()))?;
-    let out = Command::new("bash")
-        .arg(&script)
-        .env("KUBE_VERSION", std::env::var("KUBE_VERSION").unwrap_or_else(|_| KUBE_VERSION.into()))
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(io(format!("run {}", script.display())))?;
-    if !out.status.success() {
-        return Err(ProcError::Failed(format!("{} failed ({})", script.display(), out.status)));
+        .ok_or_else(|| ProcError::Failed(format!("no hack/{script} here; set {override_var}")))?;
+    let mut cmd = Command::new("bash");
+    cmd.arg(&path).stderr(Stdio::inherit());
+    for (var, default) in versions {
+        cmd.env(var, std::env::var(var).unwrap_or_else(|_| (*default).to_string()));
     }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    let out = cmd.output().map_err(io(format!("run {}", path.display())))?;
+    if !out.status.success() {
+        return Err(ProcError::Failed(format!("{} failed ({})", path.display(), out.status)));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default().trim();
+    if last.is_empty() {
+        return Err(ProcError::Failed(format!("{} printed no path", path.display())));
+    }
+    Ok(PathBuf::from(last))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,14 +342,18 @@ fn write_etcd_pki(dir: &Path) -> Result<EtcdTls, ProcError> {
 /// Certificates for one apiserver: a CA, its serving cert, an admin client cert, an SA key.
 struct Pki {
     ca_pem: String,
-    admin_cert_pem: String,
-    admin_key_pem: String,
+    admin: Issued,
+    /// The identities the bootstrap RBAC grants the control plane's own components.
+    controller_manager: Issued,
+    scheduler: Issued,
 }
 
 fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
     let ca = Ca::new("drctl-lab-ca")?;
     let serving = ca.server("kube-apiserver", &["kubernetes.default.svc"])?;
     let admin = ca.client("drctl-lab-admin", Some("system:masters"))?;
+    let controller_manager = ca.client("system:kube-controller-manager", None)?;
+    let scheduler = ca.client("system:kube-scheduler", None)?;
     let sa_key = rcgen::KeyPair::generate()?;
     for (name, body) in [
         ("ca.crt", ca.pem.clone()),
@@ -336,7 +364,7 @@ fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
     ] {
         write_private(&dir.join(name), &body)?;
     }
-    Ok(Pki { ca_pem: ca.pem, admin_cert_pem: admin.cert, admin_key_pem: admin.key })
+    Ok(Pki { ca_pem: ca.pem, admin, controller_manager, scheduler })
 }
 
 /// Writes a file only its owner can read (keys, kubeconfigs, API keys).
@@ -350,6 +378,16 @@ pub fn write_private(path: &Path, body: &str) -> Result<(), ProcError> {
         .open(path)
         .map_err(io(format!("create {}", path.display())))?;
     f.write_all(body.as_bytes()).map_err(io(format!("write {}", path.display())))
+}
+
+/// A kubeconfig for `url` as the client `user`, certificates inline.
+fn kubeconfig_yaml(url: &str, ca_pem: &str, user: &Issued) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {url}\n    certificate-authority-data: {}\nusers:\n- name: user\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: user}}\ncurrent-context: lab\n",
+        b64(ca_pem),
+        b64(&user.cert),
+        b64(&user.key)
+    )
 }
 
 fn b64(s: &str) -> String {
@@ -376,14 +414,33 @@ impl ApiServer {
         let port = free_port()?;
         let url = format!("https://127.0.0.1:{port}");
         let kubeconfig = dir.join("kubeconfig");
-        let kc = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {url}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: admin}}\ncurrent-context: lab\n",
-            b64(&pki.ca_pem),
-            b64(&pki.admin_cert_pem),
-            b64(&pki.admin_key_pem)
-        );
-        write_private(&kubeconfig, &kc)?;
-        Ok(ApiServer { dir: dir.to_path_buf(), port, url, etcd_url: etcd_url.to_string(), kubeconfig })
+        let write = |path: &Path, user: &Issued| write_private(path, &kubeconfig_yaml(&url, &pki.ca_pem, user));
+        write(&kubeconfig, &pki.admin)?;
+        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig };
+        write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
+        write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
+        Ok(a)
+    }
+
+    /// Acts as `system:kube-controller-manager`, as the bootstrap RBAC expects.
+    pub fn controller_manager_kubeconfig(&self) -> PathBuf {
+        self.dir.join("kube-controller-manager.kubeconfig")
+    }
+
+    /// Acts as `system:kube-scheduler`.
+    pub fn scheduler_kubeconfig(&self) -> PathBuf {
+        self.dir.join("kube-scheduler.kubeconfig")
+    }
+
+    /// The CA that signs the serving and client certificates (the controller-manager publishes
+    /// it as every namespace's `kube-root-ca.crt`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The key service-account tokens are signed with.
+    pub fn sa_signing_key(&self) -> PathBuf {
+        self.dir.join("sa.key")
     }
 
     pub fn log(&self) -> PathBuf {

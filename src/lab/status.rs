@@ -4,8 +4,9 @@ use serde::Serialize;
 
 use crate::topology::{Phase, Role};
 
+use super::argo::ArgoView;
 use super::out::Out;
-use super::{flip, LabState};
+use super::{argo, flip, LabState};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,6 +30,41 @@ pub struct ClusterStatus {
     pub missed_keys: Option<u64>,
     pub lag_seconds: Option<f64>,
     pub api_server: String,
+    /// Every process of the global, as its supervisor sees it.
+    pub components: Vec<Component>,
+    /// The global's own Argo CD's view of the `drtopology` Application (None when unreachable).
+    pub argocd: Option<ArgoView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Component {
+    pub name: String,
+    pub pid: Option<u32>,
+    pub running: bool,
+    pub restarts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// Resident memory and CPU time used so far, from /proc (running components only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_mib: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+}
+
+/// (VmRSS in MiB, user + system CPU seconds) of a live process.
+fn usage(pid: u32) -> (Option<f64>, Option<f64>) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).map(|kib| kib / 1024.0)
+    });
+    // Fields 14 and 15 of /proc/PID/stat (after the parenthesised name) are utime and stime in
+    // clock ticks; Linux reports them at USER_HZ = 100 on every architecture drctl runs on.
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+        let rest: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+        Some(ticks / 100.0)
+    });
+    (rss, cpu)
 }
 
 #[tracing::instrument(skip_all)]
@@ -53,6 +89,19 @@ pub async fn read(state: &LabState) -> LabStatus {
             missed_keys: sync.and_then(|y| y.missed_keys),
             lag_seconds: sync.and_then(|y| y.lag_seconds),
             api_server: c.api.url.clone(),
+            components: c
+                .components(state)
+                .into_iter()
+                .map(|r| {
+                    let running = r.alive();
+                    let (rss_mib, cpu_seconds) = match r.pid {
+                        Some(pid) if running => usage(pid),
+                        _ => (None, None),
+                    };
+                    Component { running, pid: r.pid, restarts: r.restarts, last_exit: r.last_exit, name: r.name, rss_mib, cpu_seconds }
+                })
+                .collect(),
+            argocd: if reachable { argo::application(state, c).ok().flatten() } else { None },
         });
     }
     let dns_answer = flip::dns_answer(state).await.into_iter().next();
@@ -92,6 +141,33 @@ pub fn print(s: &LabStatus, o: &Out) {
             c.api_server,
             if serving { format!("  {}", o.green("<- DNS")) } else { String::new() }
         ));
+    }
+    t.push('\n');
+    for c in &s.clusters {
+        let argo = match &c.argocd {
+            Some(a) => format!(
+                "{} {} at {}{}",
+                a.sync.as_deref().unwrap_or("?"),
+                a.health.as_deref().unwrap_or("?"),
+                a.revision.as_deref().map(|r| &r[..r.len().min(12)]).unwrap_or("?"),
+                a.health_message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+            ),
+            None => "unreachable".to_string(),
+        };
+        t.push_str(&format!("{}  Argo CD: {argo}\n", o.bold(&c.name)));
+        let parts: Vec<String> = c
+            .components
+            .iter()
+            .map(|p| {
+                let restarts = if p.restarts > 0 { format!(" ({} restarts)", p.restarts) } else { String::new() };
+                if p.running {
+                    format!("{} {}{restarts}", o.green("●"), p.name)
+                } else {
+                    format!("{} {}{restarts}", o.red("○"), p.name)
+                }
+            })
+            .collect();
+        t.push_str(&format!("    {}\n", parts.join("  ")));
     }
     o.raw(&t);
 }

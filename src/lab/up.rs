@@ -1,5 +1,6 @@
-//! `drctl lab up`: start two globals, PowerDNS, the Git repo, the stand-in for Argo CD and the
-//! controllers, seed workloads on the primary, and wait until the pair is steady.
+//! `drctl lab up`: PowerDNS, the Git repo, and two globals, each a whole platform under its own
+//! supervisor (control plane, kwok nodes, its own Argo CD syncing the repo, the drctl controller);
+//! seed workloads on the primary, and wait until the pair is steady.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,10 +12,13 @@ use crate::secret::Secret;
 use crate::topology::{DRTopologyStatus, Phase, Role};
 
 use super::out::Out;
+use super::platform::{self, Binaries, ARGOCD_NAMESPACE};
 use super::procs::{self, Lifetime};
-use super::{io_err, repo, standin, ClusterState, ControllerState, DnsState, LabError, LabState, Pid, CLUSTERS, DOMAIN, ZONE};
+use super::{argo, io_err, repo, ClusterState, ControllerState, DnsState, LabError, LabState, Pid, CLUSTERS, DOMAIN, ZONE};
 
-const STEADY_TIMEOUT: Duration = Duration::from_secs(120);
+const STEADY_TIMEOUT: Duration = Duration::from_secs(180);
+/// A cold global (apiserver, then Argo CD's first sync) on a loaded 2-core machine.
+const GLOBAL_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Starts a lab in `dir`; on failure stops whatever it had started.
 #[tracing::instrument(skip_all, fields(dir = %dir.display()))]
@@ -71,42 +75,19 @@ pub(crate) fn run_ok(mut cmd: Command, what: &str) -> Result<String, LabError> {
 
 async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, LabError> {
     o.heading(&format!("Starting the drctl DR lab in {}", dir.display()));
-    o.step("finding kube-apiserver and kubectl (hack/build-kube.sh builds them once)");
-    let kube_bin = procs::kube_bin_dir()?;
+    o.step("finding the Go-built servers: Kubernetes, Argo CD, kwok (hack/build-*.sh build them once per machine)");
+    let bins = Binaries::find()?;
     let drctl = std::env::current_exe().map_err(io_err("find the drctl binary"))?;
-
-    o.step("starting two etcds");
-    let mut etcds = Vec::new();
-    for (name, _) in CLUSTERS {
-        let e = procs::EtcdServer::on_free_ports(&mkdir(dir.join(name).join("etcd"))?)?;
-        let child = e.spawn(Lifetime::Detached)?;
-        started.push(Pid::of(&child, "etcd"));
-        etcds.push((e, child));
-    }
-    for (e, child) in &mut etcds {
-        e.wait_ready(child)?;
-    }
-    o.ok(&format!("etcd up: {}", etcds.iter().map(|(e, _)| e.client_url.as_str()).collect::<Vec<_>>().join(", ")));
-
-    o.step("starting two kube-apiservers (generated CA, serving and admin certificates)");
-    let mut apis = Vec::new();
-    for ((name, _), (e, _)) in CLUSTERS.iter().zip(&etcds) {
-        let a = procs::ApiServer::prepare(&mkdir(dir.join(name).join("apiserver"))?, &e.client_url)?;
-        let child = a.spawn(&kube_bin, Lifetime::Detached)?;
-        started.push(Pid::of(&child, "kube-apiserver"));
-        apis.push((a, child));
-    }
-    for (a, child) in &mut apis {
-        a.wait_ready(&kube_bin, child)?;
-    }
-    o.ok(&format!("kube-apiservers up: {}", apis.iter().map(|(a, _)| a.url.as_str()).collect::<Vec<_>>().join(", ")));
 
     o.step(&format!("starting PowerDNS with zone {ZONE}"));
     let (dns, dns_pid) = start_powerdns(&mkdir(dir.join("pdns"))?, started)?;
     o.ok(&format!("PowerDNS up: DNS {}, API {}; {DOMAIN} A {}", dns.server, dns.api_url, CLUSTERS[0].1));
 
     let mut clusters: Vec<ClusterState> = Vec::new();
-    for (((name, vip), (etcd, etcd_child)), (api, api_child)) in CLUSTERS.iter().zip(etcds).zip(apis) {
+    for (i, (name, vip)) in CLUSTERS.iter().enumerate() {
+        let etcd = procs::EtcdServer::on_free_ports(&mkdir(dir.join(name).join("etcd"))?)?;
+        let api = procs::ApiServer::prepare(&mkdir(dir.join(name).join("apiserver"))?, &etcd.client_url)?;
+        let platform = platform::Platform::on_free_ports(&mkdir(dir.join(name).join("platform"))?, i)?;
         let listen = format!("127.0.0.1:{}", procs::free_port()?)
             .parse()
             .map_err(|e| LabError::Failed(format!("controller address: {e}")))?;
@@ -114,33 +95,23 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
             name: name.to_string(),
             vip: vip.to_string(),
             etcd,
-            etcd_pid: Some(Pid::of(&etcd_child, "etcd")),
             api,
-            api_pid: Some(Pid::of(&api_child, "kube-apiserver")),
-            controller: ControllerState { listen, log: dir.join(name).join("controller.log"), pid: None },
+            platform,
+            controller: ControllerState { listen, log: dir.join(name).join("controller.log") },
+            supervisor: None,
+            supervisor_log: dir.join(name).join("supervisor.log"),
         });
     }
     let mut state = LabState {
         dir: dir.to_path_buf(),
-        kube_bin,
+        bins,
         domain: DOMAIN.to_string(),
         repo: dir.join("repo"),
         file: PathBuf::from(crate::gitops::DEFAULT_FILE),
         dns: DnsState { pid: Some(dns_pid), ..dns },
         clusters,
-        standin: None,
-        standin_log: dir.join("argo-standin.log"),
     };
     state.save()?;
-
-    o.step("installing the CRD, namespaces, peer kubeconfig and PowerDNS API key Secrets in both globals");
-    for (i, c) in state.clusters.iter().enumerate() {
-        let peer = &state.clusters[1 - i];
-        prepare_global(&state, c, peer)?;
-    }
-    o.step(&format!("seeding workloads on {} (namespaces, ConfigMaps, a CRD and custom resources)", state.clusters[0].name));
-    seed(&state, &state.clusters[0])?;
-    o.ok("globals prepared");
 
     o.step("creating the Git repository (gitops/ layout, the lab's topology)");
     // Both globals share one encryption config, as the runbook requires.
@@ -149,27 +120,36 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
         std::fs::write(&path, ENCRYPTION_CONFIG).map_err(io_err(format!("write {}", path.display())))?;
     }
     let topology = topology_yaml(&state);
-    let first = repo::create(&state.repo, &repo::layout_source()?, &state.file, &topology)?;
+    let layout = repo::layout_source()?;
+    let first = repo::create(&state.repo, &layout, &state.file, &topology)?;
     o.ok(&format!("repo {} at {} on {}", state.repo.display(), &first.to_string()[..12], repo::MAIN));
 
-    o.step("starting the stand-in for Argo CD (applies topology/drtopology.yaml from main to both globals)");
-    let mut cmd = Command::new(&drctl);
-    cmd.args(["lab", "argo-standin", "--dir"]).arg(dir).env("DRCTL_LOG", "info");
-    let child = procs::spawn(cmd, &state.standin_log, Lifetime::Detached)?;
-    let pid = Pid::of(&child, &program_name(&drctl));
-    started.push(pid.clone());
-    state.standin = Some(pid);
-    state.save()?;
-    wait_applied(&state, &first.to_string(), Duration::from_secs(30)).await?;
-    o.ok("stand-in for Argo CD applied the topology to both globals");
-
-    o.step("starting one drctl controller per global");
-    for c in &mut state.clusters {
-        let pid = start_controller(&drctl, c)?;
+    o.step("starting both globals: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, Argo CD, drctl controller");
+    for i in 0..state.clusters.len() {
+        let pid = start_supervisor(&drctl, &state, &state.clusters[i])?;
         started.push(pid.clone());
-        c.controller.pid = Some(pid);
+        state.clusters[i].supervisor = Some(pid);
     }
     state.save()?;
+    for c in &state.clusters {
+        wait_apiserver(&state, c).await?;
+    }
+    o.ok(&format!("kube-apiservers up: {}", state.clusters.iter().map(|c| c.api.url.as_str()).collect::<Vec<_>>().join(", ")));
+
+    o.step("installing the CRD, namespaces, Secrets, kwok nodes and Argo CD's configuration and Application in both globals");
+    for (i, c) in state.clusters.iter().enumerate() {
+        let peer = &state.clusters[1 - i];
+        prepare_global(&state, c, peer, &layout)?;
+    }
+    o.step(&format!("seeding workloads on {} (namespaces, ConfigMaps, a CRD and custom resources)", state.clusters[0].name));
+    seed(&state, &state.clusters[0])?;
+    o.ok("globals prepared");
+
+    o.step("waiting for each global's Argo CD to sync the topology from main (the controllers start after it)");
+    for c in &state.clusters {
+        let at = wait_argo_synced(&state, c, &first.to_string(), GLOBAL_TIMEOUT).await?;
+        o.ok(&format!("{}'s Argo CD synced {} ({})", c.name, &first.to_string()[..12], at));
+    }
     let (a, b) = (&state.clusters[0], &state.clusters[1]);
     wait_status(a, "primary and steady", STEADY_TIMEOUT, |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await?;
     o.ok(&format!("{} is Primary and Steady", a.name));
@@ -181,6 +161,49 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
 
 fn program_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "drctl".into())
+}
+
+/// `drctl lab supervise` for one global, detached; it starts (and restarts) the global's parts.
+pub(crate) fn start_supervisor(drctl: &Path, state: &LabState, c: &ClusterState) -> Result<Pid, LabError> {
+    let mut cmd = Command::new(drctl);
+    cmd.args(["lab", "supervise", "--cluster", &c.name, "--dir"]).arg(&state.dir).env("DRCTL_LOG", "info");
+    let child = procs::spawn(cmd, &c.supervisor_log, Lifetime::Detached)?;
+    Ok(Pid::of(&child, &program_name(drctl)))
+}
+
+async fn wait_apiserver(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
+    let start = Instant::now();
+    while start.elapsed() < GLOBAL_TIMEOUT {
+        if !c.is_up() {
+            return Err(LabError::Failed(format!("{}'s supervisor exited:\n{}", c.name, procs::tail(&c.supervisor_log))));
+        }
+        if c.api.ready(&state.bins.kube) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(LabError::Failed(format!("{}'s kube-apiserver not ready within {GLOBAL_TIMEOUT:?}:\n{}", c.name, procs::tail(&c.api.log()))))
+}
+
+/// Waits until `c`'s own Argo CD has synced `commit`; returns when it finished applying it.
+pub(crate) async fn wait_argo_synced(state: &LabState, c: &ClusterState, commit: &str, timeout: Duration) -> Result<String, LabError> {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < timeout {
+        if let Ok(Some(a)) = argo::application(state, c) {
+            if a.synced_to(commit) {
+                return Ok(a.applied_at(commit).map(str::to_string).unwrap_or_else(|| Timestamp::now().to_string()));
+            }
+            last = Some(a);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(LabError::Failed(format!(
+        "{}'s Argo CD did not sync {commit} within {timeout:?}; last Application status {}; see {}",
+        c.name,
+        serde_json::to_string(&last).unwrap_or_default(),
+        c.platform.log("argocd-application-controller").display()
+    )))
 }
 
 fn start_powerdns(dir: &Path, started: &mut Vec<Pid>) -> Result<(DnsState, Pid), LabError> {
@@ -204,11 +227,12 @@ fn start_powerdns(dir: &Path, started: &mut Vec<Pid>) -> Result<(DnsState, Pid),
     Err(LabError::Failed(format!("pdns_server did not start:\n{}", procs::tail(&dir.join("pdns.log")))))
 }
 
-fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState) -> Result<(), LabError> {
+fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layout: &Path) -> Result<(), LabError> {
     let crd = crate::topology::crd_yaml().map_err(|e| LabError::Failed(format!("render the CRD: {e}")))?;
     procs::kubectl_apply(c.kubectl(state), &crd)?;
     procs::kubectl_apply(c.kubectl(state), SYSTEM_NAMESPACES)?;
     procs::kubectl_apply(c.kubectl(state), RESTART_TARGET)?;
+    procs::kubectl_apply(c.kubectl(state), &platform::nodes_yaml(&c.name))?;
     let mut cmd = c.kubectl(state);
     cmd.args(["-n", "drctl-system", "create", "secret", "generic", &format!("{}-kubeconfig", peer.name)])
         .arg(format!("--from-file=kubeconfig={}", peer.api.kubeconfig.display()));
@@ -217,44 +241,32 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState) -> Re
     cmd.args(["-n", "drctl-system", "create", "secret", "generic", "pdns-api"])
         .arg(format!("--from-file=apiKey={}", state.dns.api_key_file.display()));
     run_ok(cmd, "create the PowerDNS API key Secret")?;
-    c.api.wait_crd_established(&state.kube_bin, "drtopologies.drctl.io")?;
+    // Argo CD: its CRDs (server-side: they are large), its config, our health check, the Application.
+    for crd in ["application-crd.yaml", "appproject-crd.yaml"] {
+        let mut cmd = c.kubectl(state);
+        cmd.args(["apply", "--server-side", "--force-conflicts", "-f", "-"]);
+        let out = procs::run_with_stdin(cmd, state.bins.argocd_manifest(crd)?.as_bytes(), "kubectl apply --server-side")?;
+        if !out.status.success() {
+            return Err(LabError::Failed(format!("apply Argo CD's {crd}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        }
+    }
+    for crd in ["drtopologies.drctl.io", "applications.argoproj.io", "appprojects.argoproj.io"] {
+        c.api.wait_crd_established(&state.bins.kube, crd)?;
+    }
+    procs::kubectl_apply(c.kubectl(state), &platform::argocd_config(&state.bins)?)?;
+    let mut cmd = c.kubectl(state);
+    cmd.args(["-n", ARGOCD_NAMESPACE, "patch", "configmap", "argocd-cm", "--type", "merge", "--patch-file"])
+        .arg(layout.join("argocd/argocd-cm-patch.yaml"));
+    run_ok(cmd, "patch argocd-cm with gitops/argocd/argocd-cm-patch.yaml")?;
+    procs::kubectl_apply(c.kubectl(state), &platform::topology_application(layout, &c.name, &state.repo)?)?;
     Ok(())
 }
 
 fn seed(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     procs::kubectl_apply(c.kubectl(state), WORKLOADS)?;
-    c.api.wait_crd_established(&state.kube_bin, "widgets.example.com")?;
+    c.api.wait_crd_established(&state.bins.kube, "widgets.example.com")?;
     procs::kubectl_apply(c.kubectl(state), WIDGETS)?;
     Ok(())
-}
-
-pub(crate) fn start_controller(drctl: &Path, c: &ClusterState) -> Result<Pid, LabError> {
-    let mut cmd = Command::new(drctl);
-    cmd.arg("controller")
-        .arg(format!("--cluster-name={}", c.name))
-        .arg(format!("--kubeconfig={}", c.api.kubeconfig.display()))
-        .arg(format!("--listen={}", c.controller.listen))
-        // A lab has no kubelet: restarted Deployments never become ready, so do not wait long.
-        .args(["--lease-seconds=6", "--restart-ready-timeout=1s"])
-        .env("DRCTL_LOG", "info,drctl=debug");
-    let child = procs::spawn(cmd, &c.controller.log, Lifetime::Detached)?;
-    Ok(Pid::of(&child, &program_name(drctl)))
-}
-
-/// Waits until the stand-in for Argo CD has applied `commit` to every live cluster in `to`.
-pub(crate) async fn wait_applied(state: &LabState, commit: &str, timeout: Duration) -> Result<(), LabError> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        let record = standin::read_record(&state.dir);
-        if state.clusters.iter().all(|c| record.clusters.get(&c.name).is_some_and(|a| a.commit == commit)) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Err(LabError::Failed(format!(
-        "the stand-in for Argo CD did not apply {commit} within {timeout:?}; see {}",
-        state.standin_log.display()
-    )))
 }
 
 pub(crate) fn standby_in_sync(s: &DRTopologyStatus) -> bool {
@@ -309,8 +321,8 @@ fn topology_yaml(state: &LabState) -> String {
         ));
     }
     format!(
-        "# The DR topology of the lab's two global clusters. The stand-in for Argo CD applies this file
-# from main to both globals (in production: Argo CD, one instance per global).
+        "# The DR topology of the lab's two global clusters. Each global's own Argo CD applies this
+# file from main (Application drtopology, gitops/argocd/application-<cluster>.yaml).
 #
 # To fail over, change ONLY spec.primary in a pull request (`drctl promote CLUSTER` prepares it;
 # `drctl lab flip` does it and merges). VIPs are DNS data in the lab: nothing listens on them.
@@ -359,14 +371,16 @@ fn print_summary(state: &LabState, o: &Out) {
     for (i, c) in state.clusters.iter().enumerate() {
         let role = if i == 0 { o.green("primary") } else { o.yellow("standby") };
         t.push_str(&format!(
-            "  {}  {role}  VIP {}\n      apiserver  {}   (kubeconfig {})\n      etcd       {}\n      controller http://{}/check   (log {})\n",
+            "  {}  {role}  VIP {}\n      apiserver  {}   (kubeconfig {})\n      etcd       {}\n      controller http://{}/check   (log {})\n      platform   kube-controller-manager, kube-scheduler, kwok ({} nodes), Argo CD (logs in {})\n",
             o.bold(&c.name),
             c.vip,
             c.api.url,
             c.api.kubeconfig.display(),
             c.etcd.client_url,
             c.controller.listen,
-            c.controller.log.display()
+            c.controller.log.display(),
+            platform::NODES_PER_GLOBAL,
+            c.platform.dir.display()
         ));
     }
     t.push_str(&format!(
@@ -379,16 +393,16 @@ fn print_summary(state: &LabState, o: &Out) {
     ));
     t.push_str(&format!("  {}  {} (branch {}), file {}\n", o.bold("Git repo"), state.repo.display(), repo::MAIN, state.file.display()));
     t.push_str(&format!(
-        "  {}  polls {} every {:?} (log {})\n",
-        o.bold("stand-in for Argo CD"),
+        "  {}  one per global, Application {} syncs topology/ from {} (polls every {} s; `lab flip` also refreshes it as a Git webhook would)\n",
+        o.bold("Argo CD"),
+        platform::TOPOLOGY_APPLICATION,
         repo::MAIN,
-        standin::POLL,
-        state.standin_log.display()
+        platform::ARGOCD_POLL_SECONDS
     ));
     let d = state.dir.display();
     t.push_str(&format!(
         "\n  Next:  drctl lab flip --dir {d}      (a pull request flips spec.primary)\n         drctl lab disaster --dir {d}  (the primary dies, then the flip)\n         drctl lab recover --dir {d}   (restart what disaster stopped)\n         drctl lab status --dir {d}\n         drctl lab down --dir {d}\n         {} --kubeconfig {} get drtopology\n",
-        state.kube_bin.join("kubectl").display(),
+        state.bins.kube.join("kubectl").display(),
         state.clusters[0].api.kubeconfig.display()
     ));
     o.raw(&t);
@@ -472,49 +486,34 @@ metadata: {name: green, namespace: team-b}
 spec: {size: 5}
 ";
 
-/// Starts the stopped globals again on their data and ports (after `drctl lab disaster`): etcd and
-/// apiserver first, then, once the stand-in for Argo CD has applied `main` to them, their
-/// controllers, which find they are no longer primary and mirror from the new one.
+/// Starts the globals `lab disaster` stopped again, on their data and ports: their supervisors
+/// bring back etcd, the apiserver and the platform, and start each controller only once the
+/// global's own Argo CD has applied `main`, so it finds it is no longer primary and mirrors.
 #[tracing::instrument(skip_all, fields(dir = %dir.display()))]
 pub async fn recover(dir: &Path, o: &Out) -> Result<(), LabError> {
     let mut state = LabState::require(dir)?;
     let drctl = std::env::current_exe().map_err(io_err("find the drctl binary"))?;
-    let down: Vec<usize> = (0..state.clusters.len())
-        .filter(|&i| !state.clusters[i].api_pid.as_ref().is_some_and(Pid::is_alive))
-        .collect();
+    let down: Vec<usize> = (0..state.clusters.len()).filter(|&i| !state.clusters[i].is_up()).collect();
     if down.is_empty() {
         o.info("every global is running: nothing to recover");
         return Ok(());
     }
+    let restarted = Timestamp::now();
     for &i in &down {
-        let kube_bin = state.kube_bin.clone();
-        let c = &mut state.clusters[i];
-        o.heading(&format!("Recovering {}", c.name));
-        if !c.etcd_pid.as_ref().is_some_and(Pid::is_alive) {
-            let mut child = c.etcd.spawn(Lifetime::Detached)?;
-            c.etcd_pid = Some(Pid::of(&child, "etcd"));
-            c.etcd.wait_ready(&mut child)?;
-            o.ok(&format!("{}'s etcd is back on its data at {}", c.name, c.etcd.client_url));
-        }
-        let mut child = c.api.spawn(&kube_bin, Lifetime::Detached)?;
-        c.api_pid = Some(Pid::of(&child, "kube-apiserver"));
-        c.api.wait_ready(&kube_bin, &mut child)?;
-        o.ok(&format!("{}'s kube-apiserver is back at {}", c.name, c.api.url));
+        o.heading(&format!("Recovering {}", state.clusters[i].name));
+        let pid = start_supervisor(&drctl, &state, &state.clusters[i])?;
+        state.clusters[i].supervisor = Some(pid);
     }
     state.save()?;
     let git = git2::Repository::open(&state.repo).map_err(super::git_err(format!("open {}", state.repo.display())))?;
     let (main, _) = repo::read_main(&git, &state.file)?;
-    o.step("waiting for the stand-in for Argo CD to apply main to the recovered globals");
-    wait_applied(&state, &main.to_string(), Duration::from_secs(30)).await?;
-    let restarted = Timestamp::now();
     for &i in &down {
-        let c = &mut state.clusters[i];
-        if let Some(p) = c.controller.pid.take() {
-            p.stop(Duration::from_secs(3));
-        }
-        c.controller.pid = Some(start_controller(&drctl, c)?);
+        let c = &state.clusters[i];
+        wait_apiserver(&state, c).await?;
+        o.ok(&format!("{}'s etcd and kube-apiserver are back on their data at {}", c.name, c.api.url));
+        let at = wait_argo_synced(&state, c, &main.to_string(), GLOBAL_TIMEOUT).await?;
+        o.ok(&format!("{}'s Argo CD synced main ({}) at {at}; its controller starts now", c.name, &main.to_string()[..12]));
     }
-    state.save()?;
     for &i in &down {
         let c = &state.clusters[i];
         // A check from before the disaster must not count: only one this controller ran.
@@ -552,7 +551,6 @@ mod tests {
                         health_addr: None,
                         tls: None,
                     },
-                    etcd_pid: None,
                     api: procs::ApiServer {
                         dir: dir.join(name).join("apiserver"),
                         port: port + 2,
@@ -560,21 +558,21 @@ mod tests {
                         etcd_url: format!("http://127.0.0.1:{port}"),
                         kubeconfig: dir.join(name).join("apiserver/kubeconfig"),
                     },
-                    api_pid: None,
-                    controller: ControllerState { listen: addr(port + 3), log: dir.join(name).join("controller.log"), pid: None },
+                    platform: platform::Platform::on_free_ports(&dir.join(name).join("platform"), i).expect("ports"),
+                    controller: ControllerState { listen: addr(port + 3), log: dir.join(name).join("controller.log") },
+                    supervisor: None,
+                    supervisor_log: dir.join(name).join("supervisor.log"),
                 }
             })
             .collect();
         LabState {
             dir: dir.clone(),
-            kube_bin: PathBuf::from("/kube"),
+            bins: Binaries { kube: PathBuf::from("/kube"), argocd: PathBuf::from("/argocd/argocd"), kwok: PathBuf::from("/kwok/kwok") },
             domain: DOMAIN.into(),
             repo: dir.join("repo"),
             file: PathBuf::from(crate::gitops::DEFAULT_FILE),
             dns: DnsState { server: addr(53), api_url: "http://127.0.0.1:8081".into(), api_key_file: dir.join("pdns/api-key"), log: dir.join("pdns/pdns.log"), pid: None },
             clusters,
-            standin: None,
-            standin_log: dir.join("argo-standin.log"),
         }
     }
 
@@ -590,7 +588,7 @@ mod tests {
         assert_eq!(t.spec.clusters.iter().map(|c| c.vip.as_str()).collect::<Vec<_>>(), ["127.0.0.10", "127.0.0.20"]);
         assert_eq!(t.spec.clusters[1].api_server, "https://127.0.0.1:2012");
         assert_eq!(crate::gitops::find_primary(&text).expect("primary line").value, "global-a");
-        assert!(text.contains("stand-in for Argo CD"), "the file says who applies it");
+        assert!(text.contains("own Argo CD applies"), "the file says who applies it");
     }
 
     #[test]
