@@ -76,8 +76,8 @@ async fn create_restart_target(g: &Global) {
     api.create(&PostParams::default(), &d).await.expect("create deployment");
 }
 
-/// A pod a `deletePods` restart deletes (no kubelet here: it is just an object), labelled
-/// `service_name=<service>` and named `<service>-0`.
+/// A pod a `deletePods` restart deletes (with a control plane, kwok runs it; without, it is just
+/// an object), labelled `service_name=<service>` and named `<service>-0`.
 async fn create_pod(g: &Global, service: &str) {
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(g.client().await, "cpaas-system");
     let p = serde_json::from_value(serde_json::json!({
@@ -128,7 +128,8 @@ fn dns_answer(pair: &Pair) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
-    let pair = Pair::start().await;
+    // Both globals run their own controller-manager, scheduler and kwok nodes, as real ones do.
+    let mut pair = Pair::start_full().await;
     let (ca, cb) = steady_pair(&pair).await;
 
     // Steady state: the standby mirrors, the primary does not.
@@ -212,11 +213,12 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     let table = pair.a.api.kubectl_ok(&["get", "drt"]);
     assert!(table.contains("Standby") && table.contains("Steady"), "{table}");
     eprintln!("planned failover: flip observed -> Done in {:.1}s\n{table}", rto.as_secs_f64());
+    pair.assert_control_planes_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disaster_failover_with_the_primary_gone() {
-    let mut pair = Pair::start().await;
+    let mut pair = Pair::start_full().await;
     let (mut ca, cb) = steady_pair(&pair).await;
     put_configmap(&pair.a, "apps", "last-words", "from global-a").await;
     wait_configmap(&pair.b, "apps", "last-words", Duration::from_secs(30)).await;
@@ -251,6 +253,7 @@ async fn disaster_failover_with_the_primary_gone() {
     pair.wait(&pair.a, "old primary back as standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
     put_configmap(&pair.b, "apps", "after-disaster", "from global-b").await;
     wait_configmap(&pair.a, "apps", "after-disaster", Duration::from_secs(30)).await;
+    pair.assert_control_planes_running();
 }
 
 #[tokio::test(flavor = "multi_thread")]

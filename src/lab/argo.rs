@@ -83,6 +83,14 @@ pub fn synced_revision_blocking(state: &LabState, c: &ClusterState) -> Option<St
     application(state, c).ok().flatten().filter(|a| a.sync.as_deref() == Some("Synced")).and_then(|a| a.revision)
 }
 
+/// Argo CD's config and our health check are installed (it exits at start without them).
+pub fn configured(state: &LabState, c: &ClusterState) -> bool {
+    c.kubectl(state)
+        .args(["-n", ARGOCD_NAMESPACE, "get", "configmap", "argocd-cm", "-o", "jsonpath={.data}"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("resource.customizations.health.drctl.io_DRTopology"))
+}
+
 /// Asks Argo CD to compare with Git now, as a Git webhook does after a push.
 pub fn refresh(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     let out = c

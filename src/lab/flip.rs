@@ -177,7 +177,9 @@ pub async fn flip(dir: &Path, scenario: Scenario, refresh: bool, o: &Out) -> Res
         }
         let waiting: Vec<&ClusterState> = state.clusters.iter().filter(|c| c.is_up() && !seen_applied.contains_key(&c.name)).collect();
         for c in waiting {
-            if let Some(at) = argo::application(&state, c).ok().flatten().and_then(|a| a.applied_at(&merged).map(str::to_string)) {
+            // When the lab saw it (polled every 200 ms): Argo CD's finishedAt has whole seconds only.
+            if argo::application(&state, c).ok().flatten().is_some_and(|a| a.applied_at(&merged).is_some()) {
+                let at = Timestamp::now().to_string();
                 let after = secs_between(&merged_at.to_string(), &at).unwrap_or_default();
                 o.ok(&format!("{}'s Argo CD synced the merge ({after:.1}s after the merge)", c.name));
                 seen_applied.insert(c.name.clone(), at);

@@ -67,6 +67,8 @@ impl Kind {
             Kind::Etcd => Gate::Nothing,
             Kind::KubeApiserver => Gate::EtcdHealthy,
             Kind::DrctlController => Gate::ArgoSyncedMain,
+            // Argo CD exits at start without its config objects (`lab up` installs them).
+            Kind::ArgocdRepoServer | Kind::ArgocdApplicationController => Gate::ArgoConfigured,
             _ => Gate::ApiserverReady,
         }
     }
@@ -77,6 +79,7 @@ enum Gate {
     Nothing,
     EtcdHealthy,
     ApiserverReady,
+    ArgoConfigured,
     ArgoSyncedMain,
 }
 
@@ -270,6 +273,7 @@ fn wait_gate(gate: Gate, shared: &Shared, state: &LabState, c: &ClusterState) {
         Gate::Nothing => true,
         Gate::EtcdHealthy => c.etcd.healthy(),
         Gate::ApiserverReady => c.api.ready(&state.bins.kube),
+        Gate::ArgoConfigured => argo::configured(state, c),
         Gate::ArgoSyncedMain => argo_synced_main(state, c),
     };
     while !shared.stopping.load(Ordering::SeqCst) && !ready() {
@@ -299,9 +303,10 @@ mod tests {
         assert_eq!(Kind::Etcd.after(), Gate::Nothing);
         assert_eq!(Kind::KubeApiserver.after(), Gate::EtcdHealthy);
         assert_eq!(Kind::DrctlController.after(), Gate::ArgoSyncedMain);
-        for k in [Kind::KubeControllerManager, Kind::KubeScheduler, Kind::Kwok, Kind::ArgocdApplicationController] {
+        for k in [Kind::KubeControllerManager, Kind::KubeScheduler, Kind::Kwok, Kind::Redis] {
             assert_eq!(k.after(), Gate::ApiserverReady, "{k:?}");
         }
+        assert_eq!(Kind::ArgocdApplicationController.after(), Gate::ArgoConfigured);
     }
 
     #[test]

@@ -192,7 +192,8 @@ pub(crate) async fn wait_argo_synced(state: &LabState, c: &ClusterState, commit:
     while start.elapsed() < timeout {
         if let Ok(Some(a)) = argo::application(state, c) {
             if a.synced_to(commit) {
-                return Ok(a.applied_at(commit).map(str::to_string).unwrap_or_else(|| Timestamp::now().to_string()));
+                // When the lab saw it: Argo CD's own finishedAt has whole seconds only.
+                return Ok(Timestamp::now().to_string());
             }
             last = Some(a);
         }

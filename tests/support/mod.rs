@@ -255,10 +255,46 @@ impl Drop for ApiServer {
     }
 }
 
-/// One global cluster: its etcd and its kube-apiserver.
+/// The rest of a global's control plane, as the lab runs it (`drctl::lab::platform`):
+/// kube-controller-manager with per-controller ServiceAccounts, kube-scheduler, and kwok acting
+/// as the kubelets of the global's fake nodes. Killed when dropped.
+pub struct ControlPlane {
+    children: Vec<(&'static str, Child, PathBuf)>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    /// The named components that exited (none may, for the run to count).
+    pub fn exited(&mut self) -> Vec<String> {
+        self.children
+            .iter_mut()
+            .filter_map(|(name, c, log)| match c.try_wait() {
+                Ok(Some(status)) => Some(format!("{name} exited ({status}); last lines of {}:\n{}", log.display(), tail(log))),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for (_, c, _) in self.children.iter_mut().rev() {
+            kill(c);
+        }
+    }
+}
+
+/// The Go-built servers of a whole global (built once per machine).
+pub fn binaries() -> &'static drctl::lab::platform::Binaries {
+    static B: OnceLock<drctl::lab::platform::Binaries> = OnceLock::new();
+    B.get_or_init(|| drctl::lab::platform::Binaries::find().unwrap_or_else(|e| panic!("Go-built servers: {e}")))
+}
+
+/// One global cluster: its etcd and its kube-apiserver, and optionally the rest of its control plane.
 pub struct Global {
     pub name: String,
-    // Field order matters: the apiserver drops (stops) before its etcd.
+    // Field order matters: the control plane and the apiserver drop (stop) before its etcd.
+    pub control_plane: Option<ControlPlane>,
     pub api: ApiServer,
     pub etcd: Etcd,
 }
@@ -267,7 +303,27 @@ impl Global {
     pub fn start(name: &str) -> Global {
         let etcd = Etcd::start();
         let api = ApiServer::start(&etcd);
-        Global { name: name.to_string(), api, etcd }
+        Global { name: name.to_string(), control_plane: None, api, etcd }
+    }
+
+    /// Starts kube-controller-manager, kube-scheduler and kwok with this global's fake nodes.
+    /// Spawn from the test's own thread (the children die with the spawning thread).
+    pub fn start_control_plane(&mut self, index: usize) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = drctl::lab::platform::Platform::on_free_ports(dir.path(), index).expect("ports");
+        let b = binaries();
+        let server = &self.api.server;
+        let mut children = Vec::new();
+        for (name, cmd) in [
+            ("kube-controller-manager", p.controller_manager(b, server)),
+            ("kube-scheduler", p.scheduler(b, server)),
+            ("kwok", p.kwok(b, server)),
+        ] {
+            let log = p.log(name);
+            children.push((name, spawn(cmd, &log), log));
+        }
+        self.api.apply_stdin(&drctl::lab::platform::nodes_yaml(&self.name));
+        self.control_plane = Some(ControlPlane { children, dir });
     }
 
     /// Two independent globals. Processes are spawned from this thread (PR_SET_PDEATHSIG fires
@@ -280,8 +336,8 @@ impl Global {
         let (aa, ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
         let (aa, ab) = (aa.ready_or_relaunch(&ea), ab.ready_or_relaunch(&eb));
         (
-            Global { name: a.to_string(), api: aa, etcd: ea },
-            Global { name: b.to_string(), api: ab, etcd: eb },
+            Global { name: a.to_string(), control_plane: None, api: aa, etcd: ea },
+            Global { name: b.to_string(), control_plane: None, api: ab, etcd: eb },
         )
     }
 

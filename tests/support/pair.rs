@@ -1,6 +1,7 @@
-//! A DR pair for controller tests: two globals (etcd + kube-apiserver each), PowerDNS holding
-//! the platform domain, the peer kubeconfig and DNS Secrets, the topology applied to both, and
-//! `drctl controller` processes that can be killed and restarted.
+//! A DR pair for controller tests: two globals (etcd + kube-apiserver each, plus with
+//! [`Pair::start_full`] their own kube-controller-manager, kube-scheduler and kwok nodes),
+//! PowerDNS holding the platform domain, the peer kubeconfig and DNS Secrets, the topology
+//! applied to both, and `drctl controller` processes that can be killed and restarted.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -93,6 +94,26 @@ impl Pair {
             g.api.wait_crd("drtopologies.drctl.io");
         }
         pair
+    }
+
+    /// A pair whose globals also run their own controller-manager, scheduler and kwok nodes,
+    /// as real globals do: the failover scenarios run against these neighbours.
+    pub async fn start_full() -> Pair {
+        let mut pair = Pair::start().await;
+        pair.a.start_control_plane(0);
+        pair.b.start_control_plane(1);
+        pair
+    }
+
+    /// Panics when a control-plane component of either global exited.
+    pub fn assert_control_planes_running(&mut self) {
+        let mut exited = Vec::new();
+        for g in [&mut self.a, &mut self.b] {
+            if let Some(cp) = g.control_plane.as_mut() {
+                exited.extend(cp.exited().into_iter().map(|e| format!("{}: {e}", g.name)));
+            }
+        }
+        assert!(exited.is_empty(), "{}", exited.join("\n"));
     }
 
     pub fn global(&self, name: &str) -> &Global {
