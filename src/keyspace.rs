@@ -24,7 +24,7 @@ pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 14] = [
 ];
 
 /// Resources excluded by default, with the one-line reason shown in the docs.
-pub const DEFAULT_EXCLUDED_RESOURCES: [(&str, &str); 8] = [
+pub const DEFAULT_EXCLUDED_RESOURCES: [(&str, &str); 11] = [
     ("events", "high-churn, short-lived records of the source cluster's own activity"),
     ("leases", "leader election and node heartbeats belong to the cluster that holds them"),
     ("nodes", "nodes are the standby's own machines; copying them would register ghosts"),
@@ -33,7 +33,17 @@ pub const DEFAULT_EXCLUDED_RESOURCES: [(&str, &str); 8] = [
     ("certificatesigningrequests", "CSRs are signed by, and only valid for, the source's CA"),
     ("ipaddresses", "ClusterIP allocations; each apiserver rebuilds them from its own Services and deletes orphans"),
     ("servicecidrs", "the Service IP ranges each apiserver was started with"),
+    ("endpointslices", "derived from Services and the local Pods by each cluster's own controllers"),
+    ("endpoints", "derived from Services and the local Pods by each cluster's own controllers"),
+    (
+        "pods",
+        "bound to the source's nodes; each cluster's controllers make their own from the replicated workloads (fenced on a standby)",
+    ),
 ];
+
+/// Objects excluded by name in every namespace, with why: each cluster makes its own.
+pub const NEVER_COPIED_NAMES: [(&str, &str, &str); 1] =
+    [("configmaps", "kube-root-ca.crt", "each cluster's root-ca-cert-publisher writes its own cluster CA there")];
 
 /// Where the apiserver keeps everything (its default `--etcd-prefix`). Nothing outside is copied.
 pub const REGISTRY_PREFIX: &str = "/registry/";
@@ -138,6 +148,16 @@ impl Filter {
         Filter::new(spec, DEFAULT_CONTROLLER_NAMESPACE, DEFAULT_ARGOCD_NAMESPACE)
     }
 
+    /// Namespaces never replicated (the fence leaves them writable).
+    pub fn excluded_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.namespaces.iter().map(String::as_str)
+    }
+
+    /// Resources never replicated, as (group, resource); no group means any group.
+    pub fn excluded_resources(&self) -> impl Iterator<Item = (Option<&str>, &str)> {
+        self.resources.iter().map(|(g, r)| (g.as_deref(), r.as_str()))
+    }
+
     /// True when `key` is replicated.
     pub fn copies(&self, key: &[u8]) -> bool {
         if !key.starts_with(REGISTRY_PREFIX.as_bytes()) || self.prefixes.iter().any(|p| key.starts_with(p)) {
@@ -146,7 +166,9 @@ impl Filter {
         // Keys of an unknown shape are copied: the mirror must not silently drop data it does
         // not understand; exclude them with a key prefix.
         let Some(obj) = parse(key) else { return true };
-        if obj.namespace.is_some_and(|ns| self.namespaces.contains(ns)) {
+        if obj.namespace.is_some_and(|ns| self.namespaces.contains(ns))
+            || NEVER_COPIED_NAMES.iter().any(|(r, n, _)| obj.group.is_none() && obj.resource == *r && obj.name == *n)
+        {
             return false;
         }
         !self.resources.iter().any(|(group, resource)| {
@@ -160,27 +182,6 @@ impl Filter {
                 }
         })
     }
-}
-
-/// The order of the initial copy: owners before dependents where the key tells. Each phase is a
-/// half-open key range `[start, end)`; together they cover `/registry/` exactly once.
-pub fn copy_phases() -> Vec<(Vec<u8>, Vec<u8>)> {
-    // Namespaces and CRDs first (objects in them need them), replicasets then pods last
-    // (their owners, the workloads, come in the middle phase).
-    let first = ["/registry/namespaces/", "/registry/apiextensions.k8s.io/customresourcedefinitions/"];
-    let last = ["/registry/replicasets/", "/registry/pods/"];
-    let mut phases: Vec<(Vec<u8>, Vec<u8>)> =
-        first.iter().map(|p| (p.as_bytes().to_vec(), prefix_end(p.as_bytes()))).collect();
-    let mut holes: Vec<&str> = first.iter().chain(last.iter()).copied().collect();
-    holes.sort_unstable();
-    let mut start = REGISTRY_PREFIX.as_bytes().to_vec();
-    for hole in holes {
-        phases.push((start, hole.as_bytes().to_vec()));
-        start = prefix_end(hole.as_bytes());
-    }
-    phases.push((start, prefix_end(REGISTRY_PREFIX.as_bytes())));
-    phases.extend(last.iter().map(|p| (p.as_bytes().to_vec(), prefix_end(p.as_bytes()))));
-    phases
 }
 
 /// The first key after every key starting with `prefix` (etcd's range end for a prefix).
@@ -291,20 +292,18 @@ mod tests {
     }
 
     #[test]
-    fn copy_phases_cover_registry_once_in_owner_order() {
-        let phases = copy_phases();
-        assert_eq!(phases[0].0, b"/registry/namespaces/".to_vec());
-        assert_eq!(phases[1].0, b"/registry/apiextensions.k8s.io/customresourcedefinitions/".to_vec());
-        assert_eq!(phases[phases.len() - 1].0, b"/registry/pods/".to_vec());
-        let contains = |k: &[u8]| phases.iter().filter(|(s, e)| k >= s.as_slice() && k < e.as_slice()).count();
+    fn per_cluster_and_derived_objects_are_not_copied_by_default() {
+        let f = Filter::with_default_namespaces(&ExcludeSpec::default());
         for key in [
-            "/registry/", "/registry/namespaces/a", "/registry/namespacesx", "/registry/pods/a/b",
-            "/registry/podsecuritypolicy/p", "/registry/replicasets/a/b", "/registry/zzz", "/registry/\u{7f}",
-            "/registry/apiextensions.k8s.io/customresourcedefinitions/w.x", "/registry/apiextensions.k8s.io/other",
+            "/registry/configmaps/team-a/kube-root-ca.crt",
+            "/registry/endpointslices/team-a/api-x7k",
+            "/registry/services/endpoints/team-a/api",
+            "/registry/pods/team-a/web-5d8-x",
         ] {
-            assert_eq!(contains(key.as_bytes()), 1, "{key}");
+            assert!(!f.copies(key.as_bytes()), "{key}");
         }
-        assert_eq!(contains(b"/registrz"), 0);
-        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        for key in ["/registry/configmaps/team-a/kube-root-ca.crt-copy", "/registry/example.com/configmaps/team-a/kube-root-ca.crt", "/registry/services/specs/team-a/api"] {
+            assert!(f.copies(key.as_bytes()), "{key}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 pub mod check;
 pub mod cli;
 pub mod controller;
+pub mod copy_order;
 pub mod dns;
 pub mod etcd;
 pub mod failover;

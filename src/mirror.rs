@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
+use crate::copy_order;
 use crate::etcd::{self, Conn, Endpoint, EtcdError};
-use crate::keyspace::{self, Filter, REGISTRY_PREFIX};
+use crate::keyspace::{Filter, REGISTRY_PREFIX};
 
 /// Where the mirror keeps its checkpoint in the destination: outside `/registry/`, so the
 /// destination's apiserver never sees it and no mirror ever copies it.
@@ -145,8 +146,10 @@ pub struct Tuning {
     pub progress_timeout: Duration,
     /// How often a checkpoint is written when only excluded keys changed.
     pub checkpoint_every: Duration,
-    /// The anti-entropy pass runs this long after the copy (None: never).
+    /// The first anti-entropy pass runs this long after the copy has caught up (None: never);
+    /// passes repeat every `anti_entropy_retry` until one finds nothing to repair.
     pub anti_entropy_after: Option<Duration>,
+    pub anti_entropy_retry: Duration,
 }
 
 impl Default for Tuning {
@@ -159,7 +162,10 @@ impl Default for Tuning {
             batch_max_keys: 2048,
             progress_timeout: Duration::from_secs(5),
             checkpoint_every: Duration::from_secs(2),
-            anti_entropy_after: Some(Duration::from_secs(5)),
+            // Right away: a standby whose garbage collector runs may already be deleting
+            // dependents that arrived before their owners.
+            anti_entropy_after: Some(Duration::ZERO),
+            anti_entropy_retry: Duration::from_secs(2),
         }
     }
 }
@@ -331,6 +337,9 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
+
+/// Anti-entropy passes after a copy before the periodic check is left to catch what remains.
+const ANTI_ENTROPY_MAX_PASSES: u32 = 30;
 
 /// Pages read ahead of the writes, so the source's reads overlap the destination's writes.
 const READ_AHEAD_PAGES: usize = 3;
@@ -517,7 +526,8 @@ impl Mirror {
         let mut done = cursor.clone();
         type Pending = BoxFuture<'static, Result<(CopyCursor, u64, u64), MirrorError>>;
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
-        let phases = keyspace::copy_phases();
+        let found = copy_order::discover(&mut skv, revision).await.map_err(on("source"))?;
+        let phases = copy_order::copy_phases(&found);
         for (phase, (start, end)) in phases.iter().enumerate().skip(cursor.phase) {
             let from = if phase == cursor.phase && !next.is_empty() { next.clone() } else { start.clone() };
             let (mut reader, mut pages) =
@@ -627,7 +637,7 @@ impl Mirror {
             p.last_error = None;
         });
         let (mut applied, mut persisted, mut last_persist) = (from, from, Instant::now());
-        let mut asked_progress = false;
+        let (mut asked_progress, mut passes) = (false, 0);
         loop {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
                 Err(_) if asked_progress => return Err(MirrorError::DeadWatch(t.progress_timeout)),
@@ -687,8 +697,16 @@ impl Mirror {
                 return Ok(());
             }
             if caught_up && anti_entropy.is_some_and(|at| Instant::now() >= at) && persisted == applied {
-                anti_entropy = None;
-                self.anti_entropy(src, dst).await?;
+                passes += 1;
+                let repaired = self.anti_entropy(src, dst).await?;
+                anti_entropy = match repaired {
+                    0 => None,
+                    _ if passes >= ANTI_ENTROPY_MAX_PASSES => {
+                        tracing::warn!(passes, "still repairing after the copy: something on the destination keeps changing replicated keys; the periodic check takes over");
+                        None
+                    }
+                    _ => Some(Instant::now() + t.anti_entropy_retry),
+                };
             }
         }
     }
@@ -713,18 +731,21 @@ impl Mirror {
     }
 
     /// Re-puts keys that went missing or diverged after the copy (e.g. the destination's garbage
-    /// collector deleting a child that arrived before its owner). Never deletes.
-    async fn anti_entropy(&self, src: &Conn, dst: &Conn) -> Result<(), MirrorError> {
+    /// collector deleting a child that arrived before its owner) and says how many it re-put.
+    /// Never deletes.
+    async fn anti_entropy(&self, src: &Conn, dst: &Conn) -> Result<u64, MirrorError> {
         let opts = CheckOptions { settle: Duration::ZERO, ..CheckOptions::default() };
         // Through From: a compacted revision becomes Compacted, which the session resyncs from.
         let found = check::run(src, dst, &self.cfg.filter, &opts).await?;
+        let mut put = 0;
         if !found.differences.is_empty() {
             let outcome = check::repair(src, dst, &found.differences, false).await?;
             tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
             self.update(|p| p.put_keys += outcome.put);
+            put = outcome.put;
         }
         tracing::info!(checked = found.report.checked_keys, differences = found.differences.len(), "anti-entropy pass done");
-        Ok(())
+        Ok(put)
     }
 }
 

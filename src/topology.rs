@@ -163,8 +163,8 @@ pub struct SyncSpec {
     pub check_interval: String,
     #[serde(default)]
     pub driver: SyncDriver,
-    /// While this cluster is standby, reject user writes to replicated data (a
-    /// ValidatingAdmissionPolicy), so nobody edits a copy that the mirror will overwrite.
+    /// While this cluster is standby, refuse writes to replicated data by anyone but the mirror
+    /// (a ValidatingAdmissionPolicy): users, and the standby's own controllers and scheduler.
     #[serde(default)]
     pub fence: FenceSpec,
     /// With `driver: manifest`: the platform's own sync object, applied while standby and deleted
@@ -207,26 +207,38 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Who may write replicated data on a standby (see README "Fencing a standby"). Nobody but the
+/// mirror does by default: the standby's own controllers, scheduler and in-cluster writers are
+/// refused, except drctl (its namespace's ServiceAccounts), the apiserver itself and these.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct FenceSpec {
-    #[serde(default)]
+    #[serde(default = "default_fence_enabled")]
     pub enabled: bool,
-    /// Groups that may still write on a fenced standby. Users named `system:*` (control-plane
-    /// components, nodes, service accounts, drctl itself) are always exempt.
+    /// Groups that may still write replicated data on a standby. Default `system:masters`: the
+    /// break-glass admin (who can delete the fence anyway).
     #[serde(default = "default_fence_exempt_groups")]
     #[schemars(length(max = 32))]
     pub exempt_groups: Vec<String>,
+    /// Users (e.g. `system:serviceaccount:ns:name`) that may still write replicated data on a
+    /// standby. Default: none.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub exempt_users: Vec<String>,
 }
 
 impl Default for FenceSpec {
     fn default() -> Self {
-        Self { enabled: false, exempt_groups: default_fence_exempt_groups() }
+        Self { enabled: default_fence_enabled(), exempt_groups: default_fence_exempt_groups(), exempt_users: Vec::new() }
     }
 }
 
+fn default_fence_enabled() -> bool {
+    true
+}
+
 fn default_fence_exempt_groups() -> Vec<String> {
-    vec!["system:masters".into(), "system:nodes".into()]
+    vec!["system:masters".into()]
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -309,22 +309,22 @@ fn check_finds_planted_differences_and_repair_fixes_them() {
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
     rt.block_on(async {
         let keys: Vec<(String, Vec<u8>)> =
-            (0..50).map(|i| (format!("/registry/pods/team-a/p{i:02}"), format!("pod {i}").into_bytes())).collect();
+            (0..50).map(|i| (format!("/registry/configmaps/team-a/p{i:02}"), format!("cm {i}").into_bytes())).collect();
         put_all(&mut s, &keys).await;
         Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
-        d.delete("/registry/pods/team-a/p07", None).await.expect("plant missed");
-        d.put("/registry/pods/team-a/p08", "tampered", None).await.expect("plant diverged");
-        d.put("/registry/pods/team-a/zz-surplus", "extra", None).await.expect("plant surplus");
-        d.put("/registry/pods/kube-system/ignored", "excluded", None).await.expect("excluded surplus");
+        d.delete("/registry/configmaps/team-a/p07", None).await.expect("plant missed");
+        d.put("/registry/configmaps/team-a/p08", "tampered", None).await.expect("plant diverged");
+        d.put("/registry/configmaps/team-a/zz-surplus", "extra", None).await.expect("plant surplus");
+        d.put("/registry/configmaps/kube-system/ignored", "excluded", None).await.expect("excluded surplus");
     });
 
     let (code, r) = check_cli(&src, &dst, &[]);
     assert_eq!(code, 2, "inconsistent exits 2");
     assert!(!r.consistent);
     assert_eq!((r.missed.count, r.surplus.count, r.diverged.count, r.checked_keys), (1, 1, 1, 50));
-    assert_eq!(r.missed.keys, vec!["/registry/pods/team-a/p07"]);
-    assert_eq!(r.diverged.keys, vec!["/registry/pods/team-a/p08"]);
-    assert_eq!(r.surplus.keys, vec!["/registry/pods/team-a/zz-surplus"]);
+    assert_eq!(r.missed.keys, vec!["/registry/configmaps/team-a/p07"]);
+    assert_eq!(r.diverged.keys, vec!["/registry/configmaps/team-a/p08"]);
+    assert_eq!(r.surplus.keys, vec!["/registry/configmaps/team-a/zz-surplus"]);
 
     let (_, r) = check_cli(&src, &dst, &["--repair"]);
     let repair = r.repair.expect("repair outcome");
@@ -336,7 +336,7 @@ fn check_finds_planted_differences_and_repair_fixes_them() {
     assert_eq!(r.repair.expect("repair").deleted, 1);
     let (code, r) = check_cli(&src, &dst, &[]);
     assert!(r.consistent && code == 0, "{r}");
-    let ignored = rt.block_on(d.get("/registry/pods/kube-system/ignored", None)).expect("get");
+    let ignored = rt.block_on(d.get("/registry/configmaps/kube-system/ignored", None)).expect("get");
     assert_eq!(ignored.kvs().len(), 1, "excluded keys are never pruned");
 }
 
@@ -511,32 +511,32 @@ fn exclusions_come_from_the_topology_file_or_the_flags() {
 async fn repair_never_undoes_what_the_mirror_applied_after_the_check() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = (src.client().await, dst.client().await);
-    put_all(&mut s, &[("/registry/pods/team-a/gone".into(), b"v1".to_vec()), ("/registry/pods/team-a/moved".into(), b"v1".to_vec())]).await;
+    put_all(&mut s, &[("/registry/configmaps/team-a/gone".into(), b"v1".to_vec()), ("/registry/configmaps/team-a/moved".into(), b"v1".to_vec())]).await;
     Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
     // The destination lost one key and holds other bytes for the second: both real differences.
-    d.delete("/registry/pods/team-a/gone", None).await.expect("plant missed");
-    d.put("/registry/pods/team-a/moved", "tampered", None).await.expect("plant diverged");
+    d.delete("/registry/configmaps/team-a/gone", None).await.expect("plant missed");
+    d.put("/registry/configmaps/team-a/moved", "tampered", None).await.expect("plant diverged");
     let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
     let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert_eq!((found.report.missed.count, found.report.diverged.count), (1, 1), "{}", found.report);
 
     // Now the source deletes one and updates the other, and "the mirror" applies both, with its
     // checkpoint, in one txn, as the real one does.
-    s.delete("/registry/pods/team-a/gone", None).await.expect("delete on source");
-    let head = s.put("/registry/pods/team-a/moved", "v2", None).await.expect("update on source").header().expect("header").revision();
+    s.delete("/registry/configmaps/team-a/gone", None).await.expect("delete on source");
+    let head = s.put("/registry/configmaps/team-a/moved", "v2", None).await.expect("update on source").header().expect("header").revision();
     let cp = Checkpoint::read(&mut dc.kv.clone()).await.expect("read checkpoint").expect("checkpoint");
     let next = Checkpoint { revision: head, ..cp };
     let ops = vec![
-        TxnOp::delete("/registry/pods/team-a/gone", None),
-        TxnOp::put("/registry/pods/team-a/moved", "v2", None),
+        TxnOp::delete("/registry/configmaps/team-a/gone", None),
+        TxnOp::put("/registry/configmaps/team-a/moved", "v2", None),
         TxnOp::put(CHECKPOINT_KEY, serde_json::to_vec(&next).expect("json"), None),
     ];
     d.txn(Txn::new().and_then(ops)).await.expect("apply like the mirror");
 
     let outcome = check::repair(&sc, &dc, &found.differences, false).await.expect("repair");
     assert_eq!((outcome.put, outcome.already, outcome.skipped), (0, 2, 0), "{outcome:?}");
-    assert!(d.get("/registry/pods/team-a/gone", None).await.expect("get").kvs().is_empty(), "the deleted key stays deleted");
-    let moved = d.get("/registry/pods/team-a/moved", None).await.expect("get");
+    assert!(d.get("/registry/configmaps/team-a/gone", None).await.expect("get").kvs().is_empty(), "the deleted key stays deleted");
+    let moved = d.get("/registry/configmaps/team-a/moved", None).await.expect("get");
     assert_eq!(moved.kvs().first().map(|kv| kv.value().to_vec()), Some(b"v2".to_vec()), "the newer value stays");
     let after = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(after.report.consistent, "{}", after.report);
@@ -549,21 +549,21 @@ async fn repair_never_undoes_what_the_mirror_applied_after_the_check() {
 async fn a_half_written_batch_is_never_compared_or_repaired() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = (src.client().await, dst.client().await);
-    put_all(&mut s, &[("/registry/pods/team-a/big".into(), b"v1".to_vec())]).await;
+    put_all(&mut s, &[("/registry/configmaps/team-a/big".into(), b"v1".to_vec())]).await;
     Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
     let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read checkpoint").expect("checkpoint");
-    let head = s.delete("/registry/pods/team-a/big", None).await.expect("delete on source").header().expect("header").revision();
+    let head = s.delete("/registry/configmaps/team-a/big", None).await.expect("delete on source").header().expect("header").revision();
     // An earlier txn of the batch up to `head`: its data, and the checkpoint marked pending.
     let pending = serde_json::to_vec(&Checkpoint { pending: Some(head), ..cp.clone() }).expect("json");
-    d.txn(Txn::new().and_then(vec![TxnOp::delete("/registry/pods/team-a/big", None), TxnOp::put(CHECKPOINT_KEY, pending, None)])).await.expect("partial batch");
+    d.txn(Txn::new().and_then(vec![TxnOp::delete("/registry/configmaps/team-a/big", None), TxnOp::put(CHECKPOINT_KEY, pending, None)])).await.expect("partial batch");
 
     let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
     let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(found.report.consistent, "a half-written batch is in flux, not damage: {}", found.report);
-    let missed = check::Difference { key: b"/registry/pods/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None };
+    let missed = check::Difference { key: b"/registry/configmaps/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None };
     let outcome = check::repair(&sc, &dc, &[missed], false).await.expect("repair");
     assert_eq!((outcome.put, outcome.skipped), (0, 1), "{outcome:?}");
-    assert!(d.get("/registry/pods/team-a/big", None).await.expect("get").kvs().is_empty(), "the batch's delete stands");
+    assert!(d.get("/registry/configmaps/team-a/big", None).await.expect("get").kvs().is_empty(), "the batch's delete stands");
 
     // The batch's last txn: the checkpoint at `head`, no longer pending. Consistent.
     let done = serde_json::to_vec(&Checkpoint { pending: None, revision: head, ..cp }).expect("json");

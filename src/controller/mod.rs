@@ -23,11 +23,11 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::Mutex;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::failover::{self, runbook::Runbook, Action, Observed, PeerView};
+use crate::failover::{self, runbook::Runbook, Action, Observed, PeerView, Step};
 use crate::http;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::topology::{DRTopology, Phase, Role};
+use crate::topology::{DRTopology, Phase, Role, StepState};
 use crate::validate;
 use status::{set_condition, StatusWriter};
 
@@ -103,11 +103,30 @@ impl Context {
     }
 
     pub async fn event(&self, obj: &DRTopology, type_: EventType, reason: &str, action: &str, note: String) {
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        let ev = Event { type_, reason: reason.into(), note: Some(event_note(note)), action: action.into(), secondary: None };
         if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
         }
     }
+}
+
+/// The apiserver rejects an Event whose note is longer than this many bytes.
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// `note` cut to the Event limit on a character boundary, with an ellipsis when cut: an Event
+/// the apiserver rejects says nothing at all.
+pub fn event_note(mut note: String) -> String {
+    const MORE: &str = "…";
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return note;
+    }
+    let mut end = EVENT_NOTE_LIMIT - MORE.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(MORE);
+    note
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -204,7 +223,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
             if let Some(wait) = refuse_invalid(&ctx, &api, &topo, w).await? {
                 return Ok(wait);
             }
-            fence_as_declared(&ctx, &topo, w.status.role).await;
+            fence_as_declared(&ctx, &topo, &w.status).await;
             let peer_name = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.clone()).unwrap_or_default();
             let (peer, peer_err) = peer::observe(&ctx.client, &topo, &peer_name).await;
             match &peer_err {
@@ -420,13 +439,27 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> 
     Ok(())
 }
 
-/// A fenced standby rejects user writes; a primary (or fencing disabled) lifts the fence.
-/// Follows the declared role, so an old primary is fenced before it writes its demotion token
-/// (no write can land after its final revision) and a new primary is writable whatever step
-/// its runbook is in. Re-applied every minute in case something removed it.
-async fn fence_as_declared(ctx: &Context, topo: &DRTopology, role: Option<Role>) {
-    let standby = if topo.spec.failover.dry_run { role != Some(Role::Primary) } else { topo.spec.primary != ctx.self_name() };
-    let want = (topo.spec.sync.fence.enabled && standby).then(|| topo.spec.primary.clone());
+/// A fenced standby refuses writes to replicated data; a primary (or fencing disabled) lifts the
+/// fence. Follows the declared role, so an old primary is fenced before it writes its demotion
+/// token (no write can land after its final revision); a new primary stays fenced until its
+/// failover has stopped replicating (StopSync lifts it, before the hooks, DNS and restarts), so
+/// its own controllers never act on data the mirror is still writing. Re-applied every minute in
+/// case something removed it.
+async fn fence_as_declared(ctx: &Context, topo: &DRTopology, status: &crate::topology::DRTopologyStatus) {
+    let stopped_sync = status.failover.as_ref().is_some_and(|f| {
+        f.to == ctx.self_name()
+            && f.completed_at.is_none()
+            && f.aborted.is_none()
+            && f.steps.iter().any(|s| s.name == Step::StopSync.name() && matches!(s.state, StepState::Succeeded | StepState::Skipped))
+    });
+    let fenced = fence_wanted(&FenceFacts {
+        enabled: topo.spec.sync.fence.enabled,
+        declared_primary: topo.spec.primary == ctx.self_name(),
+        dry_run: topo.spec.failover.dry_run,
+        role: status.role,
+        stopped_sync,
+    });
+    let want = fenced.then(|| topo.spec.primary.clone());
     let mut last = ctx.fenced.lock().await;
     if last.as_ref().is_some_and(|(w, at)| w == &want && at.elapsed() < Duration::from_secs(60)) {
         return;
@@ -444,6 +477,31 @@ async fn fence_as_declared(ctx: &Context, topo: &DRTopology, role: Option<Role>)
         }
         Err(e) => warn!(error = %e, "fence not reconciled; will retry"),
     }
+}
+
+/// What decides whether this cluster is fenced.
+#[derive(Debug, Clone, Copy)]
+pub struct FenceFacts {
+    pub enabled: bool,
+    /// `spec.primary` names this cluster.
+    pub declared_primary: bool,
+    pub dry_run: bool,
+    pub role: Option<Role>,
+    /// This cluster's failover (in progress) has stopped replicating.
+    pub stopped_sync: bool,
+}
+
+/// Whether this cluster should be fenced now: a declared standby is; a standby declared primary
+/// is until its failover has stopped replicating; a dry run keeps the role it has; a cluster
+/// that never was a standby (bootstrap) never is.
+pub fn fence_wanted(f: &FenceFacts) -> bool {
+    if !f.enabled {
+        return false;
+    }
+    if f.dry_run {
+        return f.role != Some(Role::Primary);
+    }
+    !f.declared_primary || (f.role == Some(Role::Standby) && !f.stopped_sync)
 }
 
 /// The newest commit of the GitOps repo that made `to` the primary, when the repo is configured
@@ -469,4 +527,45 @@ async fn oldest_other(api: &Api<DRTopology>, topo: &DRTopology) -> Result<Option
 pub fn fingerprint(path: &str) -> Option<String> {
     use sha2::Digest;
     std::fs::read(path).ok().map(|b| hex::encode(sha2::Sha256::digest(&b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fence_follows_the_declared_role_and_lifts_only_after_the_new_primary_stopped_sync() {
+        let facts = |enabled, declared_primary, dry_run, role, stopped_sync| FenceFacts { enabled, declared_primary, dry_run, role, stopped_sync };
+        use Role::{Primary, Standby};
+        let cases = [
+            // (facts, fenced, rule)
+            (facts(false, false, false, Some(Standby), false), false, "disabled: never"),
+            (facts(true, false, false, Some(Standby), false), true, "a declared standby is fenced"),
+            (facts(true, false, false, Some(Primary), false), true, "an old primary is fenced before its demotion token"),
+            (facts(true, false, false, None, false), true, "a new standby is fenced before it mirrors"),
+            (facts(true, true, false, Some(Standby), false), true, "a failing-over standby stays fenced while the mirror writes"),
+            (facts(true, true, false, Some(Standby), true), false, "StopSync lifts it, before the platform must act"),
+            (facts(true, true, false, Some(Primary), false), false, "a primary is not fenced"),
+            (facts(true, true, false, None, false), false, "bootstrap: a cluster that never was standby"),
+            (facts(true, true, true, Some(Standby), false), true, "dry run keeps the standby fenced"),
+            (facts(true, false, true, Some(Primary), false), false, "dry run keeps the primary writable"),
+        ];
+        for (f, want, rule) in cases {
+            assert_eq!(fence_wanted(&f), want, "{rule}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn event_notes_are_cut_to_the_limit_on_a_character_boundary() {
+        assert_eq!(event_note("short".into()), "short");
+        let exact = "x".repeat(EVENT_NOTE_LIMIT);
+        assert_eq!(event_note(exact.clone()), exact);
+        // 'é' is two bytes: every cut point lands inside or after one.
+        for pad in 0..3 {
+            let long = format!("{}{}", "a".repeat(pad), "é".repeat(EVENT_NOTE_LIMIT));
+            let note = event_note(long.clone());
+            assert!(note.len() <= EVENT_NOTE_LIMIT, "{}", note.len());
+            assert!(note.ends_with('…') && long.starts_with(note.trim_end_matches('…')));
+        }
+    }
 }

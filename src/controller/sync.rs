@@ -300,17 +300,21 @@ pub struct Repaired {
     pub keys: Vec<String>,
 }
 
+/// Keys a summary names; the counts say how many there were.
+const SUMMARY_KEYS: usize = 5;
+
 impl Repaired {
-    /// For an Event and the step message.
+    /// For an Event and the step message: the counts and the first few keys (an Event's note must
+    /// fit the apiserver's limit, see `event_note`).
     pub fn summary(&self) -> String {
+        let named = self.keys.iter().take(SUMMARY_KEYS).cloned().collect::<Vec<_>>().join(", ");
+        let more = match self.keys.len().saturating_sub(SUMMARY_KEYS) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
         format!(
-            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror); first: {}",
-            self.outcome.put,
-            self.missed,
-            self.diverged,
-            self.outcome.already,
-            self.outcome.skipped,
-            self.keys.join(", ")
+            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror); first: {named}{more}",
+            self.outcome.put, self.missed, self.diverged, self.outcome.already, self.outcome.skipped,
         )
     }
 }
@@ -419,4 +423,32 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{event_note, EVENT_NOTE_LIMIT};
+
+    fn repaired(keys: usize, key_len: usize) -> Repaired {
+        Repaired {
+            outcome: check::RepairOutcome { put: keys as u64, ..Default::default() },
+            missed: keys as u64,
+            diverged: 0,
+            keys: (0..keys).map(|i| format!("/registry/configmaps/team-a/{i:0>key_len$}")).collect(),
+        }
+    }
+
+    #[test]
+    fn keys_repaired_event_names_counts_and_a_few_keys_within_the_note_limit() {
+        let r = repaired(10_000, 200);
+        let note = event_note(r.summary());
+        assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes", note.len());
+        assert!(note.starts_with("re-put 10000 keys from the primary (10000 missed, 0 diverged found"), "{note}");
+        assert!(note.contains(&r.keys[0]), "{note}");
+        let few = repaired(7, 4).summary();
+        assert!(few.contains("/registry/configmaps/team-a/0004") && !few.contains("team-a/0005"), "{few}");
+        assert!(few.ends_with(" and 2 more"), "{few}");
+        assert!(!repaired(3, 4).summary().contains("more"));
+    }
 }

@@ -145,7 +145,10 @@ impl Runbook<'_> {
             Step::FinalSync => self.final_sync().await,
             Step::StopSync => {
                 sync::stop_replication(self.ctx, self.topo).await.map_err(|e| e.to_string())?;
-                Ok(Outcome::ok(format!("no longer replicating from {}", self.peer_name)))
+                // Nothing writes underneath any more: this cluster's own control plane may act
+                // on the data from now on (the hooks, DNS and restarts that follow need it to).
+                crate::fence::remove(&self.ctx.client, self.topo).await.map_err(|e| e.to_string())?;
+                Ok(Outcome::ok(format!("no longer replicating from {}; fence lifted", self.peer_name)))
             }
             Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), "pre").await,
             Step::SwitchDns => self.switch_dns().await,

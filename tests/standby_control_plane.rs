@@ -1,0 +1,321 @@
+//! A standby whose own control plane runs: a real kube-controller-manager (each controller as its
+//! own ServiceAccount) and kube-scheduler on the standby's apiserver, while the mirror writes the
+//! primary's workloads underneath them. The fence must keep them off replicated data.
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use drctl::lab::procs::{self, Lifetime};
+use serde_json::Value;
+use support::{drctl, kube_bin_dir, ApiServer, Global};
+
+/// A child process killed on drop.
+struct Running(Child, &'static str, PathBuf);
+
+impl Running {
+    fn spawn(cmd: Command, what: &'static str, log: PathBuf) -> Running {
+        Running(procs::spawn(cmd, &log, Lifetime::WithParent).unwrap_or_else(|e| panic!("{what}: {e}")), what, log)
+    }
+
+    /// Panics with the log's tail when the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.0.try_wait().expect("wait") {
+            panic!("{} exited ({status}):\n{}", self.1, procs::tail(&self.2));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.2).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The apiserver's admin kubeconfig, impersonating `user` (the admin is in system:masters, which
+/// may impersonate): the identity the fence sees is `user`'s, as in production.
+fn kubeconfig_as(api: &ApiServer, user: &str, dir: &Path) -> PathBuf {
+    let admin = std::fs::read_to_string(&api.kubeconfig).expect("admin kubeconfig");
+    assert!(admin.contains("\n  user:\n"), "unexpected kubeconfig shape");
+    let path = dir.join(format!("{}.kubeconfig", user.replace(':', "-")));
+    procs::write_private(&path, &admin.replacen("\n  user:\n", &format!("\n  user:\n    as: {user}\n"), 1)).expect("write kubeconfig");
+    path
+}
+
+const NAMESPACES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a}
+---
+# RBAC lets the probes write anywhere (replicated like the rest): only the fence stands in their way.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: fence-probes}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: fence-probes}]
+"#;
+
+/// Workloads as the primary's API holds them (it runs no controllers here: what the standby's
+/// controllers would add, nothing on the primary adds).
+const WORKLOADS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: team-a}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: registry.invalid/web:1}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: team-a}
+spec:
+  replicas: 1
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: registry.invalid/db:1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: team-a}
+spec:
+  selector: {app: db}
+  ports: [{port: 5432}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: migrate, namespace: team-a}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: migrate, image: registry.invalid/migrate:1}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: every-minute, namespace: team-a}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: tick, image: registry.invalid/tick:1}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: orphan
+  namespace: team-a
+  # Its owner never existed: the standby's garbage collector would delete it.
+  ownerReferences:
+  - {apiVersion: v1, kind: ConfigMap, name: gone, uid: 00000000-0000-0000-0000-000000000001}
+data: {k: v}
+"#;
+
+/// A ReplicaSet owned by the Deployment, as the primary's deployment controller would have made it.
+fn replicaset(deployment_uid: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: web-1
+  namespace: team-a
+  labels: {{app: web}}
+  ownerReferences:
+  - {{apiVersion: apps/v1, kind: Deployment, name: web, uid: {deployment_uid}, controller: true, blockOwnerDeletion: true}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers: [{{name: web, image: registry.invalid/web:1}}]
+"#
+    )
+}
+
+/// A node of the standby's own, for its scheduler to bind to.
+const NODE: &str = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: standby-node-1, labels: {kubernetes.io/hostname: standby-node-1}}
+status:
+  capacity: {cpu: "8", memory: 16Gi, pods: "110"}
+  allocatable: {cpu: "8", memory: 16Gi, pods: "110"}
+"#;
+
+fn get(api: &ApiServer, args: &[&str]) -> Option<Value> {
+    let mut full = vec!["get", "-o", "json"];
+    full.extend_from_slice(args);
+    let out = api.kubectl(&full).expect("run kubectl");
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("JSON"))
+}
+
+fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `drctl check` between the two etcds: (missed, surplus, diverged) and the report.
+fn check(primary: &Global, standby: &Global) -> ((u64, u64, u64), Value) {
+    let out = drctl()
+        .args(["check", "--json", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url])
+        .output()
+        .expect("drctl check");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let n = |k: &str| report[k]["count"].as_u64().expect("count");
+    ((n("missed"), n("surplus"), n("diverged")), report)
+}
+
+/// Creates a ConfigMap in `ns` as `user` (impersonated, in the `fence-probes` group that RBAC
+/// lets write anything); Ok or the error text. A server-side dry run: admission runs, nothing is
+/// stored (a stored probe would be a surplus key).
+fn create_as(api: &ApiServer, user: &str, ns: &str, name: &str) -> Result<(), String> {
+    let out = api
+        .kubectl(&[&format!("--as={user}"), "--as-group=fence-probes", "-n", ns, "create", "configmap", name, "--from-literal=k=v", "--dry-run=server"])
+        .expect("kubectl");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_never_exit() {
+    let (primary, standby) = Global::start_pair("primary", "standby");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let apply = |api: &ApiServer, yaml: &str| {
+        let (ok, out) = api.apply_stdin(yaml);
+        assert!(ok, "{out}");
+    };
+    apply(&primary.api, NAMESPACES);
+    apply(&primary.api, WORKLOADS);
+    let deployment = get(&primary.api, &["-n", "team-a", "deployment", "web"]).expect("deployment");
+    apply(&primary.api, &replicaset(deployment["metadata"]["uid"].as_str().expect("uid")));
+
+    let _mirror = Running::spawn(
+        {
+            let mut c = drctl();
+            c.args(["mirror", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url]);
+            c
+        },
+        "drctl mirror",
+        dir.path().join("mirror.log"),
+    );
+    eventually("the workloads replicated", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]));
+
+    // The fence, as the standby's controller installs it.
+    let topo: drctl::topology::DRTopology =
+        serde_norway::from_str(include_str!("../examples/minimal.yaml")).expect("example parses");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        drctl::fence::apply(&standby.api.client().await, &topo, drctl::keyspace::DEFAULT_CONTROLLER_NAMESPACE).await.expect("fence applied")
+    });
+    let rs_controller = "system:serviceaccount:kube-system:replicaset-controller";
+    let t0 = Instant::now();
+    let denied = eventually("the fence enforced", Duration::from_secs(30), || {
+        create_as(&standby.api, rs_controller, "team-a", &format!("probe-{}", t0.elapsed().as_millis())).err()
+    });
+    assert!(denied.contains("fenced by drctl"), "{denied}");
+
+    apply(&standby.api, NODE);
+    let sa_key = standby.api.dir.path().join("sa.key");
+    let ca = standby.api.dir.path().join("ca.crt");
+    let mut kcm = Running::spawn(
+        {
+            let mut c = Command::new(kube_bin_dir().join("kube-controller-manager"));
+            c.arg(format!("--kubeconfig={}", kubeconfig_as(&standby.api, "system:kube-controller-manager", dir.path()).display()))
+                .args(["--controllers=*", "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=true", "-v=2"])
+                .arg(format!("--service-account-private-key-file={}", sa_key.display()))
+                .arg(format!("--root-ca-file={}", ca.display()));
+            c
+        },
+        "kube-controller-manager",
+        dir.path().join("kcm.log"),
+    );
+    let mut scheduler = Running::spawn(
+        {
+            let mut c = Command::new(kube_bin_dir().join("kube-scheduler"));
+            c.arg(format!("--kubeconfig={}", kubeconfig_as(&standby.api, "system:kube-scheduler", dir.path()).display()))
+                .args(["--leader-elect=false", "--secure-port=0", "-v=2"]);
+            c
+        },
+        "kube-scheduler",
+        dir.path().join("scheduler.log"),
+    );
+    // A pod of the replicated ReplicaSet that someone (break-glass admin) made on the standby:
+    // the scheduler will try to bind it, the ReplicaSet controller to count or delete it.
+    let rs = get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]).expect("replicaset");
+    apply(
+        &standby.api,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-1-stray\n  namespace: team-a\n  labels: {{app: web}}\n  ownerReferences:\n  - {{apiVersion: apps/v1, kind: ReplicaSet, name: web-1, uid: {}, controller: true}}\nspec:\n  tolerations: [{{operator: Exists}}]\n  containers: [{{name: web, image: registry.invalid/web:1}}]\n",
+            rs["metadata"]["uid"].as_str().expect("uid")
+        ),
+    );
+
+    // The standby's control plane at work on what it owns: its CA in every namespace, its slices.
+    eventually("the standby's own kube-root-ca.crt", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "configmap", "kube-root-ca.crt"]));
+    eventually("the standby's own EndpointSlice", Duration::from_secs(60), || {
+        get(&standby.api, &["-n", "team-a", "endpointslices", "-l", "kubernetes.io/service-name=db"])
+            .filter(|l| l["items"].as_array().is_some_and(|i| !i.is_empty()))
+    });
+
+    // A couple of minutes (two CronJob schedules): every check 0/0/0, both components running.
+    let start = Instant::now();
+    let mut checks = 0;
+    while start.elapsed() < Duration::from_secs(130) {
+        std::thread::sleep(Duration::from_secs(10));
+        kcm.assert_running();
+        scheduler.assert_running();
+        let (counts, report) = check(&primary, &standby);
+        checks += 1;
+        assert_eq!(counts, (0, 0, 0), "check {checks} at {:?}: {report}", start.elapsed());
+    }
+    eprintln!("{checks} checks over {:?}: all 0/0/0; kube-controller-manager and kube-scheduler running", start.elapsed());
+
+    // Nothing of a replicated workload runs or is bound on the standby.
+    let pods = get(&standby.api, &["-n", "team-a", "pods"]).expect("pods");
+    let pods = pods["items"].as_array().expect("items");
+    assert_eq!(pods.len(), 1, "only the stray pod: {pods:?}");
+    assert!(pods[0]["spec"]["nodeName"].is_null(), "the scheduler bound a replicated workload's pod: {}", pods[0]);
+    let jobs = get(&standby.api, &["-n", "team-a", "jobs"]).expect("jobs");
+    let names: Vec<&str> = jobs["items"].as_array().expect("items").iter().filter_map(|j| j["metadata"]["name"].as_str()).collect();
+    assert_eq!(names, vec!["migrate"], "the CronJob ran on the standby");
+    assert!(get(&standby.api, &["-n", "team-a", "configmap", "orphan"]).is_some(), "the garbage collector deleted a replicated object");
+    // They tried, and were refused (so the assertions above are not vacuous).
+    let (kcm_log, scheduler_log) = (kcm.log(), scheduler.log());
+    assert!(kcm_log.contains("fenced by drctl"), "the controllers never hit the fence:\n{}", procs::tail(&kcm.2));
+    assert!(scheduler_log.contains("fenced by drctl"), "the scheduler never tried to bind:\n{}", procs::tail(&scheduler.2));
+
+    // Exempt: drctl's own ServiceAccount and the break-glass admin.
+    assert_eq!(create_as(&standby.api, "system:serviceaccount:drctl-system:drctl-controller", "team-a", "by-drctl"), Ok(()));
+    standby.api.kubectl_ok(&["-n", "team-a", "create", "configmap", "by-admin", "--from-literal=k=v", "--dry-run=server"]);
+    // Not exempt: the scheduler, kubelets, Argo CD.
+    for user in ["system:kube-scheduler", "system:node:standby-node-1", "system:serviceaccount:argocd:argocd-application-controller"] {
+        let e = create_as(&standby.api, user, "team-a", "nope").expect_err(user);
+        assert!(e.contains("fenced by drctl"), "{user}: {e}");
+    }
+}
