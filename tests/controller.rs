@@ -88,9 +88,11 @@ async fn create_pod(g: &Global, service: &str) {
     api.create(&PostParams::default(), &p).await.expect("create pod");
 }
 
+/// The pod exists and is not being deleted (on a global with kwok nodes, a deleted pod
+/// terminates for a moment, as with a kubelet).
 async fn has_pod(g: &Global, service: &str) -> bool {
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(g.client().await, "cpaas-system");
-    api.get_opt(&format!("{service}-0")).await.expect("get pod").is_some()
+    api.get_opt(&format!("{service}-0")).await.expect("get pod").is_some_and(|p| p.metadata.deletion_timestamp.is_none())
 }
 
 /// The pod the `when: syncEnabled` restart deletes.

@@ -161,12 +161,18 @@ zone "{zone}" {{ type primary; file "{d}/zone.db"; allow-update {{ key "{key}"; 
         self.child = Some(spawn(cmd, &self.dir.path().join("named.log")));
     }
 
-    /// Ready once the log says it is running; false when it exited (port taken).
+    /// Ready once the log says it is running and listening on our port; false when it exited
+    /// or could not bind (the free port was taken meanwhile: named then runs on without it).
     fn wait_ready(&mut self) -> bool {
         let log = self.dir.path().join("named.log");
+        let listening = format!("127.0.0.1#{}", self.dns.port());
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains("running")) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("address in use") || text.contains("interface ignored") {
+                return false;
+            }
+            if text.contains("running") && text.contains(&listening) {
                 return true;
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
