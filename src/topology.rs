@@ -151,7 +151,7 @@ fn default_encryption_config_path() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct EtcdSpec {
     /// Client URLs of this cluster's etcd, e.g. `https://10.0.0.1:2379`.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 2048)))]
     #[x_kube(validation = Rule::new("self.all(e, e.startsWith('https://') || e.startsWith('http://'))")
         .message("etcd endpoints must be http(s) URLs, e.g. https://10.0.0.1:2379"))]
     #[x_kube(validation = Rule::new(format!("self.all(e, !e.matches('{}'))", crate::urls::USERINFO_PATTERN)).message("credentials in a URL are refused: remove the user:password@ part and use the Secret reference"))]
@@ -164,7 +164,7 @@ pub struct EtcdSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.manifest) || !has(self.manifest.kind) || self.manifest.kind != 'Namespace'")
-    .message("spec.sync.manifest must not be a Namespace: it is deleted while this cluster is primary, with everything in it").field_path(".manifest.kind"))]
+    .message("spec.sync.manifest must not be a Namespace: it is deleted while this cluster is primary, with everything in it").field_path(".manifest"))]
 #[x_kube(validation = Rule::new("self.driver != 'manifest' || has(self.manifest)")
     .message("spec.sync.driver manifest needs spec.sync.manifest").field_path(".manifest").reason(Reason::FieldValueRequired))]
 pub struct SyncSpec {
@@ -185,7 +185,7 @@ pub struct SyncSpec {
     /// With `driver: manifest`: the platform's own sync object, applied while standby and deleted
     /// while primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_object")]
+    #[schemars(schema_with = "any_manifest")]
     pub manifest: Option<serde_json::Value>,
     /// The standby's checks (periodic and FinalSync) re-put keys it lacks or holds different
     /// bytes for, from the primary, then check again; restarting the mirror is never the fix.
@@ -219,6 +219,15 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// Any Kubernetes object; `kind` is declared so a CEL rule can read it.
+fn any_manifest(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": { "kind": { "type": "string", "maxLength": 63 } },
     })
 }
 
@@ -451,7 +460,7 @@ pub struct ManualDns {
 pub struct DnsVerify {
     /// Resolvers asked after the switch, `ip` or `ip:port`. Empty: the system resolver.
     #[serde(default)]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(r, !r.matches('^([0-9.]+|\\\\[[0-9a-fA-F:.]*\\\\]):0+$'))").message("a resolver's port must not be 0; omit the port for 53"))]
     pub resolvers: Vec<String>,
     /// Rollout-restart CoreDNS (kube-system, k8s-app=kube-dns) when it still answers the old VIP.

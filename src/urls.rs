@@ -39,7 +39,7 @@ pub fn redact_all(urls: &[String]) -> String {
 /// redacted, so the message itself does not leak them).
 pub fn userinfo_message(url: &str) -> String {
     format!(
-        "{} carries credentials in the URL; remove the user:password@ part and put credentials in the Secret the field's sibling reference names",
+        "{} carries credentials, which Git, kubectl output and logs would show; remove the user:password@ part and keep credentials in the field's Secret reference",
         redact(url)
     )
 }
