@@ -386,11 +386,8 @@ fn follow_symlinks(repo: &Repository, tree: &git2::Tree<'_>, file: PathBuf) -> R
         let mut next = path.parent().map(Path::to_path_buf).unwrap_or_default();
         for part in Path::new(&target).components() {
             match part {
-                std::path::Component::ParentDir => {
-                    if !next.pop() {
-                        return Err(refuse("leaves the repository"));
-                    }
-                }
+                // `..` climbs one level (the pop in the guard); with none left it leaves the repository.
+                std::path::Component::ParentDir if !next.pop() => return Err(refuse("leaves the repository")),
                 std::path::Component::Normal(p) => next.push(p),
                 _ => {}
             }
