@@ -39,6 +39,8 @@ pub enum CheckError {
     Etcd { side: &'static str, source: etcd_client::Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    SameCluster(#[from] etcd::SameCluster),
 }
 
 fn on(side: &'static str) -> impl FnOnce(etcd_client::Error) -> CheckError {
@@ -269,6 +271,7 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
     let started = Instant::now();
     let (mut skv, mut dkv) = (source.kv.clone(), dest.kv.clone());
     let (cluster_id, head) = etcd::head(&mut skv).await.map_err(on("source"))?;
+    etcd::distinct(cluster_id, etcd::head(&mut dkv).await.map_err(on("destination"))?.0)?;
     let at = compare_revision(&mut dkv, cluster_id, head).await?;
     let (revision, mut differences, checked) = match scan(&mut skv, &mut dkv, filter, at, opts).await {
         // The checkpoint's revision is gone from the source's history: compare with now.

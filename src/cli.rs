@@ -277,6 +277,8 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
     let m = Mirror::new(MirrorConfig { source, dest, filter: exclude.filter()?, tuning: Tuning::default() });
     let started = Instant::now();
     if !once {
+        // A long-running mirror retries a failed session forever; a wrong --dest must fail now.
+        refuse_same_etcd(&etcd.endpoints()?).await?;
         let log = log_progress(m.progress());
         m.run(shutdown_signal()).await;
         log.abort();
@@ -301,6 +303,15 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
         if p.resyncs > 0 { format!(", {} full resync(s)", p.resyncs) } else { String::new() },
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fails when --source and --dest reach one etcd cluster (compared by cluster ID).
+async fn refuse_same_etcd((source, dest): &(Endpoint, Endpoint)) -> anyhow::Result<()> {
+    let (mut s, mut d) = (etcd::connect(source).await?.kv, etcd::connect(dest).await?.kv);
+    let (source_id, _) = etcd::head(&mut s).await.context("reach the source etcd")?;
+    let (dest_id, _) = etcd::head(&mut d).await.context("reach the destination etcd")?;
+    etcd::distinct(source_id, dest_id)?;
+    Ok(())
 }
 
 /// A line of progress in the log every 30 seconds while mirroring.

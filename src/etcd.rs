@@ -12,6 +12,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
+    #[error("the {0}: the URL carries credentials; remove the user:password@ part (etcd authenticates drctl by its client certificate)")]
+    Userinfo(String),
     #[error("cannot read {what} from {path}: {source}")]
     ReadFile { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("a client certificate needs its key and a key needs its certificate")]
@@ -87,8 +89,11 @@ pub struct Conn {
 }
 
 /// Connects (lazily checked by the first request) to `endpoint`.
-#[tracing::instrument(skip_all, fields(endpoints = %endpoint.urls.join(",")))]
+#[tracing::instrument(skip_all, fields(endpoints = %crate::urls::redact_all(&endpoint.urls)))]
 pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
+    if let Some(u) = endpoint.urls.iter().find(|u| crate::urls::has_userinfo(u)) {
+        return Err(EtcdError::Userinfo(format!("etcd endpoint {}", crate::urls::redact(u))));
+    }
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
@@ -105,7 +110,7 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
     }
     let client = Client::connect(endpoint.urls.clone(), Some(opts))
         .await
-        .map_err(|source| EtcdError::Connect { endpoints: endpoint.urls.join(","), source })?;
+        .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
     let kv = client
         .kv_client()
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -168,6 +173,27 @@ pub fn key_after(key: &[u8]) -> Vec<u8> {
 pub async fn head(kv: &mut KvClient) -> Result<(u64, i64), etcd_client::Error> {
     let resp = kv.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
     Ok(resp.header().map(|h| (h.cluster_id(), h.revision())).unwrap_or_default())
+}
+
+/// The source and the destination are one etcd cluster.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the source and the destination are the same etcd (cluster ID {0:x}): copying or checking it against itself would \
+     write the mirror's checkpoint into the source and report it consistent. Give the standby's own etcd as the destination"
+)]
+pub struct SameCluster(pub u64);
+
+/// Refuses a destination that is the source. Compared by cluster ID, as etcd reports it after
+/// connecting, not by URL: two spellings (a name and an IP, another member) reach one cluster.
+/// Two clusters bootstrapped with identical members and token share an ID too; the checkpoint
+/// ties a copy to its source by this ID, so such a pair could not be mirrored safely anyway.
+pub fn distinct(source_id: u64, dest_id: u64) -> Result<(), SameCluster> {
+    // 0: a response without a header, which says nothing either way.
+    if source_id != 0 && source_id == dest_id {
+        Err(SameCluster(source_id))
+    } else {
+        Ok(())
+    }
 }
 
 /// True when `e` says the requested revision was compacted away.

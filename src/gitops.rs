@@ -49,6 +49,12 @@ pub enum GitopsError {
     BranchExists(String),
     #[error("{0:?} is not a valid branch name")]
     BadBranchName(String),
+    #[error("the repository {} has no commits yet; commit the topology file first", path.display())]
+    NoCommits { path: PathBuf },
+    #[error("{} is a symbolic link to {target:?}, which {why}; point --file at the topology file itself", file.display())]
+    Symlink { file: PathBuf, target: String, why: &'static str },
+    #[error("--{flag} must be one line: it becomes {what}, and a line break would let it add trailer lines (DR-To, DR-Action) that history trusts; put longer text in the pull request")]
+    MultiLine { flag: &'static str, what: &'static str },
     #[error("committed {commit} on branch {branch}, but pushing it to {remote} failed: {message}; push it with `git push {remote} {branch}`")]
     PushFailed { commit: String, branch: String, remote: String, message: String },
 }
@@ -126,9 +132,10 @@ pub fn find_primary(text: &str) -> Result<PrimaryValue, PrimaryLineError> {
         if indent != want {
             continue;
         }
-        if let Some(after) = body.strip_prefix("primary:") {
-            let value_at = line_start + indent + "primary:".len();
-            found.push(parse_scalar(after, value_at, line_no)?);
+        // A quoted key is the same key to YAML: `"primary": a` and `'primary': a`.
+        if let Some(key) = ["primary:", "\"primary\":", "'primary':"].into_iter().find(|k| body.starts_with(k)) {
+            let value_at = line_start + indent + key.len();
+            found.push(parse_scalar(&body[key.len()..], value_at, line_no)?);
         }
     }
     match found.len() {
@@ -247,10 +254,12 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
     if !repo.is_bare() {
         refuse_dirty(&repo)?;
     }
-    let head = repo.head().map_err(git("read HEAD"))?;
+    refuse_multi_line(req)?;
+    let head = head_of(&repo, &req.repo)?;
     let base = head.shorthand().ok().filter(|_| head.is_branch()).map(str::to_string);
     let parent = head.peel_to_commit().map_err(git("resolve HEAD to a commit"))?;
     let tree = parent.tree().map_err(git("read HEAD's tree"))?;
+    let file = follow_symlinks(&repo, &tree, file)?;
     let entry = tree.get_path(&file).map_err(|_| GitopsError::FileMissing { file: file.clone() })?;
     let blob = repo.find_blob(entry.id()).map_err(git(format!("read {}", file.display())))?;
     let text = std::str::from_utf8(blob.content())
@@ -335,11 +344,62 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
     Ok(outcome)
 }
 
+/// A line break in the subject or the reason could end the trailer block and start a forged
+/// one; refusing (rather than folding) keeps what the user typed and what history shows equal.
+fn refuse_multi_line(req: &PromoteRequest) -> Result<(), GitopsError> {
+    let multi = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains(['\n', '\r']));
+    if multi(&req.message) {
+        return Err(GitopsError::MultiLine { flag: "message", what: "the commit subject" });
+    }
+    if multi(&req.reason) {
+        return Err(GitopsError::MultiLine { flag: "reason", what: "the DR-Reason trailer" });
+    }
+    Ok(())
+}
+
+/// HEAD, or a clear error for a repository without commits (libgit2 says "reference
+/// 'refs/heads/main' not found").
+fn head_of<'r>(repo: &'r Repository, path: &Path) -> Result<git2::Reference<'r>, GitopsError> {
+    match repo.head() {
+        Err(e) if matches!(e.code(), ErrorCode::UnbornBranch | ErrorCode::NotFound) => {
+            Err(GitopsError::NoCommits { path: path.to_path_buf() })
+        }
+        other => other.map_err(git("read HEAD")),
+    }
+}
+
+/// The path a symlinked topology file points to, inside the repository; promote edits the
+/// target (the file Argo CD renders), not the link.
+fn follow_symlinks(repo: &Repository, tree: &git2::Tree<'_>, file: PathBuf) -> Result<PathBuf, GitopsError> {
+    let mut path = file.clone();
+    for _ in 0..8 {
+        let Ok(entry) = tree.get_path(&path) else { return Ok(path) };
+        if entry.filemode() != i32::from(FileMode::Link) {
+            return Ok(path);
+        }
+        let blob = repo.find_blob(entry.id()).map_err(git(format!("read the link {}", path.display())))?;
+        let target = String::from_utf8_lossy(blob.content()).into_owned();
+        let refuse = |why| GitopsError::Symlink { file: file.clone(), target: target.clone(), why };
+        if target.starts_with('/') {
+            return Err(refuse("is an absolute path, outside the repository's history"));
+        }
+        let mut next = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        for part in Path::new(&target).components() {
+            match part {
+                // `..` climbs one level (the pop in the guard); with none left it leaves the repository.
+                std::path::Component::ParentDir if !next.pop() => return Err(refuse("leaves the repository")),
+                std::path::Component::Normal(p) => next.push(p),
+                _ => {}
+            }
+        }
+        path = next;
+    }
+    Err(GitopsError::Symlink { file: file.clone(), target: path.display().to_string(), why: "is a chain of more than 8 links" })
+}
+
 fn commit_message(req: &PromoteRequest, from: &str, to: &str) -> String {
     let subject = req.message.clone().unwrap_or_else(|| format!("DR: promote {to} to primary"));
-    // Trailers are one line each; a multi-line reason would end the trailer block.
     let reason = req.reason.clone().unwrap_or_else(|| subject.clone());
-    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
     format!(
         "{subject}\n\nspec.primary: {from} -> {to}\n\n{TRAILER_ACTION}: promote\n{TRAILER_FROM}: {from}\n{TRAILER_TO}: {to}\n{TRAILER_REASON}: {reason}\n"
     )
@@ -445,7 +505,6 @@ fn credentials(
 
 /// What to do next, for people: push (if not done) and open the pull request.
 pub fn next_steps(o: &PromoteOutcome) -> String {
-    let base = o.base.as_deref().unwrap_or("main");
     let mut s = format!(
         "Committed {} on branch {}: spec.primary {} -> {}.\n",
         &o.commit[..o.commit.len().min(12)],
@@ -457,9 +516,16 @@ pub fn next_steps(o: &PromoteOutcome) -> String {
         Some(remote) => s.push_str(&format!("Pushed {} to {remote}.\n", o.branch)),
         None => s.push_str(&format!("Push it:   git push origin {}\n", o.branch)),
     }
-    match o.remote_url.as_deref().and_then(|u| pull_request_url(u, base, &o.branch)) {
-        Some(url) => s.push_str(&format!("Open the pull request into {base}: {url}\n")),
-        None => s.push_str(&format!("Open a pull request from {} into {base}.\n", o.branch)),
+    match o.base.as_deref() {
+        // Without a branch the pull request's target is unknown; guessing "main" could be wrong.
+        None => s.push_str(&format!(
+            "HEAD was detached, so the target branch is unknown: open a pull request from {} into the branch Argo CD watches.\n",
+            o.branch
+        )),
+        Some(base) => match o.remote_url.as_deref().and_then(|u| pull_request_url(u, base, &o.branch)) {
+            Some(url) => s.push_str(&format!("Open the pull request into {base}: {url}\n")),
+            None => s.push_str(&format!("Open a pull request from {} into {base}.\n", o.branch)),
+        },
     }
     s.push_str("When it merges, Argo CD applies the flip to both globals and the new primary runs the failover.\n");
     s
@@ -496,8 +562,13 @@ pub struct HistoryEntry {
     pub time: String,
     /// Author of that commit, `Name <email>`.
     pub author: String,
-    /// The primary before; None when this commit created the file.
+    /// The primary before; None when this commit created the file (or, with `shallow`, when
+    /// the commit before it was not fetched).
     pub from: Option<String>,
+    /// This is the oldest commit of a shallow clone: what came before is unknown, so it is not
+    /// shown as the topology's creation. `git fetch --unshallow` gives the whole trail.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shallow: bool,
     pub to: String,
     /// The `DR-Reason` trailer, else the subject of the commit.
     pub reason: String,
@@ -552,7 +623,9 @@ pub fn attach_failovers(entries: &mut [HistoryEntry], records: &[crate::topology
 #[tracing::instrument(skip_all, fields(repo = %repo_path.display(), file = %file.display()))]
 pub fn history(repo_path: &Path, file: &Path) -> Result<Vec<HistoryEntry>, GitopsError> {
     let repo = Repository::open(repo_path).map_err(|source| GitopsError::Open { path: repo_path.to_path_buf(), source })?;
+    head_of(&repo, repo_path)?;
     let versions = file_versions(&repo, &repo_relative(&repo, file)?)?;
+    let boundary = shallow_boundary(&repo);
     let mut entries = Vec::new();
     let mut last: Option<String> = None;
     let mut last_blob = None;
@@ -564,12 +637,23 @@ pub fn history(repo_path: &Path, file: &Path) -> Result<Vec<HistoryEntry>, Gitop
         let Some(primary) = primary_of(&repo, v.blob)? else { continue };
         if last.as_deref() != Some(primary.as_str()) {
             let commit = repo.find_commit(v.commit).map_err(git(format!("read commit {}", v.commit)))?;
-            entries.push(entry(&repo, &commit, &v.path, last.clone(), primary.clone())?);
+            let mut e = entry(&repo, &commit, &v.path, last.clone(), primary.clone())?;
+            e.shallow = last.is_none() && boundary.contains(&v.commit);
+            entries.push(e);
             last = Some(primary);
         }
     }
     entries.reverse();
     Ok(entries)
+}
+
+/// The commits whose parents a shallow clone did not fetch (`.git/shallow`); empty otherwise.
+fn shallow_boundary(repo: &Repository) -> Vec<Oid> {
+    if !repo.is_shallow() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(repo.path().join("shallow")).unwrap_or_default();
+    text.lines().filter_map(|l| Oid::from_str(l.trim()).ok()).collect()
 }
 
 /// The file as of one commit on the first-parent line.
@@ -646,6 +730,7 @@ fn entry(repo: &Repository, c: &Commit<'_>, path: &Path, from: Option<String>, t
         path: path.to_string_lossy().into_owned(),
         proposed_in: proposal.as_ref().map(|p| p.id().to_string()),
         proposed_by: proposal.as_ref().map(|p| Person(&p.author()).to_string()),
+        shallow: false,
         failover: None,
     })
 }
@@ -707,7 +792,11 @@ fn git_time(t: git2::Time) -> String {
 pub fn format_history(entries: &[HistoryEntry]) -> String {
     let mut s = String::new();
     for e in entries {
-        let from = e.from.as_deref().unwrap_or("(created)");
+        let from = match (&e.from, e.shallow) {
+            (Some(f), _) => f.as_str(),
+            (None, true) => "(shallow clone: earlier history not fetched)",
+            (None, false) => "(created)",
+        };
         s.push_str(&format!(
             "{}  {}  {} -> {}  {}  {}",
             e.time,

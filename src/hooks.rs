@@ -18,7 +18,7 @@ use crate::topology::Hook;
 
 /// How long a Job hook may run.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
+pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -72,11 +72,11 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
             .header("X-Drctl-Failover-Id", input.failover_id)
             .send()
             .await
-            .map_err(|source| HookError::Http { hook: hook.name.clone(), url: w.url.clone(), source })?;
+            .map_err(|source| HookError::Http { hook: hook.name.clone(), url: crate::urls::redact(&w.url), source: source.without_url() })?;
         let status = resp.status();
         if !status.is_success() {
             let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-            return Err(HookError::Status { hook: hook.name.clone(), url: w.url.clone(), status: status.as_u16(), body });
+            return Err(HookError::Status { hook: hook.name.clone(), url: crate::urls::redact(&w.url), status: status.as_u16(), body });
         }
         return Ok(format!("{}: webhook answered {}", hook.name, status.as_u16()));
     }

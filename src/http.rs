@@ -104,13 +104,22 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Ready once this replica leads; a follower is alive but not ready, so a Service routes
-/// `/check` to the replica that actually mirrors.
 async fn readyz(State(s): State<AppState>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not leading").into_response()
+    let stalled = s.ctx.watchdog.stalled(std::time::Instant::now());
+    readiness(s.ready.load(Ordering::SeqCst), stalled).into_response()
+}
+
+/// Ready once this replica leads and its reconciles make progress. A follower is alive but not
+/// ready, so a Service routes `/check` to the replica that actually mirrors; a leader whose
+/// reconcile is stuck is not ready either, so the stall shows in probes and alerts.
+fn readiness(leading: bool, stalled: Option<std::time::Duration>) -> (StatusCode, String) {
+    match (leading, stalled) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not leading".into()),
+        (true, Some(d)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reconcile stalled: its current step has run {}s, past its budget; see the controller log", d.as_secs()),
+        ),
+        (true, None) => (StatusCode::OK, "ok".into()),
     }
 }
 
@@ -128,6 +137,16 @@ async fn check(State(s): State<AppState>, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readyz_is_unavailable_when_not_leading_or_stalled() {
+        let stall = Some(std::time::Duration::from_secs(300));
+        assert_eq!(readiness(true, None).0, StatusCode::OK);
+        assert_eq!(readiness(false, None), (StatusCode::SERVICE_UNAVAILABLE, "not leading".into()));
+        let (code, body) = readiness(true, stall);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("reconcile stalled: its current step has run 300s"), "{body}");
+    }
 
     #[test]
     fn check_is_local_by_default_and_refused_on_the_network_without_a_token() {

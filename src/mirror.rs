@@ -99,6 +99,8 @@ pub enum MirrorError {
     Etcd { side: &'static str, source: etcd_client::Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    SameCluster(#[from] etcd::SameCluster),
     #[error("the source compacted the revision the mirror needs")]
     Compacted,
     #[error("the source's watch stream went silent for {0:?} after a progress request")]
@@ -126,6 +128,7 @@ impl From<CheckError> for MirrorError {
         match e {
             CheckError::Etcd { side, source } => on(side)(source),
             CheckError::Checkpoint(c) => MirrorError::Checkpoint(c),
+            CheckError::SameCluster(s) => MirrorError::SameCluster(s),
         }
     }
 }
@@ -441,6 +444,8 @@ impl Mirror {
         let src = etcd::connect(&self.cfg.source).await?;
         let dst = etcd::connect(&self.cfg.dest).await?;
         let (cluster_id, head) = etcd::head(&mut src.kv.clone()).await.map_err(on("source"))?;
+        let (dest_id, _) = etcd::head(&mut dst.kv.clone()).await.map_err(on("destination"))?;
+        etcd::distinct(cluster_id, dest_id)?;
         self.update(|p| {
             p.source_cluster_id = cluster_id;
             p.source_revision = head;

@@ -61,7 +61,12 @@ pub struct DRTopologySpec {
     #[schemars(length(min = 2, max = 2))]
     #[x_kube(validation = Rule::new("size(self) == 2").message("spec.clusters must list exactly two clusters"))]
     #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.name == a.name))").message("spec.clusters[].name must be unique"))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.vip == a.vip))").message("spec.clusters[].vip must be unique"))]
+    // VIPs compare as addresses: 2001:db8::a and 2001:DB8::A are one VIP.
+    #[x_kube(validation = Rule::new("self.all(a, !isIP(a.vip) || self.exists_one(b, isIP(b.vip) && ip(b.vip) == ip(a.vip)))").message("spec.clusters[].vip must be unique"))]
+    #[x_kube(validation = Rule::new("size(self) != 2 || self[0].apiServer.lowerAscii() != self[1].apiServer.lowerAscii()")
+        .message("both clusters name the same apiServer; each global has its own"))]
+    #[x_kube(validation = Rule::new("size(self) != 2 || !self[0].etcd.endpoints.exists(e, e in self[1].etcd.endpoints)")
+        .message("both clusters list the same etcd endpoint; the mirror would copy an etcd onto itself"))]
     pub clusters: Vec<ClusterSpec>,
     #[serde(default)]
     pub sync: SyncSpec,
@@ -109,6 +114,9 @@ pub struct SecretRef {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.kubeconfigSecretRef)")
+    .message("kubeconfigSecretRef is required: without it the peer cannot reach this cluster and a failover never passes Demote")
+    .field_path(".kubeconfigSecretRef").reason(Reason::FieldValueRequired))]
 pub struct ClusterSpec {
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new(format!("self.matches('{NAME_PATTERN}')"))
@@ -117,11 +125,14 @@ pub struct ClusterSpec {
     /// The VIP in front of this cluster; the platform domain points here while it is primary.
     #[schemars(length(min = 2, max = 45))]
     #[x_kube(validation = Rule::new("isIP(self)").message("vip must be an IPv4 or IPv6 address"))]
+    #[x_kube(validation = Rule::new("!isIP(self) || !(ip(self).isUnspecified() || ip(self) == ip('255.255.255.255') || cidr('224.0.0.0/4').containsIP(self) || cidr('ff00::/8').containsIP(self))")
+        .message("vip must be an address clients can reach: not unspecified, broadcast or multicast"))]
     pub vip: String,
     /// URL of this cluster's kube-apiserver, used by the peer.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')")
         .message("apiServer must be an http(s) URL"))]
+    #[x_kube(validation = Rule::new(format!("!self.matches('{}')", crate::urls::USERINFO_PATTERN)).message("credentials in a URL are refused: remove the user:password@ part and use the Secret reference"))]
     pub api_server: String,
     /// Secret holding a kubeconfig the peer uses to reach this cluster (key default `kubeconfig`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,9 +151,10 @@ fn default_encryption_config_path() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct EtcdSpec {
     /// Client URLs of this cluster's etcd, e.g. `https://10.0.0.1:2379`.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 2048)))]
     #[x_kube(validation = Rule::new("self.all(e, e.startsWith('https://') || e.startsWith('http://'))")
         .message("etcd endpoints must be http(s) URLs, e.g. https://10.0.0.1:2379"))]
+    #[x_kube(validation = Rule::new(format!("self.all(e, !e.matches('{}'))", crate::urls::USERINFO_PATTERN)).message("credentials in a URL are refused: remove the user:password@ part and use the Secret reference"))]
     pub endpoints: Vec<String>,
     /// Secret with `ca.crt`, `tls.crt`, `tls.key` for mTLS to this etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +163,8 @@ pub struct EtcdSpec {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.manifest) || !has(self.manifest.kind) || self.manifest.kind != 'Namespace'")
+    .message("spec.sync.manifest must not be a Namespace: it is deleted while this cluster is primary, with everything in it").field_path(".manifest"))]
 #[x_kube(validation = Rule::new("self.driver != 'manifest' || has(self.manifest)")
     .message("spec.sync.driver manifest needs spec.sync.manifest").field_path(".manifest").reason(Reason::FieldValueRequired))]
 pub struct SyncSpec {
@@ -160,6 +174,7 @@ pub struct SyncSpec {
     #[serde(default = "default_check_interval")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("checkInterval must be a duration like 30s, 5m or 1h"))]
+    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::CHECK_INTERVAL_FLOOR)).message(kube::core::Message::Message(crate::guards::CHECK_INTERVAL_FLOOR.message())))]
     pub check_interval: String,
     #[serde(default)]
     pub driver: SyncDriver,
@@ -170,7 +185,7 @@ pub struct SyncSpec {
     /// With `driver: manifest`: the platform's own sync object, applied while standby and deleted
     /// while primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "any_object")]
+    #[schemars(schema_with = "any_manifest")]
     pub manifest: Option<serde_json::Value>,
     /// The standby's checks (periodic and FinalSync) re-put keys it lacks or holds different
     /// bytes for, from the primary, then check again; restarting the mirror is never the fix.
@@ -207,10 +222,19 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// Any Kubernetes object; `kind` is declared so a CEL rule can read it.
+fn any_manifest(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": { "kind": { "type": "string", "maxLength": 63 } },
+    })
+}
+
 /// Who may write replicated data on a standby (see README "Fencing a standby"). Nobody but the
 /// mirror does by default: the standby's own controllers, scheduler and in-cluster writers are
 /// refused, except drctl (its namespace's ServiceAccounts), the apiserver itself and these.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct FenceSpec {
     #[serde(default = "default_fence_enabled")]
@@ -219,6 +243,8 @@ pub struct FenceSpec {
     /// break-glass admin (who can delete the fence anyway).
     #[serde(default = "default_fence_exempt_groups")]
     #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(g, !(g in ['system:authenticated', 'system:unauthenticated', 'system:serviceaccounts']))")
+        .message("exemptGroups must not hold system:authenticated, system:unauthenticated or system:serviceaccounts: the fence would stop nobody"))]
     pub exempt_groups: Vec<String>,
     /// Users (e.g. `system:serviceaccount:ns:name`) that may still write replicated data on a
     /// standby. Default: none.
@@ -390,11 +416,12 @@ pub enum TsigAlgorithm {
 }
 
 /// The PowerDNS authoritative HTTP API.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PowerDns {
     /// Base URL of the API, e.g. `http://pdns.example.com:8081`.
     #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(format!("!self.matches('{}')", crate::urls::USERINFO_PATTERN)).message("credentials in a URL are refused: remove the user:password@ part and use the Secret reference"))]
     pub api_url: String,
     #[serde(default = "default_pdns_server_id")]
     pub server_id: String,
@@ -421,10 +448,11 @@ pub struct ExternalDns {
 /// A generic webhook: drctl POSTs `{domain, recordType, address, ttl}` with header
 /// `X-Drctl-Timestamp: <unix seconds>` and `X-Drctl-Signature: sha256=<hex HMAC-SHA256 of
 /// "<timestamp>.<body>">`; any 2xx means accepted. Receivers should refuse stale timestamps.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookDns {
     #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(format!("!self.matches('{}')", crate::urls::USERINFO_PATTERN)).message("credentials in a URL are refused: remove the user:password@ part and use the Secret reference"))]
     pub url: String,
     /// Secret holding the HMAC key (key default `hmacKey`).
     pub hmac_secret_ref: SecretRef,
@@ -439,18 +467,20 @@ pub struct ManualDns {
     pub instructions: Option<String>,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsVerify {
     /// Resolvers asked after the switch, `ip` or `ip:port`. Empty: the system resolver.
     #[serde(default)]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(r, !r.matches('^([0-9.]+|\\\\[[0-9a-fA-F:.]*\\\\]):0+$'))").message("a resolver's port must not be 0; omit the port for 53"))]
     pub resolvers: Vec<String>,
     /// Rollout-restart CoreDNS (kube-system, k8s-app=kube-dns) when it still answers the old VIP.
     #[serde(default, rename = "restartCoreDNS")]
     pub restart_core_dns: bool,
     /// Give up verifying after this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::VERIFY_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::guards::VERIFY_TIMEOUT_FLOOR.message())))]
     pub timeout: Option<String>,
 }
 
@@ -465,6 +495,7 @@ pub struct FailoverSpec {
     #[serde(default = "default_demotion_timeout")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("demotionTimeout must be a duration like 30s, 2m or 1h"))]
+    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::DEMOTION_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::guards::DEMOTION_TIMEOUT_FLOOR.message())))]
     pub demotion_timeout: String,
     #[serde(default)]
     #[schemars(length(max = 16))]
@@ -520,10 +551,11 @@ pub struct JobHook {
     pub template: serde_json::Value,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookHook {
     #[schemars(length(min = 1, max = 2048), regex(pattern = "^https?://"))]
+    #[x_kube(validation = Rule::new(format!("!self.matches('{}')", crate::urls::USERINFO_PATTERN)).message("credentials in a URL are refused: remove the user:password@ part and use the Secret reference"))]
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret_ref: Option<SecretRef>,

@@ -26,7 +26,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self { path: path.into(), message: message.into() }
     }
 }
@@ -357,6 +357,7 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
             ));
         }
     }
+    errs.extend(crate::guards::check(spec));
     errs
 }
 

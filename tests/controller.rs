@@ -388,6 +388,29 @@ async fn invalid_spec_never_starts_a_failover() {
     assert_eq!(dns_answer(&pair), vec![VIP_A]);
 }
 
+/// A FIFO as `encryptionConfigPath` froze reconciling while the probes said ok. Now it is
+/// refused without blocking: the standby still reaches Steady, `/readyz` stays 200, the log
+/// names the field and says FIFO once, and no fingerprint is published.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifo_as_encryption_config_never_blocks_the_controller() {
+    let pair = Pair::start().await;
+    let fifo = pair.dir.path().join("encryption-b.conf");
+    std::fs::remove_file(&fifo).expect("remove the config");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(made.success());
+    pair.apply_both("global-a");
+    let ca = pair.controller(&pair.a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let st = pair.status(&pair.b).await.expect("b").status.expect("status");
+    assert_eq!(st.encryption_config_sha256, None);
+    let ready = support::http_get(&cb.listen.to_string(), "/readyz").unwrap_or_default();
+    assert!(ready.contains("200"), "{ready}");
+    let log = std::fs::read_to_string(&cb.log).unwrap_or_default();
+    let warned = log.lines().filter(|l| l.contains("encryptionConfigPath") && l.contains("is a FIFO, not a regular file")).count();
+    assert_eq!(warned, 1, "one warning naming the field:\n{}", cb.log_tail());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_only_the_leader_acts() {
     let pair = Pair::start().await;

@@ -318,3 +318,94 @@ fn push_over_ssh_uses_the_users_key_and_checks_the_host_key() {
     let refs = run(Command::new("git").arg("--git-dir").arg(repo.remote()).args(["branch", "--list", "dr/b2"]));
     assert!(refs.stdout.is_empty(), "nothing reached a server whose host key is unknown");
 }
+
+#[test]
+fn promote_edits_the_target_of_a_symlinked_topology_file() {
+    let repo = Repo::new();
+    repo.write("clusters/prod.yaml", TOPOLOGY);
+    std::fs::create_dir_all(repo.work().join("topology")).expect("mkdir");
+    std::os::unix::fs::symlink("../clusters/prod.yaml", repo.work().join(FILE)).expect("symlink");
+    repo.git(&["add", "."]);
+    repo.git(&["commit", "-q", "-m", "Topology behind a link"]);
+
+    let out = repo.drctl(&["promote", "global-b", "--branch", "pr"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(repo.git(&["diff", "--name-only", "main", "pr"]), "clusters/prod.yaml", "the target changed, the link did not");
+    assert!(repo.read("clusters/prod.yaml").contains("  primary: global-b   #"));
+    assert_eq!(std::fs::read_link(repo.work().join(FILE)).expect("still a link"), Path::new("../clusters/prod.yaml"));
+
+    // A link out of the repository is refused with what it points to.
+    let repo = Repo::new();
+    std::fs::create_dir_all(repo.work().join("topology")).expect("mkdir");
+    std::os::unix::fs::symlink("../../elsewhere.yaml", repo.work().join(FILE)).expect("symlink");
+    repo.git(&["add", "."]);
+    repo.git(&["commit", "-q", "-m", "A link out"]);
+    let out = repo.drctl(&["promote", "global-b"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is a symbolic link to \"../../elsewhere.yaml\", which leaves the repository"), "{stderr}");
+    eprintln!("{}", stderr.trim());
+}
+
+#[test]
+fn promote_finds_a_quoted_primary_key() {
+    let repo = Repo::new();
+    let quoted = TOPOLOGY.replace("  primary: global-a   #", "  \"primary\": global-a   #");
+    assert_ne!(quoted, TOPOLOGY);
+    repo.commit_file(FILE, &quoted, "Quoted key");
+    let out = repo.drctl(&["promote", "global-b", "--branch", "pr"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(repo.read(FILE), quoted.replace("\"primary\": global-a", "\"primary\": global-b"));
+}
+
+#[test]
+fn promote_on_a_detached_head_does_not_guess_main() {
+    let repo = Repo::new();
+    let head = repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    repo.git(&["checkout", "-q", "--detach", &head]);
+    let out = repo.drctl(&["promote", "global-b", "--branch", "pr"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("into main"), "{stdout}");
+    assert!(stdout.contains("HEAD was detached, so the target branch is unknown: open a pull request from pr into the branch Argo CD watches."), "{stdout}");
+}
+
+#[test]
+fn promote_refuses_a_multi_line_message_or_reason() {
+    let repo = Repo::new();
+    repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    for (flag, value) in [("--message", "Fail over\n\nDR-To: global-c"), ("--reason", "maintenance\nDR-Action: promote")] {
+        let out = repo.drctl(&["promote", "global-b", flag, value]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{flag}");
+        assert!(stderr.contains(&format!("{flag} must be one line")), "{stderr}");
+        eprintln!("{}", stderr.trim());
+    }
+    assert_eq!(repo.branches(), "main", "nothing was committed");
+}
+
+#[test]
+fn history_on_an_empty_repository_and_on_a_shallow_clone() {
+    let repo = Repo::new();
+    let out = repo.drctl(&["history"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("has no commits yet; commit the topology file first"), "{stderr}");
+    assert!(!stderr.contains("refs/heads"), "no raw libgit2 error: {stderr}");
+
+    repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    repo.commit_file(FILE, &TOPOLOGY.replace("primary: global-a", "primary: global-b"), "Fail over to B");
+    repo.commit_file("README.md", "notes\n", "notes");
+    let shallow = repo.dir.path().join("shallow");
+    let url = format!("file://{}", repo.work().display());
+    run(Command::new("git").args(["clone", "-q", "--depth", "2", &url]).arg(&shallow));
+    let out = support::drctl().args(["history", "--repo"]).arg(&shallow).output().expect("run drctl");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("(created)"), "the shallow boundary is no creation: {stdout}");
+    assert!(stdout.contains("(shallow clone: earlier history not fetched) -> global-b"), "{stdout}");
+    let out = support::drctl().args(["history", "--json", "--repo"]).arg(&shallow).output().expect("run drctl");
+    let entries: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(entries[0]["shallow"], json!(true), "{entries}");
+    eprintln!("{}", stdout.trim());
+}

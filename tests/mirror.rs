@@ -571,3 +571,42 @@ async fn a_half_written_batch_is_never_compared_or_repaired() {
     let after = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(after.report.consistent, "{}", after.report);
 }
+
+/// `--source X --dest X` is refused by cluster ID, even when the two URLs are spelled
+/// differently (127.0.0.1 and localhost reach the same etcd), and nothing is written.
+#[tokio::test]
+async fn the_same_etcd_as_source_and_destination_is_refused() {
+    let e = Etcd::start();
+    let other_spelling = e.client_url.replace("127.0.0.1", "localhost");
+    assert_ne!(other_spelling, e.client_url);
+    let mut c = Client::connect([e.client_url.clone()], None).await.expect("connect");
+    c.put("/registry/configmaps/team/a", "v", None).await.expect("put");
+    let before = head(&mut c).await;
+
+    for args in [
+        vec!["check", "--source", &e.client_url, "--dest", &other_spelling],
+        vec!["mirror", "--once", "--source", &e.client_url, "--dest", &other_spelling],
+        vec!["mirror", "--source", &e.client_url, "--dest", &e.client_url],
+    ] {
+        let out = drctl().args(&args).output().expect("run drctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("the source and the destination are the same etcd (cluster ID "), "{args:?}: {stderr}");
+        eprintln!("{}: {}", args[0], stderr.lines().last().unwrap_or(""));
+    }
+    // The library refuses too (the controller's mirror and check use it).
+    let cfg = MirrorConfig {
+        source: Endpoint::plain(vec![e.client_url.clone()]),
+        dest: Endpoint::plain(vec![other_spelling.clone()]),
+        filter: filter(),
+        tuning: Tuning::default(),
+    };
+    let err = Mirror::new(cfg).run_once().await.expect_err("same etcd");
+    assert!(matches!(err, drctl::mirror::MirrorError::SameCluster(_)), "{err}");
+    let conn = etcd::connect(&Endpoint::plain(vec![e.client_url.clone()])).await.expect("connect");
+    let err = check::run(&conn, &conn, &filter(), &CheckOptions::default()).await.err().expect("same etcd");
+    assert!(matches!(err, check::CheckError::SameCluster(_)), "{err}");
+
+    assert_eq!(head(&mut c).await, before, "nothing was written: no checkpoint, no copy");
+    assert!(c.get(CHECKPOINT_KEY, None).await.expect("get").kvs().is_empty());
+}

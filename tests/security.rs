@@ -196,3 +196,22 @@ async fn planted_secrets_never_appear_in_logs_events_or_status() {
     eprintln!("security: {} planted values ({needles} fragments) searched in {} sources, {total} bytes: 0 found", planted.len(), haystacks.len());
     drop::<[Controller; 2]>([ca, cb]);
 }
+
+/// Credentials in an etcd URL given on the command line are refused before any connection, and
+/// neither the error nor the log repeats them (at any log level).
+#[test]
+fn credentials_in_etcd_flags_are_refused_and_never_printed() {
+    let canary = format!("canary-pw-{}", std::process::id());
+    let url = format!("https://root:{canary}@127.0.0.1:1");
+    for cmd in ["check", "mirror"] {
+        let out = support::drctl()
+            .env("DRCTL_LOG", "trace")
+            .args([cmd, "--source", &url, "--dest", "https://127.0.0.1:2"])
+            .output()
+            .expect("run drctl");
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {all}");
+        assert!(all.contains("etcd endpoint https://***@127.0.0.1:1: the URL carries credentials"), "{cmd}: {all}");
+        assert!(!all.contains(&canary) && !all.contains("root:"), "{cmd} printed the credentials: {all}");
+    }
+}

@@ -8,6 +8,7 @@
 pub mod peer;
 pub mod status;
 pub mod sync;
+pub mod watchdog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,6 +96,12 @@ pub struct Context {
     pub act_lock: Mutex<()>,
     /// The fence last applied (the primary it points writers to, or None when lifted) and when.
     pub fenced: Mutex<Option<(Option<String>, std::time::Instant)>>,
+    /// Tells `/readyz` when a reconcile stopped making progress.
+    pub watchdog: watchdog::Watchdog,
+    /// The encryption config's sha256, re-read only when the file changes.
+    pub fingerprints: Arc<crate::files::FingerprintCache>,
+    /// The last fingerprint error logged, so a bad path warns once, not every reconcile.
+    fingerprint_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Context {
@@ -145,6 +152,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         sync: sync::SyncManager::default(),
         act_lock: Mutex::new(()),
         fenced: Mutex::new(None),
+        watchdog: watchdog::Watchdog::default(),
+        fingerprints: Arc::default(),
+        fingerprint_error: std::sync::Mutex::new(None),
         args: args.clone(),
     });
     let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref())?;
@@ -211,6 +221,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
     let span = info_span!("reconcile", topology = %name, cluster = %ctx.self_name());
     async move {
         let _guard = ctx.act_lock.lock().await;
+        let _busy = ctx.watchdog.start();
         let api: Api<DRTopology> = Api::all(ctx.client.clone());
         let mut writer: Option<StatusWriter> = None;
         // Plan and act until the plan says wait. The object is read again before every action:
@@ -240,6 +251,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
                 peer: peer.clone(),
             });
             tracing::debug!(?action, "planned");
+            ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec, ctx.args.restart_ready_timeout));
             match act(&ctx, &topo, w, action, &peer, &peer_name).await? {
                 Next::Continue => continue,
                 Next::Requeue(d) => {
@@ -265,7 +277,7 @@ async fn refuse_invalid(ctx: &Context, api: &Api<DRTopology>, topo: &DRTopology,
         w.write().await?;
         return Ok(Some(Requeue::requeue(Duration::from_secs(60))));
     }
-    w.status.encryption_config_sha256 = topo.spec.cluster(ctx.self_name()).and_then(|c| fingerprint(&c.encryption_config_path));
+    w.status.encryption_config_sha256 = own_fingerprint(ctx, topo).await;
     let mut msgs: Vec<String> = validate::validate_spec(&topo.spec).iter().map(|e| e.to_string()).collect();
     if topo.spec.cluster(ctx.self_name()).is_none() {
         msgs.push(format!("spec.clusters: no cluster is named {:?} (this controller's --cluster-name)", ctx.self_name()));
@@ -523,10 +535,23 @@ async fn oldest_other(api: &Api<DRTopology>, topo: &DRTopology) -> Result<Option
     Ok(oldest.map(|t| t.name_any()).filter(|n| *n != topo.name_any()))
 }
 
-/// sha256 of the encryption config, published so the peer can compare before failing over.
-pub fn fingerprint(path: &str) -> Option<String> {
-    use sha2::Digest;
-    std::fs::read(path).ok().map(|b| hex::encode(sha2::Sha256::digest(&b)))
+/// sha256 of this cluster's encryption config, published so the peer can compare before
+/// failing over; None (with one warning per distinct error) when it cannot be read.
+async fn own_fingerprint(ctx: &Context, topo: &DRTopology) -> Option<String> {
+    let i = topo.spec.clusters.iter().position(|c| c.name == ctx.self_name())?;
+    let field = format!("spec.clusters[{i}].encryptionConfigPath");
+    let path = PathBuf::from(&topo.spec.clusters[i].encryption_config_path);
+    let result = crate::files::fingerprint_bounded(ctx.fingerprints.clone(), field, path).await;
+    let error = result.as_ref().err().map(ToString::to_string);
+    if let Ok(mut last) = ctx.fingerprint_error.lock() {
+        if *last != error {
+            if let Some(e) = &error {
+                warn!(error = %e, "encryption config not fingerprinted; the peer's preflight will not compare it");
+            }
+            *last = error;
+        }
+    }
+    result.ok()
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl SyncManager {
         if let Some(r) = self.running.lock().await.take() {
             r.shutdown.cancel();
             let _ = r.task.await;
-            info!(source = %r.key.source.join(","), "mirror stopped");
+            info!(source = %crate::urls::redact_all(&r.key.source), "mirror stopped");
         }
     }
 
@@ -129,7 +129,7 @@ impl SyncManager {
             let (mirror, token) = (mirror.clone(), shutdown.clone());
             tokio::spawn(async move { mirror.run(token.cancelled_owned()).await })
         };
-        info!(source = %key.source.join(","), dest = %key.dest.join(","), "mirror started");
+        info!(source = %crate::urls::redact_all(&key.source), dest = %crate::urls::redact_all(&key.dest), "mirror started");
         *self.running.lock().await = Some(Running { key, progress, shutdown, task, source, dest, filter });
     }
 

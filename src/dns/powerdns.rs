@@ -68,7 +68,7 @@ fn patch_body(name: &str, target: IpAddr, ttl: u32) -> serde_json::Value {
     })
 }
 
-#[tracing::instrument(skip_all, fields(api = %cfg.api_url, zone = %cfg.zone))]
+#[tracing::instrument(skip_all, fields(api = %crate::urls::redact(&cfg.api_url), zone = %cfg.zone))]
 pub(super) async fn switch(
     cfg: &PowerDns,
     platform: &Platform,
@@ -88,11 +88,12 @@ pub(super) async fn switch(
         return Err(DnsError::Config(format!("powerdns: {} is not inside zone {}", platform.domain, cfg.zone)));
     }
     let url = format!("{}/api/v1/servers/{}/zones/{}", cfg.api_url.trim_end_matches('/'), cfg.server_id, zone);
-    let client = http_client().map_err(|source| DnsError::Http { url: url.clone(), source })?;
-    let http = |source: reqwest::Error| DnsError::Http { url: url.clone(), source: source.without_url() };
+    let shown = crate::urls::redact(&url);
+    let client = http_client().map_err(|source| DnsError::Http { url: shown.clone(), source })?;
+    let http = |source: reqwest::Error| DnsError::Http { url: shown.clone(), source: source.without_url() };
 
     let resp = client.get(&url).header("X-API-Key", key.clone()).send().await.map_err(http)?;
-    let resp = check(resp, &url).await?;
+    let resp = check(resp, &shown).await?;
     let zone_data: Zone = resp.json().await.map_err(http)?;
     let kind = RecordKind::for_ip(target);
     let current = current(&zone_data, &name, kind);
@@ -107,7 +108,7 @@ pub(super) async fn switch(
             .send()
             .await
             .map_err(http)?;
-        check(resp, &url).await?;
+        check(resp, &shown).await?;
         SwitchAction::Updated
     };
     Ok(SwitchOutcome { provider: "powerdns", domain: platform.domain.clone(), record: kind, target, previous, action })

@@ -49,7 +49,7 @@ pub(super) fn body(platform: &Platform, target: IpAddr) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-#[tracing::instrument(skip_all, fields(url = %cfg.url))]
+#[tracing::instrument(skip_all, fields(url = %crate::urls::redact(&cfg.url)))]
 pub(super) async fn switch(
     cfg: &WebhookDns,
     platform: &Platform,
@@ -62,7 +62,7 @@ pub(super) async fn switch(
         return Err(DnsError::bad_secret("webhook HMAC key", r, "empty"));
     }
     let body = body(platform, target);
-    let url = cfg.url.clone();
+    let url = crate::urls::redact(&cfg.url);
     let http = |source: reqwest::Error| DnsError::Http { url: url.clone(), source: source.without_url() };
     let client = http_client().map_err(http)?;
     let resp = json_post(&client, &cfg.url, Some(key.expose()), body).send().await.map_err(http)?;
