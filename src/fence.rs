@@ -35,7 +35,7 @@ pub fn name(topo: &DRTopology) -> String {
 /// The policy and binding that fence this standby (pure: what `apply` writes).
 pub fn build(topo: &DRTopology, controller_namespace: &str) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let name = name(topo);
-    let mut unfenced: Vec<String> = topo.spec.sync.exclude.namespaces.clone();
+    let mut unfenced: Vec<String> = crate::keyspace::excluded_namespaces(&topo.spec.sync.exclude);
     unfenced.extend([controller_namespace.to_string(), DEFAULT_ARGOCD_NAMESPACE.to_string()]);
     unfenced.sort();
     unfenced.dedup();

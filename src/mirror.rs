@@ -719,7 +719,7 @@ impl Mirror {
         // Through From: a compacted revision becomes Compacted, which the session resyncs from.
         let found = check::run(src, dst, &self.cfg.filter, &opts).await?;
         if !found.differences.is_empty() {
-            let outcome = check::repair(src, dst, &found.differences, false).await?;
+            let outcome = check::repair(src, dst, &self.cfg.filter, &found.differences, false).await?;
             tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
             self.update(|p| p.put_keys += outcome.put);
         }
