@@ -123,6 +123,8 @@ pub struct DiffPage {
     pub differences: Vec<Difference>,
     /// Replicated source keys in the page.
     pub source_keys: u64,
+    /// Source keys in the page, replicated or not.
+    pub all_source_keys: u64,
     pub covered_to: Vec<u8>,
 }
 
@@ -166,9 +168,10 @@ impl DiffPager {
         let within = |kvs: Vec<Kv>| -> Vec<Kv> { kvs.into_iter().take_while(|kv| kv.key < covered_to).collect() };
         let (source_kvs, dest_kvs) = (within(src.kvs), within(dst.kvs));
         let source_keys = source_kvs.iter().filter(|kv| filter.copies(&kv.key)).count() as u64;
+        let all_source_keys = source_kvs.len() as u64;
         self.done = covered_to == self.end;
         self.next = covered_to.clone();
-        Ok(Some(DiffPage { differences: diff_sorted(source_kvs, dest_kvs, filter), source_keys, covered_to }))
+        Ok(Some(DiffPage { differences: diff_sorted(source_kvs, dest_kvs, filter), source_keys, all_source_keys, covered_to }))
     }
 }
 
@@ -208,6 +211,10 @@ pub struct RepairOutcome {
     pub already: u64,
     /// Keys the mirror kept changing under the repair (left to the mirror and the next check).
     pub skipped: u64,
+    /// Keys the current exclusions do not replicate: never written, whatever the difference
+    /// said (it may come from a check run with other exclusions).
+    #[serde(default)]
+    pub excluded: u64,
 }
 
 /// The report `drctl check` prints and the controller serves at `/check`.
@@ -222,12 +229,23 @@ pub struct CheckReport {
     pub source_cluster_id: String,
     /// Replicated source keys compared.
     pub checked_keys: u64,
+    /// Source keys under `/registry/`, replicated or not.
+    #[serde(default)]
+    pub source_keys: u64,
     pub missed: KeyList,
     pub surplus: KeyList,
     pub diverged: KeyList,
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairOutcome>,
+}
+
+impl CheckReport {
+    /// The exclusions leave nothing to replicate although the source has data: replication has
+    /// effectively stopped, which is never "consistent".
+    pub fn replicates_nothing(&self) -> bool {
+        self.checked_keys == 0 && self.source_keys > 0
+    }
 }
 
 impl fmt::Display for CheckReport {
@@ -238,6 +256,13 @@ impl fmt::Display for CheckReport {
             "{verdict} at source revision {} (source head {}): {} keys checked in {} ms",
             self.revision, self.source_revision, self.checked_keys, self.duration_ms
         )?;
+        if self.replicates_nothing() {
+            writeln!(
+                f,
+                "nothing is replicated: the source holds {} keys under /registry/ and the exclusions remove all of them; fix spec.sync.exclude",
+                self.source_keys
+            )?;
+        }
         for (name, list) in [("missed", &self.missed), ("surplus", &self.surplus), ("diverged", &self.diverged)] {
             writeln!(f, "{name}: {}", list.count)?;
             for k in &list.keys {
@@ -250,8 +275,8 @@ impl fmt::Display for CheckReport {
         if let Some(r) = &self.repair {
             writeln!(
                 f,
-                "repair: {} put, {} deleted, {} already right, {} skipped (kept changing; left to the mirror)",
-                r.put, r.deleted, r.already, r.skipped
+                "repair: {} put, {} deleted, {} already right, {} skipped (kept changing; left to the mirror), {} excluded (not written)",
+                r.put, r.deleted, r.already, r.skipped, r.excluded
             )?;
         }
         Ok(())
@@ -273,16 +298,12 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
     let (cluster_id, head) = etcd::head(&mut skv).await.map_err(on("source"))?;
     etcd::distinct(cluster_id, etcd::head(&mut dkv).await.map_err(on("destination"))?.0)?;
     let at = compare_revision(&mut dkv, cluster_id, head).await?;
-    let (revision, mut differences, checked) = match scan(&mut skv, &mut dkv, filter, at, opts).await {
+    let (revision, (mut differences, checked, all)) = match scan(&mut skv, &mut dkv, filter, at, opts).await {
         // The checkpoint's revision is gone from the source's history: compare with now.
         Err(CheckError::Etcd { side: "source", source: e }) if etcd::is_compacted(&e) => {
-            let (d, n) = scan(&mut skv, &mut dkv, filter, head, opts).await?;
-            (head, d, n)
+            (head, scan(&mut skv, &mut dkv, filter, head, opts).await?)
         }
-        r => {
-            let (d, n) = r?;
-            (at, d, n)
-        }
+        r => (at, r?),
     };
     if !differences.is_empty() && !opts.settle.is_zero() {
         tokio::time::sleep(opts.settle).await;
@@ -298,18 +319,20 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
         }
         l
     };
-    let report = CheckReport {
-        consistent: differences.is_empty(),
+    let mut report = CheckReport {
+        consistent: false,
         revision,
         source_revision: head,
         source_cluster_id: format!("{cluster_id:x}"),
         checked_keys: checked,
+        source_keys: all,
         missed: list(Kind::Missed),
         surplus: list(Kind::Surplus),
         diverged: list(Kind::Diverged),
         duration_ms: started.elapsed().as_millis() as u64,
         repair: None,
     };
+    report.consistent = differences.is_empty() && !report.replicates_nothing();
     tracing::info!(consistent = report.consistent, revision, checked, "check done");
     Ok(Check { report, differences })
 }
@@ -328,16 +351,17 @@ async fn scan(
     filter: &Filter,
     at: i64,
     opts: &CheckOptions,
-) -> Result<(Vec<Difference>, u64), CheckError> {
+) -> Result<(Vec<Difference>, u64, u64), CheckError> {
     let start = REGISTRY_PREFIX.as_bytes().to_vec();
     let end = prefix_end(&start);
     let mut pager = DiffPager::new(start, end, at, opts.page_bytes);
-    let (mut diffs, mut checked) = (Vec::new(), 0);
+    let (mut diffs, mut checked, mut all) = (Vec::new(), 0, 0);
     while let Some(page) = pager.next(skv, dkv, filter).await? {
         checked += page.source_keys;
+        all += page.all_source_keys;
         diffs.extend(page.differences);
     }
-    Ok((diffs, checked))
+    Ok((diffs, checked, all))
 }
 
 /// One key at a consistent cut.
@@ -403,19 +427,27 @@ enum Fix {
     Deleted,
     Already,
     Skipped,
+    Excluded,
 }
 
 /// Writes the source's value over missed and diverged keys; deletes surplus keys when `prune`.
 /// Each key is re-read at a consistent cut and written only if the destination's key and its
-/// checkpoint are still as read, so a write the mirror applied meanwhile is never undone.
+/// checkpoint are still as read, so a write the mirror applied meanwhile is never undone. Only
+/// keys `filter` replicates are ever written: a key excluded now is the destination's own, even
+/// when a difference found under other exclusions names it.
 #[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
-pub async fn repair(source: &Conn, dest: &Conn, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
+pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
     let (cluster_id, _) = etcd::head(&mut source.kv.clone()).await.map_err(on("source"))?;
     let writes: Vec<KeyTask<Fix>> = differences
         .iter()
         .map(|d| {
             let (skv, dkv, key) = (source.kv.clone(), dest.kv.clone(), d.key.clone());
+            let excluded = !filter.copies(&key);
             async move {
+                if excluded {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), "repair refused: the key is excluded from replication now");
+                    return Ok(Fix::Excluded);
+                }
                 for attempt in 0..REPAIR_ATTEMPTS {
                     let Some(cut) = read_cut(skv.clone(), dkv.clone(), &key, cluster_id).await? else {
                         // In flux: a batch or a copy is being written; give it a moment.
@@ -453,9 +485,10 @@ pub async fn repair(source: &Conn, dest: &Conn, differences: &[Difference], prun
             Fix::Deleted => out.deleted += 1,
             Fix::Already => out.already += 1,
             Fix::Skipped => out.skipped += 1,
+            Fix::Excluded => out.excluded += 1,
         }
     }
-    tracing::info!(put = out.put, deleted = out.deleted, already = out.already, skipped = out.skipped, "repair done");
+    tracing::info!(put = out.put, deleted = out.deleted, already = out.already, skipped = out.skipped, excluded = out.excluded, "repair done");
     Ok(out)
 }
 
@@ -507,6 +540,7 @@ mod tests {
             source_revision: 12,
             source_cluster_id: "ab".into(),
             checked_keys: 3,
+            source_keys: 5,
             missed: KeyList { count: 2, keys: vec!["/registry/a".into()] },
             surplus: KeyList::default(),
             diverged: KeyList::default(),
@@ -518,5 +552,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<CheckReport>(&json).expect("parse"), report);
         let text = report.to_string();
         assert!(text.contains("NOT consistent") && text.contains("  /registry/a") && text.contains("1 more"), "{text}");
+        assert!(!text.contains("nothing is replicated"), "{text}");
+        // Exclusions that leave nothing to compare while the source has data: never consistent.
+        let empty = CheckReport { checked_keys: 0, missed: KeyList::default(), ..report };
+        assert!(empty.replicates_nothing());
+        assert!(empty.to_string().contains("nothing is replicated: the source holds 5 keys"), "{empty}");
     }
 }

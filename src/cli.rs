@@ -151,14 +151,16 @@ impl EtcdArgs {
     }
 }
 
-/// What is never replicated. Without flags or --config, the defaults of DESIGN.md §1 and §4;
-/// each flag kind given replaces that kind's defaults.
+/// What is never replicated: the defaults of DESIGN.md §1 and §4 (README: What is never
+/// replicated), plus --config's spec.sync.exclude, plus the flags. Flags only add; a default is
+/// replicated only through an optOut entry (with its reason) in the --config manifest.
 #[derive(Args, Debug)]
 pub struct ExcludeArgs {
-    /// A namespace never replicated (repeatable).
+    /// A namespace never replicated, in addition to the defaults (repeatable).
     #[arg(long = "exclude-namespace", value_name = "NS")]
     namespaces: Vec<String>,
-    /// A resource never replicated, as `resource` or `group/resource` (repeatable).
+    /// A resource never replicated, in addition to the defaults, as `resource` or
+    /// `group/resource` (repeatable).
     #[arg(long = "exclude-resource", value_name = "R")]
     resources: Vec<String>,
     /// Take the exclusions from this DRTopology manifest's spec.sync.exclude.
@@ -172,11 +174,15 @@ impl ExcludeArgs {
             Some(path) => exclude_from_manifest(path)?,
             None => ExcludeSpec::default(),
         };
-        if !self.namespaces.is_empty() {
-            spec.namespaces = self.namespaces.clone();
-        }
-        if !self.resources.is_empty() {
-            spec.resources = self.resources.clone();
+        spec.namespaces.extend(self.namespaces.iter().cloned());
+        spec.resources.extend(self.resources.iter().cloned());
+        let errs = validate::exclude_errors(&spec);
+        if !errs.is_empty() {
+            let lines: Vec<String> = errs.iter().map(|e| format!("  {e}")).collect();
+            anyhow::bail!(
+                "the exclusions (--config's spec.sync.exclude, then --exclude-namespace/--exclude-resource in order) are refused:\n{}",
+                lines.join("\n")
+            );
         }
         Ok(Filter::with_default_namespaces(&spec))
     }
@@ -388,7 +394,7 @@ async fn check(
     let opts = CheckOptions { list_limit: list, ..CheckOptions::default() };
     let mut found = check::run(&src, &dst, &filter, &opts).await?;
     if repair && !found.differences.is_empty() {
-        found.report.repair = Some(check::repair(&src, &dst, &found.differences, prune).await?);
+        found.report.repair = Some(check::repair(&src, &dst, &filter, &found.differences, prune).await?);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&found.report)?);

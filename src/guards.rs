@@ -254,7 +254,7 @@ mod tests {
         s.sync.fence.exempt_groups.push("system:authenticated".into());
         s.sync.manifest = Some(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}));
         let m = messages(&s);
-        assert!(m[0].starts_with("spec.sync.fence.exemptGroups[2]: system:authenticated is (nearly) every user"), "{m:?}");
+        assert!(m[0].starts_with(&format!("spec.sync.fence.exemptGroups[{}]: system:authenticated is (nearly) every user", s.sync.fence.exempt_groups.len() - 1)), "{m:?}");
         assert!(m[1].starts_with("spec.sync.manifest.kind: is Namespace"), "{m:?}");
     }
 

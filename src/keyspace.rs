@@ -2,44 +2,78 @@
 
 use std::collections::HashSet;
 
-use crate::topology::ExcludeSpec;
+use crate::topology::{ExcludeSpec, OptOut};
 
-/// Namespaces the seed's runbook never syncs: each global keeps its own platform components,
-/// credentials and node-local state there.
-pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 14] = [
-    "cpaas-system",
-    "cert-manager",
-    "default",
-    "global-credentials",
-    "cpaas-system-global-credentials",
-    "kube-ovn",
-    "kube-public",
-    "kube-system",
-    "nsx-system",
-    "cpaas-solution",
-    "kube-node-lease",
-    "kubevirt",
-    "nativestor-system",
-    "operators",
-];
+/// One item DR does not replicate by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item {
+    /// Every object in this namespace (and the Namespace object itself).
+    Namespace(&'static str),
+    /// Every object of this resource (plural), in any group.
+    Resource(&'static str),
+}
 
-/// Resources excluded by default, with the one-line reason shown in the docs.
-pub const DEFAULT_EXCLUDED_RESOURCES: [(&str, &str); 11] = [
-    ("events", "high-churn, short-lived records of the source cluster's own activity"),
-    ("leases", "leader election and node heartbeats belong to the cluster that holds them"),
-    ("nodes", "nodes are the standby's own machines; copying them would register ghosts"),
-    ("csinodes", "per-node CSI driver state of the source's nodes"),
-    ("volumeattachments", "bind the source's volumes to the source's nodes"),
-    ("certificatesigningrequests", "CSRs are signed by, and only valid for, the source's CA"),
-    ("ipaddresses", "ClusterIP allocations; each apiserver rebuilds them from its own Services and deletes orphans"),
-    ("servicecidrs", "the Service IP ranges each apiserver was started with"),
-    ("endpointslices", "derived from Services and the local Pods by each cluster's own controllers"),
-    ("endpoints", "derived from Services and the local Pods by each cluster's own controllers"),
+/// Why the seed runbook's namespaces are not synced.
+const SEED: &str = "the seed runbook's list: each global keeps its own platform components, credentials and node-local state here";
+
+/// What DR never replicates unless `spec.sync.exclude.optOut` names the item with a reason, and
+/// why (the README's table). `spec.sync.exclude` lists add to these; they never replace them.
+pub const DEFAULT_EXCLUSIONS: &[(Item, &str)] = &[
+    (Item::Namespace("cpaas-system"), SEED),
+    (Item::Namespace("cert-manager"), SEED),
+    (Item::Namespace("default"), "the kubernetes Service and Endpoints of this cluster's own apiserver"),
+    (Item::Namespace("global-credentials"), SEED),
+    (Item::Namespace("cpaas-system-global-credentials"), SEED),
+    (Item::Namespace("kube-ovn"), SEED),
+    (Item::Namespace("kube-public"), "the cluster-info ConfigMap and bootstrap RBAC of this cluster"),
+    (Item::Namespace("kube-system"), "control-plane components, CoreDNS, kube-proxy and their credentials"),
+    (Item::Namespace("nsx-system"), SEED),
+    (Item::Namespace("cpaas-solution"), SEED),
+    (Item::Namespace("kube-node-lease"), "node heartbeats of this cluster's nodes"),
+    (Item::Namespace("kubevirt"), SEED),
+    (Item::Namespace("nativestor-system"), SEED),
+    (Item::Namespace("operators"), SEED),
+    (Item::Resource("events"), "high-churn, short-lived records of the source cluster's own activity"),
+    (Item::Resource("leases"), "leader election and node heartbeats belong to the cluster that holds them"),
+    (Item::Resource("nodes"), "nodes are the standby's own machines; copying them would register ghosts"),
+    (Item::Resource("csinodes"), "per-node CSI driver state of the source's nodes"),
+    (Item::Resource("volumeattachments"), "bind the source's volumes to the source's nodes"),
+    (Item::Resource("certificatesigningrequests"), "CSRs are signed by, and only valid for, the source's CA"),
+    (Item::Resource("ipaddresses"), "ClusterIP allocations; each apiserver rebuilds them from its own Services and deletes orphans"),
+    (Item::Resource("servicecidrs"), "the Service IP ranges each apiserver was started with"),
+    (Item::Resource("endpointslices"), "derived from Services and the local Pods by each cluster's own controllers"),
+    (Item::Resource("endpoints"), "derived from Services and the local Pods by each cluster's own controllers"),
     (
-        "pods",
+        Item::Resource("pods"),
         "bound to the source's nodes; each cluster's controllers make their own from the replicated workloads (fenced on a standby)",
     ),
 ];
+
+/// The CRD's CEL rule for an `optOut` entry: it names a default exclusion (from the same table).
+pub fn opt_out_cel() -> String {
+    let quoted = |items: Vec<&str>| items.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+    format!(
+        "(!has(self.__namespace__) || self.__namespace__ in [{}]) && (!has(self.resource) || self.resource in [{}])",
+        quoted(default_namespaces().collect()),
+        quoted(default_resources().collect())
+    )
+}
+
+/// The default-excluded namespaces, in table order.
+pub fn default_namespaces() -> impl Iterator<Item = &'static str> {
+    DEFAULT_EXCLUSIONS.iter().filter_map(|(i, _)| match i {
+        Item::Namespace(n) => Some(*n),
+        Item::Resource(_) => None,
+    })
+}
+
+/// The default-excluded resources, in table order.
+pub fn default_resources() -> impl Iterator<Item = &'static str> {
+    DEFAULT_EXCLUSIONS.iter().filter_map(|(i, _)| match i {
+        Item::Resource(r) => Some(*r),
+        Item::Namespace(_) => None,
+    })
+}
 
 /// Objects excluded by name in every namespace, with why: each cluster makes its own.
 pub const NEVER_COPIED_NAMES: [(&str, &str, &str); 1] =
@@ -121,18 +155,20 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// A filter from the topology's exclusions plus the never-copied rules, with the controller's
-    /// and Argo CD's namespaces given.
+    /// A filter from the defaults (less the opt-outs), the topology's exclusions and the
+    /// never-copied rules, with the controller's and Argo CD's namespaces given.
     pub fn new(spec: &ExcludeSpec, controller_namespace: &str, argocd_namespace: &str) -> Filter {
-        let mut namespaces: HashSet<String> = spec.namespaces.iter().cloned().collect();
+        let mut namespaces: HashSet<String> = excluded_namespaces(spec).into_iter().collect();
         namespaces.insert(controller_namespace.to_string());
         namespaces.insert(argocd_namespace.to_string());
-        let resources = spec
-            .resources
-            .iter()
+        let opted_out = |r: &str| spec.opt_out.iter().any(|o| o.resource.as_deref() == Some(r));
+        let resources = default_resources()
+            .filter(|r| !opted_out(r))
+            .map(str::to_string)
+            .chain(spec.resources.iter().cloned())
             .map(|r| match r.rsplit_once('/') {
                 Some((g, r)) => (Some(g.to_string()), r.to_string()),
-                None => (None, r.clone()),
+                None => (None, r),
             })
             .collect();
         let prefixes = NEVER_COPIED_PREFIXES
@@ -182,6 +218,19 @@ impl Filter {
                 }
         })
     }
+}
+
+/// The namespaces `spec` keeps out of replication (and out of the fence): the defaults less its
+/// opt-outs, plus its own list.
+pub fn excluded_namespaces(spec: &ExcludeSpec) -> Vec<String> {
+    let opted_out = |n: &str| spec.opt_out.iter().any(|o: &OptOut| o.namespace.as_deref() == Some(n));
+    let mut out: Vec<String> = default_namespaces().filter(|n| !opted_out(n)).map(str::to_string).collect();
+    for n in &spec.namespaces {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
 }
 
 /// The first key after every key starting with `prefix` (etcd's range end for a prefix).
@@ -246,10 +295,11 @@ mod tests {
                 "storage.k8s.io/volumeattachments".into(),
             ],
             key_prefixes: vec!["/registry/raw.example.com/".into()],
+            opt_out: vec![],
         };
         let f = Filter::with_default_namespaces(&spec);
         let cases = [
-            ("/registry/pods/team-a/web-0", true),
+            ("/registry/pods/team-a/web-0", false),
             ("/registry/pods/kube-system/coredns", false),
             ("/registry/namespaces/kube-system", false),
             ("/registry/namespaces/team-a", true),
@@ -289,6 +339,49 @@ mod tests {
         assert!(!f.copies(b"/registry/certificatesigningrequests/csr-1"));
         assert!(!f.copies(b"/registry/storage.k8s.io/volumeattachments/va"));
         assert!(f.copies(b"/registry/configmaps/team-a/x"));
+    }
+
+    #[test]
+    fn user_lists_add_to_the_defaults() {
+        let spec = ExcludeSpec { namespaces: vec!["team-scratch".into()], resources: vec!["example.com/widgets".into()], ..Default::default() };
+        let f = Filter::with_default_namespaces(&spec);
+        for ns in default_namespaces() {
+            assert!(!f.copies(format!("/registry/configmaps/{ns}/x").as_bytes()), "default {ns} still excluded");
+        }
+        assert!(!f.copies(b"/registry/configmaps/team-scratch/x"));
+        assert!(!f.copies(b"/registry/events/team-a/e"), "default resources still excluded");
+        assert!(!f.copies(b"/registry/example.com/widgets/team-a/w"));
+        assert!(f.copies(b"/registry/configmaps/team-a/x"));
+        assert!(excluded_namespaces(&spec).contains(&"kube-system".to_string()), "and the fence leaves them alone");
+    }
+
+    #[test]
+    fn opt_out_replicates_exactly_the_named_default() {
+        let spec = ExcludeSpec {
+            opt_out: vec![
+                OptOut { namespace: Some("cert-manager".into()), resource: None, reason: "one shared issuer".into() },
+                OptOut { namespace: None, resource: Some("leases".into()), reason: "test".into() },
+            ],
+            ..Default::default()
+        };
+        let f = Filter::with_default_namespaces(&spec);
+        assert!(f.copies(b"/registry/secrets/cert-manager/ca"));
+        assert!(f.copies(b"/registry/leases/team-a/lock"));
+        assert!(!f.copies(b"/registry/secrets/kube-system/ca"), "other defaults stay");
+        assert!(!f.copies(b"/registry/events/team-a/e"));
+        assert!(!excluded_namespaces(&spec).contains(&"cert-manager".to_string()));
+    }
+
+    #[test]
+    fn opt_out_cel_lists_every_default() {
+        let cel = opt_out_cel();
+        for (item, reason) in DEFAULT_EXCLUSIONS {
+            let name = match item {
+                Item::Namespace(n) | Item::Resource(n) => n,
+            };
+            assert!(cel.contains(&format!("'{name}'")), "{name} missing from the CRD rule");
+            assert!(!reason.is_empty(), "{name} has a reason");
+        }
     }
 
     #[test]

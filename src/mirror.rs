@@ -744,7 +744,7 @@ impl Mirror {
         let found = check::run(src, dst, &self.cfg.filter, &opts).await?;
         let mut put = 0;
         if !found.differences.is_empty() {
-            let outcome = check::repair(src, dst, &found.differences, false).await?;
+            let outcome = check::repair(src, dst, &self.cfg.filter, &found.differences, false).await?;
             tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
             self.update(|p| p.put_keys += outcome.put);
             put = outcome.put;

@@ -10,7 +10,6 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::keyspace::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_EXCLUDED_RESOURCES};
 
 pub const GROUP: &str = "drctl.io";
 pub const VERSION: &str = "v1alpha1";
@@ -26,6 +25,8 @@ pub const DOMAIN_PATTERN: &str =
     "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?\\.?$";
 /// RFC 1123 label: what Kubernetes accepts as a namespace or resource name part.
 pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// An etcd key prefix DR may exclude: under `/registry/`, naming at least one whole segment.
+pub const KEY_PREFIX_PATTERN: &str = "^/registry/[^/]+/";
 /// RFC 1123 subdomain: what Kubernetes accepts as the name of a Secret.
 pub const SUBDOMAIN_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
@@ -277,39 +278,54 @@ pub enum SyncDriver {
     Manifest,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// What is not replicated beyond the defaults (`keyspace::DEFAULT_EXCLUSIONS`, README "What
+/// is never replicated"): every list here adds to them; only `optOut` removes a default.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ExcludeSpec {
-    /// Namespaces never replicated. Default: the platform's own namespaces (DESIGN.md §1).
-    #[serde(default = "default_excluded_namespaces")]
-    #[schemars(length(max = 512), inner(regex(pattern = NAME_PATTERN)))]
-    pub namespaces: Vec<String>,
-    /// Resources never replicated, as `resource` or `group/resource`. Default: see `keyspace`.
-    #[serde(default = "default_excluded_resources")]
-    #[schemars(length(max = 512))]
-    pub resources: Vec<String>,
-    /// Raw etcd key prefixes never replicated, e.g. `/registry/example.com/widgets/`.
+    /// Namespaces never replicated, in addition to the default ones.
     #[serde(default)]
-    #[schemars(length(max = 512), inner(regex(pattern = "^/")))]
+    #[schemars(length(max = 512), inner(length(max = 63), regex(pattern = NAME_PATTERN)))]
+    pub namespaces: Vec<String>,
+    /// Resources never replicated, in addition to the default ones, as `resource` or
+    /// `group/resource`. No wildcards; `namespaces` is refused (nothing namespaced would be served).
+    #[serde(default)]
+    #[schemars(length(max = 512), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(r, !r.contains('*') && r != 'namespaces' && r != 'v1/namespaces')")
+        .message("spec.sync.exclude.resources: no wildcards, and not namespaces: that would exclude (nearly) everything"))]
+    pub resources: Vec<String>,
+    /// Raw etcd key prefixes never replicated, each under `/registry/` and naming at least one
+    /// whole segment, e.g. `/registry/example.com/widgets/`.
+    #[serde(default)]
+    #[schemars(length(max = 512), inner(length(max = 1024)))]
+    #[x_kube(validation = Rule::new(format!("self.all(p, p.matches('{KEY_PREFIX_PATTERN}'))"))
+        .message("spec.sync.exclude.keyPrefixes: each prefix is under /registry/ and names a whole segment, e.g. /registry/example.com/widgets/"))]
     pub key_prefixes: Vec<String>,
+    /// Default exclusions to replicate anyway, one entry per item, each with the reason.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub opt_out: Vec<OptOut>,
 }
 
-impl Default for ExcludeSpec {
-    fn default() -> Self {
-        Self {
-            namespaces: default_excluded_namespaces(),
-            resources: default_excluded_resources(),
-            key_prefixes: Vec::new(),
-        }
-    }
-}
-
-fn default_excluded_namespaces() -> Vec<String> {
-    DEFAULT_EXCLUDED_NAMESPACES.iter().map(|s| s.to_string()).collect()
-}
-
-fn default_excluded_resources() -> Vec<String> {
-    DEFAULT_EXCLUDED_RESOURCES.iter().map(|(r, _why)| r.to_string()).collect()
+/// Replicate one default-excluded namespace or resource after all.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.__namespace__) != has(self.resource)")
+    .message("an optOut entry names exactly one of namespace or resource"))]
+#[x_kube(validation = Rule::new(crate::keyspace::opt_out_cel())
+    .message("an optOut entry names a default exclusion (README: What is never replicated)"))]
+pub struct OptOut {
+    /// A namespace of the default exclusions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub namespace: Option<String>,
+    /// A resource of the default exclusions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub resource: Option<String>,
+    /// Why this cluster pair replicates it (kept in Git, shown by `drctl validate`).
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -595,6 +611,16 @@ pub struct DRTopologyStatus {
     /// waits for before it takes over (the demotion token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demotion: Option<DemotionStatus>,
+    /// The primary term this cluster holds or last held. Becoming primary (bootstrap or a
+    /// completed failover) raises it past every term this cluster has held or seen, so the
+    /// cluster with the higher term holds the latest completed failover. 0: never primary, or a
+    /// status written before terms existed.
+    #[serde(default)]
+    pub term: i64,
+    /// The highest term read from the peer (the primary a standby follows, the old primary at
+    /// Preflight and Demote), so a disaster failover still raises the term past it.
+    #[serde(default)]
+    pub peer_term: i64,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -671,6 +697,12 @@ pub struct FailoverStatus {
     pub steps: Vec<StepStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpo_token: Option<RpoToken>,
+    /// The old primary's term as read at Preflight and Demote; absent when it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_term: Option<i64>,
+    /// The term this failover gave this cluster, set when it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
     /// Why the failover ended early (e.g. superseded by a flip back); absent when it ran through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,

@@ -12,8 +12,9 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::keyspace::{default_namespaces, default_resources, REGISTRY_PREFIX};
 use crate::topology::{
-    DRTopology, DRTopologySpec, Hook, RestartScope, SecretRef, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
+    DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SecretRef, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
     VERSION,
 };
 
@@ -35,6 +36,78 @@ impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.path, self.message)
     }
+}
+
+/// Problems with `spec.sync.exclude` (also what `drctl mirror/check` refuse in their flags):
+/// lists add to the defaults, so an entry that would exclude (nearly) the whole keyspace, or a
+/// prefix outside what the mirror copies, is a mistake, never an intent.
+pub fn exclude_errors(ex: &ExcludeSpec) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, ns) in ex.namespaces.iter().enumerate() {
+        if !is_dns_label(ns) {
+            errs.push(FieldError::new(
+                format!("spec.sync.exclude.namespaces[{i}]"),
+                format!("{ns:?} is not a valid namespace name (RFC 1123 label, at most 63 characters)"),
+            ));
+        }
+    }
+    for (i, r) in ex.resources.iter().enumerate() {
+        let path = format!("spec.sync.exclude.resources[{i}]");
+        let ok = !r.is_empty() && r.split('/').count() <= 2 && r.split('/').all(|p| !p.is_empty() && !p.contains(char::is_whitespace));
+        if r.contains('*') {
+            errs.push(FieldError::new(path, format!("{r:?}: wildcards are not supported; list each resource (e.g. events, example.com/widgets)")));
+        } else if r == "namespaces" || r == "v1/namespaces" {
+            errs.push(FieldError::new(
+                path,
+                "excluding namespaces would leave every namespaced object without its Namespace on the standby; exclude the namespaces themselves in spec.sync.exclude.namespaces",
+            ));
+        } else if !ok {
+            errs.push(FieldError::new(path, format!("{r:?} is not a resource; write `resource` (e.g. events) or `group/resource` (e.g. example.com/widgets)")));
+        }
+    }
+    for (i, k) in ex.key_prefixes.iter().enumerate() {
+        if !is_excludable_prefix(k) {
+            errs.push(FieldError::new(
+                format!("spec.sync.exclude.keyPrefixes[{i}]"),
+                format!(
+                    "{k:?} would exclude {}; a prefix is under /registry/ and names at least one whole segment, e.g. /registry/example.com/widgets/",
+                    if REGISTRY_PREFIX.starts_with(k.as_str()) { "the whole keyspace" } else if k.starts_with(REGISTRY_PREFIX) { "more than one resource" } else { "nothing (only /registry/ is replicated)" }
+                ),
+            ));
+        }
+    }
+    for (i, o) in ex.opt_out.iter().enumerate() {
+        let path = format!("spec.sync.exclude.optOut[{i}]");
+        match (o.namespace.as_deref(), o.resource.as_deref()) {
+            (Some(n), None) if !default_namespaces().any(|d| d == n) => errs.push(FieldError::new(
+                format!("{path}.namespace"),
+                format!("{n:?} is not excluded by default; only these are: {}", default_namespaces().collect::<Vec<_>>().join(", ")),
+            )),
+            (None, Some(r)) if !default_resources().any(|d| d == r) => errs.push(FieldError::new(
+                format!("{path}.resource"),
+                format!("{r:?} is not excluded by default; only these are: {}", default_resources().collect::<Vec<_>>().join(", ")),
+            )),
+            (Some(n), None) if ex.namespaces.iter().any(|x| x == n) => errs.push(FieldError::new(
+                format!("{path}.namespace"),
+                format!("{n:?} is also listed in spec.sync.exclude.namespaces; keep one of the two"),
+            )),
+            (None, Some(r)) if ex.resources.iter().any(|x| x == r) => errs.push(FieldError::new(
+                format!("{path}.resource"),
+                format!("{r:?} is also listed in spec.sync.exclude.resources; keep one of the two"),
+            )),
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => errs.push(FieldError::new(path.clone(), "names exactly one of namespace or resource")),
+        }
+        if o.reason.trim().is_empty() {
+            errs.push(FieldError::new(format!("{path}.reason"), "is required: say why this pair replicates a default exclusion"));
+        }
+    }
+    errs
+}
+
+/// Under `/registry/` and naming a whole first segment (`KEY_PREFIX_PATTERN`).
+fn is_excludable_prefix(k: &str) -> bool {
+    k.strip_prefix(REGISTRY_PREFIX).and_then(|rest| rest.split_once('/')).is_some_and(|(seg, _)| !seg.is_empty())
 }
 
 /// A document that is not YAML at all.
@@ -266,32 +339,7 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
         ));
     }
 
-    let ex = &spec.sync.exclude;
-    for (i, ns) in ex.namespaces.iter().enumerate() {
-        if !is_dns_label(ns) {
-            errs.push(FieldError::new(
-                format!("spec.sync.exclude.namespaces[{i}]"),
-                format!("{ns:?} is not a valid namespace name (RFC 1123 label)"),
-            ));
-        }
-    }
-    for (i, r) in ex.resources.iter().enumerate() {
-        let ok = !r.is_empty() && r.split('/').count() <= 2 && r.split('/').all(|p| !p.is_empty() && !p.contains(char::is_whitespace));
-        if !ok {
-            errs.push(FieldError::new(
-                format!("spec.sync.exclude.resources[{i}]"),
-                format!("{r:?} is not a resource; write `resource` (e.g. events) or `group/resource` (e.g. example.com/widgets)"),
-            ));
-        }
-    }
-    for (i, k) in ex.key_prefixes.iter().enumerate() {
-        if !k.starts_with('/') {
-            errs.push(FieldError::new(
-                format!("spec.sync.exclude.keyPrefixes[{i}]"),
-                format!("{k:?} is not an etcd key prefix; prefixes start with '/', e.g. /registry/example.com/widgets/"),
-            ));
-        }
-    }
+    errs.extend(exclude_errors(&spec.sync.exclude));
     check_duration(&spec.sync.check_interval, "spec.sync.checkInterval", &mut errs);
     if spec.sync.driver == SyncDriver::Manifest {
         match &spec.sync.manifest {
@@ -555,6 +603,35 @@ mod tests {
     fn examples_are_valid() {
         assert_eq!(errors_of(minimal()), Vec::<String>::new());
         assert_eq!(errors_of(include_str!("../examples/acp-global.yaml")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn exclusions_that_remove_the_keyspace_or_name_no_default_are_refused() {
+        let ex = |yaml: &str| errors_of(&format!("{}  sync:\n    exclude:\n{yaml}", minimal()));
+        // (rule, spec.sync.exclude body, the error's start; None: accepted)
+        let cases: [(&str, &str, Option<&str>); 14] = [
+            ("additions are fine", "      namespaces: [team-scratch]\n", None),
+            ("a wildcard resource", "      resources: [\"*\"]\n", Some("spec.sync.exclude.resources[0]: \"*\": wildcards are not supported")),
+            ("a wildcard in a group", "      resources: [\"example.com/*\"]\n", Some("spec.sync.exclude.resources[0]: \"example.com/*\": wildcards")),
+            ("namespaces as a resource", "      resources: [namespaces]\n", Some("spec.sync.exclude.resources[0]: excluding namespaces")),
+            ("prefix /", "      keyPrefixes: [\"/\"]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/\" would exclude the whole keyspace")),
+            ("prefix /registry/", "      keyPrefixes: [/registry/]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/registry/\" would exclude the whole keyspace")),
+            ("prefix of a partial segment", "      keyPrefixes: [/registry/p]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/registry/p\" would exclude more than one resource")),
+            ("prefix outside /registry/", "      keyPrefixes: [/other/x/]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/other/x/\" would exclude nothing")),
+            ("a whole-segment prefix", "      keyPrefixes: [/registry/example.com/widgets/]\n", None),
+            ("opt out of a default with a reason", "      optOut: [{namespace: cert-manager, reason: shared CA}]\n", None),
+            ("opt out without a reason", "      optOut: [{resource: leases, reason: \" \"}]\n", Some("spec.sync.exclude.optOut[0].reason: is required")),
+            ("opt out of no default", "      optOut: [{namespace: team-a, reason: x}]\n", Some("spec.sync.exclude.optOut[0].namespace: \"team-a\" is not excluded by default")),
+            ("opt out of both kinds at once", "      optOut: [{namespace: kube-system, resource: leases, reason: x}]\n", Some("spec.sync.exclude.optOut[0]: names exactly one")),
+            ("opt out and exclude the same", "      resources: [events]\n      optOut: [{resource: events, reason: x}]\n", Some("spec.sync.exclude.optOut[0].resource: \"events\" is also listed")),
+        ];
+        for (rule, yaml, want) in cases {
+            let got = ex(yaml);
+            match want {
+                None => assert_eq!(got, Vec::<String>::new(), "{rule}"),
+                Some(w) => assert!(got.len() == 1 && got[0].starts_with(w), "{rule}: {got:?}"),
+            }
+        }
     }
 
     #[test]

@@ -331,7 +331,10 @@ async fn flip_back_mid_failover_reclaims_the_old_primary() {
         let s = f.steps.iter().find(|s| s.name == name).expect("step");
         assert_eq!(s.state, StepState::Skipped, "{name}: {s:?}");
     }
-    pair.wait(&pair.a, "A primary again", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    let a = pair.wait(&pair.a, "A primary again", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    // Reclaimed, not failed over again: A keeps the term it bootstrapped with, past B's 0.
+    let a = a.status.expect("status");
+    assert_eq!((a.term, a.failover.is_none()), (1, true), "A reclaimed without a runbook");
     pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
     assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
     assert!(restarted_at(&pair.b).await.is_none(), "no failover restarts ran on B");

@@ -390,7 +390,7 @@ async fn check_and_repair_beside_a_live_mirror_lose_nothing() {
         let fixable: Vec<_> = found.differences.into_iter().filter(|d| d.kind() != drctl::check::Kind::Surplus).collect();
         reported += fixable.len();
         if !fixable.is_empty() {
-            put += drctl::check::repair(&sc, &dc, &fixable, false).await.expect("repair").put;
+            put += drctl::check::repair(&sc, &dc, &filter, &fixable, false).await.expect("repair").put;
         }
     }
     for l in extra {
@@ -472,6 +472,64 @@ async fn flip_a_to_b_to_a_in_quick_succession() {
         Some(f) => format!("B's failover record: {} steps, completed {}, aborted {:?}", f.steps.len(), f.completed_at.is_some(), f.aborted),
     };
     faults::report("flip A->B->A one second apart", 1, 1, 0, &record);
+}
+
+/// Issue 11: flips A→B→A… each completed, in both orders Argo CD may apply a flip (the old
+/// primary first, the order whose demotion token used to make the other side "reclaim" without
+/// moving DNS; or the new primary first), with controllers killed in between. Every flip must
+/// end with DNS on the declared primary, a higher term there (a full runbook ran: a reclaim
+/// keeps the term), and the other side a steady standby that replicates from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn alternating_flips_in_both_apply_orders_end_with_dns_on_the_primary() {
+    let pair = Pair::start().await;
+    let (mut ca, mut cb) = steady_pair(&pair).await;
+    let flips = env_u64("DRCTL_FLIPS", 10) as usize;
+    let mut term = pair.status(&pair.a).await.and_then(|t| t.status).map(|s| s.term).unwrap_or(0);
+    let mut orders = Vec::new();
+    for i in 0..flips {
+        let (old, new, vip) = if i % 2 == 0 { (&pair.a, &pair.b, VIP_B) } else { (&pair.b, &pair.a, VIP_A) };
+        // Both orders in both directions: flips 0,1 old primary first, 2,3 new first, ...
+        let old_first = (i / 2) % 2 == 0;
+        let (first, second) = if old_first { (old, new) } else { (new, old) };
+        let yaml = pair.topology_yaml(&new.name);
+        pair.apply(first, &yaml);
+        // Let the first side act alone, as a lagging Argo CD on the other side would.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // A controller restarted between the two applies ...
+        if i == 4 {
+            (if first.name == pair.a.name { &mut ca } else { &mut cb }).restart();
+        }
+        pair.apply(second, &yaml);
+        // ... and both restarted mid-failover.
+        if i == 7 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            ca.restart();
+            cb.restart();
+        }
+        let what = format!("flip {i} to {} ({} first)", new.name, if old_first { "old primary" } else { "new primary" });
+        let done = pair.wait(new, &format!("{what}: primary steady"), FAILOVER, &[&ca, &cb], primary_steady).await;
+        let st = done.status.expect("status");
+        assert!(st.term > term, "{what}: term {} not past {term}: a full failover must have run, not a reclaim", st.term);
+        term = st.term;
+        pair.wait(old, &format!("{what}: standby in sync"), FAILOVER, &[&ca, &cb], standby_in_sync).await;
+        assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), vec![vip], "{what}: DNS");
+        let key = format!("after-flip-{i}");
+        mark(new, &key).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !has(old, &key).await {
+            assert!(Instant::now() < deadline, "{what}: {} does not replicate from {}", old.name, new.name);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        orders.push(if old_first { "old-first" } else { "new-first" });
+    }
+    let old_first = orders.iter().filter(|o| **o == "old-first").count();
+    faults::report(
+        "alternating flips, both apply orders, controller restarts at flips 4 and 7",
+        flips,
+        flips,
+        0,
+        &format!("{old_first} old-primary-first, {} new-primary-first; final term {term}", flips - old_first),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -456,7 +456,7 @@ async fn anti_entropy_after_the_copy_restores_a_key_the_destination_lost() {
 }
 
 #[test]
-fn exclusions_come_from_the_topology_file_or_the_flags() {
+fn exclusions_from_the_topology_file_and_the_flags_add_to_the_defaults() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
@@ -471,7 +471,7 @@ fn exclusions_come_from_the_topology_file_or_the_flags() {
     let minimal = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/minimal.yaml")).expect("example");
     let dir = tempfile::tempdir().expect("tempdir");
     let topo = dir.path().join("topology.yaml");
-    // Namespaces given, resources left at their defaults.
+    // Namespaces given: they add to the defaults.
     std::fs::write(&topo, format!("{minimal}  sync:\n    exclude:\n      namespaces: [team-b]\n")).expect("write");
     let copied = |d: &mut Client| -> Vec<String> {
         let resp = rt.block_on(d.get("/registry/", Some(GetOptions::new().with_prefix().with_keys_only()))).expect("keys");
@@ -482,24 +482,64 @@ fn exclusions_come_from_the_topology_file_or_the_flags() {
     let config = format!("--config={}", topo.display());
     let out = drctl().args(["mirror", "--once", &config]).args(base).output().expect("run drctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(
-        copied(&mut d),
-        vec!["/registry/configmaps/kube-system/k", "/registry/configmaps/team-a/a", "/registry/example.com/widgets/team-a/w"]
-    );
+    // team-b from the file, kube-system still excluded by default (it used to be copied: the
+    // file's list replaced the defaults).
+    assert_eq!(copied(&mut d), vec!["/registry/configmaps/team-a/a", "/registry/example.com/widgets/team-a/w"]);
     let out = drctl().args(["check", &config]).args(base).output().expect("run drctl check");
     assert!(out.status.success(), "the check filters like the mirror: {}", String::from_utf8_lossy(&out.stdout));
 
-    // Flags replace the defaults of their kind; here: no namespace exclusion beyond team-a,
-    // and only the example.com widgets excluded.
+    // Flags add to the defaults (kube-system and events stay excluded) and to --config's list.
     rt.block_on(d.delete("/registry/", Some(etcd_client::DeleteOptions::new().with_prefix()))).expect("wipe");
     rt.block_on(d.delete(CHECKPOINT_KEY, None)).expect("wipe checkpoint");
     let out = drctl()
-        .args(["mirror", "--once", "--exclude-namespace=team-a", "--exclude-resource=example.com/widgets"])
+        .args(["mirror", "--once", &config, "--exclude-namespace=team-a", "--exclude-resource=example.com/widgets"])
         .args(base)
         .output()
         .expect("run drctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(copied(&mut d), vec!["/registry/configmaps/kube-system/k", "/registry/configmaps/team-b/b"]);
+    assert_eq!(copied(&mut d), Vec::<String>::new(), "team-b from --config, team-a and widgets from the flags, the rest by default");
+    rt.block_on(d.delete(CHECKPOINT_KEY, None)).expect("wipe checkpoint");
+    let out = drctl().args(["mirror", "--once", "--exclude-namespace=team-a"]).args(base).output().expect("run drctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(copied(&mut d), vec!["/registry/configmaps/team-b/b"]);
+    // What would exclude everything is refused before anything is written.
+    for bad in ["--exclude-resource=*", "--exclude-resource=namespaces"] {
+        let out = drctl().args(["mirror", "--once", bad]).args(base).output().expect("run drctl");
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("spec.sync.exclude.resources[0]"), "{bad}: {err}");
+    }
+    // A check whose exclusions leave nothing replicated is not "consistent".
+    let out = drctl().args(["check", "--exclude-namespace=team-a", "--exclude-namespace=team-b", "--exclude-resource=example.com/widgets"]).args(base).output().expect("run drctl check");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("NOT consistent") && said.contains("nothing is replicated"), "{said}");
+}
+
+/// Exclusions changed between a check and its repair (or a difference list from elsewhere):
+/// the repair writes only keys the filter it is given replicates, so a namespace excluded now
+/// (here kube-public, the standby's own) is never overwritten with the primary's copy.
+#[tokio::test]
+async fn repair_writes_only_keys_the_current_filter_replicates() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    put_all(&mut s, &[("/registry/configmaps/kube-public/cluster-info".into(), b"primary's".to_vec()), ("/registry/configmaps/team-a/x".into(), b"v".to_vec())]).await;
+    d.put("/registry/configmaps/kube-public/cluster-info", "standby's own", None).await.expect("standby's own");
+    let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
+    // Found while kube-public was opted in ...
+    let opted_in = Filter::with_default_namespaces(&ExcludeSpec {
+        opt_out: vec![drctl::topology::OptOut { namespace: Some("kube-public".into()), resource: None, reason: "test".into() }],
+        ..Default::default()
+    });
+    let found = check::run(&sc, &dc, &opted_in, &CheckOptions::default()).await.expect("check");
+    assert_eq!((found.report.missed.count, found.report.diverged.count), (1, 1), "{}", found.report);
+    // ... repaired after it was excluded again.
+    let outcome = check::repair(&sc, &dc, &filter(), &found.differences, false).await.expect("repair");
+    assert_eq!((outcome.put, outcome.excluded), (1, 1), "{outcome:?}");
+    let own = d.get("/registry/configmaps/kube-public/cluster-info", None).await.expect("get");
+    assert_eq!(own.kvs()[0].value(), b"standby's own");
+    let copied = d.get("/registry/configmaps/team-a/x", None).await.expect("get");
+    assert_eq!(copied.kvs().len(), 1, "the replicated key was repaired");
 }
 
 /// The race the 60 s soak caught in CI: a check finds a key missed, the mirror then applies the
@@ -533,7 +573,7 @@ async fn repair_never_undoes_what_the_mirror_applied_after_the_check() {
     ];
     d.txn(Txn::new().and_then(ops)).await.expect("apply like the mirror");
 
-    let outcome = check::repair(&sc, &dc, &found.differences, false).await.expect("repair");
+    let outcome = check::repair(&sc, &dc, &filter(), &found.differences, false).await.expect("repair");
     assert_eq!((outcome.put, outcome.already, outcome.skipped), (0, 2, 0), "{outcome:?}");
     assert!(d.get("/registry/configmaps/team-a/gone", None).await.expect("get").kvs().is_empty(), "the deleted key stays deleted");
     let moved = d.get("/registry/configmaps/team-a/moved", None).await.expect("get");
@@ -561,7 +601,7 @@ async fn a_half_written_batch_is_never_compared_or_repaired() {
     let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(found.report.consistent, "a half-written batch is in flux, not damage: {}", found.report);
     let missed = check::Difference { key: b"/registry/configmaps/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None };
-    let outcome = check::repair(&sc, &dc, &[missed], false).await.expect("repair");
+    let outcome = check::repair(&sc, &dc, &filter(), &[missed], false).await.expect("repair");
     assert_eq!((outcome.put, outcome.skipped), (0, 1), "{outcome:?}");
     assert!(d.get("/registry/configmaps/team-a/big", None).await.expect("get").kvs().is_empty(), "the batch's delete stands");
 

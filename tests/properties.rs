@@ -63,7 +63,7 @@ proptest! {
         key in proptest::collection::vec(any::<u8>(), 0..120),
         r in plain_resource(),
         name in label(),
-        excluded in proptest::sample::select(keyspace::DEFAULT_EXCLUDED_NAMESPACES.to_vec()),
+        excluded in proptest::sample::select(keyspace::default_namespaces().collect::<Vec<_>>()),
     ) {
         let f = Filter::with_default_namespaces(&ExcludeSpec::default());
         if !key.starts_with(b"/registry/") {
@@ -82,13 +82,16 @@ proptest! {
         prefixes in proptest::collection::vec(".{0,16}", 0..4),
         key in proptest::collection::vec(any::<u8>(), 0..80),
     ) {
-        let spec = ExcludeSpec { namespaces, resources, key_prefixes: prefixes.clone() };
+        let spec = ExcludeSpec { namespaces, resources, key_prefixes: prefixes.clone(), ..Default::default() };
         let f = Filter::with_default_namespaces(&spec);
         let copied = f.copies(&key);
         // An excluded prefix always wins.
         if prefixes.iter().any(|p| key.starts_with(p.as_bytes())) {
             prop_assert!(!copied);
         }
+        // User lists add to the defaults: no list un-excludes them.
+        prop_assert!(!f.copies(b"/registry/secrets/kube-system/token"));
+        prop_assert!(!f.copies(b"/registry/events/team-a/e"));
     }
 
     #[test]

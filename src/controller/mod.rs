@@ -241,6 +241,18 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
                 None => set_condition(&mut w.status, "PeerReachable", true, "Reachable", &format!("{peer_name} answered"), topo.metadata.generation),
                 Some(e) => set_condition(&mut w.status, "PeerReachable", false, "Unreachable", e, topo.metadata.generation),
             }
+            if let Some(p) = peer.reachable() {
+                // A standby learns the term of the primary it follows, so a disaster failover
+                // (the primary gone) still takes a higher one.
+                w.status.peer_term = w.status.peer_term.max(p.term);
+            }
+            // Asked only when a reclaim is possible: a reclaim never happens while DNS is known
+            // to point elsewhere.
+            let dns_here = if failover::may_reclaim(Some(&w.status), ctx.self_name(), &topo.spec.primary) {
+                dns_points_here(&topo, ctx.self_name()).await.0
+            } else {
+                None
+            };
             let status_now = w.status.clone();
             let action = failover::plan(&Observed {
                 self_name: ctx.self_name(),
@@ -249,6 +261,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
                 dry_run: topo.spec.failover.dry_run,
                 status: Some(&status_now),
                 peer: peer.clone(),
+                dns_here,
             });
             tracing::debug!(?action, "planned");
             ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec, ctx.args.restart_ready_timeout));
@@ -307,29 +320,32 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             w.status.role = Some(Role::Primary);
             w.status.phase = Some(Phase::Steady);
             w.status.sync = None;
+            w.status.term = failover::next_term(&w.status);
             set_condition(&mut w.status, "SyncHealthy", true, "Primary", "a primary does not replicate", generation);
             set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
             w.write().await?;
-            ctx.event(topo, EventType::Normal, "BecamePrimary", "Bootstrap", format!("{} is the primary", ctx.self_name())).await;
+            let term = w.status.term;
+            ctx.event(topo, EventType::Normal, "BecamePrimary", "Bootstrap", format!("{} is the primary, term {term}", ctx.self_name())).await;
             Ok(Next::Continue)
         }
         Action::StayPrimary => {
             sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
             w.status.phase = Some(Phase::Steady);
             set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
-            let (ok, why) = dns_points_here(topo, ctx.self_name()).await;
+            let (here, why) = dns_points_here(topo, ctx.self_name()).await;
+            let ok = here == Some(true);
             set_condition(&mut w.status, "DNSCorrect", ok, if ok { "PointsHere" } else { "Wrong" }, &why, generation);
             Ok(Next::Requeue(Duration::from_secs(30)))
         }
         Action::DryRun { would } => {
             let plan = match *would {
-                Action::StartFailover => format!("would fail over to {}:\n{}", ctx.self_name(), failover::runbook::describe(topo, ctx.self_name(), peer)),
+                Action::StartFailover { .. } => format!("would fail over to {}:\n{}", ctx.self_name(), failover::runbook::describe(topo, ctx.self_name(), peer)),
                 other => format!("would {other:?}"),
             };
             set_condition(&mut w.status, "Ready", false, "DryRun", &format!("spec.failover.dryRun: {plan}"), generation);
             Ok(Next::Requeue(Duration::from_secs(30)))
         }
-        Action::StartFailover => {
+        Action::StartFailover { why } => {
             let mut record = crate::topology::FailoverStatus {
                 from: peer_name.to_string(),
                 to: ctx.self_name().to_string(),
@@ -347,7 +363,8 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             set_condition(&mut w.status, "Ready", false, "FailingOver", &format!("failing over from {peer_name}"), generation);
             w.write().await?;
             ctx.metrics.failovers.inc();
-            ctx.event(topo, EventType::Normal, "FailoverStarted", "Failover", format!("failover {peer_name} -> {} started", ctx.self_name())).await;
+            info!(%why, "full failover");
+            ctx.event(topo, EventType::Normal, "FailoverStarted", "Failover", format!("failover {peer_name} -> {} started: {why}", ctx.self_name())).await;
             Ok(Next::Continue)
         }
         Action::RunStep(step) => {
@@ -369,17 +386,20 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             acknowledge(ctx, topo, w).await?;
             Ok(Next::Continue)
         }
-        Action::ReclaimPrimary => {
+        Action::ReclaimPrimary { proof } => {
+            // The term stays: no failover completed anywhere since this cluster held it.
             w.status.role = Some(Role::Primary);
             w.status.phase = Some(Phase::Steady);
             w.status.demotion = None;
             w.status.sync = None;
-            set_condition(&mut w.status, "Ready", true, "Steady", "primary again: the failover away was abandoned before DNS moved", generation);
+            let msg = format!("primary again without a runbook: nobody became primary since it stepped down ({proof})");
+            set_condition(&mut w.status, "Ready", true, "Steady", &msg, generation);
             w.write().await?;
-            ctx.event(topo, EventType::Normal, "PrimaryReclaimed", "Reclaim", format!("{peer_name} abandoned its failover before DNS moved; {} is primary again", ctx.self_name())).await;
+            info!(%proof, "primary role reclaimed");
+            ctx.event(topo, EventType::Normal, "PrimaryReclaimed", "Reclaim", format!("{} is primary again; {peer_name} never became primary: {proof}", ctx.self_name())).await;
             Ok(Next::Continue)
         }
-        Action::WaitForPeerAbort { why } => {
+        Action::WaitForPeer { why } => {
             set_condition(&mut w.status, "Ready", false, "WaitingForPeer", &why, generation);
             Ok(Next::Requeue(WAIT_REQUEUE))
         }
@@ -403,24 +423,29 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
     }
 }
 
-/// Whether every verify resolver answers exactly this cluster's VIP for the platform domain.
-async fn dns_points_here(topo: &DRTopology, self_name: &str) -> (bool, String) {
+/// Whether the verify resolvers answer exactly this cluster's VIP for the platform domain:
+/// `Some(true)` when all do, `Some(false)` when one answered something else, None when that is
+/// unknown (no resolver answered, no resolvers configured).
+async fn dns_points_here(topo: &DRTopology, self_name: &str) -> (Option<bool>, String) {
     let Some(vip) = topo.spec.cluster(self_name).and_then(|c| c.vip.parse::<std::net::IpAddr>().ok()) else {
-        return (false, "this cluster has no valid VIP in spec.clusters".into());
+        return (None, "this cluster has no valid VIP in spec.clusters".into());
     };
     let resolvers = match crate::dns::verify_resolvers(&topo.spec.dns) {
         Ok(r) => r,
-        Err(e) => return (false, e.to_string()),
+        Err(e) => return (None, e.to_string()),
     };
     let answers = crate::dns::ask_all(&resolvers, &topo.spec.platform.domain, Duration::from_secs(2)).await;
-    let ok = answers.iter().all(|a| matches!(&a.result, Ok(ips) if ips == &[vip]));
+    let elsewhere = answers.iter().any(|a| matches!(&a.result, Ok(ips) if ips != &[vip]));
+    let all_here = !answers.is_empty() && answers.iter().all(|a| matches!(&a.result, Ok(ips) if ips == &[vip]));
+    let here = if elsewhere { Some(false) } else { all_here.then_some(true) };
+    let ok = here == Some(true);
     let said: Vec<String> = answers.iter().map(|a| a.to_string()).collect();
     let msg = if ok {
         format!("{} resolves to {vip} ({})", topo.spec.platform.domain, said.join("; "))
     } else {
         format!("{} should resolve to {vip}: {}", topo.spec.platform.domain, said.join("; "))
     };
-    (ok, msg)
+    (here, msg)
 }
 
 /// Writes the demotion token: this cluster stops acting as primary and tells the new primary

@@ -107,6 +107,7 @@ pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
         final_revision: st.demotion.as_ref().and_then(|d| d.final_revision),
         token_cluster_id: st.demotion.as_ref().and_then(|d| d.cluster_id.clone()),
         encryption_config_sha256: st.encryption_config_sha256.clone(),
+        term: st.term,
         failover: st.failover.as_ref().filter(|f| f.to == peer_name).map(|f| PeerFailover {
             completed: f.completed_at.is_some(),
             aborted: f.aborted.is_some(),

@@ -184,7 +184,7 @@ impl SyncManager {
             if repair { result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect() } else { Vec::new() };
         let mut repaired = None;
         if !fixable.is_empty() {
-            let outcome = check::repair(&s, &d, &fixable, false).await?;
+            let outcome = check::repair(&s, &d, &filter, &fixable, false).await?;
             let found = result.report;
             result = check::run(&s, &d, &filter, &opts).await?;
             result.report.repair = Some(outcome.clone());
@@ -274,8 +274,19 @@ pub async fn ensure_mirror(ctx: &Context, topo: &DRTopology, self_name: &str) ->
         namespace: ctx.args.namespace.clone(),
         tls: format!("{:?}/{:?}", src.etcd.tls_secret_ref, me.etcd.tls_secret_ref),
     };
-    if ctx.sync.running.lock().await.as_ref().is_some_and(|r| r.key == key) {
+    let running = ctx.sync.running.lock().await.as_ref().map(|r| r.key.clone());
+    if running.as_ref() == Some(&key) {
         return Ok(());
+    }
+    if let Some(old) = running.filter(|r| r.exclude != key.exclude) {
+        // Logged and recorded: from now on the mirror and every repair follow the new
+        // exclusions only; keys excluded now are never written, whatever was copied before.
+        let note = format!(
+            "spec.sync.exclude changed from {} to {}; the mirror restarts with it, and repairs write only keys it replicates",
+            old.exclude, key.exclude
+        );
+        warn!(%note, "exclusions changed");
+        ctx.event(topo, EventType::Warning, "ExclusionsChanged", "Sync", note).await;
     }
     let (source, dest) = (endpoint(ctx, src).await?, endpoint(ctx, me).await?);
     ctx.sync.start(key, source, dest, filter_for(topo, &ctx.args.namespace)).await;
@@ -374,9 +385,11 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     }
     let sync = w.status.sync.clone().unwrap_or_default();
     let max_missed = topo.spec.failover.max_missed_keys;
+    let empty = ctx.sync.last_check().await.filter(CheckReport::replicates_nothing);
     let healthy = following
         && lag <= ctx.args.max_lag_seconds
         && sync.missed_keys.is_some_and(|m| m <= max_missed)
+        && empty.is_none()
         && p.last_error.is_none();
     let why = if !following {
         format!("mirror is {:?}{}", p.phase, p.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())
@@ -384,6 +397,11 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         // Figures from status.sync (refreshed every few seconds), not live ones: a message that
         // changes on every reconcile would make every reconcile write status and wake the next.
         format!("lag {:.1}s is over {:.0}s", sync.lag_seconds.unwrap_or(lag), ctx.args.max_lag_seconds)
+    } else if let Some(r) = &empty {
+        format!(
+            "nothing is replicated: the primary holds {} keys under /registry/ and spec.sync.exclude removes all of them",
+            r.source_keys
+        )
     } else if let Some(m) = sync.missed_keys.filter(|m| *m > max_missed) {
         let first = ctx.sync.last_check().await.map(|r| r.missed.keys.join(", ")).unwrap_or_default();
         format!("{m} keys missed at the last check: {first}")

@@ -55,13 +55,15 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
         dry_run: false,
         status: status.as_ref(),
         peer: view.clone(),
+        // Not asked: a plan shown to a person does not query DNS.
+        dns_here: None,
     });
     println!("failover {} -> {to} (spec.primary is {} now)", peer_cluster.name, topo.spec.primary);
     if let Some(w) = why {
         println!("peer: {w}");
     }
     println!("next action: {action:?}");
-    if matches!(action, Action::StartFailover | Action::RunStep(_)) || topo.spec.primary != to {
+    if matches!(action, Action::StartFailover { .. } | Action::RunStep(_)) || topo.spec.primary != to {
         println!("{}", runbook::describe(&topo, to, &view));
     }
     Ok(ExitCode::SUCCESS)

@@ -116,6 +116,8 @@ pub struct PeerState {
     pub encryption_config_sha256: Option<String>,
     /// The peer's own latest failover (to itself), if any.
     pub failover: Option<PeerFailover>,
+    /// The peer's primary term (`status.term`; 0 when it never was primary or predates terms).
+    pub term: i64,
 }
 
 /// How far the peer got with its latest failover to itself.
@@ -147,6 +149,9 @@ pub struct Observed<'a> {
     pub dry_run: bool,
     pub status: Option<&'a DRTopologyStatus>,
     pub peer: PeerView,
+    /// Whether the platform domain resolves to this cluster's VIP: `Some(false)` when a resolver
+    /// answered something else, None when unknown. Only asked when [`may_reclaim`] holds.
+    pub dns_here: Option<bool>,
 }
 
 /// The next thing to do. The controller executes it, records the result and plans again.
@@ -161,14 +166,16 @@ pub enum Action {
     BootstrapPrimary,
     /// Steady primary: make sure no mirror runs.
     StayPrimary,
-    /// Begin a failover record from the peer to this cluster.
-    StartFailover,
-    /// We stepped down for a peer whose failover was abandoned before DNS moved to it: nobody
-    /// wrote there, so take the primary role back without a runbook.
-    ReclaimPrimary,
-    /// We stepped down for a peer that is still mid-failover and the primary is flipped back to
-    /// us: wait until it abandons (it acknowledges with its own demotion token).
-    WaitForPeerAbort { why: String },
+    /// Begin a failover record from the peer to this cluster; `why` says why a full runbook
+    /// (and not a reclaim) is needed, for the Event.
+    StartFailover { why: String },
+    /// We stepped down, and it is provable that nobody became primary since (see
+    /// [`reclaim_or_fail_over`]): take the primary role back without a runbook. `proof` names
+    /// the facts, for the Event.
+    ReclaimPrimary { proof: String },
+    /// We stepped down and the primary is flipped back to us, but the peer is still mid-failover
+    /// or has not applied the flip yet: wait until it abandons or agrees.
+    WaitForPeer { why: String },
     /// Execute this runbook step (recording it before and after).
     RunStep(Step),
     /// The declared primary changed away from an in-progress failover to us: skip what remains.
@@ -211,13 +218,75 @@ pub fn next_step(f: &FailoverStatus) -> Step {
     Step::Done
 }
 
+/// The term a cluster takes when it becomes primary (bootstrap or a completed failover): past
+/// every term it has held or seen, so the latest completed failover always holds the highest.
+pub fn next_term(status: &DRTopologyStatus) -> i64 {
+    let recorded = status.failover.as_ref().and_then(|f| f.peer_term).unwrap_or(0);
+    status.term.max(status.peer_term).max(recorded).saturating_add(1)
+}
+
+/// This cluster is named primary, is a standby, and once stepped down: whether it may take the
+/// role back without a runbook is for [`reclaim_or_fail_over`] to decide.
+pub fn may_reclaim(status: Option<&DRTopologyStatus>, self_name: &str, spec_primary: &str) -> bool {
+    self_name == spec_primary
+        && in_progress(status, self_name).is_none()
+        && status.is_some_and(|s| s.role == Some(Role::Standby) && s.demotion.is_some())
+}
+
+/// A cluster that stepped down and is named primary again takes the role back without a runbook
+/// only when it is provable that nobody else became primary since, and nobody wrote elsewhere:
+/// the peer answers, is not primary, holds a lower term than ours (so our primary role was the
+/// last one completed: a completed failover or bootstrap always raises the term past both),
+/// never moved DNS in its latest failover, and DNS is not known to point elsewhere. In every
+/// other case the full runbook runs, which is always safe: its Demote step waits for the peer's
+/// acknowledgement and its FinalSync brings the peer's writes here.
+pub fn reclaim_or_fail_over(o: &Observed) -> Action {
+    let me = o.self_name;
+    let mine = o.status.map(|s| s.term).unwrap_or(0);
+    let Some(p) = o.peer.reachable() else {
+        return Action::StartFailover { why: "the peer is unreachable: nothing proves it did not become primary".into() };
+    };
+    if let Some(f) = p.failover.as_ref().filter(|f| !f.aborted && !f.completed) {
+        let at = if f.dns_switched { " (it already moved DNS)" } else { "" };
+        return Action::WaitForPeer { why: format!("spec.primary is back to {me}; waiting for the peer to abandon its failover{at}") };
+    }
+    if p.role == Some(Role::Primary) {
+        return Action::StartFailover { why: format!("the peer is primary (term {})", p.term) };
+    }
+    if p.term >= mine {
+        let why = if p.term == mine {
+            format!("the peer's term equals ours ({mine}): which primary came last is unknown (a status from before terms)")
+        } else {
+            format!("the peer became primary after we stepped down (its term {} > ours {mine})", p.term)
+        };
+        return Action::StartFailover { why };
+    }
+    if p.failover.as_ref().is_some_and(|f| f.dns_switched) {
+        return Action::StartFailover { why: "the peer's abandoned failover had moved DNS: clients may have written there".into() };
+    }
+    if o.dns_here == Some(false) {
+        return Action::StartFailover { why: "the platform domain does not resolve to this cluster".into() };
+    }
+    if p.spec_primary != me {
+        return Action::WaitForPeer {
+            why: format!("the peer has spec.primary {:?} applied; waiting for Argo CD to sync the flip back to {me}", p.spec_primary),
+        };
+    }
+    let last = match &p.failover {
+        Some(_) => "its latest failover was abandoned before SwitchDNS",
+        None => "it never started a failover",
+    };
+    let dns = if o.dns_here == Some(true) { "DNS answers here" } else { "DNS not verified" };
+    Action::ReclaimPrimary { proof: format!("our term {mine} > the peer's {}; {last}; {dns}", p.term) }
+}
+
 pub fn plan(o: &Observed) -> Action {
     if o.invalid {
         return Action::Hold;
     }
     let next = plan_role(o);
     match next {
-        Action::StartFailover | Action::AcknowledgeDemotion { .. } | Action::ReclaimPrimary if o.dry_run => {
+        Action::StartFailover { .. } | Action::AcknowledgeDemotion { .. } | Action::ReclaimPrimary { .. } if o.dry_run => {
             Action::DryRun { would: Box::new(next) }
         }
         other => other,
@@ -231,29 +300,15 @@ fn plan_role(o: &Observed) -> Action {
             if let Some(f) = in_progress(o.status, o.self_name) {
                 return Action::RunStep(next_step(f));
             }
-            let stepped_down = o.status.and_then(|s| s.demotion.as_ref()).is_some();
             match role {
                 Some(Role::Primary) => Action::StayPrimary,
-                Some(Role::Standby) if stepped_down => match o.peer.reachable() {
-                    Some(p) => match p.failover.as_ref() {
-                        Some(f) if !f.aborted && !f.completed => Action::WaitForPeerAbort {
-                            why: format!("spec.primary is back to {}; waiting for the peer to abandon its failover", o.self_name),
-                        },
-                        // It abandoned after DNS had moved to it: clients may have written there.
-                        Some(f) if f.aborted && f.dns_switched => Action::StartFailover,
-                        // It holds a token for us and ran no failover since it wrote it (a
-                        // failover clears the token): nobody wrote there, take the role back.
-                        _ if p.demoted_for.as_deref() == Some(o.self_name) => Action::ReclaimPrimary,
-                        // It completed a failover: a full one back brings its writes here.
-                        _ => Action::StartFailover,
-                    },
-                    // It cannot be asked: the runbook's Demote step decides (and waits).
-                    None => Action::StartFailover,
-                },
-                Some(Role::Standby) => Action::StartFailover,
+                _ if may_reclaim(o.status, o.self_name, o.spec_primary) => reclaim_or_fail_over(o),
+                Some(Role::Standby) => Action::StartFailover { why: "this cluster is a standby and spec.primary names it".into() },
                 None => match o.peer.reachable() {
                     // A peer that still calls itself primary must be failed over from, not ignored.
-                    Some(p) if p.role == Some(Role::Primary) => Action::StartFailover,
+                    Some(p) if p.role == Some(Role::Primary) => {
+                        Action::StartFailover { why: format!("{} still reports itself primary", o.spec_primary) }
+                    }
                     _ => Action::BootstrapPrimary,
                 },
             }
@@ -333,7 +388,7 @@ mod tests {
     }
 
     fn obs<'a>(me: &'a str, primary: &'a str, st: Option<&'a DRTopologyStatus>, peer: PeerView) -> Observed<'a> {
-        Observed { self_name: me, spec_primary: primary, invalid: false, dry_run: false, status: st, peer }
+        Observed { self_name: me, spec_primary: primary, invalid: false, dry_run: false, status: st, peer, dns_here: None }
     }
 
     #[test]
@@ -349,7 +404,7 @@ mod tests {
         let standby = status(Some(Role::Standby), Some(Phase::Steady));
         let mut o = obs("b", "b", Some(&standby), PeerView::Unreachable);
         o.dry_run = true;
-        assert_eq!(plan(&o), Action::DryRun { would: Box::new(Action::StartFailover) });
+        assert!(matches!(plan(&o), Action::DryRun { would } if is_full_failover(&would)));
         let primary = status(Some(Role::Primary), Some(Phase::Steady));
         let mut o = obs("a", "b", Some(&primary), PeerView::Unreachable);
         o.dry_run = true;
@@ -399,7 +454,7 @@ mod tests {
     #[test]
     fn flip_starts_failover_on_the_standby_and_demotion_on_the_primary() {
         let standby = status(Some(Role::Standby), Some(Phase::Steady));
-        assert!(matches!(plan(&obs("b", "b", Some(&standby), PeerView::Unreachable)), Action::StartFailover));
+        assert!(is_full_failover(&plan(&obs("b", "b", Some(&standby), PeerView::Unreachable))));
         let primary = status(Some(Role::Primary), Some(Phase::Steady));
         assert_eq!(
             plan(&obs("a", "b", Some(&primary), peer("b", Some(Role::Standby), Some(Phase::Steady)))),
@@ -456,41 +511,119 @@ mod tests {
         assert!(matches!(plan(&o), Action::WaitForPrimary { .. }));
     }
 
+    /// What the old primary `a` (term 1, stepped down for `b`) sees of `b` when `spec.primary` is
+    /// back to `a`.
+    fn back_to_a(term_a: i64, p: PeerState, dns_here: Option<bool>) -> Action {
+        let mut st = status(Some(Role::Standby), Some(Phase::Steady));
+        st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        st.term = term_a;
+        let mut o = obs("a", "a", Some(&st), PeerView::Reachable(p));
+        o.dns_here = dns_here;
+        plan(&o)
+    }
+
+    /// `b` as a standby that applied the flip back, with its term and latest failover.
+    fn b_standby(term: i64, failover: Option<PeerFailover>) -> PeerState {
+        PeerState { spec_primary: "a".into(), role: Some(Role::Standby), demoted_for: Some("a".into()), term, failover, ..Default::default() }
+    }
+
+    const RUNNING: PeerFailover = PeerFailover { completed: false, aborted: false, dns_switched: false };
+    const ABORTED_BEFORE_DNS: PeerFailover = PeerFailover { completed: false, aborted: true, dns_switched: false };
+    const ABORTED_AFTER_DNS: PeerFailover = PeerFailover { completed: false, aborted: true, dns_switched: true };
+    const COMPLETED: PeerFailover = PeerFailover { completed: true, aborted: false, dns_switched: true };
+
+    fn is_full_failover(a: &Action) -> bool {
+        matches!(a, Action::StartFailover { .. })
+    }
+
     #[test]
-    fn flip_back_before_dns_moved_reclaims_without_a_runbook() {
+    fn reclaim_only_when_our_term_is_the_latest_and_dns_never_moved() {
+        // (what, a's term, b, DNS here?, reclaim?)
+        let cases: Vec<(&str, i64, PeerState, Option<bool>, bool)> = vec![
+            ("b abandoned before SwitchDNS", 1, b_standby(0, Some(ABORTED_BEFORE_DNS)), Some(true), true),
+            ("b never started (flip reverted before it saw it)", 1, b_standby(0, None), None, true),
+            ("b never started and holds no token for us", 1, PeerState { demoted_for: None, ..b_standby(0, None) }, Some(true), true),
+            // The bug of issue 11: b completed (term 2) and then wrote a token for a.
+            ("b completed a failover after we stepped down", 1, b_standby(2, Some(COMPLETED)), Some(false), false),
+            ("b completed, DNS unknown", 1, b_standby(2, Some(COMPLETED)), None, false),
+            ("b's abandoned failover had moved DNS", 1, b_standby(0, Some(ABORTED_AFTER_DNS)), Some(true), false),
+            ("b completed, even with DNS answering here", 1, b_standby(3, Some(COMPLETED)), Some(true), false),
+            ("our term lower: b became primary after us", 2, b_standby(5, Some(ABORTED_BEFORE_DNS)), Some(true), false),
+            ("ties run the runbook (statuses from before terms)", 0, b_standby(0, Some(ABORTED_BEFORE_DNS)), Some(true), false),
+            ("DNS known to point elsewhere", 1, b_standby(0, Some(ABORTED_BEFORE_DNS)), Some(false), false),
+            ("b still calls itself primary", 3, PeerState { role: Some(Role::Primary), ..b_standby(1, None) }, Some(true), false),
+        ];
+        for (what, term_a, b, dns, reclaim) in cases {
+            let got = back_to_a(term_a, b, dns);
+            if reclaim {
+                assert!(matches!(got, Action::ReclaimPrimary { .. }), "{what}: {got:?}");
+            } else {
+                assert!(is_full_failover(&got), "{what}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn reclaim_waits_while_the_peer_is_mid_failover_or_has_not_applied_the_flip_back() {
+        assert!(matches!(back_to_a(1, b_standby(0, Some(RUNNING)), Some(true)), Action::WaitForPeer { .. }));
+        let lagging = PeerState { spec_primary: "b".into(), demoted_for: None, ..b_standby(0, None) };
+        assert!(matches!(back_to_a(1, lagging, Some(true)), Action::WaitForPeer { .. }));
+    }
+
+    #[test]
+    fn unreachable_peer_never_allows_a_reclaim() {
         let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
         st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
-        // A peer that abandons a failover writes a demotion token for us; one that completes
-        // a failover has none (starting a failover clears it).
-        let with = |f: PeerFailover| {
-            PeerView::Reachable(PeerState {
-                spec_primary: "a".into(),
-                role: Some(Role::Standby),
-                demoted_for: (f.aborted || !f.completed).then(|| "a".to_string()),
-                failover: Some(f),
-                ..Default::default()
-            })
+        st.term = 7;
+        assert!(is_full_failover(&plan(&obs("a", "a", Some(&st), PeerView::Unreachable))));
+    }
+
+    #[test]
+    fn reclaim_proof_names_the_terms() {
+        let Action::ReclaimPrimary { proof } = back_to_a(4, b_standby(3, Some(ABORTED_BEFORE_DNS)), Some(true)) else {
+            panic!("no reclaim")
         };
-        let running = PeerFailover { completed: false, aborted: false, dns_switched: false };
-        assert!(matches!(plan(&obs("a", "a", Some(&st), with(running))), Action::WaitForPeerAbort { .. }));
-        let aborted = PeerFailover { completed: false, aborted: true, dns_switched: false };
-        assert_eq!(plan(&obs("a", "a", Some(&st), with(aborted))), Action::ReclaimPrimary);
-        // DNS already moved to b before it aborted: b may hold writes, so fail over properly.
-        let moved = PeerFailover { completed: false, aborted: true, dns_switched: true };
-        assert_eq!(plan(&obs("a", "a", Some(&st), with(moved))), Action::StartFailover);
-        let done = PeerFailover { completed: true, aborted: false, dns_switched: true };
-        assert_eq!(plan(&obs("a", "a", Some(&st), with(done))), Action::StartFailover);
-        assert_eq!(plan(&obs("a", "a", Some(&st), PeerView::Unreachable)), Action::StartFailover);
-        // A stale completed record next to a token for us: the peer stepped down for us after
-        // that failover and never failed over since (Argo CD lagged, the flip was reverted).
-        let stale = PeerView::Reachable(PeerState {
-            spec_primary: "a".into(),
-            role: Some(Role::Standby),
-            demoted_for: Some("a".into()),
-            failover: Some(PeerFailover { completed: true, aborted: false, dns_switched: true }),
+        assert_eq!(proof, "our term 4 > the peer's 3; its latest failover was abandoned before SwitchDNS; DNS answers here");
+    }
+
+    #[test]
+    fn becoming_primary_takes_a_term_past_every_term_seen() {
+        let mut st = DRTopologyStatus::default();
+        assert_eq!(next_term(&st), 1, "bootstrap from a fresh status");
+        st.term = 3;
+        st.peer_term = 5;
+        assert_eq!(next_term(&st), 6, "a standby past the primary it followed (a disaster failover)");
+        st.failover = Some(FailoverStatus { peer_term: Some(9), ..failover("a", &[]) });
+        assert_eq!(next_term(&st), 10, "past the old primary's term read at Preflight/Demote");
+        st.term = i64::MAX;
+        assert_eq!(next_term(&st), i64::MAX, "saturates instead of wrapping");
+    }
+
+    /// Terms decide as the flips go, whatever Argo CD applies first: a replay of A→B (completed)
+    /// →A with the planner driving both sides' terms.
+    #[test]
+    fn flip_back_after_a_completed_failover_runs_the_runbook_in_both_apply_orders() {
+        // a was primary with term 1 and stepped down for b; b completed with term 2 (past a's).
+        let mut b_done = status(Some(Role::Primary), Some(Phase::Steady));
+        b_done.peer_term = 1;
+        b_done.failover = Some(FailoverStatus { completed_at: Some("t".into()), peer_term: Some(1), ..failover("b", &Step::ALL) });
+        b_done.term = next_term(&b_done);
+        assert_eq!(b_done.term, 2);
+        let seen = |s: &DRTopologyStatus, spec_primary: &str| PeerState {
+            spec_primary: spec_primary.into(),
+            role: s.role,
+            demoted_for: s.demotion.as_ref().map(|d| d.new_primary.clone()),
+            term: s.term,
+            failover: Some(COMPLETED),
             ..Default::default()
-        });
-        assert_eq!(plan(&obs("a", "a", Some(&st), stale)), Action::ReclaimPrimary);
+        };
+        // Old primary first: b has already stepped down for a (the order that used to reclaim).
+        let mut b_acked = b_done.clone();
+        b_acked.role = Some(Role::Standby);
+        b_acked.demotion = Some(DemotionStatus { new_primary: "a".into(), ..Default::default() });
+        assert!(is_full_failover(&back_to_a(1, seen(&b_acked, "a"), Some(false))));
+        // New primary first: b is still primary and has not seen the flip.
+        assert!(is_full_failover(&back_to_a(1, seen(&b_done, "b"), Some(false))));
     }
 
     #[test]

@@ -161,12 +161,16 @@ impl Runbook<'_> {
                 st.role = Some(Role::Primary);
                 st.phase = Some(Phase::Steady);
                 st.sync = None;
+                // Computed before the record is marked complete, from the peer term it holds.
+                st.term = super::next_term(st);
+                let term = st.term;
                 if let Some(f) = st.failover.as_mut() {
                     f.completed_at = Some(Timestamp::now().to_string());
+                    f.term = Some(term);
                 }
                 set_condition(st, "Ready", true, "Steady", "primary", generation);
                 set_condition(st, "SyncHealthy", true, "Primary", "a primary does not replicate", generation);
-                Ok(Outcome::ok(format!("{} is primary", self.self_name())))
+                Ok(Outcome::ok(format!("{} is primary, term {term}", self.self_name())))
             }
         }
     }
@@ -195,6 +199,7 @@ impl Runbook<'_> {
                 why.unwrap_or_default()
             )));
         };
+        self.record_peer_term(p.term)?;
         let short = |s: &Option<String>| s.as_deref().map(|h| h.chars().take(12).collect::<String>()).unwrap_or_else(|| "unknown".into());
         match (&mine, &p.encryption_config_sha256) {
             (Some(a), Some(b)) if a != b => {
@@ -218,6 +223,14 @@ impl Runbook<'_> {
                 if mine.is_none() { self.self_name() } else { self.peer_name }
             ))),
         }
+    }
+
+    /// Keeps the highest term read from the old primary in the failover record, so the term
+    /// this failover takes at Done is past it.
+    fn record_peer_term(&mut self, term: i64) -> Result<(), String> {
+        let f = self.failover().map_err(|e| e.to_string())?;
+        f.peer_term = Some(f.peer_term.unwrap_or(0).max(term));
+        Ok(())
     }
 
     fn step_started(&self, step: Step) -> Instant {
@@ -269,6 +282,7 @@ impl Runbook<'_> {
                     t.map(|t| peer::peer_state(&t, self.peer_name)).unwrap_or_default()
                 }
             };
+            self.record_peer_term(p.term)?;
             if p.demoted_for.as_deref() == Some(self.self_name()) && p.role == Some(Role::Standby) {
                 // The token is what FinalSync catches up to, even if the peer is gone by then.
                 self.failover().map_err(|e| e.to_string())?.rpo_token = Some(RpoToken {
