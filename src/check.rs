@@ -11,6 +11,7 @@
 //! at such a cut, guarded by the checkpoint being unchanged, so it never undoes a write the
 //! mirror applied meanwhile (a delete applied after the cut would otherwise be resurrected).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::etcd::{self, Conn, Kv};
 use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
+use crate::managed_fields::{last_writer, Writer};
 use crate::mirror::{Checkpoint, CheckpointError, CHECKPOINT_KEY};
 
 /// How many keys of each kind a report lists.
@@ -55,6 +57,8 @@ pub struct Difference {
     pub source: Option<Vec<u8>>,
     /// The destination's mod revision (for a compare-and-swap repair); None for a missed key.
     pub dest_mod_revision: Option<i64>,
+    /// Who last wrote the destination's value, where it says (surplus and diverged keys).
+    pub dest_writer: Option<Writer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +75,12 @@ impl Difference {
         match (source, dest) {
             (None, None) => None,
             (Some(a), Some((b, _))) if a == b => None,
-            (source, dest) => Some(Difference { key, source, dest_mod_revision: dest.map(|(_, r)| r) }),
+            (source, dest) => Some(Difference {
+                key,
+                source,
+                dest_writer: dest.as_ref().and_then(|(v, _)| last_writer(v)),
+                dest_mod_revision: dest.map(|(_, r)| r),
+            }),
         }
     }
 
@@ -195,6 +204,23 @@ impl Default for CheckOptions {
 pub struct KeyList {
     pub count: u64,
     pub keys: Vec<String>,
+    /// Who last wrote the destination's value of listed keys, where the object says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<KeyWriter>,
+}
+
+/// A listed key and who last wrote it on the destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyWriter {
+    pub key: String,
+    #[serde(flatten)]
+    pub writer: Writer,
+}
+
+impl KeyList {
+    fn writer_of(&self, key: &str) -> Option<&Writer> {
+        self.writers.iter().find(|w| w.key == key).map(|w| &w.writer)
+    }
 }
 
 /// What a repair did.
@@ -238,6 +264,19 @@ pub struct CheckReport {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repair: Option<RepairOutcome>,
+    /// Surplus and diverged keys (all, not only the listed ones) by the field manager that last
+    /// wrote them on the destination; keys whose value does not say are not counted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub writers: BTreeMap<String, u64>,
+}
+
+impl CheckReport {
+    /// `manager ×count` of `writers`, most keys first, for messages.
+    pub fn writers_summary(&self) -> Option<String> {
+        let mut by: Vec<(&String, &u64)> = self.writers.iter().collect();
+        by.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        (!by.is_empty()).then(|| by.iter().map(|(m, n)| format!("{m} ×{n}")).collect::<Vec<_>>().join(", "))
+    }
 }
 
 impl CheckReport {
@@ -266,11 +305,17 @@ impl fmt::Display for CheckReport {
         for (name, list) in [("missed", &self.missed), ("surplus", &self.surplus), ("diverged", &self.diverged)] {
             writeln!(f, "{name}: {}", list.count)?;
             for k in &list.keys {
-                writeln!(f, "  {k}")?;
+                match list.writer_of(k) {
+                    Some(w) => writeln!(f, "  {k}  (last written here by {w})")?,
+                    None => writeln!(f, "  {k}")?,
+                }
             }
             if list.count > list.keys.len() as u64 {
                 writeln!(f, "  ... and {} more", list.count - list.keys.len() as u64)?;
             }
+        }
+        if let Some(w) = self.writers_summary() {
+            writeln!(f, "last writers of surplus and diverged keys here: {w}")?;
         }
         if let Some(r) = &self.repair {
             writeln!(
@@ -314,11 +359,19 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
         for d in differences.iter().filter(|d| d.kind() == kind) {
             l.count += 1;
             if l.keys.len() < opts.list_limit {
-                l.keys.push(String::from_utf8_lossy(&d.key).into_owned());
+                let key = String::from_utf8_lossy(&d.key).into_owned();
+                if let Some(w) = &d.dest_writer {
+                    l.writers.push(KeyWriter { key: key.clone(), writer: w.clone() });
+                }
+                l.keys.push(key);
             }
         }
         l
     };
+    let mut writers = BTreeMap::new();
+    for w in differences.iter().filter(|d| d.kind() != Kind::Missed).filter_map(|d| d.dest_writer.as_ref()) {
+        *writers.entry(w.manager.clone()).or_insert(0) += 1;
+    }
     let mut report = CheckReport {
         consistent: false,
         revision,
@@ -331,6 +384,7 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
         diverged: list(Kind::Diverged),
         duration_ms: started.elapsed().as_millis() as u64,
         repair: None,
+        writers,
     };
     report.consistent = differences.is_empty() && !report.replicates_nothing();
     tracing::info!(consistent = report.consistent, revision, checked, "check done");
@@ -533,7 +587,8 @@ mod tests {
     }
 
     #[test]
-    fn report_json_round_trips_and_text_lists_keys() {
+    fn report_json_round_trips_and_text_lists_keys_with_their_writers() {
+        let writer = Writer { manager: "kube-scheduler".into(), operation: "Update".into(), subresource: "binding".into(), time: None };
         let report = CheckReport {
             consistent: false,
             revision: 10,
@@ -541,14 +596,20 @@ mod tests {
             source_cluster_id: "ab".into(),
             checked_keys: 3,
             source_keys: 5,
-            missed: KeyList { count: 2, keys: vec!["/registry/a".into()] },
+            missed: KeyList { count: 2, keys: vec!["/registry/a".into()], writers: Vec::new() },
             surplus: KeyList::default(),
-            diverged: KeyList::default(),
+            diverged: KeyList {
+                count: 3,
+                keys: vec!["/registry/pods/x/p".into()],
+                writers: vec![KeyWriter { key: "/registry/pods/x/p".into(), writer }],
+            },
             duration_ms: 1,
             repair: None,
+            writers: BTreeMap::from([("kube-scheduler".to_string(), 2), ("kube-controller-manager".to_string(), 1)]),
         };
         let json = serde_json::to_string(&report).expect("serialize");
         assert!(json.contains("\"sourceRevision\":12"), "{json}");
+        assert!(json.contains(r#"{"key":"/registry/pods/x/p","manager":"kube-scheduler","operation":"Update","subresource":"binding"}"#), "{json}");
         assert_eq!(serde_json::from_str::<CheckReport>(&json).expect("parse"), report);
         let text = report.to_string();
         assert!(text.contains("NOT consistent") && text.contains("  /registry/a") && text.contains("1 more"), "{text}");
@@ -557,5 +618,19 @@ mod tests {
         let empty = CheckReport { checked_keys: 0, missed: KeyList::default(), ..report };
         assert!(empty.replicates_nothing());
         assert!(empty.to_string().contains("nothing is replicated: the source holds 5 keys"), "{empty}");
+        assert!(text.contains("  /registry/pods/x/p  (last written here by kube-scheduler (Update binding))"), "{text}");
+        assert!(text.contains("here: kube-scheduler ×2, kube-controller-manager ×1"), "{text}");
+    }
+
+    #[test]
+    fn only_surplus_and_diverged_keys_carry_the_destinations_writer() {
+        let stored = br#"{"metadata":{"managedFields":[{"manager":"standby-writer","operation":"Update"}]}}"#.to_vec();
+        let diverged = Difference::between(b"/k".to_vec(), Some(b"{}".to_vec()), Some((stored.clone(), 7))).expect("differs");
+        assert_eq!((diverged.kind(), diverged.dest_writer.map(|w| w.manager)), (Kind::Diverged, Some("standby-writer".into())));
+        let surplus = Difference::between(b"/k".to_vec(), None, Some((stored.clone(), 7))).expect("differs");
+        assert_eq!(surplus.dest_writer.map(|w| w.manager).as_deref(), Some("standby-writer"));
+        let missed = Difference::between(b"/k".to_vec(), Some(stored.clone()), None).expect("differs");
+        assert_eq!((missed.kind(), missed.dest_writer), (Kind::Missed, None));
+        assert_eq!(Difference::between(b"/k".to_vec(), Some(stored.clone()), Some((stored, 7))), None);
     }
 }

@@ -15,6 +15,7 @@ pub mod http;
 pub mod keyspace;
 pub mod lab;
 pub mod leader;
+pub mod managed_fields;
 pub mod metrics;
 pub mod mirror;
 pub mod restart;

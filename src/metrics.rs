@@ -7,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::controller::sync::Thresholds;
 use crate::topology::{DRTopologyStatus, Phase, Role};
 
 type StepLabels = Vec<(String, String)>;
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub surplus_keys: Gauge,
     pub diverged_keys: Gauge,
     pub repaired_keys: Gauge,
+    pub sync_healthy: Gauge,
+    pub max_keys: Family<Vec<(String, String)>, Gauge>,
 }
 
 const PHASES: [Phase; 6] = [Phase::Steady, Phase::Syncing, Phase::FailingOver, Phase::Demoting, Phase::Degraded, Phase::Invalid];
@@ -45,6 +48,8 @@ impl Metrics {
             surplus_keys: Gauge::default(),
             diverged_keys: Gauge::default(),
             repaired_keys: Gauge::default(),
+            sync_healthy: Gauge::default(),
+            max_keys: Family::default(),
         };
         let r = &mut m.registry;
         r.register("drctl_leader", "1 while this replica holds the leader Lease", m.leader.clone());
@@ -59,7 +64,19 @@ impl Metrics {
         r.register("drctl_check_surplus_keys", "Keys only here at the last check", m.surplus_keys.clone());
         r.register("drctl_check_diverged_keys", "Keys whose bytes differ at the last check", m.diverged_keys.clone());
         r.register("drctl_check_repaired_keys", "Keys re-put from the primary by autoRepair since this cluster became standby", m.repaired_keys.clone());
+        r.register(
+            "drctl_sync_healthy",
+            "1 while this standby's SyncHealthy condition is True: mirroring, lag within bounds, and missed, surplus and diverged keys each within drctl_check_max_keys",
+            m.sync_healthy.clone(),
+        );
+        r.register("drctl_check_max_keys", "Most keys of each kind the last check may find on a healthy standby", m.max_keys.clone());
         m
+    }
+
+    pub fn observe_thresholds(&self, t: &Thresholds) {
+        for (kind, max) in [("missed", t.missed), ("surplus", t.surplus), ("diverged", t.diverged)] {
+            self.max_keys.get_or_create(&vec![("kind".into(), kind.into())]).set(i64::try_from(max).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn observe_status(&self, s: &DRTopologyStatus) {
@@ -68,6 +85,8 @@ impl Metrics {
             let on = s.phase == Some(p);
             self.phase.get_or_create(&vec![("phase".into(), format!("{p:?}"))]).set(i64::from(on));
         }
+        let healthy = s.role == Some(Role::Standby) && s.conditions.iter().any(|c| c.type_ == "SyncHealthy" && c.status == "True");
+        self.sync_healthy.set(i64::from(healthy));
         if let Some(sync) = &s.sync {
             self.lag_seconds.set(sync.lag_seconds.unwrap_or(0.0));
             self.applied_revision.set(sync.applied_revision.unwrap_or(0));

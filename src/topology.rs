@@ -46,6 +46,8 @@ pub const SUBDOMAIN_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9](
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Lag","type":"number","jsonPath":".status.sync.lagSeconds","description":"Replication lag in seconds (standby only)"}"#,
     printcolumn = r#"{"name":"Missed","type":"integer","jsonPath":".status.sync.missedKeys","description":"Keys on the primary missing here at the last check"}"#,
+    printcolumn = r#"{"name":"Surplus","type":"integer","jsonPath":".status.sync.surplusKeys","description":"Keys only here at the last check"}"#,
+    printcolumn = r#"{"name":"Diverged","type":"integer","jsonPath":".status.sync.divergedKeys","description":"Keys whose bytes differ from the primary's at the last check"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.clusters.exists(c, c.name == self.primary)")
@@ -193,11 +195,31 @@ pub struct SyncSpec {
     /// Keys only the standby has are reported, never deleted (`drctl check --prune-surplus`).
     #[serde(default = "default_auto_repair")]
     pub auto_repair: bool,
+    /// How many differing keys the last check may find before the standby is not healthy.
+    #[serde(default)]
+    pub health: SyncHealthSpec,
+}
+
+/// Thresholds of a standby's health (phase, `SyncHealthy`, metrics, Argo CD's health.lua) for
+/// the keys the last check found only here or different here. Missed keys are held to
+/// `spec.failover.maxMissedKeys`: a standby a planned failover would refuse is not healthy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncHealthSpec {
+    /// Most keys only the standby may hold (someone wrote there besides the mirror). Default 0.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_surplus_keys: u64,
+    /// Most keys whose bytes may differ from the primary's, after autoRepair. Default 0.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_diverged_keys: u64,
 }
 
 impl Default for SyncSpec {
     fn default() -> Self {
         Self {
+            health: SyncHealthSpec::default(),
             exclude: ExcludeSpec::default(),
             fence: FenceSpec::default(),
             check_interval: default_check_interval(),

@@ -77,13 +77,13 @@ async fn crd_examples_cel_and_printer_columns() {
     assert!(out.contains("spec.clusters"), "{out}");
 
     // Status is a subresource: a plain apply cannot write it, the printer columns read it.
-    let patch = r#"{"status":{"role":"Primary","phase":"Steady","sync":{"lagSeconds":0.25,"missedKeys":3}}}"#;
+    let patch = r#"{"status":{"role":"Primary","phase":"Steady","sync":{"lagSeconds":0.25,"missedKeys":3,"surplusKeys":4,"divergedKeys":5}}}"#;
     g.api.kubectl_ok(&["patch", "drtopology", "platform", "--subresource=status", "--type=merge", "-p", patch]);
     let table = g.api.kubectl_ok(&["get", "drt"]);
     let header: Vec<&str> = table.lines().next().expect("header").split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PRIMARY", "ROLE", "PHASE", "LAG", "MISSED", "AGE"], "{table}");
+    assert_eq!(header, ["NAME", "PRIMARY", "ROLE", "PHASE", "LAG", "MISSED", "SURPLUS", "DIVERGED", "AGE"], "{table}");
     let row: Vec<&str> = table.lines().find(|l| l.starts_with("platform ")).expect("platform row").split_whitespace().collect();
-    assert_eq!(&row[..6], ["platform", "global-a", "Primary", "Steady", "0.25", "3"], "{table}");
+    assert_eq!(&row[..8], ["platform", "global-a", "Primary", "Steady", "0.25", "3", "4", "5"], "{table}");
     // The short name and the category both resolve.
     assert!(g.api.kubectl_ok(&["get", "dr", "-o", "name"]).contains("drtopology.drctl.io/acp-global"));
 }

@@ -698,3 +698,52 @@ async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     let metrics = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
     assert!(metrics.lines().any(|l| l.starts_with("drctl_check_repaired_keys{") && !l.ends_with(" 0")), "{metrics}");
 }
+
+/// Health counts every kind of difference, not only missed keys, and names who wrote them: an
+/// object only the standby has (written through its apiserver by the break-glass admin, whom the
+/// fence lets through) turns the standby Degraded with the writer's field manager in
+/// SyncHealthy, `/check`, a `KeysDiffer` Event and the metrics, until the threshold allows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_holding_keys_of_its_own_is_degraded_and_names_their_writer() {
+    let mut pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    put_configmap(&pair.a, "apps", "shared", "from global-a").await;
+    wait_configmap(&pair.b, "apps", "shared", STEADY).await;
+    // Stored by B's apiserver (protobuf-encoded in etcd), so the writer is decoded from the
+    // bytes the apiserver really writes.
+    pair.b.api.kubectl_ok(&["-n", "apps", "create", "configmap", "only-here", "--from-literal=k=v", "--field-manager=break-glass"]);
+
+    let st = pair.wait(&pair.b, "B degraded by a surplus key", STEADY, &[&ca, &cb], is(Role::Standby, Phase::Degraded)).await;
+    let status = st.status.expect("status");
+    let sync = status.sync.clone().expect("sync");
+    assert_eq!((sync.missed_keys, sync.surplus_keys, sync.diverged_keys), (Some(0), Some(1), Some(0)), "{sync:?}");
+    let cond = status.conditions.iter().find(|c| c.type_ == "SyncHealthy").expect("SyncHealthy");
+    assert_eq!(cond.status, "False");
+    assert!(
+        cond.message.starts_with("1 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check; last written here by break-glass ×1; first: /registry/configmaps/apps/only-here"),
+        "{}",
+        cond.message
+    );
+    let response = support::http_get(&cb.listen.to_string(), "/check").expect("/check");
+    let check: serde_json::Value = serde_json::from_str(response.split_once("\r\n\r\n").map_or("", |(_, body)| body)).expect("JSON");
+    assert_eq!(check["surplus"]["writers"][0]["key"], "/registry/configmaps/apps/only-here", "{check}");
+    assert_eq!(check["surplus"]["writers"][0]["manager"], "break-glass", "{check}");
+    assert_eq!(check["surplus"]["writers"][0]["operation"], "Update", "{check}");
+    assert_eq!(check["writers"]["break-glass"], 1, "{check}");
+    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysDiffer\")]}{.note}{\"\\n\"}{end}"]);
+    assert!(events.contains("0 missed, 1 surplus, 0 diverged keys; surplus and diverged keys last written here by break-glass ×1"), "{events}");
+    let metric = |name: &str| {
+        let m = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
+        m.lines().find(|l| l.starts_with(name)).map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+    };
+    assert_eq!(metric("drctl_sync_healthy{").as_deref(), Some("0"));
+    assert_eq!(metric("drctl_check_surplus_keys{").as_deref(), Some("1"));
+
+    // A threshold that allows one such key: healthy again, and the metric says the threshold.
+    pair.sync_extra = "    health: {maxSurplusKeys: 1}\n".into();
+    pair.apply_both("global-a");
+    pair.wait(&pair.b, "B steady with one surplus key allowed", STEADY, &[&ca, &cb], is(Role::Standby, Phase::Steady)).await;
+    let m = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
+    assert!(m.lines().any(|l| l.starts_with("drctl_check_max_keys{") && l.contains("kind=\"surplus\"") && l.ends_with(" 1")), "{m}");
+    assert_eq!(metric("drctl_sync_healthy{").as_deref(), Some("1"));
+}

@@ -1,51 +1,24 @@
 //! A standby whose own control plane runs: a real kube-controller-manager (each controller as its
-//! own ServiceAccount) and kube-scheduler on the standby's apiserver, while the mirror writes the
-//! primary's workloads underneath them. The fence must keep them off replicated data.
+//! own ServiceAccount), kube-scheduler and kwok nodes on the standby's apiserver
+//! (`Global::start_control_plane`, as the lab runs them), while the mirror writes the primary's
+//! workloads underneath them. The fence must keep them off replicated data.
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use drctl::lab::procs::{self, Lifetime};
 use serde_json::Value;
-use support::{drctl, kube_bin_dir, ApiServer, Global};
+use support::{drctl, ApiServer, Global};
 
 /// A child process killed on drop.
-struct Running(Child, &'static str, PathBuf);
-
-impl Running {
-    fn spawn(cmd: Command, what: &'static str, log: PathBuf) -> Running {
-        Running(procs::spawn(cmd, &log, Lifetime::WithParent).unwrap_or_else(|e| panic!("{what}: {e}")), what, log)
-    }
-
-    /// Panics with the log's tail when the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.0.try_wait().expect("wait") {
-            panic!("{} exited ({status}):\n{}", self.1, procs::tail(&self.2));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.2).unwrap_or_default()
-    }
-}
+struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The apiserver's admin kubeconfig, impersonating `user` (the admin is in system:masters, which
-/// may impersonate): the identity the fence sees is `user`'s, as in production.
-fn kubeconfig_as(api: &ApiServer, user: &str, dir: &Path) -> PathBuf {
-    let admin = std::fs::read_to_string(&api.kubeconfig).expect("admin kubeconfig");
-    assert!(admin.contains("\n  user:\n"), "unexpected kubeconfig shape");
-    let path = dir.join(format!("{}.kubeconfig", user.replace(':', "-")));
-    procs::write_private(&path, &admin.replacen("\n  user:\n", &format!("\n  user:\n    as: {user}\n"), 1)).expect("write kubeconfig");
-    path
 }
 
 const NAMESPACES: &str = r#"
@@ -149,16 +122,6 @@ spec:
     )
 }
 
-/// A node of the standby's own, for its scheduler to bind to.
-const NODE: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: standby-node-1, labels: {kubernetes.io/hostname: standby-node-1}}
-status:
-  capacity: {cpu: "8", memory: 16Gi, pods: "110"}
-  allocatable: {cpu: "8", memory: 16Gi, pods: "110"}
-"#;
-
 fn get(api: &ApiServer, args: &[&str]) -> Option<Value> {
     let mut full = vec!["get", "-o", "json"];
     full.extend_from_slice(args);
@@ -204,7 +167,7 @@ fn create_as(api: &ApiServer, user: &str, ns: &str, name: &str) -> Result<(), St
 
 #[test]
 fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_never_exit() {
-    let (primary, standby) = Global::start_pair("primary", "standby");
+    let (primary, mut standby) = Global::start_pair("primary", "standby");
     let dir = tempfile::tempdir().expect("tempdir");
     let apply = |api: &ApiServer, yaml: &str| {
         let (ok, out) = api.apply_stdin(yaml);
@@ -215,14 +178,17 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     let deployment = get(&primary.api, &["-n", "team-a", "deployment", "web"]).expect("deployment");
     apply(&primary.api, &replicaset(deployment["metadata"]["uid"].as_str().expect("uid")));
 
-    let _mirror = Running::spawn(
-        {
-            let mut c = drctl();
-            c.args(["mirror", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url]);
-            c
-        },
-        "drctl mirror",
-        dir.path().join("mirror.log"),
+    let _mirror = Running(
+        procs::spawn(
+            {
+                let mut c = drctl();
+                c.args(["mirror", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url]);
+                c
+            },
+            &dir.path().join("mirror.log"),
+            Lifetime::WithParent,
+        )
+        .expect("drctl mirror"),
     );
     eventually("the workloads replicated", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]));
 
@@ -240,31 +206,9 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     });
     assert!(denied.contains("fenced by drctl"), "{denied}");
 
-    apply(&standby.api, NODE);
-    let sa_key = standby.api.dir.path().join("sa.key");
-    let ca = standby.api.dir.path().join("ca.crt");
-    let mut kcm = Running::spawn(
-        {
-            let mut c = Command::new(kube_bin_dir().join("kube-controller-manager"));
-            c.arg(format!("--kubeconfig={}", kubeconfig_as(&standby.api, "system:kube-controller-manager", dir.path()).display()))
-                .args(["--controllers=*", "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=true", "-v=2"])
-                .arg(format!("--service-account-private-key-file={}", sa_key.display()))
-                .arg(format!("--root-ca-file={}", ca.display()));
-            c
-        },
-        "kube-controller-manager",
-        dir.path().join("kcm.log"),
-    );
-    let mut scheduler = Running::spawn(
-        {
-            let mut c = Command::new(kube_bin_dir().join("kube-scheduler"));
-            c.arg(format!("--kubeconfig={}", kubeconfig_as(&standby.api, "system:kube-scheduler", dir.path()).display()))
-                .args(["--leader-elect=false", "--secure-port=0", "-v=2"]);
-            c
-        },
-        "kube-scheduler",
-        dir.path().join("scheduler.log"),
-    );
+    // The standby's own kube-controller-manager (each controller as its own ServiceAccount),
+    // kube-scheduler, and kwok with its nodes, as the lab runs them.
+    standby.start_control_plane(1);
     // A pod of the replicated ReplicaSet that someone (break-glass admin) made on the standby:
     // the scheduler will try to bind it, the ReplicaSet controller to count or delete it.
     let rs = get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]).expect("replicaset");
@@ -288,8 +232,8 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     let mut checks = 0;
     while start.elapsed() < Duration::from_secs(130) {
         std::thread::sleep(Duration::from_secs(10));
-        kcm.assert_running();
-        scheduler.assert_running();
+        let exited = standby.control_plane.as_mut().expect("control plane").exited();
+        assert!(exited.is_empty(), "{}", exited.join("\n"));
         let (counts, report) = check(&primary, &standby);
         checks += 1;
         assert_eq!(counts, (0, 0, 0), "check {checks} at {:?}: {report}", start.elapsed());
@@ -306,15 +250,18 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     assert_eq!(names, vec!["migrate"], "the CronJob ran on the standby");
     assert!(get(&standby.api, &["-n", "team-a", "configmap", "orphan"]).is_some(), "the garbage collector deleted a replicated object");
     // They tried, and were refused (so the assertions above are not vacuous).
-    let (kcm_log, scheduler_log) = (kcm.log(), scheduler.log());
-    assert!(kcm_log.contains("fenced by drctl"), "the controllers never hit the fence:\n{}", procs::tail(&kcm.2));
-    assert!(scheduler_log.contains("fenced by drctl"), "the scheduler never tried to bind:\n{}", procs::tail(&scheduler.2));
+    let cp_dir = standby.control_plane.as_ref().expect("control plane").dir.path().to_path_buf();
+    for component in ["kube-controller-manager", "kube-scheduler"] {
+        let log = cp_dir.join(format!("{component}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(text.contains("fenced by drctl"), "{component} never hit the fence:\n{}", procs::tail(&log));
+    }
 
     // Exempt: drctl's own ServiceAccount and the break-glass admin.
     assert_eq!(create_as(&standby.api, "system:serviceaccount:drctl-system:drctl-controller", "team-a", "by-drctl"), Ok(()));
     standby.api.kubectl_ok(&["-n", "team-a", "create", "configmap", "by-admin", "--from-literal=k=v", "--dry-run=server"]);
     // Not exempt: the scheduler, kubelets, Argo CD.
-    for user in ["system:kube-scheduler", "system:node:standby-node-1", "system:serviceaccount:argocd:argocd-application-controller"] {
+    for user in ["system:kube-scheduler", "system:node:standby-node-0", "system:serviceaccount:argocd:argocd-application-controller"] {
         let e = create_as(&standby.api, user, "team-a", "nope").expect_err(user);
         assert!(e.contains("fenced by drctl"), "{user}: {e}");
     }

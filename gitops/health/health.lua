@@ -6,8 +6,10 @@
 -- concatenated. Conditions read: Valid, SyncHealthy (standby), DNSCorrect.
 --
 -- Thresholds: a standby is Degraded when status.sync.lagSeconds exceeds the annotation
--- drctl.io/health-max-lag-seconds (default 60), or when status.sync.missedKeys exceeds
--- spec.failover.maxMissedKeys (default 0), the most a planned failover tolerates.
+-- drctl.io/health-max-lag-seconds (default 60), when status.sync.missedKeys exceeds
+-- spec.failover.maxMissedKeys (default 0, the most a planned failover tolerates), when
+-- status.sync.surplusKeys exceeds spec.sync.health.maxSurplusKeys (default 0) or when
+-- status.sync.divergedKeys exceeds spec.sync.health.maxDivergedKeys (default 0).
 local hs = {}
 
 local function result(status, message)
@@ -114,13 +116,31 @@ if status.role == "Standby" then
   if sync.lagSeconds ~= nil and sync.lagSeconds > maxLag then
     return result("Degraded", "Replication lag " .. sync.lagSeconds .. "s exceeds " .. maxLag .. "s")
   end
-  local maxMissed = 0
-  if spec.failover ~= nil and spec.failover.maxMissedKeys ~= nil then
-    maxMissed = spec.failover.maxMissedKeys
+  local function limit(t, field)
+    if t ~= nil and t[field] ~= nil then
+      return t[field]
+    end
+    return 0
   end
+  local healthLimits = (spec.sync or {}).health
+  local over = {}
+  local maxMissed = limit(spec.failover, "maxMissedKeys")
   if sync.missedKeys ~= nil and sync.missedKeys > maxMissed then
-    return result("Degraded", sync.missedKeys .. " keys of " .. primary .. " are missing here (spec.failover.maxMissedKeys is " ..
+    table.insert(over, sync.missedKeys .. " keys of " .. primary .. " are missing here (spec.failover.maxMissedKeys is " ..
       maxMissed .. "); a planned failover would stop")
+  end
+  local maxSurplus = limit(healthLimits, "maxSurplusKeys")
+  if sync.surplusKeys ~= nil and sync.surplusKeys > maxSurplus then
+    table.insert(over, sync.surplusKeys .. " keys are only here, not on " .. primary .. " (spec.sync.health.maxSurplusKeys is " ..
+      maxSurplus .. "); something besides the mirror writes to this standby")
+  end
+  local maxDiverged = limit(healthLimits, "maxDivergedKeys")
+  if sync.divergedKeys ~= nil and sync.divergedKeys > maxDiverged then
+    table.insert(over, sync.divergedKeys .. " keys here differ from " .. primary .. "'s (spec.sync.health.maxDivergedKeys is " ..
+      maxDiverged .. ")")
+  end
+  if #over > 0 then
+    return result("Degraded", table.concat(over, "; "))
   end
 end
 
@@ -153,6 +173,6 @@ if sync.lagSeconds ~= nil then
   m = m .. "; lag " .. sync.lagSeconds .. "s"
 end
 if sync.missedKeys ~= nil then
-  m = m .. "; " .. sync.missedKeys .. " missed keys"
+  m = m .. "; " .. sync.missedKeys .. " missed, " .. (sync.surplusKeys or 0) .. " surplus, " .. (sync.divergedKeys or 0) .. " diverged keys"
 end
 return result("Healthy", m)

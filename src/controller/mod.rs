@@ -270,6 +270,7 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
                 Next::Requeue(d) => {
                     w.write().await?;
                     ctx.metrics.observe_status(&w.status);
+                    ctx.metrics.observe_thresholds(&sync::Thresholds::of(&topo));
                     return Ok(Requeue::requeue(d));
                 }
             }

@@ -191,7 +191,8 @@ impl SyncManager {
             // Nothing put: the differences were the mirror's in-flight writes after all.
             if outcome.put > 0 {
                 let keys = found.missed.keys.iter().chain(&found.diverged.keys).cloned().collect();
-                repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys });
+                let writers = found.writers_summary();
+                repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys, writers });
             }
         }
         *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
@@ -309,25 +310,96 @@ pub struct Repaired {
     pub diverged: u64,
     /// The first keys found missed, then diverged.
     pub keys: Vec<String>,
+    /// Who had last written the diverged keys here (`manager ×count`), where the objects say.
+    pub writers: Option<String>,
 }
 
 /// Keys a summary names; the counts say how many there were.
 const SUMMARY_KEYS: usize = 5;
 
+/// The first `SUMMARY_KEYS` of `keys`, and how many more there are.
+fn first_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let keys: Vec<&String> = keys.collect();
+    let named = keys.iter().take(SUMMARY_KEYS).map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    match keys.len().saturating_sub(SUMMARY_KEYS) {
+        0 => named,
+        n => format!("{named} and {n} more"),
+    }
+}
+
 impl Repaired {
     /// For an Event and the step message: the counts and the first few keys (an Event's note must
     /// fit the apiserver's limit, see `event_note`).
     pub fn summary(&self) -> String {
-        let named = self.keys.iter().take(SUMMARY_KEYS).cloned().collect::<Vec<_>>().join(", ");
-        let more = match self.keys.len().saturating_sub(SUMMARY_KEYS) {
-            0 => String::new(),
-            n => format!(" and {n} more"),
-        };
         format!(
-            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror); first: {named}{more}",
-            self.outcome.put, self.missed, self.diverged, self.outcome.already, self.outcome.skipped,
+            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror){}; first: {}",
+            self.outcome.put,
+            self.missed,
+            self.diverged,
+            self.outcome.already,
+            self.outcome.skipped,
+            self.writers.as_ref().map(|w| format!("; diverged keys last written here by {w}")).unwrap_or_default(),
+            first_keys(self.keys.iter()),
         )
     }
+}
+
+/// The most differing keys of each kind a healthy standby's last check may have found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub missed: u64,
+    pub surplus: u64,
+    pub diverged: u64,
+}
+
+impl Thresholds {
+    pub fn of(topo: &DRTopology) -> Thresholds {
+        let h = &topo.spec.sync.health;
+        Thresholds { missed: topo.spec.failover.max_missed_keys, surplus: h.max_surplus_keys, diverged: h.max_diverged_keys }
+    }
+}
+
+/// Every kind of difference over its threshold, with the field that sets it; None when the
+/// counts (missed, surplus, diverged) are all within theirs.
+pub fn over_thresholds(missed: u64, surplus: u64, diverged: u64, t: &Thresholds) -> Option<String> {
+    let over: Vec<String> = [
+        (missed, t.missed, "missed", "spec.failover.maxMissedKeys"),
+        (surplus, t.surplus, "surplus", "spec.sync.health.maxSurplusKeys"),
+        (diverged, t.diverged, "diverged", "spec.sync.health.maxDivergedKeys"),
+    ]
+    .into_iter()
+    .filter(|(n, max, _, _)| n > max)
+    .map(|(n, max, kind, field)| format!("{n} {kind} ({field} is {max})"))
+    .collect();
+    (!over.is_empty()).then(|| format!("{} keys at the last check", over.join(", ")))
+}
+
+/// Why the last check makes the standby unhealthy, with who last wrote the differing keys here
+/// and the first of them; None when within the thresholds.
+pub fn unhealthy_because(report: &CheckReport, t: &Thresholds) -> Option<String> {
+    let over = over_thresholds(report.missed.count, report.surplus.count, report.diverged.count, t)?;
+    let writers = report.writers_summary().map(|w| format!("; last written here by {w}")).unwrap_or_default();
+    let keys = report.missed.keys.iter().chain(&report.surplus.keys).chain(&report.diverged.keys);
+    Some(format!("{over}{writers}; first: {}", first_keys(keys)))
+}
+
+/// A `KeysDiffer` Event's note when a check (after any repair) still finds differences and
+/// they are not the ones the previous check already reported; None otherwise, so a standby
+/// that stays inconsistent does not publish an Event per check.
+pub fn differences_event(previous: Option<&CheckReport>, now: &CheckReport) -> Option<String> {
+    let counts = |r: &CheckReport| (r.missed.count, r.surplus.count, r.diverged.count);
+    if now.consistent || previous.is_some_and(|p| counts(p) == counts(now) && p.writers == now.writers) {
+        return None;
+    }
+    let writers = now.writers_summary().map(|w| format!("; surplus and diverged keys last written here by {w}")).unwrap_or_default();
+    let keys = now.missed.keys.iter().chain(&now.surplus.keys).chain(&now.diverged.keys);
+    Some(format!(
+        "the check found {} missed, {} surplus, {} diverged keys{writers}; first: {}",
+        now.missed.count,
+        now.surplus.count,
+        now.diverged.count,
+        first_keys(keys)
+    ))
 }
 
 pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, repaired: Option<&Repaired>) {
@@ -372,6 +444,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     let interval = parse_duration(&topo.spec.sync.check_interval).unwrap_or(Duration::from_secs(300));
     let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
     if following && due {
+        let previous = ctx.sync.last_check().await;
         match ctx.sync.check_now(topo.spec.sync.auto_repair).await {
             Ok((report, repaired)) => {
                 record_check(&mut w.status, &report, repaired.as_ref());
@@ -379,33 +452,33 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
                     warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
                     ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
                 }
+                if let Some(note) = differences_event(previous.as_ref(), &report) {
+                    warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");
+                    ctx.event(topo, EventType::Warning, "KeysDiffer", "Check", note).await;
+                }
             }
             Err(e) => warn!(error = %e, "consistency check failed"),
         }
     }
     let sync = w.status.sync.clone().unwrap_or_default();
-    let max_missed = topo.spec.failover.max_missed_keys;
-    let empty = ctx.sync.last_check().await.filter(CheckReport::replicates_nothing);
-    let healthy = following
-        && lag <= ctx.args.max_lag_seconds
-        && sync.missed_keys.is_some_and(|m| m <= max_missed)
-        && empty.is_none()
-        && p.last_error.is_none();
+    // Figures from the last check and status.sync (refreshed every few seconds), not live ones:
+    // a message that changes on every reconcile would make every reconcile write status.
+    let last_check = ctx.sync.last_check().await;
+    let empty = last_check.as_ref().filter(|r| r.replicates_nothing());
+    let over = last_check.as_ref().and_then(|r| unhealthy_because(r, &Thresholds::of(topo)));
+    let healthy = following && lag <= ctx.args.max_lag_seconds && last_check.is_some() && over.is_none() && empty.is_none() && p.last_error.is_none();
     let why = if !following {
         format!("mirror is {:?}{}", p.phase, p.last_error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())
     } else if lag > ctx.args.max_lag_seconds {
-        // Figures from status.sync (refreshed every few seconds), not live ones: a message that
-        // changes on every reconcile would make every reconcile write status and wake the next.
         format!("lag {:.1}s is over {:.0}s", sync.lag_seconds.unwrap_or(lag), ctx.args.max_lag_seconds)
-    } else if let Some(r) = &empty {
+    } else if let Some(r) = empty {
         format!(
             "nothing is replicated: the primary holds {} keys under /registry/ and spec.sync.exclude removes all of them",
             r.source_keys
         )
-    } else if let Some(m) = sync.missed_keys.filter(|m| *m > max_missed) {
-        let first = ctx.sync.last_check().await.map(|r| r.missed.keys.join(", ")).unwrap_or_default();
-        format!("{m} keys missed at the last check: {first}")
-    } else if sync.missed_keys.is_none() {
+    } else if let Some(over) = &over {
+        over.clone()
+    } else if last_check.is_none() {
         "waiting for the first consistency check".into()
     } else {
         format!("following {}; revisions and lag in status.sync", topo.spec.primary)
@@ -413,7 +486,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     set_condition(&mut w.status, "SyncHealthy", healthy, if healthy { "Mirroring" } else { "NotHealthy" }, &why, generation);
     set_condition(&mut w.status, "DNSCorrect", true, "Standby", "DNS is the primary's concern", generation);
     set_condition(&mut w.status, "Ready", healthy, if healthy { "Steady" } else { "Syncing" }, &why, generation);
-    w.status.phase = Some(if healthy { Phase::Steady } else if following && sync.missed_keys.is_some() { Phase::Degraded } else { Phase::Syncing });
+    w.status.phase = Some(if healthy { Phase::Steady } else if following && last_check.is_some() { Phase::Degraded } else { Phase::Syncing });
 
     if healthy {
         let stamp = Timestamp::now();
@@ -454,7 +527,65 @@ mod tests {
             missed: keys as u64,
             diverged: 0,
             keys: (0..keys).map(|i| format!("/registry/configmaps/team-a/{i:0>key_len$}")).collect(),
+            writers: None,
         }
+    }
+
+    fn report(missed: u64, surplus: u64, diverged: u64, writers: &[(&str, u64)]) -> CheckReport {
+        let list = |n: u64, kind: &str| check::KeyList { count: n, keys: (0..n.min(3)).map(|i| format!("/registry/{kind}/{i}")).collect(), writers: Vec::new() };
+        CheckReport {
+            consistent: missed + surplus + diverged == 0,
+            revision: 1,
+            source_revision: 1,
+            source_cluster_id: "ab".into(),
+            checked_keys: 100,
+            source_keys: 100,
+            missed: list(missed, "missed"),
+            surplus: list(surplus, "surplus"),
+            diverged: list(diverged, "diverged"),
+            duration_ms: 1,
+            repair: None,
+            writers: writers.iter().map(|(m, n)| (m.to_string(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_standby_is_unhealthy_when_any_kind_of_difference_is_over_its_threshold() {
+        let zero = Thresholds { missed: 0, surplus: 0, diverged: 0 };
+        let lenient = Thresholds { missed: 2, surplus: 5, diverged: 1 };
+        let cases: [(u64, u64, u64, &Thresholds, Option<&str>); 7] = [
+            (0, 0, 0, &zero, None),
+            (1, 0, 0, &zero, Some("1 missed (spec.failover.maxMissedKeys is 0) keys at the last check")),
+            (0, 3, 0, &zero, Some("3 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check")),
+            (0, 0, 4, &zero, Some("4 diverged (spec.sync.health.maxDivergedKeys is 0) keys at the last check")),
+            (
+                1,
+                2,
+                0,
+                &zero,
+                Some("1 missed (spec.failover.maxMissedKeys is 0), 2 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check"),
+            ),
+            (2, 5, 1, &lenient, None),
+            (2, 6, 1, &lenient, Some("6 surplus (spec.sync.health.maxSurplusKeys is 5) keys at the last check")),
+        ];
+        for (m, s, d, t, want) in cases {
+            assert_eq!(over_thresholds(m, s, d, t).as_deref(), want, "{m}/{s}/{d} against {t:?}");
+        }
+        let why = unhealthy_because(&report(0, 2, 1, &[("kube-scheduler", 2), ("kube-controller-manager", 1)]), &zero).expect("unhealthy");
+        assert!(why.contains("; last written here by kube-scheduler ×2, kube-controller-manager ×1; first: /registry/surplus/0, /registry/surplus/1, /registry/diverged/0"), "{why}");
+        assert_eq!(unhealthy_because(&report(2, 5, 1, &[]), &lenient), None);
+    }
+
+    #[test]
+    fn keys_differ_events_only_when_the_findings_change() {
+        let bad = report(0, 2, 0, &[("kube-scheduler", 2)]);
+        let note = differences_event(None, &bad).expect("first finding");
+        assert_eq!(note, "the check found 0 missed, 2 surplus, 0 diverged keys; surplus and diverged keys last written here by kube-scheduler ×2; first: /registry/surplus/0, /registry/surplus/1");
+        assert_eq!(differences_event(Some(&bad), &bad), None, "the same findings again");
+        assert!(differences_event(Some(&bad), &report(0, 3, 0, &[("kube-scheduler", 3)])).is_some(), "more of them");
+        assert!(differences_event(Some(&bad), &report(0, 2, 0, &[("someone-else", 2)])).is_some(), "another writer");
+        assert!(differences_event(Some(&report(0, 0, 0, &[])), &bad).is_some(), "was consistent");
+        assert_eq!(differences_event(Some(&bad), &report(0, 0, 0, &[])), None, "consistent now");
     }
 
     #[test]
@@ -467,6 +598,8 @@ mod tests {
         let few = repaired(7, 4).summary();
         assert!(few.contains("/registry/configmaps/team-a/0004") && !few.contains("team-a/0005"), "{few}");
         assert!(few.ends_with(" and 2 more"), "{few}");
+        let with_writers = Repaired { writers: Some("kube-controller-manager ×3".into()), ..repaired(3, 4) }.summary();
+        assert!(with_writers.contains("; diverged keys last written here by kube-controller-manager ×3; first: "), "{with_writers}");
         assert!(!repaired(3, 4).summary().contains("more"));
     }
 }
