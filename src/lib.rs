@@ -24,3 +24,4 @@ pub mod selector;
 pub mod topology;
 pub mod urls;
 pub mod validate;
+pub mod workloads;

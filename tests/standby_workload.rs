@@ -259,6 +259,25 @@ impl Checks {
     }
 }
 
+/// Waits until `client`'s cluster runs no workload pods (a pod being deleted is being stopped:
+/// a Job's pod keeps its job-tracking finalizer until a Job controller, fenced on a standby,
+/// removes it); what still runs after `timeout`.
+async fn pods_gone(client: &Client, timeout: Duration) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let mut left = Vec::new();
+        for ns in NAMESPACES {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let items = pods.list(&ListParams::default()).await.expect("list pods").items;
+            left.extend(items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).map(|p| format!("{ns}/{}", p.metadata.name.unwrap_or_default())));
+        }
+        if left.is_empty() || start.elapsed() > timeout {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Names of the pods in the workload namespaces of `g`.
 async fn workload_pods(client: &Client) -> Vec<String> {
     let mut out = Vec::new();
@@ -411,10 +430,13 @@ async fn a_live_workload_with_the_standbys_control_plane_running() {
     let planned = flipped.elapsed();
     let planned_clean = new_standby_clean(&pair, &pair.a, &now_rfc3339(), &[&ca, &cb]).await;
     eprintln!("planned flip: Done in {:.1}s; the new standby (global-a) 0/0/0 {:.1}s later", planned.as_secs_f64(), planned_clean.as_secs_f64());
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let leftover = workload_pods(&a).await;
+    // The demoted primary stops its own pods of the replicated workloads (its fenced controllers
+    // cannot): the workloads run on the new primary only.
+    let leftover = pods_gone(&a, Duration::from_secs(30)).await;
     let on_b = workload_pods(&b).await;
-    eprintln!("10s after the planned flip: {} workload pods on the new standby (global-a), {} on the new primary (global-b)", leftover.len(), on_b.len());
+    eprintln!("after the planned flip: {} workload pods left on the new standby (global-a), {} on the new primary (global-b)", leftover.len(), on_b.len());
+    assert!(leftover.is_empty(), "the old primary still runs replicated workloads: {leftover:?}");
+    assert!(!on_b.is_empty(), "the new primary runs the workloads");
 
     // A disaster: B (now primary) loses its controller, apiserver and etcd; the flip back to A
     // reaches A only.
@@ -441,7 +463,9 @@ async fn a_live_workload_with_the_standbys_control_plane_running() {
     let st = pair.status(&pair.b).await.and_then(|t| t.status).expect("B status");
     eprintln!("  B: demotion {:?}; sync {:?}", st.demotion, st.sync);
     let b = pair.b.client().await;
-    eprintln!("  workload pods: {} on the new standby (global-b), {} on the primary (global-a)", workload_pods(&b).await.len(), workload_pods(&a).await.len());
+    let leftover = pods_gone(&b, Duration::from_secs(30)).await;
+    eprintln!("  workload pods: {} on the new standby (global-b), {} on the primary (global-a)", leftover.len(), workload_pods(&a).await.len());
+    assert!(leftover.is_empty(), "the old primary, back after the disaster, still runs replicated workloads: {leftover:?}");
     for g in [&pair.a, &pair.b] {
         let notes = g.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}{range .items[?(@.reason==\"KeysDiffer\")]}{.note}{\"\\n\"}{end}"]);
         eprintln!("  {}: KeysRepaired/KeysDiffer events: {}", g.name, notes.lines().count());

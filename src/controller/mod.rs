@@ -474,6 +474,16 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> 
     w.write().await?;
     let rev = final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
     ctx.event(topo, EventType::Normal, "DemotionAcknowledged", "Demote", format!("{} stepped down for {new_primary} at revision {rev}", ctx.self_name())).await;
+    // The workloads now run on the new primary only (its controllers make their own pods).
+    let filter = sync::filter_for(topo, &ctx.args.namespace);
+    match crate::workloads::stop_replicated_pods(&ctx.client, &filter).await {
+        Ok(0) => {}
+        Ok(n) => {
+            let note = format!("deleted this cluster's {n} pods of replicated workloads: they run on {new_primary} now");
+            ctx.event(topo, EventType::Normal, "ReplicatedPodsStopped", "Demote", note).await;
+        }
+        Err(e) => warn!(error = %e, "cannot stop this cluster's pods of replicated workloads"),
+    }
     Ok(())
 }
 

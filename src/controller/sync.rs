@@ -102,7 +102,7 @@ async fn endpoint(ctx: &Context, c: &ClusterSpec) -> Result<Endpoint, SyncError>
     Ok(Endpoint { urls: c.etcd.endpoints.clone(), tls })
 }
 
-fn filter_for(topo: &DRTopology, namespace: &str) -> Filter {
+pub(crate) fn filter_for(topo: &DRTopology, namespace: &str) -> Filter {
     Filter::new(&topo.spec.sync.exclude, namespace, crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)
 }
 
