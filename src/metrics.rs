@@ -202,7 +202,7 @@ mod tests {
         assert!(text.contains("drctl_condition{cluster=\"global-b\",condition=\"SyncHealthy\"} 0"), "{text}");
         let started = unix_seconds(T0.parse().expect("timestamp"));
         assert!(text.contains(&format!("drctl_failover_step_started_timestamp_seconds{{cluster=\"global-b\",step=\"Demote\"}} {started}")), "{text}");
-        assert!(text.contains("drctl_leader 1"), "{text}");
+        assert!(text.contains("drctl_leader{cluster=\"global-b\"} 1\n"), "{text}");
         // The step finished: its series goes away.
         s.failover.as_mut().expect("failover").steps[0].state = StepState::Succeeded;
         m.observe_status(&s);
