@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube argocd kwok platform build crds argocd-cm test demo demo-down bench faults soak
+.PHONY: deps kube argocd kwok platform build crds argocd-cm image test demo demo-down bench faults soak
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -36,7 +36,13 @@ argocd-cm:
 	  sed 's/^\(..*\)$$/    \1/' gitops/health/health.lua; } > gitops/argocd/argocd-cm-patch.yaml.new
 	mv gitops/argocd/argocd-cm-patch.yaml.new gitops/argocd/argocd-cm-patch.yaml
 
-test: deps platform
+# drctl's OCI image, built with umoci (no daemon, no base image) from the cached release build;
+# push it with skopeo (README, "Deploy from the image"). Kept out of the work tree.
+IMAGE ?= $(DRCTL_CACHE)/image/drctl-oci.tar
+image: deps
+	bash hack/build-image.sh $(IMAGE)
+
+test: deps platform image
 	cargo test --no-fail-fast -- --test-threads=2
 
 # The local DR lab (drctl lab): two whole globals (control plane, kwok nodes, their own Argo CD),

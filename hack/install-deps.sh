@@ -3,11 +3,13 @@
 set -euo pipefail
 # protobuf-compiler + libprotobuf-dev: etcd-client's build script runs protoc and needs its
 #   well-known types (google/protobuf/*.proto), which only libprotobuf-dev ships;
+# umoci: `make image` builds the OCI image without a daemon or base image; prometheus: its promtool and server test the alerts;
 # openssh-server: the SSH forge of the push test; libssl-dev + pkg-config: libgit2's HTTPS/SSH transports;
 # redis-server: each lab global's Argo CD keeps its cache there; golang-go is not listed: Go comes
 #   with the machine (the Go builds in hack/ need it, and check for it).
 pkgs=(etcd-server etcd-client protobuf-compiler libprotobuf-dev pdns-server pdns-backend-sqlite3 bind9 bind9-dnsutils
-  sqlite3 git openssh-server openssh-client libssl-dev pkg-config redis-server ca-certificates curl build-essential)
+  sqlite3 git openssh-server openssh-client libssl-dev pkg-config redis-server ca-certificates curl build-essential
+  umoci prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

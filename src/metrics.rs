@@ -7,8 +7,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use k8s_openapi::jiff::Timestamp;
+
 use crate::controller::sync::Thresholds;
-use crate::topology::{DRTopologyStatus, Phase, Role};
+use crate::failover::{in_progress, Step};
+use crate::topology::{DRTopologyStatus, Phase, Role, StepState};
 
 type StepLabels = Vec<(String, String)>;
 
@@ -28,6 +31,10 @@ pub struct Metrics {
     pub repaired_keys: Gauge,
     pub sync_healthy: Gauge,
     pub max_keys: Family<Vec<(String, String)>, Gauge>,
+    condition: Family<Vec<(String, String)>, Gauge>,
+    step_started: Family<StepLabels, Gauge<f64, AtomicU64>>,
+    leader_acquired: Gauge<f64, AtomicU64>,
+    cluster: String,
 }
 
 const PHASES: [Phase; 6] = [Phase::Steady, Phase::Syncing, Phase::FailingOver, Phase::Demoting, Phase::Degraded, Phase::Invalid];
@@ -50,6 +57,10 @@ impl Metrics {
             repaired_keys: Gauge::default(),
             sync_healthy: Gauge::default(),
             max_keys: Family::default(),
+            condition: Family::default(),
+            step_started: Family::default(),
+            leader_acquired: Gauge::default(),
+            cluster: cluster.to_string(),
         };
         let r = &mut m.registry;
         r.register("drctl_leader", "1 while this replica holds the leader Lease", m.leader.clone());
@@ -70,6 +81,13 @@ impl Metrics {
             m.sync_healthy.clone(),
         );
         r.register("drctl_check_max_keys", "Most keys of each kind the last check may find on a healthy standby", m.max_keys.clone());
+        r.register("drctl_condition", "1 while the status condition is True, 0 while False", m.condition.clone());
+        r.register(
+            "drctl_failover_step_started_timestamp_seconds",
+            "Unix time the unfinished (running or failed) step of the failover in progress first started; absent otherwise",
+            m.step_started.clone(),
+        );
+        r.register("drctl_leader_acquired_timestamp_seconds", "Unix time this replica acquired the leader Lease", m.leader_acquired.clone());
         m
     }
 
@@ -79,7 +97,13 @@ impl Metrics {
         }
     }
 
+    pub fn became_leader(&self) {
+        self.leader.set(1);
+        self.leader_acquired.set(unix_seconds(Timestamp::now()));
+    }
+
     pub fn observe_status(&self, s: &DRTopologyStatus) {
+        self.observe_conditions_and_step(s);
         self.is_primary.set(i64::from(s.role == Some(Role::Primary)));
         for p in PHASES {
             let on = s.phase == Some(p);
@@ -95,6 +119,32 @@ impl Metrics {
             self.surplus_keys.set(as_i64(sync.surplus_keys));
             self.diverged_keys.set(as_i64(sync.diverged_keys));
             self.repaired_keys.set(as_i64(sync.repaired_keys));
+        } else {
+            // A primary has no sync: a promoted standby's last figures must not linger.
+            self.lag_seconds.set(0.0);
+            for g in [&self.missed_keys, &self.surplus_keys, &self.diverged_keys] {
+                g.set(0);
+            }
+        }
+    }
+
+    /// Conditions and the failover's unfinished step, for the alerts (gitops/deploy/components/alerts).
+    fn observe_conditions_and_step(&self, s: &DRTopologyStatus) {
+        for c in &s.conditions {
+            self.condition.get_or_create(&vec![("condition".into(), c.type_.clone())]).set(i64::from(c.status == "True"));
+        }
+        let stuck = unfinished_step(s, &self.cluster);
+        for step in Step::ALL {
+            let labels = vec![("step".into(), step.name().to_string())];
+            match stuck {
+                Some((name, started)) if name == step.name() => {
+                    self.step_started.get_or_create(&labels).set(unix_seconds(started));
+                }
+                // Removed, not zeroed: a zero would read as a step stuck since 1970.
+                _ => {
+                    self.step_started.remove(&labels);
+                }
+            }
         }
     }
 
@@ -107,5 +157,80 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn unix_seconds(t: Timestamp) -> f64 {
+    t.as_millisecond() as f64 / 1000.0
+}
+
+/// The step a failover in progress is at, once it has started: Running, or Failed and waiting
+/// to be retried. Its first start counts, so retries do not hide a step that never succeeds.
+pub fn unfinished_step<'s>(s: &'s DRTopologyStatus, self_name: &str) -> Option<(&'s str, Timestamp)> {
+    let f = in_progress(Some(s), self_name)?;
+    f.steps
+        .iter()
+        .filter(|st| matches!(st.state, StepState::Running | StepState::Failed))
+        .find_map(|st| Some((st.name.as_str(), st.started_at.as_deref()?.parse().ok()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{FailoverStatus, StepStatus};
+
+    const T0: &str = "2026-01-02T03:04:05Z";
+
+    fn status(completed: bool, aborted: bool, steps: &[(&str, StepState)]) -> DRTopologyStatus {
+        DRTopologyStatus {
+            failover: Some(FailoverStatus {
+                from: "global-a".into(),
+                to: "global-b".into(),
+                completed_at: completed.then(|| T0.to_string()),
+                aborted: aborted.then(|| "flipped back".to_string()),
+                steps: steps
+                    .iter()
+                    .map(|(n, st)| StepStatus { name: (*n).into(), state: *st, started_at: Some(T0.into()), ..Default::default() })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_unfinished_step_is_the_running_or_failed_step_of_a_failover_in_progress() {
+        use StepState::*;
+        let t0: Timestamp = T0.parse().expect("timestamp");
+        let cases: &[(&str, &str, DRTopologyStatus, Option<(&str, Timestamp)>)] = &[
+            ("no failover", "global-b", DRTopologyStatus::default(), None),
+            ("running", "global-b", status(false, false, &[("Preflight", Succeeded), ("Demote", Running)]), Some(("Demote", t0))),
+            ("failed, to be retried", "global-b", status(false, false, &[("Preflight", Succeeded), ("Demote", Failed)]), Some(("Demote", t0))),
+            ("between two steps", "global-b", status(false, false, &[("Preflight", Succeeded)]), None),
+            ("completed", "global-b", status(true, false, &[("Done", Succeeded)]), None),
+            ("aborted", "global-b", status(false, true, &[("Demote", Failed)]), None),
+            ("a failover to another cluster", "global-a", status(false, false, &[("Demote", Running)]), None),
+        ];
+        for (name, self_name, s, want) in cases {
+            assert_eq!(unfinished_step(s, self_name), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn metrics_expose_conditions_the_unfinished_step_and_leadership() {
+        let m = Metrics::new("global-b");
+        let mut s = status(false, false, &[("Demote", StepState::Running)]);
+        crate::controller::status::set_condition(&mut s, "SyncHealthy", false, "NotHealthy", "mirror stopped", None);
+        m.observe_status(&s);
+        m.became_leader();
+        let text = m.encode();
+        assert!(text.contains("drctl_condition{cluster=\"global-b\",condition=\"SyncHealthy\"} 0"), "{text}");
+        let started = unix_seconds(T0.parse().expect("timestamp"));
+        assert!(text.contains(&format!("drctl_failover_step_started_timestamp_seconds{{cluster=\"global-b\",step=\"Demote\"}} {started}")), "{text}");
+        assert!(text.contains("drctl_leader{cluster=\"global-b\"} 1\n"), "{text}");
+        // The step finished: its series goes away.
+        s.failover.as_mut().expect("failover").steps[0].state = StepState::Succeeded;
+        m.observe_status(&s);
+        assert!(!m.encode().contains("drctl_failover_step_started_timestamp_seconds{"), "{}", m.encode());
     }
 }

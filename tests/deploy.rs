@@ -92,6 +92,7 @@ fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
         assert_eq!(env.len(), 1, "{env:?}");
         assert_eq!(env[0]["value"], g);
         assert_eq!(c["ports"][0]["containerPort"], 8080);
+        assert_eq!(c["image"], "registry.example.com/platform/drctl:0.1.0", "the overlay's images: entry names the image");
         let svc = find(&objs, "Service", "drctl-controller");
         assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
         assert_eq!(svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"], "the Service selects the controller");
@@ -105,15 +106,17 @@ fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
             }
         }
     }
-    // The optional ServiceMonitor component builds on the base and scrapes the Service.
+    // The optional ServiceMonitor and alerts components build on the base; the ServiceMonitor
+    // scrapes the Service.
     let dir = tempfile::tempdir().expect("tempdir");
     // kustomize wants relative paths; climb from the temp dir to / and down again.
     let up = "../".repeat(dir.path().components().count() - 1);
     let rel = |p: &str| format!("{up}{}", gitops().join(p).display().to_string().trim_start_matches('/'));
     let k = format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{}]\ncomponents: [{}]\n",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{}]\ncomponents: [{}, {}]\n",
         rel("deploy/overlays/global-a"),
-        rel("deploy/components/servicemonitor")
+        rel("deploy/components/servicemonitor"),
+        rel("deploy/components/alerts")
     );
     std::fs::write(dir.path().join("kustomization.yaml"), k).expect("write kustomization");
     let objs = docs(&kustomize(dir.path(), &["--load-restrictor=LoadRestrictionsNone"]));
@@ -122,6 +125,11 @@ fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
     assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]);
     assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+    find(&objs, "PrometheusRule", "drctl");
+    let dash = find(&objs, "ConfigMap", "drctl-dashboard");
+    assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1", "Grafana's sidecar picks it up by this label");
+    let json = std::fs::read_to_string(gitops().join("deploy/components/alerts/drctl-dashboard.json")).expect("read dashboard");
+    assert_eq!(dash["data"]["drctl-dashboard.json"], json.as_str());
 }
 
 #[test]

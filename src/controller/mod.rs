@@ -165,7 +165,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let elector = LeaderElector::new(client.clone(), &args.namespace, &format!("drctl-{}", args.cluster_name), &identity, Duration::from_secs(args.lease_seconds));
     info!(identity, cluster = %args.cluster_name, "waiting for leadership");
     elector.acquire().await?;
-    metrics.leader.set(1);
+    metrics.became_leader();
     info!(identity, "leading");
     let lost = elector.keep_renewing();
     ready.store(true, std::sync::atomic::Ordering::SeqCst);

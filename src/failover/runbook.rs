@@ -107,6 +107,8 @@ impl Runbook<'_> {
             record(self.failover()?, step, StepState::Running, Some(step.describe().to_string()));
             self.status.status.phase = Some(Phase::FailingOver);
             self.status.write().await?;
+            // A step may take minutes (hooks, DNS): its start must reach /metrics before it ends.
+            self.ctx.metrics.observe_status(&self.status.status);
             let started = Instant::now();
             info!("step started");
             let result = self.execute(step).await;

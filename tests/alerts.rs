@@ -1,0 +1,258 @@
+//! The alerts and dashboard of gitops/deploy/components/alerts: `promtool check rules` and
+//! `promtool test rules` (a test for every alert), then a real Prometheus scraping a DR pair's
+//! two real controllers, where breaking DNS and stopping the standby's mirror fire the right
+//! alerts and every dashboard query runs.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::pair::{Pair, DOMAIN, VIP_A};
+
+const RULE: &str = "gitops/deploy/components/alerts/prometheusrule.yaml";
+const RULE_TESTS: &str = "gitops/deploy/components/alerts/prometheusrule_test.yaml";
+const DASHBOARD: &str = "gitops/deploy/components/alerts/drctl-dashboard.json";
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    drctl::validate::parse_documents(&text).expect("valid YAML").remove(0)
+}
+
+/// Every alerting rule of the PrometheusRule's groups.
+fn alerts(spec: &Value) -> Vec<&Value> {
+    spec["groups"].as_array().expect("groups").iter().flat_map(|g| g["rules"].as_array().expect("rules")).collect()
+}
+
+/// The PrometheusRule's `spec` (a Prometheus rules file), with `edit` applied to every rule.
+fn rules_file(edit: impl Fn(&mut serde_json::Map<String, Value>)) -> String {
+    let mut spec = yaml(&repo(RULE))["spec"].clone();
+    for g in spec["groups"].as_array_mut().expect("groups") {
+        for r in g["rules"].as_array_mut().expect("rules") {
+            edit(r.as_object_mut().expect("rule"));
+        }
+    }
+    serde_json::to_string_pretty(&spec).expect("json") // JSON is YAML to promtool and Prometheus
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run promtool (Debian package prometheus; `make deps` installs it): {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn every_alert_has_a_runbook_and_a_promtool_unit_test_that_fires_it() {
+    let rule = yaml(&repo(RULE));
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let names: Vec<&str> = alerts(&rule["spec"]).iter().map(|r| r["alert"].as_str().expect("alert name")).collect();
+    for r in alerts(&rule["spec"]) {
+        let runbook = r["annotations"]["runbook"].as_str().unwrap_or_default();
+        assert!(runbook.len() > 20, "{} has no runbook annotation", r["alert"]);
+    }
+    let tests = yaml(&repo(RULE_TESTS));
+    let fired: Vec<&str> = tests["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().expect("alert_rule_test"))
+        .filter(|a| a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty()))
+        .map(|a| a["alertname"].as_str().expect("alertname"))
+        .collect();
+    let untested: Vec<&&str> = names.iter().filter(|n| !fired.contains(n)).collect();
+    assert!(untested.is_empty(), "no promtool test expects these to fire: {untested:?}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = dir.path().join("full.yaml");
+    std::fs::write(&full, rules_file(|_| {})).expect("write rules");
+    let out = promtool(&["check", "rules", full.to_str().expect("path")]);
+    println!("{out}");
+    assert!(out.contains(&format!("SUCCESS: {} rules found", names.len())), "{out}");
+    // The unit tests pin expressions, labels and `for`, not the wording of annotations.
+    std::fs::write(dir.path().join("drctl-rules.yaml"), rules_file(|r| drop(r.remove("annotations")))).expect("write rules");
+    let copy = dir.path().join("prometheusrule_test.yaml");
+    std::fs::copy(repo(RULE_TESTS), &copy).expect("copy tests");
+    let out = promtool(&["test", "rules", copy.to_str().expect("path")]);
+    println!("{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+/// A Prometheus on loopback, killed on drop.
+struct Prometheus {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `for:` of every alert in the live test: the real values are minutes.
+const TEST_FOR: &str = "3s";
+
+impl Prometheus {
+    /// Scrapes `targets` every second as job drctl-controller and evaluates drctl's rules every
+    /// second with every `for:` shortened to [`TEST_FOR`].
+    async fn start(dir: &Path, targets: &[String]) -> Prometheus {
+        let rules = dir.join("drctl-rules.yaml");
+        std::fs::write(&rules, rules_file(|r| {
+            if r.contains_key("for") {
+                r.insert("for".into(), TEST_FOR.into());
+            }
+        }))
+        .expect("write rules");
+        let config = serde_json::json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
+            "rule_files": [rules],
+            "scrape_configs": [{"job_name": "drctl-controller", "static_configs": [{"targets": targets}]}],
+        });
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config.to_string()).expect("write config");
+        let addr = format!("127.0.0.1:{}", support::free_port());
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address={addr}"));
+        let log = dir.join("prometheus.log");
+        let child = drctl::lab::procs::spawn(cmd, &log, drctl::lab::procs::Lifetime::WithParent)
+            .unwrap_or_else(|e| panic!("start prometheus (Debian package prometheus): {e}"));
+        let p = Prometheus { child, url: format!("http://{addr}"), log };
+        let start = Instant::now();
+        while reqwest::get(format!("{}/-/ready", p.url)).await.map_or(true, |r| !r.status().is_success()) {
+            assert!(start.elapsed() < Duration::from_secs(30), "prometheus not ready:\n{}", drctl::lab::procs::tail(&p.log));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        p
+    }
+
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Value {
+        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.url), query).expect("url");
+        let resp = reqwest::get(url).await.expect("prometheus api");
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["status"], "success", "{path} {query:?}: {body}");
+        body["data"].clone()
+    }
+
+    /// Firing alerts as (alertname, cluster or instance).
+    async fn firing(&self) -> Vec<(String, String)> {
+        let data = self.api("/api/v1/alerts", &[]).await;
+        data["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .filter(|a| a["state"] == "firing")
+            .map(|a| {
+                let l = &a["labels"];
+                let who = l["cluster"].as_str().or(l["instance"].as_str()).unwrap_or_default();
+                (l["alertname"].as_str().unwrap_or_default().to_string(), who.to_string())
+            })
+            .collect()
+    }
+
+    /// Waits until `alert` fires for `who` (a cluster, or a target for DrctlControllerDown).
+    async fn wait_firing(&self, alert: &str, who: &str, timeout: Duration, logs: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            let firing = self.firing().await;
+            if firing.iter().any(|(a, w)| a == alert && w == who) {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < timeout, "{alert} for {who} did not fire within {timeout:?}; firing: {firing:?}\n{logs}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Alerts a healthy, steady pair must not fire (reconcile errors of the start-up may linger).
+const QUIET_WHEN_HEALTHY: &[&str] = &[
+    "DrctlStandbyNotReplicating",
+    "DrctlReplicationLagHigh",
+    "DrctlMissedKeys",
+    "DrctlDivergedKeys",
+    "DrctlFailoverStepStuck",
+    "DrctlDNSNotPointingAtPrimary",
+    "DrctlBothPrimary",
+    "DrctlNoPrimary",
+    "DrctlControllerDown",
+    "DrctlClusterMissing",
+    "DrctlNoLeader",
+    "DrctlLeaderFlapping",
+    "DrctlPeerUnreachable",
+    "DrctlTopologyInvalid",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_fires_the_right_alerts_when_dns_breaks_and_the_mirror_stops() {
+    let mut pair = Pair::start().await;
+    pair.apply_both("global-a");
+    let ca = pair.controller(&pair.a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    let logs = |ca: &support::pair::Controller, cb: &support::pair::Controller| format!("--- A\n{}\n--- B\n{}", ca.log_tail(), cb.log_tail());
+    let steady = Duration::from_secs(90);
+    pair.wait(&pair.a, "A primary", steady, &[&ca, &cb], |s| s.role == Some(drctl::topology::Role::Primary)).await;
+    pair.wait(&pair.b, "B standby in sync", steady, &[&ca, &cb], |s| {
+        s.phase == Some(drctl::topology::Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
+    })
+    .await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prom = Prometheus::start(dir.path(), &[ca.listen.to_string(), cb.listen.to_string()]).await;
+
+    // Healthy: both targets up with their cluster label, and none of the fault alerts fires.
+    let start = Instant::now();
+    loop {
+        let firing = prom.firing().await;
+        let noisy: Vec<_> = firing.iter().filter(|(a, _)| QUIET_WHEN_HEALTHY.contains(&a.as_str())).collect();
+        let up = prom.api("/api/v1/query", &[("query", "count(count by (cluster) (drctl_leader == 1))")]).await;
+        let both_lead = up["result"][0]["value"][1] == "2";
+        // A few evaluations in a row with nothing firing, past every shortened `for:`.
+        if noisy.is_empty() && both_lead && start.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(40), "a healthy pair fires {noisy:?} (both lead: {both_lead})\n{}", logs(&ca, &cb));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("healthy pair: no fault alert fires ({:?})", prom.firing().await);
+
+    // Every dashboard query runs on the real series; the core panels have data.
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(repo(DASHBOARD)).expect("read dashboard")).expect("dashboard JSON");
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr").replace("$cluster", ".*");
+            let data = prom.api("/api/v1/query", &[("query", &expr)]).await;
+            let title = panel["title"].as_str().unwrap_or_default();
+            let empty = data["result"].as_array().is_none_or(|r| r.is_empty());
+            let may_be_empty = ["Unfinished failover step, for", "Failover step durations (last run)", "Firing drctl alerts", "Reconcile errors"];
+            assert!(!empty || may_be_empty.contains(&title), "dashboard panel {title:?} has no data: {expr}");
+        }
+    }
+
+    // DNS broken: the platform domain answers an address that is neither VIP.
+    pair.pdns.set(&format!("{DOMAIN}."), "A", 30, &["127.0.0.99"]);
+    let took = prom.wait_firing("DrctlDNSNotPointingAtPrimary", "global-a", Duration::from_secs(75), &logs(&ca, &cb)).await;
+    println!("DNS set to 127.0.0.99 (primary VIP {VIP_A}): DrctlDNSNotPointingAtPrimary fired for global-a after {took:?}");
+    assert!(!prom.firing().await.iter().any(|(a, w)| a == "DrctlDNSNotPointingAtPrimary" && w == "global-b"), "only the primary's DNS matters");
+
+    // The standby's mirror stops: the primary's etcd dies.
+    pair.a.etcd.kill();
+    let took = prom.wait_firing("DrctlStandbyNotReplicating", "global-b", Duration::from_secs(75), &logs(&ca, &cb)).await;
+    println!("primary etcd killed: DrctlStandbyNotReplicating fired for global-b after {took:?}");
+    // Its controller cannot renew its Lease without etcd and exits: its target goes down.
+    let took = prom.wait_firing("DrctlControllerDown", &ca.listen.to_string(), Duration::from_secs(75), &logs(&ca, &cb)).await;
+    println!("DrctlControllerDown fired for global-a's controller {} after {took:?}", ca.listen);
+    drop(prom);
+}
