@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::keyspace::{default_namespaces, default_resources, REGISTRY_PREFIX};
 use crate::topology::{
-    DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SecretRef, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
+    DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
     VERSION,
 };
 
@@ -134,10 +134,7 @@ pub struct DocumentReport {
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, SyntaxError> {
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| {
-            let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            SyntaxError { line, column, message: e.to_string() }
-        })?;
+        let value = Value::deserialize(doc).map_err(|e| syntax_error(text, &e))?;
         // `---` followed by nothing is an empty document, not an object to validate.
         if !value.is_null() {
             docs.push(value);
@@ -146,15 +143,74 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, SyntaxError> {
     Ok(docs)
 }
 
-/// Validates every document of a YAML text.
+/// A parser error told so a user can act on it: at a real line (an alias bomb has none from
+/// the parser), a tab named as a tab, a number too large for any integer named as such.
+fn syntax_error(text: &str, e: &serde_norway::Error) -> SyntaxError {
+    if let Err(u) = crate::kyaml::read(text) {
+        return SyntaxError { line: u.line, column: u.column, message: u.message };
+    }
+    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let raw = e.to_string();
+    let message = if let Some((path, _)) = raw.split_once(": JSON number out of range") {
+        format!("{path}: the number is beyond the largest integer Kubernetes stores ({}); use a smaller number", i64::MAX)
+    } else {
+        crate::kyaml::name_the_tab(text, line, &raw)
+    };
+    SyntaxError { line, column, message }
+}
+
+/// Validates every document of a YAML text, read as Kubernetes reads it (`kyaml`).
 pub fn validate_text(text: &str) -> Result<Vec<DocumentReport>, SyntaxError> {
+    let lint = crate::kyaml::read(text).map_err(|u| SyntaxError { line: u.line, column: u.column, message: u.message })?;
     let docs = parse_documents(text)?;
-    Ok(docs.iter().enumerate().map(|(i, v)| validate_value(i + 1, v)).collect())
+    Ok(docs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let mut r = validate_value(i + 1, v);
+            let found = lint.get(i).cloned().unwrap_or_default();
+            r.errors = first_stage_wins(found, std::mem::take(&mut r.errors));
+            r
+        })
+        .collect())
+}
+
+/// One problem per field, the earliest stage's: a YAML trap or duplicate key explains the type
+/// error it causes, a schema limit explains a later "not a valid name".
+fn first_stage_wins(earlier: Vec<FieldError>, later: Vec<FieldError>) -> Vec<FieldError> {
+    let taken: BTreeSet<String> = earlier.iter().map(|e| e.path.clone()).collect();
+    earlier.into_iter().chain(later.into_iter().filter(|e| !taken.contains(&e.path))).collect()
+}
+
+/// The apiserver's rule for `metadata.name` (a DNS subdomain), in its own words.
+fn metadata_name_error(name: &str) -> Option<FieldError> {
+    let subdomain = regex::Regex::new(crate::topology::SUBDOMAIN_PATTERN).is_ok_and(|re| re.is_match(name));
+    let message = if name.len() > OBJECT_NAME_MAX {
+        format!("is {} characters long: must be no more than {OBJECT_NAME_MAX} characters; shorten it", name.len())
+    } else if !subdomain {
+        format!(
+            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com'); rename it, e.g. {:?}",
+            suggest_name(name)
+        )
+    } else {
+        return None;
+    };
+    Some(FieldError::new("metadata.name", message))
+}
+
+/// The most an object's name may hold (the apiserver's DNS subdomain limit).
+pub const OBJECT_NAME_MAX: usize = 253;
+
+fn suggest_name(name: &str) -> String {
+    let s: String = name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    let s = s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if s.is_empty() { "platform".into() } else { s }
 }
 
 /// Validates one document: shape against the CRD schema, types, then semantics.
 pub fn validate_value(index: usize, value: &Value) -> DocumentReport {
-    let name = value.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string);
+    let raw_name = value.pointer("/metadata/name");
+    let name = raw_name.and_then(Value::as_str).map(str::to_string);
     let mut errors = Vec::new();
     let want_api_version = format!("{GROUP}/{VERSION}");
     match value.get("apiVersion").and_then(Value::as_str) {
@@ -168,22 +224,28 @@ pub fn validate_value(index: usize, value: &Value) -> DocumentReport {
         Some(KIND) => {}
         other => errors.push(FieldError::new("kind", format!("is {}; set it to {KIND}", describe(other)))),
     }
-    if name.is_none() {
-        errors.push(FieldError::new("metadata.name", "is missing; name the object, e.g. `platform`"));
+    match (raw_name, &name) {
+        (_, Some(n)) => errors.extend(metadata_name_error(n)),
+        (None | Some(Value::Null), None) => errors.push(FieldError::new("metadata.name", "is missing; name the object, e.g. `platform`")),
+        (Some(other), None) => errors.push(FieldError::new("metadata.name", format!("is {other}, not a string; quote it, e.g. \"{other}\""))),
     }
     if !errors.is_empty() {
         return DocumentReport { index, name, errors, topology: None };
     }
 
-    let schema = crd_schema();
-    unknown_fields(value, &schema, "", &mut errors);
-
-    let topology = match serde_path_to_error::deserialize::<_, DRTopology>(value) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            errors.push(type_error(&e.path().to_string(), &e.inner().to_string()));
-            None
+    crate::schema_check::check(value, &crd_schema(), "", &mut errors);
+    // The typed reading is only tried on a document the schema admits, so serde's first error
+    // never hides the schema's complete list.
+    let topology = if errors.is_empty() {
+        match serde_path_to_error::deserialize::<_, DRTopology>(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                errors.push(type_error(&e.path().to_string(), &e.inner().to_string()));
+                None
+            }
         }
+    } else {
+        None
     };
     if let Some(t) = &topology {
         errors.extend(validate_spec(&t.spec));
@@ -220,56 +282,11 @@ fn crd_schema() -> Value {
     schema.unwrap_or(Value::Null)
 }
 
-/// Reports fields the CRD does not know. The apiserver silently prunes them, so a typo like
-/// `powerDns` would otherwise vanish and change behaviour without a word.
-fn unknown_fields(value: &Value, schema: &Value, path: &str, errors: &mut Vec<FieldError>) {
-    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
-        return;
-    }
-    match value {
-        Value::Object(map) => {
-            let Some(props) = schema.get("properties").and_then(Value::as_object) else { return };
-            for (k, v) in map {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                match props.get(k) {
-                    Some(s) => unknown_fields(v, s, &child, errors),
-                    // Checked above (apiVersion, kind) or by the apiserver (metadata).
-                    None if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
-                    None => {
-                        let known: Vec<&str> = props.keys().map(String::as_str).collect();
-                        errors.push(FieldError::new(
-                            child,
-                            format!("unknown field; known fields here: {}", known.join(", ")),
-                        ));
-                    }
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(item_schema) = schema.get("items") {
-                for (i, v) in items.iter().enumerate() {
-                    unknown_fields(v, item_schema, &format!("{path}[{i}]"), errors);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Semantic checks on a typed spec: every CEL rule of the CRD, with richer messages, plus more.
 pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let names: Vec<&str> = spec.clusters.iter().map(|c| c.name.as_str()).collect();
 
-    if spec.clusters.len() != 2 {
-        errs.push(FieldError::new(
-            "spec.clusters",
-            format!(
-                "lists {} cluster(s); a DR topology has exactly two: the primary and the standby",
-                spec.clusters.len()
-            ),
-        ));
-    }
     let mut seen_names = BTreeSet::new();
     let mut seen_vips = BTreeSet::new();
     for (i, c) in spec.clusters.iter().enumerate() {
@@ -310,14 +327,6 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
         for (j, e) in c.etcd.endpoints.iter().enumerate() {
             check_url(e, &format!("{p}.etcd.endpoints[{j}]"), "https://10.0.0.1:2379", &mut errs);
         }
-        check_secret_ref(c.kubeconfig_secret_ref.as_ref(), &format!("{p}.kubeconfigSecretRef"), &mut errs);
-        check_secret_ref(c.etcd.tls_secret_ref.as_ref(), &format!("{p}.etcd.tlsSecretRef"), &mut errs);
-        if c.encryption_config_path.is_empty() || !c.encryption_config_path.starts_with('/') {
-            errs.push(FieldError::new(
-                format!("{p}.encryptionConfigPath"),
-                format!("{:?} is not an absolute path; the default is /etc/kubernetes/encryption-provider.conf", c.encryption_config_path),
-            ));
-        }
     }
     if !names.contains(&spec.primary.as_str()) {
         errs.push(FieldError::new(
@@ -330,12 +339,6 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
         errs.push(FieldError::new(
             "spec.platform.domain",
             format!("{:?} is not a lower-case fully qualified domain name; write e.g. platform.example.com", spec.platform.domain),
-        ));
-    }
-    if spec.platform.ttl == 0 || spec.platform.ttl > 86400 {
-        errs.push(FieldError::new(
-            "spec.platform.ttl",
-            format!("{} is out of range; use 1..86400 seconds (a short TTL, e.g. 30, makes failover visible sooner)", spec.platform.ttl),
         ));
     }
 
@@ -366,9 +369,6 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
         if !restart_names.insert(r.name.as_str()) {
             errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used by another restart; names must be unique", r.name)));
         }
-        if !is_dns_label(&r.namespace) {
-            errs.push(FieldError::new(format!("{p}.namespace"), format!("{:?} is not a valid namespace name", r.namespace)));
-        }
         if r.label_selector.trim().is_empty() {
             errs.push(FieldError::new(format!("{p}.labelSelector"), "is empty; an empty selector would restart everything in the namespace. Write e.g. app=vmselect"));
         }
@@ -391,13 +391,6 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
 
     let mut wl_names = BTreeSet::new();
     for (i, w) in spec.workload_clusters.iter().enumerate() {
-        if !is_dns_label(&w.name) {
-            errs.push(FieldError::new(
-                format!("spec.workloadClusters[{i}].name"),
-                format!("{:?} is not an RFC 1123 label; use lower-case letters, digits and '-'", w.name),
-            ));
-        }
-        check_secret_ref(Some(&w.kubeconfig_secret_ref), &format!("spec.workloadClusters[{i}].kubeconfigSecretRef"), &mut errs);
         if !wl_names.insert(w.name.as_str()) {
             errs.push(FieldError::new(
                 format!("spec.workloadClusters[{i}].name"),
@@ -429,37 +422,17 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
         ));
     }
     if let Some(r) = &d.rfc2136 {
-        if !is_domain(r.zone.trim_end_matches('.')) {
-            errs.push(FieldError::new("spec.dns.rfc2136.zone", format!("{:?} is not a domain name", r.zone)));
-        } else if !in_zone(&spec.platform.domain, &r.zone) {
-            errs.push(FieldError::new(
-                "spec.dns.rfc2136.zone",
-                format!("{:?} does not contain spec.platform.domain {:?}; use the zone the record lives in", r.zone, spec.platform.domain),
-            ));
-        }
+        errs.extend(zone_error(&r.zone, &spec.platform.domain, "spec.dns.rfc2136.zone"));
         if r.server.trim().is_empty() {
             errs.push(FieldError::new("spec.dns.rfc2136.server", "is empty; give the primary name server as host or host:port"));
         }
-        check_secret_ref(Some(&r.tsig_secret_ref), "spec.dns.rfc2136.tsigSecretRef", errs);
     }
     if let Some(p) = &d.powerdns {
         check_url(&p.api_url, "spec.dns.powerdns.apiUrl", "http://pdns.example.com:8081", errs);
-        if !in_zone(&spec.platform.domain, &p.zone) {
-            errs.push(FieldError::new(
-                "spec.dns.powerdns.zone",
-                format!("{:?} does not contain spec.platform.domain {:?}; use the zone the record lives in", p.zone, spec.platform.domain),
-            ));
-        }
-        check_secret_ref(Some(&p.api_key_secret_ref), "spec.dns.powerdns.apiKeySecretRef", errs);
-    }
-    if let Some(x) = &d.external_dns {
-        if !is_dns_label(&x.namespace) {
-            errs.push(FieldError::new("spec.dns.externalDns.namespace", format!("{:?} is not a valid namespace name", x.namespace)));
-        }
+        errs.extend(zone_error(&p.zone, &spec.platform.domain, "spec.dns.powerdns.zone"));
     }
     if let Some(w) = &d.webhook {
         check_url(&w.url, "spec.dns.webhook.url", "https://dns-switch.example.com/hook", errs);
-        check_secret_ref(Some(&w.hmac_secret_ref), "spec.dns.webhook.hmacSecretRef", errs);
     }
     for (i, r) in d.verify.resolvers.iter().enumerate() {
         if parse_resolver(r).is_none() {
@@ -474,6 +447,29 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
     }
 }
 
+/// A DNS provider's zone: a domain that holds the platform record (the root zone holds it
+/// too, but no one delegates updates of `.` to a cluster).
+fn zone_error(zone: &str, domain: &str, path: &str) -> Option<FieldError> {
+    let message = if zone.trim_end_matches('.').is_empty() {
+        format!("{zone:?} is the root zone; use the zone the record of {domain} lives in, e.g. {}", parent_zone(domain))
+    } else if !is_domain(zone) {
+        format!("{zone:?} is not a domain name; use the zone the record of {domain} lives in, e.g. {}", parent_zone(domain))
+    } else if !in_zone(domain, zone) {
+        format!("{zone:?} does not contain spec.platform.domain {domain:?}; use the zone the record lives in, e.g. {}", parent_zone(domain))
+    } else {
+        return None;
+    };
+    Some(FieldError::new(path, message))
+}
+
+fn parent_zone(domain: &str) -> String {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    match d.split_once('.') {
+        Some((_, rest)) => format!("{rest}."),
+        None => "example.com.".into(),
+    }
+}
+
 fn check_hooks(hooks: &[Hook], path: &str, errs: &mut Vec<FieldError>) {
     let mut names = BTreeSet::new();
     for (i, h) in hooks.iter().enumerate() {
@@ -482,28 +478,10 @@ fn check_hooks(hooks: &[Hook], path: &str, errs: &mut Vec<FieldError>) {
             errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used twice; hook names must be unique", h.name)));
         }
         match (&h.job, &h.webhook) {
-            (Some(j), None) => {
-                if !is_dns_label(&j.namespace) {
-                    errs.push(FieldError::new(format!("{p}.job.namespace"), format!("{:?} is not a valid namespace name", j.namespace)));
-                }
-            }
-            (None, Some(w)) => {
-                check_url(&w.url, &format!("{p}.webhook.url"), "https://hooks.example.com/vip", errs);
-                check_secret_ref(w.hmac_secret_ref.as_ref(), &format!("{p}.webhook.hmacSecretRef"), errs);
-            }
+            (Some(_), None) => {}
+            (None, Some(w)) => check_url(&w.url, &format!("{p}.webhook.url"), "https://hooks.example.com/vip", errs),
             _ => errs.push(FieldError::new(p, "sets both or neither of job and webhook; set exactly one")),
         }
-    }
-}
-
-/// A reference the controller could never resolve fails at first use, mid-failover; say so now.
-fn check_secret_ref(r: Option<&SecretRef>, path: &str, errs: &mut Vec<FieldError>) {
-    let Some(r) = r else { return };
-    if !is_dns_label(&r.namespace) {
-        errs.push(FieldError::new(format!("{path}.namespace"), format!("{:?} is not a valid namespace name (RFC 1123 label)", r.namespace)));
-    }
-    if r.name.is_empty() || r.name.len() > 253 || !r.name.split('.').all(is_dns_label) {
-        errs.push(FieldError::new(format!("{path}.name"), format!("{:?} is not a valid Secret name (RFC 1123 subdomain)", r.name)));
     }
 }
 
@@ -515,40 +493,49 @@ fn check_url(s: &str, path: &str, example: &str, errs: &mut Vec<FieldError>) {
 }
 
 fn check_duration(s: &str, path: &str, errs: &mut Vec<FieldError>) {
-    if parse_duration(s).is_none() {
-        errs.push(FieldError::new(path, format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h30m")));
+    match parse_go_duration(s) {
+        Ok(_) => {}
+        Err(DurationError::Malformed) => errs.push(FieldError::new(path, format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h30m"))),
+        Err(DurationError::Overflow) => errs.push(FieldError::new(
+            path,
+            format!("{s} is longer than the largest duration Kubernetes evaluates ({}h, about 292 years); use e.g. 5m", i64::MAX / 3_600_000_000_000),
+        )),
     }
+}
+
+/// Why a duration does not parse: not the CRD's syntax, or longer than a Go `time.Duration`
+/// (int64 nanoseconds), which the CRD's CEL `duration()` refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationError {
+    Malformed,
+    Overflow,
 }
 
 /// Parses the Go-duration subset the CRD accepts (`DURATION_PATTERN`).
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s;
+    parse_go_duration(s).ok()
+}
+
+/// [`parse_duration`] telling why not; the limits are Go's, so validate and CEL agree.
+pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
+    const UNITS: [(&str, u64); 4] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)];
+    let max = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
+    let (mut total, mut rest) = (0u64, s);
     if rest.is_empty() {
-        return None;
+        return Err(DurationError::Malformed);
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or(DurationError::Malformed)?;
         if digits == 0 {
-            return None;
+            return Err(DurationError::Malformed);
         }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(1), 2)
-        } else if rest.starts_with('s') {
-            (Duration::from_secs(1), 1)
-        } else if rest.starts_with('m') {
-            (Duration::from_secs(60), 1)
-        } else if rest.starts_with('h') {
-            (Duration::from_secs(3600), 1)
-        } else {
-            return None;
-        };
-        total = total.checked_add(unit.checked_mul(u32::try_from(n).ok()?)?)?;
-        rest = &rest[len..];
+        let (number, tail) = rest.split_at(digits);
+        let &(unit, nanos) = UNITS.iter().find(|(u, _)| tail.starts_with(u)).ok_or(DurationError::Malformed)?;
+        let n: u64 = number.parse().map_err(|_| DurationError::Overflow)?;
+        total = n.checked_mul(nanos).and_then(|x| x.checked_add(total)).filter(|t| *t <= max).ok_or(DurationError::Overflow)?;
+        rest = &tail[unit.len()..];
     }
-    Some(total)
+    Ok(Duration::from_nanos(total))
 }
 
 /// `ip` or `ip:port` (IPv6 with port in brackets) → socket address, port 53 by default.
@@ -661,14 +648,52 @@ mod tests {
         let t = minimal().replace("ttl: 30", "ttl: soon");
         let e = errors_of(&t);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("spec.platform.ttl: invalid type"), "{e:?}");
+        assert!(e[0].starts_with("spec.platform.ttl: is a string (\"soon\")"), "{e:?}");
+    }
+
+    #[test]
+    fn every_type_error_is_reported_not_just_the_first() {
+        let t = minimal().replace("ttl: 30", "ttl: soon").replace("primary: global-a", "primary: [global-a]");
+        let e = errors_of(&t);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("spec.platform.ttl: is a string"), "{e:?}");
+        assert!(e[1].starts_with("spec.primary: is a list"), "{e:?}");
+    }
+
+    #[test]
+    fn yaml_is_read_as_kubectl_reads_it() {
+        let dup = minimal().replace("primary: global-a\n", "primary: global-a\n  primary: global-b\n");
+        let e = errors_of(&dup);
+        assert!(e.len() == 1 && e[0].starts_with("spec.primary: line ") && e[0].contains("is also set on line"), "{e:?}");
+        let trap = minimal().replace("name: global-b", "name: off");
+        let e = errors_of(&trap);
+        assert!(e.len() == 1 && e[0].starts_with("spec.clusters[1].name: line ") && e[0].contains("unquoted off is the boolean false"), "{e:?}");
+    }
+
+    #[test]
+    fn metadata_name_is_a_dns_subdomain() {
+        let cases = [("platform", true), ("dr.platform-1", true), ("Bad_Name", false), ("-x", false), (&*"a".repeat(254), false), (&*"a".repeat(253), true)];
+        for (name, ok) in cases {
+            assert_eq!(metadata_name_error(name).is_none(), ok, "{name}");
+        }
+        assert!(metadata_name_error("Bad_Name").expect("bad").message.ends_with("rename it, e.g. \"bad-name\""));
+    }
+
+    #[test]
+    fn zone_problems_say_which() {
+        let z = |zone: &str| zone_error(zone, "platform.example.com", "z").map(|e| e.message);
+        assert_eq!(z("example.com."), None);
+        assert_eq!(z("platform.example.com"), None);
+        assert!(z(".").expect("root").starts_with("\".\" is the root zone"));
+        assert!(z("example.org.").expect("other").contains("does not contain"));
+        assert!(z("-bad-").expect("bad").contains("is not a domain name"));
     }
 
     #[test]
     fn unknown_fields_are_reported_not_dropped() {
         let t = minimal().replace("  dns:\n", "  dns:\n    powerDns: {}\n");
         let e = errors_of(&t);
-        assert!(e.iter().any(|m| m.starts_with("spec.dns.powerDns: unknown field; known fields here:")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("spec.dns.powerDns: unknown field (the apiserver would drop it without a word); known fields here:")), "{e:?}");
     }
 
     #[test]
@@ -677,8 +702,8 @@ mod tests {
         assert_eq!(
             errors_of(&t),
             vec![
-                r#"spec.dns.powerdns.apiKeySecretRef.namespace: "drctl system" is not a valid namespace name (RFC 1123 label)"#,
-                r#"spec.dns.powerdns.apiKeySecretRef.name: "Pdns_Api" is not a valid Secret name (RFC 1123 subdomain)"#,
+                r#"spec.dns.powerdns.apiKeySecretRef.name: "Pdns_Api" is not an RFC 1123 subdomain: lower-case labels of letters, digits and '-', joined by '.'"#,
+                r#"spec.dns.powerdns.apiKeySecretRef.namespace: "drctl system" is not an RFC 1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"#,
             ]
         );
     }
@@ -702,6 +727,11 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("m5"), None);
         assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5000000000s"), Some(Duration::from_secs(5_000_000_000)), "Go takes it: 158 years");
+        assert_eq!(parse_go_duration("2562047h"), Ok(Duration::from_secs(2_562_047 * 3600)));
+        assert_eq!(parse_go_duration("2562048h"), Err(DurationError::Overflow), "past int64 nanoseconds");
+        assert_eq!(parse_go_duration("99999999999999999999s"), Err(DurationError::Overflow));
+        assert_eq!(parse_go_duration("5x"), Err(DurationError::Malformed));
     }
 
     #[test]
