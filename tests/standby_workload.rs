@@ -37,24 +37,6 @@ const FAILOVER: Duration = Duration::from_secs(120);
 /// The new standby must be 0/0/0 this soon after a flip completes.
 const NEW_STANDBY_WITHIN: Duration = Duration::from_secs(60);
 
-const CRD: &str = r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: widgets.example.com}
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#;
 
 /// Tolerates kwok's fake nodes' taint-free defaults; images are never pulled (kwok runs nothing).
 fn workloads(ns: &str) -> String {
@@ -327,7 +309,7 @@ async fn a_live_workload_with_the_standbys_control_plane_running() {
     let t0 = Instant::now();
     let mut pair = Pair::start_full().await;
     let a = pair.a.client().await;
-    let (ok, out) = pair.a.api.apply_stdin(CRD);
+    let (ok, out) = pair.a.api.apply_stdin(drctl::lab::up::WIDGET_CRD);
     assert!(ok, "{out}");
     pair.a.api.wait_crd("widgets.example.com");
     for ns in NAMESPACES {

@@ -265,6 +265,7 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
 
 fn seed(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     procs::kubectl_apply(c.kubectl(state), WORKLOADS)?;
+    procs::kubectl_apply(c.kubectl(state), WIDGET_CRD)?;
     c.api.wait_crd_established(&state.bins.kube, "widgets.example.com")?;
     procs::kubectl_apply(c.kubectl(state), WIDGETS)?;
     Ok(())
@@ -443,6 +444,22 @@ spec:
       containers: [{name: transformer, image: busybox}]
 ";
 
+/// The custom resource the lab and the tests replicate (any object, no schema of its own).
+pub const WIDGET_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets, singular: widget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+
 const WORKLOADS: &str = "apiVersion: v1
 kind: Namespace
 metadata: {name: team-a}
@@ -460,20 +477,6 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: settings, namespace: team-b}
 data: {owner: team-b, tier: silver}
----
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: widgets.example.com}
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {kind: Widget, plural: widgets, singular: widget}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 ";
 
 const WIDGETS: &str = "apiVersion: example.com/v1
