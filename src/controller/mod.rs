@@ -336,13 +336,15 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             Ok(Next::Continue)
         }
         Action::StayPrimary | Action::HoldPrimary { .. } => {
+            // Holding for a peer that abandoned: step down soon after it retries (its Demote waits).
+            let requeue = if matches!(action, Action::HoldPrimary { .. }) { WAIT_REQUEUE } else { Duration::from_secs(30) };
             sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
             w.status.phase = Some(Phase::Steady);
             set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
             let (here, why) = dns_points_here(topo, ctx.self_name()).await;
             let ok = here == Some(true);
             set_condition(&mut w.status, "DNSCorrect", ok, if ok { "PointsHere" } else { "Wrong" }, &why, generation);
-            Ok(Next::Requeue(Duration::from_secs(30)))
+            Ok(Next::Requeue(requeue))
         }
         Action::DryRun { would } => {
             let plan = match *would {
