@@ -85,7 +85,7 @@ impl Step {
         match self {
             Step::Preflight => "check the spec, reach the old primary, compare encryption-config fingerprints",
             Step::Demote => "ask the old primary to step down and wait for its acknowledgement and final revision",
-            Step::FinalSync => "catch up to the old primary's final revision, run the consistency check, record the RPO token",
+            Step::FinalSync => "catch up to the old primary's final revision, run the consistency check, record the RPO token; after finalSyncTimeout, abandon or proceed by finalSyncPolicy",
             Step::StopSync => "stop replicating from the old primary",
             Step::PreHooks => "run spec.failover.preHooks (e.g. remove the 2379 forwarding from the VIPs)",
             Step::SwitchDns => "point the platform domain at this cluster's VIP",
