@@ -678,6 +678,22 @@ mod tests {
     }
 
     #[test]
+    fn degraded_says_an_abandoned_failover_holds_and_clears_once_it_does_not() {
+        let degraded = |s: &crate::topology::DRTopologyStatus| s.conditions.iter().find(|c| c.type_ == "Degraded").map(|c| (c.status.clone(), c.reason.clone()));
+        let hold = Action::HoldPrimary { why: "b abandoned".into() };
+        let reclaim = Action::ReclaimPrimary { proof: "terms".into() };
+        let mut st = crate::topology::DRTopologyStatus::default();
+        abandon_condition(&mut st, &Action::StayPrimary, None);
+        assert_eq!(degraded(&st), None, "never added while nothing was abandoned");
+        abandon_condition(&mut st, &hold, None);
+        assert_eq!(degraded(&st), Some(("True".into(), "FailoverAbandoned".into())), "a hold sets it");
+        abandon_condition(&mut st, &reclaim, None);
+        assert_eq!(degraded(&st), Some(("True".into(), "FailoverAbandoned".into())), "a reclaim is the step into a hold: left as it is");
+        abandon_condition(&mut st, &Action::AcknowledgeDemotion { new_primary: "b".into() }, None);
+        assert_eq!(degraded(&st), Some(("False".into(), "Resolved".into())), "the peer retried: cleared");
+    }
+
+    #[test]
     fn event_notes_are_cut_to_the_limit_on_a_character_boundary() {
         assert_eq!(event_note("short".into()), "short");
         let exact = "x".repeat(EVENT_NOTE_LIMIT);
