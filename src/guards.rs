@@ -35,6 +35,13 @@ pub const DEMOTION_TIMEOUT_FLOOR: Floor = Floor {
     min: "10s",
     why: "shorter makes a blip of the old primary a disaster failover that loses its last writes (default 2m)",
 };
+/// `finalSyncTimeout`: FinalSync catches up, checks the whole keyspace and repairs; with less,
+/// a failover that would pass is abandoned (or proceeds losing keys) on one slow check.
+pub const FINAL_SYNC_TIMEOUT_FLOOR: Floor = Floor {
+    field: "spec.failover.finalSyncTimeout",
+    min: "10s",
+    why: "FinalSync must catch up and check the whole keyspace at least once (default 2m)",
+};
 /// `dns.verify.timeout`: one lookup waits 2s; less than two lookups fails on one lost packet.
 pub const VERIFY_TIMEOUT_FLOOR: Floor =
     Floor { field: "spec.dns.verify.timeout", min: "5s", why: "one DNS lookup may take 2s; the default is 5m" };
@@ -161,6 +168,7 @@ pub fn check(spec: &DRTopologySpec) -> Vec<FieldError> {
         floor(t, &VERIFY_TIMEOUT_FLOOR, &mut errs);
     }
     floor(&spec.failover.demotion_timeout, &DEMOTION_TIMEOUT_FLOOR, &mut errs);
+    floor(&spec.failover.final_sync_timeout, &FINAL_SYNC_TIMEOUT_FLOOR, &mut errs);
     errs
 }
 
@@ -213,17 +221,20 @@ mod tests {
         s.sync.check_interval = "500ms".into();
         s.failover.demotion_timeout = "0s".into();
         s.dns.verify.timeout = Some("1s".into());
+        s.failover.final_sync_timeout = "9s".into();
         assert_eq!(
             messages(&s),
             vec![
                 "spec.sync.checkInterval: 500ms is below the minimum of 1s; each check reads the whole replicated keyspace; use minutes in production (default 5m)",
                 "spec.dns.verify.timeout: 1s is below the minimum of 5s; one DNS lookup may take 2s; the default is 5m",
                 "spec.failover.demotionTimeout: 0s is below the minimum of 10s; shorter makes a blip of the old primary a disaster failover that loses its last writes (default 2m)",
+                "spec.failover.finalSyncTimeout: 9s is below the minimum of 10s; FinalSync must catch up and check the whole keyspace at least once (default 2m)",
             ]
         );
         s.sync.check_interval = "1s".into();
         s.failover.demotion_timeout = "10s".into();
         s.dns.verify.timeout = Some("5s".into());
+        s.failover.final_sync_timeout = "10s".into();
         assert_eq!(messages(&s), Vec::<String>::new(), "the floors themselves are allowed");
     }
 

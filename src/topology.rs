@@ -541,6 +541,17 @@ pub struct FailoverSpec {
     #[serde(default)]
     #[schemars(length(max = 16))]
     pub post_hooks: Vec<Hook>,
+    /// How long FinalSync may try (catch up, check, repair, again) counted from its first start,
+    /// across retries and controller restarts, before `finalSyncPolicy` ends the failover: the old
+    /// primary has already stepped down, so the pair never waits longer than this without one.
+    #[serde(default = "default_final_sync_timeout")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("finalSyncTimeout must be a duration like 30s, 2m or 1h"))]
+    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::FINAL_SYNC_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::guards::FINAL_SYNC_TIMEOUT_FLOOR.message())))]
+    pub final_sync_timeout: String,
+    /// What ends a FinalSync that did not pass within `finalSyncTimeout`.
+    #[serde(default)]
+    pub final_sync_policy: FinalSyncPolicy,
     /// Plan and report the steps; change nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -554,6 +565,8 @@ impl Default for FailoverSpec {
         Self {
             max_missed_keys: 0,
             demotion_timeout: default_demotion_timeout(),
+            final_sync_timeout: default_final_sync_timeout(),
+            final_sync_policy: FinalSyncPolicy::default(),
             pre_hooks: Vec::new(),
             post_hooks: Vec::new(),
             dry_run: false,
@@ -564,6 +577,25 @@ impl Default for FailoverSpec {
 
 fn default_demotion_timeout() -> String {
     "2m".into()
+}
+
+fn default_final_sync_timeout() -> String {
+    "2m".into()
+}
+
+/// How a failover ends whose FinalSync did not pass within `finalSyncTimeout` (README "Safety
+/// rules").
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum FinalSyncPolicy {
+    /// Give the primary role back: the new primary abandons its failover (before StopSync, so it
+    /// never served), writes a demotion token for the old one, which reclaims; no data is lost.
+    /// It is retried only when the spec changes or `drctl.io/retry-failover` is set to a new value.
+    #[default]
+    Abandon,
+    /// Go on without the keys still missing here: they are lost (counted in the RPO token and an
+    /// Event `FinalSyncProceeded`).
+    Proceed,
 }
 
 /// A runbook hook: a Job from a template, or a webhook call. Exactly one is set.
@@ -728,6 +760,10 @@ pub struct FailoverStatus {
     /// Why the failover ended early (e.g. superseded by a flip back); absent when it ran through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+    /// Set when FinalSync did not pass within `finalSyncTimeout` and `finalSyncPolicy: abandon`
+    /// gave the role back: what it was abandoned under, so it is not retried until that changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<AbandonedUnder>,
     /// The Git commit that flipped `spec.primary`, when the controller can read the repo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
@@ -760,6 +796,16 @@ pub enum StepState {
     Skipped,
 }
 
+/// The spec generation and `drctl.io/retry-failover` annotation a failover was abandoned under.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AbandonedUnder {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+}
+
 /// What a planned switchover promises not to lose: the last source revision applied here.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -769,6 +815,10 @@ pub struct RpoToken {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_revision: Option<i64>,
     pub applied_revision: i64,
+    /// Keys of the old primary missing here at FinalSync's last check: lost when the failover
+    /// went on with them (`maxMissedKeys`, `finalSyncPolicy: proceed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_keys: Option<u64>,
 }
 
 impl DRTopologySpec {

@@ -386,6 +386,7 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
     check_dns(spec, &mut errs);
 
     check_duration(&spec.failover.demotion_timeout, "spec.failover.demotionTimeout", &mut errs);
+    check_duration(&spec.failover.final_sync_timeout, "spec.failover.finalSyncTimeout", &mut errs);
     check_hooks(&spec.failover.pre_hooks, "spec.failover.preHooks", &mut errs);
     check_hooks(&spec.failover.post_hooks, "spec.failover.postHooks", &mut errs);
 

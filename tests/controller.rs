@@ -747,3 +747,178 @@ async fn a_standby_holding_keys_of_its_own_is_degraded_and_names_their_writer() 
     assert!(m.lines().any(|l| l.starts_with("drctl_check_max_keys{") && l.contains("kind=\"surplus\"") && l.ends_with(" 1")), "{m}");
     assert_eq!(metric("drctl_sync_healthy{").as_deref(), Some("1"));
 }
+
+fn condition<'s>(s: &'s DRTopologyStatus, type_: &str) -> Option<&'s k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    s.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// The notes of `g`'s Events with `reason`.
+fn event_notes(g: &Global, reason: &str) -> Vec<String> {
+    let jsonpath = format!("jsonpath={{range .items[?(@.reason==\"{reason}\")]}}{{.note}}{{\"\\n\"}}{{end}}");
+    g.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", &jsonpath]).lines().map(String::from).collect()
+}
+
+/// Samples whether each global is Primary and Steady, every 200ms, until stopped.
+struct PrimaryWatch {
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(Instant, bool, bool)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PrimaryWatch {
+    async fn start(pair: &Pair) -> PrimaryWatch {
+        let apis: Vec<Api<drctl::topology::DRTopology>> = vec![Api::all(pair.a.client().await), Api::all(pair.b.client().await)];
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = samples.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let mut serving = Vec::new();
+                for api in &apis {
+                    let s = api.get_opt(support::pair::TOPOLOGY).await.ok().flatten().and_then(|t| t.status);
+                    serving.push(s.as_ref().is_some_and(is(Role::Primary, Phase::Steady)));
+                }
+                out.lock().expect("samples").push((Instant::now(), serving[0], serving[1]));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        PrimaryWatch { samples, task }
+    }
+
+    /// The longest stretch in which neither global was Primary and Steady, from `since`.
+    fn longest_without_primary(&self, since: Instant) -> Duration {
+        let samples = self.samples.lock().expect("samples");
+        let (mut longest, mut without_since) = (Duration::ZERO, None);
+        for &(at, a, b) in samples.iter().filter(|s| s.0 >= since) {
+            match (a || b, without_since) {
+                (false, None) => without_since = Some(at),
+                (false, Some(from)) => longest = longest.max(at - from),
+                (true, _) => without_since = None,
+            }
+        }
+        longest
+    }
+}
+
+impl Drop for PrimaryWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The wedge of issue 12: the old primary demoted, and FinalSync can never pass (here a key
+/// deleted from the standby's etcd behind the mirror's back, with autoRepair off so nothing
+/// puts it back). With `finalSyncTimeout: 10s` the failover is abandoned, the old primary
+/// reclaims, the new one holds without retrying while the spec is unchanged; the retry
+/// annotation retries (abandoned again, reclaimed again); a spec change (`finalSyncPolicy:
+/// proceed`) retries, and that failover goes on recording the lost key.
+#[tokio::test(flavor = "multi_thread")]
+async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims() {
+    const BOUND: Duration = Duration::from_secs(10);
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    autoRepair: false\n".into();
+    pair.failover_extra = "    finalSyncTimeout: 10s\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    put_configmap(&pair.a, "apps", "precious", "only the mirror may put it back").await;
+    wait_configmap(&pair.b, "apps", "precious", STEADY).await;
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    const KEY: &str = "/registry/configmaps/apps/precious";
+    pair.b.etcd.client().await.delete(KEY, None).await.expect("delete on B");
+
+    let watch = PrimaryWatch::start(&pair).await;
+    let flip = Instant::now();
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B abandoned its failover", FAILOVER, &[&ca, &cb], |s| {
+        s.failover.as_ref().is_some_and(|f| f.abandoned.is_some())
+    })
+    .await;
+    let abandoned_after = flip.elapsed();
+    let bs = b.status.expect("status");
+    let f = bs.failover.clone().expect("failover");
+    let final_sync = f.steps.iter().find(|s| s.name == "FinalSync").expect("FinalSync");
+    assert_eq!(final_sync.state, StepState::Skipped, "{final_sync:?}");
+    for name in ["StopSync", "SwitchDNS", "Done"] {
+        assert_eq!(f.steps.iter().find(|s| s.name == name).map(|s| s.state), Some(StepState::Skipped), "{name}");
+    }
+    let reason = f.aborted.clone().expect("aborted");
+    assert!(reason.contains("finalSyncTimeout (10s)") && reason.contains("1 keys of global-a are missing here"), "{reason}");
+    assert_eq!(bs.demotion.as_ref().map(|d| d.new_primary.as_str()), Some("global-a"), "B's token hands the role back");
+
+    let a = pair.wait(&pair.a, "A reclaimed and holding", STEADY, &[&ca, &cb], |s| {
+        is(Role::Primary, Phase::Steady)(s) && condition(s, "Degraded").is_some()
+    })
+    .await;
+    let a = a.status.expect("status");
+    assert_eq!(a.term, 1, "reclaimed with its own term, no runbook");
+    let degraded = condition(&a, "Degraded").expect("A Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "FailoverAbandoned"), "{degraded:?}");
+    let reclaimed = event_notes(&pair.a, "PrimaryReclaimed");
+    assert!(reclaimed.iter().any(|n| n.contains("global-b abandoned its failover")), "{reclaimed:?}");
+    let abandoned = event_notes(&pair.b, "FailoverAbandoned");
+    assert!(abandoned.iter().any(|n| n.contains("global-a takes its primary role back")), "{abandoned:?}");
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+    put_configmap(&pair.a, "apps", "after-reclaim", "a writes again").await;
+
+    // Same spec: B holds, mirroring from A (A's new writes arrive; the lost key stays missing,
+    // autoRepair is off), and never starts again.
+    let b = pair.wait(&pair.b, "B holds as A's standby", STEADY, &[&ca, &cb], |s| {
+        s.role == Some(Role::Standby) && s.sync.as_ref().is_some_and(|y| y.applied_revision.is_some()) && condition(s, "Degraded").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let bs = b.status.expect("status");
+    let degraded = condition(&bs, "Degraded").expect("B Degraded");
+    assert!(degraded.reason == "FailoverAbandoned" && degraded.message.contains(drctl::failover::RETRY_ANNOTATION), "{degraded:?}");
+    wait_configmap(&pair.b, "apps", "after-reclaim", STEADY).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let b = pair.status(&pair.b).await.and_then(|t| t.status).expect("status");
+    assert_eq!(b.failover.and_then(|f| f.started_at), f.started_at, "B did not start another failover while the spec is unchanged");
+    let without = watch.longest_without_primary(flip);
+    eprintln!("abandoned {abandoned_after:.1?} after the flip; longest without a Primary/Steady global: {without:.1?} (bound {BOUND:?})");
+    assert!(without <= BOUND + Duration::from_secs(10), "no primary for {without:?}, bound {BOUND:?}");
+    assert!(pair.status(&pair.a).await.and_then(|t| t.status).is_some_and(|s| is(Role::Primary, Phase::Steady)(&s)), "A still primary");
+
+    // The documented retry without a spec change: the annotation on the cluster named primary.
+    // FinalSync still cannot pass, so it is abandoned again and A reclaims again.
+    let annotated = Instant::now();
+    pair.b.api.kubectl_ok(&["annotate", "drt", support::pair::TOPOLOGY, &format!("{}=1", drctl::failover::RETRY_ANNOTATION)]);
+    let again = pair.wait(&pair.b, "B retried and abandoned again", FAILOVER, &[&ca, &cb], |s| {
+        s.failover.as_ref().and_then(|f| f.abandoned.as_ref()).is_some_and(|u| u.retry.as_deref() == Some("1"))
+    })
+    .await;
+    let again = again.status.and_then(|s| s.failover).expect("failover");
+    assert_ne!(again.started_at, f.started_at, "the annotation started a new failover");
+    pair.wait(&pair.a, "A reclaimed again", STEADY, &[&ca, &cb], |s| {
+        is(Role::Primary, Phase::Steady)(s) && condition(s, "Degraded").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+    let without = watch.longest_without_primary(annotated);
+    eprintln!("retried by annotation: abandoned again after {:.1?}; longest without a Primary/Steady global: {without:.1?}", annotated.elapsed());
+    assert!(without <= BOUND + Duration::from_secs(10), "no primary for {without:?}, bound {BOUND:?}");
+
+    // A spec change (policy proceed) retries; the key is still missing, and this time it goes on.
+    assert!(pair.b.etcd.client().await.get(KEY, None).await.expect("get on B").kvs().is_empty(), "still lost on B");
+    pair.failover_extra = "    finalSyncTimeout: 10s\n    finalSyncPolicy: proceed\n".into();
+    let retry = Instant::now();
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B primary after proceeding", FAILOVER, &[&ca, &cb], |s| steps_all_finished(s) && is(Role::Primary, Phase::Steady)(s)).await;
+    let bs = b.status.expect("status");
+    let f = bs.failover.expect("failover");
+    assert!(f.abandoned.is_none() && f.aborted.is_none(), "{f:?}");
+    assert_eq!(f.rpo_token.as_ref().and_then(|t| t.missed_keys), Some(1), "the lost key is in the RPO token");
+    let final_sync = f.steps.iter().find(|s| s.name == "FinalSync").expect("FinalSync");
+    assert_eq!(final_sync.state, StepState::Skipped, "{final_sync:?}");
+    let proceeded = event_notes(&pair.b, "FinalSyncProceeded");
+    assert!(proceeded.iter().any(|n| n.contains("1 keys of global-a missing here are lost")), "{proceeded:?}");
+    assert_eq!(dns_answer(&pair), vec![VIP_B], "DNS on the cluster that is primary at the end");
+    let a = pair.wait(&pair.a, "A standby of B", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let degraded = condition(a.status.as_ref().expect("status"), "Degraded").cloned().expect("A Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("False", "Resolved"), "{degraded:?}");
+    eprintln!(
+        "proceeded: B primary {:.1?} after the retry; longest without a Primary/Steady global since: {:.1?}",
+        retry.elapsed(),
+        watch.longest_without_primary(retry)
+    );
+}

@@ -234,7 +234,6 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
             if let Some(wait) = refuse_invalid(&ctx, &api, &topo, w).await? {
                 return Ok(wait);
             }
-            fence_as_declared(&ctx, &topo, &w.status).await;
             let peer_name = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.clone()).unwrap_or_default();
             let (peer, peer_err) = peer::observe(&ctx.client, &topo, &peer_name).await;
             match &peer_err {
@@ -246,24 +245,32 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
                 // (the primary gone) still takes a higher one.
                 w.status.peer_term = w.status.peer_term.max(p.term);
             }
-            // Asked only when a reclaim is possible: a reclaim never happens while DNS is known
-            // to point elsewhere.
-            let dns_here = if failover::may_reclaim(Some(&w.status), ctx.self_name(), &topo.spec.primary) {
-                dns_points_here(&topo, ctx.self_name()).await.0
-            } else {
-                None
-            };
             let status_now = w.status.clone();
-            let action = failover::plan(&Observed {
+            let mut observed = Observed {
                 self_name: ctx.self_name(),
                 spec_primary: &topo.spec.primary,
                 invalid: false,
                 dry_run: topo.spec.failover.dry_run,
                 status: Some(&status_now),
                 peer: peer.clone(),
-                dns_here,
-            });
+                dns_here: None,
+                now: Timestamp::now(),
+                final_sync: failover::runbook::final_sync_bound(&topo),
+                generation: topo.metadata.generation,
+                retry: topo.annotations().get(failover::RETRY_ANNOTATION).map(String::as_str),
+            };
+            // Asked only when a reclaim is possible: a reclaim never happens while DNS is known
+            // to point elsewhere.
+            if failover::asks_dns(&observed) {
+                observed.dns_here = dns_points_here(&topo, ctx.self_name()).await.0;
+            }
+            let action = failover::plan(&observed);
             tracing::debug!(?action, "planned");
+            // After the plan: a primary holding the role for a peer that abandoned its failover
+            // is not fenced, though spec.primary names the peer. Still before any action, so an
+            // old primary is fenced before it writes its demotion token.
+            fence_as_declared(&ctx, &topo, &w.status, &action).await;
+            abandon_condition(&mut w.status, &action, topo.metadata.generation);
             ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec, ctx.args.restart_ready_timeout));
             match act(&ctx, &topo, w, action, &peer, &peer_name).await? {
                 Next::Continue => continue,
@@ -329,14 +336,16 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             ctx.event(topo, EventType::Normal, "BecamePrimary", "Bootstrap", format!("{} is the primary, term {term}", ctx.self_name())).await;
             Ok(Next::Continue)
         }
-        Action::StayPrimary => {
+        Action::StayPrimary | Action::HoldPrimary { .. } => {
+            // Holding for a peer that abandoned: step down soon after it retries (its Demote waits).
+            let requeue = if matches!(action, Action::HoldPrimary { .. }) { WAIT_REQUEUE } else { Duration::from_secs(30) };
             sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
             w.status.phase = Some(Phase::Steady);
             set_condition(&mut w.status, "Ready", true, "Steady", "primary", generation);
             let (here, why) = dns_points_here(topo, ctx.self_name()).await;
             let ok = here == Some(true);
             set_condition(&mut w.status, "DNSCorrect", ok, if ok { "PointsHere" } else { "Wrong" }, &why, generation);
-            Ok(Next::Requeue(Duration::from_secs(30)))
+            Ok(Next::Requeue(requeue))
         }
         Action::DryRun { would } => {
             let plan = match *would {
@@ -370,9 +379,38 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
         }
         Action::RunStep(step) => {
             let mut rb = Runbook { ctx, topo, peer_name, status: w };
-            rb.run(step).await?;
+            match rb.run(step).await {
+                // FinalSync's last attempt ran into its bound: plan now, so the policy applies
+                // on time rather than after the error requeue.
+                Err(_) if step == Step::FinalSync && final_sync_used(&w.status, topo) => Ok(Next::Continue),
+                r => r.map(|()| Next::Continue),
+            }
+        }
+        Action::AbandonFailover { reason } => {
+            if let Some(f) = w.status.failover.as_mut() {
+                failover::runbook::skip_remaining(f, &reason);
+                f.aborted = Some(reason.clone());
+                f.abandoned = Some(crate::topology::AbandonedUnder {
+                    generation,
+                    retry: topo.annotations().get(failover::RETRY_ANNOTATION).cloned(),
+                });
+            }
+            ctx.event(topo, EventType::Warning, "FailoverAbandoned", "Failover", reason).await;
+            // Hands the role back: the old primary reclaims on this token. Never primary here
+            // (FinalSync comes before StopSync), so nothing to restart on demotion.
+            acknowledge(ctx, topo, w, peer_name, false).await?;
             Ok(Next::Continue)
         }
+        Action::ProceedWithoutFinalSync { missed, reason } => {
+            if let Some(f) = w.status.failover.as_mut() {
+                failover::runbook::proceed_without_final_sync(f, missed, &reason);
+            }
+            w.write().await?;
+            warn!(%reason, "FinalSync bound reached; proceeding");
+            ctx.event(topo, EventType::Warning, "FinalSyncProceeded", Step::FinalSync.name(), reason).await;
+            Ok(Next::Continue)
+        }
+        Action::HoldAbandoned { why, mirror: false } => wait_for_primary(ctx, topo, w, &why).await,
         Action::AbortFailover { reason } => {
             if let Some(f) = w.status.failover.as_mut() {
                 failover::runbook::skip_remaining(f, &reason);
@@ -380,11 +418,11 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             }
             ctx.event(topo, EventType::Warning, "FailoverAborted", "Failover", reason).await;
             // Abandoning is stepping down: the new declared primary waits for this token.
-            acknowledge(ctx, topo, w).await?;
+            acknowledge(ctx, topo, w, &topo.spec.primary, true).await?;
             Ok(Next::Continue)
         }
-        Action::AcknowledgeDemotion { .. } => {
-            acknowledge(ctx, topo, w).await?;
+        Action::AcknowledgeDemotion { new_primary } => {
+            acknowledge(ctx, topo, w, &new_primary, true).await?;
             Ok(Next::Continue)
         }
         Action::ReclaimPrimary { proof } => {
@@ -404,22 +442,45 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
             set_condition(&mut w.status, "Ready", false, "WaitingForPeer", &why, generation);
             Ok(Next::Requeue(WAIT_REQUEUE))
         }
-        Action::WaitForPrimary { why } => {
-            sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
-            if w.status.role.is_none() {
-                w.status.role = Some(Role::Standby);
-            }
-            if w.status.phase != Some(Phase::Demoting) {
-                w.status.phase = Some(Phase::Syncing);
-            }
-            set_condition(&mut w.status, "SyncHealthy", false, "WaitingForPrimary", &why, generation);
-            set_condition(&mut w.status, "Ready", false, "WaitingForPrimary", &why, generation);
-            Ok(Next::Requeue(WAIT_REQUEUE))
-        }
-        Action::Mirror => {
+        Action::WaitForPrimary { why } => wait_for_primary(ctx, topo, w, &why).await,
+        Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
             w.status.role = Some(Role::Standby);
             sync::standby(ctx, topo, w).await?;
             Ok(Next::Requeue(STEADY_REQUEUE))
+        }
+    }
+}
+
+async fn wait_for_primary(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, why: &str) -> Result<Next, Error> {
+    let generation = topo.metadata.generation;
+    sync::stop_replication(ctx, topo).await.map_err(|e| Error::Other(e.to_string()))?;
+    if w.status.role.is_none() {
+        w.status.role = Some(Role::Standby);
+    }
+    if w.status.phase != Some(Phase::Demoting) {
+        w.status.phase = Some(Phase::Syncing);
+    }
+    set_condition(&mut w.status, "SyncHealthy", false, "WaitingForPrimary", why, generation);
+    set_condition(&mut w.status, "Ready", false, "WaitingForPrimary", why, generation);
+    Ok(Next::Requeue(WAIT_REQUEUE))
+}
+
+/// This cluster's failover in progress has used FinalSync's whole bound.
+fn final_sync_used(status: &crate::topology::DRTopologyStatus, topo: &DRTopology) -> bool {
+    let bound = failover::runbook::final_sync_bound(topo).timeout;
+    status.failover.as_ref().and_then(|f| failover::final_sync_left(f, Timestamp::now(), bound)) == Some(Duration::ZERO)
+}
+
+/// `Degraded` says the pair holds after an abandoned failover (why, and how to retry); it is
+/// cleared once the hold ends. A reclaim is the step between abandoning and holding.
+fn abandon_condition(status: &mut crate::topology::DRTopologyStatus, action: &Action, generation: Option<i64>) {
+    match action.abandoned_hold() {
+        Some(why) => set_condition(status, "Degraded", true, "FailoverAbandoned", why, generation),
+        None if matches!(action, Action::ReclaimPrimary { .. }) => {}
+        None => {
+            if status.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True") {
+                set_condition(status, "Degraded", false, "Resolved", "no abandoned failover holds the pair", generation);
+            }
         }
     }
 }
@@ -450,9 +511,11 @@ async fn dns_points_here(topo: &DRTopology, self_name: &str) -> (Option<bool>, S
 }
 
 /// Writes the demotion token: this cluster stops acting as primary and tells the new primary
-/// its final etcd revision, so a planned switchover can catch up to exactly that point.
-async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> Result<(), Error> {
-    let new_primary = topo.spec.primary.clone();
+/// its final etcd revision, so a planned switchover can catch up to exactly that point. A
+/// cluster that never `served` (an abandoned failover) keeps its mirror's status and has no
+/// `when: demotion` restarts to run.
+async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, new_primary: &str, served: bool) -> Result<(), Error> {
+    let new_primary = new_primary.to_string();
     let (final_revision, cluster_id) = match sync::own_revision(ctx, topo).await {
         Ok((rev, id)) => (Some(rev), Some(id)),
         Err(e) => {
@@ -462,13 +525,15 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> 
     };
     w.status.role = Some(Role::Standby);
     w.status.phase = Some(Phase::Demoting);
-    w.status.sync = None;
+    if served {
+        w.status.sync = None;
+    }
     w.status.demotion = Some(crate::topology::DemotionStatus {
         new_primary: new_primary.clone(),
         final_revision,
         cluster_id,
         acknowledged_at: Some(Timestamp::now().to_string()),
-        restarts_done: false,
+        restarts_done: !served,
     });
     set_condition(&mut w.status, "Ready", false, "Demoting", &format!("stepped down for {new_primary}"), topo.metadata.generation);
     w.write().await?;
@@ -493,7 +558,7 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> 
 /// failover has stopped replicating (StopSync lifts it, before the hooks, DNS and restarts), so
 /// its own controllers never act on data the mirror is still writing. Re-applied every minute in
 /// case something removed it.
-async fn fence_as_declared(ctx: &Context, topo: &DRTopology, status: &crate::topology::DRTopologyStatus) {
+async fn fence_as_declared(ctx: &Context, topo: &DRTopology, status: &crate::topology::DRTopologyStatus, action: &Action) {
     let stopped_sync = status.failover.as_ref().is_some_and(|f| {
         f.to == ctx.self_name()
             && f.completed_at.is_none()
@@ -506,6 +571,7 @@ async fn fence_as_declared(ctx: &Context, topo: &DRTopology, status: &crate::top
         dry_run: topo.spec.failover.dry_run,
         role: status.role,
         stopped_sync,
+        holds_primary: matches!(action, Action::HoldPrimary { .. }),
     });
     let want = fenced.then(|| topo.spec.primary.clone());
     let mut last = ctx.fenced.lock().await;
@@ -537,13 +603,17 @@ pub struct FenceFacts {
     pub role: Option<Role>,
     /// This cluster's failover (in progress) has stopped replicating.
     pub stopped_sync: bool,
+    /// The primary role is held for a peer that abandoned its failover (`spec.primary` names
+    /// the peer).
+    pub holds_primary: bool,
 }
 
 /// Whether this cluster should be fenced now: a declared standby is; a standby declared primary
 /// is until its failover has stopped replicating; a dry run keeps the role it has; a cluster
-/// that never was a standby (bootstrap) never is.
+/// that never was a standby (bootstrap) never is; a primary holding the role for a peer that
+/// abandoned its failover is not.
 pub fn fence_wanted(f: &FenceFacts) -> bool {
-    if !f.enabled {
+    if !f.enabled || f.holds_primary {
         return false;
     }
     if f.dry_run {
@@ -596,7 +666,7 @@ mod tests {
 
     #[test]
     fn fence_follows_the_declared_role_and_lifts_only_after_the_new_primary_stopped_sync() {
-        let facts = |enabled, declared_primary, dry_run, role, stopped_sync| FenceFacts { enabled, declared_primary, dry_run, role, stopped_sync };
+        let facts = |enabled, declared_primary, dry_run, role, stopped_sync| FenceFacts { enabled, declared_primary, dry_run, role, stopped_sync, holds_primary: false };
         use Role::{Primary, Standby};
         let cases = [
             // (facts, fenced, rule)
@@ -610,10 +680,28 @@ mod tests {
             (facts(true, true, false, None, false), false, "bootstrap: a cluster that never was standby"),
             (facts(true, true, true, Some(Standby), false), true, "dry run keeps the standby fenced"),
             (facts(true, false, true, Some(Primary), false), false, "dry run keeps the primary writable"),
+            (FenceFacts { holds_primary: true, ..facts(true, false, false, Some(Primary), false) }, false, "a primary holding the role for a peer that abandoned its failover is writable"),
+            (facts(true, true, false, Some(Standby), false), true, "the peer that abandoned (declared primary, standby, sync not stopped) stays fenced"),
         ];
         for (f, want, rule) in cases {
             assert_eq!(fence_wanted(&f), want, "{rule}: {f:?}");
         }
+    }
+
+    #[test]
+    fn degraded_says_an_abandoned_failover_holds_and_clears_once_it_does_not() {
+        let degraded = |s: &crate::topology::DRTopologyStatus| s.conditions.iter().find(|c| c.type_ == "Degraded").map(|c| (c.status.clone(), c.reason.clone()));
+        let hold = Action::HoldPrimary { why: "b abandoned".into() };
+        let reclaim = Action::ReclaimPrimary { proof: "terms".into() };
+        let mut st = crate::topology::DRTopologyStatus::default();
+        abandon_condition(&mut st, &Action::StayPrimary, None);
+        assert_eq!(degraded(&st), None, "never added while nothing was abandoned");
+        abandon_condition(&mut st, &hold, None);
+        assert_eq!(degraded(&st), Some(("True".into(), "FailoverAbandoned".into())), "a hold sets it");
+        abandon_condition(&mut st, &reclaim, None);
+        assert_eq!(degraded(&st), Some(("True".into(), "FailoverAbandoned".into())), "a reclaim is the step into a hold: left as it is");
+        abandon_condition(&mut st, &Action::AcknowledgeDemotion { new_primary: "b".into() }, None);
+        assert_eq!(degraded(&st), Some(("False".into(), "Resolved".into())), "the peer retried: cleared");
     }
 
     #[test]

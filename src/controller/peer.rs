@@ -111,6 +111,7 @@ pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
         failover: st.failover.as_ref().filter(|f| f.to == peer_name).map(|f| PeerFailover {
             completed: f.completed_at.is_some(),
             aborted: f.aborted.is_some(),
+            abandoned: f.abandoned.is_some(),
             // Started counts: an update may have reached the DNS server before a timeout or a kill.
             dns_switched: f
                 .steps

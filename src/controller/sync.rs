@@ -494,7 +494,9 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     } else if last_check.is_none() {
         "waiting for the first consistency check".into()
     } else {
-        format!("following {}; revisions and lag in status.sync", topo.spec.primary)
+        // The peer, not spec.primary: a cluster holding after an abandoned failover is named primary.
+        let source = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.as_str()).unwrap_or("the primary");
+        format!("following {source}; revisions and lag in status.sync")
     };
     set_condition(&mut w.status, "SyncHealthy", healthy, if healthy { "Mirroring" } else { "NotHealthy" }, &why, generation);
     set_condition(&mut w.status, "DNSCorrect", true, "Standby", "DNS is the primary's concern", generation);

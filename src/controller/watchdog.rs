@@ -28,7 +28,7 @@ pub fn step_budget(action: &Action, spec: &DRTopologySpec, restart_ready_timeout
         }
         Action::RunStep(Step::PreHooks) => hooks_budget(&spec.failover.pre_hooks),
         Action::RunStep(Step::PostHooks) => hooks_budget(&spec.failover.post_hooks),
-        Action::RunStep(Step::Restart) | Action::AcknowledgeDemotion { .. } | Action::Mirror => {
+        Action::RunStep(Step::Restart) | Action::AcknowledgeDemotion { .. } | Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
             let clusters = spec.workload_clusters.len().max(1) as u32;
             restart_ready_timeout.saturating_mul(spec.restarts.len() as u32).saturating_mul(clusters)
         }

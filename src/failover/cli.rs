@@ -57,6 +57,11 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
         peer: view.clone(),
         // Not asked: a plan shown to a person does not query DNS.
         dns_here: None,
+        now: k8s_openapi::jiff::Timestamp::now(),
+        final_sync: runbook::final_sync_bound(&topo),
+        // Flipping spec.primary is a spec change (a new generation): it retries an abandoned failover.
+        generation: topo.metadata.generation.filter(|_| topo.spec.primary == to),
+        retry: kube::ResourceExt::annotations(&topo).get(super::RETRY_ANNOTATION).map(String::as_str),
     });
     println!("failover {} -> {to} (spec.primary is {} now)", peer_cluster.name, topo.spec.primary);
     if let Some(w) = why {

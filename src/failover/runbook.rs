@@ -42,6 +42,15 @@ pub struct Runbook<'a> {
     pub status: &'a mut StatusWriter,
 }
 
+/// Records FinalSync as skipped by `finalSyncPolicy: proceed`, the keys it leaves behind in the
+/// RPO token (they are lost), so the runbook goes on with StopSync.
+pub fn proceed_without_final_sync(f: &mut FailoverStatus, missed: Option<u64>, reason: &str) {
+    record(f, Step::FinalSync, StepState::Skipped, Some(reason.to_string()));
+    if let Some(t) = f.rpo_token.as_mut() {
+        t.missed_keys = missed;
+    }
+}
+
 /// Marks every step that has not finished as Skipped (a flip back superseded the failover).
 pub fn skip_remaining(f: &mut FailoverStatus, reason: &str) {
     let now = Timestamp::now().to_string();
@@ -290,7 +299,7 @@ impl Runbook<'_> {
                 self.failover().map_err(|e| e.to_string())?.rpo_token = Some(RpoToken {
                     source_cluster_id: p.token_cluster_id.clone().unwrap_or_default(),
                     final_revision: p.final_revision,
-                    applied_revision: 0,
+                    ..Default::default()
                 });
                 return Ok(Outcome::ok(format!(
                     "{} acknowledged demotion at revision {}",
@@ -310,7 +319,12 @@ impl Runbook<'_> {
     }
 
     async fn final_sync(&mut self) -> Result<Outcome, String> {
-        let timeout = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
+        // One attempt waits no longer than the step's bound has left, so the bound's policy
+        // decides on time (the planner applies it once the bound is used).
+        let attempt = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
+        let bound = final_sync_bound(self.topo).timeout;
+        let left = self.status.status.failover.as_ref().and_then(|f| super::final_sync_left(f, Timestamp::now(), bound));
+        let timeout = attempt.min(left.unwrap_or(bound)).max(Duration::from_secs(1));
         if self.topo.spec.sync.driver == crate::topology::SyncDriver::Manifest {
             return Ok(Outcome::skipped("sync.driver is manifest: the platform's synchronizer cannot be asked for its revision"));
         }
@@ -319,8 +333,8 @@ impl Runbook<'_> {
             let applied = self.ctx.sync.applied_revision().await;
             let token = RpoToken {
                 source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or_default(),
-                final_revision: None,
                 applied_revision: applied.unwrap_or(0),
+                ..Default::default()
             };
             self.failover().map_err(|e| e.to_string())?.rpo_token = Some(token);
             return Ok(Outcome::skipped(format!(
@@ -335,13 +349,25 @@ impl Runbook<'_> {
             Some(r) => r,
             None => self.ctx.sync.progress().await.map(|(p, _)| p.source_revision).unwrap_or(0),
         };
-        let applied = self.ctx.sync.wait_applied(final_revision, timeout).await.map_err(|e| e.to_string())?;
+        let applied = match self.ctx.sync.wait_applied(final_revision, timeout).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                // What the RPO token says if the bound's policy goes on without FinalSync.
+                let applied = self.ctx.sync.applied_revision().await.unwrap_or(ack.applied_revision);
+                if let Some(t) = self.failover().map_err(|e| e.to_string())?.rpo_token.as_mut() {
+                    t.applied_revision = applied;
+                    t.missed_keys = None;
+                }
+                return Err(e.to_string());
+            }
+        };
         let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair).await.map_err(|e| e.to_string())?;
         let max = self.topo.spec.failover.max_missed_keys;
         let token = RpoToken {
             source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or(ack.source_cluster_id),
             final_revision: ack.final_revision,
             applied_revision: applied,
+            missed_keys: Some(report.missed.count),
         };
         self.failover().map_err(|e| e.to_string())?.rpo_token = Some(token);
         sync::record_check(&mut self.status.status, &report, repaired.as_ref());
@@ -460,6 +486,13 @@ impl Runbook<'_> {
     async fn restarts(&mut self, when: RestartWhen, stamp: Timestamp) -> Result<Outcome, String> {
         run_restarts(self.ctx, self.topo, when, stamp).await
     }
+}
+
+/// `spec.failover.finalSyncTimeout` (validated; the default if it somehow does not parse) and
+/// `finalSyncPolicy`.
+pub fn final_sync_bound(topo: &DRTopology) -> super::FinalSyncBound {
+    let f = &topo.spec.failover;
+    super::FinalSyncBound { timeout: parse_duration(&f.final_sync_timeout).unwrap_or(Duration::from_secs(120)), policy: f.final_sync_policy }
 }
 
 /// Runs every restart declared for `when`, in this cluster and in the workload clusters.
