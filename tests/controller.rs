@@ -913,9 +913,21 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
     let proceeded = event_notes(&pair.b, "FinalSyncProceeded");
     assert!(proceeded.iter().any(|n| n.contains("1 keys of global-a missing here are lost")), "{proceeded:?}");
     assert_eq!(dns_answer(&pair), vec![VIP_B], "DNS on the cluster that is primary at the end");
-    let a = pair.wait(&pair.a, "A standby of B", STEADY, &[&ca, &cb], standby_in_sync).await;
-    let degraded = condition(a.status.as_ref().expect("status"), "Degraded").cloned().expect("A Degraded");
+    // What `proceed` lost stays visible: the new standby A still holds the key the new primary
+    // lacks, reported as surplus (autoRepair never deletes one), so A mirrors from B but is not
+    // healthy until an operator decides about that key.
+    let a = pair
+        .wait(&pair.a, "A standby of B, reporting the lost key", STEADY, &[&ca, &cb], |s| {
+            s.role == Some(Role::Standby)
+                && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0) && y.surplus_keys == Some(1))
+                && condition(s, "Degraded").is_some_and(|c| c.status == "False")
+        })
+        .await;
+    let st = a.status.as_ref().expect("status");
+    let degraded = condition(st, "Degraded").cloned().expect("A Degraded");
     assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("False", "Resolved"), "{degraded:?}");
+    let healthy = condition(st, "SyncHealthy").cloned().expect("SyncHealthy");
+    assert!(healthy.status == "False" && healthy.message.contains(KEY), "the lost key is named: {healthy:?}");
     eprintln!(
         "proceeded: B primary {:.1?} after the retry; longest without a Primary/Steady global since: {:.1?}",
         retry.elapsed(),
