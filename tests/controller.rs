@@ -225,8 +225,10 @@ async fn disaster_failover_with_the_primary_gone() {
     put_configmap(&pair.a, "apps", "last-words", "from global-a").await;
     wait_configmap(&pair.b, "apps", "last-words", Duration::from_secs(30)).await;
 
-    // The primary's controller, apiserver and etcd die; Argo CD on B still syncs the flip.
+    // The primary dies whole (controller, control plane, apiserver, etcd); Argo CD on B still
+    // syncs the flip. Its controller-manager would exit without its apiserver anyway.
     ca.kill();
+    pair.a.control_plane = None;
     pair.a.api.kill();
     pair.a.etcd.kill();
     let flipped = Instant::now();
@@ -250,6 +252,7 @@ async fn disaster_failover_with_the_primary_gone() {
     // The old primary comes back, sees the flip, steps down and mirrors from the new primary.
     pair.a.etcd.restart();
     pair.a.api.restart();
+    pair.a.start_control_plane(0);
     pair.apply(&pair.a, &y);
     ca = pair.controller(&pair.a, &[]);
     pair.wait(&pair.a, "old primary back as standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;

@@ -540,16 +540,21 @@ async fn acknowledge(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, new
     let rev = final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
     ctx.event(topo, EventType::Normal, "DemotionAcknowledged", "Demote", format!("{} stepped down for {new_primary} at revision {rev}", ctx.self_name())).await;
     // The workloads now run on the new primary only (its controllers make their own pods).
-    let filter = sync::filter_for(topo, &ctx.args.namespace);
-    match crate::workloads::stop_replicated_pods(&ctx.client, &filter).await {
+    stop_replicated_pods(ctx, topo, "Demote").await;
+    Ok(())
+}
+
+/// Deletes this cluster's pods of replicated workloads (`crate::workloads`) and says so in a
+/// `ReplicatedPodsStopped` Event; a failure is logged, not fatal (the next check tries again).
+pub(crate) async fn stop_replicated_pods(ctx: &Context, topo: &DRTopology, action: &str) {
+    match crate::workloads::stop_replicated_pods(&ctx.client, &sync::filter_for(topo, &ctx.args.namespace)).await {
         Ok(0) => {}
         Ok(n) => {
-            let note = format!("deleted this cluster's {n} pods of replicated workloads: they run on {new_primary} now");
-            ctx.event(topo, EventType::Normal, "ReplicatedPodsStopped", "Demote", note).await;
+            let note = format!("deleted this cluster's {n} pods of replicated workloads: they run on {} only", topo.spec.primary);
+            ctx.event(topo, EventType::Normal, "ReplicatedPodsStopped", action, note).await;
         }
         Err(e) => warn!(error = %e, "cannot stop this cluster's pods of replicated workloads"),
     }
-    Ok(())
 }
 
 /// A fenced standby refuses writes to replicated data; a primary (or fencing disabled) lifts the

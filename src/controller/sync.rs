@@ -463,14 +463,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         // are here were made before the fence took effect (it applies a moment after it is
         // written): stop them too, once per check, as demotion did.
         if topo.spec.sync.fence.enabled {
-            match crate::workloads::stop_replicated_pods(&ctx.client, &filter_for(topo, &ctx.args.namespace)).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    let note = format!("deleted {n} leftover pods of replicated workloads: they run on {} only", topo.spec.primary);
-                    ctx.event(topo, EventType::Normal, "ReplicatedPodsStopped", "Check", note).await;
-                }
-                Err(e) => warn!(error = %e, "cannot stop leftover pods of replicated workloads"),
-            }
+            super::stop_replicated_pods(ctx, topo, "Check").await;
         }
     }
     let sync = w.status.sync.clone().unwrap_or_default();

@@ -78,11 +78,6 @@ pub fn application(state: &LabState, c: &ClusterState) -> Result<Option<ArgoView
     Ok(Some(ArgoView::from_json(&v)))
 }
 
-/// The commit the Application is Synced to, for the supervisor's gate; None on any failure.
-pub fn synced_revision_blocking(state: &LabState, c: &ClusterState) -> Option<String> {
-    application(state, c).ok().flatten().filter(|a| a.sync.as_deref() == Some("Synced")).and_then(|a| a.revision)
-}
-
 /// Argo CD's config and our health check are installed (it exits at start without them).
 pub fn configured(state: &LabState, c: &ClusterState) -> bool {
     c.kubectl(state)

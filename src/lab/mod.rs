@@ -173,20 +173,10 @@ impl ClusterState {
         self.supervisor.as_ref().is_some_and(Pid::is_alive)
     }
 
-    /// Each component as its supervisor last recorded it.
+    /// Each component as its supervisor last recorded it (`ComponentRecord::alive` checks /proc:
+    /// a killed supervisor leaves its record saying running).
     pub fn components(&self, state: &LabState) -> Vec<supervise::ComponentRecord> {
-        let mut records = supervise::read_records(&state.dir, &self.name);
-        if !self.is_up() {
-            for r in &mut records {
-                r.running = r.alive();
-            }
-        }
-        records
-    }
-
-    /// The pid of a running component, by its name in [`supervise::Kind`].
-    pub fn component_pid(&self, state: &LabState, kind: supervise::Kind) -> Option<Pid> {
-        self.components(state).into_iter().find(|r| r.name == kind.name() && r.alive()).and_then(|r| r.pid())
+        supervise::read_records(&state.dir, &self.name)
     }
 
     /// This global's DRTopology; Err when its apiserver does not answer.

@@ -285,7 +285,7 @@ fn wait_gate(gate: Gate, shared: &Shared, state: &LabState, c: &ClusterState) {
 fn argo_synced_main(state: &LabState, c: &ClusterState) -> bool {
     let Ok(git) = git2::Repository::open(&state.repo) else { return false };
     let Ok((main, _)) = repo::read_main(&git, &state.file) else { return false };
-    argo::synced_revision_blocking(state, c).is_some_and(|r| r == main.to_string())
+    argo::application(state, c).ok().flatten().is_some_and(|a| a.synced_to(&main.to_string()))
 }
 
 #[cfg(test)]
