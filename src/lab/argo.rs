@@ -25,6 +25,9 @@ pub struct ArgoView {
     pub operation_revision: Option<String>,
     pub operation_phase: Option<String>,
     pub operation_finished_at: Option<String>,
+    /// Argo CD's conditions ("ComparisonError: ..."): why sync is Unknown, when it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<String>,
 }
 
 impl ArgoView {
@@ -46,6 +49,11 @@ impl ArgoView {
             operation_revision: s("/status/operationState/syncResult/revision"),
             operation_phase: s("/status/operationState/phase"),
             operation_finished_at: s("/status/operationState/finishedAt"),
+            conditions: v
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .map(|cs| cs.iter().map(|c| format!("{}: {}", c["type"].as_str().unwrap_or("?"), c["message"].as_str().unwrap_or(""))).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -117,6 +125,9 @@ mod tests {
         });
         let a = ArgoView::from_json(&v);
         assert_eq!(a.health_message.as_deref(), Some("failing over: SwitchDNS"));
+        assert!(a.conditions.is_empty());
+        let failing = serde_json::json!({"status": {"sync": {"status": "Unknown"}, "conditions": [{"type": "ComparisonError", "message": "connection refused"}]}});
+        assert_eq!(ArgoView::from_json(&failing).conditions, ["ComparisonError: connection refused"]);
         assert!(a.synced_to("abc") && !a.synced_to("def"));
         assert_eq!(a.applied_at("abc"), Some("2026-12-01T10:00:00Z"));
         assert_eq!(a.applied_at("def"), None);

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod flip;
 pub mod out;
 pub mod platform;
+pub mod ports;
 pub mod procs;
 pub mod repo;
 pub mod status;

@@ -4,7 +4,7 @@
 //! live: the caller spawns with a [`Lifetime`] (tests: die with the test; lab: detached).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ pub enum ProcError {
     NotReady { what: String, timeout: Duration, log: String, tail: String },
     #[error("{what} exited ({status}); last log lines of {log}:\n{tail}")]
     Exited { what: String, status: std::process::ExitStatus, log: String, tail: String },
+    #[error("pick a port: {0}")]
+    Port(#[from] super::ports::PortError),
     #[error("{0}")]
     Failed(String),
 }
@@ -68,11 +70,9 @@ pub fn spawn(mut cmd: Command, log: &Path, lifetime: Lifetime) -> Result<Child, 
     cmd.spawn().map_err(io(format!("spawn {}", cmd.get_program().to_string_lossy())))
 }
 
-/// A free TCP port on 127.0.0.1. The listener closes before the port is used, so another process
-/// may win it; servers that matter are started with retries.
+/// A free loopback port (TCP and UDP), from below the ephemeral range: see [`super::ports`].
 pub fn free_port() -> Result<u16, ProcError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(io("bind an ephemeral port"))?;
-    Ok(l.local_addr().map_err(io("read an ephemeral port"))?.port())
+    Ok(super::ports::free_port()?)
 }
 
 /// A plain HTTP/1.0 GET, enough for health endpoints; None on any failure.
