@@ -151,7 +151,7 @@ impl EtcdArgs {
     }
 }
 
-/// What is never replicated: the defaults of DESIGN.md §1 and §4 (README: What is never
+/// What is never replicated: the defaults in keyspace.rs (README: What is never
 /// replicated), plus --config's spec.sync.exclude, plus the flags. Flags only add; a default is
 /// replicated only through an optOut entry (with its reason) in the --config manifest.
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 //! The failover runbook as a pure planner: what this cluster's controller should do next, given
 //! the declared topology, its own recorded status and what it observes of its peer.
 //!
-//! The runbook (DESIGN.md §1, issue 4) on the cluster that becomes primary:
+//! The runbook (docs/architecture.md, README "The failover runbook") on the cluster that becomes primary:
 //! Preflight → Demote → FinalSync → StopSync → PreHooks → SwitchDNS → VerifyDNS → Restart →
 //! PostHooks → Done. Every step is recorded in `status.failover.steps` before and after it runs
 //! and is idempotent, so a controller killed anywhere re-plans from status and resumes there.
