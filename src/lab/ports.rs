@@ -32,6 +32,23 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PortError {
     move |source| PortError::Io { what, source }
 }
 
+/// How many sets of fresh ports a server gets before its start is an error.
+const START_ATTEMPTS: usize = 3;
+
+/// Starts a server that picks fresh ports on each call of `start`, and calls it again when the
+/// start fails: a port below the ephemeral range can still be bound by a process outside drctl
+/// between [`free_port`] and the server's own bind. The one port-retry of the lab and the tests.
+pub fn on_fresh_ports<T, E: std::fmt::Display>(what: &str, mut start: impl FnMut() -> Result<T, E>) -> Result<T, String> {
+    let mut errors = Vec::new();
+    for attempt in 1..=START_ATTEMPTS {
+        match start() {
+            Ok(started) => return Ok(started),
+            Err(e) => errors.push(format!("attempt {attempt}: {e}")),
+        }
+    }
+    Err(format!("{what} did not start on {START_ATTEMPTS} sets of fresh ports:\n{}", errors.join("\n")))
+}
+
 /// A loopback port free for both TCP and UDP (PowerDNS and BIND serve both on one port).
 pub fn free_port() -> Result<u16, PortError> {
     let Some((low, high)) = range(&std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default()) else {
@@ -108,6 +125,24 @@ mod tests {
         assert_eq!(range("1024 65535"), None);
         assert_eq!(range(""), None);
         assert_eq!(range("garbage"), None);
+    }
+
+    #[test]
+    fn a_start_that_fails_is_tried_again_on_fresh_ports_up_to_three_times() {
+        let mut calls = 0;
+        let started = on_fresh_ports("etcd", || {
+            calls += 1;
+            if calls < 3 { Err(format!("bind: address in use ({calls})")) } else { Ok(calls) }
+        });
+        assert_eq!(started, Ok(3));
+        let mut calls = 0;
+        let e = on_fresh_ports::<(), _>("named", || {
+            calls += 1;
+            Err("exited")
+        })
+        .expect_err("never starts");
+        assert_eq!(calls, 3);
+        assert_eq!(e, "named did not start on 3 sets of fresh ports:\nattempt 1: exited\nattempt 2: exited\nattempt 3: exited");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::topology::{DRTopologyStatus, Phase, Role};
 
 use super::out::Out;
 use super::platform::{self, Binaries, ARGOCD_NAMESPACE};
+use super::ports;
 use super::procs::{self, Lifetime};
 use super::{argo, io_err, repo, ClusterState, ControllerState, DnsState, LabError, LabState, Pid, CLUSTERS, DOMAIN, ZONE};
 
@@ -211,21 +212,21 @@ fn start_powerdns(dir: &Path, started: &mut Vec<Pid>) -> Result<(DnsState, Pid),
     let api_key_file = dir.join("api-key");
     procs::write_private(&api_key_file, &procs::random_b64(18)?)?;
     let key = Secret::new(std::fs::read(&api_key_file).map_err(io_err("read the PowerDNS API key"))?);
-    // A free port can be taken before pdns binds it: retry with new ports.
-    for _ in 0..3 {
+    ports::on_fresh_ports("pdns_server", || {
         let p = procs::PowerDns::prepare(dir, ZONE, key.clone())?;
         let mut child = p.spawn(Lifetime::Detached)?;
         let pid = Pid::of(&child, "pdns_server");
         started.push(pid.clone());
-        if p.wait_ready(&mut child)? {
-            p.create_zone()?;
-            p.set(DOMAIN, "A", 30, &[CLUSTERS[0].1])?;
-            let state = DnsState { server: p.dns, api_url: p.api_url(), api_key_file, log: p.log(), pid: None };
-            return Ok((state, pid));
+        if !p.wait_ready(&mut child)? {
+            pid.kill();
+            return Err(LabError::Failed(procs::tail(&dir.join("pdns.log"))));
         }
-        pid.kill();
-    }
-    Err(LabError::Failed(format!("pdns_server did not start:\n{}", procs::tail(&dir.join("pdns.log")))))
+        p.create_zone()?;
+        p.set(DOMAIN, "A", 30, &[CLUSTERS[0].1])?;
+        let state = DnsState { server: p.dns, api_url: p.api_url(), api_key_file: api_key_file.clone(), log: p.log(), pid: None };
+        Ok((state, pid))
+    })
+    .map_err(LabError::Failed)
 }
 
 fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layout: &Path) -> Result<(), LabError> {

@@ -43,18 +43,18 @@ impl PowerDnsServer {
     pub fn start(zone: &str) -> PowerDnsServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let api_key = random_b64(18);
-        // A free port can be taken by someone else before pdns binds it: retry with new ports.
-        for _ in 0..3 {
+        let (child, server) = super::on_fresh_ports("pdns_server", || {
             let server = procs::PowerDns::prepare(dir.path(), zone, Secret::new(api_key.clone())).expect("prepare pdns");
             let mut child = spawn(server.command(), &server.log());
-            if server.wait_ready(&mut child).unwrap_or_else(|e| panic!("{e}")) {
-                server.create_zone().unwrap_or_else(|e| panic!("{e}"));
-                let (dns, zone) = (server.dns, server.zone.clone());
-                return PowerDnsServer { child: Some(child), dir, dns, api_key, zone, server };
+            if !server.wait_ready(&mut child).unwrap_or_else(|e| panic!("{e}")) {
+                kill(&mut child);
+                return Err(tail(&dir.path().join("pdns.log")));
             }
-            kill(&mut child);
-        }
-        panic!("pdns_server did not start:\n{}", tail(&dir.path().join("pdns.log")))
+            server.create_zone().unwrap_or_else(|e| panic!("{e}"));
+            Ok((child, server))
+        });
+        let (dns, zone) = (server.dns, server.zone.clone());
+        PowerDnsServer { child: Some(child), dir, dns, api_key, zone, server }
     }
 
     /// A raw API call with the right key; returns (status, body).
@@ -127,7 +127,7 @@ impl BindServer {
         )
         .expect("write zone file");
         let mut s = BindServer { child: None, dir, dns: ([127, 0, 0, 1], 0).into(), zone, tsig: tsig.clone() };
-        for _ in 0..3 {
+        super::on_fresh_ports("named", || {
             s.dns = ([127, 0, 0, 1], free_port()).into();
             let conf = format!(
                 r#"options {{
@@ -148,11 +148,12 @@ zone "{zone}" {{ type primary; file "{d}/zone.db"; allow-update {{ key "{key}"; 
             std::fs::write(s.dir.path().join("named.conf"), conf).expect("write named.conf");
             s.spawn();
             if s.wait_ready() {
-                return s;
+                return Ok(());
             }
             s.stop();
-        }
-        panic!("named did not start:\n{}", tail(&s.dir.path().join("named.log")))
+            Err(tail(&s.dir.path().join("named.log")))
+        });
+        s
     }
 
     fn spawn(&mut self) {

@@ -20,8 +20,8 @@ use kube::Client;
 
 pub const KUBE_VERSION: &str = procs::KUBE_VERSION;
 
-/// A free TCP port on 127.0.0.1. The listener is closed before the port is handed out, so
-/// another process may win it; callers start servers with retries where that matters.
+/// A free loopback port (TCP and UDP), from below the ephemeral range; servers start through
+/// [`on_fresh_ports`] where a port taken by a process outside drctl matters.
 pub fn free_port() -> u16 {
     procs::free_port().expect("free port")
 }
@@ -45,6 +45,11 @@ fn spawn(cmd: Command, log: &Path) -> Child {
 /// A plain HTTP/1.0 GET, enough for health endpoints; None on any failure.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     procs::http_get(addr, path)
+}
+
+/// `start` until it succeeds, on fresh ports each time (drctl::lab::ports::on_fresh_ports).
+fn on_fresh_ports<T, E: std::fmt::Display>(what: &str, start: impl FnMut() -> Result<T, E>) -> T {
+    drctl::lab::ports::on_fresh_ports(what, start).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn kill(child: &mut Child) {
@@ -78,26 +83,25 @@ impl Etcd {
         Etcd::launch(true)
     }
 
-    /// Spawns and waits; a free port taken by someone else meanwhile means new ports and again.
     fn launch(tls: bool) -> Etcd {
         let mut e = Etcd::new(tls);
         e.spawn();
         e.ready_or_relaunch()
     }
 
-    fn ready_or_relaunch(mut self) -> Etcd {
-        for _ in 0..3 {
-            let child = self.child.as_mut().expect("etcd spawned");
-            match self.server.wait_ready(child) {
-                Ok(()) => return self,
-                Err(e) => eprintln!("etcd did not start, trying new ports: {e}"),
-            }
-            let tls = self.tls.is_some();
-            self.kill();
-            self = Etcd::new(tls);
-            self.spawn();
-        }
-        panic!("etcd did not start on three sets of ports; see {}", self.server.log().display())
+    /// Waits for this spawned etcd; when it does not start, a new one on fresh ports.
+    fn ready_or_relaunch(self) -> Etcd {
+        let tls = self.tls.is_some();
+        let mut spawned = Some(self);
+        on_fresh_ports("etcd", || {
+            let mut e = spawned.take().unwrap_or_else(|| {
+                let mut e = Etcd::new(tls);
+                e.spawn();
+                e
+            });
+            let child = e.child.as_mut().expect("etcd spawned");
+            e.server.wait_ready(child).map(|()| e)
+        })
     }
 
     fn new(tls: bool) -> Etcd {
@@ -168,18 +172,14 @@ impl ApiServer {
         ApiServer::spawn_new(etcd).ready_or_relaunch(etcd)
     }
 
-    /// Waits; a free port taken by someone else meanwhile means a new port and again.
-    fn ready_or_relaunch(mut self, etcd: &Etcd) -> ApiServer {
-        for _ in 0..3 {
-            let child = self.child.as_mut().expect("apiserver spawned");
-            match self.server.wait_ready(kube_bin_dir(), child) {
-                Ok(()) => return self,
-                Err(e) => eprintln!("kube-apiserver did not start, trying a new port: {e}"),
-            }
-            self.kill();
-            self = ApiServer::spawn_new(etcd);
-        }
-        panic!("kube-apiserver did not start on three ports; see {}", self.server.log().display())
+    /// Waits for this spawned apiserver; when it does not start, a new one on a fresh port.
+    fn ready_or_relaunch(self, etcd: &Etcd) -> ApiServer {
+        let mut spawned = Some(self);
+        on_fresh_ports("kube-apiserver", || {
+            let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_new(etcd));
+            let child = a.child.as_mut().expect("apiserver spawned");
+            a.server.wait_ready(kube_bin_dir(), child).map(|()| a)
+        })
     }
 
     fn spawn_new(etcd: &Etcd) -> ApiServer {

@@ -55,7 +55,7 @@ impl Sshd {
         if unsafe { libc::geteuid() } == 0 {
             std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
         }
-        for _ in 0..5 {
+        let (child, port) = super::on_fresh_ports("sshd", || {
             let port = super::free_port();
             let config = dir.path().join("sshd_config");
             std::fs::write(
@@ -76,14 +76,14 @@ impl Sshd {
                     break; // lost the port to someone else, or a bad config: the log says which
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Sshd { child, port, dir };
+                    return Ok((child, port));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
             super::kill(&mut child);
-            eprintln!("sshd on port {port} did not start: {}", super::tail(&log));
-        }
-        panic!("sshd did not start; see the logs above");
+            Err(format!("sshd on port {port}: {}", super::tail(&log)))
+        });
+        Sshd { child, port, dir }
     }
 
     pub fn host_public_key(&self) -> String {
