@@ -84,7 +84,7 @@ async fn judge(src: &Etcd, dst: &Etcd, s: &mut Client, d: &mut Client, ledger: &
     let started = Instant::now();
     let caught = faults::wait_caught_up(s, d, catch_up).await;
     let took = started.elapsed();
-    let l = ledger.lock().expect("ledger");
+    let l = ledger.lock().expect("ledger").clone();
     let mut v = faults::verdict(&src.client_url, &dst.client_url, d, &l).await;
     if let Err(e) = caught {
         v.consistent = false;

@@ -644,7 +644,7 @@ async fn the_same_etcd_as_source_and_destination_is_refused() {
     let err = Mirror::new(cfg).run_once().await.expect_err("same etcd");
     assert!(matches!(err, drctl::mirror::MirrorError::SameCluster(_)), "{err}");
     let conn = etcd::connect(&Endpoint::plain(vec![e.client_url.clone()])).await.expect("connect");
-    let err = check::run(&conn, &conn, &filter(), &CheckOptions::default()).await.err().expect("same etcd");
+    let err = check::run(&conn, &conn, &filter(), &CheckOptions::default()).await.expect_err("same etcd");
     assert!(matches!(err, check::CheckError::SameCluster(_)), "{err}");
 
     assert_eq!(head(&mut c).await, before, "nothing was written: no checkpoint, no copy");

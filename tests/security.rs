@@ -45,9 +45,11 @@ impl Planted {
     }
 }
 
-/// Answers every HTTP request 200 and records (signature header, body).
-/// Records (timestamp, signature, body) of every request.
-fn hook_receiver() -> (u16, Arc<Mutex<Vec<(String, String, Vec<u8>)>>>) {
+/// (timestamp, signature, body) of each request a receiver got.
+type Requests = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// Answers every HTTP request 200 and records (timestamp, signature, body) of each.
+fn hook_receiver() -> (u16, Requests) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
     let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(Mutex::new(Vec::new()));

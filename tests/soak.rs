@@ -64,7 +64,16 @@ async fn probe(mut src: Client, mut dst: Client, stop: Arc<AtomicBool>, lags: Ar
 }
 
 /// Writers and the probe from `src` (the primary) to `dst` (the standby) for `secs`.
-async fn load_phase(src: &Global, dst: &Global, secs: u64, keys: Option<u64>, phase: u64, ledger: &Arc<Mutex<Ledger>>, lags: &Arc<Mutex<Vec<Duration>>>, rss: &mut Vec<(u64, u64)>, ctrls: &[&Controller]) {
+/// What the load phases record into: acknowledged writes, probe lags, both controllers' RSS.
+struct Records<'a> {
+    ledger: &'a Arc<Mutex<Ledger>>,
+    lags: &'a Arc<Mutex<Vec<Duration>>>,
+    rss: &'a mut Vec<(u64, u64)>,
+    ctrls: [&'a Controller; 2],
+}
+
+async fn load_phase(src: &Global, dst: &Global, secs: u64, keys: Option<u64>, phase: u64, rec: &mut Records<'_>) {
+    let (ledger, lags, ctrls) = (rec.ledger, rec.lags, rec.ctrls);
     let stop = Arc::new(AtomicBool::new(false));
     let s = src.etcd.client().await;
     let mut tasks: Vec<_> = (0..WRITERS)
@@ -74,7 +83,7 @@ async fn load_phase(src: &Global, dst: &Global, secs: u64, keys: Option<u64>, ph
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        rss.push((rss_kib(ctrls[0]).unwrap_or(0), rss_kib(ctrls[1]).unwrap_or(0)));
+        rec.rss.push((rss_kib(ctrls[0]).unwrap_or(0), rss_kib(ctrls[1]).unwrap_or(0)));
     }
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
@@ -98,7 +107,7 @@ async fn soak(secs: u64, keys: Option<u64>) {
     let mut rss = Vec::new();
     let started = Instant::now();
 
-    load_phase(&pair.a, &pair.b, secs / 2, keys, 1, &ledger, &lags, &mut rss, &[&ca, &cb]).await;
+    load_phase(&pair.a, &pair.b, secs / 2, keys, 1, &mut Records { ledger: &ledger, lags: &lags, rss: &mut rss, ctrls: [&ca, &cb] }).await;
     // The failover in the middle: a planned switchover, then the load moves to the new primary.
     let flipped = Instant::now();
     pair.apply_both("global-b");
@@ -107,19 +116,20 @@ async fn soak(secs: u64, keys: Option<u64>) {
     pair.wait(&pair.a, "A standby in sync", Duration::from_secs(180), &[&ca, &cb], standby_in_sync).await;
     // Everything acknowledged by A before the flip is on B.
     let mut b = pair.b.etcd.client().await;
-    let lost_in_failover = faults::lost_writes(&mut b, &ledger.lock().expect("ledger")).await.len();
-    load_phase(&pair.b, &pair.a, secs - secs / 2, keys, 2, &ledger, &lags, &mut rss, &[&ca, &cb]).await;
+    let before_flip = ledger.lock().expect("ledger").clone();
+    let lost_in_failover = faults::lost_writes(&mut b, &before_flip).await.len();
+    load_phase(&pair.b, &pair.a, secs - secs / 2, keys, 2, &mut Records { ledger: &ledger, lags: &lags, rss: &mut rss, ctrls: [&ca, &cb] }).await;
 
     let mut a = pair.a.etcd.client().await;
     faults::wait_caught_up(&mut b, &mut a, Duration::from_secs(120)).await.expect("A catches up");
     let (code, report) = faults::check(&pair.b.etcd.client_url, &pair.a.etcd.client_url);
-    let l = ledger.lock().expect("ledger");
+    let l = ledger.lock().expect("ledger").clone();
     let lost = faults::lost_writes(&mut a, &l).await;
     let mut sorted = lags.lock().expect("lags").clone();
     sorted.sort();
     let (rss_a, rss_b): (Vec<u64>, Vec<u64>) = rss.iter().copied().unzip();
     let growth = |v: &[u64]| {
-        let n = v.len().min(10).max(1);
+        let n = v.len().clamp(1, 10);
         let first = v.iter().take(n).sum::<u64>() / n as u64;
         let last = v.iter().rev().take(n).sum::<u64>() / n as u64;
         (first, last, v.iter().max().copied().unwrap_or(0))

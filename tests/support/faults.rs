@@ -201,7 +201,7 @@ impl Drop for DrctlProcess {
 
 /// Every write the source acknowledged, by key: `Some(value)` after a put, `None` after a
 /// delete. A write whose outcome is unknown (the call failed) makes its key uncertain.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Ledger {
     pub acked: BTreeMap<String, Option<Vec<u8>>>,
     pub uncertain: BTreeSet<String>,
