@@ -337,8 +337,7 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         ));
     }
     for c in &unreachable {
-        let why = c.error.as_deref().unwrap_or("no answer");
-        f.push(Finding::new(Warning, "Unreachable", format!("{} did not answer: {why}", c.name)));
+        f.push(Finding::new(Warning, "Unreachable", format!("{} did not answer: what it holds is unknown", c.name)));
     }
     if primaries.is_empty() {
         let roles: Vec<String> = reachable.iter().map(|c| format!("{} {}", c.name, role_of(c))).collect();
@@ -415,9 +414,13 @@ fn exit_code(clusters: &[ClusterStatus], findings: &[Finding]) -> u8 {
     }
 }
 
-/// A duration for people: `0.4s`, `12.0s`, `3m05s`, `2h07m`; negative (clock skew) shows as 0.
+/// A duration for people: `7ms`, `0.4s`, `12.0s`, `3m05s`, `2h07m`; negative (clock skew)
+/// shows as 0.
 pub fn human_seconds(secs: f64) -> String {
     let secs = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+    if secs < 0.1 {
+        return format!("{}ms", (secs * 1000.0).round() as u64);
+    }
     if secs < 60.0 {
         return format!("{secs:.1}s");
     }
@@ -839,7 +842,7 @@ mod tests {
 
     #[test]
     fn durations_read_as_seconds_minutes_or_hours() {
-        for (secs, want) in [(0.0, "0.0s"), (0.25, "0.2s"), (12.04, "12.0s"), (59.9, "59.9s"), (60.0, "1m00s"), (185.0, "3m05s"), (7620.0, "2h07m"), (-2.0, "0.0s"), (f64::NAN, "0.0s")] {
+        for (secs, want) in [(0.0, "0ms"), (0.0074, "7ms"), (0.1, "0.1s"), (0.25, "0.2s"), (12.04, "12.0s"), (59.9, "59.9s"), (60.0, "1m00s"), (185.0, "3m05s"), (7620.0, "2h07m"), (-2.0, "0ms"), (f64::NAN, "0ms")] {
             assert_eq!(human_seconds(secs), want, "{secs}");
         }
     }

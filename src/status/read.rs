@@ -128,7 +128,7 @@ pub async fn read(targets: &[Target], opts: &Options) -> Result<StatusReport, St
     // A kubeconfig that cannot be read is the operator's mistake, not an unreachable global.
     let mut configs = Vec::new();
     for t in targets {
-        configs.push((t.name.clone(), config(t, opts.timeout).await?));
+        configs.push((t.name.clone(), config(t).await?));
     }
     let views = futures::future::join_all(configs.into_iter().map(|(name, cfg)| observe_within(name, cfg, opts))).await;
     let dns = match views.iter().find_map(|v| v.observed.as_ref().ok()?.topology.as_ref()) {
@@ -143,15 +143,12 @@ async fn ask_dns(t: &DRTopology, resolvers: &[SocketAddr]) -> Result<Vec<Resolve
     Ok(dns::ask_all(&resolvers, &t.spec.platform.domain, DNS_TIMEOUT).await)
 }
 
-/// The kube config of `t`, with every network wait bounded by `timeout`.
-async fn config(t: &Target, timeout: Duration) -> Result<kube::Config, StatusError> {
+/// The kube config of `t`. Its requests are bounded by `observe_within` as a whole, so a global
+/// that stalls anywhere (connect, TLS, response) reads as one message.
+async fn config(t: &Target) -> Result<kube::Config, StatusError> {
     let fail = |message: String| StatusError::Kubeconfig { cluster: t.name.clone(), path: t.kubeconfig.display().to_string(), message };
     let kc = Kubeconfig::read_from(&t.kubeconfig).map_err(|e| fail(e.to_string()))?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| fail(e.to_string()))?;
-    cfg.connect_timeout = Some(timeout);
-    cfg.read_timeout = Some(timeout);
-    cfg.write_timeout = Some(timeout);
-    Ok(cfg)
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| fail(e.to_string()))
 }
 
 async fn observe_within(name: String, cfg: kube::Config, opts: &Options) -> ClusterView {
@@ -177,8 +174,14 @@ async fn application(client: kube::Client, opts: &Options) -> Result<Option<Argo
     let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application");
     let api: Api<DynamicObject> = Api::namespaced_with(client, &opts.argocd_namespace, &ApiResource::from_gvk_with_plural(&gvk, "applications"));
     let what = format!("read Application {}/{}", opts.argocd_namespace, opts.argocd_application);
-    let app = api.get_opt(&opts.argocd_application).await.map_err(|e| format!("{what}: {}", causes(&e)))?;
-    app.map(|a| serde_json::to_value(a).map(|v| ArgoView::from_json(&v)).map_err(|e| format!("{what}: {e}"))).transpose()
+    let app = match api.get(&opts.argocd_application).await {
+        Ok(a) => a,
+        // Without Argo CD's CRD the apiserver answers a bare 404 page, which kube's get_opt
+        // does not read as NotFound.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+        Err(e) => return Err(format!("{what}: {}", causes(&e))),
+    };
+    serde_json::to_value(app).map(|v| Some(ArgoView::from_json(&v))).map_err(|e| format!("{what}: {e}"))
 }
 
 /// An error and its causes on one line ("client error (Connect): tcp connect error: Connection
