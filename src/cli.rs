@@ -108,8 +108,8 @@ pub enum Command {
     #[command(subcommand)]
     Lab(crate::lab::cli::LabCommand),
     /// Both globals side by side, read-only: role, phase, lag, missed/surplus/diverged keys, last
-    /// check, the DNS answer, the last failover's steps, Argo CD. Exit 2 when two primaries or
-    /// none are visible, 3 when neither global answers.
+    /// check, the DNS answer, the last failover's steps, Argo CD. Exit 3 when two primaries or
+    /// none are visible, 4 when neither global answers.
     Status(crate::status::read::StatusArgs),
     /// DNS tools for operators.
     Dns {

@@ -16,13 +16,14 @@ use crate::argocd::ArgoView;
 use crate::dns::ResolverAnswer;
 use crate::topology::{DRTopology, DRTopologySpec, FailoverStatus, Phase, Role, StepState};
 
-/// Exit code: at most one primary is visible and nothing below is a safety problem.
+/// Exit code: at most one primary is visible and nothing below is a safety problem. (1 is an
+/// error such as an unreadable kubeconfig, 2 a usage error, as clap exits.)
 pub const EXIT_OK: u8 = 0;
 /// A safety problem is visible: two primaries, or two answering globals with no primary and no
 /// failover running.
-pub const EXIT_SAFETY: u8 = 2;
+pub const EXIT_SAFETY: u8 = 3;
 /// Neither global answered: nothing is known.
-pub const EXIT_UNREACHABLE: u8 = 3;
+pub const EXIT_UNREACHABLE: u8 = 4;
 
 /// What was read from one global.
 #[derive(Debug, Clone)]
@@ -370,6 +371,16 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
             f.push(Finding::new(Warning, "NoTopology", format!("{} has no DRTopology", c.name)));
         } else if c.vip.is_none() {
             f.push(Finding::new(Warning, "NotInSpec", format!("{} is not one of spec.clusters[].name", c.name)));
+        }
+        // Only while the peer answers us too: a peer nobody reaches is reported as Unreachable.
+        if unreachable.is_empty() {
+            if let Some(k) = c.conditions.iter().find(|k| k.type_ == "PeerReachable" && k.status == "False") {
+                f.push(Finding::new(
+                    Warning,
+                    "PeerUnreachable",
+                    format!("{} cannot reach its peer though drctl status can (a failover could not demote it): {}", c.name, k.message),
+                ));
+            }
         }
         if c.role == Some(Role::Standby) {
             if let Some(k) = c.conditions.iter().find(|k| k.type_ == "SyncHealthy" && k.status == "False") {
@@ -766,7 +777,7 @@ mod tests {
     }
 
     #[test]
-    fn both_unreachable_exits_3() {
+    fn both_unreachable_exits_4() {
         let r = report(&[down("global-a"), down("global-b")], &Ok(Vec::new()), now());
         assert_eq!(codes(&r), ["BothUnreachable"]);
         assert_eq!(r.exit_code, EXIT_UNREACHABLE);
@@ -809,21 +820,29 @@ mod tests {
         assert!(r.findings[0].message.contains("global-a on global-a, global-b on global-b"));
     }
 
+    fn condition(type_: &str, reason: &str, message: &str) -> Condition {
+        Condition { type_: type_.into(), status: "False".into(), reason: reason.into(), message: message.into(), observed_generation: None, last_transition_time: Time(now()) }
+    }
+
     #[test]
     fn an_unhealthy_standby_says_why() {
         let mut st = standby_in_sync();
         st.phase = Some(Phase::Degraded);
-        st.conditions.push(Condition {
-            type_: "SyncHealthy".into(),
-            status: "False".into(),
-            reason: "NotHealthy".into(),
-            message: "3 keys missed".into(),
-            observed_generation: None,
-            last_transition_time: Time(now()),
-        });
+        st.conditions.push(condition("SyncHealthy", "NotHealthy", "3 keys missed"));
         let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", st)], &dns_at("10.0.0.10"), now());
         assert_eq!(codes(&r), ["SyncNotHealthy"]);
         assert_eq!(r.findings[0].message, "global-b: 3 keys missed (NotHealthy)");
+    }
+
+    #[test]
+    fn a_peer_unreachable_from_a_global_but_not_from_here_is_reported() {
+        let mut primary = status(Role::Primary, Phase::Steady);
+        primary.conditions.push(condition("PeerReachable", "Unreachable", "peer global-b: connection refused"));
+        let r = report(&[up("global-a", primary.clone()), up("global-b", standby_in_sync())], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), ["PeerUnreachable"]);
+        assert!(r.findings[0].message.ends_with("peer global-b: connection refused"));
+        let r = report(&[up("global-a", primary), down("global-b")], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), ["Unreachable"], "the peer nobody reaches is reported once");
     }
 
     #[test]

@@ -53,8 +53,9 @@ async fn status_shows_both_globals_and_says_which_one_is_unreachable() {
     pair.apply_both("global-a");
     let ca = pair.controller(&pair.a, &[]);
     let cb = pair.controller(&pair.b, &[]);
-    pair.wait(&pair.a, "A primary", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
-    pair.wait(&pair.b, "B standby, checked", STEADY, &[&ca, &cb], standby_checked).await;
+    let peer_reachable = |s: &DRTopologyStatus| s.conditions.iter().any(|c| c.type_ == "PeerReachable" && c.status == "True");
+    pair.wait(&pair.a, "A primary, B reachable", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady) && peer_reachable(s)).await;
+    pair.wait(&pair.b, "B standby, checked, A reachable", STEADY, &[&ca, &cb], |s| standby_checked(s) && peer_reachable(s)).await;
     let (ka, kb) = (pair.a.api.kubeconfig.clone(), pair.b.api.kubeconfig.clone());
 
     // Steady: A primary, B a checked standby, DNS at A's VIP; nothing to report.
@@ -133,14 +134,14 @@ fn stalled_kubeconfig(dir: &Path, name: &str, addr: std::net::SocketAddr) -> std
 }
 
 #[test]
-fn globals_that_never_answer_are_given_up_on_after_the_timeout_and_exit_3() {
+fn globals_that_never_answer_are_given_up_on_after_the_timeout_and_exit_4() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Accepted by the kernel's backlog and never read: the TLS handshake waits forever.
     let stalled: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
     let a = stalled_kubeconfig(dir.path(), "global-a", stalled[0].local_addr().expect("addr"));
     let b = stalled_kubeconfig(dir.path(), "global-b", stalled[1].local_addr().expect("addr"));
     let (code, v) = json(&a, &b, &["--timeout=2s"]);
-    assert_eq!(code, 3, "{v:#}");
+    assert_eq!(code, 4, "{v:#}");
     for c in v["clusters"].as_array().expect("clusters") {
         assert_eq!(c["reachable"], false);
         assert!(c["error"].as_str().is_some_and(|e| e.contains("no answer within 2.0s")), "{c:#}");

@@ -77,6 +77,7 @@ pub struct StatusArgs {
     /// Namespace of the Argo CD Application that applies the DRTopology.
     #[arg(long, default_value = crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)]
     argocd_namespace: String,
+    /// Name of the Argo CD Application that applies the DRTopology.
     #[arg(long, default_value = argocd::APPLICATION)]
     argocd_application: String,
 }
