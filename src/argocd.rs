@@ -25,7 +25,7 @@ pub struct ArgoView {
     pub operation_phase: Option<String>,
     pub operation_finished_at: Option<String>,
     /// Argo CD's conditions ("ComparisonError: ..."): why sync is Unknown, when it is.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub conditions: Vec<String>,
 }
 

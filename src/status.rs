@@ -372,6 +372,9 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         } else if c.vip.is_none() {
             f.push(Finding::new(Warning, "NotInSpec", format!("{} is not one of spec.clusters[].name", c.name)));
         }
+        if let Some(k) = c.conditions.iter().find(|k| k.type_ == "Degraded" && k.status == "True") {
+            f.push(Finding::new(Warning, "Degraded", format!("{}: {} ({})", c.name, k.message, k.reason)));
+        }
         // Only while the peer answers us too: a peer nobody reaches is reported as Unreachable.
         if unreachable.is_empty() {
             if let Some(k) = c.conditions.iter().find(|k| k.type_ == "PeerReachable" && k.status == "False") {
@@ -832,6 +835,16 @@ mod tests {
         let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", st)], &dns_at("10.0.0.10"), now());
         assert_eq!(codes(&r), ["SyncNotHealthy"]);
         assert_eq!(r.findings[0].message, "global-b: 3 keys missed (NotHealthy)");
+    }
+
+    #[test]
+    fn a_pair_held_after_an_abandoned_failover_says_so() {
+        let mut reclaimed = status(Role::Primary, Phase::Steady);
+        reclaimed.conditions.push(Condition { status: "True".into(), ..condition("Degraded", "FailoverAbandoned", "global-b abandoned its failover; set drctl.io/retry-failover to retry") });
+        let r = report(&[up("global-a", reclaimed), up("global-b", standby_in_sync())], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), ["Degraded"]);
+        assert!(r.findings[0].message.starts_with("global-a: global-b abandoned its failover"), "{:?}", r.findings);
+        assert_eq!(r.exit_code, EXIT_OK);
     }
 
     #[test]
