@@ -491,9 +491,10 @@ fn failover_cell(c: &ClusterStatus) -> String {
     format!("{} -> {}, {end}", f.from, f.to)
 }
 
-fn rows(c: &ClusterStatus) -> Vec<String> {
+/// The column of `c`, one value per [`ROW_LABELS`] entry (the array length keeps them in step).
+fn rows(c: &ClusterStatus) -> [String; ROW_LABELS.len()] {
     let condition = |t: &str| c.conditions.iter().find(|k| k.type_ == t).map(|k| format!("{} {}", k.status, k.reason));
-    vec![
+    [
         if c.reachable { "ok".into() } else { "UNREACHABLE".into() },
         cell(c, c.vip.clone(), |v| v),
         cell(c, c.reachable.then(|| role_of(c)), |r| r),
@@ -537,7 +538,7 @@ pub fn render_table(r: &StatusReport) -> String {
         r.topology.as_deref().unwrap_or("?"),
         r.spec_primary.as_deref().unwrap_or(if r.clusters.iter().any(|c| c.spec_primary.is_some()) { "differs (see below)" } else { "?" })
     );
-    let columns: Vec<Vec<String>> = r.clusters.iter().map(rows).collect();
+    let columns: Vec<[String; ROW_LABELS.len()]> = r.clusters.iter().map(rows).collect();
     let label_w = ROW_LABELS.iter().map(|l| l.len()).max().unwrap_or(0) + 2;
     let widths: Vec<usize> = r
         .clusters
@@ -623,7 +624,7 @@ fn failover_section(f: &FailoverView, recorded_by: &str) -> String {
         let took = s.duration_seconds.map(human_seconds).unwrap_or_else(|| "-".into());
         let msg = s.message.as_deref().map(|m| one_line(m, 90)).unwrap_or_default();
         let state = format!("{:?}", s.state);
-        t.push_str(&format!("  {:<name_w$}{state:<11}{took:<9}{msg}", s.name).trim_end().to_string());
+        t.push_str(format!("  {:<name_w$}{state:<11}{took:<9}{msg}", s.name).trim_end());
         t.push('\n');
     }
     t
