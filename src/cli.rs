@@ -107,6 +107,10 @@ pub enum Command {
     /// The local DR lab: two whole globals (control plane, kwok nodes, their own Argo CD), PowerDNS and a Git repo on this machine.
     #[command(subcommand)]
     Lab(crate::lab::cli::LabCommand),
+    /// Both globals side by side, read-only: role, phase, lag, missed/surplus/diverged keys, last
+    /// check, the DNS answer, the last failover's steps, Argo CD. Exit 3 when two primaries or
+    /// none are visible, 4 when neither global answers.
+    Status(crate::status::read::StatusArgs),
     /// DNS tools for operators.
     Dns {
         #[command(subcommand)]
@@ -270,6 +274,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Lab(cmd) => crate::lab::cli::run(cmd).await,
+        Command::Status(args) => crate::status::read::run(args).await,
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Check { etcd, exclude, json, repair, prune_surplus, list } => {

@@ -1,4 +1,5 @@
 //! drctl: declarative, GitOps-driven disaster recovery for a Kubernetes global cluster.
+pub mod argocd;
 pub mod check;
 pub mod cli;
 pub mod controller;
@@ -23,6 +24,7 @@ pub mod restart;
 pub mod schema_check;
 pub mod secret;
 pub mod selector;
+pub mod status;
 pub mod topology;
 pub mod urls;
 pub mod validate;

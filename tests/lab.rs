@@ -54,6 +54,13 @@ impl Lab {
         serde_json::from_str(&self.run(&["status", "--json"])).expect("status JSON")
     }
 
+    /// `drctl status --lab DIR --json`: (exit code, the document).
+    fn drctl_status(&self) -> (Option<i32>, Value) {
+        let out = drctl().args(["status", "--json", "--lab"]).arg(self.path()).output().expect("run drctl status");
+        let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("drctl status --json ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), doc)
+    }
+
     fn kubectl(&self, cluster: &str, args: &[&str]) -> Output {
         let state = self.state();
         let c = state.cluster(cluster).expect("cluster");
@@ -213,6 +220,15 @@ fn planned_switchover_by_pull_request() {
     assert_argo_synced(&s, "global-b", &r.merge_commit);
     assert_whole_platform(&s, "global-a");
     assert_whole_platform(&s, "global-b");
+    // drctl status reads the same pair through the kubeconfigs, Argo CD's Applications included.
+    let (code, st) = lab.drctl_status();
+    assert_eq!(code, Some(0), "{st:#}");
+    assert_eq!((st["specPrimary"].as_str(), st["dns"]["pointsAt"].as_str(), st["lastFailoverRecordedBy"].as_str()), (Some("global-b"), Some("global-b"), Some("global-b")), "{st:#}");
+    for c in st["clusters"].as_array().expect("clusters") {
+        let a = &c["argocd"];
+        assert_eq!((a["sync"].as_str(), a["revision"].as_str()), (Some("Synced"), Some(r.merge_commit.as_str())), "{st:#}");
+        assert!(a["health"].is_string() && a["healthMessage"].is_string(), "{st:#}");
+    }
     eprintln!("planned switchover RTO {:.2}s (merge -> Done {:.2}s, webhook-style refresh)", r.rto_seconds, r.merge_to_done_seconds);
 
     // And back, with Argo CD's polling alone.

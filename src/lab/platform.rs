@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::procs::{self, ApiServer, ProcError};
 
 /// Argo CD's namespace in every global (never replicated).
-pub const ARGOCD_NAMESPACE: &str = "argocd";
+pub const ARGOCD_NAMESPACE: &str = crate::keyspace::DEFAULT_ARGOCD_NAMESPACE;
 /// The Application that applies `topology/` (from `gitops/argocd/application-<cluster>.yaml`).
-pub const TOPOLOGY_APPLICATION: &str = "drtopology";
+pub const TOPOLOGY_APPLICATION: &str = crate::argocd::APPLICATION;
 /// How often Argo CD polls Git when nobody asks it to refresh (Argo CD's default is 3 minutes;
 /// the lab's flip also triggers a refresh the way a Git webhook would).
 pub const ARGOCD_POLL_SECONDS: u64 = 15;

@@ -1,0 +1,230 @@
+//! The I/O of `drctl status`: each global's DRTopology and Argo CD Application through its own
+//! kubeconfig (both asked at once, each within a short timeout), then the platform domain from
+//! the resolvers. Read-only: nothing here writes to a cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use super::{ClusterView, Observed, StatusReport};
+use crate::argocd::{self, ArgoView};
+use crate::dns::{self, ResolverAnswer};
+use crate::topology::{self, DRTopology};
+
+/// One DNS query's limit: the resolvers are asked after the globals answered.
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("--cluster {0:?}: expected NAME=KUBECONFIG with NAME one of spec.clusters[].name, e.g. --cluster global-a=$HOME/.kube/global-a")]
+    ClusterArg(String),
+    #[error("--cluster: got {got} global(s) ({names}); give both globals, each once: --cluster NAME=KUBECONFIG --cluster NAME=KUBECONFIG")]
+    ClusterCount { got: usize, names: String },
+    #[error("--cluster {cluster}={path}: {message}; pass a readable kubeconfig for that global")]
+    Kubeconfig { cluster: String, path: String, message: String },
+    #[error(transparent)]
+    Lab(#[from] crate::lab::LabError),
+}
+
+/// A global and the kubeconfig that reaches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub kubeconfig: PathBuf,
+}
+
+/// `NAME=KUBECONFIG`, as `--cluster` takes it.
+pub fn parse_target(s: &str) -> Result<Target, StatusError> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok(Target { name: name.to_string(), kubeconfig: PathBuf::from(path) }),
+        _ => Err(StatusError::ClusterArg(s.to_string())),
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    crate::validate::parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| format!("{s:?} is not a duration like 5s or 500ms"))
+}
+
+fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    crate::validate::parse_resolver(s).ok_or_else(|| format!("{s:?} is not ip or ip:port"))
+}
+
+/// `drctl status`: the globals by kubeconfig, or the local lab's.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("globals").required(true).args(["clusters", "lab"])))]
+pub struct StatusArgs {
+    /// A global and its kubeconfig, NAME one of spec.clusters[].name; give both globals.
+    #[arg(long = "cluster", value_name = "NAME=KUBECONFIG", value_parser = |s: &str| parse_target(s).map_err(|e| e.to_string()))]
+    clusters: Vec<Target>,
+    /// Read the globals and the DNS server of the local lab in DIR [default: $DRCTL_LAB_DIR, else $TMPDIR/drctl-lab].
+    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with = "clusters")]
+    lab: Option<Option<PathBuf>>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// How long each global may take to answer (both are asked at once).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Ask this resolver for the platform domain instead of spec.dns.verify.resolvers (ip or
+    /// ip:port; repeatable), e.g. when those are only reachable inside the cluster.
+    #[arg(long = "resolver", value_name = "IP[:PORT]", value_parser = parse_resolver)]
+    resolvers: Vec<SocketAddr>,
+    /// Namespace of the Argo CD Application that applies the DRTopology.
+    #[arg(long, default_value = crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)]
+    argocd_namespace: String,
+    /// Name of the Argo CD Application that applies the DRTopology.
+    #[arg(long, default_value = argocd::APPLICATION)]
+    argocd_application: String,
+}
+
+/// How to read the pair.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub timeout: Duration,
+    /// Empty: spec.dns.verify.resolvers (the system's when that is empty too).
+    pub resolvers: Vec<SocketAddr>,
+    pub argocd_namespace: String,
+    pub argocd_application: String,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = Options {
+        timeout: args.timeout,
+        resolvers: args.resolvers,
+        argocd_namespace: args.argocd_namespace,
+        argocd_application: args.argocd_application,
+    };
+    let targets = match args.lab {
+        Some(dir) => {
+            let state = crate::lab::LabState::require(&dir.unwrap_or_else(crate::lab::default_dir))?;
+            if opts.resolvers.is_empty() {
+                opts.resolvers = vec![state.dns.server];
+            }
+            state.clusters.iter().map(|c| Target { name: c.name.clone(), kubeconfig: c.api.kubeconfig.clone() }).collect()
+        }
+        None => args.clusters,
+    };
+    let report = read(&targets, &opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", super::render_table(&report));
+    }
+    Ok(ExitCode::from(report.exit_code))
+}
+
+/// Reads both globals at once, then the DNS answer, and judges them.
+pub async fn read(targets: &[Target], opts: &Options) -> Result<StatusReport, StatusError> {
+    let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if targets.len() != 2 || names.len() != 2 {
+        return Err(StatusError::ClusterCount { got: targets.len(), names: targets.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ") });
+    }
+    // A kubeconfig that cannot be read is the operator's mistake, not an unreachable global.
+    let mut configs = Vec::new();
+    for t in targets {
+        configs.push((t.name.clone(), config(t).await?));
+    }
+    let views = futures::future::join_all(configs.into_iter().map(|(name, cfg)| observe_within(name, cfg, opts))).await;
+    let dns = match views.iter().find_map(|v| v.observed.as_ref().ok()?.topology.as_ref()) {
+        None => Ok(Vec::new()),
+        Some(t) => ask_dns(t, &opts.resolvers).await,
+    };
+    Ok(super::report(&views, &dns, Timestamp::now()))
+}
+
+async fn ask_dns(t: &DRTopology, resolvers: &[SocketAddr]) -> Result<Vec<ResolverAnswer>, String> {
+    let resolvers = if resolvers.is_empty() { dns::verify_resolvers(&t.spec.dns).map_err(|e| e.to_string())? } else { resolvers.to_vec() };
+    Ok(dns::ask_all(&resolvers, &t.spec.platform.domain, DNS_TIMEOUT).await)
+}
+
+/// The kube config of `t`. Its requests are bounded by `observe_within` as a whole, so a global
+/// that stalls anywhere (connect, TLS, response) reads as one message.
+async fn config(t: &Target) -> Result<kube::Config, StatusError> {
+    let fail = |message: String| StatusError::Kubeconfig { cluster: t.name.clone(), path: t.kubeconfig.display().to_string(), message };
+    let kc = Kubeconfig::read_from(&t.kubeconfig).map_err(|e| fail(e.to_string()))?;
+    kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| fail(e.to_string()))
+}
+
+async fn observe_within(name: String, cfg: kube::Config, opts: &Options) -> ClusterView {
+    let url = cfg.cluster_url.to_string();
+    let observed = match tokio::time::timeout(opts.timeout, observe(cfg, opts)).await {
+        Ok(r) => r.map_err(|e| format!("{url}: {e}")),
+        Err(_) => Err(format!("{url}: no answer within {}", super::human_seconds(opts.timeout.as_secs_f64()))),
+    };
+    ClusterView { name, observed }
+}
+
+async fn observe(cfg: kube::Config, opts: &Options) -> Result<Observed, String> {
+    let client = kube::Client::try_from(cfg).map_err(|e| causes(&e))?;
+    let topologies: Api<DRTopology> = Api::all(client.clone());
+    let params = kube::api::ListParams::default();
+    let (list, argocd) = tokio::join!(topologies.list(&params), application(client, opts));
+    let list = list.map_err(|e| format!("list DRTopology: {}", causes(&e)))?;
+    Ok(Observed { topology: topology::oldest(list.items), argocd })
+}
+
+/// The Argo CD Application, None when it (or Argo CD's CRD) does not exist.
+async fn application(client: kube::Client, opts: &Options) -> Result<Option<ArgoView>, String> {
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application");
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &opts.argocd_namespace, &ApiResource::from_gvk_with_plural(&gvk, "applications"));
+    let what = format!("read Application {}/{}", opts.argocd_namespace, opts.argocd_application);
+    let app = match api.get(&opts.argocd_application).await {
+        Ok(a) => a,
+        // Without Argo CD's CRD the apiserver answers a bare 404 page, which kube's get_opt
+        // does not read as NotFound.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+        Err(e) => return Err(format!("{what}: {}", causes(&e))),
+    };
+    serde_json::to_value(app).map(|v| Some(ArgoView::from_json(&v))).map_err(|e| format!("{what}: {e}"))
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp connect error: Connection
+/// refused"): kube's own message often leaves out the cause that says what happened.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+        next = cause.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_argument_is_name_equals_kubeconfig() {
+        assert_eq!(parse_target("global-a=/k/a").expect("parse"), Target { name: "global-a".into(), kubeconfig: "/k/a".into() });
+        assert_eq!(parse_target("global-a=/k/a=b").expect("parse").kubeconfig, PathBuf::from("/k/a=b"));
+        for bad in ["/k/a", "=/k/a", "global-a="] {
+            let e = parse_target(bad).expect_err(bad).to_string();
+            assert!(e.contains("expected NAME=KUBECONFIG"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn both_globals_each_once_are_required() {
+        let opts = Options { timeout: Duration::from_secs(1), resolvers: Vec::new(), argocd_namespace: "argocd".into(), argocd_application: "drtopology".into() };
+        let a = Target { name: "global-a".into(), kubeconfig: "/nonexistent".into() };
+        for targets in [vec![a.clone()], vec![a.clone(), a.clone()]] {
+            let e = read(&targets, &opts).await.expect_err("refused").to_string();
+            assert!(e.contains("give both globals, each once"), "{e}");
+        }
+        let b = Target { name: "global-b".into(), kubeconfig: "/nonexistent".into() };
+        let e = read(&[a, b], &opts).await.expect_err("unreadable kubeconfig").to_string();
+        assert!(e.starts_with("--cluster global-a=/nonexistent: "), "{e}");
+    }
+}
