@@ -26,7 +26,7 @@ srcdir=$(printf '%s' "$info" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
 cp -a "$srcdir" src && chmod -R u+w src
 mkdir -p "$out"
 if [ ! -x "$out/gitea" ]; then
-  echo "building gitea $version into $out (cached afterwards) ..." >&2
+  echo "building gitea $version into $out (about 5 CPU-minutes; cached afterwards) ..." >&2
   (cd src && go build -trimpath -ldflags "-s -w -X main.Version=${version#v}" -o "$out/gitea.tmp" .)
   mv "$out/gitea.tmp" "$out/gitea"
 fi
