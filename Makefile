@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube argocd kwok platform build crds argocd-cm image test demo demo-down bench faults soak
+.PHONY: deps kube argocd kwok gitea platform build crds argocd-cm image test demo demo-down bench faults soak
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -14,14 +14,17 @@ deps:
 	bash hack/install-deps.sh
 
 # Built from Go modules (never downloaded prebuilt), cached by version in $(DRCTL_CACHE):
-# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl; Argo CD; kwok.
+# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl; Argo CD; kwok; Gitea (the
+# forge tests/forge.rs opens pull requests on).
 kube:
 	bash hack/build-kube.sh >/dev/null
 argocd:
 	bash hack/build-argocd.sh >/dev/null
 kwok:
 	bash hack/build-kwok.sh >/dev/null
-platform: kube argocd kwok
+gitea:
+	bash hack/build-gitea.sh >/dev/null
+platform: kube argocd kwok gitea
 
 build:
 	cargo build --all-targets

@@ -13,7 +13,7 @@ use crate::etcd::{self, Endpoint, TlsFiles};
 use crate::keyspace::Filter;
 use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
 use crate::topology::ExcludeSpec;
-use crate::{dns, gitops, topology, validate};
+use crate::{dns, forge, gitops, topology, validate};
 
 #[derive(Parser, Debug)]
 #[command(name = "drctl", version, about = "Declarative, GitOps-driven disaster recovery for a Kubernetes global cluster")]
@@ -67,28 +67,7 @@ pub enum Command {
         list: usize,
     },
     /// Prepare the pull request that makes CLUSTER the primary: a branch with a one-line commit.
-    Promote {
-        /// The cluster to promote; one of spec.clusters[].name.
-        cluster: String,
-        /// The Git repository (a clone of the one Argo CD watches).
-        #[arg(long)]
-        repo: PathBuf,
-        /// The topology file, relative to the repository root.
-        #[arg(long, default_value = gitops::DEFAULT_FILE)]
-        file: PathBuf,
-        /// Branch to create; default dr/promote-CLUSTER-<UTC YYYYMMDD-HHMMSS>.
-        #[arg(long)]
-        branch: Option<String>,
-        /// Commit subject; default "DR: promote CLUSTER to primary".
-        #[arg(long)]
-        message: Option<String>,
-        /// Why, recorded in the DR-Reason trailer (default: the subject).
-        #[arg(long)]
-        reason: Option<String>,
-        /// Push the branch to this remote.
-        #[arg(long, value_name = "REMOTE")]
-        push: Option<String>,
-    },
+    Promote(PromoteArgs),
     /// The DR audit trail: every change of spec.primary on the first-parent line of HEAD.
     History {
         #[arg(long)]
@@ -116,6 +95,85 @@ pub enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct PromoteArgs {
+    /// The cluster to promote; one of spec.clusters[].name.
+    cluster: String,
+    /// The Git repository (a clone of the one Argo CD watches).
+    #[arg(long)]
+    repo: PathBuf,
+    /// The topology file, relative to the repository root.
+    #[arg(long, default_value = gitops::DEFAULT_FILE)]
+    file: PathBuf,
+    /// Branch to create; default dr/promote-CLUSTER-<UTC YYYYMMDD-HHMMSS>.
+    #[arg(long)]
+    branch: Option<String>,
+    /// Commit subject; default "DR: promote CLUSTER to primary".
+    #[arg(long)]
+    message: Option<String>,
+    /// Why, recorded in the DR-Reason trailer (default: the subject).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Push the branch to this remote and print the forge's link that opens the pull request.
+    #[arg(long, value_name = "REMOTE")]
+    push: Option<String>,
+    /// The forge the remote is on, when its host name does not say (github.com, gitlab.*, gitea.*).
+    #[arg(long, value_enum)]
+    forge: Option<forge::Forge>,
+    /// Open the pull request through the forge's API, with the token in $DRCTL_FORGE_TOKEN (or --token-env).
+    #[arg(long, requires = "push")]
+    open_pr: bool,
+    /// The pull request's target branch; default the branch HEAD was on.
+    #[arg(long)]
+    base: Option<String>,
+    /// The environment variable that holds the forge's API token (never a flag: it would show in shell history and ps).
+    #[arg(long, value_name = "VAR", default_value = forge::DEFAULT_TOKEN_ENV)]
+    token_env: String,
+}
+
+/// `drctl promote`: commit, push, and open the pull request or print the link that opens it.
+async fn promote(a: PromoteArgs) -> anyhow::Result<ExitCode> {
+    // Whatever --open-pr needs (forge, target branch, token) is checked before anything is committed.
+    let open = match (&a.push, a.open_pr) {
+        (Some(remote), true) => {
+            let (head, url) = gitops::head_and_remote(&a.repo, remote)?;
+            let target = forge::target(&url, a.forge)?;
+            let base = a.base.clone().or(head).ok_or_else(|| {
+                anyhow::anyhow!("HEAD is detached, so the pull request's target branch is unknown; pass --base BRANCH")
+            })?;
+            Some((target, base, forge::token_from_env(&a.token_env)?))
+        }
+        _ => None,
+    };
+    let req = gitops::PromoteRequest {
+        repo: a.repo,
+        file: a.file,
+        cluster: a.cluster,
+        branch: a.branch,
+        message: a.message,
+        reason: a.reason,
+        push: a.push,
+    };
+    let outcome = gitops::promote(&req)?;
+    let base = a.base.or_else(|| outcome.base.clone());
+    let target = outcome.remote_url.as_deref().map(|u| forge::target(u, a.forge));
+    let opened = match open {
+        Some((t, base, token)) => {
+            let pr = forge::PullRequest::from_commit(&outcome.branch, &base, &outcome.message);
+            let opened = forge::open_pull_request(&t, &token, &a.token_env, &pr).await.map_err(|source| forge::NotOpened {
+                branch: outcome.branch.clone(),
+                by_hand: t.compare_url(&base, &outcome.branch),
+                source,
+            })?;
+            Some(opened)
+        }
+        None => None,
+    };
+    let line = forge::pull_request_line(&outcome.branch, base.as_deref(), target.as_ref(), opened.as_ref());
+    print!("{}", gitops::next_steps(&outcome, &line));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The two etcds and how to reach them.
@@ -249,12 +307,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => Ok(validate_files(&files)),
-        Command::Promote { cluster, repo, file, branch, message, reason, push } => {
-            let req = gitops::PromoteRequest { repo, file, cluster, branch, message, reason, push };
-            let outcome = gitops::promote(&req)?;
-            print!("{}", gitops::next_steps(&outcome));
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Promote(args) => promote(args).await,
         Command::History { repo, file, json, kubeconfig } => {
             let mut entries = gitops::history(&repo, &file)?;
             let mut records = Vec::new();

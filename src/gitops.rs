@@ -55,6 +55,8 @@ pub enum GitopsError {
     Symlink { file: PathBuf, target: String, why: &'static str },
     #[error("--{flag} must be one line: it becomes {what}, and a line break would let it add trailer lines (DR-To, DR-Action) that history trusts; put longer text in the pull request")]
     MultiLine { flag: &'static str, what: &'static str },
+    #[error("the URL of remote {remote} is not UTF-8; set it with `git remote set-url {remote} URL`")]
+    RemoteUrl { remote: String },
     #[error("committed {commit} on branch {branch}, but pushing it to {remote} failed: {message}; push it with `git push {remote} {branch}`")]
     PushFailed { commit: String, branch: String, remote: String, message: String },
 }
@@ -244,6 +246,8 @@ pub struct PromoteOutcome {
     pub pushed_to: Option<String>,
     /// URL of the remote the branch went to, for the pull request link.
     pub remote_url: Option<String>,
+    /// The commit message: the pull request's title and body.
+    pub message: String,
 }
 
 /// Commits the flip of `spec.primary` on a new branch, checks it out, and pushes when asked.
@@ -256,7 +260,7 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
     }
     refuse_multi_line(req)?;
     let head = head_of(&repo, &req.repo)?;
-    let base = head.shorthand().ok().filter(|_| head.is_branch()).map(str::to_string);
+    let base = branch_name(&head);
     let parent = head.peel_to_commit().map_err(git("resolve HEAD to a commit"))?;
     let tree = parent.tree().map_err(git("read HEAD's tree"))?;
     let file = follow_symlinks(&repo, &tree, file)?;
@@ -328,6 +332,7 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
         to,
         pushed_to: None,
         remote_url: None,
+        message,
     };
     if let Some(remote) = &req.push {
         // The branch exists locally whatever happens here; say so rather than just failing.
@@ -342,6 +347,21 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
         outcome.remote_url = r.url().ok().map(str::to_string);
     }
     Ok(outcome)
+}
+
+/// The branch HEAD is on, None when detached.
+fn branch_name(head: &git2::Reference<'_>) -> Option<String> {
+    head.shorthand().ok().filter(|_| head.is_branch()).map(str::to_string)
+}
+
+/// The branch HEAD of `repo_path` is on (None when detached) and the URL of `remote`: what
+/// `--open-pr` checks before anything is committed.
+pub fn head_and_remote(repo_path: &Path, remote: &str) -> Result<(Option<String>, String), GitopsError> {
+    let repo = Repository::open(repo_path).map_err(|source| GitopsError::Open { path: repo_path.to_path_buf(), source })?;
+    let head = head_of(&repo, repo_path)?;
+    let r = repo.find_remote(remote).map_err(git(format!("find remote {remote} (`git remote -v` lists them)")))?;
+    let url = r.url().map_err(|_| GitopsError::RemoteUrl { remote: remote.into() })?.to_string();
+    Ok((branch_name(&head), url))
 }
 
 /// A line break in the subject or the reason could end the trailer block and start a forged
@@ -503,8 +523,9 @@ fn credentials(
     }
 }
 
-/// What to do next, for people: push (if not done) and open the pull request.
-pub fn next_steps(o: &PromoteOutcome) -> String {
+/// What to do next, for people: push (if not done), then `pull_request` (the line
+/// [`crate::forge::pull_request_line`] writes).
+pub fn next_steps(o: &PromoteOutcome, pull_request: &str) -> String {
     let mut s = format!(
         "Committed {} on branch {}: spec.primary {} -> {}.\n",
         &o.commit[..o.commit.len().min(12)],
@@ -516,38 +537,9 @@ pub fn next_steps(o: &PromoteOutcome) -> String {
         Some(remote) => s.push_str(&format!("Pushed {} to {remote}.\n", o.branch)),
         None => s.push_str(&format!("Push it:   git push origin {}\n", o.branch)),
     }
-    match o.base.as_deref() {
-        // Without a branch the pull request's target is unknown; guessing "main" could be wrong.
-        None => s.push_str(&format!(
-            "HEAD was detached, so the target branch is unknown: open a pull request from {} into the branch Argo CD watches.\n",
-            o.branch
-        )),
-        Some(base) => match o.remote_url.as_deref().and_then(|u| pull_request_url(u, base, &o.branch)) {
-            Some(url) => s.push_str(&format!("Open the pull request into {base}: {url}\n")),
-            None => s.push_str(&format!("Open a pull request from {} into {base}.\n", o.branch)),
-        },
-    }
+    s.push_str(pull_request);
     s.push_str("When it merges, Argo CD applies the flip to both globals and the new primary runs the failover.\n");
     s
-}
-
-/// A "new pull/merge request" link for GitHub and GitLab remotes.
-fn pull_request_url(remote_url: &str, base: &str, branch: &str) -> Option<String> {
-    let rest = remote_url
-        .strip_prefix("https://")
-        .or_else(|| remote_url.strip_prefix("ssh://git@"))
-        .or_else(|| remote_url.strip_prefix("git@"))?;
-    let (host, path) = rest.split_once(['/', ':'])?;
-    let path = path.trim_end_matches(".git").trim_end_matches('/');
-    if host == "github.com" {
-        Some(format!("https://{host}/{path}/compare/{base}...{branch}?expand=1"))
-    } else if host.contains("gitlab") {
-        Some(format!(
-            "https://{host}/{path}/-/merge_requests/new?merge_request[source_branch]={branch}&merge_request[target_branch]={base}"
-        ))
-    } else {
-        None
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -864,18 +856,5 @@ mod tests {
         for bad in ["spec:\n  primary: |\n    a\n", "spec:\n  primary: \"a\n", "spec:\n  primary:\n", "spec:\n  primary: *x\n"] {
             assert!(matches!(find_primary(bad), Err(PrimaryLineError::Unsupported { line: 2, .. })), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn pull_request_links() {
-        assert_eq!(
-            pull_request_url("git@github.com:acme/dr.git", "main", "dr/x").as_deref(),
-            Some("https://github.com/acme/dr/compare/main...dr/x?expand=1")
-        );
-        assert_eq!(
-            pull_request_url("https://gitlab.example.com/p/dr.git", "main", "b").as_deref(),
-            Some("https://gitlab.example.com/p/dr/-/merge_requests/new?merge_request[source_branch]=b&merge_request[target_branch]=main")
-        );
-        assert_eq!(pull_request_url("/tmp/remote.git", "main", "b"), None);
     }
 }

@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod failover;
 pub mod files;
 pub mod fence;
+pub mod forge;
 pub mod gitops;
 pub mod guards;
 pub mod hooks;

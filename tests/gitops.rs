@@ -367,7 +367,7 @@ fn promote_on_a_detached_head_does_not_guess_main() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(!stdout.contains("into main"), "{stdout}");
-    assert!(stdout.contains("HEAD was detached, so the target branch is unknown: open a pull request from pr into the branch Argo CD watches."), "{stdout}");
+    assert!(stdout.contains("HEAD was detached, so the target branch is unknown: open a pull request from pr into the branch Argo CD watches (--base names it)."), "{stdout}");
 }
 
 #[test]

@@ -396,7 +396,7 @@ fn fqdn(name: &str) -> String {
 
 /// An HTTP client for provider APIs. reqwest is built without a default TLS crypto provider, so
 /// install ring's (kube uses the same) before building one.
-fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().timeout(Duration::from_secs(15)).build()

@@ -16,6 +16,8 @@ use crate::secret::Secret;
 pub const KUBE_VERSION: &str = "v1.34.4";
 pub const ARGOCD_VERSION: &str = "v3.6.1";
 pub const KWOK_VERSION: &str = "v0.8.0";
+/// The forge `drctl promote --open-pr` is tested against (tests/forge.rs).
+pub const GITEA_VERSION: &str = "v1.27.3";
 const PDNS_SCHEMA_DIR: &str = "/usr/share/doc/pdns-backend-sqlite3";
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,12 @@ pub fn argocd_bin() -> Result<PathBuf, ProcError> {
 /// The `kwok` binary (next to its `stages.yaml`): `$DRCTL_KWOK_BIN`, else `hack/build-kwok.sh`.
 pub fn kwok_bin() -> Result<PathBuf, ProcError> {
     built("DRCTL_KWOK_BIN", "build-kwok.sh", &[("KWOK_VERSION", KWOK_VERSION)])
+}
+
+/// The `gitea` binary, next to the options/, templates/ and public/ it reads at run time:
+/// `$DRCTL_GITEA_BIN`, else `hack/build-gitea.sh`.
+pub fn gitea_bin() -> Result<PathBuf, ProcError> {
+    built("DRCTL_GITEA_BIN", "build-gitea.sh", &[("GITEA_VERSION", GITEA_VERSION)])
 }
 
 /// A path from `$override_var`, else the last stdout line of `hack/SCRIPT` (which builds the
