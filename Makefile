@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube argocd kwok gitea platform build crds argocd-cm image test demo demo-down bench faults soak
+.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image test demo demo-down bench faults soak
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -24,7 +24,9 @@ kwok:
 	bash hack/build-kwok.sh >/dev/null
 gitea:
 	bash hack/build-gitea.sh >/dev/null
-platform: kube argocd kwok gitea
+# What the lab runs; the tests also open pull requests on Gitea.
+lab-platform: kube argocd kwok
+platform: lab-platform gitea
 
 build:
 	cargo build --all-targets
@@ -52,7 +54,7 @@ test: deps platform image
 # PowerDNS and a Git repo on loopback; a pull request flips spec.primary and the runbook runs.
 # The lab keeps running after.
 LAB_DIR ?= $(CURDIR)/lab
-demo: deps platform build
+demo: deps lab-platform build
 	@$(DRCTL) lab down --dir $(LAB_DIR) >/dev/null
 	$(DRCTL) lab up --dir $(LAB_DIR)
 	$(DRCTL) lab flip --dir $(LAB_DIR)
