@@ -300,7 +300,7 @@ pub enum SyncDriver {
     Manifest,
 }
 
-/// What is not replicated beyond the defaults (`keyspace::DEFAULT_EXCLUSIONS`, README "What
+/// What is not replicated beyond the defaults (`exclusions::DEFAULT_EXCLUSIONS`, README "What
 /// is never replicated"): every list here adds to them; only `optOut` removes a default.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -334,7 +334,7 @@ pub struct ExcludeSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.__namespace__) != has(self.resource)")
     .message("an optOut entry names exactly one of namespace or resource"))]
-#[x_kube(validation = Rule::new(crate::keyspace::opt_out_cel())
+#[x_kube(validation = Rule::new(crate::exclusions::opt_out_cel())
     .message("an optOut entry names a default exclusion (README: What is never replicated)"))]
 pub struct OptOut {
     /// A namespace of the default exclusions.

@@ -12,7 +12,8 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::keyspace::{default_namespaces, default_resources, REGISTRY_PREFIX};
+use crate::exclusions::{default_namespaces, default_resources};
+use crate::keyspace::REGISTRY_PREFIX;
 use crate::topology::{
     DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
     VERSION,

@@ -1,0 +1,1014 @@
+//! The failover runbook as a pure planner: what this cluster's controller should do next, given
+//! the declared topology, its own recorded status and what it observes of its peer.
+//!
+//! The runbook (DESIGN.md §1, issue 4) on the cluster that becomes primary:
+//! Preflight → Demote → FinalSync → StopSync → PreHooks → SwitchDNS → VerifyDNS → Restart →
+//! PostHooks → Done. Every step is recorded in `status.failover.steps` before and after it runs
+//! and is idempotent, so a controller killed anywhere re-plans from status and resumes there.
+//!
+//! Split-brain rules this planner enforces:
+//! - a cluster mirrors only while it is standby *and* its peer reports itself Primary and Steady
+//!   for the same `spec.primary` (so a new primary still catching up is never mirrored from, and
+//!   two clusters never mirror into each other);
+//! - an old primary acknowledges demotion (the demotion token) before it does anything else;
+//! - a flip back during a failover supersedes it: the remaining steps are skipped and recorded,
+//!   and the cluster named by the new `spec.primary` runs a complete failover of its own;
+//! - the pair is never left without a primary by a FinalSync that cannot pass: after
+//!   `finalSyncTimeout` the failover is abandoned (the old primary reclaims, and the new one
+//!   holds until the spec or `drctl.io/retry-failover` changes) or, by policy, proceeds.
+
+use std::fmt;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::topology::{DRTopologyStatus, FailoverStatus, FinalSyncPolicy, Phase, Role, StepState, StepStatus};
+
+/// Retries a failover that was abandoned under an unchanged spec: set it on the DRTopology of
+/// the cluster named primary to any value it did not have when the failover was abandoned.
+pub const RETRY_ANNOTATION: &str = "drctl.io/retry-failover";
+
+/// The runbook's steps, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Step {
+    Preflight,
+    Demote,
+    FinalSync,
+    StopSync,
+    PreHooks,
+    SwitchDns,
+    VerifyDns,
+    Restart,
+    PostHooks,
+    Done,
+}
+
+impl Step {
+    pub const ALL: [Step; 10] = [
+        Step::Preflight,
+        Step::Demote,
+        Step::FinalSync,
+        Step::StopSync,
+        Step::PreHooks,
+        Step::SwitchDns,
+        Step::VerifyDns,
+        Step::Restart,
+        Step::PostHooks,
+        Step::Done,
+    ];
+
+    /// The name recorded in `status.failover.steps[].name`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Preflight => "Preflight",
+            Step::Demote => "Demote",
+            Step::FinalSync => "FinalSync",
+            Step::StopSync => "StopSync",
+            Step::PreHooks => "PreHooks",
+            Step::SwitchDns => "SwitchDNS",
+            Step::VerifyDns => "VerifyDNS",
+            Step::Restart => "Restart",
+            Step::PostHooks => "PostHooks",
+            Step::Done => "Done",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// What the step does, for `drctl failover plan` and dry runs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Preflight => "check the spec, reach the old primary, compare encryption-config fingerprints",
+            Step::Demote => "ask the old primary to step down and wait for its acknowledgement and final revision",
+            Step::FinalSync => "catch up to the old primary's final revision, run the consistency check, record the RPO token; after finalSyncTimeout, abandon or proceed by finalSyncPolicy",
+            Step::StopSync => "stop replicating from the old primary",
+            Step::PreHooks => "run spec.failover.preHooks (e.g. remove the 2379 forwarding from the VIPs)",
+            Step::SwitchDns => "point the platform domain at this cluster's VIP",
+            Step::VerifyDns => "resolve the domain through spec.dns.verify.resolvers until it answers the new VIP",
+            Step::Restart => "run restarts with when: failover, here and in workload clusters, and wait until ready",
+            Step::PostHooks => "run spec.failover.postHooks",
+            Step::Done => "mark this cluster Primary and Steady",
+        }
+    }
+}
+
+impl StepStatus {
+    /// Whether this record is of `step` (records carry the step's name, the API's string).
+    pub fn is(&self, step: Step) -> bool {
+        self.name == step.name()
+    }
+
+    /// The step this record is of, unless a newer controller wrote a step this one does not know.
+    pub fn step(&self) -> Option<Step> {
+        Step::from_name(&self.name)
+    }
+}
+
+/// The record of `step` in a failover, once it has one.
+pub fn step_record(f: &FailoverStatus, step: Step) -> Option<&StepStatus> {
+    f.steps.iter().find(|s| s.is(step))
+}
+
+/// Whether `step` of a failover has succeeded or been skipped.
+pub fn step_finished(f: &FailoverStatus, step: Step) -> bool {
+    step_record(f, step).is_some_and(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped))
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What this controller can see of its peer (through the peer kubeconfig).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum PeerView {
+    /// The peer's apiserver did not answer, or no kubeconfig for it is configured.
+    #[default]
+    Unreachable,
+    Reachable(PeerState),
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PeerState {
+    /// `spec.primary` as applied in the peer cluster (Argo CD may not have synced it yet).
+    pub spec_primary: String,
+    pub role: Option<Role>,
+    pub phase: Option<Phase>,
+    /// The peer's demotion token: whom it stepped down for, and its final revision.
+    pub demoted_for: Option<String>,
+    pub final_revision: Option<i64>,
+    /// The etcd cluster ID the final revision belongs to.
+    pub token_cluster_id: Option<String>,
+    pub encryption_config_sha256: Option<String>,
+    /// The peer's own latest failover (to itself), if any.
+    pub failover: Option<PeerFailover>,
+    /// The peer's primary term (`status.term`; 0 when it never was primary or predates terms).
+    pub term: i64,
+}
+
+/// How far the peer got with its latest failover to itself.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PeerFailover {
+    pub completed: bool,
+    pub aborted: bool,
+    /// It was abandoned because its FinalSync did not pass in time (`finalSyncPolicy: abandon`):
+    /// the peer hands the primary role back to us.
+    pub abandoned: bool,
+    /// Its SwitchDNS step succeeded: clients may have written there since.
+    pub dns_switched: bool,
+}
+
+impl PeerView {
+    pub fn reachable(&self) -> Option<&PeerState> {
+        match self {
+            PeerView::Reachable(p) => Some(p),
+            PeerView::Unreachable => None,
+        }
+    }
+}
+
+/// Everything the planner decides on.
+#[derive(Clone, Debug, Default)]
+pub struct Observed<'a> {
+    pub self_name: &'a str,
+    pub spec_primary: &'a str,
+    /// Validation errors of the spec (empty when valid).
+    pub invalid: bool,
+    /// `spec.failover.dryRun`: report what a role change would do instead of doing it.
+    pub dry_run: bool,
+    pub status: Option<&'a DRTopologyStatus>,
+    pub peer: PeerView,
+    /// Whether the platform domain resolves to this cluster's VIP: `Some(false)` when a resolver
+    /// answered something else, None when unknown. Only asked when [`asks_dns`] holds.
+    pub dns_here: Option<bool>,
+    pub now: Timestamp,
+    /// `spec.failover.finalSyncTimeout` and `finalSyncPolicy`.
+    pub final_sync: FinalSyncBound,
+    /// `metadata.generation` and the [`RETRY_ANNOTATION`] of this cluster's DRTopology: an
+    /// abandoned failover is retried only when one of them changed.
+    pub generation: Option<i64>,
+    pub retry: Option<&'a str>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FinalSyncBound {
+    pub timeout: Duration,
+    pub policy: FinalSyncPolicy,
+}
+
+/// The next thing to do. The controller executes it, records the result and plans again.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// The spec is invalid: change nothing, report `Valid=False`.
+    Hold,
+    /// `spec.failover.dryRun` and the declared primary differs from the role held: report the
+    /// plan (the runbook, or the step-down) and keep the current role.
+    DryRun { would: Box<Action> },
+    /// First start as primary, nothing to fail over from.
+    BootstrapPrimary,
+    /// Steady primary: make sure no mirror runs.
+    StayPrimary,
+    /// Begin a failover record from the peer to this cluster; `why` says why a full runbook
+    /// (and not a reclaim) is needed, for the Event.
+    StartFailover { why: String },
+    /// We stepped down, and it is provable that nobody became primary since (see
+    /// [`reclaim_or_fail_over`]): take the primary role back without a runbook. `proof` names
+    /// the facts, for the Event.
+    ReclaimPrimary { proof: String },
+    /// We stepped down and the primary is flipped back to us, but the peer is still mid-failover
+    /// or has not applied the flip yet: wait until it abandons or agrees.
+    WaitForPeer { why: String },
+    /// Execute this runbook step (recording it before and after).
+    RunStep(Step),
+    /// The declared primary changed away from an in-progress failover to us: skip what remains.
+    AbortFailover { reason: String },
+    /// FinalSync did not pass within its bound (`finalSyncPolicy: abandon`): skip what remains
+    /// and hand the primary role back to the old primary with a demotion token for it.
+    AbandonFailover { reason: String },
+    /// FinalSync did not pass within its bound (`finalSyncPolicy: proceed`): record it as
+    /// skipped with the keys it leaves behind (lost) and go on with StopSync.
+    ProceedWithoutFinalSync { missed: Option<u64>, reason: String },
+    /// Our failover was abandoned under the spec we still have: follow the old primary (mirror
+    /// from it once it is Primary and Steady) instead of starting again.
+    HoldAbandoned { why: String, mirror: bool },
+    /// `spec.primary` names the peer, but the peer abandoned its failover to itself and handed
+    /// the role back: stay primary (unfenced) until it retries.
+    HoldPrimary { why: String },
+    /// This cluster was primary and `spec.primary` moved: write the demotion token.
+    AcknowledgeDemotion { new_primary: String },
+    /// Standby whose primary is ready: mirror from it (idempotent when already mirroring).
+    Mirror,
+    /// Standby whose primary is not ready (failing over, unreachable at start): do not mirror.
+    WaitForPrimary { why: String },
+}
+
+impl Action {
+    /// Why the pair holds after an abandoned failover, for the `Degraded` condition.
+    pub fn abandoned_hold(&self) -> Option<&str> {
+        match self {
+            Action::AbandonFailover { reason: why } | Action::HoldAbandoned { why, .. } | Action::HoldPrimary { why } => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// The role a cluster should have by declaration alone.
+pub fn desired_role(self_name: &str, spec_primary: &str) -> Role {
+    if self_name == spec_primary {
+        Role::Primary
+    } else {
+        Role::Standby
+    }
+}
+
+/// A failover to `self_name` that has started and neither finished nor been aborted.
+pub fn in_progress<'s>(status: Option<&'s DRTopologyStatus>, self_name: &str) -> Option<&'s FailoverStatus> {
+    status
+        .and_then(|s| s.failover.as_ref())
+        .filter(|f| f.to == self_name && f.completed_at.is_none() && f.aborted.is_none())
+}
+
+/// The first step of a failover record that has not succeeded or been skipped.
+pub fn next_step(f: &FailoverStatus) -> Step {
+    Step::ALL.into_iter().find(|step| !step_finished(f, *step)).unwrap_or(Step::Done)
+}
+
+/// The term a cluster takes when it becomes primary (bootstrap or a completed failover): past
+/// every term it has held or seen, so the latest completed failover always holds the highest.
+pub fn next_term(status: &DRTopologyStatus) -> i64 {
+    let recorded = status.failover.as_ref().and_then(|f| f.peer_term).unwrap_or(0);
+    status.term.max(status.peer_term).max(recorded).saturating_add(1)
+}
+
+/// How long FinalSync of `f` may still try: None before its first start, zero once its bound is
+/// used. Counted from the first start recorded in status, so neither a failed attempt nor a
+/// controller restart starts the bound again.
+pub fn final_sync_left(f: &FailoverStatus, now: Timestamp, timeout: Duration) -> Option<Duration> {
+    let started: Timestamp = step_record(f, Step::FinalSync)?.started_at.as_ref()?.parse().ok()?;
+    let spent = now.duration_since(started);
+    // A start in the future (clock skew) has spent nothing.
+    Some(if spent.is_negative() { timeout } else { timeout.saturating_sub(spent.unsigned_abs()) })
+}
+
+/// A FinalSync that used its whole bound ends the failover by `spec.failover.finalSyncPolicy`,
+/// whatever the peer does (gone or not, the old primary has already stepped down): waiting on
+/// is what left the pair without a primary.
+fn final_sync_expired(o: &Observed, f: &FailoverStatus) -> Action {
+    let last = step_record(f, Step::FinalSync)
+        .and_then(|s| s.message.as_deref())
+        .unwrap_or("no attempt finished");
+    let bound = format!("FinalSync did not pass within spec.failover.finalSyncTimeout ({}s); last: {last}", o.final_sync.timeout.as_secs());
+    match o.final_sync.policy {
+        FinalSyncPolicy::Abandon => Action::AbandonFailover { reason: format!("{bound}. Abandoned: {} takes its primary role back (finalSyncPolicy abandon)", f.from) },
+        FinalSyncPolicy::Proceed => {
+            let missed = f.rpo_token.as_ref().and_then(|t| t.missed_keys);
+            let lost = missed.map(|m| format!("{m} keys of {} missing here are lost", f.from)).unwrap_or_else(|| "the keys not caught up are lost (no check finished)".into());
+            Action::ProceedWithoutFinalSync { missed, reason: format!("{bound}. Proceeding by finalSyncPolicy proceed: {lost}") }
+        }
+    }
+}
+
+/// Our latest failover was abandoned under the spec generation and retry annotation we still
+/// have: why we hold (and do not start it again, which would demote the old primary again and
+/// abandon again, in a loop).
+pub fn holding_after_abandon(o: &Observed) -> Option<String> {
+    let f = o.status?.failover.as_ref().filter(|f| f.to == o.self_name)?;
+    let under = f.abandoned.as_ref()?;
+    (under.generation == o.generation && under.retry.as_deref() == o.retry).then(|| {
+        format!(
+            "the failover {} -> {} was abandoned ({}); {} holds the primary role until the spec changes or annotation {RETRY_ANNOTATION} is set to a new value",
+            f.from,
+            f.to,
+            f.aborted.as_deref().unwrap_or("FinalSync did not pass in time"),
+            f.from
+        )
+    })
+}
+
+/// The peer's latest failover to itself was abandoned and handed the role back (and the peer
+/// has not become primary since).
+fn peer_abandoned<'o>(o: &'o Observed) -> Option<&'o PeerState> {
+    o.peer
+        .reachable()
+        .filter(|p| p.role != Some(Role::Primary) && p.failover.as_ref().is_some_and(|f| f.abandoned && !f.completed))
+}
+
+/// This cluster is a standby that stepped down for the declared primary, and that primary
+/// abandoned its failover: whether we may take the role back is [`reclaim_after_abandon`]'s.
+fn demoted_for_an_abandoned_peer(o: &Observed) -> bool {
+    o.status.is_some_and(|s| s.role == Some(Role::Standby) && s.demotion.as_ref().is_some_and(|d| d.new_primary == o.spec_primary))
+        && peer_abandoned(o).is_some()
+}
+
+/// The old primary takes the role back after the declared primary abandoned its failover, by
+/// the same proof as any reclaim (see [`reclaim_refusal`]) plus the peer's demotion token for
+/// us: it is fenced and will not act as primary. When the proof fails, it waits and says why;
+/// a human decides (the peer holds, so nothing loops).
+fn reclaim_after_abandon(o: &Observed) -> Option<Action> {
+    if !demoted_for_an_abandoned_peer(o) {
+        return None;
+    }
+    let p = peer_abandoned(o)?;
+    let mine = o.status.map(|s| s.term).unwrap_or(0);
+    if p.demoted_for.as_deref() != Some(o.self_name) {
+        return Some(Action::WaitForPeer { why: format!("{} abandoned its failover; waiting for its demotion token for {}", o.spec_primary, o.self_name) });
+    }
+    Some(match reclaim_refusal(p, mine, o.dns_here) {
+        Some(why) => Action::WaitForPeer {
+            why: format!("{} abandoned its failover, but this cluster may not take the role back: {why}. Flip spec.primary to the cluster that must serve", o.spec_primary),
+        },
+        None => Action::ReclaimPrimary { proof: format!("{} abandoned its failover and handed the role back; {}", o.spec_primary, reclaim_proof(p, mine, o.dns_here)) },
+    })
+}
+
+/// Whether the planner needs to know where DNS points: only when a reclaim is possible.
+pub fn asks_dns(o: &Observed) -> bool {
+    may_reclaim(o.status, o.self_name, o.spec_primary) || demoted_for_an_abandoned_peer(o)
+}
+
+/// This cluster is named primary, is a standby, and once stepped down: whether it may take the
+/// role back without a runbook is for [`reclaim_or_fail_over`] to decide.
+pub fn may_reclaim(status: Option<&DRTopologyStatus>, self_name: &str, spec_primary: &str) -> bool {
+    self_name == spec_primary
+        && in_progress(status, self_name).is_none()
+        && status.is_some_and(|s| s.role == Some(Role::Standby) && s.demotion.is_some())
+}
+
+/// A cluster that stepped down and is named primary again takes the role back without a runbook
+/// only when it is provable that nobody else became primary since, and nobody wrote elsewhere:
+/// the peer answers, is not primary, holds a lower term than ours (so our primary role was the
+/// last one completed: a completed failover or bootstrap always raises the term past both),
+/// never moved DNS in its latest failover, and DNS is not known to point elsewhere. In every
+/// other case the full runbook runs, which is always safe: its Demote step waits for the peer's
+/// acknowledgement and its FinalSync brings the peer's writes here.
+pub fn reclaim_or_fail_over(o: &Observed) -> Action {
+    let me = o.self_name;
+    let mine = o.status.map(|s| s.term).unwrap_or(0);
+    let Some(p) = o.peer.reachable() else {
+        return Action::StartFailover { why: "the peer is unreachable: nothing proves it did not become primary".into() };
+    };
+    if let Some(f) = p.failover.as_ref().filter(|f| !f.aborted && !f.completed) {
+        let at = if f.dns_switched { " (it already moved DNS)" } else { "" };
+        return Action::WaitForPeer { why: format!("spec.primary is back to {me}; waiting for the peer to abandon its failover{at}") };
+    }
+    if let Some(why) = reclaim_refusal(p, mine, o.dns_here) {
+        return Action::StartFailover { why };
+    }
+    if p.spec_primary != me {
+        return Action::WaitForPeer {
+            why: format!("the peer has spec.primary {:?} applied; waiting for Argo CD to sync the flip back to {me}", p.spec_primary),
+        };
+    }
+    Action::ReclaimPrimary { proof: reclaim_proof(p, mine, o.dns_here) }
+}
+
+/// Why a cluster that stepped down (term `mine`) may not take the role back without a runbook,
+/// if it may not: the peer is primary, holds a term not below ours (it may have become primary
+/// after us), moved DNS in its latest failover, or DNS is known to point elsewhere.
+fn reclaim_refusal(p: &PeerState, mine: i64, dns_here: Option<bool>) -> Option<String> {
+    if p.role == Some(Role::Primary) {
+        return Some(format!("the peer is primary (term {})", p.term));
+    }
+    if p.term >= mine {
+        return Some(if p.term == mine {
+            format!("the peer's term equals ours ({mine}): which primary came last is unknown (a status from before terms)")
+        } else {
+            format!("the peer became primary after we stepped down (its term {} > ours {mine})", p.term)
+        });
+    }
+    if p.failover.as_ref().is_some_and(|f| f.dns_switched) {
+        return Some("the peer's abandoned failover had moved DNS: clients may have written there".into());
+    }
+    if dns_here == Some(false) {
+        return Some("the platform domain does not resolve to this cluster".into());
+    }
+    None
+}
+
+/// The facts a reclaim rests on, for its Event.
+fn reclaim_proof(p: &PeerState, mine: i64, dns_here: Option<bool>) -> String {
+    let last = match &p.failover {
+        Some(_) => "its latest failover was abandoned before SwitchDNS",
+        None => "it never started a failover",
+    };
+    let dns = if dns_here == Some(true) { "DNS answers here" } else { "DNS not verified" };
+    format!("our term {mine} > the peer's {}; {last}; {dns}", p.term)
+}
+
+pub fn plan(o: &Observed) -> Action {
+    if o.invalid {
+        return Action::Hold;
+    }
+    let next = plan_role(o);
+    match next {
+        Action::StartFailover { .. } | Action::AcknowledgeDemotion { .. } | Action::ReclaimPrimary { .. } if o.dry_run => {
+            Action::DryRun { would: Box::new(next) }
+        }
+        other => other,
+    }
+}
+
+fn plan_role(o: &Observed) -> Action {
+    let role = o.status.and_then(|s| s.role);
+    match desired_role(o.self_name, o.spec_primary) {
+        Role::Primary => {
+            if let Some(f) = in_progress(o.status, o.self_name) {
+                let step = next_step(f);
+                if step == Step::FinalSync && final_sync_left(f, o.now, o.final_sync.timeout) == Some(Duration::ZERO) {
+                    return final_sync_expired(o, f);
+                }
+                return Action::RunStep(step);
+            }
+            if let Some(why) = holding_after_abandon(o) {
+                let mirror = o.peer.reachable().is_some_and(|p| p.role == Some(Role::Primary) && p.phase == Some(Phase::Steady));
+                return Action::HoldAbandoned { why, mirror };
+            }
+            match role {
+                Some(Role::Primary) => Action::StayPrimary,
+                _ if may_reclaim(o.status, o.self_name, o.spec_primary) => reclaim_or_fail_over(o),
+                Some(Role::Standby) => Action::StartFailover { why: "this cluster is a standby and spec.primary names it".into() },
+                None => match o.peer.reachable() {
+                    // A peer that still calls itself primary must be failed over from, not ignored.
+                    Some(p) if p.role == Some(Role::Primary) => {
+                        Action::StartFailover { why: format!("{} still reports itself primary", o.spec_primary) }
+                    }
+                    _ => Action::BootstrapPrimary,
+                },
+            }
+        }
+        Role::Standby => {
+            if in_progress(o.status, o.self_name).is_some() {
+                return Action::AbortFailover {
+                    reason: format!("superseded: spec.primary is now {}", o.spec_primary),
+                };
+            }
+            if role == Some(Role::Primary) {
+                if let Some(p) = peer_abandoned(o) {
+                    let why = format!(
+                        "spec.primary is {} but it abandoned its failover (term {}) and handed the role back; primary until it retries",
+                        o.spec_primary, p.term
+                    );
+                    return Action::HoldPrimary { why };
+                }
+                return Action::AcknowledgeDemotion { new_primary: o.spec_primary.to_string() };
+            }
+            if let Some(reclaim) = reclaim_after_abandon(o) {
+                return reclaim;
+            }
+            match o.peer.reachable() {
+                Some(p) if p.spec_primary != o.spec_primary => Action::WaitForPrimary {
+                    why: format!(
+                        "{} has spec.primary {:?} applied, this cluster has {:?}; waiting for Argo CD to sync both",
+                        o.spec_primary, p.spec_primary, o.spec_primary
+                    ),
+                },
+                Some(p) if p.role == Some(Role::Primary) && p.phase == Some(Phase::Steady) => Action::Mirror,
+                Some(p) => Action::WaitForPrimary {
+                    why: format!(
+                        "{} is {} / {}; mirroring starts once it is Primary and Steady",
+                        o.spec_primary,
+                        p.role.map(|r| format!("{r:?}")).unwrap_or_else(|| "without a role".into()),
+                        p.phase.map(|r| format!("{r:?}")).unwrap_or_else(|| "without a phase".into()),
+                    ),
+                },
+                None => {
+                    // Keep an established mirror going (it reconnects by itself); never start one
+                    // without having seen the primary confirm its role.
+                    if matches!(o.status.and_then(|s| s.phase), Some(Phase::Steady | Phase::Syncing | Phase::Degraded))
+                        && role == Some(Role::Standby)
+                        && o.status.and_then(|s| s.sync.as_ref()).is_some()
+                    {
+                        Action::Mirror
+                    } else {
+                        Action::WaitForPrimary {
+                            why: format!("{} is unreachable; mirroring starts once it confirms it is primary", o.spec_primary),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::DemotionStatus;
+
+    fn status(role: Option<Role>, phase: Option<Phase>) -> DRTopologyStatus {
+        DRTopologyStatus { role, phase, ..Default::default() }
+    }
+
+    fn peer(spec_primary: &str, role: Option<Role>, phase: Option<Phase>) -> PeerView {
+        PeerView::Reachable(PeerState {
+            spec_primary: spec_primary.into(),
+            role,
+            phase,
+            ..Default::default()
+        })
+    }
+
+    fn failover(to: &str, done: &[Step]) -> FailoverStatus {
+        FailoverStatus {
+            from: "a".into(),
+            to: to.into(),
+            steps: done
+                .iter()
+                .map(|s| StepStatus { name: s.name().into(), state: StepState::Succeeded, ..Default::default() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn obs<'a>(me: &'a str, primary: &'a str, st: Option<&'a DRTopologyStatus>, peer: PeerView) -> Observed<'a> {
+        Observed {
+            self_name: me,
+            spec_primary: primary,
+            invalid: false,
+            dry_run: false,
+            status: st,
+            peer,
+            dns_here: None,
+            now: at(0),
+            final_sync: FinalSyncBound { timeout: Duration::from_secs(120), policy: FinalSyncPolicy::Abandon },
+            generation: Some(1),
+            retry: None,
+        }
+    }
+
+    /// `secs` seconds after a fixed instant, as status records it.
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + secs).expect("timestamp")
+    }
+
+    #[test]
+    fn invalid_spec_never_starts_a_failover() {
+        let st = status(Some(Role::Standby), Some(Phase::Steady));
+        let mut o = obs("b", "b", Some(&st), PeerView::Unreachable);
+        o.invalid = true;
+        assert_eq!(plan(&o), Action::Hold);
+    }
+
+    #[test]
+    fn dry_run_reports_role_changes_but_makes_none() {
+        let standby = status(Some(Role::Standby), Some(Phase::Steady));
+        let mut o = obs("b", "b", Some(&standby), PeerView::Unreachable);
+        o.dry_run = true;
+        assert!(matches!(plan(&o), Action::DryRun { would } if is_full_failover(&would)));
+        let primary = status(Some(Role::Primary), Some(Phase::Steady));
+        let mut o = obs("a", "b", Some(&primary), PeerView::Unreachable);
+        o.dry_run = true;
+        assert!(matches!(plan(&o), Action::DryRun { .. }));
+        // Nothing to change: dry run or not, the same.
+        let mut o = obs("a", "a", Some(&primary), PeerView::Unreachable);
+        o.dry_run = true;
+        assert_eq!(plan(&o), Action::StayPrimary);
+    }
+
+    #[test]
+    fn fresh_primary_bootstraps_and_fresh_standby_waits_for_it() {
+        assert_eq!(plan(&obs("a", "a", None, PeerView::Unreachable)), Action::BootstrapPrimary);
+        assert_eq!(plan(&obs("a", "a", None, peer("a", None, None))), Action::BootstrapPrimary);
+        assert!(matches!(plan(&obs("b", "a", None, peer("a", None, None))), Action::WaitForPrimary { .. }));
+        assert!(matches!(plan(&obs("b", "a", None, PeerView::Unreachable)), Action::WaitForPrimary { .. }));
+        assert_eq!(
+            plan(&obs("b", "a", None, peer("a", Some(Role::Primary), Some(Phase::Steady)))),
+            Action::Mirror
+        );
+    }
+
+    #[test]
+    fn primary_never_mirrors() {
+        let st = status(Some(Role::Primary), Some(Phase::Steady));
+        for p in [PeerView::Unreachable, peer("a", Some(Role::Standby), Some(Phase::Steady))] {
+            assert_eq!(plan(&obs("a", "a", Some(&st), p)), Action::StayPrimary);
+        }
+    }
+
+    #[test]
+    fn standby_does_not_mirror_from_a_primary_still_failing_over() {
+        let st = status(Some(Role::Standby), Some(Phase::Demoting));
+        let o = obs("a", "b", Some(&st), peer("b", Some(Role::Standby), Some(Phase::FailingOver)));
+        assert!(matches!(plan(&o), Action::WaitForPrimary { .. }));
+        let o = obs("a", "b", Some(&st), peer("b", Some(Role::Primary), Some(Phase::Steady)));
+        assert_eq!(plan(&o), Action::Mirror);
+    }
+
+    #[test]
+    fn standby_waits_while_argo_has_synced_only_one_side() {
+        let st = status(Some(Role::Standby), Some(Phase::Steady));
+        let o = obs("b", "a", Some(&st), peer("b", Some(Role::Primary), Some(Phase::Steady)));
+        assert!(matches!(plan(&o), Action::WaitForPrimary { .. }));
+    }
+
+    #[test]
+    fn flip_starts_failover_on_the_standby_and_demotion_on_the_primary() {
+        let standby = status(Some(Role::Standby), Some(Phase::Steady));
+        assert!(is_full_failover(&plan(&obs("b", "b", Some(&standby), PeerView::Unreachable))));
+        let primary = status(Some(Role::Primary), Some(Phase::Steady));
+        assert_eq!(
+            plan(&obs("a", "b", Some(&primary), peer("b", Some(Role::Standby), Some(Phase::Steady)))),
+            Action::AcknowledgeDemotion { new_primary: "b".into() }
+        );
+    }
+
+    #[test]
+    fn acknowledged_old_primary_waits_then_mirrors() {
+        let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
+        st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        let o = obs("a", "b", Some(&st), peer("b", Some(Role::Standby), Some(Phase::FailingOver)));
+        assert!(matches!(plan(&o), Action::WaitForPrimary { .. }));
+    }
+
+    #[test]
+    fn resumes_at_the_first_unfinished_step() {
+        let mut st = status(Some(Role::Standby), Some(Phase::FailingOver));
+        st.failover = Some(failover("b", &[Step::Preflight, Step::Demote, Step::FinalSync]));
+        assert_eq!(plan(&obs("b", "b", Some(&st), PeerView::Unreachable)), Action::RunStep(Step::StopSync));
+        // A step recorded as Running (the controller died inside it) is run again.
+        let f = st.failover.as_mut().expect("failover");
+        f.steps.push(StepStatus { name: "StopSync".into(), state: StepState::Running, ..Default::default() });
+        assert_eq!(plan(&obs("b", "b", Some(&st), PeerView::Unreachable)), Action::RunStep(Step::StopSync));
+    }
+
+    #[test]
+    fn every_step_comes_in_order_then_done() {
+        let mut done = Vec::new();
+        for step in Step::ALL {
+            let mut st = status(Some(Role::Standby), Some(Phase::FailingOver));
+            st.failover = Some(failover("b", &done));
+            assert_eq!(plan(&obs("b", "b", Some(&st), PeerView::Unreachable)), Action::RunStep(step));
+            done.push(step);
+        }
+        let mut st = status(Some(Role::Primary), Some(Phase::Steady));
+        let mut f = failover("b", &done);
+        f.completed_at = Some("now".into());
+        st.failover = Some(f);
+        assert_eq!(plan(&obs("b", "b", Some(&st), PeerView::Unreachable)), Action::StayPrimary);
+    }
+
+    #[test]
+    fn flip_back_mid_failover_aborts_it() {
+        let mut st = status(Some(Role::Standby), Some(Phase::FailingOver));
+        st.failover = Some(failover("b", &[Step::Preflight]));
+        assert_eq!(
+            plan(&obs("b", "a", Some(&st), peer("a", Some(Role::Standby), Some(Phase::Demoting)))),
+            Action::AbortFailover { reason: "superseded: spec.primary is now a".into() }
+        );
+        // Once aborted, the cluster is a standby again, and waits for a to finish becoming primary.
+        st.failover.as_mut().expect("f").aborted = Some("superseded".into());
+        let o = obs("b", "a", Some(&st), peer("a", Some(Role::Standby), Some(Phase::FailingOver)));
+        assert!(matches!(plan(&o), Action::WaitForPrimary { .. }));
+    }
+
+    /// What the old primary `a` (term 1, stepped down for `b`) sees of `b` when `spec.primary` is
+    /// back to `a`.
+    fn back_to_a(term_a: i64, p: PeerState, dns_here: Option<bool>) -> Action {
+        let mut st = status(Some(Role::Standby), Some(Phase::Steady));
+        st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        st.term = term_a;
+        let mut o = obs("a", "a", Some(&st), PeerView::Reachable(p));
+        o.dns_here = dns_here;
+        plan(&o)
+    }
+
+    /// `b` as a standby that applied the flip back, with its term and latest failover.
+    fn b_standby(term: i64, failover: Option<PeerFailover>) -> PeerState {
+        PeerState { spec_primary: "a".into(), role: Some(Role::Standby), demoted_for: Some("a".into()), term, failover, ..Default::default() }
+    }
+
+    const RUNNING: PeerFailover = PeerFailover { completed: false, aborted: false, abandoned: false, dns_switched: false };
+    const ABORTED_BEFORE_DNS: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: false };
+    const ABORTED_AFTER_DNS: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: true };
+    const COMPLETED: PeerFailover = PeerFailover { completed: true, aborted: false, abandoned: false, dns_switched: true };
+    const ABANDONED: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: true, dns_switched: false };
+
+    fn is_full_failover(a: &Action) -> bool {
+        matches!(a, Action::StartFailover { .. })
+    }
+
+    #[test]
+    fn reclaim_only_when_our_term_is_the_latest_and_dns_never_moved() {
+        // (what, a's term, b, DNS here?, reclaim?)
+        let cases: Vec<(&str, i64, PeerState, Option<bool>, bool)> = vec![
+            ("b abandoned before SwitchDNS", 1, b_standby(0, Some(ABORTED_BEFORE_DNS)), Some(true), true),
+            ("b never started (flip reverted before it saw it)", 1, b_standby(0, None), None, true),
+            ("b never started and holds no token for us", 1, PeerState { demoted_for: None, ..b_standby(0, None) }, Some(true), true),
+            // The bug of issue 11: b completed (term 2) and then wrote a token for a.
+            ("b completed a failover after we stepped down", 1, b_standby(2, Some(COMPLETED)), Some(false), false),
+            ("b completed, DNS unknown", 1, b_standby(2, Some(COMPLETED)), None, false),
+            ("b's abandoned failover had moved DNS", 1, b_standby(0, Some(ABORTED_AFTER_DNS)), Some(true), false),
+            ("b completed, even with DNS answering here", 1, b_standby(3, Some(COMPLETED)), Some(true), false),
+            ("our term lower: b became primary after us", 2, b_standby(5, Some(ABORTED_BEFORE_DNS)), Some(true), false),
+            ("ties run the runbook (statuses from before terms)", 0, b_standby(0, Some(ABORTED_BEFORE_DNS)), Some(true), false),
+            ("DNS known to point elsewhere", 1, b_standby(0, Some(ABORTED_BEFORE_DNS)), Some(false), false),
+            ("b still calls itself primary", 3, PeerState { role: Some(Role::Primary), ..b_standby(1, None) }, Some(true), false),
+        ];
+        for (what, term_a, b, dns, reclaim) in cases {
+            let got = back_to_a(term_a, b, dns);
+            if reclaim {
+                assert!(matches!(got, Action::ReclaimPrimary { .. }), "{what}: {got:?}");
+            } else {
+                assert!(is_full_failover(&got), "{what}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn reclaim_waits_while_the_peer_is_mid_failover_or_has_not_applied_the_flip_back() {
+        assert!(matches!(back_to_a(1, b_standby(0, Some(RUNNING)), Some(true)), Action::WaitForPeer { .. }));
+        let lagging = PeerState { spec_primary: "b".into(), demoted_for: None, ..b_standby(0, None) };
+        assert!(matches!(back_to_a(1, lagging, Some(true)), Action::WaitForPeer { .. }));
+    }
+
+    #[test]
+    fn unreachable_peer_never_allows_a_reclaim() {
+        let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
+        st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        st.term = 7;
+        assert!(is_full_failover(&plan(&obs("a", "a", Some(&st), PeerView::Unreachable))));
+    }
+
+    #[test]
+    fn reclaim_proof_names_the_terms() {
+        let Action::ReclaimPrimary { proof } = back_to_a(4, b_standby(3, Some(ABORTED_BEFORE_DNS)), Some(true)) else {
+            panic!("no reclaim")
+        };
+        assert_eq!(proof, "our term 4 > the peer's 3; its latest failover was abandoned before SwitchDNS; DNS answers here");
+    }
+
+    #[test]
+    fn becoming_primary_takes_a_term_past_every_term_seen() {
+        let mut st = DRTopologyStatus::default();
+        assert_eq!(next_term(&st), 1, "bootstrap from a fresh status");
+        st.term = 3;
+        st.peer_term = 5;
+        assert_eq!(next_term(&st), 6, "a standby past the primary it followed (a disaster failover)");
+        st.failover = Some(FailoverStatus { peer_term: Some(9), ..failover("a", &[]) });
+        assert_eq!(next_term(&st), 10, "past the old primary's term read at Preflight/Demote");
+        st.term = i64::MAX;
+        assert_eq!(next_term(&st), i64::MAX, "saturates instead of wrapping");
+    }
+
+    /// Terms decide as the flips go, whatever Argo CD applies first: a replay of A→B (completed)
+    /// →A with the planner driving both sides' terms.
+    #[test]
+    fn flip_back_after_a_completed_failover_runs_the_runbook_in_both_apply_orders() {
+        // a was primary with term 1 and stepped down for b; b completed with term 2 (past a's).
+        let mut b_done = status(Some(Role::Primary), Some(Phase::Steady));
+        b_done.peer_term = 1;
+        b_done.failover = Some(FailoverStatus { completed_at: Some("t".into()), peer_term: Some(1), ..failover("b", &Step::ALL) });
+        b_done.term = next_term(&b_done);
+        assert_eq!(b_done.term, 2);
+        let seen = |s: &DRTopologyStatus, spec_primary: &str| PeerState {
+            spec_primary: spec_primary.into(),
+            role: s.role,
+            demoted_for: s.demotion.as_ref().map(|d| d.new_primary.clone()),
+            term: s.term,
+            failover: Some(COMPLETED),
+            ..Default::default()
+        };
+        // Old primary first: b has already stepped down for a (the order that used to reclaim).
+        let mut b_acked = b_done.clone();
+        b_acked.role = Some(Role::Standby);
+        b_acked.demotion = Some(DemotionStatus { new_primary: "a".into(), ..Default::default() });
+        assert!(is_full_failover(&back_to_a(1, seen(&b_acked, "a"), Some(false))));
+        // New primary first: b is still primary and has not seen the flip.
+        assert!(is_full_failover(&back_to_a(1, seen(&b_done, "b"), Some(false))));
+    }
+
+    #[test]
+    fn unreachable_primary_keeps_an_established_mirror_but_never_starts_one() {
+        let mut st = status(Some(Role::Standby), Some(Phase::Steady));
+        st.sync = Some(Default::default());
+        assert_eq!(plan(&obs("b", "a", Some(&st), PeerView::Unreachable)), Action::Mirror);
+        let fresh = status(Some(Role::Standby), Some(Phase::Syncing));
+        assert!(matches!(plan(&obs("b", "a", Some(&fresh), PeerView::Unreachable)), Action::WaitForPrimary { .. }));
+    }
+
+
+    /// `b` failing over from `a`, its FinalSync first started at `at(0)` and last `state`.
+    fn in_final_sync(state: StepState, started: Option<i64>, missed: Option<u64>) -> DRTopologyStatus {
+        let mut st = status(Some(Role::Standby), Some(Phase::FailingOver));
+        let mut f = failover("b", &[Step::Preflight, Step::Demote]);
+        f.steps.push(StepStatus {
+            name: Step::FinalSync.name().into(),
+            state,
+            started_at: started.map(|s| at(s).to_string()),
+            message: Some("3 keys of a are missing here".into()),
+            ..Default::default()
+        });
+        f.rpo_token = Some(crate::topology::RpoToken { missed_keys: missed, ..Default::default() });
+        st.failover = Some(f);
+        st
+    }
+
+    #[test]
+    fn final_sync_past_its_bound_abandons_or_proceeds_by_policy() {
+        use FinalSyncPolicy::{Abandon, Proceed};
+        let a_steady = || peer("b", Some(Role::Standby), Some(Phase::Demoting));
+        // (rule, FinalSync state, first start, now, policy, peer, expected)
+        type Case = (&'static str, StepState, Option<i64>, i64, FinalSyncPolicy, PeerView, &'static str);
+        let cases: Vec<Case> = vec![
+            ("within the bound another attempt runs", StepState::Failed, Some(0), 119, Abandon, a_steady(), "run"),
+            ("at the bound abandon hands the role back", StepState::Failed, Some(0), 120, Abandon, a_steady(), "abandon"),
+            ("counted from the first start: a controller killed inside it does not restart the bound", StepState::Running, Some(0), 600, Abandon, a_steady(), "abandon"),
+            ("an unreachable old primary does not extend the bound", StepState::Failed, Some(0), 121, Abandon, PeerView::Unreachable, "abandon"),
+            ("policy proceed goes on without the missing keys", StepState::Failed, Some(0), 120, Proceed, a_steady(), "proceed"),
+            ("never started: nothing to bound", StepState::Pending, None, 10_000, Abandon, a_steady(), "run"),
+            ("a first start in the future (clock skew) has spent nothing", StepState::Failed, Some(50), 0, Abandon, a_steady(), "run"),
+        ];
+        for (rule, state, started, now, policy, p, want) in cases {
+            let st = in_final_sync(state, started, Some(3));
+            let mut o = obs("b", "b", Some(&st), p);
+            o.now = at(now);
+            o.final_sync.policy = policy;
+            let got = plan(&o);
+            let ok = match want {
+                "run" => got == Action::RunStep(Step::FinalSync),
+                "abandon" => matches!(&got, Action::AbandonFailover { reason } if reason.contains("finalSyncTimeout (120s)") && reason.contains("3 keys of a are missing") && reason.contains("a takes its primary role back")),
+                "proceed" => matches!(&got, Action::ProceedWithoutFinalSync { missed: Some(3), reason } if reason.contains("3 keys of a missing here are lost")),
+                _ => unreachable!(),
+            };
+            assert!(ok, "{rule}: {got:?}");
+        }
+        // The bound is FinalSync's alone: a Demote that started long ago still runs.
+        let mut st = status(Some(Role::Standby), Some(Phase::FailingOver));
+        st.failover = Some(failover("b", &[Step::Preflight]));
+        let mut o = obs("b", "b", Some(&st), PeerView::Unreachable);
+        o.now = at(10_000);
+        assert_eq!(plan(&o), Action::RunStep(Step::Demote));
+    }
+
+    #[test]
+    fn proceed_without_a_finished_check_says_the_loss_is_unknown() {
+        let st = in_final_sync(StepState::Failed, Some(0), None);
+        let mut o = obs("b", "b", Some(&st), PeerView::Unreachable);
+        o.now = at(130);
+        o.final_sync.policy = FinalSyncPolicy::Proceed;
+        assert!(matches!(plan(&o), Action::ProceedWithoutFinalSync { missed: None, reason } if reason.contains("no check finished")));
+    }
+
+    /// `b` after abandoning its failover from `a` under generation 1 and no retry annotation.
+    fn b_abandoned() -> DRTopologyStatus {
+        let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
+        st.demotion = Some(DemotionStatus { new_primary: "a".into(), restarts_done: true, ..Default::default() });
+        let mut f = failover("b", &[Step::Preflight, Step::Demote]);
+        f.from = "a".into();
+        f.aborted = Some("FinalSync did not pass".into());
+        f.abandoned = Some(crate::topology::AbandonedUnder { generation: Some(1), retry: None });
+        st.failover = Some(f);
+        st
+    }
+
+    fn a_primary_again() -> PeerView {
+        PeerView::Reachable(PeerState { spec_primary: "b".into(), role: Some(Role::Primary), phase: Some(Phase::Steady), term: 1, ..Default::default() })
+    }
+
+    #[test]
+    fn an_abandoned_failover_holds_until_the_spec_or_the_retry_annotation_changes() {
+        let st = b_abandoned();
+        // (rule, generation, retry annotation, peer, expected)
+        type Case = (&'static str, Option<i64>, Option<&'static str>, PeerView, &'static str);
+        let cases: Vec<Case> = vec![
+            ("same spec: hold and mirror from the old primary once it is primary again", Some(1), None, a_primary_again(), "hold+mirror"),
+            ("same spec, the old primary not primary yet: hold, not mirroring", Some(1), None, peer("b", Some(Role::Standby), Some(Phase::Demoting)), "hold"),
+            ("same spec, the old primary unreachable: hold", Some(1), None, PeerView::Unreachable, "hold"),
+            ("the spec changed: a fresh failover", Some(2), None, a_primary_again(), "failover"),
+            ("the retry annotation set: a fresh failover", Some(1), Some("2024-05-01"), a_primary_again(), "failover"),
+        ];
+        for (rule, generation, retry, p, want) in cases {
+            let mut o = obs("b", "b", Some(&st), p);
+            o.generation = generation;
+            o.retry = retry;
+            let got = plan(&o);
+            let ok = match want {
+                "hold+mirror" => matches!(&got, Action::HoldAbandoned { mirror: true, why } if why.contains(RETRY_ANNOTATION)),
+                "hold" => matches!(got, Action::HoldAbandoned { mirror: false, .. }),
+                "failover" => is_full_failover(&got),
+                _ => unreachable!(),
+            };
+            assert!(ok, "{rule}: {got:?}");
+            assert_eq!(got.abandoned_hold().is_some(), want.starts_with("hold"), "{rule}: the Degraded condition");
+        }
+        // A failover superseded by a flip back was not abandoned: nothing to hold.
+        let mut superseded = b_abandoned();
+        superseded.failover.as_mut().expect("f").abandoned = None;
+        assert!(holding_after_abandon(&obs("b", "b", Some(&superseded), a_primary_again())).is_none());
+    }
+
+    /// `a` (term 1), stepped down for `b`, with `spec.primary` still `b`.
+    fn a_demoted_for_b() -> DRTopologyStatus {
+        let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
+        st.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        st.term = 1;
+        st
+    }
+
+    /// `b` as `a` sees it: a standby with `spec.primary: b`, its latest failover and its token.
+    fn b_seen(failover: PeerFailover, demoted_for: Option<&str>, term: i64) -> PeerView {
+        PeerView::Reachable(PeerState {
+            spec_primary: "b".into(),
+            role: Some(Role::Standby),
+            phase: Some(Phase::Demoting),
+            demoted_for: demoted_for.map(Into::into),
+            term,
+            failover: Some(failover),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_old_primary_reclaims_only_from_a_peer_that_abandoned_before_dns_and_handed_the_role_back() {
+        let st = a_demoted_for_b();
+        let switched = PeerFailover { dns_switched: true, ..ABANDONED };
+        // (rule, b, DNS here?, expected)
+        let cases: Vec<(&str, PeerView, Option<bool>, &str)> = vec![
+            ("b abandoned before SwitchDNS, token for a, lower term: reclaim", b_seen(ABANDONED, Some("a"), 0), Some(true), "reclaim"),
+            ("DNS unknown does not block it (as any reclaim)", b_seen(ABANDONED, Some("a"), 0), None, "reclaim"),
+            ("no token for a yet: wait for it", b_seen(ABANDONED, None, 0), Some(true), "wait-peer"),
+            ("b's term not below ours: wait, a human decides", b_seen(ABANDONED, Some("a"), 1), Some(true), "wait-peer"),
+            ("DNS points elsewhere: wait, a human decides", b_seen(ABANDONED, Some("a"), 0), Some(false), "wait-peer"),
+            ("b had moved DNS: wait, a human decides", b_seen(switched, Some("a"), 0), Some(true), "wait-peer"),
+            ("b aborted for another reason (superseded): the usual standby", b_seen(ABORTED_BEFORE_DNS, Some("a"), 0), Some(true), "wait-primary"),
+            ("b still failing over: the usual standby", b_seen(RUNNING, None, 0), Some(true), "wait-primary"),
+            ("b unreachable: nothing proves it abandoned", PeerView::Unreachable, Some(true), "wait-primary"),
+        ];
+        for (rule, p, dns, want) in cases {
+            let mut o = obs("a", "b", Some(&st), p);
+            o.dns_here = dns;
+            let got = plan(&o);
+            let ok = match want {
+                "reclaim" => matches!(&got, Action::ReclaimPrimary { proof } if proof.starts_with("b abandoned its failover and handed the role back; our term 1 > the peer's 0")),
+                "wait-peer" => matches!(got, Action::WaitForPeer { .. }),
+                "wait-primary" => matches!(got, Action::WaitForPrimary { .. }),
+                _ => unreachable!(),
+            };
+            assert!(ok, "{rule}: {got:?}");
+        }
+        assert!(asks_dns(&obs("a", "b", Some(&st), b_seen(ABANDONED, Some("a"), 0))), "the reclaim asks where DNS points");
+        assert!(!asks_dns(&obs("a", "b", Some(&st), b_seen(RUNNING, None, 0))));
+    }
+
+    #[test]
+    fn a_reclaimed_primary_holds_against_the_spec_until_the_peer_retries() {
+        let mut st = status(Some(Role::Primary), Some(Phase::Steady));
+        st.term = 1;
+        let got = plan(&obs("a", "b", Some(&st), b_seen(ABANDONED, Some("a"), 0)));
+        assert!(matches!(&got, Action::HoldPrimary { .. }) && got.abandoned_hold().is_some(), "{got:?}");
+        // b retries: a steps down for it as for any failover.
+        assert_eq!(plan(&obs("a", "b", Some(&st), b_seen(RUNNING, None, 0))), Action::AcknowledgeDemotion { new_primary: "b".into() });
+        // b unreachable: nothing proves it will not fail over; a follows the spec.
+        assert_eq!(plan(&obs("a", "b", Some(&st), PeerView::Unreachable)), Action::AcknowledgeDemotion { new_primary: "b".into() });
+    }
+
+    #[test]
+    fn step_names_round_trip() {
+        for s in Step::ALL {
+            assert_eq!(Step::from_name(s.name()), Some(s));
+        }
+    }
+}
