@@ -8,6 +8,7 @@ pub mod dns;
 pub mod etcd;
 pub mod exclusions;
 pub mod failover;
+pub mod fields;
 pub mod files;
 pub mod fence;
 pub mod gitops;

@@ -13,7 +13,9 @@ use tracing::{info, info_span, warn, Instrument};
 use super::error::StepError;
 use crate::controller::context::Context;
 use crate::controller::status::StatusWriter;
-use crate::controller::{peer, sync, Error};
+use crate::controller::error::Error;
+use crate::controller::peer::{self, peer_state};
+use crate::controller::sync::{ensure_mirror, stop_replication};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
 use crate::decide::plan::{final_sync_left, step_record, FinalSyncBound, PeerView, Step};
@@ -109,7 +111,7 @@ impl Runbook<'_> {
             Step::Demote => self.demote().await,
             Step::FinalSync => self.final_sync().await,
             Step::StopSync => {
-                sync::stop_replication(self.ctx, self.topo).await.map_err(StepError::StopSync)?;
+                stop_replication(self.ctx, self.topo).await.map_err(StepError::StopSync)?;
                 // Nothing writes underneath any more: this cluster's own control plane may act
                 // on the data from now on (the hooks, DNS and restarts that follow need it to).
                 crate::fence::remove(&self.ctx.client, self.topo).await.map_err(StepError::LiftFence)?;
@@ -222,7 +224,7 @@ impl Runbook<'_> {
             let answered = match &read {
                 Ok(t) => {
                     down_since = None;
-                    Some(t.as_ref().map(|t| peer::peer_state(t, self.peer_name)).unwrap_or_default())
+                    Some(t.as_ref().map(|t| peer_state(t, self.peer_name)).unwrap_or_default())
                 }
                 Err(e) if e.may_be_down() => {
                     down_since.get_or_insert_with(Instant::now);
@@ -302,7 +304,7 @@ impl Runbook<'_> {
             )));
         };
         // The mirror may not be running when the controller restarted mid-failover.
-        sync::ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(StepError::StartMirror)?;
+        ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(StepError::StartMirror)?;
         // An acknowledgement without a revision (its etcd did not answer): catch up to the head.
         let final_revision = match ack.final_revision {
             Some(r) => r,
