@@ -1,5 +1,5 @@
 //! Why a runbook step failed: one variant per step and boundary, each with its kind (which
-//! decides how soon the step is retried).
+//! decides how soon the step is retried). Causes are boxed: a step's `Result` stays small.
 //!
 //! The crate's one convention for errors: an error's Display is its whole message and quotes
 //! its cause; `source()` returns that cause for code that inspects the chain, never for
@@ -25,7 +25,7 @@ pub enum StepError {
         "cannot ask {peer} to step down: {source}. Fix the peer access (kubeconfig Secret, its RBAC); \
          a configuration error is never taken for a disaster"
     )]
-    PeerAccess { peer: String, source: PeerError },
+    PeerAccess { peer: String, source: Box<PeerError> },
     #[error(
         "{peer} is reachable but did not acknowledge demotion within {timeout} (its spec.primary is {spec_primary:?}, role {role:?}). \
          Check its controller and Argo CD sync; only an old primary unreachable for that long is failed over from"
@@ -33,34 +33,34 @@ pub enum StepError {
     NotAcknowledged { peer: String, timeout: String, spec_primary: String, role: Option<Role> },
     /// FinalSync could not start the mirror it catches up with.
     #[error(transparent)]
-    StartMirror(SyncError),
+    StartMirror(Box<SyncError>),
     #[error(transparent)]
-    CatchUp(SyncError),
+    CatchUp(Box<SyncError>),
     #[error(transparent)]
-    Check(SyncError),
+    Check(Box<SyncError>),
     #[error("{missed} keys of {peer} are missing here (spec.failover.maxMissedKeys is {max}); first: {first}")]
     MissedKeys { missed: u64, peer: String, max: u64, first: String },
     #[error(transparent)]
-    StopSync(SyncError),
+    StopSync(Box<SyncError>),
     #[error(transparent)]
-    LiftFence(FenceError),
+    LiftFence(Box<FenceError>),
     #[error(transparent)]
-    Hook(HookError),
+    Hook(Box<HookError>),
     #[error("this cluster is not in spec.clusters")]
     NotInSpec,
     #[error("spec vip {0:?} is not an IP address")]
     BadVip(String),
     #[error(transparent)]
-    SwitchDns(DnsError),
+    SwitchDns(Box<DnsError>),
     /// The provider waits for an operator (`manual`): the step is retried until it is done.
     #[error("{0}")]
     DnsNotSwitched(String),
     #[error(transparent)]
-    VerifyTimeout(DnsError),
+    VerifyTimeout(Box<DnsError>),
     #[error(transparent)]
-    VerifyDns(DnsError),
+    VerifyDns(Box<DnsError>),
     #[error(transparent)]
-    Restart(RestartsError),
+    Restart(Box<RestartsError>),
 }
 
 impl StepError {
@@ -130,15 +130,15 @@ mod tests {
     fn step_errors_say_each_cause_once_and_have_a_kind() {
         let forbidden = || kube::Error::Api(Box::new(kube::core::Status { code: 403, message: "forbidden".into(), ..Default::default() }));
         let cases: Vec<(StepError, ErrorKind)> = vec![
-            (StepError::PeerAccess { peer: "global-a".into(), source: PeerError::Api("global-a".into(), forbidden()) }, ErrorKind::Configuration),
-            (StepError::PeerAccess { peer: "global-a".into(), source: PeerError::Timeout("global-a".into(), std::time::Duration::from_secs(4)) }, ErrorKind::Transient),
-            (StepError::StopSync(SyncError::ManifestApi { object: "Sync s".into(), source: forbidden() }), ErrorKind::Configuration),
-            (StepError::CatchUp(SyncError::CatchUpTimeout { applied: 1, want: 2, after: std::time::Duration::from_secs(1) }), ErrorKind::Transient),
-            (StepError::Hook(HookError::Status { hook: "h".into(), url: "http://x".into(), status: 503, body: String::new() }), ErrorKind::Transient),
-            (StepError::Hook(HookError::Status { hook: "h".into(), url: "http://x".into(), status: 401, body: String::new() }), ErrorKind::Configuration),
-            (StepError::SwitchDns(DnsError::Config("no provider".into())), ErrorKind::Configuration),
+            (StepError::PeerAccess { peer: "global-a".into(), source: Box::new(PeerError::Api("global-a".into(), forbidden())) }, ErrorKind::Configuration),
+            (StepError::PeerAccess { peer: "global-a".into(), source: Box::new(PeerError::Timeout("global-a".into(), std::time::Duration::from_secs(4))) }, ErrorKind::Transient),
+            (StepError::StopSync(Box::new(SyncError::ManifestApi { object: "Sync s".into(), source: forbidden() })), ErrorKind::Configuration),
+            (StepError::CatchUp(Box::new(SyncError::CatchUpTimeout { applied: 1, want: 2, after: std::time::Duration::from_secs(1) })), ErrorKind::Transient),
+            (StepError::Hook(Box::new(HookError::Status { hook: "h".into(), url: "http://x".into(), status: 503, body: String::new() })), ErrorKind::Transient),
+            (StepError::Hook(Box::new(HookError::Status { hook: "h".into(), url: "http://x".into(), status: 401, body: String::new() })), ErrorKind::Configuration),
+            (StepError::SwitchDns(Box::new(DnsError::Config("no provider".into()))), ErrorKind::Configuration),
             (StepError::BadVip("10.0.0".into()), ErrorKind::InvalidSpec),
-            (StepError::Restart(RestartsError::Reach { cluster: "w1".into(), source: PeerError::NoKubeconfig("w1".into()) }), ErrorKind::Configuration),
+            (StepError::Restart(Box::new(RestartsError::Reach { cluster: "w1".into(), source: PeerError::NoKubeconfig("w1".into()) })), ErrorKind::Configuration),
         ];
         for (e, kind) in cases {
             says_its_cause_once(&e);
@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn messages_stay_what_the_step_records() {
-        let e = StepError::PeerAccess { peer: "global-a".into(), source: PeerError::NoKubeconfig("global-a".into()) };
+        let e = StepError::PeerAccess { peer: "global-a".into(), source: Box::new(PeerError::NoKubeconfig("global-a".into())) };
         assert_eq!(
             e.to_string(),
             "cannot ask global-a to step down: no kubeconfigSecretRef for cluster global-a: the peer cannot be reached. \

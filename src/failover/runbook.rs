@@ -111,10 +111,10 @@ impl Runbook<'_> {
             Step::Demote => self.demote().await,
             Step::FinalSync => self.final_sync().await,
             Step::StopSync => {
-                stop_replication(self.ctx, self.topo).await.map_err(StepError::StopSync)?;
+                stop_replication(self.ctx, self.topo).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
                 // Nothing writes underneath any more: this cluster's own control plane may act
                 // on the data from now on (the hooks, DNS and restarts that follow need it to).
-                crate::fence::remove(&self.ctx.client, self.topo).await.map_err(StepError::LiftFence)?;
+                crate::fence::remove(&self.ctx.client, self.topo).await.map_err(|e| StepError::LiftFence(Box::new(e)))?;
                 Ok(Outcome::ok(format!("no longer replicating from {}; fence lifted", self.peer_name)))
             }
             Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), hooks::Phase::Pre).await,
@@ -123,7 +123,7 @@ impl Runbook<'_> {
             Step::Restart => {
                 let stamp = self.failover_started();
                 let done = restart::run_all(&self.ctx.client, &self.topo.spec, RestartWhen::Failover, stamp, self.ctx.args.restart_ready_timeout).await;
-                Ok(match done.map_err(StepError::Restart)? {
+                Ok(match done.map_err(|e| StepError::Restart(Box::new(e)))? {
                     Some(summary) => Outcome::ok(summary),
                     None => Outcome::skipped(format!("no restarts with when: {:?}", RestartWhen::Failover)),
                 })
@@ -243,7 +243,7 @@ impl Runbook<'_> {
             let facts = DemoteFacts { self_name: self.self_name(), answer, down_for: down_since.map(|t| t.elapsed()), waited: started.elapsed(), timeout };
             match (demote_verdict(&facts), read) {
                 (DemoteVerdict::Wait, _) => tokio::time::sleep(Duration::from_secs(1)).await,
-                (DemoteVerdict::ConfigurationError, Err(source)) => return Err(StepError::PeerAccess { peer: self.peer_name.to_string(), source }),
+                (DemoteVerdict::ConfigurationError, Err(source)) => return Err(StepError::PeerAccess { peer: self.peer_name.to_string(), source: Box::new(source) }),
                 (DemoteVerdict::Disaster, Err(e)) => {
                     return Ok(Outcome::ok(format!(
                         "old primary {} unreachable for {} ({e}): proceeding without its acknowledgement (disaster failover)",
@@ -304,7 +304,7 @@ impl Runbook<'_> {
             )));
         };
         // The mirror may not be running when the controller restarted mid-failover.
-        ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(StepError::StartMirror)?;
+        ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(|e| StepError::StartMirror(Box::new(e)))?;
         // An acknowledgement without a revision (its etcd did not answer): catch up to the head.
         let final_revision = match ack.final_revision {
             Some(r) => r,
@@ -319,10 +319,10 @@ impl Runbook<'_> {
                     t.applied_revision = applied;
                     t.missed_keys = None;
                 }
-                return Err(StepError::CatchUp(e));
+                return Err(StepError::CatchUp(Box::new(e)));
             }
         };
-        let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair).await.map_err(StepError::Check)?;
+        let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair).await.map_err(|e| StepError::Check(Box::new(e)))?;
         let max = self.topo.spec.failover.max_missed_keys;
         let token = RpoToken {
             source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or(ack.source_cluster_id),
@@ -361,7 +361,7 @@ impl Runbook<'_> {
                 to: self.self_name(),
                 failover_id: &id,
             };
-            let msg = hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(StepError::Hook)?;
+            let msg = hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))?;
             done.push(msg);
         }
         Ok(Outcome::ok(done.join("; ")))
@@ -379,7 +379,7 @@ impl Runbook<'_> {
         let sctx = dns::SwitchContext { secrets: &secrets, kube: Some(self.ctx.client.clone()), annotations: &annotations };
         let outcome = dns::switch(&self.topo.spec.dns, &self.topo.spec.platform, target, &sctx)
             .await
-            .map_err(StepError::SwitchDns)?;
+            .map_err(|e| StepError::SwitchDns(Box::new(e)))?;
         if !outcome.is_done() {
             return Err(StepError::DnsNotSwitched(outcome.to_string()));
         }
@@ -391,7 +391,7 @@ impl Runbook<'_> {
     async fn verify_dns(&mut self) -> Result<Outcome, StepError> {
         let target = self.target_vip()?;
         let spec = &self.topo.spec.dns;
-        let timeout = dns::verify_timeout(spec).map_err(StepError::VerifyTimeout)?;
+        let timeout = dns::verify_timeout(spec).map_err(|e| StepError::VerifyTimeout(Box::new(e)))?;
         let restart_coredns = spec.verify.restart_core_dns;
         let client = self.ctx.client.clone();
         let stamp = self.failover_started();
@@ -434,7 +434,7 @@ impl Runbook<'_> {
             }
             Err(e) => {
                 set_condition(&mut self.status.status, ConditionType::DNSCorrect, false, Reason::Wrong, &e.to_string(), generation);
-                Err(StepError::VerifyDns(e))
+                Err(StepError::VerifyDns(Box::new(e)))
             }
         }
     }
