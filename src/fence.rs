@@ -29,6 +29,12 @@ pub struct FenceError {
     source: kube::Error,
 }
 
+impl FenceError {
+    pub fn kind(&self) -> crate::decide::retry::ErrorKind {
+        crate::decide::retry::kube_error_kind(&self.source)
+    }
+}
+
 /// Resources never replicated that the fence still guards: the standby's workload controllers
 /// would make them for replicated workloads (pods for ReplicaSets, Jobs, StatefulSets), which
 /// must run only where their owners are primary.

@@ -7,44 +7,8 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use crate::fields::{parse_duration, parse_resolver, FieldError, Floor, CHECK_INTERVAL_FLOOR, DEMOTION_TIMEOUT_FLOOR, FINAL_SYNC_TIMEOUT_FLOOR, VERIFY_TIMEOUT_FLOOR};
 use crate::topology::DRTopologySpec;
-use crate::validate::{parse_duration, parse_resolver, FieldError};
-
-/// A duration field's floor and why, shared by the CRD's CEL rules and [`check`].
-pub struct Floor {
-    pub field: &'static str,
-    pub min: &'static str,
-    pub why: &'static str,
-}
-
-impl Floor {
-    /// The CRD rule's message.
-    pub fn message(&self) -> String {
-        format!("{} must be at least {}: {}", self.field, self.min, self.why)
-    }
-}
-
-/// `checkInterval`: a check compares the whole keyspace; below a second it runs on every
-/// reconcile (0s measured 1 % → 23 % CPU). The lab and tests use 2s, real sites minutes.
-pub const CHECK_INTERVAL_FLOOR: Floor =
-    Floor { field: "spec.sync.checkInterval", min: "1s", why: "each check reads the whole replicated keyspace; use minutes in production (default 5m)" };
-/// `demotionTimeout`: the old primary must see the flip and answer; with less, one slow
-/// reconcile or a restarting apiserver is taken for a disaster (no RPO token, writes lost).
-pub const DEMOTION_TIMEOUT_FLOOR: Floor = Floor {
-    field: "spec.failover.demotionTimeout",
-    min: "10s",
-    why: "shorter makes a blip of the old primary a disaster failover that loses its last writes (default 2m)",
-};
-/// `finalSyncTimeout`: FinalSync catches up, checks the whole keyspace and repairs; with less,
-/// a failover that would pass is abandoned (or proceeds losing keys) on one slow check.
-pub const FINAL_SYNC_TIMEOUT_FLOOR: Floor = Floor {
-    field: "spec.failover.finalSyncTimeout",
-    min: "10s",
-    why: "FinalSync must catch up and check the whole keyspace at least once (default 2m)",
-};
-/// `dns.verify.timeout`: one lookup waits 2s; less than two lookups fails on one lost packet.
-pub const VERIFY_TIMEOUT_FLOOR: Floor =
-    Floor { field: "spec.dns.verify.timeout", min: "5s", why: "one DNS lookup may take 2s; the default is 5m" };
 
 /// Groups that are (nearly) everyone: exempting them turns the standby's fence off.
 pub const EVERYONE_GROUPS: [&str; 3] = ["system:authenticated", "system:unauthenticated", "system:serviceaccounts"];
@@ -170,12 +134,6 @@ pub fn check(spec: &DRTopologySpec) -> Vec<FieldError> {
     floor(&spec.failover.demotion_timeout, &DEMOTION_TIMEOUT_FLOOR, &mut errs);
     floor(&spec.failover.final_sync_timeout, &FINAL_SYNC_TIMEOUT_FLOOR, &mut errs);
     errs
-}
-
-/// The CEL spelling of a floor: `duration()` only after the pattern matched, so a malformed
-/// value reports the pattern's message, not an evaluation error.
-pub fn floor_rule(f: &Floor) -> String {
-    format!("!self.matches('{}') || duration(self) >= duration('{}')", crate::topology::DURATION_PATTERN, f.min)
 }
 
 #[cfg(test)]

@@ -40,13 +40,29 @@ pub enum HookError {
     Empty(String),
 }
 
+/// Before or after DNS moves; written `pre` or `post` in a webhook's body and a Job's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Pre,
+    Post,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Pre => "pre",
+            Phase::Post => "post",
+        })
+    }
+}
+
 /// What a hook is told about the failover it runs in.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HookInput<'a> {
     pub hook: &'a str,
-    /// `pre` or `post`.
-    pub phase: &'a str,
+    pub phase: Phase,
     pub topology: &'a str,
     pub from: &'a str,
     pub to: &'a str,

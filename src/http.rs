@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::controller::Context;
+use crate::controller::replication::SyncManager;
+use crate::controller::watchdog::Watchdog;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 
@@ -70,27 +71,29 @@ impl CheckAccess {
     }
 }
 
+/// What the endpoints read: the metrics, whether reconciles progress, the mirror's last check
+/// and whether this replica leads.
+#[derive(Clone)]
+pub struct Probes {
+    pub metrics: Arc<Metrics>,
+    pub watchdog: Arc<Watchdog>,
+    pub sync: Arc<SyncManager>,
+    pub ready: Arc<AtomicBool>,
+}
+
 #[derive(Clone)]
 struct AppState {
-    metrics: Arc<Metrics>,
-    ctx: Arc<Context>,
-    ready: Arc<AtomicBool>,
+    probes: Probes,
     check_access: CheckAccess,
 }
 
-pub async fn serve(
-    addr: SocketAddr,
-    check_access: CheckAccess,
-    metrics: Arc<Metrics>,
-    ctx: Arc<Context>,
-    ready: Arc<AtomicBool>,
-) -> std::io::Result<()> {
+pub async fn serve(addr: SocketAddr, check_access: CheckAccess, probes: Probes) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/check", get(check))
-        .with_state(AppState { metrics, ctx, ready, check_access });
+        .with_state(AppState { probes, check_access });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics /healthz /readyz /check");
     axum::serve(listener, app).await
@@ -99,14 +102,14 @@ pub async fn serve(
 async fn metrics_handler(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        s.metrics.encode(),
+        s.probes.metrics.encode(),
     )
         .into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
-    let stalled = s.ctx.watchdog.stalled(std::time::Instant::now());
-    readiness(s.ready.load(Ordering::SeqCst), stalled).into_response()
+    let stalled = s.probes.watchdog.stalled(std::time::Instant::now());
+    readiness(s.probes.ready.load(Ordering::SeqCst), stalled).into_response()
 }
 
 /// Ready once this replica leads and its reconciles make progress. A follower is alive but not
@@ -128,7 +131,7 @@ async fn check(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(denied) = s.check_access.allows(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
         return denied.into_response();
     }
-    match s.ctx.sync.last_check().await {
+    match s.probes.sync.last_check().await {
         Some(report) => axum::Json(report).into_response(),
         None => (StatusCode::NOT_FOUND, "no check has run: this cluster is not mirroring\n").into_response(),
     }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-use crate::validate::FieldError;
+use crate::fields::FieldError;
 
 /// A document that expands past this many nodes through aliases is an alias bomb: a
 /// DRTopology has a few hundred nodes, and kubectl refuses "excessive aliasing" too.

@@ -9,8 +9,10 @@ use std::sync::atomic::AtomicU64;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::controller::sync::Thresholds;
-use crate::failover::{in_progress, Step};
+use crate::decide::conditions::{is_true, ConditionType};
+use crate::decide::plan::{in_progress, Step};
+use crate::decide::retry::ErrorKind;
+use crate::decide::standby::Thresholds;
 use crate::topology::{DRTopologyStatus, Phase, Role, StepState};
 
 type StepLabels = Vec<(String, String)>;
@@ -21,7 +23,7 @@ pub struct Metrics {
     pub is_primary: Gauge,
     pub phase: Family<Vec<(String, String)>, Gauge>,
     pub failovers: Counter,
-    pub reconcile_errors: Counter,
+    reconcile_errors: Family<Vec<(String, String)>, Counter>,
     pub step_seconds: Family<StepLabels, Gauge<f64, AtomicU64>>,
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub applied_revision: Gauge,
@@ -47,7 +49,7 @@ impl Metrics {
             is_primary: Gauge::default(),
             phase: Family::default(),
             failovers: Counter::default(),
-            reconcile_errors: Counter::default(),
+            reconcile_errors: Family::default(),
             step_seconds: Family::default(),
             lag_seconds: Gauge::default(),
             applied_revision: Gauge::default(),
@@ -67,7 +69,11 @@ impl Metrics {
         r.register("drctl_primary", "1 while this cluster is primary", m.is_primary.clone());
         r.register("drctl_phase", "1 for the current phase", m.phase.clone());
         r.register("drctl_failovers", "Failovers started in this cluster", m.failovers.clone());
-        r.register("drctl_reconcile_errors", "Reconciles that returned an error", m.reconcile_errors.clone());
+        r.register("drctl_reconcile_errors", "Reconciles that returned an error, by kind (transient, configuration, invalid_spec)", m.reconcile_errors.clone());
+        // Every kind from the start, at 0: a rate() over it then has a series before the first error.
+        for kind in ErrorKind::ALL {
+            let _ = m.reconcile_errors.get_or_create(&kind_label(kind));
+        }
         r.register("drctl_failover_step_seconds", "Duration of the last run of each failover step", m.step_seconds.clone());
         r.register("drctl_sync_lag_seconds", "Replication lag behind the primary", m.lag_seconds.clone());
         r.register("drctl_sync_applied_revision", "Last primary revision applied here", m.applied_revision.clone());
@@ -97,6 +103,10 @@ impl Metrics {
         }
     }
 
+    pub fn reconcile_failed(&self, kind: ErrorKind) {
+        self.reconcile_errors.get_or_create(&kind_label(kind)).inc();
+    }
+
     pub fn became_leader(&self) {
         self.leader.set(1);
         self.leader_acquired.set(unix_seconds(Timestamp::now()));
@@ -109,7 +119,7 @@ impl Metrics {
             let on = s.phase == Some(p);
             self.phase.get_or_create(&vec![("phase".into(), format!("{p:?}"))]).set(i64::from(on));
         }
-        let healthy = s.role == Some(Role::Standby) && s.conditions.iter().any(|c| c.type_ == "SyncHealthy" && c.status == "True");
+        let healthy = s.role == Some(Role::Standby) && is_true(s, ConditionType::SyncHealthy);
         self.sync_healthy.set(i64::from(healthy));
         if let Some(sync) = &s.sync {
             self.lag_seconds.set(sync.lag_seconds.unwrap_or(0.0));
@@ -158,6 +168,10 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+fn kind_label(kind: ErrorKind) -> Vec<(String, String)> {
+    vec![("kind".into(), kind.label().into())]
 }
 
 fn unix_seconds(t: Timestamp) -> f64 {
@@ -220,7 +234,7 @@ mod tests {
     fn metrics_expose_conditions_the_unfinished_step_and_leadership() {
         let m = Metrics::new("global-b");
         let mut s = status(false, false, &[("Demote", StepState::Running)]);
-        crate::controller::status::set_condition(&mut s, "SyncHealthy", false, "NotHealthy", "mirror stopped", None);
+        crate::decide::conditions::set_condition(&mut s, ConditionType::SyncHealthy, false, crate::decide::conditions::Reason::NotHealthy, "mirror stopped", None);
         m.observe_status(&s);
         m.became_leader();
         let text = m.encode();
@@ -228,6 +242,9 @@ mod tests {
         let started = unix_seconds(T0.parse().expect("timestamp"));
         assert!(text.contains(&format!("drctl_failover_step_started_timestamp_seconds{{cluster=\"global-b\",step=\"Demote\"}} {started}")), "{text}");
         assert!(text.contains("drctl_leader{cluster=\"global-b\"} 1\n"), "{text}");
+        assert!(text.contains("drctl_reconcile_errors_total{cluster=\"global-b\",kind=\"configuration\"} 0"), "every kind is there from the start: {text}");
+        m.reconcile_failed(ErrorKind::Transient);
+        assert!(m.encode().contains("drctl_reconcile_errors_total{cluster=\"global-b\",kind=\"transient\"} 1"), "{}", m.encode());
         // The step finished: its series goes away.
         s.failover.as_mut().expect("failover").steps[0].state = StepState::Succeeded;
         m.observe_status(&s);

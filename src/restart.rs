@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{info, instrument};
 
-use crate::topology::{RestartMethod, RestartSpec};
+use crate::controller::peer::{kubeconfig_client, PeerError};
+use crate::decide::retry::{kube_error_kind, ErrorKind};
+use crate::topology::{DRTopologySpec, RestartMethod, RestartScope, RestartSpec, RestartWhen};
 
 /// The annotation `kubectl rollout restart` uses; drctl writes the same so tools recognise it.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -29,6 +31,62 @@ pub enum RestartError {
     Patch { name: String, kind: &'static str, namespace: String, object: String, source: kube::Error },
     #[error("restart {name}: deleting pod {namespace}/{object}: {source}")]
     Delete { name: String, namespace: String, object: String, source: kube::Error },
+}
+
+impl RestartError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RestartError::List { source, .. } | RestartError::Patch { source, .. } | RestartError::Delete { source, .. } => kube_error_kind(source),
+        }
+    }
+}
+
+/// Why the restarts declared for one occasion did not all run.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartsError {
+    #[error(transparent)]
+    Here(RestartError),
+    #[error("workload cluster {cluster}: {source}")]
+    Reach { cluster: String, source: PeerError },
+    #[error("workload cluster {cluster}: {source}")]
+    There { cluster: String, source: RestartError },
+}
+
+impl RestartsError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RestartsError::Here(e) | RestartsError::There { source: e, .. } => e.kind(),
+            RestartsError::Reach { source, .. } => source.kind(),
+        }
+    }
+}
+
+/// Runs every restart of `spec` declared for `when`, in this cluster (`local`) and in the
+/// workload clusters (through their kubeconfig Secrets), each waiting up to `ready_timeout`.
+/// The summary of what was done; None when no restart is declared for `when`.
+pub async fn run_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen, stamp: Timestamp, ready_timeout: Duration) -> Result<Option<String>, RestartsError> {
+    let wanted: Vec<_> = spec.restarts.iter().filter(|r| r.when.contains(&when)).collect();
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let mut lines = Vec::new();
+    for r in wanted {
+        match r.scope {
+            RestartScope::SelfCluster => {
+                let rep = run(local, r, stamp, ready_timeout).await.map_err(RestartsError::Here)?;
+                lines.push(rep.summary());
+            }
+            RestartScope::WorkloadClusters => {
+                for wc in &spec.workload_clusters {
+                    let cluster = || wc.name.clone();
+                    let client = kubeconfig_client(local, &wc.kubeconfig_secret_ref).await.map_err(|source| RestartsError::Reach { cluster: cluster(), source })?;
+                    let rep = run(&client, r, stamp, ready_timeout).await.map_err(|source| RestartsError::There { cluster: cluster(), source })?;
+                    lines.push(format!("{} in {}", rep.summary(), wc.name));
+                }
+            }
+        }
+    }
+    Ok(Some(lines.join("; ")))
 }
 
 /// What one restart did, for the step message.

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::topology::{NAME_PATTERN, SUBDOMAIN_PATTERN};
-use crate::validate::FieldError;
+use crate::fields::FieldError;
 
 /// What a pattern of the CRD means, in words a user can act on.
 fn pattern_words(p: &str) -> String {

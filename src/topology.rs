@@ -10,6 +10,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::fields::DURATION_PATTERN;
+
 
 pub const GROUP: &str = "drctl.io";
 pub const VERSION: &str = "v1alpha1";
@@ -18,8 +20,6 @@ pub const API_VERSION: &str = "drctl.io/v1alpha1";
 /// Where the seed's platform keeps the shared etcd encryption-at-rest config.
 pub const DEFAULT_ENCRYPTION_CONFIG_PATH: &str = "/etc/kubernetes/encryption-provider.conf";
 
-/// Go-duration subset accepted for every duration field: `90s`, `5m`, `1h30m`, `500ms`.
-pub const DURATION_PATTERN: &str = "^([0-9]+(ms|s|m|h))+$";
 /// Lower-case FQDN, at least two labels, optional trailing dot.
 pub const DOMAIN_PATTERN: &str =
     "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?\\.?$";
@@ -177,7 +177,7 @@ pub struct SyncSpec {
     #[serde(default = "default_check_interval")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("checkInterval must be a duration like 30s, 5m or 1h"))]
-    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::CHECK_INTERVAL_FLOOR)).message(kube::core::Message::Message(crate::guards::CHECK_INTERVAL_FLOOR.message())))]
+    #[x_kube(validation = Rule::new(crate::fields::floor_rule(&crate::fields::CHECK_INTERVAL_FLOOR)).message(kube::core::Message::Message(crate::fields::CHECK_INTERVAL_FLOOR.message())))]
     pub check_interval: String,
     #[serde(default)]
     pub driver: SyncDriver,
@@ -300,7 +300,7 @@ pub enum SyncDriver {
     Manifest,
 }
 
-/// What is not replicated beyond the defaults (`keyspace::DEFAULT_EXCLUSIONS`, README "What
+/// What is not replicated beyond the defaults (`exclusions::DEFAULT_EXCLUSIONS`, README "What
 /// is never replicated"): every list here adds to them; only `optOut` removes a default.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -334,7 +334,7 @@ pub struct ExcludeSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.__namespace__) != has(self.resource)")
     .message("an optOut entry names exactly one of namespace or resource"))]
-#[x_kube(validation = Rule::new(crate::keyspace::opt_out_cel())
+#[x_kube(validation = Rule::new(crate::exclusions::opt_out_cel())
     .message("an optOut entry names a default exclusion (README: What is never replicated)"))]
 pub struct OptOut {
     /// A namespace of the default exclusions.
@@ -518,7 +518,7 @@ pub struct DnsVerify {
     pub restart_core_dns: bool,
     /// Give up verifying after this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::VERIFY_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::guards::VERIFY_TIMEOUT_FLOOR.message())))]
+    #[x_kube(validation = Rule::new(crate::fields::floor_rule(&crate::fields::VERIFY_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::fields::VERIFY_TIMEOUT_FLOOR.message())))]
     pub timeout: Option<String>,
 }
 
@@ -533,7 +533,7 @@ pub struct FailoverSpec {
     #[serde(default = "default_demotion_timeout")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("demotionTimeout must be a duration like 30s, 2m or 1h"))]
-    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::DEMOTION_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::guards::DEMOTION_TIMEOUT_FLOOR.message())))]
+    #[x_kube(validation = Rule::new(crate::fields::floor_rule(&crate::fields::DEMOTION_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::fields::DEMOTION_TIMEOUT_FLOOR.message())))]
     pub demotion_timeout: String,
     #[serde(default)]
     #[schemars(length(max = 16))]
@@ -547,7 +547,7 @@ pub struct FailoverSpec {
     #[serde(default = "default_final_sync_timeout")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("finalSyncTimeout must be a duration like 30s, 2m or 1h"))]
-    #[x_kube(validation = Rule::new(crate::guards::floor_rule(&crate::guards::FINAL_SYNC_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::guards::FINAL_SYNC_TIMEOUT_FLOOR.message())))]
+    #[x_kube(validation = Rule::new(crate::fields::floor_rule(&crate::fields::FINAL_SYNC_TIMEOUT_FLOOR)).message(kube::core::Message::Message(crate::fields::FINAL_SYNC_TIMEOUT_FLOOR.message())))]
     pub final_sync_timeout: String,
     /// What ends a FinalSync that did not pass within `finalSyncTimeout`.
     #[serde(default)]

@@ -4,39 +4,19 @@
 //! and says how to fix it.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::net::IpAddr;
-use std::time::Duration;
 
 use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::keyspace::{default_namespaces, default_resources, REGISTRY_PREFIX};
+pub use crate::fields::{parse_duration, parse_go_duration, parse_resolver, DurationError, FieldError};
+use crate::exclusions::{default_namespaces, default_resources};
+use crate::keyspace::REGISTRY_PREFIX;
 use crate::topology::{
     DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
     VERSION,
 };
-
-/// One problem with one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// JSON path from the document root, e.g. `spec.clusters[1].vip`.
-    pub path: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
 
 /// Problems with `spec.sync.exclude` (also what `drctl mirror/check` refuse in their flags):
 /// lists add to the defaults, so an entry that would exclude (nearly) the whole keyspace, or a
@@ -504,49 +484,6 @@ fn check_duration(s: &str, path: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-/// Why a duration does not parse: not the CRD's syntax, or longer than a Go `time.Duration`
-/// (int64 nanoseconds), which the CRD's CEL `duration()` refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DurationError {
-    Malformed,
-    Overflow,
-}
-
-/// Parses the Go-duration subset the CRD accepts (`DURATION_PATTERN`).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    parse_go_duration(s).ok()
-}
-
-/// [`parse_duration`] telling why not; the limits are Go's, so validate and CEL agree.
-pub fn parse_go_duration(s: &str) -> Result<Duration, DurationError> {
-    const UNITS: [(&str, u64); 4] = [("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)];
-    let max = u64::try_from(i64::MAX).unwrap_or(u64::MAX);
-    let (mut total, mut rest) = (0u64, s);
-    if rest.is_empty() {
-        return Err(DurationError::Malformed);
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or(DurationError::Malformed)?;
-        if digits == 0 {
-            return Err(DurationError::Malformed);
-        }
-        let (number, tail) = rest.split_at(digits);
-        let &(unit, nanos) = UNITS.iter().find(|(u, _)| tail.starts_with(u)).ok_or(DurationError::Malformed)?;
-        let n: u64 = number.parse().map_err(|_| DurationError::Overflow)?;
-        total = n.checked_mul(nanos).and_then(|x| x.checked_add(total)).filter(|t| *t <= max).ok_or(DurationError::Overflow)?;
-        rest = &tail[unit.len()..];
-    }
-    Ok(Duration::from_nanos(total))
-}
-
-/// `ip` or `ip:port` (IPv6 with port in brackets) → socket address, port 53 by default.
-pub fn parse_resolver(s: &str) -> Option<std::net::SocketAddr> {
-    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        return Some(sa);
-    }
-    s.parse::<IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 53))
-}
-
 fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
@@ -578,6 +515,7 @@ fn in_zone(domain: &str, zone: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn minimal() -> &'static str {
         include_str!("../examples/minimal.yaml")

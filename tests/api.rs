@@ -42,7 +42,7 @@ async fn crd_examples_cel_and_printer_columns() {
     let api: Api<DRTopology> = Api::all(g.client().await);
     let minimal = api.get("platform").await.expect("get platform");
     assert_eq!(minimal.spec.primary, "global-a");
-    // Exclusion lists add to the defaults (keyspace::DEFAULT_EXCLUSIONS): the CRD fills none in.
+    // Exclusion lists add to the defaults (exclusions::DEFAULT_EXCLUSIONS): the CRD fills none in.
     assert!(minimal.spec.sync.exclude.namespaces.is_empty(), "{:?}", minimal.spec.sync.exclude);
     assert_eq!(minimal.spec.sync.check_interval, "5m");
     assert_eq!(minimal.spec.clusters[0].encryption_config_path, "/etc/kubernetes/encryption-provider.conf");

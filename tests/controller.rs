@@ -872,7 +872,7 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
     .await;
     let bs = b.status.expect("status");
     let degraded = condition(&bs, "Degraded").expect("B Degraded");
-    assert!(degraded.reason == "FailoverAbandoned" && degraded.message.contains(drctl::failover::RETRY_ANNOTATION), "{degraded:?}");
+    assert!(degraded.reason == "FailoverAbandoned" && degraded.message.contains(drctl::decide::plan::RETRY_ANNOTATION), "{degraded:?}");
     wait_configmap(&pair.b, "apps", "after-reclaim", STEADY).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let b = pair.status(&pair.b).await.and_then(|t| t.status).expect("status");
@@ -885,7 +885,7 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
     // The documented retry without a spec change: the annotation on the cluster named primary.
     // FinalSync still cannot pass, so it is abandoned again and A reclaims again.
     let annotated = Instant::now();
-    pair.b.api.kubectl_ok(&["annotate", "drt", support::pair::TOPOLOGY, &format!("{}=1", drctl::failover::RETRY_ANNOTATION)]);
+    pair.b.api.kubectl_ok(&["annotate", "drt", support::pair::TOPOLOGY, &format!("{}=1", drctl::decide::plan::RETRY_ANNOTATION)]);
     let again = pair.wait(&pair.b, "B retried and abandoned again", FAILOVER, &[&ca, &cb], |s| {
         s.failover.as_ref().and_then(|f| f.abandoned.as_ref()).is_some_and(|u| u.retry.as_deref() == Some("1"))
     })

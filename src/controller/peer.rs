@@ -7,7 +7,9 @@ use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
-use crate::failover::{PeerFailover, PeerState, PeerView, Step};
+use crate::decide::plan::{PeerFailover, PeerState, PeerView, Step};
+use crate::decide::demote::PeerAnswer;
+use crate::decide::retry::{kube_error_kind, ErrorKind};
 use crate::secret::{KubeSecrets, SecretError, SecretSource};
 use crate::topology::{DRTopology, SecretRef};
 
@@ -29,13 +31,29 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    pub fn kind(&self) -> ErrorKind {
+        if self.may_be_down() {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Configuration
+        }
+    }
+
+    /// What the Demote step makes of this failure to read the old primary.
+    pub fn answer(&self) -> PeerAnswer<'static> {
+        if self.may_be_down() {
+            PeerAnswer::Down
+        } else {
+            PeerAnswer::Misconfigured
+        }
+    }
+
     /// The peer may be down (or the network between us): as opposed to our own configuration
     /// or credentials being wrong, which waiting will not fix and must never pass for a disaster.
     pub fn may_be_down(&self) -> bool {
         match self {
             PeerError::Timeout(..) => true,
-            PeerError::Api(_, kube::Error::Api(e)) => !matches!(e.code, 400 | 401 | 403 | 404 | 422),
-            PeerError::Api(..) => true,
+            PeerError::Api(_, e) => kube_error_kind(e) == ErrorKind::Transient,
             PeerError::NoKubeconfig(_) | PeerError::Secret(_) | PeerError::Kubeconfig(..) => false,
         }
     }
@@ -116,7 +134,33 @@ pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
             dns_switched: f
                 .steps
                 .iter()
-                .any(|s| s.name == Step::SwitchDns.name() && (s.state == crate::topology::StepState::Succeeded || s.started_at.is_some())),
+                .any(|s| s.step() == Some(Step::SwitchDns) && (s.state == crate::topology::StepState::Succeeded || s.started_at.is_some())),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict};
+
+    #[test]
+    fn a_credentials_error_is_never_a_disaster() {
+        let api = |code| PeerError::Api("global-a".into(), kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() })));
+        let secret = SecretError::NotFound { namespace: "drctl-system".into(), name: "global-a-kubeconfig".into() };
+        let cases = [
+            (api(401), DemoteVerdict::ConfigurationError, "a rejected credential"),
+            (api(403), DemoteVerdict::ConfigurationError, "RBAC refuses"),
+            (PeerError::NoKubeconfig("global-a".into()), DemoteVerdict::ConfigurationError, "no kubeconfig configured"),
+            (PeerError::Secret(secret), DemoteVerdict::ConfigurationError, "the kubeconfig Secret is missing"),
+            (PeerError::Kubeconfig("drctl-system/k".into(), "not UTF-8".into()), DemoteVerdict::ConfigurationError, "the kubeconfig does not parse"),
+            (PeerError::Timeout("global-a".into(), PEER_TIMEOUT), DemoteVerdict::Disaster, "no answer for a whole timeout"),
+            (api(503), DemoteVerdict::Disaster, "its apiserver unavailable for a whole timeout"),
+        ];
+        let hour = std::time::Duration::from_secs(3600);
+        for (e, want, rule) in cases {
+            let f = DemoteFacts { self_name: "global-b", answer: e.answer(), down_for: Some(hour), waited: hour, timeout: Duration::from_secs(120) };
+            assert_eq!(demote_verdict(&f), want, "{rule}: {e}");
+        }
     }
 }

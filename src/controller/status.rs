@@ -1,7 +1,5 @@
-//! Writing `DRTopology.status` with server-side apply, and keeping conditions tidy.
+//! Writing `DRTopology.status` with server-side apply (conditions are set in `decide::conditions`).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
 
@@ -45,30 +43,5 @@ impl StatusWriter {
             .await?;
         self.written = Some(self.status.clone());
         Ok(())
-    }
-}
-
-/// Sets a condition, keeping `lastTransitionTime` when its status did not change.
-pub fn set_condition(status: &mut DRTopologyStatus, type_: &str, ok: bool, reason: &str, message: &str, generation: Option<i64>) {
-    let s = if ok { "True" } else { "False" };
-    let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()));
-    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            if c.status != s {
-                c.last_transition_time = now;
-            }
-            c.status = s.into();
-            c.reason = reason.into();
-            c.message = message.into();
-            c.observed_generation = generation;
-        }
-        None => status.conditions.push(Condition {
-            type_: type_.into(),
-            status: s.into(),
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation: generation,
-            last_transition_time: now,
-        }),
     }
 }

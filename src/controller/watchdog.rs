@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::failover::{Action, Step};
+use crate::decide::plan::{Action, Step};
 use crate::topology::DRTopologySpec;
 use crate::validate::parse_duration;
 

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use kube::api::Api;
 
-use super::{plan as decide, runbook, Action, Observed, PeerView};
+use super::runbook;
+use crate::decide::plan::{plan as decide, Action, Observed, PeerView};
 use crate::controller::peer;
 use crate::topology::DRTopology;
 use crate::validate;
@@ -61,7 +62,7 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
         final_sync: runbook::final_sync_bound(&topo),
         // Flipping spec.primary is a spec change (a new generation): it retries an abandoned failover.
         generation: topo.metadata.generation.filter(|_| topo.spec.primary == to),
-        retry: kube::ResourceExt::annotations(&topo).get(super::RETRY_ANNOTATION).map(String::as_str),
+        retry: kube::ResourceExt::annotations(&topo).get(crate::decide::plan::RETRY_ANNOTATION).map(String::as_str),
     });
     println!("failover {} -> {to} (spec.primary is {} now)", peer_cluster.name, topo.spec.primary);
     if let Some(w) = why {

@@ -10,14 +10,22 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use tracing::{info, info_span, warn, Instrument};
 
-use super::{Step, PeerView};
-use crate::controller::status::{set_condition, StatusWriter};
-use crate::controller::{peer, sync, Context, Error};
+use super::error::StepError;
+use crate::controller::context::Context;
+use crate::controller::status::StatusWriter;
+use crate::controller::error::Error;
+use crate::controller::peer::{self, peer_state};
+use crate::controller::sync::{ensure_mirror, stop_replication};
+use crate::decide::conditions::{set_condition, ConditionType, Reason};
+use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
+use crate::decide::plan::{final_sync_left, step_record, FinalSyncBound, PeerView, Step};
+use crate::decide::standby::record_check;
+use crate::decide::transition::{failover_done, record_step};
 use crate::dns;
 use crate::hooks;
 use crate::restart;
 use crate::secret::KubeSecrets;
-use crate::topology::{DRTopology, FailoverStatus, Phase, RestartScope, RestartWhen, Role, RpoToken, StepState, StepStatus};
+use crate::topology::{DRTopology, FailoverStatus, Phase, RestartScope, RestartWhen, RpoToken, StepState};
 use crate::validate::parse_duration;
 
 /// What a step ended with.
@@ -42,60 +50,6 @@ pub struct Runbook<'a> {
     pub status: &'a mut StatusWriter,
 }
 
-/// Records FinalSync as skipped by `finalSyncPolicy: proceed`, the keys it leaves behind in the
-/// RPO token (they are lost), so the runbook goes on with StopSync.
-pub fn proceed_without_final_sync(f: &mut FailoverStatus, missed: Option<u64>, reason: &str) {
-    record(f, Step::FinalSync, StepState::Skipped, Some(reason.to_string()));
-    if let Some(t) = f.rpo_token.as_mut() {
-        t.missed_keys = missed;
-    }
-}
-
-/// Marks every step that has not finished as Skipped (a flip back superseded the failover).
-pub fn skip_remaining(f: &mut FailoverStatus, reason: &str) {
-    let now = Timestamp::now().to_string();
-    for step in Step::ALL {
-        match f.steps.iter_mut().find(|s| s.name == step.name()) {
-            Some(s) if matches!(s.state, StepState::Succeeded | StepState::Skipped) => {}
-            Some(s) => {
-                s.state = StepState::Skipped;
-                s.finished_at = Some(now.clone());
-                s.message = Some(reason.to_string());
-            }
-            None => f.steps.push(StepStatus {
-                name: step.name().into(),
-                state: StepState::Skipped,
-                started_at: None,
-                finished_at: Some(now.clone()),
-                message: Some(reason.to_string()),
-            }),
-        }
-    }
-}
-
-fn record(f: &mut FailoverStatus, step: Step, state: StepState, message: Option<String>) {
-    let now = Some(Timestamp::now().to_string());
-    let entry = match f.steps.iter_mut().position(|s| s.name == step.name()) {
-        Some(i) => &mut f.steps[i],
-        None => {
-            f.steps.push(StepStatus { name: step.name().into(), ..Default::default() });
-            let last = f.steps.len() - 1;
-            &mut f.steps[last]
-        }
-    };
-    if state == StepState::Running {
-        // The first start: timeouts count from it across retries and restarts.
-        if entry.started_at.is_none() {
-            entry.started_at = now;
-        }
-        entry.finished_at = None;
-    } else {
-        entry.finished_at = now;
-    }
-    entry.state = state;
-    entry.message = message;
-}
-
 impl Runbook<'_> {
     fn self_name(&self) -> &str {
         self.ctx.self_name()
@@ -105,15 +59,16 @@ impl Runbook<'_> {
         self.topo.metadata.generation
     }
 
-    fn failover(&mut self) -> Result<&mut FailoverStatus, Error> {
-        self.status.status.failover.as_mut().ok_or_else(|| Error::Other("no failover in progress".into()))
+    fn failover(&mut self) -> Result<&mut FailoverStatus, StepError> {
+        self.status.status.failover.as_mut().ok_or(StepError::NoFailover)
     }
 
     /// Runs one step with its before/after records, Events and metrics.
     pub async fn run(&mut self, step: Step) -> Result<(), Error> {
         let span = info_span!("step", step = step.name());
         async {
-            record(self.failover()?, step, StepState::Running, Some(step.describe().to_string()));
+            let failed = |source| Error::Step { step, source };
+            record_step(self.failover().map_err(failed)?, step, StepState::Running, Some(step.describe().to_string()), Timestamp::now());
             self.status.status.phase = Some(Phase::FailingOver);
             self.status.write().await?;
             // A step may take minutes (hooks, DNS): its start must reach /metrics before it ends.
@@ -126,22 +81,23 @@ impl Runbook<'_> {
             match result {
                 Ok(outcome) => {
                     info!(message = %outcome.message, seconds = secs, "step finished");
-                    record(self.failover()?, step, outcome.state, Some(outcome.message.clone()));
+                    record_step(self.failover().map_err(failed)?, step, outcome.state, Some(outcome.message.clone()), Timestamp::now());
                     self.status.write().await?;
                     self.ctx
                         .event(self.topo, EventType::Normal, &format!("Step{}", step.name()), step.name(), format!("{step}: {} ({secs:.1}s)", outcome.message))
                         .await;
                     Ok(())
                 }
-                Err(message) => {
-                    warn!(%message, "step failed");
-                    record(self.failover()?, step, StepState::Failed, Some(message.clone()));
+                Err(e) => {
+                    let message = e.to_string();
+                    warn!(%message, kind = e.kind().label(), "step failed");
+                    record_step(self.failover().map_err(failed)?, step, StepState::Failed, Some(message.clone()), Timestamp::now());
                     self.status.status.phase = Some(Phase::Degraded);
                     let generation = self.generation();
-                    set_condition(&mut self.status.status, "Ready", false, "StepFailed", &format!("{step}: {message}"), generation);
+                    set_condition(&mut self.status.status, ConditionType::Ready, false, Reason::StepFailed, &format!("{step}: {message}"), generation);
                     self.status.write().await?;
                     self.ctx.event(self.topo, EventType::Warning, "StepFailed", step.name(), format!("{step}: {message}")).await;
-                    Err(Error::Step { step, message })
+                    Err(failed(e))
                 }
             }
         }
@@ -149,38 +105,33 @@ impl Runbook<'_> {
         .await
     }
 
-    async fn execute(&mut self, step: Step) -> Result<Outcome, String> {
+    async fn execute(&mut self, step: Step) -> Result<Outcome, StepError> {
         match step {
             Step::Preflight => self.preflight().await,
             Step::Demote => self.demote().await,
             Step::FinalSync => self.final_sync().await,
             Step::StopSync => {
-                sync::stop_replication(self.ctx, self.topo).await.map_err(|e| e.to_string())?;
+                stop_replication(self.ctx, self.topo).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
                 // Nothing writes underneath any more: this cluster's own control plane may act
                 // on the data from now on (the hooks, DNS and restarts that follow need it to).
-                crate::fence::remove(&self.ctx.client, self.topo).await.map_err(|e| e.to_string())?;
+                crate::fence::remove(&self.ctx.client, self.topo).await.map_err(|e| StepError::LiftFence(Box::new(e)))?;
                 Ok(Outcome::ok(format!("no longer replicating from {}; fence lifted", self.peer_name)))
             }
-            Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), "pre").await,
+            Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), hooks::Phase::Pre).await,
             Step::SwitchDns => self.switch_dns().await,
             Step::VerifyDns => self.verify_dns().await,
-            Step::Restart => self.restarts(RestartWhen::Failover, self.failover_started()).await,
-            Step::PostHooks => self.hooks(&self.topo.spec.failover.post_hooks.clone(), "post").await,
+            Step::Restart => {
+                let stamp = self.failover_started();
+                let done = restart::run_all(&self.ctx.client, &self.topo.spec, RestartWhen::Failover, stamp, self.ctx.args.restart_ready_timeout).await;
+                Ok(match done.map_err(|e| StepError::Restart(Box::new(e)))? {
+                    Some(summary) => Outcome::ok(summary),
+                    None => Outcome::skipped(format!("no restarts with when: {:?}", RestartWhen::Failover)),
+                })
+            }
+            Step::PostHooks => self.hooks(&self.topo.spec.failover.post_hooks.clone(), hooks::Phase::Post).await,
             Step::Done => {
                 let generation = self.generation();
-                let st = &mut self.status.status;
-                st.role = Some(Role::Primary);
-                st.phase = Some(Phase::Steady);
-                st.sync = None;
-                // Computed before the record is marked complete, from the peer term it holds.
-                st.term = super::next_term(st);
-                let term = st.term;
-                if let Some(f) = st.failover.as_mut() {
-                    f.completed_at = Some(Timestamp::now().to_string());
-                    f.term = Some(term);
-                }
-                set_condition(st, "Ready", true, "Steady", "primary", generation);
-                set_condition(st, "SyncHealthy", true, "Primary", "a primary does not replicate", generation);
+                let term = failover_done(&mut self.status.status, Timestamp::now(), generation);
                 Ok(Outcome::ok(format!("{} is primary, term {term}", self.self_name())))
             }
         }
@@ -200,7 +151,7 @@ impl Runbook<'_> {
         peer::observe(&self.ctx.client, self.topo, self.peer_name).await
     }
 
-    async fn preflight(&mut self) -> Result<Outcome, String> {
+    async fn preflight(&mut self) -> Result<Outcome, StepError> {
         let (view, why) = self.observe_peer().await;
         let mine = self.status.status.encryption_config_sha256.clone();
         let Some(p) = view.reachable() else {
@@ -224,7 +175,7 @@ impl Runbook<'_> {
                 if self.topo.spec.failover.allow_encryption_config_mismatch {
                     Ok(Outcome::ok(format!("{msg} (allowed by spec.failover.allowEncryptionConfigMismatch)")))
                 } else {
-                    Err(format!("{msg}. Use the same file on both clusters, or set spec.failover.allowEncryptionConfigMismatch"))
+                    Err(StepError::EncryptionConfigMismatch { message: msg })
                 }
             }
             (Some(_), Some(_)) => Ok(Outcome::ok(format!("{} reachable; encryption configs match (sha256 {})", self.peer_name, short(&mine)))),
@@ -238,8 +189,8 @@ impl Runbook<'_> {
 
     /// Keeps the highest term read from the old primary in the failover record, so the term
     /// this failover takes at Done is past it.
-    fn record_peer_term(&mut self, term: i64) -> Result<(), String> {
-        let f = self.failover().map_err(|e| e.to_string())?;
+    fn record_peer_term(&mut self, term: i64) -> Result<(), StepError> {
+        let f = self.failover()?;
         f.peer_term = Some(f.peer_term.unwrap_or(0).max(term));
         Ok(())
     }
@@ -252,7 +203,7 @@ impl Runbook<'_> {
             .status
             .failover
             .as_ref()
-            .and_then(|f| f.steps.iter().find(|s| s.name == step.name()))
+            .and_then(|f| step_record(f, step))
             .and_then(|s| s.started_at.as_ref())
             .and_then(|s| s.parse::<Timestamp>().ok());
         let ago = started
@@ -264,66 +215,76 @@ impl Runbook<'_> {
     /// Waits for the old primary's demotion token. Proceeds without it only when the old primary
     /// has been unreachable for a whole `demotionTimeout` in a row (a blip is not a disaster), and
     /// never when the failure is our own configuration or credentials.
-    async fn demote(&mut self) -> Result<Outcome, String> {
+    async fn demote(&mut self) -> Result<Outcome, StepError> {
         let timeout = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
         let started = self.step_started(Step::Demote);
         let mut down_since: Option<Instant> = None;
         loop {
-            let p = match peer::read(&self.ctx.client, self.topo, self.peer_name).await {
-                Err(e) if !e.may_be_down() => {
-                    return Err(format!(
-                        "cannot ask {} to step down: {e}. Fix the peer access (kubeconfig Secret, its RBAC); \
-                         a configuration error is never taken for a disaster",
-                        self.peer_name
-                    ))
-                }
-                Err(e) => {
-                    let since = *down_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= timeout {
-                        return Ok(Outcome::ok(format!(
-                            "old primary {} unreachable for {} ({e}): proceeding without its acknowledgement (disaster failover)",
-                            self.peer_name, self.topo.spec.failover.demotion_timeout
-                        )));
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+            let read = peer::read(&self.ctx.client, self.topo, self.peer_name).await;
+            let answered = match &read {
                 Ok(t) => {
                     down_since = None;
-                    t.map(|t| peer::peer_state(&t, self.peer_name)).unwrap_or_default()
+                    Some(t.as_ref().map(|t| peer_state(t, self.peer_name)).unwrap_or_default())
                 }
+                Err(e) if e.may_be_down() => {
+                    down_since.get_or_insert_with(Instant::now);
+                    None
+                }
+                Err(_) => None,
             };
-            self.record_peer_term(p.term)?;
-            if p.demoted_for.as_deref() == Some(self.self_name()) && p.role == Some(Role::Standby) {
-                // The token is what FinalSync catches up to, even if the peer is gone by then.
-                self.failover().map_err(|e| e.to_string())?.rpo_token = Some(RpoToken {
-                    source_cluster_id: p.token_cluster_id.clone().unwrap_or_default(),
-                    final_revision: p.final_revision,
-                    ..Default::default()
-                });
-                return Ok(Outcome::ok(format!(
-                    "{} acknowledged demotion at revision {}",
-                    self.peer_name,
-                    p.final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into())
-                )));
+            if let Some(p) = &answered {
+                self.record_peer_term(p.term)?;
             }
-            if started.elapsed() >= timeout {
-                return Err(format!(
-                    "{} is reachable but did not acknowledge demotion within {} (its spec.primary is {:?}, role {:?}). \
-                     Check its controller and Argo CD sync; only an old primary unreachable for that long is failed over from",
-                    self.peer_name, self.topo.spec.failover.demotion_timeout, p.spec_primary, p.role
-                ));
+            let answer = match (&read, &answered) {
+                (Err(e), _) => e.answer(),
+                (Ok(_), Some(p)) => PeerAnswer::Answered(p),
+                (Ok(_), None) => PeerAnswer::Down,
+            };
+            let facts = DemoteFacts { self_name: self.self_name(), answer, down_for: down_since.map(|t| t.elapsed()), waited: started.elapsed(), timeout };
+            match (demote_verdict(&facts), read) {
+                (DemoteVerdict::Wait, _) => tokio::time::sleep(Duration::from_secs(1)).await,
+                (DemoteVerdict::ConfigurationError, Err(source)) => return Err(StepError::PeerAccess { peer: self.peer_name.to_string(), source: Box::new(source) }),
+                (DemoteVerdict::Disaster, Err(e)) => {
+                    return Ok(Outcome::ok(format!(
+                        "old primary {} unreachable for {} ({e}): proceeding without its acknowledgement (disaster failover)",
+                        self.peer_name, self.topo.spec.failover.demotion_timeout
+                    )))
+                }
+                (DemoteVerdict::Acknowledged, _) => {
+                    let p = answered.unwrap_or_default();
+                    // The token is what FinalSync catches up to, even if the peer is gone by then.
+                    self.failover()?.rpo_token = Some(RpoToken {
+                        source_cluster_id: p.token_cluster_id.clone().unwrap_or_default(),
+                        final_revision: p.final_revision,
+                        ..Default::default()
+                    });
+                    return Ok(Outcome::ok(format!(
+                        "{} acknowledged demotion at revision {}",
+                        self.peer_name,
+                        p.final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into())
+                    )));
+                }
+                (DemoteVerdict::NotAcknowledged, _) => {
+                    let p = answered.unwrap_or_default();
+                    return Err(StepError::NotAcknowledged {
+                        peer: self.peer_name.to_string(),
+                        timeout: self.topo.spec.failover.demotion_timeout.clone(),
+                        spec_primary: p.spec_primary,
+                        role: p.role,
+                    });
+                }
+                // A verdict on an error comes only from an error, and on an answer from one.
+                (DemoteVerdict::ConfigurationError | DemoteVerdict::Disaster, Ok(_)) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
-    async fn final_sync(&mut self) -> Result<Outcome, String> {
+    async fn final_sync(&mut self) -> Result<Outcome, StepError> {
         // One attempt waits no longer than the step's bound has left, so the bound's policy
         // decides on time (the planner applies it once the bound is used).
         let attempt = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
         let bound = final_sync_bound(self.topo).timeout;
-        let left = self.status.status.failover.as_ref().and_then(|f| super::final_sync_left(f, Timestamp::now(), bound));
+        let left = self.status.status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), bound));
         let timeout = attempt.min(left.unwrap_or(bound)).max(Duration::from_secs(1));
         if self.topo.spec.sync.driver == crate::topology::SyncDriver::Manifest {
             return Ok(Outcome::skipped("sync.driver is manifest: the platform's synchronizer cannot be asked for its revision"));
@@ -336,14 +297,14 @@ impl Runbook<'_> {
                 applied_revision: applied.unwrap_or(0),
                 ..Default::default()
             };
-            self.failover().map_err(|e| e.to_string())?.rpo_token = Some(token);
+            self.failover()?.rpo_token = Some(token);
             return Ok(Outcome::skipped(format!(
                 "old primary unreachable: nothing to catch up; last applied revision {}",
                 applied.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into())
             )));
         };
         // The mirror may not be running when the controller restarted mid-failover.
-        sync::ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(|e| e.to_string())?;
+        ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(|e| StepError::StartMirror(Box::new(e)))?;
         // An acknowledgement without a revision (its etcd did not answer): catch up to the head.
         let final_revision = match ack.final_revision {
             Some(r) => r,
@@ -354,14 +315,14 @@ impl Runbook<'_> {
             Err(e) => {
                 // What the RPO token says if the bound's policy goes on without FinalSync.
                 let applied = self.ctx.sync.applied_revision().await.unwrap_or(ack.applied_revision);
-                if let Some(t) = self.failover().map_err(|e| e.to_string())?.rpo_token.as_mut() {
+                if let Some(t) = self.failover()?.rpo_token.as_mut() {
                     t.applied_revision = applied;
                     t.missed_keys = None;
                 }
-                return Err(e.to_string());
+                return Err(StepError::CatchUp(Box::new(e)));
             }
         };
-        let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair).await.map_err(|e| e.to_string())?;
+        let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair).await.map_err(|e| StepError::Check(Box::new(e)))?;
         let max = self.topo.spec.failover.max_missed_keys;
         let token = RpoToken {
             source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or(ack.source_cluster_id),
@@ -369,15 +330,10 @@ impl Runbook<'_> {
             applied_revision: applied,
             missed_keys: Some(report.missed.count),
         };
-        self.failover().map_err(|e| e.to_string())?.rpo_token = Some(token);
-        sync::record_check(&mut self.status.status, &report, repaired.as_ref());
+        self.failover()?.rpo_token = Some(token);
+        record_check(&mut self.status.status, &report, repaired.as_ref().map(|r| r.outcome.put));
         if report.missed.count > max {
-            return Err(format!(
-                "{} keys of {} are missing here (spec.failover.maxMissedKeys is {max}); first: {}",
-                report.missed.count,
-                self.peer_name,
-                report.missed.keys.join(", ")
-            ));
+            return Err(StepError::MissedKeys { missed: report.missed.count, peer: self.peer_name.to_string(), max, first: report.missed.keys.join(", ") });
         }
         Ok(Outcome::ok(format!(
             "caught up to {}'s final revision {final_revision} (applied {applied}); check: {} missed, {} surplus, {} diverged{}",
@@ -389,7 +345,7 @@ impl Runbook<'_> {
         )))
     }
 
-    async fn hooks(&mut self, list: &[crate::topology::Hook], phase: &str) -> Result<Outcome, String> {
+    async fn hooks(&mut self, list: &[crate::topology::Hook], phase: hooks::Phase) -> Result<Outcome, StepError> {
         if list.is_empty() {
             return Ok(Outcome::skipped(format!("no {phase}-hooks")));
         }
@@ -405,37 +361,37 @@ impl Runbook<'_> {
                 to: self.self_name(),
                 failover_id: &id,
             };
-            let msg = hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| e.to_string())?;
+            let msg = hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))?;
             done.push(msg);
         }
         Ok(Outcome::ok(done.join("; ")))
     }
 
-    fn target_vip(&self) -> Result<std::net::IpAddr, String> {
-        let c = self.topo.spec.cluster(self.self_name()).ok_or("this cluster is not in spec.clusters")?;
-        c.vip.parse().map_err(|_| format!("spec vip {:?} is not an IP address", c.vip))
+    fn target_vip(&self) -> Result<std::net::IpAddr, StepError> {
+        let c = self.topo.spec.cluster(self.self_name()).ok_or(StepError::NotInSpec)?;
+        c.vip.parse().map_err(|_| StepError::BadVip(c.vip.clone()))
     }
 
-    async fn switch_dns(&mut self) -> Result<Outcome, String> {
+    async fn switch_dns(&mut self) -> Result<Outcome, StepError> {
         let target = self.target_vip()?;
         let secrets = KubeSecrets::new(self.ctx.client.clone());
         let annotations = self.topo.annotations().clone();
         let sctx = dns::SwitchContext { secrets: &secrets, kube: Some(self.ctx.client.clone()), annotations: &annotations };
         let outcome = dns::switch(&self.topo.spec.dns, &self.topo.spec.platform, target, &sctx)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StepError::SwitchDns(Box::new(e)))?;
         if !outcome.is_done() {
-            return Err(outcome.to_string());
+            return Err(StepError::DnsNotSwitched(outcome.to_string()));
         }
         let generation = self.generation();
-        set_condition(&mut self.status.status, "DNSCorrect", false, "Switched", &outcome.to_string(), generation);
+        set_condition(&mut self.status.status, ConditionType::DNSCorrect, false, Reason::Switched, &outcome.to_string(), generation);
         Ok(Outcome::ok(outcome.to_string()))
     }
 
-    async fn verify_dns(&mut self) -> Result<Outcome, String> {
+    async fn verify_dns(&mut self) -> Result<Outcome, StepError> {
         let target = self.target_vip()?;
         let spec = &self.topo.spec.dns;
-        let timeout = dns::verify_timeout(spec).map_err(|e| e.to_string())?;
+        let timeout = dns::verify_timeout(spec).map_err(|e| StepError::VerifyTimeout(Box::new(e)))?;
         let restart_coredns = spec.verify.restart_core_dns;
         let client = self.ctx.client.clone();
         let stamp = self.failover_started();
@@ -473,56 +429,22 @@ impl Runbook<'_> {
                     v.attempts,
                     v.elapsed.as_secs_f64()
                 );
-                set_condition(&mut self.status.status, "DNSCorrect", true, "Verified", &msg, generation);
+                set_condition(&mut self.status.status, ConditionType::DNSCorrect, true, Reason::Verified, &msg, generation);
                 Ok(Outcome::ok(msg))
             }
             Err(e) => {
-                set_condition(&mut self.status.status, "DNSCorrect", false, "Wrong", &e.to_string(), generation);
-                Err(e.to_string())
+                set_condition(&mut self.status.status, ConditionType::DNSCorrect, false, Reason::Wrong, &e.to_string(), generation);
+                Err(StepError::VerifyDns(Box::new(e)))
             }
         }
-    }
-
-    async fn restarts(&mut self, when: RestartWhen, stamp: Timestamp) -> Result<Outcome, String> {
-        run_restarts(self.ctx, self.topo, when, stamp).await
     }
 }
 
 /// `spec.failover.finalSyncTimeout` (validated; the default if it somehow does not parse) and
 /// `finalSyncPolicy`.
-pub fn final_sync_bound(topo: &DRTopology) -> super::FinalSyncBound {
+pub fn final_sync_bound(topo: &DRTopology) -> FinalSyncBound {
     let f = &topo.spec.failover;
-    super::FinalSyncBound { timeout: parse_duration(&f.final_sync_timeout).unwrap_or(Duration::from_secs(120)), policy: f.final_sync_policy }
-}
-
-/// Runs every restart declared for `when`, in this cluster and in the workload clusters.
-pub async fn run_restarts(ctx: &Arc<Context>, topo: &DRTopology, when: RestartWhen, stamp: Timestamp) -> Result<Outcome, String> {
-    let wanted: Vec<_> = topo.spec.restarts.iter().filter(|r| r.when.contains(&when)).collect();
-    if wanted.is_empty() {
-        return Ok(Outcome::skipped(format!("no restarts with when: {when:?}")));
-    }
-    let timeout = ctx.args.restart_ready_timeout;
-    let mut lines = Vec::new();
-    for r in wanted {
-        match r.scope {
-            RestartScope::SelfCluster => {
-                let rep = restart::run(&ctx.client, r, stamp, timeout).await.map_err(|e| e.to_string())?;
-                lines.push(rep.summary());
-            }
-            RestartScope::WorkloadClusters => {
-                for wc in &topo.spec.workload_clusters {
-                    let client = peer::kubeconfig_client(&ctx.client, &wc.kubeconfig_secret_ref)
-                        .await
-                        .map_err(|e| format!("workload cluster {}: {e}", wc.name))?;
-                    let rep = restart::run(&client, r, stamp, timeout)
-                        .await
-                        .map_err(|e| format!("workload cluster {}: {e}", wc.name))?;
-                    lines.push(format!("{} in {}", rep.summary(), wc.name));
-                }
-            }
-        }
-    }
-    Ok(Outcome::ok(lines.join("; ")))
+    FinalSyncBound { timeout: parse_duration(&f.final_sync_timeout).unwrap_or(Duration::from_secs(120)), policy: f.final_sync_policy }
 }
 
 /// The steps a failover to `self_name` would run now and the facts they rest on

@@ -17,15 +17,12 @@
 //!   `finalSyncTimeout` the failover is abandoned (the old primary reclaims, and the new one
 //!   holds until the spec or `drctl.io/retry-failover` changes) or, by policy, proceeds.
 
-pub mod cli;
-pub mod runbook;
-
 use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::topology::{DRTopologyStatus, FailoverStatus, FinalSyncPolicy, Phase, Role, StepState};
+use crate::topology::{DRTopologyStatus, FailoverStatus, FinalSyncPolicy, Phase, Role, StepState, StepStatus};
 
 /// Retries a failover that was abandoned under an unchanged spec: set it on the DRTopology of
 /// the cluster named primary to any value it did not have when the failover was abandoned.
@@ -95,6 +92,28 @@ impl Step {
             Step::Done => "mark this cluster Primary and Steady",
         }
     }
+}
+
+impl StepStatus {
+    /// Whether this record is of `step` (records carry the step's name, the API's string).
+    pub fn is(&self, step: Step) -> bool {
+        self.name == step.name()
+    }
+
+    /// The step this record is of, unless a newer controller wrote a step this one does not know.
+    pub fn step(&self) -> Option<Step> {
+        Step::from_name(&self.name)
+    }
+}
+
+/// The record of `step` in a failover, once it has one.
+pub fn step_record(f: &FailoverStatus, step: Step) -> Option<&StepStatus> {
+    f.steps.iter().find(|s| s.is(step))
+}
+
+/// Whether `step` of a failover has succeeded or been skipped.
+pub fn step_finished(f: &FailoverStatus, step: Step) -> bool {
+    step_record(f, step).is_some_and(|s| matches!(s.state, StepState::Succeeded | StepState::Skipped))
 }
 
 impl fmt::Display for Step {
@@ -254,16 +273,7 @@ pub fn in_progress<'s>(status: Option<&'s DRTopologyStatus>, self_name: &str) ->
 
 /// The first step of a failover record that has not succeeded or been skipped.
 pub fn next_step(f: &FailoverStatus) -> Step {
-    for step in Step::ALL {
-        let done = f
-            .steps
-            .iter()
-            .any(|s| s.name == step.name() && matches!(s.state, StepState::Succeeded | StepState::Skipped));
-        if !done {
-            return step;
-        }
-    }
-    Step::Done
+    Step::ALL.into_iter().find(|step| !step_finished(f, *step)).unwrap_or(Step::Done)
 }
 
 /// The term a cluster takes when it becomes primary (bootstrap or a completed failover): past
@@ -277,7 +287,7 @@ pub fn next_term(status: &DRTopologyStatus) -> i64 {
 /// used. Counted from the first start recorded in status, so neither a failed attempt nor a
 /// controller restart starts the bound again.
 pub fn final_sync_left(f: &FailoverStatus, now: Timestamp, timeout: Duration) -> Option<Duration> {
-    let started: Timestamp = f.steps.iter().find(|s| s.name == Step::FinalSync.name())?.started_at.as_ref()?.parse().ok()?;
+    let started: Timestamp = step_record(f, Step::FinalSync)?.started_at.as_ref()?.parse().ok()?;
     let spent = now.duration_since(started);
     // A start in the future (clock skew) has spent nothing.
     Some(if spent.is_negative() { timeout } else { timeout.saturating_sub(spent.unsigned_abs()) })
@@ -287,10 +297,7 @@ pub fn final_sync_left(f: &FailoverStatus, now: Timestamp, timeout: Duration) ->
 /// whatever the peer does (gone or not, the old primary has already stepped down): waiting on
 /// is what left the pair without a primary.
 fn final_sync_expired(o: &Observed, f: &FailoverStatus) -> Action {
-    let last = f
-        .steps
-        .iter()
-        .find(|s| s.name == Step::FinalSync.name())
+    let last = step_record(f, Step::FinalSync)
         .and_then(|s| s.message.as_deref())
         .unwrap_or("no attempt finished");
     let bound = format!("FinalSync did not pass within spec.failover.finalSyncTimeout ({}s); last: {last}", o.final_sync.timeout.as_secs());
@@ -529,7 +536,7 @@ fn plan_role(o: &Observed) -> Action {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{DemotionStatus, StepStatus};
+    use crate::topology::DemotionStatus;
 
     fn status(role: Option<Role>, phase: Option<Phase>) -> DRTopologyStatus {
         DRTopologyStatus { role, phase, ..Default::default() }

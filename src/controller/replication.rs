@@ -1,0 +1,281 @@
+//! The in-process mirror a standby runs: started, restarted on a changed source, destination or
+//! exclusions, stopped; its progress, and the consistency check (with repair) of what it copied.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::check::{self, CheckReport};
+use crate::decide::retry::{kube_error_kind, ErrorKind};
+use crate::decide::standby::first_keys;
+use crate::etcd::{self, Endpoint};
+use crate::keyspace::Filter;
+use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
+use crate::secret::SecretError;
+use crate::topology::DRTopology;
+
+/// What identifies a running mirror: when any of it changes, the mirror restarts.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct SyncKey {
+    pub(super) source: Vec<String>,
+    pub(super) dest: Vec<String>,
+    pub(super) exclude: String,
+    pub(super) namespace: String,
+    pub(super) tls: String,
+}
+
+struct Running {
+    key: SyncKey,
+    progress: watch::Receiver<Progress>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    source: Endpoint,
+    dest: Endpoint,
+    filter: Filter,
+}
+
+#[derive(Default)]
+pub struct SyncManager {
+    running: Mutex<Option<Running>>,
+    last_check: Mutex<Option<(CheckReport, Instant)>>,
+    /// When revisions and lag were last copied into status. Each status write wakes the
+    /// controller's watch; without this a busy primary would keep the standby reconciling.
+    reported_at: std::sync::Mutex<Option<Instant>>,
+}
+
+/// How often revisions and lag are refreshed in status.
+const REPORT_EVERY: Duration = Duration::from_secs(4);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cluster {0} is not in spec.clusters")]
+    UnknownCluster(String),
+    #[error("etcd TLS for cluster {cluster}: {source}")]
+    Tls { cluster: String, source: SecretError },
+    #[error("the mirror is not running")]
+    NotRunning,
+    #[error("applied revision {applied} did not reach {want} within {after:?}")]
+    CatchUpTimeout { applied: i64, want: i64, after: Duration },
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
+    #[error(transparent)]
+    Check(#[from] check::CheckError),
+    #[error("reading this cluster's etcd revision: {0}")]
+    Status(etcd_client::Error),
+    #[error("spec.sync.manifest: {0}")]
+    Manifest(String),
+    #[error("spec.sync.manifest: {object}: {source}")]
+    ManifestApi { object: String, source: kube::Error },
+}
+
+impl SyncError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SyncError::UnknownCluster(_) => ErrorKind::InvalidSpec,
+            SyncError::Tls { source, .. } => secret_error_kind(source),
+            SyncError::Manifest(_) => ErrorKind::Configuration,
+            SyncError::ManifestApi { source, .. } => kube_error_kind(source),
+            SyncError::Etcd(e) => match e {
+                etcd::EtcdError::Userinfo(_) => ErrorKind::InvalidSpec,
+                etcd::EtcdError::ReadFile { .. } | etcd::EtcdError::HalfIdentity => ErrorKind::Configuration,
+                // Connecting, and whatever else reaches etcd.
+                _ => ErrorKind::Transient,
+            },
+            SyncError::NotRunning | SyncError::CatchUpTimeout { .. } | SyncError::Check(_) | SyncError::Status(_) => ErrorKind::Transient,
+        }
+    }
+}
+
+/// The kind of a failure to read a Secret: absent or incomplete is ours to fix.
+pub fn secret_error_kind(e: &SecretError) -> ErrorKind {
+    match e {
+        SecretError::Kube { source, .. } => kube_error_kind(source),
+        SecretError::NotFound { .. } | SecretError::MissingKey { .. } | SecretError::File { .. } => ErrorKind::Configuration,
+    }
+}
+
+/// What the mirror and every repair copy: the spec's exclusions on top of the defaults.
+pub fn filter_for(topo: &DRTopology, namespace: &str) -> Filter {
+    Filter::new(&topo.spec.sync.exclude, namespace, crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)
+}
+
+impl SyncManager {
+    pub async fn stop(&self) {
+        if let Some(r) = self.running.lock().await.take() {
+            r.shutdown.cancel();
+            let _ = r.task.await;
+            info!(source = %crate::urls::redact_all(&r.key.source), "mirror stopped");
+        }
+    }
+
+    pub(super) async fn start(&self, key: SyncKey, source: Endpoint, dest: Endpoint, filter: Filter) {
+        self.stop().await;
+        let mirror = Arc::new(Mirror::new(MirrorConfig {
+            source: source.clone(),
+            dest: dest.clone(),
+            filter: filter.clone(),
+            tuning: Tuning::default(),
+        }));
+        let progress = mirror.progress();
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (mirror, token) = (mirror.clone(), shutdown.clone());
+            tokio::spawn(async move { mirror.run(token.cancelled_owned()).await })
+        };
+        info!(source = %crate::urls::redact_all(&key.source), dest = %crate::urls::redact_all(&key.dest), "mirror started");
+        *self.running.lock().await = Some(Running { key, progress, shutdown, task, source, dest, filter });
+    }
+
+    /// What identifies the running mirror, if one runs.
+    pub(super) async fn running_key(&self) -> Option<SyncKey> {
+        self.running.lock().await.as_ref().map(|r| r.key.clone())
+    }
+
+    /// The mirror's progress and its lag in seconds (how long it has been behind the source).
+    pub async fn progress(&self) -> Option<(Progress, f64)> {
+        let guard = self.running.lock().await;
+        let p = guard.as_ref()?.progress.borrow().clone();
+        let lag = p.lag(std::time::SystemTime::now()).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        Some((p, lag))
+    }
+
+    pub async fn applied_revision(&self) -> Option<i64> {
+        self.progress().await.map(|(p, _)| p.applied_revision).filter(|r| *r > 0)
+    }
+
+    pub async fn source_cluster_id(&self) -> Option<String> {
+        self.progress().await.map(|(p, _)| format!("{:x}", p.source_cluster_id)).filter(|s| s != "0")
+    }
+
+    /// Waits until the mirror has applied source revision `want`.
+    pub async fn wait_applied(&self, want: i64, timeout: Duration) -> Result<i64, SyncError> {
+        let mut rx = self.running.lock().await.as_ref().map(|r| r.progress.clone()).ok_or(SyncError::NotRunning)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let applied = rx.borrow().applied_revision;
+            if applied >= want {
+                return Ok(applied);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SyncError::NotRunning),
+                Err(_) => return Err(SyncError::CatchUpTimeout { applied, want, after: timeout }),
+            }
+        }
+    }
+
+    /// Runs a full consistency check of the running mirror's source and destination. With
+    /// `repair`, missed and diverged keys are re-put from the source (at a consistent cut, never
+    /// over a write the mirror applied meanwhile; surplus keys are left) and the check runs
+    /// again: the report says what is left, its `repair` what was done, and `Repaired` which
+    /// keys were found.
+    pub async fn check_now(&self, repair: bool) -> Result<(CheckReport, Option<Repaired>), SyncError> {
+        let (source, dest, filter) = {
+            let guard = self.running.lock().await;
+            let r = guard.as_ref().ok_or(SyncError::NotRunning)?;
+            (r.source.clone(), r.dest.clone(), r.filter.clone())
+        };
+        let (s, d) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
+        let opts = check::CheckOptions::default();
+        let mut result = check::run(&s, &d, &filter, &opts).await?;
+        let fixable: Vec<_> =
+            if repair { result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect() } else { Vec::new() };
+        let mut repaired = None;
+        if !fixable.is_empty() {
+            let outcome = check::repair(&s, &d, &filter, &fixable, false).await?;
+            let found = result.report;
+            result = check::run(&s, &d, &filter, &opts).await?;
+            result.report.repair = Some(outcome.clone());
+            // Nothing put: the differences were the mirror's in-flight writes after all.
+            if outcome.put > 0 {
+                let keys = found.missed.keys.iter().chain(&found.diverged.keys).cloned().collect();
+                let writers = found.writers_summary();
+                repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys, writers });
+            }
+        }
+        *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
+        Ok((result.report, repaired))
+    }
+
+    /// True at most once per `REPORT_EVERY`.
+    pub(super) fn report_due(&self) -> bool {
+        let Ok(mut at) = self.reported_at.lock() else { return true };
+        if at.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return false;
+        }
+        *at = Some(Instant::now());
+        true
+    }
+
+    pub async fn last_check(&self) -> Option<CheckReport> {
+        self.last_check.lock().await.as_ref().map(|(r, _)| r.clone())
+    }
+
+    pub(super) async fn last_check_age(&self) -> Option<Duration> {
+        self.last_check.lock().await.as_ref().map(|(_, at)| at.elapsed())
+    }
+}
+
+/// What a check with repair found and re-put.
+#[derive(Debug, Clone)]
+pub struct Repaired {
+    pub outcome: check::RepairOutcome,
+    pub missed: u64,
+    pub diverged: u64,
+    /// The first keys found missed, then diverged.
+    pub keys: Vec<String>,
+    /// Who had last written the diverged keys here (`manager ×count`), where the objects say.
+    pub writers: Option<String>,
+}
+
+impl Repaired {
+    /// For an Event and the step message: the counts and the first few keys (an Event's note must
+    /// fit the apiserver's limit, see `event_note`).
+    pub fn summary(&self) -> String {
+        format!(
+            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror){}; first: {}",
+            self.outcome.put,
+            self.missed,
+            self.diverged,
+            self.outcome.already,
+            self.outcome.skipped,
+            self.writers.as_ref().map(|w| format!("; diverged keys last written here by {w}")).unwrap_or_default(),
+            first_keys(self.keys.iter()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::notes::{event_note, EVENT_NOTE_LIMIT};
+
+    fn repaired(keys: usize, key_len: usize) -> Repaired {
+        Repaired {
+            outcome: check::RepairOutcome { put: keys as u64, ..Default::default() },
+            missed: keys as u64,
+            diverged: 0,
+            keys: (0..keys).map(|i| format!("/registry/configmaps/team-a/{i:0>key_len$}")).collect(),
+            writers: None,
+        }
+    }
+
+    #[test]
+    fn keys_repaired_event_names_counts_and_a_few_keys_within_the_note_limit() {
+        let r = repaired(10_000, 200);
+        let note = event_note(r.summary());
+        assert!(note.len() <= EVENT_NOTE_LIMIT, "{} bytes", note.len());
+        assert!(note.starts_with("re-put 10000 keys from the primary (10000 missed, 0 diverged found"), "{note}");
+        assert!(note.contains(&r.keys[0]), "{note}");
+        let few = repaired(7, 4).summary();
+        assert!(few.contains("/registry/configmaps/team-a/0004") && !few.contains("team-a/0005"), "{few}");
+        assert!(few.ends_with(" and 2 more"), "{few}");
+        let with_writers = Repaired { writers: Some("kube-controller-manager ×3".into()), ..repaired(3, 4) }.summary();
+        assert!(with_writers.contains("; diverged keys last written here by kube-controller-manager ×3; first: "), "{with_writers}");
+        assert!(!repaired(3, 4).summary().contains("more"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Whether this cluster is fenced: its own controllers refused writes to replicated data.
+
+use super::plan::{in_progress, step_finished, Step};
+use crate::topology::{DRTopologyStatus, Role};
+
+/// What decides whether this cluster is fenced.
+#[derive(Debug, Clone, Copy)]
+pub struct FenceFacts {
+    pub enabled: bool,
+    /// `spec.primary` names this cluster.
+    pub declared_primary: bool,
+    pub dry_run: bool,
+    pub role: Option<Role>,
+    /// This cluster's failover (in progress) has stopped replicating.
+    pub stopped_sync: bool,
+    /// The primary role is held for a peer that abandoned its failover (`spec.primary` names
+    /// the peer).
+    pub holds_primary: bool,
+}
+
+/// Whether this cluster should be fenced now: a declared standby is; a standby declared primary
+/// is until its failover has stopped replicating; a dry run keeps the role it has; a cluster
+/// that never was a standby (bootstrap) never is; a primary holding the role for a peer that
+/// abandoned its failover is not.
+pub fn fence_wanted(f: &FenceFacts) -> bool {
+    if !f.enabled || f.holds_primary {
+        return false;
+    }
+    if f.dry_run {
+        return f.role != Some(Role::Primary);
+    }
+    !f.declared_primary || (f.role == Some(Role::Standby) && !f.stopped_sync)
+}
+
+/// This cluster's failover in progress has stopped replicating (StopSync succeeded or was
+/// skipped).
+pub fn stopped_sync(status: &DRTopologyStatus, self_name: &str) -> bool {
+    in_progress(Some(status), self_name).is_some_and(|f| step_finished(f, Step::StopSync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{FailoverStatus, StepState, StepStatus};
+
+    #[test]
+    fn fence_follows_the_declared_role_and_lifts_only_after_the_new_primary_stopped_sync() {
+        let facts = |enabled, declared_primary, dry_run, role, stopped_sync| FenceFacts { enabled, declared_primary, dry_run, role, stopped_sync, holds_primary: false };
+        use Role::{Primary, Standby};
+        let cases = [
+            // (facts, fenced, rule)
+            (facts(false, false, false, Some(Standby), false), false, "disabled: never"),
+            (facts(true, false, false, Some(Standby), false), true, "a declared standby is fenced"),
+            (facts(true, false, false, Some(Primary), false), true, "an old primary is fenced before its demotion token"),
+            (facts(true, false, false, None, false), true, "a new standby is fenced before it mirrors"),
+            (facts(true, true, false, Some(Standby), false), true, "a failing-over standby stays fenced while the mirror writes"),
+            (facts(true, true, false, Some(Standby), true), false, "StopSync lifts it, before the platform must act"),
+            (facts(true, true, false, Some(Primary), false), false, "a primary is not fenced"),
+            (facts(true, true, false, None, false), false, "bootstrap: a cluster that never was standby"),
+            (facts(true, true, true, Some(Standby), false), true, "dry run keeps the standby fenced"),
+            (facts(true, false, true, Some(Primary), false), false, "dry run keeps the primary writable"),
+            (FenceFacts { holds_primary: true, ..facts(true, false, false, Some(Primary), false) }, false, "a primary holding the role for a peer that abandoned its failover is writable"),
+            (facts(true, true, false, Some(Standby), false), true, "the peer that abandoned (declared primary, standby, sync not stopped) stays fenced"),
+        ];
+        for (f, want, rule) in cases {
+            assert_eq!(fence_wanted(&f), want, "{rule}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_failover_in_progress_to_this_cluster_that_passed_stop_sync_has_stopped_sync() {
+        let with = |to: &str, state: StepState, completed: bool| DRTopologyStatus {
+            failover: Some(FailoverStatus {
+                to: to.into(),
+                completed_at: completed.then(|| "2026-01-01T00:00:00Z".into()),
+                steps: vec![StepStatus { name: "StopSync".into(), state, ..Default::default() }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cases = [
+            (with("b", StepState::Succeeded, false), true, "StopSync succeeded"),
+            (with("b", StepState::Skipped, false), true, "StopSync skipped"),
+            (with("b", StepState::Running, false), false, "StopSync still running"),
+            (with("b", StepState::Succeeded, true), false, "the failover completed: no longer in progress"),
+            (with("a", StepState::Succeeded, false), false, "a failover to the peer"),
+            (DRTopologyStatus::default(), false, "no failover"),
+        ];
+        for (st, want, rule) in cases {
+            assert_eq!(stopped_sync(&st, "b"), want, "{rule}");
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! A standby's health: whether the last check is within the thresholds, what the `KeysDiffer`
+//! Event says, and the phase and conditions that follow from the mirror and the check.
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::conditions::{set_condition, ConditionType, Reason};
+use crate::check::CheckReport;
+use crate::mirror::Phase as MirrorPhase;
+use crate::topology::{DRTopology, DRTopologyStatus, Phase, SyncStatus};
+
+/// Keys a summary names; the counts say how many there were.
+const SUMMARY_KEYS: usize = 5;
+
+/// The first `SUMMARY_KEYS` of `keys`, and how many more there are.
+pub fn first_keys<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let keys: Vec<&String> = keys.collect();
+    let named = keys.iter().take(SUMMARY_KEYS).map(|k| k.as_str()).collect::<Vec<_>>().join(", ");
+    match keys.len().saturating_sub(SUMMARY_KEYS) {
+        0 => named,
+        n => format!("{named} and {n} more"),
+    }
+}
+
+/// The most differing keys of each kind a healthy standby's last check may have found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub missed: u64,
+    pub surplus: u64,
+    pub diverged: u64,
+}
+
+impl Thresholds {
+    pub fn of(topo: &DRTopology) -> Thresholds {
+        let h = &topo.spec.sync.health;
+        Thresholds { missed: topo.spec.failover.max_missed_keys, surplus: h.max_surplus_keys, diverged: h.max_diverged_keys }
+    }
+}
+
+/// Every kind of difference over its threshold, with the field that sets it; None when the
+/// counts (missed, surplus, diverged) are all within theirs.
+pub fn over_thresholds(missed: u64, surplus: u64, diverged: u64, t: &Thresholds) -> Option<String> {
+    let over: Vec<String> = [
+        (missed, t.missed, "missed", "spec.failover.maxMissedKeys"),
+        (surplus, t.surplus, "surplus", "spec.sync.health.maxSurplusKeys"),
+        (diverged, t.diverged, "diverged", "spec.sync.health.maxDivergedKeys"),
+    ]
+    .into_iter()
+    .filter(|(n, max, _, _)| n > max)
+    .map(|(n, max, kind, field)| format!("{n} {kind} ({field} is {max})"))
+    .collect();
+    (!over.is_empty()).then(|| format!("{} keys at the last check", over.join(", ")))
+}
+
+/// Why the last check makes the standby unhealthy, with who last wrote the differing keys here
+/// and the first of them; None when within the thresholds.
+pub fn unhealthy_because(report: &CheckReport, t: &Thresholds) -> Option<String> {
+    let over = over_thresholds(report.missed.count, report.surplus.count, report.diverged.count, t)?;
+    let writers = report.writers_summary().map(|w| format!("; last written here by {w}")).unwrap_or_default();
+    let keys = report.missed.keys.iter().chain(&report.surplus.keys).chain(&report.diverged.keys);
+    Some(format!("{over}{writers}; first: {}", first_keys(keys)))
+}
+
+/// A `KeysDiffer` Event's note when a check (after any repair) still finds differences and
+/// they are not the ones the previous check already reported; None otherwise, so a standby
+/// that stays inconsistent does not publish an Event per check.
+pub fn differences_event(previous: Option<&CheckReport>, now: &CheckReport) -> Option<String> {
+    let counts = |r: &CheckReport| (r.missed.count, r.surplus.count, r.diverged.count);
+    if now.consistent || previous.is_some_and(|p| counts(p) == counts(now) && p.writers == now.writers) {
+        return None;
+    }
+    let writers = now.writers_summary().map(|w| format!("; surplus and diverged keys last written here by {w}")).unwrap_or_default();
+    let keys = now.missed.keys.iter().chain(&now.surplus.keys).chain(&now.diverged.keys);
+    Some(format!(
+        "the check found {} missed, {} surplus, {} diverged keys{writers}; first: {}",
+        now.missed.count,
+        now.surplus.count,
+        now.diverged.count,
+        first_keys(keys)
+    ))
+}
+
+/// Records a check's counts in `status.sync`; `repaired` is how many keys its repair re-put.
+pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, repaired: Option<u64>) {
+    let sync = status.sync.get_or_insert_with(SyncStatus::default);
+    sync.missed_keys = Some(report.missed.count);
+    sync.surplus_keys = Some(report.surplus.count);
+    sync.diverged_keys = Some(report.diverged.count);
+    sync.last_check_time = Some(Timestamp::now().to_string());
+    if let Some(r) = repaired {
+        sync.repaired_keys = Some(sync.repaired_keys.unwrap_or(0) + r);
+    }
+}
+
+/// What a standby's health is decided on.
+#[derive(Debug, Clone)]
+pub struct MirrorFacts<'a> {
+    pub phase: MirrorPhase,
+    pub last_error: Option<&'a str>,
+    /// The live lag, and the one in `status.sync` (refreshed every few seconds).
+    pub lag_seconds: f64,
+    pub reported_lag_seconds: Option<f64>,
+    /// `--max-lag-seconds`.
+    pub max_lag_seconds: f64,
+    pub last_check: Option<&'a CheckReport>,
+    pub thresholds: Thresholds,
+    /// The cluster mirrored from (the peer: a cluster holding after an abandoned failover is
+    /// named primary).
+    pub source: &'a str,
+}
+
+/// A standby's health: `SyncHealthy` and `Ready`, the phase, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub healthy: bool,
+    pub phase: Phase,
+    pub why: String,
+}
+
+/// Healthy only while the mirror follows without an error, the lag is within bounds and the
+/// last check (after any repair) is within every threshold and replicates something. The
+/// message uses figures from the last check and `status.sync`, not live ones: a message that
+/// changed on every reconcile would make every reconcile write status.
+pub fn standby_health(f: &MirrorFacts) -> Health {
+    let following = f.phase == MirrorPhase::Following;
+    let empty = f.last_check.filter(|r| r.replicates_nothing());
+    let over = f.last_check.and_then(|r| unhealthy_because(r, &f.thresholds));
+    let lagging = f.lag_seconds > f.max_lag_seconds;
+    let healthy = following && !lagging && f.last_check.is_some() && over.is_none() && empty.is_none() && f.last_error.is_none();
+    let why = if !following {
+        format!("mirror is {:?}{}", f.phase, f.last_error.map(|e| format!(": {e}")).unwrap_or_default())
+    } else if lagging {
+        format!("lag {:.1}s is over {:.0}s", f.reported_lag_seconds.unwrap_or(f.lag_seconds), f.max_lag_seconds)
+    } else if let Some(r) = empty {
+        format!("nothing is replicated: the primary holds {} keys under /registry/ and spec.sync.exclude removes all of them", r.source_keys)
+    } else if let Some(over) = over {
+        over
+    } else if f.last_check.is_none() {
+        "waiting for the first consistency check".into()
+    } else {
+        format!("following {}; revisions and lag in status.sync", f.source)
+    };
+    let phase = if healthy {
+        Phase::Steady
+    } else if following && f.last_check.is_some() {
+        Phase::Degraded
+    } else {
+        Phase::Syncing
+    };
+    Health { healthy, phase, why }
+}
+
+/// Writes a standby's health into status: `SyncHealthy`, `Ready`, `DNSCorrect` (DNS is the
+/// primary's concern) and the phase.
+pub fn record_health(status: &mut DRTopologyStatus, h: &Health, generation: Option<i64>) {
+    let ok = h.healthy;
+    set_condition(status, ConditionType::SyncHealthy, ok, if ok { Reason::Mirroring } else { Reason::NotHealthy }, &h.why, generation);
+    set_condition(status, ConditionType::DNSCorrect, true, Reason::Standby, "DNS is the primary's concern", generation);
+    set_condition(status, ConditionType::Ready, ok, if ok { Reason::Steady } else { Reason::Syncing }, &h.why, generation);
+    status.phase = Some(h.phase);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check;
+
+    fn report(missed: u64, surplus: u64, diverged: u64, writers: &[(&str, u64)]) -> CheckReport {
+        let list = |n: u64, kind: &str| check::KeyList { count: n, keys: (0..n.min(3)).map(|i| format!("/registry/{kind}/{i}")).collect(), writers: Vec::new() };
+        CheckReport {
+            consistent: missed + surplus + diverged == 0,
+            revision: 1,
+            source_revision: 1,
+            source_cluster_id: "ab".into(),
+            checked_keys: 100,
+            source_keys: 100,
+            missed: list(missed, "missed"),
+            surplus: list(surplus, "surplus"),
+            diverged: list(diverged, "diverged"),
+            duration_ms: 1,
+            repair: None,
+            writers: writers.iter().map(|(m, n)| (m.to_string(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_standby_is_unhealthy_when_any_kind_of_difference_is_over_its_threshold() {
+        let zero = Thresholds { missed: 0, surplus: 0, diverged: 0 };
+        let lenient = Thresholds { missed: 2, surplus: 5, diverged: 1 };
+        let cases: [(u64, u64, u64, &Thresholds, Option<&str>); 7] = [
+            (0, 0, 0, &zero, None),
+            (1, 0, 0, &zero, Some("1 missed (spec.failover.maxMissedKeys is 0) keys at the last check")),
+            (0, 3, 0, &zero, Some("3 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check")),
+            (0, 0, 4, &zero, Some("4 diverged (spec.sync.health.maxDivergedKeys is 0) keys at the last check")),
+            (
+                1,
+                2,
+                0,
+                &zero,
+                Some("1 missed (spec.failover.maxMissedKeys is 0), 2 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check"),
+            ),
+            (2, 5, 1, &lenient, None),
+            (2, 6, 1, &lenient, Some("6 surplus (spec.sync.health.maxSurplusKeys is 5) keys at the last check")),
+        ];
+        for (m, s, d, t, want) in cases {
+            assert_eq!(over_thresholds(m, s, d, t).as_deref(), want, "{m}/{s}/{d} against {t:?}");
+        }
+        let why = unhealthy_because(&report(0, 2, 1, &[("kube-scheduler", 2), ("kube-controller-manager", 1)]), &zero).expect("unhealthy");
+        assert!(why.contains("; last written here by kube-scheduler ×2, kube-controller-manager ×1; first: /registry/surplus/0, /registry/surplus/1, /registry/diverged/0"), "{why}");
+        assert_eq!(unhealthy_because(&report(2, 5, 1, &[]), &lenient), None);
+    }
+
+    #[test]
+    fn keys_differ_events_only_when_the_findings_change() {
+        let bad = report(0, 2, 0, &[("kube-scheduler", 2)]);
+        let note = differences_event(None, &bad).expect("first finding");
+        assert_eq!(note, "the check found 0 missed, 2 surplus, 0 diverged keys; surplus and diverged keys last written here by kube-scheduler ×2; first: /registry/surplus/0, /registry/surplus/1");
+        assert_eq!(differences_event(Some(&bad), &bad), None, "the same findings again");
+        assert!(differences_event(Some(&bad), &report(0, 3, 0, &[("kube-scheduler", 3)])).is_some(), "more of them");
+        assert!(differences_event(Some(&bad), &report(0, 2, 0, &[("someone-else", 2)])).is_some(), "another writer");
+        assert!(differences_event(Some(&report(0, 0, 0, &[])), &bad).is_some(), "was consistent");
+        assert_eq!(differences_event(Some(&bad), &report(0, 0, 0, &[])), None, "consistent now");
+    }
+
+    fn facts<'a>(phase: MirrorPhase, lag: f64, check: Option<&'a CheckReport>) -> MirrorFacts<'a> {
+        let thresholds = Thresholds { missed: 0, surplus: 0, diverged: 0 };
+        MirrorFacts { phase, last_error: None, lag_seconds: lag, reported_lag_seconds: Some(lag), max_lag_seconds: 30.0, last_check: check, thresholds, source: "global-a" }
+    }
+
+    #[test]
+    fn a_standby_is_steady_only_while_it_follows_within_lag_and_its_last_check_is_clean() {
+        let clean = report(0, 0, 0, &[]);
+        let surplus = report(0, 1, 0, &[]);
+        let nothing = CheckReport { source_keys: 7, checked_keys: 0, ..report(0, 0, 0, &[]) };
+        let broken = MirrorFacts { last_error: Some("etcd: connection refused"), ..facts(MirrorPhase::Following, 0.0, Some(&clean)) };
+        let cases: [(&str, MirrorFacts, bool, Phase, &str); 7] = [
+            ("following, clean check: steady", facts(MirrorPhase::Following, 1.0, Some(&clean)), true, Phase::Steady, "following global-a"),
+            ("still copying: syncing", facts(MirrorPhase::Copying, 0.0, None), false, Phase::Syncing, "mirror is Copying"),
+            ("no check yet: syncing", facts(MirrorPhase::Following, 0.0, None), false, Phase::Syncing, "waiting for the first consistency check"),
+            ("lag over the bound: degraded", facts(MirrorPhase::Following, 31.0, Some(&clean)), false, Phase::Degraded, "lag 31.0s is over 30s"),
+            ("a surplus key over its threshold: degraded", facts(MirrorPhase::Following, 0.0, Some(&surplus)), false, Phase::Degraded, "1 surplus"),
+            ("nothing replicated: degraded", facts(MirrorPhase::Following, 0.0, Some(&nothing)), false, Phase::Degraded, "nothing is replicated"),
+            ("a mirror error: degraded", broken, false, Phase::Degraded, "following global-a"),
+        ];
+        for (rule, f, healthy, phase, why) in cases {
+            let h = standby_health(&f);
+            assert_eq!((h.healthy, h.phase), (healthy, phase), "{rule}: {h:?}");
+            assert!(h.why.starts_with(why), "{rule}: {}", h.why);
+        }
+    }
+}
