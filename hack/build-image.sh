@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds drctl's OCI image with umoci: no container daemon, no base image. The image holds the
 # stripped release binary at /drctl, exactly the shared libraries ldd names, CA certificates
-# (git over HTTPS and webhooks verify servers with them), and /etc/passwd with the non-root user
+# (webhooks, DNS APIs and forges over HTTPS verify servers with them), and /etc/passwd with the non-root user
 # 65532 it runs as. Writes an OCI archive (a tar of an OCI layout, tag = the crate version):
 #   bash hack/build-image.sh /var/cache/drctl/image/drctl-oci.tar
 # The release build is cached in $CARGO_TARGET_DIR: a second run does not compile. DRCTL_BIN=path
@@ -13,7 +13,8 @@ command -v umoci >/dev/null || { echo "umoci is not installed (make deps)" >&2; 
 : "${CARGO_TARGET_DIR:=/var/cache/drctl/target}"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 if [ -z "${DRCTL_BIN:-}" ]; then
-  cargo build --release --bin drctl >&2
+  # The controller only reads Git history: no push transports, so no OpenSSL or libssh2.
+  cargo build --release --bin drctl --no-default-features >&2
 fi
 bin=${DRCTL_BIN:-$CARGO_TARGET_DIR/release/drctl}
 
