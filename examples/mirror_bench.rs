@@ -77,7 +77,7 @@ async fn main() -> Res<()> {
 
     // 3. drctl mirror --once into a fresh destination, then steady state and check on it.
     let d = EtcdProc::start().await?;
-    let (once_elapsed, once_rss_kib, once_out) =
+    let bench::Measured { elapsed: once_elapsed, peak_kib: once_rss_kib, out: once_out, .. } =
         run_measured(Command::new(&drctl).args(["mirror", "--source", &src.url, "--dest", &d.url, "--once"]))?;
     let mut dc = d.client().await?;
     let copied = count(&mut dc).await?;
@@ -100,7 +100,7 @@ async fn main() -> Res<()> {
     eprintln!("lag p50 {p50:.1} ms, p99 {p99:.1} ms over {} writes", lags.len());
 
     // 5. A full check of the replicated keyspace.
-    let (check_elapsed, check_rss_kib, check_out) =
+    let bench::Measured { elapsed: check_elapsed, peak_kib: check_rss_kib, out: check_out, .. } =
         run_measured(Command::new(&drctl).args(["check", "--source", &src.url, "--dest", &d.url, "--json"]))?;
     let report: drctl::check::CheckReport = serde_json::from_str(&check_out)?;
 

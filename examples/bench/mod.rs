@@ -164,11 +164,33 @@ pub fn peak_rss_kib(pid: u32) -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs a command to completion; returns (elapsed, peak RSS in KiB, stdout).
+/// CPU time (user + system) process `pid` used so far, in seconds; 0 once it is gone.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the 3rd, utime the 14th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (f.get(11), f.get(12)) {
+        (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
+        _ => 0.0,
+    }
+}
+
+/// A finished command: wall time, its own peak RSS and CPU time, its stdout.
+pub struct Measured {
+    pub elapsed: Duration,
+    pub peak_kib: i64,
+    pub cpu_secs: f64,
+    pub out: String,
+}
+
+/// Runs a command to completion.
 ///
 /// The peak is the child's own `VmHWM`, sampled while it runs: `wait4`'s `ru_maxrss` would
 /// include this process's RSS (a vfork child execs from the parent's address space).
-pub fn run_measured(cmd: &mut Command) -> Res<(Duration, i64, String)> {
+pub fn run_measured(cmd: &mut Command) -> Res<Measured> {
     let started = Instant::now();
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
     let mut stdout = child.stdout.take().ok_or("no stdout")?;
@@ -177,12 +199,13 @@ pub fn run_measured(cmd: &mut Command) -> Res<(Duration, i64, String)> {
         let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
         s
     });
-    let mut peak_kib = 0;
+    let (mut peak_kib, mut cpu) = (0, 0.0);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
         peak_kib = peak_kib.max(peak_rss_kib(child.id()));
+        cpu = cpu_secs(child.id()).max(cpu);
         std::thread::sleep(Duration::from_millis(10));
     };
     let elapsed = started.elapsed();
@@ -190,7 +213,7 @@ pub fn run_measured(cmd: &mut Command) -> Res<(Duration, i64, String)> {
     if status.code().is_none_or(|c| c > 2) {
         return Err(format!("{cmd:?} failed: {status}: {out}").into());
     }
-    Ok((elapsed, peak_kib, out))
+    Ok(Measured { elapsed, peak_kib, cpu_secs: cpu, out })
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
