@@ -175,15 +175,24 @@ async fn main() -> Res<()> {
 
     // 6. The primary under a check: a steady writer's put latency alone, then while a check
     //    reads it (writes to an excluded resource, so the check's result is unchanged).
+    //    Then again with the check bounded at the controller's default `spec.sync.checkReadRate`.
     let alone = write_load(&s, "/registry/events/bench-writer-alone/", Load::Rate(writer_rate), WRITE_SECONDS, value_bytes).await?;
-    let checker = std::thread::spawn({
-        let mut cmd = check_cmd();
-        move || run_measured(&mut cmd).map_err(|e| e.to_string())
-    });
-    let during = write_load(&s, "/registry/events/bench-writer-check/", Load::Rate(writer_rate), secs(check_elapsed).min(30.0), value_bytes).await?;
-    let checked_again = checker.join().map_err(|_| "check thread panicked")??;
     let p99 = |w: &bench::Writes| percentile(&w.latencies_ms, 0.99);
-    eprintln!("primary put p99: alone {:.1} ms, during a check {:.1} ms (check took {:.1} s)", p99(&alone), p99(&during), secs(checked_again.elapsed));
+    let bounded_rate = drctl::topology::SyncSpec::default().check_read_rate;
+    let mut under_check = Vec::new();
+    for (name, rate) in [("unbounded", 0), ("bounded", bounded_rate)] {
+        let checker = std::thread::spawn({
+            let mut cmd = check_cmd();
+            cmd.args(["--max-read-rate", &rate.to_string()]);
+            move || run_measured(&mut cmd).map_err(|e| e.to_string())
+        });
+        // Writes while the check runs (its time in step 5, or the bound's, at most 30 s).
+        let span = secs(check_elapsed).max(if rate > 0 { n as f64 / rate as f64 } else { 0.0 }).min(30.0);
+        let during = write_load(&s, &format!("/registry/events/bench-writer-{name}/"), Load::Rate(writer_rate), span, value_bytes).await?;
+        let checked = checker.join().map_err(|_| "check thread panicked")??;
+        eprintln!("primary put p99 during a check ({name}, took {:.1} s): {:.1} ms; alone {:.1} ms", secs(checked.elapsed), p99(&during), p99(&alone));
+        under_check.push((name, rate, during, checked.elapsed));
+    }
 
     // 7. The lag at the highest write rate the source sustains (a closed loop of `writers`),
     //    with the following mirror's peak RSS (it resumes from the checkpoint: no copy).
@@ -245,13 +254,20 @@ async fn main() -> Res<()> {
         ok(check <= 1.5 * secs(floor))
     );
     println!(
-        "| primary's put p99 at {writer_rate} writes/s: alone / while a check reads it | {:.1} ms / {:.1} ms (p50 {:.1} / {:.1}) | {:.2}× | |",
+        "| primary's put latency at {writer_rate} writes/s, alone | p99 {:.1} ms (p50 {:.1}) | | |",
         p99(&alone),
-        p99(&during),
-        percentile(&alone.latencies_ms, 0.5),
-        percentile(&during.latencies_ms, 0.5),
-        p99(&during) / p99(&alone)
+        percentile(&alone.latencies_ms, 0.5)
     );
+    for (name, rate, during, took) in &under_check {
+        println!(
+            "| … while a check reads it, {name}{} (the check took {:.1} s) | p99 {:.1} ms (p50 {:.1}) | {:.2}× alone | |",
+            if *rate > 0 { format!(" at {rate} keys/s (`checkReadRate` default)") } else { String::new() },
+            secs(*took),
+            p99(during),
+            percentile(&during.latencies_ms, 0.5),
+            p99(during) / p99(&alone)
+        );
+    }
     println!(
         "| lag at the highest rate the source sustains ({writers} writers, closed loop, {WRITE_SECONDS:.0} s) | {:.0} writes/s: p50 {p50:.1} ms, p99 {lag99:.1} ms | | p99 < 100 ms: {} |",
         writes.per_second,
