@@ -201,7 +201,13 @@ async fn main() -> Res<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Steady state: the follower has applied everything written so far (the writers above put
+    // tens of thousands of excluded keys it replays from the watch first).
+    let head = drctl::etcd::head(&mut s.kv_client()).await?.1;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while drctl::mirror::Checkpoint::read(&mut dc.kv_client()).await?.is_none_or(|cp| cp.revision < head) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (writes, lags) =
         measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Writers(writers), WRITE_SECONDS, value_bytes).await?;
     let follower_rss_kib = peak_rss_kib(follower.id());
