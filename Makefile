@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image test demo demo-down bench faults soak
+.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image test demo demo-down bench bench-scale faults soak
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -71,6 +71,15 @@ demo-down:
 bench: deps
 	cargo build --release --bin drctl --example mirror_bench
 	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl
+
+# The scale benchmark (not a test): N keys (default 1M × 1 KiB) — copy vs the snapshot route and
+# the destination's ceiling, check vs the range-read floor, the primary's latency under a check,
+# lag at the highest sustained write rate, peak RSS. Takes several minutes; BENCHMARKS.md "Scale".
+N ?= 1000000
+VALUE_BYTES ?= 1024
+bench-scale: deps
+	cargo build --release --bin drctl --example scale_bench
+	$(CARGO_TARGET_DIR)/release/examples/scale_bench --drctl $(CARGO_TARGET_DIR)/release/drctl --keys $(N) --value-bytes $(VALUE_BYTES)
 
 # The fault matrix alone, with its FAULT lines (RELIABILITY.md records them).
 faults: deps platform

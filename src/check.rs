@@ -11,7 +11,7 @@
 //! at such a cut, guarded by the checkpoint being unchanged, so it never undoes a write the
 //! mirror applied meanwhile (a delete applied after the cut would otherwise be resurrected).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::copy_order::{self, ReadRange};
 use crate::etcd::{self, Conn, Kv};
 use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
 use crate::managed_fields::{last_writer, Writer};
@@ -115,15 +116,15 @@ pub fn diff_sorted(source: Vec<Kv>, dest: Vec<Kv>, filter: &Filter) -> Vec<Diffe
     }
 }
 
-/// Pages through `[start, end)` of the source at a fixed revision and the destination now,
+/// Pages through key ranges of the source at a fixed revision and the destination now,
 /// aligned so each page covers the same key interval on both sides.
 pub struct DiffPager {
+    /// The ranges left, in key order; the first is read from `next` on.
+    ranges: VecDeque<ReadRange>,
     next: Vec<u8>,
-    end: Vec<u8>,
     revision: i64,
     page_bytes: usize,
     page_keys: i64,
-    done: bool,
 }
 
 /// One aligned page: every key before `covered_to` is compared.
@@ -137,40 +138,70 @@ pub struct DiffPage {
     pub covered_to: Vec<u8>,
 }
 
+/// Keys per page of a keys-only range (no values: ~3 MB whatever the objects). Big, because etcd
+/// 3.4 walks its index to the range's end for every page (under the lock the primary's writes
+/// need): fewer pages, fewer walks.
+const KEYS_ONLY_PAGE: i64 = 50_000;
+
+/// One page of each side of `[start, end)`, both at once.
+async fn read_both(
+    source: &mut KvClient,
+    dest: &mut KvClient,
+    (start, end): (&[u8], &[u8]),
+    revision: i64,
+    limit: i64,
+    keys_only: bool,
+) -> Result<(etcd::Page, etcd::Page), CheckError> {
+    tokio::try_join!(
+        async { etcd::range_page_of(source, start, end, revision, limit, keys_only).await.map_err(on("source")) },
+        async { etcd::range_page_of(dest, start, end, 0, limit, keys_only).await.map_err(on("destination")) },
+    )
+}
+
 impl DiffPager {
     pub fn new(start: Vec<u8>, end: Vec<u8>, revision: i64, page_bytes: usize) -> DiffPager {
-        DiffPager { next: start, end, revision, page_bytes, page_keys: 256, done: false }
+        DiffPager::over(vec![ReadRange { start, end, keys_only: false }], revision, page_bytes)
     }
 
-    /// The next page, None when the range is done. Errors name the side that failed.
+    /// Pages through `ranges` in turn (sorted, disjoint; as [`copy_order::read_ranges`] makes them).
+    pub fn over(ranges: Vec<ReadRange>, revision: i64, page_bytes: usize) -> DiffPager {
+        let ranges: VecDeque<ReadRange> = ranges.into_iter().filter(|r| r.start < r.end).collect();
+        let next = ranges.front().map(|r| r.start.clone()).unwrap_or_default();
+        DiffPager { ranges, next, revision, page_bytes, page_keys: 256 }
+    }
+
+    /// The next page, None when the ranges are done. Errors name the side that failed.
     pub async fn next(
         &mut self,
         source: &mut KvClient,
         dest: &mut KvClient,
         filter: &Filter,
     ) -> Result<Option<DiffPage>, CheckError> {
-        if self.done {
-            return Ok(None);
+        let Some(range) = self.ranges.front() else { return Ok(None) };
+        let (end, keys_only) = (range.end.clone(), range.keys_only);
+        let bounds = (self.next.as_slice(), end.as_slice());
+        let (mut src, mut dst) = if keys_only {
+            read_both(source, dest, bounds, self.revision, KEYS_ONLY_PAGE, true).await?
+        } else {
+            read_both(source, dest, bounds, self.revision, self.page_keys, false).await?
+        };
+        if keys_only && src.kvs.iter().chain(&dst.kvs).any(|kv| filter.copies(&kv.key)) {
+            // A key of an unknown shape under an excluded resource is copied: compare its bytes.
+            (src, dst) = read_both(source, dest, bounds, self.revision, self.page_keys, false).await?;
         }
-        // Both sides at once; the page covers keys up to where the shorter read stopped.
-        let (src, dst) = tokio::try_join!(
-            async {
-                etcd::range_page(source, &self.next, &self.end, self.revision, self.page_keys).await.map_err(on("source"))
-            },
-            async { etcd::range_page(dest, &self.next, &self.end, 0, self.page_keys).await.map_err(on("destination")) },
-        )?;
+        // The page covers keys up to where the shorter read stopped.
         let stop = |p: &etcd::Page| match (p.more, p.kvs.last()) {
             (true, Some(last)) => Some(etcd::key_after(&last.key)),
             _ => None,
         };
         let covered_to = match (stop(&src), stop(&dst)) {
-            (None, None) => self.end.clone(),
+            (None, None) => end.clone(),
             (Some(a), None) | (None, Some(a)) => a,
             (Some(a), Some(b)) => a.min(b),
         };
         // Size pages by bytes: values range from a few bytes to 1.5 MiB.
         let bytes: usize = src.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
-        if !src.kvs.is_empty() {
+        if !src.kvs.is_empty() && !keys_only {
             let avg = (bytes / src.kvs.len()).max(1);
             self.page_keys = (self.page_bytes / avg).clamp(16, 10_000) as i64;
         }
@@ -178,8 +209,12 @@ impl DiffPager {
         let (source_kvs, dest_kvs) = (within(src.kvs), within(dst.kvs));
         let source_keys = source_kvs.iter().filter(|kv| filter.copies(&kv.key)).count() as u64;
         let all_source_keys = source_kvs.len() as u64;
-        self.done = covered_to == self.end;
-        self.next = covered_to.clone();
+        if covered_to == end {
+            self.ranges.pop_front();
+            self.next = self.ranges.front().map(|r| r.start.clone()).unwrap_or_default();
+        } else {
+            self.next = covered_to.clone();
+        }
         Ok(Some(DiffPage { differences: diff_sorted(source_kvs, dest_kvs, filter), source_keys, all_source_keys, covered_to }))
     }
 }
@@ -191,11 +226,23 @@ pub struct CheckOptions {
     /// Wait before re-verifying mismatches (lets in-flight mirror writes land).
     pub settle: Duration,
     pub page_bytes: usize,
+    /// Most source keys read per second (None: as fast as the source answers): a standby's
+    /// periodic check reads the whole primary, which then answers its own clients more slowly.
+    pub max_read_rate: Option<u64>,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { list_limit: DEFAULT_LIST_LIMIT, settle: Duration::from_millis(500), page_bytes: 8 << 20 }
+        CheckOptions { list_limit: DEFAULT_LIST_LIMIT, settle: Duration::from_millis(500), page_bytes: 8 << 20, max_read_rate: None }
+    }
+}
+
+/// How long to wait before reading more, having read `read` keys in `elapsed` at most `rate`
+/// keys per second.
+pub fn read_pause(read: u64, elapsed: Duration, rate: Option<u64>) -> Duration {
+    match rate {
+        Some(r) if r > 0 => Duration::from_secs_f64(read as f64 / r as f64).saturating_sub(elapsed),
+        _ => Duration::ZERO,
     }
 }
 
@@ -407,13 +454,16 @@ async fn scan(
     opts: &CheckOptions,
 ) -> Result<(Vec<Difference>, u64, u64), CheckError> {
     let start = REGISTRY_PREFIX.as_bytes().to_vec();
-    let end = prefix_end(&start);
-    let mut pager = DiffPager::new(start, end, at, opts.page_bytes);
+    let found = copy_order::discover(skv, at).await.map_err(on("source"))?;
+    let ranges = copy_order::read_ranges(&start, &prefix_end(&start), &found, filter);
+    let mut pager = DiffPager::over(ranges, at, opts.page_bytes);
     let (mut diffs, mut checked, mut all) = (Vec::new(), 0, 0);
+    let started = Instant::now();
     while let Some(page) = pager.next(skv, dkv, filter).await? {
         checked += page.source_keys;
         all += page.all_source_keys;
         diffs.extend(page.differences);
+        tokio::time::sleep(read_pause(all, started.elapsed(), opts.max_read_rate)).await;
     }
     Ok((diffs, checked, all))
 }
@@ -553,6 +603,15 @@ mod tests {
 
     fn kv(key: &str, value: &str, rev: i64) -> Kv {
         Kv { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), mod_revision: rev }
+    }
+
+    #[test]
+    fn read_pause_holds_the_read_rate_and_never_waits_unbounded() {
+        let s = Duration::from_secs;
+        assert_eq!(read_pause(50_000, s(1), Some(10_000)), s(4), "ahead of the rate: wait until it is met");
+        assert_eq!(read_pause(5_000, s(1), Some(10_000)), Duration::ZERO, "behind it: go on");
+        assert_eq!(read_pause(1_000_000, Duration::ZERO, None), Duration::ZERO, "unbounded");
+        assert_eq!(read_pause(1_000_000, Duration::ZERO, Some(0)), Duration::ZERO, "0 means unbounded");
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub enum Command {
         /// Keys listed per kind.
         #[arg(long, default_value_t = check::DEFAULT_LIST_LIMIT)]
         list: usize,
+        /// Most source keys read per second (0: as fast as the source answers), to spare a
+        /// primary serving its clients.
+        #[arg(long, default_value_t = 0)]
+        max_read_rate: u64,
     },
     /// Prepare the pull request that makes CLUSTER the primary: a branch with a one-line commit.
     Promote(PromoteArgs),
@@ -330,8 +334,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => crate::status::read::run(args).await,
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
-        Command::Check { etcd, exclude, json, repair, prune_surplus, list } => {
-            check(&etcd, &exclude, json, repair, prune_surplus, list).await
+        Command::Check { etcd, exclude, json, repair, prune_surplus, list, max_read_rate } => {
+            check(&etcd, &exclude, json, repair, prune_surplus, list, max_read_rate).await
         }
     }
 }
@@ -445,11 +449,12 @@ async fn check(
     repair: bool,
     prune: bool,
     list: usize,
+    max_read_rate: u64,
 ) -> anyhow::Result<ExitCode> {
     let (source, dest) = etcd.endpoints()?;
     let filter = exclude.filter()?;
     let (src, dst) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
-    let opts = CheckOptions { list_limit: list, ..CheckOptions::default() };
+    let opts = CheckOptions { list_limit: list, max_read_rate: Some(max_read_rate).filter(|r| *r > 0), ..CheckOptions::default() };
     let mut found = check::run(&src, &dst, &filter, &opts).await?;
     if repair && !found.differences.is_empty() {
         found.report.repair = Some(check::repair(&src, &dst, &filter, &found.differences, prune).await?);

@@ -8,7 +8,7 @@
 
 use etcd_client::{GetOptions, KvClient, SortOrder, SortTarget};
 
-use crate::keyspace::{prefix_end, REGISTRY_PREFIX};
+use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
 
 /// Ranks of the explicitly ordered prefixes; every other key is copied after all of them.
 /// Namespaces and CRDs first (everything lives in them), then custom resources (they commonly own
@@ -124,9 +124,102 @@ pub async fn discover(kv: &mut KvClient, revision: i64) -> Result<Vec<Vec<u8>>, 
     }
 }
 
+/// One range read of a copy or a check: `[start, end)`, with values unless the filter excludes
+/// the resource it holds (then keys only: a key the filter copies after all gets its values read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRange {
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub keys_only: bool,
+}
+
+/// `[start, end)` split at the resource prefixes `found` (sorted, as [`discover`] returns them):
+/// one range per resource and one per gap between them, covering `[start, end)` exactly, in key
+/// order. Each read stays within its resource: etcd 3.4 walks its index from a page's start to
+/// the range's end on every page, so one range over a million keys costs a million steps a page.
+pub fn read_ranges(start: &[u8], end: &[u8], found: &[Vec<u8>], filter: &Filter) -> Vec<ReadRange> {
+    let mut out = Vec::new();
+    let mut at = start.to_vec();
+    for p in found {
+        // A bare key (no resource shape) is its own prefix: only itself.
+        let p_end = if p.ends_with(b"/") { prefix_end(p) } else { crate::etcd::key_after(p) };
+        let (lo, hi) = (p.as_slice().max(at.as_slice()).to_vec(), p_end.as_slice().min(end).to_vec());
+        if lo >= hi {
+            continue;
+        }
+        if at < lo {
+            out.push(ReadRange { start: at, end: lo.clone(), keys_only: false });
+        }
+        out.push(ReadRange { start: lo, end: hi.clone(), keys_only: filter.excludes_resource(p) });
+        at = hi;
+    }
+    if at.as_slice() < end {
+        out.push(ReadRange { start: at, end: end.to_vec(), keys_only: false });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::ExcludeSpec;
+
+    #[test]
+    fn read_ranges_cover_the_range_once_per_resource_and_skip_values_of_excluded_ones() {
+        let found: Vec<Vec<u8>> = ["/registry/compact_rev_key", "/registry/configmaps/", "/registry/events/", "/registry/pods/"]
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
+        let show = |rs: Vec<ReadRange>| -> Vec<(String, String, bool)> {
+            rs.into_iter()
+                .map(|r| (String::from_utf8_lossy(&r.start).replace('\0', "^0"), String::from_utf8_lossy(&r.end).replace('\0', "^0"), r.keys_only))
+                .collect()
+        };
+        let want = |rs: &[(&str, &str, bool)]| -> Vec<(String, String, bool)> { rs.iter().map(|(a, b, k)| (a.to_string(), b.to_string(), *k)).collect() };
+        assert_eq!(
+            show(read_ranges(b"/registry/", b"/registry0", &found, &filter)),
+            want(&[
+                ("/registry/", "/registry/compact_rev_key", false),
+                ("/registry/compact_rev_key", "/registry/compact_rev_key^0", false),
+                ("/registry/compact_rev_key^0", "/registry/configmaps/", false),
+                ("/registry/configmaps/", "/registry/configmaps0", false),
+                ("/registry/configmaps0", "/registry/events/", false),
+                ("/registry/events/", "/registry/events0", true),
+                ("/registry/events0", "/registry/pods/", false),
+                ("/registry/pods/", "/registry/pods0", true),
+                ("/registry/pods0", "/registry0", false),
+            ])
+        );
+        // A resumed phase: from a key inside a resource, up to the phase's end.
+        assert_eq!(
+            show(read_ranges(b"/registry/configmaps/team-a/x", b"/registry/pods/", &found, &filter)),
+            want(&[
+                ("/registry/configmaps/team-a/x", "/registry/configmaps0", false),
+                ("/registry/configmaps0", "/registry/events/", false),
+                ("/registry/events/", "/registry/events0", true),
+                ("/registry/events0", "/registry/pods/", false),
+            ])
+        );
+        assert_eq!(show(read_ranges(b"/registry/a", b"/registry/b", &[], &filter)), want(&[("/registry/a", "/registry/b", false)]));
+    }
+
+    #[test]
+    fn only_a_wholly_excluded_resource_is_read_without_values() {
+        let filter = Filter::with_default_namespaces(&ExcludeSpec { resources: vec!["example.com/widgets".into()], ..ExcludeSpec::default() });
+        for (prefix, keys_only) in [
+            ("/registry/pods/", true),
+            ("/registry/events/", true),
+            ("/registry/services/endpoints/", true),
+            ("/registry/example.com/widgets/", true),
+            ("/registry/services/specs/", false),
+            ("/registry/configmaps/", false),
+            ("/registry/example.com/gadgets/", false),
+            ("/registry/compact_rev_key", false),
+        ] {
+            assert_eq!(filter.excludes_resource(prefix.as_bytes()), keys_only, "{prefix}");
+        }
+    }
 
     #[test]
     fn resource_prefix_names_the_resource_of_each_key_shape() {

@@ -153,7 +153,22 @@ pub async fn range_page(
     revision: i64,
     limit: i64,
 ) -> Result<Page, etcd_client::Error> {
-    let opts = etcd_client::GetOptions::new().with_range(end.to_vec()).with_revision(revision).with_limit(limit);
+    range_page_of(kv, start, end, revision, limit, false).await
+}
+
+/// [`range_page`], with empty values when `keys_only`.
+pub async fn range_page_of(
+    kv: &mut KvClient,
+    start: &[u8],
+    end: &[u8],
+    revision: i64,
+    limit: i64,
+    keys_only: bool,
+) -> Result<Page, etcd_client::Error> {
+    let mut opts = etcd_client::GetOptions::new().with_range(end.to_vec()).with_revision(revision).with_limit(limit);
+    if keys_only {
+        opts = opts.with_keys_only();
+    }
     let mut resp = kv.get(start.to_vec(), Some(opts)).await?;
     let (rev, cluster_id) = resp.header().map(|h| (h.revision(), h.cluster_id())).unwrap_or_default();
     let more = resp.more();

@@ -137,16 +137,29 @@ impl Filter {
         {
             return false;
         }
-        !self.resources.iter().any(|(group, resource)| {
+        !self.excludes(obj.group, obj.resource)
+    }
+
+    /// Whether the exclusions name this resource (of this group).
+    fn excludes(&self, key_group: Option<&str>, key_resource: &str) -> bool {
+        self.resources.iter().any(|(group, resource)| {
             // Built-in keys carry no group, so `apps/deployments` matches `/registry/deployments/`;
             // a custom group (`example.com/secrets`) only matches keys that carry it.
-            resource == obj.resource
-                && match (group, obj.group) {
+            resource == key_resource
+                && match (group, key_group) {
                     (Some(g), Some(kg)) => g == kg,
                     (Some(g), None) => !g.contains('.') || g.ends_with(".k8s.io"),
                     (None, _) => true,
                 }
         })
+    }
+
+    /// Whether every object key under the resource prefix `prefix` (`/registry/pods/`) is
+    /// excluded because its resource is. A hint for reading such a range without values: keys
+    /// of an unknown shape under it are still copied, which only [`Filter::copies`] decides.
+    pub fn excludes_resource(&self, prefix: &[u8]) -> bool {
+        let probe = [prefix, b"x"].concat();
+        prefix.ends_with(b"/") && parse(&probe).is_some_and(|obj| self.excludes(obj.group, obj.resource))
     }
 }
 

@@ -536,7 +536,7 @@ impl Mirror {
         for (phase, (start, end)) in phases.iter().enumerate().skip(cursor.phase) {
             let from = if phase == cursor.phase && !next.is_empty() { next.clone() } else { start.clone() };
             let (mut reader, mut pages) =
-                read_ahead(DiffPager::new(from, end.clone(), revision, t.page_bytes), src, dst, &self.cfg.filter);
+                read_ahead(DiffPager::over(copy_order::read_ranges(&from, end, &found, &self.cfg.filter), revision, t.page_bytes), src, dst, &self.cfg.filter);
             while let Some(page) = pages.recv().await.transpose()? {
                 self.update(|p| p.copy_compared_keys += page.source_keys);
                 let ops: Vec<Op> = page

@@ -179,6 +179,13 @@ pub struct SyncSpec {
     #[x_kube(validation = Rule::new(format!("self.matches('{DURATION_PATTERN}')")).message("checkInterval must be a duration like 30s, 5m or 1h"))]
     #[x_kube(validation = Rule::new(crate::fields::floor_rule(&crate::fields::CHECK_INTERVAL_FLOOR)).message(kube::core::Message::Message(crate::fields::CHECK_INTERVAL_FLOOR.message())))]
     pub check_interval: String,
+    /// Most primary keys per second the periodic check reads (0: as fast as the primary
+    /// answers). A check reads the whole replicated keyspace of the primary, whose own clients
+    /// wait longer meanwhile; FinalSync's check during a failover is never held back.
+    #[serde(default = "default_check_read_rate")]
+    #[schemars(range(max = 100000000))]
+    #[x_kube(validation = Rule::new(format!("self == 0 || self >= {CHECK_READ_RATE_MIN}")).message(kube::core::Message::Message(format!("checkReadRate must be 0 (unbounded) or at least {CHECK_READ_RATE_MIN} keys/s: below that a check of a million keys takes over a quarter of an hour"))))]
+    pub check_read_rate: u64,
     #[serde(default)]
     pub driver: SyncDriver,
     /// While this cluster is standby, refuse writes to replicated data by anyone but the mirror
@@ -223,6 +230,7 @@ impl Default for SyncSpec {
             exclude: ExcludeSpec::default(),
             fence: FenceSpec::default(),
             check_interval: default_check_interval(),
+            check_read_rate: default_check_read_rate(),
             driver: SyncDriver::default(),
             manifest: None,
             auto_repair: default_auto_repair(),
@@ -236,6 +244,13 @@ fn default_auto_repair() -> bool {
 
 fn default_check_interval() -> String {
     "5m".into()
+}
+
+/// The smallest non-zero `spec.sync.checkReadRate`, keys/s.
+pub const CHECK_READ_RATE_MIN: u64 = 1000;
+
+fn default_check_read_rate() -> u64 {
+    50_000
 }
 
 fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

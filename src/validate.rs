@@ -324,6 +324,16 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
 
     errs.extend(exclude_errors(&spec.sync.exclude));
     check_duration(&spec.sync.check_interval, "spec.sync.checkInterval", &mut errs);
+    if spec.sync.check_read_rate > 0 && spec.sync.check_read_rate < crate::topology::CHECK_READ_RATE_MIN {
+        errs.push(FieldError::new(
+            "spec.sync.checkReadRate",
+            format!(
+                "{} keys/s is below the minimum of {}: a check of a million keys would take over a quarter of an hour; raise it, or 0 for unbounded",
+                spec.sync.check_read_rate,
+                crate::topology::CHECK_READ_RATE_MIN
+            ),
+        ));
+    }
     if spec.sync.driver == SyncDriver::Manifest {
         match &spec.sync.manifest {
             None => errs.push(FieldError::new(
@@ -558,6 +568,15 @@ mod tests {
                 Some(w) => assert!(got.len() == 1 && got[0].starts_with(w), "{rule}: {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn check_read_rate_is_unbounded_or_at_least_the_minimum() {
+        let rate = |r: &str| errors_of(&format!("{}  sync:\n    checkReadRate: {r}\n", minimal()));
+        assert_eq!(rate("0"), Vec::<String>::new(), "0: unbounded");
+        assert_eq!(rate("1000"), Vec::<String>::new(), "the minimum");
+        let got = rate("999");
+        assert!(got.len() == 1 && got[0].starts_with("spec.sync.checkReadRate: 999 keys/s is below the minimum of 1000"), "{got:?}");
     }
 
     #[test]

@@ -173,14 +173,14 @@ impl SyncManager {
     /// over a write the mirror applied meanwhile; surplus keys are left) and the check runs
     /// again: the report says what is left, its `repair` what was done, and `Repaired` which
     /// keys were found.
-    pub async fn check_now(&self, repair: bool) -> Result<(CheckReport, Option<Repaired>), SyncError> {
+    pub async fn check_now(&self, repair: bool, max_read_rate: Option<u64>) -> Result<(CheckReport, Option<Repaired>), SyncError> {
         let (source, dest, filter) = {
             let guard = self.running.lock().await;
             let r = guard.as_ref().ok_or(SyncError::NotRunning)?;
             (r.source.clone(), r.dest.clone(), r.filter.clone())
         };
         let (s, d) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
-        let opts = check::CheckOptions::default();
+        let opts = check::CheckOptions { max_read_rate, ..check::CheckOptions::default() };
         let mut result = check::run(&s, &d, &filter, &opts).await?;
         let fixable: Vec<_> =
             if repair { result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect() } else { Vec::new() };

@@ -165,7 +165,8 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
     if following && due {
         let previous = ctx.sync.last_check().await;
-        match ctx.sync.check_now(topo.spec.sync.auto_repair).await {
+        let read_rate = Some(topo.spec.sync.check_read_rate).filter(|r| *r > 0);
+        match ctx.sync.check_now(topo.spec.sync.auto_repair, read_rate).await {
             Ok((report, repaired)) => {
                 record_check(&mut w.status, &report, repaired.as_ref().map(|r| r.outcome.put));
                 if let Some(r) = repaired {

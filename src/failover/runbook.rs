@@ -322,7 +322,7 @@ impl Runbook<'_> {
                 return Err(StepError::CatchUp(Box::new(e)));
             }
         };
-        let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair).await.map_err(|e| StepError::Check(Box::new(e)))?;
+        let (report, repaired) = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair, None).await.map_err(|e| StepError::Check(Box::new(e)))?;
         let max = self.topo.spec.failover.max_missed_keys;
         let token = RpoToken {
             source_cluster_id: self.ctx.sync.source_cluster_id().await.unwrap_or(ack.source_cluster_id),

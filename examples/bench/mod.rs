@@ -1,0 +1,355 @@
+//! What the benchmarks share: etcd servers on loopback, the Kubernetes-shaped keyspace, batched
+//! loading, peak RSS of a child, and the lag measure (source commit → seen on the destination).
+#![allow(dead_code)] // each benchmark uses part of it
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions, Txn, TxnOp, WatchOptions};
+use futures::stream::{self, StreamExt};
+
+pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+pub struct EtcdProc {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+fn free_port() -> Res<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl EtcdProc {
+    /// A fresh, empty etcd.
+    pub async fn start() -> Res<EtcdProc> {
+        Self::start_from(None).await
+    }
+
+    /// An etcd whose data directory is restored from `snapshot` (`etcdctl snapshot restore`,
+    /// with the member's peer URL, which the restore writes into the data).
+    pub async fn start_from(snapshot: Option<&Path>) -> Res<EtcdProc> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("http://127.0.0.1:{}", free_port()?);
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
+        let data = dir.path().join("data");
+        if let Some(snap) = snapshot {
+            let status = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["snapshot", "restore"])
+                .arg(snap)
+                .arg(format!("--data-dir={}", data.display()))
+                .args(["--name=default", &format!("--initial-cluster=default={peer}"), &format!("--initial-advertise-peer-urls={peer}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?;
+            if !status.success() {
+                return Err(format!("etcdctl snapshot restore {}: {status}", snap.display()).into());
+            }
+        }
+        let child = Command::new("etcd")
+            .args([
+                "--name=default".to_string(),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls={url}"),
+                format!("--advertise-client-urls={url}"),
+                format!("--listen-peer-urls={peer}"),
+                format!("--initial-advertise-peer-urls={peer}"),
+                format!("--initial-cluster=default={peer}"),
+                "--quota-backend-bytes=8589934592".into(),
+                "--log-level=warn".into(),
+                "--logger=zap".into(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.log"))?)
+            .spawn()?;
+        let e = EtcdProc { child, dir, url };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut c) = e.client().await {
+                if c.status().await.is_ok() {
+                    return Ok(e);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("etcd at {} did not start", e.url).into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Res<Client> {
+        Ok(Client::connect([self.url.as_str()], None).await?)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for EtcdProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Key `i` of a mix like a platform's global cluster: workloads in 200 namespaces, CRD objects,
+/// cluster-scoped objects, and some keys the default filter excludes.
+pub fn key(i: usize) -> String {
+    let ns = format!("team-{:03}", i % 200);
+    match i % 20 {
+        0 => format!("/registry/pods/kube-system/sys-{i}"),
+        1..=5 => format!("/registry/pods/{ns}/pod-{i}"),
+        6..=7 => format!("/registry/configmaps/{ns}/cm-{i}"),
+        8 => format!("/registry/secrets/{ns}/secret-{i}"),
+        9 => format!("/registry/deployments/{ns}/deploy-{i}"),
+        10 => format!("/registry/replicasets/{ns}/rs-{i}"),
+        11..=12 => format!("/registry/example.com/widgets/{ns}/w-{i}"),
+        13 => format!("/registry/argoproj.io/applications/{ns}/app-{i}"),
+        14 => format!("/registry/clusterroles/role-{i}"),
+        15 => format!("/registry/services/specs/{ns}/svc-{i}"),
+        16 => format!("/registry/events/{ns}/ev-{i}"),
+        17 => format!("/registry/apiextensions.k8s.io/customresourcedefinitions/r{i}.example.com"),
+        18 => format!("/registry/namespaces/ns-{i}"),
+        _ => format!("/registry/leases/{ns}/lease-{i}"),
+    }
+}
+
+/// `bytes` that look like a serialized object (a k8s protobuf header, then varied bytes).
+pub fn value(i: usize, salt: u8, bytes: usize) -> Vec<u8> {
+    let mut v = b"k8s\0\n\x0b\n\x02v1\x12\x05Thing".to_vec();
+    let mut x = (i as u64).wrapping_mul(6364136223846793005).wrapping_add(salt as u64 + 1);
+    while v.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.push(b'a' + (x % 26) as u8);
+    }
+    v
+}
+
+/// Writes keys `ids` (values of `value_bytes`) in txns of `ops` puts, `in_flight` at a time;
+/// returns keys/s. Values are made per txn, so a million keys never sit in memory at once.
+pub async fn batched_put(c: &Client, ids: &[usize], value_bytes: usize, ops: usize, in_flight: usize) -> Res<f64> {
+    let started = Instant::now();
+    let results: Vec<Result<(), etcd_client::Error>> = stream::iter(ids.chunks(ops))
+        .map(|chunk| {
+            let mut kv = c.kv_client();
+            let txn = Txn::new().and_then(chunk.iter().map(|&i| TxnOp::put(key(i), value(i, 0, value_bytes), None)).collect::<Vec<_>>());
+            async move { kv.txn(txn).await.map(|_| ()) }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(ids.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+pub async fn count(c: &mut Client) -> Res<i64> {
+    Ok(c.get("/registry/", Some(GetOptions::new().with_prefix().with_count_only())).await?.count())
+}
+
+/// The peak RSS (`VmHWM`) of process `pid` so far, in KiB; 0 once it is gone.
+pub fn peak_rss_kib(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").and_then(|v| v.trim().trim_end_matches(" kB").parse::<i64>().ok())))
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) process `pid` used so far, in seconds; 0 once it is gone.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the 3rd, utime the 14th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (f.get(11), f.get(12)) {
+        (Some(u), Some(s)) if hz > 0.0 => (u + s) / hz,
+        _ => 0.0,
+    }
+}
+
+/// A finished command: wall time, its own peak RSS and CPU time, its stdout.
+pub struct Measured {
+    pub elapsed: Duration,
+    pub peak_kib: i64,
+    pub cpu_secs: f64,
+    pub out: String,
+}
+
+/// Runs a command to completion.
+///
+/// The peak is the child's own `VmHWM`, sampled while it runs: `wait4`'s `ru_maxrss` would
+/// include this process's RSS (a vfork child execs from the parent's address space).
+pub fn run_measured(cmd: &mut Command) -> Res<Measured> {
+    let started = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let (mut peak_kib, mut cpu) = (0, 0.0);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        peak_kib = peak_kib.max(peak_rss_kib(child.id()));
+        cpu = cpu_secs(child.id()).max(cpu);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = started.elapsed();
+    let out = reader.join().map_err(|_| "reader panicked")?;
+    if status.code().is_none_or(|c| c > 2) {
+        return Err(format!("{cmd:?} failed: {status}: {out}").into());
+    }
+    Ok(Measured { elapsed, peak_kib, cpu_secs: cpu, out })
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// How the writes of a lag measure arrive.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// An open loop: this many puts per second, whatever the source's latency.
+    Rate(u64),
+    /// A closed loop: this many writers, each putting as soon as its last put returned — the
+    /// highest rate the source sustains with the mirror running.
+    Writers(usize),
+}
+
+/// Put latencies (ms) and the achieved rate of single-key puts under `load` for `secs`.
+pub struct Writes {
+    pub latencies_ms: Vec<f64>,
+    pub per_second: f64,
+    /// Key → when the source acknowledged it.
+    pub committed: HashMap<String, Instant>,
+}
+
+/// Single-key puts (one per request, like an apiserver) of keys under `prefix` for `secs`.
+pub async fn write_load(c: &Client, prefix: &str, load: Load, secs: f64, value_bytes: usize) -> Res<Writes> {
+    let committed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let put = {
+        let (c, committed, latencies, prefix) = (c.clone(), committed.clone(), latencies.clone(), prefix.to_string());
+        move |i: usize| {
+        let (mut kv, committed, latencies, prefix) = (c.kv_client(), committed.clone(), latencies.clone(), prefix.clone());
+        async move {
+            let k = format!("{prefix}k{i:08}");
+            let t = Instant::now();
+            if kv.put(k.clone(), value(i, 1, value_bytes), None).await.is_ok() {
+                let now = Instant::now();
+                latencies.lock().unwrap_or_else(|e| e.into_inner()).push((now - t).as_secs_f64() * 1e3);
+                committed.lock().unwrap_or_else(|e| e.into_inner()).insert(k, now);
+            }
+        }
+   }
+    };
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(secs);
+    match load {
+        Load::Rate(rate) => {
+            let per_tick = (rate / 100).max(1) as usize;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut writes = Vec::new();
+            let mut i = 0;
+            while Instant::now() < end {
+                tick.tick().await;
+                for _ in 0..per_tick {
+                    writes.push(tokio::spawn(put(i)));
+                    i += 1;
+                }
+            }
+            for w in writes {
+                w.await?;
+            }
+        }
+        Load::Writers(n) => {
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let (next, put) = (next.clone(), put.clone());
+                    tokio::spawn(async move {
+                        while Instant::now() < end {
+                            put(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await?;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut latencies_ms = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    let committed = std::mem::take(&mut *committed.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(Writes { per_second: committed.len() as f64 / elapsed, latencies_ms, committed })
+}
+
+/// Lag of a running mirror: writes `load` to the source for `secs` under `prefix`; lag = when a
+/// watch on the destination saw the key − when the source acknowledged it. Returns the writes
+/// and the sorted lags (ms).
+pub async fn measure_lag(src: &Client, dst: &Client, prefix: &str, load: Load, secs: f64, value_bytes: usize) -> Res<(Writes, Vec<f64>)> {
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut w = dst.watch_client();
+    let mut stream = w.watch(prefix, Some(WatchOptions::new().with_prefix())).await?;
+    let seen_w = seen.clone();
+    let watcher = tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            let now = Instant::now();
+            let mut seen = seen_w.lock().unwrap_or_else(|e| e.into_inner());
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    seen.entry(String::from_utf8_lossy(kv.key()).into_owned()).or_insert(now);
+                }
+            }
+        }
+    });
+    let writes = write_load(src, prefix, load, secs, value_bytes).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watcher.abort();
+    let mut lags: Vec<f64> = {
+        let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+        writes.committed.iter().filter_map(|(k, t)| s.get(k).map(|u| u.saturating_duration_since(*t).as_secs_f64() * 1e3)).collect()
+    };
+    lags.sort_by(|a, b| a.total_cmp(b));
+    Ok((writes, lags))
+}
+
+/// `etcd --version`'s first line, version only.
+pub fn etcd_version() -> Res<String> {
+    Ok(String::from_utf8_lossy(&Command::new("etcd").arg("--version").output()?.stdout)
+        .lines()
+        .next()
+        .unwrap_or("?")
+        .trim_start_matches("etcd Version: ")
+        .to_string())
+}
+
+/// `--name VALUE` of the command line.
+pub fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+/// The drctl binary the benchmark runs (`--drctl PATH`).
+pub fn drctl() -> Res<PathBuf> {
+    Ok(PathBuf::from(arg("--drctl").ok_or("--drctl PATH is required")?))
+}
