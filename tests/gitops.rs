@@ -282,6 +282,23 @@ fn failed_push_keeps_the_branch_and_says_how_to_push() {
     assert!(stderr.contains("push it with `git push forge dr/b`"), "{stderr}");
 }
 
+#[test]
+fn a_push_to_a_missing_remote_is_refused_before_anything_is_committed() {
+    let repo = Repo::new();
+    repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    // A name that is no remote, and a URL (with credentials) given where a name belongs.
+    for remote in ["nosuch", "https://bot:s3cret@gitea.example/o/r.git"] {
+        let out = repo.drctl(&["promote", "global-b", "--branch", "dr/b", "--push", remote]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{remote}");
+        assert!(stderr.contains("(it has: origin); --push takes a remote's name"), "{stderr}");
+        assert!(stderr.contains("nothing was committed"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert_eq!(repo.branches(), "main", "{remote}: no branch left behind");
+        assert_eq!(repo.git(&["rev-parse", "--abbrev-ref", "HEAD"]), "main");
+    }
+}
+
 /// `--push` over SSH to a real sshd, with the key and known_hosts in `~/.ssh` as git's users keep
 /// them; then the same push to a server whose host key is not the one known: refused, nothing sent.
 #[test]
