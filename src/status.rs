@@ -74,6 +74,8 @@ pub struct ClusterStatus {
     pub role: Option<Role>,
     pub phase: Option<Phase>,
     pub term: Option<i64>,
+    /// The primary this cluster stepped down for (its demotion token), while it holds one.
+    pub demoted_for: Option<String>,
     pub lag_seconds: Option<f64>,
     pub missed_keys: Option<u64>,
     pub surplus_keys: Option<u64>,
@@ -235,6 +237,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
     c.role = st.role;
     c.phase = st.phase;
     c.term = Some(st.term);
+    c.demoted_for = st.demotion.as_ref().map(|d| d.new_primary.clone());
     if let Some(y) = &st.sync {
         c.lag_seconds = y.lag_seconds;
         c.missed_keys = y.missed_keys;
@@ -345,6 +348,17 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         if let Some(c) = failing_over.first() {
             let step = running_step(c).map(|s| format!(", step {s}")).unwrap_or_default();
             f.push(Finding::new(Warning, "FailoverInProgress", format!("no primary while {} fails over{step}", c.name)));
+        } else if let Some((old, new)) = failover_starting(&reachable) {
+            f.push(Finding::new(
+                Warning,
+                "FailoverStarting",
+                format!(
+                    "no primary while {new} takes over: {old} stepped down for it, and {new} starts its failover once its Argo CD applies spec.primary: {new} (it holds {held})",
+                    old = old.name,
+                    new = new.name,
+                    held = new.spec_primary.as_deref().unwrap_or("none")
+                ),
+            ));
         } else if unreachable.is_empty() {
             f.push(Finding::new(Problem, "NoPrimary", format!("neither global is primary ({})", roles.join(", "))));
         } else {
@@ -411,6 +425,20 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         }
     }
     f
+}
+
+/// The window of a planned failover before it runs: the old primary's Argo CD applied the flip
+/// first and it stepped down (Demoting, its token for the peer), while the peer's Argo CD has not
+/// applied it yet. Normal and short; a peer that already holds the flip and is not failing over
+/// is not starting anything (e.g. it abandoned), so that stays NoPrimary.
+fn failover_starting<'c>(reachable: &[&'c ClusterStatus]) -> Option<(&'c ClusterStatus, &'c ClusterStatus)> {
+    let [a, b] = reachable else { return None };
+    [(*a, *b), (*b, *a)].into_iter().find(|(old, new)| {
+        old.phase == Some(Phase::Demoting)
+            && old.demoted_for.as_deref() == Some(new.name.as_str())
+            && old.spec_primary.as_deref() == Some(new.name.as_str())
+            && new.spec_primary.as_deref() != Some(new.name.as_str())
+    })
 }
 
 fn running_step(c: &ClusterStatus) -> Option<&str> {
@@ -633,7 +661,7 @@ fn failover_section(f: &FailoverView, recorded_by: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{DRTopologyStatus, StepStatus, SyncStatus};
+    use crate::topology::{DRTopologyStatus, DemotionStatus, StepStatus, SyncStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     const SPEC: &str = r#"{
@@ -720,6 +748,43 @@ mod tests {
         let r = report(&[up("global-a", demoting), up("global-b", standby_in_sync())], &dns_at("10.0.0.10"), now());
         assert_eq!(codes(&r), ["NoPrimary"]);
         assert_eq!(r.exit_code, EXIT_SAFETY);
+    }
+
+    #[test]
+    fn a_primary_that_stepped_down_before_the_peer_applied_the_flip_is_a_failover_starting() {
+        let demoted = |new_primary: &str, spec_primary: &str| {
+            let mut v = up("global-a", DRTopologyStatus {
+                demotion: Some(DemotionStatus { new_primary: new_primary.into(), ..Default::default() }),
+                ..status(Role::Standby, Phase::Demoting)
+            });
+            if let Ok(o) = v.observed.as_mut() {
+                o.topology.as_mut().expect("topology").spec.primary = spec_primary.into();
+            }
+            v
+        };
+        let peer_with = |spec_primary: &str| {
+            let mut v = up("global-b", standby_in_sync());
+            if let Ok(o) = v.observed.as_mut() {
+                o.topology.as_mut().expect("topology").spec.primary = spec_primary.into();
+            }
+            v
+        };
+        // (old primary's token, its spec.primary, the peer's spec.primary, finding)
+        let cases = [
+            // Argo CD applied the flip on global-a first: the failover has not started yet.
+            ("global-b", "global-b", "global-a", "FailoverStarting", EXIT_OK),
+            // Both hold the flip and global-b is not failing over: nothing will start by itself.
+            ("global-b", "global-b", "global-b", "NoPrimary", EXIT_SAFETY),
+            // A token for another cluster than the peer proves nothing.
+            ("global-c", "global-b", "global-a", "NoPrimary", EXIT_SAFETY),
+        ];
+        for (token, a_spec, b_spec, code, exit) in cases {
+            let r = report(&[demoted(token, a_spec), peer_with(b_spec)], &dns_at("10.0.0.10"), now());
+            assert_eq!(codes(&r).iter().find(|c| **c != "SpecDiffers").copied(), Some(code), "{token} {a_spec} {b_spec}: {:?}", r.findings);
+            assert_eq!(r.exit_code, exit, "{token} {a_spec} {b_spec}");
+        }
+        let r = report(&[demoted("global-b", "global-b"), peer_with("global-a")], &dns_at("10.0.0.10"), now());
+        assert!(r.findings[0].message.contains("global-a stepped down for it, and global-b starts its failover once its Argo CD applies spec.primary: global-b (it holds global-a)"), "{:?}", r.findings);
     }
 
     #[test]
