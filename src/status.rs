@@ -38,6 +38,8 @@ pub struct ClusterView {
 pub struct Observed {
     /// The DRTopology the controller acts on (the oldest); None when the global has none.
     pub topology: Option<DRTopology>,
+    /// The DRTopology CRD is installed (false: the apiserver answered 404 for the resource).
+    pub crd_installed: bool,
     /// The `drtopology` Application; Ok(None) when there is none, Err when it could not be read.
     pub argocd: Result<Option<ArgoView>, String>,
 }
@@ -67,6 +69,8 @@ pub struct ClusterStatus {
     pub error: Option<String>,
     /// The global has a DRTopology (false when unreachable: unknown).
     pub topology_found: bool,
+    /// The DRTopology CRD is installed; None when unreachable.
+    pub crd_installed: Option<bool>,
     /// `spec.primary` as this global holds it (what its Argo CD last applied).
     pub spec_primary: Option<String>,
     /// This cluster's VIP from the spec.
@@ -226,6 +230,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
     };
     c.reachable = true;
     c.topology_found = o.topology.is_some();
+    c.crd_installed = Some(o.crd_installed);
     match &o.argocd {
         Ok(a) => c.argocd = a.clone(),
         Err(e) => c.argocd_error = Some(e.clone()),
@@ -381,7 +386,13 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         ));
     }
     for c in &reachable {
-        if !c.topology_found {
+        if c.crd_installed == Some(false) {
+            f.push(Finding::new(
+                Warning,
+                "NoTopology",
+                format!("{} has no DRTopology: its CRD is not installed (kubectl apply -f crds/drtopology.yaml, or sync gitops/deploy)", c.name),
+            ));
+        } else if !c.topology_found {
             f.push(Finding::new(Warning, "NoTopology", format!("{} has no DRTopology", c.name)));
         } else if c.vip.is_none() {
             f.push(Finding::new(Warning, "NotInSpec", format!("{} is not one of spec.clusters[].name", c.name)));
@@ -688,7 +699,7 @@ mod tests {
     fn up(name: &str, st: DRTopologyStatus) -> ClusterView {
         let mut t: DRTopology = serde_json::from_str(SPEC).expect("topology");
         t.status = Some(st);
-        ClusterView { name: name.into(), observed: Ok(Observed { topology: Some(t), argocd: Ok(None) }) }
+        ClusterView { name: name.into(), observed: Ok(Observed { topology: Some(t), crd_installed: true, argocd: Ok(None) }) }
     }
 
     fn down(name: &str) -> ClusterView {
@@ -785,6 +796,17 @@ mod tests {
         }
         let r = report(&[demoted("global-b", "global-b"), peer_with("global-a")], &dns_at("10.0.0.10"), now());
         assert!(r.findings[0].message.contains("global-a stepped down for it, and global-b starts its failover once its Argo CD applies spec.primary: global-b (it holds global-a)"), "{:?}", r.findings);
+    }
+
+    #[test]
+    fn a_global_without_the_crd_answered_and_says_which_crd_to_install() {
+        let bare = ClusterView { name: "global-b".into(), observed: Ok(Observed { topology: None, crd_installed: false, argocd: Ok(None) }) };
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), bare], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), ["NoTopology"]);
+        assert!(r.findings[0].message.contains("global-b has no DRTopology: its CRD is not installed (kubectl apply -f crds/drtopology.yaml"), "{:?}", r.findings);
+        assert!(r.clusters[1].reachable);
+        assert_eq!(r.clusters[1].crd_installed, Some(false));
+        assert_eq!(r.exit_code, EXIT_OK);
     }
 
     #[test]
