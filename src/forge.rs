@@ -83,6 +83,9 @@ pub struct RemoteRepo {
 pub fn parse_remote(remote: &str) -> Result<RemoteRepo, ForgeError> {
     let shown = crate::urls::redact(remote);
     let refuse = |why| ForgeError::NotAForge { remote: shown.clone(), why };
+    if is_remote_helper(remote) {
+        return Err(refuse("a remote helper's address (TRANSPORT::ADDRESS, e.g. ext::), not a forge's"));
+    }
     let (web, host, path) = if remote.contains("://") {
         let url = Url::parse(remote).map_err(|_| refuse("not a URL git can use"))?;
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| refuse("a URL without a host"))?.to_string();
@@ -95,14 +98,18 @@ pub fn parse_remote(remote: &str) -> Result<RemoteRepo, ForgeError> {
             "file" => return Err(refuse("a local repository")),
             _ => return Err(refuse("neither https nor ssh")),
         };
-        (web, host, url.path().to_string())
+        // The URL's path is percent-encoded; the API's URLs encode it again, segment by segment.
+        let path = percent_decoded(url.path()).ok_or_else(|| refuse("a URL whose path is not UTF-8"))?;
+        (web, host, path)
     } else {
-        // scp-like: the colon must come before any slash, else it is a local path.
-        let (authority, path) = match remote.split_once(':') {
+        // scp-like: the colon must come before any slash, else it is a local path; an IPv6
+        // host is bracketed (`git@[::1]:o/r`), its colons inside the brackets.
+        let (authority, path) = match scp_split(remote) {
             Some((a, p)) if !a.is_empty() && !a.contains('/') => (a, p),
             _ => return Err(refuse("a local repository")),
         };
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_string();
+        // Host names are case-insensitive; the URL form lowercases them, so this one does too.
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_ascii_lowercase();
         let web = format!("https://{host}");
         // The web root must itself parse: the API's URLs are built on it.
         if host.is_empty() || Url::parse(&web).is_err() {
@@ -112,10 +119,47 @@ pub fn parse_remote(remote: &str) -> Result<RemoteRepo, ForgeError> {
     };
     let path = path.trim_matches('/');
     let path = path.strip_suffix(".git").unwrap_or(path).trim_end_matches('/').to_string();
-    if path.split('/').filter(|s| !s.is_empty()).count() < 2 {
+    // `..` or an empty segment would make the link and the API call name another repository.
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.len() < 2 || segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
         return Err(refuse("not a path of the form OWNER/REPO"));
     }
     Ok(RemoteRepo { web, host, path })
+}
+
+/// `TRANSPORT::ADDRESS`: git hands it to `git-remote-TRANSPORT` (ext:: runs a command).
+fn is_remote_helper(remote: &str) -> bool {
+    remote.split_once("::").is_some_and(|(t, _)| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.')))
+}
+
+/// An scp-like remote split at the colon after the host: `[user@]host:path` or
+/// `[user@][v6addr]:path`.
+fn scp_split(remote: &str) -> Option<(&str, &str)> {
+    let host_at = remote.find('@').map_or(0, |i| i + 1);
+    if remote[host_at..].starts_with('[') {
+        let close = host_at + remote[host_at..].find("]:")?;
+        return Some((&remote[..=close], &remote[close + 2..]));
+    }
+    remote.split_once(':')
+}
+
+/// `%XX` sequences decoded; None when the result is not UTF-8 or a `%` is not followed by two
+/// hex digits.
+fn percent_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The forge a host runs, from its name: github.com (and github.* Enterprise hosts), hosts
@@ -151,13 +195,15 @@ pub fn target(remote: &str, explicit: Option<Forge>) -> Result<Target, ForgeErro
     Ok(Target { forge, repo })
 }
 
-/// Characters of a branch name that would end or split a URL's path or query.
+/// A branch name as one part of a URL's path or query value: every byte but unreserved
+/// characters and `/` percent-encoded (`#`, `?`, `&` would end or split it; `"`, `<`, `>`,
+/// spaces end a link in a terminal).
 fn url_part(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '%' | '#' | '?' | '&' | '+' | '=' | ' ' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => out.push(char::from(b)),
+            b => out.push_str(&format!("%{b:02X}")),
         }
     }
     out
@@ -166,7 +212,7 @@ fn url_part(s: &str) -> String {
 impl Target {
     /// The page that opens a pull request from `branch` into `base`, prefilled.
     pub fn compare_url(&self, base: &str, branch: &str) -> String {
-        let (web, path, base, branch) = (&self.repo.web, &self.repo.path, url_part(base), url_part(branch));
+        let (web, path, base, branch) = (&self.repo.web, url_part(&self.repo.path), url_part(base), url_part(branch));
         match self.forge {
             Forge::Github => format!("{web}/{path}/compare/{base}...{branch}?expand=1"),
             Forge::Gitlab => format!(
@@ -484,6 +530,18 @@ mod tests {
             ("https://bot:s3cret@gitlab.example/g/dr.git", "https://gitlab.example", "gitlab.example", "g/dr"),
             ("http://127.0.0.1:3000/drctl/dr.git", "http://127.0.0.1:3000", "127.0.0.1", "drctl/dr"),
             ("https://git.corp:8443/ops/dr.git", "https://git.corp:8443", "git.corp", "ops/dr"),
+            // IPv6 hosts, bracketed in both forms.
+            ("http://[::1]:3000/ops/dr.git", "http://[::1]:3000", "[::1]", "ops/dr"),
+            ("git@[::1]:ops/dr.git", "https://[::1]", "[::1]", "ops/dr"),
+            ("[fd00::7]:ops/dr", "https://[fd00::7]", "[fd00::7]", "ops/dr"),
+            // Host names are case-insensitive: both forms lowercase them.
+            ("git@GitHub.COM:Acme/DR.git", "https://github.com", "github.com", "Acme/DR"),
+            ("https://GitHub.COM/Acme/DR.git", "https://github.com", "github.com", "Acme/DR"),
+            // The query and fragment are not the repository; default ports drop.
+            ("https://gitea.example:443/o/r.git?ref=x#top", "https://gitea.example", "gitea.example", "o/r"),
+            // A URL's path is percent-decoded once (the API's URLs encode it again).
+            ("https://gitea.example/%C3%B6ps/dr", "https://gitea.example", "gitea.example", "öps/dr"),
+            ("https://gitea.example/öps/dr.git", "https://gitea.example", "gitea.example", "öps/dr"),
         ];
         for (remote, web, host, path) in cases {
             let want = RemoteRepo { web: web.into(), host: host.into(), path: path.into() };
@@ -493,7 +551,11 @@ mod tests {
 
     #[test]
     fn local_and_pathless_remotes_are_not_forges() {
-        for remote in ["/tmp/remote.git", "../remote.git", "file:///srv/dr.git", "./a:b/c", "https://github.com/acme", "git@host:dr.git", "ftp://h/o/r", "git@ho st:o/r"] {
+        for remote in ["/tmp/remote.git", "../remote.git", "file:///srv/dr.git", "./a:b/c", "https://github.com/acme", "git@host:dr.git", "ftp://h/o/r", "git@ho st:o/r",
+            // Remote helpers: ext:: would run a command, and "ext" is no host.
+            "ext::sh -c touch% /tmp/x o/r", "ext::x/y", "fd::3/o/r",
+            // `..`, `.` and empty segments would name another repository than the remote does.
+            "git@github.com:../r", "git@gitea.example:o/./r", "git@gitea.example:o//r", "https://gitea.example/o/%2e%2e"] {
             assert!(matches!(parse_remote(remote), Err(ForgeError::NotAForge { .. })), "{remote}");
         }
     }
@@ -553,6 +615,12 @@ mod tests {
     fn branch_characters_that_would_split_a_url_are_encoded() {
         let t = target("https://gitea.example/o/r", None).expect("gitea");
         assert_eq!(t.compare_url("main", "dr/a#1&b"), "https://gitea.example/o/r/compare/main...dr/a%231%26b");
+        // Valid in a branch name, and each would end a link in a terminal or a browser.
+        assert_eq!(t.compare_url("main", "dr/\"<>`{}|'!$"), "https://gitea.example/o/r/compare/main...dr/%22%3C%3E%60%7B%7D%7C%27%21%24");
+        assert_eq!(t.compare_url("main", "dr/ö"), "https://gitea.example/o/r/compare/main...dr/%C3%B6");
+        let unicode = target("https://gitea.example/öps/dr", None).expect("gitea");
+        assert_eq!(unicode.compare_url("main", "b"), "https://gitea.example/%C3%B6ps/dr/compare/main...b");
+        assert_eq!(unicode.create_call(&pr()).0.as_str(), "https://gitea.example/api/v1/repos/%C3%B6ps/dr/pulls", "encoded once");
     }
 
     fn pr() -> PullRequest {
