@@ -56,6 +56,8 @@ pub enum ForgeError {
     RepoNotFound { forge: Forge, api: String, path: String, repo_url: String, var: String, head: String, base: String, detail: String },
     #[error("{forge} refused the pull request from {head} into {base} ({status}: {detail}) and no open one from {head} into {base} was found; check that {base} exists on the remote (--base names the target branch)")]
     Rejected { forge: Forge, head: String, base: String, status: u16, detail: String },
+    #[error("{forge} answered {status} to {method} {url}, a redirect to {location}, which drctl does not follow (it would send the token on, or turn the POST into a GET); if the repository moved, set the remote to its new URL (`git remote set-url`), else check --forge")]
+    Redirected { forge: Forge, method: &'static str, url: String, status: u16, location: String },
     #[error("{forge} answered {status} to {method} {url}: {detail}")]
     Status { forge: Forge, method: &'static str, url: String, status: u16, detail: String },
     #[error("{forge} answered {method} {url} with JSON that has no {field}")]
@@ -348,8 +350,9 @@ pub struct OpenedPr {
     pub created: bool,
 }
 
-/// The pull request in a create's answer or in a lookup's (a list on GitHub and GitLab).
-fn opened_from(forge: Forge, answer: &Value, created: bool) -> Option<OpenedPr> {
+/// The pull request in a create's answer or in a lookup's (a list on GitHub and GitLab), its
+/// URL with the token cut out should the forge put it there (it is printed).
+fn opened_from(forge: Forge, answer: &Value, created: bool, token: &str) -> Option<OpenedPr> {
     let pr = match answer {
         Value::Array(items) => items.first()?,
         other => other,
@@ -358,7 +361,9 @@ fn opened_from(forge: Forge, answer: &Value, created: bool) -> Option<OpenedPr> 
         Forge::Gitlab => ("web_url", "iid"),
         Forge::Github | Forge::Gitea => ("html_url", "number"),
     };
-    Some(OpenedPr { url: pr.get(url)?.as_str()?.to_string(), number: pr.get(number).and_then(Value::as_u64), created })
+    let url = pr.get(url)?.as_str()?;
+    let url = if token.is_empty() { url.to_string() } else { url.replace(token, "***") };
+    Some(OpenedPr { url, number: pr.get(number).and_then(Value::as_u64), created })
 }
 
 /// What a create's status means for the caller.
@@ -370,6 +375,7 @@ enum CreateAnswer {
     NoRepo,
     /// 409 (Gitea, GitLab) or 422 (GitHub, and Gitea for "no changes"): maybe one is open.
     MaybeExists,
+    Redirect,
     Other,
 }
 
@@ -380,6 +386,7 @@ fn classify(status: StatusCode) -> CreateAnswer {
         403 => CreateAnswer::NoPermission,
         404 => CreateAnswer::NoRepo,
         409 | 422 => CreateAnswer::MaybeExists,
+        300..=399 => CreateAnswer::Redirect,
         _ => CreateAnswer::Other,
     }
 }
@@ -393,6 +400,8 @@ fn detail(text: &str, token: &str) -> String {
             Some(other) => other.to_string(),
             None => v.to_string(),
         },
+        // A login page, a proxy's or another server's error page: its markup says nothing.
+        Err(_) if text.trim_start().starts_with('<') => "an HTML page, not the API's JSON (a proxy or a login page in the way, or not this forge: check --forge)".into(),
         Err(_) => text.trim().to_string(),
     };
     let said = if token.is_empty() { said } else { said.replace(token, "***") };
@@ -456,7 +465,9 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
         let url = url.to_string();
         move |source: reqwest::Error| ForgeError::Http { method, url, source: source.without_url() }
     };
-    let client = crate::dns::http_client().map_err(http("POST", &shown))?;
+    // A redirect is not followed: reqwest drops only Authorization on another host, not GitLab's
+    // PRIVATE-TOKEN, and a 301/302 turns the POST into a GET.
+    let client = crate::dns::http_client_builder().redirect(reqwest::redirect::Policy::none()).build().map_err(http("POST", &shown))?;
     let request = |req: reqwest::RequestBuilder| {
         req.header(auth.0.clone(), auth.1.clone())
             .header(ACCEPT, "application/json")
@@ -465,12 +476,13 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
 
     let resp = request(client.post(url).json(&body)).send().await.map_err(http("POST", &shown))?;
     let status = resp.status();
+    let location = resp.headers().get(reqwest::header::LOCATION).map(|l| crate::urls::redact(&String::from_utf8_lossy(l.as_bytes())));
     let text = resp.text().await.map_err(http("POST", &shown))?;
     let api = target.api_root();
     match classify(status) {
         CreateAnswer::Created => {
             let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            opened_from(forge, &answer, true).ok_or(ForgeError::Response { forge, method: "POST", url: shown, field: "URL" })
+            opened_from(forge, &answer, true, token).ok_or(ForgeError::Response { forge, method: "POST", url: shown, field: "URL" })
         }
         CreateAnswer::BadToken => Err(ForgeError::Unauthorized { forge, api, var: token_var.into() }),
         CreateAnswer::NoPermission => Err(ForgeError::Forbidden {
@@ -496,7 +508,7 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
             let resp = request(client.get(find)).send().await.map_err(http("GET", &find_shown))?;
             let found = if resp.status().is_success() {
                 let answer: Value = resp.json().await.map_err(http("GET", &find_shown))?;
-                opened_from(forge, &answer, false)
+                opened_from(forge, &answer, false, token)
             } else {
                 None
             };
@@ -508,6 +520,13 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
                 detail: detail(&text, token),
             })
         }
+        CreateAnswer::Redirect => Err(ForgeError::Redirected {
+            forge,
+            method: "POST",
+            url: shown,
+            status: status.as_u16(),
+            location: location.map(|l| l.replace(token, "***")).unwrap_or_else(|| "nowhere (no Location)".into()),
+        }),
         CreateAnswer::Other => {
             Err(ForgeError::Status { forge, method: "POST", url: shown, status: status.as_u16(), detail: detail(&text, token) })
         }
@@ -700,6 +719,8 @@ mod tests {
             (404, CreateAnswer::NoRepo),
             (409, CreateAnswer::MaybeExists),
             (422, CreateAnswer::MaybeExists),
+            (301, CreateAnswer::Redirect),
+            (307, CreateAnswer::Redirect),
             (500, CreateAnswer::Other),
         ];
         for (code, want) in cases {
@@ -711,12 +732,14 @@ mod tests {
     fn created_and_found_pull_requests_are_read_per_forge() {
         let gh = json!({"html_url": "https://github.com/a/r/pull/7", "number": 7});
         assert_eq!(
-            opened_from(Forge::Github, &gh, true),
+            opened_from(Forge::Github, &gh, true, "T0K"),
             Some(OpenedPr { url: "https://github.com/a/r/pull/7".into(), number: Some(7), created: true })
         );
         let gl = json!([{"web_url": "https://gitlab.example/a/r/-/merge_requests/3", "iid": 3, "id": 991}]);
-        assert_eq!(opened_from(Forge::Gitlab, &gl, false).map(|p| (p.url, p.number)), Some(("https://gitlab.example/a/r/-/merge_requests/3".into(), Some(3))));
-        assert_eq!(opened_from(Forge::Github, &json!([]), false), None);
+        assert_eq!(opened_from(Forge::Gitlab, &gl, false, "T0K").map(|p| (p.url, p.number)), Some(("https://gitlab.example/a/r/-/merge_requests/3".into(), Some(3))));
+        assert_eq!(opened_from(Forge::Github, &json!([]), false, "T0K"), None);
+        let echoed = json!({"html_url": "https://gitea.example/o/r/pulls/1?t=T0K", "number": 1});
+        assert_eq!(opened_from(Forge::Gitea, &echoed, true, "T0K").map(|p| p.url), Some("https://gitea.example/o/r/pulls/1?t=***".into()), "the URL is printed");
     }
 
     #[test]
@@ -746,5 +769,6 @@ mod tests {
         assert_eq!(detail("bad token T0K here", "T0K"), "bad token *** here");
         assert_eq!(detail(&"x".repeat(1000), "T0K").len(), 300);
         assert_eq!(detail("", "T0K"), "no message");
+        assert!(detail("<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "T0K").starts_with("an HTML page, not the API's JSON"));
     }
 }
