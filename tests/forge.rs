@@ -414,10 +414,18 @@ fn a_forge_that_echoes_the_token_or_answers_html_never_shows_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let daemon = GitDaemon::start(dir.path());
         let work = repo_for(dir.path(), &forge.url, &daemon);
-        let out = drctl(&work, Some(TOKEN), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr"]);
+        // Every log line too: trace is where an HTTP client would print headers.
+        let out = support::drctl()
+            .args(["promote", "global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr", "--repo"])
+            .arg(&work)
+            .env("DRCTL_FORGE_TOKEN", TOKEN)
+            .env("DRCTL_LOG", "trace")
+            .output()
+            .expect("run drctl");
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.success(), ok, "{want}: {stdout}{stderr}");
         assert!(stdout.contains(want) || stderr.contains(want), "{want}: {stdout}{stderr}");
         assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN), "the token shows: {stdout}{stderr}");
+        assert!(stderr.contains("TRACE"), "trace logs were on: {stderr}");
     }
 }
