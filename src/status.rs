@@ -397,6 +397,20 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         } else if c.vip.is_none() {
             f.push(Finding::new(Warning, "NotInSpec", format!("{} is not one of spec.clusters[].name", c.name)));
         }
+        // A controller records only failovers to itself (and steps down only for its peer): a
+        // record naming the other global means this kubeconfig reaches that one.
+        let why = match (&c.failover, &c.demoted_for) {
+            (Some(fo), _) if fo.to != c.name => Some(format!("it records a failover to {}", fo.to)),
+            (_, Some(d)) if *d == c.name => Some(format!("it stepped down for {d}")),
+            _ => None,
+        };
+        if let Some(why) = why {
+            f.push(Finding::new(
+                Warning,
+                "WrongGlobal",
+                format!("the status read as {} is not {}'s ({why}): check that kubeconfig, or the controller's --cluster-name", c.name, c.name),
+            ));
+        }
         if let Some(k) = c.conditions.iter().find(|k| k.type_ == "Degraded" && k.status == "True") {
             f.push(Finding::new(Warning, "Degraded", format!("{}: {} ({})", c.name, k.message, k.reason)));
         }
@@ -807,6 +821,26 @@ mod tests {
         assert!(r.clusters[1].reachable);
         assert_eq!(r.clusters[1].crd_installed, Some(false));
         assert_eq!(r.exit_code, EXIT_OK);
+    }
+
+    #[test]
+    fn a_status_that_records_the_other_globals_failover_is_the_wrong_global() {
+        let fo = |to: &str| FailoverStatus { from: "x".into(), to: to.into(), ..Default::default() };
+        let mut mine = status(Role::Primary, Phase::Steady);
+        mine.failover = Some(fo("global-a"));
+        let mut swapped = standby_in_sync();
+        swapped.failover = Some(fo("global-a"));
+        let mut for_itself = standby_in_sync();
+        for_itself.demotion = Some(DemotionStatus { new_primary: "global-b".into(), ..Default::default() });
+        let cases = [(mine.clone(), standby_in_sync(), Vec::<&str>::new()), (mine.clone(), swapped, vec!["WrongGlobal"]), (mine, for_itself, vec!["WrongGlobal"])];
+        for (a, b, want) in cases {
+            let r = report(&[up("global-a", a), up("global-b", b)], &dns_at("10.0.0.10"), now());
+            assert_eq!(codes(&r), want);
+        }
+        let mut swapped = standby_in_sync();
+        swapped.failover = Some(fo("global-a"));
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", swapped)], &dns_at("10.0.0.10"), now());
+        assert_eq!(r.findings[0].message, "the status read as global-b is not global-b's (it records a failover to global-a): check that kubeconfig, or the controller's --cluster-name");
     }
 
     #[test]
