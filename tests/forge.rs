@@ -277,6 +277,15 @@ async fn token_errors_name_the_variable_and_the_fix_never_the_value() {
     let (status, branch) = g.api(reqwest::Method::GET, &format!("/repos/{USER}/{REPO}/branches/dr%2Fb"), None).await;
     assert_eq!(status, 200, "the branch was pushed: {branch}");
     assert!(g.pulls().await.is_empty(), "no pull request was opened");
+
+    // A --base the remote does not have: the error names --base; the branch is pushed.
+    git(&work, &["checkout", "-q", "main"]);
+    let out = drctl(&work, Some(&g.token), &["global-b", "--branch", "dr/c", "--base", "no-such-base", "--push", "origin", "--forge", "gitea", "--open-pr"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("no-such-base") && stderr.contains("--base"), "{stderr}");
+    assert!(stderr.contains("dr/c is pushed, so the pull request can also be opened by hand"), "{stderr}");
+    assert!(!stderr.contains(&g.token), "{stderr}");
 }
 
 /// A loopback HTTP server that answers every request with `response` and keeps each request's
