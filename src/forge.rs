@@ -62,6 +62,8 @@ pub enum ForgeError {
     Status { forge: Forge, method: &'static str, url: String, status: u16, detail: String },
     #[error("{forge} answered {method} {url} with JSON that has no {field}")]
     Response { forge: Forge, method: &'static str, url: String, field: &'static str },
+    #[error("{forge} did not answer {method} {url} within {secs}s (down, overloaded, or a firewall drops the connection); it may still have opened the pull request: look at the repository's pull requests before running again")]
+    Timeout { forge: Forge, method: &'static str, url: String, secs: u64 },
     #[error("{method} {url}: {source}")]
     Http { method: &'static str, url: String, source: reqwest::Error },
 }
@@ -463,7 +465,13 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
     let shown = url.to_string();
     let http = |method, url: &str| {
         let url = url.to_string();
-        move |source: reqwest::Error| ForgeError::Http { method, url, source: source.without_url() }
+        move |source: reqwest::Error| {
+            if source.is_timeout() {
+                ForgeError::Timeout { forge, method, url, secs: crate::dns::HTTP_TIMEOUT.as_secs() }
+            } else {
+                ForgeError::Http { method, url, source: source.without_url() }
+            }
+        }
     };
     // A redirect is not followed: reqwest drops only Authorization on another host, not GitLab's
     // PRIVATE-TOKEN, and a 301/302 turns the POST into a GET.

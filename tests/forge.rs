@@ -438,3 +438,20 @@ fn a_forge_that_echoes_the_token_or_answers_html_never_shows_it() {
         assert!(stderr.contains("TRACE"), "trace logs were on: {stderr}");
     }
 }
+
+#[test]
+fn a_forge_that_never_answers_is_given_up_on_and_may_have_opened_it() {
+    // Accepted by the kernel's backlog and never read: the request waits for drctl's timeout.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let forge_url = format!("http://{}", stalled.local_addr().expect("addr"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = GitDaemon::start(dir.path());
+    let work = repo_for(dir.path(), &forge_url, &daemon);
+    let out = drctl(&work, Some(TOKEN), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains(&format!("Gitea did not answer POST {forge_url}/api/v1/repos/{USER}/{REPO}/pulls within 15s")), "{stderr}");
+    assert!(stderr.contains("it may still have opened the pull request"), "{stderr}");
+    assert!(stderr.contains("dr/b is pushed, so the pull request can also be opened by hand"), "{stderr}");
+    drop(stalled);
+}
