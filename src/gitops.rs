@@ -471,8 +471,19 @@ fn refuse_dirty(repo: &Repository) -> Result<(), GitopsError> {
 /// Pushes `branch` to `remote`, returning the remote's URL. Credentials as git finds them
 /// ([`credentials`]); SSH host keys are checked against `~/.ssh/known_hosts`.
 fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>, String> {
-    let mut r = repo.find_remote(remote).map_err(|e| format!("no remote {remote}: {}", e.message()))?;
-    let url = r.url().ok().map(str::to_string);
+    let named = repo.find_remote(remote).map_err(|e| format!("no remote {remote}: {}", e.message()))?;
+    let url = named.url().ok().map(str::to_string);
+    let push_url = named.pushurl().ok().flatten().map(str::to_string);
+    // libgit2 picks the transport by remote.NAME.pushurl but connects to remote.NAME.url, so a
+    // push URL of another kind (a local path under an https url) fails: push to it directly.
+    let mut r = match &push_url {
+        Some(p) => repo.remote_anonymous(p).map_err(|e| format!("remote {remote}'s pushurl: {}", e.message()))?,
+        None => named,
+    };
+    // libgit2 quotes the URL in some errors; one with credentials must not reach ours.
+    let redacted = |msg: &str| {
+        [&url, &push_url].into_iter().flatten().fold(msg.to_string(), |m, u| m.replace(u.as_str(), &crate::urls::redact(u)))
+    };
     let config = repo.config().map_err(|e| format!("read git config: {}", e.message()))?;
     let mut rejected = None;
     {
@@ -487,10 +498,10 @@ fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>,
         let mut opts = git2::PushOptions::new();
         opts.remote_callbacks(cb);
         let spec = format!("refs/heads/{branch}:refs/heads/{branch}");
-        r.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| e.message().to_string())?;
+        r.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| redacted(e.message()))?;
     }
     match rejected {
-        Some(message) => Err(format!("rejected: {message}")),
+        Some(message) => Err(format!("rejected: {}", redacted(&message))),
         None => Ok(url),
     }
 }

@@ -336,50 +336,17 @@ fn http_response(status: &str, headers: &str, body: &str) -> String {
     format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
 }
 
-/// `git daemon` serving one bare repository that accepts pushes, on loopback.
-struct GitDaemon {
-    child: Child,
-    url: String,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        git(base, &["init", "-q", "--bare", "pushed.git"]);
-        let port = support::free_port();
-        // git-daemon itself, not `git daemon`: the wrapper runs it as a child that outlives a kill.
-        let exec_path = git(base, &["--exec-path"]);
-        let mut cmd = Command::new(Path::new(&exec_path).join("git-daemon"));
-        cmd.args(["--reuseaddr", "--export-all", "--enable=receive-pack", "--listen=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base);
-        let child = procs::spawn(cmd, &base.join("git-daemon.log"), Lifetime::WithParent).unwrap_or_else(|e| panic!("git daemon: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "git daemon not listening on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        GitDaemon { child, url: format!("git://127.0.0.1:{port}/pushed.git") }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A repository whose origin's URL is the canned forge's and whose pushes go to a git daemon
-/// (remote.origin.pushurl), so `--push origin` succeeds without a forge's git server.
-fn repo_for(dir: &Path, forge_url: &str, daemon: &GitDaemon) -> PathBuf {
-    let work = dir.join("work");
+/// A repository whose origin's URL is the canned forge's and whose pushes go to a local bare
+/// repository (remote.origin.pushurl), so `--push origin` succeeds without a forge's git server.
+fn repo_for(dir: &Path, forge_url: &str) -> PathBuf {
+    let (work, bare) = (dir.join("work"), dir.join("pushed.git"));
     std::fs::create_dir_all(work.join("topology")).expect("mkdir");
+    git(dir, &["init", "-q", "--bare", "pushed.git"]);
     git(&work, &["init", "-q", "-b", "main"]);
     git(&work, &["config", "user.name", "Alice"]);
     git(&work, &["config", "user.email", "alice@example.com"]);
     git(&work, &["remote", "add", "origin", &format!("{forge_url}/{USER}/{REPO}.git")]);
-    git(&work, &["config", "remote.origin.pushurl", &daemon.url]);
+    git(&work, &["config", "remote.origin.pushurl", bare.to_str().expect("utf-8 path")]);
     std::fs::write(work.join(FILE), TOPOLOGY).expect("write topology");
     git(&work, &["add", FILE]);
     git(&work, &["commit", "-q", "-m", "Add the DR topology"]);
@@ -393,8 +360,7 @@ fn a_redirecting_forge_is_not_followed_so_the_token_stays_with_the_remotes_host(
     let elsewhere = Canned::start(http_response("201 Created", "", r#"{"web_url": "http://x/1", "iid": 1}"#));
     let forge = Canned::start(http_response("307 Temporary Redirect", &format!("Location: {}/api/v4/steal\r\n", elsewhere.url), ""));
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = GitDaemon::start(dir.path());
-    let work = repo_for(dir.path(), &forge.url, &daemon);
+    let work = repo_for(dir.path(), &forge.url);
     let out = drctl(&work, Some(TOKEN), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitlab", "--open-pr"]);
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}");
@@ -421,8 +387,7 @@ fn a_forge_that_echoes_the_token_or_answers_html_never_shows_it() {
     for (response, ok, want) in cases {
         let forge = Canned::start(response);
         let dir = tempfile::tempdir().expect("tempdir");
-        let daemon = GitDaemon::start(dir.path());
-        let work = repo_for(dir.path(), &forge.url, &daemon);
+        let work = repo_for(dir.path(), &forge.url);
         // Every log line too: trace is where an HTTP client would print headers.
         let out = support::drctl()
             .args(["promote", "global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr", "--repo"])
@@ -445,8 +410,7 @@ fn a_forge_that_never_answers_is_given_up_on_and_may_have_opened_it() {
     let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let forge_url = format!("http://{}", stalled.local_addr().expect("addr"));
     let dir = tempfile::tempdir().expect("tempdir");
-    let daemon = GitDaemon::start(dir.path());
-    let work = repo_for(dir.path(), &forge_url, &daemon);
+    let work = repo_for(dir.path(), &forge_url);
     let out = drctl(&work, Some(TOKEN), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr"]);
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}");
