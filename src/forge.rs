@@ -56,10 +56,14 @@ pub enum ForgeError {
     RepoNotFound { forge: Forge, api: String, path: String, repo_url: String, var: String, head: String, base: String, detail: String },
     #[error("{forge} refused the pull request from {head} into {base} ({status}: {detail}) and no open one from {head} into {base} was found; check that {base} exists on the remote (--base names the target branch)")]
     Rejected { forge: Forge, head: String, base: String, status: u16, detail: String },
+    #[error("{forge} answered {status} to {method} {url}, a redirect to {location}, which drctl does not follow (it would send the token on, or turn the POST into a GET); if the repository moved, set the remote to its new URL (`git remote set-url`), else check --forge")]
+    Redirected { forge: Forge, method: &'static str, url: String, status: u16, location: String },
     #[error("{forge} answered {status} to {method} {url}: {detail}")]
     Status { forge: Forge, method: &'static str, url: String, status: u16, detail: String },
     #[error("{forge} answered {method} {url} with JSON that has no {field}")]
     Response { forge: Forge, method: &'static str, url: String, field: &'static str },
+    #[error("{forge} did not answer {method} {url} within {secs}s (down, overloaded, or a firewall drops the connection); it may still have opened the pull request: look at the repository's pull requests before running again")]
+    Timeout { forge: Forge, method: &'static str, url: String, secs: u64 },
     #[error("{method} {url}: {source}")]
     Http { method: &'static str, url: String, source: reqwest::Error },
 }
@@ -83,6 +87,9 @@ pub struct RemoteRepo {
 pub fn parse_remote(remote: &str) -> Result<RemoteRepo, ForgeError> {
     let shown = crate::urls::redact(remote);
     let refuse = |why| ForgeError::NotAForge { remote: shown.clone(), why };
+    if is_remote_helper(remote) {
+        return Err(refuse("a remote helper's address (TRANSPORT::ADDRESS, e.g. ext::), not a forge's"));
+    }
     let (web, host, path) = if remote.contains("://") {
         let url = Url::parse(remote).map_err(|_| refuse("not a URL git can use"))?;
         let host = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| refuse("a URL without a host"))?.to_string();
@@ -95,14 +102,18 @@ pub fn parse_remote(remote: &str) -> Result<RemoteRepo, ForgeError> {
             "file" => return Err(refuse("a local repository")),
             _ => return Err(refuse("neither https nor ssh")),
         };
-        (web, host, url.path().to_string())
+        // The URL's path is percent-encoded; the API's URLs encode it again, segment by segment.
+        let path = percent_decoded(url.path()).ok_or_else(|| refuse("a URL whose path is not UTF-8"))?;
+        (web, host, path)
     } else {
-        // scp-like: the colon must come before any slash, else it is a local path.
-        let (authority, path) = match remote.split_once(':') {
+        // scp-like: the colon must come before any slash, else it is a local path; an IPv6
+        // host is bracketed (`git@[::1]:o/r`), its colons inside the brackets.
+        let (authority, path) = match scp_split(remote) {
             Some((a, p)) if !a.is_empty() && !a.contains('/') => (a, p),
             _ => return Err(refuse("a local repository")),
         };
-        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_string();
+        // Host names are case-insensitive; the URL form lowercases them, so this one does too.
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_ascii_lowercase();
         let web = format!("https://{host}");
         // The web root must itself parse: the API's URLs are built on it.
         if host.is_empty() || Url::parse(&web).is_err() {
@@ -112,10 +123,47 @@ pub fn parse_remote(remote: &str) -> Result<RemoteRepo, ForgeError> {
     };
     let path = path.trim_matches('/');
     let path = path.strip_suffix(".git").unwrap_or(path).trim_end_matches('/').to_string();
-    if path.split('/').filter(|s| !s.is_empty()).count() < 2 {
+    // `..` or an empty segment would make the link and the API call name another repository.
+    let segments: Vec<&str> = path.split('/').collect();
+    if segments.len() < 2 || segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
         return Err(refuse("not a path of the form OWNER/REPO"));
     }
     Ok(RemoteRepo { web, host, path })
+}
+
+/// `TRANSPORT::ADDRESS`: git hands it to `git-remote-TRANSPORT` (ext:: runs a command).
+fn is_remote_helper(remote: &str) -> bool {
+    remote.split_once("::").is_some_and(|(t, _)| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.')))
+}
+
+/// An scp-like remote split at the colon after the host: `[user@]host:path` or
+/// `[user@][v6addr]:path`.
+fn scp_split(remote: &str) -> Option<(&str, &str)> {
+    let host_at = remote.find('@').map_or(0, |i| i + 1);
+    if remote[host_at..].starts_with('[') {
+        let close = host_at + remote[host_at..].find("]:")?;
+        return Some((&remote[..=close], &remote[close + 2..]));
+    }
+    remote.split_once(':')
+}
+
+/// `%XX` sequences decoded; None when the result is not UTF-8 or a `%` is not followed by two
+/// hex digits.
+fn percent_decoded(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The forge a host runs, from its name: github.com (and github.* Enterprise hosts), hosts
@@ -151,13 +199,15 @@ pub fn target(remote: &str, explicit: Option<Forge>) -> Result<Target, ForgeErro
     Ok(Target { forge, repo })
 }
 
-/// Characters of a branch name that would end or split a URL's path or query.
+/// A branch name as one part of a URL's path or query value: every byte but unreserved
+/// characters and `/` percent-encoded (`#`, `?`, `&` would end or split it; `"`, `<`, `>`,
+/// spaces end a link in a terminal).
 fn url_part(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '%' | '#' | '?' | '&' | '+' | '=' | ' ' => out.push_str(&format!("%{:02X}", c as u32)),
-            c => out.push(c),
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => out.push(char::from(b)),
+            b => out.push_str(&format!("%{b:02X}")),
         }
     }
     out
@@ -166,7 +216,7 @@ fn url_part(s: &str) -> String {
 impl Target {
     /// The page that opens a pull request from `branch` into `base`, prefilled.
     pub fn compare_url(&self, base: &str, branch: &str) -> String {
-        let (web, path, base, branch) = (&self.repo.web, &self.repo.path, url_part(base), url_part(branch));
+        let (web, path, base, branch) = (&self.repo.web, url_part(&self.repo.path), url_part(base), url_part(branch));
         match self.forge {
             Forge::Github => format!("{web}/{path}/compare/{base}...{branch}?expand=1"),
             Forge::Gitlab => format!(
@@ -302,8 +352,9 @@ pub struct OpenedPr {
     pub created: bool,
 }
 
-/// The pull request in a create's answer or in a lookup's (a list on GitHub and GitLab).
-fn opened_from(forge: Forge, answer: &Value, created: bool) -> Option<OpenedPr> {
+/// The pull request in a create's answer or in a lookup's (a list on GitHub and GitLab), its
+/// URL with the token cut out should the forge put it there (it is printed).
+fn opened_from(forge: Forge, answer: &Value, created: bool, token: &str) -> Option<OpenedPr> {
     let pr = match answer {
         Value::Array(items) => items.first()?,
         other => other,
@@ -312,7 +363,9 @@ fn opened_from(forge: Forge, answer: &Value, created: bool) -> Option<OpenedPr> 
         Forge::Gitlab => ("web_url", "iid"),
         Forge::Github | Forge::Gitea => ("html_url", "number"),
     };
-    Some(OpenedPr { url: pr.get(url)?.as_str()?.to_string(), number: pr.get(number).and_then(Value::as_u64), created })
+    let url = pr.get(url)?.as_str()?;
+    let url = if token.is_empty() { url.to_string() } else { url.replace(token, "***") };
+    Some(OpenedPr { url, number: pr.get(number).and_then(Value::as_u64), created })
 }
 
 /// What a create's status means for the caller.
@@ -324,6 +377,7 @@ enum CreateAnswer {
     NoRepo,
     /// 409 (Gitea, GitLab) or 422 (GitHub, and Gitea for "no changes"): maybe one is open.
     MaybeExists,
+    Redirect,
     Other,
 }
 
@@ -334,6 +388,7 @@ fn classify(status: StatusCode) -> CreateAnswer {
         403 => CreateAnswer::NoPermission,
         404 => CreateAnswer::NoRepo,
         409 | 422 => CreateAnswer::MaybeExists,
+        300..=399 => CreateAnswer::Redirect,
         _ => CreateAnswer::Other,
     }
 }
@@ -347,6 +402,8 @@ fn detail(text: &str, token: &str) -> String {
             Some(other) => other.to_string(),
             None => v.to_string(),
         },
+        // A login page, a proxy's or another server's error page: its markup says nothing.
+        Err(_) if text.trim_start().starts_with('<') => "an HTML page, not the API's JSON (a proxy or a login page in the way, or not this forge: check --forge)".into(),
         Err(_) => text.trim().to_string(),
     };
     let said = if token.is_empty() { said } else { said.replace(token, "***") };
@@ -408,9 +465,17 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
     let shown = url.to_string();
     let http = |method, url: &str| {
         let url = url.to_string();
-        move |source: reqwest::Error| ForgeError::Http { method, url, source: source.without_url() }
+        move |source: reqwest::Error| {
+            if source.is_timeout() {
+                ForgeError::Timeout { forge, method, url, secs: crate::dns::HTTP_TIMEOUT.as_secs() }
+            } else {
+                ForgeError::Http { method, url, source: source.without_url() }
+            }
+        }
     };
-    let client = crate::dns::http_client().map_err(http("POST", &shown))?;
+    // A redirect is not followed: reqwest drops only Authorization on another host, not GitLab's
+    // PRIVATE-TOKEN, and a 301/302 turns the POST into a GET.
+    let client = crate::dns::http_client_builder().redirect(reqwest::redirect::Policy::none()).build().map_err(http("POST", &shown))?;
     let request = |req: reqwest::RequestBuilder| {
         req.header(auth.0.clone(), auth.1.clone())
             .header(ACCEPT, "application/json")
@@ -419,12 +484,13 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
 
     let resp = request(client.post(url).json(&body)).send().await.map_err(http("POST", &shown))?;
     let status = resp.status();
+    let location = resp.headers().get(reqwest::header::LOCATION).map(|l| crate::urls::redact(&String::from_utf8_lossy(l.as_bytes())));
     let text = resp.text().await.map_err(http("POST", &shown))?;
     let api = target.api_root();
     match classify(status) {
         CreateAnswer::Created => {
             let answer: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            opened_from(forge, &answer, true).ok_or(ForgeError::Response { forge, method: "POST", url: shown, field: "URL" })
+            opened_from(forge, &answer, true, token).ok_or(ForgeError::Response { forge, method: "POST", url: shown, field: "URL" })
         }
         CreateAnswer::BadToken => Err(ForgeError::Unauthorized { forge, api, var: token_var.into() }),
         CreateAnswer::NoPermission => Err(ForgeError::Forbidden {
@@ -450,7 +516,7 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
             let resp = request(client.get(find)).send().await.map_err(http("GET", &find_shown))?;
             let found = if resp.status().is_success() {
                 let answer: Value = resp.json().await.map_err(http("GET", &find_shown))?;
-                opened_from(forge, &answer, false)
+                opened_from(forge, &answer, false, token)
             } else {
                 None
             };
@@ -462,6 +528,13 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
                 detail: detail(&text, token),
             })
         }
+        CreateAnswer::Redirect => Err(ForgeError::Redirected {
+            forge,
+            method: "POST",
+            url: shown,
+            status: status.as_u16(),
+            location: location.map(|l| l.replace(token, "***")).unwrap_or_else(|| "nowhere (no Location)".into()),
+        }),
         CreateAnswer::Other => {
             Err(ForgeError::Status { forge, method: "POST", url: shown, status: status.as_u16(), detail: detail(&text, token) })
         }
@@ -484,6 +557,18 @@ mod tests {
             ("https://bot:s3cret@gitlab.example/g/dr.git", "https://gitlab.example", "gitlab.example", "g/dr"),
             ("http://127.0.0.1:3000/drctl/dr.git", "http://127.0.0.1:3000", "127.0.0.1", "drctl/dr"),
             ("https://git.corp:8443/ops/dr.git", "https://git.corp:8443", "git.corp", "ops/dr"),
+            // IPv6 hosts, bracketed in both forms.
+            ("http://[::1]:3000/ops/dr.git", "http://[::1]:3000", "[::1]", "ops/dr"),
+            ("git@[::1]:ops/dr.git", "https://[::1]", "[::1]", "ops/dr"),
+            ("[fd00::7]:ops/dr", "https://[fd00::7]", "[fd00::7]", "ops/dr"),
+            // Host names are case-insensitive: both forms lowercase them.
+            ("git@GitHub.COM:Acme/DR.git", "https://github.com", "github.com", "Acme/DR"),
+            ("https://GitHub.COM/Acme/DR.git", "https://github.com", "github.com", "Acme/DR"),
+            // The query and fragment are not the repository; default ports drop.
+            ("https://gitea.example:443/o/r.git?ref=x#top", "https://gitea.example", "gitea.example", "o/r"),
+            // A URL's path is percent-decoded once (the API's URLs encode it again).
+            ("https://gitea.example/%C3%B6ps/dr", "https://gitea.example", "gitea.example", "öps/dr"),
+            ("https://gitea.example/öps/dr.git", "https://gitea.example", "gitea.example", "öps/dr"),
         ];
         for (remote, web, host, path) in cases {
             let want = RemoteRepo { web: web.into(), host: host.into(), path: path.into() };
@@ -493,7 +578,11 @@ mod tests {
 
     #[test]
     fn local_and_pathless_remotes_are_not_forges() {
-        for remote in ["/tmp/remote.git", "../remote.git", "file:///srv/dr.git", "./a:b/c", "https://github.com/acme", "git@host:dr.git", "ftp://h/o/r", "git@ho st:o/r"] {
+        for remote in ["/tmp/remote.git", "../remote.git", "file:///srv/dr.git", "./a:b/c", "https://github.com/acme", "git@host:dr.git", "ftp://h/o/r", "git@ho st:o/r",
+            // Remote helpers: ext:: would run a command, and "ext" is no host.
+            "ext::sh -c touch% /tmp/x o/r", "ext::x/y", "fd::3/o/r",
+            // `..`, `.` and empty segments would name another repository than the remote does.
+            "git@github.com:../r", "git@gitea.example:o/./r", "git@gitea.example:o//r", "https://gitea.example/o/%2e%2e"] {
             assert!(matches!(parse_remote(remote), Err(ForgeError::NotAForge { .. })), "{remote}");
         }
     }
@@ -553,6 +642,12 @@ mod tests {
     fn branch_characters_that_would_split_a_url_are_encoded() {
         let t = target("https://gitea.example/o/r", None).expect("gitea");
         assert_eq!(t.compare_url("main", "dr/a#1&b"), "https://gitea.example/o/r/compare/main...dr/a%231%26b");
+        // Valid in a branch name, and each would end a link in a terminal or a browser.
+        assert_eq!(t.compare_url("main", "dr/\"<>`{}|'!$"), "https://gitea.example/o/r/compare/main...dr/%22%3C%3E%60%7B%7D%7C%27%21%24");
+        assert_eq!(t.compare_url("main", "dr/ö"), "https://gitea.example/o/r/compare/main...dr/%C3%B6");
+        let unicode = target("https://gitea.example/öps/dr", None).expect("gitea");
+        assert_eq!(unicode.compare_url("main", "b"), "https://gitea.example/%C3%B6ps/dr/compare/main...b");
+        assert_eq!(unicode.create_call(&pr()).0.as_str(), "https://gitea.example/api/v1/repos/%C3%B6ps/dr/pulls", "encoded once");
     }
 
     fn pr() -> PullRequest {
@@ -632,6 +727,8 @@ mod tests {
             (404, CreateAnswer::NoRepo),
             (409, CreateAnswer::MaybeExists),
             (422, CreateAnswer::MaybeExists),
+            (301, CreateAnswer::Redirect),
+            (307, CreateAnswer::Redirect),
             (500, CreateAnswer::Other),
         ];
         for (code, want) in cases {
@@ -643,12 +740,14 @@ mod tests {
     fn created_and_found_pull_requests_are_read_per_forge() {
         let gh = json!({"html_url": "https://github.com/a/r/pull/7", "number": 7});
         assert_eq!(
-            opened_from(Forge::Github, &gh, true),
+            opened_from(Forge::Github, &gh, true, "T0K"),
             Some(OpenedPr { url: "https://github.com/a/r/pull/7".into(), number: Some(7), created: true })
         );
         let gl = json!([{"web_url": "https://gitlab.example/a/r/-/merge_requests/3", "iid": 3, "id": 991}]);
-        assert_eq!(opened_from(Forge::Gitlab, &gl, false).map(|p| (p.url, p.number)), Some(("https://gitlab.example/a/r/-/merge_requests/3".into(), Some(3))));
-        assert_eq!(opened_from(Forge::Github, &json!([]), false), None);
+        assert_eq!(opened_from(Forge::Gitlab, &gl, false, "T0K").map(|p| (p.url, p.number)), Some(("https://gitlab.example/a/r/-/merge_requests/3".into(), Some(3))));
+        assert_eq!(opened_from(Forge::Github, &json!([]), false, "T0K"), None);
+        let echoed = json!({"html_url": "https://gitea.example/o/r/pulls/1?t=T0K", "number": 1});
+        assert_eq!(opened_from(Forge::Gitea, &echoed, true, "T0K").map(|p| p.url), Some("https://gitea.example/o/r/pulls/1?t=***".into()), "the URL is printed");
     }
 
     #[test]
@@ -678,5 +777,6 @@ mod tests {
         assert_eq!(detail("bad token T0K here", "T0K"), "bad token *** here");
         assert_eq!(detail(&"x".repeat(1000), "T0K").len(), 300);
         assert_eq!(detail("", "T0K"), "no message");
+        assert!(detail("<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "T0K").starts_with("an HTML page, not the API's JSON"));
     }
 }

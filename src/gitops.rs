@@ -55,6 +55,8 @@ pub enum GitopsError {
     Symlink { file: PathBuf, target: String, why: &'static str },
     #[error("--{flag} must be one line: it becomes {what}, and a line break would let it add trailer lines (DR-To, DR-Action) that history trusts; put longer text in the pull request")]
     MultiLine { flag: &'static str, what: &'static str },
+    #[error("no remote {remote} in the repository (it has: {known}); --push takes a remote's name, not a URL: add one with `git remote add NAME URL`; nothing was committed")]
+    NoRemote { remote: String, known: String },
     #[error("the URL of remote {remote} is not UTF-8; set it with `git remote set-url {remote} URL`")]
     RemoteUrl { remote: String },
     #[error("committed {commit} on branch {branch}, but pushing it to {remote} failed: {message}; push it with `git push {remote} {branch}`")]
@@ -259,6 +261,10 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
         refuse_dirty(&repo)?;
     }
     refuse_multi_line(req)?;
+    if let Some(remote) = &req.push {
+        // Before the commit: a push that cannot even start must not leave a branch behind.
+        find_remote(&repo, remote)?;
+    }
     let head = head_of(&repo, &req.repo)?;
     let base = branch_name(&head);
     let parent = head.peel_to_commit().map_err(git("resolve HEAD to a commit"))?;
@@ -359,9 +365,18 @@ fn branch_name(head: &git2::Reference<'_>) -> Option<String> {
 pub fn head_and_remote(repo_path: &Path, remote: &str) -> Result<(Option<String>, String), GitopsError> {
     let repo = Repository::open(repo_path).map_err(|source| GitopsError::Open { path: repo_path.to_path_buf(), source })?;
     let head = head_of(&repo, repo_path)?;
-    let r = repo.find_remote(remote).map_err(git(format!("find remote {remote} (`git remote -v` lists them)")))?;
+    let r = find_remote(&repo, remote)?;
     let url = r.url().map_err(|_| GitopsError::RemoteUrl { remote: remote.into() })?.to_string();
     Ok((branch_name(&head), url))
+}
+
+/// The remote named `name`. A URL given instead is quoted redacted: it may carry credentials.
+fn find_remote<'r>(repo: &'r Repository, name: &str) -> Result<git2::Remote<'r>, GitopsError> {
+    repo.find_remote(name).map_err(|_| {
+        let names = repo.remotes().map(|r| (0..r.len()).filter_map(|i| r.get(i).ok().flatten().map(String::from)).collect::<Vec<_>>()).unwrap_or_default();
+        let known = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        GitopsError::NoRemote { remote: crate::urls::redact(name), known }
+    })
 }
 
 /// A line break in the subject or the reason could end the trailer block and start a forged
@@ -456,8 +471,19 @@ fn refuse_dirty(repo: &Repository) -> Result<(), GitopsError> {
 /// Pushes `branch` to `remote`, returning the remote's URL. Credentials as git finds them
 /// ([`credentials`]); SSH host keys are checked against `~/.ssh/known_hosts`.
 fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>, String> {
-    let mut r = repo.find_remote(remote).map_err(|e| format!("no remote {remote}: {}", e.message()))?;
-    let url = r.url().ok().map(str::to_string);
+    let named = repo.find_remote(remote).map_err(|e| format!("no remote {remote}: {}", e.message()))?;
+    let url = named.url().ok().map(str::to_string);
+    let push_url = named.pushurl().ok().flatten().map(str::to_string);
+    // libgit2 picks the transport by remote.NAME.pushurl but connects to remote.NAME.url, so a
+    // push URL of another kind (a local path under an https url) fails: push to it directly.
+    let mut r = match &push_url {
+        Some(p) => repo.remote_anonymous(p).map_err(|e| format!("remote {remote}'s pushurl: {}", e.message()))?,
+        None => named,
+    };
+    // libgit2 quotes the URL in some errors; one with credentials must not reach ours.
+    let redacted = |msg: &str| {
+        [&url, &push_url].into_iter().flatten().fold(msg.to_string(), |m, u| m.replace(u.as_str(), &crate::urls::redact(u)))
+    };
     let config = repo.config().map_err(|e| format!("read git config: {}", e.message()))?;
     let mut rejected = None;
     {
@@ -472,10 +498,10 @@ fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>,
         let mut opts = git2::PushOptions::new();
         opts.remote_callbacks(cb);
         let spec = format!("refs/heads/{branch}:refs/heads/{branch}");
-        r.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| e.message().to_string())?;
+        r.push(&[spec.as_str()], Some(&mut opts)).map_err(|e| redacted(e.message()))?;
     }
     match rejected {
-        Some(message) => Err(format!("rejected: {message}")),
+        Some(message) => Err(format!("rejected: {}", redacted(&message))),
         None => Ok(url),
     }
 }

@@ -38,6 +38,8 @@ pub struct ClusterView {
 pub struct Observed {
     /// The DRTopology the controller acts on (the oldest); None when the global has none.
     pub topology: Option<DRTopology>,
+    /// The DRTopology CRD is installed (false: the apiserver answered 404 for the resource).
+    pub crd_installed: bool,
     /// The `drtopology` Application; Ok(None) when there is none, Err when it could not be read.
     pub argocd: Result<Option<ArgoView>, String>,
 }
@@ -67,6 +69,8 @@ pub struct ClusterStatus {
     pub error: Option<String>,
     /// The global has a DRTopology (false when unreachable: unknown).
     pub topology_found: bool,
+    /// The DRTopology CRD is installed; None when unreachable.
+    pub crd_installed: Option<bool>,
     /// `spec.primary` as this global holds it (what its Argo CD last applied).
     pub spec_primary: Option<String>,
     /// This cluster's VIP from the spec.
@@ -74,6 +78,8 @@ pub struct ClusterStatus {
     pub role: Option<Role>,
     pub phase: Option<Phase>,
     pub term: Option<i64>,
+    /// The primary this cluster stepped down for (its demotion token), while it holds one.
+    pub demoted_for: Option<String>,
     pub lag_seconds: Option<f64>,
     pub missed_keys: Option<u64>,
     pub surplus_keys: Option<u64>,
@@ -224,6 +230,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
     };
     c.reachable = true;
     c.topology_found = o.topology.is_some();
+    c.crd_installed = Some(o.crd_installed);
     match &o.argocd {
         Ok(a) => c.argocd = a.clone(),
         Err(e) => c.argocd_error = Some(e.clone()),
@@ -235,6 +242,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
     c.role = st.role;
     c.phase = st.phase;
     c.term = Some(st.term);
+    c.demoted_for = st.demotion.as_ref().map(|d| d.new_primary.clone());
     if let Some(y) = &st.sync {
         c.lag_seconds = y.lag_seconds;
         c.missed_keys = y.missed_keys;
@@ -345,6 +353,17 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         if let Some(c) = failing_over.first() {
             let step = running_step(c).map(|s| format!(", step {s}")).unwrap_or_default();
             f.push(Finding::new(Warning, "FailoverInProgress", format!("no primary while {} fails over{step}", c.name)));
+        } else if let Some((old, new)) = failover_starting(&reachable) {
+            f.push(Finding::new(
+                Warning,
+                "FailoverStarting",
+                format!(
+                    "no primary while {new} takes over: {old} stepped down for it, and {new} starts its failover once its Argo CD applies spec.primary: {new} (it holds {held})",
+                    old = old.name,
+                    new = new.name,
+                    held = new.spec_primary.as_deref().unwrap_or("none")
+                ),
+            ));
         } else if unreachable.is_empty() {
             f.push(Finding::new(Problem, "NoPrimary", format!("neither global is primary ({})", roles.join(", "))));
         } else {
@@ -367,10 +386,30 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         ));
     }
     for c in &reachable {
-        if !c.topology_found {
+        if c.crd_installed == Some(false) {
+            f.push(Finding::new(
+                Warning,
+                "NoTopology",
+                format!("{} has no DRTopology: its CRD is not installed (kubectl apply -f crds/drtopology.yaml, or sync gitops/deploy)", c.name),
+            ));
+        } else if !c.topology_found {
             f.push(Finding::new(Warning, "NoTopology", format!("{} has no DRTopology", c.name)));
         } else if c.vip.is_none() {
             f.push(Finding::new(Warning, "NotInSpec", format!("{} is not one of spec.clusters[].name", c.name)));
+        }
+        // A controller records only failovers to itself (and steps down only for its peer): a
+        // record naming the other global means this kubeconfig reaches that one.
+        let why = match (&c.failover, &c.demoted_for) {
+            (Some(fo), _) if fo.to != c.name => Some(format!("it records a failover to {}", fo.to)),
+            (_, Some(d)) if *d == c.name => Some(format!("it stepped down for {d}")),
+            _ => None,
+        };
+        if let Some(why) = why {
+            f.push(Finding::new(
+                Warning,
+                "WrongGlobal",
+                format!("the status read as {} is not {}'s ({why}): check that kubeconfig, or the controller's --cluster-name", c.name, c.name),
+            ));
         }
         if let Some(k) = c.conditions.iter().find(|k| k.type_ == "Degraded" && k.status == "True") {
             f.push(Finding::new(Warning, "Degraded", format!("{}: {} ({})", c.name, k.message, k.reason)));
@@ -411,6 +450,20 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
         }
     }
     f
+}
+
+/// The window of a planned failover before it runs: the old primary's Argo CD applied the flip
+/// first and it stepped down (Demoting, its token for the peer), while the peer's Argo CD has not
+/// applied it yet. Normal and short; a peer that already holds the flip and is not failing over
+/// is not starting anything (e.g. it abandoned), so that stays NoPrimary.
+fn failover_starting<'c>(reachable: &[&'c ClusterStatus]) -> Option<(&'c ClusterStatus, &'c ClusterStatus)> {
+    let [a, b] = reachable else { return None };
+    [(*a, *b), (*b, *a)].into_iter().find(|(old, new)| {
+        old.phase == Some(Phase::Demoting)
+            && old.demoted_for.as_deref() == Some(new.name.as_str())
+            && old.spec_primary.as_deref() == Some(new.name.as_str())
+            && new.spec_primary.as_deref() != Some(new.name.as_str())
+    })
 }
 
 fn running_step(c: &ClusterStatus) -> Option<&str> {
@@ -633,7 +686,7 @@ fn failover_section(f: &FailoverView, recorded_by: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{DRTopologyStatus, StepStatus, SyncStatus};
+    use crate::topology::{DRTopologyStatus, DemotionStatus, StepStatus, SyncStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     const SPEC: &str = r#"{
@@ -660,7 +713,7 @@ mod tests {
     fn up(name: &str, st: DRTopologyStatus) -> ClusterView {
         let mut t: DRTopology = serde_json::from_str(SPEC).expect("topology");
         t.status = Some(st);
-        ClusterView { name: name.into(), observed: Ok(Observed { topology: Some(t), argocd: Ok(None) }) }
+        ClusterView { name: name.into(), observed: Ok(Observed { topology: Some(t), crd_installed: true, argocd: Ok(None) }) }
     }
 
     fn down(name: &str) -> ClusterView {
@@ -720,6 +773,74 @@ mod tests {
         let r = report(&[up("global-a", demoting), up("global-b", standby_in_sync())], &dns_at("10.0.0.10"), now());
         assert_eq!(codes(&r), ["NoPrimary"]);
         assert_eq!(r.exit_code, EXIT_SAFETY);
+    }
+
+    #[test]
+    fn a_primary_that_stepped_down_before_the_peer_applied_the_flip_is_a_failover_starting() {
+        let demoted = |new_primary: &str, spec_primary: &str| {
+            let mut v = up("global-a", DRTopologyStatus {
+                demotion: Some(DemotionStatus { new_primary: new_primary.into(), ..Default::default() }),
+                ..status(Role::Standby, Phase::Demoting)
+            });
+            if let Ok(o) = v.observed.as_mut() {
+                o.topology.as_mut().expect("topology").spec.primary = spec_primary.into();
+            }
+            v
+        };
+        let peer_with = |spec_primary: &str| {
+            let mut v = up("global-b", standby_in_sync());
+            if let Ok(o) = v.observed.as_mut() {
+                o.topology.as_mut().expect("topology").spec.primary = spec_primary.into();
+            }
+            v
+        };
+        // (old primary's token, its spec.primary, the peer's spec.primary, finding)
+        let cases = [
+            // Argo CD applied the flip on global-a first: the failover has not started yet.
+            ("global-b", "global-b", "global-a", "FailoverStarting", EXIT_OK),
+            // Both hold the flip and global-b is not failing over: nothing will start by itself.
+            ("global-b", "global-b", "global-b", "NoPrimary", EXIT_SAFETY),
+            // A token for another cluster than the peer proves nothing.
+            ("global-c", "global-b", "global-a", "NoPrimary", EXIT_SAFETY),
+        ];
+        for (token, a_spec, b_spec, code, exit) in cases {
+            let r = report(&[demoted(token, a_spec), peer_with(b_spec)], &dns_at("10.0.0.10"), now());
+            assert_eq!(codes(&r).iter().find(|c| **c != "SpecDiffers").copied(), Some(code), "{token} {a_spec} {b_spec}: {:?}", r.findings);
+            assert_eq!(r.exit_code, exit, "{token} {a_spec} {b_spec}");
+        }
+        let r = report(&[demoted("global-b", "global-b"), peer_with("global-a")], &dns_at("10.0.0.10"), now());
+        assert!(r.findings[0].message.contains("global-a stepped down for it, and global-b starts its failover once its Argo CD applies spec.primary: global-b (it holds global-a)"), "{:?}", r.findings);
+    }
+
+    #[test]
+    fn a_global_without_the_crd_answered_and_says_which_crd_to_install() {
+        let bare = ClusterView { name: "global-b".into(), observed: Ok(Observed { topology: None, crd_installed: false, argocd: Ok(None) }) };
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), bare], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), ["NoTopology"]);
+        assert!(r.findings[0].message.contains("global-b has no DRTopology: its CRD is not installed (kubectl apply -f crds/drtopology.yaml"), "{:?}", r.findings);
+        assert!(r.clusters[1].reachable);
+        assert_eq!(r.clusters[1].crd_installed, Some(false));
+        assert_eq!(r.exit_code, EXIT_OK);
+    }
+
+    #[test]
+    fn a_status_that_records_the_other_globals_failover_is_the_wrong_global() {
+        let fo = |to: &str| FailoverStatus { from: "x".into(), to: to.into(), ..Default::default() };
+        let mut mine = status(Role::Primary, Phase::Steady);
+        mine.failover = Some(fo("global-a"));
+        let mut swapped = standby_in_sync();
+        swapped.failover = Some(fo("global-a"));
+        let mut for_itself = standby_in_sync();
+        for_itself.demotion = Some(DemotionStatus { new_primary: "global-b".into(), ..Default::default() });
+        let cases = [(mine.clone(), standby_in_sync(), Vec::<&str>::new()), (mine.clone(), swapped, vec!["WrongGlobal"]), (mine, for_itself, vec!["WrongGlobal"])];
+        for (a, b, want) in cases {
+            let r = report(&[up("global-a", a), up("global-b", b)], &dns_at("10.0.0.10"), now());
+            assert_eq!(codes(&r), want);
+        }
+        let mut swapped = standby_in_sync();
+        swapped.failover = Some(fo("global-a"));
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", swapped)], &dns_at("10.0.0.10"), now());
+        assert_eq!(r.findings[0].message, "the status read as global-b is not global-b's (it records a failover to global-a): check that kubeconfig, or the controller's --cluster-name");
     }
 
     #[test]

@@ -277,4 +277,145 @@ async fn token_errors_name_the_variable_and_the_fix_never_the_value() {
     let (status, branch) = g.api(reqwest::Method::GET, &format!("/repos/{USER}/{REPO}/branches/dr%2Fb"), None).await;
     assert_eq!(status, 200, "the branch was pushed: {branch}");
     assert!(g.pulls().await.is_empty(), "no pull request was opened");
+
+    // A --base the remote does not have: the error names --base; the branch is pushed.
+    git(&work, &["checkout", "-q", "main"]);
+    let out = drctl(&work, Some(&g.token), &["global-b", "--branch", "dr/c", "--base", "no-such-base", "--push", "origin", "--forge", "gitea", "--open-pr"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains("no-such-base") && stderr.contains("--base"), "{stderr}");
+    assert!(stderr.contains("dr/c is pushed, so the pull request can also be opened by hand"), "{stderr}");
+    assert!(!stderr.contains(&g.token), "{stderr}");
+}
+
+/// A loopback HTTP server that answers every request with `response` and keeps each request's
+/// head (request line and headers), for a forge that misbehaves in ways Gitea does not.
+struct Canned {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Canned {
+    fn start(response: String) -> Canned {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        // Detached: it dies with the test process; each connection gets one answer.
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let (mut head, mut length) = (String::new(), 0usize);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                seen.lock().expect("lock").push(head);
+                let _ = conn.write_all(response.as_bytes());
+            }
+        });
+        Canned { url, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+fn http_response(status: &str, headers: &str, body: &str) -> String {
+    format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+}
+
+/// A repository whose origin's URL is the canned forge's and whose pushes go to a local bare
+/// repository (remote.origin.pushurl), so `--push origin` succeeds without a forge's git server.
+fn repo_for(dir: &Path, forge_url: &str) -> PathBuf {
+    let (work, bare) = (dir.join("work"), dir.join("pushed.git"));
+    std::fs::create_dir_all(work.join("topology")).expect("mkdir");
+    git(dir, &["init", "-q", "--bare", "pushed.git"]);
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["config", "user.name", "Alice"]);
+    git(&work, &["config", "user.email", "alice@example.com"]);
+    git(&work, &["remote", "add", "origin", &format!("{forge_url}/{USER}/{REPO}.git")]);
+    git(&work, &["config", "remote.origin.pushurl", bare.to_str().expect("utf-8 path")]);
+    std::fs::write(work.join(FILE), TOPOLOGY).expect("write topology");
+    git(&work, &["add", FILE]);
+    git(&work, &["commit", "-q", "-m", "Add the DR topology"]);
+    work
+}
+
+const TOKEN: &str = "glpat-0123456789abcdefSECRET";
+
+#[test]
+fn a_redirecting_forge_is_not_followed_so_the_token_stays_with_the_remotes_host() {
+    let elsewhere = Canned::start(http_response("201 Created", "", r#"{"web_url": "http://x/1", "iid": 1}"#));
+    let forge = Canned::start(http_response("307 Temporary Redirect", &format!("Location: {}/api/v4/steal\r\n", elsewhere.url), ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = repo_for(dir.path(), &forge.url);
+    let out = drctl(&work, Some(TOKEN), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitlab", "--open-pr"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains(&format!("answered 307 to POST {}/api/v4/projects/{USER}%2F{REPO}/merge_requests, a redirect to {}/api/v4/steal, which drctl does not follow", forge.url, elsewhere.url)), "{stderr}");
+    assert!(stderr.contains("dr/b is pushed, so the pull request can also be opened by hand"), "{stderr}");
+    assert_eq!(forge.requests().len(), 1);
+    assert!(forge.requests()[0].to_ascii_lowercase().contains(&format!("private-token: {}", TOKEN.to_ascii_lowercase())), "the forge got the token");
+    assert_eq!(elsewhere.requests(), Vec::<String>::new(), "the redirect's target got nothing");
+    assert!(!stderr.contains(TOKEN) && !stdout.contains(TOKEN));
+}
+
+#[test]
+fn a_forge_that_echoes_the_token_or_answers_html_never_shows_it() {
+    let cases = [
+        // Created, with the token in the link it returns (printed on stdout).
+        (http_response("201 Created", "", &format!(r#"{{"html_url": "http://forge/drctl/dr/pulls/3?token={TOKEN}", "number": 3}}"#)), true, "Opened pull request #3 from dr/b into main: http://forge/drctl/dr/pulls/3?token=***"),
+        // An error naming the token.
+        (http_response("500 Internal Server Error", "", &format!(r#"{{"message": "token {TOKEN} broke us"}}"#)), false, "answered 500 to POST"),
+        // A proxy's HTML page, the token in it.
+        (http_response("502 Bad Gateway", "Content-Type: text/html\r\n", &format!("<html><body>bad gateway for {TOKEN}</body></html>")), false, "an HTML page, not the API's JSON"),
+        // Created, but not JSON.
+        (http_response("201 Created", "", "garbage"), false, "with JSON that has no URL"),
+    ];
+    for (response, ok, want) in cases {
+        let forge = Canned::start(response);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = repo_for(dir.path(), &forge.url);
+        // Every log line too: trace is where an HTTP client would print headers.
+        let out = support::drctl()
+            .args(["promote", "global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr", "--repo"])
+            .arg(&work)
+            .env("DRCTL_FORGE_TOKEN", TOKEN)
+            .env("DRCTL_LOG", "trace")
+            .output()
+            .expect("run drctl");
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.success(), ok, "{want}: {stdout}{stderr}");
+        assert!(stdout.contains(want) || stderr.contains(want), "{want}: {stdout}{stderr}");
+        assert!(!stdout.contains(TOKEN) && !stderr.contains(TOKEN), "the token shows: {stdout}{stderr}");
+        assert!(stderr.contains("TRACE"), "trace logs were on: {stderr}");
+    }
+}
+
+#[test]
+fn a_forge_that_never_answers_is_given_up_on_and_may_have_opened_it() {
+    // Accepted by the kernel's backlog and never read: the request waits for drctl's timeout.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let forge_url = format!("http://{}", stalled.local_addr().expect("addr"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let work = repo_for(dir.path(), &forge_url);
+    let out = drctl(&work, Some(TOKEN), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr"]);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stderr.contains(&format!("Gitea did not answer POST {forge_url}/api/v1/repos/{USER}/{REPO}/pulls within 15s")), "{stderr}");
+    assert!(stderr.contains("it may still have opened the pull request"), "{stderr}");
+    assert!(stderr.contains("dr/b is pushed, so the pull request can also be opened by hand"), "{stderr}");
+    drop(stalled);
 }

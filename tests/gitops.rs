@@ -282,6 +282,49 @@ fn failed_push_keeps_the_branch_and_says_how_to_push() {
     assert!(stderr.contains("push it with `git push forge dr/b`"), "{stderr}");
 }
 
+#[test]
+fn a_push_to_a_missing_remote_is_refused_before_anything_is_committed() {
+    let repo = Repo::new();
+    repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    // A name that is no remote, and a URL (with credentials) given where a name belongs.
+    for remote in ["nosuch", "https://bot:s3cret@gitea.example/o/r.git"] {
+        let out = repo.drctl(&["promote", "global-b", "--branch", "dr/b", "--push", remote]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{remote}");
+        assert!(stderr.contains("(it has: origin); --push takes a remote's name"), "{stderr}");
+        assert!(stderr.contains("nothing was committed"), "{stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert_eq!(repo.branches(), "main", "{remote}: no branch left behind");
+        assert_eq!(repo.git(&["rev-parse", "--abbrev-ref", "HEAD"]), "main");
+    }
+}
+
+#[test]
+fn push_goes_to_the_remotes_pushurl_and_its_credentials_never_show() {
+    let repo = Repo::new();
+    repo.commit_file(FILE, TOPOLOGY, "Add the DR topology");
+    // A forge URL with credentials to fetch from (and to link the pull request to), a local
+    // bare repository to push to: libgit2 alone connected to the url with the local transport.
+    repo.git(&["remote", "add", "forge", "https://bot:s3cret@127.0.0.1:1/platform/dr.git"]);
+    repo.git(&["config", "remote.forge.pushurl", repo.remote().to_str().expect("utf-8 path")]);
+    let out = repo.drctl(&["promote", "global-b", "--branch", "dr/b", "--push", "forge"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("Pushed dr/b to forge."), "{stdout}");
+    let pushed = run(Command::new("git").arg("--git-dir").arg(repo.remote()).args(["rev-parse", "dr/b"]));
+    assert_eq!(String::from_utf8_lossy(&pushed.stdout).trim(), repo.git(&["rev-parse", "dr/b"]));
+    assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"), "{stdout}{stderr}");
+
+    // The pushurl gone, the push goes to the url (nothing listens): the error has no password.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["config", "--unset", "remote.forge.pushurl"]);
+    let out = repo.drctl(&["promote", "global-b", "--branch", "dr/c", "--push", "forge"]);
+    let stderr = text(&out).1;
+    assert!(!out.status.success());
+    assert!(stderr.contains("but pushing it to forge failed"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
 /// `--push` over SSH to a real sshd, with the key and known_hosts in `~/.ssh` as git's users keep
 /// them; then the same push to a server whose host key is not the one known: refused, nothing sent.
 #[test]

@@ -99,6 +99,17 @@ async fn status_shows_both_globals_and_says_which_one_is_unreachable() {
     assert!(table.contains("Last failover global-a -> global-b (recorded by global-b)"), "{table}");
     assert!(table.contains(&format!("{VIP_B}  = global-b's VIP")), "{table}");
 
+    // One global's kubeconfig given for both: refused, not read as two primaries (exit 1).
+    let out = support::drctl()
+        .arg("status")
+        .arg(format!("--cluster=global-a={}", kb.display()))
+        .arg(format!("--cluster=global-b={}", kb.display()))
+        .output()
+        .expect("run drctl status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--cluster global-a and --cluster global-b reach the same global (both kubeconfigs name the apiserver"), "{stderr}");
+
     // A's apiserver dies: its column says so, B's is still whole, and status still exits 0 (the
     // primary it can see is the only one).
     pair.a.api.kill();
@@ -118,7 +129,16 @@ async fn status_shows_both_globals_and_says_which_one_is_unreachable() {
     let apiserver = table.lines().find(|l| l.starts_with("apiserver")).expect("apiserver row");
     assert!(apiserver.contains("UNREACHABLE") && apiserver.trim_end().ends_with("ok"), "{table}");
     assert!(table.contains("global-a is UNREACHABLE: "), "{table}");
-    drop((ca, cb));
+
+    // B without the DRTopology CRD still answers: reachable, and the finding names the CRD.
+    drop(cb);
+    pair.b.api.kubectl_ok(&["delete", "crd", "drtopologies.drctl.io", "--wait=true"]);
+    let (code, v) = json(&ka, &kb, &["--timeout=3s"]);
+    assert_eq!(code, 0, "{v:#}");
+    let b = &v["clusters"][1];
+    assert_eq!((b["reachable"].as_bool(), b["crdInstalled"].as_bool(), b["topologyFound"].as_bool()), (Some(true), Some(false), Some(false)), "{b:#}");
+    assert!(v["findings"].as_array().expect("findings").iter().any(|f| f["code"] == "NoTopology" && f["message"].as_str().is_some_and(|m| m.contains("its CRD is not installed"))), "{v:#}");
+    drop(ca);
 }
 
 /// A kubeconfig for a server at `addr` that accepts connections and never answers.

@@ -397,9 +397,17 @@ fn fqdn(name: &str) -> String {
 /// An HTTP client for provider APIs. reqwest is built without a default TLS crypto provider, so
 /// install ring's (kube uses the same) before building one.
 pub(crate) fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    http_client_builder().build()
+}
+
+/// How long one HTTP request of drctl's (DNS providers' APIs, the forge's) may take, whole.
+pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// [`http_client`]'s settings, for a caller that needs one more (the forge's: no redirects).
+pub(crate) fn http_client_builder() -> reqwest::ClientBuilder {
     // Err means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(Duration::from_secs(15)).build()
+    reqwest::Client::builder().timeout(HTTP_TIMEOUT)
 }
 
 #[cfg(test)]

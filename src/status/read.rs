@@ -27,6 +27,8 @@ pub enum StatusError {
     ClusterCount { got: usize, names: String },
     #[error("--cluster {cluster}={path}: {message}; pass a readable kubeconfig for that global")]
     Kubeconfig { cluster: String, path: String, message: String },
+    #[error("--cluster {a} and --cluster {b} reach the same global ({why}); one of the kubeconfigs is for the wrong cluster: give each global's own")]
+    SameGlobal { a: String, b: String, why: String },
     #[error(transparent)]
     Lab(#[from] crate::lab::LabError),
 }
@@ -131,12 +133,39 @@ pub async fn read(targets: &[Target], opts: &Options) -> Result<StatusReport, St
     for t in targets {
         configs.push((t.name.clone(), config(t).await?));
     }
+    let urls: Vec<String> = configs.iter().map(|(_, c)| c.cluster_url.to_string()).collect();
     let views = futures::future::join_all(configs.into_iter().map(|(name, cfg)| observe_within(name, cfg, opts))).await;
+    // The same global read twice would show its primary in both columns: a false split brain.
+    let seen: Vec<(&str, &str, Option<&str>)> = views
+        .iter()
+        .zip(&urls)
+        .map(|(v, url)| {
+            let uid = v.observed.as_ref().ok().and_then(|o| o.topology.as_ref()?.metadata.uid.as_deref());
+            (v.name.as_str(), url.as_str(), uid)
+        })
+        .collect();
+    if let Some(e) = same_global(&seen) {
+        return Err(e);
+    }
     let dns = match views.iter().find_map(|v| v.observed.as_ref().ok()?.topology.as_ref()) {
         None => Ok(Vec::new()),
         Some(t) => ask_dns(t, &opts.resolvers).await,
     };
     Ok(super::report(&views, &dns, Timestamp::now()))
+}
+
+/// Two globals (name, apiserver URL, DRTopology uid) that are one: the same apiserver URL, or
+/// the same DRTopology object (a uid is unique per cluster, so two URLs of one apiserver show).
+fn same_global(seen: &[(&str, &str, Option<&str>)]) -> Option<StatusError> {
+    let [(a, url_a, uid_a), (b, url_b, uid_b)] = seen else { return None };
+    let why = if url_a == url_b {
+        format!("both kubeconfigs name the apiserver {url_a}")
+    } else if let Some(uid) = uid_a.filter(|u| Some(*u) == *uid_b) {
+        format!("both hold the same DRTopology, uid {uid}, at {url_a} and {url_b}")
+    } else {
+        return None;
+    };
+    Some(StatusError::SameGlobal { a: a.to_string(), b: b.to_string(), why })
 }
 
 async fn ask_dns(t: &DRTopology, resolvers: &[SocketAddr]) -> Result<Vec<ResolverAnswer>, String> {
@@ -166,8 +195,13 @@ async fn observe(cfg: kube::Config, opts: &Options) -> Result<Observed, String> 
     let topologies: Api<DRTopology> = Api::all(client.clone());
     let params = kube::api::ListParams::default();
     let (list, argocd) = tokio::join!(topologies.list(&params), application(client, opts));
-    let list = list.map_err(|e| format!("list DRTopology: {}", causes(&e)))?;
-    Ok(Observed { topology: topology::oldest(list.items), argocd })
+    let (topology, crd_installed) = match list {
+        Ok(list) => (topology::oldest(list.items), true),
+        // The apiserver answered: it lacks the CRD, which is not the same as not answering.
+        Err(kube::Error::Api(s)) if s.code == 404 => (None, false),
+        Err(e) => return Err(format!("list DRTopology: {}", causes(&e))),
+    };
+    Ok(Observed { topology, crd_installed, argocd })
 }
 
 /// The Argo CD Application, None when it (or Argo CD's CRD) does not exist.
@@ -212,6 +246,32 @@ mod tests {
         for bad in ["/k/a", "=/k/a", "global-a="] {
             let e = parse_target(bad).expect_err(bad).to_string();
             assert!(e.contains("expected NAME=KUBECONFIG"), "{e}");
+        }
+    }
+
+    #[test]
+    fn two_kubeconfigs_that_reach_one_global_are_refused() {
+        let cases = [
+            ([("global-a", "https://a:6443/", Some("u1")), ("global-b", "https://b:6443/", Some("u2"))], None),
+            ([("global-a", "https://a:6443/", None), ("global-b", "https://b:6443/", None)], None),
+            ([("global-a", "https://a:6443/", None), ("global-b", "https://a:6443/", None)], Some("both kubeconfigs name the apiserver https://a:6443/")),
+            (
+                [("global-a", "https://a:6443/", Some("u1")), ("global-b", "https://10.0.0.1:6443/", Some("u1"))],
+                Some("both hold the same DRTopology, uid u1, at https://a:6443/ and https://10.0.0.1:6443/"),
+            ),
+            // One unreachable (no uid): nothing proves they are one.
+            ([("global-a", "https://a:6443/", Some("u1")), ("global-b", "https://b:6443/", None)], None),
+        ];
+        for (seen, want) in cases {
+            let got = same_global(&seen).map(|e| e.to_string());
+            match want {
+                None => assert_eq!(got, None, "{seen:?}"),
+                Some(why) => {
+                    let e = got.expect("refused");
+                    assert!(e.starts_with("--cluster global-a and --cluster global-b reach the same global ("), "{e}");
+                    assert!(e.contains(why), "{e}");
+                }
+            }
         }
     }
 
