@@ -3,7 +3,8 @@
 --
 -- Runs in Argo CD's sandbox: Lua 5.1 with the base, table and package libraries and os.time /
 -- os.date only. There is no string or math library, so numbers are only compared and
--- concatenated. Conditions read: Valid, SyncHealthy (standby), DNSCorrect.
+-- concatenated. Conditions read: Valid, Degraded (a hold after an abandoned failover),
+-- SyncHealthy (standby), DNSCorrect.
 --
 -- Thresholds: a standby is Degraded when status.sync.lagSeconds exceeds the annotation
 -- drctl.io/health-max-lag-seconds (default 60), when status.sync.missedKeys exceeds
@@ -74,6 +75,14 @@ if failover ~= nil and failover.steps ~= nil then
       return result("Degraded", m)
     end
   end
+end
+
+-- Both clusters hold after an abandoned failover until the spec changes or the
+-- drctl.io/retry-failover annotation does: the primary serves, but the flip did not happen.
+local degraded = condition(status, "Degraded")
+if degraded ~= nil and degraded.status == "True" then
+  return result("Degraded", "Holding after an abandoned failover: " .. because(degraded, "see the controller's events") ..
+    " (retry: change drctl.io/retry-failover or the spec)")
 end
 
 if status.phase == "FailingOver" then
