@@ -769,6 +769,10 @@ pub struct FailoverStatus {
     /// The old primary's term as read at Preflight and Demote; absent when it did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_term: Option<i64>,
+    /// Since when the old primary has not answered Demote, in a row (absent once it answers): a
+    /// disaster is declared after `demotionTimeout` of this, also across controller restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_down_since: Option<String>,
     /// The term this failover gave this cluster, set when it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<i64>,

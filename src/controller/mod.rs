@@ -319,10 +319,14 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
         Action::RunStep(step) => {
             let mut rb = Runbook { ctx, topo, peer_name, status: w };
             match rb.run(step).await {
+                // A step waiting for a condition: the next look is another reconcile, which plans
+                // again first (a flip back is seen mid-step).
+                Ok(runbook::StepRun::Waiting(after)) => Ok(Next::Requeue(after)),
+                Ok(runbook::StepRun::Finished) => Ok(Next::Continue),
                 // FinalSync's last attempt ran into its bound: plan now, so the policy applies
                 // on time rather than after the error requeue.
                 Err(_) if step == Step::FinalSync && final_sync_used(&w.status, topo) => Ok(Next::Continue),
-                r => r.map(|()| Next::Continue),
+                Err(e) => Err(e),
             }
         }
         Action::AbandonFailover { reason } => {
