@@ -397,6 +397,47 @@ async fn flip_back_while_dns_verification_waits_is_seen_within_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn flip_back_while_demote_waits_for_the_acknowledgement_is_seen_within_seconds() {
+    const DEMOTION_TIMEOUT: &str = "5m";
+    const ABORT_WITHIN: Duration = Duration::from_secs(15);
+    let pair = Pair::start().await;
+    let (mut ca, cb) = steady_pair(&pair).await;
+    let apply_both = |primary: &str| {
+        let y = pair.topology_yaml(primary);
+        assert!(y.contains("demotionTimeout: 10s"), "the topology's failover section changed: {y}");
+        let y = y.replace("demotionTimeout: 10s", &format!("demotionTimeout: {DEMOTION_TIMEOUT}"));
+        pair.apply(&pair.a, &y);
+        pair.apply(&pair.b, &y);
+    };
+    // A's controller is down but its apiserver answers: B's Demote waits for an acknowledgement
+    // that does not come.
+    ca.kill();
+    apply_both("global-b");
+    pair.wait(&pair.b, "B waiting in Demote", FAILOVER, &[&cb], |s| {
+        s.failover.as_ref().is_some_and(|f| {
+            f.steps.iter().any(|x| x.name == "Demote" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for global-a to acknowledge")))
+        })
+    })
+    .await;
+
+    let flipped = Instant::now();
+    apply_both("global-a");
+    let b = pair.wait(&pair.b, "B aborted its failover mid-Demote", ABORT_WITHIN, &[&cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some())).await;
+    eprintln!("flip back mid-Demote: abort recorded {:.1}s after the flip (demotion timeout {DEMOTION_TIMEOUT})", flipped.elapsed().as_secs_f64());
+    let f = b.status.expect("status").failover.expect("failover");
+    let demote = f.steps.iter().find(|s| s.name == "Demote").expect("Demote");
+    assert_eq!(demote.state, StepState::Skipped, "{demote:?}");
+
+    // A never stepped down: back up, it stays primary with its term, and B mirrors from it.
+    ca.restart();
+    let a = pair.wait(&pair.a, "A primary", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    let a = a.status.expect("status");
+    assert_eq!((a.term, a.demotion.is_none()), (1, true), "A kept the role: {a:?}");
+    pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dry_run_reports_the_plan_and_changes_nothing() {
     let mut pair = Pair::start().await;
     let (ca, cb) = steady_pair(&pair).await;
