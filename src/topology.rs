@@ -773,6 +773,10 @@ pub struct FailoverStatus {
     /// disaster is declared after `demotionTimeout` of this, also across controller restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_down_since: Option<String>,
+    /// The hooks of this failover that finished, so a step waiting for a later hook's Job (or
+    /// retried) does not call them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks_done: Vec<HookDone>,
     /// The term this failover gave this cluster, set when it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<i64>,
@@ -803,6 +807,15 @@ pub struct StepStatus {
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A hook that finished in a failover: its phase (`pre`, `post`), name and what it said.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HookDone {
+    pub phase: String,
+    pub name: String,
+    pub message: String,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

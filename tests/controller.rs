@@ -438,6 +438,36 @@ async fn flip_back_while_demote_waits_for_the_acknowledgement_is_seen_within_sec
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn flip_back_while_a_job_hook_runs_is_seen_within_seconds() {
+    const ABORT_WITHIN: Duration = Duration::from_secs(15);
+    let mut pair = Pair::start().await;
+    // No controller-manager runs the Job: the pre-hook waits (up to its 10 min timeout).
+    let job = r#"{"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "forward", "image": "busybox"}]}}}"#;
+    pair.failover_extra = format!("    preHooks:\n    - name: vip-forwarding\n      job: {{namespace: drctl-system, template: {job}}}\n");
+    let (ca, cb) = steady_pair(&pair).await;
+    pair.apply_both("global-b");
+    pair.wait(&pair.b, "B waiting for its pre-hook's Job", FAILOVER, &[&ca, &cb], |s| {
+        s.failover.as_ref().is_some_and(|f| {
+            f.steps.iter().any(|x| x.name == "PreHooks" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for hook vip-forwarding: Job drctl-system/drctl-pre-")))
+        })
+    })
+    .await;
+
+    let flipped = Instant::now();
+    pair.apply_both("global-a");
+    let b = pair.wait(&pair.b, "B aborted its failover mid-PreHooks", ABORT_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some())).await;
+    eprintln!("flip back mid-PreHooks: abort recorded {:.1}s after the flip (Job timeout {:?})", flipped.elapsed().as_secs_f64(), drctl::hooks::JOB_TIMEOUT);
+    let f = b.status.expect("status").failover.expect("failover");
+    for name in ["PreHooks", "SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"] {
+        let s = f.steps.iter().find(|s| s.name == name).expect("step");
+        assert_eq!(s.state, StepState::Skipped, "{name}: {s:?}");
+    }
+    pair.wait(&pair.a, "A primary again", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+    pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dry_run_reports_the_plan_and_changes_nothing() {
     let mut pair = Pair::start().await;
     let (ca, cb) = steady_pair(&pair).await;

@@ -41,9 +41,13 @@ pub fn recheck_within(left: Duration) -> Duration {
 /// How long ago `since` (an RFC 3339 time as status records it) was; a time in the future (clock
 /// skew) is no time ago.
 pub fn elapsed_since(since: &str, now: Timestamp) -> Result<Duration, k8s_openapi::jiff::Error> {
-    let t: Timestamp = since.parse()?;
-    let d = now.duration_since(t);
-    Ok(if d.is_negative() { Duration::ZERO } else { d.unsigned_abs() })
+    Ok(elapsed(since.parse()?, now))
+}
+
+/// How long ago `since` was; a time in the future (clock skew) is no time ago.
+pub fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    let d = now.duration_since(since);
+    if d.is_negative() { Duration::ZERO } else { d.unsigned_abs() }
 }
 
 #[cfg(test)]

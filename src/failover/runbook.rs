@@ -29,7 +29,7 @@ use crate::dns;
 use crate::hooks;
 use crate::restart;
 use crate::secret::KubeSecrets;
-use crate::topology::{DRTopology, FailoverStatus, Phase, RestartScope, RestartWhen, RpoToken, StepState};
+use crate::topology::{DRTopology, FailoverStatus, HookDone, Phase, RestartScope, RestartWhen, RpoToken, StepState};
 use crate::validate::parse_duration;
 
 /// What one run of a step ended with.
@@ -389,6 +389,11 @@ impl Runbook<'_> {
         let id = self.failover_started()?.as_second().to_string();
         let mut done = Vec::new();
         for h in list {
+            let recorded = self.failover()?.hooks_done.iter().find(|d| d.phase == phase.to_string() && d.name == h.name).map(|d| d.message.clone());
+            if let Some(msg) = recorded {
+                done.push(msg);
+                continue;
+            }
             let input = hooks::HookInput {
                 hook: &h.name,
                 phase,
@@ -397,8 +402,13 @@ impl Runbook<'_> {
                 to: self.self_name(),
                 failover_id: &id,
             };
-            let msg = hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))?;
-            done.push(msg);
+            match hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))? {
+                hooks::HookRun::Done(msg) => {
+                    self.failover()?.hooks_done.push(HookDone { phase: phase.to_string(), name: h.name.clone(), message: msg.clone() });
+                    done.push(msg);
+                }
+                hooks::HookRun::Running { why, recheck_after } => return Ok(Outcome::waiting(why, recheck_after)),
+            }
         }
         Ok(Outcome::ok(done.join("; ")))
     }
