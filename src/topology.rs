@@ -773,6 +773,9 @@ pub struct FailoverStatus {
     /// disaster is declared after `demotionTimeout` of this, also across controller restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_down_since: Option<String>,
+    /// What the Restart step restarted, once it has: a later look only waits for readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<String>,
     /// The hooks of this failover that finished, so a step waiting for a later hook's Job (or
     /// retried) does not call them again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -155,14 +155,7 @@ impl Runbook<'_> {
             Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), hooks::Phase::Pre).await,
             Step::SwitchDns => self.switch_dns().await,
             Step::VerifyDns => self.verify_dns().await,
-            Step::Restart => {
-                let stamp = self.failover_started()?;
-                let done = restart::run_all(&self.ctx.client, &self.topo.spec, RestartWhen::Failover, stamp, self.ctx.args.restart_ready_timeout).await;
-                Ok(match done.map_err(|e| StepError::Restart(Box::new(e)))? {
-                    Some(summary) => Outcome::ok(summary),
-                    None => Outcome::skipped(format!("no restarts with when: {:?}", RestartWhen::Failover)),
-                })
-            }
+            Step::Restart => self.restart().await,
             Step::PostHooks => self.hooks(&self.topo.spec.failover.post_hooks.clone(), hooks::Phase::Post).await,
             Step::Done => {
                 let generation = self.generation();
@@ -185,6 +178,29 @@ impl Runbook<'_> {
         let f = self.status.status.failover.as_ref().ok_or(StepError::NoFailover)?;
         let at = step_record(f, step).and_then(|s| s.started_at.as_deref()).unwrap_or_default();
         elapsed_since(at, Timestamp::now()).map_err(|e| bad_time(&format!("status.failover.steps[{step}].startedAt"), at, e))
+    }
+
+    /// Restarts once (stamped with the failover's start, recorded in status), then looks at
+    /// readiness until `--restart-ready-timeout` has passed since the step's first start; what
+    /// is not ready by then is named in the message (the step does not fail on it).
+    async fn restart(&mut self) -> Result<Outcome, StepError> {
+        let (client, spec, when) = (&self.ctx.client, &self.topo.spec, RestartWhen::Failover);
+        let err = |e| StepError::Restart(Box::new(e));
+        let summary = match self.failover()?.restarted.clone() {
+            Some(summary) => summary,
+            None => match restart::start_all(client, spec, when, self.failover_started()?).await.map_err(err)? {
+                Some(summary) => self.failover()?.restarted.insert(summary).clone(),
+                None => return Ok(Outcome::skipped(format!("no restarts with when: {when:?}"))),
+            },
+        };
+        let not_ready = restart::not_ready_all(client, spec, when).await.map_err(err)?;
+        let timeout = self.ctx.args.restart_ready_timeout;
+        let waited = self.step_waited(Step::Restart)?;
+        Ok(match wait_verdict(not_ready.is_empty(), waited, timeout) {
+            WaitVerdict::Passed => Outcome::ok(summary),
+            WaitVerdict::Again(after) => Outcome::waiting(format!("waiting for {} to be ready ({}s of {timeout:?}); {summary}", not_ready.join(", "), waited.as_secs()), after),
+            WaitVerdict::TimedOut => Outcome::ok(format!("{summary}; not ready after {timeout:?}: {}", not_ready.join(", "))),
+        })
     }
 
     async fn observe_peer(&self) -> (PeerView, Option<String>) {
