@@ -3,7 +3,9 @@
 //!
 //! Both are idempotent per failover: a Job is named after the hook and the failover id, so a
 //! resumed step finds the Job it already created instead of starting another; a webhook gets
-//! the failover id in its body and header so the receiver can deduplicate.
+//! the failover id in its body and header so the receiver can deduplicate. A Job is looked at
+//! once per call ([`HookRun::Running`] while it runs): the step waits by requeueing, and the
+//! Job's timeout counts from its creation, so a restarted controller keeps it.
 
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
 use serde::Serialize;
 
+use crate::decide::wait::{elapsed, wait_verdict, WaitVerdict};
 use crate::dns::json_post;
 use crate::secret::{SecretError, SecretSource};
 use crate::topology::Hook;
@@ -75,8 +78,17 @@ fn short_hash(s: &str) -> String {
     hex::encode(&sha2::Sha256::digest(s.as_bytes())[..4])
 }
 
-/// Runs one hook to completion; returns a line for the step message.
-pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input: &HookInput<'_>) -> Result<String, HookError> {
+/// What one call of a hook gave.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HookRun {
+    /// A line for the step message.
+    Done(String),
+    /// Its Job runs: what it waits for, and how soon to look again.
+    Running { why: String, recheck_after: Duration },
+}
+
+/// Calls a webhook, or creates a hook's Job (once) and looks at it.
+pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input: &HookInput<'_>) -> Result<HookRun, HookError> {
     if let Some(w) = &hook.webhook {
         let body = serde_json::to_vec(input).map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
         let key = match &w.hmac_secret_ref {
@@ -94,7 +106,7 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
             let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
             return Err(HookError::Status { hook: hook.name.clone(), url: crate::urls::redact(&w.url), status: status.as_u16(), body });
         }
-        return Ok(format!("{}: webhook answered {}", hook.name, status.as_u16()));
+        return Ok(HookRun::Done(format!("{}: webhook answered {}", hook.name, status.as_u16())));
     }
     let Some(j) = &hook.job else { return Err(HookError::Empty(hook.name.clone())) };
     let spec = serde_json::from_value(j.template.clone())
@@ -121,25 +133,24 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
             Err(e) => return Err(kube_err(e)),
         }
     }
-    let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
-    loop {
-        let job = api.get(&name).await.map_err(kube_err)?;
-        let st = job.status.unwrap_or_default();
-        if st.succeeded.unwrap_or(0) > 0 {
-            return Ok(format!("{}: Job {}/{name} succeeded", hook.name, j.namespace));
-        }
-        let failed = st.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Failed" && c.status == "True");
-        if let Some(c) = failed {
-            return Err(HookError::JobFailed {
-                hook: hook.name.clone(),
-                namespace: j.namespace.clone(),
-                name,
-                reason: c.message.unwrap_or_default(),
-            });
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(HookError::JobTimeout { hook: hook.name.clone(), namespace: j.namespace.clone(), name, after: JOB_TIMEOUT });
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = api.get(&name).await.map_err(kube_err)?;
+    let age = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| elapsed(t.0, k8s_openapi::jiff::Timestamp::now()))
+        .unwrap_or_default();
+    let st = job.status.unwrap_or_default();
+    let failed = st.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Failed" && c.status == "True");
+    if let Some(c) = failed {
+        return Err(HookError::JobFailed { hook: hook.name.clone(), namespace: j.namespace.clone(), name, reason: c.message.unwrap_or_default() });
+    }
+    match wait_verdict(st.succeeded.unwrap_or(0) > 0, age, JOB_TIMEOUT) {
+        WaitVerdict::Passed => Ok(HookRun::Done(format!("{}: Job {}/{name} succeeded", hook.name, j.namespace))),
+        WaitVerdict::Again(recheck_after) => Ok(HookRun::Running {
+            why: format!("waiting for hook {}: Job {}/{name} ({}s of {JOB_TIMEOUT:?})", hook.name, j.namespace, age.as_secs()),
+            recheck_after,
+        }),
+        WaitVerdict::TimedOut => Err(HookError::JobTimeout { hook: hook.name.clone(), namespace: j.namespace.clone(), name, after: JOB_TIMEOUT }),
     }
 }

@@ -61,32 +61,88 @@ impl RestartsError {
     }
 }
 
-/// Runs every restart of `spec` declared for `when`, in this cluster (`local`) and in the
-/// workload clusters (through their kubeconfig Secrets), each waiting up to `ready_timeout`.
-/// The summary of what was done; None when no restart is declared for `when`.
+/// Runs every restart of `spec` declared for `when` (see [`start_all`]) and waits up to
+/// `ready_timeout` for all of them to be ready. The summary of what was done; None when no
+/// restart is declared for `when`.
 pub async fn run_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen, stamp: Timestamp, ready_timeout: Duration) -> Result<Option<String>, RestartsError> {
-    let wanted: Vec<_> = spec.restarts.iter().filter(|r| r.when.contains(&when)).collect();
-    if wanted.is_empty() {
+    let Some(summary) = start_all(local, spec, when, stamp).await? else { return Ok(None) };
+    let deadline = tokio::time::Instant::now() + ready_timeout;
+    loop {
+        let not_ready = not_ready_all(local, spec, when).await?;
+        if not_ready.is_empty() {
+            return Ok(Some(summary));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Some(format!("{summary}; not ready: {}", not_ready.join(", "))));
+        }
+        tokio::time::sleep(Duration::from_secs(1).min(ready_timeout)).await;
+    }
+}
+
+/// Restarts (idempotently, by `stamp`) every restart of `spec` declared for `when`, in this
+/// cluster (`local`) and in the workload clusters (through their kubeconfig Secrets), without
+/// waiting for readiness ([`not_ready_all`] looks). The summary; None when none is declared.
+pub async fn start_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen, stamp: Timestamp) -> Result<Option<String>, RestartsError> {
+    let targets = targets(local, spec, when).await?;
+    if targets.is_empty() {
         return Ok(None);
     }
     let mut lines = Vec::new();
-    for r in wanted {
+    for t in targets {
+        let rep = act(&t.client, t.restart, stamp).await.map_err(|e| t.error(e))?;
+        lines.push(t.said(rep.summary()));
+    }
+    Ok(Some(lines.join("; ")))
+}
+
+/// The workloads of the restarts declared for `when` that are not ready (again) yet, as
+/// `Kind/name` (`in <workload cluster>` there).
+pub async fn not_ready_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen) -> Result<Vec<String>, RestartsError> {
+    let mut out = Vec::new();
+    for t in targets(local, spec, when).await? {
+        let names = not_ready(&t.client, t.restart).await.map_err(|e| t.error(e))?;
+        out.extend(names.into_iter().map(|n| t.said(n)));
+    }
+    Ok(out)
+}
+
+/// One declared restart in one cluster: this one (`cluster` None) or a workload cluster.
+struct Target<'s> {
+    client: Client,
+    cluster: Option<String>,
+    restart: &'s RestartSpec,
+}
+
+impl Target<'_> {
+    fn error(&self, source: RestartError) -> RestartsError {
+        match &self.cluster {
+            None => RestartsError::Here(source),
+            Some(c) => RestartsError::There { cluster: c.clone(), source },
+        }
+    }
+
+    fn said(&self, line: String) -> String {
+        match &self.cluster {
+            None => line,
+            Some(c) => format!("{line} in {c}"),
+        }
+    }
+}
+
+async fn targets<'s>(local: &Client, spec: &'s DRTopologySpec, when: RestartWhen) -> Result<Vec<Target<'s>>, RestartsError> {
+    let mut out = Vec::new();
+    for r in spec.restarts.iter().filter(|r| r.when.contains(&when)) {
         match r.scope {
-            RestartScope::SelfCluster => {
-                let rep = run(local, r, stamp, ready_timeout).await.map_err(RestartsError::Here)?;
-                lines.push(rep.summary());
-            }
+            RestartScope::SelfCluster => out.push(Target { client: local.clone(), cluster: None, restart: r }),
             RestartScope::WorkloadClusters => {
                 for wc in &spec.workload_clusters {
-                    let cluster = || wc.name.clone();
-                    let client = kubeconfig_client(local, &wc.kubeconfig_secret_ref).await.map_err(|source| RestartsError::Reach { cluster: cluster(), source })?;
-                    let rep = run(&client, r, stamp, ready_timeout).await.map_err(|source| RestartsError::There { cluster: cluster(), source })?;
-                    lines.push(format!("{} in {}", rep.summary(), wc.name));
+                    let client = kubeconfig_client(local, &wc.kubeconfig_secret_ref).await.map_err(|source| RestartsError::Reach { cluster: wc.name.clone(), source })?;
+                    out.push(Target { client, cluster: Some(wc.name.clone()), restart: r });
                 }
             }
         }
     }
-    Ok(Some(lines.join("; ")))
+    Ok(out)
 }
 
 /// What one restart did, for the step message.
@@ -118,6 +174,14 @@ impl RestartReport {
 /// restarted workloads to be ready again.
 #[instrument(skip(client, r), fields(restart = %r.name, namespace = %r.namespace))]
 pub async fn run(client: &Client, r: &RestartSpec, stamp: Timestamp, ready_timeout: Duration) -> Result<RestartReport, RestartError> {
+    let mut report = act(client, r, stamp).await?;
+    report.not_ready = wait_ready(client, r, ready_timeout).await?;
+    info!(summary = %report.summary(), "restart finished");
+    Ok(report)
+}
+
+/// Rolls out or deletes what one restart selects, once per `stamp`.
+async fn act(client: &Client, r: &RestartSpec, stamp: Timestamp) -> Result<RestartReport, RestartError> {
     let mut report = RestartReport { name: r.name.clone(), ..Default::default() };
     match r.method {
         RestartMethod::RolloutRestart => {
@@ -128,8 +192,6 @@ pub async fn run(client: &Client, r: &RestartSpec, stamp: Timestamp, ready_timeo
         }
         RestartMethod::DeletePods => delete_pods(client, r, stamp, &mut report).await?,
     }
-    report.not_ready = wait_ready(client, r, ready_timeout).await?;
-    info!(summary = %report.summary(), "restart finished");
     Ok(report)
 }
 

@@ -769,6 +769,17 @@ pub struct FailoverStatus {
     /// The old primary's term as read at Preflight and Demote; absent when it did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_term: Option<i64>,
+    /// Since when the old primary has not answered Demote, in a row (absent once it answers): a
+    /// disaster is declared after `demotionTimeout` of this, also across controller restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_down_since: Option<String>,
+    /// What the Restart step restarted, once it has: a later look only waits for readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<String>,
+    /// The hooks of this failover that finished, so a step waiting for a later hook's Job (or
+    /// retried) does not call them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks_done: Vec<HookDone>,
     /// The term this failover gave this cluster, set when it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term: Option<i64>,
@@ -799,6 +810,15 @@ pub struct StepStatus {
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A hook that finished in a failover: its phase (`pre`, `post`), name and what it said.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HookDone {
+    pub phase: String,
+    pub name: String,
+    pub message: String,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]

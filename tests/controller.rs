@@ -1,6 +1,6 @@
 //! The controller on two real globals with real PowerDNS: steady state, a planned failover, a
-//! disaster failover, kill -9 at every step, a flip back mid-failover, an invalid spec, and two
-//! replicas behind one Lease.
+//! disaster failover, kill -9 at every step, a flip back mid-failover (and mid-step), an invalid
+//! spec, and two replicas behind one Lease.
 
 mod support;
 
@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::WatchStreamExt;
-use support::dns::dig;
-use support::pair::{Controller, Pair, DOMAIN, VIP_A, VIP_B};
+use support::dns::{dig, PowerDnsServer};
+use support::pair::{Controller, Pair, DOMAIN, VIP_A, VIP_B, ZONE};
 use support::Global;
 
 const STEADY: Duration = Duration::from_secs(90);
@@ -343,6 +343,128 @@ async fn flip_back_mid_failover_reclaims_the_old_primary() {
     assert!(restarted_at(&pair.b).await.is_none(), "no failover restarts ran on B");
     put_configmap(&pair.a, "apps", "after-revert", "a").await;
     wait_configmap(&pair.b, "apps", "after-revert", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_back_while_dns_verification_waits_is_seen_within_seconds() {
+    // Far above the wait for the abort below: the abort comes from planning between two looks
+    // of the step, not from the step timing out.
+    const VERIFY_TIMEOUT: &str = "5m";
+    const ABORT_WITHIN: Duration = Duration::from_secs(15);
+    let pair = Pair::start().await;
+    // A second verify resolver that keeps answering the old VIP: B's VerifyDNS cannot pass.
+    let stale = PowerDnsServer::start(ZONE);
+    stale.set(&format!("{DOMAIN}."), "A", 30, &[VIP_A]);
+    let (ca, cb) = steady_pair(&pair).await;
+    let with_stale_resolver = |primary: &str| {
+        let from = format!("resolvers: [\"{}\"]\n      timeout: 20s", pair.pdns.dns);
+        let y = pair.topology_yaml(primary);
+        assert!(y.contains(&from), "the topology's verify section changed: {y}");
+        y.replace(&from, &format!("resolvers: [\"{}\", \"{}\"]\n      timeout: {VERIFY_TIMEOUT}", pair.pdns.dns, stale.dns))
+    };
+    let apply_both = |primary: &str| {
+        let y = with_stale_resolver(primary);
+        pair.apply(&pair.a, &y);
+        pair.apply(&pair.b, &y);
+    };
+    apply_both("global-b");
+    let b = pair.wait(&pair.b, "B waiting in VerifyDNS", FAILOVER, &[&ca, &cb], |s| {
+        s.failover.as_ref().is_some_and(|f| f.steps.iter().any(|x| x.name == "VerifyDNS" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for"))))
+    })
+    .await;
+    let f = b.status.expect("status").failover.expect("failover");
+    let verify = f.steps.iter().find(|s| s.name == "VerifyDNS").expect("VerifyDNS");
+    let said = verify.message.clone().unwrap_or_default();
+    assert!(said.contains(&stale.dns.to_string()) && said.contains(VIP_A), "the waiting step says what each resolver answers: {said}");
+
+    // The pull request is reverted while B's VerifyDNS waits.
+    let flipped = Instant::now();
+    apply_both("global-a");
+    let b = pair.wait(&pair.b, "B aborted its failover mid-VerifyDNS", ABORT_WITHIN, &[&ca, &cb], |s| {
+        s.failover.as_ref().is_some_and(|f| f.aborted.is_some())
+    })
+    .await;
+    eprintln!("flip back mid-VerifyDNS: abort recorded {:.1}s after the flip (verify timeout {VERIFY_TIMEOUT})", flipped.elapsed().as_secs_f64());
+    let f = b.status.expect("status").failover.expect("failover");
+    for name in ["VerifyDNS", "Restart", "PostHooks", "Done"] {
+        let s = f.steps.iter().find(|s| s.name == name).expect("step");
+        assert_eq!(s.state, StepState::Skipped, "{name}: {s:?}");
+    }
+    // B had switched DNS to itself: A becomes primary again and puts DNS back.
+    pair.wait(&pair.a, "A primary again", FAILOVER, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS points at the old primary again");
+    pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_back_while_demote_waits_for_the_acknowledgement_is_seen_within_seconds() {
+    const DEMOTION_TIMEOUT: &str = "5m";
+    const ABORT_WITHIN: Duration = Duration::from_secs(15);
+    let pair = Pair::start().await;
+    let (mut ca, cb) = steady_pair(&pair).await;
+    let apply_both = |primary: &str| {
+        let y = pair.topology_yaml(primary);
+        assert!(y.contains("demotionTimeout: 10s"), "the topology's failover section changed: {y}");
+        let y = y.replace("demotionTimeout: 10s", &format!("demotionTimeout: {DEMOTION_TIMEOUT}"));
+        pair.apply(&pair.a, &y);
+        pair.apply(&pair.b, &y);
+    };
+    // A's controller is down but its apiserver answers: B's Demote waits for an acknowledgement
+    // that does not come.
+    ca.kill();
+    apply_both("global-b");
+    pair.wait(&pair.b, "B waiting in Demote", FAILOVER, &[&cb], |s| {
+        s.failover.as_ref().is_some_and(|f| {
+            f.steps.iter().any(|x| x.name == "Demote" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for global-a to acknowledge")))
+        })
+    })
+    .await;
+
+    let flipped = Instant::now();
+    apply_both("global-a");
+    let b = pair.wait(&pair.b, "B aborted its failover mid-Demote", ABORT_WITHIN, &[&cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some())).await;
+    eprintln!("flip back mid-Demote: abort recorded {:.1}s after the flip (demotion timeout {DEMOTION_TIMEOUT})", flipped.elapsed().as_secs_f64());
+    let f = b.status.expect("status").failover.expect("failover");
+    let demote = f.steps.iter().find(|s| s.name == "Demote").expect("Demote");
+    assert_eq!(demote.state, StepState::Skipped, "{demote:?}");
+
+    // A never stepped down: back up, it stays primary with its term, and B mirrors from it.
+    ca.restart();
+    let a = pair.wait(&pair.a, "A primary", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    let a = a.status.expect("status");
+    assert_eq!((a.term, a.demotion.is_none()), (1, true), "A kept the role: {a:?}");
+    pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_back_while_a_job_hook_runs_is_seen_within_seconds() {
+    const ABORT_WITHIN: Duration = Duration::from_secs(15);
+    let mut pair = Pair::start().await;
+    // No controller-manager runs the Job: the pre-hook waits (up to its 10 min timeout).
+    let job = r#"{"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "forward", "image": "busybox"}]}}}"#;
+    pair.failover_extra = format!("    preHooks:\n    - name: vip-forwarding\n      job: {{namespace: drctl-system, template: {job}}}\n");
+    let (ca, cb) = steady_pair(&pair).await;
+    pair.apply_both("global-b");
+    pair.wait(&pair.b, "B waiting for its pre-hook's Job", FAILOVER, &[&ca, &cb], |s| {
+        s.failover.as_ref().is_some_and(|f| {
+            f.steps.iter().any(|x| x.name == "PreHooks" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for hook vip-forwarding: Job drctl-system/drctl-pre-")))
+        })
+    })
+    .await;
+
+    let flipped = Instant::now();
+    pair.apply_both("global-a");
+    let b = pair.wait(&pair.b, "B aborted its failover mid-PreHooks", ABORT_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some())).await;
+    eprintln!("flip back mid-PreHooks: abort recorded {:.1}s after the flip (Job timeout {:?})", flipped.elapsed().as_secs_f64(), drctl::hooks::JOB_TIMEOUT);
+    let f = b.status.expect("status").failover.expect("failover");
+    for name in ["PreHooks", "SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"] {
+        let s = f.steps.iter().find(|s| s.name == name).expect("step");
+        assert_eq!(s.state, StepState::Skipped, "{name}: {s:?}");
+    }
+    pair.wait(&pair.a, "A primary again", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+    pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -26,7 +26,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{predicates, reflector, watcher, Predicate, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::Mutex;
 use tracing::{info, info_span, warn, Instrument};
@@ -85,7 +85,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let api: Api<DRTopology> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    // Only a change of the spec (generation) or of the annotations (retry, manual DNS) starts a
+    // reconcile: our own status writes would otherwise wake it at once, cutting short every
+    // requeue interval and error backoff. Every reconcile ends in a requeue, so nothing waits
+    // on a status change.
+    let changes = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
+    let controller = Controller::for_stream(changes, reader)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
@@ -319,10 +329,14 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
         Action::RunStep(step) => {
             let mut rb = Runbook { ctx, topo, peer_name, status: w };
             match rb.run(step).await {
+                // A step waiting for a condition: the next look is another reconcile, which plans
+                // again first (a flip back is seen mid-step).
+                Ok(runbook::StepRun::Waiting(after)) => Ok(Next::Requeue(after)),
+                Ok(runbook::StepRun::Finished) => Ok(Next::Continue),
                 // FinalSync's last attempt ran into its bound: plan now, so the policy applies
                 // on time rather than after the error requeue.
                 Err(_) if step == Step::FinalSync && final_sync_used(&w.status, topo) => Ok(Next::Continue),
-                r => r.map(|()| Next::Continue),
+                Err(e) => Err(e),
             }
         }
         Action::AbandonFailover { reason } => {

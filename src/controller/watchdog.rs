@@ -3,9 +3,10 @@
 //! Reconciles are serialised, so one stuck reconcile (a blocking read, a call without a
 //! timeout) stops the controller while `/healthz` still answers. Each step of a reconcile
 //! beats the watchdog with the time that step may legitimately take; a reconcile still busy past
-//! that is stalled. Long steps (Demote waits up to `demotionTimeout`, hooks up to their Job
-//! timeout, restarts up to `--restart-ready-timeout`) get their own budget, so a slow failover
-//! is not reported as a stall.
+//! that is stalled. Long steps get their own budget, so a slow failover is not reported as a
+//! stall. (Runbook steps now requeue between looks, so their budgets are looser than one look
+//! needs; the `when: demotion` / `syncEnabled` restarts of AcknowledgeDemotion and Mirror still
+//! wait up to `--restart-ready-timeout` inside the reconcile.)
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,8 +1,9 @@
 //! The controller's decisions, with no Kubernetes or etcd I/O: what to do next (`plan`), what
 //! each action does to status (`transition`), the Demote verdict (`demote`), a standby's health
 //! (`standby`), whether this cluster is fenced (`fence`), condition types and reasons
-//! (`conditions`) and how soon a failed reconcile is retried (`retry`). The executors
-//! (`controller`, `failover::runbook`) gather the facts, call these and do the I/O.
+//! (`conditions`), how soon a failed reconcile is retried (`retry`) and what a waiting step does
+//! next (`wait`). The executors (`controller`, `failover::runbook`) gather the facts, call these
+//! and do the I/O.
 
 pub mod conditions;
 pub mod demote;
@@ -12,3 +13,4 @@ pub mod plan;
 pub mod retry;
 pub mod standby;
 pub mod transition;
+pub mod wait;

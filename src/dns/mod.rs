@@ -225,7 +225,7 @@ pub struct ResolverAnswer {
 }
 
 impl ResolverAnswer {
-    fn is(&self, target: IpAddr) -> bool {
+    pub fn is(&self, target: IpAddr) -> bool {
         matches!(&self.result, Ok(a) if a == &[target])
     }
 }
@@ -322,6 +322,16 @@ where
 {
     let resolvers = verify_resolvers(spec)?;
     verify_at(&resolvers, &platform.domain, target, timeout, on_wrong).await
+}
+
+/// One look of a verification: what each of `resolvers` answers for `name` now.
+pub async fn ask_verify(resolvers: &[SocketAddr], name: &str, target: IpAddr) -> Result<Vec<ResolverAnswer>, DnsError> {
+    if resolvers.is_empty() {
+        return Err(DnsError::Config("verify: no resolver to ask".into()));
+    }
+    let answers = ask_all(resolvers, name, QUERY_TIMEOUT).await;
+    tracing::debug!(%name, %target, right = answers.iter().filter(|a| a.is(target)).count(), of = answers.len(), "dns asked");
+    Ok(answers)
 }
 
 /// [`verify`] with explicit resolvers.

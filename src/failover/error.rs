@@ -61,6 +61,10 @@ pub enum StepError {
     VerifyDns(Box<DnsError>),
     #[error(transparent)]
     Restart(Box<RestartsError>),
+    /// A time in status that the failover counts from does not parse: its deadlines and its
+    /// restart stamp would otherwise start again from "now".
+    #[error("{field} is {value:?}, not an RFC 3339 time ({reason}). Fix the status field by hand, or retry the failover")]
+    BadTime { field: String, value: String, reason: String },
 }
 
 impl StepError {
@@ -68,7 +72,7 @@ impl StepError {
         use ErrorKind::*;
         match self {
             StepError::NoFailover | StepError::NotAcknowledged { .. } | StepError::MissedKeys { .. } | StepError::DnsNotSwitched(_) => Transient,
-            StepError::EncryptionConfigMismatch { .. } => Configuration,
+            StepError::EncryptionConfigMismatch { .. } | StepError::BadTime { .. } => Configuration,
             StepError::PeerAccess { source, .. } => source.kind(),
             StepError::StartMirror(e) | StepError::CatchUp(e) | StepError::Check(e) | StepError::StopSync(e) => e.kind(),
             StepError::LiftFence(e) => e.kind(),

@@ -1,46 +1,63 @@
 //! The executor of the failover runbook: one function per step, each idempotent. `run` records
 //! the step as Running before it acts and Succeeded/Skipped/Failed after, so a controller killed
-//! inside a step runs that step again on restart and nothing twice that matters.
+//! inside a step runs that step again on restart and nothing twice that matters. A step that
+//! waits for a condition (an acknowledgement, a catch-up, DNS) looks once and returns
+//! [`Outcome::Waiting`]: it stays Running and the reconcile requeues (`decide::wait`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::error::StepError;
 use crate::controller::context::Context;
 use crate::controller::status::StatusWriter;
 use crate::controller::error::Error;
 use crate::controller::peer::{self, peer_state};
+use crate::controller::replication::SyncError;
 use crate::controller::sync::{ensure_mirror, stop_replication};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
 use crate::decide::plan::{final_sync_left, step_record, FinalSyncBound, PeerView, Step};
 use crate::decide::standby::record_check;
 use crate::decide::transition::{failover_done, record_step};
+use crate::decide::wait::{elapsed_since, recheck_within, wait_verdict, WaitVerdict, RECHECK};
 use crate::dns;
 use crate::hooks;
 use crate::restart;
 use crate::secret::KubeSecrets;
-use crate::topology::{DRTopology, FailoverStatus, Phase, RestartScope, RestartWhen, RpoToken, StepState};
+use crate::topology::{DRTopology, FailoverStatus, HookDone, Phase, RestartScope, RestartWhen, RpoToken, StepState};
 use crate::validate::parse_duration;
 
-/// What a step ended with.
-pub struct Outcome {
-    pub state: StepState,
-    pub message: String,
+/// What one run of a step ended with.
+pub enum Outcome {
+    Finished { state: StepState, message: String },
+    /// Its condition does not hold yet: the step stays Running with `why` as its message and is
+    /// run again after `recheck_after`.
+    Waiting { why: String, recheck_after: Duration },
 }
 
 impl Outcome {
     fn ok(message: impl Into<String>) -> Self {
-        Self { state: StepState::Succeeded, message: message.into() }
+        Self::Finished { state: StepState::Succeeded, message: message.into() }
     }
     fn skipped(message: impl Into<String>) -> Self {
-        Self { state: StepState::Skipped, message: message.into() }
+        Self::Finished { state: StepState::Skipped, message: message.into() }
     }
+    fn waiting(why: impl Into<String>, recheck_after: Duration) -> Self {
+        Self::Waiting { why: why.into(), recheck_after }
+    }
+}
+
+/// What [`Runbook::run`] left a step as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepRun {
+    Finished,
+    /// Still Running: reconcile again after this long.
+    Waiting(Duration),
 }
 
 pub struct Runbook<'a> {
@@ -63,32 +80,42 @@ impl Runbook<'_> {
         self.status.status.failover.as_mut().ok_or(StepError::NoFailover)
     }
 
-    /// Runs one step with its before/after records, Events and metrics.
-    pub async fn run(&mut self, step: Step) -> Result<(), Error> {
+    /// Runs one step (or one more look of a waiting step) with its before/after records, Events
+    /// and metrics.
+    pub async fn run(&mut self, step: Step) -> Result<StepRun, Error> {
         let span = info_span!("step", step = step.name());
         async {
             let failed = |source| Error::Step { step, source };
-            record_step(self.failover().map_err(failed)?, step, StepState::Running, Some(step.describe().to_string()), Timestamp::now());
+            let f = self.failover().map_err(failed)?;
+            // A waiting step keeps its message (what it waits for) between looks.
+            let resumed = step_record(f, step).is_some_and(|s| s.state == StepState::Running);
+            if !resumed {
+                record_step(f, step, StepState::Running, Some(step.describe().to_string()), Timestamp::now());
+                info!("step started");
+            }
             self.status.status.phase = Some(Phase::FailingOver);
             self.status.write().await?;
-            // A step may take minutes (hooks, DNS): its start must reach /metrics before it ends.
+            // A step may wait minutes (hooks, DNS): its start must reach /metrics before it ends.
             self.ctx.metrics.observe_status(&self.status.status);
-            let started = Instant::now();
-            info!("step started");
-            let result = self.execute(step).await;
-            let secs = started.elapsed().as_secs_f64();
-            self.ctx.metrics.step_finished(step.name(), secs);
-            match result {
-                Ok(outcome) => {
-                    info!(message = %outcome.message, seconds = secs, "step finished");
-                    record_step(self.failover().map_err(failed)?, step, outcome.state, Some(outcome.message.clone()), Timestamp::now());
+            match self.execute(step).await {
+                Ok(Outcome::Waiting { why, recheck_after }) => {
+                    debug!(%why, "step waiting");
+                    record_step(self.failover().map_err(failed)?, step, StepState::Running, Some(why), Timestamp::now());
+                    self.status.write().await?;
+                    Ok(StepRun::Waiting(recheck_after))
+                }
+                Ok(Outcome::Finished { state, message }) => {
+                    let secs = self.finished(step);
+                    info!(%message, seconds = secs, "step finished");
+                    record_step(self.failover().map_err(failed)?, step, state, Some(message.clone()), Timestamp::now());
                     self.status.write().await?;
                     self.ctx
-                        .event(self.topo, EventType::Normal, &format!("Step{}", step.name()), step.name(), format!("{step}: {} ({secs:.1}s)", outcome.message))
+                        .event(self.topo, EventType::Normal, &format!("Step{}", step.name()), step.name(), format!("{step}: {message} ({secs:.1}s)"))
                         .await;
-                    Ok(())
+                    Ok(StepRun::Finished)
                 }
                 Err(e) => {
+                    self.finished(step);
                     let message = e.to_string();
                     warn!(%message, kind = e.kind().label(), "step failed");
                     record_step(self.failover().map_err(failed)?, step, StepState::Failed, Some(message.clone()), Timestamp::now());
@@ -103,6 +130,14 @@ impl Runbook<'_> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Counts a step that finished or failed in the metrics; its seconds since the first start
+    /// (looks and retries included).
+    fn finished(&self, step: Step) -> f64 {
+        let secs = self.step_waited(step).map(|d| d.as_secs_f64()).unwrap_or_default();
+        self.ctx.metrics.step_finished(step.name(), secs);
+        secs
     }
 
     async fn execute(&mut self, step: Step) -> Result<Outcome, StepError> {
@@ -120,14 +155,7 @@ impl Runbook<'_> {
             Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), hooks::Phase::Pre).await,
             Step::SwitchDns => self.switch_dns().await,
             Step::VerifyDns => self.verify_dns().await,
-            Step::Restart => {
-                let stamp = self.failover_started();
-                let done = restart::run_all(&self.ctx.client, &self.topo.spec, RestartWhen::Failover, stamp, self.ctx.args.restart_ready_timeout).await;
-                Ok(match done.map_err(|e| StepError::Restart(Box::new(e)))? {
-                    Some(summary) => Outcome::ok(summary),
-                    None => Outcome::skipped(format!("no restarts with when: {:?}", RestartWhen::Failover)),
-                })
-            }
+            Step::Restart => self.restart().await,
             Step::PostHooks => self.hooks(&self.topo.spec.failover.post_hooks.clone(), hooks::Phase::Post).await,
             Step::Done => {
                 let generation = self.generation();
@@ -137,14 +165,42 @@ impl Runbook<'_> {
         }
     }
 
-    fn failover_started(&self) -> Timestamp {
-        self.status
-            .status
-            .failover
-            .as_ref()
-            .and_then(|f| f.started_at.as_ref())
-            .and_then(|s| s.parse::<Timestamp>().ok())
-            .unwrap_or_else(Timestamp::now)
+    /// When the failover started: the stamp of its restarts and the id of its hooks, so it must
+    /// be the recorded one (a fresh "now" would restart everything again).
+    fn failover_started(&self) -> Result<Timestamp, StepError> {
+        let at = self.status.status.failover.as_ref().ok_or(StepError::NoFailover)?.started_at.as_deref().unwrap_or_default();
+        at.parse().map_err(|e| bad_time("status.failover.startedAt", at, e))
+    }
+
+    /// How long `step` has run since its first start as recorded in status (deadlines count from
+    /// it, so a restarted controller keeps them).
+    fn step_waited(&self, step: Step) -> Result<Duration, StepError> {
+        let f = self.status.status.failover.as_ref().ok_or(StepError::NoFailover)?;
+        let at = step_record(f, step).and_then(|s| s.started_at.as_deref()).unwrap_or_default();
+        elapsed_since(at, Timestamp::now()).map_err(|e| bad_time(&format!("status.failover.steps[{step}].startedAt"), at, e))
+    }
+
+    /// Restarts once (stamped with the failover's start, recorded in status), then looks at
+    /// readiness until `--restart-ready-timeout` has passed since the step's first start; what
+    /// is not ready by then is named in the message (the step does not fail on it).
+    async fn restart(&mut self) -> Result<Outcome, StepError> {
+        let (client, spec, when) = (&self.ctx.client, &self.topo.spec, RestartWhen::Failover);
+        let err = |e| StepError::Restart(Box::new(e));
+        let summary = match self.failover()?.restarted.clone() {
+            Some(summary) => summary,
+            None => match restart::start_all(client, spec, when, self.failover_started()?).await.map_err(err)? {
+                Some(summary) => self.failover()?.restarted.insert(summary).clone(),
+                None => return Ok(Outcome::skipped(format!("no restarts with when: {when:?}"))),
+            },
+        };
+        let not_ready = restart::not_ready_all(client, spec, when).await.map_err(err)?;
+        let timeout = self.ctx.args.restart_ready_timeout;
+        let waited = self.step_waited(Step::Restart)?;
+        Ok(match wait_verdict(not_ready.is_empty(), waited, timeout) {
+            WaitVerdict::Passed => Outcome::ok(summary),
+            WaitVerdict::Again(after) => Outcome::waiting(format!("waiting for {} to be ready ({}s of {timeout:?}); {summary}", not_ready.join(", "), waited.as_secs()), after),
+            WaitVerdict::TimedOut => Outcome::ok(format!("{summary}; not ready after {timeout:?}: {}", not_ready.join(", "))),
+        })
     }
 
     async fn observe_peer(&self) -> (PeerView, Option<String>) {
@@ -195,97 +251,85 @@ impl Runbook<'_> {
         Ok(())
     }
 
-    fn step_started(&self, step: Step) -> Instant {
-        // Timeouts count from when the step first started, so a restarted controller does not
-        // wait a fresh full timeout.
-        let started = self
-            .status
-            .status
-            .failover
-            .as_ref()
-            .and_then(|f| step_record(f, step))
-            .and_then(|s| s.started_at.as_ref())
-            .and_then(|s| s.parse::<Timestamp>().ok());
-        let ago = started
-            .map(|t| Timestamp::now().duration_since(t).unsigned_abs())
-            .unwrap_or_default();
-        Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
-    }
-
-    /// Waits for the old primary's demotion token. Proceeds without it only when the old primary
-    /// has been unreachable for a whole `demotionTimeout` in a row (a blip is not a disaster), and
-    /// never when the failure is our own configuration or credentials.
+    /// Looks for the old primary's demotion token. Proceeds without it only when the old
+    /// primary has been unreachable for a whole `demotionTimeout` in a row (a blip is not a
+    /// disaster; "since when" is kept in status), and never when the failure is our own
+    /// configuration or credentials.
     async fn demote(&mut self) -> Result<Outcome, StepError> {
         let timeout = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
-        let started = self.step_started(Step::Demote);
-        let mut down_since: Option<Instant> = None;
-        loop {
-            let read = peer::read(&self.ctx.client, self.topo, self.peer_name).await;
-            let answered = match &read {
-                Ok(t) => {
-                    down_since = None;
-                    Some(t.as_ref().map(|t| peer_state(t, self.peer_name)).unwrap_or_default())
-                }
-                Err(e) if e.may_be_down() => {
-                    down_since.get_or_insert_with(Instant::now);
-                    None
-                }
-                Err(_) => None,
-            };
-            if let Some(p) = &answered {
-                self.record_peer_term(p.term)?;
+        let waited = self.step_waited(Step::Demote)?;
+        let now = Timestamp::now();
+        let read = peer::read(&self.ctx.client, self.topo, self.peer_name).await;
+        let answered = match &read {
+            Ok(t) => {
+                self.failover()?.peer_down_since = None;
+                Some(t.as_ref().map(|t| peer_state(t, self.peer_name)).unwrap_or_default())
             }
-            let answer = match (&read, &answered) {
-                (Err(e), _) => e.answer(),
-                (Ok(_), Some(p)) => PeerAnswer::Answered(p),
-                (Ok(_), None) => PeerAnswer::Down,
-            };
-            let facts = DemoteFacts { self_name: self.self_name(), answer, down_for: down_since.map(|t| t.elapsed()), waited: started.elapsed(), timeout };
-            match (demote_verdict(&facts), read) {
-                (DemoteVerdict::Wait, _) => tokio::time::sleep(Duration::from_secs(1)).await,
-                (DemoteVerdict::ConfigurationError, Err(source)) => return Err(StepError::PeerAccess { peer: self.peer_name.to_string(), source: Box::new(source) }),
-                (DemoteVerdict::Disaster, Err(e)) => {
-                    return Ok(Outcome::ok(format!(
-                        "old primary {} unreachable for {} ({e}): proceeding without its acknowledgement (disaster failover)",
-                        self.peer_name, self.topo.spec.failover.demotion_timeout
-                    )))
-                }
-                (DemoteVerdict::Acknowledged, _) => {
-                    let p = answered.unwrap_or_default();
-                    // The token is what FinalSync catches up to, even if the peer is gone by then.
-                    self.failover()?.rpo_token = Some(RpoToken {
-                        source_cluster_id: p.token_cluster_id.clone().unwrap_or_default(),
-                        final_revision: p.final_revision,
-                        ..Default::default()
-                    });
-                    return Ok(Outcome::ok(format!(
-                        "{} acknowledged demotion at revision {}",
-                        self.peer_name,
-                        p.final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into())
-                    )));
-                }
-                (DemoteVerdict::NotAcknowledged, _) => {
-                    let p = answered.unwrap_or_default();
-                    return Err(StepError::NotAcknowledged {
-                        peer: self.peer_name.to_string(),
-                        timeout: self.topo.spec.failover.demotion_timeout.clone(),
-                        spec_primary: p.spec_primary,
-                        role: p.role,
-                    });
-                }
-                // A verdict on an error comes only from an error, and on an answer from one.
-                (DemoteVerdict::ConfigurationError | DemoteVerdict::Disaster, Ok(_)) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err(e) if e.may_be_down() => {
+                self.failover()?.peer_down_since.get_or_insert_with(|| now.to_string());
+                None
             }
+            Err(_) => None,
+        };
+        if let Some(p) = &answered {
+            self.record_peer_term(p.term)?;
+        }
+        let down_for = match self.failover()?.peer_down_since.clone() {
+            Some(at) => Some(elapsed_since(&at, now).map_err(|e| bad_time("status.failover.peerDownSince", &at, e))?),
+            None => None,
+        };
+        let answer = match (&read, &answered) {
+            (Err(e), _) => e.answer(),
+            (Ok(_), Some(p)) => PeerAnswer::Answered(p),
+            (Ok(_), None) => PeerAnswer::Down,
+        };
+        let facts = DemoteFacts { self_name: self.self_name(), answer, down_for, waited, timeout };
+        let (topo, peer_name) = (self.topo, self.peer_name);
+        let timeout_s = &topo.spec.failover.demotion_timeout;
+        let wait = || {
+            let why = match down_for {
+                Some(d) => format!("waiting: {peer_name} unreachable for {}s in a row; a disaster after {timeout_s}", d.as_secs()),
+                None => format!("waiting for {peer_name} to acknowledge demotion ({}s of {timeout_s})", waited.as_secs()),
+            };
+            // Looks again before the deadline passes, so the verdict comes on time.
+            let left = timeout.saturating_sub(down_for.unwrap_or(waited));
+            Ok(Outcome::waiting(why, recheck_within(left)))
+        };
+        match (demote_verdict(&facts), read) {
+            (DemoteVerdict::Wait, _) => wait(),
+            (DemoteVerdict::ConfigurationError, Err(source)) => Err(StepError::PeerAccess { peer: self.peer_name.to_string(), source: Box::new(source) }),
+            (DemoteVerdict::Disaster, Err(e)) => Ok(Outcome::ok(format!(
+                "old primary {} unreachable for {timeout_s} ({e}): proceeding without its acknowledgement (disaster failover)",
+                self.peer_name
+            ))),
+            (DemoteVerdict::Acknowledged, _) => {
+                let p = answered.unwrap_or_default();
+                // The token is what FinalSync catches up to, even if the peer is gone by then.
+                self.failover()?.rpo_token = Some(RpoToken {
+                    source_cluster_id: p.token_cluster_id.clone().unwrap_or_default(),
+                    final_revision: p.final_revision,
+                    ..Default::default()
+                });
+                Ok(Outcome::ok(format!(
+                    "{} acknowledged demotion at revision {}",
+                    self.peer_name,
+                    p.final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into())
+                )))
+            }
+            (DemoteVerdict::NotAcknowledged, _) => {
+                let p = answered.unwrap_or_default();
+                Err(StepError::NotAcknowledged { peer: self.peer_name.to_string(), timeout: timeout_s.clone(), spec_primary: p.spec_primary, role: p.role })
+            }
+            // A verdict on an error comes only from an error, and on an answer from one.
+            (DemoteVerdict::ConfigurationError | DemoteVerdict::Disaster, Ok(_)) => wait(),
         }
     }
 
     async fn final_sync(&mut self) -> Result<Outcome, StepError> {
-        // One attempt waits no longer than the step's bound has left, so the bound's policy
-        // decides on time (the planner applies it once the bound is used).
-        let attempt = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
+        // One look waits a moment at most; once the step's bound is used the last look's error is
+        // recorded and the planner applies the bound's policy.
         let bound = final_sync_bound(self.topo).timeout;
-        let left = self.status.status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), bound));
-        let timeout = attempt.min(left.unwrap_or(bound)).max(Duration::from_secs(1));
+        let left = self.status.status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), bound)).unwrap_or(bound);
         if self.topo.spec.sync.driver == crate::topology::SyncDriver::Manifest {
             return Ok(Outcome::skipped("sync.driver is manifest: the platform's synchronizer cannot be asked for its revision"));
         }
@@ -310,9 +354,17 @@ impl Runbook<'_> {
             Some(r) => r,
             None => self.ctx.sync.progress().await.map(|(p, _)| p.source_revision).unwrap_or(0),
         };
-        let applied = match self.ctx.sync.wait_applied(final_revision, timeout).await {
+        let applied = match self.ctx.sync.wait_applied(final_revision, recheck_within(left)).await {
             Ok(applied) => applied,
+            Err(SyncError::CatchUpTimeout { applied, want, .. }) if left > RECHECK => {
+                return Ok(Outcome::waiting(format!("waiting for the mirror to catch up to {}'s final revision {want} (applied {applied})", self.peer_name), RECHECK));
+            }
             Err(e) => {
+                // The last look's error says how long the whole step waited.
+                let e = match e {
+                    SyncError::CatchUpTimeout { applied, want, .. } => SyncError::CatchUpTimeout { applied, want, after: bound },
+                    e => e,
+                };
                 // What the RPO token says if the bound's policy goes on without FinalSync.
                 let applied = self.ctx.sync.applied_revision().await.unwrap_or(ack.applied_revision);
                 if let Some(t) = self.failover()?.rpo_token.as_mut() {
@@ -350,9 +402,14 @@ impl Runbook<'_> {
             return Ok(Outcome::skipped(format!("no {phase}-hooks")));
         }
         let secrets = KubeSecrets::new(self.ctx.client.clone());
-        let id = self.failover_started().as_second().to_string();
+        let id = self.failover_started()?.as_second().to_string();
         let mut done = Vec::new();
         for h in list {
+            let recorded = self.failover()?.hooks_done.iter().find(|d| d.phase == phase.to_string() && d.name == h.name).map(|d| d.message.clone());
+            if let Some(msg) = recorded {
+                done.push(msg);
+                continue;
+            }
             let input = hooks::HookInput {
                 hook: &h.name,
                 phase,
@@ -361,8 +418,13 @@ impl Runbook<'_> {
                 to: self.self_name(),
                 failover_id: &id,
             };
-            let msg = hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))?;
-            done.push(msg);
+            match hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))? {
+                hooks::HookRun::Done(msg) => {
+                    self.failover()?.hooks_done.push(HookDone { phase: phase.to_string(), name: h.name.clone(), message: msg.clone() });
+                    done.push(msg);
+                }
+                hooks::HookRun::Running { why, recheck_after } => return Ok(Outcome::waiting(why, recheck_after)),
+            }
         }
         Ok(Outcome::ok(done.join("; ")))
     }
@@ -388,56 +450,60 @@ impl Runbook<'_> {
         Ok(Outcome::ok(outcome.to_string()))
     }
 
+    /// Asks the verify resolvers once; until all answer the target VIP the step waits (with
+    /// CoreDNS restarted, when asked to, once per failover), and fails with what each resolver
+    /// said once `dns.verify.timeout` has passed since the step's first start.
     async fn verify_dns(&mut self) -> Result<Outcome, StepError> {
         let target = self.target_vip()?;
         let spec = &self.topo.spec.dns;
+        let domain = &self.topo.spec.platform.domain;
         let timeout = dns::verify_timeout(spec).map_err(|e| StepError::VerifyTimeout(Box::new(e)))?;
-        let restart_coredns = spec.verify.restart_core_dns;
-        let client = self.ctx.client.clone();
-        let stamp = self.failover_started();
+        let waited = self.step_waited(Step::VerifyDns)?;
+        let resolvers = dns::verify_resolvers(spec).map_err(|e| StepError::VerifyDns(Box::new(e)))?;
+        let answers = dns::ask_verify(&resolvers, domain, target).await.map_err(|e| StepError::VerifyDns(Box::new(e)))?;
         let generation = self.generation();
-        let mut restarted = false;
-        let result = dns::verify(spec, &self.topo.spec.platform, target, timeout, |answers| {
-            let client = client.clone();
-            let first_time = !restarted;
-            restarted = true;
-            async move {
-                let said: Vec<String> = answers.iter().map(|a| a.to_string()).collect();
-                warn!(answers = %said.join("; "), "DNS still wrong");
-                if restart_coredns && first_time {
-                    let coredns = crate::topology::RestartSpec {
-                        name: "coredns".into(),
-                        scope: RestartScope::SelfCluster,
-                        namespace: "kube-system".into(),
-                        label_selector: "k8s-app=kube-dns".into(),
-                        method: crate::topology::RestartMethod::RolloutRestart,
-                        when: vec![RestartWhen::Failover],
-                    };
-                    if let Err(e) = restart::run(&client, &coredns, stamp, Duration::ZERO).await {
-                        warn!(error = %e, "restarting CoreDNS failed");
-                    }
-                }
-            }
-        })
-        .await;
-        match result {
-            Ok(v) => {
-                let msg = format!(
-                    "{} answers {target} from {} resolver(s) after {} attempt(s), {:.1}s",
-                    self.topo.spec.platform.domain,
-                    v.resolvers.len(),
-                    v.attempts,
-                    v.elapsed.as_secs_f64()
-                );
+        let said = answers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("; ");
+        match wait_verdict(answers.iter().all(|a| a.is(target)), waited, timeout) {
+            WaitVerdict::Passed => {
+                let msg = format!("{domain} answers {target} from {} resolver(s) after {:.1}s", resolvers.len(), waited.as_secs_f64());
                 set_condition(&mut self.status.status, ConditionType::DNSCorrect, true, Reason::Verified, &msg, generation);
                 Ok(Outcome::ok(msg))
             }
-            Err(e) => {
+            WaitVerdict::Again(after) => {
+                warn!(answers = %said, "DNS still wrong");
+                if spec.verify.restart_core_dns {
+                    self.restart_coredns().await?;
+                }
+                Ok(Outcome::waiting(format!("waiting for {domain} to resolve to exactly {target} ({}s of {timeout:?}); last answers: {said}", waited.as_secs()), after))
+            }
+            WaitVerdict::TimedOut => {
+                let e = dns::DnsError::VerifyTimeout(format!("{domain} did not resolve to exactly {target} within {timeout:?}; last answers: {said}"));
                 set_condition(&mut self.status.status, ConditionType::DNSCorrect, false, Reason::Wrong, &e.to_string(), generation);
                 Err(StepError::VerifyDns(Box::new(e)))
             }
         }
     }
+
+    /// Rolls CoreDNS out so its cached answers go; stamped with the failover's start, so a
+    /// later look finds it done and restarts nothing.
+    async fn restart_coredns(&self) -> Result<(), StepError> {
+        let coredns = crate::topology::RestartSpec {
+            name: "coredns".into(),
+            scope: RestartScope::SelfCluster,
+            namespace: "kube-system".into(),
+            label_selector: "k8s-app=kube-dns".into(),
+            method: crate::topology::RestartMethod::RolloutRestart,
+            when: vec![RestartWhen::Failover],
+        };
+        if let Err(e) = restart::run(&self.ctx.client, &coredns, self.failover_started()?, Duration::ZERO).await {
+            warn!(error = %e, "restarting CoreDNS failed");
+        }
+        Ok(())
+    }
+}
+
+fn bad_time(field: &str, value: &str, e: k8s_openapi::jiff::Error) -> StepError {
+    StepError::BadTime { field: field.to_string(), value: value.to_string(), reason: e.to_string() }
 }
 
 /// `spec.failover.finalSyncTimeout` (validated; the default if it somehow does not parse) and
