@@ -36,6 +36,20 @@ impl fmt::Display for Forge {
     }
 }
 
+/// A 404 from the forge: everything the fix needs (boxed: it is the largest error).
+#[derive(Debug, thiserror::Error)]
+#[error("{forge} at {api} found no repository {path} with branches {head} and {base} that the token in ${var} can see (404 Not Found: {detail}); check the remote's URL (it points at {repo_url}), --forge and --base, and that the token's account can read the repository")]
+pub struct RepoNotFound {
+    forge: Forge,
+    api: String,
+    path: String,
+    repo_url: String,
+    var: String,
+    head: String,
+    base: String,
+    detail: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForgeError {
     #[error("remote {remote} is {why}; a pull request needs a forge remote (https://HOST/OWNER/REPO.git, git@HOST:OWNER/REPO.git or ssh://git@HOST[:PORT]/OWNER/REPO.git)")]
@@ -52,8 +66,8 @@ pub enum ForgeError {
     Unauthorized { forge: Forge, api: String, var: String },
     #[error("{forge} at {api} refused to open a pull request in {path} with the token in ${var} (403 Forbidden: {detail}); give the token write access to pull requests (GitHub: pull_requests:write; GitLab: api; Gitea: write:repository)")]
     Forbidden { forge: Forge, api: String, path: String, var: String, detail: String },
-    #[error("{forge} at {api} found no repository {path} with branches {head} and {base} that the token in ${var} can see (404 Not Found: {detail}); check the remote's URL (it points at {repo_url}), --forge and --base, and that the token's account can read the repository")]
-    RepoNotFound { forge: Forge, api: String, path: String, repo_url: String, var: String, head: String, base: String, detail: String },
+    #[error("{0}")]
+    RepoNotFound(Box<RepoNotFound>),
     #[error("{forge} refused the pull request from {head} into {base} ({status}: {detail}) and no open one from {head} into {base} was found; check that {base} exists on the remote (--base names the target branch)")]
     Rejected { forge: Forge, head: String, base: String, status: u16, detail: String },
     #[error("{forge} answered {status} to {method} {url}, a redirect to {location}, which drctl does not follow (it would send the token on, or turn the POST into a GET); if the repository moved, set the remote to its new URL (`git remote set-url`), else check --forge")]
@@ -500,7 +514,7 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
             var: token_var.into(),
             detail: detail(&text, token),
         }),
-        CreateAnswer::NoRepo => Err(ForgeError::RepoNotFound {
+        CreateAnswer::NoRepo => Err(ForgeError::RepoNotFound(Box::new(RepoNotFound {
             forge,
             api,
             path: target.repo.path.clone(),
@@ -509,7 +523,7 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
             head: pr.head.clone(),
             base: pr.base.clone(),
             detail: detail(&text, token),
-        }),
+        }))),
         CreateAnswer::MaybeExists => {
             let find = target.find_call(pr);
             let find_shown = find.to_string();
@@ -757,7 +771,8 @@ mod tests {
         let local = target("/srv/r.git", None);
         let made = OpenedPr { url: "https://gitea.example/o/r/pulls/4".into(), number: Some(4), created: true };
         let open = OpenedPr { created: false, ..made.clone() };
-        let cases: [(Option<&str>, Option<&Result<Target, ForgeError>>, Option<&OpenedPr>, &str); 6] = [
+        type Case<'a> = (Option<&'a str>, Option<&'a Result<Target, ForgeError>>, Option<&'a OpenedPr>, &'a str);
+        let cases: [Case; 6] = [
             (Some("main"), Some(&gitea), Some(&made), "Opened pull request #4 from b into main: https://gitea.example/o/r/pulls/4\n"),
             (Some("main"), Some(&gitea), Some(&open), "Pull request #4 from b into main was already open and now has this commit: https://gitea.example/o/r/pulls/4\n"),
             (Some("main"), Some(&gitea), None, "Open the pull request into main: https://gitea.example/o/r/compare/main...b\n"),

@@ -216,7 +216,8 @@ mod tests {
     fn the_unfinished_step_is_the_running_or_failed_step_of_a_failover_in_progress() {
         use StepState::*;
         let t0: Timestamp = T0.parse().expect("timestamp");
-        let cases: &[(&str, &str, DRTopologyStatus, Option<(&str, Timestamp)>)] = &[
+        type Case<'a> = (&'a str, &'a str, DRTopologyStatus, Option<(&'a str, Timestamp)>);
+        let cases: &[Case] = &[
             ("no failover", "global-b", DRTopologyStatus::default(), None),
             ("running", "global-b", status(false, false, &[("Preflight", Succeeded), ("Demote", Running)]), Some(("Demote", t0))),
             ("failed, to be retried", "global-b", status(false, false, &[("Preflight", Succeeded), ("Demote", Failed)]), Some(("Demote", t0))),
