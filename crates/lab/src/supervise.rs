@@ -188,7 +188,7 @@ impl Shared {
 pub async fn run(dir: &Path, cluster: &str) -> Result<(), LabError> {
     let state = LabState::require(dir)?;
     let c = state.cluster(cluster)?.clone();
-    let drctl = std::env::current_exe().map_err(io_err("find the drctl binary"))?;
+    let drctl = super::drctl_binary()?;
     for d in c.platform.argocd_dirs() {
         std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
     }
