@@ -559,10 +559,8 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
 /// failure.
 fn exec_lab(args: &[std::ffi::OsString]) -> LabExecError {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().unwrap_or_default();
-    let beside = exe.parent().map(|d| d.join(LAB_BINARY));
-    let on_path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(LAB_BINARY)).collect::<Vec<_>>()).unwrap_or_default();
-    let Some(lab) = beside.into_iter().chain(on_path).find(|p| p.is_file()) else {
+    let Some(lab) = crate::lab_view::sibling_or_on_path(LAB_BINARY) else {
+        let exe = std::env::current_exe().unwrap_or_default();
         return LabExecError::NotFound { beside: exe.parent().map(|d| d.display().to_string()).unwrap_or_default() };
     };
     let source = std::process::Command::new(&lab).args(args).exec();

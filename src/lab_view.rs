@@ -1,6 +1,6 @@
-//! What `drctl status --lab` reads of a local lab: its DNS server and each global's kubeconfig,
-//! from the `lab.json` that `drctl lab up` (the drctl-lab binary) writes. Only those fields:
-//! the controller binary carries none of the lab.
+//! The local lab as drctl sees it, without carrying any of it: what `drctl status --lab` reads
+//! (the DNS server and each global's kubeconfig, from the `lab.json` that `drctl lab up`, the
+//! drctl-lab binary, writes) and how drctl and drctl-lab find each other's binary.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,15 @@ impl LabView {
 /// `drctl status --lab` look when given no `--dir`.
 pub fn default_dir() -> PathBuf {
     std::env::var_os("DRCTL_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("drctl-lab"))
+}
+
+/// The executable `name` next to this one (cargo builds a workspace's binaries into one
+/// directory), else the first on `PATH`: how `drctl lab` finds drctl-lab and the lab's
+/// supervisor finds drctl.
+pub fn sibling_or_on_path(name: &str) -> Option<PathBuf> {
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(name)));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    beside.into_iter().chain(std::env::split_paths(&path).map(|d| d.join(name))).find(|p| p.is_file())
 }
 
 #[cfg(test)]

@@ -270,17 +270,12 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client, LabError> {
     kube::Client::try_from(cfg).map_err(kube("build a client from"))
 }
 
-/// The `drctl` binary each global runs as its controller: the one next to this `drctl-lab`
-/// (cargo builds both into one directory), else the first on `PATH`.
+/// The `drctl` binary each global runs as its controller: the one next to this `drctl-lab`,
+/// else the first on `PATH`.
 pub fn drctl_binary() -> Result<PathBuf, LabError> {
-    let exe = std::env::current_exe().map_err(io_err("find the drctl-lab binary"))?;
-    let beside = exe.parent().map(|d| d.join("drctl"));
-    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).map(|d| d.join("drctl")).collect::<Vec<_>>());
-    beside.into_iter().chain(on_path).find(|p| p.is_file()).ok_or_else(|| {
-        LabError::Failed(format!(
-            "no drctl binary next to {} nor on PATH: build it with `cargo build --workspace --bins`",
-            exe.display()
-        ))
+    drctl::lab_view::sibling_or_on_path("drctl").ok_or_else(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        LabError::Failed(format!("no drctl binary next to {} nor on PATH: build it with `cargo build --workspace --bins`", exe.display()))
     })
 }
 

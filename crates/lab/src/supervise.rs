@@ -1,4 +1,4 @@
-//! One supervisor per lab global (`drctl lab supervise`, started by `lab up` and `lab recover`):
+//! One supervisor per lab global (`drctl-lab supervise`, started by `lab up` and `lab recover`):
 //! it starts the global's components in dependency order and restarts any that exits, with
 //! backoff, the way a kubelet restarts static pods and pods; every start and exit is recorded in
 //! `DIR/<cluster>/components.json` and logged, so an exit is never silent. The drctl controller
