@@ -28,8 +28,10 @@ gitea:
 lab-platform: kube argocd kwok
 platform: lab-platform gitea
 
+# Every package of the workspace: drctl, drctl-testbed, drctl-lab (`drctl lab` runs the
+# drctl-lab binary cargo puts next to drctl).
 build:
-	cargo build --all-targets
+	cargo build --workspace --all-targets
 
 crds: build
 	$(DRCTL) crd > crds/drtopology.yaml
@@ -47,8 +49,11 @@ IMAGE ?= $(DRCTL_CACHE)/image/drctl-oci.tar
 image: deps
 	bash hack/build-image.sh $(IMAGE)
 
+# Every test of every package. The lab's tests run `drctl lab`, and cargo builds another
+# package's binaries only when asked: build them all first.
 test: deps platform image
-	cargo test --no-fail-fast -- --test-threads=2
+	cargo build --workspace --bins
+	cargo test --workspace --no-fail-fast -- --test-threads=2
 
 # The local DR lab (drctl lab): two whole globals (control plane, kwok nodes, their own Argo CD),
 # PowerDNS and a Git repo on loopback; a pull request flips spec.primary and the runbook runs.
@@ -69,7 +74,7 @@ demo-down:
 # The mirror benchmark (not a test): drctl vs etcdctl make-mirror vs the destination's own
 # batched-put rate, lag, check and RSS on 100k keys. Paste its output into BENCHMARKS.md.
 bench: deps
-	cargo build --release --bin drctl --example mirror_bench
+	cargo build --release -p drctl --bin drctl --example mirror_bench
 	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl
 
 # The scale benchmark (not a test): N keys (default 1M × 1 KiB) — copy vs the snapshot route and
@@ -78,7 +83,7 @@ bench: deps
 N ?= 1000000
 VALUE_BYTES ?= 1024
 bench-scale: deps
-	cargo build --release --bin drctl --example scale_bench
+	cargo build --release -p drctl --bin drctl --example scale_bench
 	$(CARGO_TARGET_DIR)/release/examples/scale_bench --drctl $(CARGO_TARGET_DIR)/release/drctl --keys $(N) --value-bytes $(VALUE_BYTES)
 
 # The fault matrix alone, with its FAULT lines (RELIABILITY.md records them).

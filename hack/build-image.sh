@@ -13,8 +13,9 @@ command -v umoci >/dev/null || { echo "umoci is not installed (make deps)" >&2; 
 : "${CARGO_TARGET_DIR:=/var/cache/drctl/target}"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 if [ -z "${DRCTL_BIN:-}" ]; then
-  # The controller only reads Git history: no push transports, so no OpenSSL or libssh2.
-  cargo build --release --bin drctl --no-default-features >&2
+  # The controller only reads Git history: no push transports, so no OpenSSL or libssh2. Only the
+  # drctl package: the lab and the test bed are other crates of the workspace.
+  cargo build --release -p drctl --bin drctl --no-default-features >&2
 fi
 bin=${DRCTL_BIN:-$CARGO_TARGET_DIR/release/drctl}
 

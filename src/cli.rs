@@ -87,9 +87,13 @@ pub enum Command {
         #[arg(long)]
         kubeconfig: Vec<PathBuf>,
     },
-    /// The local DR lab: two whole globals (control plane, kwok nodes, their own Argo CD), PowerDNS and a Git repo on this machine.
-    #[command(subcommand)]
-    Lab(crate::lab::cli::LabCommand),
+    /// The local DR lab: two whole globals (control plane, kwok nodes, their own Argo CD), PowerDNS and a Git repo on this machine (the drctl-lab binary; `drctl lab --help`).
+    #[command(disable_help_flag = true)]
+    Lab {
+        /// up, flip, disaster, recover, status, down, ... with their options: passed to drctl-lab.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Both globals side by side, read-only: role, phase, lag, missed/surplus/diverged keys, last
     /// check, the DNS answer, the last failover's steps, Argo CD. Exit 3 when two primaries or
     /// none are visible, 4 when neither global answers.
@@ -330,7 +334,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lab(cmd) => crate::lab::cli::run(cmd).await,
+        Command::Lab { args } => Err(exec_lab(&args).into()),
         Command::Status(args) => crate::status::read::run(args).await,
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
@@ -550,6 +554,29 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
 
 /// The error and its causes for stderr. A cause is added only when the text so far does not
 /// already say it: most of drctl's errors quote their source, and `{:#}` would repeat it.
+/// The lab lives in its own binary, so the controller carries none of it: `drctl lab ARGS`
+/// becomes `drctl-lab ARGS`, found next to this executable, else on `PATH`. Returns only on
+/// failure.
+fn exec_lab(args: &[std::ffi::OsString]) -> LabExecError {
+    use std::os::unix::process::CommandExt;
+    let Some(lab) = crate::lab_view::sibling_or_on_path(LAB_BINARY) else {
+        let exe = std::env::current_exe().unwrap_or_default();
+        return LabExecError::NotFound { beside: exe.parent().map(|d| d.display().to_string()).unwrap_or_default() };
+    };
+    let source = std::process::Command::new(&lab).args(args).exec();
+    LabExecError::Exec { path: lab.display().to_string(), source }
+}
+
+const LAB_BINARY: &str = "drctl-lab";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabExecError {
+    #[error("drctl lab runs the {LAB_BINARY} binary, which is neither in {beside} nor on PATH: build it with `cargo build --workspace --bins` (or install it with `cargo install --path crates/lab`)")]
+    NotFound { beside: String },
+    #[error("run {path}: {source}")]
+    Exec { path: String, source: std::io::Error },
+}
+
 pub fn report(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {

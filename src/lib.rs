@@ -19,7 +19,7 @@ pub mod hooks;
 pub mod http;
 pub mod keyspace;
 pub mod kyaml;
-pub mod lab;
+pub mod lab_view;
 pub mod leader;
 pub mod managed_fields;
 pub mod metrics;

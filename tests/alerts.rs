@@ -128,12 +128,12 @@ impl Prometheus {
             .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
             .arg(format!("--web.listen-address={addr}"));
         let log = dir.join("prometheus.log");
-        let child = drctl::lab::procs::spawn(cmd, &log, drctl::lab::procs::Lifetime::WithParent)
+        let child = drctl_testbed::procs::spawn(cmd, &log, drctl_testbed::procs::Lifetime::WithParent)
             .unwrap_or_else(|e| panic!("start prometheus (Debian package prometheus): {e}"));
         let p = Prometheus { child, url: format!("http://{addr}"), log };
         let start = Instant::now();
         while reqwest::get(format!("{}/-/ready", p.url)).await.map_or(true, |r| !r.status().is_success()) {
-            assert!(start.elapsed() < Duration::from_secs(30), "prometheus not ready:\n{}", drctl::lab::procs::tail(&p.log));
+            assert!(start.elapsed() < Duration::from_secs(30), "prometheus not ready:\n{}", drctl_testbed::procs::tail(&p.log));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         p

@@ -37,7 +37,7 @@ fn apply_server_side(g: &Global, manifest: &str) {
     let mut cmd = Command::new(support::kubectl());
     cmd.arg(format!("--kubeconfig={}", g.api.kubeconfig.display()))
         .args(["apply", "--server-side", "--field-manager=argocd-controller", "-f", "-"]);
-    let out = drctl::lab::procs::run_with_stdin(cmd, manifest.as_bytes(), "kubectl apply").unwrap_or_else(|e| panic!("{e}"));
+    let out = drctl_testbed::procs::run_with_stdin(cmd, manifest.as_bytes(), "kubectl apply").unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
         "apply failed: {}{}",

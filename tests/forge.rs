@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
-use drctl::lab::procs::{self, Lifetime};
+use drctl_testbed::procs::{self, Lifetime};
 use serde_json::{json, Value};
 
 const TOPOLOGY: &str = include_str!("../gitops/topology/drtopology.yaml");

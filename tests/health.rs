@@ -119,7 +119,7 @@ fn argocd_cm_inlines_exactly_health_lua() {
 /// health.lua in Argo CD's own Lua VM and sandbox, exactly as the application-controller does.
 #[test]
 fn argo_cd_itself_agrees_with_every_case() {
-    let argocd = drctl::lab::procs::argocd_bin().unwrap_or_else(|e| panic!("argocd: {e}"));
+    let argocd = drctl_testbed::procs::argocd_bin().unwrap_or_else(|e| panic!("argocd: {e}"));
     let cm = Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/argocd/argocd-cm-patch.yaml");
     let home = tempfile::tempdir().expect("tempdir");
     let cases = cases();

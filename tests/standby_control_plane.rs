@@ -7,7 +7,7 @@ mod support;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use drctl::lab::procs::{self, Lifetime};
+use drctl_testbed::procs::{self, Lifetime};
 use serde_json::Value;
 use support::{drctl, ApiServer, Global};
 

@@ -309,7 +309,7 @@ async fn a_live_workload_with_the_standbys_control_plane_running() {
     let t0 = Instant::now();
     let mut pair = Pair::start_full().await;
     let a = pair.a.client().await;
-    let (ok, out) = pair.a.api.apply_stdin(drctl::lab::up::WIDGET_CRD);
+    let (ok, out) = pair.a.api.apply_stdin(drctl_testbed::platform::WIDGET_CRD);
     assert!(ok, "{out}");
     pair.a.api.wait_crd("widgets.example.com");
     for ns in NAMESPACES {

@@ -30,7 +30,7 @@ pub enum StatusError {
     #[error("--cluster {a} and --cluster {b} reach the same global ({why}); one of the kubeconfigs is for the wrong cluster: give each global's own")]
     SameGlobal { a: String, b: String, why: String },
     #[error(transparent)]
-    Lab(#[from] crate::lab::LabError),
+    Lab(#[from] crate::lab_view::LabViewError),
 }
 
 /// A global and the kubeconfig that reaches it.
@@ -103,11 +103,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let targets = match args.lab {
         Some(dir) => {
-            let state = crate::lab::LabState::require(&dir.unwrap_or_else(crate::lab::default_dir))?;
+            let lab = crate::lab_view::LabView::require(&dir.unwrap_or_else(crate::lab_view::default_dir))?;
             if opts.resolvers.is_empty() {
-                opts.resolvers = vec![state.dns.server];
+                opts.resolvers = vec![lab.dns_server];
             }
-            state.clusters.iter().map(|c| Target { name: c.name.clone(), kubeconfig: c.api.kubeconfig.clone() }).collect()
+            lab.globals.into_iter().map(|(name, kubeconfig)| Target { name, kubeconfig }).collect()
         }
         None => args.clusters,
     };

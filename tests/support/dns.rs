@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use drctl::lab::procs;
-use drctl::secret::Secret;
+use drctl_testbed::procs;
 
 use super::{free_port, kill, spawn, tail};
 
@@ -17,14 +16,7 @@ pub fn random_b64(n: usize) -> String {
 
 /// `dig +short` through `server`: what a plain client sees, independent of drctl's own code.
 pub fn dig(server: SocketAddr, name: &str, rtype: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .args(["+short", "+tries=2", "+time=2", &format!("@{}", server.ip()), "-p", &server.port().to_string(), name, rtype])
-        .output()
-        .expect("run dig");
-    assert!(out.status.success(), "dig failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect();
-    v.sort();
-    v
+    procs::dig(server, name, rtype).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// PowerDNS authoritative server with the gsqlite3 backend and the HTTP API on loopback. The zone
@@ -44,7 +36,7 @@ impl PowerDnsServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let api_key = random_b64(18);
         let (child, server) = super::on_fresh_ports("pdns_server", || {
-            let server = procs::PowerDns::prepare(dir.path(), zone, Secret::new(api_key.clone())).expect("prepare pdns");
+            let server = procs::PowerDns::prepare(dir.path(), zone, &api_key).expect("prepare pdns");
             let mut child = spawn(server.command(), &server.log());
             if !server.wait_ready(&mut child).unwrap_or_else(|e| panic!("{e}")) {
                 kill(&mut child);

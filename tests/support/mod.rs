@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::OnceLock;
 
-use drctl::lab::procs::{self, Lifetime};
+use drctl_testbed::procs::{self, Lifetime};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
@@ -47,9 +47,9 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     procs::http_get(addr, path)
 }
 
-/// `start` until it succeeds, on fresh ports each time (drctl::lab::ports::on_fresh_ports).
+/// `start` until it succeeds, on fresh ports each time (drctl_testbed::ports::on_fresh_ports).
 fn on_fresh_ports<T, E: std::fmt::Display>(what: &str, start: impl FnMut() -> Result<T, E>) -> T {
-    drctl::lab::ports::on_fresh_ports(what, start).unwrap_or_else(|e| panic!("{e}"))
+    drctl_testbed::ports::on_fresh_ports(what, start).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn kill(child: &mut Child) {
@@ -255,7 +255,7 @@ impl Drop for ApiServer {
     }
 }
 
-/// The rest of a global's control plane, as the lab runs it (`drctl::lab::platform`):
+/// The rest of a global's control plane, as the lab runs it (`drctl_testbed::platform`):
 /// kube-controller-manager with per-controller ServiceAccounts, kube-scheduler, and kwok acting
 /// as the kubelets of the global's fake nodes. Killed when dropped.
 pub struct ControlPlane {
@@ -285,9 +285,9 @@ impl Drop for ControlPlane {
 }
 
 /// The Go-built servers of a whole global (built once per machine).
-pub fn binaries() -> &'static drctl::lab::platform::Binaries {
-    static B: OnceLock<drctl::lab::platform::Binaries> = OnceLock::new();
-    B.get_or_init(|| drctl::lab::platform::Binaries::find().unwrap_or_else(|e| panic!("Go-built servers: {e}")))
+pub fn binaries() -> &'static drctl_testbed::platform::Binaries {
+    static B: OnceLock<drctl_testbed::platform::Binaries> = OnceLock::new();
+    B.get_or_init(|| drctl_testbed::platform::Binaries::find().unwrap_or_else(|e| panic!("Go-built servers: {e}")))
 }
 
 /// One global cluster: its etcd and its kube-apiserver, and optionally the rest of its control plane.
@@ -310,7 +310,7 @@ impl Global {
     /// Spawn from the test's own thread (the children die with the spawning thread).
     pub fn start_control_plane(&mut self, index: usize) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = drctl::lab::platform::Platform::on_free_ports(dir.path(), index).expect("ports");
+        let p = drctl_testbed::platform::Platform::on_free_ports(dir.path(), index).expect("ports");
         let b = binaries();
         let server = &self.api.server;
         let mut children = Vec::new();
@@ -322,7 +322,7 @@ impl Global {
             let log = p.log(name);
             children.push((name, spawn(cmd, &log), log));
         }
-        self.api.apply_stdin(&drctl::lab::platform::nodes_yaml(&self.name));
+        self.api.apply_stdin(&drctl_testbed::platform::nodes_yaml(&self.name));
         self.control_plane = Some(ControlPlane { children, dir });
     }
 

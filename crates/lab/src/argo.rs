@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::platform::{ARGOCD_NAMESPACE, TOPOLOGY_APPLICATION};
 use super::{ClusterState, LabError, LabState};
-pub use crate::argocd::ArgoView;
+pub use drctl::argocd::ArgoView;
 
 /// The live Application in `c`; Ok(None) when it does not exist yet.
 pub fn application(state: &LabState, c: &ClusterState) -> Result<Option<ArgoView>, LabError> {

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::secret::Secret;
-use crate::topology::{DRTopologyStatus, Phase, Role};
+use drctl::topology::{DRTopologyStatus, Phase, Role};
 
 use super::out::Out;
 use super::platform::{self, Binaries, ARGOCD_NAMESPACE};
@@ -78,7 +77,9 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
     o.heading(&format!("Starting the drctl DR lab in {}", dir.display()));
     o.step("finding the Go-built servers: Kubernetes, Argo CD, kwok (hack/build-*.sh build them once per machine)");
     let bins = Binaries::find()?;
-    let drctl = std::env::current_exe().map_err(io_err("find the drctl binary"))?;
+    // Fail now, not in each supervisor, when the controller binary is missing.
+    super::drctl_binary()?;
+    let lab = std::env::current_exe().map_err(io_err("find the drctl-lab binary"))?;
 
     o.step(&format!("starting PowerDNS with zone {ZONE}"));
     let (dns, dns_pid) = start_powerdns(&mkdir(dir.join("pdns"))?, started)?;
@@ -108,7 +109,7 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
         bins,
         domain: DOMAIN.to_string(),
         repo: dir.join("repo"),
-        file: PathBuf::from(crate::gitops::DEFAULT_FILE),
+        file: PathBuf::from(drctl::gitops::DEFAULT_FILE),
         dns: DnsState { pid: Some(dns_pid), ..dns },
         clusters,
     };
@@ -127,7 +128,7 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
 
     o.step("starting both globals: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, Argo CD, drctl controller");
     for i in 0..state.clusters.len() {
-        let pid = start_supervisor(&drctl, &state, &state.clusters[i])?;
+        let pid = start_supervisor(&lab, &state, &state.clusters[i])?;
         started.push(pid.clone());
         state.clusters[i].supervisor = Some(pid);
     }
@@ -161,15 +162,15 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
 }
 
 fn program_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "drctl".into())
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "drctl-lab".into())
 }
 
-/// `drctl lab supervise` for one global, detached; it starts (and restarts) the global's parts.
-pub(crate) fn start_supervisor(drctl: &Path, state: &LabState, c: &ClusterState) -> Result<Pid, LabError> {
-    let mut cmd = Command::new(drctl);
-    cmd.args(["lab", "supervise", "--cluster", &c.name, "--dir"]).arg(&state.dir).env("DRCTL_LOG", "info");
+/// `drctl-lab supervise` for one global, detached; it starts (and restarts) the global's parts.
+pub(crate) fn start_supervisor(lab: &Path, state: &LabState, c: &ClusterState) -> Result<Pid, LabError> {
+    let mut cmd = Command::new(lab);
+    cmd.args(["supervise", "--cluster", &c.name, "--dir"]).arg(&state.dir).env("DRCTL_LOG", "info");
     let child = procs::spawn(cmd, &c.supervisor_log, Lifetime::Detached)?;
-    Ok(Pid::of(&child, &program_name(drctl)))
+    Ok(Pid::of(&child, &program_name(lab)))
 }
 
 async fn wait_apiserver(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
@@ -211,9 +212,9 @@ pub(crate) async fn wait_argo_synced(state: &LabState, c: &ClusterState, commit:
 fn start_powerdns(dir: &Path, started: &mut Vec<Pid>) -> Result<(DnsState, Pid), LabError> {
     let api_key_file = dir.join("api-key");
     procs::write_private(&api_key_file, &procs::random_b64(18)?)?;
-    let key = Secret::new(std::fs::read(&api_key_file).map_err(io_err("read the PowerDNS API key"))?);
+    let key = std::fs::read_to_string(&api_key_file).map_err(io_err("read the PowerDNS API key"))?;
     ports::on_fresh_ports("pdns_server", || {
-        let p = procs::PowerDns::prepare(dir, ZONE, key.clone())?;
+        let p = procs::PowerDns::prepare(dir, ZONE, &key)?;
         let mut child = p.spawn(Lifetime::Detached)?;
         let pid = Pid::of(&child, "pdns_server");
         started.push(pid.clone());
@@ -230,7 +231,7 @@ fn start_powerdns(dir: &Path, started: &mut Vec<Pid>) -> Result<(DnsState, Pid),
 }
 
 fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layout: &Path) -> Result<(), LabError> {
-    let crd = crate::topology::crd_yaml().map_err(|e| LabError::Failed(format!("render the CRD: {e}")))?;
+    let crd = drctl::topology::crd_yaml().map_err(|e| LabError::Failed(format!("render the CRD: {e}")))?;
     procs::kubectl_apply(c.kubectl(state), &crd)?;
     procs::kubectl_apply(c.kubectl(state), SYSTEM_NAMESPACES)?;
     procs::kubectl_apply(c.kubectl(state), RESTART_TARGET)?;
@@ -266,7 +267,7 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
 
 fn seed(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     procs::kubectl_apply(c.kubectl(state), WORKLOADS)?;
-    procs::kubectl_apply(c.kubectl(state), WIDGET_CRD)?;
+    procs::kubectl_apply(c.kubectl(state), platform::WIDGET_CRD)?;
     c.api.wait_crd_established(&state.bins.kube, "widgets.example.com")?;
     procs::kubectl_apply(c.kubectl(state), WIDGETS)?;
     Ok(())
@@ -445,22 +446,6 @@ spec:
       containers: [{name: transformer, image: busybox}]
 ";
 
-/// The custom resource the lab and the tests replicate (any object, no schema of its own).
-pub const WIDGET_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: widgets.example.com}
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {kind: Widget, plural: widgets, singular: widget}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-";
-
 const WORKLOADS: &str = "apiVersion: v1
 kind: Namespace
 metadata: {name: team-a}
@@ -497,7 +482,8 @@ spec: {size: 5}
 #[tracing::instrument(skip_all, fields(dir = %dir.display()))]
 pub async fn recover(dir: &Path, o: &Out) -> Result<(), LabError> {
     let mut state = LabState::require(dir)?;
-    let drctl = std::env::current_exe().map_err(io_err("find the drctl binary"))?;
+    super::drctl_binary()?;
+    let lab = std::env::current_exe().map_err(io_err("find the drctl-lab binary"))?;
     let down: Vec<usize> = (0..state.clusters.len()).filter(|&i| !state.clusters[i].is_up()).collect();
     if down.is_empty() {
         o.info("every global is running: nothing to recover");
@@ -506,7 +492,7 @@ pub async fn recover(dir: &Path, o: &Out) -> Result<(), LabError> {
     let restarted = Timestamp::now();
     for &i in &down {
         o.heading(&format!("Recovering {}", state.clusters[i].name));
-        let pid = start_supervisor(&drctl, &state, &state.clusters[i])?;
+        let pid = start_supervisor(&lab, &state, &state.clusters[i])?;
         state.clusters[i].supervisor = Some(pid);
     }
     state.save()?;
@@ -575,7 +561,7 @@ mod tests {
             bins: Binaries { kube: PathBuf::from("/kube"), argocd: PathBuf::from("/argocd/argocd"), kwok: PathBuf::from("/kwok/kwok") },
             domain: DOMAIN.into(),
             repo: dir.join("repo"),
-            file: PathBuf::from(crate::gitops::DEFAULT_FILE),
+            file: PathBuf::from(drctl::gitops::DEFAULT_FILE),
             dns: DnsState { server: addr(53), api_url: "http://127.0.0.1:8081".into(), api_key_file: dir.join("pdns/api-key"), log: dir.join("pdns/pdns.log"), pid: None },
             clusters,
         }
@@ -585,14 +571,14 @@ mod tests {
     fn the_lab_topology_is_valid_and_promote_can_flip_it() {
         let state = lab_state();
         let text = topology_yaml(&state);
-        let reports = crate::validate::validate_text(&text).expect("YAML");
+        let reports = drctl::validate::validate_text(&text).expect("YAML");
         assert_eq!(reports.len(), 1);
         assert!(reports[0].errors.is_empty(), "{:?}", reports[0].errors);
         let t = reports[0].topology.as_ref().expect("topology");
         assert_eq!(t.spec.primary, "global-a");
         assert_eq!(t.spec.clusters.iter().map(|c| c.vip.as_str()).collect::<Vec<_>>(), ["127.0.0.10", "127.0.0.20"]);
         assert_eq!(t.spec.clusters[1].api_server, "https://127.0.0.1:2012");
-        assert_eq!(crate::gitops::find_primary(&text).expect("primary line").value, "global-a");
+        assert_eq!(drctl::gitops::find_primary(&text).expect("primary line").value, "global-a");
         assert!(text.contains("own Argo CD applies"), "the file says who applies it");
     }
 
@@ -603,5 +589,23 @@ mod tests {
         let back: LabState = serde_json::from_str(&json).expect("parse");
         assert_eq!(back.clusters[1].api.url, state.clusters[1].api.url);
         assert!(json.contains("apiKeyFile") && !json.contains("apiKey\""), "{json}");
+    }
+
+    #[test]
+    fn drctl_status_reads_the_globals_and_the_dns_server_from_the_state_the_lab_saves() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut state = lab_state();
+        state.dir = dir.path().to_path_buf();
+        state.save().expect("save");
+        let view = drctl::lab_view::LabView::require(dir.path()).expect("drctl reads lab.json");
+        assert_eq!(view.dns_server, state.dns.server);
+        let globals: Vec<(String, PathBuf)> = state.clusters.iter().map(|c| (c.name.clone(), c.api.kubeconfig.clone())).collect();
+        assert_eq!(view.globals, globals);
+    }
+
+    #[test]
+    fn the_test_bed_names_argo_cd_as_drctl_does() {
+        assert_eq!(platform::ARGOCD_NAMESPACE, drctl::keyspace::DEFAULT_ARGOCD_NAMESPACE);
+        assert_eq!(platform::TOPOLOGY_APPLICATION, drctl::argocd::APPLICATION);
     }
 }

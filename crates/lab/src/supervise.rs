@@ -1,4 +1,4 @@
-//! One supervisor per lab global (`drctl lab supervise`, started by `lab up` and `lab recover`):
+//! One supervisor per lab global (`drctl-lab supervise`, started by `lab up` and `lab recover`):
 //! it starts the global's components in dependency order and restarts any that exits, with
 //! backoff, the way a kubelet restarts static pods and pods; every start and exit is recorded in
 //! `DIR/<cluster>/components.json` and logged, so an exit is never silent. The drctl controller
@@ -188,7 +188,7 @@ impl Shared {
 pub async fn run(dir: &Path, cluster: &str) -> Result<(), LabError> {
     let state = LabState::require(dir)?;
     let c = state.cluster(cluster)?.clone();
-    let drctl = std::env::current_exe().map_err(io_err("find the drctl binary"))?;
+    let drctl = super::drctl_binary()?;
     for d in c.platform.argocd_dirs() {
         std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
     }

@@ -5,17 +5,26 @@
 //! its own Argo CD (redis, repo-server, application-controller) and a `drctl controller`;
 //! PowerDNS and a Git repo; in a temp dir, stopped at the end even when an assertion fails.
 
-mod support;
-
-use std::path::Path;
-use std::process::Output;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use drctl::lab::flip::{FlipReport, Scenario};
-use drctl::lab::{LabState, DOMAIN};
+use drctl_lab::flip::{FlipReport, Scenario};
+use drctl_lab::{procs, LabState, DOMAIN};
 use serde_json::Value;
-use support::dns::dig;
-use support::{drctl, kubectl};
+
+/// The `drctl` binary next to the `drctl-lab` under test, as a user runs it: `drctl lab ...`
+/// execs that drctl-lab. Cargo builds a dependency's binaries only when asked.
+fn drctl() -> Command {
+    let lab = Path::new(env!("CARGO_BIN_EXE_drctl-lab"));
+    let drctl = lab.with_file_name("drctl");
+    assert!(drctl.is_file(), "no {}: run `cargo build --workspace --bins` first (make test does)", drctl.display());
+    Command::new(drctl)
+}
+
+fn kubectl() -> PathBuf {
+    procs::kube_bin_dir().unwrap_or_else(|e| panic!("kube binaries: {e}")).join("kubectl")
+}
 
 /// A lab in a temp dir; `drctl lab down` runs on drop, also on panic.
 struct Lab {
@@ -94,11 +103,11 @@ impl Lab {
     }
 
     fn last_flip(&self) -> FlipReport {
-        drctl::lab::flip::read_reports(self.path()).pop().expect("a flip report")
+        drctl_lab::flip::read_reports(self.path()).pop().expect("a flip report")
     }
 
     fn dig(&self) -> Vec<String> {
-        dig(self.state().dns.server, DOMAIN, "A")
+        procs::dig(self.state().dns.server, DOMAIN, "A").unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn logs(&self) -> String {
@@ -106,7 +115,7 @@ impl Lab {
         let mut s = String::new();
         for c in &state.clusters {
             for log in [c.controller.log.clone(), c.supervisor_log.clone(), c.platform.log("argocd-application-controller")] {
-                s.push_str(&format!("--- {}\n{}\n", log.display(), drctl::lab::procs::tail(&log)));
+                s.push_str(&format!("--- {}\n{}\n", log.display(), procs::tail(&log)));
             }
         }
         s
@@ -117,6 +126,21 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = drctl().args(["lab", "down", "--dir"]).arg(self.path()).output();
     }
+}
+
+/// `drctl lab ARGS` runs this package's drctl-lab with ARGS: its help, its errors.
+#[test]
+fn drctl_lab_runs_the_drctl_lab_binary() {
+    let help = drctl().args(["lab", "--help"]).output().expect("run drctl lab --help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "drctl lab --help: {}", String::from_utf8_lossy(&help.stderr));
+    for cmd in ["up", "flip", "disaster", "recover", "status", "down"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(cmd)), "drctl lab --help lists {cmd}:\n{text}");
+    }
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = drctl().args(["lab", "status", "--dir"]).arg(empty.path()).output().expect("run drctl lab status");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("run `drctl lab up --dir"), "drctl-lab's own error: {stderr}");
 }
 
 fn cluster<'a>(status: &'a Value, name: &str) -> &'a Value {
@@ -253,7 +277,7 @@ fn disaster_failover_then_the_old_primary_returns_as_standby() {
     lab.put("global-a", "last-words", "from global-a");
     lab.wait_for("global-b", "last-words", "from global-a", MIRROR);
 
-    let doomed: Vec<drctl::lab::Pid> = lab.state().cluster("global-a").expect("a").components(&lab.state()).iter().filter_map(|r| r.pid()).collect();
+    let doomed: Vec<drctl_lab::Pid> = lab.state().cluster("global-a").expect("a").components(&lab.state()).iter().filter_map(|r| r.pid()).collect();
     assert_eq!(doomed.len(), 9, "{doomed:?}");
     let shown = lab.run(&["disaster"]);
     assert!(shown.contains("killed global-a's supervisor"), "{shown}");
@@ -285,7 +309,7 @@ fn disaster_failover_then_the_old_primary_returns_as_standby() {
 
     // down stops everything, and a second down is harmless.
     let state = lab.state();
-    let mut running: Vec<drctl::lab::Pid> = state.processes().into_iter().map(|(_, p)| p.clone()).collect();
+    let mut running: Vec<drctl_lab::Pid> = state.processes().into_iter().map(|(_, p)| p.clone()).collect();
     assert_eq!(running.len(), 3, "PowerDNS and a supervisor per global: {running:?}");
     for c in &state.clusters {
         running.extend(c.components(&state).iter().filter_map(|r| r.pid()));

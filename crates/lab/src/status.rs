@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::topology::{Phase, Role};
+use drctl::topology::{Phase, Role};
 
 use super::argo::ArgoView;
 use super::out::Out;

@@ -12,9 +12,8 @@ const AUTHOR: (&str, &str) = ("drctl lab", "lab@drctl.invalid");
 
 /// The `gitops/` layout to copy: the work tree drctl runs in, else the one it was built from.
 pub fn layout_source() -> Result<PathBuf, LabError> {
-    ["gitops", concat!(env!("CARGO_MANIFEST_DIR"), "/gitops")]
+    [PathBuf::from("gitops"), drctl_testbed::source_tree().join("gitops")]
         .into_iter()
-        .map(PathBuf::from)
         .find(|p| p.join("topology").is_dir())
         .ok_or_else(|| LabError::Failed("no gitops/ layout here: run drctl lab from the drctl source tree".into()))
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::check::CheckReport;
-use crate::gitops::{self, PromoteRequest};
-use crate::topology::{DRTopologyStatus, StepState};
+use drctl::check::CheckReport;
+use drctl::gitops::{self, PromoteRequest};
+use drctl::topology::{DRTopologyStatus, StepState};
 
 use super::out::Out;
 use super::up::{standby_in_sync, wait_status};
@@ -298,7 +298,7 @@ fn describe(s: &DRTopologyStatus) -> String {
     d
 }
 
-fn step_line(o: &Out, s: &crate::topology::StepStatus) -> String {
+fn step_line(o: &Out, s: &drctl::topology::StepStatus) -> String {
     let secs = s.started_at.as_deref().zip(s.finished_at.as_deref()).and_then(|(a, b)| secs_between(a, b));
     let state = match s.state {
         StepState::Succeeded => o.green("Succeeded"),
@@ -318,7 +318,7 @@ fn indent(text: &str) -> String {
 
 /// What a plain client sees for the platform domain, asking the authoritative server directly.
 pub async fn dns_answer(state: &LabState) -> Vec<String> {
-    match crate::dns::resolve(&[state.dns.server], &state.domain).await {
+    match drctl::dns::resolve(&[state.dns.server], &state.domain).await {
         Ok(addrs) => {
             let mut v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             v.sort();
@@ -350,7 +350,7 @@ pub fn check(c: &ClusterState) -> Option<CheckReport> {
     serde_json::from_str(body).ok()
 }
 
-fn print_timeline(r: &FlipReport, applied: &BTreeMap<String, String>, steps: &[crate::topology::StepStatus], o: &Out) {
+fn print_timeline(r: &FlipReport, applied: &BTreeMap<String, String>, steps: &[drctl::topology::StepStatus], o: &Out) {
     let mut events: Vec<(f64, String)> = vec![(0.0, format!("pull request merged into {} ({})", repo::MAIN, &r.merge_commit[..12]))];
     let at = |t: &str| secs_between(&r.merged_at, t);
     for (name, t) in applied {

@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
-
 pub const KUBE_VERSION: &str = "v1.34.4";
 pub const ARGOCD_VERSION: &str = "v3.6.1";
 pub const KWOK_VERSION: &str = "v0.8.0";
@@ -31,7 +29,7 @@ pub enum ProcError {
     #[error("{what} exited ({status}); last log lines of {log}:\n{tail}")]
     Exited { what: String, status: std::process::ExitStatus, log: String, tail: String },
     #[error("pick a port: {0}")]
-    Port(#[from] super::ports::PortError),
+    Port(#[from] crate::ports::PortError),
     #[error("{0}")]
     Failed(String),
 }
@@ -72,9 +70,9 @@ pub fn spawn(mut cmd: Command, log: &Path, lifetime: Lifetime) -> Result<Child, 
     cmd.spawn().map_err(io(format!("spawn {}", cmd.get_program().to_string_lossy())))
 }
 
-/// A free loopback port (TCP and UDP), from below the ephemeral range: see [`super::ports`].
+/// A free loopback port (TCP and UDP), from below the ephemeral range: see [`crate::ports`].
 pub fn free_port() -> Result<u16, ProcError> {
-    Ok(super::ports::free_port()?)
+    Ok(crate::ports::free_port()?)
 }
 
 /// A plain HTTP/1.0 GET, enough for health endpoints; None on any failure.
@@ -145,7 +143,7 @@ fn built(override_var: &str, script: &str, versions: &[(&str, &str)]) -> Result<
         return Ok(PathBuf::from(d));
     }
     // The work tree drctl runs in, else the one it was built from.
-    let path = [PathBuf::from("hack").join(script), Path::new(env!("CARGO_MANIFEST_DIR")).join("hack").join(script)]
+    let path = [PathBuf::from("hack").join(script), crate::source_tree().join("hack").join(script)]
         .into_iter()
         .find(|p| p.exists())
         .ok_or_else(|| ProcError::Failed(format!("no hack/{script} here; set {override_var}")))?;
@@ -554,11 +552,26 @@ pub fn random_b64(n: usize) -> Result<String, ProcError> {
     Ok(base64::engine::general_purpose::STANDARD.encode(buf))
 }
 
+/// `dig +short` through `server`, sorted: what a plain client sees, independent of drctl's own
+/// resolver.
+pub fn dig(server: SocketAddr, name: &str, rtype: &str) -> Result<Vec<String>, ProcError> {
+    let out = Command::new("dig")
+        .args(["+short", "+tries=2", "+time=2", &format!("@{}", server.ip()), "-p", &server.port().to_string(), name, rtype])
+        .output()
+        .map_err(io("run dig"))?;
+    if !out.status.success() {
+        return Err(ProcError::Failed(format!("dig failed: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect();
+    v.sort();
+    Ok(v)
+}
+
 /// A plain HTTP/1.0 request with an API key; returns (status, body).
-pub fn http_with_key(addr: &str, method: &str, path: &str, key: &Secret, body: &str) -> std::io::Result<(u16, String)> {
+pub fn http_with_key(addr: &str, method: &str, path: &str, key: &str, body: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let key = key.expose_trimmed_str().unwrap_or_default();
+    let key = key.trim();
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -572,25 +585,38 @@ pub fn http_with_key(addr: &str, method: &str, path: &str, key: &Secret, body: &
 }
 
 /// PowerDNS authoritative server (gsqlite3 backend, HTTP API) under `dir`; the API key lives in
-/// its `pdns.conf` (mode 0600), not on the command line.
-#[derive(Debug, Clone)]
+/// its `pdns.conf` (mode 0600), not on the command line, and `Debug` does not show it.
+#[derive(Clone)]
 pub struct PowerDns {
     pub dir: PathBuf,
     pub dns: SocketAddr,
     pub web: String,
-    pub api_key: Secret,
+    /// Without surrounding whitespace.
+    pub api_key: String,
     /// Fully qualified, with the trailing dot.
     pub zone: String,
 }
 
+impl std::fmt::Debug for PowerDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PowerDns")
+            .field("dir", &self.dir)
+            .field("dns", &self.dns)
+            .field("web", &self.web)
+            .field("api_key", &format_args!("<redacted {} bytes>", self.api_key.len()))
+            .field("zone", &self.zone)
+            .finish()
+    }
+}
+
 impl PowerDns {
     /// Creates the database and picks free ports; call again (new ports) when the spawn fails.
-    pub fn prepare(dir: &Path, zone: &str, api_key: Secret) -> Result<PowerDns, ProcError> {
+    pub fn prepare(dir: &Path, zone: &str, api_key: &str) -> Result<PowerDns, ProcError> {
         let db = dir.join("pdns.sqlite3");
         if !db.exists() {
             create_pdns_db(&db)?;
         }
-        let key = api_key.expose_trimmed_str().ok_or_else(|| ProcError::Failed("the PowerDNS API key is not text".into()))?;
+        let key = api_key.trim();
         write_private(&dir.join("pdns.conf"), &format!("api-key={key}\n"))?;
         // A fresh log per attempt: `wait_ready` reads it for a failed bind of the API port.
         let _ = std::fs::remove_file(dir.join("pdns.log"));
@@ -598,7 +624,7 @@ impl PowerDns {
             dir: dir.to_path_buf(),
             dns: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             web: format!("127.0.0.1:{}", free_port()?),
-            api_key,
+            api_key: key.to_string(),
             zone: format!("{}.", zone.trim_end_matches('.')),
         })
     }

@@ -9,17 +9,35 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use super::procs::{self, ApiServer, ProcError};
+use crate::procs::{self, ApiServer, ProcError};
 
-/// Argo CD's namespace in every global (never replicated).
-pub const ARGOCD_NAMESPACE: &str = crate::keyspace::DEFAULT_ARGOCD_NAMESPACE;
-/// The Application that applies `topology/` (from `gitops/argocd/application-<cluster>.yaml`).
-pub const TOPOLOGY_APPLICATION: &str = crate::argocd::APPLICATION;
+/// Argo CD's namespace in every global (never replicated): drctl's
+/// `keyspace::DEFAULT_ARGOCD_NAMESPACE` (the lab's tests check they agree).
+pub const ARGOCD_NAMESPACE: &str = "argocd";
+/// The Application that applies `topology/` (from `gitops/argocd/application-<cluster>.yaml`):
+/// drctl's `argocd::APPLICATION` (the lab's tests check they agree).
+pub const TOPOLOGY_APPLICATION: &str = "drtopology";
 /// How often Argo CD polls Git when nobody asks it to refresh (Argo CD's default is 3 minutes;
 /// the lab's flip also triggers a refresh the way a Git webhook would).
 pub const ARGOCD_POLL_SECONDS: u64 = 15;
 /// The fake nodes each global gets (kwok acts as their kubelets).
 pub const NODES_PER_GLOBAL: usize = 2;
+
+/// The custom resource the lab and the tests replicate (any object, no schema of its own).
+pub const WIDGET_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets, singular: widget}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
 
 /// Ports and directories of one global's platform components.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_topology_application_comes_from_the_projects_own_file_pointed_at_the_lab_repo() {
-        let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops");
+        let layout = crate::source_tree().join("gitops");
         let app = topology_application(&layout, "global-a", Path::new("/lab/repo")).expect("application");
         assert!(app.contains("kind: Application") && app.contains("name: drtopology"), "{app}");
         assert!(app.contains("repoURL: file:///lab/repo"), "{app}");

@@ -11,13 +11,12 @@ pub mod argo;
 pub mod cli;
 pub mod flip;
 pub mod out;
-pub mod platform;
-pub mod ports;
-pub mod procs;
 pub mod repo;
 pub mod status;
 pub mod supervise;
 pub mod up;
+
+pub use drctl_testbed::{platform, ports, procs};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +25,8 @@ use std::time::{Duration, Instant};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::{Deserialize, Serialize};
 
-use crate::topology::DRTopology;
+use drctl::lab_view::STATE_FILE;
+use drctl::topology::DRTopology;
 use procs::ProcError;
 
 pub const DOMAIN: &str = "platform.drlab.test";
@@ -34,7 +34,6 @@ pub const ZONE: &str = "drlab.test.";
 pub const TOPOLOGY: &str = "platform";
 /// The two globals and their VIPs (DNS data only: nothing listens on them).
 pub const CLUSTERS: [(&str, &str); 2] = [("global-a", "127.0.0.10"), ("global-b", "127.0.0.20")];
-const STATE_FILE: &str = "lab.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -45,7 +44,7 @@ pub enum LabError {
     #[error("{what}: {source}")]
     Git { what: String, source: git2::Error },
     #[error(transparent)]
-    Gitops(#[from] crate::gitops::GitopsError),
+    Gitops(#[from] drctl::gitops::GitopsError),
     #[error("{what}: {source}")]
     Kube { what: String, source: kube::Error },
     #[error("{what}: {source}")]
@@ -271,10 +270,16 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client, LabError> {
     kube::Client::try_from(cfg).map_err(kube("build a client from"))
 }
 
-/// `$DRCTL_LAB_DIR`, else `drctl-lab` in the system temp dir.
-pub fn default_dir() -> PathBuf {
-    std::env::var_os("DRCTL_LAB_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("drctl-lab"))
+/// The `drctl` binary each global runs as its controller: the one next to this `drctl-lab`,
+/// else the first on `PATH`.
+pub fn drctl_binary() -> Result<PathBuf, LabError> {
+    drctl::lab_view::sibling_or_on_path("drctl").ok_or_else(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        LabError::Failed(format!("no drctl binary next to {} nor on PATH: build it with `cargo build --workspace --bins`", exe.display()))
+    })
 }
+
+pub use drctl::lab_view::default_dir;
 
 /// Stops everything the lab in `dir` started; safe to run twice.
 #[tracing::instrument(skip_all, fields(dir = %dir.display()))]

@@ -1,0 +1,16 @@
+//! drctl's test bed: the real servers the integration tests and the lab run on loopback (etcd,
+//! kube-apiserver with its PKI, the rest of a global's control plane, Argo CD, kwok, PowerDNS),
+//! spawned either to die with the test or detached for the lab; free ports and the one
+//! "port taken, try new ports" loop. It depends on no drctl code, so the controller links none
+//! of it.
+
+pub mod platform;
+pub mod ports;
+pub mod procs;
+
+use std::path::{Path, PathBuf};
+
+/// The drctl source tree this crate was built in (it holds `hack/` and `gitops/`).
+pub fn source_tree() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
