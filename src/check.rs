@@ -24,7 +24,7 @@ use crate::copy_order::{self, ReadRange};
 use crate::etcd::{self, Conn, Kv};
 use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
 use crate::managed_fields::{last_writer, Writer};
-use crate::mirror::{Checkpoint, CheckpointError, CHECKPOINT_KEY};
+use crate::checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_KEY};
 
 /// How many keys of each kind a report lists.
 pub const DEFAULT_LIST_LIMIT: usize = 20;

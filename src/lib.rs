@@ -1,6 +1,7 @@
 //! drctl: declarative, GitOps-driven disaster recovery for a Kubernetes global cluster.
 pub mod argocd;
 pub mod check;
+pub mod checkpoint;
 pub mod cli;
 pub mod controller;
 pub mod copy_order;

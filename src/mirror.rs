@@ -13,83 +13,15 @@ use etcd_client::{EventType, KvClient, Txn, TxnOp, WatchOptions, WatchResponse};
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
+// Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
+pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, CHECKPOINT_KEY};
 use crate::copy_order;
 use crate::etcd::{self, Conn, Endpoint, EtcdError};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
-
-/// Where the mirror keeps its checkpoint in the destination: outside `/registry/`, so the
-/// destination's apiserver never sees it and no mirror ever copies it.
-pub const CHECKPOINT_KEY: &str = "drctl/mirror/checkpoint";
-
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("cannot read the mirror checkpoint {CHECKPOINT_KEY}: {0}")]
-    Read(#[source] etcd_client::Error),
-    #[error("the mirror checkpoint {CHECKPOINT_KEY} is not valid: {0}")]
-    Parse(#[source] serde_json::Error),
-}
-
-/// What the destination has of the source: written in the same txn as the data it covers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Checkpoint {
-    /// The source etcd's cluster ID; another ID means another source and a full resync.
-    pub cluster_id: u64,
-    /// The last source revision fully applied; during a copy, the revision copied at.
-    pub revision: i64,
-    /// Set while the initial copy (or a resync) is in progress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub copy: Option<CopyCursor>,
-    /// Set by the earlier txns of a batch too big for one: the data of the batch up to this
-    /// revision is partly written, so the destination is not the source at `revision` (a check
-    /// must not compare or repair against it until the batch's last txn clears this).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<i64>,
-}
-
-impl Checkpoint {
-    /// The source fully applied up to `revision`.
-    pub fn at(cluster_id: u64, revision: i64) -> Checkpoint {
-        Checkpoint { cluster_id, revision, copy: None, pending: None }
-    }
-}
-
-/// How far a copy got: every key of the copy phases before (`phase`, `next`) is copied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CopyCursor {
-    pub phase: usize,
-    /// The next key to copy, hex-encoded (keys are bytes); empty means the phase's start.
-    pub next: String,
-    /// A resync also deletes destination keys the source no longer has.
-    pub prune: bool,
-}
-
-impl CopyCursor {
-    fn start(prune: bool) -> CopyCursor {
-        CopyCursor { phase: 0, next: String::new(), prune }
-    }
-
-    fn at(phase: usize, next: &[u8], prune: bool) -> CopyCursor {
-        CopyCursor { phase, next: hex::encode(next), prune }
-    }
-}
-
-impl Checkpoint {
-    pub async fn read(kv: &mut KvClient) -> Result<Option<Checkpoint>, CheckpointError> {
-        let resp = kv.get(CHECKPOINT_KEY, None).await.map_err(CheckpointError::Read)?;
-        resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).map_err(CheckpointError::Parse)).transpose()
-    }
-
-    fn op(&self) -> TxnOp {
-        // Serializing plain integers and strings cannot fail.
-        TxnOp::put(CHECKPOINT_KEY, serde_json::to_vec(self).unwrap_or_default(), None)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
@@ -791,13 +723,5 @@ mod tests {
         p.source_revision = 12;
         assert_eq!(p.lag(t0 + Duration::from_secs(5)), Some(Duration::from_secs(5)));
         assert_eq!(p.lag_revisions(), 2);
-    }
-
-    #[test]
-    fn checkpoint_json_is_stable() {
-        let cp = Checkpoint { copy: Some(CopyCursor::at(2, b"/registry/x", true)), ..Checkpoint::at(7, 42) };
-        let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
-        assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
-        assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);
     }
 }

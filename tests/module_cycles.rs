@@ -6,9 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Cycles being untied elsewhere, tolerated until then (never required).
-const KNOWN: &[&[&str]] = &[&["check", "mirror"]];
-
 /// `src/a/b.rs` and `src/a/b/mod.rs` → `["a", "b"]`; `src/lib.rs` → `[]`.
 fn module_of(src: &Path, file: &Path) -> Vec<String> {
     let rel = file.strip_prefix(src).expect("under src");
@@ -214,10 +211,6 @@ fn src_modules_import_each_other_in_one_direction_only() {
     for c in components(&graph).into_iter().filter(|c| c.len() > 1) {
         let mut names: Vec<String> = c.iter().map(name).collect();
         names.sort();
-        if KNOWN.iter().any(|k| k.iter().map(|s| s.to_string()).collect::<Vec<_>>() == names) {
-            eprintln!("known cycle, being untied: {}", names.join(" <-> "));
-            continue;
-        }
         let ties: Vec<String> = c
             .iter()
             .flat_map(|a| graph[a].iter().filter(|b| c.contains(b)).map(move |b| format!("{} -> {}", name(a), name(b))))
