@@ -1,4 +1,4 @@
-//! No two files of `src/` import each other, directly or through others: every `crate::`,
+//! No two files of a crate's `src/` (the product's, and each of `crates/*`) import each other, directly or through others: every `crate::`,
 //! `super::` and `self::` path outside comments and `#[cfg(test)] mod tests` is resolved to
 //! the file of the longest module it names, and the strongly connected components of that
 //! graph must be single files. Pure Rust, no tool: `cargo test --test module_cycles`.
@@ -186,16 +186,15 @@ fn components(graph: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<Vec<PathBuf>>
     t.out
 }
 
-#[test]
-fn src_modules_import_each_other_in_one_direction_only() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The cycles among the modules of one crate's `src/`, each as "a, b: a -> b; b -> a".
+fn cycles_in(src: &Path) -> Vec<String> {
     let mut files = Vec::new();
-    rust_files(&src, &mut files);
+    rust_files(src, &mut files);
     let modules: BTreeMap<Vec<String>, PathBuf> =
-        files.iter().filter(|f| !f.ends_with("main.rs")).map(|f| (module_of(&src, f), f.clone())).collect();
+        files.iter().filter(|f| !f.ends_with("main.rs")).map(|f| (module_of(src, f), f.clone())).collect();
     let mut graph: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
     for f in &files {
-        let here = module_of(&src, f);
+        let here = module_of(src, f);
         let text = std::fs::read_to_string(f).expect("read");
         let edges = graph.entry(f.clone()).or_default();
         for p in paths(&code(&text)) {
@@ -206,7 +205,7 @@ fn src_modules_import_each_other_in_one_direction_only() {
             }
         }
     }
-    let name = |p: &PathBuf| module_of(&src, p).join("::");
+    let name = |p: &PathBuf| module_of(src, p).join("::");
     let mut cycles = Vec::new();
     for c in components(&graph).into_iter().filter(|c| c.len() > 1) {
         let mut names: Vec<String> = c.iter().map(name).collect();
@@ -216,6 +215,24 @@ fn src_modules_import_each_other_in_one_direction_only() {
             .flat_map(|a| graph[a].iter().filter(|b| c.contains(b)).map(move |b| format!("{} -> {}", name(a), name(b))))
             .collect();
         cycles.push(format!("{}: {}", names.join(", "), ties.join("; ")));
+    }
+    cycles
+}
+
+#[test]
+fn src_modules_import_each_other_in_one_direction_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The product crate and every crate of the workspace (crates/*/src).
+    let mut srcs = vec![root.join("src")];
+    for entry in std::fs::read_dir(root.join("crates")).expect("read crates/").flatten() {
+        if entry.path().join("src").is_dir() {
+            srcs.push(entry.path().join("src"));
+        }
+    }
+    assert!(srcs.len() >= 3, "the product, the test bed and the lab: {srcs:?}");
+    let mut cycles = Vec::new();
+    for src in &srcs {
+        cycles.extend(cycles_in(src).into_iter().map(|c| format!("{}: {c}", src.display())));
     }
     assert!(cycles.is_empty(), "modules that import each other (make one side take what it needs from a third module):\n{}", cycles.join("\n"));
 }
