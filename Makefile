@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image test demo demo-down bench bench-scale faults soak
+.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test demo demo-down bench bench-scale faults soak
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -51,7 +51,12 @@ image: deps
 
 # Every test of every package. The lab's tests run `drctl lab`, and cargo builds another
 # package's binaries only when asked: build them all first.
-test: deps platform image
+# Formatting (rustfmt.toml) and clippy with warnings as errors, over every crate and target.
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test: deps platform image lint
 	cargo build --workspace --bins
 	cargo test --workspace --no-fail-fast -- --test-threads=2
 

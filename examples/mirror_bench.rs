@@ -85,14 +85,9 @@ async fn main() -> Res<()> {
     eprintln!("drctl --once: {}", once_out.trim());
 
     // 4. Steady-state lag at LAG_RATE writes/s: source commit → visible in the destination.
-    let mut follower = Command::new(&drctl)
-        .args(["mirror", "--source", &src.url, "--dest", &d.url])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut follower = Command::new(&drctl).args(["mirror", "--source", &src.url, "--dest", &d.url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, lags) =
-        measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Rate(LAG_RATE), LAG_SECONDS as f64, VALUE_BYTES).await?;
+    let (_, lags) = measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Rate(LAG_RATE), LAG_SECONDS as f64, VALUE_BYTES).await?;
     let write_secs = LAG_SECONDS as f64;
     let _ = follower.kill();
     let _ = follower.wait();

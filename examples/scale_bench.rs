@@ -14,7 +14,7 @@ mod bench;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::{batched_put, count, measure_lag, cpu_secs, peak_rss_kib, percentile, run_measured, write_load, EtcdProc, Load, Res};
+use bench::{batched_put, count, cpu_secs, measure_lag, peak_rss_kib, percentile, run_measured, write_load, EtcdProc, Load, Res};
 use drctl::keyspace::Filter;
 use drctl::topology::ExcludeSpec;
 use etcd_client::{Client, GetOptions};
@@ -82,8 +82,7 @@ async fn main() -> Res<()> {
     let drctl = bench::drctl()?;
     let n: usize = bench::arg("--keys").map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     let value_bytes: usize = bench::arg("--value-bytes").map(|s| s.parse()).transpose()?.unwrap_or(1024);
-    let ceiling_in_flight: Vec<usize> =
-        bench::arg("--ceiling-in-flight").unwrap_or("8,16".into()).split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let ceiling_in_flight: Vec<usize> = bench::arg("--ceiling-in-flight").unwrap_or("8,16".into()).split(',').map(str::parse).collect::<Result<_, _>>()?;
     let writers: usize = bench::arg("--writers").map(|s| s.parse()).transpose()?.unwrap_or(64);
     let writer_rate: u64 = bench::arg("--writer-rate").map(|s| s.parse()).transpose()?.unwrap_or(500);
     let check_args: Vec<String> = bench::arg("--check-args").map(|s| s.split_whitespace().map(String::from).collect()).unwrap_or_default();
@@ -196,11 +195,7 @@ async fn main() -> Res<()> {
 
     // 7. The lag at the highest write rate the source sustains (a closed loop of `writers`),
     //    with the following mirror's peak RSS (it resumes from the checkpoint: no copy).
-    let mut follower = Command::new(&drctl)
-        .args(["mirror", "--source", &src.url, "--dest", &d.url])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut follower = Command::new(&drctl).args(["mirror", "--source", &src.url, "--dest", &d.url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     // Steady state: the follower has applied everything written so far (the writers above put
     // tens of thousands of excluded keys it replays from the watch first).
     let head = drctl::etcd::head(&mut s.kv_client()).await?.1;
@@ -208,8 +203,7 @@ async fn main() -> Res<()> {
     while drctl::mirror::Checkpoint::read(&mut dc.kv_client()).await?.is_none_or(|cp| cp.revision < head) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (writes, lags) =
-        measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Writers(writers), WRITE_SECONDS, value_bytes).await?;
+    let (writes, lags) = measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Writers(writers), WRITE_SECONDS, value_bytes).await?;
     let follower_rss_kib = peak_rss_kib(follower.id());
     let _ = follower.kill();
     let _ = follower.wait();
@@ -259,11 +253,7 @@ async fn main() -> Res<()> {
         ok(check <= 20.0),
         ok(check <= 1.5 * secs(floor))
     );
-    println!(
-        "| primary's put latency at {writer_rate} writes/s, alone | p99 {:.1} ms (p50 {:.1}) | | |",
-        p99(&alone),
-        percentile(&alone.latencies_ms, 0.5)
-    );
+    println!("| primary's put latency at {writer_rate} writes/s, alone | p99 {:.1} ms (p50 {:.1}) | | |", p99(&alone), percentile(&alone.latencies_ms, 0.5));
     for (name, rate, during, took) in &under_check {
         println!(
             "| … while a check reads it, {name}{} (the check took {:.1} s) | p99 {:.1} ms (p50 {:.1}) | {:.2}× alone | |",
@@ -279,12 +269,7 @@ async fn main() -> Res<()> {
         writes.per_second,
         ok(lag99 < 100.0)
     );
-    println!(
-        "| CPU seconds (drctl / source etcd / destination etcd): `mirror --once`; floor; `check` | {}; {}; {} | | |",
-        once_cpu,
-        floor_cpu,
-        check_cpu
-    );
+    println!("| CPU seconds (drctl / source etcd / destination etcd): `mirror --once`; floor; `check` | {}; {}; {} | | |", once_cpu, floor_cpu, check_cpu);
     println!(
         "| peak RSS: `mirror --once` / `check` / following `mirror` | {:.0} / {:.0} / {:.0} MiB | | < 100 MiB: {} |",
         mib(once_rss_kib),

@@ -86,7 +86,8 @@ mod tests {
         let a = ArgoView::from_json(&v);
         assert_eq!(a.health_message.as_deref(), Some("failing over: SwitchDNS"));
         assert!(a.conditions.is_empty());
-        let failing = serde_json::json!({"status": {"sync": {"status": "Unknown"}, "conditions": [{"type": "ComparisonError", "message": "connection refused"}]}});
+        let failing =
+            serde_json::json!({"status": {"sync": {"status": "Unknown"}, "conditions": [{"type": "ComparisonError", "message": "connection refused"}]}});
         assert_eq!(ArgoView::from_json(&failing).conditions, ["ComparisonError: connection refused"]);
         assert!(a.synced_to("abc") && !a.synced_to("def"));
         assert_eq!(a.applied_at("abc"), Some("2026-12-01T10:00:00Z"));

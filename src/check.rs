@@ -20,11 +20,11 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_KEY};
 use crate::copy_order::{self, ReadRange};
 use crate::etcd::{self, Conn, Kv};
 use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
 use crate::managed_fields::{last_writer, Writer};
-use crate::checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_KEY};
 
 /// How many keys of each kind a report lists.
 pub const DEFAULT_LIST_LIMIT: usize = 20;
@@ -76,12 +76,9 @@ impl Difference {
         match (source, dest) {
             (None, None) => None,
             (Some(a), Some((b, _))) if a == b => None,
-            (source, dest) => Some(Difference {
-                key,
-                source,
-                dest_writer: dest.as_ref().and_then(|(v, _)| last_writer(v)),
-                dest_mod_revision: dest.map(|(_, r)| r),
-            }),
+            (source, dest) => {
+                Some(Difference { key, source, dest_writer: dest.as_ref().and_then(|(v, _)| last_writer(v)), dest_mod_revision: dest.map(|(_, r)| r) })
+            }
         }
     }
 
@@ -152,10 +149,9 @@ async fn read_both(
     limit: i64,
     keys_only: bool,
 ) -> Result<(etcd::Page, etcd::Page), CheckError> {
-    tokio::try_join!(
-        async { etcd::range_page_of(source, start, end, revision, limit, keys_only).await.map_err(on("source")) },
-        async { etcd::range_page_of(dest, start, end, 0, limit, keys_only).await.map_err(on("destination")) },
-    )
+    tokio::try_join!(async { etcd::range_page_of(source, start, end, revision, limit, keys_only).await.map_err(on("source")) }, async {
+        etcd::range_page_of(dest, start, end, 0, limit, keys_only).await.map_err(on("destination"))
+    },)
 }
 
 impl DiffPager {
@@ -171,12 +167,7 @@ impl DiffPager {
     }
 
     /// The next page, None when the ranges are done. Errors name the side that failed.
-    pub async fn next(
-        &mut self,
-        source: &mut KvClient,
-        dest: &mut KvClient,
-        filter: &Filter,
-    ) -> Result<Option<DiffPage>, CheckError> {
+    pub async fn next(&mut self, source: &mut KvClient, dest: &mut KvClient, filter: &Filter) -> Result<Option<DiffPage>, CheckError> {
         let Some(range) = self.ranges.front() else { return Ok(None) };
         let (end, keys_only) = (range.end.clone(), range.keys_only);
         let bounds = (self.next.as_slice(), end.as_slice());
@@ -392,9 +383,7 @@ pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOption
     let at = compare_revision(&mut dkv, cluster_id, head).await?;
     let (revision, (mut differences, checked, all)) = match scan(&mut skv, &mut dkv, filter, at, opts).await {
         // The checkpoint's revision is gone from the source's history: compare with now.
-        Err(CheckError::Etcd { side: "source", source: e }) if etcd::is_compacted(&e) => {
-            (head, scan(&mut skv, &mut dkv, filter, head, opts).await?)
-        }
+        Err(CheckError::Etcd { side: "source", source: e }) if etcd::is_compacted(&e) => (head, scan(&mut skv, &mut dkv, filter, head, opts).await?),
         r => (at, r?),
     };
     if !differences.is_empty() && !opts.settle.is_zero() {
@@ -446,13 +435,7 @@ async fn compare_revision(dest: &mut KvClient, cluster_id: u64, head: i64) -> Re
     })
 }
 
-async fn scan(
-    skv: &mut KvClient,
-    dkv: &mut KvClient,
-    filter: &Filter,
-    at: i64,
-    opts: &CheckOptions,
-) -> Result<(Vec<Difference>, u64, u64), CheckError> {
+async fn scan(skv: &mut KvClient, dkv: &mut KvClient, filter: &Filter, at: i64, opts: &CheckOptions) -> Result<(Vec<Difference>, u64, u64), CheckError> {
     let start = REGISTRY_PREFIX.as_bytes().to_vec();
     let found = copy_order::discover(skv, at).await.map_err(on("source"))?;
     let ranges = copy_order::read_ranges(&start, &prefix_end(&start), &found, filter);
@@ -520,8 +503,7 @@ async fn reverify(skv: &KvClient, dkv: &KvClient, differences: Vec<Difference>, 
             async move { Ok(read_cut(s, t, &d.key, cluster_id).await?.and_then(|cut| cut.difference)) }.boxed()
         })
         .collect();
-    let results: Vec<Option<Difference>> =
-        futures::stream::iter(lookups).buffered(KEY_CONCURRENCY).try_collect().await?;
+    let results: Vec<Option<Difference>> = futures::stream::iter(lookups).buffered(KEY_CONCURRENCY).try_collect().await?;
     Ok(results.into_iter().flatten().collect())
 }
 
@@ -631,10 +613,8 @@ mod tests {
             kv("/registry/configmaps/a/surplus", "5", 42),
             kv("/registry/masterleases/10.0.0.1", "own", 43),
         ];
-        let got: Vec<(String, Kind)> = diff_sorted(source, dest, &filter)
-            .into_iter()
-            .map(|d| (String::from_utf8_lossy(&d.key).into_owned(), d.kind()))
-            .collect();
+        let got: Vec<(String, Kind)> =
+            diff_sorted(source, dest, &filter).into_iter().map(|d| (String::from_utf8_lossy(&d.key).into_owned(), d.kind())).collect();
         assert_eq!(
             got,
             vec![
@@ -657,11 +637,7 @@ mod tests {
             source_keys: 5,
             missed: KeyList { count: 2, keys: vec!["/registry/a".into()], writers: Vec::new() },
             surplus: KeyList::default(),
-            diverged: KeyList {
-                count: 3,
-                keys: vec!["/registry/pods/x/p".into()],
-                writers: vec![KeyWriter { key: "/registry/pods/x/p".into(), writer }],
-            },
+            diverged: KeyList { count: 3, keys: vec!["/registry/pods/x/p".into()], writers: vec![KeyWriter { key: "/registry/pods/x/p".into(), writer }] },
             duration_ms: 1,
             repair: None,
             writers: BTreeMap::from([("kube-scheduler".to_string(), 2), ("kube-controller-manager".to_string(), 1)]),

@@ -148,22 +148,16 @@ async fn promote(a: PromoteArgs) -> anyhow::Result<ExitCode> {
         (Some(remote), true) => {
             let (head, url) = gitops::head_and_remote(&a.repo, remote)?;
             let target = forge::target(&url, a.forge)?;
-            let base = a.base.clone().or(head).ok_or_else(|| {
-                anyhow::anyhow!("HEAD is detached, so the pull request's target branch is unknown; pass --base BRANCH")
-            })?;
+            let base = a
+                .base
+                .clone()
+                .or(head)
+                .ok_or_else(|| anyhow::anyhow!("HEAD is detached, so the pull request's target branch is unknown; pass --base BRANCH"))?;
             Some((target, base, forge::token_from_env(&a.token_env)?))
         }
         _ => None,
     };
-    let req = gitops::PromoteRequest {
-        repo: a.repo,
-        file: a.file,
-        cluster: a.cluster,
-        branch: a.branch,
-        message: a.message,
-        reason: a.reason,
-        push: a.push,
-    };
+    let req = gitops::PromoteRequest { repo: a.repo, file: a.file, cluster: a.cluster, branch: a.branch, message: a.message, reason: a.reason, push: a.push };
     let outcome = gitops::promote(&req)?;
     let base = a.base.or_else(|| outcome.base.clone());
     let target = outcome.remote_url.as_deref().map(|u| forge::target(u, a.forge));
@@ -446,15 +440,7 @@ async fn shutdown_signal() {
     tracing::info!("signalled: stopping");
 }
 
-async fn check(
-    etcd: &EtcdArgs,
-    exclude: &ExcludeArgs,
-    json: bool,
-    repair: bool,
-    prune: bool,
-    list: usize,
-    max_read_rate: u64,
-) -> anyhow::Result<ExitCode> {
+async fn check(etcd: &EtcdArgs, exclude: &ExcludeArgs, json: bool, repair: bool, prune: bool, list: usize, max_read_rate: u64) -> anyhow::Result<ExitCode> {
     let (source, dest) = etcd.endpoints()?;
     let filter = exclude.filter()?;
     let (src, dst) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
@@ -481,10 +467,7 @@ async fn failover_record(kubeconfig: &std::path::Path) -> anyhow::Result<Option<
 }
 
 async fn dns_resolve(name: &str, resolvers: &[String]) -> anyhow::Result<ExitCode> {
-    let spec = topology::DnsSpec {
-        verify: topology::DnsVerify { resolvers: resolvers.to_vec(), ..Default::default() },
-        ..Default::default()
-    };
+    let spec = topology::DnsSpec { verify: topology::DnsVerify { resolvers: resolvers.to_vec(), ..Default::default() }, ..Default::default() };
     let resolvers = dns::verify_resolvers(&spec)?;
     let mut failed = false;
     for answer in dns::ask_all(&resolvers, name, Duration::from_secs(3)).await {

@@ -79,13 +79,8 @@ fn rank(prefix: &[u8]) -> u8 {
 /// built-in owners and `found` (the source's resource prefixes), by rank then key; then every
 /// key range left over, in key order. Together they cover `/registry/` exactly once.
 pub fn copy_phases(found: &[Vec<u8>]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut ranked: Vec<(u8, Vec<u8>)> = BUILT_IN_RANKS
-        .iter()
-        .map(|(p, _)| p.as_bytes().to_vec())
-        .chain(found.iter().cloned())
-        .map(|p| (rank(&p), p))
-        .filter(|(r, _)| *r < RANK_REST)
-        .collect();
+    let mut ranked: Vec<(u8, Vec<u8>)> =
+        BUILT_IN_RANKS.iter().map(|(p, _)| p.as_bytes().to_vec()).chain(found.iter().cloned()).map(|p| (rank(&p), p)).filter(|(r, _)| *r < RANK_REST).collect();
     ranked.sort();
     ranked.dedup();
     let mut phases: Vec<(Vec<u8>, Vec<u8>)> = ranked.iter().map(|(_, p)| (p.clone(), prefix_end(p))).collect();
@@ -110,12 +105,8 @@ pub async fn discover(kv: &mut KvClient, revision: i64) -> Result<Vec<Vec<u8>>, 
     let mut from = REGISTRY_PREFIX.as_bytes().to_vec();
     let mut found = Vec::new();
     loop {
-        let opts = GetOptions::new()
-            .with_range(end.clone())
-            .with_keys_only()
-            .with_limit(1)
-            .with_sort(SortTarget::Key, SortOrder::Ascend)
-            .with_revision(revision);
+        let opts =
+            GetOptions::new().with_range(end.clone()).with_keys_only().with_limit(1).with_sort(SortTarget::Key, SortOrder::Ascend).with_revision(revision);
         let resp = kv.get(from.clone(), Some(opts)).await?;
         let Some(first) = resp.kvs().first() else { return Ok(found) };
         let prefix = resource_prefix(first.key());
@@ -166,10 +157,8 @@ mod tests {
 
     #[test]
     fn read_ranges_cover_the_range_once_per_resource_and_skip_values_of_excluded_ones() {
-        let found: Vec<Vec<u8>> = ["/registry/compact_rev_key", "/registry/configmaps/", "/registry/events/", "/registry/pods/"]
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
+        let found: Vec<Vec<u8>> =
+            ["/registry/compact_rev_key", "/registry/configmaps/", "/registry/events/", "/registry/pods/"].iter().map(|p| p.as_bytes().to_vec()).collect();
         let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
         let show = |rs: Vec<ReadRange>| -> Vec<(String, String, bool)> {
             rs.into_iter()
@@ -282,11 +271,23 @@ mod tests {
         let found: Vec<Vec<u8>> = ["/registry/example.com/widgets/", "/registry/a.b/c/"].iter().map(|p| p.as_bytes().to_vec()).collect();
         let phases = copy_phases(&found);
         for key in [
-            "/registry/", "/registry/namespaces/a", "/registry/namespacesx", "/registry/pods/a/b", "/registry/podsecuritypolicy/p",
-            "/registry/replicasets/a/b", "/registry/zzz", "/registry/\u{7f}", "/registry/services/specs/a/b", "/registry/services/x",
-            "/registry/apiextensions.k8s.io/customresourcedefinitions/w.x", "/registry/apiextensions.k8s.io/other",
-            "/registry/apiregistration.k8s.io/apiservices/v1.apps", "/registry/example.com/widgets/a/b", "/registry/example.com/gadgets/a/b",
-            "/registry/a.b/c/d", "/registry/compact_rev_key",
+            "/registry/",
+            "/registry/namespaces/a",
+            "/registry/namespacesx",
+            "/registry/pods/a/b",
+            "/registry/podsecuritypolicy/p",
+            "/registry/replicasets/a/b",
+            "/registry/zzz",
+            "/registry/\u{7f}",
+            "/registry/services/specs/a/b",
+            "/registry/services/x",
+            "/registry/apiextensions.k8s.io/customresourcedefinitions/w.x",
+            "/registry/apiextensions.k8s.io/other",
+            "/registry/apiregistration.k8s.io/apiservices/v1.apps",
+            "/registry/example.com/widgets/a/b",
+            "/registry/example.com/gadgets/a/b",
+            "/registry/a.b/c/d",
+            "/registry/compact_rev_key",
         ] {
             phase_of(&phases, key);
         }

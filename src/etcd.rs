@@ -37,9 +37,7 @@ impl TlsFiles {
 
     /// Reads the files.
     pub fn load(&self) -> Result<TlsMaterial, EtcdError> {
-        let read = |what: &'static str, path: &PathBuf| {
-            std::fs::read(path).map_err(|source| EtcdError::ReadFile { what, path: path.clone(), source })
-        };
+        let read = |what: &'static str, path: &PathBuf| std::fs::read(path).map_err(|source| EtcdError::ReadFile { what, path: path.clone(), source });
         let ca = self.ca.as_ref().map(|p| read("CA certificate", p)).transpose()?;
         let identity = match (&self.cert, &self.key) {
             (Some(c), Some(k)) => Some((read("client certificate", c)?, SecretBytes(read("client key", k)?))),
@@ -111,10 +109,7 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
     let client = Client::connect(endpoint.urls.clone(), Some(opts))
         .await
         .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
-    let kv = client
-        .kv_client()
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
     Ok(Conn { client, kv, watch })
 }
@@ -146,25 +141,12 @@ pub struct Page {
 }
 
 /// Reads up to `limit` keys of `[start, end)`, at `revision` (0 = now).
-pub async fn range_page(
-    kv: &mut KvClient,
-    start: &[u8],
-    end: &[u8],
-    revision: i64,
-    limit: i64,
-) -> Result<Page, etcd_client::Error> {
+pub async fn range_page(kv: &mut KvClient, start: &[u8], end: &[u8], revision: i64, limit: i64) -> Result<Page, etcd_client::Error> {
     range_page_of(kv, start, end, revision, limit, false).await
 }
 
 /// [`range_page`], with empty values when `keys_only`.
-pub async fn range_page_of(
-    kv: &mut KvClient,
-    start: &[u8],
-    end: &[u8],
-    revision: i64,
-    limit: i64,
-    keys_only: bool,
-) -> Result<Page, etcd_client::Error> {
+pub async fn range_page_of(kv: &mut KvClient, start: &[u8], end: &[u8], revision: i64, limit: i64, keys_only: bool) -> Result<Page, etcd_client::Error> {
     let mut opts = etcd_client::GetOptions::new().with_range(end.to_vec()).with_revision(revision).with_limit(limit);
     if keys_only {
         opts = opts.with_keys_only();

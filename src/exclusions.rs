@@ -40,10 +40,7 @@ pub const DEFAULT_EXCLUSIONS: &[(Item, &str)] = &[
     (Item::Resource("servicecidrs"), "the Service IP ranges each apiserver was started with"),
     (Item::Resource("endpointslices"), "derived from Services and the local Pods by each cluster's own controllers"),
     (Item::Resource("endpoints"), "derived from Services and the local Pods by each cluster's own controllers"),
-    (
-        Item::Resource("pods"),
-        "bound to the source's nodes; each cluster's controllers make their own from the replicated workloads (fenced on a standby)",
-    ),
+    (Item::Resource("pods"), "bound to the source's nodes; each cluster's controllers make their own from the replicated workloads (fenced on a standby)"),
 ];
 
 /// The CRD's CEL rule for an `optOut` entry: it names a default exclusion (from the same table).

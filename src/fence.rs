@@ -8,16 +8,16 @@
 //! and why, is in [`build`] and the README ("Fencing a standby").
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec, Validation,
+    MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 
-use crate::keyspace::{Filter, DEFAULT_ARGOCD_NAMESPACE, NEVER_COPIED_NAMES};
 #[cfg(test)]
 use crate::keyspace::DEFAULT_CONTROLLER_NAMESPACE;
+use crate::keyspace::{Filter, DEFAULT_ARGOCD_NAMESPACE, NEVER_COPIED_NAMES};
 use crate::topology::DRTopology;
 
 const MANAGER: &str = "drctl-fence";
@@ -44,10 +44,7 @@ const FENCED_THOUGH_NOT_REPLICATED: [&str; 1] = ["pods"];
 /// standby's authentication, never protect data.
 const NOT_STORED: [(&str, &[&str]); 3] = [
     ("authentication.k8s.io", &["tokenreviews", "selfsubjectreviews"]),
-    (
-        "authorization.k8s.io",
-        &["subjectaccessreviews", "selfsubjectaccessreviews", "localsubjectaccessreviews", "selfsubjectrulesreviews"],
-    ),
+    ("authorization.k8s.io", &["subjectaccessreviews", "selfsubjectaccessreviews", "localsubjectaccessreviews", "selfsubjectrulesreviews"]),
     ("", &["serviceaccounts/token"]),
 ];
 
@@ -95,17 +92,11 @@ fn api_group(group: Option<&str>) -> &str {
 /// nothing, the DRTopology objects (never replicated, Argo CD applies them to each global) and
 /// the objects excluded by name (`kube-root-ca.crt`). `r/*` is the resource and its subresources.
 fn unfenced_rules(filter: &Filter) -> Vec<NamedRuleWithOperations> {
-    let excluded = filter
-        .excluded_resources()
-        .filter(|(_, r)| !FENCED_THOUGH_NOT_REPLICATED.contains(r))
-        .map(|(g, r)| rule(&[api_group(g)], vec![format!("{r}/*")], &[]));
+    let excluded =
+        filter.excluded_resources().filter(|(_, r)| !FENCED_THOUGH_NOT_REPLICATED.contains(r)).map(|(g, r)| rule(&[api_group(g)], vec![format!("{r}/*")], &[]));
     let not_stored = NOT_STORED.iter().map(|(g, rs)| rule(&[g], rs.iter().map(|r| r.to_string()).collect(), &[]));
     let by_name = NEVER_COPIED_NAMES.iter().map(|(r, n, _)| rule(&[""], vec![r.to_string()], &[n]));
-    excluded
-        .chain(not_stored)
-        .chain(by_name)
-        .chain([rule(&["drctl.io"], vec!["drtopologies/*".into()], &[])])
-        .collect()
+    excluded.chain(not_stored).chain(by_name).chain([rule(&["drctl.io"], vec!["drtopologies/*".into()], &[])]).collect()
 }
 
 /// The policy and binding that fence this standby (pure: what `apply` writes). The fence covers
@@ -151,9 +142,7 @@ pub fn build(topo: &DRTopology, controller_namespace: &str) -> (ValidatingAdmiss
             match_conditions: Some(vec![
                 MatchCondition {
                     name: "not-an-exempt-user".into(),
-                    expression: format!(
-                        "!(request.userInfo.username in {users} || request.userInfo.username.startsWith({drctl}))"
-                    ),
+                    expression: format!("!(request.userInfo.username in {users} || request.userInfo.username.startsWith({drctl}))"),
                 },
                 MatchCondition {
                     name: "not-an-exempt-group".into(),
@@ -175,11 +164,7 @@ pub fn build(topo: &DRTopology, controller_namespace: &str) -> (ValidatingAdmiss
     };
     let binding = ValidatingAdmissionPolicyBinding {
         metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() },
-        spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(name),
-            validation_actions: Some(vec!["Deny".into()]),
-            ..Default::default()
-        }),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec { policy_name: Some(name), validation_actions: Some(vec!["Deny".into()]), ..Default::default() }),
     };
     (policy, binding)
 }
@@ -273,19 +258,40 @@ mod tests {
                 let groups = r.api_groups.clone().unwrap_or_default();
                 let names = r.resource_names.clone().unwrap_or_default();
                 (groups.iter().any(|g| g == "*" || g == group))
-                    && r.resources.clone().unwrap_or_default().iter().any(|x| x == resource || x == &format!("{}/*", resource.split('/').next().unwrap_or_default()))
+                    && r.resources
+                        .clone()
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|x| x == resource || x == &format!("{}/*", resource.split('/').next().unwrap_or_default()))
                     && (names.is_empty() || name.is_some_and(|n| names.iter().any(|x| x == n)))
             })
         };
         for (group, resource) in [
-            ("", "events"), ("events.k8s.io", "events"), ("coordination.k8s.io", "leases"), ("", "nodes"), ("", "nodes/status"),
-            ("discovery.k8s.io", "endpointslices"), ("", "endpoints"), ("authentication.k8s.io", "tokenreviews"),
-            ("authorization.k8s.io", "subjectaccessreviews"), ("", "serviceaccounts/token"), ("drctl.io", "drtopologies/status"),
+            ("", "events"),
+            ("events.k8s.io", "events"),
+            ("coordination.k8s.io", "leases"),
+            ("", "nodes"),
+            ("", "nodes/status"),
+            ("discovery.k8s.io", "endpointslices"),
+            ("", "endpoints"),
+            ("authentication.k8s.io", "tokenreviews"),
+            ("authorization.k8s.io", "subjectaccessreviews"),
+            ("", "serviceaccounts/token"),
+            ("drctl.io", "drtopologies/status"),
         ] {
             assert!(unfenced(group, resource, None), "{group}/{resource} must stay writable");
         }
         assert!(unfenced("", "configmaps", Some("kube-root-ca.crt")), "each cluster's root-ca-cert-publisher writes its own");
-        for (group, resource) in [("", "pods"), ("", "pods/binding"), ("", "pods/eviction"), ("", "pods/status"), ("", "configmaps"), ("apps", "replicasets/status"), ("batch", "jobs"), ("", "namespaces/finalize")] {
+        for (group, resource) in [
+            ("", "pods"),
+            ("", "pods/binding"),
+            ("", "pods/eviction"),
+            ("", "pods/status"),
+            ("", "configmaps"),
+            ("apps", "replicasets/status"),
+            ("batch", "jobs"),
+            ("", "namespaces/finalize"),
+        ] {
             assert!(!unfenced(group, resource, Some("web")), "{group}/{resource} must be fenced");
         }
         // An excluded custom resource is each cluster's own too.
@@ -300,7 +306,8 @@ mod tests {
         assert_eq!(
             conds,
             vec![
-                r#"!(request.userInfo.username in ["system:apiserver"] || request.userInfo.username.startsWith("system:serviceaccount:drctl-system:"))"#.to_string(),
+                r#"!(request.userInfo.username in ["system:apiserver"] || request.userInfo.username.startsWith("system:serviceaccount:drctl-system:"))"#
+                    .to_string(),
                 r#"!(has(request.userInfo.groups) && request.userInfo.groups.exists(g, g in ["system:masters"]))"#.to_string(),
             ],
             "controllers, the scheduler, nodes and Argo CD are not exempt"

@@ -99,14 +99,10 @@ pub const DEMOTION_TIMEOUT_FLOOR: Floor = Floor {
 };
 /// `finalSyncTimeout`: FinalSync catches up, checks the whole keyspace and repairs; with less,
 /// a failover that would pass is abandoned (or proceeds losing keys) on one slow check.
-pub const FINAL_SYNC_TIMEOUT_FLOOR: Floor = Floor {
-    field: "spec.failover.finalSyncTimeout",
-    min: "10s",
-    why: "FinalSync must catch up and check the whole keyspace at least once (default 2m)",
-};
+pub const FINAL_SYNC_TIMEOUT_FLOOR: Floor =
+    Floor { field: "spec.failover.finalSyncTimeout", min: "10s", why: "FinalSync must catch up and check the whole keyspace at least once (default 2m)" };
 /// `dns.verify.timeout`: one lookup waits 2s; less than two lookups fails on one lost packet.
-pub const VERIFY_TIMEOUT_FLOOR: Floor =
-    Floor { field: "spec.dns.verify.timeout", min: "5s", why: "one DNS lookup may take 2s; the default is 5m" };
+pub const VERIFY_TIMEOUT_FLOOR: Floor = Floor { field: "spec.dns.verify.timeout", min: "5s", why: "one DNS lookup may take 2s; the default is 5m" };
 
 /// The CEL spelling of a floor: `duration()` only after the pattern matched, so a malformed
 /// value reports the pattern's message, not an evaluation error.

@@ -80,9 +80,7 @@ pub fn read_regular(field: &str, path: &Path, limit: u64) -> Result<Vec<u8>, Fil
 fn read_at_most(field: &str, path: &Path, file: File, limit: u64) -> Result<Vec<u8>, FileError> {
     let shown = path.display().to_string();
     let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| FileError::Io { field: field.to_string(), path: shown.clone(), reason: e.to_string() })?;
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| FileError::Io { field: field.to_string(), path: shown.clone(), reason: e.to_string() })?;
     if bytes.len() as u64 > limit {
         return Err(FileError::TooLarge { field: field.to_string(), path: shown, size: bytes.len() as u64, limit });
     }
@@ -122,11 +120,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// [`FingerprintCache::fingerprint`] off the async workers and bounded in time: a file on a
 /// hung mount costs one blocking thread, never a reconcile worker.
-pub async fn fingerprint_bounded(
-    cache: std::sync::Arc<FingerprintCache>,
-    field: String,
-    path: std::path::PathBuf,
-) -> Result<String, FileError> {
+pub async fn fingerprint_bounded(cache: std::sync::Arc<FingerprintCache>, field: String, path: std::path::PathBuf) -> Result<String, FileError> {
     let (f, p) = (field.clone(), path.display().to_string());
     let task = tokio::task::spawn_blocking(move || cache.fingerprint(&field, &path));
     match tokio::time::timeout(READ_TIMEOUT, task).await {

@@ -233,9 +233,7 @@ impl Target {
         let (web, path, base, branch) = (&self.repo.web, url_part(&self.repo.path), url_part(base), url_part(branch));
         match self.forge {
             Forge::Github => format!("{web}/{path}/compare/{base}...{branch}?expand=1"),
-            Forge::Gitlab => format!(
-                "{web}/{path}/-/merge_requests/new?merge_request[source_branch]={branch}&merge_request[target_branch]={base}"
-            ),
+            Forge::Gitlab => format!("{web}/{path}/-/merge_requests/new?merge_request[source_branch]={branch}&merge_request[target_branch]={base}"),
             Forge::Gitea => format!("{web}/{path}/compare/{base}...{branch}"),
         }
     }
@@ -300,19 +298,13 @@ impl Target {
                 segments.push("pulls");
                 let mut url = self.api_url(&segments);
                 let owner = self.repo.path.split('/').next().unwrap_or_default();
-                url.query_pairs_mut()
-                    .append_pair("head", &format!("{owner}:{}", pr.head))
-                    .append_pair("base", &pr.base)
-                    .append_pair("state", "open");
+                url.query_pairs_mut().append_pair("head", &format!("{owner}:{}", pr.head)).append_pair("base", &pr.base).append_pair("state", "open");
                 url
             }
             Forge::Gitlab => {
                 segments.push("merge_requests");
                 let mut url = self.api_url(&segments);
-                url.query_pairs_mut()
-                    .append_pair("source_branch", &pr.head)
-                    .append_pair("target_branch", &pr.base)
-                    .append_pair("state", "opened");
+                url.query_pairs_mut().append_pair("source_branch", &pr.head).append_pair("target_branch", &pr.base).append_pair("state", "opened");
                 url
             }
             // GET /repos/O/R/pulls/{base}/{head...}: the head may hold slashes, the base is one segment.
@@ -417,12 +409,18 @@ fn detail(text: &str, token: &str) -> String {
             None => v.to_string(),
         },
         // A login page, a proxy's or another server's error page: its markup says nothing.
-        Err(_) if text.trim_start().starts_with('<') => "an HTML page, not the API's JSON (a proxy or a login page in the way, or not this forge: check --forge)".into(),
+        Err(_) if text.trim_start().starts_with('<') => {
+            "an HTML page, not the API's JSON (a proxy or a login page in the way, or not this forge: check --forge)".into()
+        }
         Err(_) => text.trim().to_string(),
     };
     let said = if token.is_empty() { said } else { said.replace(token, "***") };
     let cut: String = said.chars().take(300).collect();
-    if cut.is_empty() { "no message".into() } else { cut }
+    if cut.is_empty() {
+        "no message".into()
+    } else {
+        cut
+    }
 }
 
 /// `--open-pr` failed after the branch was pushed: the error, and the page that opens the pull
@@ -491,9 +489,7 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
     // PRIVATE-TOKEN, and a 301/302 turns the POST into a GET.
     let client = crate::dns::http_client_builder().redirect(reqwest::redirect::Policy::none()).build().map_err(http("POST", &shown))?;
     let request = |req: reqwest::RequestBuilder| {
-        req.header(auth.0.clone(), auth.1.clone())
-            .header(ACCEPT, "application/json")
-            .header(USER_AGENT, concat!("drctl/", env!("CARGO_PKG_VERSION")))
+        req.header(auth.0.clone(), auth.1.clone()).header(ACCEPT, "application/json").header(USER_AGENT, concat!("drctl/", env!("CARGO_PKG_VERSION")))
     };
 
     let resp = request(client.post(url).json(&body)).send().await.map_err(http("POST", &shown))?;
@@ -507,13 +503,9 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
             opened_from(forge, &answer, true, token).ok_or(ForgeError::Response { forge, method: "POST", url: shown, field: "URL" })
         }
         CreateAnswer::BadToken => Err(ForgeError::Unauthorized { forge, api, var: token_var.into() }),
-        CreateAnswer::NoPermission => Err(ForgeError::Forbidden {
-            forge,
-            api,
-            path: target.repo.path.clone(),
-            var: token_var.into(),
-            detail: detail(&text, token),
-        }),
+        CreateAnswer::NoPermission => {
+            Err(ForgeError::Forbidden { forge, api, path: target.repo.path.clone(), var: token_var.into(), detail: detail(&text, token) })
+        }
         CreateAnswer::NoRepo => Err(ForgeError::RepoNotFound(Box::new(RepoNotFound {
             forge,
             api,
@@ -549,9 +541,7 @@ pub async fn open_pull_request(target: &Target, token: &Secret, token_var: &str,
             status: status.as_u16(),
             location: location.map(|l| l.replace(token, "***")).unwrap_or_else(|| "nowhere (no Location)".into()),
         }),
-        CreateAnswer::Other => {
-            Err(ForgeError::Status { forge, method: "POST", url: shown, status: status.as_u16(), detail: detail(&text, token) })
-        }
+        CreateAnswer::Other => Err(ForgeError::Status { forge, method: "POST", url: shown, status: status.as_u16(), detail: detail(&text, token) }),
     }
 }
 
@@ -592,11 +582,25 @@ mod tests {
 
     #[test]
     fn local_and_pathless_remotes_are_not_forges() {
-        for remote in ["/tmp/remote.git", "../remote.git", "file:///srv/dr.git", "./a:b/c", "https://github.com/acme", "git@host:dr.git", "ftp://h/o/r", "git@ho st:o/r",
+        for remote in [
+            "/tmp/remote.git",
+            "../remote.git",
+            "file:///srv/dr.git",
+            "./a:b/c",
+            "https://github.com/acme",
+            "git@host:dr.git",
+            "ftp://h/o/r",
+            "git@ho st:o/r",
             // Remote helpers: ext:: would run a command, and "ext" is no host.
-            "ext::sh -c touch% /tmp/x o/r", "ext::x/y", "fd::3/o/r",
+            "ext::sh -c touch% /tmp/x o/r",
+            "ext::x/y",
+            "fd::3/o/r",
             // `..`, `.` and empty segments would name another repository than the remote does.
-            "git@github.com:../r", "git@gitea.example:o/./r", "git@gitea.example:o//r", "https://gitea.example/o/%2e%2e"] {
+            "git@github.com:../r",
+            "git@gitea.example:o/./r",
+            "git@gitea.example:o//r",
+            "https://gitea.example/o/%2e%2e",
+        ] {
             assert!(matches!(parse_remote(remote), Err(ForgeError::NotAForge { .. })), "{remote}");
         }
     }
@@ -713,10 +717,7 @@ mod tests {
         let gh = target("git@github.com:a/r.git", None).expect("github").create_call(&pr()).1;
         assert_eq!(gh, json!({"head": "dr/promote-b", "base": "main", "title": "DR: promote b to primary", "body": pr().body}));
         let gl = target("git@gitlab.example:a/r.git", None).expect("gitlab").create_call(&pr()).1;
-        assert_eq!(
-            gl,
-            json!({"source_branch": "dr/promote-b", "target_branch": "main", "title": "DR: promote b to primary", "description": pr().body})
-        );
+        assert_eq!(gl, json!({"source_branch": "dr/promote-b", "target_branch": "main", "title": "DR: promote b to primary", "description": pr().body}));
     }
 
     #[test]
@@ -758,10 +759,17 @@ mod tests {
             Some(OpenedPr { url: "https://github.com/a/r/pull/7".into(), number: Some(7), created: true })
         );
         let gl = json!([{"web_url": "https://gitlab.example/a/r/-/merge_requests/3", "iid": 3, "id": 991}]);
-        assert_eq!(opened_from(Forge::Gitlab, &gl, false, "T0K").map(|p| (p.url, p.number)), Some(("https://gitlab.example/a/r/-/merge_requests/3".into(), Some(3))));
+        assert_eq!(
+            opened_from(Forge::Gitlab, &gl, false, "T0K").map(|p| (p.url, p.number)),
+            Some(("https://gitlab.example/a/r/-/merge_requests/3".into(), Some(3)))
+        );
         assert_eq!(opened_from(Forge::Github, &json!([]), false, "T0K"), None);
         let echoed = json!({"html_url": "https://gitea.example/o/r/pulls/1?t=T0K", "number": 1});
-        assert_eq!(opened_from(Forge::Gitea, &echoed, true, "T0K").map(|p| p.url), Some("https://gitea.example/o/r/pulls/1?t=***".into()), "the URL is printed");
+        assert_eq!(
+            opened_from(Forge::Gitea, &echoed, true, "T0K").map(|p| p.url),
+            Some("https://gitea.example/o/r/pulls/1?t=***".into()),
+            "the URL is printed"
+        );
     }
 
     #[test]
@@ -774,11 +782,21 @@ mod tests {
         type Case<'a> = (Option<&'a str>, Option<&'a Result<Target, ForgeError>>, Option<&'a OpenedPr>, &'a str);
         let cases: [Case; 6] = [
             (Some("main"), Some(&gitea), Some(&made), "Opened pull request #4 from b into main: https://gitea.example/o/r/pulls/4\n"),
-            (Some("main"), Some(&gitea), Some(&open), "Pull request #4 from b into main was already open and now has this commit: https://gitea.example/o/r/pulls/4\n"),
+            (
+                Some("main"),
+                Some(&gitea),
+                Some(&open),
+                "Pull request #4 from b into main was already open and now has this commit: https://gitea.example/o/r/pulls/4\n",
+            ),
             (Some("main"), Some(&gitea), None, "Open the pull request into main: https://gitea.example/o/r/compare/main...b\n"),
             (Some("main"), Some(&unknown), None, "Open a pull request from b into main (pass --forge github|gitlab|gitea for its link).\n"),
             (Some("main"), Some(&local), None, "Open a pull request from b into main.\n"),
-            (None, Some(&gitea), None, "HEAD was detached, so the target branch is unknown: open a pull request from b into the branch Argo CD watches (--base names it).\n"),
+            (
+                None,
+                Some(&gitea),
+                None,
+                "HEAD was detached, so the target branch is unknown: open a pull request from b into the branch Argo CD watches (--base names it).\n",
+            ),
         ];
         for (base, t, opened, want) in cases {
             assert_eq!(pull_request_line("b", base, t, opened), want);

@@ -168,9 +168,7 @@ fn parse_scalar(after: &str, at: usize, line: usize) -> Result<PrimaryValue, Pri
             }
             (lead + 1, lead + 1 + close, &inner[close + 1..])
         }
-        Some('|' | '>' | '&' | '*' | '!' | '[' | '{') => {
-            return Err(unsupported("block scalars, anchors, aliases, tags and collections"))
-        }
+        Some('|' | '>' | '&' | '*' | '!' | '[' | '{') => return Err(unsupported("block scalars, anchors, aliases, tags and collections")),
         Some(_) => {
             let comment = [" #", "\t#"].iter().filter_map(|c| trimmed.find(c)).min().unwrap_or(trimmed.len());
             let value = trimmed[..comment].trim_end_matches([' ', '\t']);
@@ -272,8 +270,7 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
     let file = follow_symlinks(&repo, &tree, file)?;
     let entry = tree.get_path(&file).map_err(|_| GitopsError::FileMissing { file: file.clone() })?;
     let blob = repo.find_blob(entry.id()).map_err(git(format!("read {}", file.display())))?;
-    let text = std::str::from_utf8(blob.content())
-        .map_err(|_| GitopsError::CurrentInvalid { file: file.clone(), details: "not UTF-8".into() })?;
+    let text = std::str::from_utf8(blob.content()).map_err(|_| GitopsError::CurrentInvalid { file: file.clone(), details: "not UTF-8".into() })?;
 
     let current = validated_topology(text)
         .map_err(|details| GitopsError::CurrentInvalid { file: file.clone(), details })?
@@ -330,16 +327,7 @@ pub fn promote(req: &PromoteRequest) -> Result<PromoteOutcome, GitopsError> {
     }
     tracing::info!(%branch, commit = %commit_id, %from, %to, "promotion committed");
 
-    let mut outcome = PromoteOutcome {
-        branch,
-        commit: commit_id.to_string(),
-        base,
-        from,
-        to,
-        pushed_to: None,
-        remote_url: None,
-        message,
-    };
+    let mut outcome = PromoteOutcome { branch, commit: commit_id.to_string(), base, from, to, pushed_to: None, remote_url: None, message };
     if let Some(remote) = &req.push {
         // The branch exists locally whatever happens here; say so rather than just failing.
         outcome.remote_url = push(&repo, remote, &outcome.branch).map_err(|message| GitopsError::PushFailed {
@@ -396,9 +384,7 @@ fn refuse_multi_line(req: &PromoteRequest) -> Result<(), GitopsError> {
 /// 'refs/heads/main' not found").
 fn head_of<'r>(repo: &'r Repository, path: &Path) -> Result<git2::Reference<'r>, GitopsError> {
     match repo.head() {
-        Err(e) if matches!(e.code(), ErrorCode::UnbornBranch | ErrorCode::NotFound) => {
-            Err(GitopsError::NoCommits { path: path.to_path_buf() })
-        }
+        Err(e) if matches!(e.code(), ErrorCode::UnbornBranch | ErrorCode::NotFound) => Err(GitopsError::NoCommits { path: path.to_path_buf() }),
         other => other.map_err(git("read HEAD")),
     }
 }
@@ -435,9 +421,7 @@ fn follow_symlinks(repo: &Repository, tree: &git2::Tree<'_>, file: PathBuf) -> R
 fn commit_message(req: &PromoteRequest, from: &str, to: &str) -> String {
     let subject = req.message.clone().unwrap_or_else(|| format!("DR: promote {to} to primary"));
     let reason = req.reason.clone().unwrap_or_else(|| subject.clone());
-    format!(
-        "{subject}\n\nspec.primary: {from} -> {to}\n\n{TRAILER_ACTION}: promote\n{TRAILER_FROM}: {from}\n{TRAILER_TO}: {to}\n{TRAILER_REASON}: {reason}\n"
-    )
+    format!("{subject}\n\nspec.primary: {from} -> {to}\n\n{TRAILER_ACTION}: promote\n{TRAILER_FROM}: {from}\n{TRAILER_TO}: {to}\n{TRAILER_REASON}: {reason}\n")
 }
 
 /// `file` relative to the repository root; absolute paths must lie inside the worktree.
@@ -456,11 +440,7 @@ fn refuse_dirty(repo: &Repository) -> Result<(), GitopsError> {
     let mut opts = StatusOptions::new();
     opts.include_untracked(false).include_ignored(false);
     let statuses = repo.statuses(Some(&mut opts)).map_err(git("read the worktree status"))?;
-    let paths: Vec<String> = statuses
-        .iter()
-        .filter(|s| !s.status().is_empty())
-        .map(|s| s.path().unwrap_or("?").to_string())
-        .collect();
+    let paths: Vec<String> = statuses.iter().filter(|s| !s.status().is_empty()).map(|s| s.path().unwrap_or("?").to_string()).collect();
     if paths.is_empty() {
         Ok(())
     } else {
@@ -481,9 +461,7 @@ fn push(repo: &Repository, remote: &str, branch: &str) -> Result<Option<String>,
         None => named,
     };
     // libgit2 quotes the URL in some errors; one with credentials must not reach ours.
-    let redacted = |msg: &str| {
-        [&url, &push_url].into_iter().flatten().fold(msg.to_string(), |m, u| m.replace(u.as_str(), &crate::urls::redact(u)))
-    };
+    let redacted = |msg: &str| [&url, &push_url].into_iter().flatten().fold(msg.to_string(), |m, u| m.replace(u.as_str(), &crate::urls::redact(u)));
     let config = repo.config().map_err(|e| format!("read git config: {}", e.message()))?;
     let mut rejected = None;
     {
@@ -516,10 +494,7 @@ const SSH_KEY_FILES: [&str; 3] = ["id_ed25519", "id_ecdsa", "id_rsa"];
 /// Credentials in the order git's own tools find them: for SSH the ssh-agent, then the key
 /// files in `~/.ssh`; for HTTPS git's credential helpers. libgit2 calls back after each
 /// refusal, so each source is offered once and then the push fails naming what was tried.
-fn credentials(
-    config: git2::Config,
-    home: Option<PathBuf>,
-) -> impl FnMut(&str, Option<&str>, git2::CredentialType) -> Result<git2::Cred, git2::Error> {
+fn credentials(config: git2::Config, home: Option<PathBuf>) -> impl FnMut(&str, Option<&str>, git2::CredentialType) -> Result<git2::Cred, git2::Error> {
     use git2::{Cred, CredentialType};
     let mut agent_tried = std::env::var_os("SSH_AUTH_SOCK").is_none();
     let mut keys: Vec<PathBuf> = home.map(|h| SSH_KEY_FILES.iter().map(|k| h.join(".ssh").join(k)).filter(|p| p.exists()).collect()).unwrap_or_default();
@@ -552,13 +527,7 @@ fn credentials(
 /// What to do next, for people: push (if not done), then `pull_request` (the line
 /// [`crate::forge::pull_request_line`] writes).
 pub fn next_steps(o: &PromoteOutcome, pull_request: &str) -> String {
-    let mut s = format!(
-        "Committed {} on branch {}: spec.primary {} -> {}.\n",
-        &o.commit[..o.commit.len().min(12)],
-        o.branch,
-        o.from,
-        o.to
-    );
+    let mut s = format!("Committed {} on branch {}: spec.primary {} -> {}.\n", &o.commit[..o.commit.len().min(12)], o.branch, o.from, o.to);
     match &o.pushed_to {
         Some(remote) => s.push_str(&format!("Pushed {} to {remote}.\n", o.branch)),
         None => s.push_str(&format!("Push it:   git push origin {}\n", o.branch)),
@@ -624,12 +593,8 @@ pub fn attach_failovers(entries: &mut [HistoryEntry], records: &[crate::topology
         let by_commit = r.commit.as_ref().and_then(|c| entries.iter().position(|e| &e.commit == c));
         let at = by_commit.or_else(|| entries.iter().position(|e| e.to == r.to));
         if let Some(i) = at {
-            entries[i].failover = Some(Completion {
-                cluster: r.to.clone(),
-                started_at: r.started_at.clone(),
-                completed_at: r.completed_at.clone(),
-                aborted: r.aborted.clone(),
-            });
+            entries[i].failover =
+                Some(Completion { cluster: r.to.clone(), started_at: r.started_at.clone(), completed_at: r.completed_at.clone(), aborted: r.aborted.clone() });
         }
     }
 }
@@ -719,10 +684,7 @@ fn renamed_from(repo: &Repository, parent: &Commit<'_>, child: &Commit<'_>, path
     let (pt, ct) = (parent.tree().map_err(git(action()))?, child.tree().map_err(git(action()))?);
     let mut diff = repo.diff_tree_to_tree(Some(&pt), Some(&ct), None).map_err(git(action()))?;
     diff.find_similar(Some(DiffFindOptions::new().renames(true))).map_err(git(action()))?;
-    Ok(diff
-        .deltas()
-        .find(|d| d.status() == Delta::Renamed && d.new_file().path() == Some(path))
-        .and_then(|d| d.old_file().path().map(Path::to_path_buf)))
+    Ok(diff.deltas().find(|d| d.status() == Delta::Renamed && d.new_file().path() == Some(path)).and_then(|d| d.old_file().path().map(Path::to_path_buf)))
 }
 
 fn primary_of(repo: &Repository, blob: Oid) -> Result<Option<String>, GitopsError> {
@@ -815,15 +777,7 @@ pub fn format_history(entries: &[HistoryEntry]) -> String {
             (None, true) => "(shallow clone: earlier history not fetched)",
             (None, false) => "(created)",
         };
-        s.push_str(&format!(
-            "{}  {}  {} -> {}  {}  {}",
-            e.time,
-            &e.commit[..e.commit.len().min(12)],
-            from,
-            e.to,
-            e.author,
-            e.reason
-        ));
+        s.push_str(&format!("{}  {}  {} -> {}  {}  {}", e.time, &e.commit[..e.commit.len().min(12)], from, e.to, e.author, e.reason));
         if let (Some(c), Some(by)) = (&e.proposed_in, &e.proposed_by) {
             s.push_str(&format!("  (proposed in {} by {by})", &c[..c.len().min(12)]));
         }
@@ -868,10 +822,7 @@ mod tests {
     #[test]
     fn only_the_spec_child_is_edited() {
         let text = "metadata:\n  primary: no\nspec:\n  sync:\n    primary: nested\n  primary: yes-this # c\nstatus:\n  primary: no\n";
-        assert_eq!(
-            flip(text, "other"),
-            "metadata:\n  primary: no\nspec:\n  sync:\n    primary: nested\n  primary: other # c\nstatus:\n  primary: no\n"
-        );
+        assert_eq!(flip(text, "other"), "metadata:\n  primary: no\nspec:\n  sync:\n    primary: nested\n  primary: other # c\nstatus:\n  primary: no\n");
     }
 
     #[test]

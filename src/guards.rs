@@ -7,7 +7,9 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-use crate::fields::{parse_duration, parse_resolver, FieldError, Floor, CHECK_INTERVAL_FLOOR, DEMOTION_TIMEOUT_FLOOR, FINAL_SYNC_TIMEOUT_FLOOR, VERIFY_TIMEOUT_FLOOR};
+use crate::fields::{
+    parse_duration, parse_resolver, FieldError, Floor, CHECK_INTERVAL_FLOOR, DEMOTION_TIMEOUT_FLOOR, FINAL_SYNC_TIMEOUT_FLOOR, VERIFY_TIMEOUT_FLOOR,
+};
 use crate::topology::DRTopologySpec;
 
 /// Groups that are (nearly) everyone: exempting them turns the standby's fence off.
@@ -47,7 +49,10 @@ pub fn check(spec: &DRTopologySpec) -> Vec<FieldError> {
     for (i, c) in spec.clusters.iter().enumerate() {
         let p = format!("spec.clusters[{i}]");
         if let Some(why) = c.vip.parse::<IpAddr>().ok().and_then(unreachable_vip) {
-            errs.push(FieldError::new(format!("{p}.vip"), format!("{} is {why}; clients cannot reach a VIP there. Use the address of this cluster's load balancer", c.vip)));
+            errs.push(FieldError::new(
+                format!("{p}.vip"),
+                format!("{} is {why}; clients cannot reach a VIP there. Use the address of this cluster's load balancer", c.vip),
+            ));
         }
         if c.kubeconfig_secret_ref.is_none() {
             errs.push(FieldError::new(
@@ -74,7 +79,10 @@ pub fn check(spec: &DRTopologySpec) -> Vec<FieldError> {
             if place(e).is_some() && a.etcd.endpoints.iter().any(|o| place(o) == place(e)) {
                 errs.push(FieldError::new(
                     format!("spec.clusters[1].etcd.endpoints[{j}]"),
-                    format!("{} is also an etcd endpoint of spec.clusters[0]; the mirror would copy an etcd onto itself. Each global has its own etcd", crate::urls::redact(e)),
+                    format!(
+                        "{} is also an etcd endpoint of spec.clusters[0]; the mirror would copy an etcd onto itself. Each global has its own etcd",
+                        crate::urls::redact(e)
+                    ),
                 ));
             }
         }
@@ -223,7 +231,10 @@ mod tests {
         s.sync.fence.exempt_groups.push("system:authenticated".into());
         s.sync.manifest = Some(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}));
         let m = messages(&s);
-        assert!(m[0].starts_with(&format!("spec.sync.fence.exemptGroups[{}]: system:authenticated is (nearly) every user", s.sync.fence.exempt_groups.len() - 1)), "{m:?}");
+        assert!(
+            m[0].starts_with(&format!("spec.sync.fence.exemptGroups[{}]: system:authenticated is (nearly) every user", s.sync.fence.exempt_groups.len() - 1)),
+            "{m:?}"
+        );
         assert!(m[1].starts_with("spec.sync.manifest.kind: is Namespace"), "{m:?}");
     }
 

@@ -109,8 +109,7 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
         return Ok(HookRun::Done(format!("{}: webhook answered {}", hook.name, status.as_u16())));
     }
     let Some(j) = &hook.job else { return Err(HookError::Empty(hook.name.clone())) };
-    let spec = serde_json::from_value(j.template.clone())
-        .map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
+    let spec = serde_json::from_value(j.template.clone()).map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
     // Fixed length whatever the hook's name: the failover id is never cut off (a cut id would
     // find the previous failover's finished Job and skip the hook).
     let name = format!("drctl-{}-{}-{}", input.phase, input.failover_id, &short_hash(&hook.name));
@@ -134,12 +133,7 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
         }
     }
     let job = api.get(&name).await.map_err(kube_err)?;
-    let age = job
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| elapsed(t.0, k8s_openapi::jiff::Timestamp::now()))
-        .unwrap_or_default();
+    let age = job.metadata.creation_timestamp.as_ref().map(|t| elapsed(t.0, k8s_openapi::jiff::Timestamp::now())).unwrap_or_default();
     let st = job.status.unwrap_or_default();
     let failed = st.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == "Failed" && c.status == "True");
     if let Some(c) = failed {

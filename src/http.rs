@@ -53,10 +53,7 @@ impl CheckAccess {
     fn allows(&self, authorization: Option<&[u8]>) -> Result<(), (StatusCode, &'static str)> {
         match self {
             CheckAccess::Local => Ok(()),
-            CheckAccess::Refused => Err((
-                StatusCode::FORBIDDEN,
-                "/check is served on a non-loopback address only with --check-token-file\n",
-            )),
+            CheckAccess::Refused => Err((StatusCode::FORBIDDEN, "/check is served on a non-loopback address only with --check-token-file\n")),
             CheckAccess::Token(want) => {
                 let given = authorization.and_then(|h| h.strip_prefix(b"Bearer ")).unwrap_or_default();
                 // Compare digests: equal length, so the comparison time says nothing about the token.
@@ -100,11 +97,7 @@ pub async fn serve(addr: SocketAddr, check_access: CheckAccess, probes: Probes) 
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        s.probes.metrics.encode(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.probes.metrics.encode()).into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -118,10 +111,9 @@ async fn readyz(State(s): State<AppState>) -> Response {
 fn readiness(leading: bool, stalled: Option<std::time::Duration>) -> (StatusCode, String) {
     match (leading, stalled) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not leading".into()),
-        (true, Some(d)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("reconcile stalled: its current step has run {}s, past its budget; see the controller log", d.as_secs()),
-        ),
+        (true, Some(d)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("reconcile stalled: its current step has run {}s, past its budget; see the controller log", d.as_secs()))
+        }
         (true, None) => (StatusCode::OK, "ok".into()),
     }
 }

@@ -101,11 +101,7 @@ impl Filter {
                 None => (None, r),
             })
             .collect();
-        let prefixes = NEVER_COPIED_PREFIXES
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .chain(spec.key_prefixes.iter().map(|p| p.as_bytes().to_vec()))
-            .collect();
+        let prefixes = NEVER_COPIED_PREFIXES.iter().map(|p| p.as_bytes().to_vec()).chain(spec.key_prefixes.iter().map(|p| p.as_bytes().to_vec())).collect();
         Filter { namespaces, resources, prefixes }
     }
 
@@ -210,10 +206,7 @@ mod tests {
                 "/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com",
                 Some((Some("apiextensions.k8s.io"), "customresourcedefinitions", None, "widgets.example.com")),
             ),
-            (
-                "/registry/apiregistration.k8s.io/apiservices/v1.apps",
-                Some((Some("apiregistration.k8s.io"), "apiservices", None, "v1.apps")),
-            ),
+            ("/registry/apiregistration.k8s.io/apiservices/v1.apps", Some((Some("apiregistration.k8s.io"), "apiservices", None, "v1.apps"))),
             ("/registry/example.com/widgets/team-a/w1", Some((Some("example.com"), "widgets", Some("team-a"), "w1"))),
             ("/registry/example.com/clusterwidgets/cw", Some((Some("example.com"), "clusterwidgets", None, "cw"))),
             ("/registry/compact_rev_key", None),
@@ -326,7 +319,11 @@ mod tests {
         ] {
             assert!(!f.copies(key.as_bytes()), "{key}");
         }
-        for key in ["/registry/configmaps/team-a/kube-root-ca.crt-copy", "/registry/example.com/configmaps/team-a/kube-root-ca.crt", "/registry/services/specs/team-a/api"] {
+        for key in [
+            "/registry/configmaps/team-a/kube-root-ca.crt-copy",
+            "/registry/example.com/configmaps/team-a/kube-root-ca.crt",
+            "/registry/services/specs/team-a/api",
+        ] {
             assert!(f.copies(key.as_bytes()), "{key}");
         }
     }

@@ -51,7 +51,11 @@ pub fn yaml11_trap(plain: &str) -> Option<String> {
 }
 
 fn trap_message(plain: &str, reading: &str, line: usize) -> String {
-    let fix = if reading.starts_with("the boolean") { " for the string, or write true or false for a boolean" } else { " for the string, or write the number in decimal" };
+    let fix = if reading.starts_with("the boolean") {
+        " for the string, or write true or false for a boolean"
+    } else {
+        " for the string, or write the number in decimal"
+    };
     format!("line {line}: unquoted {plain} is {reading} to kubectl and Argo CD (YAML 1.1) but not to YAML 1.2 readers; quote it (\"{plain}\"){fix}")
 }
 
@@ -177,7 +181,10 @@ fn node(stack: &mut [Frame], open: &mut [(usize, usize)], n: Node<'_>, mark: Mar
                     let at = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                     errs.push(FieldError::new(
                         at,
-                        format!("line {}: this key is also set on line {first}; kubectl keeps only the last one without a word. Delete one of the two", mark.line()),
+                        format!(
+                            "line {}: this key is also set on line {first}; kubectl keeps only the last one without a word. Delete one of the two",
+                            mark.line()
+                        ),
                     ));
                 } else {
                     keys.insert(k.clone(), mark.line());
@@ -224,7 +231,11 @@ fn path_of(stack: &[Frame]) -> String {
 
 fn child_path(stack: &[Frame], key: &str) -> String {
     let p = path_of(stack);
-    if p.is_empty() { key.to_string() } else { format!("{p}.{key}") }
+    if p.is_empty() {
+        key.to_string()
+    } else {
+        format!("{p}.{key}")
+    }
 }
 
 /// A syntax error's message, told plainly when the line it points at indents with a tab.

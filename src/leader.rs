@@ -33,13 +33,7 @@ pub struct LeaderElector {
 
 impl LeaderElector {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
-        Self {
-            api: Api::namespaced(client, namespace),
-            namespace: namespace.into(),
-            name: name.into(),
-            identity: identity.into(),
-            duration,
-        }
+        Self { api: Api::namespaced(client, namespace), namespace: namespace.into(), name: name.into(), identity: identity.into(), duration }
     }
 
     fn err(&self, source: kube::Error) -> LeaderError {
@@ -129,14 +123,7 @@ impl LeaderElector {
             match attempt {
                 Ok(true) => last_ok = tokio::time::Instant::now(),
                 Ok(false) => {
-                    let holder = self
-                        .api
-                        .get_opt(&self.name)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|l| l.spec.and_then(|s| s.holder_identity))
-                        .unwrap_or_default();
+                    let holder = self.api.get_opt(&self.name).await.ok().flatten().and_then(|l| l.spec.and_then(|s| s.holder_identity)).unwrap_or_default();
                     return LeaderError::Lost(self.name.clone(), holder);
                 }
                 Err(e) => {

@@ -202,10 +202,7 @@ mod tests {
                 to: "global-b".into(),
                 completed_at: completed.then(|| T0.to_string()),
                 aborted: aborted.then(|| "flipped back".to_string()),
-                steps: steps
-                    .iter()
-                    .map(|(n, st)| StepStatus { name: (*n).into(), state: *st, started_at: Some(T0.into()), ..Default::default() })
-                    .collect(),
+                steps: steps.iter().map(|(n, st)| StepStatus { name: (*n).into(), state: *st, started_at: Some(T0.into()), ..Default::default() }).collect(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -235,7 +232,14 @@ mod tests {
     fn metrics_expose_conditions_the_unfinished_step_and_leadership() {
         let m = Metrics::new("global-b");
         let mut s = status(false, false, &[("Demote", StepState::Running)]);
-        crate::decide::conditions::set_condition(&mut s, ConditionType::SyncHealthy, false, crate::decide::conditions::Reason::NotHealthy, "mirror stopped", None);
+        crate::decide::conditions::set_condition(
+            &mut s,
+            ConditionType::SyncHealthy,
+            false,
+            crate::decide::conditions::Reason::NotHealthy,
+            "mirror stopped",
+            None,
+        );
         m.observe_status(&s);
         m.became_leader();
         let text = m.encode();

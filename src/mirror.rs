@@ -280,12 +280,7 @@ const ANTI_ENTROPY_MAX_PASSES: u32 = 30;
 const READ_AHEAD_PAGES: usize = 3;
 
 /// Reads the pager's pages in a task of its own, ahead of the writes.
-fn read_ahead(
-    mut pager: DiffPager,
-    src: &Conn,
-    dst: &Conn,
-    filter: &Filter,
-) -> (AbortOnDrop<()>, tokio::sync::mpsc::Receiver<Result<DiffPage, CheckError>>) {
+fn read_ahead(mut pager: DiffPager, src: &Conn, dst: &Conn, filter: &Filter) -> (AbortOnDrop<()>, tokio::sync::mpsc::Receiver<Result<DiffPage, CheckError>>) {
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_PAGES);
     let (mut skv, mut dkv, filter) = (src.kv.clone(), dst.kv.clone(), filter.clone());
     let task = tokio::spawn(async move {
@@ -436,14 +431,7 @@ impl Mirror {
 
     /// Copies `/registry/` at `revision` from `cursor` on; returns `revision`.
     #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
-    async fn copy(
-        &self,
-        src: &Conn,
-        dst: &Conn,
-        cluster_id: u64,
-        revision: i64,
-        cursor: CopyCursor,
-    ) -> Result<i64, MirrorError> {
+    async fn copy(&self, src: &Conn, dst: &Conn, cluster_id: u64, revision: i64, cursor: CopyCursor) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
         let mut skv = src.kv.clone();
         let dkv = dst.kv.clone();
@@ -536,11 +524,7 @@ impl Mirror {
         Ok(revision)
     }
 
-    fn settle(
-        &self,
-        r: Option<Result<(CopyCursor, u64, u64), MirrorError>>,
-        done: CopyCursor,
-    ) -> Result<CopyCursor, MirrorError> {
+    fn settle(&self, r: Option<Result<(CopyCursor, u64, u64), MirrorError>>, done: CopyCursor) -> Result<CopyCursor, MirrorError> {
         match r {
             Some(Ok((cursor, puts, dels))) => {
                 self.update(|p| {
@@ -639,7 +623,10 @@ impl Mirror {
                 anti_entropy = match repaired {
                     0 => None,
                     _ if passes >= ANTI_ENTROPY_MAX_PASSES => {
-                        tracing::warn!(passes, "still repairing after the copy: something on the destination keeps changing replicated keys; the periodic check takes over");
+                        tracing::warn!(
+                            passes,
+                            "still repairing after the copy: something on the destination keeps changing replicated keys; the periodic check takes over"
+                        );
                         None
                     }
                     _ => Some(Instant::now() + t.anti_entropy_retry),

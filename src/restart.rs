@@ -64,7 +64,13 @@ impl RestartsError {
 /// Runs every restart of `spec` declared for `when` (see [`start_all`]) and waits up to
 /// `ready_timeout` for all of them to be ready. The summary of what was done; None when no
 /// restart is declared for `when`.
-pub async fn run_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen, stamp: Timestamp, ready_timeout: Duration) -> Result<Option<String>, RestartsError> {
+pub async fn run_all(
+    local: &Client,
+    spec: &DRTopologySpec,
+    when: RestartWhen,
+    stamp: Timestamp,
+    ready_timeout: Duration,
+) -> Result<Option<String>, RestartsError> {
     let Some(summary) = start_all(local, spec, when, stamp).await? else { return Ok(None) };
     let deadline = tokio::time::Instant::now() + ready_timeout;
     loop {
@@ -136,7 +142,9 @@ async fn targets<'s>(local: &Client, spec: &'s DRTopologySpec, when: RestartWhen
             RestartScope::SelfCluster => out.push(Target { client: local.clone(), cluster: None, restart: r }),
             RestartScope::WorkloadClusters => {
                 for wc in &spec.workload_clusters {
-                    let client = kubeconfig_client(local, &wc.kubeconfig_secret_ref).await.map_err(|source| RestartsError::Reach { cluster: wc.name.clone(), source })?;
+                    let client = kubeconfig_client(local, &wc.kubeconfig_secret_ref)
+                        .await
+                        .map_err(|source| RestartsError::Reach { cluster: wc.name.clone(), source })?;
                     out.push(Target { client, cluster: Some(wc.name.clone()), restart: r });
                 }
             }
@@ -235,9 +243,7 @@ async fn delete_pods(client: &Client, r: &RestartSpec, stamp: Timestamp, report:
             Ok(_) => report.touched.push(format!("Pod/{name}")),
             // Gone already: someone (or our previous run) deleted it.
             Err(kube::Error::Api(e)) if e.code == 404 => report.already += 1,
-            Err(source) => {
-                return Err(RestartError::Delete { name: r.name.clone(), namespace: r.namespace.clone(), object: name, source })
-            }
+            Err(source) => return Err(RestartError::Delete { name: r.name.clone(), namespace: r.namespace.clone(), object: name, source }),
         }
     }
     Ok(())
@@ -280,10 +286,7 @@ async fn not_ready(client: &Client, r: &RestartSpec) -> Result<Vec<String>, Rest
         }
         RestartMethod::DeletePods => {
             unready::<Pod>(client, r, "Pod", &mut out, |p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             })
             .await?;
         }

@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 
-use crate::topology::{NAME_PATTERN, SUBDOMAIN_PATTERN};
 use crate::fields::FieldError;
+use crate::topology::{NAME_PATTERN, SUBDOMAIN_PATTERN};
 
 /// What a pattern of the CRD means, in words a user can act on.
 fn pattern_words(p: &str) -> String {
@@ -62,7 +62,15 @@ fn type_fix(ty: &str, v: &Value) -> String {
         ("boolean", _) => format!("is {}; write true or false", shown(v)),
         ("array", _) => format!("is {}; this field takes a list, e.g. [a, b]", shown(v)),
         ("object", _) => format!("is {}; this field takes an object of fields", shown(v)),
-        (ty, _) => format!("is {}; this field takes {}", shown(v), match ty { "integer" => "an integer", "number" => "a number", _ => "a string" }),
+        (ty, _) => format!(
+            "is {}; this field takes {}",
+            shown(v),
+            match ty {
+                "integer" => "an integer",
+                "number" => "a number",
+                _ => "a string",
+            }
+        ),
     }
 }
 
@@ -141,7 +149,10 @@ pub fn check(value: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldErro
                     None if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
                     None => {
                         let known: Vec<&str> = props.map(|ps| ps.keys().map(String::as_str).collect()).unwrap_or_default();
-                        errs.push(FieldError::new(p, format!("unknown field (the apiserver would drop it without a word); known fields here: {}", known.join(", "))));
+                        errs.push(FieldError::new(
+                            p,
+                            format!("unknown field (the apiserver would drop it without a word); known fields here: {}", known.join(", ")),
+                        ));
                     }
                 }
             }
@@ -151,7 +162,11 @@ pub fn check(value: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldErro
 }
 
 fn child(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 #[cfg(test)]

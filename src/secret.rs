@@ -146,12 +146,7 @@ impl LocalSecrets {
         }
         let (namespace, name) = (reference.namespace.clone(), reference.name.clone());
         let Some(dir) = &self.dir else {
-            let keys: Vec<&str> = self
-                .values
-                .keys()
-                .filter(|(ns, n, _)| *ns == namespace && *n == name)
-                .map(|(_, _, k)| k.as_str())
-                .collect();
+            let keys: Vec<&str> = self.values.keys().filter(|(ns, n, _)| *ns == namespace && *n == name).map(|(_, _, k)| k.as_str()).collect();
             return Err(if keys.is_empty() {
                 SecretError::NotFound { namespace, name }
             } else {

@@ -82,9 +82,7 @@ fn check_key(at: usize, key: &str) -> Result<(), SelectorError> {
         }
     }
     if !is_name(name) {
-        return bad(format!(
-            "label key {key:?} is not valid: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-        ));
+        return bad(format!("label key {key:?} is not valid: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"));
     }
     Ok(())
 }
@@ -120,9 +118,7 @@ pub fn parse(s: &str) -> Result<usize, SelectorError> {
         match it.next() {
             None => return Ok(n),
             Some((_, Token::Comma)) => continue,
-            Some((at, _)) if negated => {
-                return Err(SelectorError { at, what: "`!key` takes no operator or value".into() })
-            }
+            Some((at, _)) if negated => return Err(SelectorError { at, what: "`!key` takes no operator or value".into() }),
             Some((_, Token::Op(op @ ("=" | "==" | "!=" | ">" | "<")))) => {
                 let (at, v) = match it.peek() {
                     Some((_, Token::Word(_))) => expect_word(it.next(), "a value")?,
@@ -157,9 +153,7 @@ pub fn parse(s: &str) -> Result<usize, SelectorError> {
                     }
                 }
             }
-            Some((at, t)) => {
-                return Err(SelectorError { at, what: format!("expected an operator (=, ==, !=, in, notin) or ',', found {t:?}") })
-            }
+            Some((at, t)) => return Err(SelectorError { at, what: format!("expected an operator (=, ==, !=, in, notin) or ',', found {t:?}") }),
         }
         match it.next() {
             None => return Ok(n),

@@ -250,8 +250,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
         c.diverged_keys = y.diverged_keys;
         c.repaired_keys = y.repaired_keys;
         c.last_check_time = y.last_check_time.clone();
-        c.last_check_age_seconds =
-            y.last_check_time.as_deref().and_then(parse_time).map(|t| now.duration_since(t).as_secs_f64());
+        c.last_check_age_seconds = y.last_check_time.as_deref().and_then(parse_time).map(|t| now.duration_since(t).as_secs_f64());
     }
     c.conditions = st
         .conditions
@@ -379,11 +378,7 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
     let distinct: std::collections::BTreeSet<&str> = reachable.iter().filter_map(|c| c.spec_primary.as_deref()).collect();
     if distinct.len() > 1 {
         held.sort();
-        f.push(Finding::new(
-            Warning,
-            "SpecDiffers",
-            format!("spec.primary differs: {} (an Argo CD has not applied the latest commit)", held.join(", ")),
-        ));
+        f.push(Finding::new(Warning, "SpecDiffers", format!("spec.primary differs: {} (an Argo CD has not applied the latest commit)", held.join(", "))));
     }
     for c in &reachable {
         if c.crd_installed == Some(false) {
@@ -593,12 +588,8 @@ pub fn render_table(r: &StatusReport) -> String {
     );
     let columns: Vec<[String; ROW_LABELS.len()]> = r.clusters.iter().map(rows).collect();
     let label_w = ROW_LABELS.iter().map(|l| l.len()).max().unwrap_or(0) + 2;
-    let widths: Vec<usize> = r
-        .clusters
-        .iter()
-        .zip(&columns)
-        .map(|(c, col)| col.iter().map(|v| v.chars().count()).chain([c.name.len()]).max().unwrap_or(0) + 3)
-        .collect();
+    let widths: Vec<usize> =
+        r.clusters.iter().zip(&columns).map(|(c, col)| col.iter().map(|v| v.chars().count()).chain([c.name.len()]).max().unwrap_or(0) + 3).collect();
     let line = |label: &str, values: Vec<&str>| {
         let mut l = format!("{label:<label_w$}");
         for (v, w) in values.iter().zip(&widths) {
@@ -623,7 +614,13 @@ pub fn render_table(r: &StatusReport) -> String {
             (None, true) => "no address".into(),
             (None, false) => a.addresses.join(", "),
         };
-        let whose = a.points_at.as_deref().map(|p| format!("  = {p}'s VIP")).unwrap_or_else(|| if a.addresses.is_empty() { String::new() } else { "  = no cluster's VIP".into() });
+        let whose = a.points_at.as_deref().map(|p| format!("  = {p}'s VIP")).unwrap_or_else(|| {
+            if a.addresses.is_empty() {
+                String::new()
+            } else {
+                "  = no cluster's VIP".into()
+            }
+        });
         t.push_str(&format!("  {:<22} {said}{whose}\n", a.resolver));
     }
 
@@ -657,12 +654,7 @@ fn failover_section(f: &FailoverView, recorded_by: &str) -> String {
         (None, Some(d)) => format!("completed {} after {}", f.completed_at.as_deref().unwrap_or("?"), human_seconds(d)),
         (None, None) => "running".into(),
     };
-    let mut t = format!(
-        "\nLast failover {} -> {} (recorded by {recorded_by}): started {}, {how}\n",
-        f.from,
-        f.to,
-        f.started_at.as_deref().unwrap_or("?")
-    );
+    let mut t = format!("\nLast failover {} -> {} (recorded by {recorded_by}): started {}, {how}\n", f.from, f.to, f.started_at.as_deref().unwrap_or("?"));
     if let Some(commit) = &f.commit {
         t.push_str(&format!(
             "  commit {} by {}: {}\n",
@@ -761,7 +753,8 @@ mod tests {
 
     #[test]
     fn two_primaries_is_a_safety_problem() {
-        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", status(Role::Primary, Phase::Steady))], &dns_at("10.0.0.10"), now());
+        let r =
+            report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", status(Role::Primary, Phase::Steady))], &dns_at("10.0.0.10"), now());
         assert_eq!(codes(&r), ["TwoPrimaries"]);
         assert_eq!(r.exit_code, EXIT_SAFETY);
         assert!(render_table(&r).contains("PROBLEM  TwoPrimaries: global-a and global-b both report role Primary"));
@@ -778,10 +771,13 @@ mod tests {
     #[test]
     fn a_primary_that_stepped_down_before_the_peer_applied_the_flip_is_a_failover_starting() {
         let demoted = |new_primary: &str, spec_primary: &str| {
-            let mut v = up("global-a", DRTopologyStatus {
-                demotion: Some(DemotionStatus { new_primary: new_primary.into(), ..Default::default() }),
-                ..status(Role::Standby, Phase::Demoting)
-            });
+            let mut v = up(
+                "global-a",
+                DRTopologyStatus {
+                    demotion: Some(DemotionStatus { new_primary: new_primary.into(), ..Default::default() }),
+                    ..status(Role::Standby, Phase::Demoting)
+                },
+            );
             if let Ok(o) = v.observed.as_mut() {
                 o.topology.as_mut().expect("topology").spec.primary = spec_primary.into();
             }
@@ -809,7 +805,13 @@ mod tests {
             assert_eq!(r.exit_code, exit, "{token} {a_spec} {b_spec}");
         }
         let r = report(&[demoted("global-b", "global-b"), peer_with("global-a")], &dns_at("10.0.0.10"), now());
-        assert!(r.findings[0].message.contains("global-a stepped down for it, and global-b starts its failover once its Argo CD applies spec.primary: global-b (it holds global-a)"), "{:?}", r.findings);
+        assert!(
+            r.findings[0]
+                .message
+                .contains("global-a stepped down for it, and global-b starts its failover once its Argo CD applies spec.primary: global-b (it holds global-a)"),
+            "{:?}",
+            r.findings
+        );
     }
 
     #[test]
@@ -817,7 +819,11 @@ mod tests {
         let bare = ClusterView { name: "global-b".into(), observed: Ok(Observed { topology: None, crd_installed: false, argocd: Ok(None) }) };
         let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), bare], &dns_at("10.0.0.10"), now());
         assert_eq!(codes(&r), ["NoTopology"]);
-        assert!(r.findings[0].message.contains("global-b has no DRTopology: its CRD is not installed (kubectl apply -f crds/drtopology.yaml"), "{:?}", r.findings);
+        assert!(
+            r.findings[0].message.contains("global-b has no DRTopology: its CRD is not installed (kubectl apply -f crds/drtopology.yaml"),
+            "{:?}",
+            r.findings
+        );
         assert!(r.clusters[1].reachable);
         assert_eq!(r.clusters[1].crd_installed, Some(false));
         assert_eq!(r.exit_code, EXIT_OK);
@@ -832,7 +838,8 @@ mod tests {
         swapped.failover = Some(fo("global-a"));
         let mut for_itself = standby_in_sync();
         for_itself.demotion = Some(DemotionStatus { new_primary: "global-b".into(), ..Default::default() });
-        let cases = [(mine.clone(), standby_in_sync(), Vec::<&str>::new()), (mine.clone(), swapped, vec!["WrongGlobal"]), (mine, for_itself, vec!["WrongGlobal"])];
+        let cases =
+            [(mine.clone(), standby_in_sync(), Vec::<&str>::new()), (mine.clone(), swapped, vec!["WrongGlobal"]), (mine, for_itself, vec!["WrongGlobal"])];
         for (a, b, want) in cases {
             let r = report(&[up("global-a", a), up("global-b", b)], &dns_at("10.0.0.10"), now());
             assert_eq!(codes(&r), want);
@@ -840,7 +847,10 @@ mod tests {
         let mut swapped = standby_in_sync();
         swapped.failover = Some(fo("global-a"));
         let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", swapped)], &dns_at("10.0.0.10"), now());
-        assert_eq!(r.findings[0].message, "the status read as global-b is not global-b's (it records a failover to global-a): check that kubeconfig, or the controller's --cluster-name");
+        assert_eq!(
+            r.findings[0].message,
+            "the status read as global-b is not global-b's (it records a failover to global-a): check that kubeconfig, or the controller's --cluster-name"
+        );
     }
 
     #[test]
@@ -862,8 +872,20 @@ mod tests {
             to: "global-b".into(),
             started_at: Some("2026-12-01T12:00:00Z".into()),
             steps: vec![
-                StepStatus { name: "Preflight".into(), state: StepState::Succeeded, started_at: Some("2026-12-01T12:00:00Z".into()), finished_at: Some("2026-12-01T12:00:00.5Z".into()), message: None },
-                StepStatus { name: "Demote".into(), state: StepState::Running, started_at: Some("2026-12-01T12:00:00.5Z".into()), finished_at: None, message: Some("waiting for\nthe token".into()) },
+                StepStatus {
+                    name: "Preflight".into(),
+                    state: StepState::Succeeded,
+                    started_at: Some("2026-12-01T12:00:00Z".into()),
+                    finished_at: Some("2026-12-01T12:00:00.5Z".into()),
+                    message: None,
+                },
+                StepStatus {
+                    name: "Demote".into(),
+                    state: StepState::Running,
+                    started_at: Some("2026-12-01T12:00:00.5Z".into()),
+                    finished_at: None,
+                    message: Some("waiting for\nthe token".into()),
+                },
             ],
             ..Default::default()
         });
@@ -946,7 +968,14 @@ mod tests {
     }
 
     fn condition(type_: &str, reason: &str, message: &str) -> Condition {
-        Condition { type_: type_.into(), status: "False".into(), reason: reason.into(), message: message.into(), observed_generation: None, last_transition_time: Time(now()) }
+        Condition {
+            type_: type_.into(),
+            status: "False".into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: None,
+            last_transition_time: Time(now()),
+        }
     }
 
     #[test]
@@ -962,7 +991,10 @@ mod tests {
     #[test]
     fn a_pair_held_after_an_abandoned_failover_says_so() {
         let mut reclaimed = status(Role::Primary, Phase::Steady);
-        reclaimed.conditions.push(Condition { status: "True".into(), ..condition("Degraded", "FailoverAbandoned", "global-b abandoned its failover; set drctl.io/retry-failover to retry") });
+        reclaimed.conditions.push(Condition {
+            status: "True".into(),
+            ..condition("Degraded", "FailoverAbandoned", "global-b abandoned its failover; set drctl.io/retry-failover to retry")
+        });
         let r = report(&[up("global-a", reclaimed), up("global-b", standby_in_sync())], &dns_at("10.0.0.10"), now());
         assert_eq!(codes(&r), ["Degraded"]);
         assert!(r.findings[0].message.starts_with("global-a: global-b abandoned its failover"), "{:?}", r.findings);
@@ -996,7 +1028,19 @@ mod tests {
 
     #[test]
     fn durations_read_as_seconds_minutes_or_hours() {
-        for (secs, want) in [(0.0, "0ms"), (0.0074, "7ms"), (0.1, "0.1s"), (0.25, "0.2s"), (12.04, "12.0s"), (59.9, "59.9s"), (60.0, "1m00s"), (185.0, "3m05s"), (7620.0, "2h07m"), (-2.0, "0ms"), (f64::NAN, "0ms")] {
+        for (secs, want) in [
+            (0.0, "0ms"),
+            (0.0074, "7ms"),
+            (0.1, "0.1s"),
+            (0.25, "0.2s"),
+            (12.04, "12.0s"),
+            (59.9, "59.9s"),
+            (60.0, "1m00s"),
+            (185.0, "3m05s"),
+            (7620.0, "2h07m"),
+            (-2.0, "0ms"),
+            (f64::NAN, "0ms"),
+        ] {
             assert_eq!(human_seconds(secs), want, "{secs}");
         }
     }

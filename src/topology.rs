@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::fields::DURATION_PATTERN;
 
-
 pub const GROUP: &str = "drctl.io";
 pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "DRTopology";
@@ -21,8 +20,7 @@ pub const API_VERSION: &str = "drctl.io/v1alpha1";
 pub const DEFAULT_ENCRYPTION_CONFIG_PATH: &str = "/etc/kubernetes/encryption-provider.conf";
 
 /// Lower-case FQDN, at least two labels, optional trailing dot.
-pub const DOMAIN_PATTERN: &str =
-    "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?\\.?$";
+pub const DOMAIN_PATTERN: &str = "^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?\\.?$";
 /// RFC 1123 label: what Kubernetes accepts as a namespace or resource name part.
 pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// An etcd key prefix DR may exclude: under `/registry/`, naming at least one whole segment.

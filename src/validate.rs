@@ -10,13 +10,10 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use crate::fields::{parse_duration, parse_go_duration, parse_resolver, DurationError, FieldError};
 use crate::exclusions::{default_namespaces, default_resources};
+pub use crate::fields::{parse_duration, parse_go_duration, parse_resolver, DurationError, FieldError};
 use crate::keyspace::REGISTRY_PREFIX;
-use crate::topology::{
-    DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND,
-    VERSION,
-};
+use crate::topology::{DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND, VERSION};
 
 /// Problems with `spec.sync.exclude` (also what `drctl mirror/check` refuse in their flags):
 /// lists add to the defaults, so an entry that would exclude (nearly) the whole keyspace, or a
@@ -51,7 +48,13 @@ pub fn exclude_errors(ex: &ExcludeSpec) -> Vec<FieldError> {
                 format!("spec.sync.exclude.keyPrefixes[{i}]"),
                 format!(
                     "{k:?} would exclude {}; a prefix is under /registry/ and names at least one whole segment, e.g. /registry/example.com/widgets/",
-                    if REGISTRY_PREFIX.starts_with(k.as_str()) { "the whole keyspace" } else if k.starts_with(REGISTRY_PREFIX) { "more than one resource" } else { "nothing (only /registry/ is replicated)" }
+                    if REGISTRY_PREFIX.starts_with(k.as_str()) {
+                        "the whole keyspace"
+                    } else if k.starts_with(REGISTRY_PREFIX) {
+                        "more than one resource"
+                    } else {
+                        "nothing (only /registry/ is replicated)"
+                    }
                 ),
             ));
         }
@@ -67,14 +70,12 @@ pub fn exclude_errors(ex: &ExcludeSpec) -> Vec<FieldError> {
                 format!("{path}.resource"),
                 format!("{r:?} is not excluded by default; only these are: {}", default_resources().collect::<Vec<_>>().join(", ")),
             )),
-            (Some(n), None) if ex.namespaces.iter().any(|x| x == n) => errs.push(FieldError::new(
-                format!("{path}.namespace"),
-                format!("{n:?} is also listed in spec.sync.exclude.namespaces; keep one of the two"),
-            )),
-            (None, Some(r)) if ex.resources.iter().any(|x| x == r) => errs.push(FieldError::new(
-                format!("{path}.resource"),
-                format!("{r:?} is also listed in spec.sync.exclude.resources; keep one of the two"),
-            )),
+            (Some(n), None) if ex.namespaces.iter().any(|x| x == n) => {
+                errs.push(FieldError::new(format!("{path}.namespace"), format!("{n:?} is also listed in spec.sync.exclude.namespaces; keep one of the two")))
+            }
+            (None, Some(r)) if ex.resources.iter().any(|x| x == r) => {
+                errs.push(FieldError::new(format!("{path}.resource"), format!("{r:?} is also listed in spec.sync.exclude.resources; keep one of the two")))
+            }
             (Some(_), None) | (None, Some(_)) => {}
             _ => errs.push(FieldError::new(path.clone(), "names exactly one of namespace or resource")),
         }
@@ -184,7 +185,11 @@ pub const OBJECT_NAME_MAX: usize = 253;
 fn suggest_name(name: &str) -> String {
     let s: String = name.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
     let s = s.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
-    if s.is_empty() { "platform".into() } else { s }
+    if s.is_empty() {
+        "platform".into()
+    } else {
+        s
+    }
 }
 
 /// Validates one document: shape against the CRD schema, types, then semantics.
@@ -195,10 +200,7 @@ pub fn validate_value(index: usize, value: &Value) -> DocumentReport {
     let want_api_version = format!("{GROUP}/{VERSION}");
     match value.get("apiVersion").and_then(Value::as_str) {
         Some(v) if v == want_api_version => {}
-        other => errors.push(FieldError::new(
-            "apiVersion",
-            format!("is {}; set it to {want_api_version}", describe(other)),
-        )),
+        other => errors.push(FieldError::new("apiVersion", format!("is {}; set it to {want_api_version}", describe(other)))),
     }
     match value.get("kind").and_then(Value::as_str) {
         Some(KIND) => {}
@@ -252,13 +254,8 @@ fn type_error(path: &str, msg: &str) -> FieldError {
 
 fn crd_schema() -> Value {
     let crd = DRTopology::crd();
-    let schema = crd
-        .spec
-        .versions
-        .first()
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .and_then(|s| serde_json::to_value(s).ok());
+    let schema =
+        crd.spec.versions.first().and_then(|v| v.schema.as_ref()).and_then(|s| s.open_api_v3_schema.as_ref()).and_then(|s| serde_json::to_value(s).ok());
     schema.unwrap_or(Value::Null)
 }
 
@@ -278,41 +275,28 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
             ));
         }
         if !seen_names.insert(c.name.as_str()) {
-            errs.push(FieldError::new(
-                format!("{p}.name"),
-                format!("{:?} is used by another cluster; give each cluster a unique name", c.name),
-            ));
+            errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used by another cluster; give each cluster a unique name", c.name)));
         }
         match c.vip.parse::<IpAddr>() {
             Ok(ip) => {
                 if !seen_vips.insert(ip) {
-                    errs.push(FieldError::new(
-                        format!("{p}.vip"),
-                        format!("{} is also another cluster's VIP; each global has its own VIP", c.vip),
-                    ));
+                    errs.push(FieldError::new(format!("{p}.vip"), format!("{} is also another cluster's VIP; each global has its own VIP", c.vip)));
                 }
             }
-            Err(_) => errs.push(FieldError::new(
-                format!("{p}.vip"),
-                format!("{:?} is not an IPv4 or IPv6 address; write e.g. 192.0.2.10 or 2001:db8::10", c.vip),
-            )),
+            Err(_) => {
+                errs.push(FieldError::new(format!("{p}.vip"), format!("{:?} is not an IPv4 or IPv6 address; write e.g. 192.0.2.10 or 2001:db8::10", c.vip)))
+            }
         }
         check_url(&c.api_server, &format!("{p}.apiServer"), "https://api.global-a.example.com:6443", &mut errs);
         if c.etcd.endpoints.is_empty() {
-            errs.push(FieldError::new(
-                format!("{p}.etcd.endpoints"),
-                "is empty; list this cluster's etcd client URLs, e.g. https://10.0.0.1:2379",
-            ));
+            errs.push(FieldError::new(format!("{p}.etcd.endpoints"), "is empty; list this cluster's etcd client URLs, e.g. https://10.0.0.1:2379"));
         }
         for (j, e) in c.etcd.endpoints.iter().enumerate() {
             check_url(e, &format!("{p}.etcd.endpoints[{j}]"), "https://10.0.0.1:2379", &mut errs);
         }
     }
     if !names.contains(&spec.primary.as_str()) {
-        errs.push(FieldError::new(
-            "spec.primary",
-            format!("{:?} is not one of spec.clusters[].name ({})", spec.primary, names.join(", ")),
-        ));
+        errs.push(FieldError::new("spec.primary", format!("{:?} is not one of spec.clusters[].name ({})", spec.primary, names.join(", "))));
     }
 
     if !is_domain(&spec.platform.domain) {
@@ -336,10 +320,7 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
     }
     if spec.sync.driver == SyncDriver::Manifest {
         match &spec.sync.manifest {
-            None => errs.push(FieldError::new(
-                "spec.sync.manifest",
-                "is required when spec.sync.driver is manifest; put the platform's sync object here",
-            )),
+            None => errs.push(FieldError::new("spec.sync.manifest", "is required when spec.sync.driver is manifest; put the platform's sync object here")),
             Some(m) => {
                 for field in ["apiVersion", "kind"] {
                     if m.get(field).and_then(Value::as_str).is_none() {
@@ -360,7 +341,10 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
             errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used by another restart; names must be unique", r.name)));
         }
         if r.label_selector.trim().is_empty() {
-            errs.push(FieldError::new(format!("{p}.labelSelector"), "is empty; an empty selector would restart everything in the namespace. Write e.g. app=vmselect"));
+            errs.push(FieldError::new(
+                format!("{p}.labelSelector"),
+                "is empty; an empty selector would restart everything in the namespace. Write e.g. app=vmselect",
+            ));
         }
         if r.when.is_empty() {
             errs.push(FieldError::new(format!("{p}.when"), "is empty; list at least one of syncEnabled, failover, demotion"));
@@ -383,10 +367,7 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
     let mut wl_names = BTreeSet::new();
     for (i, w) in spec.workload_clusters.iter().enumerate() {
         if !wl_names.insert(w.name.as_str()) {
-            errs.push(FieldError::new(
-                format!("spec.workloadClusters[{i}].name"),
-                format!("{:?} is listed twice; each workload cluster once", w.name),
-            ));
+            errs.push(FieldError::new(format!("spec.workloadClusters[{i}].name"), format!("{:?} is listed twice; each workload cluster once", w.name)));
         }
     }
     errs.extend(crate::guards::check(spec));
@@ -407,10 +388,7 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
     .collect();
     if set.len() != 1 {
         let what = if set.is_empty() { "none".to_string() } else { set.join(", ") };
-        errs.push(FieldError::new(
-            "spec.dns",
-            format!("sets {what}; set exactly one of rfc2136, powerdns, externalDns, webhook, manual"),
-        ));
+        errs.push(FieldError::new("spec.dns", format!("sets {what}; set exactly one of rfc2136, powerdns, externalDns, webhook, manual")));
     }
     if let Some(r) = &d.rfc2136 {
         errs.extend(zone_error(&r.zone, &spec.platform.domain, "spec.dns.rfc2136.zone"));
@@ -496,11 +474,7 @@ fn check_duration(s: &str, path: &str, errs: &mut Vec<FieldError>) {
 
 fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    !b.is_empty() && b.len() <= 63 && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') && b[0] != b'-' && b[b.len() - 1] != b'-'
 }
 
 /// Same language as the CRD's `DOMAIN_PATTERN`.
@@ -511,9 +485,7 @@ fn is_domain(s: &str) -> bool {
         return false;
     }
     let labels: Vec<&str> = s.split('.').collect();
-    labels.len() >= 2
-        && labels.iter().all(|l| is_dns_label(l))
-        && labels.last().is_some_and(|tld| tld.starts_with(|c: char| c.is_ascii_lowercase()))
+    labels.len() >= 2 && labels.iter().all(|l| is_dns_label(l)) && labels.last().is_some_and(|tld| tld.starts_with(|c: char| c.is_ascii_lowercase()))
 }
 
 fn in_zone(domain: &str, zone: &str) -> bool {
@@ -551,15 +523,35 @@ mod tests {
             ("a wildcard in a group", "      resources: [\"example.com/*\"]\n", Some("spec.sync.exclude.resources[0]: \"example.com/*\": wildcards")),
             ("namespaces as a resource", "      resources: [namespaces]\n", Some("spec.sync.exclude.resources[0]: excluding namespaces")),
             ("prefix /", "      keyPrefixes: [\"/\"]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/\" would exclude the whole keyspace")),
-            ("prefix /registry/", "      keyPrefixes: [/registry/]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/registry/\" would exclude the whole keyspace")),
-            ("prefix of a partial segment", "      keyPrefixes: [/registry/p]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/registry/p\" would exclude more than one resource")),
+            (
+                "prefix /registry/",
+                "      keyPrefixes: [/registry/]\n",
+                Some("spec.sync.exclude.keyPrefixes[0]: \"/registry/\" would exclude the whole keyspace"),
+            ),
+            (
+                "prefix of a partial segment",
+                "      keyPrefixes: [/registry/p]\n",
+                Some("spec.sync.exclude.keyPrefixes[0]: \"/registry/p\" would exclude more than one resource"),
+            ),
             ("prefix outside /registry/", "      keyPrefixes: [/other/x/]\n", Some("spec.sync.exclude.keyPrefixes[0]: \"/other/x/\" would exclude nothing")),
             ("a whole-segment prefix", "      keyPrefixes: [/registry/example.com/widgets/]\n", None),
             ("opt out of a default with a reason", "      optOut: [{namespace: cert-manager, reason: shared CA}]\n", None),
             ("opt out without a reason", "      optOut: [{resource: leases, reason: \" \"}]\n", Some("spec.sync.exclude.optOut[0].reason: is required")),
-            ("opt out of no default", "      optOut: [{namespace: team-a, reason: x}]\n", Some("spec.sync.exclude.optOut[0].namespace: \"team-a\" is not excluded by default")),
-            ("opt out of both kinds at once", "      optOut: [{namespace: kube-system, resource: leases, reason: x}]\n", Some("spec.sync.exclude.optOut[0]: names exactly one")),
-            ("opt out and exclude the same", "      resources: [events]\n      optOut: [{resource: events, reason: x}]\n", Some("spec.sync.exclude.optOut[0].resource: \"events\" is also listed")),
+            (
+                "opt out of no default",
+                "      optOut: [{namespace: team-a, reason: x}]\n",
+                Some("spec.sync.exclude.optOut[0].namespace: \"team-a\" is not excluded by default"),
+            ),
+            (
+                "opt out of both kinds at once",
+                "      optOut: [{namespace: kube-system, resource: leases, reason: x}]\n",
+                Some("spec.sync.exclude.optOut[0]: names exactly one"),
+            ),
+            (
+                "opt out and exclude the same",
+                "      resources: [events]\n      optOut: [{resource: events, reason: x}]\n",
+                Some("spec.sync.exclude.optOut[0].resource: \"events\" is also listed"),
+            ),
         ];
         for (rule, yaml, want) in cases {
             let got = ex(yaml);
@@ -582,19 +574,13 @@ mod tests {
     #[test]
     fn unknown_primary_names_the_choices() {
         let t = minimal().replace("primary: global-a", "primary: global-c");
-        assert_eq!(
-            errors_of(&t),
-            vec![r#"spec.primary: "global-c" is not one of spec.clusters[].name (global-a, global-b)"#]
-        );
+        assert_eq!(errors_of(&t), vec![r#"spec.primary: "global-c" is not one of spec.clusters[].name (global-a, global-b)"#]);
     }
 
     #[test]
     fn bad_vip_and_duplicate_vip() {
         let t = minimal().replace("vip: 192.0.2.20", "vip: 192.0.2.10");
-        assert_eq!(
-            errors_of(&t),
-            vec!["spec.clusters[1].vip: 192.0.2.10 is also another cluster's VIP; each global has its own VIP"]
-        );
+        assert_eq!(errors_of(&t), vec!["spec.clusters[1].vip: 192.0.2.10 is also another cluster's VIP; each global has its own VIP"]);
         let t = minimal().replace("vip: 192.0.2.20", "vip: 192.0.2");
         let e = errors_of(&t);
         assert_eq!(e.len(), 1);

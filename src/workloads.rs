@@ -58,10 +58,11 @@ mod tests {
 
     #[test]
     fn only_pods_in_replicated_namespaces_are_stopped() {
-        let pods: Vec<(String, String)> = [("team-a", "web-1"), ("kube-system", "coredns-1"), ("cpaas-system", "es-0"), ("drctl-system", "drctl-0"), ("team-b", "db-0")]
-            .iter()
-            .map(|(n, p)| (n.to_string(), p.to_string()))
-            .collect();
+        let pods: Vec<(String, String)> =
+            [("team-a", "web-1"), ("kube-system", "coredns-1"), ("cpaas-system", "es-0"), ("drctl-system", "drctl-0"), ("team-b", "db-0")]
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+                .collect();
         let stop: Vec<&str> = pods_to_stop(&pods, &Filter::with_default_namespaces(&ExcludeSpec::default())).iter().map(|(_, p)| p.as_str()).collect();
         assert_eq!(stop, ["web-1", "db-0"]);
     }

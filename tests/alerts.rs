@@ -42,10 +42,7 @@ fn rules_file(edit: impl Fn(&mut serde_json::Map<String, Value>)) -> String {
 }
 
 fn promtool(args: &[&str]) -> String {
-    let out = Command::new("promtool")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run promtool (Debian package prometheus; `make deps` installs it): {e}"));
+    let out = Command::new("promtool").args(args).output().unwrap_or_else(|e| panic!("run promtool (Debian package prometheus; `make deps` installs it): {e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
     text
@@ -109,11 +106,14 @@ impl Prometheus {
     /// second with every `for:` shortened to [`TEST_FOR`].
     async fn start(dir: &Path, targets: &[String]) -> Prometheus {
         let rules = dir.join("drctl-rules.yaml");
-        std::fs::write(&rules, rules_file(|r| {
-            if r.contains_key("for") {
-                r.insert("for".into(), TEST_FOR.into());
-            }
-        }))
+        std::fs::write(
+            &rules,
+            rules_file(|r| {
+                if r.contains_key("for") {
+                    r.insert("for".into(), TEST_FOR.into());
+                }
+            }),
+        )
         .expect("write rules");
         let config = serde_json::json!({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},

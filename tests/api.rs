@@ -17,13 +17,10 @@ const ACP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/acp-global.yaml
 async fn install_crd(g: &Global) {
     g.api.kubectl_ok(&["apply", "-f", CRD]);
     let crds: Api<CustomResourceDefinition> = Api::all(g.client().await);
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        await_condition(crds, "drtopologies.drctl.io", conditions::is_crd_established()),
-    )
-    .await
-    .expect("CRD established in time")
-    .expect("watch CRD");
+    tokio::time::timeout(Duration::from_secs(30), await_condition(crds, "drtopologies.drctl.io", conditions::is_crd_established()))
+        .await
+        .expect("CRD established in time")
+        .expect("watch CRD");
 }
 
 fn minimal_with(from: &str, to: &str) -> String {

@@ -138,7 +138,9 @@ fn every_bad_input_is_rejected_with_the_recorded_message() {
         let stem = file.trim_end_matches(".yaml");
         let extra = INTENTIONAL_EXTRAS.iter().any(|(c, _)| *c == stem);
         match (seen.apiserver_accepted(), extra) {
-            (true, false) => disagreements.push(format!("{file}: the apiserver admits it; make the CRD refuse it or list it in INTENTIONAL_EXTRAS with a reason")),
+            (true, false) => {
+                disagreements.push(format!("{file}: the apiserver admits it; make the CRD refuse it or list it in INTENTIONAL_EXTRAS with a reason"))
+            }
             (false, true) => disagreements.push(format!("{file}: listed in INTENTIONAL_EXTRAS but the apiserver rejects it now; remove the entry")),
             _ => {}
         }
@@ -148,8 +150,8 @@ fn every_bad_input_is_rejected_with_the_recorded_message() {
             std::fs::write(&expected_path, &actual).expect("write expectation");
             continue;
         }
-        let expected = std::fs::read_to_string(&expected_path)
-            .unwrap_or_else(|_| panic!("{} is missing; create it with DRCTL_BLESS=1", expected_path.display()));
+        let expected =
+            std::fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("{} is missing; create it with DRCTL_BLESS=1", expected_path.display()));
         if expected != actual {
             mismatches.push(format!("--- {}\n{expected}+++ actual\n{actual}", expected_path.display()));
         }

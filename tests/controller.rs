@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drctl::topology::{DRTopologyStatus, Phase, Role, StepState};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
-use futures::StreamExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::WatchStreamExt;
 use support::dns::{dig, PowerDnsServer};
@@ -30,9 +30,7 @@ fn is(role: Role, phase: Phase) -> impl Fn(&DRTopologyStatus) -> bool {
 }
 
 fn standby_in_sync(s: &DRTopologyStatus) -> bool {
-    s.role == Some(Role::Standby)
-        && s.phase == Some(Phase::Steady)
-        && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
+    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
 }
 
 async fn put_configmap(g: &Global, ns: &str, name: &str, data: &str) {
@@ -147,11 +145,8 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     assert!(has_vmselect_pod(&pair.a).await, "the primary's was not");
 
     // What a failover would do, without doing it.
-    let out = support::drctl()
-        .args(["failover", "plan", "--to", "global-b", "--kubeconfig"])
-        .arg(&pair.b.api.kubeconfig)
-        .output()
-        .expect("drctl failover plan");
+    let out =
+        support::drctl().args(["failover", "plan", "--to", "global-b", "--kubeconfig"]).arg(&pair.b.api.kubeconfig).output().expect("drctl failover plan");
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{plan}{}", String::from_utf8_lossy(&out.stderr));
     assert!(plan.contains("next action: StartFailover"), "{plan}");
@@ -169,10 +164,7 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     let f = st.failover.clone().expect("failover record");
     assert_eq!((f.from.as_str(), f.to.as_str()), ("global-a", "global-b"));
     let names: Vec<&str> = f.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["Preflight", "Demote", "FinalSync", "StopSync", "PreHooks", "SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"]
-    );
+    assert_eq!(names, ["Preflight", "Demote", "FinalSync", "StopSync", "PreHooks", "SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"]);
     for s in &f.steps {
         let ok = s.state == StepState::Succeeded || (s.state == StepState::Skipped && s.name.ends_with("Hooks"));
         assert!(ok, "step {} ended {:?}: {:?}", s.name, s.state, s.message);
@@ -268,9 +260,7 @@ async fn controller_killed_at_every_step_resumes_and_finishes_once() {
     pair.apply_both("global-b");
     let api: Api<drctl::topology::DRTopology> = Api::all(pair.b.client().await);
     // A watch sees every status write, so every step's "Running" record: kill -9 right then.
-    let events = kube::runtime::watcher(api.clone(), kube::runtime::watcher::Config::default())
-        .default_backoff()
-        .applied_objects();
+    let events = kube::runtime::watcher(api.clone(), kube::runtime::watcher::Config::default()).default_backoff().applied_objects();
     let mut events = std::pin::pin!(events);
     let mut killed_in: Vec<String> = Vec::new();
     let deadline = tokio::time::Instant::now() + FAILOVER * 3;
@@ -325,10 +315,7 @@ async fn flip_back_mid_failover_reclaims_the_old_primary() {
 
     // The pull request is reverted.
     pair.apply_both("global-a");
-    let b = pair.wait(&pair.b, "B abandoned its failover", FAILOVER, &[&ca, &cb], |s| {
-        s.failover.as_ref().is_some_and(|f| f.aborted.is_some())
-    })
-    .await;
+    let b = pair.wait(&pair.b, "B abandoned its failover", FAILOVER, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some())).await;
     let f = b.status.expect("status").failover.expect("failover");
     for name in ["SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"] {
         let s = f.steps.iter().find(|s| s.name == name).expect("step");
@@ -368,10 +355,15 @@ async fn flip_back_while_dns_verification_waits_is_seen_within_seconds() {
         pair.apply(&pair.b, &y);
     };
     apply_both("global-b");
-    let b = pair.wait(&pair.b, "B waiting in VerifyDNS", FAILOVER, &[&ca, &cb], |s| {
-        s.failover.as_ref().is_some_and(|f| f.steps.iter().any(|x| x.name == "VerifyDNS" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for"))))
-    })
-    .await;
+    let b = pair
+        .wait(&pair.b, "B waiting in VerifyDNS", FAILOVER, &[&ca, &cb], |s| {
+            s.failover.as_ref().is_some_and(|f| {
+                f.steps
+                    .iter()
+                    .any(|x| x.name == "VerifyDNS" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for")))
+            })
+        })
+        .await;
     let f = b.status.expect("status").failover.expect("failover");
     let verify = f.steps.iter().find(|s| s.name == "VerifyDNS").expect("VerifyDNS");
     let said = verify.message.clone().unwrap_or_default();
@@ -380,10 +372,9 @@ async fn flip_back_while_dns_verification_waits_is_seen_within_seconds() {
     // The pull request is reverted while B's VerifyDNS waits.
     let flipped = Instant::now();
     apply_both("global-a");
-    let b = pair.wait(&pair.b, "B aborted its failover mid-VerifyDNS", ABORT_WITHIN, &[&ca, &cb], |s| {
-        s.failover.as_ref().is_some_and(|f| f.aborted.is_some())
-    })
-    .await;
+    let b = pair
+        .wait(&pair.b, "B aborted its failover mid-VerifyDNS", ABORT_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some()))
+        .await;
     eprintln!("flip back mid-VerifyDNS: abort recorded {:.1}s after the flip (verify timeout {VERIFY_TIMEOUT})", flipped.elapsed().as_secs_f64());
     let f = b.status.expect("status").failover.expect("failover");
     for name in ["VerifyDNS", "Restart", "PostHooks", "Done"] {
@@ -415,7 +406,11 @@ async fn flip_back_while_demote_waits_for_the_acknowledgement_is_seen_within_sec
     apply_both("global-b");
     pair.wait(&pair.b, "B waiting in Demote", FAILOVER, &[&cb], |s| {
         s.failover.as_ref().is_some_and(|f| {
-            f.steps.iter().any(|x| x.name == "Demote" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for global-a to acknowledge")))
+            f.steps.iter().any(|x| {
+                x.name == "Demote"
+                    && x.state == StepState::Running
+                    && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for global-a to acknowledge"))
+            })
         })
     })
     .await;
@@ -448,14 +443,20 @@ async fn flip_back_while_a_job_hook_runs_is_seen_within_seconds() {
     pair.apply_both("global-b");
     pair.wait(&pair.b, "B waiting for its pre-hook's Job", FAILOVER, &[&ca, &cb], |s| {
         s.failover.as_ref().is_some_and(|f| {
-            f.steps.iter().any(|x| x.name == "PreHooks" && x.state == StepState::Running && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for hook vip-forwarding: Job drctl-system/drctl-pre-")))
+            f.steps.iter().any(|x| {
+                x.name == "PreHooks"
+                    && x.state == StepState::Running
+                    && x.message.as_deref().is_some_and(|m| m.starts_with("waiting for hook vip-forwarding: Job drctl-system/drctl-pre-"))
+            })
         })
     })
     .await;
 
     let flipped = Instant::now();
     pair.apply_both("global-a");
-    let b = pair.wait(&pair.b, "B aborted its failover mid-PreHooks", ABORT_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some())).await;
+    let b = pair
+        .wait(&pair.b, "B aborted its failover mid-PreHooks", ABORT_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.aborted.is_some()))
+        .await;
     eprintln!("flip back mid-PreHooks: abort recorded {:.1}s after the flip (Job timeout {:?})", flipped.elapsed().as_secs_f64(), drctl::hooks::JOB_TIMEOUT);
     let f = b.status.expect("status").failover.expect("failover");
     for name in ["PreHooks", "SwitchDNS", "VerifyDNS", "Restart", "PostHooks", "Done"] {
@@ -473,19 +474,13 @@ async fn dry_run_reports_the_plan_and_changes_nothing() {
     let (ca, cb) = steady_pair(&pair).await;
     pair.failover_extra = "    dryRun: true\n".into();
     pair.apply_both("global-b");
-    let b = pair.wait(&pair.b, "B reports the dry run", STEADY, &[&ca, &cb], |s| {
-        s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DryRun")
-    })
-    .await;
+    let b = pair.wait(&pair.b, "B reports the dry run", STEADY, &[&ca, &cb], |s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DryRun")).await;
     let st = b.status.expect("status");
     let ready = st.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
     assert!(ready.message.contains("would fail over to global-b") && ready.message.contains("SwitchDNS"), "{}", ready.message);
     assert!(st.failover.is_none(), "a dry run records no failover");
     assert_eq!(st.role, Some(Role::Standby));
-    let a = pair.wait(&pair.a, "A reports the dry run", STEADY, &[&ca, &cb], |s| {
-        s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DryRun")
-    })
-    .await;
+    let a = pair.wait(&pair.a, "A reports the dry run", STEADY, &[&ca, &cb], |s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "DryRun")).await;
     let st = a.status.expect("status");
     assert_eq!(st.role, Some(Role::Primary), "the primary did not step down");
     assert!(st.demotion.is_none());
@@ -624,7 +619,17 @@ async fn failover_with_the_service_accounts_rbac_names_the_flipping_commit() {
     pair.wait(&pair.b, "B standby in sync (as its ServiceAccount)", STEADY, &[&ca, &cb], standby_in_sync).await;
 
     std::fs::write(repo.join("topology/drtopology.yaml"), pair.topology_yaml("global-b")).expect("write");
-    git(&repo, &["commit", "-q", "-am", "DR: promote global-b to primary", "-m", "DR-Action: promote\nDR-From: global-a\nDR-To: global-b\nDR-Reason: datacenter A maintenance"]);
+    git(
+        &repo,
+        &[
+            "commit",
+            "-q",
+            "-am",
+            "DR: promote global-b to primary",
+            "-m",
+            "DR-Action: promote\nDR-From: global-a\nDR-To: global-b\nDR-Reason: datacenter A maintenance",
+        ],
+    );
     pair.apply_both("global-b");
     let b = pair.wait(&pair.b, "B failover done (as its ServiceAccount)", FAILOVER, &[&ca, &cb], steps_all_finished).await;
     let f = b.status.expect("status").failover.expect("failover");
@@ -633,13 +638,8 @@ async fn failover_with_the_service_accounts_rbac_names_the_flipping_commit() {
     let head = std::process::Command::new("git").arg("-C").arg(&repo).args(["rev-parse", "HEAD"]).output().expect("git");
     assert_eq!(f.commit.as_deref(), Some(String::from_utf8_lossy(&head.stdout).trim()));
     // The audit trail joins Git and the clusters' own record of the failover.
-    let out = support::drctl()
-        .args(["history", "--json", "--repo"])
-        .arg(&repo)
-        .arg("--kubeconfig")
-        .arg(&pair.b.api.kubeconfig)
-        .output()
-        .expect("drctl history");
+    let out =
+        support::drctl().args(["history", "--json", "--repo"]).arg(&repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history json");
     assert_eq!(entries[0]["to"], "global-b");
@@ -818,7 +818,8 @@ async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     assert_eq!(wait_configmap(&pair.b, "apps", "lost-1", STEADY).await.get("value").map(String::as_str), Some("lost-1 on global-a"));
     let surplus = b.get("/registry/configmaps/apps/only-on-b", None).await.expect("get surplus");
     assert_eq!(surplus.kvs().first().map(|kv| kv.value().to_vec()), Some(b"surplus".to_vec()), "surplus keys are never deleted by autoRepair");
-    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}"]);
+    let events =
+        pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}"]);
     assert!(events.contains("re-put") && events.contains("/registry/configmaps/apps/"), "{events}");
     let metrics = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
     assert!(metrics.lines().any(|l| l.starts_with("drctl_check_repaired_keys{") && !l.ends_with(" 0")), "{metrics}");
@@ -855,7 +856,8 @@ async fn a_standby_holding_keys_of_its_own_is_degraded_and_names_their_writer() 
     assert_eq!(check["surplus"]["writers"][0]["manager"], "break-glass", "{check}");
     assert_eq!(check["surplus"]["writers"][0]["operation"], "Update", "{check}");
     assert_eq!(check["writers"]["break-glass"], 1, "{check}");
-    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysDiffer\")]}{.note}{\"\\n\"}{end}"]);
+    let events =
+        pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysDiffer\")]}{.note}{\"\\n\"}{end}"]);
     assert!(events.contains("0 missed, 1 surplus, 0 diverged keys; surplus and diverged keys last written here by break-glass ×1"), "{events}");
     let metric = |name: &str| {
         let m = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
@@ -955,10 +957,7 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
     let watch = PrimaryWatch::start(&pair).await;
     let flip = Instant::now();
     pair.apply_both("global-b");
-    let b = pair.wait(&pair.b, "B abandoned its failover", FAILOVER, &[&ca, &cb], |s| {
-        s.failover.as_ref().is_some_and(|f| f.abandoned.is_some())
-    })
-    .await;
+    let b = pair.wait(&pair.b, "B abandoned its failover", FAILOVER, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.abandoned.is_some())).await;
     let abandoned_after = flip.elapsed();
     let bs = b.status.expect("status");
     let f = bs.failover.clone().expect("failover");
@@ -971,10 +970,8 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
     assert!(reason.contains("finalSyncTimeout (10s)") && reason.contains("1 keys of global-a are missing here"), "{reason}");
     assert_eq!(bs.demotion.as_ref().map(|d| d.new_primary.as_str()), Some("global-a"), "B's token hands the role back");
 
-    let a = pair.wait(&pair.a, "A reclaimed and holding", STEADY, &[&ca, &cb], |s| {
-        is(Role::Primary, Phase::Steady)(s) && condition(s, "Degraded").is_some()
-    })
-    .await;
+    let a =
+        pair.wait(&pair.a, "A reclaimed and holding", STEADY, &[&ca, &cb], |s| is(Role::Primary, Phase::Steady)(s) && condition(s, "Degraded").is_some()).await;
     let a = a.status.expect("status");
     assert_eq!(a.term, 1, "reclaimed with its own term, no runbook");
     let degraded = condition(&a, "Degraded").expect("A Degraded");
@@ -988,10 +985,13 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
 
     // Same spec: B holds, mirroring from A (A's new writes arrive; the lost key stays missing,
     // autoRepair is off), and never starts again.
-    let b = pair.wait(&pair.b, "B holds as A's standby", STEADY, &[&ca, &cb], |s| {
-        s.role == Some(Role::Standby) && s.sync.as_ref().is_some_and(|y| y.applied_revision.is_some()) && condition(s, "Degraded").is_some_and(|c| c.status == "True")
-    })
-    .await;
+    let b = pair
+        .wait(&pair.b, "B holds as A's standby", STEADY, &[&ca, &cb], |s| {
+            s.role == Some(Role::Standby)
+                && s.sync.as_ref().is_some_and(|y| y.applied_revision.is_some())
+                && condition(s, "Degraded").is_some_and(|c| c.status == "True")
+        })
+        .await;
     let bs = b.status.expect("status");
     let degraded = condition(&bs, "Degraded").expect("B Degraded");
     assert!(degraded.reason == "FailoverAbandoned" && degraded.message.contains(drctl::decide::plan::RETRY_ANNOTATION), "{degraded:?}");
@@ -1008,10 +1008,11 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
     // FinalSync still cannot pass, so it is abandoned again and A reclaims again.
     let annotated = Instant::now();
     pair.b.api.kubectl_ok(&["annotate", "drt", support::pair::TOPOLOGY, &format!("{}=1", drctl::decide::plan::RETRY_ANNOTATION)]);
-    let again = pair.wait(&pair.b, "B retried and abandoned again", FAILOVER, &[&ca, &cb], |s| {
-        s.failover.as_ref().and_then(|f| f.abandoned.as_ref()).is_some_and(|u| u.retry.as_deref() == Some("1"))
-    })
-    .await;
+    let again = pair
+        .wait(&pair.b, "B retried and abandoned again", FAILOVER, &[&ca, &cb], |s| {
+            s.failover.as_ref().and_then(|f| f.abandoned.as_ref()).is_some_and(|u| u.retry.as_deref() == Some("1"))
+        })
+        .await;
     let again = again.status.and_then(|s| s.failover).expect("failover");
     assert_ne!(again.started_at, f.started_at, "the annotation started a new failover");
     pair.wait(&pair.a, "A reclaimed again", STEADY, &[&ca, &cb], |s| {

@@ -9,10 +9,7 @@ fn checked_in_crd_matches_drctl_crd() {
     let generated = String::from_utf8(out.stdout).expect("utf-8");
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml");
     let checked_in = std::fs::read_to_string(path).expect("read crds/drtopology.yaml");
-    assert!(
-        generated == checked_in,
-        "crds/drtopology.yaml is stale; regenerate it with `make crds` (cargo run -- crd > crds/drtopology.yaml)"
-    );
+    assert!(generated == checked_in, "crds/drtopology.yaml is stale; regenerate it with `make crds` (cargo run -- crd > crds/drtopology.yaml)");
     for want in ["name: drtopologies.drctl.io", "scope: Cluster", "- drt", "- dr", "x-kubernetes-validations", "status: {}"] {
         assert!(generated.contains(want), "CRD lacks {want:?}");
     }
@@ -27,10 +24,7 @@ fn validate_cli_names_field_and_exits_1() {
     let out = support::drctl().arg("validate").arg(&bad).output().expect("run drctl validate");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains(r#"spec.primary: "global-c" is not one of spec.clusters[].name (global-a, global-b)"#),
-        "{stdout}"
-    );
+    assert!(stdout.contains(r#"spec.primary: "global-c" is not one of spec.clusters[].name (global-a, global-b)"#), "{stdout}");
 
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nspec:\n  primary: [a\n").expect("write");
@@ -39,10 +33,7 @@ fn validate_cli_names_field_and_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("not valid YAML at line 5") || stdout.contains("not valid YAML at line 4"), "{stdout}");
 
-    let examples = [
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/minimal.yaml"),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/acp-global.yaml"),
-    ];
+    let examples = [concat!(env!("CARGO_MANIFEST_DIR"), "/examples/minimal.yaml"), concat!(env!("CARGO_MANIFEST_DIR"), "/examples/acp-global.yaml")];
     let out = support::drctl().arg("validate").args(examples).output().expect("run drctl validate");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(String::from_utf8_lossy(&out.stdout).matches(": valid; primary global-a").count(), 2);

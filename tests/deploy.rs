@@ -28,22 +28,14 @@ fn kustomize(dir: &Path, extra: &[&str]) -> String {
 }
 
 fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objs.iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
+    objs.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == name).unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 fn apply_server_side(g: &Global, manifest: &str) {
     let mut cmd = Command::new(support::kubectl());
-    cmd.arg(format!("--kubeconfig={}", g.api.kubeconfig.display()))
-        .args(["apply", "--server-side", "--field-manager=argocd-controller", "-f", "-"]);
+    cmd.arg(format!("--kubeconfig={}", g.api.kubeconfig.display())).args(["apply", "--server-side", "--field-manager=argocd-controller", "-f", "-"]);
     let out = drctl_testbed::procs::run_with_stdin(cmd, manifest.as_bytes(), "kubectl apply").unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "apply failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "apply failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 /// `kubectl auth can-i` as the controller's ServiceAccount.
@@ -138,8 +130,13 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
     for name in GLOBALS {
         apply_server_side(&g, &kustomize(&gitops().join("deploy/overlays").join(name), &[]));
         let env = g.api.kubectl_ok(&[
-            "-n", "drctl-system", "get", "deployment", "drctl-controller",
-            "-o", "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"CLUSTER_NAME\")].value}",
+            "-n",
+            "drctl-system",
+            "get",
+            "deployment",
+            "drctl-controller",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].env[?(@.name==\"CLUSTER_NAME\")].value}",
         ]);
         assert_eq!(env, name, "the applied Deployment runs as {name}");
     }
@@ -234,12 +231,7 @@ fn ci_job_runs_drctl_validate_on_the_topology() {
     let text = std::fs::read_to_string(gitops().join("ci/validate-topology.yaml")).expect("read ci job");
     let job = docs(&text).remove(0);
     assert_eq!(job["on"], "pull_request");
-    let runs: Vec<&str> = job["jobs"]["validate"]["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["run"].as_str())
-        .collect();
+    let runs: Vec<&str> = job["jobs"]["validate"]["steps"].as_array().expect("steps").iter().filter_map(|s| s["run"].as_str()).collect();
     let cmd = "drctl validate topology/drtopology.yaml";
     assert_eq!(runs, [cmd]);
     // The same command, from the directory the job checks out, passes on the shipped topology.

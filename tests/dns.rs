@@ -162,10 +162,7 @@ async fn rfc2136_wrong_tsig_is_refused_clearly_and_changes_nothing() {
     // Not base64 at all: named as the Secret's problem, value not shown.
     let s = secrets(&[("tsig", "secret", "not base64 !!")]);
     let err = switch(&bind_spec(&b, &tsig.name, &tsig.algorithm), NEW, &s).await.expect_err("bad base64");
-    assert_eq!(
-        err.to_string(),
-        "TSIG secret in Secret dns/tsig is not usable: not valid base64 (as in BIND's `secret \"...\"`)"
-    );
+    assert_eq!(err.to_string(), "TSIG secret in Secret dns/tsig is not usable: not valid base64 (as in BIND's `secret \"...\"`)");
 
     assert_eq!(dig(b.addr(), DOMAIN, "A"), vec![OLD.to_string()], "a refused update must change nothing");
 }
@@ -222,9 +219,7 @@ async fn verify_times_out_naming_each_answer_then_succeeds_after_the_hook_fixes_
 async fn verify_fails_on_a_name_that_does_not_exist_and_on_a_dead_resolver() {
     let p = PowerDnsServer::start(ZONE);
     let dead: SocketAddr = ([127, 0, 0, 1], support::free_port()).into();
-    let err = dns::verify_at(&[p.addr(), dead], DOMAIN, ip(NEW), Duration::from_millis(800), |_| async {})
-        .await
-        .expect_err("no record, dead resolver");
+    let err = dns::verify_at(&[p.addr(), dead], DOMAIN, ip(NEW), Duration::from_millis(800), |_| async {}).await.expect_err("no record, dead resolver");
     let msg = err.to_string();
     assert!(msg.contains(&format!("{} answered no address", p.addr())), "{msg}");
     assert!(msg.contains(&format!("{dead} failed:")), "{msg}");
@@ -249,10 +244,8 @@ where
             buf.extend_from_slice(&chunk[..n]);
             if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..pos]).into_owned();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().expect("len")))
-                    .unwrap_or(0);
+                let len: usize =
+                    head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().expect("len"))).unwrap_or(0);
                 while buf.len() < pos + 4 + len {
                     let n = sock.read(&mut chunk).await.expect("read body");
                     assert!(n > 0, "connection closed mid-body");
@@ -343,10 +336,8 @@ async fn cli_dns_resolve_prints_each_resolvers_answer() {
     p.set(DOMAIN, "A", 30, &[NEW]);
     p.set(DOMAIN, "AAAA", 30, &[NEW6]);
     let dead: SocketAddr = ([127, 0, 0, 1], support::free_port()).into();
-    let out = support::drctl()
-        .args(["dns", "resolve", DOMAIN, "--resolver", &p.addr().to_string(), "--resolver", &dead.to_string()])
-        .output()
-        .expect("run drctl");
+    let out =
+        support::drctl().args(["dns", "resolve", DOMAIN, "--resolver", &p.addr().to_string(), "--resolver", &dead.to_string()]).output().expect("run drctl");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "a failing resolver fails the command: {stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -420,11 +411,7 @@ async fn kube_secrets_and_external_dns_on_a_real_apiserver() {
     let secrets = KubeSecrets::new(client.clone());
 
     // KubeSecrets: found, missing key, missing Secret.
-    let r = |name: &str, key: Option<&str>| drctl::topology::SecretRef {
-        namespace: "dns".into(),
-        name: name.into(),
-        key: key.map(str::to_string),
-    };
+    let r = |name: &str, key: Option<&str>| drctl::topology::SecretRef { namespace: "dns".into(), name: name.into(), key: key.map(str::to_string) };
     let got = secrets.get(&r("tsig", None), "secret").await.expect("read Secret");
     assert_eq!(got.expose(), tsig.secret.as_bytes());
     let err = secrets.get(&r("tsig", Some("apiKey")), "secret").await.expect_err("missing key");

@@ -32,8 +32,7 @@ async fn head(c: &mut Client) -> i64 {
 async fn preload(c: &mut Client, ns: &str, n: usize) {
     let keys: Vec<usize> = (0..n).collect();
     for chunk in keys.chunks(100) {
-        let ops: Vec<TxnOp> =
-            chunk.iter().map(|i| TxnOp::put(format!("/registry/secrets/{ns}/s{i}"), vec![b'p'; 512], None)).collect();
+        let ops: Vec<TxnOp> = chunk.iter().map(|i| TxnOp::put(format!("/registry/secrets/{ns}/s{i}"), vec![b'p'; 512], None)).collect();
         c.txn(Txn::new().and_then(ops)).await.expect("preload");
     }
 }
@@ -163,9 +162,17 @@ async fn etcd_down_under_writes(source_side: bool, outage: Duration) -> (Verdict
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let load = Load::start(&s, "faults", 200, 11, &ledger);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    if source_side { src.kill() } else { dst.kill() }
+    if source_side {
+        src.kill()
+    } else {
+        dst.kill()
+    }
     tokio::time::sleep(outage).await;
-    if source_side { src.restart() } else { dst.restart() }
+    if source_side {
+        src.restart()
+    } else {
+        dst.restart()
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     load.finish().await;
     let (v, recovered) = judge(&src, &dst, &mut s, &mut d, &ledger, Duration::from_secs(60)).await;
@@ -375,7 +382,8 @@ async fn check_and_repair_beside_a_live_mirror_lose_nothing() {
     let t = ThroughProxy::start(41).await;
     let extra: Vec<Load> = (0..4).map(|i| Load::start(&t.s, &format!("repair-{i}"), 200, 60 + i, &t.ledger)).collect();
     let plain = |url: &str| Endpoint::plain(vec![url.to_string()]);
-    let (sc, dc) = (drctl::etcd::connect(&plain(&t.src.client_url)).await.expect("source"), drctl::etcd::connect(&plain(&t.dst.client_url)).await.expect("destination"));
+    let (sc, dc) =
+        (drctl::etcd::connect(&plain(&t.src.client_url)).await.expect("source"), drctl::etcd::connect(&plain(&t.dst.client_url)).await.expect("destination"));
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
     let deadline = Instant::now() + Duration::from_secs(30);
     while t.rx.borrow().phase != MirrorPhase::Following {
@@ -541,9 +549,7 @@ async fn apiserver_restarted_mid_failover() {
     pair.apply_both("global-b");
     // As soon as B records a running step, its apiserver goes away for a few seconds.
     let running = pair
-        .wait(&pair.b, "B failing over", FAILOVER, &[&ca, &cb], |s| {
-            s.failover.as_ref().is_some_and(|f| f.completed_at.is_none() && !f.steps.is_empty())
-        })
+        .wait(&pair.b, "B failing over", FAILOVER, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.completed_at.is_none() && !f.steps.is_empty()))
         .await;
     let step = running.status.and_then(|s| s.failover).and_then(|f| f.steps.last().map(|s| s.name.clone())).unwrap_or_default();
     pair.b.api.kill();
@@ -570,6 +576,9 @@ async fn apiserver_restarted_mid_failover() {
         1,
         1,
         0,
-        &format!("killed during step {step}; B's controller {}; every step recorded once", if exited { "lost its Lease, exited and was restarted" } else { "rode it out" }),
+        &format!(
+            "killed during step {step}; B's controller {}; every step recorded once",
+            if exited { "lost its Lease, exited and was restarted" } else { "rode it out" }
+        ),
     );
 }

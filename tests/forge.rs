@@ -264,10 +264,7 @@ async fn token_errors_name_the_variable_and_the_fix_never_the_value() {
     let out = drctl(&work, Some(wrong), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitea", "--open-pr"]);
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}");
-    assert!(
-        stderr.contains(&format!("Gitea at {}/api/v1 rejected the token in $DRCTL_FORGE_TOKEN (401 Unauthorized)", g.url)),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("Gitea at {}/api/v1 rejected the token in $DRCTL_FORGE_TOKEN (401 Unauthorized)", g.url)), "{stderr}");
     assert!(stderr.contains("create a new token with pull-request write access"), "{stderr}");
     assert!(
         stderr.contains(&format!("dr/b is pushed, so the pull request can also be opened by hand: {}/{USER}/{REPO}/compare/main...dr/b", g.url)),
@@ -364,7 +361,13 @@ fn a_redirecting_forge_is_not_followed_so_the_token_stays_with_the_remotes_host(
     let out = drctl(&work, Some(TOKEN), &["global-b", "--branch", "dr/b", "--push", "origin", "--forge", "gitlab", "--open-pr"]);
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stderr.contains(&format!("answered 307 to POST {}/api/v4/projects/{USER}%2F{REPO}/merge_requests, a redirect to {}/api/v4/steal, which drctl does not follow", forge.url, elsewhere.url)), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "answered 307 to POST {}/api/v4/projects/{USER}%2F{REPO}/merge_requests, a redirect to {}/api/v4/steal, which drctl does not follow",
+            forge.url, elsewhere.url
+        )),
+        "{stderr}"
+    );
     assert!(stderr.contains("dr/b is pushed, so the pull request can also be opened by hand"), "{stderr}");
     assert_eq!(forge.requests().len(), 1);
     assert!(forge.requests()[0].to_ascii_lowercase().contains(&format!("private-token: {}", TOKEN.to_ascii_lowercase())), "the forge got the token");
@@ -376,11 +379,19 @@ fn a_redirecting_forge_is_not_followed_so_the_token_stays_with_the_remotes_host(
 fn a_forge_that_echoes_the_token_or_answers_html_never_shows_it() {
     let cases = [
         // Created, with the token in the link it returns (printed on stdout).
-        (http_response("201 Created", "", &format!(r#"{{"html_url": "http://forge/drctl/dr/pulls/3?token={TOKEN}", "number": 3}}"#)), true, "Opened pull request #3 from dr/b into main: http://forge/drctl/dr/pulls/3?token=***"),
+        (
+            http_response("201 Created", "", &format!(r#"{{"html_url": "http://forge/drctl/dr/pulls/3?token={TOKEN}", "number": 3}}"#)),
+            true,
+            "Opened pull request #3 from dr/b into main: http://forge/drctl/dr/pulls/3?token=***",
+        ),
         // An error naming the token.
         (http_response("500 Internal Server Error", "", &format!(r#"{{"message": "token {TOKEN} broke us"}}"#)), false, "answered 500 to POST"),
         // A proxy's HTML page, the token in it.
-        (http_response("502 Bad Gateway", "Content-Type: text/html\r\n", &format!("<html><body>bad gateway for {TOKEN}</body></html>")), false, "an HTML page, not the API's JSON"),
+        (
+            http_response("502 Bad Gateway", "Content-Type: text/html\r\n", &format!("<html><body>bad gateway for {TOKEN}</body></html>")),
+            false,
+            "an HTML page, not the API's JSON",
+        ),
         // Created, but not JSON.
         (http_response("201 Created", "", "garbage"), false, "with JSON that has no URL"),
     ];

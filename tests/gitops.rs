@@ -73,12 +73,7 @@ impl Repo {
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -110,10 +105,8 @@ fn promote_changes_one_line_commits_trailers_and_pushes() {
     assert!(stdout.contains("pull request from") && stdout.contains("into main"), "{stdout}");
 
     // Byte for byte: the comment on the line, the annotations, the flow mappings all stay.
-    let want = TOPOLOGY.replace(
-        "  primary: global-a   # the cluster the platform domain points at\n",
-        "  primary: global-b   # the cluster the platform domain points at\n",
-    );
+    let want = TOPOLOGY
+        .replace("  primary: global-a   # the cluster the platform domain points at\n", "  primary: global-b   # the cluster the platform domain points at\n");
     assert_ne!(want, TOPOLOGY);
     assert_eq!(repo.git(&["show", &format!("{branch}:{FILE}")]) + "\n", want);
     assert_eq!(repo.read(FILE), want, "the worktree shows the promoted file");
@@ -141,9 +134,7 @@ fn promote_keeps_quote_style_and_honours_branch_and_message() {
     let repo = Repo::new();
     let quoted = TOPOLOGY.replace("  primary: global-a   #", "  primary: 'global-a' #");
     repo.commit_file("clusters/dr.yaml", &quoted, "Add the DR topology");
-    let out = repo.drctl(&[
-        "promote", "global-b", "--file", "clusters/dr.yaml", "--branch", "failover-now", "--message", "Fail over to B",
-    ]);
+    let out = repo.drctl(&["promote", "global-b", "--file", "clusters/dr.yaml", "--branch", "failover-now", "--message", "Fail over to B"]);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(repo.read("clusters/dr.yaml"), quoted.replace("'global-a'", "'global-b'"));
     assert_eq!(repo.git(&["log", "-1", "--format=%s", "failover-now"]), "Fail over to B");
@@ -275,10 +266,7 @@ fn failed_push_keeps_the_branch_and_says_how_to_push() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     let commit = repo.git(&["rev-parse", "dr/b"]);
-    assert!(
-        stderr.contains(&format!("committed {commit} on branch dr/b, but pushing it to forge failed:")),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("committed {commit} on branch dr/b, but pushing it to forge failed:")), "{stderr}");
     assert!(stderr.contains("push it with `git push forge dr/b`"), "{stderr}");
 }
 
@@ -410,7 +398,10 @@ fn promote_on_a_detached_head_does_not_guess_main() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(!stdout.contains("into main"), "{stdout}");
-    assert!(stdout.contains("HEAD was detached, so the target branch is unknown: open a pull request from pr into the branch Argo CD watches (--base names it)."), "{stdout}");
+    assert!(
+        stdout.contains("HEAD was detached, so the target branch is unknown: open a pull request from pr into the branch Argo CD watches (--base names it)."),
+        "{stdout}"
+    );
 }
 
 #[test]

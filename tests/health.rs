@@ -108,9 +108,8 @@ fn argocd_cm_inlines_exactly_health_lua() {
     let cm = yaml_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/argocd/argocd-cm-patch.yaml"));
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "argocd-cm");
-    let inlined = cm["data"]["resource.customizations.health.drctl.io_DRTopology"]
-        .as_str()
-        .expect("argocd-cm has resource.customizations.health.drctl.io_DRTopology");
+    let inlined =
+        cm["data"]["resource.customizations.health.drctl.io_DRTopology"].as_str().expect("argocd-cm has resource.customizations.health.drctl.io_DRTopology");
     assert!(inlined == script(), "gitops/argocd/argocd-cm-patch.yaml is out of date: paste gitops/health/health.lua into it again");
 }
 
@@ -139,7 +138,12 @@ fn argo_cd_itself_agrees_with_every_case() {
         let got = (field("STATUS:"), field("MESSAGE:"));
         let want = (Some(case.health_status.status.clone()), Some(case.health_status.message.clone()));
         if !out.status.success() || got != want {
-            failures.push(format!("{}: argocd said {got:?} (exit {}), want {want:?}\n{stdout}{}", case.input_path, out.status, String::from_utf8_lossy(&out.stderr)));
+            failures.push(format!(
+                "{}: argocd said {got:?} (exit {}), want {want:?}\n{stdout}{}",
+                case.input_path,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
     }
     assert!(failures.is_empty(), "{} of {} cases disagree with Argo CD:\n{}", failures.len(), cases.len(), failures.join("\n"));

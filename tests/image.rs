@@ -77,8 +77,7 @@ fn image_runs_drctl_from_its_own_rootfs_as_a_non_root_user() {
     let version = env!("CARGO_PKG_VERSION");
     run(Command::new("umoci").arg("unpack").arg("--image").arg(format!("{}:{version}", layout.display())).arg(&bundle));
 
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).expect("config.json")).expect("runtime config");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("config.json")).expect("config.json")).expect("runtime config");
     let process = &config["process"];
     assert_eq!(process["user"]["uid"], 65532, "{process}");
     assert_eq!(process["user"]["gid"], 65532, "{process}");

@@ -18,12 +18,7 @@ fn filter() -> Filter {
 
 fn config(src: &Etcd, dst: &Etcd) -> MirrorConfig {
     let tuning = Tuning { anti_entropy_after: None, progress_timeout: Duration::from_secs(2), ..Tuning::default() };
-    MirrorConfig {
-        source: Endpoint::plain(vec![src.client_url.clone()]),
-        dest: Endpoint::plain(vec![dst.client_url.clone()]),
-        filter: filter(),
-        tuning,
-    }
+    MirrorConfig { source: Endpoint::plain(vec![src.client_url.clone()]), dest: Endpoint::plain(vec![dst.client_url.clone()]), filter: filter(), tuning }
 }
 
 /// Replicated keys and values of an etcd, as the filter sees them.
@@ -35,12 +30,7 @@ async fn replicated(c: &mut Client) -> BTreeMap<String, Vec<u8>> {
         if let Some(last) = page.kvs.last() {
             from = etcd::key_after(&last.key);
         }
-        out.extend(
-            page.kvs
-                .into_iter()
-                .filter(|kv| f.copies(&kv.key))
-                .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)),
-        );
+        out.extend(page.kvs.into_iter().filter(|kv| f.copies(&kv.key)).map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)));
         if !page.more {
             return out;
         }
@@ -50,8 +40,7 @@ async fn replicated(c: &mut Client) -> BTreeMap<String, Vec<u8>> {
 /// Asserts both sides hold the same replicated keys and values, naming a few that differ.
 async fn assert_same(s: &mut Client, d: &mut Client) {
     let (a, b) = (replicated(s).await, replicated(d).await);
-    let differing: Vec<&String> =
-        a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).take(5).collect();
+    let differing: Vec<&String> = a.keys().chain(b.keys()).filter(|k| a.get(*k) != b.get(*k)).take(5).collect();
     assert!(differing.is_empty(), "{} source vs {} destination keys; differing: {differing:?}", a.len(), b.len());
 }
 
@@ -141,8 +130,7 @@ async fn puts_updates_and_deletes_propagate_and_exclusions_hold() {
     let Running { mut rx, stop, task } = run_in_background(Mirror::new(config(&src, &dst)));
     caught_up(&mut rx, &mut s).await;
     let all = d.get("", Some(GetOptions::new().with_all_keys().with_keys_only())).await.expect("dest keys");
-    let mut dest_keys: Vec<String> =
-        all.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+    let mut dest_keys: Vec<String> = all.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
     dest_keys.retain(|k| k != CHECKPOINT_KEY);
     let mut want: Vec<String> = fx.iter().filter(|(_, _, c)| *c).map(|(k, _, _)| k.clone()).collect();
     want.sort();
@@ -224,18 +212,13 @@ fn kill_9_mid_copy_then_resume_without_recopying() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
     const N: usize = 20_000;
-    let keys: Vec<(String, Vec<u8>)> = (0..N)
-        .map(|i| (format!("/registry/configmaps/ns-{}/cm-{i:05}", i % 50), vec![b'a' + (i % 26) as u8; 2048]))
-        .collect();
+    let keys: Vec<(String, Vec<u8>)> = (0..N).map(|i| (format!("/registry/configmaps/ns-{}/cm-{i:05}", i % 50), vec![b'a' + (i % 26) as u8; 2048])).collect();
     rt.block_on(put_all(&mut s, &keys));
 
     let args = ["mirror", "--source", &src.client_url, "--dest", &dst.client_url, "--once"];
     let mut child = drctl().args(args).spawn().expect("spawn drctl mirror");
-    let count = |d: &mut Client| {
-        rt.block_on(async {
-            d.get("/registry/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count").count()
-        })
-    };
+    let count =
+        |d: &mut Client| rt.block_on(async { d.get("/registry/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count").count() });
     let deadline = Instant::now() + Duration::from_secs(60);
     while count(&mut d) < 2_000 {
         assert!(Instant::now() < deadline, "copy did not start");
@@ -267,8 +250,7 @@ fn kill_9_mid_copy_then_resume_without_recopying() {
 async fn compaction_while_stopped_forces_a_resync_that_converges_with_deletes() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = (src.client().await, dst.client().await);
-    let keys: Vec<(String, Vec<u8>)> =
-        (0..400).map(|i| (format!("/registry/secrets/team-{}/s{i}", i % 4), format!("v{i}").into_bytes())).collect();
+    let keys: Vec<(String, Vec<u8>)> = (0..400).map(|i| (format!("/registry/secrets/team-{}/s{i}", i % 4), format!("v{i}").into_bytes())).collect();
     put_all(&mut s, &keys).await;
     Mirror::new(config(&src, &dst)).run_once().await.expect("initial copy");
     // The standby's own object in an excluded namespace must survive the resync's prune.
@@ -291,14 +273,9 @@ async fn compaction_while_stopped_forces_a_resync_that_converges_with_deletes() 
 }
 
 fn check_cli(src: &Etcd, dst: &Etcd, extra: &[&str]) -> (i32, CheckReport) {
-    let out = drctl()
-        .args(["check", "--source", &src.client_url, "--dest", &dst.client_url, "--json"])
-        .args(extra)
-        .output()
-        .expect("run drctl check");
+    let out = drctl().args(["check", "--source", &src.client_url, "--dest", &dst.client_url, "--json"]).args(extra).output().expect("run drctl check");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("check JSON: {e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("check JSON: {e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().expect("exit code"), report)
 }
 
@@ -308,8 +285,7 @@ fn check_finds_planted_differences_and_repair_fixes_them() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
     rt.block_on(async {
-        let keys: Vec<(String, Vec<u8>)> =
-            (0..50).map(|i| (format!("/registry/configmaps/team-a/p{i:02}"), format!("cm {i}").into_bytes())).collect();
+        let keys: Vec<(String, Vec<u8>)> = (0..50).map(|i| (format!("/registry/configmaps/team-a/p{i:02}"), format!("cm {i}").into_bytes())).collect();
         put_all(&mut s, &keys).await;
         Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
         d.delete("/registry/configmaps/team-a/p07", None).await.expect("plant missed");
@@ -371,35 +347,19 @@ fn mirror_and_check_speak_mtls_to_both_sides() {
     rt.block_on(put_all(&mut s, &[("/registry/secrets/team-a/tls".into(), b"sealed".to_vec())]));
     let tls_args = |side: &str, e: &Etcd| {
         let t = e.tls.as_ref().expect("tls etcd");
-        vec![
-            format!("--{side}-cacert={}", t.ca.display()),
-            format!("--{side}-cert={}", t.cert.display()),
-            format!("--{side}-key={}", t.key.display()),
-        ]
+        vec![format!("--{side}-cacert={}", t.ca.display()), format!("--{side}-cert={}", t.cert.display()), format!("--{side}-key={}", t.key.display())]
     };
     let base = ["--source", &src.client_url, "--dest", &dst.client_url];
 
     let without = drctl().args(["mirror", "--once"]).args(base).output().expect("run drctl");
     assert!(!without.status.success(), "a client without a certificate must be refused");
 
-    let out = drctl()
-        .args(["mirror", "--once"])
-        .args(base)
-        .args(tls_args("source", &src))
-        .args(tls_args("dest", &dst))
-        .output()
-        .expect("run drctl mirror");
+    let out = drctl().args(["mirror", "--once"]).args(base).args(tls_args("source", &src)).args(tls_args("dest", &dst)).output().expect("run drctl mirror");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     rt.block_on(assert_same(&mut s, &mut d));
     assert_eq!(rt.block_on(replicated(&mut d)).len(), 1);
 
-    let out = drctl()
-        .args(["check", "--json"])
-        .args(base)
-        .args(tls_args("source", &src))
-        .args(tls_args("dest", &dst))
-        .output()
-        .expect("run drctl check");
+    let out = drctl().args(["check", "--json"]).args(base).args(tls_args("source", &src)).args(tls_args("dest", &dst)).output().expect("run drctl check");
     let report: CheckReport = serde_json::from_slice(&out.stdout).expect("check JSON");
     assert!(report.consistent && report.checked_keys == 1, "{report}");
 }
@@ -437,8 +397,7 @@ fn drctl_mirror_follows_until_sigterm_then_exits_cleanly() {
 async fn anti_entropy_after_the_copy_restores_a_key_the_destination_lost() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = (src.client().await, dst.client().await);
-    let keys: Vec<(String, Vec<u8>)> =
-        (0..20).map(|i| (format!("/registry/replicasets/team-a/rs-{i}"), format!("rs {i}").into_bytes())).collect();
+    let keys: Vec<(String, Vec<u8>)> = (0..20).map(|i| (format!("/registry/replicasets/team-a/rs-{i}"), format!("rs {i}").into_bytes())).collect();
     put_all(&mut s, &keys).await;
     let mut cfg = config(&src, &dst);
     cfg.tuning.anti_entropy_after = Some(Duration::from_secs(3));
@@ -470,10 +429,14 @@ async fn unknown_key_shapes_under_an_excluded_resource_are_copied_and_checked() 
     assert_eq!(got, vec!["/registry/pods/team-a/p05/odd".to_string()], "only the unknown shape is copied");
     assert_same(&mut s, &mut d).await;
     d.put("/registry/pods/team-a/p05/odd", "tampered", None).await.expect("plant diverged");
-    let found = check::run(&etcd::connect(&Endpoint::plain(vec![src.client_url.clone()])).await.expect("src"),
-        &etcd::connect(&Endpoint::plain(vec![dst.client_url.clone()])).await.expect("dst"), &filter(), &CheckOptions::default())
-        .await
-        .expect("check");
+    let found = check::run(
+        &etcd::connect(&Endpoint::plain(vec![src.client_url.clone()])).await.expect("src"),
+        &etcd::connect(&Endpoint::plain(vec![dst.client_url.clone()])).await.expect("dst"),
+        &filter(),
+        &CheckOptions::default(),
+    )
+    .await
+    .expect("check");
     assert_eq!((found.report.diverged.keys.clone(), found.report.checked_keys), (vec!["/registry/pods/team-a/p05/odd".to_string()], 1));
 }
 
@@ -532,7 +495,11 @@ fn exclusions_from_the_topology_file_and_the_flags_add_to_the_defaults() {
         assert!(err.contains("spec.sync.exclude.resources[0]"), "{bad}: {err}");
     }
     // A check whose exclusions leave nothing replicated is not "consistent".
-    let out = drctl().args(["check", "--exclude-namespace=team-a", "--exclude-namespace=team-b", "--exclude-resource=example.com/widgets"]).args(base).output().expect("run drctl check");
+    let out = drctl()
+        .args(["check", "--exclude-namespace=team-a", "--exclude-namespace=team-b", "--exclude-resource=example.com/widgets"])
+        .args(base)
+        .output()
+        .expect("run drctl check");
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(said.contains("NOT consistent") && said.contains("nothing is replicated"), "{said}");
@@ -545,7 +512,11 @@ fn exclusions_from_the_topology_file_and_the_flags_add_to_the_defaults() {
 async fn repair_writes_only_keys_the_current_filter_replicates() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = (src.client().await, dst.client().await);
-    put_all(&mut s, &[("/registry/configmaps/kube-public/cluster-info".into(), b"primary's".to_vec()), ("/registry/configmaps/team-a/x".into(), b"v".to_vec())]).await;
+    put_all(
+        &mut s,
+        &[("/registry/configmaps/kube-public/cluster-info".into(), b"primary's".to_vec()), ("/registry/configmaps/team-a/x".into(), b"v".to_vec())],
+    )
+    .await;
     d.put("/registry/configmaps/kube-public/cluster-info", "standby's own", None).await.expect("standby's own");
     let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
     // Found while kube-public was opted in ...
@@ -617,12 +588,15 @@ async fn a_half_written_batch_is_never_compared_or_repaired() {
     let head = s.delete("/registry/configmaps/team-a/big", None).await.expect("delete on source").header().expect("header").revision();
     // An earlier txn of the batch up to `head`: its data, and the checkpoint marked pending.
     let pending = serde_json::to_vec(&Checkpoint { pending: Some(head), ..cp.clone() }).expect("json");
-    d.txn(Txn::new().and_then(vec![TxnOp::delete("/registry/configmaps/team-a/big", None), TxnOp::put(CHECKPOINT_KEY, pending, None)])).await.expect("partial batch");
+    d.txn(Txn::new().and_then(vec![TxnOp::delete("/registry/configmaps/team-a/big", None), TxnOp::put(CHECKPOINT_KEY, pending, None)]))
+        .await
+        .expect("partial batch");
 
     let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
     let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(found.report.consistent, "a half-written batch is in flux, not damage: {}", found.report);
-    let missed = check::Difference { key: b"/registry/configmaps/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None, dest_writer: None };
+    let missed =
+        check::Difference { key: b"/registry/configmaps/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None, dest_writer: None };
     let outcome = check::repair(&sc, &dc, &filter(), &[missed], false).await.expect("repair");
     assert_eq!((outcome.put, outcome.skipped), (0, 1), "{outcome:?}");
     assert!(d.get("/registry/configmaps/team-a/big", None).await.expect("get").kvs().is_empty(), "the batch's delete stands");

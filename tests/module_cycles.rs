@@ -190,8 +190,7 @@ fn components(graph: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<Vec<PathBuf>>
 fn cycles_in(src: &Path) -> Vec<String> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
-    let modules: BTreeMap<Vec<String>, PathBuf> =
-        files.iter().filter(|f| !f.ends_with("main.rs")).map(|f| (module_of(src, f), f.clone())).collect();
+    let modules: BTreeMap<Vec<String>, PathBuf> = files.iter().filter(|f| !f.ends_with("main.rs")).map(|f| (module_of(src, f), f.clone())).collect();
     let mut graph: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
     for f in &files {
         let here = module_of(src, f);
@@ -210,10 +209,7 @@ fn cycles_in(src: &Path) -> Vec<String> {
     for c in components(&graph).into_iter().filter(|c| c.len() > 1) {
         let mut names: Vec<String> = c.iter().map(name).collect();
         names.sort();
-        let ties: Vec<String> = c
-            .iter()
-            .flat_map(|a| graph[a].iter().filter(|b| c.contains(b)).map(move |b| format!("{} -> {}", name(a), name(b))))
-            .collect();
+        let ties: Vec<String> = c.iter().flat_map(|a| graph[a].iter().filter(|b| c.contains(b)).map(move |b| format!("{} -> {}", name(a), name(b)))).collect();
         cycles.push(format!("{}: {}", names.join(", "), ties.join("; ")));
     }
     cycles
@@ -240,15 +236,28 @@ fn src_modules_import_each_other_in_one_direction_only() {
 #[test]
 fn paths_resolve_to_the_longest_module_they_name() {
     let m = |s: &str| s.split("::").filter(|x| !x.is_empty()).map(str::to_string).collect::<Vec<_>>();
-    let modules: BTreeMap<Vec<String>, PathBuf> = [("", "lib.rs"), ("controller", "controller/mod.rs"), ("controller::peer", "controller/peer.rs"), ("decide::plan", "decide/plan.rs")]
-        .into_iter()
-        .map(|(k, v)| (m(k), PathBuf::from(v)))
-        .collect();
+    let modules: BTreeMap<Vec<String>, PathBuf> =
+        [("", "lib.rs"), ("controller", "controller/mod.rs"), ("controller::peer", "controller/peer.rs"), ("decide::plan", "decide/plan.rs")]
+            .into_iter()
+            .map(|(k, v)| (m(k), PathBuf::from(v)))
+            .collect();
     let to = |code: &str, here: &str| -> BTreeSet<String> {
         paths(code).iter().filter_map(|p| resolve(p, &m(here), &modules)).map(|p| p.display().to_string()).collect()
     };
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
-    assert_eq!(to("use crate::controller::{peer::{self, read}, sync};", "failover::runbook"), set(&["controller/peer.rs", "controller/mod.rs"]), "sync is no file: an item of mod.rs");
-    assert_eq!(to("use crate::controller::peer::{self, read};", "failover::runbook"), set(&["controller/peer.rs"]), "a group of one module's items lands there only");
-    assert_eq!(to(&code("let x = super::plan::plan(&o); // crate::controller::x"), "decide::transition"), set(&["decide/plan.rs"]), "super of a file is its parent; comments are not code");
+    assert_eq!(
+        to("use crate::controller::{peer::{self, read}, sync};", "failover::runbook"),
+        set(&["controller/peer.rs", "controller/mod.rs"]),
+        "sync is no file: an item of mod.rs"
+    );
+    assert_eq!(
+        to("use crate::controller::peer::{self, read};", "failover::runbook"),
+        set(&["controller/peer.rs"]),
+        "a group of one module's items lands there only"
+    );
+    assert_eq!(
+        to(&code("let x = super::plan::plan(&o); // crate::controller::x"), "decide::transition"),
+        set(&["decide/plan.rs"]),
+        "super of a file is its parent; comments are not code"
+    );
 }

@@ -16,9 +16,7 @@ fn label() -> impl Strategy<Value = String> {
 
 /// Built-in resource names whose keys are not special-cased by the parser.
 fn plain_resource() -> impl Strategy<Value = String> {
-    label().prop_filter("special prefixes and namespaces", |r| {
-        !matches!(r.as_str(), "services" | "minions" | "controllers" | "ingress" | "namespaces")
-    })
+    label().prop_filter("special prefixes and namespaces", |r| !matches!(r.as_str(), "services" | "minions" | "controllers" | "ingress" | "namespaces"))
 }
 
 fn config() -> ProptestConfig {
@@ -182,7 +180,23 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
             proptest::collection::btree_map(
-                proptest::sample::select(vec!["primary", "clusters", "dns", "name", "vip", "etcd", "endpoints", "platform", "domain", "ttl", "sync", "restarts", "failover", "x"]).prop_map(String::from),
+                proptest::sample::select(vec![
+                    "primary",
+                    "clusters",
+                    "dns",
+                    "name",
+                    "vip",
+                    "etcd",
+                    "endpoints",
+                    "platform",
+                    "domain",
+                    "ttl",
+                    "sync",
+                    "restarts",
+                    "failover",
+                    "x"
+                ])
+                .prop_map(String::from),
                 inner,
                 0..5
             )

@@ -206,11 +206,7 @@ fn credentials_in_etcd_flags_are_refused_and_never_printed() {
     let canary = format!("canary-pw-{}", std::process::id());
     let url = format!("https://root:{canary}@127.0.0.1:1");
     for cmd in ["check", "mirror"] {
-        let out = support::drctl()
-            .env("DRCTL_LOG", "trace")
-            .args([cmd, "--source", &url, "--dest", "https://127.0.0.1:2"])
-            .output()
-            .expect("run drctl");
+        let out = support::drctl().env("DRCTL_LOG", "trace").args([cmd, "--source", &url, "--dest", "https://127.0.0.1:2"]).output().expect("run drctl");
         let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(1), "{cmd}: {all}");
         assert!(all.contains("etcd endpoint https://***@127.0.0.1:1: the URL carries credentials"), "{cmd}: {all}");

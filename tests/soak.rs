@@ -77,7 +77,9 @@ async fn load_phase(src: &Global, dst: &Global, secs: u64, keys: Option<u64>, ph
     let stop = Arc::new(AtomicBool::new(false));
     let s = src.etcd.client().await;
     let mut tasks: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(faults::write_load(s.clone(), format!("soak-{phase}-{w}"), RATE_PER_WRITER, phase * 1000 + w, keys, stop.clone(), ledger.clone())))
+        .map(|w| {
+            tokio::spawn(faults::write_load(s.clone(), format!("soak-{phase}-{w}"), RATE_PER_WRITER, phase * 1000 + w, keys, stop.clone(), ledger.clone()))
+        })
         .collect();
     tasks.push(tokio::spawn(probe(s.clone(), dst.etcd.client().await, stop.clone(), lags.clone())));
     let end = Instant::now() + Duration::from_secs(secs);
@@ -139,7 +141,8 @@ async fn soak(secs: u64, keys: Option<u64>) {
     let elapsed = started.elapsed().as_secs_f64();
     eprintln!("soak wall time {elapsed:.0} s");
     // RSS at each tenth of the load: does it level off or keep climbing?
-    let tenths = |v: &[u64]| (1..=10).map(|i| (v.get((v.len() * i / 10).saturating_sub(1)).copied().unwrap_or(0) / 1024).to_string()).collect::<Vec<_>>().join(" ");
+    let tenths =
+        |v: &[u64]| (1..=10).map(|i| (v.get((v.len() * i / 10).saturating_sub(1)).copied().unwrap_or(0) / 1024).to_string()).collect::<Vec<_>>().join(" ");
     eprintln!("RSS MiB by tenths of the load: A [{}], B [{}]", tenths(&rss_a), tenths(&rss_b));
     eprintln!(
         "SOAK | {secs} s of load at {} writes/s target, keys per writer {} | {} writes ({:.0}/s achieved, {} failed) | failover A->B in the middle: {:.1} s, {lost_in_failover} acknowledged writes lost | probe lag over {} probes: p50 {:?}, p99 {:?}, max {:?} | RSS KiB controller A {a0}->{a1} (max {amax}), B {b0}->{b1} (max {bmax}) | final check: {}/{}/{} (missed/surplus/diverged), exit {code:?}, {} keys; ledger: {} acknowledged writes lost",

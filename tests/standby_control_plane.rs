@@ -142,10 +142,7 @@ fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>)
 
 /// `drctl check` between the two etcds: (missed, surplus, diverged) and the report.
 fn check(primary: &Global, standby: &Global) -> ((u64, u64, u64), Value) {
-    let out = drctl()
-        .args(["check", "--json", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url])
-        .output()
-        .expect("drctl check");
+    let out = drctl().args(["check", "--json", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url]).output().expect("drctl check");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let n = |k: &str| report[k]["count"].as_u64().expect("count");
     ((n("missed"), n("surplus"), n("diverged")), report)
@@ -193,12 +190,9 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     eventually("the workloads replicated", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]));
 
     // The fence, as the standby's controller installs it.
-    let topo: drctl::topology::DRTopology =
-        serde_norway::from_str(include_str!("../examples/minimal.yaml")).expect("example parses");
+    let topo: drctl::topology::DRTopology = serde_norway::from_str(include_str!("../examples/minimal.yaml")).expect("example parses");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        drctl::fence::apply(&standby.api.client().await, &topo, drctl::keyspace::DEFAULT_CONTROLLER_NAMESPACE).await.expect("fence applied")
-    });
+    rt.block_on(async { drctl::fence::apply(&standby.api.client().await, &topo, drctl::keyspace::DEFAULT_CONTROLLER_NAMESPACE).await.expect("fence applied") });
     let rs_controller = "system:serviceaccount:kube-system:replicaset-controller";
     let t0 = Instant::now();
     let denied = eventually("the fence enforced", Duration::from_secs(30), || {

@@ -37,7 +37,6 @@ const FAILOVER: Duration = Duration::from_secs(120);
 /// The new standby must be 0/0/0 this soon after a flip completes.
 const NEW_STANDBY_WITHIN: Duration = Duration::from_secs(60);
 
-
 /// Tolerates kwok's fake nodes' taint-free defaults; images are never pulled (kwok runs nothing).
 fn workloads(ns: &str) -> String {
     format!(
@@ -265,7 +264,9 @@ async fn workload_pods(client: &Client) -> Vec<String> {
     let mut out = Vec::new();
     for ns in NAMESPACES {
         let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        out.extend(pods.list(&ListParams::default()).await.expect("list pods").items.into_iter().map(|p| format!("{ns}/{}", p.metadata.name.unwrap_or_default())));
+        out.extend(
+            pods.list(&ListParams::default()).await.expect("list pods").items.into_iter().map(|p| format!("{ns}/{}", p.metadata.name.unwrap_or_default())),
+        );
     }
     out
 }
@@ -441,7 +442,11 @@ async fn a_live_workload_with_the_standbys_control_plane_running() {
     let back = now_rfc3339();
     let cb = pair.controller(&pair.b, &[]);
     let disaster_clean = new_standby_clean(&pair, &pair.b, &back, &[&ca, &cb]).await;
-    eprintln!("disaster flip: Done in {:.1}s; the old primary back as a 0/0/0 standby {:.1}s after its controller started", disaster.as_secs_f64(), disaster_clean.as_secs_f64());
+    eprintln!(
+        "disaster flip: Done in {:.1}s; the old primary back as a 0/0/0 standby {:.1}s after its controller started",
+        disaster.as_secs_f64(),
+        disaster_clean.as_secs_f64()
+    );
     let st = pair.status(&pair.b).await.and_then(|t| t.status).expect("B status");
     eprintln!("  B: demotion {:?}; sync {:?}", st.demotion, st.sync);
     let b = pair.b.client().await;
@@ -449,7 +454,13 @@ async fn a_live_workload_with_the_standbys_control_plane_running() {
     eprintln!("  workload pods: {} on the new standby (global-b), {} on the primary (global-a)", leftover.len(), workload_pods(&a).await.len());
     assert!(leftover.is_empty(), "the old primary, back after the disaster, still runs replicated workloads: {leftover:?}");
     for g in [&pair.a, &pair.b] {
-        let notes = g.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}{range .items[?(@.reason==\"KeysDiffer\")]}{.note}{\"\\n\"}{end}"]);
+        let notes = g.api.kubectl_ok(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "-o",
+            "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}{range .items[?(@.reason==\"KeysDiffer\")]}{.note}{\"\\n\"}{end}",
+        ]);
         eprintln!("  {}: KeysRepaired/KeysDiffer events: {}", g.name, notes.lines().count());
         for n in notes.lines().take(5) {
             eprintln!("    {n}");

@@ -17,9 +17,7 @@ const STEADY: Duration = Duration::from_secs(90);
 const FAILOVER: Duration = Duration::from_secs(120);
 
 fn standby_checked(s: &DRTopologyStatus) -> bool {
-    s.role == Some(Role::Standby)
-        && s.phase == Some(Phase::Steady)
-        && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0) && y.last_check_time.is_some())
+    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0) && y.last_check_time.is_some())
 }
 
 /// Runs `drctl status` on the two kubeconfigs; (exit code, stdout).
@@ -54,7 +52,8 @@ async fn status_shows_both_globals_and_says_which_one_is_unreachable() {
     let ca = pair.controller(&pair.a, &[]);
     let cb = pair.controller(&pair.b, &[]);
     let peer_reachable = |s: &DRTopologyStatus| s.conditions.iter().any(|c| c.type_ == "PeerReachable" && c.status == "True");
-    pair.wait(&pair.a, "A primary, B reachable", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady) && peer_reachable(s)).await;
+    pair.wait(&pair.a, "A primary, B reachable", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady) && peer_reachable(s))
+        .await;
     pair.wait(&pair.b, "B standby, checked, A reachable", STEADY, &[&ca, &cb], |s| standby_checked(s) && peer_reachable(s)).await;
     let (ka, kb) = (pair.a.api.kubeconfig.clone(), pair.b.api.kubeconfig.clone());
 
@@ -137,7 +136,14 @@ async fn status_shows_both_globals_and_says_which_one_is_unreachable() {
     assert_eq!(code, 0, "{v:#}");
     let b = &v["clusters"][1];
     assert_eq!((b["reachable"].as_bool(), b["crdInstalled"].as_bool(), b["topologyFound"].as_bool()), (Some(true), Some(false), Some(false)), "{b:#}");
-    assert!(v["findings"].as_array().expect("findings").iter().any(|f| f["code"] == "NoTopology" && f["message"].as_str().is_some_and(|m| m.contains("its CRD is not installed"))), "{v:#}");
+    assert!(
+        v["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .any(|f| f["code"] == "NoTopology" && f["message"].as_str().is_some_and(|m| m.contains("its CRD is not installed"))),
+        "{v:#}"
+    );
     drop(ca);
 }
 

@@ -248,17 +248,17 @@ pub async fn write_load(c: &Client, prefix: &str, load: Load, secs: f64, value_b
     let put = {
         let (c, committed, latencies, prefix) = (c.clone(), committed.clone(), latencies.clone(), prefix.to_string());
         move |i: usize| {
-        let (mut kv, committed, latencies, prefix) = (c.kv_client(), committed.clone(), latencies.clone(), prefix.clone());
-        async move {
-            let k = format!("{prefix}k{i:08}");
-            let t = Instant::now();
-            if kv.put(k.clone(), value(i, 1, value_bytes), None).await.is_ok() {
-                let now = Instant::now();
-                latencies.lock().unwrap_or_else(|e| e.into_inner()).push((now - t).as_secs_f64() * 1e3);
-                committed.lock().unwrap_or_else(|e| e.into_inner()).insert(k, now);
+            let (mut kv, committed, latencies, prefix) = (c.kv_client(), committed.clone(), latencies.clone(), prefix.clone());
+            async move {
+                let k = format!("{prefix}k{i:08}");
+                let t = Instant::now();
+                if kv.put(k.clone(), value(i, 1, value_bytes), None).await.is_ok() {
+                    let now = Instant::now();
+                    latencies.lock().unwrap_or_else(|e| e.into_inner()).push((now - t).as_secs_f64() * 1e3);
+                    committed.lock().unwrap_or_else(|e| e.into_inner()).insert(k, now);
+                }
             }
         }
-   }
     };
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(secs);

@@ -51,10 +51,7 @@ use status::StatusWriter;
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig.as_deref()).await?;
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let metrics = Arc::new(Metrics::new(&args.cluster_name));
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reporter = Reporter { controller: "drctl".into(), instance: Some(identity.clone()) };
@@ -76,7 +73,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(args.listen, check_access, probes));
 
     // Two replicas never both act: only the Lease holder runs the controller.
-    let elector = LeaderElector::new(client.clone(), &args.namespace, &format!("drctl-{}", args.cluster_name), &identity, Duration::from_secs(args.lease_seconds));
+    let elector =
+        LeaderElector::new(client.clone(), &args.namespace, &format!("drctl-{}", args.cluster_name), &identity, Duration::from_secs(args.lease_seconds));
     info!(identity, cluster = %args.cluster_name, "waiting for leadership");
     elector.acquire().await?;
     metrics.became_leader();
@@ -95,14 +93,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation.combine(predicates::annotations), Default::default());
-    let controller = Controller::for_stream(changes, reader)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "reconcile failed");
-            }
-        });
+    let controller = Controller::for_stream(changes, reader).shutdown_on_signal().run(reconcile, error_policy, ctx.clone()).for_each(|res| async move {
+        if let Err(e) = res {
+            warn!(error = %e, "reconcile failed");
+        }
+    });
     tokio::select! {
         _ = controller => info!("controller stopped"),
         e = lost => anyhow::bail!("lost leadership: {e}"),
@@ -125,9 +120,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Clie
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "drctl".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "drctl".into())
 }
 
 fn error_policy(obj: Arc<DRTopology>, err: &Error, ctx: Arc<Context>) -> Requeue {
@@ -362,7 +355,14 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
         Action::ReclaimPrimary { proof } => {
             w.write().await?;
             info!(%proof, "primary role reclaimed");
-            ctx.event(topo, EventType::Normal, "PrimaryReclaimed", "Reclaim", format!("{} is primary again; {peer_name} never became primary: {proof}", ctx.self_name())).await;
+            ctx.event(
+                topo,
+                EventType::Normal,
+                "PrimaryReclaimed",
+                "Reclaim",
+                format!("{} is primary again; {peer_name} never became primary: {proof}", ctx.self_name()),
+            )
+            .await;
             Ok(Next::Continue)
         }
         Action::WaitForPeer { .. } | Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => Ok(Next::Requeue(WAIT_REQUEUE)),
@@ -455,10 +455,9 @@ async fn fence_as_declared(ctx: &Context, topo: &DRTopology, status: &crate::top
 fn flipping_commit(args: &ControllerArgs, to: &str) -> Option<FlipCommit> {
     let repo = args.git_repo.as_ref()?;
     match crate::gitops::history(repo, &args.git_file) {
-        Ok(entries) => entries
-            .into_iter()
-            .find(|e| e.to == to)
-            .map(|e| FlipCommit { commit: e.commit, author: e.proposed_by.unwrap_or(e.author), reason: e.reason }),
+        Ok(entries) => {
+            entries.into_iter().find(|e| e.to == to).map(|e| FlipCommit { commit: e.commit, author: e.proposed_by.unwrap_or(e.author), reason: e.reason })
+        }
         Err(e) => {
             warn!(error = %e, repo = %repo.display(), "cannot read the GitOps history");
             None

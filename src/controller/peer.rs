@@ -7,8 +7,8 @@ use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 
-use crate::decide::plan::{PeerFailover, PeerState, PeerView, Step};
 use crate::decide::demote::PeerAnswer;
+use crate::decide::plan::{PeerFailover, PeerState, PeerView, Step};
 use crate::decide::retry::{kube_error_kind, ErrorKind};
 use crate::secret::{KubeSecrets, SecretError, SecretSource};
 use crate::topology::{DRTopology, SecretRef};
@@ -61,11 +61,7 @@ impl PeerError {
 
 /// A client for cluster `name` of the topology, from its kubeconfig Secret in this cluster.
 pub async fn client_for(local: &Client, topo: &DRTopology, name: &str) -> Result<Client, PeerError> {
-    let r = topo
-        .spec
-        .cluster(name)
-        .and_then(|c| c.kubeconfig_secret_ref.clone())
-        .ok_or_else(|| PeerError::NoKubeconfig(name.to_string()))?;
+    let r = topo.spec.cluster(name).and_then(|c| c.kubeconfig_secret_ref.clone()).ok_or_else(|| PeerError::NoKubeconfig(name.to_string()))?;
     kubeconfig_client(local, &r).await
 }
 
@@ -76,11 +72,9 @@ pub async fn kubeconfig_client(local: &Client, r: &SecretRef) -> Result<Client, 
     let text = std::str::from_utf8(secret.expose()).map_err(|_| PeerError::Kubeconfig(where_.clone(), "not UTF-8".into()))?;
     // The parser quotes the offending lines in its message, and those may hold keys or tokens:
     // say only that it is not a kubeconfig.
-    let kc = Kubeconfig::from_yaml(text)
-        .map_err(|_| PeerError::Kubeconfig(where_.clone(), "not a kubeconfig (YAML that does not parse as one)".into()))?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| PeerError::Kubeconfig(where_.clone(), e.to_string()))?;
+    let kc = Kubeconfig::from_yaml(text).map_err(|_| PeerError::Kubeconfig(where_.clone(), "not a kubeconfig (YAML that does not parse as one)".into()))?;
+    let mut cfg =
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(|e| PeerError::Kubeconfig(where_.clone(), e.to_string()))?;
     cfg.connect_timeout = Some(PEER_TIMEOUT);
     cfg.read_timeout = Some(PEER_TIMEOUT);
     Client::try_from(cfg).map_err(|e| PeerError::Kubeconfig(where_, e.to_string()))
@@ -107,10 +101,7 @@ pub async fn observe(local: &Client, topo: &DRTopology, peer_name: &str) -> (Pee
     let name = kube::ResourceExt::name_any(topo);
     match read(local, topo, peer_name).await {
         Ok(Some(t)) => (PeerView::Reachable(peer_state(&t, peer_name)), None),
-        Ok(None) => (
-            PeerView::Reachable(PeerState::default()),
-            Some(format!("peer {peer_name} has no DRTopology {name} yet")),
-        ),
+        Ok(None) => (PeerView::Reachable(PeerState::default()), Some(format!("peer {peer_name} has no DRTopology {name} yet"))),
         Err(e) => (PeerView::Unreachable, Some(e.to_string())),
     }
 }

@@ -114,12 +114,7 @@ impl SyncManager {
 
     pub(super) async fn start(&self, key: SyncKey, source: Endpoint, dest: Endpoint, filter: Filter) {
         self.stop().await;
-        let mirror = Arc::new(Mirror::new(MirrorConfig {
-            source: source.clone(),
-            dest: dest.clone(),
-            filter: filter.clone(),
-            tuning: Tuning::default(),
-        }));
+        let mirror = Arc::new(Mirror::new(MirrorConfig { source: source.clone(), dest: dest.clone(), filter: filter.clone(), tuning: Tuning::default() }));
         let progress = mirror.progress();
         let shutdown = CancellationToken::new();
         let task = {
@@ -182,8 +177,7 @@ impl SyncManager {
         let (s, d) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
         let opts = check::CheckOptions { max_read_rate, ..check::CheckOptions::default() };
         let mut result = check::run(&s, &d, &filter, &opts).await?;
-        let fixable: Vec<_> =
-            if repair { result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect() } else { Vec::new() };
+        let fixable: Vec<_> = if repair { result.differences.iter().filter(|x| x.kind() != check::Kind::Surplus).cloned().collect() } else { Vec::new() };
         let mut repaired = None;
         if !fixable.is_empty() {
             let outcome = check::repair(&s, &d, &filter, &fixable, false).await?;

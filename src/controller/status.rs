@@ -19,13 +19,7 @@ impl StatusWriter {
     pub fn new(api: Api<DRTopology>, topo: &DRTopology, cluster: &str) -> Self {
         let mut status = topo.status.clone().unwrap_or_default();
         status.observed_generation = topo.metadata.generation;
-        Self {
-            api,
-            name: topo.name_any(),
-            manager: format!("drctl-{cluster}"),
-            written: topo.status.clone(),
-            status,
-        }
+        Self { api, name: topo.name_any(), manager: format!("drctl-{cluster}"), written: topo.status.clone(), status }
     }
 
     /// Applies the status when it changed since the last write.
@@ -38,9 +32,7 @@ impl StatusWriter {
             "kind": KIND,
             "status": self.status,
         });
-        self.api
-            .patch_status(&self.name, &PatchParams::apply(&self.manager).force(), &Patch::Apply(&patch))
-            .await?;
+        self.api.patch_status(&self.name, &PatchParams::apply(&self.manager).force(), &Patch::Apply(&patch)).await?;
         self.written = Some(self.status.clone());
         Ok(())
     }

@@ -38,15 +38,11 @@ async fn endpoint(ctx: &Context, c: &ClusterSpec) -> Result<Endpoint, SyncError>
             let ca = get("ca.crt").await.map_err(err)?;
             let cert = get("tls.crt").await.map_err(err)?;
             let key = get("tls.key").await.map_err(err)?;
-            Some(TlsMaterial {
-                ca: Some(ca.expose().to_vec()),
-                identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))),
-            })
+            Some(TlsMaterial { ca: Some(ca.expose().to_vec()), identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))) })
         }
     };
     Ok(Endpoint { urls: c.etcd.endpoints.clone(), tls })
 }
-
 
 /// Stops whatever replicates into this cluster: the in-process mirror, or with
 /// `sync.driver: manifest` the platform's own sync object. Idempotent.
@@ -63,12 +59,8 @@ async fn manifest(ctx: &Context, topo: &DRTopology, present: bool) -> Result<(),
     let Some(m) = &topo.spec.sync.manifest else { return Ok(()) };
     let err = |e: String| SyncError::Manifest(e);
     let obj: DynamicObject = serde_json::from_value(m.clone()).map_err(|e| err(format!("not a Kubernetes object: {e}")))?;
-    let gvk = obj
-        .types
-        .as_ref()
-        .map(GroupVersionKind::try_from)
-        .ok_or_else(|| err("apiVersion and kind are required".into()))?
-        .map_err(|e| err(e.to_string()))?;
+    let gvk =
+        obj.types.as_ref().map(GroupVersionKind::try_from).ok_or_else(|| err("apiVersion and kind are required".into()))?.map_err(|e| err(e.to_string()))?;
     let name = obj.metadata.name.clone().ok_or_else(|| err("metadata.name is required".into()))?;
     let (ar, caps) = kube::discovery::pinned_kind(&ctx.client, &gvk).await.map_err(|source| SyncError::ManifestApi { object: gvk.kind.clone(), source })?;
     let api: Api<DynamicObject> = match (caps.scope, &obj.metadata.namespace) {
@@ -90,12 +82,8 @@ async fn manifest(ctx: &Context, topo: &DRTopology, present: bool) -> Result<(),
 /// Starts (or keeps, or restarts on change) the mirror from the declared primary into this cluster.
 pub async fn ensure_mirror(ctx: &Context, topo: &DRTopology, self_name: &str) -> Result<(), SyncError> {
     // The source is whoever is primary by declaration, or during a failover to us, the peer.
-    let source_name = if topo.spec.primary == self_name {
-        topo.spec.peer_of(self_name).map(|c| c.name.clone())
-    } else {
-        Some(topo.spec.primary.clone())
-    }
-    .ok_or_else(|| SyncError::UnknownCluster(self_name.to_string()))?;
+    let source_name = if topo.spec.primary == self_name { topo.spec.peer_of(self_name).map(|c| c.name.clone()) } else { Some(topo.spec.primary.clone()) }
+        .ok_or_else(|| SyncError::UnknownCluster(self_name.to_string()))?;
     let src = topo.spec.cluster(&source_name).ok_or_else(|| SyncError::UnknownCluster(source_name.clone()))?;
     let me = topo.spec.cluster(self_name).ok_or_else(|| SyncError::UnknownCluster(self_name.to_string()))?;
     let key = SyncKey {
@@ -131,7 +119,6 @@ pub async fn own_revision(ctx: &Context, topo: &DRTopology) -> Result<(i64, Stri
     let (cluster_id, revision) = etcd::head(&mut conn.kv).await.map_err(SyncError::Status)?;
     Ok((revision, format!("{cluster_id:x}")))
 }
-
 
 /// One standby reconcile: mirror running, status and conditions current, the periodic check
 /// and the once-only `syncEnabled` / `demotion` restarts.

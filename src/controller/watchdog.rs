@@ -24,9 +24,7 @@ pub fn step_budget(action: &Action, spec: &DRTopologySpec, restart_ready_timeout
     let duration = |s: &str, default: u64| parse_duration(s).unwrap_or(Duration::from_secs(default));
     let own = match action {
         Action::RunStep(Step::Demote | Step::FinalSync) => duration(&spec.failover.demotion_timeout, 120),
-        Action::RunStep(Step::VerifyDns) => {
-            spec.dns.verify.timeout.as_deref().map(|t| duration(t, 300)).unwrap_or(crate::dns::DEFAULT_VERIFY_TIMEOUT)
-        }
+        Action::RunStep(Step::VerifyDns) => spec.dns.verify.timeout.as_deref().map(|t| duration(t, 300)).unwrap_or(crate::dns::DEFAULT_VERIFY_TIMEOUT),
         Action::RunStep(Step::PreHooks) => hooks_budget(&spec.failover.pre_hooks),
         Action::RunStep(Step::PostHooks) => hooks_budget(&spec.failover.post_hooks),
         Action::RunStep(Step::Restart) | Action::AcknowledgeDemotion { .. } | Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
@@ -39,10 +37,7 @@ pub fn step_budget(action: &Action, spec: &DRTopologySpec, restart_ready_timeout
 }
 
 fn hooks_budget(hooks: &[crate::topology::Hook]) -> Duration {
-    hooks
-        .iter()
-        .map(|h| if h.job.is_some() { crate::hooks::JOB_TIMEOUT } else { crate::hooks::WEBHOOK_TIMEOUT })
-        .fold(Duration::ZERO, Duration::saturating_add)
+    hooks.iter().map(|h| if h.job.is_some() { crate::hooks::JOB_TIMEOUT } else { crate::hooks::WEBHOOK_TIMEOUT }).fold(Duration::ZERO, Duration::saturating_add)
 }
 
 #[derive(Debug, Default)]

@@ -45,7 +45,14 @@ mod tests {
 
     #[test]
     fn fence_follows_the_declared_role_and_lifts_only_after_the_new_primary_stopped_sync() {
-        let facts = |enabled, declared_primary, dry_run, role, stopped_sync| FenceFacts { enabled, declared_primary, dry_run, role, stopped_sync, holds_primary: false };
+        let facts = |enabled, declared_primary, dry_run, role, stopped_sync| FenceFacts {
+            enabled,
+            declared_primary,
+            dry_run,
+            role,
+            stopped_sync,
+            holds_primary: false,
+        };
         use Role::{Primary, Standby};
         let cases = [
             // (facts, fenced, rule)
@@ -59,7 +66,11 @@ mod tests {
             (facts(true, true, false, None, false), false, "bootstrap: a cluster that never was standby"),
             (facts(true, true, true, Some(Standby), false), true, "dry run keeps the standby fenced"),
             (facts(true, false, true, Some(Primary), false), false, "dry run keeps the primary writable"),
-            (FenceFacts { holds_primary: true, ..facts(true, false, false, Some(Primary), false) }, false, "a primary holding the role for a peer that abandoned its failover is writable"),
+            (
+                FenceFacts { holds_primary: true, ..facts(true, false, false, Some(Primary), false) },
+                false,
+                "a primary holding the role for a peer that abandoned its failover is writable",
+            ),
             (facts(true, true, false, Some(Standby), false), true, "the peer that abandoned (declared primary, standby, sync not stopped) stays fenced"),
         ];
         for (f, want, rule) in cases {

@@ -266,9 +266,7 @@ pub fn desired_role(self_name: &str, spec_primary: &str) -> Role {
 
 /// A failover to `self_name` that has started and neither finished nor been aborted.
 pub fn in_progress<'s>(status: Option<&'s DRTopologyStatus>, self_name: &str) -> Option<&'s FailoverStatus> {
-    status
-        .and_then(|s| s.failover.as_ref())
-        .filter(|f| f.to == self_name && f.completed_at.is_none() && f.aborted.is_none())
+    status.and_then(|s| s.failover.as_ref()).filter(|f| f.to == self_name && f.completed_at.is_none() && f.aborted.is_none())
 }
 
 /// The first step of a failover record that has not succeeded or been skipped.
@@ -297,15 +295,17 @@ pub fn final_sync_left(f: &FailoverStatus, now: Timestamp, timeout: Duration) ->
 /// whatever the peer does (gone or not, the old primary has already stepped down): waiting on
 /// is what left the pair without a primary.
 fn final_sync_expired(o: &Observed, f: &FailoverStatus) -> Action {
-    let last = step_record(f, Step::FinalSync)
-        .and_then(|s| s.message.as_deref())
-        .unwrap_or("no attempt finished");
+    let last = step_record(f, Step::FinalSync).and_then(|s| s.message.as_deref()).unwrap_or("no attempt finished");
     let bound = format!("FinalSync did not pass within spec.failover.finalSyncTimeout ({}s); last: {last}", o.final_sync.timeout.as_secs());
     match o.final_sync.policy {
-        FinalSyncPolicy::Abandon => Action::AbandonFailover { reason: format!("{bound}. Abandoned: {} takes its primary role back (finalSyncPolicy abandon)", f.from) },
+        FinalSyncPolicy::Abandon => {
+            Action::AbandonFailover { reason: format!("{bound}. Abandoned: {} takes its primary role back (finalSyncPolicy abandon)", f.from) }
+        }
         FinalSyncPolicy::Proceed => {
             let missed = f.rpo_token.as_ref().and_then(|t| t.missed_keys);
-            let lost = missed.map(|m| format!("{m} keys of {} missing here are lost", f.from)).unwrap_or_else(|| "the keys not caught up are lost (no check finished)".into());
+            let lost = missed
+                .map(|m| format!("{m} keys of {} missing here are lost", f.from))
+                .unwrap_or_else(|| "the keys not caught up are lost (no check finished)".into());
             Action::ProceedWithoutFinalSync { missed, reason: format!("{bound}. Proceeding by finalSyncPolicy proceed: {lost}") }
         }
     }
@@ -331,9 +331,7 @@ pub fn holding_after_abandon(o: &Observed) -> Option<String> {
 /// The peer's latest failover to itself was abandoned and handed the role back (and the peer
 /// has not become primary since).
 fn peer_abandoned<'o>(o: &'o Observed) -> Option<&'o PeerState> {
-    o.peer
-        .reachable()
-        .filter(|p| p.role != Some(Role::Primary) && p.failover.as_ref().is_some_and(|f| f.abandoned && !f.completed))
+    o.peer.reachable().filter(|p| p.role != Some(Role::Primary) && p.failover.as_ref().is_some_and(|f| f.abandoned && !f.completed))
 }
 
 /// This cluster is a standby that stepped down for the declared primary, and that primary
@@ -358,9 +356,14 @@ fn reclaim_after_abandon(o: &Observed) -> Option<Action> {
     }
     Some(match reclaim_refusal(p, mine, o.dns_here) {
         Some(why) => Action::WaitForPeer {
-            why: format!("{} abandoned its failover, but this cluster may not take the role back: {why}. Flip spec.primary to the cluster that must serve", o.spec_primary),
+            why: format!(
+                "{} abandoned its failover, but this cluster may not take the role back: {why}. Flip spec.primary to the cluster that must serve",
+                o.spec_primary
+            ),
         },
-        None => Action::ReclaimPrimary { proof: format!("{} abandoned its failover and handed the role back; {}", o.spec_primary, reclaim_proof(p, mine, o.dns_here)) },
+        None => Action::ReclaimPrimary {
+            proof: format!("{} abandoned its failover and handed the role back; {}", o.spec_primary, reclaim_proof(p, mine, o.dns_here)),
+        },
     })
 }
 
@@ -372,9 +375,7 @@ pub fn asks_dns(o: &Observed) -> bool {
 /// This cluster is named primary, is a standby, and once stepped down: whether it may take the
 /// role back without a runbook is for [`reclaim_or_fail_over`] to decide.
 pub fn may_reclaim(status: Option<&DRTopologyStatus>, self_name: &str, spec_primary: &str) -> bool {
-    self_name == spec_primary
-        && in_progress(status, self_name).is_none()
-        && status.is_some_and(|s| s.role == Some(Role::Standby) && s.demotion.is_some())
+    self_name == spec_primary && in_progress(status, self_name).is_none() && status.is_some_and(|s| s.role == Some(Role::Standby) && s.demotion.is_some())
 }
 
 /// A cluster that stepped down and is named primary again takes the role back without a runbook
@@ -472,18 +473,14 @@ fn plan_role(o: &Observed) -> Action {
                 Some(Role::Standby) => Action::StartFailover { why: "this cluster is a standby and spec.primary names it".into() },
                 None => match o.peer.reachable() {
                     // A peer that still calls itself primary must be failed over from, not ignored.
-                    Some(p) if p.role == Some(Role::Primary) => {
-                        Action::StartFailover { why: format!("{} still reports itself primary", o.spec_primary) }
-                    }
+                    Some(p) if p.role == Some(Role::Primary) => Action::StartFailover { why: format!("{} still reports itself primary", o.spec_primary) },
                     _ => Action::BootstrapPrimary,
                 },
             }
         }
         Role::Standby => {
             if in_progress(o.status, o.self_name).is_some() {
-                return Action::AbortFailover {
-                    reason: format!("superseded: spec.primary is now {}", o.spec_primary),
-                };
+                return Action::AbortFailover { reason: format!("superseded: spec.primary is now {}", o.spec_primary) };
             }
             if role == Some(Role::Primary) {
                 if let Some(p) = peer_abandoned(o) {
@@ -523,9 +520,7 @@ fn plan_role(o: &Observed) -> Action {
                     {
                         Action::Mirror
                     } else {
-                        Action::WaitForPrimary {
-                            why: format!("{} is unreachable; mirroring starts once it confirms it is primary", o.spec_primary),
-                        }
+                        Action::WaitForPrimary { why: format!("{} is unreachable; mirroring starts once it confirms it is primary", o.spec_primary) }
                     }
                 }
             }
@@ -543,22 +538,14 @@ mod tests {
     }
 
     fn peer(spec_primary: &str, role: Option<Role>, phase: Option<Phase>) -> PeerView {
-        PeerView::Reachable(PeerState {
-            spec_primary: spec_primary.into(),
-            role,
-            phase,
-            ..Default::default()
-        })
+        PeerView::Reachable(PeerState { spec_primary: spec_primary.into(), role, phase, ..Default::default() })
     }
 
     fn failover(to: &str, done: &[Step]) -> FailoverStatus {
         FailoverStatus {
             from: "a".into(),
             to: to.into(),
-            steps: done
-                .iter()
-                .map(|s| StepStatus { name: s.name().into(), state: StepState::Succeeded, ..Default::default() })
-                .collect(),
+            steps: done.iter().map(|s| StepStatus { name: s.name().into(), state: StepState::Succeeded, ..Default::default() }).collect(),
             ..Default::default()
         }
     }
@@ -614,10 +601,7 @@ mod tests {
         assert_eq!(plan(&obs("a", "a", None, peer("a", None, None))), Action::BootstrapPrimary);
         assert!(matches!(plan(&obs("b", "a", None, peer("a", None, None))), Action::WaitForPrimary { .. }));
         assert!(matches!(plan(&obs("b", "a", None, PeerView::Unreachable)), Action::WaitForPrimary { .. }));
-        assert_eq!(
-            plan(&obs("b", "a", None, peer("a", Some(Role::Primary), Some(Phase::Steady)))),
-            Action::Mirror
-        );
+        assert_eq!(plan(&obs("b", "a", None, peer("a", Some(Role::Primary), Some(Phase::Steady)))), Action::Mirror);
     }
 
     #[test]
@@ -774,9 +758,7 @@ mod tests {
 
     #[test]
     fn reclaim_proof_names_the_terms() {
-        let Action::ReclaimPrimary { proof } = back_to_a(4, b_standby(3, Some(ABORTED_BEFORE_DNS)), Some(true)) else {
-            panic!("no reclaim")
-        };
+        let Action::ReclaimPrimary { proof } = back_to_a(4, b_standby(3, Some(ABORTED_BEFORE_DNS)), Some(true)) else { panic!("no reclaim") };
         assert_eq!(proof, "our term 4 > the peer's 3; its latest failover was abandoned before SwitchDNS; DNS answers here");
     }
 
@@ -829,7 +811,6 @@ mod tests {
         assert!(matches!(plan(&obs("b", "a", Some(&fresh), PeerView::Unreachable)), Action::WaitForPrimary { .. }));
     }
 
-
     /// `b` failing over from `a`, its FinalSync first started at `at(0)` and last `state`.
     fn in_final_sync(state: StepState, started: Option<i64>, missed: Option<u64>) -> DRTopologyStatus {
         let mut st = status(Some(Role::Standby), Some(Phase::FailingOver));
@@ -855,7 +836,15 @@ mod tests {
         let cases: Vec<Case> = vec![
             ("within the bound another attempt runs", StepState::Failed, Some(0), 119, Abandon, a_steady(), "run"),
             ("at the bound abandon hands the role back", StepState::Failed, Some(0), 120, Abandon, a_steady(), "abandon"),
-            ("counted from the first start: a controller killed inside it does not restart the bound", StepState::Running, Some(0), 600, Abandon, a_steady(), "abandon"),
+            (
+                "counted from the first start: a controller killed inside it does not restart the bound",
+                StepState::Running,
+                Some(0),
+                600,
+                Abandon,
+                a_steady(),
+                "abandon",
+            ),
             ("an unreachable old primary does not extend the bound", StepState::Failed, Some(0), 121, Abandon, PeerView::Unreachable, "abandon"),
             ("policy proceed goes on without the missing keys", StepState::Failed, Some(0), 120, Proceed, a_steady(), "proceed"),
             ("never started: nothing to bound", StepState::Pending, None, 10_000, Abandon, a_steady(), "run"),
@@ -869,8 +858,12 @@ mod tests {
             let got = plan(&o);
             let ok = match want {
                 "run" => got == Action::RunStep(Step::FinalSync),
-                "abandon" => matches!(&got, Action::AbandonFailover { reason } if reason.contains("finalSyncTimeout (120s)") && reason.contains("3 keys of a are missing") && reason.contains("a takes its primary role back")),
-                "proceed" => matches!(&got, Action::ProceedWithoutFinalSync { missed: Some(3), reason } if reason.contains("3 keys of a missing here are lost")),
+                "abandon" => {
+                    matches!(&got, Action::AbandonFailover { reason } if reason.contains("finalSyncTimeout (120s)") && reason.contains("3 keys of a are missing") && reason.contains("a takes its primary role back"))
+                }
+                "proceed" => {
+                    matches!(&got, Action::ProceedWithoutFinalSync { missed: Some(3), reason } if reason.contains("3 keys of a missing here are lost"))
+                }
                 _ => unreachable!(),
             };
             assert!(ok, "{rule}: {got:?}");
@@ -982,7 +975,9 @@ mod tests {
             o.dns_here = dns;
             let got = plan(&o);
             let ok = match want {
-                "reclaim" => matches!(&got, Action::ReclaimPrimary { proof } if proof.starts_with("b abandoned its failover and handed the role back; our term 1 > the peer's 0")),
+                "reclaim" => {
+                    matches!(&got, Action::ReclaimPrimary { proof } if proof.starts_with("b abandoned its failover and handed the role back; our term 1 > the peer's 0"))
+                }
                 "wait-peer" => matches!(got, Action::WaitForPeer { .. }),
                 "wait-primary" => matches!(got, Action::WaitForPrimary { .. }),
                 _ => unreachable!(),

@@ -76,7 +76,15 @@ mod tests {
     #[test]
     fn transient_errors_back_off_exponentially_per_object_up_to_a_minute() {
         let secs = |n| backoff(n).as_secs();
-        let cases = [(0, 5, "no failure counted yet: the first wait"), (1, 5, "the first retry waits as before"), (2, 10, "doubles"), (3, 20, "doubles"), (4, 40, "doubles"), (5, 60, "capped"), (u32::MAX, 60, "never overflows")];
+        let cases = [
+            (0, 5, "no failure counted yet: the first wait"),
+            (1, 5, "the first retry waits as before"),
+            (2, 10, "doubles"),
+            (3, 20, "doubles"),
+            (4, 40, "doubles"),
+            (5, 60, "capped"),
+            (u32::MAX, 60, "never overflows"),
+        ];
         for (failures, want, rule) in cases {
             assert_eq!(secs(failures), want, "{rule}: failure {failures}");
         }
@@ -98,7 +106,15 @@ mod tests {
     #[test]
     fn refused_api_requests_are_configuration_errors_and_the_rest_transient() {
         let api = |code| kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }));
-        for (code, want) in [(401, ErrorKind::Configuration), (403, ErrorKind::Configuration), (404, ErrorKind::Configuration), (422, ErrorKind::Configuration), (409, ErrorKind::Transient), (500, ErrorKind::Transient), (503, ErrorKind::Transient)] {
+        for (code, want) in [
+            (401, ErrorKind::Configuration),
+            (403, ErrorKind::Configuration),
+            (404, ErrorKind::Configuration),
+            (422, ErrorKind::Configuration),
+            (409, ErrorKind::Transient),
+            (500, ErrorKind::Transient),
+            (503, ErrorKind::Transient),
+        ] {
             assert_eq!(kube_error_kind(&api(code)), want, "HTTP {code}");
         }
     }

@@ -165,7 +165,8 @@ mod tests {
     use crate::check;
 
     fn report(missed: u64, surplus: u64, diverged: u64, writers: &[(&str, u64)]) -> CheckReport {
-        let list = |n: u64, kind: &str| check::KeyList { count: n, keys: (0..n.min(3)).map(|i| format!("/registry/{kind}/{i}")).collect(), writers: Vec::new() };
+        let list =
+            |n: u64, kind: &str| check::KeyList { count: n, keys: (0..n.min(3)).map(|i| format!("/registry/{kind}/{i}")).collect(), writers: Vec::new() };
         CheckReport {
             consistent: missed + surplus + diverged == 0,
             revision: 1,
@@ -191,13 +192,7 @@ mod tests {
             (1, 0, 0, &zero, Some("1 missed (spec.failover.maxMissedKeys is 0) keys at the last check")),
             (0, 3, 0, &zero, Some("3 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check")),
             (0, 0, 4, &zero, Some("4 diverged (spec.sync.health.maxDivergedKeys is 0) keys at the last check")),
-            (
-                1,
-                2,
-                0,
-                &zero,
-                Some("1 missed (spec.failover.maxMissedKeys is 0), 2 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check"),
-            ),
+            (1, 2, 0, &zero, Some("1 missed (spec.failover.maxMissedKeys is 0), 2 surplus (spec.sync.health.maxSurplusKeys is 0) keys at the last check")),
             (2, 5, 1, &lenient, None),
             (2, 6, 1, &lenient, Some("6 surplus (spec.sync.health.maxSurplusKeys is 5) keys at the last check")),
         ];
@@ -205,7 +200,12 @@ mod tests {
             assert_eq!(over_thresholds(m, s, d, t).as_deref(), want, "{m}/{s}/{d} against {t:?}");
         }
         let why = unhealthy_because(&report(0, 2, 1, &[("kube-scheduler", 2), ("kube-controller-manager", 1)]), &zero).expect("unhealthy");
-        assert!(why.contains("; last written here by kube-scheduler ×2, kube-controller-manager ×1; first: /registry/surplus/0, /registry/surplus/1, /registry/diverged/0"), "{why}");
+        assert!(
+            why.contains(
+                "; last written here by kube-scheduler ×2, kube-controller-manager ×1; first: /registry/surplus/0, /registry/surplus/1, /registry/diverged/0"
+            ),
+            "{why}"
+        );
         assert_eq!(unhealthy_because(&report(2, 5, 1, &[]), &lenient), None);
     }
 
@@ -223,7 +223,16 @@ mod tests {
 
     fn facts<'a>(phase: MirrorPhase, lag: f64, check: Option<&'a CheckReport>) -> MirrorFacts<'a> {
         let thresholds = Thresholds { missed: 0, surplus: 0, diverged: 0 };
-        MirrorFacts { phase, last_error: None, lag_seconds: lag, reported_lag_seconds: Some(lag), max_lag_seconds: 30.0, last_check: check, thresholds, source: "global-a" }
+        MirrorFacts {
+            phase,
+            last_error: None,
+            lag_seconds: lag,
+            reported_lag_seconds: Some(lag),
+            max_lag_seconds: 30.0,
+            last_check: check,
+            thresholds,
+            source: "global-a",
+        }
     }
 
     #[test]

@@ -64,12 +64,8 @@ pub fn transition(action: &Action, status: &DRTopologyStatus, f: &Facts) -> DRTo
             set_condition(&mut st, ConditionType::Ready, false, Reason::DryRun, &format!("spec.failover.dryRun: {}", f.dry_run_plan), g);
         }
         Action::StartFailover { .. } => {
-            let mut record = FailoverStatus {
-                from: f.peer_name.to_string(),
-                to: f.self_name.to_string(),
-                started_at: Some(f.now.to_string()),
-                ..Default::default()
-            };
+            let mut record =
+                FailoverStatus { from: f.peer_name.to_string(), to: f.self_name.to_string(), started_at: Some(f.now.to_string()), ..Default::default() };
             if let Some(c) = &f.commit {
                 record.commit = Some(c.commit.clone());
                 record.author = Some(c.author.clone());
@@ -300,11 +296,19 @@ mod tests {
 
     #[test]
     fn a_flip_back_skips_the_remaining_steps_and_steps_down_for_the_new_primary() {
-        let st = transition(&Action::AbortFailover { reason: "superseded".into() }, &in_failover(&[Step::Preflight, Step::Demote]), &Facts { spec_primary: "a", ..facts() });
+        let st = transition(
+            &Action::AbortFailover { reason: "superseded".into() },
+            &in_failover(&[Step::Preflight, Step::Demote]),
+            &Facts { spec_primary: "a", ..facts() },
+        );
         let f = st.failover.as_ref().expect("record");
         assert_eq!(f.aborted.as_deref(), Some("superseded"));
         assert_eq!(f.steps.len(), Step::ALL.len());
-        assert!(f.steps.iter().filter(|s| !s.is(Step::Preflight) && !s.is(Step::Demote)).all(|s| s.state == StepState::Skipped && s.message.as_deref() == Some("superseded")));
+        assert!(f
+            .steps
+            .iter()
+            .filter(|s| !s.is(Step::Preflight) && !s.is(Step::Demote))
+            .all(|s| s.state == StepState::Skipped && s.message.as_deref() == Some("superseded")));
         assert_eq!(st.demotion.as_ref().map(|d| (d.new_primary.as_str(), d.restarts_done)), Some(("a", false)), "served: demotion restarts owed");
     }
 
@@ -317,7 +321,11 @@ mod tests {
         let fo = st.failover.as_ref().expect("record");
         assert_eq!(fo.abandoned, Some(AbandonedUnder { generation: Some(3), retry: Some("7".into()) }));
         let d = st.demotion.as_ref().expect("token");
-        assert_eq!((d.new_primary.as_str(), d.restarts_done, st.sync.is_some()), ("a", true, true), "never served: the mirror's status stays, nothing to restart");
+        assert_eq!(
+            (d.new_primary.as_str(), d.restarts_done, st.sync.is_some()),
+            ("a", true, true),
+            "never served: the mirror's status stays, nothing to restart"
+        );
         assert_eq!(condition(&st, ConditionType::Degraded), Some(("True".into(), "FailoverAbandoned".into())));
     }
 

@@ -47,7 +47,11 @@ pub fn elapsed_since(since: &str, now: Timestamp) -> Result<Duration, k8s_openap
 /// How long ago `since` was; a time in the future (clock skew) is no time ago.
 pub fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     let d = now.duration_since(since);
-    if d.is_negative() { Duration::ZERO } else { d.unsigned_abs() }
+    if d.is_negative() {
+        Duration::ZERO
+    } else {
+        d.unsigned_abs()
+    }
 }
 
 #[cfg(test)]

@@ -17,10 +17,7 @@ pub fn api_resource() -> ApiResource {
 }
 
 fn same_name(endpoint: &Value, domain: &str) -> bool {
-    endpoint
-        .get("dnsName")
-        .and_then(Value::as_str)
-        .is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(domain.trim_end_matches('.')))
+    endpoint.get("dnsName").and_then(Value::as_str).is_some_and(|n| n.trim_end_matches('.').eq_ignore_ascii_case(domain.trim_end_matches('.')))
 }
 
 /// The object's endpoints with this domain's replaced by exactly one for the target.
@@ -47,23 +44,13 @@ fn declared(existing: &[Value], domain: &str) -> Vec<IpAddr> {
 }
 
 #[tracing::instrument(skip_all, fields(namespace = %cfg.namespace, name = %cfg.name))]
-pub(super) async fn switch(
-    cfg: &ExternalDns,
-    platform: &Platform,
-    target: IpAddr,
-    client: &kube::Client,
-) -> Result<SwitchOutcome, DnsError> {
+pub(super) async fn switch(cfg: &ExternalDns, platform: &Platform, target: IpAddr, client: &kube::Client) -> Result<SwitchOutcome, DnsError> {
     let ar = api_resource();
     let object = format!("DNSEndpoint {}/{}", cfg.namespace, cfg.name);
     let kube_err = |source| DnsError::Kube { object: object.clone(), source };
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &cfg.namespace, &ar);
     let existing_obj = api.get_opt(&cfg.name).await.map_err(kube_err)?;
-    let existing: Vec<Value> = existing_obj
-        .as_ref()
-        .and_then(|o| o.data.pointer("/spec/endpoints"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let existing: Vec<Value> = existing_obj.as_ref().and_then(|o| o.data.pointer("/spec/endpoints")).and_then(Value::as_array).cloned().unwrap_or_default();
     let previous = declared(&existing, &platform.domain);
     let desired = desired_endpoints(&existing, &platform.domain, target, platform.ttl);
     let action = if existing_obj.is_some() && desired == existing {
@@ -80,14 +67,7 @@ pub(super) async fn switch(
         api.patch(&cfg.name, &pp, &Patch::Apply(&obj)).await.map_err(kube_err)?;
         SwitchAction::Updated
     };
-    Ok(SwitchOutcome {
-        provider: "externalDns",
-        domain: platform.domain.clone(),
-        record: RecordKind::for_ip(target),
-        target,
-        previous: Some(previous),
-        action,
-    })
+    Ok(SwitchOutcome { provider: "externalDns", domain: platform.domain.clone(), record: RecordKind::for_ip(target), target, previous: Some(previous), action })
 }
 
 #[cfg(test)]

@@ -17,12 +17,7 @@ pub enum ManualStatus {
     Waiting(String),
 }
 
-pub fn manual_status(
-    cfg: &ManualDns,
-    platform: &Platform,
-    target: IpAddr,
-    annotations: &BTreeMap<String, String>,
-) -> ManualStatus {
+pub fn manual_status(cfg: &ManualDns, platform: &Platform, target: IpAddr, annotations: &BTreeMap<String, String>) -> ManualStatus {
     let kind = RecordKind::for_ip(target);
     let ask = format!(
         "point {} {kind} at {target} (TTL {}), remove its {} record, then annotate the DRTopology with {CONFIRM_ANNOTATION}={target}",
@@ -38,12 +33,7 @@ pub fn manual_status(
     }
 }
 
-pub(super) fn switch(
-    cfg: &ManualDns,
-    platform: &Platform,
-    target: IpAddr,
-    annotations: &BTreeMap<String, String>,
-) -> SwitchOutcome {
+pub(super) fn switch(cfg: &ManualDns, platform: &Platform, target: IpAddr, annotations: &BTreeMap<String, String>) -> SwitchOutcome {
     let action = match manual_status(cfg, platform, target, annotations) {
         ManualStatus::Confirmed => SwitchAction::Updated,
         ManualStatus::Waiting(m) => SwitchAction::WaitingForOperator(m),
@@ -64,17 +54,13 @@ mod tests {
         let target: IpAddr = "192.0.2.2".parse().expect("ip");
         let cfg = ManualDns { instructions: Some("ask the network team".into()) };
         let mut ann = BTreeMap::new();
-        let ManualStatus::Waiting(m) = manual_status(&cfg, &platform(), target, &ann) else {
-            panic!("confirmed without annotation")
-        };
+        let ManualStatus::Waiting(m) = manual_status(&cfg, &platform(), target, &ann) else { panic!("confirmed without annotation") };
         assert_eq!(
             m,
             "point platform.example.com A at 192.0.2.2 (TTL 30), remove its AAAA record, then annotate the DRTopology with drctl.io/dns-confirmed=192.0.2.2 (ask the network team)"
         );
         ann.insert(CONFIRM_ANNOTATION.to_string(), "192.0.2.1".to_string());
-        let ManualStatus::Waiting(m) = manual_status(&cfg, &platform(), target, &ann) else {
-            panic!("confirmed with the old address")
-        };
+        let ManualStatus::Waiting(m) = manual_status(&cfg, &platform(), target, &ann) else { panic!("confirmed with the old address") };
         assert!(m.starts_with("drctl.io/dns-confirmed is \"192.0.2.1\", not 192.0.2.2;"), "{m}");
         ann.insert(CONFIRM_ANNOTATION.to_string(), " 192.0.2.2".to_string());
         assert_eq!(manual_status(&cfg, &platform(), target, &ann), ManualStatus::Confirmed);

@@ -190,12 +190,7 @@ impl DnsError {
 
 /// Sets the platform domain's record to `target` through the configured provider.
 #[tracing::instrument(skip_all, fields(domain = %platform.domain, %target))]
-pub async fn switch(
-    spec: &DnsSpec,
-    platform: &Platform,
-    target: IpAddr,
-    ctx: &SwitchContext<'_>,
-) -> Result<SwitchOutcome, DnsError> {
+pub async fn switch(spec: &DnsSpec, platform: &Platform, target: IpAddr, ctx: &SwitchContext<'_>) -> Result<SwitchOutcome, DnsError> {
     let outcome = if let Some(p) = &spec.rfc2136 {
         rfc2136::switch(p, platform, target, ctx.secrets).await?
     } else if let Some(p) = &spec.powerdns {
@@ -288,8 +283,7 @@ pub struct VerifyOutcome {
 pub fn verify_timeout(spec: &DnsSpec) -> Result<Duration, DnsError> {
     match &spec.verify.timeout {
         None => Ok(DEFAULT_VERIFY_TIMEOUT),
-        Some(t) => parse_duration(t)
-            .ok_or_else(|| DnsError::Config(format!("verify.timeout {t:?} is not a duration like 30s or 5m"))),
+        Some(t) => parse_duration(t).ok_or_else(|| DnsError::Config(format!("verify.timeout {t:?} is not a duration like 30s or 5m"))),
     }
 }
 
@@ -298,24 +292,14 @@ pub fn verify_resolvers(spec: &DnsSpec) -> Result<Vec<SocketAddr>, DnsError> {
     if spec.verify.resolvers.is_empty() {
         return system_resolvers();
     }
-    spec.verify
-        .resolvers
-        .iter()
-        .map(|r| parse_resolver(r).ok_or_else(|| DnsError::Config(format!("verify.resolvers: {r:?} is not ip or ip:port"))))
-        .collect()
+    spec.verify.resolvers.iter().map(|r| parse_resolver(r).ok_or_else(|| DnsError::Config(format!("verify.resolvers: {r:?} is not ip or ip:port")))).collect()
 }
 
 /// Resolves the platform domain through `spec.dns.verify.resolvers` until every one answers
 /// exactly `target` (and no address of the other family). While any is wrong, calls `on_wrong`
 /// with what each answered (the controller restarts CoreDNS there), then retries with backoff.
 /// Gives up after `timeout` with an error naming what each resolver last answered.
-pub async fn verify<F, Fut>(
-    spec: &DnsSpec,
-    platform: &Platform,
-    target: IpAddr,
-    timeout: Duration,
-    on_wrong: F,
-) -> Result<VerifyOutcome, DnsError>
+pub async fn verify<F, Fut>(spec: &DnsSpec, platform: &Platform, target: IpAddr, timeout: Duration, on_wrong: F) -> Result<VerifyOutcome, DnsError>
 where
     F: FnMut(Vec<ResolverAnswer>) -> Fut,
     Fut: Future<Output = ()>,
@@ -336,13 +320,7 @@ pub async fn ask_verify(resolvers: &[SocketAddr], name: &str, target: IpAddr) ->
 
 /// [`verify`] with explicit resolvers.
 #[tracing::instrument(skip_all, fields(%name, %target))]
-pub async fn verify_at<F, Fut>(
-    resolvers: &[SocketAddr],
-    name: &str,
-    target: IpAddr,
-    timeout: Duration,
-    mut on_wrong: F,
-) -> Result<VerifyOutcome, DnsError>
+pub async fn verify_at<F, Fut>(resolvers: &[SocketAddr], name: &str, target: IpAddr, timeout: Duration, mut on_wrong: F) -> Result<VerifyOutcome, DnsError>
 where
     F: FnMut(Vec<ResolverAnswer>) -> Fut,
     Fut: Future<Output = ()>,
@@ -379,8 +357,7 @@ where
 
 /// The `nameserver` lines of /etc/resolv.conf.
 fn system_resolvers() -> Result<Vec<SocketAddr>, DnsError> {
-    let text = std::fs::read_to_string("/etc/resolv.conf")
-        .map_err(|source| DnsError::Io { server: "/etc/resolv.conf".into(), source })?;
+    let text = std::fs::read_to_string("/etc/resolv.conf").map_err(|source| DnsError::Io { server: "/etc/resolv.conf".into(), source })?;
     let found = parse_resolv_conf(&text);
     if found.is_empty() {
         return Err(DnsError::Config("no resolvers given and /etc/resolv.conf lists no nameserver".into()));

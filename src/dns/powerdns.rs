@@ -41,8 +41,7 @@ fn current(zone: &Zone, name: &str, kind: RecordKind) -> Current {
         if set.rtype != "A" && set.rtype != "AAAA" {
             continue;
         }
-        let enabled: Vec<IpAddr> =
-            set.records.iter().filter(|r| !r.disabled).filter_map(|r| r.content.parse().ok()).collect();
+        let enabled: Vec<IpAddr> = set.records.iter().filter(|r| !r.disabled).filter_map(|r| r.content.parse().ok()).collect();
         if set.rtype == kind.as_str() && !enabled.is_empty() {
             c.ttl = set.ttl;
         }
@@ -69,12 +68,7 @@ fn patch_body(name: &str, target: IpAddr, ttl: u32) -> serde_json::Value {
 }
 
 #[tracing::instrument(skip_all, fields(api = %crate::urls::redact(&cfg.api_url), zone = %cfg.zone))]
-pub(super) async fn switch(
-    cfg: &PowerDns,
-    platform: &Platform,
-    target: IpAddr,
-    secrets: &dyn SecretSource,
-) -> Result<SwitchOutcome, DnsError> {
+pub(super) async fn switch(cfg: &PowerDns, platform: &Platform, target: IpAddr, secrets: &dyn SecretSource) -> Result<SwitchOutcome, DnsError> {
     let r = &cfg.api_key_secret_ref;
     let secret = secrets.get(r, "apiKey").await?;
     let bad = |reason: &str| DnsError::bad_secret("PowerDNS API key", r, reason);
@@ -101,13 +95,7 @@ pub(super) async fn switch(
     let action = if current.is_set_to(target, platform.ttl) {
         SwitchAction::Unchanged
     } else {
-        let resp = client
-            .patch(&url)
-            .header("X-API-Key", key.clone())
-            .json(&patch_body(&name, target, platform.ttl))
-            .send()
-            .await
-            .map_err(http)?;
+        let resp = client.patch(&url).header("X-API-Key", key.clone()).json(&patch_body(&name, target, platform.ttl)).send().await.map_err(http)?;
         check(resp, &shown).await?;
         SwitchAction::Updated
     };

@@ -41,24 +41,13 @@ async fn server_addr(s: &str) -> Result<SocketAddr, DnsError> {
     if let Some(sa) = parse_resolver(s) {
         return Ok(sa);
     }
-    let with_port = if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
-        s.to_string()
-    } else {
-        format!("{s}:53")
-    };
-    let mut addrs = tokio::net::lookup_host(&with_port)
-        .await
-        .map_err(|source| DnsError::Io { server: s.to_string(), source })?;
+    let with_port = if s.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) { s.to_string() } else { format!("{s}:53") };
+    let mut addrs = tokio::net::lookup_host(&with_port).await.map_err(|source| DnsError::Io { server: s.to_string(), source })?;
     addrs.next().ok_or_else(|| DnsError::Config(format!("rfc2136.server {s:?} resolves to no address")))
 }
 
 #[tracing::instrument(skip_all, fields(server = %cfg.server, zone = %cfg.zone, key = %cfg.tsig_key_name))]
-pub(super) async fn switch(
-    cfg: &Rfc2136Dns,
-    platform: &Platform,
-    target: IpAddr,
-    secrets: &dyn SecretSource,
-) -> Result<SwitchOutcome, DnsError> {
+pub(super) async fn switch(cfg: &Rfc2136Dns, platform: &Platform, target: IpAddr, secrets: &dyn SecretSource) -> Result<SwitchOutcome, DnsError> {
     let server = server_addr(&cfg.server).await?;
     let zone = wire::name(&cfg.zone)?;
     let domain = wire::name(&platform.domain)?;
@@ -69,11 +58,9 @@ pub(super) async fn switch(
     let signer = signer(cfg, secrets).await?;
 
     // Ask the primary itself, without recursion, so the decision rests on the zone's data.
-    let (want, other) = futures::future::join(
-        wire::query(server, &domain, rtype(kind), false, TIMEOUT),
-        wire::query(server, &domain, rtype(kind.other()), false, TIMEOUT),
-    )
-    .await;
+    let (want, other) =
+        futures::future::join(wire::query(server, &domain, rtype(kind), false, TIMEOUT), wire::query(server, &domain, rtype(kind.other()), false, TIMEOUT))
+            .await;
     let (want, other): (RrAnswer, RrAnswer) = (want?, other?);
     let mut previous = want.addresses.clone();
     previous.extend(&other.addresses);
@@ -85,14 +72,7 @@ pub(super) async fn switch(
         send_update(server, &cfg.zone, msg, &signer).await?;
         SwitchAction::Updated
     };
-    Ok(SwitchOutcome {
-        provider: "rfc2136",
-        domain: platform.domain.clone(),
-        record: kind,
-        target,
-        previous: Some(previous),
-        action,
-    })
+    Ok(SwitchOutcome { provider: "rfc2136", domain: platform.domain.clone(), record: kind, target, previous: Some(previous), action })
 }
 
 async fn signer(cfg: &Rfc2136Dns, secrets: &dyn SecretSource) -> Result<TSigner, DnsError> {
@@ -100,15 +80,12 @@ async fn signer(cfg: &Rfc2136Dns, secrets: &dyn SecretSource) -> Result<TSigner,
     let bad = |reason: &str| DnsError::bad_secret("TSIG secret", r, reason);
     let secret = secrets.get(r, "secret").await?;
     let text = secret.expose_trimmed_str().ok_or_else(|| bad("not text; expected base64"))?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .map_err(|_| bad("not valid base64 (as in BIND's `secret \"...\"`)"))?;
+    let key = base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| bad("not valid base64 (as in BIND's `secret \"...\"`)"))?;
     if key.is_empty() {
         return Err(bad("empty"));
     }
     let key_name = wire::name(&cfg.tsig_key_name)?;
-    TSigner::new(key, algorithm(cfg.tsig_algorithm), key_name, FUDGE)
-        .map_err(|e| DnsError::Config(format!("rfc2136.tsigAlgorithm: {e}")))
+    TSigner::new(key, algorithm(cfg.tsig_algorithm), key_name, FUDGE).map_err(|e| DnsError::Config(format!("rfc2136.tsigAlgorithm: {e}")))
 }
 
 /// Zone section = the zone's SOA; update section = delete both address rrsets, add the target.
@@ -146,16 +123,10 @@ async fn send_update(server: SocketAddr, zone: &str, mut msg: Message, signer: &
     let code = resp.metadata.response_code;
     if code != ResponseCode::NoError {
         let tsig_error = resp.signature.as_ref().and_then(|s| s.data.error);
-        return Err(DnsError::Refused {
-            server: server.to_string(),
-            zone: zone.to_string(),
-            message: refusal(code, tsig_error, signer),
-        });
+        return Err(DnsError::Refused { server: server.to_string(), zone: zone.to_string(), message: refusal(code, tsig_error, signer) });
     }
     // A success that is not signed by the same key could be forged; do not trust it.
-    verifier
-        .verify(&raw)
-        .map_err(|e| protocol(format!("the success response failed TSIG verification: {e}")))?;
+    verifier.verify(&raw).map_err(|e| protocol(format!("the success response failed TSIG verification: {e}")))?;
     Ok(())
 }
 
@@ -164,9 +135,9 @@ fn refusal(code: ResponseCode, tsig: Option<TsigError>, signer: &TSigner) -> Str
     let key = signer.signer_name();
     let alg = signer.algorithm();
     match (code, tsig) {
-        (_, Some(TsigError::BadSig)) => format!(
-            "BADSIG: the server knows TSIG key {key} but the signature does not match; the secret (or algorithm {alg}) differs from the server's"
-        ),
+        (_, Some(TsigError::BadSig)) => {
+            format!("BADSIG: the server knows TSIG key {key} but the signature does not match; the secret (or algorithm {alg}) differs from the server's")
+        }
         (_, Some(TsigError::BadKey)) => {
             format!("BADKEY: the server does not know TSIG key {key} with algorithm {alg}")
         }

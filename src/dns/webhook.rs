@@ -50,12 +50,7 @@ pub(super) fn body(platform: &Platform, target: IpAddr) -> Vec<u8> {
 }
 
 #[tracing::instrument(skip_all, fields(url = %crate::urls::redact(&cfg.url)))]
-pub(super) async fn switch(
-    cfg: &WebhookDns,
-    platform: &Platform,
-    target: IpAddr,
-    secrets: &dyn SecretSource,
-) -> Result<SwitchOutcome, DnsError> {
+pub(super) async fn switch(cfg: &WebhookDns, platform: &Platform, target: IpAddr, secrets: &dyn SecretSource) -> Result<SwitchOutcome, DnsError> {
     let r = &cfg.hmac_secret_ref;
     let key = secrets.get(r, "hmacKey").await?;
     if key.expose().is_empty() {

@@ -28,24 +28,14 @@ pub(super) fn name(s: &str) -> Result<Name, DnsError> {
 /// A and AAAA of `name` from one server, asked concurrently, recursion desired.
 pub(super) async fn lookup(server: SocketAddr, name: &str, timeout: Duration) -> Result<Vec<IpAddr>, DnsError> {
     let n = self::name(name)?;
-    let (a, aaaa) = futures::future::join(
-        query(server, &n, RecordType::A, true, timeout),
-        query(server, &n, RecordType::AAAA, true, timeout),
-    )
-    .await;
+    let (a, aaaa) = futures::future::join(query(server, &n, RecordType::A, true, timeout), query(server, &n, RecordType::AAAA, true, timeout)).await;
     let mut all = a?.addresses;
     all.extend(aaaa?.addresses);
     Ok(all)
 }
 
 /// One query; NXDOMAIN and NODATA are empty answers, any other error code is an error.
-pub(super) async fn query(
-    server: SocketAddr,
-    name: &Name,
-    rtype: RecordType,
-    recursion: bool,
-    timeout: Duration,
-) -> Result<RrAnswer, DnsError> {
+pub(super) async fn query(server: SocketAddr, name: &Name, rtype: RecordType, recursion: bool, timeout: Duration) -> Result<RrAnswer, DnsError> {
     let mut msg = Message::query();
     msg.metadata.recursion_desired = recursion;
     msg.add_query(Query::query(name.clone(), rtype));
@@ -56,12 +46,7 @@ pub(super) async fn query(
     }
     match resp.metadata.response_code {
         ResponseCode::NoError | ResponseCode::NXDomain => {}
-        code => {
-            return Err(DnsError::Protocol {
-                server: server.to_string(),
-                message: format!("query {name} {rtype} answered {code}"),
-            })
-        }
+        code => return Err(DnsError::Protocol { server: server.to_string(), message: format!("query {name} {rtype} answered {code}") }),
     }
     let mut out = RrAnswer::default();
     for r in &resp.answers {
@@ -84,8 +69,7 @@ pub(super) fn encode(msg: &Message, server: SocketAddr) -> Result<Vec<u8>, DnsEr
 }
 
 pub(super) fn decode(bytes: &[u8], server: SocketAddr) -> Result<Message, DnsError> {
-    Message::from_vec(bytes)
-        .map_err(|e| DnsError::Protocol { server: server.to_string(), message: format!("malformed response: {e}") })
+    Message::from_vec(bytes).map_err(|e| DnsError::Protocol { server: server.to_string(), message: format!("malformed response: {e}") })
 }
 
 fn io(server: SocketAddr) -> impl FnOnce(std::io::Error) -> DnsError {
@@ -109,17 +93,13 @@ async fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16, timeout: Durati
             }
         }
     };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| DnsError::Timeout { server: server.to_string(), after: timeout })?
+    tokio::time::timeout(timeout, run).await.map_err(|_| DnsError::Timeout { server: server.to_string(), after: timeout })?
 }
 
 /// Sends one length-prefixed message over TCP and returns the raw response.
 pub(super) async fn tcp_exchange(server: SocketAddr, bytes: &[u8], timeout: Duration) -> Result<Vec<u8>, DnsError> {
-    let len = u16::try_from(bytes.len()).map_err(|_| DnsError::Protocol {
-        server: server.to_string(),
-        message: format!("request of {} bytes is too large", bytes.len()),
-    })?;
+    let len = u16::try_from(bytes.len())
+        .map_err(|_| DnsError::Protocol { server: server.to_string(), message: format!("request of {} bytes is too large", bytes.len()) })?;
     let run = async {
         let mut s = TcpStream::connect(server).await.map_err(io(server))?;
         let mut framed = Vec::with_capacity(bytes.len() + 2);
@@ -131,7 +111,5 @@ pub(super) async fn tcp_exchange(server: SocketAddr, bytes: &[u8], timeout: Dura
         s.read_exact(&mut buf).await.map_err(io(server))?;
         Ok(buf)
     };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| DnsError::Timeout { server: server.to_string(), after: timeout })?
+    tokio::time::timeout(timeout, run).await.map_err(|_| DnsError::Timeout { server: server.to_string(), after: timeout })?
 }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use kube::api::Api;
 
 use super::runbook;
-use crate::decide::plan::{plan as decide, Action, Observed, PeerView};
 use crate::controller::peer;
+use crate::decide::plan::{plan as decide, Action, Observed, PeerView};
 use crate::topology::DRTopology;
 use crate::validate;
 
@@ -32,8 +32,7 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
             let api: Api<DRTopology> = Api::all(client.clone());
             let topo = match name {
                 Some(n) => api.get(n).await?,
-                None => crate::topology::oldest(api.list(&Default::default()).await?.items)
-                    .ok_or_else(|| anyhow::anyhow!("no DRTopology in the cluster"))?,
+                None => crate::topology::oldest(api.list(&Default::default()).await?.items).ok_or_else(|| anyhow::anyhow!("no DRTopology in the cluster"))?,
             };
             (topo, Some(client))
         }

@@ -135,14 +135,23 @@ mod tests {
         let forbidden = || kube::Error::Api(Box::new(kube::core::Status { code: 403, message: "forbidden".into(), ..Default::default() }));
         let cases: Vec<(StepError, ErrorKind)> = vec![
             (StepError::PeerAccess { peer: "global-a".into(), source: Box::new(PeerError::Api("global-a".into(), forbidden())) }, ErrorKind::Configuration),
-            (StepError::PeerAccess { peer: "global-a".into(), source: Box::new(PeerError::Timeout("global-a".into(), std::time::Duration::from_secs(4))) }, ErrorKind::Transient),
+            (
+                StepError::PeerAccess { peer: "global-a".into(), source: Box::new(PeerError::Timeout("global-a".into(), std::time::Duration::from_secs(4))) },
+                ErrorKind::Transient,
+            ),
             (StepError::StopSync(Box::new(SyncError::ManifestApi { object: "Sync s".into(), source: forbidden() })), ErrorKind::Configuration),
             (StepError::CatchUp(Box::new(SyncError::CatchUpTimeout { applied: 1, want: 2, after: std::time::Duration::from_secs(1) })), ErrorKind::Transient),
             (StepError::Hook(Box::new(HookError::Status { hook: "h".into(), url: "http://x".into(), status: 503, body: String::new() })), ErrorKind::Transient),
-            (StepError::Hook(Box::new(HookError::Status { hook: "h".into(), url: "http://x".into(), status: 401, body: String::new() })), ErrorKind::Configuration),
+            (
+                StepError::Hook(Box::new(HookError::Status { hook: "h".into(), url: "http://x".into(), status: 401, body: String::new() })),
+                ErrorKind::Configuration,
+            ),
             (StepError::SwitchDns(Box::new(DnsError::Config("no provider".into()))), ErrorKind::Configuration),
             (StepError::BadVip("10.0.0".into()), ErrorKind::InvalidSpec),
-            (StepError::Restart(Box::new(RestartsError::Reach { cluster: "w1".into(), source: PeerError::NoKubeconfig("w1".into()) })), ErrorKind::Configuration),
+            (
+                StepError::Restart(Box::new(RestartsError::Reach { cluster: "w1".into(), source: PeerError::NoKubeconfig("w1".into()) })),
+                ErrorKind::Configuration,
+            ),
         ];
         for (e, kind) in cases {
             says_its_cause_once(&e);

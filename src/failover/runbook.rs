@@ -14,10 +14,10 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::error::StepError;
 use crate::controller::context::Context;
-use crate::controller::status::StatusWriter;
 use crate::controller::error::Error;
 use crate::controller::peer::{self, peer_state};
 use crate::controller::replication::SyncError;
+use crate::controller::status::StatusWriter;
 use crate::controller::sync::{ensure_mirror, stop_replication};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
@@ -34,10 +34,16 @@ use crate::validate::parse_duration;
 
 /// What one run of a step ended with.
 pub enum Outcome {
-    Finished { state: StepState, message: String },
+    Finished {
+        state: StepState,
+        message: String,
+    },
     /// Its condition does not hold yet: the step stays Running with `why` as its message and is
     /// run again after `recheck_after`.
-    Waiting { why: String, recheck_after: Duration },
+    Waiting {
+        why: String,
+        recheck_after: Duration,
+    },
 }
 
 impl Outcome {
@@ -109,9 +115,7 @@ impl Runbook<'_> {
                     info!(%message, seconds = secs, "step finished");
                     record_step(self.failover().map_err(failed)?, step, state, Some(message.clone()), Timestamp::now());
                     self.status.write().await?;
-                    self.ctx
-                        .event(self.topo, EventType::Normal, &format!("Step{}", step.name()), step.name(), format!("{step}: {message} ({secs:.1}s)"))
-                        .await;
+                    self.ctx.event(self.topo, EventType::Normal, &format!("Step{}", step.name()), step.name(), format!("{step}: {message} ({secs:.1}s)")).await;
                     Ok(StepRun::Finished)
                 }
                 Err(e) => {
@@ -198,7 +202,9 @@ impl Runbook<'_> {
         let waited = self.step_waited(Step::Restart)?;
         Ok(match wait_verdict(not_ready.is_empty(), waited, timeout) {
             WaitVerdict::Passed => Outcome::ok(summary),
-            WaitVerdict::Again(after) => Outcome::waiting(format!("waiting for {} to be ready ({}s of {timeout:?}); {summary}", not_ready.join(", "), waited.as_secs()), after),
+            WaitVerdict::Again(after) => {
+                Outcome::waiting(format!("waiting for {} to be ready ({}s of {timeout:?}); {summary}", not_ready.join(", "), waited.as_secs()), after)
+            }
             WaitVerdict::TimedOut => Outcome::ok(format!("{summary}; not ready after {timeout:?}: {}", not_ready.join(", "))),
         })
     }
@@ -211,11 +217,7 @@ impl Runbook<'_> {
         let (view, why) = self.observe_peer().await;
         let mine = self.status.status.encryption_config_sha256.clone();
         let Some(p) = view.reachable() else {
-            return Ok(Outcome::ok(format!(
-                "old primary {} unreachable ({}); encryption fingerprints not compared",
-                self.peer_name,
-                why.unwrap_or_default()
-            )));
+            return Ok(Outcome::ok(format!("old primary {} unreachable ({}); encryption fingerprints not compared", self.peer_name, why.unwrap_or_default())));
         };
         self.record_peer_term(p.term)?;
         let short = |s: &Option<String>| s.as_deref().map(|h| h.chars().take(12).collect::<String>()).unwrap_or_else(|| "unknown".into());
@@ -357,7 +359,10 @@ impl Runbook<'_> {
         let applied = match self.ctx.sync.wait_applied(final_revision, recheck_within(left)).await {
             Ok(applied) => applied,
             Err(SyncError::CatchUpTimeout { applied, want, .. }) if left > RECHECK => {
-                return Ok(Outcome::waiting(format!("waiting for the mirror to catch up to {}'s final revision {want} (applied {applied})", self.peer_name), RECHECK));
+                return Ok(Outcome::waiting(
+                    format!("waiting for the mirror to catch up to {}'s final revision {want} (applied {applied})", self.peer_name),
+                    RECHECK,
+                ));
             }
             Err(e) => {
                 // The last look's error says how long the whole step waited.
@@ -410,14 +415,8 @@ impl Runbook<'_> {
                 done.push(msg);
                 continue;
             }
-            let input = hooks::HookInput {
-                hook: &h.name,
-                phase,
-                topology: &self.topo.name_any(),
-                from: self.peer_name,
-                to: self.self_name(),
-                failover_id: &id,
-            };
+            let input =
+                hooks::HookInput { hook: &h.name, phase, topology: &self.topo.name_any(), from: self.peer_name, to: self.self_name(), failover_id: &id };
             match hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))? {
                 hooks::HookRun::Done(msg) => {
                     self.failover()?.hooks_done.push(HookDone { phase: phase.to_string(), name: h.name.clone(), message: msg.clone() });
@@ -439,9 +438,7 @@ impl Runbook<'_> {
         let secrets = KubeSecrets::new(self.ctx.client.clone());
         let annotations = self.topo.annotations().clone();
         let sctx = dns::SwitchContext { secrets: &secrets, kube: Some(self.ctx.client.clone()), annotations: &annotations };
-        let outcome = dns::switch(&self.topo.spec.dns, &self.topo.spec.platform, target, &sctx)
-            .await
-            .map_err(|e| StepError::SwitchDns(Box::new(e)))?;
+        let outcome = dns::switch(&self.topo.spec.dns, &self.topo.spec.platform, target, &sctx).await.map_err(|e| StepError::SwitchDns(Box::new(e)))?;
         if !outcome.is_done() {
             return Err(StepError::DnsNotSwitched(outcome.to_string()));
         }
@@ -474,7 +471,10 @@ impl Runbook<'_> {
                 if spec.verify.restart_core_dns {
                     self.restart_coredns().await?;
                 }
-                Ok(Outcome::waiting(format!("waiting for {domain} to resolve to exactly {target} ({}s of {timeout:?}); last answers: {said}", waited.as_secs()), after))
+                Ok(Outcome::waiting(
+                    format!("waiting for {domain} to resolve to exactly {target} ({}s of {timeout:?}); last answers: {said}", waited.as_secs()),
+                    after,
+                ))
             }
             WaitVerdict::TimedOut => {
                 let e = dns::DnsError::VerifyTimeout(format!("{domain} did not resolve to exactly {target} within {timeout:?}; last answers: {said}"));
@@ -526,20 +526,16 @@ pub fn describe(topo: &DRTopology, self_name: &str, peer: &PeerView) -> String {
             },
             Step::PreHooks => format!("{} hook(s)", topo.spec.failover.pre_hooks.len()),
             Step::PostHooks => format!("{} hook(s)", topo.spec.failover.post_hooks.len()),
-            Step::SwitchDns | Step::VerifyDns => format!(
-                "{} -> {}",
-                topo.spec.platform.domain,
-                topo.spec.cluster(self_name).map(|c| c.vip.as_str()).unwrap_or("?")
-            ),
+            Step::SwitchDns | Step::VerifyDns => {
+                format!("{} -> {}", topo.spec.platform.domain, topo.spec.cluster(self_name).map(|c| c.vip.as_str()).unwrap_or("?"))
+            }
             Step::Restart => {
-                let names: Vec<&str> = topo
-                    .spec
-                    .restarts
-                    .iter()
-                    .filter(|r| r.when.contains(&RestartWhen::Failover))
-                    .map(|r| r.name.as_str())
-                    .collect();
-                if names.is_empty() { "none".into() } else { names.join(", ") }
+                let names: Vec<&str> = topo.spec.restarts.iter().filter(|r| r.when.contains(&RestartWhen::Failover)).map(|r| r.name.as_str()).collect();
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
             }
             Step::StopSync | Step::Done => String::new(),
         };

@@ -95,12 +95,8 @@ pub struct Options {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let mut opts = Options {
-        timeout: args.timeout,
-        resolvers: args.resolvers,
-        argocd_namespace: args.argocd_namespace,
-        argocd_application: args.argocd_application,
-    };
+    let mut opts =
+        Options { timeout: args.timeout, resolvers: args.resolvers, argocd_namespace: args.argocd_namespace, argocd_application: args.argocd_application };
     let targets = match args.lab {
         Some(dir) => {
             let lab = crate::lab_view::LabView::require(&dir.unwrap_or_else(crate::lab_view::default_dir))?;
@@ -277,7 +273,8 @@ mod tests {
 
     #[tokio::test]
     async fn both_globals_each_once_are_required() {
-        let opts = Options { timeout: Duration::from_secs(1), resolvers: Vec::new(), argocd_namespace: "argocd".into(), argocd_application: "drtopology".into() };
+        let opts =
+            Options { timeout: Duration::from_secs(1), resolvers: Vec::new(), argocd_namespace: "argocd".into(), argocd_application: "drtopology".into() };
         let a = Target { name: "global-a".into(), kubeconfig: "/nonexistent".into() };
         for targets in [vec![a.clone()], vec![a.clone(), a.clone()]] {
             let e = read(&targets, &opts).await.expect_err("refused").to_string();

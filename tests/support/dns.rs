@@ -113,9 +113,7 @@ impl BindServer {
         let d = dir.path().display().to_string();
         std::fs::write(
             dir.path().join("zone.db"),
-            format!(
-                "$TTL 60\n@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ IN NS ns1.{zone}.\nns1 IN A 127.0.0.1\n"
-            ),
+            format!("$TTL 60\n@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n@ IN NS ns1.{zone}.\nns1 IN A 127.0.0.1\n"),
         )
         .expect("write zone file");
         let mut s = BindServer { child: None, dir, dns: ([127, 0, 0, 1], 0).into(), zone, tsig: tsig.clone() };

@@ -111,7 +111,13 @@ impl Drop for Proxy {
     }
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mode: Arc<Mutex<Mode>>, forwarded: Arc<AtomicU64>, epoch: Epoch) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mode: Arc<Mutex<Mode>>,
+    forwarded: Arc<AtomicU64>,
+    epoch: Epoch,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let current = || if epoch.stalled() { Mode::Blackhole } else { *mode.lock().expect("proxy mode") };
     let mut buf = vec![0u8; 64 * 1024];
@@ -262,14 +268,8 @@ pub async fn lost_writes(dest: &mut Client, ledger: &Ledger) -> Vec<String> {
             _ => break,
         }
     }
-    let have: BTreeMap<String, Vec<u8>> =
-        all.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)).collect();
-    ledger
-        .acked
-        .iter()
-        .filter(|(k, want)| have.get(*k) != want.as_ref())
-        .map(|(k, _)| k.clone())
-        .collect()
+    let have: BTreeMap<String, Vec<u8>> = all.into_iter().map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), kv.value)).collect();
+    ledger.acked.iter().filter(|(k, want)| have.get(*k) != want.as_ref()).map(|(k, _)| k.clone()).collect()
 }
 
 /// `drctl check --json` between two etcds.

@@ -18,9 +18,7 @@ pub fn script() -> String {
 /// also what `require("os")` returns. No string, math, io or debug.
 pub fn sandbox() -> Lua {
     let lua = Lua::new_with(StdLib::TABLE | StdLib::PACKAGE | StdLib::OS, LuaOptions::default()).expect("lua state");
-    lua.load("local safe = { time = os.time, date = os.date }; os = safe; package.loaded.os = safe")
-        .exec()
-        .expect("restrict os");
+    lua.load("local safe = { time = os.time, date = os.date }; os = safe; package.loaded.os = safe").exec().expect("restrict os");
     lua
 }
 
@@ -55,4 +53,3 @@ pub fn health(obj: &Value) -> Result<(String, String), mlua::Error> {
     let hs: Table = lua.load(script()).set_name("health.lua").eval()?;
     Ok((hs.get("status")?, hs.get("message")?))
 }
-

@@ -106,12 +106,7 @@ impl Etcd {
 
     fn new(tls: bool) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = if tls {
-            procs::EtcdServer::on_free_ports_tls(dir.path())
-        } else {
-            procs::EtcdServer::on_free_ports(dir.path())
-        }
-        .expect("etcd ports");
+        let server = if tls { procs::EtcdServer::on_free_ports_tls(dir.path()) } else { procs::EtcdServer::on_free_ports(dir.path()) }.expect("etcd ports");
         Etcd { child: None, client_url: server.client_url.clone(), tls: server.tls.clone(), dir, server }
     }
 
@@ -220,12 +215,7 @@ impl ApiServer {
     /// kubectl that must succeed; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args).expect("run kubectl");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -314,11 +304,9 @@ impl Global {
         let b = binaries();
         let server = &self.api.server;
         let mut children = Vec::new();
-        for (name, cmd) in [
-            ("kube-controller-manager", p.controller_manager(b, server)),
-            ("kube-scheduler", p.scheduler(b, server)),
-            ("kwok", p.kwok(b, server)),
-        ] {
+        for (name, cmd) in
+            [("kube-controller-manager", p.controller_manager(b, server)), ("kube-scheduler", p.scheduler(b, server)), ("kwok", p.kwok(b, server))]
+        {
             let log = p.log(name);
             children.push((name, spawn(cmd, &log), log));
         }
@@ -335,10 +323,7 @@ impl Global {
         let (ea, eb) = (ea.ready_or_relaunch(), eb.ready_or_relaunch());
         let (aa, ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
         let (aa, ab) = (aa.ready_or_relaunch(&ea), ab.ready_or_relaunch(&eb));
-        (
-            Global { name: a.to_string(), control_plane: None, api: aa, etcd: ea },
-            Global { name: b.to_string(), control_plane: None, api: ab, etcd: eb },
-        )
+        (Global { name: a.to_string(), control_plane: None, api: aa, etcd: ea }, Global { name: b.to_string(), control_plane: None, api: ab, etcd: eb })
     }
 
     pub async fn client(&self) -> Client {

@@ -89,7 +89,15 @@ impl Pair {
             g.api.kubectl_ok(&["create", "namespace", "drctl-system"]);
             g.api.kubectl_ok(&["create", "namespace", "cpaas-system"]);
             let kc = peer.api.kubeconfig.display().to_string();
-            g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", &format!("{}-kubeconfig", peer.name), &format!("--from-file=kubeconfig={kc}")]);
+            g.api.kubectl_ok(&[
+                "-n",
+                "drctl-system",
+                "create",
+                "secret",
+                "generic",
+                &format!("{}-kubeconfig", peer.name),
+                &format!("--from-file=kubeconfig={kc}"),
+            ]);
             g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
             g.api.wait_crd("drtopologies.drctl.io");
         }

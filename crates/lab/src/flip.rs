@@ -100,12 +100,7 @@ pub async fn flip(dir: &Path, scenario: Scenario, refresh: bool, o: &Out) -> Res
     let git = git2::Repository::open(&state.repo).map_err(super::git_err(format!("open {}", state.repo.display())))?;
     let (_, text) = repo::read_main(&git, &state.file)?;
     let from = gitops::find_primary(&text).map_err(|e| LabError::Failed(format!("{}: {e}", state.file.display())))?.value;
-    let to = state
-        .clusters
-        .iter()
-        .find(|c| c.name != from)
-        .map(|c| c.name.clone())
-        .ok_or_else(|| LabError::Failed(format!("no cluster besides {from}")))?;
+    let to = state.clusters.iter().find(|c| c.name != from).map(|c| c.name.clone()).ok_or_else(|| LabError::Failed(format!("no cluster besides {from}")))?;
 
     let down = |name: &str| state.cluster(name).map(|c| !c.is_up());
     if down(&to)? {
@@ -170,10 +165,7 @@ pub async fn flip(dir: &Path, scenario: Scenario, refresh: bool, o: &Out) -> Res
     let mut old_view = String::new();
     let done: DRTopologyStatus = loop {
         if clock.elapsed() > FAILOVER_TIMEOUT {
-            return Err(LabError::Failed(format!(
-                "{to} did not finish the failover within {FAILOVER_TIMEOUT:?}; see {}",
-                target.controller.log.display()
-            )));
+            return Err(LabError::Failed(format!("{to} did not finish the failover within {FAILOVER_TIMEOUT:?}; see {}", target.controller.log.display())));
         }
         let waiting: Vec<&ClusterState> = state.clusters.iter().filter(|c| c.is_up() && !seen_applied.contains_key(&c.name)).collect();
         for c in waiting {
@@ -372,7 +364,11 @@ fn print_timeline(r: &FlipReport, applied: &BTreeMap<String, String>, steps: &[d
     for (s, e) in events {
         t.push_str(&format!("  {s:>7.2}  {e}\n"));
     }
-    let how = if r.refreshed { "refreshed after the merge, as by a Git webhook".to_string() } else { format!("polling every {} s", super::platform::ARGOCD_POLL_SECONDS) };
+    let how = if r.refreshed {
+        "refreshed after the merge, as by a Git webhook".to_string()
+    } else {
+        format!("polling every {} s", super::platform::ARGOCD_POLL_SECONDS)
+    };
     t.push_str(&format!(
         "\n  {} {:.2}s  ({}'s Argo CD applied it -> Done; merge -> Done {:.2}s, Argo CD {how})\n",
         o.bold(&format!("RTO ({}):", r.scenario.as_str())),

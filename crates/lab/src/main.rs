@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "drctl lab", bin_name = "drctl lab", version, about = "The local DR lab: two whole globals (control plane, kwok nodes, their own Argo CD), PowerDNS and a Git repo on this machine")]
+#[command(
+    name = "drctl lab",
+    bin_name = "drctl lab",
+    version,
+    about = "The local DR lab: two whole globals (control plane, kwok nodes, their own Argo CD), PowerDNS and a Git repo on this machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: drctl_lab::cli::LabCommand,

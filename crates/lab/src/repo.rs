@@ -54,10 +54,7 @@ pub fn create(dir: &Path, layout: &Path, file: &Path, topology: &str) -> Result<
 
 /// `main`'s commit and its copy of `file`.
 pub fn read_main(repo: &Repository, file: &Path) -> Result<(Oid, String), LabError> {
-    let commit = repo
-        .find_reference(&format!("refs/heads/{MAIN}"))
-        .and_then(|r| r.peel_to_commit())
-        .map_err(git_err(format!("resolve {MAIN}")))?;
+    let commit = repo.find_reference(&format!("refs/heads/{MAIN}")).and_then(|r| r.peel_to_commit()).map_err(git_err(format!("resolve {MAIN}")))?;
     let entry = commit.tree().and_then(|t| t.get_path(file)).map_err(git_err(format!("find {} on {MAIN}", file.display())))?;
     let blob = repo.find_blob(entry.id()).map_err(git_err(format!("read {}", file.display())))?;
     let text = String::from_utf8(blob.content().to_vec()).map_err(|_| LabError::Failed(format!("{} on {MAIN} is not UTF-8", file.display())))?;

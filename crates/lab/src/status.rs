@@ -54,9 +54,9 @@ pub struct Component {
 
 /// (VmRSS in MiB, user + system CPU seconds) of a live process.
 fn usage(pid: u32) -> (Option<f64>, Option<f64>) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).map(|kib| kib / 1024.0)
-    });
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()).map(|kib| kib / 1024.0));
     // Fields 14 and 15 of /proc/PID/stat (after the parenthesised name) are utime and stime in
     // clock ticks; Linux reports them at USER_HZ = 100 on every architecture drctl runs on.
     let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {

@@ -194,12 +194,7 @@ pub async fn run(dir: &Path, cluster: &str) -> Result<(), LabError> {
     }
     let records = Kind::ALL
         .iter()
-        .map(|&k| ComponentRecord {
-            name: k.name().into(),
-            program: program_of(&command(k, &state, &c, &drctl)),
-            log: log_of(k, &c),
-            ..Default::default()
-        })
+        .map(|&k| ComponentRecord { name: k.name().into(), program: program_of(&command(k, &state, &c, &drctl)), log: log_of(k, &c), ..Default::default() })
         .collect();
     let shared = Arc::new(Shared { records: Mutex::new(records), path: record_path(dir, cluster), stopping: AtomicBool::new(false) });
     info!(cluster, "supervising {} components", Kind::ALL.len());

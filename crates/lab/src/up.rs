@@ -42,11 +42,7 @@ pub async fn up(dir: &Path, o: &Out) -> Result<LabState, LabError> {
 fn prepare_dir(dir: &Path) -> Result<(), LabError> {
     if let Some(old) = LabState::load(dir)? {
         if old.any_alive() {
-            return Err(LabError::Failed(format!(
-                "a lab is running in {}: `drctl lab down --dir {}` first",
-                dir.display(),
-                dir.display()
-            )));
+            return Err(LabError::Failed(format!("a lab is running in {}: `drctl lab down --dir {}` first", dir.display(), dir.display())));
         }
         std::fs::remove_dir_all(dir).map_err(io_err(format!("remove the old lab in {}", dir.display())))?;
     } else if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
@@ -64,11 +60,7 @@ fn mkdir(p: PathBuf) -> Result<PathBuf, LabError> {
 pub(crate) fn run_ok(mut cmd: Command, what: &str) -> Result<String, LabError> {
     let out = cmd.output().map_err(io_err(format!("run {what}")))?;
     if !out.status.success() {
-        return Err(LabError::Failed(format!(
-            "{what} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
+        return Err(LabError::Failed(format!("{what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -90,9 +82,7 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
         let etcd = procs::EtcdServer::on_free_ports(&mkdir(dir.join(name).join("etcd"))?)?;
         let api = procs::ApiServer::prepare(&mkdir(dir.join(name).join("apiserver"))?, &etcd.client_url)?;
         let platform = platform::Platform::on_free_ports(&mkdir(dir.join(name).join("platform"))?, i)?;
-        let listen = format!("127.0.0.1:{}", procs::free_port()?)
-            .parse()
-            .map_err(|e| LabError::Failed(format!("controller address: {e}")))?;
+        let listen = format!("127.0.0.1:{}", procs::free_port()?).parse().map_err(|e| LabError::Failed(format!("controller address: {e}")))?;
         clusters.push(ClusterState {
             name: name.to_string(),
             vip: vip.to_string(),
@@ -241,8 +231,7 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
         .arg(format!("--from-file=kubeconfig={}", peer.api.kubeconfig.display()));
     run_ok(cmd, "create the peer kubeconfig Secret")?;
     let mut cmd = c.kubectl(state);
-    cmd.args(["-n", "drctl-system", "create", "secret", "generic", "pdns-api"])
-        .arg(format!("--from-file=apiKey={}", state.dns.api_key_file.display()));
+    cmd.args(["-n", "drctl-system", "create", "secret", "generic", "pdns-api"]).arg(format!("--from-file=apiKey={}", state.dns.api_key_file.display()));
     run_ok(cmd, "create the PowerDNS API key Secret")?;
     // Argo CD: its CRDs (server-side: they are large), its config, our health check, the Application.
     for crd in ["application-crd.yaml", "appproject-crd.yaml"] {
@@ -258,8 +247,7 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
     }
     procs::kubectl_apply(c.kubectl(state), &platform::argocd_config(&state.bins)?)?;
     let mut cmd = c.kubectl(state);
-    cmd.args(["-n", ARGOCD_NAMESPACE, "patch", "configmap", "argocd-cm", "--type", "merge", "--patch-file"])
-        .arg(layout.join("argocd/argocd-cm-patch.yaml"));
+    cmd.args(["-n", ARGOCD_NAMESPACE, "patch", "configmap", "argocd-cm", "--type", "merge", "--patch-file"]).arg(layout.join("argocd/argocd-cm-patch.yaml"));
     run_ok(cmd, "patch argocd-cm with gitops/argocd/argocd-cm-patch.yaml")?;
     procs::kubectl_apply(c.kubectl(state), &platform::topology_application(layout, &c.name, &state.repo)?)?;
     Ok(())
@@ -387,14 +375,7 @@ fn print_summary(state: &LabState, o: &Out) {
             c.platform.dir.display()
         ));
     }
-    t.push_str(&format!(
-        "  {}  DNS {}  API {}   {} -> {}\n",
-        o.bold("PowerDNS"),
-        state.dns.server,
-        state.dns.api_url,
-        state.domain,
-        state.clusters[0].vip
-    ));
+    t.push_str(&format!("  {}  DNS {}  API {}   {} -> {}\n", o.bold("PowerDNS"), state.dns.server, state.dns.api_url, state.domain, state.clusters[0].vip));
     t.push_str(&format!("  {}  {} (branch {}), file {}\n", o.bold("Git repo"), state.repo.display(), repo::MAIN, state.file.display()));
     t.push_str(&format!(
         "  {}  one per global, Application {} syncs topology/ from {} (polls every {} s; `lab flip` also refreshes it as a Git webhook would)\n",
@@ -562,7 +543,13 @@ mod tests {
             domain: DOMAIN.into(),
             repo: dir.join("repo"),
             file: PathBuf::from(drctl::gitops::DEFAULT_FILE),
-            dns: DnsState { server: addr(53), api_url: "http://127.0.0.1:8081".into(), api_key_file: dir.join("pdns/api-key"), log: dir.join("pdns/pdns.log"), pid: None },
+            dns: DnsState {
+                server: addr(53),
+                api_url: "http://127.0.0.1:8081".into(),
+                api_key_file: dir.join("pdns/api-key"),
+                log: dir.join("pdns/pdns.log"),
+                pid: None,
+            },
             clusters,
         }
     }

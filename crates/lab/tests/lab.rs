@@ -46,12 +46,7 @@ impl Lab {
     fn run(&self, args: &[&str]) -> String {
         let out: Output = drctl().arg("lab").args(args).arg("--dir").arg(self.path()).output().expect("run drctl lab");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "drctl lab {args:?} failed:\n{stdout}\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
+        assert!(out.status.success(), "drctl lab {args:?} failed:\n{stdout}\n{}\n{}", String::from_utf8_lossy(&out.stderr), self.logs());
         stdout
     }
 
@@ -73,11 +68,7 @@ impl Lab {
     fn kubectl(&self, cluster: &str, args: &[&str]) -> Output {
         let state = self.state();
         let c = state.cluster(cluster).expect("cluster");
-        std::process::Command::new(kubectl())
-            .arg(format!("--kubeconfig={}", c.api.kubeconfig.display()))
-            .args(args)
-            .output()
-            .expect("run kubectl")
+        std::process::Command::new(kubectl()).arg(format!("--kubeconfig={}", c.api.kubeconfig.display())).args(args).output().expect("run kubectl")
     }
 
     /// Creates ConfigMap `apps/NAME` with `value` on `cluster`.
@@ -247,7 +238,11 @@ fn planned_switchover_by_pull_request() {
     // drctl status reads the same pair through the kubeconfigs, Argo CD's Applications included.
     let (code, st) = lab.drctl_status();
     assert_eq!(code, Some(0), "{st:#}");
-    assert_eq!((st["specPrimary"].as_str(), st["dns"]["pointsAt"].as_str(), st["lastFailoverRecordedBy"].as_str()), (Some("global-b"), Some("global-b"), Some("global-b")), "{st:#}");
+    assert_eq!(
+        (st["specPrimary"].as_str(), st["dns"]["pointsAt"].as_str(), st["lastFailoverRecordedBy"].as_str()),
+        (Some("global-b"), Some("global-b"), Some("global-b")),
+        "{st:#}"
+    );
     for c in st["clusters"].as_array().expect("clusters") {
         let a = &c["argocd"];
         assert_eq!((a["sync"].as_str(), a["revision"].as_str()), (Some("Synced"), Some(r.merge_commit.as_str())), "{st:#}");

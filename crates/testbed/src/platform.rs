@@ -121,12 +121,7 @@ impl Platform {
 
     pub fn scheduler(&self, bins: &Binaries, api: &ApiServer) -> Command {
         let mut cmd = Command::new(bins.kube.join("kube-scheduler"));
-        cmd.args([
-            format!("--kubeconfig={}", api.scheduler_kubeconfig().display()),
-            "--leader-elect=false".into(),
-            "--secure-port=0".into(),
-            "-v=1".into(),
-        ]);
+        cmd.args([format!("--kubeconfig={}", api.scheduler_kubeconfig().display()), "--leader-elect=false".into(), "--secure-port=0".into(), "-v=1".into()]);
         cmd
     }
 
@@ -150,9 +145,7 @@ impl Platform {
 
     pub fn redis(&self) -> Command {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.redis_port.to_string(), "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir);
+        cmd.args(["--bind", "127.0.0.1", "--port", &self.redis_port.to_string(), "--save", "", "--appendonly", "no"]).arg("--dir").arg(&self.dir);
         cmd
     }
 

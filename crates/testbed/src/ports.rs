@@ -132,7 +132,11 @@ mod tests {
         let mut calls = 0;
         let started = on_fresh_ports("etcd", || {
             calls += 1;
-            if calls < 3 { Err(format!("bind: address in use ({calls})")) } else { Ok(calls) }
+            if calls < 3 {
+                Err(format!("bind: address in use ({calls})"))
+            } else {
+                Ok(calls)
+            }
         });
         assert_eq!(started, Ok(3));
         let mut calls = 0;

@@ -376,13 +376,7 @@ fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
 /// Writes a file only its owner can read (keys, kubeconfigs, API keys).
 pub fn write_private(path: &Path, body: &str) -> Result<(), ProcError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(format!("create {}", path.display())))?;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path).map_err(io(format!("create {}", path.display())))?;
     f.write_all(body.as_bytes()).map_err(io(format!("write {}", path.display())))
 }
 
@@ -490,10 +484,7 @@ impl ApiServer {
     }
 
     pub fn ready(&self, kube_bin: &Path) -> bool {
-        self.kubectl(kube_bin)
-            .args(["get", "--raw", "/readyz"])
-            .output()
-            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok")
+        self.kubectl(kube_bin).args(["get", "--raw", "/readyz"]).output().is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "ok")
     }
 
     pub fn wait_ready(&self, kube_bin: &Path, child: &mut Child) -> Result<(), ProcError> {
@@ -517,12 +508,7 @@ impl ApiServer {
 
 /// Runs `cmd` with `input` on its stdin and collects its output (status not checked).
 pub fn run_with_stdin(mut cmd: Command, input: &[u8], what: &str) -> Result<std::process::Output, ProcError> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io(format!("run {what}")))?;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(io(format!("run {what}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(input).map_err(io(format!("write to {what}")))?;
     }
@@ -685,7 +671,12 @@ impl PowerDns {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(ProcError::NotReady { what: "pdns_server".into(), timeout: Duration::from_secs(15), log: self.log().display().to_string(), tail: tail(&self.log()) })
+        Err(ProcError::NotReady {
+            what: "pdns_server".into(),
+            timeout: Duration::from_secs(15),
+            log: self.log().display().to_string(),
+            tail: tail(&self.log()),
+        })
     }
 
     /// A raw API call with the key; returns (status, body).
