@@ -127,7 +127,7 @@ fn error_policy(obj: Arc<DRTopology>, err: &Error, ctx: Arc<Context>) -> Requeue
     let kind = err.kind();
     ctx.metrics.reconcile_failed(kind);
     let failures = ctx.failed(&obj.name_any());
-    match retry(kind, failures) {
+    match retry(kind, failures, err.due()) {
         Retry::After(d) => {
             warn!(error = %err, kind = kind.label(), failures, retry_in_seconds = d.as_secs(), "reconcile error; retrying");
             Requeue::requeue(d)
@@ -326,10 +326,16 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
                 // again first (a flip back is seen mid-step).
                 Ok(runbook::StepRun::Waiting(after)) => Ok(Next::Requeue(after)),
                 Ok(runbook::StepRun::Finished) => Ok(Next::Continue),
-                // FinalSync's last attempt ran into its bound: plan now, so the policy applies
-                // on time rather than after the error requeue.
-                Err(_) if step == Step::FinalSync && final_sync_used(&w.status, topo) => Ok(Next::Continue),
-                Err(e) => Err(e),
+                // A failed FinalSync attempt is tried again no later than its bound ends, and once
+                // the bound is used the planner applies its policy now: a backoff (up to a
+                // minute) past the bound would hold the pair without a primary for nothing.
+                Err(e) => match final_sync_left_now(&w.status, topo).filter(|_| step == Step::FinalSync) {
+                    Some(Duration::ZERO) => Ok(Next::Continue),
+                    left => Err(match e {
+                        Error::Step { step, source, .. } => Error::Step { step, source, due: left },
+                        e => e,
+                    }),
+                },
             }
         }
         Action::AbandonFailover { reason } => {
@@ -384,10 +390,10 @@ async fn stepped_down(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, ne
     Ok(())
 }
 
-/// This cluster's failover in progress has used FinalSync's whole bound.
-fn final_sync_used(status: &crate::topology::DRTopologyStatus, topo: &DRTopology) -> bool {
+/// How long FinalSync of this cluster's failover in progress may still try (zero once its bound is used).
+fn final_sync_left_now(status: &crate::topology::DRTopologyStatus, topo: &DRTopology) -> Option<Duration> {
     let bound = runbook::final_sync_bound(topo).timeout;
-    status.failover.as_ref().and_then(|f| plan::final_sync_left(f, Timestamp::now(), bound)) == Some(Duration::ZERO)
+    status.failover.as_ref().and_then(|f| plan::final_sync_left(f, Timestamp::now(), bound))
 }
 
 /// Whether the verify resolvers answer exactly this cluster's VIP for the platform domain:

@@ -50,12 +50,19 @@ pub fn backoff(failures: u32) -> Duration {
     FIRST_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF)
 }
 
-/// The retry of the `failures`-th consecutive failure of one object, by the error's kind.
-pub fn retry(kind: ErrorKind, failures: u32) -> Retry {
-    match kind {
+/// The retry of the `failures`-th consecutive failure of one object, by the error's kind. `due`
+/// is when a bound of the failed step ends (FinalSync's `finalSyncTimeout`): the retry comes no
+/// later, whatever the kind, so the bound's policy applies on time instead of a backoff later.
+pub fn retry(kind: ErrorKind, failures: u32, due: Option<Duration>) -> Retry {
+    let by_kind = match kind {
         ErrorKind::Transient => Retry::After(backoff(failures)),
         ErrorKind::Configuration => Retry::After(CONFIGURATION_RETRY),
         ErrorKind::InvalidSpec => Retry::AwaitChange,
+    };
+    match (by_kind, due) {
+        (Retry::After(d), Some(due)) => Retry::After(d.min(due)),
+        (Retry::AwaitChange, Some(due)) => Retry::After(due),
+        (r, None) => r,
     }
 }
 
@@ -99,7 +106,22 @@ mod tests {
             (ErrorKind::InvalidSpec, 1, Retry::AwaitChange, "an invalid spec waits for a change"),
         ];
         for (kind, failures, want, rule) in cases {
-            assert_eq!(retry(kind, failures), want, "{rule}");
+            assert_eq!(retry(kind, failures, None), want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn a_bound_ending_sooner_than_the_retry_brings_the_retry_forward() {
+        let s = Duration::from_secs;
+        let cases = [
+            (ErrorKind::Transient, 3, Some(s(4)), Retry::After(s(4)), "backoff 20s, bound in 4s: at the bound"),
+            (ErrorKind::Transient, 1, Some(s(30)), Retry::After(s(5)), "backoff 5s, bound later: the backoff"),
+            (ErrorKind::Configuration, 1, Some(s(7)), Retry::After(s(7)), "configuration: at the bound"),
+            (ErrorKind::InvalidSpec, 1, Some(s(9)), Retry::After(s(9)), "invalid spec: the bound is looked at anyway"),
+            (ErrorKind::Transient, 2, Some(Duration::ZERO), Retry::After(Duration::ZERO), "bound used: now"),
+        ];
+        for (kind, failures, due, want, rule) in cases {
+            assert_eq!(retry(kind, failures, due), want, "{rule}");
         }
     }
 

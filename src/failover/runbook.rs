@@ -91,7 +91,7 @@ impl Runbook<'_> {
     pub async fn run(&mut self, step: Step) -> Result<StepRun, Error> {
         let span = info_span!("step", step = step.name());
         async {
-            let failed = |source| Error::Step { step, source };
+            let failed = |source| Error::Step { step, source, due: None };
             let f = self.failover().map_err(failed)?;
             // A waiting step keeps its message (what it waits for) between looks.
             let resumed = step_record(f, step).is_some_and(|s| s.state == StepState::Running);
