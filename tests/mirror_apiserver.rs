@@ -36,27 +36,6 @@ rules:
   resources: [configmaps]
   verbs: [get, list]
 ---
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: widgets.example.com}
-spec:
-  group: example.com
-  scope: Namespaced
-  names: {plural: widgets, singular: widget, kind: Widget}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        properties:
-          spec:
-            type: object
-            properties:
-              size: {type: integer}
-              color: {type: string}
----
 apiVersion: v1
 kind: Namespace
 metadata: {name: cpaas-system}
@@ -102,6 +81,7 @@ fn objects_created_on_the_primary_are_served_by_the_standby_except_excluded_ones
     let (primary, standby) = Global::start_pair("primary", "standby");
     let dir = tempfile::tempdir().expect("tempdir");
     apply(&primary.api, dir.path(), "objects.yaml", OBJECTS);
+    apply(&primary.api, dir.path(), "widget-crd.yaml", drctl_testbed::platform::WIDGET_CRD);
     primary.api.wait_crd("widgets.example.com");
     apply(&primary.api, dir.path(), "widget.yaml", WIDGET);
 
