@@ -17,7 +17,7 @@ use super::replication::{filter_for, SyncError, SyncKey};
 use super::status::StatusWriter;
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::standby::{differences_event, record_check, record_health, standby_health, MirrorFacts, Thresholds};
-use crate::decide::wait::elapsed;
+use crate::decide::wait::{restarts_next, RestartsNext};
 use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
 use crate::restart;
 use crate::secret::{KubeSecrets, SecretSource};
@@ -222,31 +222,28 @@ fn restarts_record(st: &mut DRTopologyStatus, when: RestartWhen) -> Option<(&mut
 async fn occasion_restarts(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, when: RestartWhen) -> Option<Duration> {
     let now = Timestamp::now();
     let declared = topo.spec.restarts.iter().any(|r| r.when.contains(&when));
-    let begun = match restarts_record(&mut w.status, when)? {
-        (true, _) => return None,
-        (done, None) if !declared => {
+    let (done, begun) = restarts_record(&mut w.status, when)?;
+    let next = restarts_next(*done, declared, begun.as_ref().map(|b| b.started_at.as_str()), now);
+    let (stamp, waited, mut restarted) = match next {
+        Ok(RestartsNext::Done) => {
             *done = true;
             return None;
         }
-        (_, Some(begun)) => begun.clone(),
-        (_, begun @ None) => {
-            let begun = begun.insert(RestartsBegun { started_at: now.to_string(), restarted: None }).clone();
+        Ok(RestartsNext::Begin) => {
+            *begun = Some(RestartsBegun { started_at: now.to_string(), restarted: None });
             if let Err(e) = w.write().await {
                 warn!(error = %e, ?when, "restarts not begun: their start could not be recorded; will retry");
                 return None;
             }
-            begun
+            (now, Duration::ZERO, None)
         }
-    };
-    let stamp: Timestamp = match begun.started_at.parse() {
-        Ok(t) => t,
+        Ok(RestartsNext::Look { stamp, waited }) => (stamp, waited, begun.as_ref().and_then(|b| b.restarted.clone())),
         Err(e) => {
-            warn!(error = %e, ?when, value = %begun.started_at, "status restarts.startedAt is not an RFC 3339 time; fix it by hand: the restarts wait until then");
+            warn!(error = %e, ?when, "status restarts.startedAt is not an RFC 3339 time; fix it by hand: the restarts wait until then");
             return None;
         }
     };
-    let mut restarted = begun.restarted;
-    let look = restart::look(&ctx.client, &topo.spec, when, stamp, &mut restarted, elapsed(stamp, now), ctx.args.restart_ready_timeout).await;
+    let look = restart::look(&ctx.client, &topo.spec, when, stamp, &mut restarted, waited, ctx.args.restart_ready_timeout).await;
     let (done, record) = restarts_record(&mut w.status, when)?;
     if let Some(b) = record.as_mut() {
         b.restarted = restarted;
