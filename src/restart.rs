@@ -18,6 +18,7 @@ use tracing::{info, instrument};
 
 use crate::controller::peer::{kubeconfig_client, PeerError};
 use crate::decide::retry::{kube_error_kind, ErrorKind};
+use crate::decide::wait::{wait_verdict, WaitVerdict};
 use crate::topology::{DRTopologySpec, RestartMethod, RestartScope, RestartSpec, RestartWhen};
 
 /// The annotation `kubectl rollout restart` uses; drctl writes the same so tools recognise it.
@@ -61,28 +62,45 @@ impl RestartsError {
     }
 }
 
-/// Runs every restart of `spec` declared for `when` (see [`start_all`]) and waits up to
-/// `ready_timeout` for all of them to be ready. The summary of what was done; None when no
-/// restart is declared for `when`.
-pub async fn run_all(
+/// What one look at the restarts declared for an occasion found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Look {
+    /// No restart is declared for it.
+    NoneDeclared,
+    /// All ready again, or not by the timeout (the summary names what is not).
+    Done(String),
+    /// Some are not ready yet: look again after `recheck_after`.
+    Waiting { why: String, recheck_after: Duration },
+}
+
+/// One look at the restarts of `spec` declared for `when`, `waited` into their readiness
+/// timeout: restarts them (stamped `stamp`, see [`start_all`]) unless `restarted` records that
+/// they were, recording it there, then looks at readiness once (`decide::wait`). Never sleeps:
+/// the caller requeues on [`Look::Waiting`], so the reconcile sees a flip back meanwhile.
+pub async fn look(
     local: &Client,
     spec: &DRTopologySpec,
     when: RestartWhen,
     stamp: Timestamp,
-    ready_timeout: Duration,
-) -> Result<Option<String>, RestartsError> {
-    let Some(summary) = start_all(local, spec, when, stamp).await? else { return Ok(None) };
-    let deadline = tokio::time::Instant::now() + ready_timeout;
-    loop {
-        let not_ready = not_ready_all(local, spec, when).await?;
-        if not_ready.is_empty() {
-            return Ok(Some(summary));
+    restarted: &mut Option<String>,
+    waited: Duration,
+    timeout: Duration,
+) -> Result<Look, RestartsError> {
+    let summary = match restarted {
+        Some(summary) => summary.clone(),
+        None => match start_all(local, spec, when, stamp).await? {
+            Some(summary) => restarted.insert(summary).clone(),
+            None => return Ok(Look::NoneDeclared),
+        },
+    };
+    let not_ready = not_ready_all(local, spec, when).await?;
+    Ok(match wait_verdict(not_ready.is_empty(), waited, timeout) {
+        WaitVerdict::Passed => Look::Done(summary),
+        WaitVerdict::Again(recheck_after) => {
+            Look::Waiting { why: format!("waiting for {} to be ready ({}s of {timeout:?}); {summary}", not_ready.join(", "), waited.as_secs()), recheck_after }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(Some(format!("{summary}; not ready: {}", not_ready.join(", "))));
-        }
-        tokio::time::sleep(Duration::from_secs(1).min(ready_timeout)).await;
-    }
+        WaitVerdict::TimedOut => Look::Done(format!("{summary}; not ready after {timeout:?}: {}", not_ready.join(", "))),
+    })
 }
 
 /// Restarts (idempotently, by `stamp`) every restart of `spec` declared for `when`, in this

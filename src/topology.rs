@@ -706,6 +706,22 @@ pub struct DemotionStatus {
     /// `when: demotion` restarts have run.
     #[serde(default)]
     pub restarts_done: bool,
+    /// The `when: demotion` restarts once begun: a later look (or a restarted controller) waits
+    /// for them, restarting nothing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<RestartsBegun>,
+}
+
+/// Restarts of one occasion (`when: demotion`, `when: syncEnabled`) that have begun.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartsBegun {
+    /// When they began, recorded before they act: their stamp (so acting again restarts nothing
+    /// twice) and the start of `--restart-ready-timeout`.
+    pub started_at: String,
+    /// What they restarted, once they have: later looks only wait for readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -749,6 +765,9 @@ pub struct SyncStatus {
     /// `when: syncEnabled` restarts have run for this standby term.
     #[serde(default)]
     pub restarts_done: bool,
+    /// The `when: syncEnabled` restarts of this standby term once begun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<RestartsBegun>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

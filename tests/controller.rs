@@ -1,6 +1,6 @@
 //! The controller on two real globals with real PowerDNS: steady state, a planned failover, a
-//! disaster failover, kill -9 at every step, a flip back mid-failover (and mid-step), an invalid
-//! spec, and two replicas behind one Lease.
+//! disaster failover, kill -9 at every step, a flip back mid-failover (and mid-step, and while a
+//! demotion restart waits), an invalid spec, and two replicas behind one Lease.
 
 mod support;
 
@@ -465,6 +465,75 @@ async fn flip_back_while_a_job_hook_runs_is_seen_within_seconds() {
     }
     pair.wait(&pair.a, "A primary again", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
     assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS never moved");
+    pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_back_while_a_demotion_restart_waits_is_seen_within_seconds() {
+    // Far above the wait for the flip back below: it is planned between two looks at readiness,
+    // not after the restarts time out.
+    const READY_TIMEOUT: &str = "--restart-ready-timeout=5m";
+    const SEEN_WITHIN: Duration = Duration::from_secs(15);
+    let mut pair = Pair::start().await;
+    // No controller-manager rolls the Deployment out: A's demotion restart waits for readiness.
+    pair.restarts_extra =
+        "  - name: slow-rollout\n    namespace: cpaas-system\n    labelSelector: service_name=slow-rollout\n    method: rolloutRestart\n    when: [demotion]\n"
+            .into();
+    let slow: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "slow-rollout", "labels": {"service_name": "slow-rollout"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "slow"}},
+            "template": {"metadata": {"labels": {"app": "slow"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+        }
+    }))
+    .expect("deployment");
+    let on_a: Api<Deployment> = Api::namespaced(pair.a.client().await, "cpaas-system");
+    on_a.create(&PostParams::default(), &slow).await.expect("create deployment");
+    // B's failover restarts its cluster-transformer; A has none, so A's own failover back does
+    // not wait for one under the long timeout either.
+    create_restart_target(&pair.b).await;
+    pair.apply_both("global-a");
+    let mut ca = pair.controller(&pair.a, &[READY_TIMEOUT]);
+    let cb = pair.controller(&pair.b, &[]);
+    pair.wait(&pair.a, "A primary and steady", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+
+    pair.apply_both("global-b");
+    pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let waiting = |s: &DRTopologyStatus| s.demotion.as_ref().is_some_and(|d| !d.restarts_done && d.restarts.as_ref().is_some_and(|r| r.restarted.is_some()));
+    let a = pair.wait(&pair.a, "A's demotion restart waiting for readiness", STEADY, &[&ca, &cb], waiting).await;
+    let begun = a.status.and_then(|s| s.demotion).and_then(|d| d.restarts).expect("restarts begun");
+    let said = begun.restarted.clone().unwrap_or_default();
+    assert!(said.contains("slow-rollout: restarted 1"), "what the restart did is recorded: {said}");
+    let rolled = |d: &Deployment| {
+        (
+            d.metadata.generation,
+            d.spec.clone().and_then(|s| s.template.metadata).and_then(|m| m.annotations).and_then(|a| a.get(drctl::restart::RESTARTED_AT).cloned()),
+        )
+    };
+    let before = rolled(&on_a.get("slow-rollout").await.expect("get"));
+    assert_eq!(before.1.as_deref(), Some(begun.started_at.as_str()), "stamped with the recorded start");
+
+    // A controller restarted mid-wait looks again (its next check is recorded after that look)
+    // and neither restarts again nor forgets.
+    let killed = k8s_openapi::jiff::Timestamp::now();
+    ca.restart();
+    let looked_again = |s: &DRTopologyStatus| {
+        s.sync.as_ref().and_then(|y| y.last_check_time.as_deref()).and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok()).is_some_and(|t| t > killed)
+    };
+    let a = pair.wait(&pair.a, "A's restarted controller looked again", STEADY, &[&ca, &cb], looked_again).await;
+    let still = a.status.and_then(|s| s.demotion).expect("demotion");
+    assert_eq!((still.restarts_done, still.restarts.as_ref()), (false, Some(&begun)), "still waiting on the same restarts");
+    assert_eq!(rolled(&on_a.get("slow-rollout").await.expect("get")), before, "the Deployment was not rolled out a second time");
+
+    // The pull request is reverted while A's demotion restart waits.
+    let flipped = Instant::now();
+    pair.apply_both("global-a");
+    pair.wait(&pair.a, "A started its failover back", SEEN_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.to == "global-a")).await;
+    eprintln!("flip back mid-demotion-restart: A's failover started {:.1}s after the flip ({READY_TIMEOUT})", flipped.elapsed().as_secs_f64());
+    pair.wait(&pair.a, "A primary again", FAILOVER, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
+    assert_eq!(dns_answer(&pair), vec![VIP_A], "DNS points at A again");
     pair.wait(&pair.b, "B standby in sync again", STEADY, &[&ca, &cb], standby_in_sync).await;
 }
 

@@ -206,7 +206,8 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
             // old primary is fenced before it writes its demotion token.
             fence_as_declared(ctx, &topo, &w.status, &action).await;
         }
-        ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec, ctx.args.restart_ready_timeout));
+        let last_check = ctx.sync.last_check().await.map(|r| Duration::from_millis(r.duration_ms));
+        ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec, last_check));
         match act(ctx, &topo, w, action, &peer, &peer_name).await? {
             Next::Continue => continue,
             Next::Requeue(d) => {
@@ -373,8 +374,9 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
         }
         Action::WaitForPeer { .. } | Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => Ok(Next::Requeue(WAIT_REQUEUE)),
         Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
-            sync::standby(ctx, topo, w).await;
-            Ok(Next::Requeue(STEADY_REQUEUE))
+            // Restarts waiting for readiness are looked at again sooner.
+            let soon = sync::standby(ctx, topo, w).await;
+            Ok(Next::Requeue(soon.map_or(STEADY_REQUEUE, |d| d.min(STEADY_REQUEUE))))
         }
     }
 }

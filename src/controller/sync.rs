@@ -10,17 +10,18 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::Scope;
 use kube::runtime::events::EventType;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::context::{stop_replicated_pods, Context};
 use super::replication::{filter_for, SyncError, SyncKey};
 use super::status::StatusWriter;
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::standby::{differences_event, record_check, record_health, standby_health, MirrorFacts, Thresholds};
+use crate::decide::wait::{restarts_next, RestartsNext};
 use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
 use crate::restart;
 use crate::secret::{KubeSecrets, SecretSource};
-use crate::topology::{ClusterSpec, DRTopology, Phase, RestartWhen, SyncDriver, SyncStatus};
+use crate::topology::{ClusterSpec, DRTopology, DRTopologyStatus, Phase, RestartWhen, RestartsBegun, SyncDriver, SyncStatus};
 use crate::validate::parse_duration;
 
 /// This cluster's etcd as an endpoint, with mTLS material from its Secret.
@@ -121,8 +122,9 @@ pub async fn own_revision(ctx: &Context, topo: &DRTopology) -> Result<(i64, Stri
 }
 
 /// One standby reconcile: mirror running, status and conditions current, the periodic check
-/// and the once-only `syncEnabled` / `demotion` restarts.
-pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter) {
+/// and a look at the once-only `syncEnabled` / `demotion` restarts. Some(when to look again)
+/// while those wait for readiness.
+pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter) -> Option<Duration> {
     let generation = topo.metadata.generation;
     if topo.spec.sync.driver == SyncDriver::Manifest {
         // The platform's own synchronizer does the work; drctl only keeps its object present.
@@ -133,14 +135,14 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         set_condition(&mut w.status, ConditionType::SyncHealthy, ok, if ok { Reason::ManifestApplied } else { Reason::ManifestFailed }, &why, generation);
         set_condition(&mut w.status, ConditionType::Ready, ok, if ok { Reason::Steady } else { Reason::ManifestFailed }, &why, generation);
         w.status.phase = Some(if ok { Phase::Steady } else { Phase::Degraded });
-        return;
+        return None;
     }
     if let Err(e) = ensure_mirror(ctx, topo, ctx.self_name()).await {
         w.status.phase = Some(Phase::Degraded);
         set_condition(&mut w.status, ConditionType::SyncHealthy, false, Reason::MirrorNotStarted, &e.to_string(), generation);
-        return;
+        return None;
     }
-    let Some((p, lag)) = ctx.sync.progress().await else { return };
+    let (p, lag) = ctx.sync.progress().await?;
     if ctx.sync.report_due() || w.status.sync.is_none() {
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
@@ -189,32 +191,80 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         source,
     });
     record_health(&mut w.status, &health, generation);
-    let healthy = health.healthy;
 
-    if healthy {
-        let stamp = Timestamp::now();
-        let restarts = |when| restart::run_all(&ctx.client, &topo.spec, when, stamp, ctx.args.restart_ready_timeout);
-        if !sync.restarts_done {
-            match restarts(RestartWhen::SyncEnabled).await {
-                Ok(done) => {
-                    info!(message = done.as_deref().unwrap_or("none declared"), "syncEnabled restarts done");
-                    if let Some(s) = w.status.sync.as_mut() {
-                        s.restarts_done = true;
-                    }
-                }
-                Err(e) => warn!(error = %e, "syncEnabled restarts failed; will retry"),
-            }
+    if !health.healthy {
+        return None;
+    }
+    let mut soon = None;
+    for when in [RestartWhen::SyncEnabled, RestartWhen::Demotion] {
+        if let Some(after) = occasion_restarts(ctx, topo, w, when).await {
+            soon = Some(soon.map_or(after, |s: Duration| s.min(after)));
         }
-        if w.status.demotion.as_ref().is_some_and(|d| !d.restarts_done) {
-            match restarts(RestartWhen::Demotion).await {
-                Ok(done) => {
-                    info!(message = done.as_deref().unwrap_or("none declared"), "demotion restarts done");
-                    if let Some(d) = w.status.demotion.as_mut() {
-                        d.restarts_done = true;
-                    }
-                }
-                Err(e) => warn!(error = %e, "demotion restarts failed; will retry"),
+    }
+    soon
+}
+
+/// Where status keeps the `when` restarts of this standby term: whether they are done and what
+/// has begun. None when none is owed (no demotion token, no sync status yet).
+fn restarts_record(st: &mut DRTopologyStatus, when: RestartWhen) -> Option<(&mut bool, &mut Option<RestartsBegun>)> {
+    match when {
+        RestartWhen::SyncEnabled => st.sync.as_mut().map(|s| (&mut s.restarts_done, &mut s.restarts)),
+        RestartWhen::Demotion => st.demotion.as_mut().map(|d| (&mut d.restarts_done, &mut d.restarts)),
+        RestartWhen::Failover => None,
+    }
+}
+
+/// One look at the `syncEnabled` or `demotion` restarts, the Restart step's way
+/// ([`restart::look`]): their start is written to status before they act (it is their stamp, so
+/// a controller killed mid-way restarts nothing twice), what they restarted is kept, and
+/// readiness is looked at once per reconcile until `--restart-ready-timeout` from their start.
+/// Some(when to look again) while they wait.
+async fn occasion_restarts(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, when: RestartWhen) -> Option<Duration> {
+    let now = Timestamp::now();
+    let declared = topo.spec.restarts.iter().any(|r| r.when.contains(&when));
+    let (done, begun) = restarts_record(&mut w.status, when)?;
+    let next = restarts_next(*done, declared, begun.as_ref().map(|b| b.started_at.as_str()), now);
+    let (stamp, waited, mut restarted) = match next {
+        Ok(RestartsNext::Done) => {
+            *done = true;
+            return None;
+        }
+        Ok(RestartsNext::Begin) => {
+            *begun = Some(RestartsBegun { started_at: now.to_string(), restarted: None });
+            if let Err(e) = w.write().await {
+                warn!(error = %e, ?when, "restarts not begun: their start could not be recorded; will retry");
+                return None;
             }
+            (now, Duration::ZERO, None)
+        }
+        Ok(RestartsNext::Look { stamp, waited }) => (stamp, waited, begun.as_ref().and_then(|b| b.restarted.clone())),
+        Err(e) => {
+            warn!(error = %e, ?when, "status restarts.startedAt is not an RFC 3339 time; fix it by hand: the restarts wait until then");
+            return None;
+        }
+    };
+    let look = restart::look(&ctx.client, &topo.spec, when, stamp, &mut restarted, waited, ctx.args.restart_ready_timeout).await;
+    let (done, record) = restarts_record(&mut w.status, when)?;
+    if let Some(b) = record.as_mut() {
+        b.restarted = restarted;
+    }
+    match look {
+        Ok(restart::Look::Done(message)) => {
+            info!(%message, ?when, "restarts done");
+            *done = true;
+            None
+        }
+        Ok(restart::Look::NoneDeclared) => {
+            *done = true;
+            None
+        }
+        Ok(restart::Look::Waiting { why, recheck_after }) => {
+            debug!(%why, ?when, "restarts waiting");
+            Some(recheck_after)
+        }
+        Err(e) => {
+            warn!(error = %e, ?when, "restarts failed; will retry");
+            None
         }
     }
 }

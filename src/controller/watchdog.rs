@@ -1,12 +1,15 @@
 //! Noticing a reconcile that no longer makes progress, so `/readyz` can say so.
 //!
 //! Reconciles are serialised, so one stuck reconcile (a blocking read, a call without a
-//! timeout) stops the controller while `/healthz` still answers. Each step of a reconcile
-//! beats the watchdog with the time that step may legitimately take; a reconcile still busy past
-//! that is stalled. Long steps get their own budget, so a slow failover is not reported as a
-//! stall. (Runbook steps now requeue between looks, so their budgets are looser than one look
-//! needs; the `when: demotion` / `syncEnabled` restarts of AcknowledgeDemotion and Mirror still
-//! wait up to `--restart-ready-timeout` inside the reconcile.)
+//! timeout) stops the controller while `/healthz` still answers. Each action of a reconcile
+//! beats the watchdog with the time one run of it may legitimately take; a reconcile still busy
+//! past that is stalled. A step that waits (an acknowledgement, a Job, DNS, readiness) looks once
+//! per reconcile and requeues, and so do the `when: demotion` / `syncEnabled` restarts: a long
+//! failover is many short reconciles, never one long one, and its budgets are those of one look,
+//! not of the step's whole wait. What still runs long inside one look gets its own budget:
+//! FinalSync's consistency check (bounded by `finalSyncTimeout`), a hook step's webhooks (one
+//! after another, each bounded by its timeout) and the standby's periodic check (as long as the
+//! last one took, with a repair and a second check on top).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,29 +18,28 @@ use crate::decide::plan::{Action, Step};
 use crate::topology::DRTopologySpec;
 use crate::validate::parse_duration;
 
-/// What any step may take on top of its own waits: several requeue intervals (5s) of API calls,
-/// a consistency check of a large keyspace, a peer timeout or two.
+/// What one look of any action may take on top of its own budget: several API calls, a peer's
+/// timeout or two, DNS queries, a periodic consistency check of a large keyspace at the
+/// default read rate (22 s at 1M keys, BENCHMARKS "Scale").
 pub const STALL_AFTER: Duration = Duration::from_secs(120);
 
-/// How long the step `action` may run before the reconcile counts as stalled (pure).
-pub fn step_budget(action: &Action, spec: &DRTopologySpec, restart_ready_timeout: Duration) -> Duration {
-    let duration = |s: &str, default: u64| parse_duration(s).unwrap_or(Duration::from_secs(default));
+/// How long one run of `action` may take before the reconcile counts as stalled (pure).
+/// `last_check` is how long the standby's last periodic consistency check took.
+pub fn step_budget(action: &Action, spec: &DRTopologySpec, last_check: Option<Duration>) -> Duration {
     let own = match action {
-        Action::RunStep(Step::Demote | Step::FinalSync) => duration(&spec.failover.demotion_timeout, 120),
-        Action::RunStep(Step::VerifyDns) => spec.dns.verify.timeout.as_deref().map(|t| duration(t, 300)).unwrap_or(crate::dns::DEFAULT_VERIFY_TIMEOUT),
-        Action::RunStep(Step::PreHooks) => hooks_budget(&spec.failover.pre_hooks),
-        Action::RunStep(Step::PostHooks) => hooks_budget(&spec.failover.post_hooks),
-        Action::RunStep(Step::Restart) | Action::AcknowledgeDemotion { .. } | Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
-            let clusters = spec.workload_clusters.len().max(1) as u32;
-            restart_ready_timeout.saturating_mul(spec.restarts.len() as u32).saturating_mul(clusters)
-        }
+        Action::RunStep(Step::FinalSync) => parse_duration(&spec.failover.final_sync_timeout).unwrap_or(Duration::from_secs(120)),
+        Action::RunStep(Step::PreHooks) => webhooks_budget(&spec.failover.pre_hooks),
+        Action::RunStep(Step::PostHooks) => webhooks_budget(&spec.failover.post_hooks),
+        // A check found differences: a repair and a second check follow it.
+        Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => last_check.unwrap_or_default().saturating_mul(3),
         _ => Duration::ZERO,
     };
     own.saturating_add(STALL_AFTER)
 }
 
-fn hooks_budget(hooks: &[crate::topology::Hook]) -> Duration {
-    hooks.iter().map(|h| if h.job.is_some() { crate::hooks::JOB_TIMEOUT } else { crate::hooks::WEBHOOK_TIMEOUT }).fold(Duration::ZERO, Duration::saturating_add)
+/// One look of a hook step calls each webhook not yet done; a Job hook's look only reads its Job.
+fn webhooks_budget(hooks: &[crate::topology::Hook]) -> Duration {
+    hooks.iter().filter(|h| h.job.is_none()).map(|_| crate::hooks::WEBHOOK_TIMEOUT).fold(Duration::ZERO, Duration::saturating_add)
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +67,11 @@ impl Drop for Busy<'_> {
 impl Watchdog {
     /// A reconcile starts; its first step (read, validate, observe, plan) gets [`STALL_AFTER`].
     pub fn start(&self) -> Busy<'_> {
-        self.beat_at(Instant::now(), STALL_AFTER);
+        self.start_at(Instant::now())
+    }
+
+    fn start_at(&self, at: Instant) -> Busy<'_> {
+        self.beat_at(at, STALL_AFTER);
         Busy(self)
     }
 
@@ -116,22 +122,69 @@ mod tests {
     }
 
     #[test]
-    fn long_steps_get_their_own_budget() {
+    fn a_look_gets_the_budget_of_its_longest_synchronous_part() {
         let mut s = spec();
+        // The whole waits are long; one look of them is not.
         s.failover.demotion_timeout = "10m".into();
-        s.dns.verify.timeout = Some("1m".into());
-        let ready = Duration::from_secs(300);
+        s.failover.final_sync_timeout = "3m".into();
+        s.dns.verify.timeout = Some("5m".into());
+        let hook = |name: &str, job: bool| -> crate::topology::Hook {
+            let kind = if job {
+                serde_json::json!({"job": {"namespace": "drctl-system", "template": {}}})
+            } else {
+                serde_json::json!({"webhook": {"url": "https://hooks.example/x"}})
+            };
+            let mut v = kind;
+            v["name"] = name.into();
+            serde_json::from_value(v).expect("hook")
+        };
+        s.failover.pre_hooks = vec![hook("notify", false), hook("forward", true), hook("page", false)];
+        s.failover.post_hooks = vec![hook("forward", true)];
+        let secs = Duration::from_secs;
         let cases = [
-            (Action::Hold, STALL_AFTER),
-            (Action::RunStep(Step::SwitchDns), STALL_AFTER),
-            (Action::RunStep(Step::Demote), Duration::from_secs(600) + STALL_AFTER),
-            (Action::RunStep(Step::FinalSync), Duration::from_secs(600) + STALL_AFTER),
-            (Action::RunStep(Step::VerifyDns), Duration::from_secs(60) + STALL_AFTER),
-            (Action::RunStep(Step::PostHooks), STALL_AFTER),
-            (Action::RunStep(Step::Restart), ready * s.restarts.len() as u32 + STALL_AFTER),
+            (Action::Hold, None, STALL_AFTER, "planning and holding: API calls only"),
+            (Action::RunStep(Step::SwitchDns), None, STALL_AFTER, "one provider update"),
+            (Action::RunStep(Step::Demote), None, STALL_AFTER, "one read of the peer, not demotionTimeout"),
+            (Action::RunStep(Step::VerifyDns), None, STALL_AFTER, "one round of queries, not verify.timeout"),
+            (Action::RunStep(Step::Restart), None, STALL_AFTER, "restart once, list readiness once, not --restart-ready-timeout"),
+            (Action::AcknowledgeDemotion { new_primary: "global-b".into() }, None, STALL_AFTER, "the demotion restarts look once per reconcile"),
+            (Action::RunStep(Step::FinalSync), None, secs(180) + STALL_AFTER, "the consistency check, bounded by finalSyncTimeout"),
+            (Action::RunStep(Step::PreHooks), None, crate::hooks::WEBHOOK_TIMEOUT * 2 + STALL_AFTER, "each webhook in turn; a Job hook is only read"),
+            (Action::RunStep(Step::PostHooks), None, STALL_AFTER, "a Job hook is only read"),
+            (Action::Mirror, None, STALL_AFTER, "a standby before its first check"),
+            (Action::Mirror, Some(secs(40)), secs(120) + STALL_AFTER, "a check as long as the last one, a repair and a second check"),
         ];
-        for (action, want) in cases {
-            assert_eq!(step_budget(&action, &s, ready), want, "{action:?}");
+        for (action, last_check, want, rule) in cases {
+            assert_eq!(step_budget(&action, &s, last_check), want, "{rule}: {action:?}");
         }
+    }
+
+    #[test]
+    fn a_long_failover_of_short_looks_never_stalls_but_a_wedged_look_does() {
+        let s = spec();
+        let w = Watchdog::default();
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        // Demote waiting 10 minutes for an acknowledgement, a Job hook 10, readiness 5: a look
+        // of 1 s every 2 s, each with its own budget.
+        let steps = [(Step::Demote, 600), (Step::PreHooks, 600), (Step::Restart, 300)];
+        let mut at = t0;
+        for (step, waits) in steps {
+            for _ in 0..waits / 2 {
+                let busy = w.start_at(at);
+                w.beat_at(at, step_budget(&Action::RunStep(step), &s, None));
+                assert_eq!(w.stalled(at + secs(1)), None, "{step:?}: a look within its budget");
+                drop(busy);
+                assert_eq!(w.stalled(at + secs(2)), None, "{step:?}: between looks nothing runs");
+                at += secs(2);
+            }
+        }
+        assert!(at >= t0 + secs(1500), "the failover took 25 minutes");
+        // One look that never returns (a call without a timeout): stalled once its budget is used.
+        let _wedged = w.start_at(at);
+        let budget = step_budget(&Action::RunStep(Step::Demote), &s, None);
+        w.beat_at(at, budget);
+        assert_eq!(w.stalled(at + budget), None);
+        assert_eq!(w.stalled(at + budget + secs(1)), Some(budget + secs(1)), "a wedged Demote look is a stall long before demotionTimeout would end");
     }
 }

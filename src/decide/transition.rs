@@ -167,6 +167,7 @@ fn step_down(st: &mut DRTopologyStatus, new_primary: &str, served: bool, f: &Fac
         cluster_id: f.own_head.as_ref().map(|(_, id)| id.clone()),
         acknowledged_at: Some(f.now.to_string()),
         restarts_done: !served,
+        restarts: None,
     });
     set_condition(st, ConditionType::Ready, false, Reason::Demoting, &format!("stepped down for {new_primary}"), f.generation);
 }

@@ -54,9 +54,56 @@ pub fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     }
 }
 
+/// What the restarts of one occasion outside the runbook (`when: demotion`, `when:
+/// syncEnabled`) do at a standby's reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartsNext {
+    /// Done (or none is declared): mark them done, nothing runs.
+    Done,
+    /// Not begun: record their start in status (it is their stamp) before they act.
+    Begin,
+    /// Begun at `stamp`: restart by it (idempotent) and look at readiness, `waited` into the timeout.
+    Look { stamp: Timestamp, waited: Duration },
+}
+
+/// The next move of an occasion's restarts from what status records: `done`, whether any is
+/// `declared`, and when they began. An unreadable start is an error, never "now" (a new stamp
+/// would restart everything again).
+pub fn restarts_next(done: bool, declared: bool, started_at: Option<&str>, now: Timestamp) -> Result<RestartsNext, k8s_openapi::jiff::Error> {
+    Ok(match started_at {
+        _ if done => RestartsNext::Done,
+        None if !declared => RestartsNext::Done,
+        None => RestartsNext::Begin,
+        Some(at) => {
+            let stamp: Timestamp = at.parse()?;
+            RestartsNext::Look { stamp, waited: elapsed(stamp, now) }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restarts_outside_the_runbook_begin_once_and_wait_from_their_recorded_start() {
+        let now = Timestamp::from_second(1_700_000_100).expect("ts");
+        let began = Timestamp::from_second(1_700_000_000).expect("ts");
+        let at = began.to_string();
+        use RestartsNext::*;
+        let cases = [
+            (true, true, Some(at.as_str()), Done, "done: nothing runs again"),
+            (true, true, None, Done, "done before it began (none owed): nothing runs"),
+            (false, false, None, Done, "none declared: done without a status write"),
+            (false, true, None, Begin, "owed and not begun: record the start before acting"),
+            (false, true, Some(at.as_str()), Look { stamp: began, waited: Duration::from_secs(100) }, "begun: the recorded stamp, waited from it"),
+            (false, false, Some(at.as_str()), Look { stamp: began, waited: Duration::from_secs(100) }, "begun, then undeclared: looked at to the end"),
+        ];
+        for (done, declared, started_at, want, rule) in cases {
+            assert_eq!(restarts_next(done, declared, started_at, now).expect("parses"), want, "{rule}");
+        }
+        assert!(restarts_next(false, true, Some("yesterday"), now).is_err(), "an unreadable start is an error, never a new stamp");
+    }
 
     #[test]
     fn a_waiting_step_passes_waits_or_times_out_by_its_first_start() {

@@ -38,6 +38,8 @@ pub enum StepError {
     CatchUp(Box<SyncError>),
     #[error(transparent)]
     Check(Box<SyncError>),
+    #[error("the consistency check did not finish within spec.failover.finalSyncTimeout ({after:?}); raise it for a keyspace this large")]
+    CheckTimeout { after: std::time::Duration },
     #[error("{missed} keys of {peer} are missing here (spec.failover.maxMissedKeys is {max}); first: {first}")]
     MissedKeys { missed: u64, peer: String, max: u64, first: String },
     #[error(transparent)]
@@ -71,7 +73,11 @@ impl StepError {
     pub fn kind(&self) -> ErrorKind {
         use ErrorKind::*;
         match self {
-            StepError::NoFailover | StepError::NotAcknowledged { .. } | StepError::MissedKeys { .. } | StepError::DnsNotSwitched(_) => Transient,
+            StepError::NoFailover
+            | StepError::NotAcknowledged { .. }
+            | StepError::CheckTimeout { .. }
+            | StepError::MissedKeys { .. }
+            | StepError::DnsNotSwitched(_) => Transient,
             StepError::EncryptionConfigMismatch { .. } | StepError::BadTime { .. } => Configuration,
             StepError::PeerAccess { source, .. } => source.kind(),
             StepError::StartMirror(e) | StepError::CatchUp(e) | StepError::Check(e) | StepError::StopSync(e) => e.kind(),
