@@ -206,8 +206,7 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
             // old primary is fenced before it writes its demotion token.
             fence_as_declared(ctx, &topo, &w.status, &action).await;
         }
-        let last_check = ctx.sync.last_check().await.map(|r| Duration::from_millis(r.duration_ms));
-        ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec, last_check));
+        ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec));
         match act(ctx, &topo, w, action, &peer, &peer_name).await? {
             Next::Continue => continue,
             Next::Requeue(d) => {

@@ -38,10 +38,29 @@ struct Running {
     filter: Filter,
 }
 
+/// What a check with repair returns: the report of what is left and what the repair did.
+pub type CheckResult = Result<(CheckReport, Option<Repaired>), SyncError>;
+
+/// The standby's periodic check, running beside the reconciles: it reads both keyspaces (about
+/// 20 s at 1M keys at the default read rate, longer with a repair), and a reconcile waiting for
+/// it would see a flip only afterwards.
+struct PeriodicCheck {
+    /// The report before this check, for the "differences changed" Event.
+    previous: Option<CheckReport>,
+    task: JoinHandle<CheckResult>,
+}
+
+/// A periodic check that finished: the report before it and its result.
+pub struct FinishedCheck {
+    pub previous: Option<CheckReport>,
+    pub result: CheckResult,
+}
+
 #[derive(Default)]
 pub struct SyncManager {
     running: Mutex<Option<Running>>,
     last_check: Mutex<Option<(CheckReport, Instant)>>,
+    periodic: Mutex<Option<PeriodicCheck>>,
     /// When revisions and lag were last copied into status. Each status write wakes the
     /// controller's watch; without this a busy primary would keep the standby reconciling.
     reported_at: std::sync::Mutex<Option<Instant>>,
@@ -64,6 +83,8 @@ pub enum SyncError {
     Etcd(#[from] etcd::EtcdError),
     #[error(transparent)]
     Check(#[from] check::CheckError),
+    #[error("the consistency check's task ended without a result: {0}")]
+    CheckTask(#[source] tokio::task::JoinError),
     #[error("reading this cluster's etcd revision: {0}")]
     Status(etcd_client::Error),
     #[error("spec.sync.manifest: {0}")]
@@ -85,7 +106,9 @@ impl SyncError {
                 // Connecting, and whatever else reaches etcd.
                 _ => ErrorKind::Transient,
             },
-            SyncError::NotRunning | SyncError::CatchUpTimeout { .. } | SyncError::Check(_) | SyncError::Status(_) => ErrorKind::Transient,
+            SyncError::NotRunning | SyncError::CatchUpTimeout { .. } | SyncError::Check(_) | SyncError::CheckTask(_) | SyncError::Status(_) => {
+                ErrorKind::Transient
+            }
         }
     }
 }
@@ -105,6 +128,7 @@ pub fn filter_for(topo: &DRTopology, namespace: &str) -> Filter {
 
 impl SyncManager {
     pub async fn stop(&self) {
+        self.cancel_periodic().await;
         if let Some(r) = self.running.lock().await.take() {
             r.shutdown.cancel();
             let _ = r.task.await;
@@ -168,7 +192,7 @@ impl SyncManager {
     /// over a write the mirror applied meanwhile; surplus keys are left) and the check runs
     /// again: the report says what is left, its `repair` what was done, and `Repaired` which
     /// keys were found.
-    pub async fn check_now(&self, repair: bool, max_read_rate: Option<u64>) -> Result<(CheckReport, Option<Repaired>), SyncError> {
+    pub async fn check_now(&self, repair: bool, max_read_rate: Option<u64>) -> CheckResult {
         let (source, dest, filter) = {
             let guard = self.running.lock().await;
             let r = guard.as_ref().ok_or(SyncError::NotRunning)?;
@@ -193,6 +217,41 @@ impl SyncManager {
         }
         *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
         Ok((result.report, repaired))
+    }
+
+    /// Starts the periodic check in the background unless one is running (or has finished and
+    /// not been collected by [`Self::finished_periodic`]).
+    pub(super) async fn start_periodic(self: &Arc<Self>, repair: bool, max_read_rate: Option<u64>) {
+        let mut slot = self.periodic.lock().await;
+        if slot.is_some() {
+            return;
+        }
+        let previous = self.last_check().await;
+        let me = self.clone();
+        let task = tokio::spawn(async move { me.check_now(repair, max_read_rate).await });
+        *slot = Some(PeriodicCheck { previous, task });
+    }
+
+    /// The periodic check's result once it has finished (once: it is then forgotten).
+    pub(super) async fn finished_periodic(&self) -> Option<FinishedCheck> {
+        let mut slot = self.periodic.lock().await;
+        if !slot.as_ref().is_some_and(|p| p.task.is_finished()) {
+            return None;
+        }
+        let p = slot.take()?;
+        let result = match p.task.await {
+            Ok(r) => r,
+            Err(e) => Err(SyncError::CheckTask(e)),
+        };
+        Some(FinishedCheck { previous: p.previous, result })
+    }
+
+    /// Stops a periodic check that is running: the mirror stops, or FinalSync runs its own.
+    pub async fn cancel_periodic(&self) {
+        if let Some(p) = self.periodic.lock().await.take() {
+            p.task.abort();
+            let _ = p.task.await;
+        }
     }
 
     /// True at most once per `REPORT_EVERY`.

@@ -151,18 +151,17 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     }
     let following = p.phase == crate::mirror::Phase::Following;
     let interval = parse_duration(&topo.spec.sync.check_interval).unwrap_or(Duration::from_secs(300));
-    let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
-    if following && due {
-        let previous = ctx.sync.last_check().await;
-        let read_rate = Some(topo.spec.sync.check_read_rate).filter(|r| *r > 0);
-        match ctx.sync.check_now(topo.spec.sync.auto_repair, read_rate).await {
+    // The check runs beside the reconciles (see `replication::PeriodicCheck`): this one records
+    // a check that finished and starts the next when it is due.
+    if let Some(done) = ctx.sync.finished_periodic().await {
+        match done.result {
             Ok((report, repaired)) => {
                 record_check(&mut w.status, &report, repaired.as_ref().map(|r| r.outcome.put));
                 if let Some(r) = repaired {
                     warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
                     ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
                 }
-                if let Some(note) = differences_event(previous.as_ref(), &report) {
+                if let Some(note) = differences_event(done.previous.as_ref(), &report) {
                     warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");
                     ctx.event(topo, EventType::Warning, "KeysDiffer", "Check", note).await;
                 }
@@ -175,6 +174,11 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         if topo.spec.sync.fence.enabled {
             stop_replicated_pods(ctx, topo, "Check").await;
         }
+    }
+    let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
+    if following && due {
+        let read_rate = Some(topo.spec.sync.check_read_rate).filter(|r| *r > 0);
+        ctx.sync.start_periodic(topo.spec.sync.auto_repair, read_rate).await;
     }
     let sync = w.status.sync.clone().unwrap_or_default();
     let last_check = ctx.sync.last_check().await;

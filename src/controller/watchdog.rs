@@ -7,9 +7,9 @@
 //! per reconcile and requeues, and so do the `when: demotion` / `syncEnabled` restarts: a long
 //! failover is many short reconciles, never one long one, and its budgets are those of one look,
 //! not of the step's whole wait. What still runs long inside one look gets its own budget:
-//! FinalSync's consistency check (bounded by `finalSyncTimeout`), a hook step's webhooks (one
-//! after another, each bounded by its timeout) and the standby's periodic check (as long as the
-//! last one took, with a repair and a second check on top).
+//! FinalSync's consistency check (bounded by `finalSyncTimeout`) and a hook step's webhooks (one
+//! after another, each bounded by its timeout). The standby's periodic check runs beside the
+//! reconciles (`replication::PeriodicCheck`), so it is in no look's budget.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,19 +19,15 @@ use crate::topology::DRTopologySpec;
 use crate::validate::parse_duration;
 
 /// What one look of any action may take on top of its own budget: several API calls, a peer's
-/// timeout or two, DNS queries, a periodic consistency check of a large keyspace at the
-/// default read rate (22 s at 1M keys, BENCHMARKS "Scale").
+/// timeout or two, DNS queries.
 pub const STALL_AFTER: Duration = Duration::from_secs(120);
 
 /// How long one run of `action` may take before the reconcile counts as stalled (pure).
-/// `last_check` is how long the standby's last periodic consistency check took.
-pub fn step_budget(action: &Action, spec: &DRTopologySpec, last_check: Option<Duration>) -> Duration {
+pub fn step_budget(action: &Action, spec: &DRTopologySpec) -> Duration {
     let own = match action {
         Action::RunStep(Step::FinalSync) => parse_duration(&spec.failover.final_sync_timeout).unwrap_or(Duration::from_secs(120)),
         Action::RunStep(Step::PreHooks) => webhooks_budget(&spec.failover.pre_hooks),
         Action::RunStep(Step::PostHooks) => webhooks_budget(&spec.failover.post_hooks),
-        // A check found differences: a repair and a second check follow it.
-        Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => last_check.unwrap_or_default().saturating_mul(3),
         _ => Duration::ZERO,
     };
     own.saturating_add(STALL_AFTER)
@@ -142,20 +138,19 @@ mod tests {
         s.failover.post_hooks = vec![hook("forward", true)];
         let secs = Duration::from_secs;
         let cases = [
-            (Action::Hold, None, STALL_AFTER, "planning and holding: API calls only"),
-            (Action::RunStep(Step::SwitchDns), None, STALL_AFTER, "one provider update"),
-            (Action::RunStep(Step::Demote), None, STALL_AFTER, "one read of the peer, not demotionTimeout"),
-            (Action::RunStep(Step::VerifyDns), None, STALL_AFTER, "one round of queries, not verify.timeout"),
-            (Action::RunStep(Step::Restart), None, STALL_AFTER, "restart once, list readiness once, not --restart-ready-timeout"),
-            (Action::AcknowledgeDemotion { new_primary: "global-b".into() }, None, STALL_AFTER, "the demotion restarts look once per reconcile"),
-            (Action::RunStep(Step::FinalSync), None, secs(180) + STALL_AFTER, "the consistency check, bounded by finalSyncTimeout"),
-            (Action::RunStep(Step::PreHooks), None, crate::hooks::WEBHOOK_TIMEOUT * 2 + STALL_AFTER, "each webhook in turn; a Job hook is only read"),
-            (Action::RunStep(Step::PostHooks), None, STALL_AFTER, "a Job hook is only read"),
-            (Action::Mirror, None, STALL_AFTER, "a standby before its first check"),
-            (Action::Mirror, Some(secs(40)), secs(120) + STALL_AFTER, "a check as long as the last one, a repair and a second check"),
+            (Action::Hold, STALL_AFTER, "planning and holding: API calls only"),
+            (Action::RunStep(Step::SwitchDns), STALL_AFTER, "one provider update"),
+            (Action::RunStep(Step::Demote), STALL_AFTER, "one read of the peer, not demotionTimeout"),
+            (Action::RunStep(Step::VerifyDns), STALL_AFTER, "one round of queries, not verify.timeout"),
+            (Action::RunStep(Step::Restart), STALL_AFTER, "restart once, list readiness once, not --restart-ready-timeout"),
+            (Action::AcknowledgeDemotion { new_primary: "global-b".into() }, STALL_AFTER, "the demotion restarts look once per reconcile"),
+            (Action::RunStep(Step::FinalSync), secs(180) + STALL_AFTER, "the consistency check, bounded by finalSyncTimeout"),
+            (Action::RunStep(Step::PreHooks), crate::hooks::WEBHOOK_TIMEOUT * 2 + STALL_AFTER, "each webhook in turn; a Job hook is only read"),
+            (Action::RunStep(Step::PostHooks), STALL_AFTER, "a Job hook is only read"),
+            (Action::Mirror, STALL_AFTER, "a standby's look; its periodic check runs beside it"),
         ];
-        for (action, last_check, want, rule) in cases {
-            assert_eq!(step_budget(&action, &s, last_check), want, "{rule}: {action:?}");
+        for (action, want, rule) in cases {
+            assert_eq!(step_budget(&action, &s), want, "{rule}: {action:?}");
         }
     }
 
@@ -172,7 +167,7 @@ mod tests {
         for (step, waits) in steps {
             for _ in 0..waits / 2 {
                 let busy = w.start_at(at);
-                w.beat_at(at, step_budget(&Action::RunStep(step), &s, None));
+                w.beat_at(at, step_budget(&Action::RunStep(step), &s));
                 assert_eq!(w.stalled(at + secs(1)), None, "{step:?}: a look within its budget");
                 drop(busy);
                 assert_eq!(w.stalled(at + secs(2)), None, "{step:?}: between looks nothing runs");
@@ -182,7 +177,7 @@ mod tests {
         assert!(at >= t0 + secs(1500), "the failover took 25 minutes");
         // One look that never returns (a call without a timeout): stalled once its budget is used.
         let _wedged = w.start_at(at);
-        let budget = step_budget(&Action::RunStep(Step::Demote), &s, None);
+        let budget = step_budget(&Action::RunStep(Step::Demote), &s);
         w.beat_at(at, budget);
         assert_eq!(w.stalled(at + budget), None);
         assert_eq!(w.stalled(at + budget + secs(1)), Some(budget + secs(1)), "a wedged Demote look is a stall long before demotionTimeout would end");

@@ -371,6 +371,8 @@ impl Runbook<'_> {
         // 6-12 s at 1M, twice with a repair): a flip back is planned once it ends. Bounded by
         // what is left of the step's bound, so the bound's policy still applies on time.
         let left = self.status.status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), bound)).unwrap_or(bound);
+        // A periodic check still running from the standby days would double the read load.
+        self.ctx.sync.cancel_periodic().await;
         let check = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair, None);
         let (report, repaired) = match tokio::time::timeout(left, check).await {
             Ok(checked) => checked.map_err(|e| StepError::Check(Box::new(e)))?,
