@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use etcd_client::{Compare, CompareOp, GetOptions, KvClient, Txn, TxnOp};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -516,6 +517,45 @@ enum Fix {
     Excluded,
 }
 
+/// Why one repair attempt of a key wrote nothing.
+enum NotWritten {
+    /// No consistent cut right now: a batch or a copy is being written; give it a moment.
+    InFlux,
+    /// A mirror batch landed between the read and the guarded write.
+    Raced,
+    Failed(CheckError),
+}
+
+/// The waits between a key's repair attempts ([`REPAIR_ATTEMPTS`] in all): 10 ms longer each time.
+fn in_flux_waits() -> impl Iterator<Item = Duration> {
+    (1..REPAIR_ATTEMPTS as u64).map(|n| Duration::from_millis(10 * n))
+}
+
+/// One repair attempt of `key`: read at a consistent cut, then write the source's value (or
+/// delete, with `prune`) guarded by the destination's key and checkpoint being as read.
+async fn write_at_cut(skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: u64, prune: bool) -> Result<Fix, NotWritten> {
+    let cut = read_cut(skv, dkv.clone(), key, cluster_id).await.map_err(NotWritten::Failed)?.ok_or(NotWritten::InFlux)?;
+    let Some(d) = cut.difference else { return Ok(Fix::Already) };
+    let (op, fix) = match d.source {
+        Some(v) => (TxnOp::put(key, v, None), Fix::Put),
+        None if prune => (TxnOp::delete(key, None), Fix::Deleted),
+        None => return Ok(Fix::Already),
+    };
+    let guards = vec![
+        match d.dest_mod_revision {
+            Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+            None => Compare::version(key, CompareOp::Equal, 0),
+        },
+        cut.checkpoint_unchanged,
+    ];
+    let resp = dkv.txn(Txn::new().when(guards).and_then(vec![op])).await.map_err(|e| NotWritten::Failed(on("destination")(e)))?;
+    if resp.succeeded() {
+        Ok(fix)
+    } else {
+        Err(NotWritten::Raced)
+    }
+}
+
 /// Writes the source's value over missed and diverged keys; deletes surplus keys when `prune`.
 /// Each key is re-read at a consistent cut and written only if the destination's key and its
 /// checkpoint are still as read, so a write the mirror applied meanwhile is never undone. Only
@@ -534,31 +574,18 @@ pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[
                     tracing::warn!(key = %String::from_utf8_lossy(&key), "repair refused: the key is excluded from replication now");
                     return Ok(Fix::Excluded);
                 }
-                for attempt in 0..REPAIR_ATTEMPTS {
-                    let Some(cut) = read_cut(skv.clone(), dkv.clone(), &key, cluster_id).await? else {
-                        // In flux: a batch or a copy is being written; give it a moment.
-                        tokio::time::sleep(Duration::from_millis(10 * (attempt as u64 + 1))).await;
-                        continue;
-                    };
-                    let Some(d) = cut.difference else { return Ok(Fix::Already) };
-                    let (op, fix) = match d.source {
-                        Some(v) => (TxnOp::put(key.clone(), v, None), Fix::Put),
-                        None if prune => (TxnOp::delete(key.clone(), None), Fix::Deleted),
-                        None => return Ok(Fix::Already),
-                    };
-                    let guards = vec![
-                        match d.dest_mod_revision {
-                            Some(rev) => Compare::mod_revision(key.clone(), CompareOp::Equal, rev),
-                            None => Compare::version(key.clone(), CompareOp::Equal, 0),
-                        },
-                        cut.checkpoint_unchanged,
-                    ];
-                    let resp = dkv.clone().txn(Txn::new().when(guards).and_then(vec![op])).await.map_err(on("destination"))?;
-                    if resp.succeeded() {
-                        return Ok(fix);
-                    }
+                let attempt = || write_at_cut(skv.clone(), dkv.clone(), &key, cluster_id, prune);
+                let written = attempt
+                    .retry(in_flux_waits())
+                    .when(|e| !matches!(e, NotWritten::Failed(_)))
+                    // A lost race is tried again at once: the batch that won has landed, the next read sees it.
+                    .adjust(|e, wait| if matches!(e, NotWritten::Raced) { wait.map(|_| Duration::ZERO) } else { wait })
+                    .await;
+                match written {
+                    Ok(fix) => Ok(fix),
+                    Err(NotWritten::InFlux | NotWritten::Raced) => Ok(Fix::Skipped),
+                    Err(NotWritten::Failed(e)) => Err(e),
                 }
-                Ok(Fix::Skipped)
             }
             .boxed()
         })
@@ -582,6 +609,14 @@ pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[
 mod tests {
     use super::*;
     use crate::topology::ExcludeSpec;
+
+    #[test]
+    fn a_key_in_flux_is_tried_repair_attempts_times_waiting_10ms_longer_each_time() {
+        let waits: Vec<u128> = in_flux_waits().map(|d| d.as_millis()).collect();
+        assert_eq!(waits.len(), REPAIR_ATTEMPTS - 1, "the first attempt, then one per wait");
+        assert_eq!(waits[..3], [10, 20, 30]);
+        assert_eq!(waits.last(), Some(&(10 * (REPAIR_ATTEMPTS as u128 - 1))));
+    }
 
     fn kv(key: &str, value: &str, rev: i64) -> Kv {
         Kv { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec(), mod_revision: rev }

@@ -213,7 +213,7 @@ mod tests {
 
     fn topo(extra: &str) -> DRTopology {
         let yaml = format!("{}{extra}", include_str!("../examples/minimal.yaml"));
-        serde_norway::from_str(&yaml).expect("example parses")
+        serde_saphyr::from_str(&yaml).expect("example parses")
     }
 
     fn spec(topo: &DRTopology) -> ValidatingAdmissionPolicySpec {

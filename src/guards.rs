@@ -149,7 +149,7 @@ mod tests {
     use super::*;
 
     fn minimal() -> DRTopologySpec {
-        let t: crate::topology::DRTopology = serde_norway::from_str(include_str!("../examples/minimal.yaml")).expect("example");
+        let t: crate::topology::DRTopology = serde_saphyr::from_str(include_str!("../examples/minimal.yaml")).expect("example");
         t.spec
     }
 

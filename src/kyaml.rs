@@ -6,8 +6,7 @@
 
 use std::collections::HashMap;
 
-use yaml_rust2::parser::{Event, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use serde_saphyr::granit_parser::{ErrorKind, Event, Marker, Parser, ScalarStyle, ScanError, StructureStyle};
 
 use crate::fields::FieldError;
 
@@ -59,6 +58,34 @@ fn trap_message(plain: &str, reading: &str, line: usize) -> String {
     format!("line {line}: unquoted {plain} is {reading} to kubectl and Argo CD (YAML 1.1) but not to YAML 1.2 readers; quote it (\"{plain}\"){fix}")
 }
 
+/// How validate's serde reader reads a document: YAML 1.2, as it always has (the YAML 1.1
+/// readings are the traps above), keeping what the checks here and in validate name.
+pub fn serde_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        // Duplicates are named above; the value keeps the last, as kubectl does.
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        // `yes`, `0755` and `1_000` are strings in YAML 1.2.
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        // `<<` is an ordinary (unknown) key; `~` as a key is the string "~".
+        merge_keys: serde_saphyr::MergeKeyPolicy::AsOrdinary,
+        null_as_string: true,
+        // `.nan` and `.inf` read as null, as JSON has neither.
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+        // An application tag (`!secret x`) is an error, not silently dropped.
+        reject_unsupported_tags: true,
+        // The message names line and column; the caller shows the file.
+        with_snippet: false,
+    }
+}
+
+/// YAML as `drctl crd` writes it: block style, long lines kept whole (no folding, so the
+/// CRD's descriptions and CEL rules read as written), text with newlines as `|` blocks.
+pub fn to_string<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string_with_options(value, serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX })
+}
+
 /// What a node event is, for the bookkeeping of its parent.
 #[derive(Clone, Copy)]
 enum Node<'a> {
@@ -76,23 +103,29 @@ enum Frame {
 }
 
 /// Per document (empty ones dropped, as [`crate::validate::parse_documents`] does): the field
-/// errors of duplicate keys and YAML 1.1 traps. A text the parser refuses is left to the caller's
-/// parser, except an alias bomb, reported here with the alias's line.
+/// errors of duplicate keys and YAML 1.1 traps. Unreadable: a syntax error, an alias bomb, an
+/// integer no Kubernetes field holds, each at its line.
 pub fn read(text: &str) -> Result<Vec<Vec<FieldError>>, Unreadable> {
-    let mut parser = Parser::new_from_str(text);
+    // The same parser serde-saphyr reads the documents with, so both agree on what is YAML.
+    let mut options = serde_saphyr::granit_parser::Options::default();
+    options.emit_comments = false;
+    let parser = Parser::new_from_str_with_options(text, options);
     let mut docs = Vec::new();
     let mut errs = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
     // Per anchor id: how many nodes it expands to; per open container: nodes so far.
     let mut anchors: HashMap<usize, usize> = HashMap::new();
     let mut open: Vec<(usize, usize)> = Vec::new();
+    // Per open container: where it starts if it is a flow one (`[`, `{`), for a syntax error in it.
+    let mut flows: Vec<Option<(&str, Marker)>> = Vec::new();
     let (mut expanded, mut events, mut empty_doc) = (0usize, 0usize, false);
-    loop {
-        let Ok((event, mark)) = parser.next_token() else { return Ok(docs) };
+    for next in parser {
+        let (event, span) = next.map_err(|e| unreadable(text, &e, flows.iter().rev().find_map(|f| *f)))?;
+        let mark = span.start;
         events += 1;
         match event {
             Event::StreamEnd => return Ok(docs),
-            Event::DocumentStart => {
+            Event::DocumentStart(..) => {
                 (expanded, events, empty_doc) = (0, 0, false);
                 anchors.clear();
             }
@@ -103,13 +136,24 @@ pub fn read(text: &str) -> Result<Vec<Vec<FieldError>>, Unreadable> {
                 errs.clear();
             }
             Event::Scalar(value, style, anchor, _) => {
-                if stack.is_empty() && style == TScalarStyle::Plain && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL") {
+                if stack.is_empty() && style == ScalarStyle::Plain && matches!(&*value, "" | "~" | "null" | "Null" | "NULL") {
                     empty_doc = true;
                 }
-                if style == TScalarStyle::Plain {
+                if style == ScalarStyle::Plain {
                     if let Some(reading) = yaml11_trap(&value) {
                         let path = if is_key(&stack) { child_path(&stack, &value) } else { path_of(&stack) };
                         errs.push(FieldError::new(path, trap_message(&value, &reading, mark.line())));
+                    }
+                    if !is_key(&stack) && integer_beyond_range(&value) {
+                        return Err(Unreadable {
+                            line: mark.line(),
+                            column: mark.col() + 1,
+                            message: format!(
+                                "{}: the number is beyond the largest integer Kubernetes stores ({}); use a smaller number",
+                                path_of(&stack),
+                                i64::MAX
+                            ),
+                        });
                     }
                 }
                 node(&mut stack, &mut open, Node::Scalar(&value), mark, &mut errs);
@@ -135,8 +179,9 @@ pub fn read(text: &str) -> Result<Vec<Vec<FieldError>>, Unreadable> {
                 }
                 node(&mut stack, &mut open, Node::Alias, mark, &mut errs);
             }
-            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+            Event::MappingStart(style, anchor, _) | Event::SequenceStart(style, anchor, _) => {
                 let is_map = matches!(event, Event::MappingStart(..));
+                flows.push((style == StructureStyle::Flow).then_some((if is_map { "mapping" } else { "sequence" }, mark)));
                 node(&mut stack, &mut open, Node::Container, mark, &mut errs);
                 open.push((anchor, 1));
                 expanded += 1;
@@ -144,6 +189,7 @@ pub fn read(text: &str) -> Result<Vec<Vec<FieldError>>, Unreadable> {
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 stack.pop();
+                flows.pop();
                 if let Some((anchor, size)) = open.pop() {
                     if anchor > 0 {
                         anchors.insert(anchor, size);
@@ -157,7 +203,53 @@ pub fn read(text: &str) -> Result<Vec<Vec<FieldError>>, Unreadable> {
                     *key = None;
                 }
             }
-            Event::StreamStart | Event::Nothing => {}
+            // The stream start; anchor and comment metadata (not nodes, and not asked for).
+            _ => {}
+        }
+    }
+    Ok(docs)
+}
+
+/// A YAML 1.2 integer (decimal, `0o` octal, `0x` hex) outside i64 and u64 (pure): no
+/// Kubernetes integer holds it, and a serde reader would turn it into a float or fail on it.
+/// Spellings with a leading zero or an underscore are strings to YAML 1.2 (and traps, above).
+pub fn integer_beyond_range(plain: &str) -> bool {
+    let (radix, digits) = if let Some(hex) = plain.strip_prefix("0x") {
+        (16, hex)
+    } else if let Some(oct) = plain.strip_prefix("0o") {
+        (8, oct)
+    } else {
+        let unsigned = plain.strip_prefix(['-', '+']).unwrap_or(plain);
+        if unsigned.is_empty() || !unsigned.bytes().all(|b| b.is_ascii_digit()) || (unsigned.len() > 1 && unsigned.starts_with('0')) {
+            return false;
+        }
+        return plain.parse::<i64>().is_err() && plain.parse::<u64>().is_err();
+    };
+    !digits.is_empty() && digits.chars().all(|c| c.is_digit(radix)) && u64::from_str_radix(digits, radix).is_err()
+}
+
+/// A syntax error at its line, with the flow collection it is in (an unclosed `[` is the usual
+/// cause), a tab in the indentation named as such: the parser points at the start of the plain
+/// scalar a tab-indented line would continue, the user wants the tab.
+fn unreadable(text: &str, e: &ScanError, flow: Option<(&str, Marker)>) -> Unreadable {
+    let (line, column) = (e.marker().line(), e.marker().col() + 1);
+    let tab = matches!(
+        e.kind(),
+        ErrorKind::TabNotAllowed
+            | ErrorKind::TabInBlockIndentation
+            | ErrorKind::TabAtBlockScalarStart
+            | ErrorKind::TabInIndentation
+            | ErrorKind::TabInPlainScalar
+    );
+    let tab_at = text.lines().enumerate().skip(line.saturating_sub(1)).find_map(|(i, l)| {
+        let spaces = l.len() - l.trim_start_matches(' ').len();
+        l[spaces..].starts_with('\t').then_some((i + 1, spaces + 1))
+    });
+    match tab_at.filter(|_| tab) {
+        Some((l, c)) => Unreadable { line: l, column: c, message: name_the_tab(text, l, &format!("{} at line {line}, column {column}", e.info())) },
+        None => {
+            let within = flow.map_or(String::new(), |(kind, m)| format!(", in the flow {kind} opened at line {}, column {}", m.line(), m.col() + 1));
+            Unreadable { line, column, message: format!("{}{within}", e.info()) }
         }
     }
 }
@@ -239,7 +331,7 @@ fn child_path(stack: &[Frame], key: &str) -> String {
 }
 
 /// A syntax error's message, told plainly when the line it points at indents with a tab.
-pub fn name_the_tab(text: &str, line: usize, message: &str) -> String {
+fn name_the_tab(text: &str, line: usize, message: &str) -> String {
     let indented_by_tab = |l: usize| text.lines().nth(l.wrapping_sub(1)).is_some_and(|s| s.trim_start_matches(' ').starts_with('\t'));
     match Some(line).filter(|&l| indented_by_tab(l)) {
         Some(l) => format!("line {l} indents with a tab character; YAML indents with spaces only: replace the tab with spaces ({message})"),
@@ -315,6 +407,70 @@ mod tests {
         assert!(err.message.contains("alias bomb"), "{err:?}");
         // A few aliases are fine.
         assert!(read("a: &a {x: 1}\nb: *a\nc: *a\n").is_ok());
+    }
+
+    #[test]
+    fn integers_no_kubernetes_field_holds_are_beyond_range() {
+        let cases = [
+            ("9223372036854775807", false),
+            ("9223372036854775808", false), // a u64: JSON holds it, validate names the limit
+            ("18446744073709551615", false),
+            ("18446744073709551616", true),
+            ("-9223372036854775808", false),
+            ("-9223372036854775809", true),
+            ("+99999999999999999999", true),
+            ("340282366920938463463374607431768211456", true),
+            ("0xFFFFFFFFFFFFFFFF", false),
+            ("0x1FFFFFFFFFFFFFFFF", true),
+            ("0o7777777777777777777777777", true),
+            ("000099999999999999999999", false), // a string in YAML 1.2
+            ("99_999_999_999_999_999_999", false),
+            ("1e30", false),
+            ("0x", false),
+            ("-", false),
+        ];
+        for (plain, want) in cases {
+            assert_eq!(integer_beyond_range(plain), want, "{plain}");
+        }
+        let err = read("spec:\n  failover:\n    maxMissedKeys: 99999999999999999999\n").expect_err("beyond range");
+        assert_eq!((err.line, err.column), (3, 20));
+        assert!(err.message.starts_with("spec.failover.maxMissedKeys: the number is beyond the largest integer Kubernetes stores"), "{err:?}");
+    }
+
+    #[test]
+    fn the_serde_reader_reads_yaml_1_2_and_keeps_what_the_checks_name() {
+        use serde_json::json;
+        let cases = [
+            ("a: yes", json!({"a": "yes"})),
+            ("a: on", json!({"a": "on"})),
+            ("a: 0755", json!({"a": "0755"})),
+            ("a: 1_000", json!({"a": "1_000"})),
+            ("a: 0x1F", json!({"a": 31})),
+            ("a: 9223372036854775808", json!({"a": 9_223_372_036_854_775_808_u64})),
+            ("a: .nan", json!({"a": null})),
+            ("a: 1\na: 2", json!({"a": 2})),
+            ("b: &b {x: 1}\nc:\n  <<: *b", json!({"b": {"x": 1}, "c": {"<<": {"x": 1}}})),
+            ("~: d", json!({"~": "d"})),
+        ];
+        for (text, want) in cases {
+            let got: Vec<serde_json::Value> = serde_saphyr::from_multiple_with_options(text, serde_options()).expect(text);
+            assert_eq!(got, vec![want], "{text}");
+        }
+        assert!(serde_saphyr::from_multiple_with_options::<serde_json::Value>("a: !secret x", serde_options()).is_err());
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_place_and_the_flow_collection_it_is_in() {
+        let err = read("spec:\n  primary: [global-a\n  platform: {domain: x}\n").expect_err("unclosed [");
+        assert_eq!((err.line, err.column), (3, 11), "{err:?}");
+        assert!(err.message.ends_with(", in the flow sequence opened at line 2, column 12"), "{err:?}");
+    }
+
+    #[test]
+    fn a_tab_continuing_a_plain_scalar_is_named_at_its_line() {
+        let err = read("spec:\n  platform:\n    domain: x.example.com\n\tttl: 30\n").expect_err("a tab");
+        assert_eq!((err.line, err.column), (4, 1), "{err:?}");
+        assert!(err.message.starts_with("line 4 indents with a tab character"), "{err:?}");
     }
 
     #[test]

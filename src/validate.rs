@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use kube::CustomResourceExt;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::exclusions::{default_namespaces, default_resources};
@@ -112,32 +111,20 @@ pub struct DocumentReport {
 }
 
 /// Splits a (multi-document) YAML text into JSON values, reporting syntax errors with their line.
+/// `---` followed by nothing is an empty document, not an object to validate: it is dropped.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, SyntaxError> {
-    let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| syntax_error(text, &e))?;
-        // `---` followed by nothing is an empty document, not an object to validate.
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
+    serde_saphyr::from_multiple_with_options(text, crate::kyaml::serde_options()).map_err(|e| syntax_error(text, &e))
 }
 
-/// A parser error told so a user can act on it: at a real line (an alias bomb has none from
-/// the parser), a tab named as a tab, a number too large for any integer named as such.
-fn syntax_error(text: &str, e: &serde_norway::Error) -> SyntaxError {
+/// A reader error told so a user can act on it: the event pass names syntax errors, tabs,
+/// alias bombs and out-of-range integers at their real line; anything else keeps the reader's.
+fn syntax_error(text: &str, e: &serde_saphyr::Error) -> SyntaxError {
     if let Err(u) = crate::kyaml::read(text) {
         return SyntaxError { line: u.line, column: u.column, message: u.message };
     }
-    let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
-    let raw = e.to_string();
-    let message = if let Some((path, _)) = raw.split_once(": JSON number out of range") {
-        format!("{path}: the number is beyond the largest integer Kubernetes stores ({}); use a smaller number", i64::MAX)
-    } else {
-        crate::kyaml::name_the_tab(text, line, &raw)
-    };
-    SyntaxError { line, column, message }
+    let at = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let (line, column) = e.location().map_or((1, 1), |l| (at(l.line()), at(l.column())));
+    SyntaxError { line, column, message: e.to_string() }
 }
 
 /// Validates every document of a YAML text, read as Kubernetes reads it (`kyaml`).

@@ -96,7 +96,7 @@ async fn two_independent_globals() {
     install_crd(&b).await;
     let api_a: Api<DRTopology> = Api::all(a.client().await);
     let api_b: Api<DRTopology> = Api::all(b.client().await);
-    let obj: DRTopology = serde_norway::from_str(&std::fs::read_to_string(MINIMAL).expect("read")).expect("parse example");
+    let obj: DRTopology = serde_saphyr::from_str(&std::fs::read_to_string(MINIMAL).expect("read")).expect("parse example");
     api_a.create(&PostParams::default(), &obj).await.expect("create on a");
     assert!(api_b.get_opt("platform").await.expect("get on b").is_none());
     api_b.create(&PostParams::default(), &obj).await.expect("create on b");

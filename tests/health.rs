@@ -11,7 +11,7 @@ use support::health::{health, health_dir, sandbox, script};
 
 fn yaml_file(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
 #[derive(Deserialize)]
@@ -35,7 +35,7 @@ struct Expected {
 
 fn cases() -> Vec<HealthTest> {
     let text = std::fs::read_to_string(health_dir().join("health_test.yaml")).expect("read health_test.yaml");
-    serde_norway::from_str::<HealthTests>(&text).expect("parse health_test.yaml").tests
+    serde_saphyr::from_str::<HealthTests>(&text).expect("parse health_test.yaml").tests
 }
 
 #[test]

@@ -159,7 +159,7 @@ proptest! {
         if let Ok(reports) = validate_text(&mutated) {
             for r in reports {
                 if let (true, Some(t)) = (r.errors.is_empty(), r.topology) {
-                    let again = serde_norway::to_string(&t).expect("serialize");
+                    let again = drctl::kyaml::to_string(&t).expect("serialize");
                     let back = validate_text(&again).expect("re-parse");
                     prop_assert!(back.iter().all(|r| r.errors.is_empty()), "accepted {mutated} but not its round trip: {again}");
                 }

@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn an_invalid_spec_reaches_the_planner_and_is_held() {
-        let example: DRTopology = serde_norway::from_str(include_str!("../../examples/minimal.yaml")).expect("example");
+        let example: DRTopology = serde_saphyr::from_str(include_str!("../../examples/minimal.yaml")).expect("example");
         let mut spec = example.spec;
         let plan_for = |spec: &DRTopologySpec, self_name: &str| {
             let mut st = crate::topology::DRTopologyStatus::default();

@@ -97,7 +97,7 @@ mod tests {
 
     fn spec() -> DRTopologySpec {
         let text = include_str!("../../examples/minimal.yaml");
-        let t: crate::topology::DRTopology = serde_norway::from_str(text).expect("example");
+        let t: crate::topology::DRTopology = serde_saphyr::from_str(text).expect("example");
         t.spec
     }
 

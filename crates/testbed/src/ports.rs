@@ -13,6 +13,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use backon::{BlockingRetryable, ConstantBuilder};
 
 /// The lowest port handed out; below are well-known and registered services' ports.
 const FLOOR: u16 = 15000;
@@ -38,15 +41,15 @@ const START_ATTEMPTS: usize = 3;
 /// Starts a server that picks fresh ports on each call of `start`, and calls it again when the
 /// start fails: a port below the ephemeral range can still be bound by a process outside drctl
 /// between [`free_port`] and the server's own bind. The one port-retry of the lab and the tests.
-pub fn on_fresh_ports<T, E: std::fmt::Display>(what: &str, mut start: impl FnMut() -> Result<T, E>) -> Result<T, String> {
+pub fn on_fresh_ports<T, E: std::fmt::Display>(what: &str, start: impl FnMut() -> Result<T, E>) -> Result<T, String> {
+    // No pause between attempts: each one takes new ports, there is nothing to wait out.
+    let fresh = ConstantBuilder::default().with_delay(Duration::ZERO).with_max_times(START_ATTEMPTS - 1);
     let mut errors = Vec::new();
-    for attempt in 1..=START_ATTEMPTS {
-        match start() {
-            Ok(started) => return Ok(started),
-            Err(e) => errors.push(format!("attempt {attempt}: {e}")),
-        }
-    }
-    Err(format!("{what} did not start on {START_ATTEMPTS} sets of fresh ports:\n{}", errors.join("\n")))
+    let started = start.retry(fresh).notify(|e, _| errors.push(format!("attempt {}: {e}", errors.len() + 1))).call();
+    started.map_err(|e| {
+        errors.push(format!("attempt {START_ATTEMPTS}: {e}"));
+        format!("{what} did not start on {START_ATTEMPTS} sets of fresh ports:\n{}", errors.join("\n"))
+    })
 }
 
 /// A loopback port free for both TCP and UDP (PowerDNS and BIND serve both on one port).
