@@ -853,6 +853,51 @@ async fn failover_restarts_warlock_in_every_workload_cluster_and_demotion_restar
 /// The seed's failure: keys vanish from the standby (its garbage collector, an operator, a bug)
 /// and only a restart of the synchronizer brought them back. Here the periodic check re-puts
 /// them from the primary, says so in status and an Event, and leaves standby-only keys alone.
+/// The standby's periodic check reads both keyspaces beside the reconciles: a flip to the
+/// standby while a long check runs (40,000 keys at `checkReadRate: 1000`, the slowest allowed,
+/// so at least 40 s) starts the failover within seconds, and FinalSync runs its own check.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flip_while_the_standbys_periodic_check_runs_is_seen_within_seconds() {
+    const KEYS: usize = 40_000;
+    const SEEN_WITHIN: Duration = Duration::from_secs(10);
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    checkReadRate: 1000\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    // Straight into A's etcd (the apiserver would take minutes for as many creates).
+    let mut a = pair.a.etcd.client().await;
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "namespace": "bulk", "uid": format!("00000000-0000-0000-0000-{i:012}"), "creationTimestamp": "2026-01-01T00:00:00Z"}, "data": {"i": i.to_string()}});
+                etcd_client::TxnOp::put(format!("/registry/configmaps/bulk/cm-{i}"), cm.to_string(), None)
+            })
+            .collect();
+        a.txn(etcd_client::Txn::new().and_then(ops)).await.expect("bulk put on A");
+    }
+    let head = a.get("/", None).await.expect("head").header().map(|h| h.revision()).expect("revision");
+    pair.wait(&pair.b, "B applied the bulk keys", STEADY, &[&ca, &cb], |s| s.sync.as_ref().and_then(|y| y.applied_revision) >= Some(head)).await;
+    // A check that starts now reads every bulk key at the bound rate.
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
+    let started = Instant::now();
+    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
+        assert!(started.elapsed() < STEADY, "B never started another periodic check");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flipped = Instant::now();
+    pair.apply_both("global-b");
+    pair.wait(&pair.b, "B started its failover", SEEN_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.to == "global-b")).await;
+    let seen = flipped.elapsed();
+    eprintln!("flip during a periodic check of {KEYS} keys at 1000 keys/s: B's failover started {:.1}s after the flip", seen.as_secs_f64());
+    let b = pair.wait(&pair.b, "B primary", FAILOVER, &[&ca, &cb], |s| steps_all_finished(s) && is(Role::Primary, Phase::Steady)(s)).await;
+    let f = b.status.and_then(|s| s.failover).expect("failover");
+    let final_sync = f.steps.iter().find(|s| s.name == "FinalSync").expect("FinalSync");
+    assert_eq!(final_sync.state, StepState::Succeeded, "{final_sync:?}");
+    assert_eq!(f.rpo_token.and_then(|t| t.missed_keys), Some(0), "FinalSync's own check found every key");
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     let pair = Pair::start().await;

@@ -227,6 +227,7 @@ impl SyncManager {
             return;
         }
         let previous = self.last_check().await;
+        info!(repair, max_read_rate, "consistency check started");
         let me = self.clone();
         let task = tokio::spawn(async move { me.check_now(repair, max_read_rate).await });
         *slot = Some(PeriodicCheck { previous, task });
