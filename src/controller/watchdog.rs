@@ -12,19 +12,17 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::decide::plan::{Action, Step};
-use crate::topology::DRTopologySpec;
-use crate::validate::parse_duration;
+use crate::validated::{Hook, HookKind, Spec};
 
 /// What any step may take on top of its own waits: several requeue intervals (5s) of API calls,
 /// a consistency check of a large keyspace, a peer timeout or two.
 pub const STALL_AFTER: Duration = Duration::from_secs(120);
 
 /// How long the step `action` may run before the reconcile counts as stalled (pure).
-pub fn step_budget(action: &Action, spec: &DRTopologySpec, restart_ready_timeout: Duration) -> Duration {
-    let duration = |s: &str, default: u64| parse_duration(s).unwrap_or(Duration::from_secs(default));
+pub fn step_budget(action: &Action, spec: &Spec, restart_ready_timeout: Duration) -> Duration {
     let own = match action {
-        Action::RunStep(Step::Demote | Step::FinalSync) => duration(&spec.failover.demotion_timeout, 120),
-        Action::RunStep(Step::VerifyDns) => spec.dns.verify.timeout.as_deref().map(|t| duration(t, 300)).unwrap_or(crate::dns::DEFAULT_VERIFY_TIMEOUT),
+        Action::RunStep(Step::Demote | Step::FinalSync) => spec.failover.demotion_timeout,
+        Action::RunStep(Step::VerifyDns) => spec.dns.verify.timeout,
         Action::RunStep(Step::PreHooks) => hooks_budget(&spec.failover.pre_hooks),
         Action::RunStep(Step::PostHooks) => hooks_budget(&spec.failover.post_hooks),
         Action::RunStep(Step::Restart) | Action::AcknowledgeDemotion { .. } | Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
@@ -36,8 +34,14 @@ pub fn step_budget(action: &Action, spec: &DRTopologySpec, restart_ready_timeout
     own.saturating_add(STALL_AFTER)
 }
 
-fn hooks_budget(hooks: &[crate::topology::Hook]) -> Duration {
-    hooks.iter().map(|h| if h.job.is_some() { crate::hooks::JOB_TIMEOUT } else { crate::hooks::WEBHOOK_TIMEOUT }).fold(Duration::ZERO, Duration::saturating_add)
+fn hooks_budget(hooks: &[Hook]) -> Duration {
+    hooks
+        .iter()
+        .map(|h| match h.kind {
+            HookKind::Job(_) => crate::hooks::JOB_TIMEOUT,
+            HookKind::Webhook(_) => crate::hooks::WEBHOOK_TIMEOUT,
+        })
+        .fold(Duration::ZERO, Duration::saturating_add)
 }
 
 #[derive(Debug, Default)]
@@ -93,10 +97,10 @@ impl Watchdog {
 mod tests {
     use super::*;
 
-    fn spec() -> DRTopologySpec {
+    fn spec() -> Spec {
         let text = include_str!("../../examples/minimal.yaml");
         let t: crate::topology::DRTopology = serde_norway::from_str(text).expect("example");
-        t.spec
+        crate::validated::ValidatedTopology::try_from(&t).expect("valid").spec
     }
 
     #[test]
@@ -118,8 +122,8 @@ mod tests {
     #[test]
     fn long_steps_get_their_own_budget() {
         let mut s = spec();
-        s.failover.demotion_timeout = "10m".into();
-        s.dns.verify.timeout = Some("1m".into());
+        s.failover.demotion_timeout = Duration::from_secs(600);
+        s.dns.verify.timeout = Duration::from_secs(60);
         let ready = Duration::from_secs(300);
         let cases = [
             (Action::Hold, STALL_AFTER),
