@@ -467,6 +467,7 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) -> Option<valida
         }
         a
     });
+    // Every resolver is looked at (each bad one is an error) before the list is typed.
     let resolvers: Option<Vec<_>> = resolvers.collect::<Vec<_>>().into_iter().collect();
     let timeout = match &d.verify.timeout {
         Some(t) => check_duration(t, "spec.dns.verify.timeout", errs),
