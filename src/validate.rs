@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::decide::plan::FinalSyncBound;
 use crate::exclusions::{default_namespaces, default_resources};
 pub use crate::fields::{parse_duration, parse_go_duration, parse_resolver, DurationError, FieldError};
+use crate::guards::Parsed;
 use crate::keyspace::REGISTRY_PREFIX;
 use crate::topology::{DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND, VERSION};
 use crate::validated::{self, ValidatedTopology};
@@ -284,7 +285,8 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
 
     let mut seen_names = BTreeSet::new();
     let mut seen_vips = BTreeSet::new();
-    let mut vips = Vec::new();
+    // What the guards read too, and the typed spec is made of.
+    let mut parsed = Parsed::default();
     for (i, c) in spec.clusters.iter().enumerate() {
         let p = format!("spec.clusters[{i}]");
         if !is_dns_label(&c.name) {
@@ -296,7 +298,7 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
         if !seen_names.insert(c.name.as_str()) {
             errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used by another cluster; give each cluster a unique name", c.name)));
         }
-        vips.push(match c.vip.parse::<IpAddr>() {
+        parsed.vips.push(match c.vip.parse::<IpAddr>() {
             Ok(ip) => {
                 if !seen_vips.insert(ip) {
                     errs.push(FieldError::new(format!("{p}.vip"), format!("{} is also another cluster's VIP; each global has its own VIP", c.vip)));
@@ -328,7 +330,7 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
     }
 
     errs.extend(exclude_errors(&spec.sync.exclude));
-    let check_interval = check_duration(&spec.sync.check_interval, "spec.sync.checkInterval", &mut errs);
+    parsed.check_interval = check_duration(&spec.sync.check_interval, "spec.sync.checkInterval", &mut errs);
     if spec.sync.check_read_rate > 0 && spec.sync.check_read_rate < crate::topology::CHECK_READ_RATE_MIN {
         errs.push(FieldError::new(
             "spec.sync.checkReadRate",
@@ -381,10 +383,10 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
         }
     }
 
-    let dns = check_dns(spec, &mut errs);
+    let provider = check_dns(spec, &mut parsed, &mut errs);
 
-    let demotion_timeout = check_duration(&spec.failover.demotion_timeout, "spec.failover.demotionTimeout", &mut errs);
-    let final_sync_timeout = check_duration(&spec.failover.final_sync_timeout, "spec.failover.finalSyncTimeout", &mut errs);
+    parsed.demotion_timeout = check_duration(&spec.failover.demotion_timeout, "spec.failover.demotionTimeout", &mut errs);
+    parsed.final_sync_timeout = check_duration(&spec.failover.final_sync_timeout, "spec.failover.finalSyncTimeout", &mut errs);
     let pre_hooks = check_hooks(&spec.failover.pre_hooks, "spec.failover.preHooks", &mut errs);
     let post_hooks = check_hooks(&spec.failover.post_hooks, "spec.failover.postHooks", &mut errs);
 
@@ -394,12 +396,12 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
             errs.push(FieldError::new(format!("spec.workloadClusters[{i}].name"), format!("{:?} is listed twice; each workload cluster once", w.name)));
         }
     }
-    errs.extend(crate::guards::check(spec));
+    errs.extend(crate::guards::check(spec, &parsed));
     // A value is None only where an error was pushed; the guards add the kubeconfig's.
-    let clusters = spec.clusters.iter().zip(vips).map(|(c, vip)| {
+    let clusters = spec.clusters.iter().zip(&parsed.vips).map(|(c, vip)| {
         Some(validated::Cluster {
             name: c.name.clone(),
-            vip: vip?,
+            vip: (*vip)?,
             api_server: c.api_server.clone(),
             kubeconfig_secret_ref: c.kubeconfig_secret_ref.clone()?,
             etcd: c.etcd.clone(),
@@ -414,7 +416,7 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
             clusters: clusters.collect::<Option<_>>()?,
             sync: validated::SyncConfig {
                 exclude: spec.sync.exclude.clone(),
-                check_interval: check_interval?,
+                check_interval: parsed.check_interval?,
                 check_read_rate: Some(spec.sync.check_read_rate).filter(|r| *r > 0),
                 driver: driver?,
                 fence: spec.sync.fence.clone(),
@@ -422,11 +424,18 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
                 health: spec.sync.health.clone(),
             },
             restarts: spec.restarts.clone(),
-            dns: dns?,
+            dns: validated::DnsConfig {
+                provider: provider?,
+                verify: validated::Verify {
+                    resolvers: parsed.resolvers.iter().copied().collect::<Option<_>>()?,
+                    restart_core_dns: spec.dns.verify.restart_core_dns,
+                    timeout: if spec.dns.verify.timeout.is_some() { parsed.verify_timeout? } else { validated::DEFAULT_VERIFY_TIMEOUT },
+                },
+            },
             failover: validated::FailoverConfig {
                 max_missed_keys: f.max_missed_keys,
-                demotion_timeout: demotion_timeout?,
-                final_sync: FinalSyncBound { timeout: final_sync_timeout?, policy: f.final_sync_policy },
+                demotion_timeout: parsed.demotion_timeout?,
+                final_sync: FinalSyncBound { timeout: parsed.final_sync_timeout?, policy: f.final_sync_policy },
                 pre_hooks: pre_hooks?,
                 post_hooks: post_hooks?,
                 dry_run: f.dry_run,
@@ -441,7 +450,8 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
     }
 }
 
-fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) -> Option<validated::DnsConfig> {
+/// The provider `spec.dns` sets; its resolvers and timeout go to `parsed`.
+fn check_dns(spec: &DRTopologySpec, parsed: &mut Parsed, errs: &mut Vec<FieldError>) -> Option<validated::DnsProvider> {
     let d = &spec.dns;
     let provider = validated::DnsProvider::of(d).map_err(|why| errs.push(FieldError::new("spec.dns", why))).ok();
     if let Some(r) = &d.rfc2136 {
@@ -457,7 +467,7 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) -> Option<valida
     if let Some(w) = &d.webhook {
         check_url(&w.url, "spec.dns.webhook.url", "https://dns-switch.example.com/hook", errs);
     }
-    let resolvers = d.verify.resolvers.iter().enumerate().map(|(i, r)| {
+    for (i, r) in d.verify.resolvers.iter().enumerate() {
         let a = parse_resolver(r);
         if a.is_none() {
             errs.push(FieldError::new(
@@ -465,16 +475,12 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) -> Option<valida
                 format!("{r:?} is not a resolver address; write ip or ip:port, e.g. 10.96.0.10 or [2001:db8::53]:53"),
             ));
         }
-        a
-    });
-    // Every resolver is looked at (each bad one is an error) before the list is typed.
-    let resolvers: Option<Vec<_>> = resolvers.collect::<Vec<_>>().into_iter().collect();
-    let timeout = match &d.verify.timeout {
-        Some(t) => check_duration(t, "spec.dns.verify.timeout", errs),
-        None => Some(validated::DEFAULT_VERIFY_TIMEOUT),
-    };
-    let verify = validated::Verify { resolvers: resolvers?, restart_core_dns: d.verify.restart_core_dns, timeout: timeout? };
-    Some(validated::DnsConfig { provider: provider?, verify })
+        parsed.resolvers.push(a);
+    }
+    if let Some(t) = &d.verify.timeout {
+        parsed.verify_timeout = check_duration(t, "spec.dns.verify.timeout", errs);
+    }
+    provider
 }
 
 /// A DNS provider's zone: a domain that holds the platform record (the root zone holds it
