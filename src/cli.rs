@@ -290,8 +290,8 @@ pub enum DnsCommand {
     Resolve {
         name: String,
         /// `ip` or `ip:port`; repeat for several. Default: the nameservers of /etc/resolv.conf.
-        #[arg(long = "resolver")]
-        resolvers: Vec<String>,
+        #[arg(long = "resolver", value_name = "IP[:PORT]", value_parser = crate::status::read::parse_resolver)]
+        resolvers: Vec<std::net::SocketAddr>,
     },
 }
 
@@ -466,9 +466,8 @@ async fn failover_record(kubeconfig: &std::path::Path) -> anyhow::Result<Option<
     Ok(oldest.and_then(|t| t.status).and_then(|s| s.failover))
 }
 
-async fn dns_resolve(name: &str, resolvers: &[String]) -> anyhow::Result<ExitCode> {
-    let spec = topology::DnsSpec { verify: topology::DnsVerify { resolvers: resolvers.to_vec(), ..Default::default() }, ..Default::default() };
-    let resolvers = dns::verify_resolvers(&spec)?;
+async fn dns_resolve(name: &str, resolvers: &[std::net::SocketAddr]) -> anyhow::Result<ExitCode> {
+    let resolvers = dns::verify_resolvers(resolvers)?;
     let mut failed = false;
     for answer in dns::ask_all(&resolvers, name, Duration::from_secs(3)).await {
         match answer.result {

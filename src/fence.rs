@@ -13,12 +13,12 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
 
 #[cfg(test)]
 use crate::keyspace::DEFAULT_CONTROLLER_NAMESPACE;
 use crate::keyspace::{Filter, DEFAULT_ARGOCD_NAMESPACE, NEVER_COPIED_NAMES};
-use crate::topology::DRTopology;
+use crate::validated::ValidatedTopology;
 
 const MANAGER: &str = "drctl-fence";
 
@@ -54,8 +54,8 @@ const NOT_STORED: [(&str, &[&str]); 3] = [
 const EXEMPT_USERS: [&str; 1] = ["system:apiserver"];
 
 /// Name of the policy and its binding for a topology.
-pub fn name(topo: &DRTopology) -> String {
-    format!("drctl-fence-{}", topo.name_any())
+pub fn name(topo: &ValidatedTopology) -> String {
+    format!("drctl-fence-{}", topo.name())
 }
 
 /// A CEL string literal (JSON's escapes are CEL's).
@@ -106,7 +106,7 @@ fn unfenced_rules(filter: &Filter) -> Vec<NamedRuleWithOperations> {
 /// `spec.sync.fence.exemptUsers`/`exemptGroups` (default `system:masters`, the break-glass admin).
 /// Argo CD is not exempt: what it owns on a standby (its namespace, the DRTopology, excluded
 /// namespaces) is unfenced, and replicated apps arrive from the primary's Argo CD.
-pub fn build(topo: &DRTopology, controller_namespace: &str) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
+pub fn build(topo: &ValidatedTopology, controller_namespace: &str) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let name = name(topo);
     let filter = Filter::new(&topo.spec.sync.exclude, controller_namespace, DEFAULT_ARGOCD_NAMESPACE);
     let mut unfenced: Vec<String> = filter.excluded_namespaces().map(str::to_string).collect();
@@ -170,7 +170,7 @@ pub fn build(topo: &DRTopology, controller_namespace: &str) -> (ValidatingAdmiss
 }
 
 /// Fences this cluster (idempotent: server-side apply).
-pub async fn apply(client: &Client, topo: &DRTopology, controller_namespace: &str) -> Result<(), FenceError> {
+pub async fn apply(client: &Client, topo: &ValidatedTopology, controller_namespace: &str) -> Result<(), FenceError> {
     let (policy, binding) = build(topo, controller_namespace);
     let err = |source| FenceError { name: name(topo), source };
     let pp = PatchParams::apply(MANAGER).force();
@@ -182,7 +182,7 @@ pub async fn apply(client: &Client, topo: &DRTopology, controller_namespace: &st
 }
 
 /// Lifts the fence (idempotent: a missing object is fine).
-pub async fn remove(client: &Client, topo: &DRTopology) -> Result<(), FenceError> {
+pub async fn remove(client: &Client, topo: &ValidatedTopology) -> Result<(), FenceError> {
     let err = |source| FenceError { name: name(topo), source };
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     ignore_missing(bindings.delete(&name(topo), &DeleteParams::default()).await.map(|_| ())).map_err(err)?;
@@ -211,12 +211,13 @@ fn with_type<T: serde::Serialize>(obj: &T, kind: &str) -> serde_json::Value {
 mod tests {
     use super::*;
 
-    fn topo(extra: &str) -> DRTopology {
+    fn topo(extra: &str) -> ValidatedTopology {
         let yaml = format!("{}{extra}", include_str!("../examples/minimal.yaml"));
-        serde_saphyr::from_str(&yaml).expect("example parses")
+        let raw: crate::topology::DRTopology = serde_saphyr::from_str(&yaml).expect("example parses");
+        ValidatedTopology::try_from(&raw).expect("valid")
     }
 
-    fn spec(topo: &DRTopology) -> ValidatingAdmissionPolicySpec {
+    fn spec(topo: &ValidatedTopology) -> ValidatingAdmissionPolicySpec {
         build(topo, DEFAULT_CONTROLLER_NAMESPACE).0.spec.expect("spec")
     }
 

@@ -3,20 +3,32 @@
 //! Each rule the CRD can express is also a CEL rule in `topology.rs`; the rest are listed as
 //! semantic-only in the bad-input catalog (tests/data/bad).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fields::{
-    parse_duration, parse_resolver, FieldError, Floor, CHECK_INTERVAL_FLOOR, DEMOTION_TIMEOUT_FLOOR, FINAL_SYNC_TIMEOUT_FLOOR, VERIFY_TIMEOUT_FLOOR,
-};
+use crate::fields::{parse_duration, FieldError, Floor, CHECK_INTERVAL_FLOOR, DEMOTION_TIMEOUT_FLOOR, FINAL_SYNC_TIMEOUT_FLOOR, VERIFY_TIMEOUT_FLOOR};
 use crate::topology::DRTopologySpec;
 
 /// Groups that are (nearly) everyone: exempting them turns the standby's fence off.
 pub const EVERYONE_GROUPS: [&str; 3] = ["system:authenticated", "system:unauthenticated", "system:serviceaccounts"];
 
-fn floor(value: &str, f: &Floor, errs: &mut Vec<FieldError>) {
-    let (Some(v), Some(min)) = (parse_duration(value), parse_duration(f.min)) else { return };
+/// The values `validate` parsed before these checks run; None where a value did not parse
+/// (validate reported it) or, for `verify_timeout`, is not set.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub vips: Vec<Option<IpAddr>>,
+    pub check_interval: Option<Duration>,
+    pub resolvers: Vec<Option<SocketAddr>>,
+    pub verify_timeout: Option<Duration>,
+    pub demotion_timeout: Option<Duration>,
+    pub final_sync_timeout: Option<Duration>,
+}
+
+/// `value` (the spec's text, parsed as `parsed`) below its floor.
+fn floor(value: &str, parsed: Option<Duration>, f: &Floor, errs: &mut Vec<FieldError>) {
+    let (Some(v), Some(min)) = (parsed, parse_duration(f.min)) else { return };
     if v < min {
         errs.push(FieldError::new(f.field, format!("{value} is below the minimum of {}; {}", f.min, f.why)));
     }
@@ -44,11 +56,11 @@ fn place(url: &str) -> Option<(String, String, u16)> {
 }
 
 /// Every check of this module, in field order.
-pub fn check(spec: &DRTopologySpec) -> Vec<FieldError> {
+pub fn check(spec: &DRTopologySpec, parsed: &Parsed) -> Vec<FieldError> {
     let mut errs = Vec::new();
     for (i, c) in spec.clusters.iter().enumerate() {
         let p = format!("spec.clusters[{i}]");
-        if let Some(why) = c.vip.parse::<IpAddr>().ok().and_then(unreachable_vip) {
+        if let Some(why) = parsed.vips.get(i).copied().flatten().and_then(unreachable_vip) {
             errs.push(FieldError::new(
                 format!("{p}.vip"),
                 format!("{} is {why}; clients cannot reach a VIP there. Use the address of this cluster's load balancer", c.vip),
@@ -88,7 +100,7 @@ pub fn check(spec: &DRTopologySpec) -> Vec<FieldError> {
         }
     }
 
-    floor(&spec.sync.check_interval, &CHECK_INTERVAL_FLOOR, &mut errs);
+    floor(&spec.sync.check_interval, parsed.check_interval, &CHECK_INTERVAL_FLOOR, &mut errs);
     for (i, g) in spec.sync.fence.exempt_groups.iter().enumerate() {
         if EVERYONE_GROUPS.contains(&g.as_str()) {
             errs.push(FieldError::new(
@@ -131,16 +143,16 @@ pub fn check(spec: &DRTopologySpec) -> Vec<FieldError> {
             errs.push(FieldError::new(path, crate::urls::userinfo_message(url)));
         }
     }
-    for (i, r) in d.verify.resolvers.iter().enumerate() {
-        if parse_resolver(r).is_some_and(|a| a.port() == 0) {
+    for (i, (r, a)) in d.verify.resolvers.iter().zip(&parsed.resolvers).enumerate() {
+        if a.is_some_and(|a| a.port() == 0) {
             errs.push(FieldError::new(format!("spec.dns.verify.resolvers[{i}]"), format!("{r} has port 0, where no resolver listens; omit the port for 53")));
         }
     }
     if let Some(t) = &d.verify.timeout {
-        floor(t, &VERIFY_TIMEOUT_FLOOR, &mut errs);
+        floor(t, parsed.verify_timeout, &VERIFY_TIMEOUT_FLOOR, &mut errs);
     }
-    floor(&spec.failover.demotion_timeout, &DEMOTION_TIMEOUT_FLOOR, &mut errs);
-    floor(&spec.failover.final_sync_timeout, &FINAL_SYNC_TIMEOUT_FLOOR, &mut errs);
+    floor(&spec.failover.demotion_timeout, parsed.demotion_timeout, &DEMOTION_TIMEOUT_FLOOR, &mut errs);
+    floor(&spec.failover.final_sync_timeout, parsed.final_sync_timeout, &FINAL_SYNC_TIMEOUT_FLOOR, &mut errs);
     errs
 }
 
@@ -153,8 +165,10 @@ mod tests {
         t.spec
     }
 
+    /// Through validation, which parses the values these checks read (the specs here have no
+    /// other errors).
     fn messages(spec: &DRTopologySpec) -> Vec<String> {
-        check(spec).iter().map(ToString::to_string).collect()
+        crate::validate::validate_spec(spec).iter().map(ToString::to_string).collect()
     }
 
     #[test]

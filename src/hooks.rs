@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::decide::wait::{elapsed, wait_verdict, WaitVerdict};
 use crate::dns::json_post;
 use crate::secret::{SecretError, SecretSource};
-use crate::topology::Hook;
+use crate::validated::{Hook, HookKind};
 
 /// How long a Job hook may run.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
@@ -39,8 +39,6 @@ pub enum HookError {
     JobFailed { hook: String, namespace: String, name: String, reason: String },
     #[error("hook {hook}: Job {namespace}/{name} did not finish within {after:?}")]
     JobTimeout { hook: String, namespace: String, name: String, after: Duration },
-    #[error("hook {0}: sets neither job nor webhook")]
-    Empty(String),
 }
 
 /// Before or after DNS moves; written `pre` or `post` in a webhook's body and a Job's name.
@@ -89,26 +87,28 @@ pub enum HookRun {
 
 /// Calls a webhook, or creates a hook's Job (once) and looks at it.
 pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input: &HookInput<'_>) -> Result<HookRun, HookError> {
-    if let Some(w) = &hook.webhook {
-        let body = serde_json::to_vec(input).map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
-        let key = match &w.hmac_secret_ref {
-            Some(r) => Some(secrets.get(r, "hmacKey").await.map_err(|source| HookError::Secret { hook: hook.name.clone(), source })?),
-            None => None,
-        };
-        let resp = json_post(&reqwest::Client::new(), &w.url, key.as_ref().map(|k| k.expose()), body)
-            .timeout(WEBHOOK_TIMEOUT)
-            .header("X-Drctl-Failover-Id", input.failover_id)
-            .send()
-            .await
-            .map_err(|source| HookError::Http { hook: hook.name.clone(), url: crate::urls::redact(&w.url), source: source.without_url() })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-            return Err(HookError::Status { hook: hook.name.clone(), url: crate::urls::redact(&w.url), status: status.as_u16(), body });
+    let j = match &hook.kind {
+        HookKind::Job(j) => j,
+        HookKind::Webhook(w) => {
+            let body = serde_json::to_vec(input).map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
+            let key = match &w.hmac_secret_ref {
+                Some(r) => Some(secrets.get(r, "hmacKey").await.map_err(|source| HookError::Secret { hook: hook.name.clone(), source })?),
+                None => None,
+            };
+            let resp = json_post(&reqwest::Client::new(), &w.url, key.as_ref().map(|k| k.expose()), body)
+                .timeout(WEBHOOK_TIMEOUT)
+                .header("X-Drctl-Failover-Id", input.failover_id)
+                .send()
+                .await
+                .map_err(|source| HookError::Http { hook: hook.name.clone(), url: crate::urls::redact(&w.url), source: source.without_url() })?;
+            let status = resp.status();
+            if !status.is_success() {
+                let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+                return Err(HookError::Status { hook: hook.name.clone(), url: crate::urls::redact(&w.url), status: status.as_u16(), body });
+            }
+            return Ok(HookRun::Done(format!("{}: webhook answered {}", hook.name, status.as_u16())));
         }
-        return Ok(HookRun::Done(format!("{}: webhook answered {}", hook.name, status.as_u16())));
-    }
-    let Some(j) = &hook.job else { return Err(HookError::Empty(hook.name.clone())) };
+    };
     let spec = serde_json::from_value(j.template.clone()).map_err(|e| HookError::Template { hook: hook.name.clone(), reason: e.to_string() })?;
     // Fixed length whatever the hook's name: the failover id is never cut off (a cut id would
     // find the previous failover's finished Job and skip the hook).

@@ -33,4 +33,5 @@ pub mod status;
 pub mod topology;
 pub mod urls;
 pub mod validate;
+pub mod validated;
 pub mod workloads;

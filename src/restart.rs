@@ -19,7 +19,8 @@ use tracing::{info, instrument};
 use crate::controller::peer::{kubeconfig_client, PeerError};
 use crate::decide::retry::{kube_error_kind, ErrorKind};
 use crate::decide::wait::{wait_verdict, WaitVerdict};
-use crate::topology::{DRTopologySpec, RestartMethod, RestartScope, RestartSpec, RestartWhen};
+use crate::topology::{RestartMethod, RestartScope, RestartSpec, RestartWhen};
+use crate::validated::Spec;
 
 /// The annotation `kubectl rollout restart` uses; drctl writes the same so tools recognise it.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -79,7 +80,7 @@ pub enum Look {
 /// the caller requeues on [`Look::Waiting`], so the reconcile sees a flip back meanwhile.
 pub async fn look(
     local: &Client,
-    spec: &DRTopologySpec,
+    spec: &Spec,
     when: RestartWhen,
     stamp: Timestamp,
     restarted: &mut Option<String>,
@@ -106,7 +107,7 @@ pub async fn look(
 /// Restarts (idempotently, by `stamp`) every restart of `spec` declared for `when`, in this
 /// cluster (`local`) and in the workload clusters (through their kubeconfig Secrets), without
 /// waiting for readiness ([`not_ready_all`] looks). The summary; None when none is declared.
-pub async fn start_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen, stamp: Timestamp) -> Result<Option<String>, RestartsError> {
+pub async fn start_all(local: &Client, spec: &Spec, when: RestartWhen, stamp: Timestamp) -> Result<Option<String>, RestartsError> {
     let targets = targets(local, spec, when).await?;
     if targets.is_empty() {
         return Ok(None);
@@ -121,7 +122,7 @@ pub async fn start_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen,
 
 /// The workloads of the restarts declared for `when` that are not ready (again) yet, as
 /// `Kind/name` (`in <workload cluster>` there).
-pub async fn not_ready_all(local: &Client, spec: &DRTopologySpec, when: RestartWhen) -> Result<Vec<String>, RestartsError> {
+pub async fn not_ready_all(local: &Client, spec: &Spec, when: RestartWhen) -> Result<Vec<String>, RestartsError> {
     let mut out = Vec::new();
     for t in targets(local, spec, when).await? {
         let names = not_ready(&t.client, t.restart).await.map_err(|e| t.error(e))?;
@@ -153,7 +154,7 @@ impl Target<'_> {
     }
 }
 
-async fn targets<'s>(local: &Client, spec: &'s DRTopologySpec, when: RestartWhen) -> Result<Vec<Target<'s>>, RestartsError> {
+async fn targets<'s>(local: &Client, spec: &'s Spec, when: RestartWhen) -> Result<Vec<Target<'s>>, RestartsError> {
     let mut out = Vec::new();
     for r in spec.restarts.iter().filter(|r| r.when.contains(&when)) {
         match r.scope {

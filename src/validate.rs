@@ -5,14 +5,18 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use kube::CustomResourceExt;
 use serde_json::Value;
 
+use crate::decide::plan::FinalSyncBound;
 use crate::exclusions::{default_namespaces, default_resources};
 pub use crate::fields::{parse_duration, parse_go_duration, parse_resolver, DurationError, FieldError};
+use crate::guards::Parsed;
 use crate::keyspace::REGISTRY_PREFIX;
 use crate::topology::{DRTopology, DRTopologySpec, ExcludeSpec, Hook, RestartScope, SyncDriver, DOMAIN_PATTERN, GROUP, KIND, VERSION};
+use crate::validated::{self, ValidatedTopology};
 
 /// Problems with `spec.sync.exclude` (also what `drctl mirror/check` refuse in their flags):
 /// lists add to the defaults, so an entry that would exclude (nearly) the whole keyspace, or a
@@ -246,13 +250,30 @@ fn crd_schema() -> Value {
     schema.unwrap_or(Value::Null)
 }
 
+impl TryFrom<&DRTopology> for ValidatedTopology {
+    type Error = Vec<FieldError>;
+
+    /// Every validation error of the spec ([`validate_spec`]), or the typed topology.
+    fn try_from(topo: &DRTopology) -> Result<Self, Self::Error> {
+        Ok(ValidatedTopology::new(topo.clone(), parse_spec(&topo.spec)?))
+    }
+}
+
 /// Semantic checks on a typed spec: every CEL rule of the CRD, with richer messages, plus more.
 pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
+    parse_spec(spec).err().unwrap_or_default()
+}
+
+/// [`validate_spec`]'s checks, giving the typed spec they prove when there are no errors: the
+/// one place a VIP, duration, resolver, DNS provider or hook is parsed (`validated`).
+fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>> {
     let mut errs = Vec::new();
     let names: Vec<&str> = spec.clusters.iter().map(|c| c.name.as_str()).collect();
 
     let mut seen_names = BTreeSet::new();
     let mut seen_vips = BTreeSet::new();
+    // What the guards read too, and the typed spec is made of.
+    let mut parsed = Parsed::default();
     for (i, c) in spec.clusters.iter().enumerate() {
         let p = format!("spec.clusters[{i}]");
         if !is_dns_label(&c.name) {
@@ -264,16 +285,18 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
         if !seen_names.insert(c.name.as_str()) {
             errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used by another cluster; give each cluster a unique name", c.name)));
         }
-        match c.vip.parse::<IpAddr>() {
+        parsed.vips.push(match c.vip.parse::<IpAddr>() {
             Ok(ip) => {
                 if !seen_vips.insert(ip) {
                     errs.push(FieldError::new(format!("{p}.vip"), format!("{} is also another cluster's VIP; each global has its own VIP", c.vip)));
                 }
+                Some(ip)
             }
             Err(_) => {
-                errs.push(FieldError::new(format!("{p}.vip"), format!("{:?} is not an IPv4 or IPv6 address; write e.g. 192.0.2.10 or 2001:db8::10", c.vip)))
+                errs.push(FieldError::new(format!("{p}.vip"), format!("{:?} is not an IPv4 or IPv6 address; write e.g. 192.0.2.10 or 2001:db8::10", c.vip)));
+                None
             }
-        }
+        });
         check_url(&c.api_server, &format!("{p}.apiServer"), "https://api.global-a.example.com:6443", &mut errs);
         if c.etcd.endpoints.is_empty() {
             errs.push(FieldError::new(format!("{p}.etcd.endpoints"), "is empty; list this cluster's etcd client URLs, e.g. https://10.0.0.1:2379"));
@@ -294,7 +317,7 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
     }
 
     errs.extend(exclude_errors(&spec.sync.exclude));
-    check_duration(&spec.sync.check_interval, "spec.sync.checkInterval", &mut errs);
+    parsed.check_interval = check_duration(&spec.sync.check_interval, "spec.sync.checkInterval", &mut errs);
     if spec.sync.check_read_rate > 0 && spec.sync.check_read_rate < crate::topology::CHECK_READ_RATE_MIN {
         errs.push(FieldError::new(
             "spec.sync.checkReadRate",
@@ -305,21 +328,24 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
             ),
         ));
     }
-    if spec.sync.driver == SyncDriver::Manifest {
-        match &spec.sync.manifest {
-            None => errs.push(FieldError::new("spec.sync.manifest", "is required when spec.sync.driver is manifest; put the platform's sync object here")),
-            Some(m) => {
-                for field in ["apiVersion", "kind"] {
-                    if m.get(field).and_then(Value::as_str).is_none() {
-                        errs.push(FieldError::new(format!("spec.sync.manifest.{field}"), "is missing; the manifest must be a complete Kubernetes object"));
-                    }
-                }
-                if m.pointer("/metadata/name").and_then(Value::as_str).is_none() {
-                    errs.push(FieldError::new("spec.sync.manifest.metadata.name", "is missing; the manifest must be a complete Kubernetes object"));
+    let driver = match (spec.sync.driver, &spec.sync.manifest) {
+        (SyncDriver::Builtin, _) => Some(validated::Driver::Builtin),
+        (SyncDriver::Manifest, None) => {
+            errs.push(FieldError::new("spec.sync.manifest", "is required when spec.sync.driver is manifest; put the platform's sync object here"));
+            None
+        }
+        (SyncDriver::Manifest, Some(m)) => {
+            for field in ["apiVersion", "kind"] {
+                if m.get(field).and_then(Value::as_str).is_none() {
+                    errs.push(FieldError::new(format!("spec.sync.manifest.{field}"), "is missing; the manifest must be a complete Kubernetes object"));
                 }
             }
+            if m.pointer("/metadata/name").and_then(Value::as_str).is_none() {
+                errs.push(FieldError::new("spec.sync.manifest.metadata.name", "is missing; the manifest must be a complete Kubernetes object"));
+            }
+            Some(validated::Driver::Manifest(m.clone()))
         }
-    }
+    };
 
     let mut restart_names = BTreeSet::new();
     for (i, r) in spec.restarts.iter().enumerate() {
@@ -344,12 +370,12 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
         }
     }
 
-    check_dns(spec, &mut errs);
+    let provider = check_dns(spec, &mut parsed, &mut errs);
 
-    check_duration(&spec.failover.demotion_timeout, "spec.failover.demotionTimeout", &mut errs);
-    check_duration(&spec.failover.final_sync_timeout, "spec.failover.finalSyncTimeout", &mut errs);
-    check_hooks(&spec.failover.pre_hooks, "spec.failover.preHooks", &mut errs);
-    check_hooks(&spec.failover.post_hooks, "spec.failover.postHooks", &mut errs);
+    parsed.demotion_timeout = check_duration(&spec.failover.demotion_timeout, "spec.failover.demotionTimeout", &mut errs);
+    parsed.final_sync_timeout = check_duration(&spec.failover.final_sync_timeout, "spec.failover.finalSyncTimeout", &mut errs);
+    let pre_hooks = check_hooks(&spec.failover.pre_hooks, "spec.failover.preHooks", &mut errs);
+    let post_hooks = check_hooks(&spec.failover.post_hooks, "spec.failover.postHooks", &mut errs);
 
     let mut wl_names = BTreeSet::new();
     for (i, w) in spec.workload_clusters.iter().enumerate() {
@@ -357,26 +383,64 @@ pub fn validate_spec(spec: &DRTopologySpec) -> Vec<FieldError> {
             errs.push(FieldError::new(format!("spec.workloadClusters[{i}].name"), format!("{:?} is listed twice; each workload cluster once", w.name)));
         }
     }
-    errs.extend(crate::guards::check(spec));
-    errs
+    errs.extend(crate::guards::check(spec, &parsed));
+    // A value is None only where an error was pushed; the guards add the kubeconfig's.
+    let clusters = spec.clusters.iter().zip(&parsed.vips).map(|(c, vip)| {
+        Some(validated::Cluster {
+            name: c.name.clone(),
+            vip: (*vip)?,
+            api_server: c.api_server.clone(),
+            kubeconfig_secret_ref: c.kubeconfig_secret_ref.clone()?,
+            etcd: c.etcd.clone(),
+            encryption_config_path: c.encryption_config_path.clone().into(),
+        })
+    });
+    let typed = (|| {
+        let f = &spec.failover;
+        Some(validated::Spec {
+            primary: spec.primary.clone(),
+            platform: spec.platform.clone(),
+            clusters: clusters.collect::<Option<_>>()?,
+            sync: validated::SyncConfig {
+                exclude: spec.sync.exclude.clone(),
+                check_interval: parsed.check_interval?,
+                check_read_rate: Some(spec.sync.check_read_rate).filter(|r| *r > 0),
+                driver: driver?,
+                fence: spec.sync.fence.clone(),
+                auto_repair: spec.sync.auto_repair,
+                health: spec.sync.health.clone(),
+            },
+            restarts: spec.restarts.clone(),
+            dns: validated::DnsConfig {
+                provider: provider?,
+                verify: validated::Verify {
+                    resolvers: parsed.resolvers.iter().copied().collect::<Option<_>>()?,
+                    restart_core_dns: spec.dns.verify.restart_core_dns,
+                    timeout: if spec.dns.verify.timeout.is_some() { parsed.verify_timeout? } else { validated::DEFAULT_VERIFY_TIMEOUT },
+                },
+            },
+            failover: validated::FailoverConfig {
+                max_missed_keys: f.max_missed_keys,
+                demotion_timeout: parsed.demotion_timeout?,
+                final_sync: FinalSyncBound { timeout: parsed.final_sync_timeout?, policy: f.final_sync_policy },
+                pre_hooks: pre_hooks?,
+                post_hooks: post_hooks?,
+                dry_run: f.dry_run,
+                allow_encryption_config_mismatch: f.allow_encryption_config_mismatch,
+            },
+            workload_clusters: spec.workload_clusters.clone(),
+        })
+    })();
+    match typed {
+        Some(t) if errs.is_empty() => Ok(t),
+        _ => Err(errs),
+    }
 }
 
-fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
+/// The provider `spec.dns` sets; its resolvers and timeout go to `parsed`.
+fn check_dns(spec: &DRTopologySpec, parsed: &mut Parsed, errs: &mut Vec<FieldError>) -> Option<validated::DnsProvider> {
     let d = &spec.dns;
-    let set: Vec<&str> = [
-        ("rfc2136", d.rfc2136.is_some()),
-        ("powerdns", d.powerdns.is_some()),
-        ("externalDns", d.external_dns.is_some()),
-        ("webhook", d.webhook.is_some()),
-        ("manual", d.manual.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(n, on)| on.then_some(n))
-    .collect();
-    if set.len() != 1 {
-        let what = if set.is_empty() { "none".to_string() } else { set.join(", ") };
-        errs.push(FieldError::new("spec.dns", format!("sets {what}; set exactly one of rfc2136, powerdns, externalDns, webhook, manual")));
-    }
+    let provider = validated::DnsProvider::of(d).map_err(|why| errs.push(FieldError::new("spec.dns", why))).ok();
     if let Some(r) = &d.rfc2136 {
         errs.extend(zone_error(&r.zone, &spec.platform.domain, "spec.dns.rfc2136.zone"));
         if r.server.trim().is_empty() {
@@ -391,16 +455,19 @@ fn check_dns(spec: &DRTopologySpec, errs: &mut Vec<FieldError>) {
         check_url(&w.url, "spec.dns.webhook.url", "https://dns-switch.example.com/hook", errs);
     }
     for (i, r) in d.verify.resolvers.iter().enumerate() {
-        if parse_resolver(r).is_none() {
+        let a = parse_resolver(r);
+        if a.is_none() {
             errs.push(FieldError::new(
                 format!("spec.dns.verify.resolvers[{i}]"),
                 format!("{r:?} is not a resolver address; write ip or ip:port, e.g. 10.96.0.10 or [2001:db8::53]:53"),
             ));
         }
+        parsed.resolvers.push(a);
     }
     if let Some(t) = &d.verify.timeout {
-        check_duration(t, "spec.dns.verify.timeout", errs);
+        parsed.verify_timeout = check_duration(t, "spec.dns.verify.timeout", errs);
     }
+    provider
 }
 
 /// A DNS provider's zone: a domain that holds the platform record (the root zone holds it
@@ -426,19 +493,25 @@ fn parent_zone(domain: &str) -> String {
     }
 }
 
-fn check_hooks(hooks: &[Hook], path: &str, errs: &mut Vec<FieldError>) {
+fn check_hooks(hooks: &[Hook], path: &str, errs: &mut Vec<FieldError>) -> Option<Vec<validated::Hook>> {
     let mut names = BTreeSet::new();
+    let mut typed = Vec::new();
     for (i, h) in hooks.iter().enumerate() {
         let p = format!("{path}[{i}]");
         if !names.insert(h.name.as_str()) {
             errs.push(FieldError::new(format!("{p}.name"), format!("{:?} is used twice; hook names must be unique", h.name)));
         }
-        match (&h.job, &h.webhook) {
-            (Some(_), None) => {}
-            (None, Some(w)) => check_url(&w.url, &format!("{p}.webhook.url"), "https://hooks.example.com/vip", errs),
-            _ => errs.push(FieldError::new(p, "sets both or neither of job and webhook; set exactly one")),
+        let hook = validated::Hook::of(h);
+        match &hook {
+            Some(validated::Hook { kind: validated::HookKind::Webhook(w), .. }) => {
+                check_url(&w.url, &format!("{p}.webhook.url"), "https://hooks.example.com/vip", errs)
+            }
+            Some(_) => {}
+            None => errs.push(FieldError::new(p, "sets both or neither of job and webhook; set exactly one")),
         }
+        typed.push(hook);
     }
+    typed.into_iter().collect()
 }
 
 fn check_url(s: &str, path: &str, example: &str, errs: &mut Vec<FieldError>) {
@@ -448,15 +521,16 @@ fn check_url(s: &str, path: &str, example: &str, errs: &mut Vec<FieldError>) {
     }
 }
 
-fn check_duration(s: &str, path: &str, errs: &mut Vec<FieldError>) {
-    match parse_go_duration(s) {
-        Ok(_) => {}
-        Err(DurationError::Malformed) => errs.push(FieldError::new(path, format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h30m"))),
-        Err(DurationError::Overflow) => errs.push(FieldError::new(
-            path,
-            format!("{s} is longer than the largest duration Kubernetes evaluates ({}h, about 292 years); use e.g. 5m", i64::MAX / 3_600_000_000_000),
-        )),
-    }
+fn check_duration(s: &str, path: &str, errs: &mut Vec<FieldError>) -> Option<Duration> {
+    let message = match parse_go_duration(s) {
+        Ok(d) => return Some(d),
+        Err(DurationError::Malformed) => format!("{s:?} is not a duration; write e.g. 30s, 5m or 1h30m"),
+        Err(DurationError::Overflow) => {
+            format!("{s} is longer than the largest duration Kubernetes evaluates ({}h, about 292 years); use e.g. 5m", i64::MAX / 3_600_000_000_000)
+        }
+    };
+    errs.push(FieldError::new(path, message));
+    None
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use drctl::dns::{self, DnsError, RecordKind, SwitchAction, SwitchContext};
 use drctl::secret::LocalSecrets;
 use drctl::topology::{DnsSpec, Platform};
+use drctl::validated::{DnsProvider, Verify};
 use serde_json::json;
 use support::dns::{dig, BindServer, PowerDnsServer, Tsig};
 
@@ -28,18 +29,18 @@ fn platform() -> Platform {
     Platform { domain: DOMAIN.into(), ttl: 30 }
 }
 
-fn spec(v: serde_json::Value) -> DnsSpec {
-    serde_json::from_value(v).expect("DnsSpec")
+fn spec(v: serde_json::Value) -> DnsProvider {
+    DnsProvider::of(&serde_json::from_value::<DnsSpec>(v).expect("DnsSpec")).expect("one provider")
 }
 
-fn pdns_spec(p: &PowerDnsServer) -> DnsSpec {
+fn pdns_spec(p: &PowerDnsServer) -> DnsProvider {
     spec(json!({
         "powerdns": {"apiUrl": p.api_url(), "zone": ZONE, "apiKeySecretRef": {"namespace": "dns", "name": "pdns"}},
         "verify": {"resolvers": [p.addr().to_string()]},
     }))
 }
 
-fn bind_spec(b: &BindServer, key_name: &str, algorithm: &str) -> DnsSpec {
+fn bind_spec(b: &BindServer, key_name: &str, algorithm: &str) -> DnsProvider {
     spec(json!({
         "rfc2136": {
             "server": b.addr().to_string(), "zone": format!("{ZONE}."), "tsigKeyName": key_name,
@@ -57,7 +58,7 @@ fn secrets(entries: &[(&str, &str, &str)]) -> LocalSecrets {
     s
 }
 
-async fn switch(spec: &DnsSpec, target: &str, secrets: &LocalSecrets) -> Result<dns::SwitchOutcome, DnsError> {
+async fn switch(spec: &DnsProvider, target: &str, secrets: &LocalSecrets) -> Result<dns::SwitchOutcome, DnsError> {
     let annotations = BTreeMap::new();
     let ctx = SwitchContext { secrets, kube: None, annotations: &annotations };
     dns::switch(spec, &platform(), ip(target), &ctx).await
@@ -70,7 +71,7 @@ async fn resolved(server: SocketAddr) -> Vec<IpAddr> {
 /// The same sequence for any provider that can read its record back: set IPv4, set it again
 /// (nothing to do), then switch to IPv6 (AAAA set, A removed). Checked through drctl's resolver
 /// and through `dig`.
-async fn switch_sequence(spec: &DnsSpec, server: SocketAddr, secrets: &LocalSecrets, provider: &str) {
+async fn switch_sequence(spec: &DnsProvider, server: SocketAddr, secrets: &LocalSecrets, provider: &str) {
     let o = switch(spec, NEW, secrets).await.expect("switch to NEW");
     assert_eq!(o.provider, provider);
     assert_eq!(o.action, SwitchAction::Updated);
@@ -177,7 +178,7 @@ async fn verify_times_out_naming_each_answer_then_succeeds_after_the_hook_fixes_
     p.set(DOMAIN, "A", 30, &[NEW]);
     b.nsupdate(&format!("update add {DOMAIN}. 30 A {OLD}"));
     let resolvers = [p.addr(), b.addr()];
-    let verify_spec = spec(json!({"manual": {}, "verify": {"resolvers": [p.addr().to_string(), b.addr().to_string()]}}));
+    let verify_spec = Verify { resolvers: resolvers.to_vec(), restart_core_dns: false, timeout: Duration::from_millis(1500) };
 
     let hooks = AtomicU32::new(0);
     let started = std::time::Instant::now();

@@ -190,7 +190,8 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     eventually("the workloads replicated", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]));
 
     // The fence, as the standby's controller installs it.
-    let topo: drctl::topology::DRTopology = serde_saphyr::from_str(include_str!("../examples/minimal.yaml")).expect("example parses");
+    let raw: drctl::topology::DRTopology = serde_saphyr::from_str(include_str!("../examples/minimal.yaml")).expect("example parses");
+    let topo = drctl::validated::ValidatedTopology::try_from(&raw).expect("the example is valid");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async { drctl::fence::apply(&standby.api.client().await, &topo, drctl::keyspace::DEFAULT_CONTROLLER_NAMESPACE).await.expect("fence applied") });
     let rs_controller = "system:serviceaccount:kube-system:replicaset-controller";

@@ -13,7 +13,7 @@ use super::replication::{filter_for, SyncManager};
 use super::watchdog::Watchdog;
 use crate::decide::notes::event_note;
 use crate::metrics::Metrics;
-use crate::topology::DRTopology;
+use crate::validated::ValidatedTopology;
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -56,9 +56,9 @@ impl Context {
         }
     }
 
-    pub async fn event(&self, obj: &DRTopology, type_: EventType, reason: &str, action: &str, note: String) {
+    pub async fn event(&self, obj: &ValidatedTopology, type_: EventType, reason: &str, action: &str, note: String) {
         let ev = Event { type_, reason: reason.into(), note: Some(event_note(note)), action: action.into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&ev, &obj.object().object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
         }
     }
@@ -66,7 +66,7 @@ impl Context {
 
 /// Deletes this cluster's pods of replicated workloads (`crate::workloads`) and says so in a
 /// `ReplicatedPodsStopped` Event; a failure is logged, not fatal (the next check tries again).
-pub async fn stop_replicated_pods(ctx: &Context, topo: &DRTopology, action: &str) {
+pub async fn stop_replicated_pods(ctx: &Context, topo: &ValidatedTopology, action: &str) {
     match crate::workloads::stop_replicated_pods(&ctx.client, &filter_for(topo, &ctx.args.namespace)).await {
         Ok(0) => {}
         Ok(n) => {

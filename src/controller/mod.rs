@@ -45,8 +45,8 @@ use crate::failover::runbook::{self, Runbook};
 use crate::http;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::topology::{DRTopology, DRTopologySpec, Phase};
-use crate::validate;
+use crate::topology::{DRTopology, Phase};
+use crate::validated::ValidatedTopology;
 use status::StatusWriter;
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
@@ -175,58 +175,76 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
             return Ok(Requeue::requeue(Duration::from_secs(60)));
         }
         w.status.encryption_config_sha256 = own_fingerprint(ctx, &topo).await;
-        let invalid = record_validity(&mut w.status, &spec_errors(&topo.spec, ctx.self_name()), topo.metadata.generation);
-        let peer_name = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.clone()).unwrap_or_default();
+        // Parsed once: from here on the spec is read typed.
+        let parsed = parse(&topo, ctx.self_name());
+        let invalid = record_validity(&mut w.status, parsed.as_ref().err().map(Vec::as_slice).unwrap_or_default(), topo.metadata.generation);
+        let v = parsed.as_ref().ok();
+        let peer_name = v.and_then(|v| v.spec.peer_of(ctx.self_name())).map(|c| c.name.clone()).unwrap_or_default();
         // An invalid spec is not acted on: not even the peer is asked.
-        let peer = if invalid { PeerView::Unreachable } else { observe_peer(ctx, &topo, &peer_name, w).await };
+        let peer = match v {
+            Some(v) => observe_peer(ctx, v, &peer_name, w).await,
+            None => PeerView::Unreachable,
+        };
         let status_now = w.status.clone();
         let mut observed = Observed {
             self_name: ctx.self_name(),
             spec_primary: &topo.spec.primary,
             invalid,
-            dry_run: topo.spec.failover.dry_run,
+            dry_run: v.is_some_and(|v| v.spec.failover.dry_run),
             status: Some(&status_now),
             peer: peer.clone(),
             dns_here: None,
             now: Timestamp::now(),
-            final_sync: runbook::final_sync_bound(&topo),
+            final_sync: v.map(|v| v.spec.failover.final_sync).unwrap_or_default(),
             generation: topo.metadata.generation,
             retry: topo.annotations().get(RETRY_ANNOTATION).map(String::as_str),
         };
         // Asked only when a reclaim is possible: a reclaim never happens while DNS is known
         // to point elsewhere.
-        if plan::asks_dns(&observed) {
-            observed.dns_here = dns_points_here(&topo, ctx.self_name()).await.0;
+        if let Some(v) = v.filter(|_| plan::asks_dns(&observed)) {
+            observed.dns_here = dns_points_here(v, ctx.self_name()).await.0;
         }
         let action = plan::plan(&observed);
         tracing::debug!(?action, "planned");
+        // Invalid: the planner held, and that is all until the spec changes.
+        let Some(v) = v else {
+            w.status = transition(&action, &w.status, &facts(ctx, &topo, &peer_name));
+            return finish(ctx, &topo, w, HOLD_REQUEUE).await;
+        };
         if action != Action::Hold {
             // After the plan: a primary holding the role for a peer that abandoned its failover
             // is not fenced, though spec.primary names the peer. Still before any action, so an
             // old primary is fenced before it writes its demotion token.
-            fence_as_declared(ctx, &topo, &w.status, &action).await;
+            fence_as_declared(ctx, v, &w.status, &action).await;
         }
-        ctx.watchdog.beat(watchdog::step_budget(&action, &topo.spec));
-        match act(ctx, &topo, w, action, &peer, &peer_name).await? {
+        ctx.watchdog.beat(watchdog::step_budget(&action, &v.spec));
+        match act(ctx, v, w, action, &peer, &peer_name).await? {
             Next::Continue => continue,
-            Next::Requeue(d) => {
-                w.write().await?;
-                ctx.metrics.observe_status(&w.status);
-                ctx.metrics.observe_thresholds(&Thresholds::of(&topo));
-                return Ok(Requeue::requeue(d));
-            }
+            Next::Requeue(d) => return finish(ctx, &topo, w, d).await,
         }
     }
 }
 
-/// What is wrong with the spec for this controller: every validation error, and a
-/// `--cluster-name` the spec does not list. Empty when it may be acted on.
-fn spec_errors(spec: &DRTopologySpec, self_name: &str) -> Vec<String> {
-    let mut msgs: Vec<String> = validate::validate_spec(spec).iter().map(|e| e.to_string()).collect();
-    if spec.cluster(self_name).is_none() {
+/// Writes the status and its metrics, and requeues after `after`.
+async fn finish(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, after: Duration) -> Result<Requeue, Error> {
+    w.write().await?;
+    ctx.metrics.observe_status(&w.status);
+    ctx.metrics.observe_thresholds(&Thresholds::of(topo));
+    Ok(Requeue::requeue(after))
+}
+
+/// The spec as this controller acts on it, or what is wrong with it: every validation error,
+/// and a `--cluster-name` the spec does not list.
+fn parse(topo: &DRTopology, self_name: &str) -> Result<ValidatedTopology, Vec<String>> {
+    let mut msgs = Vec::new();
+    let parsed = ValidatedTopology::try_from(topo).map_err(|errs| msgs.extend(errs.iter().map(ToString::to_string)));
+    if topo.spec.cluster(self_name).is_none() {
         msgs.push(format!("spec.clusters: no cluster is named {self_name:?} (this controller's --cluster-name)"));
     }
-    msgs
+    match parsed {
+        Ok(v) if msgs.is_empty() => Ok(v),
+        _ => Err(msgs),
+    }
 }
 
 /// Records the spec's validity in `Valid` (and, when invalid, `Ready` and the phase); true when
@@ -243,9 +261,9 @@ fn record_validity(status: &mut crate::topology::DRTopologyStatus, errors: &[Str
 }
 
 /// Reads the peer for the planner, recording `PeerReachable` and the peer's term.
-async fn observe_peer(ctx: &Context, topo: &DRTopology, peer_name: &str, w: &mut StatusWriter) -> PeerView {
+async fn observe_peer(ctx: &Context, topo: &ValidatedTopology, peer_name: &str, w: &mut StatusWriter) -> PeerView {
     let (peer, peer_err) = peer::observe(&ctx.client, topo, peer_name).await;
-    let generation = topo.metadata.generation;
+    let generation = topo.generation();
     match &peer_err {
         None => set_condition(&mut w.status, ConditionType::PeerReachable, true, Reason::Reachable, &format!("{peer_name} answered"), generation),
         Some(e) => set_condition(&mut w.status, ConditionType::PeerReachable, false, Reason::Unreachable, e, generation),
@@ -265,16 +283,8 @@ enum Next {
 
 /// Executes one planned action: the I/O it needs first (stopping replication, reading DNS,
 /// etcd or the GitOps repo), then the status `transition` says, then its write and Events.
-async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action: Action, peer: &PeerView, peer_name: &str) -> Result<Next, Error> {
-    let mut facts = Facts {
-        self_name: ctx.self_name(),
-        peer_name,
-        spec_primary: &topo.spec.primary,
-        generation: topo.metadata.generation,
-        retry: topo.annotations().get(RETRY_ANNOTATION).map(String::as_str),
-        now: Timestamp::now(),
-        ..Default::default()
-    };
+async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter, action: Action, peer: &PeerView, peer_name: &str) -> Result<Next, Error> {
+    let mut facts = facts(ctx, topo.object(), peer_name);
     let stop_replication = || async { sync::stop_replication(ctx, topo).await.map_err(Error::StopReplication) };
     match &action {
         Action::BootstrapPrimary | Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => stop_replication().await?,
@@ -380,10 +390,23 @@ async fn act(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter, action
     }
 }
 
+/// The facts every action's `transition` reads; the action adds its own.
+fn facts<'a>(ctx: &'a Context, topo: &'a DRTopology, peer_name: &'a str) -> Facts<'a> {
+    Facts {
+        self_name: ctx.self_name(),
+        peer_name,
+        spec_primary: &topo.spec.primary,
+        generation: topo.metadata.generation,
+        retry: topo.annotations().get(RETRY_ANNOTATION).map(String::as_str),
+        now: Timestamp::now(),
+        ..Default::default()
+    }
+}
+
 /// Writes the demotion token `transition` recorded, says so in an Event and stops this
 /// cluster's pods of replicated workloads: they run on the new primary only (its controllers
 /// make their own).
-async fn stepped_down(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, new_primary: &str) -> Result<(), Error> {
+async fn stepped_down(ctx: &Context, topo: &ValidatedTopology, w: &mut StatusWriter, new_primary: &str) -> Result<(), Error> {
     w.write().await?;
     let rev = w.status.demotion.as_ref().and_then(|d| d.final_revision).map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
     ctx.event(topo, EventType::Normal, "DemotionAcknowledged", "Demote", format!("{} stepped down for {new_primary} at revision {rev}", ctx.self_name())).await;
@@ -392,19 +415,19 @@ async fn stepped_down(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, ne
 }
 
 /// How long FinalSync of this cluster's failover in progress may still try (zero once its bound is used).
-fn final_sync_left_now(status: &crate::topology::DRTopologyStatus, topo: &DRTopology) -> Option<Duration> {
-    let bound = runbook::final_sync_bound(topo).timeout;
+fn final_sync_left_now(status: &crate::topology::DRTopologyStatus, topo: &ValidatedTopology) -> Option<Duration> {
+    let bound = topo.spec.failover.final_sync.timeout;
     status.failover.as_ref().and_then(|f| plan::final_sync_left(f, Timestamp::now(), bound))
 }
 
 /// Whether the verify resolvers answer exactly this cluster's VIP for the platform domain:
 /// `Some(true)` when all do, `Some(false)` when one answered something else, None when that is
 /// unknown (no resolver answered, no resolvers configured).
-async fn dns_points_here(topo: &DRTopology, self_name: &str) -> (Option<bool>, String) {
-    let Some(vip) = topo.spec.cluster(self_name).and_then(|c| c.vip.parse::<std::net::IpAddr>().ok()) else {
-        return (None, "this cluster has no valid VIP in spec.clusters".into());
+async fn dns_points_here(topo: &ValidatedTopology, self_name: &str) -> (Option<bool>, String) {
+    let Some(vip) = topo.spec.cluster(self_name).map(|c| c.vip) else {
+        return (None, "this cluster is not in spec.clusters".into());
     };
-    let resolvers = match crate::dns::verify_resolvers(&topo.spec.dns) {
+    let resolvers = match crate::dns::verify_resolvers(&topo.spec.dns.verify.resolvers) {
         Ok(r) => r,
         Err(e) => return (None, e.to_string()),
     };
@@ -428,7 +451,7 @@ async fn dns_points_here(topo: &DRTopology, self_name: &str) -> (Option<bool>, S
 /// failover has stopped replicating (StopSync lifts it, before the hooks, DNS and restarts), so
 /// its own controllers never act on data the mirror is still writing. Re-applied every minute in
 /// case something removed it.
-async fn fence_as_declared(ctx: &Context, topo: &DRTopology, status: &crate::topology::DRTopologyStatus, action: &Action) {
+async fn fence_as_declared(ctx: &Context, topo: &ValidatedTopology, status: &crate::topology::DRTopologyStatus, action: &Action) {
     let fenced = fence_wanted(&FenceFacts {
         enabled: topo.spec.sync.fence.enabled,
         declared_primary: topo.spec.primary == ctx.self_name(),
@@ -503,18 +526,18 @@ mod tests {
 
     #[test]
     fn an_invalid_spec_reaches_the_planner_and_is_held() {
-        let example: DRTopology = serde_saphyr::from_str(include_str!("../../examples/minimal.yaml")).expect("example");
-        let mut spec = example.spec;
-        let plan_for = |spec: &DRTopologySpec, self_name: &str| {
+        let mut topo: DRTopology = serde_saphyr::from_str(include_str!("../../examples/minimal.yaml")).expect("example");
+        let errors = |topo: &DRTopology, self_name: &str| parse(topo, self_name).err().unwrap_or_default();
+        let plan_for = |topo: &DRTopology, self_name: &str| {
             let mut st = crate::topology::DRTopologyStatus::default();
-            let invalid = record_validity(&mut st, &spec_errors(spec, self_name), Some(1));
-            let o = Observed { self_name, spec_primary: &spec.primary, invalid, status: Some(&st), ..Default::default() };
+            let invalid = record_validity(&mut st, &errors(topo, self_name), Some(1));
+            let o = Observed { self_name, spec_primary: &topo.spec.primary, invalid, status: Some(&st), ..Default::default() };
             (plan::plan(&o), st.phase)
         };
-        let (valid, _) = plan_for(&spec, "global-a");
-        assert_ne!(valid, Action::Hold, "a valid spec is acted on: {:?}", spec_errors(&spec, "global-a"));
-        assert_eq!(plan_for(&spec, "global-c"), (Action::Hold, Some(Phase::Invalid)), "a --cluster-name the spec does not list holds");
-        spec.clusters[1].vip = spec.clusters[0].vip.clone();
-        assert_eq!(plan_for(&spec, "global-a"), (Action::Hold, Some(Phase::Invalid)), "an invalid spec holds: {:?}", spec_errors(&spec, "global-a"));
+        let (valid, _) = plan_for(&topo, "global-a");
+        assert_ne!(valid, Action::Hold, "a valid spec is acted on: {:?}", errors(&topo, "global-a"));
+        assert_eq!(plan_for(&topo, "global-c"), (Action::Hold, Some(Phase::Invalid)), "a --cluster-name the spec does not list holds");
+        topo.spec.clusters[1].vip = topo.spec.clusters[0].vip.clone();
+        assert_eq!(plan_for(&topo, "global-a"), (Action::Hold, Some(Phase::Invalid)), "an invalid spec holds: {:?}", errors(&topo, "global-a"));
     }
 }

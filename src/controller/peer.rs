@@ -12,6 +12,7 @@ use crate::decide::plan::{PeerFailover, PeerState, PeerView, Step};
 use crate::decide::retry::{kube_error_kind, ErrorKind};
 use crate::secret::{KubeSecrets, SecretError, SecretSource};
 use crate::topology::{DRTopology, SecretRef};
+use crate::validated::ValidatedTopology;
 
 /// How long a peer call may take before the peer counts as unreachable.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(4);
@@ -60,8 +61,8 @@ impl PeerError {
 }
 
 /// A client for cluster `name` of the topology, from its kubeconfig Secret in this cluster.
-pub async fn client_for(local: &Client, topo: &DRTopology, name: &str) -> Result<Client, PeerError> {
-    let r = topo.spec.cluster(name).and_then(|c| c.kubeconfig_secret_ref.clone()).ok_or_else(|| PeerError::NoKubeconfig(name.to_string()))?;
+pub async fn client_for(local: &Client, topo: &ValidatedTopology, name: &str) -> Result<Client, PeerError> {
+    let r = topo.spec.cluster(name).map(|c| c.kubeconfig_secret_ref.clone()).ok_or_else(|| PeerError::NoKubeconfig(name.to_string()))?;
     kubeconfig_client(local, &r).await
 }
 
@@ -91,14 +92,14 @@ pub async fn get_topology(peer: &Client, peer_name: &str, name: &str) -> Result<
 }
 
 /// The peer's DRTopology of the same name as `topo`.
-pub async fn read(local: &Client, topo: &DRTopology, peer_name: &str) -> Result<Option<DRTopology>, PeerError> {
+pub async fn read(local: &Client, topo: &ValidatedTopology, peer_name: &str) -> Result<Option<DRTopology>, PeerError> {
     let c = client_for(local, topo, peer_name).await?;
-    get_topology(&c, peer_name, &kube::ResourceExt::name_any(topo)).await
+    get_topology(&c, peer_name, &topo.name()).await
 }
 
 /// Observes the peer for the planner; any failure is `Unreachable` plus the reason.
-pub async fn observe(local: &Client, topo: &DRTopology, peer_name: &str) -> (PeerView, Option<String>) {
-    let name = kube::ResourceExt::name_any(topo);
+pub async fn observe(local: &Client, topo: &ValidatedTopology, peer_name: &str) -> (PeerView, Option<String>) {
+    let name = topo.name();
     match read(local, topo, peer_name).await {
         Ok(Some(t)) => (PeerView::Reachable(peer_state(&t, peer_name)), None),
         Ok(None) => (PeerView::Reachable(PeerState::default()), Some(format!("peer {peer_name} has no DRTopology {name} yet"))),

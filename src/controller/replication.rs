@@ -16,7 +16,7 @@ use crate::etcd::{self, Endpoint};
 use crate::keyspace::Filter;
 use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
 use crate::secret::SecretError;
-use crate::topology::DRTopology;
+use crate::validated::ValidatedTopology;
 
 /// What identifies a running mirror: when any of it changes, the mirror restarts.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,7 +122,7 @@ pub fn secret_error_kind(e: &SecretError) -> ErrorKind {
 }
 
 /// What the mirror and every repair copy: the spec's exclusions on top of the defaults.
-pub fn filter_for(topo: &DRTopology, namespace: &str) -> Filter {
+pub fn filter_for(topo: &ValidatedTopology, namespace: &str) -> Filter {
     Filter::new(&topo.spec.sync.exclude, namespace, crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)
 }
 

@@ -21,11 +21,11 @@ use crate::decide::wait::{restarts_next, RestartsNext};
 use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
 use crate::restart;
 use crate::secret::{KubeSecrets, SecretSource};
-use crate::topology::{ClusterSpec, DRTopology, DRTopologyStatus, Phase, RestartWhen, RestartsBegun, SyncDriver, SyncStatus};
-use crate::validate::parse_duration;
+use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, SyncStatus};
+use crate::validated::{Cluster, Driver, ValidatedTopology};
 
 /// This cluster's etcd as an endpoint, with mTLS material from its Secret.
-async fn endpoint(ctx: &Context, c: &ClusterSpec) -> Result<Endpoint, SyncError> {
+async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
     let tls = match &c.etcd.tls_secret_ref {
         None => None,
         Some(r) => {
@@ -47,17 +47,16 @@ async fn endpoint(ctx: &Context, c: &ClusterSpec) -> Result<Endpoint, SyncError>
 
 /// Stops whatever replicates into this cluster: the in-process mirror, or with
 /// `sync.driver: manifest` the platform's own sync object. Idempotent.
-pub async fn stop_replication(ctx: &Context, topo: &DRTopology) -> Result<(), SyncError> {
+pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
     ctx.sync.stop().await;
-    if topo.spec.sync.driver == SyncDriver::Manifest {
-        manifest(ctx, topo, false).await?;
+    if let Driver::Manifest(m) = &topo.spec.sync.driver {
+        manifest(ctx, m, false).await?;
     }
     Ok(())
 }
 
 /// Applies (server-side) or deletes the `sync.manifest` object.
-async fn manifest(ctx: &Context, topo: &DRTopology, present: bool) -> Result<(), SyncError> {
-    let Some(m) = &topo.spec.sync.manifest else { return Ok(()) };
+async fn manifest(ctx: &Context, m: &serde_json::Value, present: bool) -> Result<(), SyncError> {
     let err = |e: String| SyncError::Manifest(e);
     let obj: DynamicObject = serde_json::from_value(m.clone()).map_err(|e| err(format!("not a Kubernetes object: {e}")))?;
     let gvk =
@@ -81,7 +80,7 @@ async fn manifest(ctx: &Context, topo: &DRTopology, present: bool) -> Result<(),
 }
 
 /// Starts (or keeps, or restarts on change) the mirror from the declared primary into this cluster.
-pub async fn ensure_mirror(ctx: &Context, topo: &DRTopology, self_name: &str) -> Result<(), SyncError> {
+pub async fn ensure_mirror(ctx: &Context, topo: &ValidatedTopology, self_name: &str) -> Result<(), SyncError> {
     // The source is whoever is primary by declaration, or during a failover to us, the peer.
     let source_name = if topo.spec.primary == self_name { topo.spec.peer_of(self_name).map(|c| c.name.clone()) } else { Some(topo.spec.primary.clone()) }
         .ok_or_else(|| SyncError::UnknownCluster(self_name.to_string()))?;
@@ -114,7 +113,7 @@ pub async fn ensure_mirror(ctx: &Context, topo: &DRTopology, self_name: &str) ->
 }
 
 /// This cluster's own etcd head revision and cluster ID (the demotion token's content).
-pub async fn own_revision(ctx: &Context, topo: &DRTopology) -> Result<(i64, String), SyncError> {
+pub async fn own_revision(ctx: &Context, topo: &ValidatedTopology) -> Result<(i64, String), SyncError> {
     let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
     let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
     let (cluster_id, revision) = etcd::head(&mut conn.kv).await.map_err(SyncError::Status)?;
@@ -124,11 +123,11 @@ pub async fn own_revision(ctx: &Context, topo: &DRTopology) -> Result<(i64, Stri
 /// One standby reconcile: mirror running, status and conditions current, the periodic check
 /// and a look at the once-only `syncEnabled` / `demotion` restarts. Some(when to look again)
 /// while those wait for readiness.
-pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter) -> Option<Duration> {
-    let generation = topo.metadata.generation;
-    if topo.spec.sync.driver == SyncDriver::Manifest {
+pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter) -> Option<Duration> {
+    let generation = topo.generation();
+    if let Driver::Manifest(m) = &topo.spec.sync.driver {
         // The platform's own synchronizer does the work; drctl only keeps its object present.
-        let (ok, why) = match manifest(ctx, topo, true).await {
+        let (ok, why) = match manifest(ctx, m, true).await {
             Ok(()) => (true, "sync delegated to spec.sync.manifest (applied); drctl does not measure its lag".to_string()),
             Err(e) => (false, e.to_string()),
         };
@@ -150,7 +149,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         sync.lag_seconds = Some((lag * 1000.0).round() / 1000.0);
     }
     let following = p.phase == crate::mirror::Phase::Following;
-    let interval = parse_duration(&topo.spec.sync.check_interval).unwrap_or(Duration::from_secs(300));
+    let interval = topo.spec.sync.check_interval;
     // The check runs beside the reconciles (see `replication::PeriodicCheck`): this one records
     // a check that finished and starts the next when it is due.
     if let Some(done) = ctx.sync.finished_periodic().await {
@@ -177,7 +176,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
     }
     let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
     if following && due {
-        let read_rate = Some(topo.spec.sync.check_read_rate).filter(|r| *r > 0);
+        let read_rate = topo.spec.sync.check_read_rate;
         ctx.sync.start_periodic(topo.spec.sync.auto_repair, read_rate).await;
     }
     let sync = w.status.sync.clone().unwrap_or_default();
@@ -191,7 +190,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &DRTopology, w: &mut StatusWriter
         reported_lag_seconds: sync.lag_seconds,
         max_lag_seconds: ctx.args.max_lag_seconds,
         last_check: last_check.as_ref(),
-        thresholds: Thresholds::of(topo),
+        thresholds: Thresholds::of(topo.object()),
         source,
     });
     record_health(&mut w.status, &health, generation);
@@ -223,7 +222,7 @@ fn restarts_record(st: &mut DRTopologyStatus, when: RestartWhen) -> Option<(&mut
 /// a controller killed mid-way restarts nothing twice), what they restarted is kept, and
 /// readiness is looked at once per reconcile until `--restart-ready-timeout` from their start.
 /// Some(when to look again) while they wait.
-async fn occasion_restarts(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, when: RestartWhen) -> Option<Duration> {
+async fn occasion_restarts(ctx: &Context, topo: &ValidatedTopology, w: &mut StatusWriter, when: RestartWhen) -> Option<Duration> {
     let now = Timestamp::now();
     let declared = topo.spec.restarts.iter().any(|r| r.when.contains(&when));
     let (done, begun) = restarts_record(&mut w.status, when)?;

@@ -15,17 +15,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::decide::plan::{Action, Step};
-use crate::topology::DRTopologySpec;
-use crate::validate::parse_duration;
+use crate::validated::{Hook, HookKind, Spec};
 
 /// What one look of any action may take on top of its own budget: several API calls, a peer's
 /// timeout or two, DNS queries.
 pub const STALL_AFTER: Duration = Duration::from_secs(120);
 
 /// How long one run of `action` may take before the reconcile counts as stalled (pure).
-pub fn step_budget(action: &Action, spec: &DRTopologySpec) -> Duration {
+pub fn step_budget(action: &Action, spec: &Spec) -> Duration {
     let own = match action {
-        Action::RunStep(Step::FinalSync) => parse_duration(&spec.failover.final_sync_timeout).unwrap_or(Duration::from_secs(120)),
+        Action::RunStep(Step::FinalSync) => spec.failover.final_sync.timeout,
         Action::RunStep(Step::PreHooks) => webhooks_budget(&spec.failover.pre_hooks),
         Action::RunStep(Step::PostHooks) => webhooks_budget(&spec.failover.post_hooks),
         _ => Duration::ZERO,
@@ -34,8 +33,8 @@ pub fn step_budget(action: &Action, spec: &DRTopologySpec) -> Duration {
 }
 
 /// One look of a hook step calls each webhook not yet done; a Job hook's look only reads its Job.
-fn webhooks_budget(hooks: &[crate::topology::Hook]) -> Duration {
-    hooks.iter().filter(|h| h.job.is_none()).map(|_| crate::hooks::WEBHOOK_TIMEOUT).fold(Duration::ZERO, Duration::saturating_add)
+fn webhooks_budget(hooks: &[Hook]) -> Duration {
+    hooks.iter().filter(|h| matches!(h.kind, HookKind::Webhook(_))).map(|_| crate::hooks::WEBHOOK_TIMEOUT).fold(Duration::ZERO, Duration::saturating_add)
 }
 
 #[derive(Debug, Default)]
@@ -95,10 +94,10 @@ impl Watchdog {
 mod tests {
     use super::*;
 
-    fn spec() -> DRTopologySpec {
+    fn spec() -> Spec {
         let text = include_str!("../../examples/minimal.yaml");
         let t: crate::topology::DRTopology = serde_saphyr::from_str(text).expect("example");
-        t.spec
+        crate::validated::ValidatedTopology::try_from(&t).expect("valid").spec
     }
 
     #[test]
@@ -121,10 +120,10 @@ mod tests {
     fn a_look_gets_the_budget_of_its_longest_synchronous_part() {
         let mut s = spec();
         // The whole waits are long; one look of them is not.
-        s.failover.demotion_timeout = "10m".into();
-        s.failover.final_sync_timeout = "3m".into();
-        s.dns.verify.timeout = Some("5m".into());
-        let hook = |name: &str, job: bool| -> crate::topology::Hook {
+        s.failover.demotion_timeout = Duration::from_secs(600);
+        s.failover.final_sync.timeout = Duration::from_secs(180);
+        s.dns.verify.timeout = Duration::from_secs(300);
+        let hook = |name: &str, job: bool| -> Hook {
             let kind = if job {
                 serde_json::json!({"job": {"namespace": "drctl-system", "template": {}}})
             } else {
@@ -132,7 +131,7 @@ mod tests {
             };
             let mut v = kind;
             v["name"] = name.into();
-            serde_json::from_value(v).expect("hook")
+            Hook::of(&serde_json::from_value(v).expect("hook")).expect("one kind")
         };
         s.failover.pre_hooks = vec![hook("notify", false), hook("forward", true), hook("page", false)];
         s.failover.post_hooks = vec![hook("forward", true)];

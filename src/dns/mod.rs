@@ -22,14 +22,11 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::secret::{SecretError, SecretSource};
-use crate::topology::{DnsSpec, Platform};
-use crate::validate::{parse_duration, parse_resolver};
+use crate::topology::Platform;
+use crate::validated::{DnsProvider, Verify};
 
 pub use manual::{manual_status, ManualStatus, CONFIRM_ANNOTATION};
 pub use webhook::{json_post, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-
-/// How long `VerifyDNS` waits when `spec.dns.verify.timeout` is not set.
-pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One DNS query's own time limit; verification retries within its overall timeout.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -190,22 +187,18 @@ impl DnsError {
 
 /// Sets the platform domain's record to `target` through the configured provider.
 #[tracing::instrument(skip_all, fields(domain = %platform.domain, %target))]
-pub async fn switch(spec: &DnsSpec, platform: &Platform, target: IpAddr, ctx: &SwitchContext<'_>) -> Result<SwitchOutcome, DnsError> {
-    let outcome = if let Some(p) = &spec.rfc2136 {
-        rfc2136::switch(p, platform, target, ctx.secrets).await?
-    } else if let Some(p) = &spec.powerdns {
-        powerdns::switch(p, platform, target, ctx.secrets).await?
-    } else if let Some(p) = &spec.external_dns {
-        let Some(client) = &ctx.kube else {
-            return Err(DnsError::Config("externalDns needs a Kubernetes client".into()));
-        };
-        external_dns::switch(p, platform, target, client).await?
-    } else if let Some(p) = &spec.webhook {
-        webhook::switch(p, platform, target, ctx.secrets).await?
-    } else if let Some(p) = &spec.manual {
-        manual::switch(p, platform, target, ctx.annotations)
-    } else {
-        return Err(DnsError::Config("no provider set; set one of rfc2136, powerdns, externalDns, webhook, manual".into()));
+pub async fn switch(provider: &DnsProvider, platform: &Platform, target: IpAddr, ctx: &SwitchContext<'_>) -> Result<SwitchOutcome, DnsError> {
+    let outcome = match provider {
+        DnsProvider::Rfc2136(p) => rfc2136::switch(p, platform, target, ctx.secrets).await?,
+        DnsProvider::PowerDns(p) => powerdns::switch(p, platform, target, ctx.secrets).await?,
+        DnsProvider::ExternalDns(p) => {
+            let Some(client) = &ctx.kube else {
+                return Err(DnsError::Config("externalDns needs a Kubernetes client".into()));
+            };
+            external_dns::switch(p, platform, target, client).await?
+        }
+        DnsProvider::Webhook(p) => webhook::switch(p, platform, target, ctx.secrets).await?,
+        DnsProvider::Manual(p) => manual::switch(p, platform, target, ctx.annotations),
     };
     info!(outcome = %outcome, "dns switch");
     Ok(outcome)
@@ -279,32 +272,24 @@ pub struct VerifyOutcome {
     pub elapsed: Duration,
 }
 
-/// `spec.dns.verify.timeout`, or the default.
-pub fn verify_timeout(spec: &DnsSpec) -> Result<Duration, DnsError> {
-    match &spec.verify.timeout {
-        None => Ok(DEFAULT_VERIFY_TIMEOUT),
-        Some(t) => parse_duration(t).ok_or_else(|| DnsError::Config(format!("verify.timeout {t:?} is not a duration like 30s or 5m"))),
-    }
-}
-
-/// `spec.dns.verify.resolvers`, or the system's resolvers when the list is empty.
-pub fn verify_resolvers(spec: &DnsSpec) -> Result<Vec<SocketAddr>, DnsError> {
-    if spec.verify.resolvers.is_empty() {
+/// `resolvers` (`spec.dns.verify.resolvers`), or the system's resolvers when there are none.
+pub fn verify_resolvers(resolvers: &[SocketAddr]) -> Result<Vec<SocketAddr>, DnsError> {
+    if resolvers.is_empty() {
         return system_resolvers();
     }
-    spec.verify.resolvers.iter().map(|r| parse_resolver(r).ok_or_else(|| DnsError::Config(format!("verify.resolvers: {r:?} is not ip or ip:port")))).collect()
+    Ok(resolvers.to_vec())
 }
 
 /// Resolves the platform domain through `spec.dns.verify.resolvers` until every one answers
 /// exactly `target` (and no address of the other family). While any is wrong, calls `on_wrong`
 /// with what each answered (the controller restarts CoreDNS there), then retries with backoff.
 /// Gives up after `timeout` with an error naming what each resolver last answered.
-pub async fn verify<F, Fut>(spec: &DnsSpec, platform: &Platform, target: IpAddr, timeout: Duration, on_wrong: F) -> Result<VerifyOutcome, DnsError>
+pub async fn verify<F, Fut>(spec: &Verify, platform: &Platform, target: IpAddr, timeout: Duration, on_wrong: F) -> Result<VerifyOutcome, DnsError>
 where
     F: FnMut(Vec<ResolverAnswer>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let resolvers = verify_resolvers(spec)?;
+    let resolvers = verify_resolvers(&spec.resolvers)?;
     verify_at(&resolvers, &platform.domain, target, timeout, on_wrong).await
 }
 

@@ -10,6 +10,7 @@ use crate::controller::peer;
 use crate::decide::plan::{plan as decide, Action, Observed, PeerView};
 use crate::topology::DRTopology;
 use crate::validate;
+use crate::validated::ValidatedTopology;
 
 pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name: Option<&str>) -> anyhow::Result<ExitCode> {
     let (topo, client) = match file {
@@ -41,24 +42,27 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
         let names: Vec<&str> = topo.spec.clusters.iter().map(|c| c.name.as_str()).collect();
         anyhow::bail!("{to:?} is not one of spec.clusters[].name ({})", names.join(", "));
     };
-    let (view, why) = match &client {
-        Some(c) => peer::observe(c, &topo, &peer_cluster.name).await,
-        None => (PeerView::Unreachable, Some("reading from a file: the peer is not consulted".into())),
+    // The topology as it would be with `to` primary: what the planner and the runbook read.
+    let mut hypothetical = topo.clone();
+    hypothetical.spec.primary = to.to_string();
+    let parsed = ValidatedTopology::try_from(&hypothetical);
+    let (view, why) = match (&client, &parsed) {
+        (Some(c), Ok(v)) => peer::observe(c, v, &peer_cluster.name).await,
+        (Some(_), Err(_)) => (PeerView::Unreachable, Some("the topology is invalid: the peer is not consulted".into())),
+        (None, _) => (PeerView::Unreachable, Some("reading from a file: the peer is not consulted".into())),
     };
-    let mut hypothetical = topo.spec.clone();
-    hypothetical.primary = to.to_string();
     let status = topo.status.clone();
     let action = decide(&Observed {
         self_name: to,
-        spec_primary: &hypothetical.primary,
-        invalid: !validate::validate_spec(&hypothetical).is_empty(),
+        spec_primary: to,
+        invalid: parsed.is_err(),
         dry_run: false,
         status: status.as_ref(),
         peer: view.clone(),
         // Not asked: a plan shown to a person does not query DNS.
         dns_here: None,
         now: k8s_openapi::jiff::Timestamp::now(),
-        final_sync: runbook::final_sync_bound(&topo),
+        final_sync: parsed.as_ref().map(|v| v.spec.failover.final_sync).unwrap_or_default(),
         // Flipping spec.primary is a spec change (a new generation): it retries an abandoned failover.
         generation: topo.metadata.generation.filter(|_| topo.spec.primary == to),
         retry: kube::ResourceExt::annotations(&topo).get(crate::decide::plan::RETRY_ANNOTATION).map(String::as_str),
@@ -68,8 +72,16 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
         println!("peer: {w}");
     }
     println!("next action: {action:?}");
-    if matches!(action, Action::StartFailover { .. } | Action::RunStep(_)) || topo.spec.primary != to {
-        println!("{}", runbook::describe(&topo, to, &view));
+    match &parsed {
+        Ok(v) if matches!(action, Action::StartFailover { .. } | Action::RunStep(_)) || topo.spec.primary != to => {
+            println!("{}", runbook::describe(v, to, &view))
+        }
+        Ok(_) => {}
+        Err(errors) => {
+            for e in errors {
+                println!("invalid: {e}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -50,15 +50,11 @@ pub enum StepError {
     Hook(Box<HookError>),
     #[error("this cluster is not in spec.clusters")]
     NotInSpec,
-    #[error("spec vip {0:?} is not an IP address")]
-    BadVip(String),
     #[error(transparent)]
     SwitchDns(Box<DnsError>),
     /// The provider waits for an operator (`manual`): the step is retried until it is done.
     #[error("{0}")]
     DnsNotSwitched(String),
-    #[error(transparent)]
-    VerifyTimeout(Box<DnsError>),
     #[error(transparent)]
     VerifyDns(Box<DnsError>),
     #[error(transparent)]
@@ -83,7 +79,7 @@ impl StepError {
             StepError::StartMirror(e) | StepError::CatchUp(e) | StepError::Check(e) | StepError::StopSync(e) => e.kind(),
             StepError::LiftFence(e) => e.kind(),
             StepError::Hook(e) => hook_error_kind(e),
-            StepError::NotInSpec | StepError::BadVip(_) | StepError::VerifyTimeout(_) => InvalidSpec,
+            StepError::NotInSpec => InvalidSpec,
             StepError::SwitchDns(e) | StepError::VerifyDns(e) => dns_error_kind(e),
             StepError::Restart(e) => e.kind(),
         }
@@ -107,7 +103,7 @@ fn hook_error_kind(e: &HookError) -> ErrorKind {
         HookError::Kube { source, .. } => kube_error_kind(source),
         // The hook ran and said no: a human looks before it runs again.
         HookError::JobFailed { .. } => ErrorKind::Configuration,
-        HookError::Template { .. } | HookError::Empty(_) => ErrorKind::InvalidSpec,
+        HookError::Template { .. } => ErrorKind::InvalidSpec,
     }
 }
 
@@ -153,7 +149,7 @@ mod tests {
                 ErrorKind::Configuration,
             ),
             (StepError::SwitchDns(Box::new(DnsError::Config("no provider".into()))), ErrorKind::Configuration),
-            (StepError::BadVip("10.0.0".into()), ErrorKind::InvalidSpec),
+            (StepError::NotInSpec, ErrorKind::InvalidSpec),
             (
                 StepError::Restart(Box::new(RestartsError::Reach { cluster: "w1".into(), source: PeerError::NoKubeconfig("w1".into()) })),
                 ErrorKind::Configuration,

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::events::EventType;
-use kube::ResourceExt;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::error::StepError;
@@ -21,7 +20,7 @@ use crate::controller::status::StatusWriter;
 use crate::controller::sync::{ensure_mirror, stop_replication};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
-use crate::decide::plan::{final_sync_left, step_record, FinalSyncBound, PeerView, Step};
+use crate::decide::plan::{final_sync_left, step_record, PeerView, Step};
 use crate::decide::standby::record_check;
 use crate::decide::transition::{failover_done, record_step};
 use crate::decide::wait::{elapsed_since, recheck_within, wait_verdict, WaitVerdict, RECHECK};
@@ -29,8 +28,8 @@ use crate::dns;
 use crate::hooks;
 use crate::restart;
 use crate::secret::KubeSecrets;
-use crate::topology::{DRTopology, FailoverStatus, HookDone, Phase, RestartScope, RestartWhen, RpoToken, StepState};
-use crate::validate::parse_duration;
+use crate::topology::{FailoverStatus, HookDone, Phase, RestartScope, RestartWhen, RpoToken, StepState};
+use crate::validated::{Driver, Hook, ValidatedTopology};
 
 /// What one run of a step ended with.
 pub enum Outcome {
@@ -68,7 +67,7 @@ pub enum StepRun {
 
 pub struct Runbook<'a> {
     pub ctx: &'a Arc<Context>,
-    pub topo: &'a DRTopology,
+    pub topo: &'a ValidatedTopology,
     pub peer_name: &'a str,
     pub status: &'a mut StatusWriter,
 }
@@ -79,7 +78,7 @@ impl Runbook<'_> {
     }
 
     fn generation(&self) -> Option<i64> {
-        self.topo.metadata.generation
+        self.topo.generation()
     }
 
     fn failover(&mut self) -> Result<&mut FailoverStatus, StepError> {
@@ -250,7 +249,7 @@ impl Runbook<'_> {
     /// disaster; "since when" is kept in status), and never when the failure is our own
     /// configuration or credentials.
     async fn demote(&mut self) -> Result<Outcome, StepError> {
-        let timeout = parse_duration(&self.topo.spec.failover.demotion_timeout).unwrap_or(Duration::from_secs(120));
+        let timeout = self.topo.spec.failover.demotion_timeout;
         let waited = self.step_waited(Step::Demote)?;
         let now = Timestamp::now();
         let read = peer::read(&self.ctx.client, self.topo, self.peer_name).await;
@@ -279,7 +278,7 @@ impl Runbook<'_> {
         };
         let facts = DemoteFacts { self_name: self.self_name(), answer, down_for, waited, timeout };
         let (topo, peer_name) = (self.topo, self.peer_name);
-        let timeout_s = &topo.spec.failover.demotion_timeout;
+        let timeout_s = format!("{:?}", topo.spec.failover.demotion_timeout);
         let wait = || {
             let why = match down_for {
                 Some(d) => format!("waiting: {peer_name} unreachable for {}s in a row; a disaster after {timeout_s}", d.as_secs()),
@@ -322,9 +321,9 @@ impl Runbook<'_> {
     async fn final_sync(&mut self) -> Result<Outcome, StepError> {
         // One look waits a moment at most; once the step's bound is used the last look's error is
         // recorded and the planner applies the bound's policy.
-        let bound = final_sync_bound(self.topo).timeout;
+        let bound = self.topo.spec.failover.final_sync.timeout;
         let left = self.status.status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), bound)).unwrap_or(bound);
-        if self.topo.spec.sync.driver == crate::topology::SyncDriver::Manifest {
+        if matches!(self.topo.spec.sync.driver, Driver::Manifest(_)) {
             return Ok(Outcome::skipped("sync.driver is manifest: the platform's synchronizer cannot be asked for its revision"));
         }
         let acked = self.status.status.failover.as_ref().and_then(|f| f.rpo_token.clone());
@@ -413,7 +412,7 @@ impl Runbook<'_> {
         Ok(())
     }
 
-    async fn hooks(&mut self, list: &[crate::topology::Hook], phase: hooks::Phase) -> Result<Outcome, StepError> {
+    async fn hooks(&mut self, list: &[Hook], phase: hooks::Phase) -> Result<Outcome, StepError> {
         if list.is_empty() {
             return Ok(Outcome::skipped(format!("no {phase}-hooks")));
         }
@@ -426,8 +425,7 @@ impl Runbook<'_> {
                 done.push(msg);
                 continue;
             }
-            let input =
-                hooks::HookInput { hook: &h.name, phase, topology: &self.topo.name_any(), from: self.peer_name, to: self.self_name(), failover_id: &id };
+            let input = hooks::HookInput { hook: &h.name, phase, topology: &self.topo.name(), from: self.peer_name, to: self.self_name(), failover_id: &id };
             match hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))? {
                 hooks::HookRun::Done(msg) => {
                     self.failover()?.hooks_done.push(HookDone { phase: phase.to_string(), name: h.name.clone(), message: msg.clone() });
@@ -440,8 +438,7 @@ impl Runbook<'_> {
     }
 
     fn target_vip(&self) -> Result<std::net::IpAddr, StepError> {
-        let c = self.topo.spec.cluster(self.self_name()).ok_or(StepError::NotInSpec)?;
-        c.vip.parse().map_err(|_| StepError::BadVip(c.vip.clone()))
+        Ok(self.topo.spec.cluster(self.self_name()).ok_or(StepError::NotInSpec)?.vip)
     }
 
     async fn switch_dns(&mut self) -> Result<Outcome, StepError> {
@@ -449,7 +446,8 @@ impl Runbook<'_> {
         let secrets = KubeSecrets::new(self.ctx.client.clone());
         let annotations = self.topo.annotations().clone();
         let sctx = dns::SwitchContext { secrets: &secrets, kube: Some(self.ctx.client.clone()), annotations: &annotations };
-        let outcome = dns::switch(&self.topo.spec.dns, &self.topo.spec.platform, target, &sctx).await.map_err(|e| StepError::SwitchDns(Box::new(e)))?;
+        let outcome =
+            dns::switch(&self.topo.spec.dns.provider, &self.topo.spec.platform, target, &sctx).await.map_err(|e| StepError::SwitchDns(Box::new(e)))?;
         if !outcome.is_done() {
             return Err(StepError::DnsNotSwitched(outcome.to_string()));
         }
@@ -465,9 +463,9 @@ impl Runbook<'_> {
         let target = self.target_vip()?;
         let spec = &self.topo.spec.dns;
         let domain = &self.topo.spec.platform.domain;
-        let timeout = dns::verify_timeout(spec).map_err(|e| StepError::VerifyTimeout(Box::new(e)))?;
+        let timeout = spec.verify.timeout;
         let waited = self.step_waited(Step::VerifyDns)?;
-        let resolvers = dns::verify_resolvers(spec).map_err(|e| StepError::VerifyDns(Box::new(e)))?;
+        let resolvers = dns::verify_resolvers(&spec.verify.resolvers).map_err(|e| StepError::VerifyDns(Box::new(e)))?;
         let answers = dns::ask_verify(&resolvers, domain, target).await.map_err(|e| StepError::VerifyDns(Box::new(e)))?;
         let generation = self.generation();
         let said = answers.iter().map(|a| a.to_string()).collect::<Vec<_>>().join("; ");
@@ -517,16 +515,9 @@ fn bad_time(field: &str, value: &str, e: k8s_openapi::jiff::Error) -> StepError 
     StepError::BadTime { field: field.to_string(), value: value.to_string(), reason: e.to_string() }
 }
 
-/// `spec.failover.finalSyncTimeout` (validated; the default if it somehow does not parse) and
-/// `finalSyncPolicy`.
-pub fn final_sync_bound(topo: &DRTopology) -> FinalSyncBound {
-    let f = &topo.spec.failover;
-    FinalSyncBound { timeout: parse_duration(&f.final_sync_timeout).unwrap_or(Duration::from_secs(120)), policy: f.final_sync_policy }
-}
-
 /// The steps a failover to `self_name` would run now and the facts they rest on
 /// (`spec.failover.dryRun`, `drctl failover plan`).
-pub fn describe(topo: &DRTopology, self_name: &str, peer: &PeerView) -> String {
+pub fn describe(topo: &ValidatedTopology, self_name: &str, peer: &PeerView) -> String {
     let peer_name = topo.spec.peer_of(self_name).map(|c| c.name.as_str()).unwrap_or("?");
     let mut lines = Vec::new();
     for step in Step::ALL {
@@ -538,7 +529,7 @@ pub fn describe(topo: &DRTopology, self_name: &str, peer: &PeerView) -> String {
             Step::PreHooks => format!("{} hook(s)", topo.spec.failover.pre_hooks.len()),
             Step::PostHooks => format!("{} hook(s)", topo.spec.failover.post_hooks.len()),
             Step::SwitchDns | Step::VerifyDns => {
-                format!("{} -> {}", topo.spec.platform.domain, topo.spec.cluster(self_name).map(|c| c.vip.as_str()).unwrap_or("?"))
+                format!("{} -> {}", topo.spec.platform.domain, topo.spec.cluster(self_name).map(|c| c.vip.to_string()).unwrap_or_else(|| "?".into()))
             }
             Step::Restart => {
                 let names: Vec<&str> = topo.spec.restarts.iter().filter(|r| r.when.contains(&RestartWhen::Failover)).map(|r| r.name.as_str()).collect();

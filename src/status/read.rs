@@ -52,7 +52,8 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     crate::validate::parse_duration(s).filter(|d| !d.is_zero()).ok_or_else(|| format!("{s:?} is not a duration like 5s or 500ms"))
 }
 
-fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+/// A `--resolver` flag: `ip` or `ip:port`.
+pub(crate) fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
     crate::validate::parse_resolver(s).ok_or_else(|| format!("{s:?} is not ip or ip:port"))
 }
 
@@ -165,7 +166,10 @@ fn same_global(seen: &[(&str, &str, Option<&str>)]) -> Option<StatusError> {
 }
 
 async fn ask_dns(t: &DRTopology, resolvers: &[SocketAddr]) -> Result<Vec<ResolverAnswer>, String> {
-    let resolvers = if resolvers.is_empty() { dns::verify_resolvers(&t.spec.dns).map_err(|e| e.to_string())? } else { resolvers.to_vec() };
+    // The topology may be invalid (status shows it anyway): its resolvers are read one by one.
+    let configured = t.spec.dns.verify.resolvers.iter().map(|r| parse_resolver(r).map_err(|e| format!("spec.dns: verify.resolvers: {e}")));
+    let resolvers =
+        if resolvers.is_empty() { dns::verify_resolvers(&configured.collect::<Result<Vec<_>, _>>()?).map_err(|e| e.to_string())? } else { resolvers.to_vec() };
     Ok(dns::ask_all(&resolvers, &t.spec.platform.domain, DNS_TIMEOUT).await)
 }
 
