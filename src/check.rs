@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointError, CHECKPOINT_KEY};
 use crate::copy_order::{self, ReadRange};
-use crate::etcd::{self, Conn, Kv};
+use crate::etcd::{self, Conn, Kv, Side};
 use crate::keyspace::{prefix_end, Filter, REGISTRY_PREFIX};
 use crate::managed_fields::{last_writer, Writer};
 
@@ -40,14 +40,14 @@ type KeyTask<T> = BoxFuture<'static, Result<T, CheckError>>;
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error("etcd request to the {side} failed: {source}")]
-    Etcd { side: &'static str, source: etcd_client::Error },
+    Etcd { side: Side, source: etcd_client::Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     SameCluster(#[from] etcd::SameCluster),
 }
 
-fn on(side: &'static str) -> impl FnOnce(etcd_client::Error) -> CheckError {
+fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> CheckError {
     move |source| CheckError::Etcd { side, source }
 }
 
@@ -150,8 +150,8 @@ async fn read_both(
     limit: i64,
     keys_only: bool,
 ) -> Result<(etcd::Page, etcd::Page), CheckError> {
-    tokio::try_join!(async { etcd::range_page_of(source, start, end, revision, limit, keys_only).await.map_err(on("source")) }, async {
-        etcd::range_page_of(dest, start, end, 0, limit, keys_only).await.map_err(on("destination"))
+    tokio::try_join!(async { etcd::range_page_of(source, start, end, revision, limit, keys_only).await.map_err(on(Side::Source)) }, async {
+        etcd::range_page_of(dest, start, end, 0, limit, keys_only).await.map_err(on(Side::Destination))
     },)
 }
 
@@ -379,12 +379,12 @@ pub struct Check {
 pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOptions) -> Result<Check, CheckError> {
     let started = Instant::now();
     let (mut skv, mut dkv) = (source.kv.clone(), dest.kv.clone());
-    let (cluster_id, head) = etcd::head(&mut skv).await.map_err(on("source"))?;
-    etcd::distinct(cluster_id, etcd::head(&mut dkv).await.map_err(on("destination"))?.0)?;
+    let (cluster_id, head) = etcd::head(&mut skv).await.map_err(on(Side::Source))?;
+    etcd::distinct(cluster_id, etcd::head(&mut dkv).await.map_err(on(Side::Destination))?.0)?;
     let at = compare_revision(&mut dkv, cluster_id, head).await?;
     let (revision, (mut differences, checked, all)) = match scan(&mut skv, &mut dkv, filter, at, opts).await {
         // The checkpoint's revision is gone from the source's history: compare with now.
-        Err(CheckError::Etcd { side: "source", source: e }) if etcd::is_compacted(&e) => (head, scan(&mut skv, &mut dkv, filter, head, opts).await?),
+        Err(CheckError::Etcd { side: Side::Source, source: e }) if etcd::is_compacted(&e) => (head, scan(&mut skv, &mut dkv, filter, head, opts).await?),
         r => (at, r?),
     };
     if !differences.is_empty() && !opts.settle.is_zero() {
@@ -438,7 +438,7 @@ async fn compare_revision(dest: &mut KvClient, cluster_id: u64, head: i64) -> Re
 
 async fn scan(skv: &mut KvClient, dkv: &mut KvClient, filter: &Filter, at: i64, opts: &CheckOptions) -> Result<(Vec<Difference>, u64, u64), CheckError> {
     let start = REGISTRY_PREFIX.as_bytes().to_vec();
-    let found = copy_order::discover(skv, at).await.map_err(on("source"))?;
+    let found = copy_order::discover(skv, at).await.map_err(on(Side::Source))?;
     let ranges = copy_order::read_ranges(&start, &prefix_end(&start), &found, filter);
     let mut pager = DiffPager::over(ranges, at, opts.page_bytes);
     let (mut diffs, mut checked, mut all) = (Vec::new(), 0, 0);
@@ -468,7 +468,7 @@ struct Cut {
 /// destination as it is.
 async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: u64) -> Result<Option<Cut>, CheckError> {
     let txn = Txn::new().and_then(vec![TxnOp::get(key, None), TxnOp::get(CHECKPOINT_KEY, None)]);
-    let resp = dkv.txn(txn).await.map_err(on("destination"))?;
+    let resp = dkv.txn(txn).await.map_err(on(Side::Destination))?;
     let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
         etcd_client::TxnOpResponse::Get(g) => Some(g),
         _ => None,
@@ -476,7 +476,7 @@ async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
     let dest = gets.next().and_then(|g| g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())));
     let checkpoint = gets.next().and_then(|g| g.kvs().first().map(|kv| (kv.value().to_vec(), kv.mod_revision())));
     let (revision, checkpoint_unchanged) = match checkpoint {
-        None => (etcd::head(&mut skv).await.map_err(on("source"))?.1, Compare::version(CHECKPOINT_KEY, CompareOp::Equal, 0)),
+        None => (etcd::head(&mut skv).await.map_err(on(Side::Source))?.1, Compare::version(CHECKPOINT_KEY, CompareOp::Equal, 0)),
         Some((value, mod_revision)) => match serde_json::from_slice::<Checkpoint>(&value) {
             // May be past a head read earlier: the mirror applied more since; the source has it.
             Ok(cp) if cp.cluster_id == cluster_id && cp.copy.is_none() && cp.pending.is_none() => {
@@ -488,7 +488,7 @@ async fn read_cut(mut skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
     let src = match skv.get(key, Some(GetOptions::new().with_revision(revision))).await {
         Ok(r) => r,
         Err(e) if etcd::is_compacted(&e) => return Ok(None),
-        Err(e) => return Err(on("source")(e)),
+        Err(e) => return Err(on(Side::Source)(e)),
     };
     let source = src.kvs().first().map(|kv| kv.value().to_vec());
     Ok(Some(Cut { difference: Difference::between(key.to_vec(), source, dest), checkpoint_unchanged }))
@@ -548,7 +548,7 @@ async fn write_at_cut(skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
         },
         cut.checkpoint_unchanged,
     ];
-    let resp = dkv.txn(Txn::new().when(guards).and_then(vec![op])).await.map_err(|e| NotWritten::Failed(on("destination")(e)))?;
+    let resp = dkv.txn(Txn::new().when(guards).and_then(vec![op])).await.map_err(|e| NotWritten::Failed(on(Side::Destination)(e)))?;
     if resp.succeeded() {
         Ok(fix)
     } else {
@@ -563,7 +563,7 @@ async fn write_at_cut(skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
 /// when a difference found under other exclusions names it.
 #[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
 pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
-    let (cluster_id, _) = etcd::head(&mut source.kv.clone()).await.map_err(on("source"))?;
+    let (cluster_id, _) = etcd::head(&mut source.kv.clone()).await.map_err(on(Side::Source))?;
     let writes: Vec<KeyTask<Fix>> = differences
         .iter()
         .map(|d| {

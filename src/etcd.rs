@@ -193,6 +193,22 @@ pub fn distinct(source_id: u64, dest_id: u64) -> Result<(), SameCluster> {
     }
 }
 
+/// Which of the two etcds of a copy or a check a request went to: errors name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        })
+    }
+}
+
 /// True when `e` says the requested revision was compacted away.
 pub fn is_compacted(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))

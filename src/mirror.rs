@@ -20,7 +20,7 @@ use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
 pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, CHECKPOINT_KEY};
 use crate::copy_order;
-use crate::etcd::{self, Conn, Endpoint, EtcdError};
+use crate::etcd::{self, Conn, Endpoint, EtcdError, Side};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum MirrorError {
     #[error(transparent)]
     Connect(#[from] EtcdError),
     #[error("etcd request to the {side} failed: {source}")]
-    Etcd { side: &'static str, source: etcd_client::Error },
+    Etcd { side: Side, source: etcd_client::Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -45,9 +45,9 @@ pub enum MirrorError {
     Task(String),
 }
 
-fn on(side: &'static str) -> impl FnOnce(etcd_client::Error) -> MirrorError {
+fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> MirrorError {
     move |source| {
-        if side == "source" && etcd::is_compacted(&source) {
+        if side == Side::Source && etcd::is_compacted(&source) {
             MirrorError::Compacted
         } else {
             MirrorError::Etcd { side, source }
@@ -260,7 +260,7 @@ impl Batch {
 async fn apply(mut kv: KvClient, ops: Vec<Op>, checkpoint: Option<Checkpoint>) -> Result<(), MirrorError> {
     let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(Op::txn_op).collect();
     txn_ops.extend(checkpoint.map(|c| c.op()));
-    kv.txn(Txn::new().and_then(txn_ops)).await.map_err(on("destination"))?;
+    kv.txn(Txn::new().and_then(txn_ops)).await.map_err(on(Side::Destination))?;
     Ok(())
 }
 
@@ -370,8 +370,8 @@ impl Mirror {
         self.update(|p| p.phase = Phase::Connecting);
         let src = etcd::connect(&self.cfg.source).await?;
         let dst = etcd::connect(&self.cfg.dest).await?;
-        let (cluster_id, head) = etcd::head(&mut src.kv.clone()).await.map_err(on("source"))?;
-        let (dest_id, _) = etcd::head(&mut dst.kv.clone()).await.map_err(on("destination"))?;
+        let (cluster_id, head) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
+        let (dest_id, _) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
         etcd::distinct(cluster_id, dest_id)?;
         self.update(|p| {
             p.source_cluster_id = cluster_id;
@@ -419,7 +419,7 @@ impl Mirror {
             };
             match result {
                 Err(MirrorError::Compacted) => {
-                    let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on("source"))?;
+                    let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
                     tracing::warn!(revision = now, "source compacted past the checkpoint: full resync");
                     self.update(|p| p.resyncs += 1);
                     start = Start::Copy { revision: now, cursor: CopyCursor::start(true) };
@@ -438,7 +438,7 @@ impl Mirror {
         let total = skv
             .get(REGISTRY_PREFIX, Some(etcd_client::GetOptions::new().with_prefix().with_count_only().with_revision(revision)))
             .await
-            .map_err(on("source"))?
+            .map_err(on(Side::Source))?
             .count();
         self.update(|p| {
             p.phase = Phase::Copying;
@@ -451,7 +451,7 @@ impl Mirror {
         let mut done = cursor.clone();
         type Pending = BoxFuture<'static, Result<(CopyCursor, u64, u64), MirrorError>>;
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
-        let found = copy_order::discover(&mut skv, revision).await.map_err(on("source"))?;
+        let found = copy_order::discover(&mut skv, revision).await.map_err(on(Side::Source))?;
         let phases = copy_order::copy_phases(&found);
         for (phase, (start, end)) in phases.iter().enumerate().skip(cursor.phase) {
             let from = if phase == cursor.phase && !next.is_empty() { next.clone() } else { start.clone() };
@@ -551,7 +551,7 @@ impl Mirror {
     ) -> Result<(), MirrorError> {
         let t = &self.cfg.tuning;
         let opts = WatchOptions::new().with_all_keys().with_start_revision(from + 1).with_progress_notify();
-        let mut stream = src.watch.clone().watch("", Some(opts)).await.map_err(on("source"))?;
+        let mut stream = src.watch.clone().watch("", Some(opts)).await.map_err(on(Side::Source))?;
         self.update(|p| {
             p.phase = Phase::Following;
             p.applied_revision = from;
@@ -563,11 +563,11 @@ impl Mirror {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
                 Err(_) if asked_progress => return Err(MirrorError::DeadWatch(t.progress_timeout)),
                 Err(_) => {
-                    stream.request_progress().await.map_err(on("source"))?;
+                    stream.request_progress().await.map_err(on(Side::Source))?;
                     asked_progress = true;
                     continue;
                 }
-                Ok(r) => r.map_err(on("source"))?.ok_or(MirrorError::WatchEnded)?,
+                Ok(r) => r.map_err(on(Side::Source))?.ok_or(MirrorError::WatchEnded)?,
             };
             asked_progress = false;
             let mut batch = Batch::default();
@@ -583,7 +583,7 @@ impl Mirror {
                 batch.absorb(&resp, &self.cfg.filter);
                 if batch.ops.len() < t.batch_max_keys && batch.bytes < t.page_bytes {
                     next = match stream.message().now_or_never() {
-                        Some(r) => Some(r.map_err(on("source"))?.ok_or(MirrorError::WatchEnded)?),
+                        Some(r) => Some(r.map_err(on(Side::Source))?.ok_or(MirrorError::WatchEnded)?),
                         None => None,
                     };
                 }
