@@ -850,6 +850,62 @@ async fn failover_restarts_warlock_in_every_workload_cluster_and_demotion_restar
     assert!(has_pod(&pair.b, "alertmanager").await, "the new primary did not");
 }
 
+/// `n` ConfigMaps in namespace `bulk` put straight into A's etcd (the apiserver would take minutes
+/// for as many creates), once B has applied them.
+async fn bulk_configmaps(pair: &Pair, n: usize, logs: &[&Controller]) {
+    let mut a = pair.a.etcd.client().await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "namespace": "bulk", "uid": format!("00000000-0000-0000-0000-{i:012}"), "creationTimestamp": "2026-01-01T00:00:00Z"}, "data": {"i": i.to_string()}});
+                etcd_client::TxnOp::put(format!("/registry/configmaps/bulk/cm-{i}"), cm.to_string(), None)
+            })
+            .collect();
+        a.txn(etcd_client::Txn::new().and_then(ops)).await.expect("bulk put on A");
+    }
+    let head = a.get("/", None).await.expect("head").header().map(|h| h.revision()).expect("revision");
+    pair.wait(&pair.b, "B applied the bulk keys", STEADY, logs, |s| s.sync.as_ref().and_then(|y| y.applied_revision) >= Some(head)).await;
+}
+
+/// A restarted mirror (here for a changed `spec.sync.exclude`) copies afresh: the standby is not
+/// healthy on the check of the mirror before it, only once a check of the new one has finished
+/// (20,000 keys at `checkReadRate: 1000`: that check takes at least 20 s, beside the reconciles).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_mirror_is_healthy_only_after_its_own_check() {
+    const KEYS: usize = 20_000;
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    checkReadRate: 1000\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
+    pair.sync_extra = "    checkReadRate: 1000\n    exclude:\n      namespaces: [scratch]\n".into();
+    pair.apply_both("global-a");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("exclusions changed") {
+        assert!(started.elapsed() < STEADY, "B's mirror never restarted for the new exclusions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Seconds: the conditions' times are whole seconds.
+    let restarted = k8s_openapi::jiff::Timestamp::now().as_second();
+    let secs = |t: &str| t.parse::<k8s_openapi::jiff::Timestamp>().map(|t| t.as_second()).unwrap_or(0);
+    loop {
+        assert!(started.elapsed() < FAILOVER, "B never recorded a check of the restarted mirror:\n{}", cb.log_tail());
+        let st = pair.status(&pair.b).await.and_then(|t| t.status).unwrap_or_default();
+        let checked = st.sync.as_ref().and_then(|y| y.last_check_time.as_deref()).map(secs).unwrap_or(0);
+        if checked > restarted {
+            break;
+        }
+        if let Some(c) = condition(&st, "SyncHealthy").filter(|c| c.status == "True" && c.last_transition_time.0.as_second() > restarted) {
+            panic!("B became healthy after its mirror restarted, before any check of the new mirror: {}", c.message);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healthy = pair.wait(&pair.b, "B healthy on the new mirror's check", STEADY, &[&ca, &cb], standby_in_sync).await;
+    eprintln!("restarted mirror: healthy again {:.1}s after the restart", started.elapsed().as_secs_f64());
+    let cond = healthy.status.as_ref().and_then(|s| condition(s, "SyncHealthy").cloned()).expect("SyncHealthy");
+    assert_eq!(cond.status, "True", "{cond:?}");
+}
+
 /// The seed's failure: keys vanish from the standby (its garbage collector, an operator, a bug)
 /// and only a restart of the synchronizer brought them back. Here the periodic check re-puts
 /// them from the primary, says so in status and an Event, and leaves standby-only keys alone.
@@ -863,20 +919,7 @@ async fn a_flip_while_the_standbys_periodic_check_runs_is_seen_within_seconds() 
     let mut pair = Pair::start().await;
     pair.sync_extra = "    checkReadRate: 1000\n".into();
     let (ca, cb) = steady_pair(&pair).await;
-    // Straight into A's etcd (the apiserver would take minutes for as many creates).
-    let mut a = pair.a.etcd.client().await;
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
-        let ops: Vec<_> = chunk
-            .iter()
-            .map(|i| {
-                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "namespace": "bulk", "uid": format!("00000000-0000-0000-0000-{i:012}"), "creationTimestamp": "2026-01-01T00:00:00Z"}, "data": {"i": i.to_string()}});
-                etcd_client::TxnOp::put(format!("/registry/configmaps/bulk/cm-{i}"), cm.to_string(), None)
-            })
-            .collect();
-        a.txn(etcd_client::Txn::new().and_then(ops)).await.expect("bulk put on A");
-    }
-    let head = a.get("/", None).await.expect("head").header().map(|h| h.revision()).expect("revision");
-    pair.wait(&pair.b, "B applied the bulk keys", STEADY, &[&ca, &cb], |s| s.sync.as_ref().and_then(|y| y.applied_revision) >= Some(head)).await;
+    bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
     // A check that starts now reads every bulk key at the bound rate.
     let starts = |log: &str| log.matches("consistency check started").count();
     let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());

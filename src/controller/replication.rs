@@ -138,6 +138,9 @@ impl SyncManager {
 
     pub(super) async fn start(&self, key: SyncKey, source: Endpoint, dest: Endpoint, filter: Filter) {
         self.stop().await;
+        // The last check was of the mirror before (another source, other exclusions, or an
+        // older copy): the new one is healthy only once a check of it has finished.
+        *self.last_check.lock().await = None;
         let mirror = Arc::new(Mirror::new(MirrorConfig { source: source.clone(), dest: dest.clone(), filter: filter.clone(), tuning: Tuning::default() }));
         let progress = mirror.progress();
         let shutdown = CancellationToken::new();
