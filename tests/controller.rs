@@ -941,6 +941,44 @@ async fn a_flip_while_the_standbys_periodic_check_runs_is_seen_within_seconds() 
     assert_eq!(dns_answer(&pair), vec![VIP_B]);
 }
 
+/// A periodic check that repaired keys and finished after the flip is never collected by a
+/// standby reconcile (the runbook runs instead): FinalSync records it before its own check, so the
+/// repair is not lost from the `KeysRepaired` Event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_by_the_periodic_check_just_before_a_failover_is_reported() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    // After the mirror's one anti-entropy pass, which would also put the key back.
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put_configmap(&pair.a, "apps", "lost-before-flip", "on global-a").await;
+    wait_configmap(&pair.b, "apps", "lost-before-flip", STEADY).await;
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let mut b = pair.b.etcd.client().await;
+    b.delete("/registry/configmaps/apps/lost-before-flip", None).await.expect("delete on B");
+    // The next check finds and repairs the key; the flip comes before a reconcile collects it.
+    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
+    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
+        assert!(started.elapsed() < STEADY, "B never started another periodic check");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.apply_both("global-b");
+    let done = pair.wait(&pair.b, "B primary", FAILOVER, &[&ca, &cb], |s| steps_all_finished(s) && is(Role::Primary, Phase::Steady)(s)).await;
+    let f = done.status.and_then(|s| s.failover).expect("failover");
+    let final_sync = f.steps.iter().find(|s| s.name == "FinalSync").and_then(|s| s.message.clone()).unwrap_or_default();
+    let events =
+        pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}"]);
+    // Whichever check repaired it (the periodic one, or FinalSync's when the periodic was cancelled
+    // before its repair), the repair is said.
+    let in_event = events.contains("/registry/configmaps/apps/lost-before-flip");
+    eprintln!("repair before the flip: in a KeysRepaired Event {in_event}, in FinalSync's message {}", final_sync.contains("after the repair"));
+    let said = in_event || final_sync.contains("after the repair");
+    assert!(said, "the repair of lost-before-flip is in no KeysRepaired Event ({events:?}) nor FinalSync ({final_sync:?}):\n{}", cb.log_tail());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     let pair = Pair::start().await;
