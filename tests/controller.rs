@@ -805,6 +805,25 @@ async fn manifest_driver_applies_the_platforms_sync_object_only_on_the_standby()
     assert!(!present(&pair.b), "the new primary deleted it");
 }
 
+/// A standby switched from the built-in mirror to `sync.driver: manifest` hands replication to the
+/// platform's synchronizer: drctl's own mirror stops, so two synchronizers never write the standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_a_standby_to_the_manifest_driver_stops_the_builtin_mirror() {
+    let mut pair = Pair::start().await;
+    let (_ca, cb) = steady_pair(&pair).await;
+    pair.sync_extra = "    driver: manifest\n    manifest:\n      apiVersion: v1\n      kind: ConfigMap\n      metadata: {name: etcd-sync, namespace: cpaas-system}\n      data: {plugin: etcd-sync}\n".into();
+    pair.apply_both("global-a");
+    let started = Instant::now();
+    while pair.b.api.kubectl(&["-n", "cpaas-system", "get", "configmap", "etcd-sync"]).map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(started.elapsed() < STEADY, "B never applied the manifest:\n{}", cb.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put_configmap(&pair.a, "apps", "after-the-switch", "x").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let copied = pair.b.api.kubectl(&["-n", "apps", "get", "configmap", "after-the-switch"]).map(|o| o.status.success()).unwrap_or(false);
+    assert!(!copied, "drctl's mirror still copies into B beside the platform's synchronizer:\n{}", cb.log_tail());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn failover_restarts_warlock_in_every_workload_cluster_and_demotion_restarts_the_old_primary() {
     let mut pair = Pair::start().await;

@@ -126,7 +126,9 @@ pub async fn own_revision(ctx: &Context, topo: &ValidatedTopology) -> Result<(i6
 pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter) -> Option<Duration> {
     let generation = topo.generation();
     if let Driver::Manifest(m) = &topo.spec.sync.driver {
-        // The platform's own synchronizer does the work; drctl only keeps its object present.
+        // The platform's own synchronizer does the work; drctl only keeps its object present, and
+        // its own mirror (running when the driver was builtin until now) never writes beside it.
+        ctx.sync.stop().await;
         let (ok, why) = match manifest(ctx, m, true).await {
             Ok(()) => (true, "sync delegated to spec.sync.manifest (applied); drctl does not measure its lag".to_string()),
             Err(e) => (false, e.to_string()),
