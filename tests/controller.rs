@@ -998,6 +998,38 @@ async fn a_repair_by_the_periodic_check_just_before_a_failover_is_reported() {
     assert!(said, "the repair of lost-before-flip is in no KeysRepaired Event ({events:?}) nor FinalSync ({final_sync:?}):\n{}", cb.log_tail());
 }
 
+/// The same repair, and a flip Argo CD applies to the old primary first: the standby waits for
+/// both to agree and stops its mirror (cancelling the check) before a reconcile collected the
+/// finished check; its repair is still reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_by_the_periodic_check_before_the_standby_stops_its_mirror_is_reported() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put_configmap(&pair.a, "apps", "lost-before-wait", "on global-a").await;
+    wait_configmap(&pair.b, "apps", "lost-before-wait", STEADY).await;
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let mut b = pair.b.etcd.client().await;
+    b.delete("/registry/configmaps/apps/lost-before-wait", None).await.expect("delete on B");
+    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
+    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
+        assert!(started.elapsed() < STEADY, "B never started another periodic check");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.apply(&pair.a, &pair.topology_yaml("global-b"));
+    pair.wait(&pair.b, "B waiting for both globals to agree", STEADY, &[&ca, &cb], |s| {
+        condition(s, "SyncHealthy").is_some_and(|c| c.reason == "WaitingForPrimary")
+    })
+    .await;
+    let events =
+        pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}"]);
+    assert!(events.contains("/registry/configmaps/apps/lost-before-wait"), "no KeysRepaired Event names the key: {events:?}\n{}", cb.log_tail());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     let pair = Pair::start().await;
