@@ -122,7 +122,7 @@ pub async fn own_revision(ctx: &Context, topo: &ValidatedTopology) -> Result<(i6
 
 /// One standby reconcile: mirror running, status and conditions current, the periodic check
 /// and a look at the once-only `syncEnabled` / `demotion` restarts. Some(when to look again)
-/// while those wait for readiness.
+/// while those wait for readiness or the mirror's first check runs.
 pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter) -> Option<Duration> {
     let generation = topo.generation();
     if let Driver::Manifest(m) = &topo.spec.sync.driver {
@@ -178,7 +178,9 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     record_health(&mut w.status, &health, generation);
 
     if !health.healthy {
-        return None;
+        // The first check of this mirror runs beside the reconciles: its result is looked for
+        // sooner than the steady requeue, so a new standby is not reported unchecked for long.
+        return (following && last_check.is_none()).then_some(crate::decide::wait::RECHECK);
     }
     let mut soon = None;
     for when in [RestartWhen::SyncEnabled, RestartWhen::Demotion] {
