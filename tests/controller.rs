@@ -925,6 +925,41 @@ async fn a_restarted_mirror_is_healthy_only_after_its_own_check() {
     assert_eq!(cond.status, "True", "{cond:?}");
 }
 
+/// `autoRepair: false` applied while a long periodic check with repair runs (20,000 keys at
+/// `checkReadRate: 1000`) takes effect at once: a key the standby loses afterwards is reported
+/// missed, not re-put by the check that started before the change.
+#[tokio::test(flavor = "multi_thread")]
+async fn turning_auto_repair_off_mid_check_stops_its_repairs() {
+    const KEYS: usize = 20_000;
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    checkReadRate: 1000\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // After every bulk key in key order: a check reaches it last.
+    put_configmap(&pair.a, "zz-last", "lost-later", "on global-a").await;
+    wait_configmap(&pair.b, "zz-last", "lost-later", STEADY).await;
+    bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
+    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
+        assert!(started.elapsed() < FAILOVER, "B never started another periodic check");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pair.sync_extra = "    checkReadRate: 1000\n    autoRepair: false\n".into();
+    pair.apply_both("global-a");
+    let generation = pair.status(&pair.b).await.and_then(|t| t.metadata.generation);
+    pair.wait(&pair.b, "B reconciled autoRepair: false", STEADY, &[&ca, &cb], |s| s.observed_generation == generation).await;
+    let mut b = pair.b.etcd.client().await;
+    b.delete("/registry/configmaps/zz-last/lost-later", None).await.expect("delete on B");
+    let st = pair.wait(&pair.b, "B's check reports the lost key", FAILOVER, &[&ca, &cb], |s| s.sync.as_ref().and_then(|y| y.missed_keys) >= Some(1)).await;
+    let on_b = b.get("/registry/configmaps/zz-last/lost-later", None).await.expect("get on B").kvs().len();
+    assert_eq!(on_b, 0, "a check re-put the key after autoRepair was turned off: {:?}\n{}", st.status.and_then(|s| s.sync), cb.log_tail());
+}
+
 /// The seed's failure: keys vanish from the standby (its garbage collector, an operator, a bug)
 /// and only a restart of the synchronizer brought them back. Here the periodic check re-puts
 /// them from the primary, says so in status and an Event, and leaves standby-only keys alone.
