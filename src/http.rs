@@ -125,7 +125,7 @@ async fn check(State(s): State<AppState>, headers: HeaderMap) -> Response {
     }
     match s.probes.sync.last_check().await {
         Some(report) => axum::Json(report).into_response(),
-        None => (StatusCode::NOT_FOUND, "no check has run: this cluster is not mirroring\n").into_response(),
+        None => (StatusCode::NOT_FOUND, "no check has run: this cluster is not mirroring, or its mirror (re)started since the last one\n").into_response(),
     }
 }
 

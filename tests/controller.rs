@@ -805,6 +805,25 @@ async fn manifest_driver_applies_the_platforms_sync_object_only_on_the_standby()
     assert!(!present(&pair.b), "the new primary deleted it");
 }
 
+/// A standby switched from the built-in mirror to `sync.driver: manifest` hands replication to the
+/// platform's synchronizer: drctl's own mirror stops, so two synchronizers never write the standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_a_standby_to_the_manifest_driver_stops_the_builtin_mirror() {
+    let mut pair = Pair::start().await;
+    let (_ca, cb) = steady_pair(&pair).await;
+    pair.sync_extra = "    driver: manifest\n    manifest:\n      apiVersion: v1\n      kind: ConfigMap\n      metadata: {name: etcd-sync, namespace: cpaas-system}\n      data: {plugin: etcd-sync}\n".into();
+    pair.apply_both("global-a");
+    let started = Instant::now();
+    while pair.b.api.kubectl(&["-n", "cpaas-system", "get", "configmap", "etcd-sync"]).map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(started.elapsed() < STEADY, "B never applied the manifest:\n{}", cb.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put_configmap(&pair.a, "apps", "after-the-switch", "x").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let copied = pair.b.api.kubectl(&["-n", "apps", "get", "configmap", "after-the-switch"]).map(|o| o.status.success()).unwrap_or(false);
+    assert!(!copied, "drctl's mirror still copies into B beside the platform's synchronizer:\n{}", cb.log_tail());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn failover_restarts_warlock_in_every_workload_cluster_and_demotion_restarts_the_old_primary() {
     let mut pair = Pair::start().await;
@@ -850,6 +869,97 @@ async fn failover_restarts_warlock_in_every_workload_cluster_and_demotion_restar
     assert!(has_pod(&pair.b, "alertmanager").await, "the new primary did not");
 }
 
+/// `n` ConfigMaps in namespace `bulk` put straight into A's etcd (the apiserver would take minutes
+/// for as many creates), once B has applied them.
+async fn bulk_configmaps(pair: &Pair, n: usize, logs: &[&Controller]) {
+    let mut a = pair.a.etcd.client().await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "namespace": "bulk", "uid": format!("00000000-0000-0000-0000-{i:012}"), "creationTimestamp": "2026-01-01T00:00:00Z"}, "data": {"i": i.to_string()}});
+                etcd_client::TxnOp::put(format!("/registry/configmaps/bulk/cm-{i}"), cm.to_string(), None)
+            })
+            .collect();
+        a.txn(etcd_client::Txn::new().and_then(ops)).await.expect("bulk put on A");
+    }
+    let head = a.get("/", None).await.expect("head").header().map(|h| h.revision()).expect("revision");
+    pair.wait(&pair.b, "B applied the bulk keys", STEADY, logs, |s| s.sync.as_ref().and_then(|y| y.applied_revision) >= Some(head)).await;
+}
+
+/// A restarted mirror (here for a changed `spec.sync.exclude`) copies afresh: the standby is not
+/// healthy on the check of the mirror before it, only once a check of the new one has finished
+/// (20,000 keys at `checkReadRate: 1000`: that check takes at least 20 s, beside the reconciles).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_mirror_is_healthy_only_after_its_own_check() {
+    const KEYS: usize = 20_000;
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    checkReadRate: 1000\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
+    pair.sync_extra = "    checkReadRate: 1000\n    exclude:\n      namespaces: [scratch]\n".into();
+    pair.apply_both("global-a");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("exclusions changed") {
+        assert!(started.elapsed() < STEADY, "B's mirror never restarted for the new exclusions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Seconds: the conditions' times are whole seconds.
+    let restarted = k8s_openapi::jiff::Timestamp::now().as_second();
+    let secs = |t: &str| t.parse::<k8s_openapi::jiff::Timestamp>().map(|t| t.as_second()).unwrap_or(0);
+    loop {
+        assert!(started.elapsed() < FAILOVER, "B never recorded a check of the restarted mirror:\n{}", cb.log_tail());
+        let st = pair.status(&pair.b).await.and_then(|t| t.status).unwrap_or_default();
+        let checked = st.sync.as_ref().and_then(|y| y.last_check_time.as_deref()).map(secs).unwrap_or(0);
+        if checked > restarted {
+            break;
+        }
+        if let Some(c) = condition(&st, "SyncHealthy").filter(|c| c.status == "True" && c.last_transition_time.0.as_second() > restarted) {
+            panic!("B became healthy after its mirror restarted, before any check of the new mirror: {}", c.message);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healthy = pair.wait(&pair.b, "B healthy on the new mirror's check", STEADY, &[&ca, &cb], standby_in_sync).await;
+    eprintln!("restarted mirror: healthy again {:.1}s after the restart", started.elapsed().as_secs_f64());
+    let cond = healthy.status.as_ref().and_then(|s| condition(s, "SyncHealthy").cloned()).expect("SyncHealthy");
+    assert_eq!(cond.status, "True", "{cond:?}");
+}
+
+/// `autoRepair: false` applied while a long periodic check with repair runs (20,000 keys at
+/// `checkReadRate: 1000`) takes effect at once: a key the standby loses afterwards is reported
+/// missed, not re-put by the check that started before the change.
+#[tokio::test(flavor = "multi_thread")]
+async fn turning_auto_repair_off_mid_check_stops_its_repairs() {
+    const KEYS: usize = 20_000;
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    checkReadRate: 1000\n".into();
+    let (ca, cb) = steady_pair(&pair).await;
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // After every bulk key in key order: a check reaches it last.
+    put_configmap(&pair.a, "zz-last", "lost-later", "on global-a").await;
+    wait_configmap(&pair.b, "zz-last", "lost-later", STEADY).await;
+    bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
+    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
+        assert!(started.elapsed() < FAILOVER, "B never started another periodic check");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pair.sync_extra = "    checkReadRate: 1000\n    autoRepair: false\n".into();
+    pair.apply_both("global-a");
+    let generation = pair.status(&pair.b).await.and_then(|t| t.metadata.generation);
+    pair.wait(&pair.b, "B reconciled autoRepair: false", STEADY, &[&ca, &cb], |s| s.observed_generation == generation).await;
+    let mut b = pair.b.etcd.client().await;
+    b.delete("/registry/configmaps/zz-last/lost-later", None).await.expect("delete on B");
+    let st = pair.wait(&pair.b, "B's check reports the lost key", FAILOVER, &[&ca, &cb], |s| s.sync.as_ref().and_then(|y| y.missed_keys) >= Some(1)).await;
+    let on_b = b.get("/registry/configmaps/zz-last/lost-later", None).await.expect("get on B").kvs().len();
+    assert_eq!(on_b, 0, "a check re-put the key after autoRepair was turned off: {:?}\n{}", st.status.and_then(|s| s.sync), cb.log_tail());
+}
+
 /// The seed's failure: keys vanish from the standby (its garbage collector, an operator, a bug)
 /// and only a restart of the synchronizer brought them back. Here the periodic check re-puts
 /// them from the primary, says so in status and an Event, and leaves standby-only keys alone.
@@ -863,20 +973,7 @@ async fn a_flip_while_the_standbys_periodic_check_runs_is_seen_within_seconds() 
     let mut pair = Pair::start().await;
     pair.sync_extra = "    checkReadRate: 1000\n".into();
     let (ca, cb) = steady_pair(&pair).await;
-    // Straight into A's etcd (the apiserver would take minutes for as many creates).
-    let mut a = pair.a.etcd.client().await;
-    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(100) {
-        let ops: Vec<_> = chunk
-            .iter()
-            .map(|i| {
-                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("cm-{i}"), "namespace": "bulk", "uid": format!("00000000-0000-0000-0000-{i:012}"), "creationTimestamp": "2026-01-01T00:00:00Z"}, "data": {"i": i.to_string()}});
-                etcd_client::TxnOp::put(format!("/registry/configmaps/bulk/cm-{i}"), cm.to_string(), None)
-            })
-            .collect();
-        a.txn(etcd_client::Txn::new().and_then(ops)).await.expect("bulk put on A");
-    }
-    let head = a.get("/", None).await.expect("head").header().map(|h| h.revision()).expect("revision");
-    pair.wait(&pair.b, "B applied the bulk keys", STEADY, &[&ca, &cb], |s| s.sync.as_ref().and_then(|y| y.applied_revision) >= Some(head)).await;
+    bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
     // A check that starts now reads every bulk key at the bound rate.
     let starts = |log: &str| log.matches("consistency check started").count();
     let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
@@ -896,6 +993,76 @@ async fn a_flip_while_the_standbys_periodic_check_runs_is_seen_within_seconds() 
     assert_eq!(final_sync.state, StepState::Succeeded, "{final_sync:?}");
     assert_eq!(f.rpo_token.and_then(|t| t.missed_keys), Some(0), "FinalSync's own check found every key");
     assert_eq!(dns_answer(&pair), vec![VIP_B]);
+}
+
+/// A periodic check that repaired keys and finished after the flip is never collected by a
+/// standby reconcile (the runbook runs instead): FinalSync records it before its own check, so the
+/// repair is not lost from the `KeysRepaired` Event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_by_the_periodic_check_just_before_a_failover_is_reported() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    // After the mirror's one anti-entropy pass, which would also put the key back.
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put_configmap(&pair.a, "apps", "lost-before-flip", "on global-a").await;
+    wait_configmap(&pair.b, "apps", "lost-before-flip", STEADY).await;
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let mut b = pair.b.etcd.client().await;
+    b.delete("/registry/configmaps/apps/lost-before-flip", None).await.expect("delete on B");
+    // The next check finds and repairs the key; the flip comes before a reconcile collects it.
+    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
+    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
+        assert!(started.elapsed() < STEADY, "B never started another periodic check");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.apply_both("global-b");
+    let done = pair.wait(&pair.b, "B primary", FAILOVER, &[&ca, &cb], |s| steps_all_finished(s) && is(Role::Primary, Phase::Steady)(s)).await;
+    let f = done.status.and_then(|s| s.failover).expect("failover");
+    let final_sync = f.steps.iter().find(|s| s.name == "FinalSync").and_then(|s| s.message.clone()).unwrap_or_default();
+    let events =
+        pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}"]);
+    // Whichever check repaired it (the periodic one, or FinalSync's when the periodic was cancelled
+    // before its repair), the repair is said.
+    let in_event = events.contains("/registry/configmaps/apps/lost-before-flip");
+    eprintln!("repair before the flip: in a KeysRepaired Event {in_event}, in FinalSync's message {}", final_sync.contains("after the repair"));
+    let said = in_event || final_sync.contains("after the repair");
+    assert!(said, "the repair of lost-before-flip is in no KeysRepaired Event ({events:?}) nor FinalSync ({final_sync:?}):\n{}", cb.log_tail());
+}
+
+/// The same repair, and a flip Argo CD applies to the old primary first: the standby waits for
+/// both to agree and stops its mirror (cancelling the check) before a reconcile collected the
+/// finished check; its repair is still reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repair_by_the_periodic_check_before_the_standby_stops_its_mirror_is_reported() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    let started = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
+        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put_configmap(&pair.a, "apps", "lost-before-wait", "on global-a").await;
+    wait_configmap(&pair.b, "apps", "lost-before-wait", STEADY).await;
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let mut b = pair.b.etcd.client().await;
+    b.delete("/registry/configmaps/apps/lost-before-wait", None).await.expect("delete on B");
+    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
+    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
+        assert!(started.elapsed() < STEADY, "B never started another periodic check");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pair.apply(&pair.a, &pair.topology_yaml("global-b"));
+    pair.wait(&pair.b, "B waiting for both globals to agree", STEADY, &[&ca, &cb], |s| {
+        condition(s, "SyncHealthy").is_some_and(|c| c.reason == "WaitingForPrimary")
+    })
+    .await;
+    let events =
+        pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[?(@.reason==\"KeysRepaired\")]}{.note}{\"\\n\"}{end}"]);
+    assert!(events.contains("/registry/configmaps/apps/lost-before-wait"), "no KeysRepaired Event names the key: {events:?}\n{}", cb.log_tail());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -287,7 +287,13 @@ async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter,
     let mut facts = facts(ctx, topo.object(), peer_name);
     let stop_replication = || async { sync::stop_replication(ctx, topo).await.map_err(Error::StopReplication) };
     match &action {
-        Action::BootstrapPrimary | Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => stop_replication().await?,
+        Action::BootstrapPrimary => stop_replication().await?,
+        // A standby stopping its mirror cancels the periodic check: one that finished is recorded
+        // first, or its repair would be in no Event.
+        Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => {
+            sync::collect_periodic(ctx, topo, &mut w.status).await;
+            stop_replication().await?
+        }
         Action::StayPrimary | Action::HoldPrimary { .. } => {
             stop_replication().await?;
             (facts.dns_here, facts.dns_message) = dns_points_here(topo, ctx.self_name()).await;

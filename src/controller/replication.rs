@@ -47,6 +47,8 @@ pub type CheckResult = Result<(CheckReport, Option<Repaired>), SyncError>;
 struct PeriodicCheck {
     /// The report before this check, for the "differences changed" Event.
     previous: Option<CheckReport>,
+    /// `spec.sync.autoRepair` and `checkReadRate` it runs with.
+    settings: (bool, Option<u64>),
     task: JoinHandle<CheckResult>,
 }
 
@@ -138,6 +140,9 @@ impl SyncManager {
 
     pub(super) async fn start(&self, key: SyncKey, source: Endpoint, dest: Endpoint, filter: Filter) {
         self.stop().await;
+        // The last check was of the mirror before (another source, other exclusions, or an
+        // older copy): the new one is healthy only once a check of it has finished.
+        *self.last_check.lock().await = None;
         let mirror = Arc::new(Mirror::new(MirrorConfig { source: source.clone(), dest: dest.clone(), filter: filter.clone(), tuning: Tuning::default() }));
         let progress = mirror.progress();
         let shutdown = CancellationToken::new();
@@ -220,17 +225,23 @@ impl SyncManager {
     }
 
     /// Starts the periodic check in the background unless one is running (or has finished and
-    /// not been collected by [`Self::finished_periodic`]).
+    /// not been collected by [`Self::finished_periodic`]). One running with other settings is
+    /// replaced: `autoRepair: false` stops repairs now, not after a check of many minutes.
     pub(super) async fn start_periodic(self: &Arc<Self>, repair: bool, max_read_rate: Option<u64>) {
         let mut slot = self.periodic.lock().await;
-        if slot.is_some() {
-            return;
+        match slot.as_ref() {
+            Some(p) if p.settings == (repair, max_read_rate) || p.task.is_finished() => return,
+            Some(p) => {
+                info!(repair, max_read_rate, was = ?p.settings, "consistency check cancelled: spec.sync.autoRepair or checkReadRate changed");
+                p.task.abort();
+            }
+            None => {}
         }
         let previous = self.last_check().await;
         info!(repair, max_read_rate, "consistency check started");
         let me = self.clone();
         let task = tokio::spawn(async move { me.check_now(repair, max_read_rate).await });
-        *slot = Some(PeriodicCheck { previous, task });
+        *slot = Some(PeriodicCheck { previous, settings: (repair, max_read_rate), task });
     }
 
     /// The periodic check's result once it has finished (once: it is then forgotten).

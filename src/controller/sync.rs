@@ -122,11 +122,13 @@ pub async fn own_revision(ctx: &Context, topo: &ValidatedTopology) -> Result<(i6
 
 /// One standby reconcile: mirror running, status and conditions current, the periodic check
 /// and a look at the once-only `syncEnabled` / `demotion` restarts. Some(when to look again)
-/// while those wait for readiness.
+/// while those wait for readiness or the mirror's first check runs.
 pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter) -> Option<Duration> {
     let generation = topo.generation();
     if let Driver::Manifest(m) = &topo.spec.sync.driver {
-        // The platform's own synchronizer does the work; drctl only keeps its object present.
+        // The platform's own synchronizer does the work; drctl only keeps its object present, and
+        // its own mirror (running when the driver was builtin until now) never writes beside it.
+        ctx.sync.stop().await;
         let (ok, why) = match manifest(ctx, m, true).await {
             Ok(()) => (true, "sync delegated to spec.sync.manifest (applied); drctl does not measure its lag".to_string()),
             Err(e) => (false, e.to_string()),
@@ -136,6 +138,8 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         w.status.phase = Some(if ok { Phase::Steady } else { Phase::Degraded });
         return None;
     }
+    // Before the mirror may restart (new exclusions), which cancels the check.
+    collect_periodic(ctx, topo, &mut w.status).await;
     if let Err(e) = ensure_mirror(ctx, topo, ctx.self_name()).await {
         w.status.phase = Some(Phase::Degraded);
         set_condition(&mut w.status, ConditionType::SyncHealthy, false, Reason::MirrorNotStarted, &e.to_string(), generation);
@@ -150,30 +154,8 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     }
     let following = p.phase == crate::mirror::Phase::Following;
     let interval = topo.spec.sync.check_interval;
-    // The check runs beside the reconciles (see `replication::PeriodicCheck`): this one records
-    // a check that finished and starts the next when it is due.
-    if let Some(done) = ctx.sync.finished_periodic().await {
-        match done.result {
-            Ok((report, repaired)) => {
-                record_check(&mut w.status, &report, repaired.as_ref().map(|r| r.outcome.put));
-                if let Some(r) = repaired {
-                    warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
-                    ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
-                }
-                if let Some(note) = differences_event(done.previous.as_ref(), &report) {
-                    warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");
-                    ctx.event(topo, EventType::Warning, "KeysDiffer", "Check", note).await;
-                }
-            }
-            Err(e) => warn!(error = %e, "consistency check failed"),
-        }
-        // A fenced standby's controllers cannot make pods of replicated workloads, so any that
-        // are here were made before the fence took effect (it applies a moment after it is
-        // written): stop them too, once per check, as demotion did.
-        if topo.spec.sync.fence.enabled {
-            stop_replicated_pods(ctx, topo, "Check").await;
-        }
-    }
+    // The check runs beside the reconciles (see `replication::PeriodicCheck`): this one starts
+    // the next when it is due (the one that finished was recorded above).
     let due = ctx.sync.last_check_age().await.is_none_or(|age| age >= interval);
     if following && due {
         let read_rate = topo.spec.sync.check_read_rate;
@@ -196,7 +178,9 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     record_health(&mut w.status, &health, generation);
 
     if !health.healthy {
-        return None;
+        // The first check of this mirror runs beside the reconciles: its result is looked for
+        // sooner than the steady requeue, so a new standby is not reported unchecked for long.
+        return (following && last_check.is_none()).then_some(crate::decide::wait::RECHECK);
     }
     let mut soon = None;
     for when in [RestartWhen::SyncEnabled, RestartWhen::Demotion] {
@@ -205,6 +189,33 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         }
     }
     soon
+}
+
+/// Records the periodic check if it has finished (status, the `KeysRepaired` and `KeysDiffer`
+/// Events, and on a fenced standby the replicated pods stopped), once. Before anything stops the
+/// mirror or cancels the check: a finished check dropped uncollected would lose its repair's record.
+pub async fn collect_periodic(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus) {
+    let Some(done) = ctx.sync.finished_periodic().await else { return };
+    match done.result {
+        Ok((report, repaired)) => {
+            record_check(status, &report, repaired.as_ref().map(|r| r.outcome.put));
+            if let Some(r) = repaired {
+                warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
+                ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
+            }
+            if let Some(note) = differences_event(done.previous.as_ref(), &report) {
+                warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");
+                ctx.event(topo, EventType::Warning, "KeysDiffer", "Check", note).await;
+            }
+        }
+        Err(e) => warn!(error = %e, "consistency check failed"),
+    }
+    // A fenced standby's controllers cannot make pods of replicated workloads, so any that
+    // are here were made before the fence took effect (it applies a moment after it is
+    // written): stop them too, once per check, as demotion did.
+    if topo.spec.sync.fence.enabled {
+        stop_replicated_pods(ctx, topo, "Check").await;
+    }
 }
 
 /// Where status keeps the `when` restarts of this standby term: whether they are done and what
