@@ -108,6 +108,31 @@ async fn restarted_at(g: &Global) -> Option<String> {
     d.spec?.template.metadata?.annotations?.get(drctl::restart::RESTARTED_AT).cloned()
 }
 
+fn log_of(c: &Controller) -> String {
+    std::fs::read_to_string(&c.log).unwrap_or_default()
+}
+
+/// Waits until `c`'s log satisfies `done`, failing with `what` after `within`.
+async fn wait_in_log(c: &Controller, what: &str, within: Duration, done: impl Fn(&str) -> bool) {
+    let started = Instant::now();
+    while !done(&log_of(c)) {
+        assert!(started.elapsed() < within, "{what}:\n{}", c.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After the mirror's one anti-entropy pass, which would also put back keys a test deletes.
+async fn wait_anti_entropy(c: &Controller) {
+    wait_in_log(c, "the mirror never ran its anti-entropy pass", STEADY, |log| log.contains("anti-entropy pass done")).await;
+}
+
+/// Until `c` starts a periodic check after the ones it has started so far.
+async fn wait_next_check(c: &Controller, within: Duration) {
+    let starts = |log: &str| log.matches("consistency check started").count();
+    let before = starts(&log_of(c));
+    wait_in_log(c, "no other periodic check started", within, |log| starts(log) > before).await;
+}
+
 /// Both controllers running, A primary and B an in-sync standby.
 async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
     create_restart_target(&pair.a).await;
@@ -934,21 +959,12 @@ async fn turning_auto_repair_off_mid_check_stops_its_repairs() {
     let mut pair = Pair::start().await;
     pair.sync_extra = "    checkReadRate: 1000\n".into();
     let (ca, cb) = steady_pair(&pair).await;
-    let started = Instant::now();
-    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
-        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_anti_entropy(&cb).await;
     // After every bulk key in key order: a check reaches it last.
     put_configmap(&pair.a, "zz-last", "lost-later", "on global-a").await;
     wait_configmap(&pair.b, "zz-last", "lost-later", STEADY).await;
     bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
-    let starts = |log: &str| log.matches("consistency check started").count();
-    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
-    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
-        assert!(started.elapsed() < FAILOVER, "B never started another periodic check");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_next_check(&cb, FAILOVER).await;
     pair.sync_extra = "    checkReadRate: 1000\n    autoRepair: false\n".into();
     pair.apply_both("global-a");
     let generation = pair.status(&pair.b).await.and_then(|t| t.metadata.generation);
@@ -960,9 +976,6 @@ async fn turning_auto_repair_off_mid_check_stops_its_repairs() {
     assert_eq!(on_b, 0, "a check re-put the key after autoRepair was turned off: {:?}\n{}", st.status.and_then(|s| s.sync), cb.log_tail());
 }
 
-/// The seed's failure: keys vanish from the standby (its garbage collector, an operator, a bug)
-/// and only a restart of the synchronizer brought them back. Here the periodic check re-puts
-/// them from the primary, says so in status and an Event, and leaves standby-only keys alone.
 /// The standby's periodic check reads both keyspaces beside the reconciles: a flip to the
 /// standby while a long check runs (40,000 keys at `checkReadRate: 1000`, the slowest allowed,
 /// so at least 40 s) starts the failover within seconds, and FinalSync runs its own check.
@@ -975,13 +988,7 @@ async fn a_flip_while_the_standbys_periodic_check_runs_is_seen_within_seconds() 
     let (ca, cb) = steady_pair(&pair).await;
     bulk_configmaps(&pair, KEYS, &[&ca, &cb]).await;
     // A check that starts now reads every bulk key at the bound rate.
-    let starts = |log: &str| log.matches("consistency check started").count();
-    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
-    let started = Instant::now();
-    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
-        assert!(started.elapsed() < STEADY, "B never started another periodic check");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_next_check(&cb, STEADY).await;
     let flipped = Instant::now();
     pair.apply_both("global-b");
     pair.wait(&pair.b, "B started its failover", SEEN_WITHIN, &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.to == "global-b")).await;
@@ -1003,22 +1010,13 @@ async fn a_repair_by_the_periodic_check_just_before_a_failover_is_reported() {
     let pair = Pair::start().await;
     let (ca, cb) = steady_pair(&pair).await;
     // After the mirror's one anti-entropy pass, which would also put the key back.
-    let started = Instant::now();
-    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
-        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_anti_entropy(&cb).await;
     put_configmap(&pair.a, "apps", "lost-before-flip", "on global-a").await;
     wait_configmap(&pair.b, "apps", "lost-before-flip", STEADY).await;
-    let starts = |log: &str| log.matches("consistency check started").count();
     let mut b = pair.b.etcd.client().await;
     b.delete("/registry/configmaps/apps/lost-before-flip", None).await.expect("delete on B");
     // The next check finds and repairs the key; the flip comes before a reconcile collects it.
-    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
-    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
-        assert!(started.elapsed() < STEADY, "B never started another periodic check");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_next_check(&cb, STEADY).await;
     pair.apply_both("global-b");
     let done = pair.wait(&pair.b, "B primary", FAILOVER, &[&ca, &cb], |s| steps_all_finished(s) && is(Role::Primary, Phase::Steady)(s)).await;
     let f = done.status.and_then(|s| s.failover).expect("failover");
@@ -1040,21 +1038,12 @@ async fn a_repair_by_the_periodic_check_just_before_a_failover_is_reported() {
 async fn a_repair_by_the_periodic_check_before_the_standby_stops_its_mirror_is_reported() {
     let pair = Pair::start().await;
     let (ca, cb) = steady_pair(&pair).await;
-    let started = Instant::now();
-    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
-        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_anti_entropy(&cb).await;
     put_configmap(&pair.a, "apps", "lost-before-wait", "on global-a").await;
     wait_configmap(&pair.b, "apps", "lost-before-wait", STEADY).await;
-    let starts = |log: &str| log.matches("consistency check started").count();
     let mut b = pair.b.etcd.client().await;
     b.delete("/registry/configmaps/apps/lost-before-wait", None).await.expect("delete on B");
-    let before = starts(&std::fs::read_to_string(&cb.log).unwrap_or_default());
-    while starts(&std::fs::read_to_string(&cb.log).unwrap_or_default()) <= before {
-        assert!(started.elapsed() < STEADY, "B never started another periodic check");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_next_check(&cb, STEADY).await;
     pair.apply(&pair.a, &pair.topology_yaml("global-b"));
     pair.wait(&pair.b, "B waiting for both globals to agree", STEADY, &[&ca, &cb], |s| {
         condition(s, "SyncHealthy").is_some_and(|c| c.reason == "WaitingForPrimary")
@@ -1065,16 +1054,15 @@ async fn a_repair_by_the_periodic_check_before_the_standby_stops_its_mirror_is_r
     assert!(events.contains("/registry/configmaps/apps/lost-before-wait"), "no KeysRepaired Event names the key: {events:?}\n{}", cb.log_tail());
 }
 
+/// The seed's failure: keys vanish from the standby (its garbage collector, an operator, a bug)
+/// and only a restart of the synchronizer brought them back. Here the periodic check re-puts
+/// them from the primary, says so in status and an Event, and leaves standby-only keys alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     let pair = Pair::start().await;
     let (ca, cb) = steady_pair(&pair).await;
     // After the mirror's one anti-entropy pass, which would also put the keys back.
-    let started = Instant::now();
-    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
-        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_anti_entropy(&cb).await;
     for name in ["lost-1", "lost-2", "changed"] {
         put_configmap(&pair.a, "apps", name, &format!("{name} on global-a")).await;
         wait_configmap(&pair.b, "apps", name, STEADY).await;
@@ -1227,11 +1215,7 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
     let (ca, cb) = steady_pair(&pair).await;
     put_configmap(&pair.a, "apps", "precious", "only the mirror may put it back").await;
     wait_configmap(&pair.b, "apps", "precious", STEADY).await;
-    let started = Instant::now();
-    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("anti-entropy pass done") {
-        assert!(started.elapsed() < STEADY, "B's mirror never ran its anti-entropy pass");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_anti_entropy(&cb).await;
     const KEY: &str = "/registry/configmaps/apps/precious";
     pair.b.etcd.client().await.delete(KEY, None).await.expect("delete on B");
 
