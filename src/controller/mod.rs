@@ -345,7 +345,7 @@ async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter,
                 // A failed FinalSync attempt is tried again no later than its bound ends, and once
                 // the bound is used the planner applies its policy now: a backoff (up to a
                 // minute) past the bound would hold the pair without a primary for nothing.
-                Err(e) => match final_sync_left_now(&w.status, topo).filter(|_| step == Step::FinalSync) {
+                Err(e) => match runbook::final_sync_left_now(&w.status, topo).filter(|_| step == Step::FinalSync) {
                     Some(Duration::ZERO) => Ok(Next::Continue),
                     left => Err(match e {
                         Error::Step { step, source, .. } => Error::Step { step, source, due: left },
@@ -418,12 +418,6 @@ async fn stepped_down(ctx: &Context, topo: &ValidatedTopology, w: &mut StatusWri
     ctx.event(topo, EventType::Normal, "DemotionAcknowledged", "Demote", format!("{} stepped down for {new_primary} at revision {rev}", ctx.self_name())).await;
     context::stop_replicated_pods(ctx, topo, "Demote").await;
     Ok(())
-}
-
-/// How long FinalSync of this cluster's failover in progress may still try (zero once its bound is used).
-fn final_sync_left_now(status: &crate::topology::DRTopologyStatus, topo: &ValidatedTopology) -> Option<Duration> {
-    let bound = topo.spec.failover.final_sync.timeout;
-    status.failover.as_ref().and_then(|f| plan::final_sync_left(f, Timestamp::now(), bound))
 }
 
 /// Whether the verify resolvers answer exactly this cluster's VIP for the platform domain:

@@ -322,7 +322,7 @@ impl Runbook<'_> {
         // One look waits a moment at most; once the step's bound is used the last look's error is
         // recorded and the planner applies the bound's policy.
         let bound = self.topo.spec.failover.final_sync.timeout;
-        let left = self.status.status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), bound)).unwrap_or(bound);
+        let left = final_sync_left_now(&self.status.status, self.topo).unwrap_or(bound);
         if matches!(self.topo.spec.sync.driver, Driver::Manifest(_)) {
             return Ok(Outcome::skipped("sync.driver is manifest: the platform's synchronizer cannot be asked for its revision"));
         }
@@ -372,7 +372,7 @@ impl Runbook<'_> {
         // The check reads the whole keyspace inside this look (BENCHMARKS: 0.6 s at 100k keys,
         // 6-12 s at 1M, twice with a repair): a flip back is planned once it ends. Bounded by
         // what is left of the step's bound, so the bound's policy still applies on time.
-        let left = self.status.status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), bound)).unwrap_or(bound);
+        let left = final_sync_left_now(&self.status.status, self.topo).unwrap_or(bound);
         // One still running from the standby days would double the read load.
         self.ctx.sync.cancel_periodic().await;
         let check = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair, None);
@@ -516,6 +516,12 @@ impl Runbook<'_> {
 
 fn bad_time(field: &str, value: &str, e: k8s_openapi::jiff::Error) -> StepError {
     StepError::BadTime { field: field.to_string(), value: value.to_string(), reason: e.to_string() }
+}
+
+/// How long FinalSync of this cluster's failover in progress may still try: None before its first
+/// start, zero once its bound is used.
+pub fn final_sync_left_now(status: &crate::topology::DRTopologyStatus, topo: &ValidatedTopology) -> Option<Duration> {
+    status.failover.as_ref().and_then(|f| final_sync_left(f, Timestamp::now(), topo.spec.failover.final_sync.timeout))
 }
 
 /// The steps a failover to `self_name` would run now and the facts they rest on
