@@ -23,6 +23,7 @@ pub struct Metrics {
     pub is_primary: Gauge,
     pub phase: Family<Vec<(String, String)>, Gauge>,
     pub failovers: Counter,
+    pub stood_down: Counter,
     reconcile_errors: Family<Vec<(String, String)>, Counter>,
     pub step_seconds: Family<StepLabels, Gauge<f64, AtomicU64>>,
     pub lag_seconds: Gauge<f64, AtomicU64>,
@@ -49,6 +50,7 @@ impl Metrics {
             is_primary: Gauge::default(),
             phase: Family::default(),
             failovers: Counter::default(),
+            stood_down: Counter::default(),
             reconcile_errors: Family::default(),
             step_seconds: Family::default(),
             lag_seconds: Gauge::default(),
@@ -69,6 +71,11 @@ impl Metrics {
         r.register("drctl_primary", "1 while this cluster is primary", m.is_primary.clone());
         r.register("drctl_phase", "1 for the current phase", m.phase.clone());
         r.register("drctl_failovers", "Failovers started in this cluster", m.failovers.clone());
+        r.register(
+            "drctl_stood_down",
+            "Times this cluster stood down as primary, outranked by a higher-term primary or DNS answering the peer",
+            m.stood_down.clone(),
+        );
         r.register("drctl_reconcile_errors", "Reconciles that returned an error, by kind (transient, configuration, invalid_spec)", m.reconcile_errors.clone());
         // Every kind from the start, at 0: a rate() over it then has a series before the first error.
         for kind in ErrorKind::ALL {

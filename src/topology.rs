@@ -710,6 +710,14 @@ pub struct DemotionStatus {
     /// for them, restarting nothing again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<RestartsBegun>,
+    /// The primary term this cluster held when it stepped down: the token answers for that term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
+    /// Set when this cluster stood down against its own `spec.primary` (a primary of a higher
+    /// term, or DNS answering the peer): the spec generation and retry annotation it stood down
+    /// under. It holds, fenced, until one of them changes or the peer hands the role back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stood_down: Option<AbandonedUnder>,
 }
 
 /// Restarts of one occasion (`when: demotion`, `when: syncEnabled`) that have begun.
@@ -848,7 +856,8 @@ pub enum StepState {
     Skipped,
 }
 
-/// The spec generation and `drctl.io/retry-failover` annotation a failover was abandoned under.
+/// The spec generation and `drctl.io/retry-failover` annotation a failover was abandoned (or a
+/// primary stood down) under: it holds until one of them changes.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AbandonedUnder {

@@ -13,6 +13,7 @@ use super::replication::{filter_for, SyncManager};
 use super::watchdog::Watchdog;
 use crate::decide::notes::event_note;
 use crate::metrics::Metrics;
+use crate::topology::DRTopology;
 use crate::validated::ValidatedTopology;
 
 /// Shared by every reconcile.
@@ -57,8 +58,13 @@ impl Context {
     }
 
     pub async fn event(&self, obj: &ValidatedTopology, type_: EventType, reason: &str, action: &str, note: String) {
+        self.event_on(obj.object(), type_, reason, action, note).await
+    }
+
+    /// An Event on a DRTopology not validated (yet).
+    pub async fn event_on(&self, obj: &DRTopology, type_: EventType, reason: &str, action: &str, note: String) {
         let ev = Event { type_, reason: reason.into(), note: Some(event_note(note)), action: action.into(), secondary: None };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object().object_ref(&())).await {
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish event");
         }
     }

@@ -21,6 +21,9 @@ pub enum Error {
     },
     #[error("stopping replication: {0}")]
     StopReplication(#[source] SyncError),
+    /// The fence a step-down needs did not apply: the demotion token is not written without it.
+    #[error("fencing before stepping down: {0}")]
+    Fence(#[source] crate::fence::FenceError),
 }
 
 impl Error {
@@ -29,6 +32,7 @@ impl Error {
             Error::Kube(e) => kube_error_kind(e),
             Error::Step { source, .. } => source.kind(),
             Error::StopReplication(e) => e.kind(),
+            Error::Fence(e) => e.kind(),
         }
     }
 

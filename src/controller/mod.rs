@@ -165,7 +165,10 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
     // two runbook steps, not after the whole runbook.
     loop {
         let Some(topo) = api.get_opt(name).await? else { return Ok(Requeue::await_change()) };
-        let w = writer.get_or_insert_with(|| StatusWriter::new(api.clone(), &topo, ctx.self_name()));
+        let w = match writer.as_mut() {
+            Some(w) => w,
+            None => writer.insert(remembering(ctx, &api, &topo).await?),
+        };
         w.status.observed_generation = topo.metadata.generation;
         if let Some(older) = oldest_other(&api, &topo).await? {
             let msg = format!("only the oldest DRTopology is acted on; {older} is older: delete one of them");
@@ -188,21 +191,26 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
         let status_now = w.status.clone();
         let mut observed = Observed {
             self_name: ctx.self_name(),
+            peer_name: &peer_name,
             spec_primary: &topo.spec.primary,
             invalid,
             dry_run: v.is_some_and(|v| v.spec.failover.dry_run),
             status: Some(&status_now),
             peer: peer.clone(),
             dns_here: None,
+            dns_at_peer: false,
             now: Timestamp::now(),
             final_sync: v.map(|v| v.spec.failover.final_sync).unwrap_or_default(),
             generation: topo.metadata.generation,
             retry: topo.annotations().get(RETRY_ANNOTATION).map(String::as_str),
         };
-        // Asked only when a reclaim is possible: a reclaim never happens while DNS is known
-        // to point elsewhere.
+        // Asked while acting as primary (DNS answering the peer outranks it) and when a
+        // reclaim is possible (never while DNS is known to point elsewhere).
+        let mut dns = None;
         if let Some(v) = v.filter(|_| plan::asks_dns(&observed)) {
-            observed.dns_here = dns_points_here(v, ctx.self_name()).await.0;
+            let seen = dns_points_here(v, ctx.self_name(), &peer_name).await;
+            (observed.dns_here, observed.dns_at_peer) = (seen.here, seen.at_peer);
+            dns = Some(seen);
         }
         let action = plan::plan(&observed);
         tracing::debug!(?action, "planned");
@@ -214,15 +222,44 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
         if action != Action::Hold {
             // After the plan: a primary holding the role for a peer that abandoned its failover
             // is not fenced, though spec.primary names the peer. Still before any action, so an
-            // old primary is fenced before it writes its demotion token.
-            fence_as_declared(ctx, v, &w.status, &action).await;
+            // old primary is fenced before it writes its demotion token: a token written while
+            // the fence failed would promise a final revision that later writes pass.
+            let fenced = fence_as_declared(ctx, v, &w.status, &action).await;
+            if let (Err(e), Action::AcknowledgeDemotion { .. } | Action::StandDown { .. }) = (fenced, &action) {
+                return Err(Error::Fence(e));
+            }
         }
         ctx.watchdog.beat(watchdog::step_budget(&action, &v.spec));
-        match act(ctx, v, w, action, &peer, &peer_name).await? {
+        match act(ctx, v, w, action, &peer, &peer_name, dns).await? {
             Next::Continue => continue,
             Next::Requeue(d) => return finish(ctx, &topo, w, d).await,
         }
     }
+}
+
+/// The status writer of `topo`, with its role memory read; a status found without a role (the
+/// DRTopology deleted and re-created) starts from the memory, so a lost status never makes a
+/// standby bootstrap as a second primary.
+async fn remembering(ctx: &Context, api: &Api<DRTopology>, topo: &DRTopology) -> Result<StatusWriter, Error> {
+    let memory: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.args.namespace);
+    let mut w = StatusWriter::new(api.clone(), topo, ctx.self_name(), memory);
+    let recalled = w.recall().await?;
+    if let Some(m) = recalled.filter(|m| w.status.role.is_none() && !m.is_empty()) {
+        let restored = crate::decide::memory::restore(&m);
+        let msg = format!(
+            "status found empty; restored from ConfigMap {}/{}: role {:?}, term {}, peer term {}{}",
+            ctx.args.namespace,
+            StatusWriter::memory_name(&topo.name_any()),
+            m.role,
+            m.term,
+            m.peer_term,
+            m.demoted_for.as_ref().map(|n| format!(", stepped down for {n}")).unwrap_or_default()
+        );
+        warn!(%msg, "status restored");
+        w.status = crate::topology::DRTopologyStatus { observed_generation: topo.metadata.generation, ..restored };
+        ctx.event_on(topo, EventType::Warning, "StatusRestored", "Reconcile", msg).await;
+    }
+    Ok(w)
 }
 
 /// Writes the status and its metrics, and requeues after `after`.
@@ -283,7 +320,15 @@ enum Next {
 
 /// Executes one planned action: the I/O it needs first (stopping replication, reading DNS,
 /// etcd or the GitOps repo), then the status `transition` says, then its write and Events.
-async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter, action: Action, peer: &PeerView, peer_name: &str) -> Result<Next, Error> {
+async fn act(
+    ctx: &Arc<Context>,
+    topo: &ValidatedTopology,
+    w: &mut StatusWriter,
+    action: Action,
+    peer: &PeerView,
+    peer_name: &str,
+    dns: Option<DnsSeen>,
+) -> Result<Next, Error> {
     let mut facts = facts(ctx, topo.object(), peer_name);
     let stop_replication = || async { sync::stop_replication(ctx, topo).await.map_err(Error::StopReplication) };
     match &action {
@@ -296,7 +341,11 @@ async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter,
         }
         Action::StayPrimary | Action::HoldPrimary { .. } => {
             stop_replication().await?;
-            (facts.dns_here, facts.dns_message) = dns_points_here(topo, ctx.self_name()).await;
+            let seen = match dns {
+                Some(seen) => seen,
+                None => dns_points_here(topo, ctx.self_name(), peer_name).await,
+            };
+            (facts.dns_here, facts.dns_message) = (seen.here, seen.message);
         }
         Action::DryRun { would } => {
             facts.dry_run_plan = match would.as_ref() {
@@ -305,7 +354,7 @@ async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter,
             };
         }
         Action::StartFailover { .. } => facts.commit = flipping_commit(&ctx.args, ctx.self_name()),
-        Action::AbandonFailover { .. } | Action::AbortFailover { .. } | Action::AcknowledgeDemotion { .. } => {
+        Action::AbandonFailover { .. } | Action::AbortFailover { .. } | Action::AcknowledgeDemotion { .. } | Action::StandDown { .. } => {
             facts.own_head = match sync::own_revision(ctx, topo).await {
                 Ok(head) => Some(head),
                 Err(e) => {
@@ -327,7 +376,9 @@ async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter,
         }
         // Holding for a peer that abandoned: step down soon after it retries (its Demote waits).
         Action::HoldPrimary { .. } => Ok(Next::Requeue(WAIT_REQUEUE)),
-        Action::StayPrimary => Ok(Next::Requeue(HOLD_REQUEUE)),
+        // Looked at every few seconds: a primary outranked (a higher term, DNS answering the
+        // peer) must stand down within seconds.
+        Action::StayPrimary => Ok(Next::Requeue(STEADY_REQUEUE)),
         Action::StartFailover { why } => {
             w.write().await?;
             ctx.metrics.failovers.inc();
@@ -374,6 +425,14 @@ async fn act(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut StatusWriter,
             stepped_down(ctx, topo, w, &new_primary).await?;
             Ok(Next::Continue)
         }
+        Action::StandDown { new_primary, why } => {
+            warn!(%why, "outranked: standing down");
+            ctx.metrics.stood_down.inc();
+            ctx.event(topo, EventType::Warning, "SteppedDown", "Demote", format!("{} stood down for {new_primary}: {why}", ctx.self_name())).await;
+            stepped_down(ctx, topo, w, &new_primary).await?;
+            Ok(Next::Continue)
+        }
+        Action::HoldStoodDown { .. } => Ok(Next::Requeue(WAIT_REQUEUE)),
         Action::ReclaimPrimary { proof } => {
             w.write().await?;
             info!(%proof, "primary role reclaimed");
@@ -420,29 +479,38 @@ async fn stepped_down(ctx: &Context, topo: &ValidatedTopology, w: &mut StatusWri
     Ok(())
 }
 
-/// Whether the verify resolvers answer exactly this cluster's VIP for the platform domain:
-/// `Some(true)` when all do, `Some(false)` when one answered something else, None when that is
-/// unknown (no resolver answered, no resolvers configured).
-async fn dns_points_here(topo: &ValidatedTopology, self_name: &str) -> (Option<bool>, String) {
+/// Where the verify resolvers say the platform domain points.
+struct DnsSeen {
+    /// `Some(true)` when all answer exactly this cluster's VIP, `Some(false)` when one answered
+    /// something else, None when that is unknown (no resolver answered, none configured).
+    here: Option<bool>,
+    /// One answered exactly the peer's VIP.
+    at_peer: bool,
+    message: String,
+}
+
+async fn dns_points_here(topo: &ValidatedTopology, self_name: &str, peer_name: &str) -> DnsSeen {
+    let unknown = |message: String| DnsSeen { here: None, at_peer: false, message };
     let Some(vip) = topo.spec.cluster(self_name).map(|c| c.vip) else {
-        return (None, "this cluster is not in spec.clusters".into());
+        return unknown("this cluster is not in spec.clusters".into());
     };
+    let peer_vip = topo.spec.cluster(peer_name).map(|c| c.vip);
     let resolvers = match crate::dns::verify_resolvers(&topo.spec.dns.verify.resolvers) {
         Ok(r) => r,
-        Err(e) => return (None, e.to_string()),
+        Err(e) => return unknown(e.to_string()),
     };
     let answers = crate::dns::ask_all(&resolvers, &topo.spec.platform.domain, Duration::from_secs(2)).await;
     let elsewhere = answers.iter().any(|a| matches!(&a.result, Ok(ips) if ips != &[vip]));
     let all_here = !answers.is_empty() && answers.iter().all(|a| matches!(&a.result, Ok(ips) if ips == &[vip]));
+    let at_peer = peer_vip.is_some_and(|p| answers.iter().any(|a| matches!(&a.result, Ok(ips) if ips == &[p])));
     let here = if elsewhere { Some(false) } else { all_here.then_some(true) };
-    let ok = here == Some(true);
     let said: Vec<String> = answers.iter().map(|a| a.to_string()).collect();
-    let msg = if ok {
+    let message = if here == Some(true) {
         format!("{} resolves to {vip} ({})", topo.spec.platform.domain, said.join("; "))
     } else {
         format!("{} should resolve to {vip}: {}", topo.spec.platform.domain, said.join("; "))
     };
-    (here, msg)
+    DnsSeen { here, at_peer, message }
 }
 
 /// A fenced standby refuses writes to replicated data; a primary (or fencing disabled) lifts the
@@ -451,7 +519,12 @@ async fn dns_points_here(topo: &ValidatedTopology, self_name: &str) -> (Option<b
 /// failover has stopped replicating (StopSync lifts it, before the hooks, DNS and restarts), so
 /// its own controllers never act on data the mirror is still writing. Re-applied every minute in
 /// case something removed it.
-async fn fence_as_declared(ctx: &Context, topo: &ValidatedTopology, status: &crate::topology::DRTopologyStatus, action: &Action) {
+async fn fence_as_declared(
+    ctx: &Context,
+    topo: &ValidatedTopology,
+    status: &crate::topology::DRTopologyStatus,
+    action: &Action,
+) -> Result<(), crate::fence::FenceError> {
     let fenced = fence_wanted(&FenceFacts {
         enabled: topo.spec.sync.fence.enabled,
         declared_primary: topo.spec.primary == ctx.self_name(),
@@ -459,11 +532,12 @@ async fn fence_as_declared(ctx: &Context, topo: &ValidatedTopology, status: &cra
         role: status.role,
         stopped_sync: stopped_sync(status, ctx.self_name()),
         holds_primary: matches!(action, Action::HoldPrimary { .. }),
+        stands_down: matches!(action, Action::StandDown { .. }),
     });
     let want = fenced.then(|| topo.spec.primary.clone());
     let mut last = ctx.fenced.lock().await;
     if last.as_ref().is_some_and(|(w, at)| w == &want && at.elapsed() < Duration::from_secs(60)) {
-        return;
+        return Ok(());
     }
     let result = match &want {
         Some(_) => crate::fence::apply(&ctx.client, topo, &ctx.args.namespace).await,
@@ -475,8 +549,12 @@ async fn fence_as_declared(ctx: &Context, topo: &ValidatedTopology, status: &cra
                 info!(fenced = want.is_some(), "fence reconciled");
             }
             *last = Some((want, std::time::Instant::now()));
+            Ok(())
         }
-        Err(e) => warn!(error = %e, "fence not reconciled; will retry"),
+        Err(e) => {
+            warn!(error = %e, "fence not reconciled; will retry");
+            Err(e)
+        }
     }
 }
 

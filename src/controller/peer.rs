@@ -118,8 +118,11 @@ pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
         token_cluster_id: st.demotion.as_ref().and_then(|d| d.cluster_id.clone()),
         encryption_config_sha256: st.encryption_config_sha256.clone(),
         term: st.term,
+        token_term: st.demotion.as_ref().and_then(|d| d.term),
         failover: st.failover.as_ref().filter(|f| f.to == peer_name).map(|f| PeerFailover {
             completed: f.completed_at.is_some(),
+            term: f.term,
+            based_on_term: f.peer_term,
             aborted: f.aborted.is_some(),
             abandoned: f.abandoned.is_some(),
             // Started counts: an update may have reached the DNS server before a timeout or a kill.

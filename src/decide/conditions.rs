@@ -42,7 +42,7 @@ api_names! {
         Steady, Primary, Standby, Syncing, Mirroring, NotHealthy, MirrorNotStarted, ManifestApplied, ManifestFailed,
         PointsHere, Switched, Verified, Wrong,
         DryRun, FailingOver, StepFailed, Demoting, WaitingForPeer, WaitingForPrimary,
-        FailoverAbandoned, Resolved,
+        FailoverAbandoned, Resolved, SteppedDown,
     }
 }
 

@@ -16,15 +16,21 @@ pub struct FenceFacts {
     /// The primary role is held for a peer that abandoned its failover (`spec.primary` names
     /// the peer).
     pub holds_primary: bool,
+    /// The primary is standing down, outranked (a higher term, DNS answering the peer),
+    /// whatever `spec.primary` says.
+    pub stands_down: bool,
 }
 
 /// Whether this cluster should be fenced now: a declared standby is; a standby declared primary
 /// is until its failover has stopped replicating; a dry run keeps the role it has; a cluster
 /// that never was a standby (bootstrap) never is; a primary holding the role for a peer that
-/// abandoned its failover is not.
+/// abandoned its failover is not; an outranked primary standing down is, before its token.
 pub fn fence_wanted(f: &FenceFacts) -> bool {
     if !f.enabled || f.holds_primary {
         return false;
+    }
+    if f.stands_down {
+        return true;
     }
     if f.dry_run {
         return f.role != Some(Role::Primary);
@@ -52,6 +58,7 @@ mod tests {
             role,
             stopped_sync,
             holds_primary: false,
+            stands_down: false,
         };
         use Role::{Primary, Standby};
         let cases = [
@@ -72,6 +79,11 @@ mod tests {
                 "a primary holding the role for a peer that abandoned its failover is writable",
             ),
             (facts(true, true, false, Some(Standby), false), true, "the peer that abandoned (declared primary, standby, sync not stopped) stays fenced"),
+            (
+                FenceFacts { stands_down: true, ..facts(true, true, false, Some(Primary), false) },
+                true,
+                "a declared primary standing down for a higher term is fenced before its token",
+            ),
         ];
         for (f, want, rule) in cases {
             assert_eq!(fence_wanted(&f), want, "{rule}: {f:?}");

@@ -147,6 +147,8 @@ pub struct PeerState {
     pub failover: Option<PeerFailover>,
     /// The peer's primary term (`status.term`; 0 when it never was primary or predates terms).
     pub term: i64,
+    /// The term its demotion token answers for (the term it held when it stepped down).
+    pub token_term: Option<i64>,
 }
 
 /// How far the peer got with its latest failover to itself.
@@ -159,6 +161,24 @@ pub struct PeerFailover {
     pub abandoned: bool,
     /// Its SwitchDNS step succeeded: clients may have written there since.
     pub dns_switched: bool,
+    /// The term it gave the peer, once completed.
+    pub term: Option<i64>,
+    /// Our term as it read it at Preflight/Demote (None: it never reached us). A failover based
+    /// on a term below the one we hold now started before we last became primary: history.
+    pub based_on_term: Option<i64>,
+}
+
+impl PeerFailover {
+    /// Started and neither completed nor aborted.
+    pub fn in_progress(&self) -> bool {
+        !self.completed && !self.aborted
+    }
+
+    /// Whether this failover happened before we took term `mine`, so what it did (moving DNS)
+    /// says nothing about who wrote since.
+    fn predates(&self, mine: i64) -> bool {
+        self.term.is_some_and(|t| t < mine) || self.based_on_term.is_some_and(|t| t < mine)
+    }
 }
 
 impl PeerView {
@@ -174,6 +194,8 @@ impl PeerView {
 #[derive(Clone, Debug, Default)]
 pub struct Observed<'a> {
     pub self_name: &'a str,
+    /// The other cluster of `spec.clusters`.
+    pub peer_name: &'a str,
     pub spec_primary: &'a str,
     /// Validation errors of the spec (empty when valid).
     pub invalid: bool,
@@ -184,6 +206,8 @@ pub struct Observed<'a> {
     /// Whether the platform domain resolves to this cluster's VIP: `Some(false)` when a resolver
     /// answered something else, None when unknown. Only asked when [`asks_dns`] holds.
     pub dns_here: Option<bool>,
+    /// The resolvers answered the peer's VIP (then `dns_here` is `Some(false)`).
+    pub dns_at_peer: bool,
     pub now: Timestamp,
     /// `spec.failover.finalSyncTimeout` and `finalSyncPolicy`.
     pub final_sync: FinalSyncBound,
@@ -243,6 +267,13 @@ pub enum Action {
     Mirror,
     /// Standby whose primary is not ready (failing over, unreachable at start): do not mirror.
     WaitForPrimary { why: String },
+    /// This cluster acts as primary but is outranked (see [`outranked`]): step down for the
+    /// peer now, fenced, whatever its own `spec.primary` says. `why` names the evidence.
+    StandDown { new_primary: String, why: String },
+    /// We stood down against our own `spec.primary`, under the spec we still have: stay a
+    /// fenced standby (not mirroring) until the spec or the retry annotation changes, or the
+    /// peer hands the role back.
+    HoldStoodDown { why: String },
 }
 
 impl Action {
@@ -279,6 +310,14 @@ pub fn next_step(f: &FailoverStatus) -> Step {
 pub fn next_term(status: &DRTopologyStatus) -> i64 {
     let recorded = status.failover.as_ref().and_then(|f| f.peer_term).unwrap_or(0);
     status.term.max(status.peer_term).max(recorded).saturating_add(1)
+}
+
+/// Whether FinalSync catches up from the old primary, given our own term and the term it held
+/// (`failover.peerTerm`, None when it never answered): not when ours is higher. Then we were
+/// primary after it stepped down, it holds nothing newer, and a catch-up would replace our
+/// acknowledged writes with its older copy.
+pub fn old_primary_may_be_newer(own_term: i64, peer_term: Option<i64>) -> bool {
+    peer_term.is_none_or(|t| t >= own_term)
 }
 
 /// How long FinalSync of `f` may still try: None before its first start, zero once its bound is
@@ -367,9 +406,63 @@ fn reclaim_after_abandon(o: &Observed) -> Option<Action> {
     })
 }
 
-/// Whether the planner needs to know where DNS points: only when a reclaim is possible.
+/// Whether the planner needs to know where DNS points: when a reclaim is possible, and while
+/// this cluster acts as primary (DNS answering the peer outranks it, see [`outranked`]).
 pub fn asks_dns(o: &Observed) -> bool {
-    may_reclaim(o.status, o.self_name, o.spec_primary) || demoted_for_an_abandoned_peer(o)
+    acting_primary(o) || may_reclaim(o.status, o.self_name, o.spec_primary) || demoted_for_an_abandoned_peer(o)
+}
+
+/// This cluster holds the primary role (writable unless fenced) and no failover to it runs.
+fn acting_primary(o: &Observed) -> bool {
+    o.status.and_then(|s| s.role) == Some(Role::Primary) && in_progress(o.status, o.self_name).is_none()
+}
+
+/// Why a cluster acting as primary must stand down, whatever its own `spec.primary` says: the
+/// one rule that ends every split brain (a partition, a flip one side applied, a lost status).
+/// - **The higher term wins.** The peer is primary with a higher term: it completed a failover
+///   after ours (terms only rise past every term seen). Equal terms (two bootstraps) go to the
+///   cluster DNS answers, else to the name that sorts first.
+/// - **The peer took over without us.** Its failover to itself is past SwitchDNS and based on
+///   no acknowledgement of ours: it declared us lost.
+/// - **DNS is the arbiter** (the seed: "whoever DNS points at is primary"). The resolvers answer
+///   the peer's VIP, and the peer is not provably our follower (it answers, is not primary, runs
+///   no failover and holds a lower term): that catches a partition in which the peer is not
+///   reachable but clients already are.
+pub fn outranked(o: &Observed) -> Option<String> {
+    if !acting_primary(o) {
+        return None;
+    }
+    let mine = o.status.map(|s| s.term).unwrap_or(0);
+    let peer = o.peer_name;
+    if let Some(p) = o.peer.reachable() {
+        if p.role == Some(Role::Primary) && p.term > mine {
+            return Some(format!("{peer} is primary with term {} > ours {mine}: the higher term wins", p.term));
+        }
+        if p.role == Some(Role::Primary) && p.term == mine && o.dns_here != Some(true) && (o.dns_at_peer || o.self_name > peer) {
+            let by = if o.dns_at_peer { "DNS answers it" } else { "its name sorts first" };
+            return Some(format!("{peer} is primary with our term {mine} too; {by}"));
+        }
+        if p.failover.as_ref().is_some_and(|f| f.in_progress() && f.dns_switched) {
+            return Some(format!("{peer} is failing over to itself and has moved DNS: it declared {} lost", o.self_name));
+        }
+    }
+    let follower =
+        o.peer.reachable().is_some_and(|p| p.role != Some(Role::Primary) && p.term < mine && !p.failover.as_ref().is_some_and(PeerFailover::in_progress));
+    (o.dns_at_peer && !follower).then(|| format!("the platform domain resolves to {peer}'s VIP and {peer} may be primary: DNS decides"))
+}
+
+/// We stood down against our own `spec.primary` under the spec generation and retry
+/// annotation we still have, and the peer has not handed the role back: why we hold.
+pub fn holding_after_stand_down(o: &Observed) -> Option<String> {
+    let st = o.status.filter(|s| s.role == Some(Role::Standby))?;
+    let under = st.demotion.as_ref()?.stood_down.as_ref()?;
+    let handed_back = o.peer.reachable().is_some_and(|p| p.role != Some(Role::Primary) && p.demoted_for.as_deref() == Some(o.self_name));
+    (under.generation == o.generation && under.retry.as_deref() == o.retry && !handed_back).then(|| {
+        format!(
+            "{} stood down for {} (a higher-term primary, or DNS answering it) though spec.primary names {}; it stays a fenced standby until the spec changes, annotation {RETRY_ANNOTATION} is set to a new value, or {} hands the role back",
+            o.self_name, o.peer_name, o.self_name, o.peer_name
+        )
+    })
 }
 
 /// This cluster is named primary, is a standby, and once stepped down: whether it may take the
@@ -420,7 +513,9 @@ fn reclaim_refusal(p: &PeerState, mine: i64, dns_here: Option<bool>) -> Option<S
             format!("the peer became primary after we stepped down (its term {} > ours {mine})", p.term)
         });
     }
-    if p.failover.as_ref().is_some_and(|f| f.dns_switched) {
+    // A failover from before we took our term (a completed one always is, past the check
+    // above) moved DNS away from an earlier primary, not from us.
+    if p.failover.as_ref().is_some_and(|f| f.dns_switched && !f.predates(mine)) {
         return Some("the peer's abandoned failover had moved DNS: clients may have written there".into());
     }
     if dns_here == Some(false) {
@@ -443,9 +538,12 @@ pub fn plan(o: &Observed) -> Action {
     if o.invalid {
         return Action::Hold;
     }
-    let next = plan_role(o);
+    let next = match outranked(o) {
+        Some(why) => Action::StandDown { new_primary: o.peer_name.to_string(), why },
+        None => plan_role(o),
+    };
     match next {
-        Action::StartFailover { .. } | Action::AcknowledgeDemotion { .. } | Action::ReclaimPrimary { .. } if o.dry_run => {
+        Action::StartFailover { .. } | Action::AcknowledgeDemotion { .. } | Action::ReclaimPrimary { .. } | Action::StandDown { .. } if o.dry_run => {
             Action::DryRun { would: Box::new(next) }
         }
         other => other,
@@ -466,6 +564,9 @@ fn plan_role(o: &Observed) -> Action {
             if let Some(why) = holding_after_abandon(o) {
                 let mirror = o.peer.reachable().is_some_and(|p| p.role == Some(Role::Primary) && p.phase == Some(Phase::Steady));
                 return Action::HoldAbandoned { why, mirror };
+            }
+            if let Some(why) = holding_after_stand_down(o) {
+                return Action::HoldStoodDown { why };
             }
             match role {
                 Some(Role::Primary) => Action::StayPrimary,
@@ -553,12 +654,14 @@ mod tests {
     fn obs<'a>(me: &'a str, primary: &'a str, st: Option<&'a DRTopologyStatus>, peer: PeerView) -> Observed<'a> {
         Observed {
             self_name: me,
+            peer_name: if me == "a" { "b" } else { "a" },
             spec_primary: primary,
             invalid: false,
             dry_run: false,
             status: st,
             peer,
             dns_here: None,
+            dns_at_peer: false,
             now: at(0),
             final_sync: FinalSyncBound { timeout: Duration::from_secs(120), policy: FinalSyncPolicy::Abandon },
             generation: Some(1),
@@ -704,11 +807,13 @@ mod tests {
         PeerState { spec_primary: "a".into(), role: Some(Role::Standby), demoted_for: Some("a".into()), term, failover, ..Default::default() }
     }
 
-    const RUNNING: PeerFailover = PeerFailover { completed: false, aborted: false, abandoned: false, dns_switched: false };
-    const ABORTED_BEFORE_DNS: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: false };
-    const ABORTED_AFTER_DNS: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: true };
-    const COMPLETED: PeerFailover = PeerFailover { completed: true, aborted: false, abandoned: false, dns_switched: true };
-    const ABANDONED: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: true, dns_switched: false };
+    const RUNNING: PeerFailover = PeerFailover { completed: false, aborted: false, abandoned: false, dns_switched: false, term: None, based_on_term: None };
+    const ABORTED_BEFORE_DNS: PeerFailover =
+        PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: false, term: None, based_on_term: None };
+    const ABORTED_AFTER_DNS: PeerFailover =
+        PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: true, term: None, based_on_term: None };
+    const COMPLETED: PeerFailover = PeerFailover { completed: true, aborted: false, abandoned: false, dns_switched: true, term: None, based_on_term: None };
+    const ABANDONED: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: true, dns_switched: false, term: None, based_on_term: None };
 
     fn is_full_failover(a: &Action) -> bool {
         matches!(a, Action::StartFailover { .. })
@@ -998,6 +1103,127 @@ mod tests {
         assert_eq!(plan(&obs("a", "b", Some(&st), b_seen(RUNNING, None, 0))), Action::AcknowledgeDemotion { new_primary: "b".into() });
         // b unreachable: nothing proves it will not fail over; a follows the spec.
         assert_eq!(plan(&obs("a", "b", Some(&st), PeerView::Unreachable)), Action::AcknowledgeDemotion { new_primary: "b".into() });
+    }
+
+    /// A primary of term `term` with `spec.primary` naming itself, as `me` sees it.
+    fn primary_of_term(term: i64) -> DRTopologyStatus {
+        DRTopologyStatus { term, ..status(Some(Role::Primary), Some(Phase::Steady)) }
+    }
+
+    fn seen(role: Role, term: i64, failover: Option<PeerFailover>) -> PeerView {
+        PeerView::Reachable(PeerState { spec_primary: "b".into(), role: Some(role), phase: Some(Phase::Steady), term, failover, ..Default::default() })
+    }
+
+    /// Issue 18, scenario 1 and the DNS arbiter: after a partition in which B failed over
+    /// without A, A stayed Primary for good although it saw B's higher term and DNS on B.
+    #[test]
+    fn an_outranked_primary_stands_down_whatever_its_spec_says() {
+        let moved = PeerFailover { dns_switched: true, ..RUNNING };
+        // (rule, me, my term, peer, DNS here?, DNS at the peer?, stands down?)
+        type Case = (&'static str, &'static str, i64, PeerView, Option<bool>, bool, bool);
+        let cases: Vec<Case> = vec![
+            ("a higher-term primary wins", "a", 1, seen(Role::Primary, 2, None), None, false, true),
+            ("a lower-term primary stands down itself, not us", "a", 2, seen(Role::Primary, 1, None), None, false, false),
+            ("equal terms: DNS here keeps the role", "b", 1, seen(Role::Primary, 1, None), Some(true), false, false),
+            ("equal terms: DNS at the peer gives it up", "a", 1, seen(Role::Primary, 1, None), Some(false), true, true),
+            ("equal terms, DNS unknown: the name sorting first keeps it", "a", 1, seen(Role::Primary, 1, None), None, false, false),
+            ("equal terms, DNS unknown: the name sorting last gives it up", "b", 1, seen(Role::Primary, 1, None), None, false, true),
+            ("the peer fails over without us and moved DNS: it declared us lost", "a", 1, seen(Role::Standby, 0, Some(moved)), None, false, true),
+            ("the peer fails over but has not moved DNS: its Demote still asks us", "a", 1, seen(Role::Standby, 0, Some(RUNNING)), None, false, false),
+            ("DNS at the unreachable peer: DNS decides", "a", 1, PeerView::Unreachable, Some(false), true, true),
+            ("DNS elsewhere (not the peer): only DNSCorrect says so", "a", 1, PeerView::Unreachable, Some(false), false, false),
+            ("DNS at a peer that provably follows us: a DNS mistake, not a primary", "a", 2, seen(Role::Standby, 1, None), Some(false), true, false),
+            ("DNS at a standby peer with a term not below ours: not provably a follower", "a", 1, seen(Role::Standby, 1, None), Some(false), true, true),
+        ];
+        for (rule, me, term, p, here, at_peer, down) in cases {
+            let st = primary_of_term(term);
+            let mut o = obs(me, me, Some(&st), p);
+            (o.dns_here, o.dns_at_peer) = (here, at_peer);
+            assert!(asks_dns(&o), "{rule}: a primary asks where DNS points");
+            let got = plan(&o);
+            let peer = if me == "a" { "b" } else { "a" };
+            match down {
+                true => assert!(matches!(&got, Action::StandDown { new_primary, .. } if new_primary == peer), "{rule}: {got:?}"),
+                false => assert_eq!(got, Action::StayPrimary, "{rule}"),
+            }
+        }
+        // Dry run reports it and changes nothing.
+        let st = primary_of_term(1);
+        let mut o = obs("a", "a", Some(&st), seen(Role::Primary, 2, None));
+        o.dry_run = true;
+        assert!(matches!(plan(&o), Action::DryRun { would } if matches!(*would, Action::StandDown { .. })));
+    }
+
+    /// `a` after standing down for `b` under generation 1 and no retry annotation.
+    fn a_stood_down() -> DRTopologyStatus {
+        let mut st = status(Some(Role::Standby), Some(Phase::Demoting));
+        st.term = 1;
+        st.demotion = Some(DemotionStatus {
+            new_primary: "b".into(),
+            term: Some(1),
+            stood_down: Some(crate::topology::AbandonedUnder { generation: Some(1), retry: None }),
+            ..Default::default()
+        });
+        st
+    }
+
+    #[test]
+    fn a_primary_that_stood_down_holds_until_the_spec_changes_or_the_role_is_handed_back() {
+        let st = a_stood_down();
+        let handed_back = PeerView::Reachable(PeerState { role: Some(Role::Standby), demoted_for: Some("a".into()), term: 2, ..Default::default() });
+        // (rule, spec.primary, generation, retry, peer, expected)
+        type Case = (&'static str, &'static str, Option<i64>, Option<&'static str>, PeerView, &'static str);
+        let cases: Vec<Case> = vec![
+            ("same spec, b primary: hold, fenced and not mirroring", "a", Some(1), None, seen(Role::Primary, 2, None), "hold"),
+            ("same spec, b unreachable: hold", "a", Some(1), None, PeerView::Unreachable, "hold"),
+            ("the spec changed, still naming a: a full failover (Demote asks b)", "a", Some(2), None, seen(Role::Primary, 2, None), "failover"),
+            ("the retry annotation set: a full failover", "a", Some(1), Some("now"), seen(Role::Primary, 2, None), "failover"),
+            ("b stepped down for a (a flip reverted on b): a full failover, never a hold with no primary", "a", Some(1), None, handed_back, "failover"),
+            ("the flip reaches a: an ordinary standby that mirrors b", "b", Some(2), None, seen(Role::Primary, 2, None), "mirror"),
+        ];
+        for (rule, primary, generation, retry, p, want) in cases {
+            let mut o = obs("a", primary, Some(&st), p);
+            (o.generation, o.retry) = (generation, retry);
+            let got = plan(&o);
+            let ok = match want {
+                "hold" => matches!(got, Action::HoldStoodDown { .. }),
+                "failover" => is_full_failover(&got),
+                "mirror" => got == Action::Mirror,
+                _ => unreachable!(),
+            };
+            assert!(ok, "{rule}: {got:?}");
+        }
+    }
+
+    /// Issue 18, scenario 3: after A→B→A, a flip away and back that only A applied. B's latest
+    /// failover (A→B, completed, term 2) had moved DNS long before A took term 3; it counted as
+    /// "the peer moved DNS", so A ran a full runbook whose FinalSync imported B's stale copy
+    /// over 100 of A's acknowledged writes.
+    #[test]
+    fn a_peer_failover_from_before_our_term_is_history_and_its_copy_is_never_imported() {
+        let mut st = a_demoted_for_b();
+        st.term = 3;
+        let old = PeerFailover { completed: true, dns_switched: true, term: Some(2), based_on_term: Some(1), ..RUNNING };
+        let b = PeerView::Reachable(PeerState {
+            spec_primary: "a".into(),
+            role: Some(Role::Standby),
+            phase: Some(Phase::Steady),
+            term: 2,
+            demoted_for: Some("a".into()),
+            failover: Some(old),
+            ..Default::default()
+        });
+        let mut o = obs("a", "a", Some(&st), b);
+        o.dns_here = Some(true);
+        assert!(matches!(plan(&o), Action::ReclaimPrimary { .. }), "{:?}", plan(&o));
+        // An aborted failover based on our current term did move DNS away from us.
+        let after = PeerFailover { aborted: true, dns_switched: true, based_on_term: Some(3), ..RUNNING };
+        let refused = PeerState { spec_primary: "a".into(), role: Some(Role::Standby), term: 2, failover: Some(after), ..Default::default() };
+        assert!(reclaim_refusal(&refused, 3, Some(true)).is_some_and(|w| w.contains("moved DNS")));
+        // (our term, the old primary's, catch up from it?)
+        for (own, peer, want) in [(3, Some(2), false), (2, Some(2), true), (1, Some(2), true), (3, None, true)] {
+            assert_eq!(old_primary_may_be_newer(own, peer), want, "own {own}, peer {peer:?}");
+        }
     }
 
     #[test]

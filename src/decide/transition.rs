@@ -103,6 +103,17 @@ pub fn transition(action: &Action, status: &DRTopologyStatus, f: &Facts) -> DRTo
             step_down(&mut st, f.spec_primary, true, f);
         }
         Action::AcknowledgeDemotion { new_primary } => step_down(&mut st, new_primary, true, f),
+        Action::StandDown { new_primary, why } => {
+            step_down(&mut st, new_primary, true, f);
+            if let Some(d) = st.demotion.as_mut() {
+                d.stood_down = Some(AbandonedUnder { generation: g, retry: f.retry.map(str::to_string) });
+            }
+            set_condition(&mut st, ConditionType::Degraded, true, Reason::SteppedDown, &format!("stood down for {new_primary}: {why}"), g);
+        }
+        Action::HoldStoodDown { why } => {
+            set_condition(&mut st, ConditionType::Degraded, true, Reason::SteppedDown, why, g);
+            set_condition(&mut st, ConditionType::Ready, false, Reason::SteppedDown, why, g);
+        }
         Action::ReclaimPrimary { proof } => {
             // The term stays: no failover completed anywhere since this cluster held it.
             st.role = Some(Role::Primary);
@@ -164,6 +175,8 @@ fn step_down(st: &mut DRTopologyStatus, new_primary: &str, served: bool, f: &Fac
     st.demotion = Some(DemotionStatus {
         new_primary: new_primary.to_string(),
         final_revision: f.own_head.as_ref().map(|(rev, _)| *rev),
+        term: Some(st.term),
+        stood_down: None,
         cluster_id: f.own_head.as_ref().map(|(_, id)| id.clone()),
         acknowledged_at: Some(f.now.to_string()),
         restarts_done: !served,
@@ -177,7 +190,7 @@ fn step_down(st: &mut DRTopologyStatus, new_primary: &str, served: bool, f: &Fac
 fn abandon_condition(status: &mut DRTopologyStatus, action: &Action, generation: Option<i64>) {
     match action.abandoned_hold() {
         Some(why) => set_condition(status, ConditionType::Degraded, true, Reason::FailoverAbandoned, why, generation),
-        None if matches!(action, Action::ReclaimPrimary { .. }) => {}
+        None if matches!(action, Action::ReclaimPrimary { .. } | Action::StandDown { .. } | Action::HoldStoodDown { .. }) => {}
         None => {
             if is_true(status, ConditionType::Degraded) {
                 set_condition(status, ConditionType::Degraded, false, Reason::Resolved, "no abandoned failover holds the pair", generation);
@@ -406,5 +419,22 @@ mod tests {
         assert_eq!(degraded(&st), Some(("True".into(), "FailoverAbandoned".into())), "a reclaim is the step into a hold: left as it is");
         abandon_condition(&mut st, &Action::AcknowledgeDemotion { new_primary: "b".into() }, None);
         assert_eq!(degraded(&st), Some(("False".into(), "Resolved".into())), "the peer retried: cleared");
+    }
+
+    #[test]
+    fn standing_down_writes_a_token_for_the_term_held_and_the_spec_it_stood_down_under() {
+        let mut primary = DRTopologyStatus { role: Some(Role::Primary), phase: Some(Phase::Steady), term: 4, ..Default::default() };
+        primary.sync = Some(Default::default());
+        let f =
+            Facts { self_name: "a", peer_name: "b", spec_primary: "a", generation: Some(7), retry: Some("r1"), own_head: Some((99, "c1".into())), ..facts() };
+        let st = transition(&Action::StandDown { new_primary: "b".into(), why: "b is primary with term 5 > ours 4".into() }, &primary, &f);
+        let d = st.demotion.as_ref().expect("token");
+        assert_eq!((st.role, d.new_primary.as_str(), d.term, d.final_revision), (Some(Role::Standby), "b", Some(4), Some(99)));
+        assert_eq!(d.stood_down, Some(AbandonedUnder { generation: Some(7), retry: Some("r1".into()) }));
+        assert_eq!(condition(&st, ConditionType::Degraded), Some(("True".into(), "SteppedDown".into())));
+        assert_eq!(st.term, 4, "standing down keeps the term: the token answers for it");
+        // An ordinary acknowledgement carries the term too, and no stand-down.
+        let acked = transition(&Action::AcknowledgeDemotion { new_primary: "b".into() }, &primary, &f);
+        assert_eq!(acked.demotion.map(|d| (d.term, d.stood_down)), Some((Some(4), None)));
     }
 }

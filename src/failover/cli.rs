@@ -54,6 +54,7 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
     let status = topo.status.clone();
     let action = decide(&Observed {
         self_name: to,
+        peer_name: &peer_cluster.name,
         spec_primary: to,
         invalid: parsed.is_err(),
         dry_run: false,
@@ -61,6 +62,7 @@ pub async fn plan(to: &str, file: Option<&Path>, kubeconfig: Option<&Path>, name
         peer: view.clone(),
         // Not asked: a plan shown to a person does not query DNS.
         dns_here: None,
+        dns_at_peer: false,
         now: k8s_openapi::jiff::Timestamp::now(),
         final_sync: parsed.as_ref().map(|v| v.spec.failover.final_sync).unwrap_or_default(),
         // Flipping spec.primary is a spec change (a new generation): it retries an abandoned failover.

@@ -20,7 +20,7 @@ use crate::controller::status::StatusWriter;
 use crate::controller::sync::{collect_periodic, ensure_mirror, stop_replication};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
-use crate::decide::plan::{final_sync_left, step_record, PeerView, Step};
+use crate::decide::plan::{final_sync_left, old_primary_may_be_newer, step_record, PeerView, Step};
 use crate::decide::standby::record_check;
 use crate::decide::transition::{failover_done, record_step};
 use crate::decide::wait::{elapsed_since, recheck_within, wait_verdict, WaitVerdict, RECHECK};
@@ -340,6 +340,14 @@ impl Runbook<'_> {
                 applied.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into())
             )));
         };
+        let (own_term, peer_term) = (self.status.status.term, self.failover()?.peer_term);
+        if !old_primary_may_be_newer(own_term, peer_term) {
+            return Ok(Outcome::skipped(format!(
+                "{} last held term {}, below ours {own_term}: this cluster was primary after it and holds the newer data; nothing imported",
+                self.peer_name,
+                peer_term.unwrap_or_default()
+            )));
+        }
         // The mirror may not be running when the controller restarted mid-failover.
         ensure_mirror(self.ctx, self.topo, self.self_name()).await.map_err(|e| StepError::StartMirror(Box::new(e)))?;
         // An acknowledgement without a revision (its etcd did not answer): catch up to the head.
