@@ -160,6 +160,10 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
     let _busy = ctx.watchdog.start();
     let api: Api<DRTopology> = Api::all(ctx.client.clone());
     let mut writer: Option<StatusWriter> = None;
+    // A peer that did not answer is not asked again in the same pass: each ask waits out the
+    // peer timeout (4 s), and a partitioned failover of ten steps spent 40 s on nothing but
+    // that (a 10 s demotionTimeout became a 63 s failover). The next reconcile asks again.
+    let mut peer_down = false;
     // Plan and act until the plan says wait. The object is read again before every action:
     // the watch cache may trail our own status writes, and a flip back must be seen between
     // two runbook steps, not after the whole runbook.
@@ -185,9 +189,10 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
         let peer_name = v.and_then(|v| v.spec.peer_of(ctx.self_name())).map(|c| c.name.clone()).unwrap_or_default();
         // An invalid spec is not acted on: not even the peer is asked.
         let peer = match v {
-            Some(v) => observe_peer(ctx, v, &peer_name, w).await,
-            None => PeerView::Unreachable,
+            Some(v) if !peer_down => observe_peer(ctx, v, &peer_name, w).await,
+            _ => PeerView::Unreachable,
         };
+        peer_down = peer == PeerView::Unreachable;
         let status_now = w.status.clone();
         let mut observed = Observed {
             self_name: ctx.self_name(),

@@ -428,8 +428,11 @@ fn acting_primary(o: &Observed) -> bool {
 ///   the peer's VIP, and the peer is not provably our follower (it answers, is not primary, runs
 ///   no failover and holds a lower term): that catches a partition in which the peer is not
 ///   reachable but clients already are.
+///
+/// Only asked while `spec.primary` names this cluster: named standby, it acknowledges demotion
+/// by the ordinary rule.
 pub fn outranked(o: &Observed) -> Option<String> {
-    if !acting_primary(o) {
+    if !acting_primary(o) || o.self_name != o.spec_primary {
         return None;
     }
     let mine = o.status.map(|s| s.term).unwrap_or(0);
