@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test demo demo-down bench bench-scale faults soak
+.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test demo demo-down bench bench-scale faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -94,6 +94,12 @@ bench-scale: deps
 # The fault matrix alone, with its FAULT lines (RELIABILITY.md records them).
 faults: deps platform
 	cargo test --test faults -- --nocapture --test-threads=2
+
+# Issue 18's nemesis: SEEDS random schedules of partitions, one-sided/reverted flips and
+# controller kills on two whole globals, one `NEMESIS | seed ...` line each (CI runs seeds 1, 2).
+SEEDS ?= 20
+nemesis: deps platform
+	DRCTL_NEMESIS_SEEDS=$$(seq -s, 1 $(SEEDS)) cargo test --test nemesis -- --nocapture
 
 # Not in CI: a DR pair under 1,000 writes/s with deletes and a failover in the middle, for
 # DRCTL_SOAK_SECS (default 600); prints max lag, memory growth and the final check.

@@ -8,6 +8,7 @@ pub mod dns;
 pub mod faults;
 pub mod health;
 pub mod pair;
+pub mod partition;
 pub mod ssh;
 
 use std::path::{Path, PathBuf};
