@@ -16,6 +16,7 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::archive::{self, ArchiveRef, Manifest, Reason};
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
 pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, CHECKPOINT_KEY};
@@ -35,6 +36,8 @@ pub enum MirrorError {
     SameCluster(#[from] etcd::SameCluster),
     #[error("the source compacted the revision the mirror needs")]
     Compacted,
+    #[error("the source has not reached a revision the mirror already applied: its history went back (restored from a snapshot?)")]
+    Rewound,
     #[error("the source's watch stream went silent for {0:?} after a progress request")]
     DeadWatch(Duration),
     #[error("the source ended the watch stream")]
@@ -49,6 +52,8 @@ fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> MirrorError {
     move |source| {
         if side == Side::Source && etcd::is_compacted(&source) {
             MirrorError::Compacted
+        } else if side == Side::Source && etcd::is_future_revision(&source) {
+            MirrorError::Rewound
         } else {
             MirrorError::Etcd { side, source }
         }
@@ -142,8 +147,19 @@ pub struct Progress {
     pub deleted_keys: u64,
     /// This run continued from a checkpoint instead of copying from scratch.
     pub resumed: bool,
-    /// Full resyncs (compaction, another source cluster).
+    /// Full resyncs (compaction, another source cluster, a rewound source).
     pub resyncs: u64,
+    /// The last time the source's history went back (an etcd restored from a snapshot: same
+    /// cluster ID, lower revision): (the revision the destination had applied, the source's
+    /// head then). A resync from the head follows.
+    pub rewound: Option<(i64, i64)>,
+    /// How many times that happened since start.
+    pub rewinds: u64,
+    /// Destination keys saved in archives (before a copy or a repair overwrote or deleted
+    /// them) since start.
+    pub archived_keys: u64,
+    /// The last archive made, once its copy or repair finished.
+    pub archive: Option<Manifest>,
     pub last_error: Option<String>,
     /// When the destination last had every source revision the mirror knew of.
     pub caught_up_at: Option<SystemTime>,
@@ -302,6 +318,15 @@ fn read_ahead(mut pager: DiffPager, src: &Conn, dst: &Conn, filter: &Filter) -> 
     (AbortOnDrop(task), rx)
 }
 
+/// What one of the copy's txns wrote, once it committed.
+struct Wrote {
+    cursor: CopyCursor,
+    puts: u64,
+    dels: u64,
+    /// Destination values saved in the archive before it.
+    saved: u64,
+}
+
 /// Where a session starts.
 enum Start {
     Copy { revision: i64, cursor: CopyCursor },
@@ -379,17 +404,24 @@ impl Mirror {
         });
         let mut start = match Checkpoint::read(&mut dst.kv.clone()).await? {
             None => {
+                // Whatever the destination holds already (a rejoining old primary's data) is kept
+                // where the source lacks it (surplus, reported by the check); values the copy
+                // overwrites are archived first.
                 tracing::info!(revision = head, "no checkpoint: initial copy");
-                Start::Copy { revision: head, cursor: CopyCursor::start(false) }
+                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(Reason::InitialCopy, head)) }
             }
             Some(cp) if cp.cluster_id != cluster_id => {
                 tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
                 self.update(|p| p.resyncs += 1);
-                Start::Copy { revision: head, cursor: CopyCursor::start(true) }
+                Start::Copy { revision: head, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::ClusterChanged, head)) }
             }
-            Some(Checkpoint { revision, copy: Some(cursor), .. }) => {
+            Some(cp) if cp.revision > head => self.rewound(cp.revision, head),
+            Some(Checkpoint { revision, copy: Some(mut cursor), .. }) => {
                 tracing::info!(revision, phase = cursor.phase, "resuming the copy");
                 self.update(|p| p.resumed = true);
+                // A copy checkpointed before archives existed: one for the rest of it.
+                let reason = if cursor.prune { Reason::Compaction } else { Reason::InitialCopy };
+                cursor.archive.get_or_insert_with(|| ArchiveRef::new(reason, revision));
                 Start::Copy { revision, cursor }
             }
             Some(cp) => {
@@ -422,14 +454,35 @@ impl Mirror {
                     let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
                     tracing::warn!(revision = now, "source compacted past the checkpoint: full resync");
                     self.update(|p| p.resyncs += 1);
-                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true) };
+                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, now)) };
+                }
+                Err(MirrorError::Rewound) => {
+                    let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
+                    let had = Checkpoint::read(&mut dst.kv.clone()).await?.map_or(self.progress.borrow().applied_revision, |cp| cp.revision);
+                    start = self.rewound(had, now);
                 }
                 other => return other,
             }
         }
     }
 
-    /// Copies `/registry/` at `revision` from `cursor` on; returns `revision`.
+    /// The source's history went back from `had` (what the destination holds) to `head`: reported,
+    /// then a full resync from the head whose overwrites and deletes are archived.
+    fn rewound(&self, had: i64, head: i64) -> Start {
+        tracing::warn!(had, head, "the source's revision went back (restored from a snapshot?): full resync from its head");
+        self.update(|p| {
+            p.rewound = Some((had, head));
+            p.rewinds += 1;
+            p.resyncs += 1;
+            // What was applied belongs to the old history: nothing of the new one is here yet.
+            p.applied_revision = 0;
+            p.caught_up_at = None;
+        });
+        Start::Copy { revision: head, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::Rewound, head)) }
+    }
+
+    /// Copies `/registry/` at `revision` from `cursor` on, saving the destination's values it
+    /// overwrites or deletes in the cursor's archive first; returns `revision`.
     #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
     async fn copy(&self, src: &Conn, dst: &Conn, cluster_id: u64, revision: i64, cursor: CopyCursor) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
@@ -446,10 +499,12 @@ impl Mirror {
             p.copy_compared_keys = 0;
         });
         let prune = cursor.prune;
+        let archive = cursor.archive.clone();
+        let at = |phase: usize, next: &[u8]| CopyCursor::at(phase, next, prune, archive.clone());
         let next = hex::decode(&cursor.next).unwrap_or_default();
         let checkpoint = |c: &CopyCursor| Checkpoint { copy: Some(c.clone()), ..Checkpoint::at(cluster_id, revision) };
         let mut done = cursor.clone();
-        type Pending = BoxFuture<'static, Result<(CopyCursor, u64, u64), MirrorError>>;
+        type Pending = BoxFuture<'static, Result<Wrote, MirrorError>>;
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let found = copy_order::discover(&mut skv, revision).await.map_err(on(Side::Source))?;
         let phases = copy_order::copy_phases(&found);
@@ -459,13 +514,33 @@ impl Mirror {
                 read_ahead(DiffPager::over(copy_order::read_ranges(&from, end, &found, &self.cfg.filter), revision, t.page_bytes), src, dst, &self.cfg.filter);
             while let Some(page) = pages.recv().await.transpose()? {
                 self.update(|p| p.copy_compared_keys += page.source_keys);
-                let ops: Vec<Op> = page
+                let ops: Vec<(Op, Option<Op>)> = page
                     .differences
                     .into_iter()
-                    .filter_map(|d| match d.source {
-                        Some(v) => Some(Op::Put(d.key, v)),
-                        None if prune => Some(Op::Delete(d.key)),
-                        None => None,
+                    .filter_map(|d| {
+                        let (op, action) = match d.source {
+                            Some(v) => (Op::Put(d.key, v), archive::Action::Overwritten),
+                            None if prune => (Op::Delete(d.key), archive::Action::Pruned),
+                            None => return None,
+                        };
+                        // The destination's value goes into the archive before the write replaces it.
+                        let save = match (&archive, &d.dest_value, d.dest_mod_revision) {
+                            (Some(a), Some(old), Some(rev)) => {
+                                Some(Op::Put(archive::entry_key(&a.id, op.key()), archive::encode(rev, action, old)))
+                            }
+                            _ => None,
+                        };
+                        Some((op, save))
+                    })
+                    .collect();
+                let mut saves: BTreeMap<Vec<u8>, Op> = BTreeMap::new();
+                let ops: Vec<Op> = ops
+                    .into_iter()
+                    .map(|(op, save)| {
+                        if let Some(save) = save {
+                            saves.insert(op.key().to_vec(), save);
+                        }
+                        op
                     })
                     .collect();
                 let mut chunks = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
@@ -476,10 +551,10 @@ impl Mirror {
                     .into_iter()
                     .map(|c| {
                         let end = c.last().map(|op| etcd::key_after(op.key())).unwrap_or_default();
-                        (c, CopyCursor::at(phase, &end, prune))
+                        (c, at(phase, &end))
                     })
                     .collect();
-                ends.push((last.unwrap_or_default(), CopyCursor::at(phase, &page.covered_to, prune)));
+                ends.push((last.unwrap_or_default(), at(phase, &page.covered_to)));
                 for (ops, end) in ends {
                     while inflight.len() >= t.in_flight {
                         done = self.settle(inflight.next().await, done)?;
@@ -488,16 +563,26 @@ impl Mirror {
                         Op::Put(..) => (p + 1, d),
                         Op::Delete(_) => (p, d + 1),
                     });
+                    let saved: Vec<Op> = ops.iter().filter_map(|op| saves.remove(op.key())).collect();
+                    let wrote = Wrote { cursor: end, puts, dels, saved: saved.len() as u64 };
                     if ops.is_empty() {
-                        inflight.push_back(async move { Ok((end, 0, 0)) }.boxed());
+                        inflight.push_back(async move { Ok(wrote) }.boxed());
                     } else {
                         // The checkpoint may only claim what has committed in order before it.
                         // Spawned, so writes proceed while the next page is read.
-                        let mut task = AbortOnDrop(tokio::spawn(apply(dkv.clone(), ops, Some(checkpoint(&done)))));
+                        let (kv, cp, (max_ops, max_bytes)) = (dkv.clone(), checkpoint(&done), (t.txn_max_ops, t.txn_max_bytes));
+                        let mut task = AbortOnDrop(tokio::spawn(async move {
+                            // The values about to be replaced are saved first: a crash in between
+                            // leaves them both saved and in place, and the resumed copy saves the same.
+                            for save in split_txns(saved, max_ops, max_bytes) {
+                                apply(kv.clone(), save, None).await?;
+                            }
+                            apply(kv, ops, Some(cp)).await
+                        }));
                         inflight.push_back(
                             async move {
                                 match (&mut task.0).await {
-                                    Ok(r) => r.map(|()| (end, puts, dels)),
+                                    Ok(r) => r.map(|()| wrote),
                                     Err(e) => Err(MirrorError::Task(e.to_string())),
                                 }
                             }
@@ -511,27 +596,35 @@ impl Mirror {
             while let Some(r) = inflight.next().await {
                 done = self.settle(Some(r), done)?;
             }
-            done = CopyCursor::at(phase + 1, &[], prune);
+            done = at(phase + 1, &[]);
         }
-        apply(dkv, Vec::new(), Some(Checkpoint::at(cluster_id, revision))).await?;
+        apply(dkv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, revision))).await?;
+        let sealed = match &archive {
+            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision).await.map_err(on(Side::Destination))?,
+            None => None,
+        };
         self.update(|p| {
             p.applied_revision = revision;
             if revision >= p.source_revision {
                 p.caught_up_at = Some(SystemTime::now());
+            }
+            if sealed.is_some() {
+                p.archive = sealed;
             }
         });
         tracing::info!(revision, "copy done");
         Ok(revision)
     }
 
-    fn settle(&self, r: Option<Result<(CopyCursor, u64, u64), MirrorError>>, done: CopyCursor) -> Result<CopyCursor, MirrorError> {
+    fn settle(&self, r: Option<Result<Wrote, MirrorError>>, done: CopyCursor) -> Result<CopyCursor, MirrorError> {
         match r {
-            Some(Ok((cursor, puts, dels))) => {
+            Some(Ok(w)) => {
                 self.update(|p| {
-                    p.put_keys += puts;
-                    p.deleted_keys += dels;
+                    p.put_keys += w.puts;
+                    p.deleted_keys += w.dels;
+                    p.archived_keys += w.saved;
                 });
-                Ok(cursor)
+                Ok(w.cursor)
             }
             Some(Err(e)) => Err(e),
             None => Ok(done),
@@ -664,8 +757,18 @@ impl Mirror {
         let mut put = 0;
         if !found.differences.is_empty() {
             let outcome = check::repair(src, dst, &self.cfg.filter, &found.differences, false).await?;
-            tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
-            self.update(|p| p.put_keys += outcome.put);
+            tracing::warn!(put = outcome.put, archived = outcome.archived, "anti-entropy repaired keys");
+            let sealed = match &outcome.archive {
+                Some(id) => archive::manifest(&mut dst.kv.clone(), id).await.map_err(on(Side::Destination))?,
+                None => None,
+            };
+            self.update(|p| {
+                p.put_keys += outcome.put;
+                p.archived_keys += outcome.archived;
+                if sealed.is_some() {
+                    p.archive = sealed;
+                }
+            });
             put = outcome.put;
         }
         tracing::info!(checked = found.report.checked_keys, differences = found.differences.len(), "anti-entropy pass done");

@@ -596,7 +596,7 @@ async fn a_half_written_batch_is_never_compared_or_repaired() {
     let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(found.report.consistent, "a half-written batch is in flux, not damage: {}", found.report);
     let missed =
-        check::Difference { key: b"/registry/configmaps/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None, dest_writer: None };
+        check::Difference { key: b"/registry/configmaps/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None, dest_value: None, dest_writer: None };
     let outcome = check::repair(&sc, &dc, &filter(), &[missed], false).await.expect("repair");
     assert_eq!((outcome.put, outcome.skipped), (0, 1), "{outcome:?}");
     assert!(d.get("/registry/configmaps/team-a/big", None).await.expect("get").kvs().is_empty(), "the batch's delete stands");
