@@ -289,7 +289,7 @@ pub struct RepairOutcome {
     pub archived: u64,
     /// The archive they are in (see [`crate::archive`]); absent when none was saved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive: Option<String>,
+    pub archive: Option<crate::archive::Manifest>,
 }
 
 /// The report `drctl check` prints and the controller serves at `/check`.
@@ -372,8 +372,8 @@ impl fmt::Display for CheckReport {
                 "repair: {} put, {} deleted, {} already right, {} skipped (kept changing; left to the mirror), {} excluded (not written)",
                 r.put, r.deleted, r.already, r.skipped, r.excluded
             )?;
-            if let Some(id) = &r.archive {
-                writeln!(f, "the {} values replaced are saved in archive {id} (drctl archive list)", r.archived)?;
+            if let Some(a) = &r.archive {
+                writeln!(f, "the {} values replaced are saved in archive {} (drctl archive list)", a.count, a.id)?;
             }
         }
         Ok(())
@@ -649,10 +649,18 @@ pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[
         // Counted from what is in the archive: a write that lost a race after its value was saved
         // in a txn of its own left an entry too.
         let sealed = crate::archive::seal(&mut dest.kv.clone(), &archive, cluster_id, head).await.map_err(on(Side::Destination))?;
-        out.archived = sealed.map_or(out.archived, |m| m.count);
-        out.archive = Some(archive.id);
+        out.archived = sealed.as_ref().map_or(out.archived, |m| m.count);
+        out.archive = sealed;
     }
-    tracing::info!(put = out.put, deleted = out.deleted, already = out.already, skipped = out.skipped, excluded = out.excluded, archived = out.archived, "repair done");
+    tracing::info!(
+        put = out.put,
+        deleted = out.deleted,
+        already = out.already,
+        skipped = out.skipped,
+        excluded = out.excluded,
+        archived = out.archived,
+        "repair done"
+    );
     Ok(out)
 }
 

@@ -70,6 +70,13 @@ impl CopyCursor {
 }
 
 impl Checkpoint {
+    /// The destination revision of the checkpoint's last write: every key the mirror wrote (its
+    /// data goes in the same txns) is at or below it. None without a checkpoint.
+    pub async fn written_at(kv: &mut KvClient) -> Result<Option<i64>, CheckpointError> {
+        let resp = kv.get(CHECKPOINT_KEY, None).await.map_err(CheckpointError::Read)?;
+        Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
+    }
+
     pub async fn read(kv: &mut KvClient) -> Result<Option<Checkpoint>, CheckpointError> {
         let resp = kv.get(CHECKPOINT_KEY, None).await.map_err(CheckpointError::Read)?;
         resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).map_err(CheckpointError::Parse)).transpose()
@@ -91,7 +98,7 @@ mod tests {
         let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
         assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);
-        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: crate::archive::Reason::Compaction };
+        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: crate::archive::Reason::Compaction, written_after: None };
         let with = Checkpoint { copy: Some(CopyCursor::at(0, b"", true, Some(archive))), ..Checkpoint::at(7, 42) };
         let json = String::from_utf8(serde_json::to_vec(&with).expect("serialize")).expect("utf8");
         assert!(json.contains(r#""archive":{"id":"x-r1-compaction","reason":"resync after compaction"}"#), "{json}");

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub surplus_keys: Gauge,
     pub diverged_keys: Gauge,
     pub repaired_keys: Gauge,
+    pub archived_keys: Counter,
     pub sync_healthy: Gauge,
     pub max_keys: Family<Vec<(String, String)>, Gauge>,
     condition: Family<Vec<(String, String)>, Gauge>,
@@ -57,6 +58,7 @@ impl Metrics {
             surplus_keys: Gauge::default(),
             diverged_keys: Gauge::default(),
             repaired_keys: Gauge::default(),
+            archived_keys: Counter::default(),
             sync_healthy: Gauge::default(),
             max_keys: Family::default(),
             condition: Family::default(),
@@ -81,6 +83,11 @@ impl Metrics {
         r.register("drctl_check_surplus_keys", "Keys only here at the last check", m.surplus_keys.clone());
         r.register("drctl_check_diverged_keys", "Keys whose bytes differ at the last check", m.diverged_keys.clone());
         r.register("drctl_check_repaired_keys", "Keys re-put from the primary by autoRepair since this cluster became standby", m.repaired_keys.clone());
+        r.register(
+            "drctl_archived_keys",
+            "Keys of this cluster saved in a divergence archive before a resync, a copy over existing data or a repair overwrote or deleted them",
+            m.archived_keys.clone(),
+        );
         r.register(
             "drctl_sync_healthy",
             "1 while this standby's SyncHealthy condition is True: mirroring, lag within bounds, and missed, surplus and diverged keys each within drctl_check_max_keys",

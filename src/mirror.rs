@@ -454,7 +454,10 @@ impl Mirror {
                     let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
                     tracing::warn!(revision = now, "source compacted past the checkpoint: full resync");
                     self.update(|p| p.resyncs += 1);
-                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, now)) };
+                    // What the mirror wrote is a copy of what the source held: only values
+                    // written here since (by anything else) are this cluster's own.
+                    let archive = ArchiveRef { written_after: Checkpoint::written_at(&mut dst.kv.clone()).await?, ..ArchiveRef::new(Reason::Compaction, now) };
+                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true, archive) };
                 }
                 Err(MirrorError::Rewound) => {
                     let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
@@ -525,7 +528,7 @@ impl Mirror {
                         };
                         // The destination's value goes into the archive before the write replaces it.
                         let save = match (&archive, &d.dest_value, d.dest_mod_revision) {
-                            (Some(a), Some(old), Some(rev)) => {
+                            (Some(a), Some(old), Some(rev)) if a.saves(rev) => {
                                 Some(Op::Put(archive::entry_key(&a.id, op.key()), archive::encode(rev, action, old)))
                             }
                             _ => None,
@@ -758,15 +761,11 @@ impl Mirror {
         if !found.differences.is_empty() {
             let outcome = check::repair(src, dst, &self.cfg.filter, &found.differences, false).await?;
             tracing::warn!(put = outcome.put, archived = outcome.archived, "anti-entropy repaired keys");
-            let sealed = match &outcome.archive {
-                Some(id) => archive::manifest(&mut dst.kv.clone(), id).await.map_err(on(Side::Destination))?,
-                None => None,
-            };
             self.update(|p| {
                 p.put_keys += outcome.put;
                 p.archived_keys += outcome.archived;
-                if sealed.is_some() {
-                    p.archive = sealed;
+                if outcome.archive.is_some() {
+                    p.archive = outcome.archive.clone();
                 }
             });
             put = outcome.put;

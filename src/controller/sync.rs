@@ -16,12 +16,12 @@ use super::context::{stop_replicated_pods, Context};
 use super::replication::{filter_for, SyncError, SyncKey};
 use super::status::StatusWriter;
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
-use crate::decide::standby::{differences_event, record_check, record_health, standby_health, MirrorFacts, Thresholds};
+use crate::decide::standby::{differences_event, record_archive, record_check, record_health, standby_health, MirrorFacts, Thresholds};
 use crate::decide::wait::{restarts_next, RestartsNext};
 use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
 use crate::restart;
 use crate::secret::{KubeSecrets, SecretSource};
-use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, SyncStatus};
+use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, RewoundStatus, SyncStatus};
 use crate::validated::{Cluster, Driver, ValidatedTopology};
 
 /// This cluster's etcd as an endpoint, with mTLS material from its Secret.
@@ -46,12 +46,36 @@ async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
 }
 
 /// Stops whatever replicates into this cluster: the in-process mirror, or with
-/// `sync.driver: manifest` the platform's own sync object. Idempotent.
+/// `sync.driver: manifest` the platform's own sync object. Idempotent. On a cluster the spec
+/// names primary, also deletes the mirror's checkpoint in its etcd (see [`forget_checkpoint`]).
 pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
     ctx.sync.stop().await;
     if let Driver::Manifest(m) = &topo.spec.sync.driver {
         manifest(ctx, m, false).await?;
     }
+    if topo.spec.primary == ctx.self_name() && !ctx.sync.checkpoint_forgotten() {
+        // Retried by the next reconcile (StayPrimary stops replication on each) when it fails.
+        if let Err(e) = forget_checkpoint(ctx, topo).await {
+            warn!(error = %e, "the mirror checkpoint left from this cluster's standby term could not be deleted; will retry");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the mirror checkpoint left in this cluster's etcd by an earlier standby term. Once a
+/// cluster has been primary its etcd holds writes of its own that the checkpoint knows nothing
+/// about: resuming the watch from it (or a compaction resync with prune) would overwrite or
+/// delete them unseen. Without a checkpoint, the next standby term starts with an initial copy
+/// over existing data: values it overwrites are archived first, keys only here are kept (surplus,
+/// reported by the check).
+pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
+    let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
+    let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
+    let deleted = conn.kv.delete(crate::checkpoint::CHECKPOINT_KEY, None).await.map_err(SyncError::Status)?.deleted();
+    if deleted > 0 {
+        info!("deleted the mirror checkpoint of this cluster's earlier standby term: it is primary now");
+    }
+    ctx.sync.set_checkpoint_forgotten();
     Ok(())
 }
 
@@ -146,6 +170,20 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         return None;
     }
     let (p, lag) = ctx.sync.progress().await?;
+    if let Some((from, to)) = ctx.sync.note_rewind(&p).await {
+        let note = format!(
+            "the primary's etcd revision went back from {from} (applied here) to {to}, same cluster ID: restored from a snapshot? Resyncing from its head; values of this cluster the resync replaces are archived first"
+        );
+        warn!(from, to, "source rewound");
+        let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
+        sync.rewound = Some(RewoundStatus { from_revision: from, to_revision: to, detected_at: Timestamp::now().to_string() });
+        ctx.event(topo, EventType::Warning, "SourceRewound", "Sync", note).await;
+    }
+    if let Some(note) = p.archive.as_ref().and_then(|m| record_archive(&mut w.status, m)) {
+        warn!(%note, "keys archived");
+        ctx.metrics.archived_keys.inc_by(p.archive.as_ref().map_or(0, |m| m.count));
+        ctx.event(topo, EventType::Warning, "WritesArchived", "Sync", note).await;
+    }
     if ctx.sync.report_due() || w.status.sync.is_none() {
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
@@ -163,6 +201,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     }
     let sync = w.status.sync.clone().unwrap_or_default();
     let last_check = ctx.sync.last_check().await;
+    let check_error = ctx.sync.check_error();
     // The peer, not spec.primary: a cluster holding after an abandoned failover is named primary.
     let source = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.as_str()).unwrap_or("the primary");
     let health = standby_health(&MirrorFacts {
@@ -174,6 +213,10 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         last_check: last_check.as_ref(),
         thresholds: Thresholds::of(topo.object()),
         source,
+        check_age: ctx.sync.last_check_age().await,
+        check_interval: interval,
+        check_error: check_error.as_deref(),
+        rewound: ctx.sync.rewound(),
     });
     record_health(&mut w.status, &health, generation);
 
