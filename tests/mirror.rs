@@ -801,8 +801,7 @@ fn a_source_restored_from_a_snapshot_is_reported_resynced_and_the_lost_history_a
     let Running { mut rx, stop, task } = rt.block_on(async {
         let base: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("/registry/configmaps/team-a/base-{i:03}"), format!("v{i}").into_bytes())).collect();
         put_all(&mut s, &base).await;
-        let running = run_in_background(Mirror::new(config(&src, &dst)));
-        running
+        run_in_background(Mirror::new(config(&src, &dst)))
     });
     let cluster_id = rt.block_on(async {
         caught_up(&mut rx, &mut s).await;
