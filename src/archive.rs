@@ -74,22 +74,12 @@ impl std::fmt::Display for Reason {
 pub struct ArchiveRef {
     pub id: String,
     pub reason: Reason,
-    /// Save only values whose mod revision (in the destination) is above this one: at or below
-    /// it, the mirror wrote them, copies of what the source itself held and later changed (a
-    /// compaction resync of a faithful replica loses nothing). None: save every value replaced.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub written_after: Option<i64>,
 }
 
 impl ArchiveRef {
     /// A new archive for a copy or repair against the source at `source_revision`.
     pub fn new(reason: Reason, source_revision: i64) -> ArchiveRef {
-        ArchiveRef { id: new_id(Timestamp::now(), source_revision, reason), reason, written_after: None }
-    }
-
-    /// Whether a destination value last written at `mod_revision` is saved before it is replaced.
-    pub fn saves(&self, mod_revision: i64) -> bool {
-        self.written_after.is_none_or(|after| mod_revision > after)
+        ArchiveRef { id: new_id(Timestamp::now(), source_revision, reason), reason }
     }
 }
 

@@ -35,12 +35,31 @@ pub struct Checkpoint {
     /// must not compare or repair against it until the batch's last txn clears this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<i64>,
+    /// The last source key the mirror saw put, at or before `revision`: read back when the
+    /// mirror resumes, to tell the source's history from another one under the same cluster ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<Witness>,
+}
+
+/// A source key and the revision it was put at. The source read at that revision answers that
+/// key with that mod revision while its history is the one the mirror followed; an etcd restored
+/// from an older snapshot, whose new writes have passed the revision again, answers otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Witness {
+    /// Hex-encoded (keys are bytes).
+    pub key: String,
+    pub mod_revision: i64,
 }
 
 impl Checkpoint {
     /// The source fully applied up to `revision`.
     pub fn at(cluster_id: u64, revision: i64) -> Checkpoint {
-        Checkpoint { cluster_id, revision, copy: None, pending: None }
+        Checkpoint { cluster_id, revision, copy: None, pending: None, witness: None }
+    }
+
+    pub(crate) fn witnessed(self, witness: Option<Witness>) -> Checkpoint {
+        Checkpoint { witness, ..self }
     }
 }
 
@@ -70,13 +89,6 @@ impl CopyCursor {
 }
 
 impl Checkpoint {
-    /// The destination revision of the checkpoint's last write: every key the mirror wrote (its
-    /// data goes in the same txns) is at or below it. None without a checkpoint.
-    pub async fn written_at(kv: &mut KvClient) -> Result<Option<i64>, CheckpointError> {
-        let resp = kv.get(CHECKPOINT_KEY, None).await.map_err(CheckpointError::Read)?;
-        Ok(resp.kvs().first().map(|kv| kv.mod_revision()))
-    }
-
     pub async fn read(kv: &mut KvClient) -> Result<Option<Checkpoint>, CheckpointError> {
         let resp = kv.get(CHECKPOINT_KEY, None).await.map_err(CheckpointError::Read)?;
         resp.kvs().first().map(|kv| serde_json::from_slice(kv.value()).map_err(CheckpointError::Parse)).transpose()
@@ -98,7 +110,7 @@ mod tests {
         let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
         assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);
-        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: crate::archive::Reason::Compaction, written_after: None };
+        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: crate::archive::Reason::Compaction };
         let with = Checkpoint { copy: Some(CopyCursor::at(0, b"", true, Some(archive))), ..Checkpoint::at(7, 42) };
         let json = String::from_utf8(serde_json::to_vec(&with).expect("serialize")).expect("utf8");
         assert!(json.contains(r#""archive":{"id":"x-r1-compaction","reason":"resync after compaction"}"#), "{json}");

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::archive::{self, ArchiveRef, Manifest, Reason};
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
-pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, CHECKPOINT_KEY};
+pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, Witness, CHECKPOINT_KEY};
 use crate::copy_order;
 use crate::etcd::{self, Conn, Endpoint, EtcdError, Side};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
@@ -150,8 +150,9 @@ pub struct Progress {
     /// Full resyncs (compaction, another source cluster, a rewound source).
     pub resyncs: u64,
     /// The last time the source's history went back (an etcd restored from a snapshot: same
-    /// cluster ID, lower revision): (the revision the destination had applied, the source's
-    /// head then). A resync from the head follows.
+    /// cluster ID, its revision below what the destination applied, or past it again in another
+    /// history, which the checkpoint's witness tells): (the revision the destination had
+    /// applied, the source's head then). A resync from the head follows.
     pub rewound: Option<(i64, i64)>,
     /// How many times that happened since start.
     pub rewinds: u64,
@@ -236,6 +237,8 @@ struct Batch {
     /// Every source revision up to this one is in the batch.
     revision: i64,
     source_revision: i64,
+    /// The last key put in the batch (replicated or not), for the checkpoint.
+    witness: Option<Witness>,
 }
 
 impl Batch {
@@ -249,6 +252,9 @@ impl Batch {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             self.revision = self.revision.max(kv.mod_revision());
+            if ev.event_type() == EventType::Put && self.witness.as_ref().is_none_or(|w| kv.mod_revision() >= w.mod_revision) {
+                self.witness = Some(Witness { key: hex::encode(kv.key()), mod_revision: kv.mod_revision() });
+            }
             if !filter.copies(kv.key()) {
                 continue;
             }
@@ -330,7 +336,22 @@ struct Wrote {
 /// Where a session starts.
 enum Start {
     Copy { revision: i64, cursor: CopyCursor },
-    Follow(i64),
+    Follow(i64, Option<Witness>),
+}
+
+/// Whether the source, read at the checkpoint's witness revision, answers otherwise than when the
+/// mirror saw it: its history changed under the same cluster ID (restored from a snapshot, then
+/// written past the checkpoint again). A compacted witness cannot tell (false: a compaction
+/// resync follows anyway); a revision the source has not reached is a rewind.
+async fn history_changed(kv: &mut KvClient, cp: &Checkpoint) -> Result<bool, MirrorError> {
+    let Some(w) = &cp.witness else { return Ok(false) };
+    let key = hex::decode(&w.key).unwrap_or_default();
+    match kv.get(key, Some(etcd_client::GetOptions::new().with_revision(w.mod_revision))).await {
+        Ok(r) => Ok(r.kvs().first().map(|kv| kv.mod_revision()) != Some(w.mod_revision)),
+        Err(e) if etcd::is_compacted(&e) => Ok(false),
+        Err(e) if etcd::is_future_revision(&e) => Ok(true),
+        Err(e) => Err(on(Side::Source)(e)),
+    }
 }
 
 /// The replication engine; the CLI and the controller run it in-process.
@@ -402,7 +423,12 @@ impl Mirror {
             p.source_cluster_id = cluster_id;
             p.source_revision = head;
         });
-        let mut start = match Checkpoint::read(&mut dst.kv.clone()).await? {
+        let checkpoint = Checkpoint::read(&mut dst.kv.clone()).await?;
+        let history_changed = match &checkpoint {
+            Some(cp) if cp.cluster_id == cluster_id && cp.revision <= head => history_changed(&mut src.kv.clone(), cp).await?,
+            _ => false,
+        };
+        let mut start = match checkpoint {
             None => {
                 // Whatever the destination holds already (a rejoining old primary's data) is kept
                 // where the source lacks it (surplus, reported by the check); values the copy
@@ -415,7 +441,7 @@ impl Mirror {
                 self.update(|p| p.resyncs += 1);
                 Start::Copy { revision: head, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::ClusterChanged, head)) }
             }
-            Some(cp) if cp.revision > head => self.rewound(cp.revision, head),
+            Some(cp) if cp.revision > head || history_changed => self.rewound(cp.revision, head),
             Some(Checkpoint { revision, copy: Some(mut cursor), .. }) => {
                 tracing::info!(revision, phase = cursor.phase, "resuming the copy");
                 self.update(|p| p.resumed = true);
@@ -427,13 +453,13 @@ impl Mirror {
             Some(cp) => {
                 tracing::info!(revision = cp.revision, "resuming the watch");
                 self.update(|p| p.resumed = true);
-                Start::Follow(cp.revision)
+                Start::Follow(cp.revision, cp.witness)
             }
         };
         loop {
-            let (from, copied) = match start {
-                Start::Copy { revision, cursor } => (self.copy(&src, &dst, cluster_id, revision, cursor).await, true),
-                Start::Follow(rev) => (Ok(rev), false),
+            let (from, copied, witness) = match start {
+                Start::Copy { revision, cursor } => (self.copy(&src, &dst, cluster_id, revision, cursor).await, true, None),
+                Start::Follow(rev, witness) => (Ok(rev), false, witness),
             };
             let result = match from {
                 Ok(from) if once && from >= head => {
@@ -445,7 +471,7 @@ impl Mirror {
                         (true, false, Some(after)) => Some(Instant::now() + after),
                         _ => None,
                     };
-                    self.follow(&src, &dst, cluster_id, from, once.then_some(head), anti_entropy).await
+                    self.follow(&src, &dst, cluster_id, (from, witness), once.then_some(head), anti_entropy).await
                 }
                 Err(e) => Err(e),
             };
@@ -454,10 +480,10 @@ impl Mirror {
                     let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
                     tracing::warn!(revision = now, "source compacted past the checkpoint: full resync");
                     self.update(|p| p.resyncs += 1);
-                    // What the mirror wrote is a copy of what the source held: only values
-                    // written here since (by anything else) are this cluster's own.
-                    let archive = ArchiveRef { written_after: Checkpoint::written_at(&mut dst.kv.clone()).await?, ..ArchiveRef::new(Reason::Compaction, now) };
-                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true, archive) };
+                    // Every value the resync replaces is archived, also those the mirror wrote: the
+                    // compacted history cannot tell whether the source still had them (a source
+                    // restored from a snapshot, then compacted, dropped them for good).
+                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, now)) };
                 }
                 Err(MirrorError::Rewound) => {
                     let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
@@ -472,7 +498,7 @@ impl Mirror {
     /// The source's history went back from `had` (what the destination holds) to `head`: reported,
     /// then a full resync from the head whose overwrites and deletes are archived.
     fn rewound(&self, had: i64, head: i64) -> Start {
-        tracing::warn!(had, head, "the source's revision went back (restored from a snapshot?): full resync from its head");
+        tracing::warn!(had, head, "the source's history went back (restored from a snapshot?): full resync from its head");
         self.update(|p| {
             p.rewound = Some((had, head));
             p.rewinds += 1;
@@ -528,9 +554,7 @@ impl Mirror {
                         };
                         // The destination's value goes into the archive before the write replaces it.
                         let save = match (&archive, &d.dest_value, d.dest_mod_revision) {
-                            (Some(a), Some(old), Some(rev)) if a.saves(rev) => {
-                                Some(Op::Put(archive::entry_key(&a.id, op.key()), archive::encode(rev, action, old)))
-                            }
+                            (Some(a), Some(old), Some(rev)) => Some(Op::Put(archive::entry_key(&a.id, op.key()), archive::encode(rev, action, old))),
                             _ => None,
                         };
                         Some((op, save))
@@ -634,14 +658,15 @@ impl Mirror {
         }
     }
 
-    /// Applies the source's changes after revision `from`, until `target` (once) or forever.
-    #[tracing::instrument(skip(self, src, dst, anti_entropy))]
+    /// Applies the source's changes after revision `from` (whose checkpoint has `witness`),
+    /// until `target` (once) or forever.
+    #[tracing::instrument(skip(self, src, dst, anti_entropy, witness))]
     async fn follow(
         &self,
         src: &Conn,
         dst: &Conn,
         cluster_id: u64,
-        from: i64,
+        (from, mut witness): (i64, Option<Witness>),
         target: Option<i64>,
         mut anti_entropy: Option<Instant>,
     ) -> Result<(), MirrorError> {
@@ -687,8 +712,12 @@ impl Mirror {
             let source_revision = batch.source_revision;
             if batch.revision > applied {
                 let revision = batch.revision;
+                if batch.witness.is_some() {
+                    witness = batch.witness.clone();
+                }
                 if !batch.ops.is_empty() {
-                    let (puts, dels) = self.apply_batch(dst, Checkpoint::at(cluster_id, persisted), revision, batch).await?;
+                    let done = Checkpoint::at(cluster_id, persisted);
+                    let (puts, dels) = self.apply_batch(dst, done, Checkpoint::at(cluster_id, revision).witnessed(witness.clone()), batch).await?;
                     self.update(|p| {
                         p.put_keys += puts;
                         p.deleted_keys += dels;
@@ -707,7 +736,7 @@ impl Mirror {
             let caught_up = applied >= self.progress.borrow().source_revision;
             let done = target.is_some_and(|t| applied >= t);
             if applied > persisted && (done || last_persist.elapsed() >= t.checkpoint_every || anti_entropy.is_some()) {
-                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied))).await?;
+                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied).witnessed(witness.clone()))).await?;
                 (persisted, last_persist) = (applied, Instant::now());
             }
             if done {
@@ -732,10 +761,11 @@ impl Mirror {
     }
 
     /// Writes one deduplicated batch, taking the destination from `done` (its checkpoint) to
-    /// `revision`. The new checkpoint goes with the last txn, after the others committed, so it
+    /// `next`. The new checkpoint goes with the last txn, after the others committed, so it
     /// never claims a revision whose writes are not all in; the earlier txns mark it pending, so
     /// no reader takes the half-written state for the source at `done.revision`.
-    async fn apply_batch(&self, dst: &Conn, done: Checkpoint, revision: i64, batch: Batch) -> Result<(u64, u64), MirrorError> {
+    async fn apply_batch(&self, dst: &Conn, done: Checkpoint, next: Checkpoint, batch: Batch) -> Result<(u64, u64), MirrorError> {
+        let revision = next.revision;
         let t = &self.cfg.tuning;
         let ops = batch.into_ops();
         let dels = ops.iter().filter(|op| matches!(op, Op::Delete(_))).count() as u64;
@@ -746,7 +776,7 @@ impl Mirror {
         let writes: Vec<BoxFuture<'static, Result<(), MirrorError>>> =
             txns.into_iter().map(|ops| apply(dst.kv.clone(), ops, Some(pending.clone())).boxed()).collect();
         futures::stream::iter(writes).buffer_unordered(t.in_flight).try_collect::<Vec<()>>().await?;
-        apply(dst.kv.clone(), last, Some(Checkpoint::at(done.cluster_id, revision))).await?;
+        apply(dst.kv.clone(), last, Some(next)).await?;
         Ok((puts, dels))
     }
 

@@ -795,7 +795,8 @@ pub struct ArchivedStatus {
     pub total: u64,
 }
 
-/// The source's history went back: from the revision this cluster had applied to the source's head.
+/// The source's history went back: the revision this cluster had applied, the source's head then
+/// (below it, or past it again in another history).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RewoundStatus {

@@ -1398,7 +1398,9 @@ async fn a_primary_restored_from_a_snapshot_makes_the_standby_unhealthy_until_it
         seen,
         healthy_after.as_secs_f64()
     );
-    assert!(rewound.to_revision < rewound.from_revision && rewound.from_revision >= applied, "{rewound:?}");
+    // (A head below what B applied, or, when A's restarted apiserver wrote past it before B's
+    // mirror reconnected, another history the checkpoint's witness tells.)
+    assert!(rewound.from_revision >= applied && rewound.to_revision != rewound.from_revision, "{rewound:?}");
     assert!(archived.count >= LOST as u64, "the {LOST} lost configmaps (and whatever else the lost history wrote) are archived: {archived:?}");
     assert!(!lost_left, "the lost history is not served as current data");
     assert!(seen.iter().any(|(s, r)| s == "False" && r == "SourceRewound"), "SyncHealthy went {seen:?}");

@@ -665,10 +665,10 @@ fn archive_cli(args: &[&str]) -> String {
 
 /// S2 (issue 18, scenario 2): an old primary's own writes on a destination whose mirror
 /// checkpoint (from its earlier standby term) the source has compacted past. The resync deletes
-/// what the source lacks and overwrites what differs: each value written here since the
-/// mirror's last write is saved in the destination's archive first, counted in Progress, listed
-/// by `drctl archive list`, and `drctl archive restore` puts one back on the primary. Values
-/// the mirror itself wrote (copies of what the source held and changed since) are not archived.
+/// what the source lacks and overwrites what differs: each value it replaces is saved in the
+/// destination's archive first (also the ones the mirror wrote and the source changed since: a
+/// compacted history cannot tell), counted in Progress, listed by `drctl archive list`, and
+/// `drctl archive restore` puts one back on the primary.
 #[test]
 fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -677,6 +677,7 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
     const SHARED: usize = 200;
     const OWN: usize = 37;
     const CHANGED: usize = 5;
+    const SOURCE_CHANGED: usize = 20;
     let p = rt.block_on(async {
         let shared: Vec<(String, Vec<u8>)> = (0..SHARED).map(|i| (format!("/registry/configmaps/team-a/cm-{i:03}"), format!("v{i}").into_bytes())).collect();
         put_all(&mut s, &shared).await;
@@ -692,7 +693,7 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
         }
         d.put("/registry/configmaps/kube-system/own", "excluded", None).await.expect("excluded");
         // The source moves on and compacts past the destination's checkpoint.
-        for i in 0..20 {
+        for i in 0..SOURCE_CHANGED {
             s.put(format!("/registry/configmaps/team-a/cm-{i:03}"), format!("source v2 {i}"), None).await.expect("update");
         }
         let now = head(&mut s).await;
@@ -705,18 +706,20 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
     assert_eq!(p.resyncs, 1, "{p:?}");
     let m = p.archive.clone().expect("an archive was made");
     eprintln!(
-        "compaction resync: {} of {} destination-only keys and {} of {} values changed here archived ({} in Progress; the 15 mirror-written values the source changed since are not), archive {} revisions {}, {} deleted, {} put",
+        "compaction resync: {} of {} destination-only keys and {} overwritten values ({} changed here, {} mirror-written that the source changed since) archived ({} in Progress), archive {} revisions {}, {} deleted, {} put",
         m.pruned,
         OWN,
         m.overwritten,
         CHANGED,
+        SOURCE_CHANGED - CHANGED,
         p.archived_keys,
         m.id,
         m.revisions(),
         p.deleted_keys,
         p.put_keys
     );
-    assert_eq!((m.count, m.pruned, m.overwritten, p.archived_keys), ((OWN + CHANGED) as u64, OWN as u64, CHANGED as u64, (OWN + CHANGED) as u64), "{m:?}");
+    let total = (OWN + SOURCE_CHANGED) as u64;
+    assert_eq!((m.count, m.pruned, m.overwritten, p.archived_keys), (total, OWN as u64, SOURCE_CHANGED as u64, total), "{m:?}");
     assert_eq!(m.reason, "resync after compaction");
     rt.block_on(async {
         assert_same(&mut s, &mut d).await;
@@ -740,7 +743,7 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
 
     let listed = archive_cli(&["list", "--etcd", &dst.client_url, "--keys"]);
     eprint!("{listed}");
-    assert!(listed.contains(&format!("{}  {} keys ({} overwritten, {} deleted)", m.id, OWN + CHANGED, CHANGED, OWN)), "{listed}");
+    assert!(listed.contains(&format!("{}  {} keys ({} overwritten, {} deleted)", m.id, OWN + SOURCE_CHANGED, SOURCE_CHANGED, OWN)), "{listed}");
     assert!(listed.contains("configmaps team-b/own-07  /registry/configmaps/team-b/own-07"), "{listed}");
     assert!(listed.contains("reason: resync after compaction"), "{listed}");
 
@@ -862,4 +865,39 @@ fn a_source_restored_from_a_snapshot_is_reported_resynced_and_the_lost_history_a
         assert!(cp.copy.is_none() && cp.revision <= head(&mut s).await, "{cp:?}");
         stop_mirror(stop, task).await;
     });
+}
+
+/// The same restore while the mirror is down, with enough new writes that the source's head
+/// passes the destination's checkpoint again: the revision alone cannot tell, the checkpoint's
+/// witness (the last key put, read back at its revision) does. Without it the mirror would
+/// resume the watch in the new history, missing its first writes and keeping the lost ones.
+#[tokio::test]
+async fn a_rewound_source_whose_new_writes_passed_the_checkpoint_is_told_by_the_witness() {
+    let (mut src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let snap = src.dir.path().join("snap.db");
+    put_all(&mut s, &[("/registry/configmaps/team-a/base".into(), b"v".to_vec())]).await;
+    Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
+    src.snapshot(&snap);
+    for i in 0..30 {
+        s.put(format!("/registry/configmaps/team-a/lost-{i:02}"), format!("lost {i}"), None).await.expect("put");
+    }
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("follow the lost history");
+    let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read").expect("checkpoint");
+    assert!(cp.witness.is_some(), "{cp:?}");
+    src.restore_snapshot(&snap);
+    s = src.client().await;
+    for i in 0..50 {
+        s.put(format!("/registry/configmaps/team-a/new-{i:02}"), format!("new {i}"), None).await.expect("put");
+    }
+    let now = head(&mut s).await;
+    assert!(now > cp.revision, "the new history ({now}) passed the checkpoint ({})", cp.revision);
+    let q = Mirror::new(config(&src, &dst)).run_once().await.expect("resync");
+    let m = q.archive.clone().expect("archive");
+    eprintln!(
+        "rewound source past the checkpoint (applied {}, head now {now}): rewind reported {:?}, {} lost keys archived, {} new keys put",
+        p.applied_revision, q.rewound, m.pruned, q.put_keys
+    );
+    assert_eq!((q.rewinds, q.rewound, m.reason.as_str(), m.pruned), (1, Some((cp.revision, now)), "source rewound", 30));
+    assert_same(&mut s, &mut d).await;
 }

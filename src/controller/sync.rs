@@ -172,7 +172,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     let (p, lag) = ctx.sync.progress().await?;
     if let Some((from, to)) = ctx.sync.note_rewind(&p).await {
         let note = format!(
-            "the primary's etcd revision went back from {from} (applied here) to {to}, same cluster ID: restored from a snapshot? Resyncing from its head; values of this cluster the resync replaces are archived first"
+            "the primary's etcd history went back under the same cluster ID (restored from a snapshot?): this cluster had applied its revision {from}, its head is now {to} of another history. Resyncing from its head; values of this cluster the resync replaces are archived first"
         );
         warn!(from, to, "source rewound");
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);

@@ -189,7 +189,7 @@ pub fn standby_health(f: &MirrorFacts) -> Health {
         && f.rewound.is_none();
     let why = if let Some((from, to)) = f.rewound {
         format!(
-            "the source's etcd revision went back from {from} to {to} (restored from a snapshot?): resyncing from its head ({}); healthy again once a check passes",
+            "the source's etcd history went back (restored from a snapshot?): this cluster had applied revision {from}, the source's head was {to}; resyncing from it ({}); healthy again once a check passes",
             if following { "copied; waiting for a check" } else { "copying" }
         )
     } else if !following {
@@ -396,7 +396,13 @@ mod tests {
         let copying = MirrorFacts { rewound: Some((120, 80)), ..facts(MirrorPhase::Copying, 0.0, None) };
         let h = standby_health(&copying);
         assert_eq!((h.healthy, h.phase, h.reason), (false, Phase::Syncing, Reason::SourceRewound), "{h:?}");
-        assert!(h.why.starts_with("the source's etcd revision went back from 120 to 80"), "{}", h.why);
+        assert!(
+            h.why.starts_with(
+                "the source's etcd history went back (restored from a snapshot?): this cluster had applied revision 120, the source's head was 80"
+            ),
+            "{}",
+            h.why
+        );
         // Following again with an old clean check in hand: still SourceRewound.
         let following = MirrorFacts { rewound: Some((120, 80)), ..facts(MirrorPhase::Following, 0.0, Some(&clean)) };
         assert_eq!(standby_health(&following).reason, Reason::SourceRewound);
