@@ -32,21 +32,29 @@ pub enum Reason {
     /// The source's revision went back (restored from a snapshot).
     #[serde(rename = "source rewound")]
     Rewound,
-    /// No checkpoint, and the destination already held data (a rejoining old primary).
+    /// No checkpoint, and the destination already held data of its own (a new standby: its
+    /// apiserver's bootstrap objects, or whatever was there).
     #[serde(rename = "initial copy over existing data")]
     InitialCopy,
+    /// No checkpoint because this cluster was primary since its last standby term (see
+    /// [`crate::checkpoint::WAS_PRIMARY_KEY`]): an old primary rejoining as standby.
+    #[serde(rename = "rejoin after being primary")]
+    Rejoin,
     /// A check's repair (`autoRepair`, `drctl check --repair`).
     #[serde(rename = "repair")]
     Repair,
 }
 
 impl Reason {
+    pub const ALL: [Reason; 6] = [Reason::Compaction, Reason::ClusterChanged, Reason::Rewound, Reason::InitialCopy, Reason::Rejoin, Reason::Repair];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Compaction => "resync after compaction",
             Reason::ClusterChanged => "source cluster changed",
             Reason::Rewound => "source rewound",
             Reason::InitialCopy => "initial copy over existing data",
+            Reason::Rejoin => "rejoin after being primary",
             Reason::Repair => "repair",
         }
     }
@@ -56,7 +64,8 @@ impl Reason {
             Reason::Compaction => "compaction",
             Reason::ClusterChanged => "cluster",
             Reason::Rewound => "rewind",
-            Reason::InitialCopy => "rejoin",
+            Reason::InitialCopy => "initial",
+            Reason::Rejoin => "rejoin",
             Reason::Repair => "repair",
         }
     }

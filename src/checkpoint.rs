@@ -11,6 +11,11 @@ use crate::archive::ArchiveRef;
 /// destination's apiserver never sees it and no mirror ever copies it.
 pub const CHECKPOINT_KEY: &str = "drctl/mirror/checkpoint";
 
+/// Written (with the checkpoint's delete) when a cluster becomes primary, removed when its next
+/// standby term's copy is done: that copy is an old primary's rejoin, whose archive the alerts
+/// treat as lost writes (a new standby's first copy replaces only its own bootstrap objects).
+pub const WAS_PRIMARY_KEY: &str = "drctl/mirror/was-primary";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("cannot read the mirror checkpoint {CHECKPOINT_KEY}: {0}")]

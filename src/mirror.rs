@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::archive::{self, ArchiveRef, Manifest, Reason};
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
-pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, Witness, CHECKPOINT_KEY};
+pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::copy_order;
 use crate::etcd::{self, Conn, Endpoint, EtcdError, Side};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
@@ -433,8 +433,10 @@ impl Mirror {
                 // Whatever the destination holds already (a rejoining old primary's data) is kept
                 // where the source lacks it (surplus, reported by the check); values the copy
                 // overwrites are archived first.
-                tracing::info!(revision = head, "no checkpoint: initial copy");
-                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(Reason::InitialCopy, head)) }
+                let was_primary = dst.kv.clone().get(WAS_PRIMARY_KEY, None).await.map_err(on(Side::Destination))?.count() > 0;
+                let reason = if was_primary { Reason::Rejoin } else { Reason::InitialCopy };
+                tracing::info!(revision = head, was_primary, "no checkpoint: initial copy");
+                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)) }
             }
             Some(cp) if cp.cluster_id != cluster_id => {
                 tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
@@ -625,7 +627,9 @@ impl Mirror {
             }
             done = at(phase + 1, &[]);
         }
-        apply(dkv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, revision))).await?;
+        // A rejoin's copy is done: the next copy without a checkpoint is not one.
+        let done = if archive.as_ref().is_some_and(|a| a.reason == Reason::Rejoin) { vec![Op::Delete(WAS_PRIMARY_KEY.into())] } else { Vec::new() };
+        apply(dkv.clone(), done, Some(Checkpoint::at(cluster_id, revision))).await?;
         let sealed = match &archive {
             Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision).await.map_err(on(Side::Destination))?,
             None => None,

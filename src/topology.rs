@@ -787,8 +787,8 @@ pub struct ArchivedStatus {
     pub archive_id: String,
     /// The saved keys' mod revisions in this cluster's etcd, `lowest-highest`.
     pub revisions: String,
-    /// "resync after compaction", "source cluster changed", "source rewound", "initial copy over
-    /// existing data" or "repair".
+    /// "resync after compaction", "source cluster changed", "source rewound", "rejoin after being
+    /// primary", "initial copy over existing data" or "repair".
     pub reason: String,
     /// Keys archived since this cluster became standby, every archive.
     #[serde(default)]

@@ -1406,7 +1406,10 @@ async fn a_primary_restored_from_a_snapshot_makes_the_standby_unhealthy_until_it
     assert!(seen.iter().any(|(s, r)| s == "False" && r == "SourceRewound"), "SyncHealthy went {seen:?}");
     assert!(!event_notes(&pair.b, "SourceRewound").is_empty() && !event_notes(&pair.b, "WritesArchived").is_empty());
     let metrics = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
-    let total = metrics.lines().find(|l| l.starts_with("drctl_archived_keys_total{")).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    let total = metrics
+        .lines()
+        .find(|l| l.starts_with("drctl_archived_keys_total{") && l.contains("reason=\"source rewound\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
     assert!(total >= Some(LOST as u64), "{total:?}");
     let listed = support::drctl().args(["archive", "list", "--etcd", &pair.b.etcd.client_url, "--keys"]).output().expect("drctl archive list");
     let listed = String::from_utf8_lossy(&listed.stdout);

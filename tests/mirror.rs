@@ -781,6 +781,15 @@ async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keep
     assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str(), p.deleted_keys), (3, 3, 0, "initial copy over existing data", 0));
     let kept = d.get("/registry/secrets/team-a/only-here", None).await.expect("get");
     assert_eq!(kept.kvs().len(), 1, "surplus kept");
+    // The same cluster after a primary term (its controller deleted the checkpoint and left the
+    // marker): a rejoin, which the alerts count as lost writes; the marker goes with the copy.
+    d.delete(CHECKPOINT_KEY, None).await.expect("forget the checkpoint");
+    d.put(drctl::mirror::WAS_PRIMARY_KEY, "{}", None).await.expect("marker");
+    d.put("/registry/secrets/team-a/s10", "written while primary", None).await.expect("diverge");
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("rejoin copy");
+    let m = p.archive.clone().expect("archive");
+    assert_eq!((m.count, m.reason.as_str()), (1, "rejoin after being primary"));
+    assert_eq!(d.get(drctl::mirror::WAS_PRIMARY_KEY, None).await.expect("get").count(), 0, "the marker is gone with the rejoin's copy");
     // A copy into an empty destination archives nothing.
     let (src2, dst2) = (Etcd::start(), Etcd::start());
     put_all(&mut src2.client().await, &same).await;

@@ -71,8 +71,14 @@ pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology) -> Result
 pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
     let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
     let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
-    let deleted = conn.kv.delete(crate::checkpoint::CHECKPOINT_KEY, None).await.map_err(SyncError::Status)?.deleted();
-    if deleted > 0 {
+    let marker = serde_json::json!({ "since": Timestamp::now().to_string() }).to_string();
+    let txn = etcd_client::Txn::new().and_then(vec![
+        etcd_client::TxnOp::delete(crate::checkpoint::CHECKPOINT_KEY, None),
+        etcd_client::TxnOp::put(crate::checkpoint::WAS_PRIMARY_KEY, marker, None),
+    ]);
+    let resp = conn.kv.txn(txn).await.map_err(SyncError::Status)?;
+    let deleted = resp.op_responses().iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
+    if deleted {
         info!("deleted the mirror checkpoint of this cluster's earlier standby term: it is primary now");
     }
     ctx.sync.set_checkpoint_forgotten();
@@ -181,7 +187,9 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     }
     if let Some(note) = p.archive.as_ref().and_then(|m| record_archive(&mut w.status, m)) {
         warn!(%note, "keys archived");
-        ctx.metrics.archived_keys.inc_by(p.archive.as_ref().map_or(0, |m| m.count));
+        if let Some(m) = &p.archive {
+            ctx.metrics.archived(&m.reason, m.count);
+        }
         ctx.event(topo, EventType::Warning, "WritesArchived", "Sync", note).await;
     }
     if ctx.sync.report_due() || w.status.sync.is_none() {
