@@ -765,6 +765,23 @@ mod tests {
     }
 
     #[test]
+    fn archived_writes_are_a_warning_naming_the_archive() {
+        let mut b = standby_in_sync();
+        b.sync.as_mut().expect("sync").archived = Some(crate::topology::ArchivedStatus {
+            count: 37,
+            archive_id: "20261205T162300.000Z-r285-rejoin".into(),
+            revisions: "290-366".into(),
+            reason: "rejoin after being primary".into(),
+            total: 37,
+        });
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", b)], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), ["WritesArchived"]);
+        let f = &r.findings[0];
+        assert!(f.message.starts_with("global-b: 37 of its own values (revisions 290-366) were overwritten or deleted (rejoin after being primary) and saved in archive 20261205T162300.000Z-r285-rejoin first"), "{}", f.message);
+        assert_eq!(r.clusters[1].archived.as_ref().map(|a| a.count), Some(37));
+    }
+
+    #[test]
     fn two_primaries_is_a_safety_problem() {
         let r =
             report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", status(Role::Primary, Phase::Steady))], &dns_at("10.0.0.10"), now());

@@ -1390,11 +1390,12 @@ async fn a_primary_restored_from_a_snapshot_makes_the_standby_unhealthy_until_it
     let (rewound, archived) = (sync.rewound.expect("status.sync.rewound"), sync.archived.expect("status.sync.archived"));
     let lost_left = Api::<ConfigMap>::namespaced(pair.b.client().await, "apps").get_opt("lost-00").await.expect("get").is_some();
     eprintln!(
-        "primary restored from a snapshot: B saw the rewind {} -> {} (applied {applied}), archived {} keys ({}), SyncHealthy went {:?}, steady again {:.1}s after the restore with {NEW}/{NEW} new writes; lost-00 still on B: {lost_left}",
+        "primary restored from a snapshot: B saw the rewind {} -> {} (applied {applied}), archived {} keys ({}; {} in all this standby term, the rest by its first copy over its own bootstrap objects), SyncHealthy went {:?}, steady again {:.1}s after the restore with {NEW}/{NEW} new writes; lost-00 still on B: {lost_left}",
         rewound.from_revision,
         rewound.to_revision,
         archived.count,
         archived.archive_id,
+        archived.total,
         seen,
         healthy_after.as_secs_f64()
     );
