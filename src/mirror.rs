@@ -161,12 +161,25 @@ pub struct Progress {
     pub archived_keys: u64,
     /// The last archive made, once its copy or repair finished.
     pub archive: Option<Manifest>,
+    /// The archives made since start, oldest first (the last [`KEPT_ARCHIVES`]).
+    pub archives: Vec<Manifest>,
     pub last_error: Option<String>,
     /// When the destination last had every source revision the mirror knew of.
     pub caught_up_at: Option<SystemTime>,
 }
 
+/// Archives kept in [`Progress::archives`].
+pub const KEPT_ARCHIVES: usize = 16;
+
 impl Progress {
+    fn archived(&mut self, m: Manifest) {
+        self.archives.push(m.clone());
+        if self.archives.len() > KEPT_ARCHIVES {
+            self.archives.remove(0);
+        }
+        self.archive = Some(m);
+    }
+
     /// Source revisions not yet applied.
     pub fn lag_revisions(&self) -> i64 {
         (self.source_revision - self.applied_revision).max(0)
@@ -639,8 +652,8 @@ impl Mirror {
             if revision >= p.source_revision {
                 p.caught_up_at = Some(SystemTime::now());
             }
-            if sealed.is_some() {
-                p.archive = sealed;
+            if let Some(m) = sealed {
+                p.archived(m);
             }
         });
         tracing::info!(revision, "copy done");
@@ -798,8 +811,8 @@ impl Mirror {
             self.update(|p| {
                 p.put_keys += outcome.put;
                 p.archived_keys += outcome.archived;
-                if outcome.archive.is_some() {
-                    p.archive = outcome.archive.clone();
+                if let Some(m) = outcome.archive.clone() {
+                    p.archived(m);
                 }
             });
             put = outcome.put;

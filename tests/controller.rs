@@ -1078,6 +1078,14 @@ async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     let sync = st.status.expect("status").sync.expect("sync");
     assert_eq!((sync.missed_keys, sync.diverged_keys), (Some(0), Some(0)), "{sync:?}");
     assert!(sync.surplus_keys >= Some(1), "the standby-only key is reported: {sync:?}");
+    // The bytes only B had were saved before the re-put replaced them.
+    let archived = sync.archived.expect("status.sync.archived");
+    assert_eq!((archived.reason.as_str(), archived.count), ("repair", 1), "{archived:?}");
+    let saved = drctl::archive::entries(&mut pair.b.etcd.client().await.kv_client(), &archived.archive_id).await.expect("read the archive");
+    assert_eq!(
+        saved.iter().map(|e| (e.key.as_slice(), e.value.as_slice())).collect::<Vec<_>>(),
+        [(&b"/registry/configmaps/apps/changed"[..], &b"bytes only B has"[..])]
+    );
     let mut a = pair.a.etcd.client().await;
     for key in ["/registry/configmaps/apps/lost-1", "/registry/configmaps/apps/lost-2", "/registry/configmaps/apps/changed"] {
         let on_a = a.get(key, None).await.expect("get on A").kvs().first().map(|kv| kv.value().to_vec());

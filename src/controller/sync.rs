@@ -185,13 +185,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         sync.rewound = Some(RewoundStatus { from_revision: from, to_revision: to, detected_at: Timestamp::now().to_string() });
         ctx.event(topo, EventType::Warning, "SourceRewound", "Sync", note).await;
     }
-    if let Some(note) = p.archive.as_ref().and_then(|m| record_archive(&mut w.status, m)) {
-        warn!(%note, "keys archived");
-        if let Some(m) = &p.archive {
-            ctx.metrics.archived(&m.reason, m.count);
-        }
-        ctx.event(topo, EventType::Warning, "WritesArchived", "Sync", note).await;
-    }
+    announce_archives(ctx, topo, &mut w.status, &p.archives).await;
     if ctx.sync.report_due() || w.status.sync.is_none() {
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
@@ -242,6 +236,18 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     soon
 }
 
+/// Records each archive newer than the one in `status.sync.archived`, with a `WritesArchived`
+/// Warning Event and `drctl_archived_keys_total`: once per archive.
+async fn announce_archives(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus, archives: &[crate::archive::Manifest]) {
+    for m in archives {
+        if let Some(note) = record_archive(status, m) {
+            warn!(%note, "keys archived");
+            ctx.metrics.archived(&m.reason, m.count);
+            ctx.event(topo, EventType::Warning, "WritesArchived", "Sync", note).await;
+        }
+    }
+}
+
 /// Records the periodic check if it has finished (status, the `KeysRepaired` and `KeysDiffer`
 /// Events, and on a fenced standby the replicated pods stopped), once. Before anything stops the
 /// mirror or cancels the check: a finished check dropped uncollected would lose its repair's record.
@@ -253,6 +259,7 @@ pub async fn collect_periodic(ctx: &Context, topo: &ValidatedTopology, status: &
             if let Some(r) = repaired {
                 warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
                 ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
+                announce_archives(ctx, topo, status, r.outcome.archive.as_slice()).await;
             }
             if let Some(note) = differences_event(done.previous.as_ref(), &report) {
                 warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");

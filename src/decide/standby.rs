@@ -94,11 +94,13 @@ pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, repaire
     }
 }
 
-/// Records an archive in `status.sync.archived` the first time it is seen (by its id: once per
-/// archive, across controller restarts) and returns the `WritesArchived` Event's note then.
+/// Records an archive in `status.sync.archived` when it is newer than the one recorded (ids
+/// start with their UTC time, so they sort by age: once per archive, across controller restarts,
+/// whether the mirror or the periodic check made it) and returns the `WritesArchived` Event's
+/// note then.
 pub fn record_archive(status: &mut DRTopologyStatus, m: &Manifest) -> Option<String> {
     let sync = status.sync.get_or_insert_with(SyncStatus::default);
-    if sync.archived.as_ref().is_some_and(|a| a.archive_id == m.id) || m.count == 0 {
+    if sync.archived.as_ref().is_some_and(|a| a.archive_id >= m.id) || m.count == 0 {
         return None;
     }
     let total = sync.archived.as_ref().map_or(0, |a| a.total) + m.count;
@@ -384,6 +386,8 @@ mod tests {
         let note = record_archive(&mut st, &m).expect("a new archive");
         assert!(note.starts_with("37 keys of this cluster (3 overwritten, 34 deleted; mod revisions 290-366 here)"), "{note}");
         assert_eq!(record_archive(&mut st, &m), None, "the same archive again");
+        let older = Manifest { id: "a0".into(), ..m.clone() };
+        assert_eq!(record_archive(&mut st, &older), None, "an older one (already announced before the last)");
         let second = Manifest { id: "a2".into(), count: 2, ..m.clone() };
         assert!(record_archive(&mut st, &second).is_some());
         let a = st.sync.and_then(|s| s.archived).expect("recorded");
