@@ -541,7 +541,7 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
     let p = result.context("mirror --once")?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "mirrored to source revision {} ({}): {} keys put, {} deleted, {} replicated keys compared in {:.2}s ({:.0} keys/s){}",
+        "mirrored to source revision {} ({}): {} keys put, {} deleted, {} replicated keys compared in {:.2}s ({:.0} keys/s){}{}{}",
         p.applied_revision,
         if p.resumed { "resumed from checkpoint" } else { "initial copy" },
         p.put_keys,
@@ -550,6 +550,11 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
         secs,
         p.put_keys as f64 / secs.max(1e-9),
         if p.resyncs > 0 { format!(", {} full resync(s)", p.resyncs) } else { String::new() },
+        p.rewound.map(|(had, head)| format!(", the source's history went back (had {had}, its head {head})")).unwrap_or_default(),
+        match &p.archive {
+            Some(m) => format!("; {} destination values replaced were saved first in archive {} ({}; drctl archive list)", p.archived_keys, m.id, m.reason),
+            None => String::new(),
+        },
     );
     Ok(ExitCode::SUCCESS)
 }
