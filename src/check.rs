@@ -59,6 +59,8 @@ pub struct Difference {
     pub source: Option<Vec<u8>>,
     /// The destination's mod revision (for a compare-and-swap repair); None for a missed key.
     pub dest_mod_revision: Option<i64>,
+    /// The destination's value, saved in the archive before a copy or repair replaces it.
+    pub dest_value: Option<Vec<u8>>,
     /// Who last wrote the destination's value, where it says (surplus and diverged keys).
     pub dest_writer: Option<Writer>,
 }
@@ -78,7 +80,9 @@ impl Difference {
             (None, None) => None,
             (Some(a), Some((b, _))) if a == b => None,
             (source, dest) => {
-                Some(Difference { key, source, dest_writer: dest.as_ref().and_then(|(v, _)| last_writer(v)), dest_mod_revision: dest.map(|(_, r)| r) })
+                let dest_writer = dest.as_ref().and_then(|(v, _)| last_writer(v));
+                let (dest_value, dest_mod_revision) = dest.map_or((None, None), |(v, r)| (Some(v), Some(r)));
+                Some(Difference { key, source, dest_writer, dest_mod_revision, dest_value })
             }
         }
     }
@@ -280,6 +284,12 @@ pub struct RepairOutcome {
     /// said (it may come from a check run with other exclusions).
     #[serde(default)]
     pub excluded: u64,
+    /// Destination values saved in the archive before they were overwritten or deleted.
+    #[serde(default)]
+    pub archived: u64,
+    /// The archive they are in (see [`crate::archive`]); absent when none was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::archive::Manifest>,
 }
 
 /// The report `drctl check` prints and the controller serves at `/check`.
@@ -362,6 +372,9 @@ impl fmt::Display for CheckReport {
                 "repair: {} put, {} deleted, {} already right, {} skipped (kept changing; left to the mirror), {} excluded (not written)",
                 r.put, r.deleted, r.already, r.skipped, r.excluded
             )?;
+            if let Some(a) = &r.archive {
+                writeln!(f, "the {} values replaced are saved in archive {} (drctl archive list)", a.count, a.id)?;
+            }
         }
         Ok(())
     }
@@ -508,10 +521,10 @@ async fn reverify(skv: &KvClient, dkv: &KvClient, differences: Vec<Difference>, 
     Ok(results.into_iter().flatten().collect())
 }
 
-/// What one key's repair did.
+/// What one key's repair did; `true`: the destination's value was saved in the archive first.
 enum Fix {
-    Put,
-    Deleted,
+    Put(bool),
+    Deleted(bool),
     Already,
     Skipped,
     Excluded,
@@ -531,16 +544,39 @@ fn in_flux_waits() -> impl Iterator<Item = Duration> {
     (1..REPAIR_ATTEMPTS as u64).map(|n| Duration::from_millis(10 * n))
 }
 
+/// Above this many bytes (old value, new value and keys) a repair saves the old value in a txn
+/// of its own, before the write: etcd refuses requests over 1.5 MiB by default.
+const SAVE_IN_SAME_TXN_BYTES: usize = 1 << 20;
+
 /// One repair attempt of `key`: read at a consistent cut, then write the source's value (or
-/// delete, with `prune`) guarded by the destination's key and checkpoint being as read.
-async fn write_at_cut(skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: u64, prune: bool) -> Result<Fix, NotWritten> {
+/// delete, with `prune`) guarded by the destination's key and checkpoint being as read. The
+/// destination's value it replaces is saved in archive `archive` first (same txn when it fits).
+async fn write_at_cut(skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: u64, prune: bool, archive: &str) -> Result<Fix, NotWritten> {
     let cut = read_cut(skv, dkv.clone(), key, cluster_id).await.map_err(NotWritten::Failed)?.ok_or(NotWritten::InFlux)?;
     let Some(d) = cut.difference else { return Ok(Fix::Already) };
+    let new_bytes = d.source.as_ref().map_or(0, Vec::len);
+    let save = match (&d.dest_value, d.dest_mod_revision) {
+        (Some(old), Some(rev)) if d.source.is_some() || prune => {
+            let action = if d.source.is_some() { crate::archive::Action::Overwritten } else { crate::archive::Action::Pruned };
+            Some((crate::archive::save_op(archive, key, old, rev, action), old.len()))
+        }
+        _ => None,
+    };
+    let saved = save.is_some();
     let (op, fix) = match d.source {
-        Some(v) => (TxnOp::put(key, v, None), Fix::Put),
-        None if prune => (TxnOp::delete(key, None), Fix::Deleted),
+        Some(v) => (TxnOp::put(key, v, None), Fix::Put(saved)),
+        None if prune => (TxnOp::delete(key, None), Fix::Deleted(saved)),
         None => return Ok(Fix::Already),
     };
+    let mut ops = Vec::new();
+    match save {
+        Some((save, old)) if old + new_bytes + 2 * key.len() > SAVE_IN_SAME_TXN_BYTES => {
+            dkv.txn(Txn::new().and_then(vec![save])).await.map_err(|e| NotWritten::Failed(on(Side::Destination)(e)))?;
+        }
+        Some((save, _)) => ops.push(save),
+        None => {}
+    }
+    ops.push(op);
     let guards = vec![
         match d.dest_mod_revision {
             Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
@@ -548,7 +584,7 @@ async fn write_at_cut(skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
         },
         cut.checkpoint_unchanged,
     ];
-    let resp = dkv.txn(Txn::new().when(guards).and_then(vec![op])).await.map_err(|e| NotWritten::Failed(on(Side::Destination)(e)))?;
+    let resp = dkv.txn(Txn::new().when(guards).and_then(ops)).await.map_err(|e| NotWritten::Failed(on(Side::Destination)(e)))?;
     if resp.succeeded() {
         Ok(fix)
     } else {
@@ -560,21 +596,23 @@ async fn write_at_cut(skv: KvClient, mut dkv: KvClient, key: &[u8], cluster_id: 
 /// Each key is re-read at a consistent cut and written only if the destination's key and its
 /// checkpoint are still as read, so a write the mirror applied meanwhile is never undone. Only
 /// keys `filter` replicates are ever written: a key excluded now is the destination's own, even
-/// when a difference found under other exclusions names it.
+/// when a difference found under other exclusions names it. Every destination value it
+/// overwrites or deletes is saved first in a new archive (reason "repair", [`crate::archive`]).
 #[tracing::instrument(skip_all, fields(differences = differences.len(), prune))]
 pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[Difference], prune: bool) -> Result<RepairOutcome, CheckError> {
-    let (cluster_id, _) = etcd::head(&mut source.kv.clone()).await.map_err(on(Side::Source))?;
+    let (cluster_id, head) = etcd::head(&mut source.kv.clone()).await.map_err(on(Side::Source))?;
+    let archive = crate::archive::ArchiveRef::new(crate::archive::Reason::Repair, head);
     let writes: Vec<KeyTask<Fix>> = differences
         .iter()
         .map(|d| {
-            let (skv, dkv, key) = (source.kv.clone(), dest.kv.clone(), d.key.clone());
+            let (skv, dkv, key, id) = (source.kv.clone(), dest.kv.clone(), d.key.clone(), archive.id.clone());
             let excluded = !filter.copies(&key);
             async move {
                 if excluded {
                     tracing::warn!(key = %String::from_utf8_lossy(&key), "repair refused: the key is excluded from replication now");
                     return Ok(Fix::Excluded);
                 }
-                let attempt = || write_at_cut(skv.clone(), dkv.clone(), &key, cluster_id, prune);
+                let attempt = || write_at_cut(skv.clone(), dkv.clone(), &key, cluster_id, prune, &id);
                 let written = attempt
                     .retry(in_flux_waits())
                     .when(|e| !matches!(e, NotWritten::Failed(_)))
@@ -594,14 +632,35 @@ pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[
     let mut out = RepairOutcome::default();
     for f in fixes {
         match f {
-            Fix::Put => out.put += 1,
-            Fix::Deleted => out.deleted += 1,
+            Fix::Put(saved) => {
+                out.put += 1;
+                out.archived += u64::from(saved);
+            }
+            Fix::Deleted(saved) => {
+                out.deleted += 1;
+                out.archived += u64::from(saved);
+            }
             Fix::Already => out.already += 1,
             Fix::Skipped => out.skipped += 1,
             Fix::Excluded => out.excluded += 1,
         }
     }
-    tracing::info!(put = out.put, deleted = out.deleted, already = out.already, skipped = out.skipped, excluded = out.excluded, "repair done");
+    if out.archived > 0 {
+        // Counted from what is in the archive: a write that lost a race after its value was saved
+        // in a txn of its own left an entry too.
+        let sealed = crate::archive::seal(&mut dest.kv.clone(), &archive, cluster_id, head).await.map_err(on(Side::Destination))?;
+        out.archived = sealed.as_ref().map_or(out.archived, |m| m.count);
+        out.archive = sealed;
+    }
+    tracing::info!(
+        put = out.put,
+        deleted = out.deleted,
+        already = out.already,
+        skipped = out.skipped,
+        excluded = out.excluded,
+        archived = out.archived,
+        "repair done"
+    );
     Ok(out)
 }
 

@@ -5,9 +5,16 @@
 use etcd_client::{KvClient, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::ArchiveRef;
+
 /// Where the mirror keeps its checkpoint in the destination: outside `/registry/`, so the
 /// destination's apiserver never sees it and no mirror ever copies it.
 pub const CHECKPOINT_KEY: &str = "drctl/mirror/checkpoint";
+
+/// Written (with the checkpoint's delete) when a cluster becomes primary, removed when its next
+/// standby term's copy is done: that copy is an old primary's rejoin, whose archive the alerts
+/// treat as lost writes (a new standby's first copy replaces only its own bootstrap objects).
+pub const WAS_PRIMARY_KEY: &str = "drctl/mirror/was-primary";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -33,12 +40,31 @@ pub struct Checkpoint {
     /// must not compare or repair against it until the batch's last txn clears this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<i64>,
+    /// The last source key the mirror saw put, at or before `revision`: read back when the
+    /// mirror resumes, to tell the source's history from another one under the same cluster ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<Witness>,
+}
+
+/// A source key and the revision it was put at. The source read at that revision answers that
+/// key with that mod revision while its history is the one the mirror followed; an etcd restored
+/// from an older snapshot, whose new writes have passed the revision again, answers otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Witness {
+    /// Hex-encoded (keys are bytes).
+    pub key: String,
+    pub mod_revision: i64,
 }
 
 impl Checkpoint {
     /// The source fully applied up to `revision`.
     pub fn at(cluster_id: u64, revision: i64) -> Checkpoint {
-        Checkpoint { cluster_id, revision, copy: None, pending: None }
+        Checkpoint { cluster_id, revision, copy: None, pending: None, witness: None }
+    }
+
+    pub(crate) fn witnessed(self, witness: Option<Witness>) -> Checkpoint {
+        Checkpoint { witness, ..self }
     }
 }
 
@@ -51,15 +77,19 @@ pub struct CopyCursor {
     pub next: String,
     /// A resync also deletes destination keys the source no longer has.
     pub prune: bool,
+    /// Where the copy saves the destination's values it overwrites or deletes (see
+    /// [`crate::archive`]); absent in checkpoints written before archives existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveRef>,
 }
 
 impl CopyCursor {
-    pub(crate) fn start(prune: bool) -> CopyCursor {
-        CopyCursor { phase: 0, next: String::new(), prune }
+    pub(crate) fn start(prune: bool, archive: ArchiveRef) -> CopyCursor {
+        CopyCursor { phase: 0, next: String::new(), prune, archive: Some(archive) }
     }
 
-    pub(crate) fn at(phase: usize, next: &[u8], prune: bool) -> CopyCursor {
-        CopyCursor { phase, next: hex::encode(next), prune }
+    pub(crate) fn at(phase: usize, next: &[u8], prune: bool, archive: Option<ArchiveRef>) -> CopyCursor {
+        CopyCursor { phase, next: hex::encode(next), prune, archive }
     }
 }
 
@@ -81,9 +111,14 @@ mod tests {
 
     #[test]
     fn checkpoint_json_is_stable() {
-        let cp = Checkpoint { copy: Some(CopyCursor::at(2, b"/registry/x", true)), ..Checkpoint::at(7, 42) };
+        let cp = Checkpoint { copy: Some(CopyCursor::at(2, b"/registry/x", true, None)), ..Checkpoint::at(7, 42) };
         let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
         assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);
+        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: crate::archive::Reason::Compaction };
+        let with = Checkpoint { copy: Some(CopyCursor::at(0, b"", true, Some(archive))), ..Checkpoint::at(7, 42) };
+        let json = String::from_utf8(serde_json::to_vec(&with).expect("serialize")).expect("utf8");
+        assert!(json.contains(r#""archive":{"id":"x-r1-compaction","reason":"resync after compaction"}"#), "{json}");
+        assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), with);
     }
 }

@@ -103,6 +103,188 @@ pub enum Command {
         #[command(subcommand)]
         command: DnsCommand,
     },
+    /// The divergence archives in a cluster's etcd: its own values that a resync, a copy over
+    /// existing data (a rejoining old primary) or a repair overwrote or deleted, saved first.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+/// One etcd: where the archives are.
+#[derive(Args, Debug)]
+pub struct ArchiveEtcdArgs {
+    /// The etcd holding the archives (the cluster whose values were replaced), client URLs, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// List the archives: id, reason, counts, revisions; with --keys every key, decoded.
+    List {
+        #[command(flatten)]
+        etcd: ArchiveEtcdArgs,
+        /// Also list each archived key as the object it names (group/resource namespace/name).
+        #[arg(long)]
+        keys: bool,
+        /// Only this archive.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write archived values back to the current primary's etcd under their original keys, raw:
+    /// the primary's apiserver then serves each as the object at a new resourceVersion (its
+    /// watchers see it created, or modified with --overwrite). Keys the target holds are left
+    /// alone unless --overwrite.
+    Restore {
+        /// The archive (an id from `drctl archive list`).
+        archive_id: String,
+        #[command(flatten)]
+        etcd: ArchiveEtcdArgs,
+        /// The etcd to write to (the current primary's), client URLs, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        #[arg(long)]
+        to_cacert: Option<PathBuf>,
+        #[arg(long)]
+        to_cert: Option<PathBuf>,
+        #[arg(long)]
+        to_key: Option<PathBuf>,
+        /// Only these original keys (repeatable; e.g. /registry/configmaps/team-a/settings).
+        /// Default: every key of the archive.
+        #[arg(long = "only", value_name = "KEY")]
+        only: Vec<String>,
+        /// Replace a key the target holds with other bytes (default: leave it and say so).
+        #[arg(long)]
+        overwrite: bool,
+        /// Print what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn endpoint_of(urls: &[String], ca: &Option<PathBuf>, cert: &Option<PathBuf>, key: &Option<PathBuf>) -> anyhow::Result<Endpoint> {
+    let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+    let tls = if files.is_empty() { None } else { Some(files.load()?) };
+    Ok(Endpoint { urls: urls.to_vec(), tls })
+}
+
+async fn archive_cmd(cmd: ArchiveCommand) -> anyhow::Result<ExitCode> {
+    use crate::archive;
+    match cmd {
+        ArchiveCommand::List { etcd: e, keys, id, json } => {
+            let mut kv = etcd::connect(&endpoint_of(&e.etcd, &e.cacert, &e.cert, &e.key)?).await?.kv;
+            let mut all = archive::list(&mut kv).await.context("list the archives")?;
+            if let Some(id) = &id {
+                all.retain(|m| &m.id == id);
+                anyhow::ensure!(!all.is_empty(), "no archive {id} in this etcd");
+            }
+            let mut listed = Vec::new();
+            for m in all {
+                let entries = if keys { archive::entries(&mut kv, &m.id).await.context("read the archive")? } else { Vec::new() };
+                listed.push((m, entries));
+            }
+            if json {
+                let out: Vec<serde_json::Value> = listed
+                    .iter()
+                    .map(|(m, entries)| {
+                        let keys: Vec<serde_json::Value> = entries
+                            .iter()
+                            .map(|e| {
+                                let o = crate::keyspace::parse(&e.key);
+                                serde_json::json!({
+                                    "key": String::from_utf8_lossy(&e.key),
+                                    "group": o.as_ref().and_then(|o| o.group),
+                                    "resource": o.as_ref().map(|o| o.resource),
+                                    "namespace": o.as_ref().and_then(|o| o.namespace),
+                                    "name": o.as_ref().map(|o| o.name),
+                                    "modRevision": e.mod_revision,
+                                    "action": e.action,
+                                    "bytes": e.value.len(),
+                                })
+                            })
+                            .collect();
+                        serde_json::json!({ "archive": m, "keys": keys })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if listed.is_empty() {
+                println!("no archives");
+            }
+            for (m, entries) in &listed {
+                println!(
+                    "{}  {} keys ({} overwritten, {} deleted), revisions {}, {} bytes, reason: {}, at {}",
+                    m.id,
+                    m.count,
+                    m.overwritten,
+                    m.pruned,
+                    m.revisions(),
+                    m.bytes,
+                    m.reason,
+                    m.created_at
+                );
+                for e in entries {
+                    let action = match e.action {
+                        archive::Action::Overwritten => "overwritten",
+                        archive::Action::Pruned => "deleted",
+                    };
+                    println!("  {}  {}  rev {}  {action}", archive::describe(&e.key), String::from_utf8_lossy(&e.key), e.mod_revision);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ArchiveCommand::Restore { archive_id, etcd: e, to, to_cacert, to_cert, to_key, only, overwrite, dry_run } => {
+            let mut from = etcd::connect(&endpoint_of(&e.etcd, &e.cacert, &e.cert, &e.key)?).await?.kv;
+            let mut target = etcd::connect(&endpoint_of(&to, &to_cacert, &to_cert, &to_key)?).await?.kv;
+            etcd::head(&mut from).await.context("reach the etcd holding the archive")?;
+            etcd::head(&mut target).await.context("reach the target etcd")?;
+            anyhow::ensure!(archive::exists(&mut from, &archive_id).await?, "no archive {archive_id} in this etcd (drctl archive list)");
+            let mut entries = archive::entries(&mut from, &archive_id).await.context("read the archive")?;
+            if !only.is_empty() {
+                let missing: Vec<&String> = only.iter().filter(|k| !entries.iter().any(|e| e.key == k.as_bytes())).collect();
+                anyhow::ensure!(missing.is_empty(), "not in archive {archive_id}: {missing:?}");
+                entries.retain(|e| only.iter().any(|k| e.key == k.as_bytes()));
+            }
+            let (mut put, mut kept, mut same) = (0, 0, 0);
+            for entry in &entries {
+                let shown = String::from_utf8_lossy(&entry.key);
+                if !archive::restorable(&entry.key) {
+                    println!("refused  {shown}: not under /registry/");
+                    continue;
+                }
+                if dry_run {
+                    println!("would put  {shown}  ({}, {} bytes)", archive::describe(&entry.key), entry.value.len());
+                    continue;
+                }
+                match archive::restore(&mut target, entry, overwrite).await.with_context(|| format!("write {shown}"))? {
+                    archive::Restored::Put => {
+                        put += 1;
+                        println!("put  {shown}");
+                    }
+                    archive::Restored::Exists => {
+                        kept += 1;
+                        println!("kept {shown}: the target holds it with other bytes (--overwrite replaces it)");
+                    }
+                    archive::Restored::Same => {
+                        same += 1;
+                        println!("same {shown}: the target holds these bytes already");
+                    }
+                }
+            }
+            if !dry_run {
+                println!("{put} put, {kept} kept (the target's differs), {same} already there; of {} archived keys", entries.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -332,6 +514,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => crate::status::read::run(args).await,
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
+        Command::Archive(cmd) => archive_cmd(cmd).await,
         Command::Check { etcd, exclude, json, repair, prune_surplus, list, max_read_rate } => {
             check(&etcd, &exclude, json, repair, prune_surplus, list, max_read_rate).await
         }
@@ -358,7 +541,7 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
     let p = result.context("mirror --once")?;
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "mirrored to source revision {} ({}): {} keys put, {} deleted, {} replicated keys compared in {:.2}s ({:.0} keys/s){}",
+        "mirrored to source revision {} ({}): {} keys put, {} deleted, {} replicated keys compared in {:.2}s ({:.0} keys/s){}{}{}",
         p.applied_revision,
         if p.resumed { "resumed from checkpoint" } else { "initial copy" },
         p.put_keys,
@@ -367,6 +550,11 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
         secs,
         p.put_keys as f64 / secs.max(1e-9),
         if p.resyncs > 0 { format!(", {} full resync(s)", p.resyncs) } else { String::new() },
+        p.rewound.map(|(had, head)| format!(", the source's history went back (had {had}, its head {head})")).unwrap_or_default(),
+        match &p.archive {
+            Some(m) => format!("; {} destination values replaced were saved first in archive {} ({}; drctl archive list)", p.archived_keys, m.id, m.reason),
+            None => String::new(),
+        },
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -213,3 +213,9 @@ impl std::fmt::Display for Side {
 pub fn is_compacted(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("compacted"))
 }
+
+/// etcd's answer to a read at a revision it has not reached ("required revision is a future
+/// revision"): asked of a source, its history went back (restored from a snapshot).
+pub fn is_future_revision(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("future revision"))
+}

@@ -1,4 +1,5 @@
 //! drctl: declarative, GitOps-driven disaster recovery for a Kubernetes global cluster.
+pub mod archive;
 pub mod argocd;
 pub mod check;
 pub mod checkpoint;

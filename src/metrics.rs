@@ -32,6 +32,7 @@ pub struct Metrics {
     pub surplus_keys: Gauge,
     pub diverged_keys: Gauge,
     pub repaired_keys: Gauge,
+    archived_keys: Family<Vec<(String, String)>, Counter>,
     pub sync_healthy: Gauge,
     pub max_keys: Family<Vec<(String, String)>, Gauge>,
     condition: Family<Vec<(String, String)>, Gauge>,
@@ -59,6 +60,7 @@ impl Metrics {
             surplus_keys: Gauge::default(),
             diverged_keys: Gauge::default(),
             repaired_keys: Gauge::default(),
+            archived_keys: Family::default(),
             sync_healthy: Gauge::default(),
             max_keys: Family::default(),
             condition: Family::default(),
@@ -89,6 +91,15 @@ impl Metrics {
         r.register("drctl_check_diverged_keys", "Keys whose bytes differ at the last check", m.diverged_keys.clone());
         r.register("drctl_check_repaired_keys", "Keys re-put from the primary by autoRepair since this cluster became standby", m.repaired_keys.clone());
         r.register(
+            "drctl_archived_keys",
+            "Keys of this cluster saved in a divergence archive before a resync, a copy over existing data or a repair overwrote or deleted them, by the archive's reason",
+            m.archived_keys.clone(),
+        );
+        // Every reason from the start, at 0: an increase() over it then sees the first archive.
+        for reason in crate::archive::Reason::ALL {
+            let _ = m.archived_keys.get_or_create(&vec![("reason".into(), reason.as_str().into())]);
+        }
+        r.register(
             "drctl_sync_healthy",
             "1 while this standby's SyncHealthy condition is True: mirroring, lag within bounds, and missed, surplus and diverged keys each within drctl_check_max_keys",
             m.sync_healthy.clone(),
@@ -108,6 +119,11 @@ impl Metrics {
         for (kind, max) in [("missed", t.missed), ("surplus", t.surplus), ("diverged", t.diverged)] {
             self.max_keys.get_or_create(&vec![("kind".into(), kind.into())]).set(i64::try_from(max).unwrap_or(i64::MAX));
         }
+    }
+
+    /// `count` keys archived for `reason` (an archive's manifest reason).
+    pub fn archived(&self, reason: &str, count: u64) {
+        self.archived_keys.get_or_create(&vec![("reason".into(), reason.into())]).inc_by(count);
     }
 
     pub fn reconcile_failed(&self, kind: ErrorKind) {
@@ -255,6 +271,9 @@ mod tests {
         assert!(text.contains(&format!("drctl_failover_step_started_timestamp_seconds{{cluster=\"global-b\",step=\"Demote\"}} {started}")), "{text}");
         assert!(text.contains("drctl_leader{cluster=\"global-b\"} 1\n"), "{text}");
         assert!(text.contains("drctl_reconcile_errors_total{cluster=\"global-b\",kind=\"configuration\"} 0"), "every kind is there from the start: {text}");
+        assert!(text.contains("drctl_archived_keys_total{cluster=\"global-b\",reason=\"source rewound\"} 0"), "{text}");
+        m.archived("source rewound", 37);
+        assert!(m.encode().contains("drctl_archived_keys_total{cluster=\"global-b\",reason=\"source rewound\"} 37"), "{}", m.encode());
         m.reconcile_failed(ErrorKind::Transient);
         assert!(m.encode().contains("drctl_reconcile_errors_total{cluster=\"global-b\",kind=\"transient\"} 1"), "{}", m.encode());
         // The step finished: its series goes away.

@@ -16,9 +16,10 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::archive::{self, ArchiveRef, Manifest, Reason};
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
-pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, CHECKPOINT_KEY};
+pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::copy_order;
 use crate::etcd::{self, Conn, Endpoint, EtcdError, Side};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
@@ -35,6 +36,8 @@ pub enum MirrorError {
     SameCluster(#[from] etcd::SameCluster),
     #[error("the source compacted the revision the mirror needs")]
     Compacted,
+    #[error("the source has not reached a revision the mirror already applied: its history went back (restored from a snapshot?)")]
+    Rewound,
     #[error("the source's watch stream went silent for {0:?} after a progress request")]
     DeadWatch(Duration),
     #[error("the source ended the watch stream")]
@@ -49,6 +52,8 @@ fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> MirrorError {
     move |source| {
         if side == Side::Source && etcd::is_compacted(&source) {
             MirrorError::Compacted
+        } else if side == Side::Source && etcd::is_future_revision(&source) {
+            MirrorError::Rewound
         } else {
             MirrorError::Etcd { side, source }
         }
@@ -142,14 +147,39 @@ pub struct Progress {
     pub deleted_keys: u64,
     /// This run continued from a checkpoint instead of copying from scratch.
     pub resumed: bool,
-    /// Full resyncs (compaction, another source cluster).
+    /// Full resyncs (compaction, another source cluster, a rewound source).
     pub resyncs: u64,
+    /// The last time the source's history went back (an etcd restored from a snapshot: same
+    /// cluster ID, its revision below what the destination applied, or past it again in another
+    /// history, which the checkpoint's witness tells): (the revision the destination had
+    /// applied, the source's head then). A resync from the head follows.
+    pub rewound: Option<(i64, i64)>,
+    /// How many times that happened since start.
+    pub rewinds: u64,
+    /// Destination keys saved in archives (before a copy or a repair overwrote or deleted
+    /// them) since start.
+    pub archived_keys: u64,
+    /// The last archive made, once its copy or repair finished.
+    pub archive: Option<Manifest>,
+    /// The archives made since start, oldest first (the last [`KEPT_ARCHIVES`]).
+    pub archives: Vec<Manifest>,
     pub last_error: Option<String>,
     /// When the destination last had every source revision the mirror knew of.
     pub caught_up_at: Option<SystemTime>,
 }
 
+/// Archives kept in [`Progress::archives`].
+pub const KEPT_ARCHIVES: usize = 16;
+
 impl Progress {
+    fn archived(&mut self, m: Manifest) {
+        self.archives.push(m.clone());
+        if self.archives.len() > KEPT_ARCHIVES {
+            self.archives.remove(0);
+        }
+        self.archive = Some(m);
+    }
+
     /// Source revisions not yet applied.
     pub fn lag_revisions(&self) -> i64 {
         (self.source_revision - self.applied_revision).max(0)
@@ -220,6 +250,8 @@ struct Batch {
     /// Every source revision up to this one is in the batch.
     revision: i64,
     source_revision: i64,
+    /// The last key put in the batch (replicated or not), for the checkpoint.
+    witness: Option<Witness>,
 }
 
 impl Batch {
@@ -233,6 +265,9 @@ impl Batch {
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             self.revision = self.revision.max(kv.mod_revision());
+            if ev.event_type() == EventType::Put && self.witness.as_ref().is_none_or(|w| kv.mod_revision() >= w.mod_revision) {
+                self.witness = Some(Witness { key: hex::encode(kv.key()), mod_revision: kv.mod_revision() });
+            }
             if !filter.copies(kv.key()) {
                 continue;
             }
@@ -302,10 +337,34 @@ fn read_ahead(mut pager: DiffPager, src: &Conn, dst: &Conn, filter: &Filter) -> 
     (AbortOnDrop(task), rx)
 }
 
+/// What one of the copy's txns wrote, once it committed.
+struct Wrote {
+    cursor: CopyCursor,
+    puts: u64,
+    dels: u64,
+    /// Destination values saved in the archive before it.
+    saved: u64,
+}
+
 /// Where a session starts.
 enum Start {
     Copy { revision: i64, cursor: CopyCursor },
-    Follow(i64),
+    Follow(i64, Option<Witness>),
+}
+
+/// Whether the source, read at the checkpoint's witness revision, answers otherwise than when the
+/// mirror saw it: its history changed under the same cluster ID (restored from a snapshot, then
+/// written past the checkpoint again). A compacted witness cannot tell (false: a compaction
+/// resync follows anyway); a revision the source has not reached is a rewind.
+async fn history_changed(kv: &mut KvClient, cp: &Checkpoint) -> Result<bool, MirrorError> {
+    let Some(w) = &cp.witness else { return Ok(false) };
+    let key = hex::decode(&w.key).unwrap_or_default();
+    match kv.get(key, Some(etcd_client::GetOptions::new().with_revision(w.mod_revision))).await {
+        Ok(r) => Ok(r.kvs().first().map(|kv| kv.mod_revision()) != Some(w.mod_revision)),
+        Err(e) if etcd::is_compacted(&e) => Ok(false),
+        Err(e) if etcd::is_future_revision(&e) => Ok(true),
+        Err(e) => Err(on(Side::Source)(e)),
+    }
 }
 
 /// The replication engine; the CLI and the controller run it in-process.
@@ -377,31 +436,45 @@ impl Mirror {
             p.source_cluster_id = cluster_id;
             p.source_revision = head;
         });
-        let mut start = match Checkpoint::read(&mut dst.kv.clone()).await? {
+        let checkpoint = Checkpoint::read(&mut dst.kv.clone()).await?;
+        let history_changed = match &checkpoint {
+            Some(cp) if cp.cluster_id == cluster_id && cp.revision <= head => history_changed(&mut src.kv.clone(), cp).await?,
+            _ => false,
+        };
+        let mut start = match checkpoint {
             None => {
-                tracing::info!(revision = head, "no checkpoint: initial copy");
-                Start::Copy { revision: head, cursor: CopyCursor::start(false) }
+                // Whatever the destination holds already (a rejoining old primary's data) is kept
+                // where the source lacks it (surplus, reported by the check); values the copy
+                // overwrites are archived first.
+                let was_primary = dst.kv.clone().get(WAS_PRIMARY_KEY, None).await.map_err(on(Side::Destination))?.count() > 0;
+                let reason = if was_primary { Reason::Rejoin } else { Reason::InitialCopy };
+                tracing::info!(revision = head, was_primary, "no checkpoint: initial copy");
+                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)) }
             }
             Some(cp) if cp.cluster_id != cluster_id => {
                 tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
                 self.update(|p| p.resyncs += 1);
-                Start::Copy { revision: head, cursor: CopyCursor::start(true) }
+                Start::Copy { revision: head, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::ClusterChanged, head)) }
             }
-            Some(Checkpoint { revision, copy: Some(cursor), .. }) => {
+            Some(cp) if cp.revision > head || history_changed => self.rewound(cp.revision, head),
+            Some(Checkpoint { revision, copy: Some(mut cursor), .. }) => {
                 tracing::info!(revision, phase = cursor.phase, "resuming the copy");
                 self.update(|p| p.resumed = true);
+                // A copy checkpointed before archives existed: one for the rest of it.
+                let reason = if cursor.prune { Reason::Compaction } else { Reason::InitialCopy };
+                cursor.archive.get_or_insert_with(|| ArchiveRef::new(reason, revision));
                 Start::Copy { revision, cursor }
             }
             Some(cp) => {
                 tracing::info!(revision = cp.revision, "resuming the watch");
                 self.update(|p| p.resumed = true);
-                Start::Follow(cp.revision)
+                Start::Follow(cp.revision, cp.witness)
             }
         };
         loop {
-            let (from, copied) = match start {
-                Start::Copy { revision, cursor } => (self.copy(&src, &dst, cluster_id, revision, cursor).await, true),
-                Start::Follow(rev) => (Ok(rev), false),
+            let (from, copied, witness) = match start {
+                Start::Copy { revision, cursor } => (self.copy(&src, &dst, cluster_id, revision, cursor).await, true, None),
+                Start::Follow(rev, witness) => (Ok(rev), false, witness),
             };
             let result = match from {
                 Ok(from) if once && from >= head => {
@@ -413,7 +486,7 @@ impl Mirror {
                         (true, false, Some(after)) => Some(Instant::now() + after),
                         _ => None,
                     };
-                    self.follow(&src, &dst, cluster_id, from, once.then_some(head), anti_entropy).await
+                    self.follow(&src, &dst, cluster_id, (from, witness), once.then_some(head), anti_entropy).await
                 }
                 Err(e) => Err(e),
             };
@@ -422,14 +495,38 @@ impl Mirror {
                     let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
                     tracing::warn!(revision = now, "source compacted past the checkpoint: full resync");
                     self.update(|p| p.resyncs += 1);
-                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true) };
+                    // Every value the resync replaces is archived, also those the mirror wrote: the
+                    // compacted history cannot tell whether the source still had them (a source
+                    // restored from a snapshot, then compacted, dropped them for good).
+                    start = Start::Copy { revision: now, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, now)) };
+                }
+                Err(MirrorError::Rewound) => {
+                    let (_, now) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
+                    let had = Checkpoint::read(&mut dst.kv.clone()).await?.map_or(self.progress.borrow().applied_revision, |cp| cp.revision);
+                    start = self.rewound(had, now);
                 }
                 other => return other,
             }
         }
     }
 
-    /// Copies `/registry/` at `revision` from `cursor` on; returns `revision`.
+    /// The source's history went back from `had` (what the destination holds) to `head`: reported,
+    /// then a full resync from the head whose overwrites and deletes are archived.
+    fn rewound(&self, had: i64, head: i64) -> Start {
+        tracing::warn!(had, head, "the source's history went back (restored from a snapshot?): full resync from its head");
+        self.update(|p| {
+            p.rewound = Some((had, head));
+            p.rewinds += 1;
+            p.resyncs += 1;
+            // What was applied belongs to the old history: nothing of the new one is here yet.
+            p.applied_revision = 0;
+            p.caught_up_at = None;
+        });
+        Start::Copy { revision: head, cursor: CopyCursor::start(true, ArchiveRef::new(Reason::Rewound, head)) }
+    }
+
+    /// Copies `/registry/` at `revision` from `cursor` on, saving the destination's values it
+    /// overwrites or deletes in the cursor's archive first; returns `revision`.
     #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
     async fn copy(&self, src: &Conn, dst: &Conn, cluster_id: u64, revision: i64, cursor: CopyCursor) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
@@ -446,10 +543,12 @@ impl Mirror {
             p.copy_compared_keys = 0;
         });
         let prune = cursor.prune;
+        let archive = cursor.archive.clone();
+        let at = |phase: usize, next: &[u8]| CopyCursor::at(phase, next, prune, archive.clone());
         let next = hex::decode(&cursor.next).unwrap_or_default();
         let checkpoint = |c: &CopyCursor| Checkpoint { copy: Some(c.clone()), ..Checkpoint::at(cluster_id, revision) };
         let mut done = cursor.clone();
-        type Pending = BoxFuture<'static, Result<(CopyCursor, u64, u64), MirrorError>>;
+        type Pending = BoxFuture<'static, Result<Wrote, MirrorError>>;
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let found = copy_order::discover(&mut skv, revision).await.map_err(on(Side::Source))?;
         let phases = copy_order::copy_phases(&found);
@@ -459,13 +558,31 @@ impl Mirror {
                 read_ahead(DiffPager::over(copy_order::read_ranges(&from, end, &found, &self.cfg.filter), revision, t.page_bytes), src, dst, &self.cfg.filter);
             while let Some(page) = pages.recv().await.transpose()? {
                 self.update(|p| p.copy_compared_keys += page.source_keys);
-                let ops: Vec<Op> = page
+                let ops: Vec<(Op, Option<Op>)> = page
                     .differences
                     .into_iter()
-                    .filter_map(|d| match d.source {
-                        Some(v) => Some(Op::Put(d.key, v)),
-                        None if prune => Some(Op::Delete(d.key)),
-                        None => None,
+                    .filter_map(|d| {
+                        let (op, action) = match d.source {
+                            Some(v) => (Op::Put(d.key, v), archive::Action::Overwritten),
+                            None if prune => (Op::Delete(d.key), archive::Action::Pruned),
+                            None => return None,
+                        };
+                        // The destination's value goes into the archive before the write replaces it.
+                        let save = match (&archive, &d.dest_value, d.dest_mod_revision) {
+                            (Some(a), Some(old), Some(rev)) => Some(Op::Put(archive::entry_key(&a.id, op.key()), archive::encode(rev, action, old))),
+                            _ => None,
+                        };
+                        Some((op, save))
+                    })
+                    .collect();
+                let mut saves: BTreeMap<Vec<u8>, Op> = BTreeMap::new();
+                let ops: Vec<Op> = ops
+                    .into_iter()
+                    .map(|(op, save)| {
+                        if let Some(save) = save {
+                            saves.insert(op.key().to_vec(), save);
+                        }
+                        op
                     })
                     .collect();
                 let mut chunks = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
@@ -476,10 +593,10 @@ impl Mirror {
                     .into_iter()
                     .map(|c| {
                         let end = c.last().map(|op| etcd::key_after(op.key())).unwrap_or_default();
-                        (c, CopyCursor::at(phase, &end, prune))
+                        (c, at(phase, &end))
                     })
                     .collect();
-                ends.push((last.unwrap_or_default(), CopyCursor::at(phase, &page.covered_to, prune)));
+                ends.push((last.unwrap_or_default(), at(phase, &page.covered_to)));
                 for (ops, end) in ends {
                     while inflight.len() >= t.in_flight {
                         done = self.settle(inflight.next().await, done)?;
@@ -488,16 +605,26 @@ impl Mirror {
                         Op::Put(..) => (p + 1, d),
                         Op::Delete(_) => (p, d + 1),
                     });
+                    let saved: Vec<Op> = ops.iter().filter_map(|op| saves.remove(op.key())).collect();
+                    let wrote = Wrote { cursor: end, puts, dels, saved: saved.len() as u64 };
                     if ops.is_empty() {
-                        inflight.push_back(async move { Ok((end, 0, 0)) }.boxed());
+                        inflight.push_back(async move { Ok(wrote) }.boxed());
                     } else {
                         // The checkpoint may only claim what has committed in order before it.
                         // Spawned, so writes proceed while the next page is read.
-                        let mut task = AbortOnDrop(tokio::spawn(apply(dkv.clone(), ops, Some(checkpoint(&done)))));
+                        let (kv, cp, (max_ops, max_bytes)) = (dkv.clone(), checkpoint(&done), (t.txn_max_ops, t.txn_max_bytes));
+                        let mut task = AbortOnDrop(tokio::spawn(async move {
+                            // The values about to be replaced are saved first: a crash in between
+                            // leaves them both saved and in place, and the resumed copy saves the same.
+                            for save in split_txns(saved, max_ops, max_bytes) {
+                                apply(kv.clone(), save, None).await?;
+                            }
+                            apply(kv, ops, Some(cp)).await
+                        }));
                         inflight.push_back(
                             async move {
                                 match (&mut task.0).await {
-                                    Ok(r) => r.map(|()| (end, puts, dels)),
+                                    Ok(r) => r.map(|()| wrote),
                                     Err(e) => Err(MirrorError::Task(e.to_string())),
                                 }
                             }
@@ -511,41 +638,52 @@ impl Mirror {
             while let Some(r) = inflight.next().await {
                 done = self.settle(Some(r), done)?;
             }
-            done = CopyCursor::at(phase + 1, &[], prune);
+            done = at(phase + 1, &[]);
         }
-        apply(dkv, Vec::new(), Some(Checkpoint::at(cluster_id, revision))).await?;
+        // A rejoin's copy is done: the next copy without a checkpoint is not one.
+        let done = if archive.as_ref().is_some_and(|a| a.reason == Reason::Rejoin) { vec![Op::Delete(WAS_PRIMARY_KEY.into())] } else { Vec::new() };
+        apply(dkv.clone(), done, Some(Checkpoint::at(cluster_id, revision))).await?;
+        let sealed = match &archive {
+            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision).await.map_err(on(Side::Destination))?,
+            None => None,
+        };
         self.update(|p| {
             p.applied_revision = revision;
             if revision >= p.source_revision {
                 p.caught_up_at = Some(SystemTime::now());
+            }
+            if let Some(m) = sealed {
+                p.archived(m);
             }
         });
         tracing::info!(revision, "copy done");
         Ok(revision)
     }
 
-    fn settle(&self, r: Option<Result<(CopyCursor, u64, u64), MirrorError>>, done: CopyCursor) -> Result<CopyCursor, MirrorError> {
+    fn settle(&self, r: Option<Result<Wrote, MirrorError>>, done: CopyCursor) -> Result<CopyCursor, MirrorError> {
         match r {
-            Some(Ok((cursor, puts, dels))) => {
+            Some(Ok(w)) => {
                 self.update(|p| {
-                    p.put_keys += puts;
-                    p.deleted_keys += dels;
+                    p.put_keys += w.puts;
+                    p.deleted_keys += w.dels;
+                    p.archived_keys += w.saved;
                 });
-                Ok(cursor)
+                Ok(w.cursor)
             }
             Some(Err(e)) => Err(e),
             None => Ok(done),
         }
     }
 
-    /// Applies the source's changes after revision `from`, until `target` (once) or forever.
-    #[tracing::instrument(skip(self, src, dst, anti_entropy))]
+    /// Applies the source's changes after revision `from` (whose checkpoint has `witness`),
+    /// until `target` (once) or forever.
+    #[tracing::instrument(skip(self, src, dst, anti_entropy, witness))]
     async fn follow(
         &self,
         src: &Conn,
         dst: &Conn,
         cluster_id: u64,
-        from: i64,
+        (from, mut witness): (i64, Option<Witness>),
         target: Option<i64>,
         mut anti_entropy: Option<Instant>,
     ) -> Result<(), MirrorError> {
@@ -591,8 +729,12 @@ impl Mirror {
             let source_revision = batch.source_revision;
             if batch.revision > applied {
                 let revision = batch.revision;
+                if batch.witness.is_some() {
+                    witness = batch.witness.clone();
+                }
                 if !batch.ops.is_empty() {
-                    let (puts, dels) = self.apply_batch(dst, Checkpoint::at(cluster_id, persisted), revision, batch).await?;
+                    let done = Checkpoint::at(cluster_id, persisted);
+                    let (puts, dels) = self.apply_batch(dst, done, Checkpoint::at(cluster_id, revision).witnessed(witness.clone()), batch).await?;
                     self.update(|p| {
                         p.put_keys += puts;
                         p.deleted_keys += dels;
@@ -611,7 +753,7 @@ impl Mirror {
             let caught_up = applied >= self.progress.borrow().source_revision;
             let done = target.is_some_and(|t| applied >= t);
             if applied > persisted && (done || last_persist.elapsed() >= t.checkpoint_every || anti_entropy.is_some()) {
-                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied))).await?;
+                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied).witnessed(witness.clone()))).await?;
                 (persisted, last_persist) = (applied, Instant::now());
             }
             if done {
@@ -636,10 +778,11 @@ impl Mirror {
     }
 
     /// Writes one deduplicated batch, taking the destination from `done` (its checkpoint) to
-    /// `revision`. The new checkpoint goes with the last txn, after the others committed, so it
+    /// `next`. The new checkpoint goes with the last txn, after the others committed, so it
     /// never claims a revision whose writes are not all in; the earlier txns mark it pending, so
     /// no reader takes the half-written state for the source at `done.revision`.
-    async fn apply_batch(&self, dst: &Conn, done: Checkpoint, revision: i64, batch: Batch) -> Result<(u64, u64), MirrorError> {
+    async fn apply_batch(&self, dst: &Conn, done: Checkpoint, next: Checkpoint, batch: Batch) -> Result<(u64, u64), MirrorError> {
+        let revision = next.revision;
         let t = &self.cfg.tuning;
         let ops = batch.into_ops();
         let dels = ops.iter().filter(|op| matches!(op, Op::Delete(_))).count() as u64;
@@ -650,7 +793,7 @@ impl Mirror {
         let writes: Vec<BoxFuture<'static, Result<(), MirrorError>>> =
             txns.into_iter().map(|ops| apply(dst.kv.clone(), ops, Some(pending.clone())).boxed()).collect();
         futures::stream::iter(writes).buffer_unordered(t.in_flight).try_collect::<Vec<()>>().await?;
-        apply(dst.kv.clone(), last, Some(Checkpoint::at(done.cluster_id, revision))).await?;
+        apply(dst.kv.clone(), last, Some(next)).await?;
         Ok((puts, dels))
     }
 
@@ -664,8 +807,14 @@ impl Mirror {
         let mut put = 0;
         if !found.differences.is_empty() {
             let outcome = check::repair(src, dst, &self.cfg.filter, &found.differences, false).await?;
-            tracing::warn!(put = outcome.put, "anti-entropy repaired keys");
-            self.update(|p| p.put_keys += outcome.put);
+            tracing::warn!(put = outcome.put, archived = outcome.archived, "anti-entropy repaired keys");
+            self.update(|p| {
+                p.put_keys += outcome.put;
+                p.archived_keys += outcome.archived;
+                if let Some(m) = outcome.archive.clone() {
+                    p.archived(m);
+                }
+            });
             put = outcome.put;
         }
         tracing::info!(checked = found.report.checked_keys, differences = found.differences.len(), "anti-entropy pass done");

@@ -85,6 +85,8 @@ pub struct ClusterStatus {
     pub surplus_keys: Option<u64>,
     pub diverged_keys: Option<u64>,
     pub repaired_keys: Option<u64>,
+    /// The last archive of this cluster's own values a resync, copy or repair replaced.
+    pub archived: Option<crate::topology::ArchivedStatus>,
     pub last_check_time: Option<String>,
     /// Seconds between the last check and when the report was made.
     pub last_check_age_seconds: Option<f64>,
@@ -249,6 +251,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
         c.surplus_keys = y.surplus_keys;
         c.diverged_keys = y.diverged_keys;
         c.repaired_keys = y.repaired_keys;
+        c.archived = y.archived.clone();
         c.last_check_time = y.last_check_time.clone();
         c.last_check_age_seconds = y.last_check_time.as_deref().and_then(parse_time).map(|t| now.duration_since(t).as_secs_f64());
     }
@@ -418,6 +421,16 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
                     format!("{} cannot reach its peer though drctl status can (a failover could not demote it): {}", c.name, k.message),
                 ));
             }
+        }
+        if let Some(a) = &c.archived {
+            f.push(Finding::new(
+                Warning,
+                "WritesArchived",
+                format!(
+                    "{}: {} of its own values (revisions {}) were overwritten or deleted ({}) and saved in archive {} first: `drctl archive list --etcd <{}'s etcd> --keys` shows them, `drctl archive restore` puts chosen ones back",
+                    c.name, a.count, a.revisions, a.reason, a.archive_id, c.name
+                ),
+            ));
         }
         if c.role == Some(Role::Standby) {
             if let Some(k) = c.conditions.iter().find(|k| k.type_ == "SyncHealthy" && k.status == "False") {
@@ -749,6 +762,23 @@ mod tests {
         let t = render_table(&r);
         assert!(t.contains("10.96.0.10:53          10.0.0.10  = global-a's VIP"), "{t}");
         assert!(t.contains("0 / 0 / 0") && t.contains("3.0s ago") && t.contains("0.2s"), "{t}");
+    }
+
+    #[test]
+    fn archived_writes_are_a_warning_naming_the_archive() {
+        let mut b = standby_in_sync();
+        b.sync.as_mut().expect("sync").archived = Some(crate::topology::ArchivedStatus {
+            count: 37,
+            archive_id: "20261205T162300.000Z-r285-rejoin".into(),
+            revisions: "290-366".into(),
+            reason: "rejoin after being primary".into(),
+            total: 37,
+        });
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", b)], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), ["WritesArchived"]);
+        let f = &r.findings[0];
+        assert!(f.message.starts_with("global-b: 37 of its own values (revisions 290-366) were overwritten or deleted (rejoin after being primary) and saved in archive 20261205T162300.000Z-r285-rejoin first"), "{}", f.message);
+        assert_eq!(r.clusters[1].archived.as_ref().map(|a| a.count), Some(37));
     }
 
     #[test]

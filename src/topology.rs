@@ -776,6 +776,41 @@ pub struct SyncStatus {
     /// The `when: syncEnabled` restarts of this standby term once begun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<RestartsBegun>,
+    /// The last archive of this cluster's own values that the mirror (a resync, a copy over
+    /// existing data) or a repair overwrote or deleted: saved in this cluster's etcd under
+    /// `drctl/archive/<archiveId>/` (`drctl archive list`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<ArchivedStatus>,
+    /// The last time the primary's etcd history went back (restored from a snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewound: Option<RewoundStatus>,
+}
+
+/// Keys saved in a divergence archive before they were overwritten or deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchivedStatus {
+    /// Keys in the archive.
+    pub count: u64,
+    pub archive_id: String,
+    /// The saved keys' mod revisions in this cluster's etcd, `lowest-highest`.
+    pub revisions: String,
+    /// "resync after compaction", "source cluster changed", "source rewound", "rejoin after being
+    /// primary", "initial copy over existing data" or "repair".
+    pub reason: String,
+    /// Keys archived since this cluster became standby, every archive.
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// The source's history went back: the revision this cluster had applied, the source's head then
+/// (below it, or past it again in another history).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RewoundStatus {
+    pub from_revision: i64,
+    pub to_revision: i64,
+    pub detected_at: String,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

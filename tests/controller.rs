@@ -1078,6 +1078,14 @@ async fn the_periodic_check_puts_back_keys_the_standby_lost() {
     let sync = st.status.expect("status").sync.expect("sync");
     assert_eq!((sync.missed_keys, sync.diverged_keys), (Some(0), Some(0)), "{sync:?}");
     assert!(sync.surplus_keys >= Some(1), "the standby-only key is reported: {sync:?}");
+    // The bytes only B had were saved before the re-put replaced them.
+    let archived = sync.archived.expect("status.sync.archived");
+    assert_eq!((archived.reason.as_str(), archived.count), ("repair", 1), "{archived:?}");
+    let saved = drctl::archive::entries(&mut pair.b.etcd.client().await.kv_client(), &archived.archive_id).await.expect("read the archive");
+    assert_eq!(
+        saved.iter().map(|e| (e.key.as_slice(), e.value.as_slice())).collect::<Vec<_>>(),
+        [(&b"/registry/configmaps/apps/changed"[..], &b"bytes only B has"[..])]
+    );
     let mut a = pair.a.etcd.client().await;
     for key in ["/registry/configmaps/apps/lost-1", "/registry/configmaps/apps/lost-2", "/registry/configmaps/apps/changed"] {
         let on_a = a.get(key, None).await.expect("get on A").kvs().first().map(|kv| kv.value().to_vec());
@@ -1324,4 +1332,95 @@ async fn final_sync_that_cannot_pass_is_abandoned_and_the_old_primary_reclaims()
         retry.elapsed(),
         watch.longest_without_primary(retry)
     );
+}
+
+/// S5 (issue 18, scenario 4) on two globals: A's etcd restored from a snapshot (same cluster ID,
+/// its revision back; its apiserver restarted, as the restore procedure says), then new writes.
+/// B reports the rewind (`status.sync.rewound`, a `SourceRewound` Event, `SyncHealthy` False
+/// with reason `SourceRewound` until a check of the new history passes), archives the lost
+/// history it held (`status.sync.archived`, `WritesArchived`, `drctl_archived_keys_total`) and
+/// ends holding the new writes, healthy again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_restored_from_a_snapshot_makes_the_standby_unhealthy_until_it_has_resynced() {
+    const LOST: usize = 20;
+    const NEW: usize = 20;
+    let mut pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    put_configmap(&pair.a, "apps", "before", "in the snapshot").await;
+    wait_configmap(&pair.b, "apps", "before", STEADY).await;
+    let snap = pair.dir.path().join("a.snap");
+    pair.a.etcd.snapshot(&snap);
+    for i in 0..LOST {
+        put_configmap(&pair.a, "apps", &format!("lost-{i:02}"), "after the snapshot").await;
+    }
+    wait_configmap(&pair.b, "apps", &format!("lost-{:02}", LOST - 1), STEADY).await;
+    let applied = pair.status(&pair.b).await.and_then(|t| t.status?.sync?.applied_revision).unwrap_or_default();
+
+    // Sample B's SyncHealthy reasons from here on.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let sampler = {
+        let (api, seen) = (Api::<drctl::topology::DRTopology>::all(pair.b.client().await), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(list) = api.list(&Default::default()).await {
+                    for t in list.items {
+                        if let Some(c) = t.status.as_ref().and_then(|s| condition(s, "SyncHealthy")) {
+                            let entry = (c.status.clone(), c.reason.clone());
+                            let mut seen = seen.lock().expect("lock");
+                            if seen.last() != Some(&entry) {
+                                seen.push(entry);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let restored_at = Instant::now();
+    pair.a.etcd.restore_snapshot(&snap);
+    pair.a.api.restart();
+    for i in 0..NEW {
+        put_configmap(&pair.a, "apps", &format!("new-{i:02}"), "after the restore").await;
+    }
+    let st = pair
+        .wait(&pair.b, "B archived the lost history and is steady again", STEADY, &[&ca, &cb], |s| {
+            s.sync.as_ref().and_then(|y| y.archived.as_ref()).is_some_and(|a| a.reason == "source rewound") && is(Role::Standby, Phase::Steady)(s)
+        })
+        .await;
+    let healthy_after = restored_at.elapsed();
+    for i in 0..NEW {
+        wait_configmap(&pair.b, "apps", &format!("new-{i:02}"), STEADY).await;
+    }
+    sampler.abort();
+    let seen = seen.lock().expect("lock").clone();
+    let sync = st.status.expect("status").sync.expect("sync");
+    let (rewound, archived) = (sync.rewound.expect("status.sync.rewound"), sync.archived.expect("status.sync.archived"));
+    let lost_left = Api::<ConfigMap>::namespaced(pair.b.client().await, "apps").get_opt("lost-00").await.expect("get").is_some();
+    eprintln!(
+        "primary restored from a snapshot: B saw the rewind {} -> {} (applied {applied}), archived {} keys ({}; {} in all this standby term, the rest by its first copy over its own bootstrap objects), SyncHealthy went {:?}, steady again {:.1}s after the restore with {NEW}/{NEW} new writes; lost-00 still on B: {lost_left}",
+        rewound.from_revision,
+        rewound.to_revision,
+        archived.count,
+        archived.archive_id,
+        archived.total,
+        seen,
+        healthy_after.as_secs_f64()
+    );
+    // (A head below what B applied, or, when A's restarted apiserver wrote past it before B's
+    // mirror reconnected, another history the checkpoint's witness tells.)
+    assert!(rewound.from_revision >= applied && rewound.to_revision != rewound.from_revision, "{rewound:?}");
+    assert!(archived.count >= LOST as u64, "the {LOST} lost configmaps (and whatever else the lost history wrote) are archived: {archived:?}");
+    assert!(!lost_left, "the lost history is not served as current data");
+    assert!(seen.iter().any(|(s, r)| s == "False" && r == "SourceRewound"), "SyncHealthy went {seen:?}");
+    assert!(!event_notes(&pair.b, "SourceRewound").is_empty() && !event_notes(&pair.b, "WritesArchived").is_empty());
+    let metrics = support::http_get(&cb.listen.to_string(), "/metrics").unwrap_or_default();
+    let total = metrics
+        .lines()
+        .find(|l| l.starts_with("drctl_archived_keys_total{") && l.contains("reason=\"source rewound\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(total >= Some(LOST as u64), "{total:?}");
+    let listed = support::drctl().args(["archive", "list", "--etcd", &pair.b.etcd.client_url, "--keys"]).output().expect("drctl archive list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(&archived.archive_id) && listed.contains("configmaps apps/lost-00"), "{listed}");
 }

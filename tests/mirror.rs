@@ -305,6 +305,10 @@ fn check_finds_planted_differences_and_repair_fixes_them() {
     let (_, r) = check_cli(&src, &dst, &["--repair"]);
     let repair = r.repair.expect("repair outcome");
     assert_eq!((repair.put, repair.deleted), (2, 0), "surplus kept without --prune-surplus");
+    let saved = repair.archive.expect("the diverged value was archived before the re-put");
+    assert_eq!((repair.archived, saved.count, saved.overwritten, saved.reason.as_str()), (1, 1, 1, "repair"));
+    let tampered = rt.block_on(drctl::archive::entries(&mut d.kv_client(), &saved.id)).expect("read the archive");
+    assert_eq!((tampered[0].key.as_slice(), tampered[0].value.as_slice()), (&b"/registry/configmaps/team-a/p08"[..], &b"tampered"[..]));
     let (code, r) = check_cli(&src, &dst, &[]);
     assert_eq!((code, r.missed.count, r.diverged.count, r.surplus.count), (2, 0, 0, 1));
 
@@ -595,8 +599,13 @@ async fn a_half_written_batch_is_never_compared_or_repaired() {
     let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
     let found = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check");
     assert!(found.report.consistent, "a half-written batch is in flux, not damage: {}", found.report);
-    let missed =
-        check::Difference { key: b"/registry/configmaps/team-a/big".to_vec(), source: Some(b"v1".to_vec()), dest_mod_revision: None, dest_writer: None };
+    let missed = check::Difference {
+        key: b"/registry/configmaps/team-a/big".to_vec(),
+        source: Some(b"v1".to_vec()),
+        dest_mod_revision: None,
+        dest_value: None,
+        dest_writer: None,
+    };
     let outcome = check::repair(&sc, &dc, &filter(), &[missed], false).await.expect("repair");
     assert_eq!((outcome.put, outcome.skipped), (0, 1), "{outcome:?}");
     assert!(d.get("/registry/configmaps/team-a/big", None).await.expect("get").kvs().is_empty(), "the batch's delete stands");
@@ -645,4 +654,259 @@ async fn the_same_etcd_as_source_and_destination_is_refused() {
 
     assert_eq!(head(&mut c).await, before, "nothing was written: no checkpoint, no copy");
     assert!(c.get(CHECKPOINT_KEY, None).await.expect("get").kvs().is_empty());
+}
+
+fn archive_cli(args: &[&str]) -> String {
+    let out = drctl().arg("archive").args(args).output().expect("run drctl archive");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "drctl archive {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// S2 (issue 18, scenario 2): an old primary's own writes on a destination whose mirror
+/// checkpoint (from its earlier standby term) the source has compacted past. The resync deletes
+/// what the source lacks and overwrites what differs: each value it replaces is saved in the
+/// destination's archive first (also the ones the mirror wrote and the source changed since: a
+/// compacted history cannot tell), counted in Progress, listed by `drctl archive list`, and
+/// `drctl archive restore` puts one back on the primary.
+#[test]
+fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    const SHARED: usize = 200;
+    const OWN: usize = 37;
+    const CHANGED: usize = 5;
+    const SOURCE_CHANGED: usize = 20;
+    let p = rt.block_on(async {
+        let shared: Vec<(String, Vec<u8>)> = (0..SHARED).map(|i| (format!("/registry/configmaps/team-a/cm-{i:03}"), format!("v{i}").into_bytes())).collect();
+        put_all(&mut s, &shared).await;
+        Mirror::new(config(&src, &dst)).run_once().await.expect("initial copy");
+        let stale = head(&mut s).await;
+        // The destination takes writes of its own (as primary during a partition): keys the
+        // source never had, and other values for keys it has.
+        let own: Vec<(String, Vec<u8>)> =
+            (0..OWN).map(|i| (format!("/registry/configmaps/team-b/own-{i:02}"), format!("acknowledged {i}").into_bytes())).collect();
+        put_all(&mut d, &own).await;
+        for i in 0..CHANGED {
+            d.put(format!("/registry/configmaps/team-a/cm-{i:03}"), format!("changed here {i}"), None).await.expect("diverge");
+        }
+        d.put("/registry/configmaps/kube-system/own", "excluded", None).await.expect("excluded");
+        // The source moves on and compacts past the destination's checkpoint.
+        for i in 0..SOURCE_CHANGED {
+            s.put(format!("/registry/configmaps/team-a/cm-{i:03}"), format!("source v2 {i}"), None).await.expect("update");
+        }
+        let now = head(&mut s).await;
+        s.compact(now, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+        // The destination's checkpoint, from its standby term, is at `stale`.
+        let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read").expect("checkpoint");
+        assert_eq!(cp.revision, stale);
+        Mirror::new(config(&src, &dst)).run_once().await.expect("resync")
+    });
+    assert_eq!(p.resyncs, 1, "{p:?}");
+    let m = p.archive.clone().expect("an archive was made");
+    eprintln!(
+        "compaction resync: {} of {} destination-only keys and {} overwritten values ({} changed here, {} mirror-written that the source changed since) archived ({} in Progress), archive {} revisions {}, {} deleted, {} put",
+        m.pruned,
+        OWN,
+        m.overwritten,
+        CHANGED,
+        SOURCE_CHANGED - CHANGED,
+        p.archived_keys,
+        m.id,
+        m.revisions(),
+        p.deleted_keys,
+        p.put_keys
+    );
+    let total = (OWN + SOURCE_CHANGED) as u64;
+    assert_eq!((m.count, m.pruned, m.overwritten, p.archived_keys), (total, OWN as u64, SOURCE_CHANGED as u64, total), "{m:?}");
+    assert_eq!(m.reason, "resync after compaction");
+    rt.block_on(async {
+        assert_same(&mut s, &mut d).await;
+        // Every value the resync replaced is in the archive, byte for byte, with its revision.
+        let entries = drctl::archive::entries(&mut d.kv_client(), &m.id).await.expect("entries");
+        let saved: BTreeMap<String, Vec<u8>> = entries.iter().map(|e| (String::from_utf8_lossy(&e.key).into_owned(), e.value.clone())).collect();
+        for i in 0..OWN {
+            assert_eq!(saved.get(&format!("/registry/configmaps/team-b/own-{i:02}")), Some(&format!("acknowledged {i}").into_bytes()));
+        }
+        for i in 0..CHANGED {
+            assert_eq!(saved.get(&format!("/registry/configmaps/team-a/cm-{i:03}")), Some(&format!("changed here {i}").into_bytes()));
+        }
+        assert!(entries.iter().all(|e| e.mod_revision > 0));
+        // The archive is outside what is replicated and compared.
+        let (sc, dc) = (etcd::connect(&config(&src, &dst).source).await.expect("src"), etcd::connect(&config(&src, &dst).dest).await.expect("dst"));
+        let r = check::run(&sc, &dc, &filter(), &CheckOptions::default()).await.expect("check").report;
+        assert!(r.consistent, "{r}");
+        let own = d.get("/registry/configmaps/kube-system/own", None).await.expect("get");
+        assert_eq!(own.kvs().len(), 1, "excluded keys are neither pruned nor archived");
+    });
+
+    let listed = archive_cli(&["list", "--etcd", &dst.client_url, "--keys"]);
+    eprint!("{listed}");
+    assert!(listed.contains(&format!("{}  {} keys ({} overwritten, {} deleted)", m.id, OWN + SOURCE_CHANGED, SOURCE_CHANGED, OWN)), "{listed}");
+    assert!(listed.contains("configmaps team-b/own-07  /registry/configmaps/team-b/own-07"), "{listed}");
+    assert!(listed.contains("reason: resync after compaction"), "{listed}");
+
+    // Put one back on the primary (the source), and leave one the primary holds alone.
+    let key = "/registry/configmaps/team-b/own-07";
+    let restored =
+        archive_cli(&["restore", &m.id, "--etcd", &dst.client_url, "--to", &src.client_url, "--only", key, "--only", "/registry/configmaps/team-a/cm-001"]);
+    eprint!("{restored}");
+    assert!(restored.contains("1 put, 1 kept"), "{restored}");
+    rt.block_on(async {
+        let got = s.get(key, None).await.expect("get");
+        assert_eq!(got.kvs()[0].value(), b"acknowledged 7");
+        let kept = s.get("/registry/configmaps/team-a/cm-001", None).await.expect("get");
+        assert_eq!(kept.kvs()[0].value(), b"source v2 1", "not overwritten without --overwrite");
+    });
+}
+
+/// A rejoining old primary (no checkpoint: deleted when it became primary) gets an initial copy
+/// over its existing data: values the copy overwrites are archived, keys only it holds are kept
+/// (surplus, reported by the check; deleted only when an operator agrees).
+#[tokio::test]
+async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keeps_surplus() {
+    let (src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let same: Vec<(String, Vec<u8>)> = (0..50).map(|i| (format!("/registry/secrets/team-a/s{i:02}"), format!("v{i}").into_bytes())).collect();
+    put_all(&mut s, &same).await;
+    put_all(&mut d, &same).await;
+    for i in 0..3 {
+        d.put(format!("/registry/secrets/team-a/s{i:02}"), "written while primary", None).await.expect("diverge");
+    }
+    d.put("/registry/secrets/team-a/only-here", "surplus", None).await.expect("surplus");
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
+    let m = p.archive.clone().expect("archive");
+    eprintln!("rejoin copy: {} overwritten values archived, {} put, {} deleted", m.overwritten, p.put_keys, p.deleted_keys);
+    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str(), p.deleted_keys), (3, 3, 0, "initial copy over existing data", 0));
+    let kept = d.get("/registry/secrets/team-a/only-here", None).await.expect("get");
+    assert_eq!(kept.kvs().len(), 1, "surplus kept");
+    // The same cluster after a primary term (its controller deleted the checkpoint and left the
+    // marker): a rejoin, which the alerts count as lost writes; the marker goes with the copy.
+    d.delete(CHECKPOINT_KEY, None).await.expect("forget the checkpoint");
+    d.put(drctl::mirror::WAS_PRIMARY_KEY, "{}", None).await.expect("marker");
+    d.put("/registry/secrets/team-a/s10", "written while primary", None).await.expect("diverge");
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("rejoin copy");
+    let m = p.archive.clone().expect("archive");
+    assert_eq!((m.count, m.reason.as_str()), (1, "rejoin after being primary"));
+    assert_eq!(d.get(drctl::mirror::WAS_PRIMARY_KEY, None).await.expect("get").count(), 0, "the marker is gone with the rejoin's copy");
+    // A copy into an empty destination archives nothing.
+    let (src2, dst2) = (Etcd::start(), Etcd::start());
+    put_all(&mut src2.client().await, &same).await;
+    let p = Mirror::new(config(&src2, &dst2)).run_once().await.expect("copy");
+    assert_eq!((p.archive, p.archived_keys), (None, 0));
+    assert!(drctl::archive::list(&mut dst2.client().await.kv_client()).await.expect("list").is_empty());
+}
+
+/// S5 (issue 18, scenario 4): the source's etcd restored from a snapshot (same cluster ID, its
+/// revision back), then new writes. The running mirror reports the rewind, resyncs from the
+/// source's head, archives what the resync deletes (the writes of the lost history), and ends
+/// holding the new writes.
+#[test]
+fn a_source_restored_from_a_snapshot_is_reported_resynced_and_the_lost_history_archived() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (mut src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
+    const LOST: usize = 60;
+    const NEW: usize = 20;
+    let snap = src.dir.path().join("snap.db");
+    let Running { mut rx, stop, task } = rt.block_on(async {
+        let base: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("/registry/configmaps/team-a/base-{i:03}"), format!("v{i}").into_bytes())).collect();
+        put_all(&mut s, &base).await;
+        run_in_background(Mirror::new(config(&src, &dst)))
+    });
+    let cluster_id = rt.block_on(async {
+        caught_up(&mut rx, &mut s).await;
+        s.get("\0", Some(GetOptions::new().with_count_only())).await.expect("head").header().expect("header").cluster_id()
+    });
+    src.snapshot(&snap);
+    let applied = rt.block_on(async {
+        // The history the restore will lose: written after the snapshot, mirrored here.
+        for i in 0..LOST {
+            s.put(format!("/registry/configmaps/team-a/lost-{i:02}"), format!("lost {i}"), None).await.expect("put");
+        }
+        caught_up(&mut rx, &mut s).await;
+        rx.borrow().applied_revision
+    });
+    src.restore_snapshot(&snap);
+    let (restored_head, new_cluster_id) = rt.block_on(async {
+        s = src.client().await;
+        let h = s.get("\0", Some(GetOptions::new().with_count_only())).await.expect("head");
+        let head = h.header().expect("header");
+        (head.revision(), head.cluster_id())
+    });
+    assert_eq!(new_cluster_id, cluster_id, "a restore with the same member and peer URL keeps the cluster ID");
+    assert!(restored_head < applied, "restored at {restored_head}, below the {applied} applied");
+    let started = Instant::now();
+    let p = rt.block_on(async {
+        for i in 0..NEW {
+            s.put(format!("/registry/configmaps/team-a/new-{i:02}"), format!("new {i}"), None).await.expect("new write");
+        }
+        let target = head(&mut s).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = rx.borrow().clone();
+            if p.rewinds > 0 && p.phase == drctl::mirror::Phase::Following && p.applied_revision >= target {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no rewind resync within 60s: {p:?}");
+            let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
+        }
+    });
+    let (from, to) = p.rewound.expect("rewind reported");
+    let m = p.archive.clone().expect("the lost history archived");
+    eprintln!(
+        "source rewound from {from} to {to} (applied {applied}, restored head {restored_head}); resynced and following in {:.1}s; {}/{NEW} new writes here; {} of {LOST} lost-history keys archived in {}",
+        started.elapsed().as_secs_f64(),
+        NEW,
+        m.pruned,
+        m.id
+    );
+    assert!(from >= applied && to < from, "{from} -> {to}");
+    assert_eq!((m.reason.as_str(), m.pruned, m.overwritten), ("source rewound", LOST as u64, 0));
+    rt.block_on(async {
+        assert_same(&mut s, &mut d).await;
+        for i in 0..NEW {
+            let got = d.get(format!("/registry/configmaps/team-a/new-{i:02}"), None).await.expect("get");
+            assert_eq!(got.kvs().first().map(|kv| kv.value().to_vec()), Some(format!("new {i}").into_bytes()));
+        }
+        let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read").expect("checkpoint");
+        assert!(cp.copy.is_none() && cp.revision <= head(&mut s).await, "{cp:?}");
+        stop_mirror(stop, task).await;
+    });
+}
+
+/// The same restore while the mirror is down, with enough new writes that the source's head
+/// passes the destination's checkpoint again: the revision alone cannot tell, the checkpoint's
+/// witness (the last key put, read back at its revision) does. Without it the mirror would
+/// resume the watch in the new history, missing its first writes and keeping the lost ones.
+#[tokio::test]
+async fn a_rewound_source_whose_new_writes_passed_the_checkpoint_is_told_by_the_witness() {
+    let (mut src, dst) = (Etcd::start(), Etcd::start());
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let snap = src.dir.path().join("snap.db");
+    put_all(&mut s, &[("/registry/configmaps/team-a/base".into(), b"v".to_vec())]).await;
+    Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
+    src.snapshot(&snap);
+    for i in 0..30 {
+        s.put(format!("/registry/configmaps/team-a/lost-{i:02}"), format!("lost {i}"), None).await.expect("put");
+    }
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("follow the lost history");
+    let cp = Checkpoint::read(&mut d.kv_client()).await.expect("read").expect("checkpoint");
+    assert!(cp.witness.is_some(), "{cp:?}");
+    src.restore_snapshot(&snap);
+    s = src.client().await;
+    for i in 0..50 {
+        s.put(format!("/registry/configmaps/team-a/new-{i:02}"), format!("new {i}"), None).await.expect("put");
+    }
+    let now = head(&mut s).await;
+    assert!(now > cp.revision, "the new history ({now}) passed the checkpoint ({})", cp.revision);
+    let q = Mirror::new(config(&src, &dst)).run_once().await.expect("resync");
+    let m = q.archive.clone().expect("archive");
+    eprintln!(
+        "rewound source past the checkpoint (applied {}, head now {now}): rewind reported {:?}, {} lost keys archived, {} new keys put",
+        p.applied_revision, q.rewound, m.pruned, q.put_keys
+    );
+    assert_eq!((q.rewinds, q.rewound, m.reason.as_str(), m.pruned), (1, Some((cp.revision, now)), "source rewound", 30));
+    assert_same(&mut s, &mut d).await;
 }

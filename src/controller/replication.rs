@@ -66,6 +66,14 @@ pub struct SyncManager {
     /// When revisions and lag were last copied into status. Each status write wakes the
     /// controller's watch; without this a busy primary would keep the standby reconciling.
     reported_at: std::sync::Mutex<Option<Instant>>,
+    /// Source rewinds of the running mirror already noted ([`Progress::rewinds`]).
+    rewinds_seen: std::sync::Mutex<u64>,
+    /// The last rewind, until a check of the new history has passed.
+    rewound: std::sync::Mutex<Option<(i64, i64)>>,
+    /// The error of the checks that failed since the last one that passed.
+    check_error: std::sync::Mutex<Option<String>>,
+    /// This cluster's mirror checkpoint is known deleted since it became primary.
+    checkpoint_forgotten: std::sync::atomic::AtomicBool,
 }
 
 /// How often revisions and lag are refreshed in status.
@@ -87,6 +95,8 @@ pub enum SyncError {
     Check(#[from] check::CheckError),
     #[error("the consistency check's task ended without a result: {0}")]
     CheckTask(#[source] tokio::task::JoinError),
+    #[error("the source's history went back during the check (restored from a snapshot?): its result is of the old history")]
+    RewoundDuringCheck,
     #[error("reading this cluster's etcd revision: {0}")]
     Status(etcd_client::Error),
     #[error("spec.sync.manifest: {0}")]
@@ -108,9 +118,12 @@ impl SyncError {
                 // Connecting, and whatever else reaches etcd.
                 _ => ErrorKind::Transient,
             },
-            SyncError::NotRunning | SyncError::CatchUpTimeout { .. } | SyncError::Check(_) | SyncError::CheckTask(_) | SyncError::Status(_) => {
-                ErrorKind::Transient
-            }
+            SyncError::NotRunning
+            | SyncError::CatchUpTimeout { .. }
+            | SyncError::Check(_)
+            | SyncError::CheckTask(_)
+            | SyncError::RewoundDuringCheck
+            | SyncError::Status(_) => ErrorKind::Transient,
         }
     }
 }
@@ -143,6 +156,9 @@ impl SyncManager {
         // The last check was of the mirror before (another source, other exclusions, or an
         // older copy): the new one is healthy only once a check of it has finished.
         *self.last_check.lock().await = None;
+        set(&self.rewinds_seen, 0);
+        set(&self.check_error, None);
+        self.checkpoint_forgotten.store(false, std::sync::atomic::Ordering::SeqCst);
         let mirror = Arc::new(Mirror::new(MirrorConfig { source: source.clone(), dest: dest.clone(), filter: filter.clone(), tuning: Tuning::default() }));
         let progress = mirror.progress();
         let shutdown = CancellationToken::new();
@@ -198,11 +214,25 @@ impl SyncManager {
     /// again: the report says what is left, its `repair` what was done, and `Repaired` which
     /// keys were found.
     pub async fn check_now(&self, repair: bool, max_read_rate: Option<u64>) -> CheckResult {
-        let (source, dest, filter) = {
+        let result = self.check_and_repair(repair, max_read_rate).await;
+        match &result {
+            Ok(_) => {
+                set(&self.check_error, None);
+                // A check of the new history has passed: the rewind is behind us.
+                set(&self.rewound, None);
+            }
+            Err(e) => set(&self.check_error, Some(e.to_string())),
+        }
+        result
+    }
+
+    async fn check_and_repair(&self, repair: bool, max_read_rate: Option<u64>) -> CheckResult {
+        let (source, dest, filter, progress) = {
             let guard = self.running.lock().await;
             let r = guard.as_ref().ok_or(SyncError::NotRunning)?;
-            (r.source.clone(), r.dest.clone(), r.filter.clone())
+            (r.source.clone(), r.dest.clone(), r.filter.clone(), r.progress.clone())
         };
+        let rewinds = progress.borrow().rewinds;
         let (s, d) = (etcd::connect(&source).await?, etcd::connect(&dest).await?);
         let opts = check::CheckOptions { max_read_rate, ..check::CheckOptions::default() };
         let mut result = check::run(&s, &d, &filter, &opts).await?;
@@ -220,8 +250,47 @@ impl SyncManager {
                 repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys, writers });
             }
         }
+        if progress.borrow().rewinds != rewinds {
+            return Err(SyncError::RewoundDuringCheck);
+        }
         *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
         Ok((result.report, repaired))
+    }
+
+    /// A source rewind the running mirror reports that was not noted yet: the last check is of
+    /// the old history (forgotten, a running one cancelled), and the standby is not healthy
+    /// until a check of the new one passes. Returns it once.
+    pub(super) async fn note_rewind(&self, p: &Progress) -> Option<(i64, i64)> {
+        {
+            let Ok(mut seen) = self.rewinds_seen.lock() else { return None };
+            if p.rewinds <= *seen {
+                return None;
+            }
+            *seen = p.rewinds;
+        }
+        self.cancel_periodic().await;
+        *self.last_check.lock().await = None;
+        set(&self.rewound, p.rewound);
+        p.rewound
+    }
+
+    /// The last source rewind while no check of the new history has passed.
+    pub fn rewound(&self) -> Option<(i64, i64)> {
+        self.rewound.lock().ok().and_then(|r| *r)
+    }
+
+    /// The error of the checks that failed since the last one passed.
+    pub fn check_error(&self) -> Option<String> {
+        self.check_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Whether this cluster's mirror checkpoint is known deleted (since it became primary).
+    pub(super) fn checkpoint_forgotten(&self) -> bool {
+        self.checkpoint_forgotten.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(super) fn set_checkpoint_forgotten(&self) {
+        self.checkpoint_forgotten.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Starts the periodic check in the background unless one is running (or has finished and
@@ -285,6 +354,12 @@ impl SyncManager {
     }
 }
 
+fn set<T>(m: &std::sync::Mutex<T>, v: T) {
+    if let Ok(mut g) = m.lock() {
+        *g = v;
+    }
+}
+
 /// What a check with repair found and re-put.
 #[derive(Debug, Clone)]
 pub struct Repaired {
@@ -302,13 +377,14 @@ impl Repaired {
     /// fit the apiserver's limit, see `event_note`).
     pub fn summary(&self) -> String {
         format!(
-            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror){}; first: {}",
+            "re-put {} keys from the primary ({} missed, {} diverged found; {} already right again, {} left to the mirror){}{}; first: {}",
             self.outcome.put,
             self.missed,
             self.diverged,
             self.outcome.already,
             self.outcome.skipped,
             self.writers.as_ref().map(|w| format!("; diverged keys last written here by {w}")).unwrap_or_default(),
+            self.outcome.archive.as_ref().map(|a| format!("; the {} values replaced are in archive {}", a.count, a.id)).unwrap_or_default(),
             first_keys(self.keys.iter()),
         )
     }

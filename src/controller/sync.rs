@@ -16,12 +16,12 @@ use super::context::{stop_replicated_pods, Context};
 use super::replication::{filter_for, SyncError, SyncKey};
 use super::status::StatusWriter;
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
-use crate::decide::standby::{differences_event, record_check, record_health, standby_health, MirrorFacts, Thresholds};
+use crate::decide::standby::{differences_event, record_archive, record_check, record_health, standby_health, MirrorFacts, Thresholds};
 use crate::decide::wait::{restarts_next, RestartsNext};
 use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
 use crate::restart;
 use crate::secret::{KubeSecrets, SecretSource};
-use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, SyncStatus};
+use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, RewoundStatus, SyncStatus};
 use crate::validated::{Cluster, Driver, ValidatedTopology};
 
 /// This cluster's etcd as an endpoint, with mTLS material from its Secret.
@@ -46,12 +46,42 @@ async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
 }
 
 /// Stops whatever replicates into this cluster: the in-process mirror, or with
-/// `sync.driver: manifest` the platform's own sync object. Idempotent.
+/// `sync.driver: manifest` the platform's own sync object. Idempotent. On a cluster the spec
+/// names primary, also deletes the mirror's checkpoint in its etcd (see [`forget_checkpoint`]).
 pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
     ctx.sync.stop().await;
     if let Driver::Manifest(m) = &topo.spec.sync.driver {
         manifest(ctx, m, false).await?;
     }
+    if topo.spec.primary == ctx.self_name() && !ctx.sync.checkpoint_forgotten() {
+        // Retried by the next reconcile (StayPrimary stops replication on each) when it fails.
+        if let Err(e) = forget_checkpoint(ctx, topo).await {
+            warn!(error = %e, "the mirror checkpoint left from this cluster's standby term could not be deleted; will retry");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the mirror checkpoint left in this cluster's etcd by an earlier standby term. Once a
+/// cluster has been primary its etcd holds writes of its own that the checkpoint knows nothing
+/// about: resuming the watch from it (or a compaction resync with prune) would overwrite or
+/// delete them unseen. Without a checkpoint, the next standby term starts with an initial copy
+/// over existing data: values it overwrites are archived first, keys only here are kept (surplus,
+/// reported by the check).
+pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
+    let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
+    let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
+    let marker = serde_json::json!({ "since": Timestamp::now().to_string() }).to_string();
+    let txn = etcd_client::Txn::new().and_then(vec![
+        etcd_client::TxnOp::delete(crate::checkpoint::CHECKPOINT_KEY, None),
+        etcd_client::TxnOp::put(crate::checkpoint::WAS_PRIMARY_KEY, marker, None),
+    ]);
+    let resp = conn.kv.txn(txn).await.map_err(SyncError::Status)?;
+    let deleted = resp.op_responses().iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
+    if deleted {
+        info!("deleted the mirror checkpoint of this cluster's earlier standby term: it is primary now");
+    }
+    ctx.sync.set_checkpoint_forgotten();
     Ok(())
 }
 
@@ -146,6 +176,16 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         return None;
     }
     let (p, lag) = ctx.sync.progress().await?;
+    if let Some((from, to)) = ctx.sync.note_rewind(&p).await {
+        let note = format!(
+            "the primary's etcd history went back under the same cluster ID (restored from a snapshot?): this cluster had applied its revision {from}, its head is now {to} of another history. Resyncing from its head; values of this cluster the resync replaces are archived first"
+        );
+        warn!(from, to, "source rewound");
+        let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
+        sync.rewound = Some(RewoundStatus { from_revision: from, to_revision: to, detected_at: Timestamp::now().to_string() });
+        ctx.event(topo, EventType::Warning, "SourceRewound", "Sync", note).await;
+    }
+    announce_archives(ctx, topo, &mut w.status, &p.archives).await;
     if ctx.sync.report_due() || w.status.sync.is_none() {
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
@@ -163,6 +203,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     }
     let sync = w.status.sync.clone().unwrap_or_default();
     let last_check = ctx.sync.last_check().await;
+    let check_error = ctx.sync.check_error();
     // The peer, not spec.primary: a cluster holding after an abandoned failover is named primary.
     let source = topo.spec.peer_of(ctx.self_name()).map(|c| c.name.as_str()).unwrap_or("the primary");
     let health = standby_health(&MirrorFacts {
@@ -174,6 +215,10 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         last_check: last_check.as_ref(),
         thresholds: Thresholds::of(topo.object()),
         source,
+        check_age: ctx.sync.last_check_age().await,
+        check_interval: interval,
+        check_error: check_error.as_deref(),
+        rewound: ctx.sync.rewound(),
     });
     record_health(&mut w.status, &health, generation);
 
@@ -191,6 +236,18 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     soon
 }
 
+/// Records each archive newer than the one in `status.sync.archived`, with a `WritesArchived`
+/// Warning Event and `drctl_archived_keys_total`: once per archive.
+async fn announce_archives(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus, archives: &[crate::archive::Manifest]) {
+    for m in archives {
+        if let Some(note) = record_archive(status, m) {
+            warn!(%note, "keys archived");
+            ctx.metrics.archived(&m.reason, m.count);
+            ctx.event(topo, EventType::Warning, "WritesArchived", "Sync", note).await;
+        }
+    }
+}
+
 /// Records the periodic check if it has finished (status, the `KeysRepaired` and `KeysDiffer`
 /// Events, and on a fenced standby the replicated pods stopped), once. Before anything stops the
 /// mirror or cancels the check: a finished check dropped uncollected would lose its repair's record.
@@ -202,6 +259,7 @@ pub async fn collect_periodic(ctx: &Context, topo: &ValidatedTopology, status: &
             if let Some(r) = repaired {
                 warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
                 ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
+                announce_archives(ctx, topo, status, r.outcome.archive.as_slice()).await;
             }
             if let Some(note) = differences_event(done.previous.as_ref(), &report) {
                 warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");

@@ -40,6 +40,7 @@ api_names! {
         Valid, InvalidSpec, NotTheOnlyTopology,
         Reachable, Unreachable,
         Steady, Primary, Standby, Syncing, Mirroring, NotHealthy, MirrorNotStarted, ManifestApplied, ManifestFailed,
+        SourceRewound, CheckStale,
         PointsHere, Switched, Verified, Wrong,
         DryRun, FailingOver, StepFailed, Demoting, WaitingForPeer, WaitingForPrimary,
         FailoverAbandoned, Resolved, SteppedDown,

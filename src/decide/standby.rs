@@ -1,12 +1,15 @@
 //! A standby's health: whether the last check is within the thresholds, what the `KeysDiffer`
 //! Event says, and the phase and conditions that follow from the mirror and the check.
 
+use std::time::Duration;
+
 use k8s_openapi::jiff::Timestamp;
 
 use super::conditions::{set_condition, ConditionType, Reason};
+use crate::archive::Manifest;
 use crate::check::CheckReport;
 use crate::mirror::Phase as MirrorPhase;
-use crate::topology::{DRTopology, DRTopologyStatus, Phase, SyncStatus};
+use crate::topology::{ArchivedStatus, DRTopology, DRTopologyStatus, Phase, SyncStatus};
 
 /// Keys a summary names; the counts say how many there were.
 const SUMMARY_KEYS: usize = 5;
@@ -91,6 +94,25 @@ pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, repaire
     }
 }
 
+/// Records an archive in `status.sync.archived` when it is newer than the one recorded (ids
+/// start with their UTC time, so they sort by age: once per archive, across controller restarts,
+/// whether the mirror or the periodic check made it) and returns the `WritesArchived` Event's
+/// note then.
+pub fn record_archive(status: &mut DRTopologyStatus, m: &Manifest) -> Option<String> {
+    let sync = status.sync.get_or_insert_with(SyncStatus::default);
+    if sync.archived.as_ref().is_some_and(|a| a.archive_id >= m.id) || m.count == 0 {
+        return None;
+    }
+    let total = sync.archived.as_ref().map_or(0, |a| a.total) + m.count;
+    let a = ArchivedStatus { count: m.count, archive_id: m.id.clone(), revisions: m.revisions(), reason: m.reason.clone(), total };
+    let note = format!(
+        "{} keys of this cluster ({} overwritten, {} deleted; mod revisions {} here) were replaced by the primary's ({}) after being saved in archive {}: `drctl archive list --keys` shows them, `drctl archive restore {}` puts chosen ones back on the primary",
+        m.count, m.overwritten, m.pruned, a.revisions, m.reason, m.id, m.id
+    );
+    sync.archived = Some(a);
+    Some(note)
+}
+
 /// What a standby's health is decided on.
 #[derive(Debug, Clone)]
 pub struct MirrorFacts<'a> {
@@ -106,6 +128,37 @@ pub struct MirrorFacts<'a> {
     /// The cluster mirrored from (the peer: a cluster holding after an abandoned failover is
     /// named primary).
     pub source: &'a str,
+    /// How long ago the last check (the one in `last_check`) finished, `spec.sync.checkInterval`,
+    /// and the error of the checks that failed since, if the last one failed.
+    pub check_age: Option<Duration>,
+    pub check_interval: Duration,
+    pub check_error: Option<&'a str>,
+    /// The source's history went back from `.0` to `.1` and no check has passed since.
+    pub rewound: Option<(i64, i64)>,
+}
+
+/// A check older than this many `spec.sync.checkInterval`s says nothing about the standby now.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+/// ... and older than one interval plus this (a check takes time: ~20 s at 1M keys at the
+/// default read rate), so a short interval does not make every check's run time a staleness.
+pub const STALE_MIN_SLACK: Duration = Duration::from_secs(60);
+
+/// The age past which the last passing check is stale.
+pub fn stale_bound(interval: Duration) -> Duration {
+    (interval * STALE_AFTER_INTERVALS).max(interval + STALE_MIN_SLACK)
+}
+
+/// Why the last passing check is too old to vouch for the standby (S5: healthy only on a recent
+/// check): its age over [`stale_bound`] (3 × the interval, at least the interval + 60 s),
+/// whatever made the later checks fail (`error`). None while it is recent, or when there is
+/// none (that is "waiting for the first check").
+pub fn stale_check(age: Option<Duration>, interval: Duration, error: Option<&str>) -> Option<String> {
+    let age = age?;
+    let bound = stale_bound(interval);
+    (age > bound).then(|| {
+        let failing = error.map(|e| format!("; the checks since fail: {e}")).unwrap_or_default();
+        format!("the last consistency check passed {}s ago, over the {}s its spec.sync.checkInterval allows{failing}", age.as_secs(), bound.as_secs())
+    })
 }
 
 /// A standby's health: `SyncHealthy` and `Ready`, the phase, and why.
@@ -114,6 +167,8 @@ pub struct Health {
     pub healthy: bool,
     pub phase: Phase,
     pub why: String,
+    /// `SyncHealthy`'s reason when not healthy.
+    pub reason: Reason,
 }
 
 /// Healthy only while the mirror follows without an error, the lag is within bounds and the
@@ -125,15 +180,30 @@ pub fn standby_health(f: &MirrorFacts) -> Health {
     let empty = f.last_check.filter(|r| r.replicates_nothing());
     let over = f.last_check.and_then(|r| unhealthy_because(r, &f.thresholds));
     let lagging = f.lag_seconds > f.max_lag_seconds;
-    let healthy = following && !lagging && f.last_check.is_some() && over.is_none() && empty.is_none() && f.last_error.is_none();
-    let why = if !following {
+    let stale = stale_check(f.check_age, f.check_interval, f.check_error);
+    let healthy = following
+        && !lagging
+        && f.last_check.is_some()
+        && over.is_none()
+        && empty.is_none()
+        && f.last_error.is_none()
+        && stale.is_none()
+        && f.rewound.is_none();
+    let why = if let Some((from, to)) = f.rewound {
+        format!(
+            "the source's etcd history went back (restored from a snapshot?): this cluster had applied revision {from}, the source's head was {to}; resyncing from it ({}); healthy again once a check passes",
+            if following { "copied; waiting for a check" } else { "copying" }
+        )
+    } else if !following {
         format!("mirror is {:?}{}", f.phase, f.last_error.map(|e| format!(": {e}")).unwrap_or_default())
     } else if lagging {
         format!("lag {:.1}s is over {:.0}s", f.reported_lag_seconds.unwrap_or(f.lag_seconds), f.max_lag_seconds)
     } else if let Some(r) = empty {
         format!("nothing is replicated: the primary holds {} keys under /registry/ and spec.sync.exclude removes all of them", r.source_keys)
-    } else if let Some(over) = over {
-        over
+    } else if let Some(over) = &over {
+        over.clone()
+    } else if let Some(stale) = &stale {
+        stale.clone()
     } else if f.last_check.is_none() {
         "waiting for the first consistency check".into()
     } else {
@@ -141,19 +211,26 @@ pub fn standby_health(f: &MirrorFacts) -> Health {
     };
     let phase = if healthy {
         Phase::Steady
-    } else if following && f.last_check.is_some() {
+    } else if following && f.last_check.is_some() && f.rewound.is_none() {
         Phase::Degraded
     } else {
         Phase::Syncing
     };
-    Health { healthy, phase, why }
+    let reason = if f.rewound.is_some() {
+        Reason::SourceRewound
+    } else if following && !lagging && over.is_none() && empty.is_none() && stale.is_some() {
+        Reason::CheckStale
+    } else {
+        Reason::NotHealthy
+    };
+    Health { healthy, phase, why, reason }
 }
 
 /// Writes a standby's health into status: `SyncHealthy`, `Ready`, `DNSCorrect` (DNS is the
 /// primary's concern) and the phase.
 pub fn record_health(status: &mut DRTopologyStatus, h: &Health, generation: Option<i64>) {
     let ok = h.healthy;
-    set_condition(status, ConditionType::SyncHealthy, ok, if ok { Reason::Mirroring } else { Reason::NotHealthy }, &h.why, generation);
+    set_condition(status, ConditionType::SyncHealthy, ok, if ok { Reason::Mirroring } else { h.reason }, &h.why, generation);
     set_condition(status, ConditionType::DNSCorrect, true, Reason::Standby, "DNS is the primary's concern", generation);
     set_condition(status, ConditionType::Ready, ok, if ok { Reason::Steady } else { Reason::Syncing }, &h.why, generation);
     status.phase = Some(h.phase);
@@ -232,6 +309,10 @@ mod tests {
             last_check: check,
             thresholds,
             source: "global-a",
+            check_age: check.map(|_| Duration::from_secs(10)),
+            check_interval: Duration::from_secs(60),
+            check_error: None,
+            rewound: None,
         }
     }
 
@@ -255,5 +336,81 @@ mod tests {
             assert_eq!((h.healthy, h.phase), (healthy, phase), "{rule}: {h:?}");
             assert!(h.why.starts_with(why), "{rule}: {}", h.why);
         }
+    }
+
+    #[test]
+    fn a_check_older_than_three_intervals_is_stale_whatever_the_later_checks_did() {
+        let s = Duration::from_secs;
+        let interval = s(60);
+        type Case<'a> = (&'a str, Option<Duration>, Option<&'a str>, Option<&'a str>);
+        let cases: [Case; 6] = [
+            ("no check yet: not stale, waiting", None, None, None),
+            ("just checked", Some(s(5)), None, None),
+            ("a check due and running", Some(s(150)), None, None),
+            ("exactly the bound", Some(s(180)), None, None),
+            ("past the bound", Some(s(181)), None, Some("the last consistency check passed 181s ago, over the 180s its spec.sync.checkInterval allows")),
+            (
+                "past the bound, the checks since failing",
+                Some(s(600)),
+                Some("required revision is a future revision"),
+                Some("the last consistency check passed 600s ago, over the 180s its spec.sync.checkInterval allows; the checks since fail: required revision is a future revision"),
+            ),
+        ];
+        for (rule, age, error, want) in cases {
+            assert_eq!(stale_check(age, interval, error).as_deref(), want, "{rule}");
+        }
+        // A short interval: one interval plus a minute, not three intervals.
+        assert_eq!((stale_bound(s(2)), stale_bound(s(300))), (s(62), s(900)));
+        assert_eq!(stale_check(Some(s(30)), s(2), None), None);
+        // In the health: a clean but stale check is not healthy, with its own reason.
+        let clean = report(0, 0, 0, &[]);
+        let stale = MirrorFacts { check_age: Some(s(181)), check_error: Some("etcd: future revision"), ..facts(MirrorPhase::Following, 0.0, Some(&clean)) };
+        let h = standby_health(&stale);
+        assert_eq!((h.healthy, h.phase, h.reason), (false, Phase::Degraded, Reason::CheckStale), "{h:?}");
+        assert!(h.why.contains("the checks since fail: etcd: future revision"), "{}", h.why);
+    }
+
+    #[test]
+    fn each_archive_is_recorded_and_announced_once() {
+        let m = Manifest {
+            id: "a1".into(),
+            reason: "resync after compaction".into(),
+            count: 37,
+            overwritten: 3,
+            pruned: 34,
+            min_revision: 290,
+            max_revision: 366,
+            ..Manifest::default()
+        };
+        let mut st = DRTopologyStatus::default();
+        let note = record_archive(&mut st, &m).expect("a new archive");
+        assert!(note.starts_with("37 keys of this cluster (3 overwritten, 34 deleted; mod revisions 290-366 here)"), "{note}");
+        assert_eq!(record_archive(&mut st, &m), None, "the same archive again");
+        let older = Manifest { id: "a0".into(), ..m.clone() };
+        assert_eq!(record_archive(&mut st, &older), None, "an older one (already announced before the last)");
+        let second = Manifest { id: "a2".into(), count: 2, ..m.clone() };
+        assert!(record_archive(&mut st, &second).is_some());
+        let a = st.sync.and_then(|s| s.archived).expect("recorded");
+        assert_eq!((a.archive_id.as_str(), a.count, a.total, a.revisions.as_str()), ("a2", 2, 39, "290-366"));
+    }
+
+    #[test]
+    fn a_rewound_source_is_unhealthy_until_a_check_passes() {
+        let clean = report(0, 0, 0, &[]);
+        let copying = MirrorFacts { rewound: Some((120, 80)), ..facts(MirrorPhase::Copying, 0.0, None) };
+        let h = standby_health(&copying);
+        assert_eq!((h.healthy, h.phase, h.reason), (false, Phase::Syncing, Reason::SourceRewound), "{h:?}");
+        assert!(
+            h.why.starts_with(
+                "the source's etcd history went back (restored from a snapshot?): this cluster had applied revision 120, the source's head was 80"
+            ),
+            "{}",
+            h.why
+        );
+        // Following again with an old clean check in hand: still SourceRewound.
+        let following = MirrorFacts { rewound: Some((120, 80)), ..facts(MirrorPhase::Following, 0.0, Some(&clean)) };
+        assert_eq!(standby_health(&following).reason, Reason::SourceRewound);
+        assert!(!standby_health(&following).healthy);
+        assert!(standby_health(&facts(MirrorPhase::Following, 0.0, Some(&clean))).healthy, "once a check has passed");
     }
 }

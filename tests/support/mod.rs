@@ -135,6 +135,34 @@ impl Etcd {
         self.wait_ready();
     }
 
+    /// `etcdctl snapshot save` of this etcd into `path`.
+    pub fn snapshot(&self, path: &Path) {
+        let out = Command::new("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).arg(path).output().expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Restores this etcd from `snapshot` as an operator would after losing its data: stop,
+    /// `etcdctl snapshot restore` (Debian's etcd 3.4 has no etcdutl) into a fresh data dir with
+    /// the same member name, peer URL and cluster token (so the same cluster ID), start again.
+    /// Its revision goes back to the snapshot's.
+    pub fn restore_snapshot(&mut self, snapshot: &Path) {
+        self.kill();
+        let data = self.dir.path().join("data");
+        std::fs::remove_dir_all(&data).expect("remove the data dir");
+        let peer = self.server.peer_url.clone();
+        let out = Command::new("etcdctl")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .args(["--name", "default", "--initial-cluster", &format!("default={peer}"), "--initial-advertise-peer-urls", &peer])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
+        self.spawn();
+        self.wait_ready();
+    }
+
     pub async fn client(&self) -> etcd_client::Client {
         let opts = self.tls.as_ref().map(|t| {
             let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
