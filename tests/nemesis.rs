@@ -55,11 +55,18 @@ enum Fault {
 fn schedule(seed: u64, len: usize) -> Vec<Fault> {
     let mut rng = Rng::new(seed);
     let mut out = Vec::new();
+    let mut git = 0;
     for _ in 0..len {
         out.push(match rng.range(0, 10) {
             0 | 1 => Fault::Cut,
             2 => Fault::Heal,
-            3..=5 => Fault::Flip { to: rng.range(0, 2) as usize, on: [None, Some(0), Some(1)][rng.range(0, 3) as usize] },
+            3..=5 => {
+                // Mostly a real flip; sometimes the same primary again (a revert's second half).
+                if rng.range(0, 4) > 0 {
+                    git = 1 - git;
+                }
+                Fault::Flip { to: git, on: [None, Some(0), Some(1)][rng.range(0, 3) as usize] }
+            }
             6 => Fault::Sync(rng.range(0, 2) as usize),
             7 => Fault::Kill(rng.range(0, 2) as usize),
             8 => Fault::Restart(rng.range(0, 2) as usize),
@@ -74,16 +81,22 @@ fn schedule(seed: u64, len: usize) -> Vec<Fault> {
 /// Every ConfigMap an apiserver acknowledged: (the global that took it, its name).
 type Ledger = Arc<Mutex<Vec<(usize, String)>>>;
 
+/// A client for `g` acting as the user alice (cluster-admin by RBAC, not exempt from the
+/// fence, as a platform user would be).
+async fn as_alice(g: &Global) -> kube::Client {
+    // Replicated from A to B once B mirrors: it may exist already.
+    let _ = g.api.kubectl(&["create", "clusterrolebinding", "alice-admin", "--clusterrole=cluster-admin", "--user=alice"]);
+    let kc = kube::config::Kubeconfig::read_from(&g.api.kubeconfig).expect("kubeconfig");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+    cfg.auth_info.impersonate = Some("alice".into());
+    kube::Client::try_from(cfg).expect("client")
+}
+
 /// Writes a ConfigMap through each global's apiserver in turn, every 150 ms, until stopped. A
 /// fenced standby refuses them: only what an apiserver acknowledged is in the ledger.
 fn writer(clients: [kube::Client; 2], stop: Arc<AtomicBool>, ledger: Ledger) -> tokio::task::JoinHandle<u64> {
     tokio::spawn(async move {
         let mut attempts = 0u64;
-        // On both: the standby's copy is replaced by the mirror, a fenced one refuses it.
-        for c in &clients {
-            let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": LEDGER_NS}})).expect("namespace");
-            let _ = Api::<Namespace>::all(c.clone()).create(&PostParams::default(), &ns).await;
-        }
         let mut seq = 0u64;
         while !stop.load(Ordering::SeqCst) {
             let side = (seq % 2) as usize;
@@ -133,9 +146,12 @@ async fn run_seed(seed: u64) -> Outcome {
     let sampler = Sampler::start(&pair.a, &pair.b).await;
     let ledger: Ledger = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let w = writer([pair.a.client().await, pair.b.client().await], stop.clone(), ledger.clone());
+    // The ledger's namespace, created on the primary and replicated.
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": LEDGER_NS}})).expect("namespace");
+    Api::<Namespace>::all(pair.a.client().await).create(&PostParams::default(), &ns).await.expect("create namespace");
+    let w = writer([as_alice(&pair.a).await, as_alice(&pair.b).await], stop.clone(), ledger.clone());
     let mut git = 0usize;
-    let faults = schedule(seed, 6);
+    let faults = schedule(seed, 8);
     let mut said = Vec::new();
     for f in &faults {
         match *f {
