@@ -29,7 +29,7 @@ pub fn canon(w: &World) -> u128 {
             *ab = Value::Bool(ab.as_i64() == Some(c.generation));
         }
         ages(&mut v, w.now);
-        parts.push(serde_json::json!([c.spec, c.fenced, v]));
+        parts.push(serde_json::json!([c.spec, c.fenced, c.held, v]));
     }
     let text = serde_json::json!([parts, w.reach, w.dns]).to_string();
     let half = |seed: u64| {

@@ -38,6 +38,9 @@ pub struct Cluster {
     pub status: DRTopologyStatus,
     /// The fence as last applied (`fence_as_declared` before an action, lifted by StopSync).
     pub fenced: bool,
+    /// Ghost state, never seen by the controllers: the highest term this cluster ever held (a
+    /// lost status forgets it, the data it served does not).
+    pub held: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -245,8 +248,16 @@ impl World {
                 self.flip(0, to);
                 self.flip(1, to);
             }
-            Event::Reconcile { on, outcome } => return self.reconcile(on, outcome).0,
-            Event::Run { on } => return self.run(on),
+            Event::Reconcile { on, outcome } => {
+                let effect = self.reconcile(on, outcome).0;
+                self.remember_terms();
+                return effect;
+            }
+            Event::Run { on } => {
+                let effect = self.run(on);
+                self.remember_terms();
+                return effect;
+            }
             Event::Partition => self.reach = [false, false],
             Event::OneWay { blind } => self.reach[blind] = false,
             Event::Heal => self.reach = [true, true],
@@ -254,6 +265,12 @@ impl World {
             Event::LoseStatus { on } => self.c[on].status = DRTopologyStatus::default(),
         }
         Effect::default()
+    }
+
+    fn remember_terms(&mut self) {
+        for c in &mut self.c {
+            c.held = c.held.max(c.status.term);
+        }
     }
 
     fn flip(&mut self, on: usize, to: usize) {
@@ -403,8 +420,10 @@ impl World {
             }
             Step::Demote => self.demote(x, st, peer),
             Step::FinalSync => {
-                let own = st.term;
-                let peer_term = self.c[1 - x].status.term;
+                // The terms each side really held (ghost state): a lost status of the peer
+                // does not make its data older.
+                let own = self.c[x].held.max(st.term);
+                let peer_term = self.c[1 - x].held;
                 let f = st.failover.as_mut()?;
                 match f.rpo_token.clone() {
                     None => {
