@@ -536,6 +536,7 @@ async fn fence_as_declared(
         dry_run: topo.spec.failover.dry_run,
         role: status.role,
         stopped_sync: stopped_sync(status, ctx.self_name()),
+        failing_over: plan::in_progress(Some(status), ctx.self_name()).is_some(),
         holds_primary: matches!(action, Action::HoldPrimary { .. }),
         stands_down: matches!(action, Action::StandDown { .. }),
     });

@@ -42,6 +42,10 @@ pub enum DemoteVerdict {
     NotAcknowledged,
     /// Ask again in a moment.
     Wait,
+    /// It answers, is not primary and never was (no term, no token): it holds no writes of
+    /// its own, so there is nothing to demote or catch up. Waiting for its token would wait
+    /// forever (a flip before the first bootstrap left the pair without a primary).
+    NeverPrimary,
 }
 
 pub fn demote_verdict(f: &DemoteFacts) -> DemoteVerdict {
@@ -50,6 +54,7 @@ pub fn demote_verdict(f: &DemoteFacts) -> DemoteVerdict {
         PeerAnswer::Down if f.down_for.is_some_and(|d| d >= f.timeout) => DemoteVerdict::Disaster,
         PeerAnswer::Down => DemoteVerdict::Wait,
         PeerAnswer::Answered(p) if p.demoted_for.as_deref() == Some(f.self_name) && p.role == Some(Role::Standby) => DemoteVerdict::Acknowledged,
+        PeerAnswer::Answered(p) if p.role != Some(Role::Primary) && p.term == 0 && p.demoted_for.is_none() => DemoteVerdict::NeverPrimary,
         PeerAnswer::Answered(_) if f.waited >= f.timeout => DemoteVerdict::NotAcknowledged,
         PeerAnswer::Answered(_) => DemoteVerdict::Wait,
     }
@@ -71,6 +76,8 @@ mod tests {
         let for_other = PeerState { demoted_for: Some("c".into()), role: Some(Role::Standby), ..Default::default() };
         let still_primary = PeerState { spec_primary: "a".into(), role: Some(Role::Primary), ..Default::default() };
         let token_but_primary = PeerState { demoted_for: Some("b".into()), role: Some(Role::Primary), ..Default::default() };
+        let never = PeerState::default();
+        let once_primary = PeerState { role: Some(Role::Standby), term: 1, ..Default::default() };
         use DemoteVerdict::*;
         use PeerAnswer::*;
         let cases = [
@@ -85,6 +92,8 @@ mod tests {
             (facts(Answered(&token_but_primary), None, 10), Wait, "a token while it still calls itself primary is no acknowledgement"),
             (facts(Answered(&still_primary), None, 119), Wait, "reachable: it has until the timeout"),
             (facts(Answered(&still_primary), None, 120), NotAcknowledged, "reachable and not stepped down within the timeout fails the step"),
+            (facts(Answered(&never), None, 0), NeverPrimary, "never primary (no role, no term, no token): nothing to wait for"),
+            (facts(Answered(&once_primary), None, 10), Wait, "a standby that once held a term may hold writes: its token is waited for"),
         ];
         for (f, want, rule) in cases {
             assert_eq!(demote_verdict(&f), want, "{rule}");

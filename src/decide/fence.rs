@@ -13,6 +13,8 @@ pub struct FenceFacts {
     pub role: Option<Role>,
     /// This cluster's failover (in progress) has stopped replicating.
     pub stopped_sync: bool,
+    /// A failover to this cluster is in progress.
+    pub failing_over: bool,
     /// The primary role is held for a peer that abandoned its failover (`spec.primary` names
     /// the peer).
     pub holds_primary: bool,
@@ -35,7 +37,10 @@ pub fn fence_wanted(f: &FenceFacts) -> bool {
     if f.dry_run {
         return f.role != Some(Role::Primary);
     }
-    !f.declared_primary || (f.role == Some(Role::Standby) && !f.stopped_sync)
+    // A cluster failing over without a role yet (a fresh one whose peer is primary, or DNS
+    // answers) is fenced as a standby is: the mirror may write until StopSync.
+    let standing_by = f.role == Some(Role::Standby) || (f.role.is_none() && f.failing_over);
+    !f.declared_primary || (standing_by && !f.stopped_sync)
 }
 
 /// This cluster's failover in progress has stopped replicating (StopSync succeeded or was
@@ -57,6 +62,7 @@ mod tests {
             dry_run,
             role,
             stopped_sync,
+            failing_over: false,
             holds_primary: false,
             stands_down: false,
         };
@@ -71,6 +77,12 @@ mod tests {
             (facts(true, true, false, Some(Standby), true), false, "StopSync lifts it, before the platform must act"),
             (facts(true, true, false, Some(Primary), false), false, "a primary is not fenced"),
             (facts(true, true, false, None, false), false, "bootstrap: a cluster that never was standby"),
+            (
+                FenceFacts { failing_over: true, ..facts(true, true, false, None, false) },
+                true,
+                "failing over without a role yet (model check): fenced until StopSync",
+            ),
+            (FenceFacts { failing_over: true, ..facts(true, true, false, None, true) }, false, "… and StopSync lifts it"),
             (facts(true, true, true, Some(Standby), false), true, "dry run keeps the standby fenced"),
             (facts(true, false, true, Some(Primary), false), false, "dry run keeps the primary writable"),
             (

@@ -406,10 +406,28 @@ fn reclaim_after_abandon(o: &Observed) -> Option<Action> {
     })
 }
 
+/// A standby whose declared primary is failing over to itself and has no demotion token from
+/// us: we once held a term (so its Demote waits for our token) but lost the token (a status lost
+/// mid-failover comes back from the role memory without it). Issue it again: we are a fenced
+/// standby, and our head is where its FinalSync catches up to. Without it the pair stayed
+/// without a primary for good (model check, S3).
+fn token_wanted(o: &Observed) -> Option<String> {
+    let st = o.status.filter(|s| s.role == Some(Role::Standby) && s.term > 0)?;
+    let p = o.peer.reachable()?;
+    let ours = st.demotion.as_ref().is_some_and(|d| d.new_primary == o.spec_primary);
+    let waits = p.spec_primary == o.spec_primary && p.failover.as_ref().is_some_and(PeerFailover::in_progress);
+    (!ours && waits && o.spec_primary == o.peer_name).then(|| o.spec_primary.to_string())
+}
+
 /// Whether the planner needs to know where DNS points: when a reclaim is possible, and while
 /// this cluster acts as primary (DNS answering the peer outranks it, see [`outranked`]).
 pub fn asks_dns(o: &Observed) -> bool {
-    acting_primary(o) || may_reclaim(o.status, o.self_name, o.spec_primary) || demoted_for_an_abandoned_peer(o)
+    acting_primary(o) || bootstrapping(o) || may_reclaim(o.status, o.self_name, o.spec_primary) || demoted_for_an_abandoned_peer(o)
+}
+
+/// Named primary with no role yet: a bootstrap, unless DNS answers the peer.
+fn bootstrapping(o: &Observed) -> bool {
+    o.self_name == o.spec_primary && o.status.and_then(|s| s.role).is_none()
 }
 
 /// This cluster holds the primary role (writable unless fenced) and no failover to it runs.
@@ -578,6 +596,8 @@ fn plan_role(o: &Observed) -> Action {
                 None => match o.peer.reachable() {
                     // A peer that still calls itself primary must be failed over from, not ignored.
                     Some(p) if p.role == Some(Role::Primary) => Action::StartFailover { why: format!("{} still reports itself primary", o.spec_primary) },
+                    // A bootstrap does not move DNS: while it answers the peer, the runbook does.
+                    _ if o.dns_at_peer => Action::StartFailover { why: format!("the platform domain resolves to {}'s VIP: the runbook moves it", o.peer_name) },
                     _ => Action::BootstrapPrimary,
                 },
             }
@@ -598,6 +618,9 @@ fn plan_role(o: &Observed) -> Action {
             }
             if let Some(reclaim) = reclaim_after_abandon(o) {
                 return reclaim;
+            }
+            if let Some(new_primary) = token_wanted(o) {
+                return Action::AcknowledgeDemotion { new_primary };
             }
             match o.peer.reachable() {
                 Some(p) if p.spec_primary != o.spec_primary => Action::WaitForPrimary {
@@ -708,6 +731,33 @@ mod tests {
         assert!(matches!(plan(&obs("b", "a", None, peer("a", None, None))), Action::WaitForPrimary { .. }));
         assert!(matches!(plan(&obs("b", "a", None, PeerView::Unreachable)), Action::WaitForPrimary { .. }));
         assert_eq!(plan(&obs("b", "a", None, peer("a", Some(Role::Primary), Some(Phase::Steady)))), Action::Mirror);
+    }
+
+    #[test]
+    fn a_fresh_primary_that_dns_does_not_answer_runs_the_runbook_instead_of_bootstrapping() {
+        let mut o = obs("b", "b", None, peer("b", None, None));
+        assert!(asks_dns(&o));
+        o.dns_at_peer = true;
+        assert!(matches!(plan(&o), Action::StartFailover { why } if why.contains("a's VIP")));
+        o.dns_at_peer = false;
+        o.dns_here = Some(false);
+        assert_eq!(plan(&o), Action::BootstrapPrimary, "DNS elsewhere (not the peer): a bootstrap, DNSCorrect says the rest");
+    }
+
+    /// Model check, S3: a's status lost mid-failover came back from its memory without the
+    /// token b's Demote waits for; both waited for good.
+    #[test]
+    fn a_standby_that_lost_its_token_issues_it_again_for_a_peer_failing_over() {
+        let st = DRTopologyStatus { term: 1, ..status(Some(Role::Standby), Some(Phase::Syncing)) };
+        let failing = PeerView::Reachable(PeerState { spec_primary: "b".into(), role: Some(Role::Standby), failover: Some(RUNNING), ..Default::default() });
+        assert_eq!(plan(&obs("a", "b", Some(&st), failing.clone())), Action::AcknowledgeDemotion { new_primary: "b".into() });
+        // Never primary: the peer's Demote does not wait for us (NeverPrimary).
+        let fresh = status(Some(Role::Standby), Some(Phase::Syncing));
+        assert!(matches!(plan(&obs("a", "b", Some(&fresh), failing.clone())), Action::WaitForPrimary { .. }));
+        // A token for b already there: the usual wait.
+        let mut acked = st.clone();
+        acked.demotion = Some(DemotionStatus { new_primary: "b".into(), ..Default::default() });
+        assert!(matches!(plan(&obs("a", "b", Some(&acked), failing)), Action::WaitForPrimary { .. }));
     }
 
     #[test]

@@ -102,7 +102,8 @@ pub fn transition(action: &Action, status: &DRTopologyStatus, f: &Facts) -> DRTo
             // Abandoning is stepping down: the new declared primary waits for this token.
             step_down(&mut st, f.spec_primary, true, f);
         }
-        Action::AcknowledgeDemotion { new_primary } => step_down(&mut st, new_primary, true, f),
+        // A standby re-issuing its token (it lost it) served nothing since: no demotion restarts.
+        Action::AcknowledgeDemotion { new_primary } => step_down(&mut st, new_primary, status.role == Some(Role::Primary), f),
         Action::StandDown { new_primary, why } => {
             step_down(&mut st, new_primary, true, f);
             if let Some(d) = st.demotion.as_mut() {

@@ -309,6 +309,9 @@ impl Runbook<'_> {
                     p.final_revision.map(|r| r.to_string()).unwrap_or_else(|| "unknown".into())
                 )))
             }
+            (DemoteVerdict::NeverPrimary, _) => {
+                Ok(Outcome::ok(format!("{} never was primary (no term, no demotion token): nothing to demote or catch up", self.peer_name)))
+            }
             (DemoteVerdict::NotAcknowledged, _) => {
                 let p = answered.unwrap_or_default();
                 Err(StepError::NotAcknowledged { peer: self.peer_name.to_string(), timeout: timeout_s.clone(), spec_primary: p.spec_primary, role: p.role })
