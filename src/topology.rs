@@ -718,6 +718,12 @@ pub struct DemotionStatus {
     /// under. It holds, fenced, until one of them changes or the peer hands the role back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stood_down: Option<AbandonedUnder>,
+    /// The revisions this cluster took as primary that the new primary's failover never applied
+    /// (`finalRevision` against the new primary's `rpoToken.appliedRevision` for this cluster's
+    /// etcd): the RPO of that failover, measured once the two see each other again. Those writes
+    /// stay here as surplus keys or in the divergence archive; 0 after a planned switchover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreplicated_revisions: Option<i64>,
 }
 
 /// Restarts of one occasion (`when: demotion`, `when: syncEnabled`) that have begun.

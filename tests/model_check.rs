@@ -136,3 +136,35 @@ fn s2_a_one_sided_flip_away_and_back_never_imports_from_a_lower_term() {
 fn s2_a_primary_that_lost_its_status_never_imports_the_old_standbys_copy() {
     assert_safe("b-primary", "apply(b:a) lose(b) run(b) apply(b:b) run(b)");
 }
+
+/// Depth 11 (`make model-check`): b's disaster failover during a partition moved DNS and was
+/// then aborted by the flip reverted; a, primary all along, left DNS on its follower (S4). The
+/// primary now points it back (`RepairDns`).
+#[test]
+fn s4_dns_moved_by_an_aborted_failover_is_pointed_back_at_the_primary() {
+    assert_safe("b-primary", "apply(a:a) partition run(a) tick rec(a) rec(a) rec(a) rec(a) rec(a) apply(a:b) heal");
+}
+
+/// Depth 11: two fresh clusters, each named primary by its own applied spec, each failing over
+/// to itself; each took the other for "never primary" and both passed Demote (S3). A peer
+/// failing over is waited for.
+#[test]
+fn s3_two_fresh_clusters_failing_over_to_themselves_never_both_pass_demote() {
+    assert_safe("fresh", "apply(b:b) rec(b) rec(b) rec(b) rec(b) rec(b) rec(b) rec(b) run(a) apply(a:b)");
+}
+
+/// Depth 11: a failover abandoned by FinalSync handed the role back to a cluster that never was
+/// primary (its token came from an aborted failover at term 0); both waited (S3). A token
+/// written at term 0 promises nothing: nothing to catch up, nothing to abandon.
+#[test]
+fn s3_a_failover_is_never_abandoned_to_a_cluster_that_never_was_primary() {
+    assert_safe("fresh", "apply(ab:b) run(a) rec(b) apply(ab:a) rec(a) rec(a) run(b) rec(a) rec(a:syncfail) tick");
+}
+
+/// Depth 11 (found with `finalSyncPolicy: proceed`): a stood down for b's failover, then b lost
+/// its status (no memory: it never held a role); a held, stood down, for good (S3). The hold
+/// ends once the peer neither is primary nor fails over.
+#[test]
+fn s3_a_stood_down_primary_does_not_hold_for_a_peer_that_lost_its_failover() {
+    assert_safe("fresh", "apply(b:b) rec(b) rec(b) rec(b) rec(b) rec(b) rec(b) rec(b) apply(b:a) run(a) lose(b)");
+}

@@ -11,9 +11,7 @@ use drctl::topology::{DRTopology, DRTopologyStatus, Role};
 use kube::api::Api;
 use support::faults;
 use support::pair::{DOMAIN, TOPOLOGY, VIP_B};
-use support::partition::{
-    overlap, primary_steady, secs_between, standby_in_sync, step_started, stood_down, Partitionable, Sampler, FAILOVER, PARTITION_OVERLAP_BOUND, STEADY,
-};
+use support::partition::{overlap, primary_steady, secs_between, step_started, stood_down, Partitionable, Sampler, FAILOVER, PARTITION_OVERLAP_BOUND, STEADY};
 
 /// Scenario 1: partitioned with both alive, the flip applied to B only. B declares a disaster
 /// after `demotionTimeout` and fails over; A sees DNS answer B's VIP and stands down (fenced)
@@ -27,6 +25,11 @@ async fn a_partition_with_the_flip_on_one_side_ends_with_one_primary() {
     let sampler = Sampler::start(&pair.a, &pair.b).await;
     p.partition(true);
     let cut = Instant::now();
+    // Writes A takes while it is still primary and cut off: B never gets them.
+    let mut etcd_a = pair.a.etcd.client().await;
+    for i in 0..5 {
+        etcd_a.put(format!("/registry/configmaps/apps/cut-off-{i}"), format!("written on A after the cut {i}"), None).await.expect("put on A");
+    }
     pair.apply(&pair.b, &pair.topology_yaml("global-b"));
     let b = pair.wait(&pair.b, "B primary after a disaster failover", FAILOVER, &[&ca, &cb], primary_steady).await;
     let b_done = cut.elapsed();
@@ -50,7 +53,28 @@ async fn a_partition_with_the_flip_on_one_side_ends_with_one_primary() {
     assert_eq!(b_after.role, Some(Role::Primary));
     // Argo CD on A catches up with Git: A follows B.
     pair.apply(&pair.a, &pair.topology_yaml("global-b"));
-    pair.wait(&pair.a, "A standby in sync with B", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let a_follows = pair
+        .wait(&pair.a, "A following B, its unreplicated revisions measured", STEADY, &[&ca, &cb], |s| {
+            s.role == Some(Role::Standby) && s.sync.is_some() && s.demotion.as_ref().is_some_and(|d| d.unreplicated_revisions.is_some())
+        })
+        .await;
+    let unreplicated = a_follows.status.and_then(|s| s.demotion).and_then(|d| d.unreplicated_revisions).unwrap_or_default();
+    // The mirror's etcd link is not cut here (only the apiservers'): B may have copied some of
+    // them before its StopSync. Those it did not are counted.
+    let mut etcd_b = pair.b.etcd.client().await;
+    let mut missing_on_b = 0;
+    for i in 0..5 {
+        if etcd_b.get(format!("/registry/configmaps/apps/cut-off-{i}"), None).await.expect("get on B").kvs().is_empty() {
+            missing_on_b += 1;
+        }
+    }
+    assert!(unreplicated >= missing_on_b, "{missing_on_b} of A's writes after the cut never reached B; counted: {unreplicated}");
+    // Kept on A (surplus to B, or archived), never silently gone.
+    let kept =
+        etcd_a.get("/registry/configmaps/apps/cut-off-", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.expect("get").count();
+    let archived = etcd_a.get("drctl/archive/", Some(etcd_client::GetOptions::new().with_prefix().with_keys_only())).await.expect("get archive");
+    let in_archive = archived.kvs().iter().filter(|kv| kv.key_str().is_ok_and(|k| k.contains("/registry/configmaps/apps/cut-off-"))).count();
+    assert_eq!(kept as usize + in_archive, 5, "A's writes after the cut: {kept} kept, {in_archive} archived");
     assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), vec![VIP_B]);
     let (n, during, after) = sampler.finish(Some(healed)).await;
     assert!(after.is_empty(), "two primaries after the heal in {} of {n} samples, at {after:?}", after.len());
@@ -61,7 +85,7 @@ async fn a_partition_with_the_flip_on_one_side_ends_with_one_primary() {
         1,
         0,
         &format!(
-            "B primary {:.1}s after the cut; A stood down {:.1}s after B's SwitchDNS began ({:.1}s after B's StopSync lifted its fence); both role Primary in {} of {n} samples while partitioned (over {:.1}s), 0 after the heal",
+            "{unreplicated} revisions A took after B's last applied counted (UnreplicatedWrites; {missing_on_b} of A's 5 writes after the cut never reached B), all 5 kept on A ({kept} in place, {in_archive} archived); B primary {:.1}s after the cut; A stood down {:.1}s after B's SwitchDNS began ({:.1}s after B's StopSync lifted its fence); both role Primary in {} of {n} samples while partitioned (over {:.1}s), 0 after the heal",
             b_done.as_secs_f64(),
             switched_to_down.unwrap_or(f64::NAN),
             stop_to_down.unwrap_or(f64::NAN),

@@ -384,6 +384,16 @@ async fn act(
         // Looked at every few seconds: a primary outranked (a higher term, DNS answering the
         // peer) must stand down within seconds.
         Action::StayPrimary => Ok(Next::Requeue(STEADY_REQUEUE)),
+        Action::RepairDns { why } => {
+            w.write().await?;
+            let note = match repair_dns(ctx, topo).await {
+                Ok(done) => format!("{why}; {done}"),
+                Err(e) => format!("{why}; the switch back failed (retried in {}s): {e}", STEADY_REQUEUE.as_secs()),
+            };
+            warn!(%note, "DNS answered the follower");
+            ctx.event(topo, EventType::Warning, "DNSRepaired", "SwitchDNS", note).await;
+            Ok(Next::Requeue(STEADY_REQUEUE))
+        }
         Action::StartFailover { why } => {
             w.write().await?;
             ctx.metrics.failovers.inc();
@@ -453,10 +463,45 @@ async fn act(
         }
         Action::WaitForPeer { .. } | Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => Ok(Next::Requeue(WAIT_REQUEUE)),
         Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
+            measure_rpo(ctx, topo, w, peer, peer_name).await;
             // Restarts waiting for readiness are looked at again sooner.
             let soon = sync::standby(ctx, topo, w).await;
             Ok(Next::Requeue(soon.map_or(STEADY_REQUEUE, |d| d.min(STEADY_REQUEUE))))
         }
+    }
+}
+
+/// Points the platform domain back at this cluster's VIP with the configured provider (as
+/// SwitchDNS does), for a primary whose DNS answers its follower.
+async fn repair_dns(ctx: &Context, topo: &ValidatedTopology) -> Result<String, String> {
+    let vip = topo.spec.cluster(ctx.self_name()).map(|c| c.vip).ok_or("this cluster is not in spec.clusters")?;
+    let secrets = crate::secret::KubeSecrets::new(ctx.client.clone());
+    let annotations = topo.annotations().clone();
+    let sctx = crate::dns::SwitchContext { secrets: &secrets, kube: Some(ctx.client.clone()), annotations: &annotations };
+    let outcome = crate::dns::switch(&topo.spec.dns.provider, &topo.spec.platform, vip, &sctx).await.map_err(|e| e.to_string())?;
+    if outcome.is_done() {
+        Ok(outcome.to_string())
+    } else {
+        Err(outcome.to_string())
+    }
+}
+
+/// A stepped-down primary following the new one measures, once, what that failover never
+/// applied of its writes (`status.demotion.unreplicatedRevisions`, an `UnreplicatedWrites` Event
+/// when some): after a partition heals, the RPO nobody compared before.
+async fn measure_rpo(ctx: &Context, topo: &ValidatedTopology, w: &mut StatusWriter, peer: &PeerView, peer_name: &str) {
+    let Some(p) = peer.reachable() else { return };
+    let Some(d) = w.status.demotion.as_mut().filter(|d| d.unreplicated_revisions.is_none()) else { return };
+    let Some(n) = plan::unreplicated_revisions(d, p) else { return };
+    d.unreplicated_revisions = Some(n);
+    if n > 0 {
+        let msg = format!(
+            "{} took {n} revisions as primary (up to {}) that {peer_name}'s failover never applied; its writes stay here as surplus keys or in the divergence archive (drctl archive list)",
+            ctx.self_name(),
+            d.final_revision.unwrap_or_default()
+        );
+        warn!(%msg, "unreplicated writes");
+        ctx.event(topo, EventType::Warning, "UnreplicatedWrites", "Demote", msg).await;
     }
 }
 

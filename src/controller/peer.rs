@@ -123,6 +123,7 @@ pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
             completed: f.completed_at.is_some(),
             term: f.term,
             based_on_term: f.peer_term,
+            applied: f.rpo_token.as_ref().map(|t| (t.source_cluster_id.clone(), t.applied_revision)),
             aborted: f.aborted.is_some(),
             abandoned: f.abandoned.is_some(),
             // Started counts: an update may have reached the DNS server before a timeout or a kill.

@@ -48,13 +48,24 @@ pub enum DemoteVerdict {
     NeverPrimary,
 }
 
+/// Not primary, no term, and no failover of its own running (two fresh clusters each failing
+/// over to itself must not both pass: model check, S3); a token written at term 0 (an aborted
+/// failover of a cluster that never served) promises nothing. A token from before terms
+/// (`term` absent) is still waited for.
+fn never_primary(p: &super::plan::PeerState) -> bool {
+    p.role != Some(Role::Primary)
+        && p.term == 0
+        && !p.failover.as_ref().is_some_and(super::plan::PeerFailover::in_progress)
+        && (p.demoted_for.is_none() || p.token_term == Some(0))
+}
+
 pub fn demote_verdict(f: &DemoteFacts) -> DemoteVerdict {
     match f.answer {
         PeerAnswer::Misconfigured => DemoteVerdict::ConfigurationError,
         PeerAnswer::Down if f.down_for.is_some_and(|d| d >= f.timeout) => DemoteVerdict::Disaster,
         PeerAnswer::Down => DemoteVerdict::Wait,
         PeerAnswer::Answered(p) if p.demoted_for.as_deref() == Some(f.self_name) && p.role == Some(Role::Standby) => DemoteVerdict::Acknowledged,
-        PeerAnswer::Answered(p) if p.role != Some(Role::Primary) && p.term == 0 && p.demoted_for.is_none() => DemoteVerdict::NeverPrimary,
+        PeerAnswer::Answered(p) if never_primary(p) => DemoteVerdict::NeverPrimary,
         PeerAnswer::Answered(_) if f.waited >= f.timeout => DemoteVerdict::NotAcknowledged,
         PeerAnswer::Answered(_) => DemoteVerdict::Wait,
     }
@@ -78,6 +89,10 @@ mod tests {
         let token_but_primary = PeerState { demoted_for: Some("b".into()), role: Some(Role::Primary), ..Default::default() };
         let never = PeerState::default();
         let once_primary = PeerState { role: Some(Role::Standby), term: 1, ..Default::default() };
+        let failing_over =
+            PeerState { failover: Some(crate::decide::plan::PeerFailover { completed: false, aborted: false, ..Default::default() }), ..Default::default() };
+        let aborted_token = PeerState { role: Some(Role::Standby), demoted_for: Some("c".into()), token_term: Some(0), ..Default::default() };
+        let old_token = PeerState { role: Some(Role::Standby), demoted_for: Some("c".into()), token_term: None, ..Default::default() };
         use DemoteVerdict::*;
         use PeerAnswer::*;
         let cases = [
@@ -94,6 +109,9 @@ mod tests {
             (facts(Answered(&still_primary), None, 120), NotAcknowledged, "reachable and not stepped down within the timeout fails the step"),
             (facts(Answered(&never), None, 0), NeverPrimary, "never primary (no role, no term, no token): nothing to wait for"),
             (facts(Answered(&once_primary), None, 10), Wait, "a standby that once held a term may hold writes: its token is waited for"),
+            (facts(Answered(&failing_over), None, 10), Wait, "a fresh peer failing over to itself: not both may pass"),
+            (facts(Answered(&aborted_token), None, 0), NeverPrimary, "a token written at term 0 promises nothing"),
+            (facts(Answered(&old_token), None, 0), Wait, "a token from before terms is waited for"),
         ];
         for (f, want, rule) in cases {
             assert_eq!(demote_verdict(&f), want, "{rule}");

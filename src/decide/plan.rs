@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::topology::{DRTopologyStatus, FailoverStatus, FinalSyncPolicy, Phase, Role, StepState, StepStatus};
+use crate::topology::{DRTopologyStatus, DemotionStatus, FailoverStatus, FinalSyncPolicy, Phase, Role, StepState, StepStatus};
 
 /// Retries a failover that was abandoned under an unchanged spec: set it on the DRTopology of
 /// the cluster named primary to any value it did not have when the failover was abandoned.
@@ -166,6 +166,8 @@ pub struct PeerFailover {
     /// Our term as it read it at Preflight/Demote (None: it never reached us). A failover based
     /// on a term below the one we hold now started before we last became primary: history.
     pub based_on_term: Option<i64>,
+    /// Its RPO token: the etcd cluster ID it replicated from and the last revision it applied.
+    pub applied: Option<(String, i64)>,
 }
 
 impl PeerFailover {
@@ -270,6 +272,9 @@ pub enum Action {
     /// This cluster acts as primary but is outranked (see [`outranked`]): step down for the
     /// peer now, fenced, whatever its own `spec.primary` says. `why` names the evidence.
     StandDown { new_primary: String, why: String },
+    /// The primary finds DNS answering its follower (a failover that moved DNS, then aborted):
+    /// point it back here. (A peer that might be primary outranks us instead: [`outranked`].)
+    RepairDns { why: String },
     /// We stood down against our own `spec.primary`, under the spec we still have: stay a
     /// fenced standby (not mirroring) until the spec or the retry annotation changes, or the
     /// peer hands the role back.
@@ -310,6 +315,16 @@ pub fn next_step(f: &FailoverStatus) -> Step {
 pub fn next_term(status: &DRTopologyStatus) -> i64 {
     let recorded = status.failover.as_ref().and_then(|f| f.peer_term).unwrap_or(0);
     status.term.max(status.peer_term).max(recorded).saturating_add(1)
+}
+
+/// What a stepped-down primary took that the peer's completed failover from it never applied:
+/// our final revision against its applied one, when both count revisions of our etcd. None when
+/// they cannot be compared (no final revision, another source, no completed failover).
+pub fn unreplicated_revisions(demotion: &DemotionStatus, peer: &PeerState) -> Option<i64> {
+    let f = peer.failover.as_ref().filter(|f| f.completed)?;
+    let (source, applied) = f.applied.as_ref()?;
+    let (ours, final_revision) = (demotion.cluster_id.as_ref()?, demotion.final_revision?);
+    (source == ours).then(|| final_revision.saturating_sub(*applied).max(0))
 }
 
 /// Whether FinalSync catches up from the old primary, given our own term and the term it held
@@ -477,8 +492,10 @@ pub fn outranked(o: &Observed) -> Option<String> {
 pub fn holding_after_stand_down(o: &Observed) -> Option<String> {
     let st = o.status.filter(|s| s.role == Some(Role::Standby))?;
     let under = st.demotion.as_ref()?.stood_down.as_ref()?;
-    let handed_back = o.peer.reachable().is_some_and(|p| p.role != Some(Role::Primary) && p.demoted_for.as_deref() == Some(o.self_name));
-    (under.generation == o.generation && under.retry.as_deref() == o.retry && !handed_back).then(|| {
+    // The peer that outranked us no longer acts as primary (it handed the role back, or lost it):
+    // the ordinary rules decide again (a reclaim with proof, or a full failover).
+    let gone = o.peer.reachable().is_some_and(|p| p.role != Some(Role::Primary) && !p.failover.as_ref().is_some_and(PeerFailover::in_progress));
+    (under.generation == o.generation && under.retry.as_deref() == o.retry && !gone).then(|| {
         format!(
             "{} stood down for {} (a higher-term primary, or DNS answering it) though spec.primary names {}; it stays a fenced standby until the spec changes, annotation {RETRY_ANNOTATION} is set to a new value, or {} hands the role back",
             o.self_name, o.peer_name, o.self_name, o.peer_name
@@ -590,6 +607,12 @@ fn plan_role(o: &Observed) -> Action {
                 return Action::HoldStoodDown { why };
             }
             match role {
+                Some(Role::Primary) if o.dns_at_peer => Action::RepairDns {
+                    why: format!(
+                        "the platform domain resolves to {}'s VIP, and {} follows this cluster (a lower term, not failing over)",
+                        o.peer_name, o.peer_name
+                    ),
+                },
                 Some(Role::Primary) => Action::StayPrimary,
                 _ if may_reclaim(o.status, o.self_name, o.spec_primary) => reclaim_or_fail_over(o),
                 Some(Role::Standby) => Action::StartFailover { why: "this cluster is a standby and spec.primary names it".into() },
@@ -860,13 +883,16 @@ mod tests {
         PeerState { spec_primary: "a".into(), role: Some(Role::Standby), demoted_for: Some("a".into()), term, failover, ..Default::default() }
     }
 
-    const RUNNING: PeerFailover = PeerFailover { completed: false, aborted: false, abandoned: false, dns_switched: false, term: None, based_on_term: None };
+    const RUNNING: PeerFailover =
+        PeerFailover { completed: false, aborted: false, abandoned: false, dns_switched: false, term: None, based_on_term: None, applied: None };
     const ABORTED_BEFORE_DNS: PeerFailover =
-        PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: false, term: None, based_on_term: None };
+        PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: false, term: None, based_on_term: None, applied: None };
     const ABORTED_AFTER_DNS: PeerFailover =
-        PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: true, term: None, based_on_term: None };
-    const COMPLETED: PeerFailover = PeerFailover { completed: true, aborted: false, abandoned: false, dns_switched: true, term: None, based_on_term: None };
-    const ABANDONED: PeerFailover = PeerFailover { completed: false, aborted: true, abandoned: true, dns_switched: false, term: None, based_on_term: None };
+        PeerFailover { completed: false, aborted: true, abandoned: false, dns_switched: true, term: None, based_on_term: None, applied: None };
+    const COMPLETED: PeerFailover =
+        PeerFailover { completed: true, aborted: false, abandoned: false, dns_switched: true, term: None, based_on_term: None, applied: None };
+    const ABANDONED: PeerFailover =
+        PeerFailover { completed: false, aborted: true, abandoned: true, dns_switched: false, term: None, based_on_term: None, applied: None };
 
     fn is_full_failover(a: &Action) -> bool {
         matches!(a, Action::StartFailover { .. })
@@ -1185,7 +1211,7 @@ mod tests {
             ("the peer fails over but has not moved DNS: its Demote still asks us", "a", 1, seen(Role::Standby, 0, Some(RUNNING)), None, false, false),
             ("DNS at the unreachable peer: DNS decides", "a", 1, PeerView::Unreachable, Some(false), true, true),
             ("DNS elsewhere (not the peer): only DNSCorrect says so", "a", 1, PeerView::Unreachable, Some(false), false, false),
-            ("DNS at a peer that provably follows us: a DNS mistake, not a primary", "a", 2, seen(Role::Standby, 1, None), Some(false), true, false),
+            ("DNS at a peer that provably follows us: not a primary (DNS is repaired instead)", "a", 2, seen(Role::Standby, 1, None), Some(false), true, false),
             ("DNS at a standby peer with a term not below ours: not provably a follower", "a", 1, seen(Role::Standby, 1, None), Some(false), true, true),
         ];
         for (rule, me, term, p, here, at_peer, down) in cases {
@@ -1195,9 +1221,10 @@ mod tests {
             assert!(asks_dns(&o), "{rule}: a primary asks where DNS points");
             let got = plan(&o);
             let peer = if me == "a" { "b" } else { "a" };
-            match down {
-                true => assert!(matches!(&got, Action::StandDown { new_primary, .. } if new_primary == peer), "{rule}: {got:?}"),
-                false => assert_eq!(got, Action::StayPrimary, "{rule}"),
+            match (down, at_peer) {
+                (true, _) => assert!(matches!(&got, Action::StandDown { new_primary, .. } if new_primary == peer), "{rule}: {got:?}"),
+                (false, true) => assert!(matches!(got, Action::RepairDns { .. }), "{rule}: {got:?}"),
+                (false, false) => assert_eq!(got, Action::StayPrimary, "{rule}"),
             }
         }
         // Dry run reports it and changes nothing.
@@ -1277,6 +1304,22 @@ mod tests {
         for (own, peer, want) in [(3, Some(2), false), (2, Some(2), true), (1, Some(2), true), (3, None, true)] {
             assert_eq!(old_primary_may_be_newer(own, peer), want, "own {own}, peer {peer:?}");
         }
+    }
+
+    #[test]
+    fn the_rpo_of_a_failover_is_what_the_old_primary_took_past_the_revision_applied() {
+        let token = DemotionStatus { new_primary: "b".into(), final_revision: Some(366), cluster_id: Some("c-a".into()), ..Default::default() };
+        let b = |completed, applied: Option<(&str, i64)>| PeerState {
+            failover: Some(PeerFailover { completed, applied: applied.map(|(c, r)| (c.to_string(), r)), ..RUNNING }),
+            ..Default::default()
+        };
+        // Issue 18, scenario 2: A's final revision 366, B's applied 285 (81 revisions nobody compared).
+        assert_eq!(unreplicated_revisions(&token, &b(true, Some(("c-a", 285)))), Some(81));
+        assert_eq!(unreplicated_revisions(&token, &b(true, Some(("c-a", 366)))), Some(0), "a planned switchover loses nothing");
+        assert_eq!(unreplicated_revisions(&token, &b(true, Some(("c-other", 285)))), None, "revisions of another etcd do not compare");
+        assert_eq!(unreplicated_revisions(&token, &b(false, Some(("c-a", 285)))), None, "not completed: not measured yet");
+        let no_head = DemotionStatus { final_revision: None, ..token };
+        assert_eq!(unreplicated_revisions(&no_head, &b(true, Some(("c-a", 285)))), None);
     }
 
     #[test]

@@ -54,6 +54,11 @@ pub fn transition(action: &Action, status: &DRTopologyStatus, f: &Facts) -> DRTo
             become_primary(&mut st, g);
             st.term = next_term(&st);
         }
+        Action::RepairDns { why } => {
+            st.phase = Some(Phase::Steady);
+            set_condition(&mut st, ConditionType::Ready, true, Reason::Steady, "primary", g);
+            set_condition(&mut st, ConditionType::DNSCorrect, false, Reason::Switched, &format!("{why}: switched back to this cluster's VIP"), g);
+        }
         Action::StayPrimary | Action::HoldPrimary { .. } => {
             st.phase = Some(Phase::Steady);
             set_condition(&mut st, ConditionType::Ready, true, Reason::Steady, "primary", g);
@@ -178,6 +183,7 @@ fn step_down(st: &mut DRTopologyStatus, new_primary: &str, served: bool, f: &Fac
         final_revision: f.own_head.as_ref().map(|(rev, _)| *rev),
         term: Some(st.term),
         stood_down: None,
+        unreplicated_revisions: None,
         cluster_id: f.own_head.as_ref().map(|(_, id)| id.clone()),
         acknowledged_at: Some(f.now.to_string()),
         restarts_done: !served,

@@ -383,6 +383,8 @@ impl World {
         let mut effect = Effect { action: Some(short_action(&action)), stale_import: None };
         match &action {
             Action::RunStep(step) => effect.stale_import = self.run_step(x, &mut st, *step, &peer, outcome),
+            // The controller's executor: the provider switches the record back here.
+            Action::RepairDns { .. } => self.dns = x,
             // The standby executor: a healthy mirror records its sync status and phase Steady.
             Action::Mirror | Action::HoldAbandoned { mirror: true, .. } => {
                 st.sync.get_or_insert_with(Default::default);
@@ -398,6 +400,7 @@ impl World {
             | Action::AbortFailover { .. }
             | Action::AcknowledgeDemotion { .. }
             | Action::StandDown { .. }
+            | Action::RepairDns { .. }
             | Action::ReclaimPrimary { .. } => true,
             // A finished step continues; so does a failed FinalSync whose bound is used (the
             // planner applies the policy at once).
