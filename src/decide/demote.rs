@@ -64,8 +64,9 @@ pub fn demote_verdict(f: &DemoteFacts) -> DemoteVerdict {
         PeerAnswer::Misconfigured => DemoteVerdict::ConfigurationError,
         PeerAnswer::Down if f.down_for.is_some_and(|d| d >= f.timeout) => DemoteVerdict::Disaster,
         PeerAnswer::Down => DemoteVerdict::Wait,
-        PeerAnswer::Answered(p) if p.demoted_for.as_deref() == Some(f.self_name) && p.role == Some(Role::Standby) => DemoteVerdict::Acknowledged,
+        // Before the token: a token of a cluster that never served promises nothing to catch up.
         PeerAnswer::Answered(p) if never_primary(p) => DemoteVerdict::NeverPrimary,
+        PeerAnswer::Answered(p) if p.demoted_for.as_deref() == Some(f.self_name) && p.role == Some(Role::Standby) => DemoteVerdict::Acknowledged,
         PeerAnswer::Answered(_) if f.waited >= f.timeout => DemoteVerdict::NotAcknowledged,
         PeerAnswer::Answered(_) => DemoteVerdict::Wait,
     }
