@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use drctl::etcd::Endpoint;
 use drctl::keyspace::Filter;
 use drctl::mirror::{Mirror, MirrorConfig, Phase as MirrorPhase, Progress, Tuning};
-use drctl::topology::{DRTopologyStatus, ExcludeSpec, Phase, Role};
+use drctl::topology::{ExcludeSpec, Role};
 use etcd_client::{Client, DeleteOptions, GetOptions, Txn, TxnOp};
 use support::faults::{self, DrctlProcess, Ledger, Mode, Proxy, Rng, Verdict};
-use support::pair::{Controller, Pair, DOMAIN, VIP_A, VIP_B};
+use support::pair::{Pair, DOMAIN, VIP_A, VIP_B};
+use support::partition::{primary_steady, standby_in_sync, steady_pair, FAILOVER, STEADY};
 use support::Etcd;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -420,26 +421,6 @@ async fn check_and_repair_beside_a_live_mirror_lose_nothing() {
 
 // ---------------------------------------------------------------------------------------------
 // The controller on a DR pair.
-
-const STEADY: Duration = Duration::from_secs(90);
-const FAILOVER: Duration = Duration::from_secs(120);
-
-fn standby_in_sync(s: &DRTopologyStatus) -> bool {
-    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
-}
-
-fn primary_steady(s: &DRTopologyStatus) -> bool {
-    s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)
-}
-
-async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
-    pair.apply_both("global-a");
-    let ca = pair.controller(&pair.a, &[]);
-    let cb = pair.controller(&pair.b, &[]);
-    pair.wait(&pair.a, "A primary and steady", STEADY, &[&ca, &cb], primary_steady).await;
-    pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
-    (ca, cb)
-}
 
 /// A key written on `on`'s etcd in a replicated namespace, straight through etcd.
 async fn mark(g: &support::Global, key: &str) {

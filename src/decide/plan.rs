@@ -123,6 +123,8 @@ impl fmt::Display for Step {
 }
 
 /// What this controller can see of its peer (through the peer kubeconfig).
+// One per reconcile, never held in a collection: boxing the state would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Default)]
 pub enum PeerView {
     /// The peer's apiserver did not answer, or no kubeconfig for it is configured.

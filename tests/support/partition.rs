@@ -69,14 +69,18 @@ impl Partitionable {
     }
 
     pub async fn steady(&self) -> (Controller, Controller) {
-        let pair = &self.pair;
-        pair.apply_both("global-a");
-        let ca = pair.controller(&pair.a, &[]);
-        let cb = pair.controller(&pair.b, &[]);
-        pair.wait(&pair.a, "A primary and steady", STEADY, &[&ca, &cb], primary_steady).await;
-        pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
-        (ca, cb)
+        steady_pair(&self.pair).await
     }
+}
+
+/// Both controllers started on `global-a` as primary, until A is steady and B in sync.
+pub async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
+    pair.apply_both("global-a");
+    let ca = pair.controller(&pair.a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    pair.wait(&pair.a, "A primary and steady", STEADY, &[&ca, &cb], primary_steady).await;
+    pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    (ca, cb)
 }
 
 fn api_addr(g: &Global) -> std::net::SocketAddr {
