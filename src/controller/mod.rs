@@ -248,7 +248,16 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
 async fn remembering(ctx: &Context, api: &Api<DRTopology>, topo: &DRTopology) -> Result<StatusWriter, Error> {
     let memory: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.args.namespace);
     let mut w = StatusWriter::new(api.clone(), topo, ctx.self_name(), memory);
-    let recalled = w.recall().await?;
+    // Only an empty status needs the memory: with a role in status, an unreadable memory (say,
+    // RBAC not updated yet) is a warning; without one, planning from nothing is what it prevents.
+    let recalled = match w.recall().await {
+        Ok(m) => m,
+        Err(e) if w.status.role.is_some() => {
+            warn!(error = %e, "role memory not read");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(m) = recalled.filter(|m| w.status.role.is_none() && !m.is_empty()) {
         let restored = crate::decide::memory::restore(&m);
         let msg = format!(
