@@ -15,7 +15,12 @@
 //!   and the cluster named by the new `spec.primary` runs a complete failover of its own;
 //! - the pair is never left without a primary by a FinalSync that cannot pass: after
 //!   `finalSyncTimeout` the failover is abandoned (the old primary reclaims, and the new one
-//!   holds until the spec or `drctl.io/retry-failover` changes) or, by policy, proceeds.
+//!   holds until the spec or `drctl.io/retry-failover` changes) or, by policy, proceeds;
+//! - the higher term wins ([`outranked`]): a primary that sees a primary of a higher term, a
+//!   peer that took over without it, or DNS answering the peer stands down, whatever its own
+//!   spec says, and holds until the spec changes or the role comes back
+//!   ([`holding_after_stand_down`]). docs/architecture.md, "Safety invariants", and
+//!   `tests/model_check.rs`, which explores these rules exhaustively.
 
 use std::fmt;
 use std::time::Duration;
