@@ -48,6 +48,7 @@ use crate::metrics::Metrics;
 use crate::topology::{DRTopology, Phase};
 use crate::validated::ValidatedTopology;
 use status::StatusWriter;
+use sync::Stopping;
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig.as_deref()).await?;
@@ -344,17 +345,17 @@ async fn act(
     dns: Option<DnsSeen>,
 ) -> Result<Next, Error> {
     let mut facts = facts(ctx, topo.object(), peer_name);
-    let stop_replication = || async { sync::stop_replication(ctx, topo).await.map_err(Error::StopReplication) };
+    let stop_replication = |why| async move { sync::stop_replication(ctx, topo, why).await.map_err(Error::StopReplication) };
     match &action {
-        Action::BootstrapPrimary => stop_replication().await?,
+        Action::BootstrapPrimary => stop_replication(Stopping::AsPrimary).await?,
         // A standby stopping its mirror cancels the periodic check: one that finished is recorded
         // first, or its repair would be in no Event.
         Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => {
             sync::collect_periodic(ctx, topo, &mut w.status).await;
-            stop_replication().await?
+            stop_replication(Stopping::AsStandby).await?
         }
         Action::StayPrimary | Action::HoldPrimary { .. } => {
-            stop_replication().await?;
+            stop_replication(Stopping::AsPrimary).await?;
             let seen = match dns {
                 Some(seen) => seen,
                 None => dns_points_here(topo, ctx.self_name(), peer_name).await,

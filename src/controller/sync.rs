@@ -45,15 +45,25 @@ async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
     Ok(Endpoint { urls: c.etcd.endpoints.clone(), tls })
 }
 
+/// Whether replication stops because this cluster acts as primary now (it will take writes of
+/// its own: the checkpoint of its standby term is forgotten) or only pauses (a standby waiting
+/// for its primary, or holding after an abandoned failover: its copy is still faithful, and
+/// forgetting its checkpoint would re-copy everything over it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopping {
+    AsPrimary,
+    AsStandby,
+}
+
 /// Stops whatever replicates into this cluster: the in-process mirror, or with
-/// `sync.driver: manifest` the platform's own sync object. Idempotent. On a cluster the spec
-/// names primary, also deletes the mirror's checkpoint in its etcd (see [`forget_checkpoint`]).
-pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
+/// `sync.driver: manifest` the platform's own sync object. Idempotent. On a cluster that acts as
+/// primary now, also deletes the mirror's checkpoint in its etcd (see [`forget_checkpoint`]).
+pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology, why: Stopping) -> Result<(), SyncError> {
     ctx.sync.stop().await;
     if let Driver::Manifest(m) = &topo.spec.sync.driver {
         manifest(ctx, m, false).await?;
     }
-    if topo.spec.primary == ctx.self_name() && !ctx.sync.checkpoint_forgotten() {
+    if why == Stopping::AsPrimary && !ctx.sync.checkpoint_forgotten() {
         // Retried by the next reconcile (StayPrimary stops replication on each) when it fails.
         if let Err(e) = forget_checkpoint(ctx, topo).await {
             warn!(error = %e, "the mirror checkpoint left from this cluster's standby term could not be deleted; will retry");
