@@ -422,7 +422,9 @@ fn judge(clusters: &[ClusterStatus], dns: &DnsStatus) -> Vec<Finding> {
                 ));
             }
         }
-        if let Some(a) = &c.archived {
+        // A new standby's first copy over its own bootstrap objects is recorded, not a finding
+        // (as it does not alert): nothing of the platform's was replaced.
+        if let Some(a) = c.archived.as_ref().filter(|a| a.reason != crate::archive::Reason::InitialCopy.as_str()) {
             f.push(Finding::new(
                 Warning,
                 "WritesArchived",
@@ -779,6 +781,17 @@ mod tests {
         let f = &r.findings[0];
         assert!(f.message.starts_with("global-b: 37 of its own values (revisions 290-366) were overwritten or deleted (rejoin after being primary) and saved in archive 20261205T162300.000Z-r285-rejoin first"), "{}", f.message);
         assert_eq!(r.clusters[1].archived.as_ref().map(|a| a.count), Some(37));
+        // A new standby's first copy over its own bootstrap objects is no finding (nor an alert).
+        let mut first = standby_in_sync();
+        first.sync.as_mut().expect("sync").archived = Some(crate::topology::ArchivedStatus {
+            count: 161,
+            archive_id: "20261205T162300.000Z-r215-initial".into(),
+            revisions: "1-214".into(),
+            reason: crate::archive::Reason::InitialCopy.as_str().into(),
+            total: 161,
+        });
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", first)], &dns_at("10.0.0.10"), now());
+        assert_eq!(codes(&r), Vec::<&str>::new());
     }
 
     #[test]
