@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale faults soak nemesis
+.PHONY: deps etcd kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -18,6 +18,9 @@ deps:
 # forge tests/forge.rs opens pull requests on).
 kube:
 	bash hack/build-kube.sh >/dev/null
+# etcd, etcdctl and etcdutl (ETCD_VERSION, default the newest 3.6 served; 3.5 and 3.7 build too).
+etcd:
+	bash hack/build-etcd.sh >/dev/null
 argocd:
 	bash hack/build-argocd.sh >/dev/null
 kwok:
@@ -25,7 +28,7 @@ kwok:
 gitea:
 	bash hack/build-gitea.sh >/dev/null
 # What the lab runs; the tests also open pull requests on Gitea.
-lab-platform: kube argocd kwok
+lab-platform: kube argocd kwok etcd
 platform: lab-platform gitea
 
 # Every package of the workspace: drctl, drctl-testbed, drctl-lab (`drctl lab` runs the

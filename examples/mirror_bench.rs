@@ -54,7 +54,7 @@ async fn main() -> Res<()> {
         let d = EtcdProc::start().await?;
         let mut c = d.client().await?;
         let started = Instant::now();
-        let mut child = Command::new("etcdctl")
+        let mut child = drctl_testbed::procs::etcd_command("etcdctl")
             .args(["--endpoints", &src.url, "make-mirror", "--prefix", "/registry/", &d.url])
             .env("ETCDCTL_API", "3")
             .stdout(Stdio::null())

@@ -117,7 +117,7 @@ async fn main() -> Res<()> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("snap.db");
         let started = Instant::now();
-        let status = Command::new("etcdctl")
+        let status = drctl_testbed::procs::etcd_command("etcdctl")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", &src.url, "snapshot", "save"])
             .arg(&file)

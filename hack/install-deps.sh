@@ -5,9 +5,10 @@ set -euo pipefail
 #   well-known types (google/protobuf/*.proto), which only libprotobuf-dev ships;
 # umoci: `make image` builds the OCI image without a daemon or base image; prometheus: its promtool and server test the alerts;
 # openssh-server: the SSH forge of the push test; libssl-dev + pkg-config: libgit2's HTTPS/SSH transports;
+# etcd is not listed: Debian ships 3.4 (end of life); hack/build-etcd.sh builds 3.6 from its Go modules;
 # redis-server: each lab global's Argo CD keeps its cache there; golang-go is not listed: Go comes
 #   with the machine (the Go builds in hack/ need it, and check for it).
-pkgs=(etcd-server etcd-client protobuf-compiler libprotobuf-dev pdns-server pdns-backend-sqlite3 bind9 bind9-dnsutils
+pkgs=(protobuf-compiler libprotobuf-dev pdns-server pdns-backend-sqlite3 bind9 bind9-dnsutils
   sqlite3 git openssh-server openssh-client libssl-dev pkg-config redis-server ca-certificates curl build-essential
   umoci prometheus)
 missing=()

@@ -527,7 +527,17 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
     let started = Instant::now();
     if !once {
         // A long-running mirror retries a failed session forever; a wrong --dest must fail now.
-        refuse_same_etcd(&etcd.endpoints()?).await?;
+        // An etcd that does not answer yet is waited for: a start-up probe never ends the mirror.
+        let endpoints = etcd.endpoints()?;
+        let mut wait = Duration::from_millis(500);
+        while let Err(e) = refuse_same_etcd(&endpoints).await {
+            if e.downcast_ref::<etcd::SameCluster>().is_some() {
+                return Err(e);
+            }
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "cannot compare the source and the destination yet");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
         let log = log_progress(m.progress());
         m.run(shutdown_signal()).await;
         log.abort();

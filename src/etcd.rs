@@ -20,6 +20,11 @@ pub enum EtcdError {
     HalfIdentity,
     #[error("cannot connect to etcd at {endpoints}: {source}")]
     Connect { endpoints: String, source: etcd_client::Error },
+    #[error(
+        "no member of the etcd cluster at {endpoints} answered with a leader within {timeout:?} ({failures}); \
+         check that the members run and that the client certificate is trusted"
+    )]
+    NoMember { endpoints: String, timeout: Duration, failures: String },
 }
 
 /// Paths of PEM files for mTLS to one etcd (the controller fills them from a Secret).
@@ -86,16 +91,41 @@ pub struct Conn {
     pub watch: WatchClient,
 }
 
-/// Connects (lazily checked by the first request) to `endpoint`.
+/// How long one member has to answer [`connect`]'s probe before the others are used without it.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to `endpoint`. Given several members, each is probed first and only those that answer
+/// with a leader are used: the client balances requests over its endpoints and does not retry a
+/// refused connection on another one, so one member down (a rolling reboot) would fail every
+/// request that happened to pick it. A single URL (a load balancer) is used as is; the load
+/// balancer is what skips dead members then.
 #[tracing::instrument(skip_all, fields(endpoints = %crate::urls::redact_all(&endpoint.urls)))]
 pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
     if let Some(u) = endpoint.urls.iter().find(|u| crate::urls::has_userinfo(u)) {
         return Err(EtcdError::Userinfo(format!("etcd endpoint {}", crate::urls::redact(u))));
     }
+    let opts = options(endpoint);
+    let urls = match endpoint.urls.len() {
+        0 | 1 => endpoint.urls.clone(),
+        _ => live_members(&endpoint.urls, &opts).await?,
+    };
+    let client = Client::connect(urls, Some(opts))
+        .await
+        .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
+    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Ok(Conn { client, kv, watch })
+}
+
+fn options(endpoint: &Endpoint) -> ConnectOptions {
+    // require_leader: a member cut off from its quorum refuses requests and cancels watches
+    // ("no leader") instead of serving its stale state, so the mirror never follows a minority
+    // member and a check never compares against one (etcd's clientv3.WithRequireLeader).
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
     if let Some(tls) = &endpoint.tls {
         let mut t = TlsOptions::new();
         if let Some(ca) = &tls.ca {
@@ -106,12 +136,40 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
         }
         opts = opts.with_tls(t);
     }
-    let client = Client::connect(endpoint.urls.clone(), Some(opts))
-        .await
-        .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
-    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(Conn { client, kv, watch })
+    opts
+}
+
+/// The members of `urls` that answer a status request with a leader, in their given order.
+async fn live_members(urls: &[String], opts: &ConnectOptions) -> Result<Vec<String>, EtcdError> {
+    let probes = urls.iter().map(|url| async move { (url, probe(url, opts).await) });
+    let mut live = Vec::new();
+    let mut failures = Vec::new();
+    for (url, outcome) in futures::future::join_all(probes).await {
+        match outcome {
+            Ok(()) => live.push(url.clone()),
+            Err(why) => {
+                tracing::warn!(member = %crate::urls::redact(url), %why, "etcd member skipped");
+                failures.push(format!("{}: {why}", crate::urls::redact(url)));
+            }
+        }
+    }
+    if live.is_empty() {
+        return Err(EtcdError::NoMember { endpoints: crate::urls::redact_all(urls), timeout: PROBE_TIMEOUT, failures: failures.join("; ") });
+    }
+    Ok(live)
+}
+
+async fn probe(url: &str, opts: &ConnectOptions) -> Result<(), String> {
+    let status = async {
+        let mut client = Client::connect([url], Some(opts.clone())).await?;
+        client.status().await
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, status).await {
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(s)) if s.leader() == 0 => Err("no leader".to_string()),
+        Ok(Ok(_)) => Ok(()),
+    }
 }
 
 /// One key with what the mirror and the check compare.
@@ -140,6 +198,31 @@ pub struct Page {
     pub cluster_id: u64,
 }
 
+/// gRPC's UNAVAILABLE: a leader election under way ("leader changed", "no leader"), or a member
+/// that went away under an open connection.
+const UNAVAILABLE: i32 = 14;
+
+/// True when another try, perhaps on another member, can succeed where `e` failed.
+pub fn is_transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == UNAVAILABLE,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// A read retried while [`is_transient`]: etcd's own client retries reads across an election
+/// and a member going down; a copy, a check or a FinalSync must not fail on one.
+async fn read<T, F: std::future::Future<Output = Result<T, etcd_client::Error>>>(mut attempt: impl FnMut() -> F) -> Result<T, etcd_client::Error> {
+    use backon::Retryable;
+    let waits = backon::ExponentialBuilder::default().with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(2)).with_max_times(6);
+    (|| attempt())
+        .retry(waits)
+        .when(is_transient)
+        .notify(|e, wait| tracing::debug!(error = %e, ?wait, "etcd read retried"))
+        .await
+}
+
 /// Reads up to `limit` keys of `[start, end)`, at `revision` (0 = now).
 pub async fn range_page(kv: &mut KvClient, start: &[u8], end: &[u8], revision: i64, limit: i64) -> Result<Page, etcd_client::Error> {
     range_page_of(kv, start, end, revision, limit, false).await
@@ -151,7 +234,12 @@ pub async fn range_page_of(kv: &mut KvClient, start: &[u8], end: &[u8], revision
     if keys_only {
         opts = opts.with_keys_only();
     }
-    let mut resp = kv.get(start.to_vec(), Some(opts)).await?;
+    let mut resp = read(|| {
+        let mut kv = kv.clone();
+        let opts = opts.clone();
+        async move { kv.get(start.to_vec(), Some(opts)).await }
+    })
+    .await?;
     let (rev, cluster_id) = resp.header().map(|h| (h.revision(), h.cluster_id())).unwrap_or_default();
     let more = resp.more();
     let kvs = resp.take_kvs().into_iter().map(Kv::from).collect();
@@ -168,7 +256,11 @@ pub fn key_after(key: &[u8]) -> Vec<u8> {
 
 /// The cluster ID and current revision of an etcd.
 pub async fn head(kv: &mut KvClient) -> Result<(u64, i64), etcd_client::Error> {
-    let resp = kv.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
+    let resp = read(|| {
+        let mut kv = kv.clone();
+        async move { kv.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await }
+    })
+    .await?;
     Ok(resp.header().map(|h| (h.cluster_id(), h.revision())).unwrap_or_default())
 }
 

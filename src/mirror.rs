@@ -48,6 +48,19 @@ pub enum MirrorError {
     Task(String),
 }
 
+impl MirrorError {
+    /// A failure another session can get past: an election, a member gone, a stream cut.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            MirrorError::Etcd { source, .. } => etcd::is_transient(source),
+            MirrorError::Connect(EtcdError::Connect { .. } | EtcdError::NoMember { .. }) => true,
+            MirrorError::DeadWatch(_) | MirrorError::WatchEnded => true,
+            MirrorError::WatchCanceled(why) => why.contains("no leader"),
+            _ => false,
+        }
+    }
+}
+
 fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> MirrorError {
     move |source| {
         if side == Side::Source && etcd::is_compacted(&source) {
@@ -389,7 +402,19 @@ impl Mirror {
 
     /// Copies (or resumes), catches up to the source's revision at start, and returns.
     pub async fn run_once(&self) -> Result<Progress, MirrorError> {
-        let r = self.session(true).await;
+        // A session resumes from the checkpoint: one that an election or a member going away
+        // ended is simply run again, as the long-running mirror would.
+        let mut r = self.session(true).await;
+        for wait in [500, 1000, 2000, 4000] {
+            match &r {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "mirror session failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    r = self.session(true).await;
+                }
+                _ => break,
+            }
+        }
         self.update(|p| p.phase = Phase::Stopped);
         r.map(|()| self.progress.borrow().clone())
     }
@@ -399,7 +424,6 @@ impl Mirror {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(500);
         loop {
-            let started = Instant::now();
             let err = tokio::select! {
                 r = self.session(false) => match r {
                     Ok(()) => break,
@@ -407,14 +431,15 @@ impl Mirror {
                 },
                 () = &mut shutdown => break,
             };
+            // A session that got as far as following was healthy: its failure starts a new backoff.
+            if self.progress.borrow().phase == Phase::Following {
+                backoff = Duration::from_millis(500);
+            }
             tracing::warn!(error = %err, retry_in = ?backoff, "mirror session failed");
             self.update(|p| {
                 p.last_error = Some(err.to_string());
                 p.phase = Phase::Connecting;
             });
-            if started.elapsed() > Duration::from_secs(60) {
-                backoff = Duration::from_millis(500);
-            }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = &mut shutdown => break,
@@ -699,7 +724,11 @@ impl Mirror {
         let (mut asked_progress, mut passes) = (false, 0);
         loop {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
-                Err(_) if asked_progress => return Err(MirrorError::DeadWatch(t.progress_timeout)),
+                Err(_) if asked_progress => {
+                    self.quiet_source(src, applied).await?;
+                    asked_progress = false;
+                    continue;
+                }
                 Err(_) => {
                     stream.request_progress().await.map_err(on(Side::Source))?;
                     asked_progress = true;
@@ -773,6 +802,29 @@ impl Mirror {
                     }
                     _ => Some(Instant::now() + t.anti_entropy_retry),
                 };
+            }
+        }
+    }
+
+    /// The watch stayed silent after a progress request. etcd 3.6 answers one only once its store
+    /// has reached the watch's start revision (`progressIfSync`), so on a quiet source (nothing
+    /// after `applied`, where the watch starts) silence is the answer: a linearizable read of
+    /// the head tells that apart from a stream that stopped delivering.
+    async fn quiet_source(&self, src: &Conn, applied: i64) -> Result<(), MirrorError> {
+        let t = &self.cfg.tuning;
+        let (_, head) = tokio::time::timeout(t.progress_timeout, etcd::head(&mut src.kv.clone()))
+            .await
+            .map_err(|_| MirrorError::DeadWatch(t.progress_timeout))?
+            .map_err(on(Side::Source))?;
+        match head.cmp(&applied) {
+            std::cmp::Ordering::Greater => Err(MirrorError::DeadWatch(t.progress_timeout)),
+            std::cmp::Ordering::Less => Err(MirrorError::Rewound),
+            std::cmp::Ordering::Equal => {
+                self.update(|p| {
+                    p.source_revision = head;
+                    p.caught_up_at = Some(SystemTime::now());
+                });
+                Ok(())
             }
         }
     }

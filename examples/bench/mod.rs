@@ -30,7 +30,7 @@ impl EtcdProc {
         Self::start_from(None).await
     }
 
-    /// An etcd whose data directory is restored from `snapshot` (`etcdctl snapshot restore`,
+    /// An etcd whose data directory is restored from `snapshot` (`etcdutl snapshot restore`,
     /// with the member's peer URL, which the restore writes into the data).
     pub async fn start_from(snapshot: Option<&Path>) -> Res<EtcdProc> {
         let dir = tempfile::tempdir()?;
@@ -38,8 +38,7 @@ impl EtcdProc {
         let peer = format!("http://127.0.0.1:{}", free_port()?);
         let data = dir.path().join("data");
         if let Some(snap) = snapshot {
-            let status = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
+            let status = drctl_testbed::procs::etcd_command("etcdutl")
                 .args(["snapshot", "restore"])
                 .arg(snap)
                 .arg(format!("--data-dir={}", data.display()))
@@ -48,10 +47,10 @@ impl EtcdProc {
                 .stderr(Stdio::null())
                 .status()?;
             if !status.success() {
-                return Err(format!("etcdctl snapshot restore {}: {status}", snap.display()).into());
+                return Err(format!("etcdutl snapshot restore {}: {status}", snap.display()).into());
             }
         }
-        let child = Command::new("etcd")
+        let child = drctl_testbed::procs::etcd_command("etcd")
             .args([
                 "--name=default".to_string(),
                 format!("--data-dir={}", data.display()),
@@ -335,7 +334,7 @@ pub async fn measure_lag(src: &Client, dst: &Client, prefix: &str, load: Load, s
 
 /// `etcd --version`'s first line, version only.
 pub fn etcd_version() -> Res<String> {
-    Ok(String::from_utf8_lossy(&Command::new("etcd").arg("--version").output()?.stdout)
+    Ok(String::from_utf8_lossy(&drctl_testbed::procs::etcd_command("etcd").arg("--version").output()?.stdout)
         .lines()
         .next()
         .unwrap_or("?")

@@ -26,6 +26,8 @@ pub enum Mode {
 /// A TCP proxy on 127.0.0.1 in front of `target`, on a thread and runtime of its own.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Where it forwards to.
+    pub target: SocketAddr,
     mode: Arc<Mutex<Mode>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -69,7 +71,7 @@ impl Proxy {
                 }
             });
         });
-        Proxy { addr, mode, stop: Some(stop), thread: Some(thread), forwarded, epoch }
+        Proxy { addr, target, mode, stop: Some(stop), thread: Some(thread), forwarded, epoch }
     }
 
     pub fn url(&self) -> String {

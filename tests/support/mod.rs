@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod etcd_cluster;
 pub mod faults;
 pub mod health;
 pub mod pair;
@@ -64,7 +65,7 @@ fn tail(path: &Path) -> String {
 
 pub use procs::EtcdTls;
 
-/// A single-member etcd (Debian `etcd-server`) in a temp dir.
+/// A single-member etcd ([`procs::ETCD_VERSION`], built from its Go modules) in a temp dir.
 pub struct Etcd {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -137,12 +138,12 @@ impl Etcd {
 
     /// `etcdctl snapshot save` of this etcd into `path`.
     pub fn snapshot(&self, path: &Path) {
-        let out = Command::new("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).arg(path).output().expect("run etcdctl");
+        let out = procs::etcd_command("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).arg(path).output().expect("run etcdctl");
         assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Restores this etcd from `snapshot` as an operator would after losing its data: stop,
-    /// `etcdctl snapshot restore` (Debian's etcd 3.4 has no etcdutl) into a fresh data dir with
+    /// `etcdutl snapshot restore` into a fresh data dir with
     /// the same member name, peer URL and cluster token (so the same cluster ID), start again.
     /// Its revision goes back to the snapshot's.
     pub fn restore_snapshot(&mut self, snapshot: &Path) {
@@ -150,15 +151,15 @@ impl Etcd {
         let data = self.dir.path().join("data");
         std::fs::remove_dir_all(&data).expect("remove the data dir");
         let peer = self.server.peer_url.clone();
-        let out = Command::new("etcdctl")
+        let out = procs::etcd_command("etcdutl")
             .args(["snapshot", "restore"])
             .arg(snapshot)
             .args(["--name", "default", "--initial-cluster", &format!("default={peer}"), "--initial-advertise-peer-urls", &peer])
             .arg("--data-dir")
             .arg(&data)
             .output()
-            .expect("run etcdctl");
-        assert!(out.status.success(), "etcdctl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
+            .expect("run etcdutl");
+        assert!(out.status.success(), "etcdutl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
         self.spawn();
         self.wait_ready();
     }

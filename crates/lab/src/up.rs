@@ -522,6 +522,8 @@ mod tests {
                         peer_url: format!("http://127.0.0.1:{}", port + 1),
                         health_addr: None,
                         tls: None,
+                        name: "default".to_string(),
+                        initial_cluster: String::new(),
                     },
                     api: procs::ApiServer {
                         dir: dir.join(name).join("apiserver"),

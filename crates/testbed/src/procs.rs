@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const KUBE_VERSION: &str = "v1.34.4";
 pub const ARGOCD_VERSION: &str = "v3.6.1";
 pub const KWOK_VERSION: &str = "v0.8.0";
+/// The etcd every test, the lab and the benchmarks run unless `ETCD_VERSION` names another
+/// (README, "Supported etcd versions"): the newest 3.6, the line Kubernetes 1.34 ships.
+pub const ETCD_VERSION: &str = "v3.6.16";
 /// The forge `drctl promote --open-pr` is tested against (tests/forge.rs).
 pub const GITEA_VERSION: &str = "v1.27.3";
 const PDNS_SCHEMA_DIR: &str = "/usr/share/doc/pdns-backend-sqlite3";
@@ -119,6 +122,26 @@ pub fn kube_bin_dir() -> Result<PathBuf, ProcError> {
     built("DRCTL_KUBE_BIN_DIR", "build-kube.sh", &[("KUBE_VERSION", KUBE_VERSION)])
 }
 
+/// `etcd`, `etcdctl` or `etcdutl` of [`ETCD_VERSION`] (or `$ETCD_VERSION`): in
+/// `$DRCTL_ETCD_BIN_DIR`, else where `hack/build-etcd.sh` built them from etcd's Go modules.
+pub fn etcd_bin(name: &str) -> Result<PathBuf, ProcError> {
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| built("DRCTL_ETCD_BIN_DIR", "build-etcd.sh", &[("ETCD_VERSION", ETCD_VERSION)]).map_err(|e| e.to_string()));
+    dir.as_ref().map(|d| d.join(name)).map_err(|e| ProcError::Failed(e.clone()))
+}
+
+/// [`etcd_bin`] for a command line: the path, or the bare name (which then fails to spawn with
+/// a clear error) when it cannot be built.
+pub fn etcd_command(name: &str) -> Command {
+    match etcd_bin(name) {
+        Ok(p) => Command::new(p),
+        Err(e) => {
+            eprintln!("{e}");
+            Command::new(name)
+        }
+    }
+}
+
 /// The `argocd` multi-call binary: `$DRCTL_ARGOCD_BIN`, else what `hack/build-argocd.sh` prints.
 /// Its directory also holds the wrapper scripts the repo-server runs and Argo CD's manifests.
 pub fn argocd_bin() -> Result<PathBuf, ProcError> {
@@ -167,7 +190,7 @@ fn built(override_var: &str, script: &str, versions: &[(&str, &str)]) -> Result<
 // ---------------------------------------------------------------------------------------------
 // etcd
 
-/// A single-member etcd (Debian `etcd-server`) with its data under `dir`.
+/// A single-member etcd (built by `hack/build-etcd.sh`) with its data under `dir`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EtcdServer {
@@ -180,6 +203,15 @@ pub struct EtcdServer {
     /// Set for an etcd that serves HTTPS and requires client certificates signed by its CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<EtcdTls>,
+    /// This member's name and the cluster's `--initial-cluster` (empty: a cluster of itself).
+    #[serde(default = "default_member")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub initial_cluster: String,
+}
+
+fn default_member() -> String {
+    "default".to_string()
 }
 
 /// PEM files for an mTLS etcd: its CA, a client certificate with key, its serving pair.
@@ -201,7 +233,37 @@ impl EtcdServer {
             peer_url: format!("http://127.0.0.1:{}", free_port()?),
             health_addr: None,
             tls: None,
+            name: default_member(),
+            initial_cluster: String::new(),
         })
+    }
+
+    /// `n` members of one cluster that require mTLS from their clients (one CA, one client
+    /// certificate for all), each with its data under `dir/<name>`, as a global's control-plane
+    /// nodes run them. Members talk to each other over plain HTTP: only the client side is
+    /// what drctl meets.
+    pub fn cluster_tls(dir: &Path, n: usize) -> Result<Vec<EtcdServer>, ProcError> {
+        let tls = write_etcd_pki(dir)?;
+        let mut members = Vec::new();
+        for i in 0..n {
+            let name = format!("m{i}");
+            let member_dir = dir.join(&name);
+            std::fs::create_dir_all(&member_dir).map_err(io(format!("create {}", member_dir.display())))?;
+            members.push(EtcdServer {
+                dir: member_dir,
+                client_url: format!("https://127.0.0.1:{}", free_port()?),
+                peer_url: format!("http://127.0.0.1:{}", free_port()?),
+                health_addr: Some(format!("127.0.0.1:{}", free_port()?)),
+                tls: Some(tls.clone()),
+                name,
+                initial_cluster: String::new(),
+            });
+        }
+        let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        for m in &mut members {
+            m.initial_cluster = initial.clone();
+        }
+        Ok(members)
     }
 
     /// An etcd that requires mTLS from its clients, with a fresh CA and certificates in `dir`.
@@ -212,6 +274,8 @@ impl EtcdServer {
             peer_url: format!("http://127.0.0.1:{}", free_port()?),
             health_addr: Some(format!("127.0.0.1:{}", free_port()?)),
             tls: Some(write_etcd_pki(dir)?),
+            name: default_member(),
+            initial_cluster: String::new(),
         })
     }
 
@@ -220,15 +284,19 @@ impl EtcdServer {
     }
 
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new("etcd");
+        let mut cmd = etcd_command("etcd");
+        let initial_cluster = match self.initial_cluster.as_str() {
+            "" => format!("{}={}", self.name, self.peer_url),
+            all => all.to_string(),
+        };
         cmd.args([
-            "--name=default",
+            &format!("--name={}", self.name),
             &format!("--data-dir={}", self.dir.join("data").display()),
             &format!("--listen-client-urls={}", self.client_url),
             &format!("--advertise-client-urls={}", self.client_url),
             &format!("--listen-peer-urls={}", self.peer_url),
             &format!("--initial-advertise-peer-urls={}", self.peer_url),
-            &format!("--initial-cluster=default={}", self.peer_url),
+            &format!("--initial-cluster={initial_cluster}"),
             "--max-request-bytes=10485760",
             "--quota-backend-bytes=8589934592",
             "--logger=zap",
@@ -260,6 +328,7 @@ impl EtcdServer {
         http_get(addr, "/health").is_some_and(|body| body.contains("\"health\":\"true\""))
     }
 
+    /// Waits for /health, which needs a leader: for a member of a cluster, a quorum started.
     pub fn wait_ready(&self, child: &mut Child) -> Result<(), ProcError> {
         wait_until(&format!("etcd at {}", self.client_url), &self.log(), Duration::from_secs(30), Duration::from_millis(100), || {
             check_running(child, "etcd", &self.log())?;

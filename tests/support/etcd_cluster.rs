@@ -1,0 +1,214 @@
+//! A global's etcd as production runs it: three members with client-certificate auth, reached
+//! through a TCP load balancer (the seed's "Active Global Cluster ETCD Endpoints" on port 2379)
+//! or by its member list. Members can be killed, restarted and cut off from their peers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use drctl_testbed::procs::{EtcdServer, EtcdTls};
+
+use super::faults::{Mode, Proxy};
+use super::{kill, spawn};
+
+/// Three (or `n`) mTLS members of one etcd cluster and a load balancer in front of them.
+pub struct EtcdCluster {
+    pub dir: tempfile::TempDir,
+    members: Vec<EtcdServer>,
+    children: Vec<Option<Child>>,
+    pub lb: LoadBalancer,
+    pub tls: EtcdTls,
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members = EtcdServer::cluster_tls(dir.path(), n).expect("etcd members");
+        let tls = members[0].tls.clone().expect("members serve TLS");
+        // All at once: a member alone waits for its quorum.
+        let mut children: Vec<Option<Child>> = members.iter().map(|m| Some(spawn(m.command(), &m.log()))).collect();
+        for (m, c) in members.iter().zip(children.iter_mut()) {
+            m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let lb = LoadBalancer::start(members.iter().map(|m| addr_of(&m.client_url)).collect());
+        EtcdCluster { dir, members, children, lb, tls }
+    }
+
+    /// The members' client URLs, as a member list.
+    pub fn member_urls(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The load balancer's URL (the certificates name 127.0.0.1, whatever the port).
+    pub fn lb_url(&self) -> String {
+        format!("https://{}", self.lb.addr)
+    }
+
+    /// `--<prefix>cacert/--<prefix>cert/--<prefix>key` for drctl's CLI.
+    pub fn tls_args(&self, prefix: &str) -> Vec<String> {
+        vec![
+            format!("--{prefix}cacert={}", self.tls.ca.display()),
+            format!("--{prefix}cert={}", self.tls.cert.display()),
+            format!("--{prefix}key={}", self.tls.key.display()),
+        ]
+    }
+
+    /// The PEM files drctl's Endpoint carries.
+    pub fn endpoint(&self, urls: Vec<String>) -> drctl::etcd::Endpoint {
+        let files = drctl::etcd::TlsFiles { ca: Some(self.tls.ca.clone()), cert: Some(self.tls.cert.clone()), key: Some(self.tls.key.clone()) };
+        drctl::etcd::Endpoint { urls, tls: Some(files.load().expect("read the etcd PEM files")) }
+    }
+
+    /// A client over every member (tests write through it).
+    pub async fn client(&self) -> etcd_client::Client {
+        let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
+        let opts = etcd_client::ConnectOptions::new().with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&self.tls.ca)))
+                .identity(etcd_client::Identity::from_pem(read(&self.tls.cert), read(&self.tls.key))),
+        );
+        etcd_client::Client::connect([self.lb_url()], Some(opts)).await.expect("connect etcd")
+    }
+
+    /// Kill -9 member `i`, as a crashed node would.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(c) = self.children[i].as_mut() {
+            kill(c);
+        }
+        self.children[i] = None;
+    }
+
+    /// Start member `i` again on its data dir; waits until it serves with a leader.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let m = &self.members[i];
+        let mut c = spawn(m.command(), &m.log());
+        m.wait_ready(&mut c).unwrap_or_else(|e| panic!("{e}"));
+        self.children[i] = Some(c);
+    }
+
+    /// The index of the member that leads, asked of each member in turn.
+    pub async fn leader(&self) -> usize {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            for (i, url) in self.member_urls().into_iter().enumerate() {
+                if self.children[i].is_none() {
+                    continue;
+                }
+                let Ok(mut c) = etcd_client::Client::connect([url], Some(self.options())).await else { continue };
+                if let Ok(s) = c.status().await {
+                    if s.leader() != 0 && s.leader() == s.header().map(|h| h.member_id()).unwrap_or_default() {
+                        return i;
+                    }
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no etcd member leads");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    fn options(&self) -> etcd_client::ConnectOptions {
+        let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
+        etcd_client::ConnectOptions::new().with_connect_timeout(std::time::Duration::from_secs(2)).with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&self.tls.ca)))
+                .identity(etcd_client::Identity::from_pem(read(&self.tls.cert), read(&self.tls.key))),
+        )
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("https://").trim_start_matches("http://").parse().expect("member URL is host:port")
+}
+
+/// A TCP load balancer: each new connection goes to the next member in turn, and to the one
+/// after when that refuses (what HAProxy's health checks amount to for a dead member). Backends
+/// can be taken out of rotation (a drained node) by blackholing their proxy.
+pub struct LoadBalancer {
+    pub addr: SocketAddr,
+    backends: Vec<Proxy>,
+    /// The proxy whose index is the next to try.
+    next: Arc<AtomicUsize>,
+    out_of_rotation: Arc<Mutex<Vec<bool>>>,
+    _accept: std::thread::JoinHandle<()>,
+}
+
+impl LoadBalancer {
+    pub fn start(members: Vec<SocketAddr>) -> LoadBalancer {
+        // One proxy per member, so a test can stall a member's open connections too.
+        let backends: Vec<Proxy> = members.into_iter().map(Proxy::start).collect();
+        let targets: Vec<(SocketAddr, SocketAddr)> = backends.iter().map(|p| (p.addr, p.target)).collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind load balancer");
+        let addr = listener.local_addr().expect("load balancer addr");
+        let next = Arc::new(AtomicUsize::new(0));
+        let out_of_rotation = Arc::new(Mutex::new(vec![false; targets.len()]));
+        let (n, out) = (next.clone(), out_of_rotation.clone());
+        let accept = std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                let (n, out, targets) = (n.clone(), out.clone(), targets.clone());
+                std::thread::spawn(move || {
+                    let start = n.fetch_add(1, Ordering::SeqCst);
+                    for k in 0..targets.len() {
+                        let i = (start + k) % targets.len();
+                        if out.lock().map(|o| o[i]).unwrap_or(false) {
+                            continue;
+                        }
+                        // Connect to the member itself to see that it is up, then carry the
+                        // bytes through its proxy.
+                        let (via, member) = targets[i];
+                        if std::net::TcpStream::connect_timeout(&member, std::time::Duration::from_millis(500)).is_err() {
+                            continue;
+                        }
+                        if let Ok(outbound) = std::net::TcpStream::connect(via) {
+                            pipe(inbound, outbound);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        LoadBalancer { addr, backends, next, out_of_rotation, _accept: accept }
+    }
+
+    /// Takes member `i` out of rotation (or back in) for new connections.
+    pub fn drain(&self, i: usize, out: bool) {
+        self.out_of_rotation.lock().expect("rotation")[i] = out;
+    }
+
+    /// Cuts member `i` off from its clients: open connections stall, new ones hang.
+    pub fn blackhole(&self, i: usize, cut: bool) {
+        self.backends[i].set(if cut { Mode::Blackhole } else { Mode::Pass });
+        if cut {
+            self.backends[i].stall_open_connections();
+        }
+    }
+
+    /// Connections handed out so far.
+    pub fn connections(&self) -> usize {
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+fn pipe(a: std::net::TcpStream, b: std::net::TcpStream) {
+    let (a2, b2) = (a.try_clone().expect("clone stream"), b.try_clone().expect("clone stream"));
+    let t = std::thread::spawn(move || copy_until_closed(a2, b2));
+    copy_until_closed(b, a);
+    let _ = t.join();
+}
+
+fn copy_until_closed(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
