@@ -264,6 +264,27 @@ pub async fn head(kv: &mut KvClient) -> Result<(u64, i64), etcd_client::Error> {
     Ok(resp.header().map(|h| (h.cluster_id(), h.revision())).unwrap_or_default())
 }
 
+/// Where kube-apiserver keeps the revision it last compacted at; its watch cache follows this
+/// key and answers 410 Gone to a watch from any resourceVersion below it.
+pub const APISERVER_COMPACT_KEY: &str = "compact_rev_key";
+
+/// Compacts this etcd at its head, announced as kube-apiserver announces its own compactions
+/// (its compaction key first), and returns that revision. After a failover the global's clients
+/// come back holding resourceVersions of the other etcd's numbering; with every revision below
+/// the head gone, a watch resumed from one is answered 410 Gone (or "too large" above the head)
+/// and the client relists instead of resuming at a revision that means something else here:
+/// the online counterpart of `etcdutl snapshot restore --bump-revision --mark-compacted`.
+pub async fn compact_at_head(conn: &mut Conn) -> Result<i64, etcd_client::Error> {
+    let (_, head) = head(&mut conn.kv).await?;
+    conn.kv.put(APISERVER_COMPACT_KEY, head.to_string(), None).await?;
+    match conn.client.compact(head, None).await {
+        Ok(_) => Ok(head),
+        // Compacted there already (a resumed step): the same outcome.
+        Err(e) if is_compacted(&e) => Ok(head),
+        Err(e) => Err(e),
+    }
+}
+
 /// The source and the destination are one etcd cluster.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

@@ -147,6 +147,35 @@ async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
     (ca, cb)
 }
 
+/// The resourceVersion of a list of configmaps in `ns` on `g`, as an informer holds it.
+async fn list_rv(g: &Global, ns: &str) -> String {
+    let api: Api<ConfigMap> = Api::namespaced(g.client().await, ns);
+    api.list(&kube::api::ListParams::default()).await.expect("list").metadata.resource_version.expect("list resourceVersion")
+}
+
+/// What a watch resumed from `rv` on `g` gets: "expired" (410 Gone) or "too large" (the
+/// client-go reflector relists on both), or "resumed" when the apiserver accepted it.
+async fn resume_watch(g: &Global, ns: &str, rv: &str) -> &'static str {
+    let api: Api<ConfigMap> = Api::namespaced(g.client().await, ns);
+    let wp = kube::api::WatchParams::default().timeout(4);
+    let stream = match api.watch(&wp, rv).await {
+        Err(kube::Error::Api(e)) if e.code == 410 => return "expired",
+        Err(kube::Error::Api(e)) if e.code == 504 || e.message.contains("Too large resource version") => return "too large",
+        Err(e) => panic!("watch from {rv} on {}: {e}", g.name),
+        Ok(s) => s,
+    };
+    let mut stream = std::pin::pin!(stream);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(kube::api::WatchEvent::Error(e)) if e.code == 410 => return "expired",
+            Ok(kube::api::WatchEvent::Error(e)) if e.code == 504 || e.message.contains("Too large resource version") => return "too large",
+            Ok(_) => {}
+            Err(e) => panic!("watch from {rv} on {}: {e}", g.name),
+        }
+    }
+    "resumed"
+}
+
 fn dns_answer(pair: &Pair) -> Vec<String> {
     dig(pair.pdns.dns, DOMAIN, "A")
 }
@@ -178,6 +207,11 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     assert!(plan.contains("Demote: ask the old primary") && plan.contains("global-a reachable, role Some(Primary)"), "{plan}");
     assert!(plan.contains(&format!("SwitchDNS: point the platform domain at this cluster's VIP [{DOMAIN} -> {VIP_B}]")), "{plan}");
 
+    // Informers hold resourceVersions: one of the primary's numbering, and one the standby's
+    // own apiserver gave out (a revision that exists in B's etcd, below its head).
+    let (rv_of_a, rv_of_b) = (list_rv(&pair.a, "apps").await, list_rv(&pair.b, "apps").await);
+    assert_eq!(resume_watch(&pair.b, "apps", &rv_of_b).await, "resumed", "before the failover B's own resourceVersion resumes");
+
     // The pull request merges; Argo CD applies it to both globals.
     let flipped = Instant::now();
     pair.apply_both("global-b");
@@ -198,6 +232,17 @@ async fn planned_failover_runs_every_step_and_reverses_the_mirror() {
     let final_rev = rpo.final_revision.expect("planned failover records the old primary's final revision");
     assert!(rpo.applied_revision >= final_rev, "applied {} < final {final_rev}", rpo.applied_revision);
     assert_eq!(st.sync.as_ref().and_then(|s| s.missed_keys), None, "a primary reports no sync");
+
+    // Clients that come back to the new primary with a resourceVersion from before relist
+    // (StopSync compacted B at its head): none resumes at a revision that means something else.
+    let stop_sync = f.steps.iter().find(|s| s.name == "StopSync").and_then(|s| s.message.clone()).unwrap_or_default();
+    assert!(stop_sync.contains("history compacted at revision"), "{stop_sync}");
+    for rv in [&rv_of_a, &rv_of_b] {
+        let got = resume_watch(&pair.b, "apps", rv).await;
+        assert!(got == "expired" || got == "too large", "a watch from resourceVersion {rv} resumed on the new primary ({stop_sync})");
+    }
+    let relisted = list_rv(&pair.b, "apps").await;
+    assert_eq!(resume_watch(&pair.b, "apps", &relisted).await, "resumed", "a relisted client watches on");
 
     // DNS points at the new primary, the restart ran, the old primary mirrors from the new one.
     assert_eq!(dns_answer(&pair), vec![VIP_B]);

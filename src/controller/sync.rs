@@ -95,6 +95,13 @@ pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology) -> Resul
     Ok(())
 }
 
+/// Compacts this cluster's etcd at its head as it becomes primary ([`etcd::compact_at_head`]).
+pub async fn compact_own_history(ctx: &Context, topo: &ValidatedTopology) -> Result<i64, SyncError> {
+    let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
+    let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
+    etcd::compact_at_head(&mut conn).await.map_err(SyncError::Status)
+}
+
 /// Applies (server-side) or deletes the `sync.manifest` object.
 async fn manifest(ctx: &Context, m: &serde_json::Value, present: bool) -> Result<(), SyncError> {
     let err = |e: String| SyncError::Manifest(e);

@@ -17,7 +17,7 @@ use crate::controller::error::Error;
 use crate::controller::peer::{self, peer_state};
 use crate::controller::replication::SyncError;
 use crate::controller::status::StatusWriter;
-use crate::controller::sync::{collect_periodic, ensure_mirror, stop_replication, Stopping};
+use crate::controller::sync::{collect_periodic, ensure_mirror, compact_own_history, stop_replication, Stopping};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
 use crate::decide::plan::{final_sync_left, old_primary_may_be_newer, step_record, PeerView, Step};
@@ -150,10 +150,16 @@ impl Runbook<'_> {
             Step::FinalSync => self.final_sync().await,
             Step::StopSync => {
                 stop_replication(self.ctx, self.topo, Stopping::AsPrimary).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
+                // Before anyone writes here: resourceVersions of the other etcd's numbering must
+                // make clients relist, not resume.
+                let compacted = compact_own_history(self.ctx, self.topo).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
                 // Nothing writes underneath any more: this cluster's own control plane may act
                 // on the data from now on (the hooks, DNS and restarts that follow need it to).
                 crate::fence::remove(&self.ctx.client, self.topo).await.map_err(|e| StepError::LiftFence(Box::new(e)))?;
-                Ok(Outcome::ok(format!("no longer replicating from {}; fence lifted", self.peer_name)))
+                Ok(Outcome::ok(format!(
+                    "no longer replicating from {}; history compacted at revision {compacted} (clients holding the other etcd's resourceVersions relist); fence lifted",
+                    self.peer_name
+                )))
             }
             Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), hooks::Phase::Pre).await,
             Step::SwitchDns => self.switch_dns().await,
