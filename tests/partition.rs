@@ -169,6 +169,11 @@ async fn a_lost_status_never_bootstraps_a_second_primary() {
 /// imported B's copy, which holds none of the 100 writes (checked below, so the old path had
 /// something to lose): "0 missed, 0 surplus, 0 diverged" and 100 of 100 gone. Had a runbook
 /// still run, FinalSync would import nothing from B's lower term (`old_primary_may_be_newer`).
+/// Run once with both rules disabled: A ran a full runbook (term 4), Demote took B's stale
+/// token, FinalSync caught up from B ("0 missed, 100 surplus, 0 diverged") and this test failed
+/// on the new failover record. The 100 writes stayed there as surplus keys: the loss the issue
+/// measured came through A's old mirror checkpoint and a compaction resync, closed separately
+/// (the checkpoint is forgotten when a cluster becomes primary).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flip_away_and_back_seen_only_by_the_primary_loses_no_write() {
     use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
