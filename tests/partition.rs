@@ -237,8 +237,12 @@ async fn a_flip_away_and_back_seen_only_by_the_primary_loses_no_write() {
     // Reclaimed, no runbook: the failover record is still the flip back's, the term unchanged.
     let f = a.failover.as_ref().expect("A's failover record");
     assert_eq!((f.started_at.as_deref(), f.term, a.term), (a_failover.started_at.as_deref(), a_failover.term, a0.term), "A ran no new failover: {f:?}");
-    let events = pair.a.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"]);
-    assert!(events.contains("PrimaryReclaimed"), "an Event says A took the role back: {events}\n{}", ca.log_tail());
+    let events = pair.a.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}"]);
+    let reclaimed = events
+        .lines()
+        .find(|l| l.starts_with("PrimaryReclaimed: "))
+        .unwrap_or_else(|| panic!("an Event says A took the role back: {events}\n{}", ca.log_tail()));
+    assert!(reclaimed.contains("completed before our term"), "{reclaimed}");
     // Every write A's apiserver acknowledged is still on A.
     let names: Vec<String> = cms.list(&Default::default()).await.expect("list on A").items.into_iter().filter_map(|c| c.metadata.name).collect();
     let kept = (0..100).filter(|i| names.contains(&format!("acked-{i}"))).count();

@@ -466,7 +466,7 @@ async fn act(
                 EventType::Normal,
                 "PrimaryReclaimed",
                 "Reclaim",
-                format!("{} is primary again; {peer_name} never became primary: {proof}", ctx.self_name()),
+                format!("{} is primary again; {peer_name} has not been primary since: {proof}", ctx.self_name()),
             )
             .await;
             Ok(Next::Continue)
