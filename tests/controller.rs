@@ -1469,3 +1469,29 @@ async fn a_primary_restored_from_a_snapshot_makes_the_standby_unhealthy_until_it
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&archived.archive_id) && listed.contains("configmaps apps/lost-00"), "{listed}");
 }
+
+/// S4 on processes: the platform record moved to the standby's VIP behind drctl's back (an
+/// aborted failover, an operator) while A is primary and B its follower (a lower term, no
+/// failover). A points it back with the same provider switch as SwitchDNS (`RepairDns`, a
+/// `DNSRepaired` Event) and stays primary; B never becomes one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_whose_dns_answers_its_follower_points_it_back() {
+    let pair = Pair::start().await;
+    let (ca, _cb) = steady_pair(&pair).await;
+    pair.pdns.set(&format!("{DOMAIN}."), "A", 30, &[VIP_B]);
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    let moved = Instant::now();
+    while dns_answer(&pair) != vec![VIP_A] {
+        assert!(moved.elapsed() < Duration::from_secs(60), "DNS still answers B's VIP\n{}", ca.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let repaired = moved.elapsed();
+    let events = pair.a.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}"]);
+    let note = events.lines().find(|l| l.starts_with("DNSRepaired: ")).unwrap_or_else(|| panic!("a DNSRepaired Event: {events}\n{}", ca.log_tail()));
+    assert!(note.contains("powerdns") && note.contains(VIP_A), "{note}");
+    let a = pair.status(&pair.a).await.and_then(|t| t.status).expect("a status");
+    let b = pair.status(&pair.b).await.and_then(|t| t.status).expect("b status");
+    assert_eq!((a.role, b.role), (Some(Role::Primary), Some(Role::Standby)), "{a:?}\n{b:?}");
+    assert!(a.demotion.is_none() && b.failover.is_none(), "no stand-down, no failover");
+    eprintln!("DNS moved to the follower's VIP: pointed back at the primary {:.1}s later ({note})", repaired.as_secs_f64());
+}

@@ -466,7 +466,7 @@ async fn act(
                 EventType::Normal,
                 "PrimaryReclaimed",
                 "Reclaim",
-                format!("{} is primary again; {peer_name} never became primary: {proof}", ctx.self_name()),
+                format!("{} is primary again; {peer_name} has not been primary since: {proof}", ctx.self_name()),
             )
             .await;
             Ok(Next::Continue)
@@ -481,14 +481,11 @@ async fn act(
     }
 }
 
-/// Points the platform domain back at this cluster's VIP with the configured provider (as
-/// SwitchDNS does), for a primary whose DNS answers its follower.
+/// Points the platform domain back at this cluster's VIP with the configured provider (the same
+/// `dns::switch_for` as SwitchDNS), for a primary whose DNS answers its follower.
 async fn repair_dns(ctx: &Context, topo: &ValidatedTopology) -> Result<String, String> {
     let vip = topo.spec.cluster(ctx.self_name()).map(|c| c.vip).ok_or("this cluster is not in spec.clusters")?;
-    let secrets = crate::secret::KubeSecrets::new(ctx.client.clone());
-    let annotations = topo.annotations().clone();
-    let sctx = crate::dns::SwitchContext { secrets: &secrets, kube: Some(ctx.client.clone()), annotations: &annotations };
-    let outcome = crate::dns::switch(&topo.spec.dns.provider, &topo.spec.platform, vip, &sctx).await.map_err(|e| e.to_string())?;
+    let outcome = crate::dns::switch_for(topo, &ctx.client, vip).await.map_err(|e| e.to_string())?;
     if outcome.is_done() {
         Ok(outcome.to_string())
     } else {

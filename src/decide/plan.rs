@@ -572,6 +572,8 @@ fn reclaim_refusal(p: &PeerState, mine: i64, dns_here: Option<bool>) -> Option<S
 /// The facts a reclaim rests on, for its Event.
 fn reclaim_proof(p: &PeerState, mine: i64, dns_here: Option<bool>) -> String {
     let last = match &p.failover {
+        Some(f) if f.predates(mine) && f.completed => "its latest failover completed before our term: it was primary before us, not since",
+        Some(f) if f.predates(mine) => "its latest failover came before our term",
         Some(_) => "its latest failover was abandoned before SwitchDNS",
         None => "it never started a failover",
     };
@@ -1302,7 +1304,8 @@ mod tests {
         });
         let mut o = obs("a", "a", Some(&st), b);
         o.dns_here = Some(true);
-        assert!(matches!(plan(&o), Action::ReclaimPrimary { .. }), "{:?}", plan(&o));
+        let Action::ReclaimPrimary { proof } = plan(&o) else { panic!("no reclaim: {:?}", plan(&o)) };
+        assert_eq!(proof, "our term 3 > the peer's 2; its latest failover completed before our term: it was primary before us, not since; DNS answers here");
         // An aborted failover based on our current term did move DNS away from us.
         let after = PeerFailover { aborted: true, dns_switched: true, based_on_term: Some(3), ..RUNNING };
         let refused = PeerState { spec_primary: "a".into(), role: Some(Role::Standby), term: 2, failover: Some(after), ..Default::default() };

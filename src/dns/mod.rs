@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::secret::{SecretError, SecretSource};
+use crate::secret::{KubeSecrets, SecretError, SecretSource};
 use crate::topology::Platform;
-use crate::validated::{DnsProvider, Verify};
+use crate::validated::{DnsProvider, ValidatedTopology, Verify};
 
 pub use manual::{manual_status, ManualStatus, CONFIRM_ANNOTATION};
 pub use webhook::{json_post, SIGNATURE_HEADER, TIMESTAMP_HEADER};
@@ -202,6 +202,15 @@ pub async fn switch(provider: &DnsProvider, platform: &Platform, target: IpAddr,
     };
     info!(outcome = %outcome, "dns switch");
     Ok(outcome)
+}
+
+/// Sets the platform domain's record to `target` with the topology's provider, on behalf of the
+/// cluster whose API `client` reaches (its Secrets, its external-dns objects, the topology's
+/// annotations for a manual switch): the runbook's SwitchDNS and a primary's DNS repair.
+pub async fn switch_for(topo: &ValidatedTopology, client: &kube::Client, target: IpAddr) -> Result<SwitchOutcome, DnsError> {
+    let secrets = KubeSecrets::new(client.clone());
+    let ctx = SwitchContext { secrets: &secrets, kube: Some(client.clone()), annotations: topo.annotations() };
+    switch(&topo.spec.dns.provider, &topo.spec.platform, target, &ctx).await
 }
 
 /// The addresses (A and AAAA) of one name as one resolver answers them.

@@ -463,11 +463,7 @@ impl Runbook<'_> {
 
     async fn switch_dns(&mut self) -> Result<Outcome, StepError> {
         let target = self.target_vip()?;
-        let secrets = KubeSecrets::new(self.ctx.client.clone());
-        let annotations = self.topo.annotations().clone();
-        let sctx = dns::SwitchContext { secrets: &secrets, kube: Some(self.ctx.client.clone()), annotations: &annotations };
-        let outcome =
-            dns::switch(&self.topo.spec.dns.provider, &self.topo.spec.platform, target, &sctx).await.map_err(|e| StepError::SwitchDns(Box::new(e)))?;
+        let outcome = dns::switch_for(self.topo, &self.ctx.client, target).await.map_err(|e| StepError::SwitchDns(Box::new(e)))?;
         if !outcome.is_done() {
             return Err(StepError::DnsNotSwitched(outcome.to_string()));
         }

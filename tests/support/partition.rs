@@ -83,6 +83,37 @@ pub async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
     (ca, cb)
 }
 
+/// A proxy on `source`'s etcd for the mirror that pulls from it: the global that mirrors gets a
+/// topology naming the proxy as `source`'s etcd endpoint ([`MirrorLink::topology`]), since the
+/// controller takes its mirror's source from `spec.clusters[].etcd.endpoints`.
+pub struct MirrorLink {
+    proxy: Proxy,
+    direct: String,
+}
+
+impl MirrorLink {
+    pub fn start(source: &Global) -> MirrorLink {
+        let hostport = source.etcd.client_url.trim_start_matches("http://").trim_end_matches('/');
+        let proxy = Proxy::start(hostport.parse().expect("etcd client URL is http://IP:port"));
+        MirrorLink { proxy, direct: source.etcd.client_url.clone() }
+    }
+
+    /// `yaml` (a topology) with the source's etcd endpoint replaced by the proxy.
+    pub fn topology(&self, yaml: &str) -> String {
+        let (direct, proxied) = (format!("endpoints: [{}]", self.direct), format!("endpoints: [{}]", self.proxy.url()));
+        assert!(yaml.contains(&direct), "the topology names {direct}");
+        yaml.replace(&direct, &proxied)
+    }
+
+    /// Blackholes the link (open connections stall too) or lets it pass again.
+    pub fn cut(&self, cut: bool) {
+        self.proxy.set(if cut { Mode::Blackhole } else { Mode::Pass });
+        if cut {
+            self.proxy.stall_open_connections();
+        }
+    }
+}
+
 fn api_addr(g: &Global) -> std::net::SocketAddr {
     let hostport = g.api.url.trim_start_matches("https://").trim_end_matches('/');
     hostport.parse().expect("apiserver URL is https://IP:port")
