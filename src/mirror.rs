@@ -724,21 +724,21 @@ impl Mirror {
         let (mut asked_progress, mut passes) = (false, 0);
         loop {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
+                // Quiet, and nothing missed: on to the checkpoint and anti-entropy below.
                 Err(_) if asked_progress => {
                     self.quiet_source(src, applied).await?;
-                    asked_progress = false;
-                    continue;
+                    None
                 }
                 Err(_) => {
                     stream.request_progress().await.map_err(on(Side::Source))?;
                     asked_progress = true;
                     continue;
                 }
-                Ok(r) => r.map_err(on(Side::Source))?.ok_or(MirrorError::WatchEnded)?,
+                Ok(r) => Some(r.map_err(on(Side::Source))?.ok_or(MirrorError::WatchEnded)?),
             };
             asked_progress = false;
             let mut batch = Batch::default();
-            let mut next = Some(first);
+            let mut next = first;
             // Take whatever else is already here, up to the batch bounds.
             while let Some(resp) = next.take() {
                 if resp.canceled() || resp.compact_revision() > 0 {

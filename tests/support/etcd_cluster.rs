@@ -80,6 +80,29 @@ impl EtcdCluster {
         self.children[i] = None;
     }
 
+    /// Member `i`'s server (its URLs and files).
+    pub fn member(&self, i: usize) -> &EtcdServer {
+        &self.members[i]
+    }
+
+    /// Kill -9 every member: the whole etcd down.
+    pub fn kill_all(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Every member started again at once (one alone would wait for its quorum).
+    pub fn restart_all(&mut self) {
+        self.kill_all();
+        for (m, c) in self.members.iter().zip(self.children.iter_mut()) {
+            *c = Some(spawn(m.command(), &m.log()));
+        }
+        for (m, c) in self.members.iter().zip(self.children.iter_mut()) {
+            m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
     /// Start member `i` again on its data dir; waits until it serves with a leader.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
@@ -121,9 +144,7 @@ impl EtcdCluster {
 
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
+        self.kill_all();
     }
 }
 

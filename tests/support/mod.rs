@@ -73,6 +73,9 @@ pub struct Etcd {
     server: procs::EtcdServer,
     /// Set for an etcd that requires mTLS from its clients.
     pub tls: Option<EtcdTls>,
+    /// Set for members behind a load balancer ([`Etcd::start_cluster`]); `client_url` is then
+    /// the load balancer's, and [`Etcd::kill`] / [`Etcd::restart`] act on every member.
+    pub cluster: Option<etcd_cluster::EtcdCluster>,
 }
 
 impl Etcd {
@@ -83,6 +86,18 @@ impl Etcd {
     /// An etcd that serves HTTPS and requires a client certificate signed by its CA.
     pub fn start_tls() -> Etcd {
         Etcd::launch(true)
+    }
+
+    /// `members` mTLS members behind a TCP load balancer, as a real global runs its etcd.
+    pub fn start_cluster(members: usize) -> Etcd {
+        let c = etcd_cluster::EtcdCluster::start(members);
+        let server = c.member(0).clone();
+        Etcd { child: None, dir: tempfile::tempdir().expect("tempdir"), client_url: c.lb_url(), tls: Some(c.tls.clone()), server, cluster: Some(c) }
+    }
+
+    /// The client URLs of every member (the load balancer's alone is `client_url`).
+    pub fn member_urls(&self) -> Vec<String> {
+        self.cluster.as_ref().map_or_else(|| vec![self.client_url.clone()], |c| c.member_urls())
     }
 
     fn launch(tls: bool) -> Etcd {
@@ -109,7 +124,7 @@ impl Etcd {
     fn new(tls: bool) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = if tls { procs::EtcdServer::on_free_ports_tls(dir.path()) } else { procs::EtcdServer::on_free_ports(dir.path()) }.expect("etcd ports");
-        Etcd { child: None, client_url: server.client_url.clone(), tls: server.tls.clone(), dir, server }
+        Etcd { child: None, client_url: server.client_url.clone(), tls: server.tls.clone(), dir, server, cluster: None }
     }
 
     fn spawn(&mut self) {
@@ -123,6 +138,9 @@ impl Etcd {
 
     /// Kill -9, as a crash would.
     pub fn kill(&mut self) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.kill_all();
+        }
         if let Some(c) = self.child.as_mut() {
             kill(c);
         }
@@ -131,6 +149,9 @@ impl Etcd {
 
     /// Start again on the same data dir and ports.
     pub fn restart(&mut self) {
+        if let Some(c) = self.cluster.as_mut() {
+            return c.restart_all();
+        }
         self.kill();
         self.spawn();
         self.wait_ready();
@@ -138,7 +159,8 @@ impl Etcd {
 
     /// `etcdctl snapshot save` of this etcd into `path`.
     pub fn snapshot(&self, path: &Path) {
-        let out = procs::etcd_command("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).arg(path).output().expect("run etcdctl");
+        let tls: Vec<String> = self.tls.iter().flat_map(|t| [format!("--cacert={}", t.ca.display()), format!("--cert={}", t.cert.display()), format!("--key={}", t.key.display())]).collect();
+        let out = procs::etcd_command("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).args(tls).arg(path).output().expect("run etcdctl");
         assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -147,6 +169,7 @@ impl Etcd {
     /// the same member name, peer URL and cluster token (so the same cluster ID), start again.
     /// Its revision goes back to the snapshot's.
     pub fn restore_snapshot(&mut self, snapshot: &Path) {
+        assert!(self.cluster.is_none(), "restore_snapshot restores a single member");
         self.kill();
         let data = self.dir.path().join("data");
         std::fs::remove_dir_all(&data).expect("remove the data dir");
@@ -209,7 +232,9 @@ impl ApiServer {
 
     fn spawn_new(etcd: &Etcd) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let server = procs::ApiServer::prepare(dir.path(), &etcd.client_url).expect("apiserver pki");
+        // Every member, as a control-plane node's apiserver is given them.
+        let mut server = procs::ApiServer::prepare(dir.path(), &etcd.member_urls().join(",")).expect("apiserver pki");
+        server.etcd_tls = etcd.tls.clone();
         let mut a = ApiServer { child: None, url: server.url.clone(), kubeconfig: server.kubeconfig.clone(), dir, server };
         a.spawn();
         a
@@ -346,6 +371,15 @@ impl Global {
 
     /// Two independent globals. Processes are spawned from this thread (PR_SET_PDEATHSIG fires
     /// when the spawning *thread* exits) and then waited for together.
+    /// Two globals whose etcds are three mTLS members behind a load balancer each; each
+    /// apiserver is given its three members.
+    pub fn start_pair_ha(a: &str, b: &str) -> (Global, Global) {
+        let (ea, eb) = (Etcd::start_cluster(3), Etcd::start_cluster(3));
+        let (aa, ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
+        let (aa, ab) = (aa.ready_or_relaunch(&ea), ab.ready_or_relaunch(&eb));
+        (Global { name: a.to_string(), control_plane: None, api: aa, etcd: ea }, Global { name: b.to_string(), control_plane: None, api: ab, etcd: eb })
+    }
+
     pub fn start_pair(a: &str, b: &str) -> (Global, Global) {
         let (mut ea, mut eb) = (Etcd::new(false), Etcd::new(false));
         ea.spawn();

@@ -76,7 +76,16 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start() -> Pair {
-        let (a, b) = Global::start_pair("global-a", "global-b");
+        Pair::start_on(Global::start_pair("global-a", "global-b")).await
+    }
+
+    /// A pair whose etcds are three mTLS members behind a load balancer each (issue 19): the
+    /// topology names the load balancer and a `tlsSecretRef` per cluster.
+    pub async fn start_ha() -> Pair {
+        Pair::start_on(Global::start_pair_ha("global-a", "global-b")).await
+    }
+
+    async fn start_on((a, b): (Global, Global)) -> Pair {
         let pdns = PowerDnsServer::start(ZONE);
         pdns.set(&format!("{DOMAIN}."), "A", 30, &[VIP_A]);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -99,6 +108,24 @@ impl Pair {
                 &format!("--from-file=kubeconfig={kc}"),
             ]);
             g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
+            // Each global holds the client certificates of both etcds: it reads the peer's as a
+            // standby and writes its own.
+            for e in [g, peer] {
+                if let Some(t) = &e.etcd.tls {
+                    let file = |key: &str, p: &std::path::Path| format!("--from-file={key}={}", p.display());
+                    g.api.kubectl_ok(&[
+                        "-n",
+                        "drctl-system",
+                        "create",
+                        "secret",
+                        "generic",
+                        &format!("{}-etcd-tls", e.name),
+                        &file("ca.crt", &t.ca),
+                        &file("tls.crt", &t.cert),
+                        &file("tls.key", &t.key),
+                    ]);
+                }
+            }
             g.api.wait_crd("drtopologies.drctl.io");
         }
         pair
@@ -134,8 +161,12 @@ impl Pair {
 
     pub fn topology_yaml(&self, primary: &str) -> String {
         let cluster = |g: &Global, vip: &str, enc: &str| {
+            let tls = match &g.etcd.tls {
+                Some(_) => format!("\n      tlsSecretRef: {{name: {}-etcd-tls, namespace: drctl-system}}", g.name),
+                None => String::new(),
+            };
             format!(
-                "  - name: {}\n    vip: {vip}\n    apiServer: {}\n    kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: drctl-system}}\n    etcd:\n      endpoints: [{}]\n    encryptionConfigPath: {}\n",
+                "  - name: {}\n    vip: {vip}\n    apiServer: {}\n    kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: drctl-system}}\n    etcd:\n      endpoints: [{}]{tls}\n    encryptionConfigPath: {}\n",
                 g.name,
                 g.api.url,
                 g.name,

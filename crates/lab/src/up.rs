@@ -531,6 +531,7 @@ mod tests {
                         url: format!("https://127.0.0.1:{}", port + 2),
                         etcd_url: format!("http://127.0.0.1:{port}"),
                         kubeconfig: dir.join(name).join("apiserver/kubeconfig"),
+                        etcd_tls: None,
                     },
                     platform: platform::Platform::on_free_ports(&dir.join(name).join("platform"), i).expect("ports"),
                     controller: ControllerState { listen: addr(port + 3), log: dir.join(name).join("controller.log") },

@@ -472,8 +472,12 @@ pub struct ApiServer {
     pub dir: PathBuf,
     pub port: u16,
     pub url: String,
+    /// etcd's client URLs, comma-separated.
     pub etcd_url: String,
     pub kubeconfig: PathBuf,
+    /// The client certificate it shows an etcd that requires one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_tls: Option<EtcdTls>,
 }
 
 impl ApiServer {
@@ -485,7 +489,7 @@ impl ApiServer {
         let kubeconfig = dir.join("kubeconfig");
         let write = |path: &Path, user: &Issued| write_private(path, &kubeconfig_yaml(&url, &pki.ca_pem, user));
         write(&kubeconfig, &pki.admin)?;
-        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig };
+        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None };
         write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
         write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
         Ok(a)
@@ -538,6 +542,13 @@ impl ApiServer {
             "--endpoint-reconciler-type=none".into(),
             "-v=1".into(),
         ]);
+        if let Some(t) = &self.etcd_tls {
+            cmd.args([
+                format!("--etcd-cafile={}", t.ca.display()),
+                format!("--etcd-certfile={}", t.cert.display()),
+                format!("--etcd-keyfile={}", t.key.display()),
+            ]);
+        }
         cmd
     }
 
