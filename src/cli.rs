@@ -409,16 +409,17 @@ pub struct ExcludeArgs {
     /// `group/resource` (repeatable).
     #[arg(long = "exclude-resource", value_name = "R")]
     resources: Vec<String>,
-    /// Take the exclusions from this DRTopology manifest's spec.sync.exclude.
+    /// Take the exclusions from this DRTopology manifest's spec.sync.exclude (and Argo CD's
+    /// namespace from its spec.argocd.namespace; `argocd` without it).
     #[arg(long, value_name = "TOPOLOGY.yaml")]
     config: Option<PathBuf>,
 }
 
 impl ExcludeArgs {
     fn filter(&self) -> anyhow::Result<Filter> {
-        let mut spec = match &self.config {
+        let (mut spec, argocd_namespace) = match &self.config {
             Some(path) => exclude_from_manifest(path)?,
-            None => ExcludeSpec::default(),
+            None => (ExcludeSpec::default(), crate::keyspace::DEFAULT_ARGOCD_NAMESPACE.to_string()),
         };
         spec.namespaces.extend(self.namespaces.iter().cloned());
         spec.resources.extend(self.resources.iter().cloned());
@@ -430,11 +431,12 @@ impl ExcludeArgs {
                 lines.join("\n")
             );
         }
-        Ok(Filter::with_default_namespaces(&spec))
+        Ok(Filter::new(&spec, crate::keyspace::DEFAULT_CONTROLLER_NAMESPACE, &argocd_namespace))
     }
 }
 
-fn exclude_from_manifest(path: &PathBuf) -> anyhow::Result<ExcludeSpec> {
+/// The topology's `spec.sync.exclude` and `spec.argocd.namespace`.
+fn exclude_from_manifest(path: &PathBuf) -> anyhow::Result<(ExcludeSpec, String)> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
     let reports = validate::validate_text(&text).with_context(|| format!("{shown} is not valid YAML"))?;
@@ -443,7 +445,7 @@ fn exclude_from_manifest(path: &PathBuf) -> anyhow::Result<ExcludeSpec> {
         anyhow::bail!("{shown}: {e}");
     }
     let topology = report.topology.with_context(|| format!("{shown} holds no DRTopology"))?;
-    Ok(topology.spec.sync.exclude)
+    Ok((topology.spec.sync.exclude, topology.spec.argocd.namespace))
 }
 
 #[derive(Subcommand, Debug)]

@@ -50,7 +50,12 @@ use crate::validated::ValidatedTopology;
 use status::StatusWriter;
 use sync::Stopping;
 
-pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
+    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+    let sa_file = std::path::Path::new(args::SERVICE_ACCOUNT_NAMESPACE_FILE);
+    let (namespace, from) = args::resolve_namespace(args.namespace_flag.as_deref(), pod_namespace.as_deref(), sa_file).map_err(anyhow::Error::msg)?;
+    info!(namespace, from, "controller namespace");
+    args.namespace = namespace;
     let client = client(args.kubeconfig.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let metrics = Arc::new(Metrics::new(&args.cluster_name));
