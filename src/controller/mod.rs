@@ -74,7 +74,7 @@ pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
         failures: std::sync::Mutex::default(),
         args: args.clone(),
     });
-    let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref())?;
+    let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref());
     let probes = http::Probes { metrics: metrics.clone(), watchdog: ctx.watchdog.clone(), sync: ctx.sync.clone(), ready: ready.clone() };
     let server = tokio::spawn(http::serve(args.listen, check_access, probes));
 
