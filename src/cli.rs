@@ -107,6 +107,9 @@ pub enum Command {
     /// existing data (a rejoining old primary) or a repair overwrote or deleted, saved first.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Delete what the controller created in one global (the fence, its role memory and Leases);
+    /// refused while a controller still runs there.
+    Uninstall(crate::uninstall::UninstallArgs),
 }
 
 /// One etcd: where the archives are.
@@ -517,6 +520,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Archive(cmd) => archive_cmd(cmd).await,
+        Command::Uninstall(args) => crate::uninstall::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Check { etcd, exclude, json, repair, prune_surplus, list, max_read_rate } => {
             check(&etcd, &exclude, json, repair, prune_surplus, list, max_read_rate).await
         }
