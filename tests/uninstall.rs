@@ -60,7 +60,12 @@ async fn uninstall_removes_the_fence_memory_and_leases_once_the_controller_is_st
     let mut cb = pair.controller(&pair.b, &[]);
     pair.wait(&pair.b, "B standby in sync", Duration::from_secs(90), &[&ca, &cb], standby_in_sync).await;
     let before = left(&pair.b);
-    for want in ["validatingadmissionpolicies/drctl-fence-platform", "validatingadmissionpolicybindings/drctl-fence-platform", "leases.coordination.k8s.io/drctl-global-b", "configmaps/drctl-memory-platform"] {
+    for want in [
+        "validatingadmissionpolicies/drctl-fence-platform",
+        "validatingadmissionpolicybindings/drctl-fence-platform",
+        "leases.coordination.k8s.io/drctl-global-b",
+        "configmaps/drctl-memory-platform",
+    ] {
         assert!(before.contains(&want.to_string()), "{want} not among {before:?}");
     }
 
@@ -88,7 +93,10 @@ async fn uninstall_removes_the_fence_memory_and_leases_once_the_controller_is_st
     let (ok, out) = uninstall(&pair.b, "--yes");
     assert!(ok, "{out}");
     assert_eq!(left(&pair.b), Vec::<String>::new(), "after:\n{out}");
-    assert_eq!(pair.b.api.kubectl_ok(&["get", "validatingadmissionpolicy", "team-policy", "-o", "name"]).trim(), "validatingadmissionpolicy.admissionregistration.k8s.io/team-policy");
+    assert_eq!(
+        pair.b.api.kubectl_ok(&["get", "validatingadmissionpolicy", "team-policy", "-o", "name"]).trim(),
+        "validatingadmissionpolicy.admissionregistration.k8s.io/team-policy"
+    );
     assert_eq!(pair.b.api.kubectl_ok(&["get", "drt", "platform", "-o", "name"]).trim(), "drtopology.drctl.io/platform", "the DRTopology is Argo CD's");
     let (ok, out) = uninstall(&pair.b, "--yes");
     assert!(ok && out.contains("nothing of drctl's left in this global"), "{out}");

@@ -67,7 +67,9 @@ pub fn resolve_namespace(flag: Option<&str>, pod_namespace: Option<&str>, servic
     for (value, from) in candidates {
         let Some(ns) = value.map(str::trim).filter(|v| !v.is_empty()) else { continue };
         if !crate::validate::is_dns_label(ns) {
-            return Err(format!("the controller namespace {ns:?} from {from} is not a namespace name (lower-case letters, digits and '-', at most 63); fix or unset {from}"));
+            return Err(format!(
+                "the controller namespace {ns:?} from {from} is not a namespace name (lower-case letters, digits and '-', at most 63); fix or unset {from}"
+            ));
         }
         return Ok((ns.to_string(), from));
     }
@@ -88,7 +90,9 @@ mod tests {
         let sa = dir.path().join("namespace");
         std::fs::write(&sa, "from-sa").expect("write");
         let none = dir.path().join("absent");
-        let cases: [(Option<&str>, Option<&str>, &Path, &str, &str); 7] = [
+        // (flag, POD_NAMESPACE, ServiceAccount file, namespace, from)
+        type Case<'a> = (Option<&'a str>, Option<&'a str>, &'a Path, &'a str, &'a str);
+        let cases: [Case; 7] = [
             (Some("from-flag"), Some("from-pod"), &sa, "from-flag", "--namespace (DRCTL_NAMESPACE)"),
             (None, Some("from-pod"), &sa, "from-pod", "POD_NAMESPACE"),
             (Some(""), Some("from-pod"), &sa, "from-pod", "POD_NAMESPACE"),

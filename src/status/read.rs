@@ -282,8 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn both_globals_each_once_are_required() {
-        let opts =
-            Options { timeout: Duration::from_secs(1), resolvers: Vec::new(), argocd_namespace: None, argocd_application: "drtopology".into() };
+        let opts = Options { timeout: Duration::from_secs(1), resolvers: Vec::new(), argocd_namespace: None, argocd_application: "drtopology".into() };
         let a = Target { name: "global-a".into(), kubeconfig: "/nonexistent".into() };
         for targets in [vec![a.clone()], vec![a.clone(), a.clone()]] {
             let e = read(&targets, &opts).await.expect_err("refused").to_string();
