@@ -107,6 +107,9 @@ pub enum Command {
     /// existing data (a rejoining old primary) or a repair overwrote or deleted, saved first.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Delete what the controller created in one global (the fence, its role memory and Leases);
+    /// refused while a controller still runs there.
+    Uninstall(crate::uninstall::UninstallArgs),
 }
 
 /// One etcd: where the archives are.
@@ -409,16 +412,17 @@ pub struct ExcludeArgs {
     /// `group/resource` (repeatable).
     #[arg(long = "exclude-resource", value_name = "R")]
     resources: Vec<String>,
-    /// Take the exclusions from this DRTopology manifest's spec.sync.exclude.
+    /// Take the exclusions from this DRTopology manifest's spec.sync.exclude (and Argo CD's
+    /// namespace from its spec.argocd.namespace; `argocd` without it).
     #[arg(long, value_name = "TOPOLOGY.yaml")]
     config: Option<PathBuf>,
 }
 
 impl ExcludeArgs {
     fn filter(&self) -> anyhow::Result<Filter> {
-        let mut spec = match &self.config {
+        let (mut spec, argocd_namespace) = match &self.config {
             Some(path) => exclude_from_manifest(path)?,
-            None => ExcludeSpec::default(),
+            None => (ExcludeSpec::default(), crate::keyspace::DEFAULT_ARGOCD_NAMESPACE.to_string()),
         };
         spec.namespaces.extend(self.namespaces.iter().cloned());
         spec.resources.extend(self.resources.iter().cloned());
@@ -430,11 +434,12 @@ impl ExcludeArgs {
                 lines.join("\n")
             );
         }
-        Ok(Filter::with_default_namespaces(&spec))
+        Ok(Filter::new(&spec, crate::keyspace::DEFAULT_CONTROLLER_NAMESPACE, &argocd_namespace))
     }
 }
 
-fn exclude_from_manifest(path: &PathBuf) -> anyhow::Result<ExcludeSpec> {
+/// The topology's `spec.sync.exclude` and `spec.argocd.namespace`.
+fn exclude_from_manifest(path: &PathBuf) -> anyhow::Result<(ExcludeSpec, String)> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
     let reports = validate::validate_text(&text).with_context(|| format!("{shown} is not valid YAML"))?;
@@ -443,7 +448,7 @@ fn exclude_from_manifest(path: &PathBuf) -> anyhow::Result<ExcludeSpec> {
         anyhow::bail!("{shown}: {e}");
     }
     let topology = report.topology.with_context(|| format!("{shown} holds no DRTopology"))?;
-    Ok(topology.spec.sync.exclude)
+    Ok((topology.spec.sync.exclude, topology.spec.argocd.namespace))
 }
 
 #[derive(Subcommand, Debug)]
@@ -515,6 +520,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Archive(cmd) => archive_cmd(cmd).await,
+        Command::Uninstall(args) => crate::uninstall::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Check { etcd, exclude, json, repair, prune_surplus, list, max_read_rate } => {
             check(&etcd, &exclude, json, repair, prune_surplus, list, max_read_rate).await
         }

@@ -53,9 +53,23 @@ impl TlsFiles {
     }
 }
 
-/// Bytes that are never printed (private keys).
+/// Bytes that are never printed and are zeroed on drop (private keys).
 #[derive(Clone)]
 pub struct SecretBytes(pub Vec<u8>);
+
+impl zeroize::Zeroize for SecretBytes {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        // The client key: do not leave it in freed memory. Copies made by the TLS stack
+        // (tonic's Identity, rustls) are theirs and are not zeroed.
+        zeroize::Zeroize::zeroize(self);
+    }
+}
 
 impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -331,4 +345,24 @@ pub fn is_compacted(e: &etcd_client::Error) -> bool {
 /// revision"): asked of a source, its history went back (restored from a snapshot).
 pub fn is_future_revision(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("future revision"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroize;
+
+    #[test]
+    fn secret_bytes_are_redacted_and_zeroed_whole() {
+        let mut key = SecretBytes(b"-----BEGIN PRIVATE KEY-----".to_vec());
+        assert_eq!(format!("{key:?}"), "<redacted>");
+        let len = key.0.len();
+        key.zeroize();
+        assert!(key.0.is_empty());
+        // The bytes stay allocated until the Vec is freed: every one of them is zero now.
+        let spare = &key.0.spare_capacity_mut()[..len];
+        // SAFETY: zeroize wrote every byte of the capacity (volatile writes of 0) before clearing the length.
+        let bytes: Vec<u8> = spare.iter().map(|b| unsafe { b.assume_init() }).collect();
+        assert_eq!(bytes, vec![0; len]);
+    }
 }

@@ -17,7 +17,7 @@ use kube::Client;
 
 #[cfg(test)]
 use crate::keyspace::DEFAULT_CONTROLLER_NAMESPACE;
-use crate::keyspace::{Filter, DEFAULT_ARGOCD_NAMESPACE, NEVER_COPIED_NAMES};
+use crate::keyspace::{Filter, NEVER_COPIED_NAMES};
 use crate::validated::ValidatedTopology;
 
 const MANAGER: &str = "drctl-fence";
@@ -108,7 +108,7 @@ fn unfenced_rules(filter: &Filter) -> Vec<NamedRuleWithOperations> {
 /// namespaces) is unfenced, and replicated apps arrive from the primary's Argo CD.
 pub fn build(topo: &ValidatedTopology, controller_namespace: &str) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let name = name(topo);
-    let filter = Filter::new(&topo.spec.sync.exclude, controller_namespace, DEFAULT_ARGOCD_NAMESPACE);
+    let filter = topo.spec.filter(controller_namespace);
     let mut unfenced: Vec<String> = filter.excluded_namespaces().map(str::to_string).collect();
     unfenced.sort();
     let fence = &topo.spec.sync.fence;
@@ -229,6 +229,26 @@ mod tests {
     fn fence_is_on_by_default() {
         assert!(topo("").spec.sync.fence.enabled);
         assert!(!topo("  sync:\n    fence: {enabled: false}\n").spec.sync.fence.enabled);
+    }
+
+    /// `spec.argocd.namespace` is what both the mirror's filter and the fence read: an
+    /// OpenShift GitOps install is neither replicated nor fenced, and `argocd` then is both.
+    #[test]
+    fn argocd_namespace_from_the_spec_is_neither_replicated_nor_fenced() {
+        let unfenced = |t: &ValidatedTopology| -> Vec<String> {
+            let sel = spec(t).match_constraints.and_then(|m| m.namespace_selector).and_then(|s| s.match_expressions).expect("selector");
+            sel[0].values.clone().unwrap_or_default()
+        };
+        let cases = [("", "argocd", "openshift-gitops"), ("  argocd: {namespace: openshift-gitops}\n", "openshift-gitops", "argocd")];
+        for (extra, own, other) in cases {
+            let t = topo(extra);
+            let filter = t.spec.filter(DEFAULT_CONTROLLER_NAMESPACE);
+            let app = |ns: &str| format!("/registry/argoproj.io/applications/{ns}/platform");
+            assert!(!filter.copies(app(own).as_bytes()), "{own} must not be replicated ({extra:?})");
+            assert!(filter.copies(app(other).as_bytes()), "{other} is an ordinary namespace then ({extra:?})");
+            assert!(unfenced(&t).iter().any(|n| n == own), "{own} must stay writable on a standby ({extra:?})");
+            assert!(!unfenced(&t).iter().any(|n| n == other), "{other} is fenced then ({extra:?})");
+        }
     }
 
     #[test]

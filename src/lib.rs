@@ -32,6 +32,7 @@ pub mod secret;
 pub mod selector;
 pub mod status;
 pub mod topology;
+pub mod uninstall;
 pub mod urls;
 pub mod validate;
 pub mod validated;

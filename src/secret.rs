@@ -40,8 +40,8 @@ impl fmt::Debug for Secret {
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        // Best effort: do not leave key material in freed memory.
-        self.0.iter_mut().for_each(|b| *b = 0);
+        // Do not leave key material in freed memory (a plain loop may be optimized away).
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

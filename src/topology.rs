@@ -80,6 +80,32 @@ pub struct DRTopologySpec {
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub workload_clusters: Vec<WorkloadCluster>,
+    /// The Argo CD that applies this object in each global. In the spec, not a controller flag,
+    /// so Git gives both globals the same value: the standby must exclude (and leave unfenced)
+    /// exactly the namespace the primary does not replicate.
+    #[serde(default)]
+    pub argocd: ArgoCdSpec,
+}
+
+/// `spec.argocd`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgoCdSpec {
+    /// Argo CD's namespace, the same in both globals (`openshift-gitops` on OpenShift GitOps).
+    /// Never replicated (each global's Argo CD is its own) and never fenced on a standby.
+    #[serde(default = "default_argocd_namespace")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub namespace: String,
+}
+
+impl Default for ArgoCdSpec {
+    fn default() -> Self {
+        Self { namespace: default_argocd_namespace() }
+    }
+}
+
+fn default_argocd_namespace() -> String {
+    crate::keyspace::DEFAULT_ARGOCD_NAMESPACE.to_string()
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

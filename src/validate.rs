@@ -429,6 +429,7 @@ fn parse_spec(spec: &DRTopologySpec) -> Result<validated::Spec, Vec<FieldError>>
                 allow_encryption_config_mismatch: f.allow_encryption_config_mismatch,
             },
             workload_clusters: spec.workload_clusters.clone(),
+            argocd_namespace: spec.argocd.namespace.clone(),
         })
     })();
     match typed {
@@ -533,7 +534,7 @@ fn check_duration(s: &str, path: &str, errs: &mut Vec<FieldError>) -> Option<Dur
     None
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub(crate) fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty() && b.len() <= 63 && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') && b[0] != b'-' && b[b.len() - 1] != b'-'
 }

@@ -68,9 +68,17 @@ pub struct Spec {
     pub dns: DnsConfig,
     pub failover: FailoverConfig,
     pub workload_clusters: Vec<WorkloadCluster>,
+    /// `spec.argocd.namespace`.
+    pub argocd_namespace: String,
 }
 
 impl Spec {
+    /// What the mirror and every repair copy, and what the fence leaves open: the spec's
+    /// exclusions on top of the defaults, with this controller's and Argo CD's namespaces.
+    pub fn filter(&self, controller_namespace: &str) -> crate::keyspace::Filter {
+        crate::keyspace::Filter::new(&self.sync.exclude, controller_namespace, &self.argocd_namespace)
+    }
+
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
     }

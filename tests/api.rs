@@ -43,6 +43,15 @@ async fn crd_examples_cel_and_printer_columns() {
     assert!(minimal.spec.sync.exclude.namespaces.is_empty(), "{:?}", minimal.spec.sync.exclude);
     assert_eq!(minimal.spec.sync.check_interval, "5m");
     assert_eq!(minimal.spec.clusters[0].encryption_config_path, "/etc/kubernetes/encryption-provider.conf");
+    assert_eq!(minimal.spec.argocd.namespace, "argocd", "Argo CD's namespace defaults to argocd");
+    // Another Argo CD namespace applies and reads back; one that is not a namespace name does not.
+    let gitops = format!("{}  argocd: {{namespace: openshift-gitops}}\n", minimal_with("name: platform", "name: openshift"));
+    let (ok, out) = g.api.apply_stdin(&gitops);
+    assert!(ok, "{out}");
+    assert_eq!(api.get("openshift").await.expect("get openshift").spec.argocd.namespace, "openshift-gitops");
+    let (ok, out) = g.api.apply_stdin(&gitops.replace("name: openshift", "name: bad-argocd").replace("openshift-gitops", "Open_Shift"));
+    assert!(!ok && out.contains("spec.argocd.namespace"), "{out}");
+    g.api.kubectl_ok(&["delete", "drt", "openshift"]);
     let acp = api.get("acp-global").await.expect("get acp-global");
     assert_eq!(acp.spec.restarts.len(), 4);
 

@@ -66,6 +66,101 @@ spec:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 ";
 
+/// The global-a overlay built from a temporary kustomization that adds `namespace:` (when given)
+/// and these components, as a platform team's own overlay would.
+fn overlay_with(namespace: Option<&str>, components: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // kustomize wants relative paths; climb from the temp dir to / and down again.
+    let up = "../".repeat(dir.path().components().count() - 1);
+    let rel = |p: &str| format!("{up}{}", gitops().join(p).display().to_string().trim_start_matches('/'));
+    let components: Vec<String> = components.iter().map(|c| rel(c)).collect();
+    let namespace = namespace.map(|n| format!("namespace: {n}\n")).unwrap_or_default();
+    let k = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n{namespace}resources: [{}]\ncomponents: [{}]\n",
+        rel("deploy/overlays/global-a"),
+        components.join(", ")
+    );
+    std::fs::write(dir.path().join("kustomization.yaml"), k).expect("write kustomization");
+    kustomize(dir.path(), &["--load-restrictor=LoadRestrictionsNone"])
+}
+
+/// The controller Pod the Deployment of `objs` would make, as a manifest to create.
+fn pod_of(objs: &[Value], name: &str) -> String {
+    let deploy = find(objs, "Deployment", "drctl-controller");
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": deploy["metadata"]["namespace"]},
+        "spec": deploy["spec"]["template"]["spec"],
+    });
+    pod.to_string()
+}
+
+/// `kubectl create --dry-run=server`: admission (Pod Security included) runs, nothing is stored.
+fn admitted(g: &Global, manifest: &str) -> Result<(), String> {
+    let mut cmd = Command::new(support::kubectl());
+    cmd.arg(format!("--kubeconfig={}", g.api.kubeconfig.display())).args(["create", "--dry-run=server", "-f", "-"]);
+    let out = drctl_testbed::procs::run_with_stdin(cmd, manifest.as_bytes(), "kubectl create").unwrap_or_else(|e| panic!("{e}"));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn argocd_never_prunes_or_deletes_the_crd_or_the_namespace() {
+    for g in GLOBALS {
+        let objs = docs(&kustomize(&gitops().join("deploy/overlays").join(g), &[]));
+        for (kind, name) in [("CustomResourceDefinition", "drtopologies.drctl.io"), ("Namespace", "drctl-system")] {
+            let options = find(&objs, kind, name)["metadata"]["annotations"]["argocd.argoproj.io/sync-options"].as_str().unwrap_or_default().to_string();
+            let options: Vec<&str> = options.split(',').map(str::trim).collect();
+            assert!(options.contains(&"Prune=false") && options.contains(&"Delete=false"), "{g}: {kind} {name} has sync-options {options:?}");
+        }
+    }
+}
+
+/// A platform's own overlay that moves drctl to another namespace moves everything that names
+/// it; the base Pod passes Pod Security `restricted`, the encryption-config component's only
+/// with the namespace it makes `privileged` (and is refused under `restricted`).
+#[test]
+fn overlays_work_under_another_namespace_and_pass_pod_security() {
+    const NS: &str = "dr-platform";
+    let plain = docs(&overlay_with(Some(NS), &[]));
+    let with_file = docs(&overlay_with(Some(NS), &["deploy/components/encryption-config"]));
+    for objs in [&plain, &with_file] {
+        find(objs, "Namespace", NS);
+        for o in objs.iter().filter(|o| o["metadata"]["namespace"].is_string()) {
+            assert_eq!(o["metadata"]["namespace"], NS, "{} {}", o["kind"], o["metadata"]["name"]);
+        }
+        for kind in ["RoleBinding", "ClusterRoleBinding"] {
+            assert_eq!(find(objs, kind, "drctl-controller")["subjects"][0]["namespace"], NS, "{kind}");
+        }
+        let env = find(objs, "Deployment", "drctl-controller")["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+        let pod_ns = env.as_array().expect("env").iter().find(|e| e["name"] == "POD_NAMESPACE").expect("POD_NAMESPACE").clone();
+        assert_eq!(pod_ns["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace", "the controller reads the namespace it runs in");
+    }
+    let labels = |objs: &[Value]| find(objs, "Namespace", NS)["metadata"]["labels"].clone();
+    assert_eq!(labels(&plain)["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(labels(&with_file)["pod-security.kubernetes.io/enforce"], "privileged");
+    let volumes = |objs: &[Value]| find(objs, "Deployment", "drctl-controller")["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(!volumes(&plain).contains("hostPath"), "the base mounts nothing from the node");
+    assert!(volumes(&with_file).contains("/etc/kubernetes/encryption-provider.conf"));
+
+    let g = Global::start("global-a");
+    apply_server_side(&g, &overlay_with(Some(NS), &[]));
+    let sa = format!("system:serviceaccount:{NS}:drctl-controller");
+    for args in [&["get", "secrets"][..], &["update", "leases.coordination.k8s.io"], &["patch", "configmaps"]] {
+        let out = g.api.kubectl_ok(&[&["auth", "can-i", "--as", &sa, "-n", NS][..], args].concat());
+        assert_eq!(out.trim(), "yes", "{args:?} in {NS}");
+    }
+    admitted(&g, &pod_of(&plain, "base")).unwrap_or_else(|e| panic!("the base Pod is refused under restricted: {e}"));
+    let refused = admitted(&g, &pod_of(&with_file, "with-file")).expect_err("a hostPath Pod under restricted");
+    assert!(refused.contains("violates PodSecurity \"restricted:latest\"") && refused.contains("hostPath"), "{refused}");
+    apply_server_side(&g, &overlay_with(Some(NS), &["deploy/components/encryption-config"]));
+    admitted(&g, &pod_of(&with_file, "with-file")).unwrap_or_else(|e| panic!("the component's Pod is refused in its privileged namespace: {e}"));
+}
+
 #[test]
 fn base_crd_is_the_generated_crd() {
     let copy = std::fs::read_to_string(gitops().join("deploy/base/crd.yaml")).expect("read base crd");
@@ -79,7 +174,18 @@ fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
         let objs = docs(&kustomize(&gitops().join("deploy/overlays").join(g), &[]));
         let deploy = find(&objs, "Deployment", "drctl-controller");
         let c = &deploy["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["args"], serde_json::json!(["controller", "--cluster-name", "$(CLUSTER_NAME)", "--listen", "0.0.0.0:8080"]));
+        assert_eq!(
+            c["args"],
+            serde_json::json!([
+                "controller",
+                "--cluster-name",
+                "$(CLUSTER_NAME)",
+                "--listen",
+                "0.0.0.0:8080",
+                "--check-token-file",
+                "/var/run/drctl/check-token/token"
+            ])
+        );
         let env: Vec<&Value> = c["env"].as_array().expect("env").iter().filter(|e| e["name"] == "CLUSTER_NAME").collect();
         assert_eq!(env.len(), 1, "{env:?}");
         assert_eq!(env[0]["value"], g);
@@ -100,18 +206,7 @@ fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
     }
     // The optional ServiceMonitor and alerts components build on the base; the ServiceMonitor
     // scrapes the Service.
-    let dir = tempfile::tempdir().expect("tempdir");
-    // kustomize wants relative paths; climb from the temp dir to / and down again.
-    let up = "../".repeat(dir.path().components().count() - 1);
-    let rel = |p: &str| format!("{up}{}", gitops().join(p).display().to_string().trim_start_matches('/'));
-    let k = format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [{}]\ncomponents: [{}, {}]\n",
-        rel("deploy/overlays/global-a"),
-        rel("deploy/components/servicemonitor"),
-        rel("deploy/components/alerts")
-    );
-    std::fs::write(dir.path().join("kustomization.yaml"), k).expect("write kustomization");
-    let objs = docs(&kustomize(dir.path(), &["--load-restrictor=LoadRestrictionsNone"]));
+    let objs = docs(&overlay_with(None, &["deploy/components/servicemonitor", "deploy/components/alerts"]));
     let sm = find(&objs, "ServiceMonitor", "drctl-controller");
     let svc = find(&objs, "Service", "drctl-controller");
     assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]);

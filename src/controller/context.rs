@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 use tracing::warn;
 
 use super::args::ControllerArgs;
-use super::replication::{filter_for, SyncManager};
+use super::replication::SyncManager;
 use super::watchdog::Watchdog;
 use crate::decide::notes::event_note;
 use crate::metrics::Metrics;
@@ -73,7 +73,7 @@ impl Context {
 /// Deletes this cluster's pods of replicated workloads (`crate::workloads`) and says so in a
 /// `ReplicatedPodsStopped` Event; a failure is logged, not fatal (the next check tries again).
 pub async fn stop_replicated_pods(ctx: &Context, topo: &ValidatedTopology, action: &str) {
-    match crate::workloads::stop_replicated_pods(&ctx.client, &filter_for(topo, &ctx.args.namespace)).await {
+    match crate::workloads::stop_replicated_pods(&ctx.client, &topo.spec.filter(&ctx.args.namespace)).await {
         Ok(0) => {}
         Ok(n) => {
             let note = format!("deleted this cluster's {n} pods of replicated workloads: they run on {} only", topo.spec.primary);

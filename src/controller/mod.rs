@@ -50,7 +50,12 @@ use crate::validated::ValidatedTopology;
 use status::StatusWriter;
 use sync::Stopping;
 
-pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
+    let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+    let sa_file = std::path::Path::new(args::SERVICE_ACCOUNT_NAMESPACE_FILE);
+    let (namespace, from) = args::resolve_namespace(args.namespace_flag.as_deref(), pod_namespace.as_deref(), sa_file).map_err(anyhow::Error::msg)?;
+    info!(namespace, from, "controller namespace");
+    args.namespace = namespace;
     let client = client(args.kubeconfig.as_deref()).await?;
     let identity = args.identity.clone().unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let metrics = Arc::new(Metrics::new(&args.cluster_name));
@@ -69,7 +74,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         failures: std::sync::Mutex::default(),
         args: args.clone(),
     });
-    let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref())?;
+    let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref());
     let probes = http::Probes { metrics: metrics.clone(), watchdog: ctx.watchdog.clone(), sync: ctx.sync.clone(), ready: ready.clone() };
     let server = tokio::spawn(http::serve(args.listen, check_access, probes));
 

@@ -16,7 +16,6 @@ use crate::etcd::{self, Endpoint};
 use crate::keyspace::Filter;
 use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
 use crate::secret::SecretError;
-use crate::validated::ValidatedTopology;
 
 /// What identifies a running mirror: when any of it changes, the mirror restarts.
 #[derive(Clone, Debug, PartialEq)]
@@ -134,11 +133,6 @@ pub fn secret_error_kind(e: &SecretError) -> ErrorKind {
         SecretError::Kube { source, .. } => kube_error_kind(source),
         SecretError::NotFound { .. } | SecretError::MissingKey { .. } | SecretError::File { .. } => ErrorKind::Configuration,
     }
-}
-
-/// What the mirror and every repair copy: the spec's exclusions on top of the defaults.
-pub fn filter_for(topo: &ValidatedTopology, namespace: &str) -> Filter {
-    Filter::new(&topo.spec.sync.exclude, namespace, crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)
 }
 
 impl SyncManager {

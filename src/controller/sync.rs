@@ -13,7 +13,7 @@ use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
 use super::context::{stop_replicated_pods, Context};
-use super::replication::{filter_for, SyncError, SyncKey};
+use super::replication::{SyncError, SyncKey};
 use super::status::StatusWriter;
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::standby::{differences_event, record_archive, record_check, record_health, standby_health, MirrorFacts, Thresholds};
@@ -155,7 +155,7 @@ pub async fn ensure_mirror(ctx: &Context, topo: &ValidatedTopology, self_name: &
         ctx.event(topo, EventType::Warning, "ExclusionsChanged", "Sync", note).await;
     }
     let (source, dest) = (endpoint(ctx, src).await?, endpoint(ctx, me).await?);
-    ctx.sync.start(key, source, dest, filter_for(topo, &ctx.args.namespace)).await;
+    ctx.sync.start(key, source, dest, topo.spec.filter(&ctx.args.namespace)).await;
     Ok(())
 }
 

@@ -77,9 +77,10 @@ pub struct StatusArgs {
     /// ip:port; repeatable), e.g. when those are only reachable inside the cluster.
     #[arg(long = "resolver", value_name = "IP[:PORT]", value_parser = parse_resolver)]
     resolvers: Vec<SocketAddr>,
-    /// Namespace of the Argo CD Application that applies the DRTopology.
-    #[arg(long, default_value = crate::keyspace::DEFAULT_ARGOCD_NAMESPACE)]
-    argocd_namespace: String,
+    /// Namespace of the Argo CD Application that applies the DRTopology; default the
+    /// topology's spec.argocd.namespace (`argocd` when the global has none).
+    #[arg(long)]
+    argocd_namespace: Option<String>,
     /// Name of the Argo CD Application that applies the DRTopology.
     #[arg(long, default_value = argocd::APPLICATION)]
     argocd_application: String,
@@ -91,7 +92,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Empty: spec.dns.verify.resolvers (the system's when that is empty too).
     pub resolvers: Vec<SocketAddr>,
-    pub argocd_namespace: String,
+    /// None: each global's DRTopology's `spec.argocd.namespace`.
+    pub argocd_namespace: Option<String>,
     pub argocd_application: String,
 }
 
@@ -194,22 +196,25 @@ async fn observe(cfg: kube::Config, opts: &Options) -> Result<Observed, String> 
     let client = kube::Client::try_from(cfg).map_err(|e| causes(&e))?;
     let topologies: Api<DRTopology> = Api::all(client.clone());
     let params = kube::api::ListParams::default();
-    let (list, argocd) = tokio::join!(topologies.list(&params), application(client, opts));
-    let (topology, crd_installed) = match list {
+    let (topology, crd_installed) = match topologies.list(&params).await {
         Ok(list) => (topology::oldest(list.items), true),
         // The apiserver answered: it lacks the CRD, which is not the same as not answering.
         Err(kube::Error::Api(s)) if s.code == 404 => (None, false),
         Err(e) => return Err(format!("list DRTopology: {}", causes(&e))),
     };
+    // Argo CD's namespace is the topology's, read after it (the flag overrides it).
+    let namespace = opts.argocd_namespace.clone().or_else(|| Some(topology.as_ref()?.spec.argocd.namespace.clone()));
+    let namespace = namespace.unwrap_or_else(|| crate::keyspace::DEFAULT_ARGOCD_NAMESPACE.to_string());
+    let argocd = application(client, &namespace, &opts.argocd_application).await;
     Ok(Observed { topology, crd_installed, argocd })
 }
 
 /// The Argo CD Application, None when it (or Argo CD's CRD) does not exist.
-async fn application(client: kube::Client, opts: &Options) -> Result<Option<ArgoView>, String> {
+async fn application(client: kube::Client, namespace: &str, name: &str) -> Result<Option<ArgoView>, String> {
     let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application");
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &opts.argocd_namespace, &ApiResource::from_gvk_with_plural(&gvk, "applications"));
-    let what = format!("read Application {}/{}", opts.argocd_namespace, opts.argocd_application);
-    let app = match api.get(&opts.argocd_application).await {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, "applications"));
+    let what = format!("read Application {namespace}/{name}");
+    let app = match api.get(name).await {
         Ok(a) => a,
         // Without Argo CD's CRD the apiserver answers a bare 404 page, which kube's get_opt
         // does not read as NotFound.
@@ -277,8 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn both_globals_each_once_are_required() {
-        let opts =
-            Options { timeout: Duration::from_secs(1), resolvers: Vec::new(), argocd_namespace: "argocd".into(), argocd_application: "drtopology".into() };
+        let opts = Options { timeout: Duration::from_secs(1), resolvers: Vec::new(), argocd_namespace: None, argocd_application: "drtopology".into() };
         let a = Target { name: "global-a".into(), kubeconfig: "/nonexistent".into() };
         for targets in [vec![a.clone()], vec![a.clone(), a.clone()]] {
             let e = read(&targets, &opts).await.expect_err("refused").to_string();

@@ -211,6 +211,8 @@ impl Pair {
             format!("--cluster-name={}", g.name),
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--listen={listen}"),
+            // Explicit: a test host that is itself a Pod has POD_NAMESPACE and a ServiceAccount file.
+            "--namespace=drctl-system".into(),
             "--lease-seconds=6".into(),
         ];
         // Short unless the test asks for its own (a restart that waits for readiness).

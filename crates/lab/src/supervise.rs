@@ -137,6 +137,8 @@ fn command(kind: Kind, state: &LabState, c: &ClusterState, drctl: &Path) -> Comm
                 .arg(format!("--cluster-name={}", c.name))
                 .arg(format!("--kubeconfig={}", c.api.kubeconfig.display()))
                 .arg(format!("--listen={}", c.controller.listen))
+                // Explicit: a lab host that is itself a Pod has POD_NAMESPACE and a ServiceAccount file.
+                .arg("--namespace=drctl-system")
                 .arg("--lease-seconds=6")
                 .env("DRCTL_LOG", "info,drctl=debug");
             cmd
