@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps etcd kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale faults soak nemesis
+.PHONY: deps etcd kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers.
@@ -62,6 +62,18 @@ lint:
 test: deps platform image lint
 	cargo build --workspace --bins
 	cargo test --workspace --no-fail-fast -- --test-threads=2
+	$(MAKE) etcd-matrix
+
+# The other supported etcd versions (README, "Supported etcd versions"): the mirror, the check
+# and etcd's own faults (three mTLS members behind a load balancer) on each. The whole suite runs
+# on the default, the newest 3.6.
+ETCD_MATRIX ?= v3.5.36 v3.7.4
+etcd-matrix:
+	set -e; for v in $(ETCD_MATRIX); do \
+	  ETCD_VERSION=$$v bash hack/build-etcd.sh >/dev/null; \
+	  echo "== etcd $$v" >&2; \
+	  ETCD_VERSION=$$v cargo test --test mirror --test etcd_faults -- --test-threads=2; \
+	done
 
 # The model check of the decision core (tests/model_check.rs) deeper than CI runs it, both
 # finalSyncPolicy values, in a release build (depth 10: 370k states, about 95 s per policy; each
@@ -88,7 +100,7 @@ demo-down:
 
 # The mirror benchmark (not a test): drctl vs etcdctl make-mirror vs the destination's own
 # batched-put rate, lag, check and RSS on 100k keys. Paste its output into BENCHMARKS.md.
-bench: deps
+bench: deps etcd
 	cargo build --release -p drctl --bin drctl --example mirror_bench
 	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl
 
@@ -97,9 +109,16 @@ bench: deps
 # lag at the highest sustained write rate, peak RSS. Takes several minutes; BENCHMARKS.md "Scale".
 N ?= 1000000
 VALUE_BYTES ?= 1024
-bench-scale: deps
+bench-scale: deps etcd
 	cargo build --release -p drctl --bin drctl --example scale_bench
 	$(CARGO_TARGET_DIR)/release/examples/scale_bench --drctl $(CARGO_TARGET_DIR)/release/drctl --keys $(N) --value-bytes $(VALUE_BYTES)
+
+# The primary's leader during a check (not a test): put p99 at the leader alone, during a check
+# reading the leader, during one reading the followers; a 3-member etcd of LEADER_KEYS keys.
+LEADER_KEYS ?= 300000
+bench-leader: deps etcd
+	cargo build --release -p drctl --example leader_bench
+	$(CARGO_TARGET_DIR)/release/examples/leader_bench --keys $(LEADER_KEYS)
 
 # The fault matrix alone, with its FAULT lines (RELIABILITY.md records them).
 faults: deps platform

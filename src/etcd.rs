@@ -103,6 +103,11 @@ pub struct Conn {
     pub client: Client,
     pub kv: KvClient,
     pub watch: WatchClient,
+    /// For reads of a past revision (the copy, the check): the followers when the member list
+    /// showed live ones, else `kv`. A revision's history is the same on every member that has
+    /// applied it, so a follower answers such a read as the leader would, and the leader, which
+    /// every write of the primary's apiserver goes through, is spared the scan.
+    pub history: KvClient,
 }
 
 /// How long one member has to answer [`connect`]'s probe before the others are used without it.
@@ -119,16 +124,33 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
         return Err(EtcdError::Userinfo(format!("etcd endpoint {}", crate::urls::redact(u))));
     }
     let opts = options(endpoint);
-    let urls = match endpoint.urls.len() {
-        0 | 1 => endpoint.urls.clone(),
+    let members = match endpoint.urls.len() {
+        0 | 1 => endpoint.urls.iter().map(|u| Member { url: u.clone(), leads: false }).collect(),
         _ => live_members(&endpoint.urls, &opts).await?,
     };
-    let client = Client::connect(urls, Some(opts))
-        .await
-        .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
-    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let connect = |urls: Vec<String>| {
+        let opts = opts.clone();
+        async move { Client::connect(urls, Some(opts)).await.map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source }) }
+    };
+    let client = connect(members.iter().map(|m| m.url.clone()).collect()).await?;
+    let kv = kv_of(&client);
+    let followers: Vec<String> = members.iter().filter(|m| !m.leads).map(|m| m.url.clone()).collect();
+    let history = match members.iter().any(|m| m.leads) && !followers.is_empty() {
+        true => kv_of(&connect(followers).await?),
+        false => kv.clone(),
+    };
     let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(Conn { client, kv, watch })
+    Ok(Conn { client, kv, watch, history })
+}
+
+fn kv_of(client: &Client) -> KvClient {
+    client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A member that answered the probe.
+struct Member {
+    url: String,
+    leads: bool,
 }
 
 fn options(endpoint: &Endpoint) -> ConnectOptions {
@@ -154,13 +176,13 @@ fn options(endpoint: &Endpoint) -> ConnectOptions {
 }
 
 /// The members of `urls` that answer a status request with a leader, in their given order.
-async fn live_members(urls: &[String], opts: &ConnectOptions) -> Result<Vec<String>, EtcdError> {
+async fn live_members(urls: &[String], opts: &ConnectOptions) -> Result<Vec<Member>, EtcdError> {
     let probes = urls.iter().map(|url| async move { (url, probe(url, opts).await) });
     let mut live = Vec::new();
     let mut failures = Vec::new();
     for (url, outcome) in futures::future::join_all(probes).await {
         match outcome {
-            Ok(()) => live.push(url.clone()),
+            Ok(leads) => live.push(Member { url: url.clone(), leads }),
             Err(why) => {
                 tracing::warn!(member = %crate::urls::redact(url), %why, "etcd member skipped");
                 failures.push(format!("{}: {why}", crate::urls::redact(url)));
@@ -173,7 +195,8 @@ async fn live_members(urls: &[String], opts: &ConnectOptions) -> Result<Vec<Stri
     Ok(live)
 }
 
-async fn probe(url: &str, opts: &ConnectOptions) -> Result<(), String> {
+/// Ok(whether the member leads) when it answers with a leader.
+async fn probe(url: &str, opts: &ConnectOptions) -> Result<bool, String> {
     let status = async {
         let mut client = Client::connect([url], Some(opts.clone())).await?;
         client.status().await
@@ -182,7 +205,7 @@ async fn probe(url: &str, opts: &ConnectOptions) -> Result<(), String> {
         Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(s)) if s.leader() == 0 => Err("no leader".to_string()),
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(s)) => Ok(s.header().is_some_and(|h| h.member_id() == s.leader())),
     }
 }
 
@@ -248,12 +271,25 @@ pub async fn range_page_of(kv: &mut KvClient, start: &[u8], end: &[u8], revision
     if keys_only {
         opts = opts.with_keys_only();
     }
-    let mut resp = read(|| {
-        let mut kv = kv.clone();
-        let opts = opts.clone();
-        async move { kv.get(start.to_vec(), Some(opts)).await }
-    })
-    .await?;
+    let kv: &KvClient = kv;
+    let get = |opts: etcd_client::GetOptions| {
+        read(move || {
+            let mut kv = kv.clone();
+            let opts = opts.clone();
+            async move { kv.get(start.to_vec(), Some(opts)).await }
+        })
+    };
+    // A past revision is read serializably: the member answers from its own store without a
+    // round trip through the leader. One that has not applied the revision yet says "future
+    // revision": asked again linearizably, it first catches up with the quorum, so only a
+    // source whose history really went back still says it.
+    let mut resp = match revision > 0 {
+        true => match get(opts.clone().with_serializable()).await {
+            Err(e) if is_future_revision(&e) => get(opts).await?,
+            r => r?,
+        },
+        false => get(opts).await?,
+    };
     let (rev, cluster_id) = resp.header().map(|h| (h.revision(), h.cluster_id())).unwrap_or_default();
     let more = resp.more();
     let kvs = resp.take_kvs().into_iter().map(Kv::from).collect();

@@ -1,0 +1,112 @@
+//! The primary's leader during a check (issue 19, "spare the primary's leader"): a three-member
+//! etcd (3.6, mTLS) holding N Kubernetes-shaped keys, a steady writer of single-key puts to the
+//! leader (as the apiservers' writes all end there), and the put latency measured alone, during
+//! a `drctl check` whose reads go to the leader, and during one whose reads go to the followers
+//! (the member list: drctl reads past revisions from followers). Not a test: `make bench-leader`.
+//!
+//! Usage: leader_bench [--keys N] [--rate PUTS_PER_S]
+
+#[path = "bench/mod.rs"]
+mod bench;
+
+use std::time::{Duration, Instant};
+
+use bench::{arg, batched_put, percentile, EtcdProc, Load, Res};
+use drctl::check::{self, CheckOptions};
+use drctl::etcd::{self, Endpoint, TlsFiles};
+use drctl::keyspace::Filter;
+use drctl::mirror::{Mirror, MirrorConfig, Tuning};
+use drctl::topology::ExcludeSpec;
+use drctl_testbed::procs::{EtcdServer, Lifetime};
+
+struct Phase {
+    name: &'static str,
+    p50: f64,
+    p99: f64,
+    puts: usize,
+    checks: usize,
+    check_ms: f64,
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let keys: usize = arg("--keys").map_or(Ok(300_000), |s| s.parse())?;
+    let rate: u64 = arg("--rate").map_or(Ok(300), |s| s.parse())?;
+    let dir = tempfile::tempdir()?;
+    let members = EtcdServer::cluster_tls(dir.path(), 3)?;
+    let mut children: Vec<_> = members.iter().map(|m| m.spawn(Lifetime::WithParent)).collect::<Result<_, _>>()?;
+    for (m, c) in members.iter().zip(children.iter_mut()) {
+        m.wait_ready(c)?;
+    }
+    let tls = members[0].tls.clone().ok_or("members serve TLS")?;
+    let files = TlsFiles { ca: Some(tls.ca.clone()), cert: Some(tls.cert.clone()), key: Some(tls.key.clone()) };
+    let endpoint = |urls: Vec<String>| -> Res<Endpoint> { Ok(Endpoint { urls, tls: Some(files.load()?) }) };
+    let urls: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
+
+    // The leader: the member whose status names itself.
+    let mut leader = None;
+    for u in &urls {
+        let mut c = etcd::connect(&endpoint(vec![u.clone()])?).await?.client;
+        let s = c.status().await?;
+        if s.header().is_some_and(|h| h.member_id() == s.leader()) {
+            leader = Some(u.clone());
+        }
+    }
+    let leader = leader.ok_or("no leader")?;
+    let to_leader = etcd::connect(&endpoint(vec![leader.clone()])?).await?.client;
+
+    eprintln!("loading {keys} keys of 1 KiB into a 3-member etcd {} ...", bench::etcd_version()?);
+    let ids: Vec<usize> = (0..keys).collect();
+    batched_put(&to_leader, &ids, 1024, 128, 4).await?;
+    let dst = EtcdProc::start().await?;
+    let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
+    let tuning = Tuning { anti_entropy_after: None, ..Tuning::default() };
+    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: Endpoint::plain(vec![dst.url.clone()]), filter: filter.clone(), tuning }).run_once().await?;
+    let dest = etcd::connect(&Endpoint::plain(vec![dst.url.clone()])).await?;
+
+    let mut phases = Vec::new();
+    for (name, reads) in [("alone", None), ("check reading the leader", Some(vec![leader.clone()])), ("check reading the followers", Some(urls.clone()))] {
+        let source = match &reads {
+            Some(u) => Some(etcd::connect(&endpoint(u.clone())?).await?),
+            None => None,
+        };
+        let started = Instant::now();
+        let writer = {
+            let c = to_leader.clone();
+            tokio::spawn(async move { bench::write_load(&c, "/registry/configmaps/bench-writer", Load::Rate(rate), 15.0, 1024).await.map_err(|e| e.to_string()) })
+        };
+        let (mut checks, mut check_time) = (0, Duration::ZERO);
+        if let Some(source) = &source {
+            while started.elapsed() < Duration::from_secs(14) {
+                let t = Instant::now();
+                let found = check::run(source, &dest, &filter, &CheckOptions::default()).await?;
+                check_time += t.elapsed();
+                checks += 1;
+                eprintln!("  {name}: {}", found.report);
+            }
+        }
+        let w = writer.await??;
+        let mut lat = w.latencies_ms;
+        lat.sort_by(f64::total_cmp);
+        phases.push(Phase {
+            name,
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            puts: lat.len(),
+            checks,
+            check_ms: check_time.as_secs_f64() * 1e3 / checks.max(1) as f64,
+        });
+    }
+    let alone = phases[0].p99;
+    println!("\nput latency at the leader, {rate} puts/s of 1 KiB, {keys} keys, etcd {} x3 (mTLS):", bench::etcd_version()?);
+    println!("| phase | puts | p50 ms | p99 ms | p99 / alone | checks | ms per check |");
+    println!("|---|---|---|---|---|---|---|");
+    for p in &phases {
+        println!("| {} | {} | {:.1} | {:.1} | {:.2}x | {} | {:.0} |", p.name, p.puts, p.p50, p.p99, p.p99 / alone, p.checks, p.check_ms);
+    }
+    for c in children.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(())
+}
