@@ -391,7 +391,7 @@ pub struct Check {
 #[tracing::instrument(skip_all)]
 pub async fn run(source: &Conn, dest: &Conn, filter: &Filter, opts: &CheckOptions) -> Result<Check, CheckError> {
     let started = Instant::now();
-    let (mut skv, mut dkv) = (source.history.clone(), dest.kv.clone());
+    let (mut skv, mut dkv) = (source.kv.clone(), dest.kv.clone());
     let (cluster_id, head) = etcd::head(&mut skv).await.map_err(on(Side::Source))?;
     etcd::distinct(cluster_id, etcd::head(&mut dkv).await.map_err(on(Side::Destination))?.0)?;
     let at = compare_revision(&mut dkv, cluster_id, head).await?;

@@ -103,48 +103,41 @@ pub struct Conn {
     pub client: Client,
     pub kv: KvClient,
     pub watch: WatchClient,
-    /// For reads of a past revision (the copy, the check): the followers when the member list
-    /// showed live ones, else `kv`. A revision's history is the same on every member that has
-    /// applied it, so a follower answers such a read as the leader would, and the leader, which
-    /// every write of the primary's apiserver goes through, is spared the scan.
-    pub history: KvClient,
 }
 
 /// How long one member has to answer [`connect`]'s probe before the others are used without it.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects to `endpoint`. Given several members, each is probed first and only those that answer
-/// with a leader are used: the client balances requests over its endpoints and does not retry a
-/// refused connection on another one, so one member down (a rolling reboot) would fail every
-/// request that happened to pick it. A single URL (a load balancer) is used as is; the load
-/// balancer is what skips dead members then.
+/// Connects to `endpoint`. Given several members, each is probed first and the connection is
+/// pinned to one that answers with a leader, a follower when there is one (as etcd's own client
+/// pins one endpoint). Balancing over all of them would not do: the client does not retry a
+/// refused connection on another endpoint, so one member down (a rolling reboot) fails every
+/// request that picks it, and it prefers the member that fails fastest, so one cut off from its
+/// quorum ("no leader") gets most requests. When the pinned member fails, the caller's next
+/// connection probes again. A follower also spares the leader, which every write of the
+/// primary's apiservers goes through, the copy's and the check's scans (a past revision reads
+/// the same on every member that has applied it). A single URL (a load balancer) is used as is;
+/// the load balancer is what skips dead members then.
 #[tracing::instrument(skip_all, fields(endpoints = %crate::urls::redact_all(&endpoint.urls)))]
 pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
     if let Some(u) = endpoint.urls.iter().find(|u| crate::urls::has_userinfo(u)) {
         return Err(EtcdError::Userinfo(format!("etcd endpoint {}", crate::urls::redact(u))));
     }
     let opts = options(endpoint);
-    let members = match endpoint.urls.len() {
-        0 | 1 => endpoint.urls.iter().map(|u| Member { url: u.clone(), leads: false }).collect(),
-        _ => live_members(&endpoint.urls, &opts).await?,
+    let urls = match endpoint.urls.len() {
+        0 | 1 => endpoint.urls.clone(),
+        _ => {
+            let live = live_members(&endpoint.urls, &opts).await?;
+            let pinned = live.iter().find(|m| !m.leads).or(live.first()).map(|m| m.url.clone());
+            pinned.into_iter().collect()
+        }
     };
-    let connect = |urls: Vec<String>| {
-        let opts = opts.clone();
-        async move { Client::connect(urls, Some(opts)).await.map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source }) }
-    };
-    let client = connect(members.iter().map(|m| m.url.clone()).collect()).await?;
-    let kv = kv_of(&client);
-    let followers: Vec<String> = members.iter().filter(|m| !m.leads).map(|m| m.url.clone()).collect();
-    let history = match members.iter().any(|m| m.leads) && !followers.is_empty() {
-        true => kv_of(&connect(followers).await?),
-        false => kv.clone(),
-    };
+    let client = Client::connect(urls, Some(opts))
+        .await
+        .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
+    let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(Conn { client, kv, watch, history })
-}
-
-fn kv_of(client: &Client) -> KvClient {
-    client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    Ok(Conn { client, kv, watch })
 }
 
 /// A member that answered the probe.

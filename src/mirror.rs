@@ -330,7 +330,7 @@ const READ_AHEAD_PAGES: usize = 3;
 /// Reads the pager's pages in a task of its own, ahead of the writes.
 fn read_ahead(mut pager: DiffPager, src: &Conn, dst: &Conn, filter: &Filter) -> (AbortOnDrop<()>, tokio::sync::mpsc::Receiver<Result<DiffPage, CheckError>>) {
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_PAGES);
-    let (mut skv, mut dkv, filter) = (src.history.clone(), dst.kv.clone(), filter.clone());
+    let (mut skv, mut dkv, filter) = (src.kv.clone(), dst.kv.clone(), filter.clone());
     let task = tokio::spawn(async move {
         loop {
             match pager.next(&mut skv, &mut dkv, &filter).await {
@@ -555,7 +555,7 @@ impl Mirror {
     #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
     async fn copy(&self, src: &Conn, dst: &Conn, cluster_id: u64, revision: i64, cursor: CopyCursor) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
-        let mut skv = src.history.clone();
+        let mut skv = src.kv.clone();
         let dkv = dst.kv.clone();
         let total = skv
             .get(REGISTRY_PREFIX, Some(etcd_client::GetOptions::new().with_prefix().with_count_only().with_revision(revision)))

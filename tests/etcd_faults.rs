@@ -159,21 +159,28 @@ async fn an_idle_source_is_not_a_dead_watch() {
 }
 
 /// A writer through the load balancer: one put at a time, each acknowledged one in the ledger.
-fn writer(client: Client, prefix: &'static str, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<(BTreeMap<String, String>, u64)> {
+/// A put that times out opens a new connection (the balancer may have stalled the old one).
+fn writer(src: &EtcdCluster, prefix: &'static str, stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<(BTreeMap<String, String>, u64)> {
+    let (url, opts) = (src.lb_url(), src.options());
     tokio::spawn(async move {
-        let (mut c, mut ledger, mut failed) = (client, BTreeMap::new(), 0u64);
+        let (mut ledger, mut failed, mut client) = (BTreeMap::new(), 0u64, None::<Client>);
         let mut i = 0u64;
         while !*stop.borrow() {
+            if client.is_none() {
+                client = Client::connect([url.as_str()], Some(opts.clone())).await.ok();
+            }
             let (k, v) = (format!("/registry/configmaps/{prefix}/k{:04}", i % 2000), format!("v{i}"));
-            match tokio::time::timeout(Duration::from_secs(3), c.put(k.as_str(), v.as_str(), None)).await {
-                Ok(Ok(_)) => {
-                    ledger.insert(k, v);
-                }
+            let acked = match client.as_mut() {
+                Some(c) => matches!(tokio::time::timeout(Duration::from_secs(3), c.put(k.as_str(), v.as_str(), None)).await, Ok(Ok(_))),
+                None => false,
+            };
+            if acked {
+                ledger.insert(k, v);
+            } else {
                 // Not acknowledged: it may or may not have committed, so no claim either way.
-                _ => {
-                    ledger.remove(&k);
-                    failed += 1;
-                }
+                ledger.remove(&k);
+                failed += 1;
+                client = None;
             }
             i += 1;
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -189,7 +196,7 @@ async fn leader_kills_and_a_rolling_restart_under_writes_lose_nothing() {
     let log = src.dir.path().join("mirror.log");
     let mirror = follow(&src, &src.lb_url(), &dst, &log);
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let w = writer(src.client().await, "team-a", rx);
+    let w = writer(&src, "team-a", rx);
 
     // The leader killed mid-follow, twice; then every member restarted in turn.
     for _ in 0..2 {
@@ -212,6 +219,83 @@ async fn leader_kills_and_a_rolling_restart_under_writes_lose_nothing() {
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
     assert!(ledger.len() > 200, "the writer hardly wrote: {}", ledger.len());
+    assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
+    let r = check(&src, &src.member_urls().join(","), &dst).expect("check");
+    assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
+}
+
+/// A client of one member (not through the load balancer).
+async fn member_client(src: &EtcdCluster, i: usize) -> Client {
+    let e = src.endpoint(vec![src.member_urls()[i].clone()]);
+    drctl::etcd::connect(&e).await.expect("connect a member").client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_its_quorum_is_never_followed() {
+    let src = EtcdCluster::start_partitionable(3);
+    let dst = Etcd::start();
+    let members = src.member_urls().join(",");
+    let log = src.dir.path().join("mirror.log");
+    let mirror = follow(&src, &members, &dst, &log);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let w = writer(&src, "team-a", rx);
+    let mut d = dst.client().await;
+
+    // Each follower in turn loses its quorum (it keeps answering its clients); whichever
+    // carries the mirror's watch, a write the quorum takes meanwhile must reach the destination
+    // before the member heals: a mirror stuck on the cut-off member would see nothing new.
+    let leader = src.leader().await;
+    for i in (0..3).filter(|i| *i != leader) {
+        src.isolate(i, true);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut other = member_client(&src, leader).await;
+        let (k, v) = (format!("/registry/configmaps/team-b/while-{i}-is-cut-off"), "v".to_string());
+        put(&mut other, &k, &v).await;
+        let probe = BTreeMap::from([(k, v)]);
+        let missing = holds_all(&mut d, &probe, Duration::from_secs(20)).await;
+        src.isolate(i, false);
+        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(missing, 0, "a write the quorum took while member {i} was cut off never arrived; mirror log:\n{log_text}");
+        src.settled().await;
+    }
+    tx.send(true).expect("stop the writer");
+    let (ledger, failed) = w.await.expect("writer");
+    let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
+    stop(mirror);
+    println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
+    assert_eq!(missing, 0, "acknowledged writes lost");
+    let r = check(&src, &members, &dst).expect("check");
+    assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_balancer_moving_the_mirror_to_another_member_loses_nothing() {
+    let src = EtcdCluster::start(3);
+    let dst = Etcd::start();
+    let log = src.dir.path().join("mirror.log");
+    let mirror = follow(&src, &src.lb_url(), &dst, &log);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let w = writer(&src, "team-a", rx);
+    // A member drained from the load balancer with its connections stalled (a node taken out):
+    // the mirror's connection through it hangs until keepalive gives up, then the balancer
+    // sends the new one elsewhere.
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        src.lb.drain(i, true);
+        src.lb.blackhole(i, true);
+        // Longer than the client's keepalive (10 s, then 5 s for the answer).
+        tokio::time::sleep(Duration::from_secs(18)).await;
+        src.lb.blackhole(i, false);
+        src.lb.drain(i, false);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tx.send(true).expect("stop the writer");
+    let (ledger, failed) = w.await.expect("writer");
+    let mut d = dst.client().await;
+    let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
+    stop(mirror);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing; {} load-balancer connections", ledger.len(), src.lb.connections());
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
     let r = check(&src, &src.member_urls().join(","), &dst).expect("check");
     assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");

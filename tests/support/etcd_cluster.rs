@@ -20,12 +20,33 @@ pub struct EtcdCluster {
     children: Vec<Option<Child>>,
     pub lb: LoadBalancer,
     pub tls: EtcdTls,
+    /// Member `i`'s peer traffic from the others, when started [`EtcdCluster::start_partitionable`].
+    peer_links: Vec<Proxy>,
 }
 
 impl EtcdCluster {
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::launch(n, false)
+    }
+
+    /// Members whose peers reach each other through proxies, so one can be cut off from its
+    /// quorum while its clients still reach it ([`EtcdCluster::isolate`]).
+    pub fn start_partitionable(n: usize) -> EtcdCluster {
+        EtcdCluster::launch(n, true)
+    }
+
+    fn launch(n: usize, partitionable: bool) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let members = EtcdServer::cluster_tls(dir.path(), n).expect("etcd members");
+        let mut members = EtcdServer::cluster_tls(dir.path(), n).expect("etcd members");
+        let mut peer_links = Vec::new();
+        if partitionable {
+            for m in &mut members {
+                let link = Proxy::start(addr_of(&m.peer_url));
+                m.advertised_peer_url = Some(link.url());
+                peer_links.push(link);
+            }
+            EtcdServer::introduce(&mut members);
+        }
         let tls = members[0].tls.clone().expect("members serve TLS");
         // All at once: a member alone waits for its quorum.
         let mut children: Vec<Option<Child>> = members.iter().map(|m| Some(spawn(m.command(), &m.log()))).collect();
@@ -33,7 +54,17 @@ impl EtcdCluster {
             m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
         }
         let lb = LoadBalancer::start(members.iter().map(|m| addr_of(&m.client_url)).collect());
-        EtcdCluster { dir, members, children, lb, tls }
+        EtcdCluster { dir, members, children, lb, tls, peer_links }
+    }
+
+    /// Cuts member `i` off from the others' messages (or heals it): it no longer hears its
+    /// leader, while clients still reach it.
+    pub fn isolate(&self, i: usize, cut: bool) {
+        let link = &self.peer_links[i];
+        link.set(if cut { Mode::Blackhole } else { Mode::Pass });
+        if cut {
+            link.stall_open_connections();
+        }
     }
 
     /// The members' client URLs, as a member list.
@@ -132,7 +163,29 @@ impl EtcdCluster {
         }
     }
 
-    fn options(&self) -> etcd_client::ConnectOptions {
+    /// Waits until every running member names the same leader (after a heal: a member's peers
+    /// reconnect their streams first).
+    pub async fn settled(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let mut leaders = Vec::new();
+            for (i, url) in self.member_urls().into_iter().enumerate() {
+                if self.children[i].is_none() {
+                    continue;
+                }
+                let status = async { etcd_client::Client::connect([url], Some(self.options())).await?.status().await };
+                leaders.push(status.await.map(|s| s.leader()).unwrap_or(0));
+            }
+            if leaders.iter().all(|l| *l != 0 && *l == leaders[0]) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "the members do not agree on a leader: {leaders:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+
+    /// How [`EtcdCluster::client`] connects (a test that reconnects makes its own clients).
+    pub fn options(&self) -> etcd_client::ConnectOptions {
         let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
         etcd_client::ConnectOptions::new().with_connect_timeout(std::time::Duration::from_secs(2)).with_tls(
             etcd_client::TlsOptions::new()

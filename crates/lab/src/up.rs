@@ -524,6 +524,7 @@ mod tests {
                         tls: None,
                         name: "default".to_string(),
                         initial_cluster: String::new(),
+                        advertised_peer_url: None,
                     },
                     api: procs::ApiServer {
                         dir: dir.join(name).join("apiserver"),

@@ -208,6 +208,10 @@ pub struct EtcdServer {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub initial_cluster: String,
+    /// The peer URL the other members are told to use, when not `peer_url` itself (a proxy
+    /// that can cut this member off from its peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_peer_url: Option<String>,
 }
 
 fn default_member() -> String {
@@ -235,6 +239,7 @@ impl EtcdServer {
             tls: None,
             name: default_member(),
             initial_cluster: String::new(),
+            advertised_peer_url: None,
         })
     }
 
@@ -257,13 +262,24 @@ impl EtcdServer {
                 tls: Some(tls.clone()),
                 name,
                 initial_cluster: String::new(),
+                advertised_peer_url: None,
             });
         }
-        let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
-        for m in &mut members {
+        EtcdServer::introduce(&mut members);
+        Ok(members)
+    }
+
+    /// The peer URL the other members use.
+    pub fn advertised_peer(&self) -> &str {
+        self.advertised_peer_url.as_deref().unwrap_or(&self.peer_url)
+    }
+
+    /// Sets every member's `--initial-cluster` from the members' advertised peer URLs.
+    pub fn introduce(members: &mut [EtcdServer]) {
+        let initial = members.iter().map(|m| format!("{}={}", m.name, m.advertised_peer())).collect::<Vec<_>>().join(",");
+        for m in members {
             m.initial_cluster = initial.clone();
         }
-        Ok(members)
     }
 
     /// An etcd that requires mTLS from its clients, with a fresh CA and certificates in `dir`.
@@ -276,6 +292,7 @@ impl EtcdServer {
             tls: Some(write_etcd_pki(dir)?),
             name: default_member(),
             initial_cluster: String::new(),
+            advertised_peer_url: None,
         })
     }
 
@@ -286,7 +303,7 @@ impl EtcdServer {
     pub fn command(&self) -> Command {
         let mut cmd = etcd_command("etcd");
         let initial_cluster = match self.initial_cluster.as_str() {
-            "" => format!("{}={}", self.name, self.peer_url),
+            "" => format!("{}={}", self.name, self.advertised_peer()),
             all => all.to_string(),
         };
         cmd.args([
@@ -295,7 +312,7 @@ impl EtcdServer {
             &format!("--listen-client-urls={}", self.client_url),
             &format!("--advertise-client-urls={}", self.client_url),
             &format!("--listen-peer-urls={}", self.peer_url),
-            &format!("--initial-advertise-peer-urls={}", self.peer_url),
+            &format!("--initial-advertise-peer-urls={}", self.advertised_peer()),
             &format!("--initial-cluster={initial_cluster}"),
             "--max-request-bytes=10485760",
             "--quota-backend-bytes=8589934592",
