@@ -98,6 +98,10 @@ pub enum Command {
     /// check, the DNS answer, the last failover's steps, Argo CD. Exit 3 when two primaries or
     /// none are visible, 4 when neither global answers.
     Status(crate::status::read::StatusArgs),
+    /// From this global, every connection and permission a failover and the standby's mirror
+    /// need, each a row ok / warn / fail with its fix; changes nothing. Exit 0 all ok, 1 a
+    /// warning, 2 a failure.
+    Preflight(crate::preflight::PreflightArgs),
     /// DNS tools for operators.
     Dns {
         #[command(subcommand)]
@@ -512,6 +516,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lab { args } => Err(exec_lab(&args).into()),
         Command::Status(args) => crate::status::read::run(args).await,
+        Command::Preflight(args) => crate::preflight::run(args).await,
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Archive(cmd) => archive_cmd(cmd).await,

@@ -26,6 +26,7 @@ pub mod leader;
 pub mod managed_fields;
 pub mod metrics;
 pub mod mirror;
+pub mod preflight;
 pub mod restart;
 pub mod schema_check;
 pub mod secret;

@@ -24,21 +24,21 @@ use crate::secret::{KubeSecrets, SecretSource};
 use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, RewoundStatus, SyncStatus};
 use crate::validated::{Cluster, Driver, ValidatedTopology};
 
-/// This cluster's etcd as an endpoint, with mTLS material from its Secret.
+/// A global's etcd as an endpoint, with mTLS material from its Secret.
 async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
+    etcd_endpoint(&KubeSecrets::new(ctx.client.clone()), c).await
+}
+
+/// A global's etcd (`spec.clusters[].etcd`) as an endpoint, the mTLS material read from its
+/// Secret through `secrets` (the mirror and preflight connect the same way).
+pub async fn etcd_endpoint(secrets: &dyn SecretSource, c: &Cluster) -> Result<Endpoint, SyncError> {
     let tls = match &c.etcd.tls_secret_ref {
         None => None,
         Some(r) => {
-            let secrets = KubeSecrets::new(ctx.client.clone());
-            let get = |key: &'static str| {
-                let secrets = secrets.clone();
-                let r = r.clone();
-                async move { secrets.get(&r, key).await }
-            };
             let err = |source| SyncError::Tls { cluster: c.name.clone(), source };
-            let ca = get("ca.crt").await.map_err(err)?;
-            let cert = get("tls.crt").await.map_err(err)?;
-            let key = get("tls.key").await.map_err(err)?;
+            let ca = secrets.get(r, "ca.crt").await.map_err(err)?;
+            let cert = secrets.get(r, "tls.crt").await.map_err(err)?;
+            let key = secrets.get(r, "tls.key").await.map_err(err)?;
             Some(TlsMaterial { ca: Some(ca.expose().to_vec()), identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))) })
         }
     };
