@@ -1,0 +1,103 @@
+//! `drctl preflight` (the real binary) from the primary of a real pair (etcd + kube-apiserver
+//! each, PowerDNS): a healthy pair gives only ok rows and exit 0; one broken dependency at a
+//! time (the peer's etcd endpoint, the DNS API key) gives exactly that row failing, with its
+//! fix, and exit 2; and the primary stays untouched (DNS record, no drctl key written in its
+//! etcd, its DRTopology without status).
+
+mod support;
+
+use serde_json::Value;
+use support::pair::{Pair, DOMAIN, VIP_A};
+
+/// Runs `drctl preflight --json` against global-a; (exit code, the rows).
+fn preflight(pair: &Pair) -> (i32, Vec<Value>) {
+    let out = support::drctl()
+        .args(["preflight", "--json", "--cluster-name=global-a", "--timeout=3s"])
+        .arg(format!("--kubeconfig={}", pair.a.api.kubeconfig.display()))
+        .output()
+        .expect("run drctl preflight");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("$ drctl preflight --json\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("no JSON ({e}):\n{stdout}"));
+    (out.status.code().unwrap_or(-1), v["rows"].as_array().expect("rows").clone())
+}
+
+fn not_ok(rows: &[Value]) -> Vec<(String, String, String)> {
+    rows.iter()
+        .filter(|r| r["outcome"] != "ok")
+        .map(|r| (r["check"].as_str().unwrap_or("").to_string(), r["target"].as_str().unwrap_or("").to_string(), r["outcome"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+fn checks(rows: &[Value]) -> Vec<&str> {
+    rows.iter().map(|r| r["check"].as_str().unwrap_or("")).collect()
+}
+
+/// What a preflight must not change on the primary.
+async fn assert_primary_untouched(pair: &Pair) {
+    assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), [VIP_A], "the platform record");
+    let mut etcd = pair.a.etcd.client().await;
+    let drctl_keys = etcd.get("drctl/", Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.expect("read etcd");
+    assert_eq!(drctl_keys.count(), 0, "preflight wrote into the primary's etcd");
+    let topo = pair.status(&pair.a).await.expect("topology");
+    assert!(topo.status.is_none(), "preflight wrote the DRTopology's status: {:?}", topo.status);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_passes_on_a_healthy_pair_and_names_exactly_the_broken_dependency() {
+    let pair = Pair::start().await;
+    pair.apply_both("global-a");
+    // What the pair's restarts select, so that no selector comes back empty.
+    pair.a.api.apply_stdin(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cluster-transformer, namespace: cpaas-system, labels: {service_name: cluster-transformer}}\n\
+         spec:\n  selector: {matchLabels: {app: ct}}\n  template:\n    metadata: {labels: {app: ct}}\n    spec: {containers: [{name: c, image: x}]}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: vmselect-0, namespace: cpaas-system, labels: {service_name: vmselect}}\nspec: {containers: [{name: c, image: x}]}\n",
+    );
+
+    let (code, rows) = preflight(&pair);
+    assert_eq!(not_ok(&rows), vec![], "a healthy pair");
+    assert_eq!(code, 0);
+    for want in [
+        "etcd.read",
+        "etcd.write",
+        "etcd.members",
+        "etcd.versions",
+        "peer.apiserver",
+        "clock.offset",
+        "peer.identity",
+        "kubernetes.versions",
+        "dns.provider",
+        "dns.resolver",
+        "restart.selector",
+        "encryption.config",
+    ] {
+        assert!(checks(&rows).contains(&want), "no {want} row: {rows:#?}");
+    }
+    assert_eq!(rows.iter().filter(|r| r["check"] == "etcd.read").count(), 2, "own and peer etcd");
+    assert_primary_untouched(&pair).await;
+
+    // The peer's etcd endpoint is wrong (nothing listens there) in global-a's topology.
+    let wrong = format!("http://127.0.0.1:{}", support::free_port());
+    let yaml = pair.topology_yaml("global-a").replace(&format!("endpoints: [{}]", pair.b.etcd.client_url), &format!("endpoints: [{wrong}]"));
+    assert!(yaml.contains(&wrong), "the peer's endpoint replaced");
+    pair.apply(&pair.a, &yaml);
+    let (code, rows) = preflight(&pair);
+    assert_eq!(not_ok(&rows), vec![("etcd.read".to_string(), "global-b (peer)".to_string(), "fail".to_string())]);
+    assert_eq!(code, 2);
+    let row = rows.iter().find(|r| r["outcome"] == "fail").expect("the failing row");
+    assert!(row["fix"].as_str().unwrap_or("").contains("spec.clusters[name=global-b].etcd.endpoints"), "{row:#}");
+    assert_primary_untouched(&pair).await;
+    pair.apply(&pair.a, &pair.topology_yaml("global-a"));
+
+    // The PowerDNS API key is wrong.
+    pair.a.api.kubectl_ok(&["-n", "drctl-system", "delete", "secret", "pdns-api"]);
+    pair.a.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", "--from-literal=apiKey=not-the-key"]);
+    let (code, rows) = preflight(&pair);
+    assert_eq!(not_ok(&rows), vec![("dns.provider".to_string(), "powerdns".to_string(), "fail".to_string())]);
+    assert_eq!(code, 2);
+    let row = rows.iter().find(|r| r["outcome"] == "fail").expect("the failing row");
+    assert!(row["detail"].as_str().unwrap_or("").contains("the API key was rejected"), "{row:#}");
+    assert!(!row.to_string().contains("not-the-key"), "the key itself is never printed: {row:#}");
+    assert!(row["fix"].as_str().unwrap_or("").contains("spec.dns.powerdns"), "{row:#}");
+    assert_primary_untouched(&pair).await;
+}
