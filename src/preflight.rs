@@ -202,6 +202,9 @@ pub fn hook_verdict(target: &str, url: &str, status: u16) -> Row {
 pub struct Options {
     /// Each probe's own limit.
     pub timeout: Duration,
+    /// Send each webhook hook a HEAD (the CLI does; the controller's scheduled run does not
+    /// knock on a receiver every few minutes, and reports the hooks as not probed).
+    pub probe_hooks: bool,
 }
 
 /// Runs `fut` within `t`; a timeout is an error message.
@@ -490,6 +493,9 @@ async fn workload_checks(local: &Client, topo: &ValidatedTopology, opts: &Option
 async fn hook_checks(local: &Client, topo: &ValidatedTopology, opts: &Options, rows: &mut Vec<Row>) {
     let f = &topo.spec.failover;
     for h in f.pre_hooks.iter().chain(&f.post_hooks) {
+        if !opts.probe_hooks && matches!(h.kind, HookKind::Webhook(_)) {
+            continue;
+        }
         rows.push(hook_row(local, h, opts).await);
     }
 }
@@ -516,6 +522,51 @@ async fn hook_row(local: &Client, h: &Hook, opts: &Options) -> Row {
             }
         }
     }
+}
+
+/// The controller's scheduled preflight: runs beside the reconciles (a run takes up to a few
+/// probe timeouts), started when due and collected by a later reconcile.
+#[derive(Default)]
+pub struct Periodic {
+    state: std::sync::Mutex<(Option<std::time::Instant>, Option<tokio::task::JoinHandle<Vec<Row>>>)>,
+}
+
+impl Periodic {
+    /// The rows of a run that finished since the last call, if any; starts a run (with `start`)
+    /// when none runs and the last started `interval` ago or never. A zero interval never runs.
+    pub fn poll(&self, interval: Duration, start: impl FnOnce() -> tokio::task::JoinHandle<Vec<Row>>) -> Option<Vec<Row>> {
+        use futures::FutureExt;
+        let Ok(mut st) = self.state.lock() else { return None };
+        let (started, task) = &mut *st;
+        let mut done = None;
+        if task.as_ref().is_some_and(|t| t.is_finished()) {
+            // Finished: the handle is ready; a panicked run gives no rows.
+            done = task.take().and_then(|t| t.now_or_never()).and_then(Result::ok);
+        }
+        if !interval.is_zero() && task.is_none() && started.is_none_or(|s| s.elapsed() >= interval) {
+            *started = Some(std::time::Instant::now());
+            *task = Some(start());
+        }
+        done
+    }
+}
+
+/// The `Preflight` condition from a run's rows: True unless a row failed; the message
+/// [`summary`], cut to what a condition message carries.
+pub fn condition(rows: &[Row]) -> (bool, crate::decide::conditions::Reason, String) {
+    use crate::decide::conditions::Reason;
+    let reason = match rows.iter().map(|r| r.outcome).max() {
+        Some(Outcome::Fail) => Reason::ChecksFailed,
+        Some(Outcome::Warn) => Reason::ChecksWarned,
+        _ => Reason::ChecksPassed,
+    };
+    let mut msg = summary(rows);
+    if msg.len() > 1024 {
+        let cut = (0..=1000).rev().find(|i| msg.is_char_boundary(*i)).unwrap_or(0);
+        msg.truncate(cut);
+        msg.push_str(" … (drctl preflight lists all)");
+    }
+    (reason != Reason::ChecksFailed, reason, msg)
 }
 
 /// `drctl preflight`.
@@ -549,7 +600,7 @@ pub async fn run(args: PreflightArgs) -> anyhow::Result<ExitCode> {
     let topo = ValidatedTopology::try_from(&topo).map_err(|errs| {
         anyhow::anyhow!("the DRTopology is invalid (`drctl validate` says more): {}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
     })?;
-    let rows = run_checks(&client, &topo, &args.cluster_name, &Options { timeout: args.timeout }).await;
+    let rows = run_checks(&client, &topo, &args.cluster_name, &Options { timeout: args.timeout, probe_hooks: true }).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "cluster": args.cluster_name, "rows": rows, "exitCode": exit_code(&rows) }))?);
     } else {
@@ -610,6 +661,33 @@ mod tests {
         assert_eq!(summary(&rows), "1 of 3 checks failed: etcd.read t: d");
         assert_eq!(summary(&rows[..2]), "1 of 2 checks warned: x t: d");
         assert_eq!(summary(&rows[..1]), "all 1 checks passed");
+    }
+
+    #[test]
+    fn the_condition_is_false_only_on_a_failure() {
+        use crate::decide::conditions::Reason;
+        let c = |o: &[Outcome]| {
+            let rows: Vec<Row> = o.iter().map(|o| row(*o)).collect();
+            let (ok, reason, _) = condition(&rows);
+            (ok, reason)
+        };
+        assert_eq!(c(&[Outcome::Ok]), (true, Reason::ChecksPassed));
+        assert_eq!(c(&[Outcome::Ok, Outcome::Warn]), (true, Reason::ChecksWarned));
+        assert_eq!(c(&[Outcome::Warn, Outcome::Fail]), (false, Reason::ChecksFailed));
+        let long: Vec<Row> = (0..100).map(|_| row(Outcome::Fail)).collect();
+        assert!(condition(&long).2.len() < 1100, "a condition message stays short");
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_run_starts_when_due_and_is_collected_once() {
+        let p = Periodic::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(p.poll(hour, || tokio::spawn(async { vec![row(Outcome::Ok)] })), None, "started, not finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = || -> tokio::task::JoinHandle<Vec<Row>> { panic!("not due again within the interval") };
+        assert_eq!(p.poll(hour, again).map(|r| r.len()), Some(1), "collected");
+        assert_eq!(p.poll(hour, again), None, "collected once");
+        assert_eq!(Periodic::default().poll(Duration::ZERO, again), None, "a zero interval never runs");
     }
 
     #[test]

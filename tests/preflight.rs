@@ -101,3 +101,37 @@ async fn preflight_passes_on_a_healthy_pair_and_names_exactly_the_broken_depende
     assert!(row["fix"].as_str().unwrap_or("").contains("spec.dns.powerdns"), "{row:#}");
     assert_primary_untouched(&pair).await;
 }
+
+/// The controller's scheduled preflight: `Preflight` True on a healthy pair, False naming the
+/// failing check once the standby's DNS API key is wrong, True again once it is fixed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_controller_keeps_a_preflight_condition_current() {
+    use drctl::topology::{DRTopologyStatus, Phase, Role};
+    use std::time::Duration;
+    let preflight = |s: &DRTopologyStatus| s.conditions.iter().find(|c| c.type_ == "Preflight").map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    let pair = Pair::start().await;
+    pair.apply_both("global-a");
+    let ca = pair.controller(&pair.a, &["--preflight-interval=2s"]);
+    let cb = pair.controller(&pair.b, &["--preflight-interval=2s"]);
+    let t = Duration::from_secs(90);
+    pair.wait(&pair.a, "A primary with Preflight True", t, &[&ca, &cb], |s| {
+        s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady) && preflight(s).is_some_and(|(st, _, _)| st == "True")
+    })
+    .await;
+    let b = pair.wait(&pair.b, "B standby with Preflight True", t, &[&ca, &cb], |s| preflight(s).is_some_and(|(st, _, _)| st == "True")).await;
+    eprintln!("B: {:?}", b.status.as_ref().and_then(preflight));
+
+    pair.b.api.kubectl_ok(&["-n", "drctl-system", "delete", "secret", "pdns-api"]);
+    pair.b.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", "--from-literal=apiKey=not-the-key"]);
+    let b = pair.wait(&pair.b, "B Preflight False", t, &[&ca, &cb], |s| preflight(s).is_some_and(|(st, _, _)| st == "False")).await;
+    let (_, reason, message) = b.status.as_ref().and_then(preflight).expect("condition");
+    assert_eq!(reason, "ChecksFailed");
+    assert!(message.starts_with("1 of ") && message.contains("dns.provider powerdns"), "{message}");
+    assert!(!message.contains("not-the-key"), "{message}");
+    // The primary is not touched by its standby's broken dependency.
+    assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), [VIP_A]);
+
+    pair.b.api.kubectl_ok(&["-n", "drctl-system", "delete", "secret", "pdns-api"]);
+    pair.b.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
+    pair.wait(&pair.b, "B Preflight True again", t, &[&ca, &cb], |s| preflight(s).is_some_and(|(st, _, _)| st == "True")).await;
+}

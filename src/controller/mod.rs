@@ -67,6 +67,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         fingerprints: Arc::default(),
         fingerprint_error: std::sync::Mutex::new(None),
         failures: std::sync::Mutex::default(),
+        preflight: Default::default(),
         args: args.clone(),
     });
     let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref())?;
@@ -279,10 +280,24 @@ async fn remembering(ctx: &Context, api: &Api<DRTopology>, topo: &DRTopology) ->
 
 /// Writes the status and its metrics, and requeues after `after`.
 async fn finish(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, after: Duration) -> Result<Requeue, Error> {
+    refresh_preflight(ctx, topo, w);
     w.write().await?;
     ctx.metrics.observe_status(&w.status);
     ctx.metrics.observe_thresholds(&Thresholds::of(topo));
     Ok(Requeue::requeue(after))
+}
+
+/// Starts the scheduled preflight when due and records a finished run in `Preflight` (an
+/// invalid spec is not checked: `Valid` says what is wrong).
+fn refresh_preflight(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) {
+    let Ok(v) = parse(topo, ctx.self_name()) else { return };
+    let (client, me) = (ctx.client.clone(), ctx.self_name().to_string());
+    let opts = crate::preflight::Options { timeout: Duration::from_secs(5), probe_hooks: false };
+    let rows = ctx.preflight.poll(ctx.args.preflight_interval, move || tokio::spawn(async move { crate::preflight::run_checks(&client, &v, &me, &opts).await }));
+    if let Some(rows) = rows {
+        let (ok, reason, msg) = crate::preflight::condition(&rows);
+        set_condition(&mut w.status, ConditionType::Preflight, ok, reason, &msg, topo.metadata.generation);
+    }
 }
 
 /// The spec as this controller acts on it, or what is wrong with it: every validation error,
