@@ -17,6 +17,7 @@ pub mod files;
 pub mod forge;
 pub mod gitops;
 pub mod guards;
+pub mod heartbeat;
 pub mod hooks;
 pub mod http;
 pub mod keyspace;

@@ -201,6 +201,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
         sync.applied_revision = Some(p.applied_revision).filter(|r| *r > 0);
         sync.lag_seconds = Some((lag * 1000.0).round() / 1000.0);
+        sync.replication_lag_seconds = ctx.heartbeat.lag_seconds(Timestamp::now()).map(|l| (l * 1000.0).round() / 1000.0);
     }
     let following = p.phase == crate::mirror::Phase::Following;
     let interval = topo.spec.sync.check_interval;
