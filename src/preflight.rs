@@ -181,11 +181,17 @@ pub fn resolver_verdict(domain: &str, a: &ResolverAnswer) -> Row {
 
 /// A restart selecting nothing is not an error (the component may not run there) but is
 /// usually a typo in the selector or namespace.
-pub fn selector_verdict(target: &str, found: &[String]) -> Row {
+pub fn selector_verdict(target: &str, selector: &str, found: &[String]) -> Row {
     if found.is_empty() {
-        return Row::bad("restart.selector", target, Outcome::Warn, "selects nothing", "check spec.restarts[].namespace and labelSelector against the running workloads");
+        return Row::bad(
+            "restart.selector",
+            target,
+            Outcome::Warn,
+            format!("{selector} selects nothing"),
+            "check spec.restarts[].namespace and labelSelector against the running workloads",
+        );
     }
-    Row::ok("restart.selector", target, format!("selects {}", found.join(", ")))
+    Row::ok("restart.selector", target, format!("{selector} selects {}", found.join(", ")))
 }
 
 /// A webhook hook answered a HEAD: any answer below 500 proves it reachable (a receiver may
@@ -479,9 +485,10 @@ async fn workload_checks(local: &Client, topo: &ValidatedTopology, opts: &Option
             RestartScope::WorkloadClusters => reached.iter().map(|(n, c)| (n.clone(), c)).collect(),
         };
         for (where_, client) in clusters {
-            let target = format!("{} ({}/{} in {where_})", r.name, r.namespace, r.label_selector);
+            let target = format!("{} in {where_}", r.name);
+            let selector = format!("{}/{}", r.namespace, r.label_selector);
             rows.push(match within(opts.timeout, restart::selected(client, r)).await {
-                Ok(found) => selector_verdict(&target, &found),
+                Ok(found) => selector_verdict(&target, &selector, &found),
                 Err(e) => Row::bad("restart.selector", target, Outcome::Fail, e, "grant drctl list (and patch/delete) on the restart's kinds in that namespace"),
             });
         }
@@ -613,7 +620,7 @@ pub async fn run(args: PreflightArgs) -> anyhow::Result<ExitCode> {
 pub fn render(rows: &[Row]) -> String {
     let mut out = String::new();
     let w = rows.iter().map(|r| r.check.len()).max().unwrap_or(0);
-    let t = rows.iter().map(|r| r.target.chars().count()).max().unwrap_or(0).min(48);
+    let t = rows.iter().map(|r| r.target.chars().count()).max().unwrap_or(0).min(40);
     for r in rows {
         let o = match r.outcome {
             Outcome::Ok => "ok",
@@ -745,8 +752,8 @@ mod tests {
         assert_eq!(resolver_verdict("p", &ans(Ok(vec!["127.0.0.10".parse().expect("ip")]))).outcome, Outcome::Ok);
         assert_eq!(resolver_verdict("p", &ans(Ok(vec![]))).outcome, Outcome::Warn);
         assert_eq!(resolver_verdict("p", &ans(Err("timeout".into()))).outcome, Outcome::Fail);
-        assert_eq!(selector_verdict("vm", &[]).outcome, Outcome::Warn);
-        assert_eq!(selector_verdict("vm", &["Pod/vmselect-0".to_string()]).outcome, Outcome::Ok);
+        assert_eq!(selector_verdict("vm", "ns/app=vm", &[]).outcome, Outcome::Warn);
+        assert_eq!(selector_verdict("vm", "ns/app=vm", &["Pod/vmselect-0".to_string()]).outcome, Outcome::Ok);
         assert_eq!(hook_verdict("h", "u", 405).outcome, Outcome::Ok, "a receiver refusing HEAD is still reachable");
         assert_eq!(hook_verdict("h", "u", 503).outcome, Outcome::Warn);
     }

@@ -99,6 +99,18 @@ async fn preflight_passes_on_a_healthy_pair_and_names_exactly_the_broken_depende
     assert!(row["detail"].as_str().unwrap_or("").contains("the API key was rejected"), "{row:#}");
     assert!(!row.to_string().contains("not-the-key"), "the key itself is never printed: {row:#}");
     assert!(row["fix"].as_str().unwrap_or("").contains("spec.dns.powerdns"), "{row:#}");
+    // The table an operator reads says the same.
+    let out = support::drctl()
+        .args(["preflight", "--cluster-name=global-a"])
+        .arg(format!("--kubeconfig={}", pair.a.api.kubeconfig.display()))
+        .output()
+        .expect("run drctl preflight");
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("$ drctl preflight --cluster-name global-a\n{table}");
+    assert_eq!(out.status.code(), Some(2));
+    let fail: Vec<&str> = table.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(fail.len() == 1 && fail[0].contains("dns.provider"), "{table}");
+    assert!(table.contains("      fix: fix spec.dns.powerdns") && table.contains("checks failed: dns.provider powerdns"), "{table}");
     assert_primary_untouched(&pair).await;
 }
 
