@@ -8,6 +8,7 @@ pub mod controller;
 pub mod copy_order;
 pub mod decide;
 pub mod dns;
+pub mod drill;
 pub mod etcd;
 pub mod exclusions;
 pub mod failover;
