@@ -521,8 +521,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lab { args } => Err(exec_lab(&args).into()),
         Command::Status(args) => crate::status::read::run(args).await,
-        Command::Preflight(args) => crate::preflight::run(args).await,
-        Command::Drill(args) => crate::drill::run(args).await,
+        Command::Preflight(args) => {
+            let client = crate::controller::client(args.kubeconfig.as_deref()).await?;
+            crate::preflight::run(args, client).await
+        }
+        Command::Drill(args) => {
+            let client = crate::controller::client(args.kubeconfig.as_deref()).await?;
+            crate::drill::run(args, client).await
+        }
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Archive(cmd) => archive_cmd(cmd).await,

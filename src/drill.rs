@@ -20,7 +20,6 @@ use kube::Client;
 use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
-use crate::controller::sync::etcd_endpoint;
 use crate::etcd::{self, Conn};
 use crate::heartbeat::{self, Beat};
 use crate::keyspace::{self, Filter};
@@ -125,7 +124,7 @@ pub async fn run_drill(local: &Client, topo: &ValidatedTopology, self_name: &str
     let connect = |c| {
         let secrets = secrets.clone();
         async move {
-            let e = etcd_endpoint(&secrets, c).await.map_err(|e| e.to_string())?;
+            let e = etcd::cluster_endpoint(&secrets, c).await.map_err(|e| e.to_string())?;
             etcd::connect(&e).await.map_err(|e| e.to_string())
         }
     };
@@ -308,7 +307,7 @@ async fn read_back(local: &Client, dst: &Conn, filter: &Filter, opts: &Options) 
 pub struct DrillArgs {
     /// The standby's kubeconfig [default: $KUBECONFIG, else in-cluster].
     #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
     /// Which of spec.clusters[].name this global (the standby) is.
     #[arg(long)]
     cluster_name: String,
@@ -329,8 +328,7 @@ pub struct DrillArgs {
     namespace: String,
 }
 
-pub async fn run(args: DrillArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::controller::client(args.kubeconfig.as_deref()).await?;
+pub async fn run(args: DrillArgs, client: Client) -> anyhow::Result<ExitCode> {
     let api: Api<DRTopology> = Api::all(client.clone());
     let topo = match &args.name {
         Some(n) => api.get(n).await?,
@@ -361,7 +359,14 @@ pub fn render(r: &Report) -> String {
         out.push_str(&format!("  {:<10}  {o:<6}  {:<8}  {}\n", s.name, format!("{:.1}s", s.seconds), s.detail));
     }
     for f in &r.findings {
-        out.push_str(&format!("  preflight {:?} {} {}: {}{}\n", f.outcome, f.check, f.target, f.detail, f.fix.as_ref().map(|x| format!(" (fix: {x})")).unwrap_or_default()));
+        out.push_str(&format!(
+            "  preflight {:?} {} {}: {}{}\n",
+            f.outcome,
+            f.check,
+            f.target,
+            f.detail,
+            f.fix.as_ref().map(|x| format!(" (fix: {x})")).unwrap_or_default()
+        ));
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
     out.push_str(&format!(
@@ -388,7 +393,8 @@ mod tests {
 
     #[test]
     fn the_predicted_rto_is_final_syncs_measured_steps_plus_the_ttl() {
-        let steps = [step("preflight", Outcome::Ok, 3.0), step("catch-up", Outcome::Ok, 0.25), step("check", Outcome::Ok, 1.5), step("read-back", Outcome::Ok, 2.0)];
+        let steps =
+            [step("preflight", Outcome::Ok, 3.0), step("catch-up", Outcome::Ok, 0.25), step("check", Outcome::Ok, 1.5), step("read-back", Outcome::Ok, 2.0)];
         assert_eq!(predicted_rto(&steps, 30), 31.75);
         assert_eq!(exit_code(&steps), 0);
         assert_eq!(exit_code(&[step("check", Outcome::Warn, 0.0)]), 1);

@@ -17,7 +17,6 @@ use kube::Client;
 use serde::Serialize;
 
 use crate::controller::peer::{self, kubeconfig_client};
-use crate::controller::sync::etcd_endpoint;
 use crate::dns::{self, Probe, ResolverAnswer};
 use crate::etcd;
 use crate::restart;
@@ -97,7 +96,13 @@ pub fn members_verdict(target: &str, f: &MemberFacts) -> Row {
         );
     }
     if f.leader == 0 {
-        return Row::bad("etcd.members", target, Outcome::Fail, format!("{detail}; no leader"), "restore quorum: a majority of the members must run and reach each other");
+        return Row::bad(
+            "etcd.members",
+            target,
+            Outcome::Fail,
+            format!("{detail}; no leader"),
+            "restore quorum: a majority of the members must run and reach each other",
+        );
     }
     Row::ok("etcd.members", target, detail)
 }
@@ -153,8 +158,20 @@ pub fn encryption_verdict(target: &str, own: &Result<String, String>, peer: Opti
     let check = "encryption.config";
     let short = |s: &str| s.chars().take(12).collect::<String>();
     match (own, peer) {
-        (Err(e), _) => Row::bad(check, target, Outcome::Warn, format!("this global's config not read: {e}"), "run preflight where spec.clusters[].encryptionConfigPath is readable (a control-plane node), or rely on the controller's status"),
-        (Ok(_), None) => Row::bad(check, target, Outcome::Warn, "the peer's fingerprint is unknown (its file is not readable here and its status has none)", "let the peer's controller record status.encryptionConfigSha256, or run preflight on the peer too"),
+        (Err(e), _) => Row::bad(
+            check,
+            target,
+            Outcome::Warn,
+            format!("this global's config not read: {e}"),
+            "run preflight where spec.clusters[].encryptionConfigPath is readable (a control-plane node), or rely on the controller's status",
+        ),
+        (Ok(_), None) => Row::bad(
+            check,
+            target,
+            Outcome::Warn,
+            "the peer's fingerprint is unknown (its file is not readable here and its status has none)",
+            "let the peer's controller record status.encryptionConfigSha256, or run preflight on the peer too",
+        ),
         (Ok(a), Some(b)) if a == b => Row::ok(check, target, format!("sha256 {} on both globals", short(a))),
         (Ok(a), Some(b)) => Row::bad(
             check,
@@ -171,11 +188,21 @@ pub fn encryption_verdict(target: &str, own: &Result<String, String>, peer: Opti
 pub fn resolver_verdict(domain: &str, a: &ResolverAnswer) -> Row {
     let target = a.resolver.to_string();
     match &a.result {
-        Ok(addrs) if addrs.is_empty() => {
-            Row::bad("dns.resolver", target, Outcome::Warn, format!("answered no address for {domain}"), "check the resolver serves the platform zone (spec.dns.verify.resolvers)")
-        }
+        Ok(addrs) if addrs.is_empty() => Row::bad(
+            "dns.resolver",
+            target,
+            Outcome::Warn,
+            format!("answered no address for {domain}"),
+            "check the resolver serves the platform zone (spec.dns.verify.resolvers)",
+        ),
         Ok(_) => Row::ok("dns.resolver", target, a.to_string()),
-        Err(e) => Row::bad("dns.resolver", target, Outcome::Fail, format!("{domain}: {e}"), "fix spec.dns.verify.resolvers or the resolver: VerifyDNS asks each of them"),
+        Err(e) => Row::bad(
+            "dns.resolver",
+            target,
+            Outcome::Fail,
+            format!("{domain}: {e}"),
+            "fix spec.dns.verify.resolvers or the resolver: VerifyDNS asks each of them",
+        ),
     }
 }
 
@@ -227,7 +254,13 @@ pub async fn run_checks(local: &Client, topo: &ValidatedTopology, self_name: &st
     let mut rows = Vec::new();
     let (Some(me), Some(peer_c)) = (spec.cluster(self_name), spec.peer_of(self_name)) else {
         let names: Vec<&str> = spec.clusters.iter().map(|c| c.name.as_str()).collect();
-        rows.push(Row::bad("topology", self_name, Outcome::Fail, format!("{self_name:?} is not one of spec.clusters[].name ({})", names.join(", ")), "pass --cluster-name of this global"));
+        rows.push(Row::bad(
+            "topology",
+            self_name,
+            Outcome::Fail,
+            format!("{self_name:?} is not one of spec.clusters[].name ({})", names.join(", ")),
+            "pass --cluster-name of this global",
+        ));
         return rows;
     };
     let secrets = KubeSecrets::new(local.clone());
@@ -237,7 +270,13 @@ pub async fn run_checks(local: &Client, topo: &ValidatedTopology, self_name: &st
     let other = etcd_checks(&secrets, peer_c, false, opts, &mut rows).await;
     if let (Some((own_id, own_v)), Some((peer_id, peer_v))) = (&own, &other) {
         if let Err(e) = etcd::distinct(*own_id, *peer_id) {
-            rows.push(Row::bad("etcd.identity", format!("{} / {}", me.name, peer_c.name), Outcome::Fail, e.to_string(), format!("spec.clusters[{}].etcd.endpoints must reach {}'s own etcd", peer_index(spec, &peer_c.name), peer_c.name)));
+            rows.push(Row::bad(
+                "etcd.identity",
+                format!("{} / {}", me.name, peer_c.name),
+                Outcome::Fail,
+                e.to_string(),
+                format!("spec.clusters[{}].etcd.endpoints must reach {}'s own etcd", peer_index(spec, &peer_c.name), peer_c.name),
+            ));
         }
         rows.push(skew_verdict(Component::Etcd, (&me.name, own_v), (&peer_c.name, peer_v)));
     }
@@ -256,7 +295,8 @@ pub async fn run_checks(local: &Client, topo: &ValidatedTopology, self_name: &st
     hook_checks(local, topo, opts, &mut rows).await;
 
     let cache = std::sync::Arc::new(crate::files::FingerprintCache::default());
-    let own_sum = crate::files::fingerprint_bounded(cache.clone(), "encryptionConfigPath".into(), me.encryption_config_path.clone()).await.map_err(|e| e.to_string());
+    let own_sum =
+        crate::files::fingerprint_bounded(cache.clone(), "encryptionConfigPath".into(), me.encryption_config_path.clone()).await.map_err(|e| e.to_string());
     // The peer's file when it is readable here (one machine, a shared mount), else what its
     // controller recorded.
     let peer_sum = match crate::files::fingerprint_bounded(cache, "encryptionConfigPath".into(), peer_c.encryption_config_path.clone()).await {
@@ -275,8 +315,9 @@ fn peer_index(spec: &crate::validated::Spec, name: &str) -> usize {
 async fn etcd_checks(secrets: &KubeSecrets, c: &Cluster, own: bool, opts: &Options, rows: &mut Vec<Row>) -> Option<(u64, String)> {
     let target = format!("{} ({})", c.name, if own { "own" } else { "peer" });
     let field = format!("spec.clusters[name={}].etcd", c.name);
-    let fix = format!("check {field}.endpoints and {field}.tlsSecretRef (ca.crt, tls.crt, tls.key): this global must reach that etcd with that client certificate");
-    let endpoint = match etcd_endpoint(secrets, c).await {
+    let fix =
+        format!("check {field}.endpoints and {field}.tlsSecretRef (ca.crt, tls.crt, tls.key): this global must reach that etcd with that client certificate");
+    let endpoint = match etcd::cluster_endpoint(secrets, c).await {
         Ok(e) => e,
         Err(e) => {
             rows.push(Row::bad("etcd.read", target, Outcome::Fail, e.to_string(), fix));
@@ -318,7 +359,13 @@ async fn etcd_checks(secrets: &KubeSecrets, c: &Cluster, own: bool, opts: &Optio
             Some((cluster_id, f.version))
         }
         Err(e) => {
-            rows.push(Row::bad("etcd.members", target, Outcome::Fail, format!("maintenance status: {e}"), "the client certificate's user needs the maintenance Status and cluster MemberList calls"));
+            rows.push(Row::bad(
+                "etcd.members",
+                target,
+                Outcome::Fail,
+                format!("maintenance status: {e}"),
+                "the client certificate's user needs the maintenance Status and cluster MemberList calls",
+            ));
             None
         }
     }
@@ -334,9 +381,15 @@ async fn write_probe(conn: &mut etcd::Conn, target: &str, revision_before: i64, 
     match within(opts.timeout, conn.kv.txn(txn)).await {
         Ok(resp) if !resp.succeeded() => {
             let after = resp.header().map(|h| h.revision()).unwrap_or_default();
-            Row::ok("etcd.write", target, format!("a put of {key} is permitted (checked by a txn whose compare never holds; revision {revision_before} → {after}, nothing written)"))
+            Row::ok(
+                "etcd.write",
+                target,
+                format!("a put of {key} is permitted (checked by a txn whose compare never holds; revision {revision_before} → {after}, nothing written)"),
+            )
         }
-        Ok(_) => Row::bad("etcd.write", target, Outcome::Fail, "the never-true compare held: this is not an etcd drctl understands", "report this etcd's version"),
+        Ok(_) => {
+            Row::bad("etcd.write", target, Outcome::Fail, "the never-true compare held: this is not an etcd drctl understands", "report this etcd's version")
+        }
         Err(e) => Row::bad(
             "etcd.write",
             target,
@@ -354,14 +407,26 @@ async fn peer_checks(local: &Client, topo: &ValidatedTopology, me: &Cluster, pee
     let client = match peer::client_for(local, topo, &peer_c.name).await {
         Ok(c) => c,
         Err(e) => {
-            rows.push(Row::bad("peer.apiserver", target, Outcome::Fail, e.to_string(), format!("put a kubeconfig for {} under key kubeconfig of Secret {secret}", peer_c.name)));
+            rows.push(Row::bad(
+                "peer.apiserver",
+                target,
+                Outcome::Fail,
+                e.to_string(),
+                format!("put a kubeconfig for {} under key kubeconfig of Secret {secret}", peer_c.name),
+            ));
             return None;
         }
     };
     let (version, date, mid) = match within(opts.timeout, version_and_date(&client)).await {
         Ok(v) => v,
         Err(e) => {
-            rows.push(Row::bad("peer.apiserver", target, Outcome::Fail, e, format!("check {}'s apiserver ({}) is reachable from here and the kubeconfig in Secret {secret} is current", peer_c.name, peer_c.api_server)));
+            rows.push(Row::bad(
+                "peer.apiserver",
+                target,
+                Outcome::Fail,
+                e,
+                format!("check {}'s apiserver ({}) is reachable from here and the kubeconfig in Secret {secret} is current", peer_c.name, peer_c.api_server),
+            ));
             return None;
         }
     };
@@ -389,9 +454,19 @@ async fn peer_checks(local: &Client, topo: &ValidatedTopology, me: &Cluster, pee
             "let Argo CD sync the same revision to both globals",
         )),
         Ok(Some(_)) => rows.push(Row::ok("peer.identity", &target, format!("DRTopology {} read; a distinct object naming the same primary", topo.name()))),
-        Ok(None) => rows.push(Row::bad("peer.identity", &target, Outcome::Warn, format!("no DRTopology {} there", topo.name()), "let Argo CD apply the topology to both globals")),
+        Ok(None) => rows.push(Row::bad(
+            "peer.identity",
+            &target,
+            Outcome::Warn,
+            format!("no DRTopology {} there", topo.name()),
+            "let Argo CD apply the topology to both globals",
+        )),
         Err(e) => {
-            let fix = if e.may_be_down() { "check the peer's apiserver".to_string() } else { format!("grant the user of Secret {secret}'s kubeconfig get on drtopologies.drctl.io (and patch on its status: Demote writes it)") };
+            let fix = if e.may_be_down() {
+                "check the peer's apiserver".to_string()
+            } else {
+                format!("grant the user of Secret {secret}'s kubeconfig get on drtopologies.drctl.io (and patch on its status: Demote writes it)")
+            };
             rows.push(Row::bad("peer.identity", &target, Outcome::Fail, e.to_string(), fix));
         }
     }
@@ -433,7 +508,13 @@ async fn dns_checks(local: &Client, topo: &ValidatedTopology, opts: &Options, ro
     rows.push(match within(opts.timeout, dns::probe(&spec.dns.provider, &spec.platform, &ctx)).await {
         Ok(Probe::Read(d)) => Row::ok("dns.provider", provider, d),
         Ok(Probe::NotReadable(d)) => Row::bad("dns.provider", provider, Outcome::Warn, d, "prove the provider by a drill or by hand: preflight cannot read it"),
-        Err(e) => Row::bad("dns.provider", provider, Outcome::Fail, e, format!("fix spec.dns.{provider} or the credentials its Secret holds: SwitchDNS makes this call first")),
+        Err(e) => Row::bad(
+            "dns.provider",
+            provider,
+            Outcome::Fail,
+            e,
+            format!("fix spec.dns.{provider} or the credentials its Secret holds: SwitchDNS makes this call first"),
+        ),
     });
     match dns::verify_resolvers(&spec.dns.verify.resolvers) {
         Ok(resolvers) => {
@@ -489,7 +570,9 @@ async fn workload_checks(local: &Client, topo: &ValidatedTopology, opts: &Option
             let selector = format!("{}/{}", r.namespace, r.label_selector);
             rows.push(match within(opts.timeout, restart::selected(client, r)).await {
                 Ok(found) => selector_verdict(&target, &selector, &found),
-                Err(e) => Row::bad("restart.selector", target, Outcome::Fail, e, "grant drctl list (and patch/delete) on the restart's kinds in that namespace"),
+                Err(e) => {
+                    Row::bad("restart.selector", target, Outcome::Fail, e, "grant drctl list (and patch/delete) on the restart's kinds in that namespace")
+                }
             });
         }
     }
@@ -514,28 +597,45 @@ async fn hook_row(local: &Client, h: &Hook, opts: &Options) -> Row {
             let head = async { reqwest::Client::builder().timeout(opts.timeout).build()?.head(&w.url).send().await.map_err(reqwest::Error::without_url) };
             match within(opts.timeout, head).await {
                 Ok(resp) => hook_verdict(&h.name, &url, resp.status().as_u16()),
-                Err(e) => Row::bad("hook", &h.name, Outcome::Fail, format!("HEAD {url}: {e}"), "check spec.failover.*Hooks[].webhook.url is reachable from this global"),
+                Err(e) => Row::bad(
+                    "hook",
+                    &h.name,
+                    Outcome::Fail,
+                    format!("HEAD {url}: {e}"),
+                    "check spec.failover.*Hooks[].webhook.url is reachable from this global",
+                ),
             }
         }
         HookKind::Job(j) => {
             if let Err(e) = serde_json::from_value::<k8s_openapi::api::batch::v1::JobSpec>(j.template.clone()) {
-                return Row::bad("hook", &h.name, Outcome::Fail, format!("job template is not a batch/v1 JobSpec: {e}"), "fix spec.failover.*Hooks[].job.template");
+                return Row::bad(
+                    "hook",
+                    &h.name,
+                    Outcome::Fail,
+                    format!("job template is not a batch/v1 JobSpec: {e}"),
+                    "fix spec.failover.*Hooks[].job.template",
+                );
             }
             let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(local.clone());
             match within(opts.timeout, ns.get_opt(&j.namespace)).await {
                 Ok(Some(_)) => Row::ok("hook", &h.name, format!("Job template parses; namespace {} exists", j.namespace)),
-                Ok(None) => Row::bad("hook", &h.name, Outcome::Fail, format!("namespace {} does not exist", j.namespace), "create the namespace or fix job.namespace"),
+                Ok(None) => {
+                    Row::bad("hook", &h.name, Outcome::Fail, format!("namespace {} does not exist", j.namespace), "create the namespace or fix job.namespace")
+                }
                 Err(e) => Row::bad("hook", &h.name, Outcome::Fail, e, "grant drctl get on namespaces and create on jobs there"),
             }
         }
     }
 }
 
+/// A scheduled run of the checks.
+type Run = tokio::task::JoinHandle<Vec<Row>>;
+
 /// The controller's scheduled preflight: runs beside the reconciles (a run takes up to a few
 /// probe timeouts), started when due and collected by a later reconcile.
 #[derive(Default)]
 pub struct Periodic {
-    state: std::sync::Mutex<(Option<std::time::Instant>, Option<tokio::task::JoinHandle<Vec<Row>>>)>,
+    state: std::sync::Mutex<(Option<std::time::Instant>, Option<Run>)>,
 }
 
 impl Periodic {
@@ -581,7 +681,7 @@ pub fn condition(rows: &[Row]) -> (bool, crate::decide::conditions::Reason, Stri
 pub struct PreflightArgs {
     /// This global's kubeconfig [default: $KUBECONFIG, else in-cluster].
     #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
     /// Which of spec.clusters[].name this global is.
     #[arg(long)]
     cluster_name: String,
@@ -597,8 +697,7 @@ pub struct PreflightArgs {
 }
 
 /// Reads the topology, runs every check, prints the rows; exit 0 / 1 / 2 by the worst row.
-pub async fn run(args: PreflightArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::controller::client(args.kubeconfig.as_deref()).await?;
+pub async fn run(args: PreflightArgs, client: Client) -> anyhow::Result<ExitCode> {
     let api: Api<DRTopology> = Api::all(client.clone());
     let topo = match &args.name {
         Some(n) => api.get(n).await?,
@@ -722,7 +821,9 @@ mod tests {
 
     #[test]
     fn clock_offsets_within_the_date_resolution_pass() {
-        for (offset, want) in [(0.0, Outcome::Ok), (-1.9, Outcome::Ok), (2.5, Outcome::Warn), (-30.0, Outcome::Warn), (31.0, Outcome::Fail), (-600.0, Outcome::Fail)] {
+        for (offset, want) in
+            [(0.0, Outcome::Ok), (-1.9, Outcome::Ok), (2.5, Outcome::Warn), (-30.0, Outcome::Warn), (31.0, Outcome::Fail), (-600.0, Outcome::Fail)]
+        {
             assert_eq!(clock_verdict("b", offset).outcome, want, "{offset}");
         }
     }

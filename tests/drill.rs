@@ -23,7 +23,12 @@ fn drill(pair: &Pair) -> (i32, Value) {
 }
 
 fn outcomes(v: &Value) -> Vec<(String, String)> {
-    v["steps"].as_array().expect("steps").iter().map(|s| (s["name"].as_str().unwrap_or("").to_string(), s["outcome"].as_str().unwrap_or("").to_string())).collect()
+    v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap_or("").to_string(), s["outcome"].as_str().unwrap_or("").to_string()))
+        .collect()
 }
 
 async fn assert_primary_untouched(pair: &Pair) {
@@ -81,7 +86,8 @@ async fn a_drill_on_the_standby_rehearses_without_touching_the_primary() {
     std::fs::write(pair.dir.path().join("encryption-b.conf"), "kind: EncryptionConfiguration\n# another key\n").expect("write");
     let (code, v) = drill(&pair);
     assert_eq!(code, 2, "{v:#}");
-    let findings: Vec<(&str, &str)> = v["findings"].as_array().expect("findings").iter().map(|f| (f["check"].as_str().unwrap_or(""), f["outcome"].as_str().unwrap_or(""))).collect();
+    let findings: Vec<(&str, &str)> =
+        v["findings"].as_array().expect("findings").iter().map(|f| (f["check"].as_str().unwrap_or(""), f["outcome"].as_str().unwrap_or(""))).collect();
     assert_eq!(findings, [("encryption.config", "fail")], "{v:#}");
     assert_eq!(outcomes(&v)[0], ("preflight".to_string(), "fail".to_string()));
     assert!(v["wouldFail"][0].as_str().is_some_and(|w| w.starts_with("preflight: 1 of") && w.contains("encryption.config")), "{v:#}");

@@ -25,7 +25,9 @@ fn preflight(pair: &Pair) -> (i32, Vec<Value>) {
 fn not_ok(rows: &[Value]) -> Vec<(String, String, String)> {
     rows.iter()
         .filter(|r| r["outcome"] != "ok")
-        .map(|r| (r["check"].as_str().unwrap_or("").to_string(), r["target"].as_str().unwrap_or("").to_string(), r["outcome"].as_str().unwrap_or("").to_string()))
+        .map(|r| {
+            (r["check"].as_str().unwrap_or("").to_string(), r["target"].as_str().unwrap_or("").to_string(), r["outcome"].as_str().unwrap_or("").to_string())
+        })
         .collect()
 }
 
@@ -120,7 +122,8 @@ async fn preflight_passes_on_a_healthy_pair_and_names_exactly_the_broken_depende
 async fn the_controller_keeps_a_preflight_condition_current() {
     use drctl::topology::{DRTopologyStatus, Phase, Role};
     use std::time::Duration;
-    let preflight = |s: &DRTopologyStatus| s.conditions.iter().find(|c| c.type_ == "Preflight").map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    let preflight =
+        |s: &DRTopologyStatus| s.conditions.iter().find(|c| c.type_ == "Preflight").map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
     let pair = Pair::start().await;
     pair.apply_both("global-a");
     let ca = pair.controller(&pair.a, &["--preflight-interval=2s"]);

@@ -59,7 +59,8 @@ async fn the_standby_measures_replication_lag_by_the_primary_heartbeat() {
     // A planned failover: its duration is recorded, and no heartbeat of the old primary came
     // after its final revision.
     pair.apply_both("global-b");
-    let b = pair.wait(&pair.b, "B failover done", Duration::from_secs(120), &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())).await;
+    let b =
+        pair.wait(&pair.b, "B failover done", Duration::from_secs(120), &[&ca, &cb], |s| s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())).await;
     let a = pair.wait(&pair.a, "A standby with a heartbeat lag", t, &[&ca, &cb], |s| s.role == Some(Role::Standby) && hb(s).is_some_and(|l| l < 12.0)).await;
     let unreplicated = a.status.as_ref().and_then(|s| s.demotion.as_ref()).and_then(|d| d.unreplicated_revisions);
     assert!(unreplicated.is_none_or(|n| n == 0), "a planned switchover lost {unreplicated:?} revisions");

@@ -320,7 +320,7 @@ async fn heartbeat_duty(ctx: &Context, topo: &DRTopology, st: &crate::topology::
     }
     let Ok(v) = parse(topo, me) else { return ctx.heartbeat.set(None) };
     let Some(c) = v.spec.cluster(me) else { return ctx.heartbeat.set(None) };
-    match crate::controller::sync::etcd_endpoint(&crate::secret::KubeSecrets::new(ctx.client.clone()), c).await {
+    match crate::etcd::cluster_endpoint(&crate::secret::KubeSecrets::new(ctx.client.clone()), c).await {
         Ok(etcd) if write => ctx.heartbeat.set(Some(Duty::Write { topology: name, cluster: me.to_string(), etcd })),
         Ok(etcd) => ctx.heartbeat.set(Some(Duty::Read { topology: name, etcd })),
         Err(e) => {
@@ -336,7 +336,8 @@ fn refresh_preflight(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) {
     let Ok(v) = parse(topo, ctx.self_name()) else { return };
     let (client, me) = (ctx.client.clone(), ctx.self_name().to_string());
     let opts = crate::preflight::Options { timeout: Duration::from_secs(5), probe_hooks: false };
-    let rows = ctx.preflight.poll(ctx.args.preflight_interval, move || tokio::spawn(async move { crate::preflight::run_checks(&client, &v, &me, &opts).await }));
+    let rows =
+        ctx.preflight.poll(ctx.args.preflight_interval, move || tokio::spawn(async move { crate::preflight::run_checks(&client, &v, &me, &opts).await }));
     if let Some(rows) = rows {
         let (ok, reason, msg) = crate::preflight::condition(&rows);
         set_condition(&mut w.status, ConditionType::Preflight, ok, reason, &msg, topo.metadata.generation);

@@ -18,31 +18,15 @@ use super::status::StatusWriter;
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::standby::{differences_event, record_archive, record_check, record_health, standby_health, MirrorFacts, Thresholds};
 use crate::decide::wait::{restarts_next, RestartsNext};
-use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
+use crate::etcd::{self, Endpoint};
 use crate::restart;
-use crate::secret::{KubeSecrets, SecretSource};
+use crate::secret::KubeSecrets;
 use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, RewoundStatus, SyncStatus};
 use crate::validated::{Cluster, Driver, ValidatedTopology};
 
 /// A global's etcd as an endpoint, with mTLS material from its Secret.
 async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
-    etcd_endpoint(&KubeSecrets::new(ctx.client.clone()), c).await
-}
-
-/// A global's etcd (`spec.clusters[].etcd`) as an endpoint, the mTLS material read from its
-/// Secret through `secrets` (the mirror and preflight connect the same way).
-pub async fn etcd_endpoint(secrets: &dyn SecretSource, c: &Cluster) -> Result<Endpoint, SyncError> {
-    let tls = match &c.etcd.tls_secret_ref {
-        None => None,
-        Some(r) => {
-            let err = |source| SyncError::Tls { cluster: c.name.clone(), source };
-            let ca = secrets.get(r, "ca.crt").await.map_err(err)?;
-            let cert = secrets.get(r, "tls.crt").await.map_err(err)?;
-            let key = secrets.get(r, "tls.key").await.map_err(err)?;
-            Some(TlsMaterial { ca: Some(ca.expose().to_vec()), identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))) })
-        }
-    };
-    Ok(Endpoint { urls: c.etcd.endpoints.clone(), tls })
+    etcd::cluster_endpoint(&KubeSecrets::new(ctx.client.clone()), c).await.map_err(|e| SyncError::Tls { cluster: e.cluster, source: e.source })
 }
 
 /// Whether replication stops because this cluster acts as primary now (it will take writes of

@@ -85,7 +85,10 @@ pub(super) async fn probe(cfg: &Rfc2136Dns, platform: &Platform, secrets: &dyn S
     }
     signer(cfg, secrets).await?;
     wire::query(server, &zone, RecordType::SOA, false, TIMEOUT).await?;
-    Ok(format!("{server} answered the SOA of {}; TSIG key {} parses (it is proven only by an update, which preflight does not send)", cfg.zone, cfg.tsig_key_name))
+    Ok(format!(
+        "{server} answered the SOA of {}; TSIG key {} parses (it is proven only by an update, which preflight does not send)",
+        cfg.zone, cfg.tsig_key_name
+    ))
 }
 
 async fn signer(cfg: &Rfc2136Dns, secrets: &dyn SecretSource) -> Result<TSigner, DnsError> {
