@@ -607,22 +607,36 @@ async fn hook_row(local: &Client, h: &Hook, opts: &Options) -> Row {
             }
         }
         HookKind::Job(j) => {
-            if let Err(e) = serde_json::from_value::<k8s_openapi::api::batch::v1::JobSpec>(j.template.clone()) {
-                return Row::bad(
+            let spec = match serde_json::from_value::<k8s_openapi::api::batch::v1::JobSpec>(j.template.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    return Row::bad(
+                        "hook",
+                        &h.name,
+                        Outcome::Fail,
+                        format!("job template is not a batch/v1 JobSpec: {e}"),
+                        "fix spec.failover.*Hooks[].job.template",
+                    )
+                }
+            };
+            // A server-side dry run: the apiserver and its admission judge the Job as the hook
+            // would create it (with the `create jobs` drctl already holds); nothing is created.
+            let job = k8s_openapi::api::batch::v1::Job {
+                metadata: kube::api::ObjectMeta { generate_name: Some("drctl-preflight-".into()), ..Default::default() },
+                spec: Some(spec),
+                status: None,
+            };
+            let api: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(local.clone(), &j.namespace);
+            let pp = kube::api::PostParams { dry_run: true, ..Default::default() };
+            match within(opts.timeout, api.create(&pp, &job)).await {
+                Ok(_) => Row::ok("hook", &h.name, format!("a dry-run create of its Job in {} was accepted", j.namespace)),
+                Err(e) => Row::bad(
                     "hook",
                     &h.name,
                     Outcome::Fail,
-                    format!("job template is not a batch/v1 JobSpec: {e}"),
-                    "fix spec.failover.*Hooks[].job.template",
-                );
-            }
-            let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(local.clone());
-            match within(opts.timeout, ns.get_opt(&j.namespace)).await {
-                Ok(Some(_)) => Row::ok("hook", &h.name, format!("Job template parses; namespace {} exists", j.namespace)),
-                Ok(None) => {
-                    Row::bad("hook", &h.name, Outcome::Fail, format!("namespace {} does not exist", j.namespace), "create the namespace or fix job.namespace")
-                }
-                Err(e) => Row::bad("hook", &h.name, Outcome::Fail, e, "grant drctl get on namespaces and create on jobs there"),
+                    format!("a dry-run create of its Job in {}: {e}", j.namespace),
+                    "fix job.namespace (it must exist) or job.template, or grant drctl create on jobs there",
+                ),
             }
         }
     }

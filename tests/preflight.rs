@@ -150,3 +150,47 @@ async fn the_controller_keeps_a_preflight_condition_current() {
     pair.b.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
     pair.wait(&pair.b, "B Preflight True again", t, &[&ca, &cb], |s| preflight(s).is_some_and(|(st, _, _)| st == "True")).await;
 }
+
+/// Hooks are probed, never run: a webhook gets a HEAD (a receiver that answers is ok, one that
+/// is down fails), a Job hook a server-side dry-run create (a missing namespace fails); no Job is
+/// created and the receiver sees no POST.
+#[tokio::test(flavor = "multi_thread")]
+async fn preflight_probes_hooks_without_running_them() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let methods = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = methods.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut line = String::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let _ = reader.read_line(&mut line);
+            seen.lock().expect("lock").push(line.split_whitespace().next().unwrap_or("").to_string());
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    let dead = support::free_port();
+    let mut pair = Pair::start().await;
+    let job = "{template: {spec: {restartPolicy: Never, containers: [{name: c, image: x}]}}}";
+    pair.failover_extra = format!(
+        "    preHooks:\n    - name: vip-forwarding\n      webhook: {{url: \"http://127.0.0.1:{port}/hook\"}}\n    - name: notify-down\n      webhook: {{url: \"http://127.0.0.1:{dead}/hook\"}}\n    postHooks:\n    - name: job-here\n      job: {{namespace: drctl-system, template: {job}}}\n    - name: job-nowhere\n      job: {{namespace: no-such-namespace, template: {job}}}\n"
+    );
+    pair.apply_both("global-a");
+    let (code, rows) = preflight(&pair);
+    let hooks: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r["check"] == "hook")
+        .map(|r| (r["target"].as_str().unwrap_or("").to_string(), r["outcome"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let want: Vec<(String, String)> = [("vip-forwarding", "ok"), ("notify-down", "fail"), ("job-here", "ok"), ("job-nowhere", "fail")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(hooks, want, "{rows:#?}");
+    assert_eq!(code, 2);
+    assert_eq!(*methods.lock().expect("lock"), ["HEAD"], "the receiver saw one HEAD and no POST");
+    let jobs = pair.a.api.kubectl_ok(&["get", "jobs", "-A", "-o", "name"]);
+    assert_eq!(jobs.trim(), "", "no Job created");
+}
