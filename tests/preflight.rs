@@ -114,6 +114,19 @@ async fn preflight_passes_on_a_healthy_pair_and_names_exactly_the_broken_depende
     assert!(fail.len() == 1 && fail[0].contains("dns.provider"), "{table}");
     assert!(table.contains("      fix: fix spec.dns.powerdns") && table.contains("checks failed: dns.provider powerdns"), "{table}");
     assert_primary_untouched(&pair).await;
+    pair.a.api.kubectl_ok(&["-n", "drctl-system", "delete", "secret", "pdns-api"]);
+    pair.a.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
+
+    // The peer's kubeconfig Secret holds this global's own kubeconfig.
+    pair.a.api.kubectl_ok(&["-n", "drctl-system", "delete", "secret", "global-b-kubeconfig"]);
+    let own = format!("--from-file=kubeconfig={}", pair.a.api.kubeconfig.display());
+    pair.a.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "global-b-kubeconfig", &own]);
+    let (code, rows) = preflight(&pair);
+    assert_eq!(not_ok(&rows), vec![("peer.identity".to_string(), "global-b".to_string(), "fail".to_string())]);
+    assert_eq!(code, 2);
+    let row = rows.iter().find(|r| r["outcome"] == "fail").expect("the failing row");
+    assert!(row["detail"].as_str().unwrap_or("").contains("reaches this global (global-a), not global-b"), "{row:#}");
+    assert_primary_untouched(&pair).await;
 }
 
 /// The controller's scheduled preflight: `Preflight` True on a healthy pair, False naming the
