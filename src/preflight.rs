@@ -465,7 +465,7 @@ async fn peer_checks(local: &Client, topo: &ValidatedTopology, me: &Cluster, pee
             let fix = if e.may_be_down() {
                 "check the peer's apiserver".to_string()
             } else {
-                format!("grant the user of Secret {secret}'s kubeconfig get on drtopologies.drctl.io (and patch on its status: Demote writes it)")
+                format!("grant the user of Secret {secret}'s kubeconfig get on drtopologies.drctl.io (Preflight and Demote read the peer's DRTopology; nothing else there)")
             };
             rows.push(Row::bad("peer.identity", &target, Outcome::Fail, e.to_string(), fix));
         }
