@@ -98,6 +98,15 @@ pub enum Command {
     /// check, the DNS answer, the last failover's steps, Argo CD. Exit 3 when two primaries or
     /// none are visible, 4 when neither global answers.
     Status(crate::status::read::StatusArgs),
+    /// From this global, every connection and permission a failover and the standby's mirror
+    /// need, each a row ok / warn / fail with its fix; changes nothing. Exit 0 all ok, 1 a
+    /// warning, 2 a failure.
+    Preflight(crate::preflight::PreflightArgs),
+    /// On the standby: rehearse the failover steps that move no traffic (preflight, FinalSync's
+    /// catch-up and check against the primary's revision now, a read-back of every replicated
+    /// resource through this apiserver) and report each step's time, the predicted RTO and the
+    /// RPO now. The primary is only read. Exit 0 passed, 1 a warning, 2 a step failed.
+    Drill(crate::drill::DrillArgs),
     /// DNS tools for operators.
     Dns {
         #[command(subcommand)]
@@ -517,6 +526,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lab { args } => Err(exec_lab(&args).into()),
         Command::Status(args) => crate::status::read::run(args).await,
+        Command::Preflight(args) => {
+            let client = crate::controller::client(args.kubeconfig.as_deref()).await?;
+            crate::preflight::run(args, client).await
+        }
+        Command::Drill(args) => {
+            let client = crate::controller::client(args.kubeconfig.as_deref()).await?;
+            crate::drill::run(args, client).await
+        }
         Command::Mirror { etcd, exclude, once } => mirror(&etcd, &exclude, once).await,
         Command::Dns { command: DnsCommand::Resolve { name, resolvers } } => dns_resolve(&name, &resolvers).await,
         Command::Archive(cmd) => archive_cmd(cmd).await,

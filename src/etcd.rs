@@ -202,6 +202,31 @@ async fn probe(url: &str, opts: &ConnectOptions) -> Result<bool, String> {
     }
 }
 
+/// The TLS Secret of a global's etcd could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("etcd TLS for cluster {cluster}: {source}")]
+pub struct TlsSecretError {
+    pub cluster: String,
+    pub source: crate::secret::SecretError,
+}
+
+/// A global's etcd (`spec.clusters[].etcd`) as an endpoint, the mTLS material (`ca.crt`,
+/// `tls.crt`, `tls.key`) read from its Secret through `secrets`: the mirror, preflight and the
+/// drill connect the same way.
+pub async fn cluster_endpoint(secrets: &dyn crate::secret::SecretSource, c: &crate::validated::Cluster) -> Result<Endpoint, TlsSecretError> {
+    let tls = match &c.etcd.tls_secret_ref {
+        None => None,
+        Some(r) => {
+            let err = |source| TlsSecretError { cluster: c.name.clone(), source };
+            let ca = secrets.get(r, "ca.crt").await.map_err(err)?;
+            let cert = secrets.get(r, "tls.crt").await.map_err(err)?;
+            let key = secrets.get(r, "tls.key").await.map_err(err)?;
+            Some(TlsMaterial { ca: Some(ca.expose().to_vec()), identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))) })
+        }
+    };
+    Ok(Endpoint { urls: c.etcd.endpoints.clone(), tls })
+}
+
 /// One key with what the mirror and the check compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kv {

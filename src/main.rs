@@ -8,7 +8,9 @@ async fn main() -> ExitCode {
     let cli = drctl::cli::Cli::parse();
     // The lab and status print their own progress and report unreachable globals themselves.
     let default_filter = match cli.command {
-        drctl::cli::Command::Lab { .. } | drctl::cli::Command::Status(_) => "warn,kube_client=off",
+        drctl::cli::Command::Lab { .. } | drctl::cli::Command::Status(_) | drctl::cli::Command::Preflight(_) | drctl::cli::Command::Drill(_) => {
+            "warn,kube_client=off"
+        }
         _ => "info",
     };
     tracing_subscriber::fmt()

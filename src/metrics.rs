@@ -27,6 +27,8 @@ pub struct Metrics {
     reconcile_errors: Family<Vec<(String, String)>, Counter>,
     pub step_seconds: Family<StepLabels, Gauge<f64, AtomicU64>>,
     pub lag_seconds: Gauge<f64, AtomicU64>,
+    pub replication_lag_seconds: Gauge<f64, AtomicU64>,
+    pub last_failover_seconds: Gauge<f64, AtomicU64>,
     pub applied_revision: Gauge,
     pub missed_keys: Gauge,
     pub surplus_keys: Gauge,
@@ -55,6 +57,8 @@ impl Metrics {
             reconcile_errors: Family::default(),
             step_seconds: Family::default(),
             lag_seconds: Gauge::default(),
+            replication_lag_seconds: Gauge::default(),
+            last_failover_seconds: Gauge::default(),
             applied_revision: Gauge::default(),
             missed_keys: Gauge::default(),
             surplus_keys: Gauge::default(),
@@ -85,6 +89,16 @@ impl Metrics {
         }
         r.register("drctl_failover_step_seconds", "Duration of the last run of each failover step", m.step_seconds.clone());
         r.register("drctl_sync_lag_seconds", "Replication lag behind the primary", m.lag_seconds.clone());
+        r.register(
+            "drctl_replication_lag_seconds",
+            "On a standby: now minus the newest primary heartbeat applied here (the RPO measured; NaN before the first)",
+            m.replication_lag_seconds.clone(),
+        );
+        r.register(
+            "drctl_last_failover_duration_seconds",
+            "The last completed failover to this cluster, from the controller seeing spec.primary change to Done",
+            m.last_failover_seconds.clone(),
+        );
         r.register("drctl_sync_applied_revision", "Last primary revision applied here", m.applied_revision.clone());
         r.register("drctl_check_missed_keys", "Keys on the primary missing here at the last check", m.missed_keys.clone());
         r.register("drctl_check_surplus_keys", "Keys only here at the last check", m.surplus_keys.clone());
@@ -144,8 +158,11 @@ impl Metrics {
         }
         let healthy = s.role == Some(Role::Standby) && is_true(s, ConditionType::SyncHealthy);
         self.sync_healthy.set(i64::from(healthy));
+        self.last_failover_seconds.set(failover_seconds(s, &self.cluster).unwrap_or(0.0));
         if let Some(sync) = &s.sync {
             self.lag_seconds.set(sync.lag_seconds.unwrap_or(0.0));
+            // Unknown is not zero: no alert compares true against NaN, and no graph shows "no lag".
+            self.replication_lag_seconds.set(sync.replication_lag_seconds.unwrap_or(f64::NAN));
             self.applied_revision.set(sync.applied_revision.unwrap_or(0));
             let as_i64 = |v: Option<u64>| i64::try_from(v.unwrap_or(0)).unwrap_or(i64::MAX);
             self.missed_keys.set(as_i64(sync.missed_keys));
@@ -155,6 +172,7 @@ impl Metrics {
         } else {
             // A primary has no sync: a promoted standby's last figures must not linger.
             self.lag_seconds.set(0.0);
+            self.replication_lag_seconds.set(0.0);
             for g in [&self.missed_keys, &self.surplus_keys, &self.diverged_keys] {
                 g.set(0);
             }
@@ -197,6 +215,15 @@ fn kind_label(kind: ErrorKind) -> Vec<(String, String)> {
     vec![("kind".into(), kind.label().into())]
 }
 
+/// Seconds from the start of the last failover to this cluster to its completion (None while it
+/// runs, or without one).
+pub fn failover_seconds(s: &DRTopologyStatus, cluster: &str) -> Option<f64> {
+    let f = s.failover.as_ref().filter(|f| f.to == cluster)?;
+    let start: Timestamp = f.started_at.as_deref()?.parse().ok()?;
+    let end: Timestamp = f.completed_at.as_deref()?.parse().ok()?;
+    Some(((end.as_millisecond() - start.as_millisecond()).max(0) as f64) / 1000.0)
+}
+
 fn unix_seconds(t: Timestamp) -> f64 {
     t.as_millisecond() as f64 / 1000.0
 }
@@ -213,6 +240,24 @@ pub fn unfinished_step<'s>(s: &'s DRTopologyStatus, self_name: &str) -> Option<(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_failover_duration_is_start_to_done_of_a_failover_to_this_cluster() {
+        let mut s = crate::topology::DRTopologyStatus::default();
+        assert_eq!(super::failover_seconds(&s, "global-b"), None);
+        s.failover = Some(crate::topology::FailoverStatus {
+            from: "global-a".into(),
+            to: "global-b".into(),
+            started_at: Some("2026-12-05T20:00:00Z".into()),
+            ..Default::default()
+        });
+        assert_eq!(super::failover_seconds(&s, "global-b"), None, "still running");
+        if let Some(f) = s.failover.as_mut() {
+            f.completed_at = Some("2026-12-05T20:00:42.5Z".into());
+        }
+        assert_eq!(super::failover_seconds(&s, "global-b"), Some(42.5));
+        assert_eq!(super::failover_seconds(&s, "global-a"), None, "a failover away from this cluster");
+    }
+
     use super::*;
     use crate::topology::{FailoverStatus, StepStatus};
 

@@ -594,6 +594,8 @@ impl Mirror {
                         };
                         // The destination's value goes into the archive before the write replaces it.
                         let save = match (&archive, &d.dest_value, d.dest_mod_revision) {
+                            // The old primary's last heartbeat is its clock, nobody's write.
+                            _ if crate::heartbeat::is_heartbeat(op.key()) => None,
                             (Some(a), Some(old), Some(rev)) => Some(Op::Put(archive::entry_key(&a.id, op.key()), archive::encode(rev, action, old))),
                             _ => None,
                         };

@@ -268,6 +268,28 @@ async fn delete_pods(client: &Client, r: &RestartSpec, stamp: Timestamp, report:
     Ok(())
 }
 
+/// What a restart would act on in one cluster, as `Kind/name` (preflight and drills; acts on nothing).
+pub async fn selected(client: &Client, r: &RestartSpec) -> Result<Vec<String>, RestartError> {
+    async fn names<K>(client: &Client, r: &RestartSpec, kind: &'static str, out: &mut Vec<String>) -> Result<(), RestartError>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let (_, list) = list_selected::<K>(client, r, kind).await?;
+        out.extend(list.iter().map(|o| format!("{kind}/{}", o.name_any())));
+        Ok(())
+    }
+    let mut out = Vec::new();
+    match r.method {
+        RestartMethod::RolloutRestart => {
+            names::<Deployment>(client, r, "Deployment", &mut out).await?;
+            names::<StatefulSet>(client, r, "StatefulSet", &mut out).await?;
+            names::<DaemonSet>(client, r, "DaemonSet", &mut out).await?;
+        }
+        RestartMethod::DeletePods => names::<Pod>(client, r, "Pod", &mut out).await?,
+    }
+    Ok(out)
+}
+
 /// Waits until every Deployment/StatefulSet/DaemonSet matching the selector reports all replicas
 /// updated and available (pods for `deletePods`: all Ready); returns the ones that are not.
 async fn wait_ready(client: &Client, r: &RestartSpec, timeout: Duration) -> Result<Vec<String>, RestartError> {

@@ -81,6 +81,8 @@ pub struct ClusterStatus {
     /// The primary this cluster stepped down for (its demotion token), while it holds one.
     pub demoted_for: Option<String>,
     pub lag_seconds: Option<f64>,
+    /// Now minus the newest primary heartbeat this standby applied, when it last reported.
+    pub replication_lag_seconds: Option<f64>,
     pub missed_keys: Option<u64>,
     pub surplus_keys: Option<u64>,
     pub diverged_keys: Option<u64>,
@@ -247,6 +249,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
     c.demoted_for = st.demotion.as_ref().map(|d| d.new_primary.clone());
     if let Some(y) = &st.sync {
         c.lag_seconds = y.lag_seconds;
+        c.replication_lag_seconds = y.replication_lag_seconds;
         c.missed_keys = y.missed_keys;
         c.surplus_keys = y.surplus_keys;
         c.diverged_keys = y.diverged_keys;
@@ -564,6 +567,7 @@ fn rows(c: &ClusterStatus) -> [String; ROW_LABELS.len()] {
         cell(c, c.phase, |p| format!("{p:?}")),
         cell(c, c.term, |t| t.to_string()),
         cell(c, c.lag_seconds, human_seconds),
+        cell(c, c.replication_lag_seconds, human_seconds),
         cell(c, c.missed_keys.map(|m| (m, c.surplus_keys, c.diverged_keys)), |(m, s, d)| {
             let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "?".into());
             format!("{m} / {} / {}", n(s), n(d))
@@ -577,13 +581,14 @@ fn rows(c: &ClusterStatus) -> [String; ROW_LABELS.len()] {
     ]
 }
 
-const ROW_LABELS: [&str; 13] = [
+const ROW_LABELS: [&str; 14] = [
     "apiserver",
     "VIP",
     "role",
     "phase",
     "term",
     "lag",
+    "RPO (heartbeat)",
     "missed / surplus / diverged",
     "repaired",
     "last check",

@@ -791,6 +791,10 @@ pub struct SyncStatus {
     pub applied_revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
+    /// Now minus the newest primary heartbeat applied here (`src/heartbeat.rs`): the RPO
+    /// measured; it also grows when the primary's controller stops writing beats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_lag_seconds: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed_keys: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

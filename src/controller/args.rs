@@ -40,6 +40,10 @@ pub struct ControllerArgs {
     /// Lag above which SyncHealthy turns false.
     #[arg(long, default_value_t = 30.0)]
     pub max_lag_seconds: f64,
+    /// How often the Preflight condition is refreshed by running `drctl preflight`'s checks
+    /// (webhook hooks not called) beside the reconciles; 0s: never.
+    #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
+    pub preflight_interval: Duration,
     /// A local clone of the GitOps repo (kept current by e.g. a git-sync sidecar), read-only:
     /// a failover record names the commit, author and reason that flipped spec.primary.
     #[arg(long)]

@@ -33,6 +33,10 @@ pub struct Context {
     pub fingerprints: Arc<crate::files::FingerprintCache>,
     /// The last fingerprint error logged, so a bad path warns once, not every reconcile.
     pub(super) fingerprint_error: std::sync::Mutex<Option<String>>,
+    /// The replication heartbeat's duty (write as primary, read as standby) and last beat.
+    pub heartbeat: Arc<crate::heartbeat::Heartbeat>,
+    /// The scheduled preflight behind the `Preflight` condition.
+    pub preflight: crate::preflight::Periodic,
     /// Consecutive failed reconciles per DRTopology, for the backoff of transient errors.
     pub(super) failures: std::sync::Mutex<HashMap<String, u32>>,
 }

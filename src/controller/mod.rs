@@ -45,7 +45,7 @@ use crate::failover::runbook::{self, Runbook};
 use crate::http;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::topology::{DRTopology, Phase};
+use crate::topology::{DRTopology, Phase, Role};
 use crate::validated::ValidatedTopology;
 use status::StatusWriter;
 use sync::Stopping;
@@ -72,6 +72,8 @@ pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
         fingerprints: Arc::default(),
         fingerprint_error: std::sync::Mutex::new(None),
         failures: std::sync::Mutex::default(),
+        preflight: Default::default(),
+        heartbeat: Arc::default(),
         args: args.clone(),
     });
     let check_access = http::CheckAccess::from_args(args.listen, args.check_token_file.as_deref());
@@ -86,6 +88,7 @@ pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
     metrics.became_leader();
     info!(identity, "leading");
     let lost = elector.keep_renewing();
+    tokio::spawn(crate::heartbeat::run(ctx.heartbeat.clone(), ActLock(ctx.clone())));
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let api: Api<DRTopology> = Api::all(client.clone());
@@ -163,6 +166,8 @@ async fn reconcile(obj: Arc<DRTopology>, ctx: Arc<Context>) -> Result<Requeue, E
 
 async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     let _guard = ctx.act_lock.lock().await;
+    // No heartbeat until this reconcile ends knowing the role (it may demote).
+    ctx.heartbeat.disarm();
     let _busy = ctx.watchdog.start();
     let api: Api<DRTopology> = Api::all(ctx.client.clone());
     let mut writer: Option<StatusWriter> = None;
@@ -284,10 +289,64 @@ async fn remembering(ctx: &Context, api: &Api<DRTopology>, topo: &DRTopology) ->
 
 /// Writes the status and its metrics, and requeues after `after`.
 async fn finish(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, after: Duration) -> Result<Requeue, Error> {
+    refresh_preflight(ctx, topo, w);
+    heartbeat_duty(ctx, topo, &w.status).await;
     w.write().await?;
     ctx.metrics.observe_status(&w.status);
     ctx.metrics.observe_thresholds(&Thresholds::of(topo));
     Ok(Requeue::requeue(after))
+}
+
+/// The reconcile lock, as the heartbeat task takes it.
+struct ActLock(Arc<Context>);
+
+impl std::ops::Deref for ActLock {
+    type Target = tokio::sync::Mutex<()>;
+    fn deref(&self) -> &Self::Target {
+        &self.0.act_lock
+    }
+}
+
+/// What the heartbeat task does until the next reconcile: write beats as the steady primary
+/// spec.primary names, read them as a standby, nothing otherwise.
+async fn heartbeat_duty(ctx: &Context, topo: &DRTopology, st: &crate::topology::DRTopologyStatus) {
+    use crate::heartbeat::Duty;
+    let me = ctx.self_name();
+    let write = st.role == Some(Role::Primary) && st.phase == Some(Phase::Steady) && topo.spec.primary == me;
+    let read = st.role == Some(Role::Standby);
+    let Some(c) = topo.spec.cluster(me).filter(|_| write || read) else {
+        ctx.heartbeat.set(None);
+        return;
+    };
+    let name = topo.name_any();
+    if ctx.heartbeat.is(write, &name, &c.etcd.endpoints) {
+        ctx.heartbeat.rearm();
+        return;
+    }
+    let Ok(v) = parse(topo, me) else { return ctx.heartbeat.set(None) };
+    let Some(c) = v.spec.cluster(me) else { return ctx.heartbeat.set(None) };
+    match crate::etcd::cluster_endpoint(&crate::secret::KubeSecrets::new(ctx.client.clone()), c).await {
+        Ok(etcd) if write => ctx.heartbeat.set(Some(Duty::Write { topology: name, cluster: me.to_string(), etcd })),
+        Ok(etcd) => ctx.heartbeat.set(Some(Duty::Read { topology: name, etcd })),
+        Err(e) => {
+            warn!(error = %e, "replication heartbeat: this cluster's etcd endpoint not built");
+            ctx.heartbeat.set(None);
+        }
+    }
+}
+
+/// Starts the scheduled preflight when due and records a finished run in `Preflight` (an
+/// invalid spec is not checked: `Valid` says what is wrong).
+fn refresh_preflight(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) {
+    let Ok(v) = parse(topo, ctx.self_name()) else { return };
+    let (client, me) = (ctx.client.clone(), ctx.self_name().to_string());
+    let opts = crate::preflight::Options { timeout: Duration::from_secs(5), probe_hooks: false };
+    let rows =
+        ctx.preflight.poll(ctx.args.preflight_interval, move || tokio::spawn(async move { crate::preflight::run_checks(&client, &v, &me, &opts).await }));
+    if let Some(rows) = rows {
+        let (ok, reason, msg) = crate::preflight::condition(&rows);
+        set_condition(&mut w.status, ConditionType::Preflight, ok, reason, &msg, topo.metadata.generation);
+    }
 }
 
 /// The spec as this controller acts on it, or what is wrong with it: every validation error,

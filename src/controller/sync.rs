@@ -18,31 +18,15 @@ use super::status::StatusWriter;
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::standby::{differences_event, record_archive, record_check, record_health, standby_health, MirrorFacts, Thresholds};
 use crate::decide::wait::{restarts_next, RestartsNext};
-use crate::etcd::{self, Endpoint, SecretBytes, TlsMaterial};
+use crate::etcd::{self, Endpoint};
 use crate::restart;
-use crate::secret::{KubeSecrets, SecretSource};
+use crate::secret::KubeSecrets;
 use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, RewoundStatus, SyncStatus};
 use crate::validated::{Cluster, Driver, ValidatedTopology};
 
-/// This cluster's etcd as an endpoint, with mTLS material from its Secret.
+/// A global's etcd as an endpoint, with mTLS material from its Secret.
 async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
-    let tls = match &c.etcd.tls_secret_ref {
-        None => None,
-        Some(r) => {
-            let secrets = KubeSecrets::new(ctx.client.clone());
-            let get = |key: &'static str| {
-                let secrets = secrets.clone();
-                let r = r.clone();
-                async move { secrets.get(&r, key).await }
-            };
-            let err = |source| SyncError::Tls { cluster: c.name.clone(), source };
-            let ca = get("ca.crt").await.map_err(err)?;
-            let cert = get("tls.crt").await.map_err(err)?;
-            let key = get("tls.key").await.map_err(err)?;
-            Some(TlsMaterial { ca: Some(ca.expose().to_vec()), identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))) })
-        }
-    };
-    Ok(Endpoint { urls: c.etcd.endpoints.clone(), tls })
+    etcd::cluster_endpoint(&KubeSecrets::new(ctx.client.clone()), c).await.map_err(|e| SyncError::Tls { cluster: e.cluster, source: e.source })
 }
 
 /// Whether replication stops because this cluster acts as primary now (it will take writes of
@@ -208,6 +192,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
         sync.applied_revision = Some(p.applied_revision).filter(|r| *r > 0);
         sync.lag_seconds = Some((lag * 1000.0).round() / 1000.0);
+        sync.replication_lag_seconds = ctx.heartbeat.lag_seconds(Timestamp::now()).map(|l| (l * 1000.0).round() / 1000.0);
     }
     let following = p.phase == crate::mirror::Phase::Following;
     let interval = topo.spec.sync.check_interval;

@@ -31,7 +31,7 @@ macro_rules! api_names {
 
 api_names! {
     /// `status.conditions[].type`.
-    ConditionType { Ready, Valid, PeerReachable, SyncHealthy, DNSCorrect, Degraded }
+    ConditionType { Ready, Valid, PeerReachable, SyncHealthy, DNSCorrect, Degraded, Preflight }
 }
 
 api_names! {
@@ -44,6 +44,7 @@ api_names! {
         PointsHere, Switched, Verified, Wrong,
         DryRun, FailingOver, StepFailed, Demoting, WaitingForPeer, WaitingForPrimary,
         FailoverAbandoned, Resolved, SteppedDown,
+        ChecksPassed, ChecksWarned, ChecksFailed,
     }
 }
 
@@ -85,7 +86,7 @@ mod tests {
     fn condition_names_are_the_api_strings() {
         assert_eq!(ConditionType::DNSCorrect.as_str(), "DNSCorrect");
         assert_eq!(Reason::WaitingForPrimary.to_string(), "WaitingForPrimary");
-        assert_eq!(ConditionType::ALL.len(), 6);
+        assert_eq!(ConditionType::ALL.len(), 7);
     }
 
     #[test]

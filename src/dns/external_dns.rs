@@ -70,6 +70,14 @@ pub(super) async fn switch(cfg: &ExternalDns, platform: &Platform, target: IpAdd
     Ok(SwitchOutcome { provider: "externalDns", domain: platform.domain.clone(), record: RecordKind::for_ip(target), target, previous: Some(previous), action })
 }
 
+/// Preflight: reads the DNSEndpoint (absent is fine: the switch creates it), writes nothing.
+pub(super) async fn probe(cfg: &ExternalDns, client: &kube::Client) -> Result<String, DnsError> {
+    let object = format!("DNSEndpoint {}/{}", cfg.namespace, cfg.name);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &cfg.namespace, &api_resource());
+    let found = api.get_opt(&cfg.name).await.map_err(|source| DnsError::Kube { object: object.clone(), source })?;
+    Ok(format!("{object} {}", if found.is_some() { "read" } else { "not there yet (a switch creates it)" }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

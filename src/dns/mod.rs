@@ -213,6 +213,40 @@ pub async fn switch_for(topo: &ValidatedTopology, client: &kube::Client, target:
     switch(&topo.spec.dns.provider, &topo.spec.platform, target, &ctx).await
 }
 
+/// What a preflight read of the DNS provider found, without changing any record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The provider answered a read made with drctl's credentials.
+    Read(String),
+    /// The provider offers no read drctl can make; the message says what was checked instead.
+    NotReadable(String),
+}
+
+/// Preflight: one read call to the provider with its credentials (PowerDNS: GET the zone;
+/// RFC 2136: the zone's SOA from the server, the TSIG key parsed; external-dns: GET the
+/// DNSEndpoint; webhook: its HMAC key read, the receiver not called, since any call is a
+/// switch; manual: nothing to reach).
+pub async fn probe(provider: &DnsProvider, platform: &Platform, ctx: &SwitchContext<'_>) -> Result<Probe, DnsError> {
+    Ok(match provider {
+        DnsProvider::PowerDns(p) => Probe::Read(powerdns::probe(p, platform, ctx.secrets).await?),
+        DnsProvider::Rfc2136(p) => Probe::Read(rfc2136::probe(p, platform, ctx.secrets).await?),
+        DnsProvider::ExternalDns(p) => {
+            let Some(client) = &ctx.kube else {
+                return Err(DnsError::Config("externalDns needs a Kubernetes client".into()));
+            };
+            Probe::Read(external_dns::probe(p, client).await?)
+        }
+        DnsProvider::Webhook(p) => {
+            let key = ctx.secrets.get(&p.hmac_secret_ref, "hmacKey").await?;
+            if key.expose().is_empty() {
+                return Err(DnsError::bad_secret("webhook HMAC key", &p.hmac_secret_ref, "empty"));
+            }
+            Probe::NotReadable(format!("HMAC key read; {} not called (every call is a switch)", crate::urls::redact(&p.url)))
+        }
+        DnsProvider::Manual(_) => Probe::NotReadable("manual: an operator switches DNS; nothing to reach".into()),
+    })
+}
+
 /// The addresses (A and AAAA) of one name as one resolver answers them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolverAnswer {

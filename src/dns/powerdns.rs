@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{fqdn, http_client, Current, DnsError, RecordKind, SwitchAction, SwitchOutcome};
+use super::{fqdn, http_client, list, Current, DnsError, RecordKind, SwitchAction, SwitchOutcome};
 use crate::secret::SecretSource;
 use crate::topology::{Platform, PowerDns};
 
@@ -67,39 +67,72 @@ fn patch_body(name: &str, target: IpAddr, ttl: u32) -> serde_json::Value {
     })
 }
 
+/// A session with the zone's API: the client, the zone URL (and its redacted form) and the key.
+struct ZoneApi {
+    client: reqwest::Client,
+    url: String,
+    shown: String,
+    key: reqwest::header::HeaderValue,
+}
+
+impl ZoneApi {
+    async fn open(cfg: &PowerDns, platform: &Platform, secrets: &dyn SecretSource) -> Result<ZoneApi, DnsError> {
+        let r = &cfg.api_key_secret_ref;
+        let secret = secrets.get(r, "apiKey").await?;
+        let bad = |reason: &str| DnsError::bad_secret("PowerDNS API key", r, reason);
+        let text = secret.expose_trimmed_str().filter(|k| !k.is_empty()).ok_or_else(|| bad("empty or not text"))?;
+        let mut key = reqwest::header::HeaderValue::from_str(text).map_err(|_| bad("not a valid HTTP header value"))?;
+        // Sensitive header values print as `Sensitive` in any Debug output of the request.
+        key.set_sensitive(true);
+        let zone = fqdn(&cfg.zone);
+        let name = fqdn(&platform.domain);
+        if !name.ends_with(&format!(".{zone}")) && name != zone {
+            return Err(DnsError::Config(format!("powerdns: {} is not inside zone {}", platform.domain, cfg.zone)));
+        }
+        let url = format!("{}/api/v1/servers/{}/zones/{}", cfg.api_url.trim_end_matches('/'), cfg.server_id, zone);
+        let shown = crate::urls::redact(&url);
+        let client = http_client().map_err(|source| DnsError::Http { url: shown.clone(), source })?;
+        Ok(ZoneApi { client, url, shown, key })
+    }
+
+    fn http(&self) -> impl Fn(reqwest::Error) -> DnsError + '_ {
+        |source: reqwest::Error| DnsError::Http { url: self.shown.clone(), source: source.without_url() }
+    }
+
+    /// GET of the zone: what the switch reads first, and all `probe` does.
+    async fn read(&self) -> Result<Zone, DnsError> {
+        let resp = self.client.get(&self.url).header("X-API-Key", self.key.clone()).send().await.map_err(self.http())?;
+        let resp = check(resp, &self.shown).await?;
+        resp.json().await.map_err(self.http())
+    }
+}
+
 #[tracing::instrument(skip_all, fields(api = %crate::urls::redact(&cfg.api_url), zone = %cfg.zone))]
 pub(super) async fn switch(cfg: &PowerDns, platform: &Platform, target: IpAddr, secrets: &dyn SecretSource) -> Result<SwitchOutcome, DnsError> {
-    let r = &cfg.api_key_secret_ref;
-    let secret = secrets.get(r, "apiKey").await?;
-    let bad = |reason: &str| DnsError::bad_secret("PowerDNS API key", r, reason);
-    let text = secret.expose_trimmed_str().filter(|k| !k.is_empty()).ok_or_else(|| bad("empty or not text"))?;
-    let mut key = reqwest::header::HeaderValue::from_str(text).map_err(|_| bad("not a valid HTTP header value"))?;
-    // Sensitive header values print as `Sensitive` in any Debug output of the request.
-    key.set_sensitive(true);
-    let zone = fqdn(&cfg.zone);
+    let api = ZoneApi::open(cfg, platform, secrets).await?;
+    let zone_data = api.read().await?;
     let name = fqdn(&platform.domain);
-    if !name.ends_with(&format!(".{zone}")) && name != zone {
-        return Err(DnsError::Config(format!("powerdns: {} is not inside zone {}", platform.domain, cfg.zone)));
-    }
-    let url = format!("{}/api/v1/servers/{}/zones/{}", cfg.api_url.trim_end_matches('/'), cfg.server_id, zone);
-    let shown = crate::urls::redact(&url);
-    let client = http_client().map_err(|source| DnsError::Http { url: shown.clone(), source })?;
-    let http = |source: reqwest::Error| DnsError::Http { url: shown.clone(), source: source.without_url() };
-
-    let resp = client.get(&url).header("X-API-Key", key.clone()).send().await.map_err(http)?;
-    let resp = check(resp, &shown).await?;
-    let zone_data: Zone = resp.json().await.map_err(http)?;
     let kind = RecordKind::for_ip(target);
     let current = current(&zone_data, &name, kind);
     let previous = Some(current.addresses.clone());
     let action = if current.is_set_to(target, platform.ttl) {
         SwitchAction::Unchanged
     } else {
-        let resp = client.patch(&url).header("X-API-Key", key.clone()).json(&patch_body(&name, target, platform.ttl)).send().await.map_err(http)?;
-        check(resp, &shown).await?;
+        let resp =
+            api.client.patch(&api.url).header("X-API-Key", api.key.clone()).json(&patch_body(&name, target, platform.ttl)).send().await.map_err(api.http())?;
+        check(resp, &api.shown).await?;
         SwitchAction::Updated
     };
     Ok(SwitchOutcome { provider: "powerdns", domain: platform.domain.clone(), record: kind, target, previous, action })
+}
+
+/// Preflight: reads the zone with the API key (what a switch does first), changes nothing.
+pub(super) async fn probe(cfg: &PowerDns, platform: &Platform, secrets: &dyn SecretSource) -> Result<String, DnsError> {
+    let api = ZoneApi::open(cfg, platform, secrets).await?;
+    let zone_data = api.read().await?;
+    let name = fqdn(&platform.domain);
+    let now = current(&zone_data, &name, RecordKind::A);
+    Ok(format!("GET {} with the API key: zone read, {} holds {}", api.shown, platform.domain, list(&now.addresses)))
 }
 
 /// Turns a non-2xx answer into an error carrying PowerDNS's own message.

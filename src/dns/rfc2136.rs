@@ -75,6 +75,22 @@ pub(super) async fn switch(cfg: &Rfc2136Dns, platform: &Platform, target: IpAddr
     Ok(SwitchOutcome { provider: "rfc2136", domain: platform.domain.clone(), record: kind, target, previous: Some(previous), action })
 }
 
+/// Preflight: the TSIG key parses and the zone's primary answers a non-recursive query for the
+/// zone's SOA. The key itself is proven only by an update, which preflight never sends.
+pub(super) async fn probe(cfg: &Rfc2136Dns, platform: &Platform, secrets: &dyn SecretSource) -> Result<String, DnsError> {
+    let server = server_addr(&cfg.server).await?;
+    let zone = wire::name(&cfg.zone)?;
+    if !zone.zone_of(&wire::name(&platform.domain)?) {
+        return Err(DnsError::Config(format!("rfc2136: {} is not inside zone {}", platform.domain, cfg.zone)));
+    }
+    signer(cfg, secrets).await?;
+    wire::query(server, &zone, RecordType::SOA, false, TIMEOUT).await?;
+    Ok(format!(
+        "{server} answered the SOA of {}; TSIG key {} parses (it is proven only by an update, which preflight does not send)",
+        cfg.zone, cfg.tsig_key_name
+    ))
+}
+
 async fn signer(cfg: &Rfc2136Dns, secrets: &dyn SecretSource) -> Result<TSigner, DnsError> {
     let r = &cfg.tsig_secret_ref;
     let bad = |reason: &str| DnsError::bad_secret("TSIG secret", r, reason);

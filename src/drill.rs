@@ -1,0 +1,433 @@
+//! `drctl drill`: a rehearsal on the standby of every failover step that moves no traffic, for
+//! real, ending with a report (each step's outcome and duration, the predicted RTO, the RPO at
+//! that moment). The primary is only read: it is not demoted or fenced, DNS is not changed, no
+//! restart or hook runs.
+//!
+//! Steps: `preflight` (every row of `drctl preflight`), `catch-up` (FinalSync's: the standby's
+//! mirror reaches the primary's revision read at the start), `check` (FinalSync's consistency
+//! check at that point), `read-back` (one object of every replicated resource, Secrets included,
+//! read through the standby's apiserver: its encryption keys decrypt what was copied).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject};
+use kube::discovery::{Discovery, Scope};
+use kube::Client;
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::etcd::{self, Conn};
+use crate::heartbeat::{self, Beat};
+use crate::keyspace::{self, Filter};
+use crate::preflight::{self, Outcome};
+use crate::secret::KubeSecrets;
+use crate::topology::DRTopology;
+use crate::validated::ValidatedTopology;
+
+/// One rehearsed step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub name: &'static str,
+    pub outcome: Outcome,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+/// The drill's report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub cluster: String,
+    pub primary: String,
+    pub started_at: String,
+    pub steps: Vec<Step>,
+    /// The preflight rows that were not ok.
+    pub findings: Vec<preflight::Row>,
+    /// Primary revisions not applied here when the drill started.
+    pub rpo_revisions: Option<i64>,
+    /// Now − the newest primary heartbeat applied here, when the drill started.
+    pub rpo_seconds: Option<f64>,
+    /// See [`predicted_rto`].
+    pub predicted_rto_seconds: f64,
+    /// The steps that failed: what a failover now would have stopped at.
+    pub would_fail: Vec<String>,
+}
+
+/// A failover's time, predicted from what the drill measured: FinalSync's catch-up and check as
+/// they took now, plus the platform record's TTL (resolvers' caches). Not included: the old
+/// primary's acknowledgement (a planned failover's Demote, usually a second), the DNS call and
+/// the restarts' readiness (`--restart-ready-timeout` bounds them).
+pub fn predicted_rto(steps: &[Step], ttl_seconds: u32) -> f64 {
+    let measured: f64 = steps.iter().filter(|s| matches!(s.name, "catch-up" | "check")).map(|s| s.seconds).sum();
+    ((measured + f64::from(ttl_seconds)) * 1000.0).round() / 1000.0
+}
+
+/// The exit code: 0 when every step passed, 1 with a warning, 2 when a step failed.
+pub fn exit_code(steps: &[Step]) -> u8 {
+    match steps.iter().map(|s| s.outcome).max() {
+        None | Some(Outcome::Ok) => 0,
+        Some(Outcome::Warn) => 1,
+        Some(Outcome::Fail) => 2,
+    }
+}
+
+/// The catch-up's verdict: the standby's checkpoint has a complete copy at or past `want`.
+pub fn caught_up(c: Option<&Checkpoint>, source_cluster_id: u64, want: i64) -> bool {
+    c.is_some_and(|c| c.cluster_id == source_cluster_id && c.copy.is_none() && c.pending.is_none() && c.revision >= want)
+}
+
+/// One key per replicated (group, resource), the first in key order, up to `limit` resources.
+pub fn sample(keys: &[Vec<u8>], filter: &Filter, limit: usize) -> Vec<Vec<u8>> {
+    let mut by: BTreeMap<(Option<String>, String), Vec<u8>> = BTreeMap::new();
+    for k in keys.iter().filter(|k| filter.copies(k) && !heartbeat::is_heartbeat(k)) {
+        if let Some(o) = keyspace::parse(k) {
+            by.entry((o.group.map(str::to_string), o.resource.to_string())).or_insert_with(|| k.clone());
+        }
+    }
+    by.into_values().take(limit).collect()
+}
+
+/// How the drill runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub probe_timeout: Duration,
+    pub catch_up_timeout: Duration,
+    /// Most resources read back.
+    pub sample: usize,
+    /// The controller's namespace (excluded from replication).
+    pub namespace: String,
+}
+
+/// Runs the drill from the standby `self_name`.
+pub async fn run_drill(local: &Client, topo: &ValidatedTopology, self_name: &str, opts: &Options) -> Result<Report, String> {
+    let spec = &topo.spec;
+    let me = spec.cluster(self_name).ok_or_else(|| format!("{self_name:?} is not one of spec.clusters[].name"))?;
+    if spec.primary == self_name {
+        return Err(format!("{self_name} is spec.primary: a drill rehearses a failover on the standby; run it with --cluster-name of the standby"));
+    }
+    let primary = spec.cluster(&spec.primary).ok_or_else(|| format!("spec.primary {} is not in spec.clusters", spec.primary))?;
+    let started_at = Timestamp::now().to_string();
+    let mut steps = Vec::new();
+
+    let t = Instant::now();
+    let rows = preflight::run_checks(local, topo, self_name, &preflight::Options { timeout: opts.probe_timeout, probe_hooks: true }).await;
+    let findings: Vec<preflight::Row> = rows.iter().filter(|r| r.outcome != Outcome::Ok).cloned().collect();
+    let worst = rows.iter().map(|r| r.outcome).max().unwrap_or(Outcome::Ok);
+    steps.push(Step { name: "preflight", outcome: worst, seconds: secs(t), detail: preflight::summary(&rows) });
+
+    let secrets = KubeSecrets::new(local.clone());
+    let connect = |c| {
+        let secrets = secrets.clone();
+        async move {
+            let e = etcd::cluster_endpoint(&secrets, c).await.map_err(|e| e.to_string())?;
+            etcd::connect(&e).await.map_err(|e| e.to_string())
+        }
+    };
+    let (src, dst) = match (connect(primary).await, connect(me).await) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => {
+            steps.push(Step { name: "catch-up", outcome: Outcome::Fail, seconds: 0.0, detail: e });
+            return Ok(finish(self_name, &spec.primary, started_at, steps, findings, None, None, spec.platform.ttl));
+        }
+    };
+    let (rpo_revisions, rpo_seconds) = rpo_now(&src, &dst, &topo.name()).await;
+
+    let t = Instant::now();
+    let catch_up = catch_up(&src, &dst, opts.catch_up_timeout).await;
+    let ok = catch_up.is_ok();
+    steps.push(match catch_up {
+        Ok(d) => Step { name: "catch-up", outcome: Outcome::Ok, seconds: secs(t), detail: d },
+        Err(d) => Step { name: "catch-up", outcome: Outcome::Fail, seconds: secs(t), detail: d },
+    });
+    let filter = topo.spec.filter(&opts.namespace);
+    if ok {
+        let t = Instant::now();
+        let max_missed = spec.failover.max_missed_keys;
+        steps.push(match crate::check::run(&src, &dst, &filter, &crate::check::CheckOptions::default()).await {
+            Ok(c) => {
+                let r = &c.report;
+                let detail = format!(
+                    "{} keys compared at revision {}: {} missed, {} surplus, {} diverged",
+                    r.checked_keys, r.revision, r.missed.count, r.surplus.count, r.diverged.count
+                );
+                let outcome = if r.missed.count > max_missed || r.diverged.count > 0 {
+                    Outcome::Fail
+                } else if r.consistent {
+                    Outcome::Ok
+                } else {
+                    Outcome::Warn
+                };
+                Step { name: "check", outcome, seconds: secs(t), detail }
+            }
+            Err(e) => Step { name: "check", outcome: Outcome::Fail, seconds: secs(t), detail: e.to_string() },
+        });
+    }
+
+    let t = Instant::now();
+    let (outcome, detail) = read_back(local, &dst, &filter, opts).await;
+    steps.push(Step { name: "read-back", outcome, seconds: secs(t), detail });
+    Ok(finish(self_name, &spec.primary, started_at, steps, findings, rpo_revisions, rpo_seconds, spec.platform.ttl))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    cluster: &str,
+    primary: &str,
+    started_at: String,
+    steps: Vec<Step>,
+    findings: Vec<preflight::Row>,
+    rpo_revisions: Option<i64>,
+    rpo_seconds: Option<f64>,
+    ttl: u32,
+) -> Report {
+    let would_fail = steps.iter().filter(|s| s.outcome == Outcome::Fail).map(|s| format!("{}: {}", s.name, s.detail)).collect();
+    Report {
+        cluster: cluster.to_string(),
+        primary: primary.to_string(),
+        started_at,
+        predicted_rto_seconds: predicted_rto(&steps, ttl),
+        steps,
+        findings,
+        rpo_revisions,
+        rpo_seconds,
+        would_fail,
+    }
+}
+
+fn secs(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// The primary's head minus the revision applied here; the heartbeat's age here.
+async fn rpo_now(src: &Conn, dst: &Conn, topology: &str) -> (Option<i64>, Option<f64>) {
+    let head = etcd::head(&mut src.kv.clone()).await.ok();
+    let applied = Checkpoint::read(&mut dst.kv.clone()).await.ok().flatten();
+    let revisions = match (head, applied) {
+        (Some((id, h)), Some(c)) if c.cluster_id == id => Some((h - c.revision).max(0)),
+        _ => None,
+    };
+    let beat = dst.kv.clone().get(heartbeat::key(topology), None).await.ok().and_then(|r| r.kvs().first().and_then(|kv| Beat::decode(kv.value())));
+    (revisions, beat.and_then(|b| b.age(Timestamp::now())))
+}
+
+/// FinalSync's catch-up without a demotion: the primary's revision now is the target the
+/// standby's mirror (run by its controller) must reach.
+async fn catch_up(src: &Conn, dst: &Conn, timeout: Duration) -> Result<String, String> {
+    let (id, want) = etcd::head(&mut src.kv.clone()).await.map_err(|e| format!("the primary's etcd: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let c = Checkpoint::read(&mut dst.kv.clone()).await.map_err(|e| e.to_string())?;
+        if caught_up(c.as_ref(), id, want) {
+            let at = c.map(|c| c.revision).unwrap_or_default();
+            return Ok(format!("applied revision {at} ≥ the primary's {want} at the start"));
+        }
+        if Instant::now() >= deadline {
+            let at = c.map(|c| c.revision.to_string()).unwrap_or_else(|| "none (no mirror checkpoint: is this cluster's controller mirroring?)".into());
+            return Err(format!("the primary's revision {want} not applied within {timeout:?}; applied: {at}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads one object of each replicated resource through this cluster's apiserver.
+async fn read_back(local: &Client, dst: &Conn, filter: &Filter, opts: &Options) -> (Outcome, String) {
+    let mut keys = Vec::new();
+    let (start, end) = (keyspace::REGISTRY_PREFIX.as_bytes().to_vec(), keyspace::prefix_end(keyspace::REGISTRY_PREFIX.as_bytes()));
+    let mut from = start;
+    // Keys only, paged: the standby's whole keyspace can be large.
+    loop {
+        let page = match etcd::range_page_of(&mut dst.kv.clone(), &from, &end, 0, 5000, true).await {
+            Ok(p) => p,
+            Err(e) => return (Outcome::Fail, format!("listing this cluster's keys: {e}")),
+        };
+        let more = page.more;
+        if let Some(last) = page.kvs.last() {
+            from = etcd::key_after(&last.key);
+        }
+        keys.extend(page.kvs.into_iter().map(|kv| kv.key));
+        if !more {
+            break;
+        }
+    }
+    let discovery = match Discovery::new(local.clone()).run().await {
+        Ok(d) => d,
+        Err(e) => return (Outcome::Fail, format!("API discovery on this cluster: {e}")),
+    };
+    let (mut read, mut failed, mut unserved) = (Vec::new(), Vec::new(), Vec::new());
+    for key in sample(&keys, filter, opts.sample) {
+        let Some(o) = keyspace::parse(&key) else { continue };
+        // Built-in keys carry no group (`/registry/deployments/...`): the core group first,
+        // then any group serving that plural.
+        let found = match o.group {
+            Some(g) => discovery.groups().filter(|d| d.name() == g).flat_map(|d| d.recommended_resources()).find(|(ar, _)| ar.plural == o.resource),
+            None => discovery
+                .groups()
+                .filter(|d| d.name().is_empty() || !d.name().contains('.') || d.name().ends_with(".k8s.io"))
+                .flat_map(|d| d.recommended_resources())
+                .filter(|(ar, _)| ar.plural == o.resource)
+                .min_by_key(|(ar, _)| !ar.group.is_empty()),
+        };
+        // Not every key is an object an apiserver serves (e.g. the service IP allocator's).
+        let Some((ar, caps)) = found else {
+            unserved.push(String::from_utf8_lossy(&key).into_owned());
+            continue;
+        };
+        let api: Api<DynamicObject> = match (caps.scope, o.namespace) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(local.clone(), ns, &ar),
+            _ => Api::all_with(local.clone(), &ar),
+        };
+        let what = format!("{}{}/{}", if ar.group.is_empty() { String::new() } else { format!("{}/", ar.group) }, o.resource, o.name);
+        match tokio::time::timeout(opts.probe_timeout, api.get(o.name)).await {
+            Ok(Ok(_)) => read.push(what),
+            Ok(Err(e)) => failed.push(format!("{what}: {e}")),
+            Err(_) => failed.push(format!("{what}: no answer within {:?}", opts.probe_timeout)),
+        }
+    }
+    let mut detail = format!("{} of {} sampled resources read back", read.len(), read.len() + failed.len());
+    if !unserved.is_empty() {
+        detail.push_str(&format!(" (keys no apiserver resource serves, not read: {})", unserved.join(", ")));
+    }
+    if !failed.is_empty() {
+        detail.push_str(&format!("; failed: {}", failed.join("; ")));
+        return (Outcome::Fail, detail);
+    }
+    if read.iter().any(|r| r.starts_with("secrets/")) {
+        detail.push_str(", Secrets included (decrypted here)");
+    }
+    (Outcome::Ok, detail)
+}
+
+/// `drctl drill`.
+#[derive(clap::Args, Debug)]
+pub struct DrillArgs {
+    /// The standby's kubeconfig [default: $KUBECONFIG, else in-cluster].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Which of spec.clusters[].name this global (the standby) is.
+    #[arg(long)]
+    cluster_name: String,
+    /// The DRTopology [default: the oldest in the cluster].
+    #[arg(long)]
+    name: Option<String>,
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    json: bool,
+    /// How long the standby may take to apply the primary's revision read at the start.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::controller::args::parse_duration_arg)]
+    catch_up_timeout: Duration,
+    /// Most resources read back through the standby's apiserver (one object each).
+    #[arg(long, default_value_t = 64)]
+    sample: usize,
+    /// The controller's namespace (never replicated).
+    #[arg(long, default_value = crate::keyspace::DEFAULT_CONTROLLER_NAMESPACE)]
+    namespace: String,
+}
+
+pub async fn run(args: DrillArgs, client: Client) -> anyhow::Result<ExitCode> {
+    let api: Api<DRTopology> = Api::all(client.clone());
+    let topo = match &args.name {
+        Some(n) => api.get(n).await?,
+        None => crate::topology::oldest(api.list(&Default::default()).await?.items).ok_or_else(|| anyhow::anyhow!("no DRTopology in this cluster"))?,
+    };
+    let topo = ValidatedTopology::try_from(&topo).map_err(|errs| {
+        anyhow::anyhow!("the DRTopology is invalid (`drctl validate` says more): {}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    })?;
+    let opts = Options { probe_timeout: Duration::from_secs(5), catch_up_timeout: args.catch_up_timeout, sample: args.sample, namespace: args.namespace };
+    let report = run_drill(&client, &topo, &args.cluster_name, &opts).await.map_err(|e| anyhow::anyhow!(e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(ExitCode::from(exit_code(&report.steps)))
+}
+
+/// The report as text.
+pub fn render(r: &Report) -> String {
+    let mut out = format!("DR drill on {} (standby of {}), started {}\n\n  STEP        RESULT  TOOK      DETAIL\n", r.cluster, r.primary, r.started_at);
+    for s in &r.steps {
+        let o = match s.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Warn => "WARN",
+            Outcome::Fail => "FAIL",
+        };
+        out.push_str(&format!("  {:<10}  {o:<6}  {:<8}  {}\n", s.name, format!("{:.1}s", s.seconds), s.detail));
+    }
+    for f in &r.findings {
+        out.push_str(&format!(
+            "  preflight {:?} {} {}: {}{}\n",
+            f.outcome,
+            f.check,
+            f.target,
+            f.detail,
+            f.fix.as_ref().map(|x| format!(" (fix: {x})")).unwrap_or_default()
+        ));
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+    out.push_str(&format!(
+        "\nRPO now: {} revisions, {} (heartbeat)\nPredicted RTO: {:.1}s (catch-up + check as measured + the record's TTL; Demote, the DNS call and restarts' readiness not included)\n",
+        opt(r.rpo_revisions.map(|n| n.to_string())),
+        opt(r.rpo_seconds.map(|s| format!("{s:.1}s"))),
+        r.predicted_rto_seconds
+    ));
+    if r.would_fail.is_empty() {
+        out.push_str("A failover now would pass every rehearsed step.\n");
+    } else {
+        out.push_str(&format!("A failover now would fail at: {}\n", r.would_fail.join("; ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(name: &'static str, outcome: Outcome, seconds: f64) -> Step {
+        Step { name, outcome, seconds, detail: String::new() }
+    }
+
+    #[test]
+    fn the_predicted_rto_is_final_syncs_measured_steps_plus_the_ttl() {
+        let steps =
+            [step("preflight", Outcome::Ok, 3.0), step("catch-up", Outcome::Ok, 0.25), step("check", Outcome::Ok, 1.5), step("read-back", Outcome::Ok, 2.0)];
+        assert_eq!(predicted_rto(&steps, 30), 31.75);
+        assert_eq!(exit_code(&steps), 0);
+        assert_eq!(exit_code(&[step("check", Outcome::Warn, 0.0)]), 1);
+        assert_eq!(exit_code(&[step("check", Outcome::Warn, 0.0), step("read-back", Outcome::Fail, 0.0)]), 2);
+    }
+
+    #[test]
+    fn caught_up_needs_a_complete_copy_of_this_source_at_or_past_the_revision() {
+        let c = Checkpoint::at(7, 100);
+        assert!(caught_up(Some(&c), 7, 100));
+        assert!(caught_up(Some(&c), 7, 90));
+        assert!(!caught_up(Some(&c), 7, 101), "behind");
+        assert!(!caught_up(Some(&c), 8, 90), "another source");
+        assert!(!caught_up(None, 7, 1), "no checkpoint");
+        assert!(!caught_up(Some(&Checkpoint { pending: Some(99), ..c.clone() }), 7, 90), "a batch half written");
+    }
+
+    #[test]
+    fn the_sample_takes_one_replicated_key_per_resource() {
+        let filter = Filter::with_default_namespaces(&Default::default());
+        let keys: Vec<Vec<u8>> = [
+            "/registry/configmaps/apps/a",
+            "/registry/configmaps/apps/b",
+            "/registry/secrets/apps/s",
+            "/registry/example.com/widgets/apps/w",
+            "/registry/configmaps/kube-system/x",
+            "/registry/drctl.io/heartbeats/platform",
+        ]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+        let got: Vec<String> = sample(&keys, &filter, 10).into_iter().map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
+        assert_eq!(got, ["/registry/configmaps/apps/a", "/registry/secrets/apps/s", "/registry/example.com/widgets/apps/w"]);
+        assert_eq!(sample(&keys, &filter, 1).len(), 1);
+    }
+}
