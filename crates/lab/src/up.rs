@@ -241,8 +241,11 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
         let tls = e.etcd.tls().ok_or_else(|| LabError::Failed(format!("{}'s etcd has no client certificate", e.name)))?;
         let file = |key: &str, p: &Path| format!("--from-file={key}={}", p.display());
         let mut cmd = c.kubectl(state);
-        cmd.args(["-n", "drctl-system", "create", "secret", "generic", &LabEtcd::secret_name(&e.name)])
-            .args([file("ca.crt", &tls.ca), file("tls.crt", &tls.cert), file("tls.key", &tls.key)]);
+        cmd.args(["-n", "drctl-system", "create", "secret", "generic", &LabEtcd::secret_name(&e.name)]).args([
+            file("ca.crt", &tls.ca),
+            file("tls.crt", &tls.cert),
+            file("tls.key", &tls.key),
+        ]);
         run_ok(cmd, &format!("create the Secret with {}'s etcd client certificate", e.name))?;
     }
     // Argo CD: its CRDs (server-side: they are large), its config, our health check, the Application.
