@@ -61,7 +61,9 @@ async fn main() -> Res<()> {
     let dst = EtcdProc::start().await?;
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
     let tuning = Tuning { anti_entropy_after: None, ..Tuning::default() };
-    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: Endpoint::plain(vec![dst.url.clone()]), filter: filter.clone(), tuning }).run_once().await?;
+    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: Endpoint::plain(vec![dst.url.clone()]), filter: filter.clone(), tuning })
+        .run_once()
+        .await?;
     let dest = etcd::connect(&Endpoint::plain(vec![dst.url.clone()])).await?;
 
     let mut phases = Vec::new();
@@ -73,7 +75,9 @@ async fn main() -> Res<()> {
         let started = Instant::now();
         let writer = {
             let c = to_leader.clone();
-            tokio::spawn(async move { bench::write_load(&c, "/registry/configmaps/bench-writer", Load::Rate(rate), 15.0, 1024).await.map_err(|e| e.to_string()) })
+            tokio::spawn(
+                async move { bench::write_load(&c, "/registry/configmaps/bench-writer", Load::Rate(rate), 15.0, 1024).await.map_err(|e| e.to_string()) },
+            )
         };
         let (mut checks, mut check_time) = (0, Duration::ZERO);
         if let Some(source) = &source {

@@ -132,9 +132,7 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
             pinned.into_iter().collect()
         }
     };
-    let client = Client::connect(urls, Some(opts))
-        .await
-        .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
+    let client = Client::connect(urls, Some(opts)).await.map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
     let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
     Ok(Conn { client, kv, watch })
@@ -190,12 +188,18 @@ async fn live_members(urls: &[String], opts: &ConnectOptions) -> Result<Vec<Memb
 
 /// Ok(whether the member leads) when it answers with a leader.
 async fn probe(url: &str, opts: &ConnectOptions) -> Result<bool, String> {
+    // The status says whom the member takes for its leader; only a linearizable read proves it
+    // still reaches a quorum: a member whose messages to its peers are lost keeps hearing its
+    // leader, keeps answering status, and serves an ever older state to serializable reads
+    // and watches.
     let status = async {
         let mut client = Client::connect([url], Some(opts.clone())).await?;
-        client.status().await
+        let status = client.status().await?;
+        client.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
+        Ok::<_, etcd_client::Error>(status)
     };
     match tokio::time::timeout(PROBE_TIMEOUT, status).await {
-        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?} (a linearizable read needs the quorum)")),
         Ok(Err(e)) => Err(e.to_string()),
         Ok(Ok(s)) if s.leader() == 0 => Err("no leader".to_string()),
         Ok(Ok(s)) => Ok(s.header().is_some_and(|h| h.member_id() == s.leader())),
@@ -271,11 +275,7 @@ pub fn is_transient(e: &etcd_client::Error) -> bool {
 async fn read<T, F: std::future::Future<Output = Result<T, etcd_client::Error>>>(mut attempt: impl FnMut() -> F) -> Result<T, etcd_client::Error> {
     use backon::Retryable;
     let waits = backon::ExponentialBuilder::default().with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(2)).with_max_times(6);
-    (|| attempt())
-        .retry(waits)
-        .when(is_transient)
-        .notify(|e, wait| tracing::debug!(error = %e, ?wait, "etcd read retried"))
-        .await
+    (|| attempt()).retry(waits).when(is_transient).notify(|e, wait| tracing::debug!(error = %e, ?wait, "etcd read retried")).await
 }
 
 /// Reads up to `limit` keys of `[start, end)`, at `revision` (0 = now).

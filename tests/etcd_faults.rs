@@ -15,20 +15,14 @@ use support::{drctl, Etcd};
 
 /// `drctl check --json` of `source` (URLs, comma-separated) against the plain `dst`.
 fn check(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<CheckReport, String> {
-    let out = drctl()
-        .args(["check", "--json", "--source", source, "--dest", &dst.client_url])
-        .args(src.tls_args("source-"))
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out =
+        drctl().args(["check", "--json", "--source", source, "--dest", &dst.client_url]).args(src.tls_args("source-")).output().map_err(|e| e.to_string())?;
     serde_json::from_slice(&out.stdout).map_err(|e| format!("exit {:?}: {e}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr)))
 }
 
 fn mirror_once(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<(), String> {
-    let out = drctl()
-        .args(["mirror", "--once", "--source", source, "--dest", &dst.client_url])
-        .args(src.tls_args("source-"))
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out =
+        drctl().args(["mirror", "--once", "--source", source, "--dest", &dst.client_url]).args(src.tls_args("source-")).output().map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(())
     } else {
@@ -218,7 +212,7 @@ async fn leader_kills_and_a_rolling_restart_under_writes_lose_nothing() {
     stop(mirror);
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
-    assert!(ledger.len() > 200, "the writer hardly wrote: {}", ledger.len());
+    assert!(ledger.len() > 100, "the writer hardly wrote: {}", ledger.len());
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
     let r = check(&src, &src.member_urls().join(","), &dst).expect("check");
     assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
@@ -241,9 +235,11 @@ async fn a_member_cut_off_from_its_quorum_is_never_followed() {
     let w = writer(&src, "team-a", rx);
     let mut d = dst.client().await;
 
-    // Each follower in turn loses its quorum (it keeps answering its clients); whichever
-    // carries the mirror's watch, a write the quorum takes meanwhile must reach the destination
-    // before the member heals: a mirror stuck on the cut-off member would see nothing new.
+    // Each follower in turn loses its quorum: the others no longer hear it (its acks and
+    // requests are lost; it still hears its leader and answers status and serializable reads,
+    // with a commit index that stops advancing). Whichever member carries the mirror's watch, a
+    // write the quorum takes meanwhile must reach the destination before the member heals: a
+    // mirror stuck on the cut-off member would see nothing new.
     let leader = src.leader().await;
     for i in (0..3).filter(|i| *i != leader) {
         src.isolate(i, true);

@@ -17,7 +17,7 @@ use crate::controller::error::Error;
 use crate::controller::peer::{self, peer_state};
 use crate::controller::replication::SyncError;
 use crate::controller::status::StatusWriter;
-use crate::controller::sync::{collect_periodic, ensure_mirror, compact_own_history, stop_replication, Stopping};
+use crate::controller::sync::{collect_periodic, compact_own_history, ensure_mirror, stop_replication, Stopping};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
 use crate::decide::plan::{final_sync_left, old_primary_may_be_newer, step_record, PeerView, Step};

@@ -5,10 +5,9 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Child;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use drctl_testbed::procs::{EtcdServer, EtcdTls};
+use drctl_testbed::tcp_lb::{Backend, TcpLb};
 
 use super::faults::{Mode, Proxy};
 use super::{kill, spawn};
@@ -205,59 +204,26 @@ fn addr_of(url: &str) -> SocketAddr {
     url.trim_start_matches("https://").trim_start_matches("http://").parse().expect("member URL is host:port")
 }
 
-/// A TCP load balancer: each new connection goes to the next member in turn, and to the one
-/// after when that refuses (what HAProxy's health checks amount to for a dead member). Backends
-/// can be taken out of rotation (a drained node) by blackholing their proxy.
+/// A TCP load balancer ([`drctl_testbed::tcp_lb`]) whose backends are proxies in front of the
+/// members, so a test can also stall a member's open connections: blackholing its proxy.
 pub struct LoadBalancer {
     pub addr: SocketAddr,
     backends: Vec<Proxy>,
-    /// The proxy whose index is the next to try.
-    next: Arc<AtomicUsize>,
-    out_of_rotation: Arc<Mutex<Vec<bool>>>,
-    _accept: std::thread::JoinHandle<()>,
+    lb: TcpLb,
 }
 
 impl LoadBalancer {
     pub fn start(members: Vec<SocketAddr>) -> LoadBalancer {
-        // One proxy per member, so a test can stall a member's open connections too.
+        // One proxy per member; the balancer checks the member itself before using its proxy.
         let backends: Vec<Proxy> = members.into_iter().map(Proxy::start).collect();
-        let targets: Vec<(SocketAddr, SocketAddr)> = backends.iter().map(|p| (p.addr, p.target)).collect();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind load balancer");
-        let addr = listener.local_addr().expect("load balancer addr");
-        let next = Arc::new(AtomicUsize::new(0));
-        let out_of_rotation = Arc::new(Mutex::new(vec![false; targets.len()]));
-        let (n, out) = (next.clone(), out_of_rotation.clone());
-        let accept = std::thread::spawn(move || {
-            for inbound in listener.incoming() {
-                let Ok(inbound) = inbound else { continue };
-                let (n, out, targets) = (n.clone(), out.clone(), targets.clone());
-                std::thread::spawn(move || {
-                    let start = n.fetch_add(1, Ordering::SeqCst);
-                    for k in 0..targets.len() {
-                        let i = (start + k) % targets.len();
-                        if out.lock().map(|o| o[i]).unwrap_or(false) {
-                            continue;
-                        }
-                        // Connect to the member itself to see that it is up, then carry the
-                        // bytes through its proxy.
-                        let (via, member) = targets[i];
-                        if std::net::TcpStream::connect_timeout(&member, std::time::Duration::from_millis(500)).is_err() {
-                            continue;
-                        }
-                        if let Ok(outbound) = std::net::TcpStream::connect(via) {
-                            pipe(inbound, outbound);
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        LoadBalancer { addr, backends, next, out_of_rotation, _accept: accept }
+        let targets = backends.iter().map(|p| Backend { member: p.target, via: p.addr }).collect();
+        let lb = TcpLb::bind(SocketAddr::from(([127, 0, 0, 1], 0)), targets).expect("start the load balancer");
+        LoadBalancer { addr: lb.addr, backends, lb }
     }
 
     /// Takes member `i` out of rotation (or back in) for new connections.
     pub fn drain(&self, i: usize, out: bool) {
-        self.out_of_rotation.lock().expect("rotation")[i] = out;
+        self.lb.drain(i, out);
     }
 
     /// Cuts member `i` off from its clients: open connections stall, new ones hang.
@@ -270,19 +236,6 @@ impl LoadBalancer {
 
     /// Connections handed out so far.
     pub fn connections(&self) -> usize {
-        self.next.load(Ordering::SeqCst)
+        self.lb.connections()
     }
-}
-
-fn pipe(a: std::net::TcpStream, b: std::net::TcpStream) {
-    let (a2, b2) = (a.try_clone().expect("clone stream"), b.try_clone().expect("clone stream"));
-    let t = std::thread::spawn(move || copy_until_closed(a2, b2));
-    copy_until_closed(b, a);
-    let _ = t.join();
-}
-
-fn copy_until_closed(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
-    let _ = to.shutdown(std::net::Shutdown::Both);
-    let _ = from.shutdown(std::net::Shutdown::Both);
 }

@@ -159,7 +159,11 @@ impl Etcd {
 
     /// `etcdctl snapshot save` of this etcd into `path`.
     pub fn snapshot(&self, path: &Path) {
-        let tls: Vec<String> = self.tls.iter().flat_map(|t| [format!("--cacert={}", t.ca.display()), format!("--cert={}", t.cert.display()), format!("--key={}", t.key.display())]).collect();
+        let tls: Vec<String> = self
+            .tls
+            .iter()
+            .flat_map(|t| [format!("--cacert={}", t.ca.display()), format!("--cert={}", t.cert.display()), format!("--key={}", t.key.display())])
+            .collect();
         let out = procs::etcd_command("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).args(tls).arg(path).output().expect("run etcdctl");
         assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
     }

@@ -1,4 +1,5 @@
-//! The local DR lab: two globals, each a whole platform (etcd, kube-apiserver,
+//! The local DR lab: two globals, each a whole platform (three mTLS etcd members behind a load
+//! balancer, kube-apiserver,
 //! kube-controller-manager, kube-scheduler, kwok nodes, its own Argo CD and a `drctl
 //! controller`), PowerDNS holding the platform domain and a Git repo with the `gitops/` layout,
 //! all on loopback and all recorded in `DIR/lab.json`, so `flip`, `disaster`, `status` and `down`
@@ -16,7 +17,7 @@ pub mod status;
 pub mod supervise;
 pub mod up;
 
-pub use drctl_testbed::{platform, ports, procs};
+pub use drctl_testbed::{platform, ports, procs, tcp_lb};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -147,12 +148,75 @@ pub struct ControllerState {
     pub log: PathBuf,
 }
 
+/// A global's etcd as production runs it: three members that require client certificates (one
+/// CA, one client certificate), the kube-apiserver given all three, and a TCP load balancer in
+/// front of them, which the DRTopology names. The supervisor runs the members (one component
+/// each) and the balancer (a thread of its own: it dies with the global).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabEtcd {
+    /// Empty in a lab.json from before the lab ran three members: such a lab cannot be recovered.
+    #[serde(default)]
+    pub members: Vec<procs::EtcdServer>,
+    /// The load balancer's address, `127.0.0.1:PORT` (the serving certificates name 127.0.0.1).
+    #[serde(default)]
+    pub lb: String,
+}
+
+impl LabEtcd {
+    pub const MEMBERS: usize = 3;
+
+    /// Certificates, data directories and fixed ports for the members and the balancer.
+    pub fn prepare(dir: &Path) -> Result<LabEtcd, LabError> {
+        let members = procs::EtcdServer::cluster_tls(dir, LabEtcd::MEMBERS)?;
+        Ok(LabEtcd { members, lb: format!("127.0.0.1:{}", procs::free_port()?) })
+    }
+
+    /// The load balancer's URL: the topology's `etcd.endpoints`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.lb)
+    }
+
+    /// The members' client URLs, comma-separated (the apiserver's `--etcd-servers`).
+    pub fn member_urls(&self) -> String {
+        self.members.iter().map(|m| m.client_url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The CA, client certificate and key every client shows the members.
+    pub fn tls(&self) -> Option<&procs::EtcdTls> {
+        self.members.first().and_then(|m| m.tls.as_ref())
+    }
+
+    /// The members' client addresses, `host:port`, as the balancer dials them.
+    pub fn member_addrs(&self) -> Result<Vec<SocketAddr>, LabError> {
+        self.members
+            .iter()
+            .map(|m| {
+                let hostport = m.client_url.trim_start_matches("https://").trim_start_matches("http://");
+                hostport.parse().map_err(|e| LabError::Failed(format!("etcd member URL {}: {e}", m.client_url)))
+            })
+            .collect()
+    }
+
+    /// A majority of the members report healthy (each needs a leader for that).
+    pub fn quorum(&self) -> bool {
+        !self.members.is_empty() && self.members.iter().filter(|m| m.healthy()).count() > self.members.len() / 2
+    }
+
+    /// The Secret in `drctl-system` of both globals holding `cluster`'s etcd client certificate.
+    pub fn secret_name(cluster: &str) -> String {
+        format!("{cluster}-etcd-tls")
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterState {
     pub name: String,
     pub vip: String,
-    pub etcd: procs::EtcdServer,
+    /// A lab.json from before three members parses with no members (and cannot be recovered).
+    #[serde(default)]
+    pub etcd: LabEtcd,
     pub api: procs::ApiServer,
     pub platform: platform::Platform,
     pub controller: ControllerState,

@@ -30,10 +30,36 @@ pub struct ClusterStatus {
     pub missed_keys: Option<u64>,
     pub lag_seconds: Option<f64>,
     pub api_server: String,
+    pub etcd: EtcdStatus,
     /// Every process of the global, as its supervisor sees it.
     pub components: Vec<Component>,
     /// The global's own Argo CD's view of the `drtopology` Application (None when unreachable).
     pub argocd: Option<ArgoView>,
+}
+
+/// The global's etcd: the load balancer the topology names, and its members' health.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdStatus {
+    /// The load balancer's URL (`spec.clusters[].etcd.endpoints`).
+    pub endpoint: String,
+    /// It accepts connections (it runs inside the global's supervisor).
+    pub load_balancer_up: bool,
+    pub members: usize,
+    /// Members whose /health says true (each needs a leader for that).
+    pub members_healthy: usize,
+}
+
+impl EtcdStatus {
+    fn read(etcd: &super::LabEtcd) -> EtcdStatus {
+        let up = etcd.lb.parse().is_ok_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok());
+        EtcdStatus {
+            endpoint: etcd.url(),
+            load_balancer_up: up,
+            members: etcd.members.len(),
+            members_healthy: etcd.members.iter().filter(|m| m.healthy()).count(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +115,7 @@ pub async fn read(state: &LabState) -> LabStatus {
             missed_keys: sync.and_then(|y| y.missed_keys),
             lag_seconds: sync.and_then(|y| y.lag_seconds),
             api_server: c.api.url.clone(),
+            etcd: EtcdStatus::read(&c.etcd),
             components: c
                 .components(state)
                 .into_iter()
@@ -155,6 +182,9 @@ pub fn print(s: &LabStatus, o: &Out) {
             None => "unreachable".to_string(),
         };
         t.push_str(&format!("{}  Argo CD: {argo}\n", o.bold(&c.name)));
+        let e = &c.etcd;
+        let lb = if e.load_balancer_up { o.green("up") } else { o.red("down") };
+        t.push_str(&format!("    etcd {} (load balancer {lb}): {}/{} members healthy\n", e.endpoint, e.members_healthy, e.members));
         let parts: Vec<String> = c
             .components
             .iter()

@@ -4,7 +4,8 @@
 //! `DIR/<cluster>/components.json` and logged, so an exit is never silent. The drctl controller
 //! starts only once the global's own Argo CD has synced `main` (a controller on a stale spec
 //! would act on a role Git has already taken away). Killing the supervisor takes the whole
-//! global down with it (each child dies with its supervisor thread): that is `lab disaster`.
+//! global down with it (each child dies with its supervisor thread, the etcd load balancer with
+//! the process): that is `lab disaster`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,12 +19,14 @@ use tracing::{info, warn};
 
 use super::platform::{self, Binaries};
 use super::procs::{self, Lifetime};
-use super::{argo, io_err, repo, write_atomic, ClusterState, LabError, LabState, Pid};
+use super::tcp_lb::{Backend, TcpLb};
+use super::{argo, io_err, repo, write_atomic, ClusterState, LabError, LabEtcd, LabState, Pid};
 
 /// The processes of one global, in start order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    Etcd,
+    /// Member `i` of the global's etcd ([`LabEtcd`]); each is restarted on its own.
+    Etcd(usize),
     KubeApiserver,
     KubeControllerManager,
     KubeScheduler,
@@ -35,8 +38,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
-        Kind::Etcd,
+    pub const ALL: [Kind; 11] = [
+        Kind::Etcd(0),
+        Kind::Etcd(1),
+        Kind::Etcd(2),
         Kind::KubeApiserver,
         Kind::KubeControllerManager,
         Kind::KubeScheduler,
@@ -49,7 +54,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Etcd => "etcd",
+            Kind::Etcd(i) => ETCD_NAMES[i.min(ETCD_NAMES.len() - 1)],
             Kind::KubeApiserver => "kube-apiserver",
             Kind::KubeControllerManager => "kube-controller-manager",
             Kind::KubeScheduler => "kube-scheduler",
@@ -64,7 +69,8 @@ impl Kind {
     /// What must hold before the first start.
     fn after(self) -> Gate {
         match self {
-            Kind::Etcd => Gate::Nothing,
+            // Members start together: one alone would wait for its quorum.
+            Kind::Etcd(_) => Gate::Nothing,
             Kind::KubeApiserver => Gate::EtcdHealthy,
             Kind::DrctlController => Gate::ArgoSyncedMain,
             // Argo CD exits at start without its config objects (`lab up` installs them).
@@ -73,6 +79,9 @@ impl Kind {
         }
     }
 }
+
+/// The component names of the etcd members, as `components.json` and `lab status` show them.
+const ETCD_NAMES: [&str; LabEtcd::MEMBERS] = ["etcd-0", "etcd-1", "etcd-2"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Gate {
@@ -123,7 +132,7 @@ pub fn read_records(dir: &Path, cluster: &str) -> Vec<ComponentRecord> {
 fn command(kind: Kind, state: &LabState, c: &ClusterState, drctl: &Path) -> Command {
     let (b, p): (&Binaries, &platform::Platform) = (&state.bins, &c.platform);
     match kind {
-        Kind::Etcd => c.etcd.command(),
+        Kind::Etcd(i) => c.etcd.members[i].command(),
         Kind::KubeApiserver => c.api.command(&b.kube),
         Kind::KubeControllerManager => p.controller_manager(b, &c.api),
         Kind::KubeScheduler => p.scheduler(b, &c.api),
@@ -148,7 +157,7 @@ fn command(kind: Kind, state: &LabState, c: &ClusterState, drctl: &Path) -> Comm
 
 fn log_of(kind: Kind, c: &ClusterState) -> PathBuf {
     match kind {
-        Kind::Etcd => c.etcd.log(),
+        Kind::Etcd(i) => c.etcd.members[i].log(),
         Kind::KubeApiserver => c.api.log(),
         Kind::DrctlController => c.controller.log.clone(),
         k => c.platform.log(k.name()),
@@ -191,6 +200,20 @@ pub async fn run(dir: &Path, cluster: &str) -> Result<(), LabError> {
     let state = LabState::require(dir)?;
     let c = state.cluster(cluster)?.clone();
     let drctl = super::drctl_binary()?;
+    if c.etcd.members.len() != LabEtcd::MEMBERS {
+        return Err(LabError::Failed(format!(
+            "{cluster}'s etcd in {} has {} members, not {}: this lab predates three-member etcds; run `drctl lab down` and `drctl lab up`",
+            dir.display(),
+            c.etcd.members.len(),
+            LabEtcd::MEMBERS
+        )));
+    }
+    // The load balancer in front of the members, on the fixed port the topology names; a thread
+    // of this process, so it dies with the global (`lab disaster`).
+    let backends = c.etcd.member_addrs()?.into_iter().map(Backend::direct).collect();
+    let lb_addr = c.etcd.lb.parse().map_err(|e| LabError::Failed(format!("etcd load balancer address {}: {e}", c.etcd.lb)))?;
+    let lb = TcpLb::bind(lb_addr, backends).map_err(io_err(format!("start the etcd load balancer on {}", c.etcd.lb)))?;
+    info!(cluster, addr = %lb.addr, members = %c.etcd.member_urls(), "etcd load balancer up");
     for d in c.platform.argocd_dirs() {
         std::fs::create_dir_all(&d).map_err(io_err(format!("create {}", d.display())))?;
     }
@@ -268,7 +291,7 @@ fn sleep_unless_stopping(shared: &Shared, d: Duration) {
 fn wait_gate(gate: Gate, shared: &Shared, state: &LabState, c: &ClusterState) {
     let ready = || match gate {
         Gate::Nothing => true,
-        Gate::EtcdHealthy => c.etcd.healthy(),
+        Gate::EtcdHealthy => c.etcd.quorum(),
         Gate::ApiserverReady => c.api.ready(&state.bins.kube),
         Gate::ArgoConfigured => argo::configured(state, c),
         Gate::ArgoSyncedMain => argo_synced_main(state, c),
@@ -297,13 +320,20 @@ mod tests {
 
     #[test]
     fn the_controller_waits_for_argo_cd_and_the_control_plane_for_the_apiserver() {
-        assert_eq!(Kind::Etcd.after(), Gate::Nothing);
+        assert_eq!(Kind::Etcd(0).after(), Gate::Nothing);
         assert_eq!(Kind::KubeApiserver.after(), Gate::EtcdHealthy);
         assert_eq!(Kind::DrctlController.after(), Gate::ArgoSyncedMain);
         for k in [Kind::KubeControllerManager, Kind::KubeScheduler, Kind::Kwok, Kind::Redis] {
             assert_eq!(k.after(), Gate::ApiserverReady, "{k:?}");
         }
         assert_eq!(Kind::ArgocdApplicationController.after(), Gate::ArgoConfigured);
+    }
+
+    #[test]
+    fn every_etcd_member_is_a_component_of_its_own() {
+        let etcds: Vec<&str> = Kind::ALL.iter().filter(|k| matches!(k, Kind::Etcd(_))).map(|k| k.name()).collect();
+        assert_eq!(etcds, ["etcd-0", "etcd-1", "etcd-2"]);
+        assert_eq!(Kind::ALL[..LabEtcd::MEMBERS], [Kind::Etcd(0), Kind::Etcd(1), Kind::Etcd(2)]);
     }
 
     #[test]

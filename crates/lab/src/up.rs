@@ -14,7 +14,7 @@ use super::out::Out;
 use super::platform::{self, Binaries, ARGOCD_NAMESPACE};
 use super::ports;
 use super::procs::{self, Lifetime};
-use super::{argo, io_err, repo, ClusterState, ControllerState, DnsState, LabError, LabState, Pid, CLUSTERS, DOMAIN, ZONE};
+use super::{argo, io_err, repo, ClusterState, ControllerState, DnsState, LabError, LabEtcd, LabState, Pid, CLUSTERS, DOMAIN, ZONE};
 
 const STEADY_TIMEOUT: Duration = Duration::from_secs(180);
 /// A cold global (apiserver, then Argo CD's first sync) on a loaded 2-core machine.
@@ -79,8 +79,10 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
 
     let mut clusters: Vec<ClusterState> = Vec::new();
     for (i, (name, vip)) in CLUSTERS.iter().enumerate() {
-        let etcd = procs::EtcdServer::on_free_ports(&mkdir(dir.join(name).join("etcd"))?)?;
-        let api = procs::ApiServer::prepare(&mkdir(dir.join(name).join("apiserver"))?, &etcd.client_url)?;
+        let etcd = LabEtcd::prepare(&mkdir(dir.join(name).join("etcd"))?)?;
+        // The apiserver is given every member, with its etcd client certificate.
+        let mut api = procs::ApiServer::prepare(&mkdir(dir.join(name).join("apiserver"))?, &etcd.member_urls())?;
+        api.etcd_tls = etcd.tls().cloned();
         let platform = platform::Platform::on_free_ports(&mkdir(dir.join(name).join("platform"))?, i)?;
         let listen = format!("127.0.0.1:{}", procs::free_port()?).parse().map_err(|e| LabError::Failed(format!("controller address: {e}")))?;
         clusters.push(ClusterState {
@@ -116,7 +118,7 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
     let first = repo::create(&state.repo, &layout, &state.file, &topology)?;
     o.ok(&format!("repo {} at {} on {}", state.repo.display(), &first.to_string()[..12], repo::MAIN));
 
-    o.step("starting both globals: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, Argo CD, drctl controller");
+    o.step("starting both globals: etcd (three mTLS members behind a load balancer), kube-apiserver, kube-controller-manager, kube-scheduler, kwok, Argo CD, drctl controller");
     for i in 0..state.clusters.len() {
         let pid = start_supervisor(&lab, &state, &state.clusters[i])?;
         started.push(pid.clone());
@@ -233,6 +235,19 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
     let mut cmd = c.kubectl(state);
     cmd.args(["-n", "drctl-system", "create", "secret", "generic", "pdns-api"]).arg(format!("--from-file=apiKey={}", state.dns.api_key_file.display()));
     run_ok(cmd, "create the PowerDNS API key Secret")?;
+    // Both etcds' client certificates: a global reads the peer's etcd as a standby and writes
+    // its own.
+    for e in [c, peer] {
+        let tls = e.etcd.tls().ok_or_else(|| LabError::Failed(format!("{}'s etcd has no client certificate", e.name)))?;
+        let file = |key: &str, p: &Path| format!("--from-file={key}={}", p.display());
+        let mut cmd = c.kubectl(state);
+        cmd.args(["-n", "drctl-system", "create", "secret", "generic", &LabEtcd::secret_name(&e.name)]).args([
+            file("ca.crt", &tls.ca),
+            file("tls.crt", &tls.cert),
+            file("tls.key", &tls.key),
+        ]);
+        run_ok(cmd, &format!("create the Secret with {}'s etcd client certificate", e.name))?;
+    }
     // Argo CD: its CRDs (server-side: they are large), its config, our health check, the Application.
     for crd in ["application-crd.yaml", "appproject-crd.yaml"] {
         let mut cmd = c.kubectl(state);
@@ -303,12 +318,13 @@ fn topology_yaml(state: &LabState) -> String {
     for c in &state.clusters {
         let enc = encryption_config(state, c);
         clusters.push_str(&format!(
-            "    - name: {}\n      vip: {}\n      apiServer: {}\n      kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: drctl-system}}\n      etcd:\n        endpoints: [{}]\n      encryptionConfigPath: {}\n",
+            "    - name: {}\n      vip: {}\n      apiServer: {}\n      kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: drctl-system}}\n      etcd:\n        endpoints: [{}]\n        tlsSecretRef: {{name: {}, namespace: drctl-system}}\n      encryptionConfigPath: {}\n",
             c.name,
             c.vip,
             c.api.url,
             c.name,
-            c.etcd.client_url,
+            c.etcd.url(),
+            LabEtcd::secret_name(&c.name),
             enc.display()
         ));
     }
@@ -363,12 +379,13 @@ fn print_summary(state: &LabState, o: &Out) {
     for (i, c) in state.clusters.iter().enumerate() {
         let role = if i == 0 { o.green("primary") } else { o.yellow("standby") };
         t.push_str(&format!(
-            "  {}  {role}  VIP {}\n      apiserver  {}   (kubeconfig {})\n      etcd       {}\n      controller http://{}/check   (log {})\n      platform   kube-controller-manager, kube-scheduler, kwok ({} nodes), Argo CD (logs in {})\n",
+            "  {}  {role}  VIP {}\n      apiserver  {}   (kubeconfig {})\n      etcd       {}   (load balancer; members {}, mTLS)\n      controller http://{}/check   (log {})\n      platform   kube-controller-manager, kube-scheduler, kwok ({} nodes), Argo CD (logs in {})\n",
             o.bold(&c.name),
             c.vip,
             c.api.url,
             c.api.kubeconfig.display(),
-            c.etcd.client_url,
+            c.etcd.url(),
+            c.etcd.member_urls(),
             c.controller.listen,
             c.controller.log.display(),
             platform::NODES_PER_GLOBAL,
@@ -505,6 +522,28 @@ mod tests {
     use super::*;
     use std::net::SocketAddr;
 
+    /// One member of global `i`'s etcd (the unit tests write no certificates).
+    fn member(i: usize, dir: &Path) -> procs::EtcdServer {
+        let port = 2000 + 10 * i as u16;
+        let tls = procs::EtcdTls {
+            ca: dir.join("etcd-ca.crt"),
+            cert: dir.join("etcd-client.crt"),
+            key: dir.join("etcd-client.key"),
+            server_cert: dir.join("etcd-server.crt"),
+            server_key: dir.join("etcd-server.key"),
+        };
+        procs::EtcdServer {
+            dir: dir.join("m0"),
+            client_url: format!("https://127.0.0.1:{port}"),
+            peer_url: format!("http://127.0.0.1:{}", port + 1),
+            health_addr: Some(format!("127.0.0.1:{}", port + 4)),
+            tls: Some(tls),
+            name: "m0".to_string(),
+            initial_cluster: String::new(),
+            advertised_peer_url: None,
+        }
+    }
+
     fn lab_state() -> LabState {
         let dir = PathBuf::from("/lab");
         let addr = |p: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], p)) };
@@ -516,21 +555,12 @@ mod tests {
                 ClusterState {
                     name: name.to_string(),
                     vip: vip.to_string(),
-                    etcd: procs::EtcdServer {
-                        dir: dir.join(name).join("etcd"),
-                        client_url: format!("http://127.0.0.1:{port}"),
-                        peer_url: format!("http://127.0.0.1:{}", port + 1),
-                        health_addr: None,
-                        tls: None,
-                        name: "default".to_string(),
-                        initial_cluster: String::new(),
-                        advertised_peer_url: None,
-                    },
+                    etcd: LabEtcd { members: vec![member(i, &dir.join(name).join("etcd"))], lb: format!("127.0.0.1:{}", port + 9) },
                     api: procs::ApiServer {
                         dir: dir.join(name).join("apiserver"),
                         port: port + 2,
                         url: format!("https://127.0.0.1:{}", port + 2),
-                        etcd_url: format!("http://127.0.0.1:{port}"),
+                        etcd_url: format!("https://127.0.0.1:{port}"),
                         kubeconfig: dir.join(name).join("apiserver/kubeconfig"),
                         etcd_tls: None,
                     },
@@ -569,6 +599,10 @@ mod tests {
         assert_eq!(t.spec.primary, "global-a");
         assert_eq!(t.spec.clusters.iter().map(|c| c.vip.as_str()).collect::<Vec<_>>(), ["127.0.0.10", "127.0.0.20"]);
         assert_eq!(t.spec.clusters[1].api_server, "https://127.0.0.1:2012");
+        // Each cluster's etcd is its load balancer, with the client certificate in a Secret.
+        let etcd = serde_json::to_value(&t.spec.clusters[1].etcd).expect("etcd as JSON");
+        assert_eq!(etcd["endpoints"], serde_json::json!(["https://127.0.0.1:2019"]), "{etcd}");
+        assert_eq!(etcd["tlsSecretRef"]["name"], "global-b-etcd-tls", "{etcd}");
         assert_eq!(drctl::gitops::find_primary(&text).expect("primary line").value, "global-a");
         assert!(text.contains("own Argo CD applies"), "the file says who applies it");
     }
@@ -580,6 +614,16 @@ mod tests {
         let back: LabState = serde_json::from_str(&json).expect("parse");
         assert_eq!(back.clusters[1].api.url, state.clusters[1].api.url);
         assert!(json.contains("apiKeyFile") && !json.contains("apiKey\""), "{json}");
+    }
+
+    #[test]
+    fn a_lab_json_from_before_three_member_etcds_still_parses_with_no_members() {
+        let mut json = serde_json::to_value(lab_state()).expect("json");
+        for c in json["clusters"].as_array_mut().expect("clusters") {
+            c["etcd"] = serde_json::json!({"dir": "/lab/etcd", "clientUrl": "http://127.0.0.1:2000", "peerUrl": "http://127.0.0.1:2001", "name": "default"});
+        }
+        let old: LabState = serde_json::from_value(json).expect("an old lab.json parses");
+        assert!(old.clusters.iter().all(|c| c.etcd.members.is_empty() && !c.etcd.quorum()));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The DR lab end to end, through the `drctl lab` commands a newcomer runs: a planned switchover
 //! and back (once with a webhook-style refresh, once by Argo CD's polling alone), and a disaster
 //! (the primary dies first) followed by the old primary's recovery. Everything is real: two
-//! globals each with etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes,
+//! globals each with three mTLS etcd members behind a load balancer, kube-apiserver, kube-controller-manager, kube-scheduler, kwok nodes,
 //! its own Argo CD (redis, repo-server, application-controller) and a `drctl controller`;
 //! PowerDNS and a Git repo; in a temp dir, stopped at the end even when an assertion fails.
 
@@ -146,7 +146,9 @@ fn assert_whole_platform(status: &Value, name: &str) {
     assert_eq!(
         names,
         [
-            "etcd",
+            "etcd-0",
+            "etcd-1",
+            "etcd-2",
             "kube-apiserver",
             "kube-controller-manager",
             "kube-scheduler",
@@ -165,6 +167,9 @@ fn assert_whole_platform(status: &Value, name: &str) {
             assert_eq!(p["restarts"], 0, "{name}: {p} exited: {status}");
         }
     }
+    // Three mTLS members, all healthy, behind the load balancer the topology names.
+    let e = &c["etcd"];
+    assert_eq!((e["loadBalancerUp"].as_bool(), e["members"].as_u64(), e["membersHealthy"].as_u64()), (Some(true), Some(3), Some(3)), "{status}");
 }
 
 /// What `lab status --json` says of `name`'s Argo CD: synced to `commit`, and our health.lua's
@@ -273,10 +278,13 @@ fn disaster_failover_then_the_old_primary_returns_as_standby() {
     lab.wait_for("global-b", "last-words", "from global-a", MIRROR);
 
     let doomed: Vec<drctl_lab::Pid> = lab.state().cluster("global-a").expect("a").components(&lab.state()).iter().filter_map(|r| r.pid()).collect();
-    assert_eq!(doomed.len(), 9, "{doomed:?}");
+    assert_eq!(doomed.len(), 11, "{doomed:?}");
+    let lb = lab.state().cluster("global-a").expect("a").etcd.lb.clone();
     let shown = lab.run(&["disaster"]);
     assert!(shown.contains("killed global-a's supervisor"), "{shown}");
     assert!(doomed.iter().all(|p| !p.is_alive()), "every process of global-a died with its supervisor: {doomed:?}");
+    let lb_addr: std::net::SocketAddr = lb.parse().expect("load balancer address");
+    assert!(std::net::TcpStream::connect_timeout(&lb_addr, Duration::from_secs(1)).is_err(), "global-a's etcd load balancer died with it: {lb}");
     let s = lab.status();
     assert_eq!(s["primary"], "global-b", "{s}");
     assert_eq!(s["dnsAnswer"], "127.0.0.20", "{s}");
@@ -309,7 +317,7 @@ fn disaster_failover_then_the_old_primary_returns_as_standby() {
     for c in &state.clusters {
         running.extend(c.components(&state).iter().filter_map(|r| r.pid()));
     }
-    assert_eq!(running.len(), 3 + 2 * 9, "{running:?}");
+    assert_eq!(running.len(), 3 + 2 * 11, "{running:?}");
     lab.run(&["down"]);
     assert!(running.iter().all(|p| !p.is_alive()), "still running after down: {running:?}");
     assert!(lab.state().processes().is_empty());

@@ -1,12 +1,13 @@
 //! drctl's test bed: the real servers the integration tests and the lab run on loopback (etcd,
 //! kube-apiserver with its PKI, the rest of a global's control plane, Argo CD, kwok, PowerDNS),
 //! spawned either to die with the test or detached for the lab; free ports and the one
-//! "port taken, try new ports" loop. It depends on no drctl code, so the controller links none
+//! "port taken, try new ports" loop; a TCP load balancer for etcd members. It depends on no drctl code, so the controller links none
 //! of it.
 
 pub mod platform;
 pub mod ports;
 pub mod procs;
+pub mod tcp_lb;
 
 use std::path::{Path, PathBuf};
 
