@@ -225,7 +225,7 @@ async fn member_client(src: &EtcdCluster, i: usize) -> Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_cut_off_from_its_quorum_is_never_followed() {
+async fn a_follower_whose_messages_to_its_peers_are_lost_does_not_stall_the_mirror() {
     let src = EtcdCluster::start_partitionable(3);
     let dst = Etcd::start();
     let members = src.member_urls().join(",");
@@ -234,16 +234,21 @@ async fn a_member_cut_off_from_its_quorum_is_never_followed() {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let w = writer(&src, "team-a", rx);
     let mut d = dst.client().await;
+    // The mirror follows before the cut: pinned to the first follower of the list, the member
+    // cut off below.
+    let first = BTreeMap::from([("/registry/configmaps/team-b/before".to_string(), "v".to_string())]);
+    put(&mut src.client().await, "/registry/configmaps/team-b/before", "v").await;
+    assert_eq!(holds_all(&mut d, &first, Duration::from_secs(30)).await, 0, "the mirror never started");
 
-    // Each follower in turn loses its quorum: the others no longer hear it (its acks and
-    // requests are lost; it still hears its leader and answers status and serializable reads,
-    // with a commit index that stops advancing). Whichever member carries the mirror's watch, a
-    // write the quorum takes meanwhile must reach the destination before the member heals: a
-    // mirror stuck on the cut-off member would see nothing new.
+    // A follower's messages to its peers are lost (it still hears its leader and answers status
+    // and serializable reads). What that does to its commit index depends on raft's flow
+    // control; a write the quorum takes meanwhile must reach the destination before the member
+    // heals either way. (A member cut off both ways was not reproduced: etcd's peer streams are
+    // dialed by the receiver, so a proxy per advertised peer URL cuts one direction only.)
     let leader = src.leader().await;
-    for i in (0..3).filter(|i| *i != leader) {
+    for i in (0..3).filter(|i| *i != leader).take(1) {
         src.isolate(i, true);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
         let mut other = member_client(&src, leader).await;
         let (k, v) = (format!("/registry/configmaps/team-b/while-{i}-is-cut-off"), "v".to_string());
         put(&mut other, &k, &v).await;
