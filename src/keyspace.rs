@@ -13,8 +13,8 @@ pub const NEVER_COPIED_NAMES: [(&str, &str, &str); 1] =
 pub const REGISTRY_PREFIX: &str = "/registry/";
 /// The controller's own namespace: each global runs its own controller.
 pub const DEFAULT_CONTROLLER_NAMESPACE: &str = "drctl-system";
-/// Argo CD's namespace: one Argo CD per global, so the survivor can still sync.
-pub const DEFAULT_ARGOCD_NAMESPACE: &str = "argocd";
+// Argo CD's namespace by default: the default lives with the spec (`spec.argocd.namespace`).
+pub use crate::topology::DEFAULT_ARGOCD_NAMESPACE;
 
 /// Keys never copied whatever the configuration says, with why.
 const NEVER_COPIED_PREFIXES: [&str; 5] = [

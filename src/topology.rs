@@ -104,8 +104,12 @@ impl Default for ArgoCdSpec {
     }
 }
 
+/// Argo CD's namespace unless `spec.argocd.namespace` says otherwise: one Argo CD per global,
+/// so the survivor can still sync.
+pub const DEFAULT_ARGOCD_NAMESPACE: &str = "argocd";
+
 fn default_argocd_namespace() -> String {
-    crate::keyspace::DEFAULT_ARGOCD_NAMESPACE.to_string()
+    DEFAULT_ARGOCD_NAMESPACE.to_string()
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
