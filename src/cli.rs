@@ -554,7 +554,12 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
         let endpoints = etcd.endpoints()?;
         let mut wait = Duration::from_millis(500);
         while let Err(e) = refuse_same_etcd(&endpoints).await {
-            if e.downcast_ref::<etcd::SameCluster>().is_some() {
+            // Only an etcd that is not there yet is waited for; a bad URL or file is not.
+            let unreachable = e.chain().any(|c| {
+                matches!(c.downcast_ref::<etcd::EtcdError>(), Some(etcd::EtcdError::Connect { .. } | etcd::EtcdError::NoMember { .. }))
+                    || c.downcast_ref::<etcd_client::Error>().is_some_and(etcd::is_transient)
+            });
+            if !unreachable {
                 return Err(e);
             }
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "cannot compare the source and the destination yet");
