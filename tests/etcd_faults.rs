@@ -30,17 +30,28 @@ fn mirror_once(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<(), String
     }
 }
 
+/// A `drctl mirror` child, killed when dropped (also when the test panics).
+struct Following(Child);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `drctl mirror` (following) from `source` into `dst`, its log in `log`.
-fn follow(src: &EtcdCluster, source: &str, dst: &Etcd, log: &std::path::Path) -> Child {
+fn follow(src: &EtcdCluster, source: &str, dst: &Etcd, log: &std::path::Path) -> Following {
     let f = std::fs::File::create(log).expect("mirror log");
-    drctl()
+    let child = drctl()
         .args(["mirror", "--source", source, "--dest", &dst.client_url])
         .args(src.tls_args("source-"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(f)
         .spawn()
-        .expect("spawn drctl mirror")
+        .expect("spawn drctl mirror");
+    Following(child)
 }
 
 /// Waits until every key of `ledger` is on the destination with its value.
@@ -71,9 +82,8 @@ async fn put(c: &mut Client, k: &str, v: &str) {
     }
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn stop(mirror: Following) {
+    drop(mirror);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
