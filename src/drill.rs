@@ -25,7 +25,6 @@ use crate::heartbeat::{self, Beat};
 use crate::keyspace::{self, Filter};
 use crate::preflight::{self, Outcome};
 use crate::secret::KubeSecrets;
-use crate::topology::DRTopology;
 use crate::validated::ValidatedTopology;
 
 /// One rehearsed step.
@@ -329,14 +328,7 @@ pub struct DrillArgs {
 }
 
 pub async fn run(args: DrillArgs, client: Client) -> anyhow::Result<ExitCode> {
-    let api: Api<DRTopology> = Api::all(client.clone());
-    let topo = match &args.name {
-        Some(n) => api.get(n).await?,
-        None => crate::topology::oldest(api.list(&Default::default()).await?.items).ok_or_else(|| anyhow::anyhow!("no DRTopology in this cluster"))?,
-    };
-    let topo = ValidatedTopology::try_from(&topo).map_err(|errs| {
-        anyhow::anyhow!("the DRTopology is invalid (`drctl validate` says more): {}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
-    })?;
+    let topo = preflight::load_topology(&client, args.name.as_deref()).await?;
     let opts = Options { probe_timeout: Duration::from_secs(5), catch_up_timeout: args.catch_up_timeout, sample: args.sample, namespace: args.namespace };
     let report = run_drill(&client, &topo, &args.cluster_name, &opts).await.map_err(|e| anyhow::anyhow!(e))?;
     if args.json {

@@ -124,24 +124,26 @@ pub async fn connect(endpoint: &Endpoint) -> Result<Conn, EtcdError> {
         return Err(EtcdError::Userinfo(format!("etcd endpoint {}", crate::urls::redact(u))));
     }
     let opts = options(endpoint);
-    let urls = match endpoint.urls.len() {
-        0 | 1 => endpoint.urls.clone(),
+    let client = match endpoint.urls.len() {
+        0 | 1 => Client::connect(endpoint.urls.clone(), Some(opts))
+            .await
+            .map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?,
+        // The probe's own client: its connection is already made.
         _ => {
-            let live = live_members(&endpoint.urls, &opts).await?;
-            let pinned = live.iter().find(|m| !m.leads).or(live.first()).map(|m| m.url.clone());
-            pinned.into_iter().collect()
+            let mut live = live_members(&endpoint.urls, &opts).await?;
+            let pinned = live.iter().position(|m| !m.leads).unwrap_or(0);
+            live.swap_remove(pinned).client
         }
     };
-    let client = Client::connect(urls, Some(opts)).await.map_err(|source| EtcdError::Connect { endpoints: crate::urls::redact_all(&endpoint.urls), source })?;
     let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let watch = client.watch_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
     Ok(Conn { client, kv, watch })
 }
 
-/// A member that answered the probe.
+/// A member that answered the probe, and the client that asked it.
 struct Member {
-    url: String,
     leads: bool,
+    client: Client,
 }
 
 fn options(endpoint: &Endpoint) -> ConnectOptions {
@@ -173,7 +175,7 @@ async fn live_members(urls: &[String], opts: &ConnectOptions) -> Result<Vec<Memb
     let mut failures = Vec::new();
     for (url, outcome) in futures::future::join_all(probes).await {
         match outcome {
-            Ok(leads) => live.push(Member { url: url.clone(), leads }),
+            Ok((leads, client)) => live.push(Member { leads, client }),
             Err(why) => {
                 tracing::warn!(member = %crate::urls::redact(url), %why, "etcd member skipped");
                 failures.push(format!("{}: {why}", crate::urls::redact(url)));
@@ -186,8 +188,8 @@ async fn live_members(urls: &[String], opts: &ConnectOptions) -> Result<Vec<Memb
     Ok(live)
 }
 
-/// Ok(whether the member leads) when it answers with a leader.
-async fn probe(url: &str, opts: &ConnectOptions) -> Result<bool, String> {
+/// Ok(whether the member leads, the client that asked) when it answers with a leader.
+async fn probe(url: &str, opts: &ConnectOptions) -> Result<(bool, Client), String> {
     // The status says whom the member takes for its leader; only a linearizable read proves it
     // still reaches a quorum: a member whose messages to its peers are lost keeps hearing its
     // leader, keeps answering status, and serves an ever older state to serializable reads
@@ -196,13 +198,13 @@ async fn probe(url: &str, opts: &ConnectOptions) -> Result<bool, String> {
         let mut client = Client::connect([url], Some(opts.clone())).await?;
         let status = client.status().await?;
         client.get("\0", Some(etcd_client::GetOptions::new().with_count_only())).await?;
-        Ok::<_, etcd_client::Error>(status)
+        Ok::<_, etcd_client::Error>((status, client))
     };
     match tokio::time::timeout(PROBE_TIMEOUT, status).await {
         Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?} (a linearizable read needs the quorum)")),
         Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(s)) if s.leader() == 0 => Err("no leader".to_string()),
-        Ok(Ok(s)) => Ok(s.header().is_some_and(|h| h.member_id() == s.leader())),
+        Ok(Ok((s, _))) if s.leader() == 0 => Err("no leader".to_string()),
+        Ok(Ok((s, client))) => Ok((s.header().is_some_and(|h| h.member_id() == s.leader()), client)),
     }
 }
 

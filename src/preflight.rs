@@ -710,16 +710,22 @@ pub struct PreflightArgs {
     timeout: Duration,
 }
 
-/// Reads the topology, runs every check, prints the rows; exit 0 / 1 / 2 by the worst row.
-pub async fn run(args: PreflightArgs, client: Client) -> anyhow::Result<ExitCode> {
+/// The DRTopology `name` (else the oldest in the cluster), validated: what `drctl preflight`
+/// and `drctl drill` act on.
+pub async fn load_topology(client: &Client, name: Option<&str>) -> anyhow::Result<ValidatedTopology> {
     let api: Api<DRTopology> = Api::all(client.clone());
-    let topo = match &args.name {
+    let topo = match name {
         Some(n) => api.get(n).await?,
         None => crate::topology::oldest(api.list(&Default::default()).await?.items).ok_or_else(|| anyhow::anyhow!("no DRTopology in this cluster"))?,
     };
-    let topo = ValidatedTopology::try_from(&topo).map_err(|errs| {
+    ValidatedTopology::try_from(&topo).map_err(|errs| {
         anyhow::anyhow!("the DRTopology is invalid (`drctl validate` says more): {}", errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
-    })?;
+    })
+}
+
+/// Reads the topology, runs every check, prints the rows; exit 0 / 1 / 2 by the worst row.
+pub async fn run(args: PreflightArgs, client: Client) -> anyhow::Result<ExitCode> {
+    let topo = load_topology(&client, args.name.as_deref()).await?;
     let rows = run_checks(&client, &topo, &args.cluster_name, &Options { timeout: args.timeout, probe_hooks: true }).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "cluster": args.cluster_name, "rows": rows, "exitCode": exit_code(&rows) }))?);
