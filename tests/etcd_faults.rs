@@ -20,6 +20,12 @@ fn check(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<CheckReport, Str
     serde_json::from_slice(&out.stdout).map_err(|e| format!("exit {:?}: {e}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// `drctl check` at 0 missed / 0 surplus / 0 diverged.
+fn assert_zero_differences(src: &EtcdCluster, source: &str, dst: &Etcd) {
+    let r = check(src, source, dst).expect("check");
+    assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
+}
+
 fn mirror_once(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<(), String> {
     let out =
         drctl().args(["mirror", "--once", "--source", source, "--dest", &dst.client_url]).args(src.tls_args("source-")).output().map_err(|e| e.to_string())?;
@@ -82,10 +88,6 @@ async fn put(c: &mut Client, k: &str, v: &str) {
     }
 }
 
-fn stop(mirror: Following) {
-    drop(mirror);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_member_of_three_down_is_a_non_event() {
     let mut src = EtcdCluster::start(3);
@@ -128,10 +130,9 @@ async fn one_member_of_three_down_is_a_non_event() {
         ledger.insert(k, v);
     }
     let missing = holds_all(&mut d, &ledger, Duration::from_secs(30)).await;
-    stop(mirror);
+    drop(mirror);
     assert_eq!(missing, 0, "{missing} writes lost after the second member went down");
-    let r = check(&src, &members, &dst).expect("check");
-    assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
+    assert_zero_differences(&src, &members, &dst);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +155,7 @@ async fn an_idle_source_is_not_a_dead_watch() {
     let after = BTreeMap::from([("/registry/configmaps/team-a/after-idle".to_string(), "2".to_string())]);
     let missing = holds_all(&mut d, &after, Duration::from_secs(30)).await;
     let latency = put_at.elapsed();
-    stop(mirror);
+    drop(mirror);
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(missing, 0, "the write after the idle spell never arrived; log:\n{log_text}");
     assert!(!log_text.contains("mirror session failed"), "an idle source ended a mirror session:\n{log_text}");
@@ -219,13 +220,12 @@ async fn leader_kills_and_a_rolling_restart_under_writes_lose_nothing() {
     let (ledger, failed) = w.await.expect("writer");
     let mut d = dst.client().await;
     let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
-    stop(mirror);
+    drop(mirror);
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
     assert!(ledger.len() > 100, "the writer hardly wrote: {}", ledger.len());
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
-    let r = check(&src, &src.member_urls().join(","), &dst).expect("check");
-    assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
+    assert_zero_differences(&src, &src.member_urls().join(","), &dst);
 }
 
 /// A client of one member (not through the load balancer).
@@ -272,11 +272,10 @@ async fn a_follower_whose_messages_to_its_peers_are_lost_does_not_stall_the_mirr
     tx.send(true).expect("stop the writer");
     let (ledger, failed) = w.await.expect("writer");
     let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
-    stop(mirror);
+    drop(mirror);
     println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
     assert_eq!(missing, 0, "acknowledged writes lost");
-    let r = check(&src, &members, &dst).expect("check");
-    assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
+    assert_zero_differences(&src, &members, &dst);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,10 +303,9 @@ async fn the_load_balancer_moving_the_mirror_to_another_member_loses_nothing() {
     let (ledger, failed) = w.await.expect("writer");
     let mut d = dst.client().await;
     let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
-    stop(mirror);
+    drop(mirror);
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing; {} load-balancer connections", ledger.len(), src.lb.connections());
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
-    let r = check(&src, &src.member_urls().join(","), &dst).expect("check");
-    assert!(r.consistent && r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "{r}");
+    assert_zero_differences(&src, &src.member_urls().join(","), &dst);
 }

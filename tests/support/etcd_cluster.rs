@@ -93,13 +93,7 @@ impl EtcdCluster {
 
     /// A client over every member (tests write through it).
     pub async fn client(&self) -> etcd_client::Client {
-        let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
-        let opts = etcd_client::ConnectOptions::new().with_tls(
-            etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(read(&self.tls.ca)))
-                .identity(etcd_client::Identity::from_pem(read(&self.tls.cert), read(&self.tls.key))),
-        );
-        etcd_client::Client::connect([self.lb_url()], Some(opts)).await.expect("connect etcd")
+        etcd_client::Client::connect([self.lb_url()], Some(self.options())).await.expect("connect etcd")
     }
 
     /// Kill -9 member `i`, as a crashed node would.
@@ -142,20 +136,26 @@ impl EtcdCluster {
         self.children[i] = Some(c);
     }
 
+    /// Each running member's index and the leader it names (0: none, or no answer).
+    async fn leaders(&self) -> Vec<(usize, u64, u64)> {
+        let mut out = Vec::new();
+        for (i, url) in self.member_urls().into_iter().enumerate() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            let status = async { etcd_client::Client::connect([url], Some(self.options())).await?.status().await };
+            let (leader, me) = status.await.map(|s| (s.leader(), s.header().map(|h| h.member_id()).unwrap_or_default())).unwrap_or((0, 0));
+            out.push((i, leader, me));
+        }
+        out
+    }
+
     /// The index of the member that leads, asked of each member in turn.
     pub async fn leader(&self) -> usize {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            for (i, url) in self.member_urls().into_iter().enumerate() {
-                if self.children[i].is_none() {
-                    continue;
-                }
-                let Ok(mut c) = etcd_client::Client::connect([url], Some(self.options())).await else { continue };
-                if let Ok(s) = c.status().await {
-                    if s.leader() != 0 && s.leader() == s.header().map(|h| h.member_id()).unwrap_or_default() {
-                        return i;
-                    }
-                }
+            if let Some((i, _, _)) = self.leaders().await.into_iter().find(|(_, leader, me)| *leader != 0 && leader == me) {
+                return i;
             }
             assert!(std::time::Instant::now() < deadline, "no etcd member leads");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -167,14 +167,7 @@ impl EtcdCluster {
     pub async fn settled(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let mut leaders = Vec::new();
-            for (i, url) in self.member_urls().into_iter().enumerate() {
-                if self.children[i].is_none() {
-                    continue;
-                }
-                let status = async { etcd_client::Client::connect([url], Some(self.options())).await?.status().await };
-                leaders.push(status.await.map(|s| s.leader()).unwrap_or(0));
-            }
+            let leaders: Vec<u64> = self.leaders().await.into_iter().map(|(_, leader, _)| leader).collect();
             if leaders.iter().all(|l| *l != 0 && *l == leaders[0]) {
                 return;
             }

@@ -97,33 +97,20 @@ impl Pair {
             g.api.kubectl_ok(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")]);
             g.api.kubectl_ok(&["create", "namespace", "drctl-system"]);
             g.api.kubectl_ok(&["create", "namespace", "cpaas-system"]);
+            let secret = |name: &str, data: &[&str]| {
+                let mut args = vec!["-n", "drctl-system", "create", "secret", "generic", name];
+                args.extend_from_slice(data);
+                g.api.kubectl_ok(&args);
+            };
             let kc = peer.api.kubeconfig.display().to_string();
-            g.api.kubectl_ok(&[
-                "-n",
-                "drctl-system",
-                "create",
-                "secret",
-                "generic",
-                &format!("{}-kubeconfig", peer.name),
-                &format!("--from-file=kubeconfig={kc}"),
-            ]);
-            g.api.kubectl_ok(&["-n", "drctl-system", "create", "secret", "generic", "pdns-api", &format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
+            secret(&format!("{}-kubeconfig", peer.name), &[&format!("--from-file=kubeconfig={kc}")]);
+            secret("pdns-api", &[&format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
             // Each global holds the client certificates of both etcds: it reads the peer's as a
             // standby and writes its own.
             for e in [g, peer] {
                 if let Some(t) = &e.etcd.tls {
                     let file = |key: &str, p: &std::path::Path| format!("--from-file={key}={}", p.display());
-                    g.api.kubectl_ok(&[
-                        "-n",
-                        "drctl-system",
-                        "create",
-                        "secret",
-                        "generic",
-                        &format!("{}-etcd-tls", e.name),
-                        &file("ca.crt", &t.ca),
-                        &file("tls.crt", &t.cert),
-                        &file("tls.key", &t.key),
-                    ]);
+                    secret(&format!("{}-etcd-tls", e.name), &[&file("ca.crt", &t.ca), &file("tls.crt", &t.cert), &file("tls.key", &t.key)]);
                 }
             }
             g.api.wait_crd("drtopologies.drctl.io");
