@@ -77,6 +77,11 @@ pub struct CopyCursor {
     pub next: String,
     /// A resync also deletes destination keys the source no longer has.
     pub prune: bool,
+    /// A rejoin deletes destination keys the source no longer has that were last written before
+    /// this revision (the destination's numbering): when it became primary, so they are replicas
+    /// of what the source deleted since, not its own writes (which are kept: surplus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_below: Option<i64>,
     /// Where the copy saves the destination's values it overwrites or deletes (see
     /// [`crate::archive`]); absent in checkpoints written before archives existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,11 +90,22 @@ pub struct CopyCursor {
 
 impl CopyCursor {
     pub(crate) fn start(prune: bool, archive: ArchiveRef) -> CopyCursor {
-        CopyCursor { phase: 0, next: String::new(), prune, archive: Some(archive) }
+        CopyCursor { phase: 0, next: String::new(), prune, prune_below: None, archive: Some(archive) }
     }
 
-    pub(crate) fn at(phase: usize, next: &[u8], prune: bool, archive: Option<ArchiveRef>) -> CopyCursor {
-        CopyCursor { phase, next: hex::encode(next), prune, archive }
+    /// This copy also prunes keys last written before `revision` (see [`CopyCursor::prune_below`]).
+    pub(crate) fn pruning_below(self, revision: Option<i64>) -> CopyCursor {
+        CopyCursor { prune_below: revision, ..self }
+    }
+
+    /// The same copy, at (`phase`, `next`).
+    pub(crate) fn at(&self, phase: usize, next: &[u8]) -> CopyCursor {
+        CopyCursor { phase, next: hex::encode(next), ..self.clone() }
+    }
+
+    /// Whether a destination key the source does not have is deleted.
+    pub fn prunes(&self, dest_mod_revision: Option<i64>) -> bool {
+        self.prune || matches!((self.prune_below, dest_mod_revision), (Some(below), Some(rev)) if rev < below)
     }
 }
 
@@ -108,17 +124,36 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::Reason;
 
     #[test]
     fn checkpoint_json_is_stable() {
-        let cp = Checkpoint { copy: Some(CopyCursor::at(2, b"/registry/x", true, None)), ..Checkpoint::at(7, 42) };
+        let cp = Checkpoint {
+            copy: Some(CopyCursor { archive: None, ..CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, 1)) }.at(2, b"/registry/x")),
+            ..Checkpoint::at(7, 42)
+        };
         let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
         assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);
-        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: crate::archive::Reason::Compaction };
-        let with = Checkpoint { copy: Some(CopyCursor::at(0, b"", true, Some(archive))), ..Checkpoint::at(7, 42) };
+        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: Reason::Compaction };
+        let with = Checkpoint { copy: Some(CopyCursor::start(true, archive)), ..Checkpoint::at(7, 42) };
         let json = String::from_utf8(serde_json::to_vec(&with).expect("serialize")).expect("utf8");
         assert!(json.contains(r#""archive":{"id":"x-r1-compaction","reason":"resync after compaction"}"#), "{json}");
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), with);
+    }
+
+    #[test]
+    fn a_rejoin_prunes_only_replicas_older_than_its_primary_term() {
+        let rejoin = CopyCursor::start(false, ArchiveRef::new(Reason::Rejoin, 1)).pruning_below(Some(100));
+        assert!(rejoin.prunes(Some(99)), "last written by the mirror before the primary term: the source deleted it since");
+        assert!(!rejoin.prunes(Some(100)) && !rejoin.prunes(Some(150)), "written during the primary term: kept, reported as surplus");
+        assert!(!rejoin.prunes(None));
+        let initial = CopyCursor::start(false, ArchiveRef::new(Reason::InitialCopy, 1));
+        assert!(!initial.prunes(Some(1)), "a first copy keeps whatever the destination had");
+        assert!(CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, 1)).prunes(Some(1_000)));
+        // Resumed from a checkpoint with the bound.
+        let json = serde_json::to_string(&rejoin.at(1, b"/registry/a")).expect("serialize");
+        assert!(json.contains(r#""pruneBelow":100"#), "{json}");
+        assert_eq!(serde_json::from_str::<CopyCursor>(&json).expect("parse").prune_below, Some(100));
     }
 }

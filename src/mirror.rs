@@ -471,10 +471,13 @@ impl Mirror {
                 // Whatever the destination holds already (a rejoining old primary's data) is kept
                 // where the source lacks it (surplus, reported by the check); values the copy
                 // overwrites are archived first.
-                let was_primary = dst.kv.clone().get(WAS_PRIMARY_KEY, None).await.map_err(on(Side::Destination))?.count() > 0;
-                let reason = if was_primary { Reason::Rejoin } else { Reason::InitialCopy };
-                tracing::info!(revision = head, was_primary, "no checkpoint: initial copy");
-                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)) }
+                // The marker's create revision is where this cluster began acting as primary:
+                // keys last written before it are replicas, pruned where the source deleted them.
+                let marker = dst.kv.clone().get(WAS_PRIMARY_KEY, None).await.map_err(on(Side::Destination))?;
+                let primary_since = marker.kvs().first().map(|kv| kv.create_revision());
+                let reason = if primary_since.is_some() { Reason::Rejoin } else { Reason::InitialCopy };
+                tracing::info!(revision = head, ?primary_since, "no checkpoint: initial copy");
+                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)).pruning_below(primary_since) }
             }
             Some(cp) if cp.cluster_id != cluster_id => {
                 tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
@@ -567,9 +570,8 @@ impl Mirror {
             p.copy_total_keys = total.max(0) as u64;
             p.copy_compared_keys = 0;
         });
-        let prune = cursor.prune;
         let archive = cursor.archive.clone();
-        let at = |phase: usize, next: &[u8]| CopyCursor::at(phase, next, prune, archive.clone());
+        let at = |phase: usize, next: &[u8]| cursor.at(phase, next);
         let next = hex::decode(&cursor.next).unwrap_or_default();
         let checkpoint = |c: &CopyCursor| Checkpoint { copy: Some(c.clone()), ..Checkpoint::at(cluster_id, revision) };
         let mut done = cursor.clone();
@@ -589,7 +591,7 @@ impl Mirror {
                     .filter_map(|d| {
                         let (op, action) = match d.source {
                             Some(v) => (Op::Put(d.key, v), archive::Action::Overwritten),
-                            None if prune => (Op::Delete(d.key), archive::Action::Pruned),
+                            None if cursor.prunes(d.dest_mod_revision) => (Op::Delete(d.key), archive::Action::Pruned),
                             None => return None,
                         };
                         // The destination's value goes into the archive before the write replaces it.

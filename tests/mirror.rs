@@ -763,7 +763,9 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
 
 /// A rejoining old primary (no checkpoint: deleted when it became primary) gets an initial copy
 /// over its existing data: values the copy overwrites are archived, keys only it holds are kept
-/// (surplus, reported by the check; deleted only when an operator agrees).
+/// (surplus, reported by the check; deleted only when an operator agrees) — on a rejoin, only
+/// those it wrote as primary: older ones are replicas of keys the source deleted since (archived,
+/// then pruned).
 #[tokio::test]
 async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keeps_surplus() {
     let (src, dst) = (Etcd::start(), Etcd::start());
@@ -786,10 +788,17 @@ async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keep
     d.delete(CHECKPOINT_KEY, None).await.expect("forget the checkpoint");
     d.put(drctl::mirror::WAS_PRIMARY_KEY, "{}", None).await.expect("marker");
     d.put("/registry/secrets/team-a/s10", "written while primary", None).await.expect("diverge");
+    d.put("/registry/secrets/team-a/made-while-primary", "surplus", None).await.expect("surplus");
+    // The new primary deleted a key this cluster held as a replica: a CronJob's old Job, say.
+    s.delete("/registry/secrets/team-a/s20", None).await.expect("delete at the source");
     let p = Mirror::new(config(&src, &dst)).run_once().await.expect("rejoin copy");
     let m = p.archive.clone().expect("archive");
-    assert_eq!((m.count, m.reason.as_str()), (1, "rejoin after being primary"));
+    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str()), (3, 1, 2, "rejoin after being primary"));
     assert_eq!(d.get(drctl::mirror::WAS_PRIMARY_KEY, None).await.expect("get").count(), 0, "the marker is gone with the rejoin's copy");
+    let has = |resp: etcd_client::GetResponse| resp.count() > 0;
+    assert!(!has(d.get("/registry/secrets/team-a/s20", None).await.expect("get")), "a replica the source deleted since is pruned (archived first)");
+    assert!(!has(d.get("/registry/secrets/team-a/only-here", None).await.expect("get")), "so is a key held before the primary term");
+    assert!(has(d.get("/registry/secrets/team-a/made-while-primary", None).await.expect("get")), "its own write as primary is kept: surplus");
     // A copy into an empty destination archives nothing.
     let (src2, dst2) = (Etcd::start(), Etcd::start());
     put_all(&mut src2.client().await, &same).await;
