@@ -57,7 +57,51 @@ pub struct Witness {
     pub mod_revision: i64,
 }
 
+/// The value of [`WAS_PRIMARY_KEY`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WasPrimary {
+    #[serde(default)]
+    pub since: String,
+    /// What this cluster's mirror had fully applied when it became primary (from its
+    /// checkpoint): the old source's history up to there was seen here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_from: Option<Applied>,
+}
+
+/// A source's history applied up to `revision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    pub cluster_id: u64,
+    pub revision: i64,
+}
+
+impl WasPrimary {
+    /// Below which revision of `cluster_id`'s etcd this cluster saw every write: a key there
+    /// last written below it, and missing here, was deleted here. None for another source.
+    pub fn seen_below(&self, cluster_id: u64) -> Option<i64> {
+        self.applied_from.filter(|a| a.cluster_id == cluster_id).map(|a| a.revision.saturating_add(1))
+    }
+
+    /// The marker and its create revision (where the cluster began acting as primary), if set.
+    /// A value that does not parse (written by an older drctl) still marks the term.
+    pub async fn read(kv: &mut KvClient) -> Result<Option<(WasPrimary, i64)>, etcd_client::Error> {
+        let resp = kv.get(WAS_PRIMARY_KEY, None).await?;
+        Ok(resp.kvs().first().map(|kv| (serde_json::from_slice(kv.value()).unwrap_or_default(), kv.create_revision())))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 impl Checkpoint {
+    /// What it proves applied: nothing while a copy or a split batch is half done.
+    pub fn applied(&self) -> Option<Applied> {
+        (self.copy.is_none() && self.pending.is_none()).then_some(Applied { cluster_id: self.cluster_id, revision: self.revision })
+    }
+
     /// The source fully applied up to `revision`.
     pub fn at(cluster_id: u64, revision: i64) -> Checkpoint {
         Checkpoint { cluster_id, revision, copy: None, pending: None, witness: None }
@@ -140,6 +184,19 @@ mod tests {
         let json = String::from_utf8(serde_json::to_vec(&with).expect("serialize")).expect("utf8");
         assert!(json.contains(r#""archive":{"id":"x-r1-compaction","reason":"resync after compaction"}"#), "{json}");
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), with);
+    }
+
+    #[test]
+    fn the_was_primary_marker_says_what_history_of_which_source_was_seen() {
+        let cp = Checkpoint::at(7, 42);
+        let m = WasPrimary { since: "t".into(), applied_from: cp.applied() };
+        assert_eq!((m.seen_below(7), m.seen_below(8)), (Some(43), None));
+        let copying = Checkpoint { copy: Some(CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, 1))), ..cp.clone() };
+        assert_eq!(copying.applied(), None, "a half-done copy proves nothing");
+        assert_eq!(Checkpoint { pending: Some(40), ..cp }.applied(), None, "nor a half-written batch");
+        let json = m.to_json();
+        assert_eq!(json, r#"{"since":"t","appliedFrom":{"clusterId":7,"revision":42}}"#);
+        assert_eq!(serde_json::from_str::<WasPrimary>("{}").expect("an older marker"), WasPrimary::default());
     }
 
     #[test]

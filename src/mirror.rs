@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::archive::{self, ArchiveRef, Manifest, Reason};
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
-pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
+pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, WasPrimary, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::copy_order;
 use crate::etcd::{self, Conn, Endpoint, EtcdError, Side};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
@@ -471,13 +471,14 @@ impl Mirror {
                 // Whatever the destination holds already (a rejoining old primary's data) is kept
                 // where the source lacks it (surplus, reported by the check); values the copy
                 // overwrites are archived first.
-                // The marker's create revision is where this cluster began acting as primary:
-                // keys last written before it are replicas, pruned where the source deleted them.
-                let marker = dst.kv.clone().get(WAS_PRIMARY_KEY, None).await.map_err(on(Side::Destination))?;
-                let primary_since = marker.kvs().first().map(|kv| kv.create_revision());
-                let reason = if primary_since.is_some() { Reason::Rejoin } else { Reason::InitialCopy };
-                tracing::info!(revision = head, ?primary_since, "no checkpoint: initial copy");
-                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)).pruning_below(primary_since) }
+                let marker = WasPrimary::read(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
+                let reason = if marker.is_some() { Reason::Rejoin } else { Reason::InitialCopy };
+                let seen = match marker {
+                    Some((_, since)) => Some(self.seen_by_source(&src, dest_id, since).await),
+                    None => None,
+                };
+                tracing::info!(revision = head, ?seen, "no checkpoint: initial copy");
+                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)).pruning_below(seen) }
             }
             Some(cp) if cp.cluster_id != cluster_id => {
                 tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
@@ -555,6 +556,22 @@ impl Mirror {
 
     /// Copies `/registry/` at `revision` from `cursor` on, saving the destination's values it
     /// overwrites or deletes in the cursor's archive first; returns `revision`.
+    /// A rejoining old primary (its marker created at `since`): below which revision of its own
+    /// etcd the source saw every write. Its marker's create revision at least (what came before
+    /// the primary term are replicas); further when the source's own marker says its mirror had
+    /// applied more of this cluster's history when it became primary (a planned switchover's
+    /// final revision, or a disaster's last applied one). A key the source lacks that was last
+    /// written below this was deleted by the source; one written later is a write it never saw.
+    async fn seen_by_source(&self, src: &Conn, dest_id: u64, since: i64) -> i64 {
+        match WasPrimary::read(&mut src.kv.clone()).await {
+            Ok(theirs) => theirs.and_then(|(m, _)| m.seen_below(dest_id)).map_or(since, |seen| seen.max(since)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the source's was-primary marker: pruning only what predates this cluster's primary term");
+                since
+            }
+        }
+    }
+
     #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
     async fn copy(&self, src: &Conn, dst: &Conn, cluster_id: u64, revision: i64, cursor: CopyCursor) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;

@@ -788,17 +788,24 @@ async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keep
     d.delete(CHECKPOINT_KEY, None).await.expect("forget the checkpoint");
     d.put(drctl::mirror::WAS_PRIMARY_KEY, "{}", None).await.expect("marker");
     d.put("/registry/secrets/team-a/s10", "written while primary", None).await.expect("diverge");
-    d.put("/registry/secrets/team-a/made-while-primary", "surplus", None).await.expect("surplus");
+    // Written as primary, then seen by the source's mirror (its marker says so), then deleted there.
+    let seen = d.put("/registry/secrets/team-a/seen-then-deleted", "x", None).await.expect("put");
+    let (d_id, seen_at) = seen.header().map(|h| (h.cluster_id(), h.revision())).expect("header");
+    let applied = drctl::checkpoint::Applied { cluster_id: d_id, revision: seen_at };
+    let theirs = drctl::mirror::WasPrimary { since: "then".into(), applied_from: Some(applied) };
+    s.put(drctl::mirror::WAS_PRIMARY_KEY, theirs.to_json(), None).await.expect("the source's marker");
+    d.put("/registry/secrets/team-a/never-seen", "surplus", None).await.expect("surplus");
     // The new primary deleted a key this cluster held as a replica: a CronJob's old Job, say.
     s.delete("/registry/secrets/team-a/s20", None).await.expect("delete at the source");
     let p = Mirror::new(config(&src, &dst)).run_once().await.expect("rejoin copy");
     let m = p.archive.clone().expect("archive");
-    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str()), (3, 1, 2, "rejoin after being primary"));
+    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str()), (4, 1, 3, "rejoin after being primary"));
     assert_eq!(d.get(drctl::mirror::WAS_PRIMARY_KEY, None).await.expect("get").count(), 0, "the marker is gone with the rejoin's copy");
     let has = |resp: etcd_client::GetResponse| resp.count() > 0;
     assert!(!has(d.get("/registry/secrets/team-a/s20", None).await.expect("get")), "a replica the source deleted since is pruned (archived first)");
     assert!(!has(d.get("/registry/secrets/team-a/only-here", None).await.expect("get")), "so is a key held before the primary term");
-    assert!(has(d.get("/registry/secrets/team-a/made-while-primary", None).await.expect("get")), "its own write as primary is kept: surplus");
+    assert!(!has(d.get("/registry/secrets/team-a/seen-then-deleted", None).await.expect("get")), "and one the source saw, then deleted");
+    assert!(has(d.get("/registry/secrets/team-a/never-seen", None).await.expect("get")), "a write the source never saw is kept: surplus");
     // A copy into an empty destination archives nothing.
     let (src2, dst2) = (Etcd::start(), Etcd::start());
     put_all(&mut src2.client().await, &same).await;
