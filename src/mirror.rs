@@ -690,7 +690,7 @@ impl Mirror {
         let done = if archive.as_ref().is_some_and(|a| a.reason == Reason::Rejoin) { vec![Op::Delete(WAS_PRIMARY_KEY.into())] } else { Vec::new() };
         apply(dkv.clone(), done, Some(Checkpoint::at(cluster_id, revision))).await?;
         let sealed = match &archive {
-            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision).await.map_err(on(Side::Destination))?,
+            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision, cursor.prune_below).await.map_err(on(Side::Destination))?,
             None => None,
         };
         self.update(|p| {

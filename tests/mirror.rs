@@ -795,11 +795,15 @@ async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keep
     let theirs = drctl::mirror::WasPrimary { since: "then".into(), applied_from: Some(applied) };
     s.put(drctl::mirror::WAS_PRIMARY_KEY, theirs.to_json(), None).await.expect("the source's marker");
     d.put("/registry/secrets/team-a/never-seen", "surplus", None).await.expect("surplus");
+    d.put("/registry/secrets/team-a/s30", "written as primary, never seen", None).await.expect("diverge");
     // The new primary deleted a key this cluster held as a replica: a CronJob's old Job, say.
     s.delete("/registry/secrets/team-a/s20", None).await.expect("delete at the source");
     let p = Mirror::new(config(&src, &dst)).run_once().await.expect("rejoin copy");
     let m = p.archive.clone().expect("archive");
-    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str()), (4, 1, 3, "rejoin after being primary"));
+    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str()), (5, 2, 3, "rejoin after being primary"));
+    // Of the five only s30 is a write the source never got (s10 it saw, and changed since); the
+    // surplus key it never saw is kept, not archived.
+    assert_eq!((m.unseen, m.lost()), (Some(1), 1), "stale replicas are not lost writes");
     assert_eq!(d.get(drctl::mirror::WAS_PRIMARY_KEY, None).await.expect("get").count(), 0, "the marker is gone with the rejoin's copy");
     let has = |resp: etcd_client::GetResponse| resp.count() > 0;
     assert!(!has(d.get("/registry/secrets/team-a/s20", None).await.expect("get")), "a replica the source deleted since is pruned (archived first)");

@@ -254,12 +254,13 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
 }
 
 /// Records each archive newer than the one in `status.sync.archived`, with a `WritesArchived`
-/// Warning Event and `drctl_archived_keys_total`: once per archive.
+/// Warning Event and `drctl_archived_keys_total` (the writes lost: a rejoin's stale replicas are
+/// not): once per archive.
 async fn announce_archives(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus, archives: &[crate::archive::Manifest]) {
     for m in archives {
         if let Some(note) = record_archive(status, m) {
             warn!(%note, "keys archived");
-            ctx.metrics.archived(&m.reason, m.count);
+            ctx.metrics.archived(&m.reason, m.lost());
             ctx.event(topo, EventType::Warning, "WritesArchived", "Sync", note).await;
         }
     }
