@@ -206,6 +206,35 @@ async fn a_window_of_more_than_128_events_with_a_key_written_twice_is_batched() 
     assert!((3..=8).contains(&txns), "{txns} destination revisions for 302 events");
 }
 
+/// A destination etcd with lowered `--max-txn-ops` and `--max-request-bytes` (no API reports
+/// them): the mirror's 128-op, 1 MiB txns are refused, and it learns to write smaller ones, in
+/// the copy and in the watch's batches, losing nothing (a refused txn writes nothing and the
+/// session resumes from its checkpoint).
+#[tokio::test]
+async fn a_destination_with_lowered_txn_limits_is_written_in_smaller_txns() {
+    let src = Etcd::start();
+    let dst = Etcd::start_with(&["--max-txn-ops=8", "--max-request-bytes=32768"]);
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let value = |i: usize| format!("{i:06}").repeat(500).into_bytes();
+    let kvs: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("/registry/configmaps/team-a/c{i:03}"), value(i))).collect();
+    put_all(&mut s, &kvs[..100]).await;
+    for (k, v) in &kvs[100..] {
+        s.put(k.as_str(), v.clone(), None).await.expect("put");
+    }
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("copy into the limited destination");
+    assert_eq!(p.applied_revision, head(&mut s).await);
+    assert_same(&mut s, &mut d).await;
+    // Following: one source txn of 100 puts arrives as one watch batch, written in small txns.
+    let Running { mut rx, stop, task } = run_in_background(Mirror::new(config(&src, &dst)));
+    let more: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("/registry/secrets/team-b/s{i:03}"), value(i))).collect();
+    put_all(&mut s, &more).await;
+    caught_up(&mut rx, &mut s).await;
+    stop_mirror(stop, task).await;
+    assert_same(&mut s, &mut d).await;
+    let (code, report) = check_cli(&src, &dst, &[]);
+    assert_eq!((code, report.missed.count, report.surplus.count, report.diverged.count), (0, 0, 0, 0), "{report:?}");
+}
+
 #[test]
 fn kill_9_mid_copy_then_resume_without_recopying() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
