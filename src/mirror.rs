@@ -618,9 +618,10 @@ impl Mirror {
     /// A rejoining old primary (its marker created at `since`): below which revision of its own
     /// etcd the source saw every write. Its marker's create revision at least (what came before
     /// the primary term are replicas); further when the source's own marker says its mirror had
-    /// applied more of this cluster's history when it became primary (a planned switchover's
-    /// final revision, or a disaster's last applied one). A key the source lacks that was last
-    /// written below this was deleted by the source; one written later is a write it never saw.
+    /// applied more of this cluster's history when it became primary (recorded only after a
+    /// planned switchover whose check found nothing missing). A key the source lacks that was
+    /// last written below this was deleted by the source; one written later is a write it never
+    /// saw.
     async fn seen_by_source(&self, src: &Conn, dest_id: u64, since: i64) -> i64 {
         match WasPrimary::read(&mut src.kv.clone()).await {
             Ok(theirs) => theirs.and_then(|(m, _)| m.seen_below(dest_id)).map_or(since, |seen| seen.max(since)),

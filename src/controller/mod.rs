@@ -682,13 +682,11 @@ async fn fence_as_declared(
     match result {
         Ok(()) => {
             let now = std::time::Instant::now();
-            let since = match last.as_ref().filter(|f| f.want == want) {
-                Some(f) => f.since,
-                None => {
-                    info!(fenced = want.is_some(), "fence reconciled");
-                    now
-                }
-            };
+            if last.as_ref().map(|f| &f.want) != Some(&want) {
+                info!(fenced = want.is_some(), "fence reconciled");
+            }
+            // Up since it went up: naming another primary changes its message, not its hold.
+            let since = last.as_ref().filter(|f| f.want.is_some() == want.is_some()).map_or(now, |f| f.since);
             let applied = FenceApplied { want, at: now, since };
             let fenced_for = up_for(&applied);
             *last = Some(applied);

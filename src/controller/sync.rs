@@ -38,6 +38,9 @@ async fn endpoint(ctx: &Context, c: &Cluster) -> Result<Endpoint, SyncError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stopping {
     AsPrimary,
+    /// The StopSync step of a planned switchover whose FinalSync check found none of the old
+    /// primary's keys missing here: this cluster held all of its history up to the checkpoint.
+    PromotedHoldingAll,
     AsStandby,
 }
 
@@ -49,9 +52,9 @@ pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology, why: Stop
     if let Driver::Manifest(m) = &topo.spec.sync.driver {
         manifest(ctx, m, false).await?;
     }
-    if why == Stopping::AsPrimary && !ctx.sync.checkpoint_forgotten() {
+    if why != Stopping::AsStandby && !ctx.sync.checkpoint_forgotten() {
         // Retried by the next reconcile (StayPrimary stops replication on each) when it fails.
-        if let Err(e) = forget_checkpoint(ctx, topo).await {
+        if let Err(e) = forget_checkpoint(ctx, topo, why == Stopping::PromotedHoldingAll).await {
             warn!(error = %e, "the mirror checkpoint left from this cluster's standby term could not be deleted; will retry");
         }
     }
@@ -64,7 +67,7 @@ pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology, why: Stop
 /// delete them unseen. Without a checkpoint, the next standby term starts with an initial copy
 /// over existing data: values it overwrites are archived first, keys only here are kept (surplus,
 /// reported by the check).
-pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
+pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology, held_all: bool) -> Result<(), SyncError> {
     let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
     let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
     let checkpoint = match Checkpoint::read(&mut conn.kv).await {
@@ -76,10 +79,12 @@ pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology) -> Resul
     let forget = TxnOp::delete(CHECKPOINT_KEY, None);
     let marker = |applied_from| TxnOp::put(WAS_PRIMARY_KEY, WasPrimary { since: Timestamp::now().to_string(), applied_from }.to_json(), None);
     // The marker records what the mirror had applied, for the peer's rejoin to tell replicas it
-    // deleted since from writes it never saw. Without a checkpoint (a restart, the marker set
-    // already) it is left as it is.
+    // deleted since from writes it never saw; only when a check vouched that nothing was missing
+    // (a key lost here behind the mirror's back must stay the old primary's surplus, not be
+    // pruned as if deleted here). Without a checkpoint (a restart, the marker set already) it is
+    // left as it is.
     let txn = match checkpoint {
-        Some(cp) => Txn::new().and_then(vec![forget, marker(cp.applied())]),
+        Some(cp) => Txn::new().and_then(vec![forget, marker(cp.applied().filter(|_| held_all))]),
         None => Txn::new()
             .when(vec![Compare::create_revision(WAS_PRIMARY_KEY, CompareOp::Equal, 0)])
             .and_then(vec![forget.clone(), marker(None)])

@@ -149,7 +149,10 @@ impl Runbook<'_> {
             Step::Demote => self.demote().await,
             Step::FinalSync => self.final_sync().await,
             Step::StopSync => {
-                stop_replication(self.ctx, self.topo, Stopping::AsPrimary).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
+                let token = self.status.status.failover.as_ref().and_then(|f| f.rpo_token.as_ref());
+                let held_all = token.is_some_and(|t| t.final_revision.is_some() && t.missed_keys == Some(0));
+                let why = if held_all { Stopping::PromotedHoldingAll } else { Stopping::AsPrimary };
+                stop_replication(self.ctx, self.topo, why).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
                 // Before anyone writes here: resourceVersions of the other etcd's numbering must
                 // make clients relist, not resume.
                 let compacted = compact_own_history(self.ctx, self.topo).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
