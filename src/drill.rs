@@ -7,6 +7,11 @@
 //! mirror reaches the primary's revision read at the start), `check` (FinalSync's consistency
 //! check at that point), `read-back` (one object of every replicated resource, Secrets included,
 //! read through the standby's apiserver: its encryption keys decrypt what was copied).
+//!
+//! The same drill runs in the standby's controller when its DRTopology is annotated
+//! [`DRILL_ANNOTATION`]`=<id>`: beside the reconciles (a drill takes seconds to a minute), once
+//! per id, its report kept in `status.lastDrill` ([`record`]), an Event and the
+//! `drctl_last_drill_*` metrics.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,7 +30,12 @@ use crate::heartbeat::{self, Beat};
 use crate::keyspace::{self, Filter};
 use crate::preflight::{self, Outcome};
 use crate::secret::KubeSecrets;
+use crate::topology::{DrillFinding, DrillStatus, DrillStepStatus};
 use crate::validated::ValidatedTopology;
+
+/// Set to a new value on the standby's DRTopology to have its controller run a drill; each
+/// value runs once (`status.lastDrill.id`).
+pub const DRILL_ANNOTATION: &str = "drctl.io/drill";
 
 /// One rehearsed step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -89,6 +99,139 @@ pub fn sample(keys: &[Vec<u8>], filter: &Filter, limit: usize) -> Vec<Vec<u8>> {
         }
     }
     by.into_values().take(limit).collect()
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Warn => "warn",
+            Outcome::Fail => "fail",
+        }
+    }
+}
+
+/// What the controller does about the drill annotation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Duty {
+    Nothing,
+    /// Run a drill for this id: the annotation names one not run yet.
+    Start(String),
+    /// `status.lastDrill` is unfinished and no drill runs in this process: the controller
+    /// stopped during it. Recorded as failed, never run again.
+    Interrupted,
+}
+
+/// The controller's drill duty from the annotation, `status.lastDrill` and whether a drill runs
+/// in this process now.
+pub fn duty(requested: Option<&str>, last: Option<&DrillStatus>, running: bool) -> Duty {
+    if running {
+        return Duty::Nothing;
+    }
+    if last.is_some_and(|l| l.finished_at.is_none()) {
+        return Duty::Interrupted;
+    }
+    match requested.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(r) if last.is_none_or(|l| l.id != r) => Duty::Start(r.to_string()),
+        _ => Duty::Nothing,
+    }
+}
+
+/// A drill just started: running until [`record`] fills it in.
+pub fn started(id: &str, now: Timestamp, previous: Option<&DrillStatus>) -> DrillStatus {
+    DrillStatus { id: id.to_string(), started_at: now.to_string(), last_passed_at: previous.and_then(|p| p.last_passed_at.clone()), ..Default::default() }
+}
+
+/// The finished drill as `status.lastDrill`: passed when no step failed; `Err` is a drill that
+/// could not run (this cluster is the primary, the spec is invalid, the controller stopped).
+pub fn record(running: &DrillStatus, result: &Result<Report, String>, now: Timestamp) -> DrillStatus {
+    let finished_at = Some(now.to_string());
+    let mut st = DrillStatus { finished_at: finished_at.clone(), ..running.clone() };
+    match result {
+        Ok(r) => {
+            let passed = exit_code(&r.steps) < 2;
+            st.passed = Some(passed);
+            if passed {
+                st.last_passed_at = finished_at;
+            }
+            st.predicted_rto_seconds = Some(r.predicted_rto_seconds);
+            st.rpo_revisions = r.rpo_revisions;
+            st.rpo_seconds = r.rpo_seconds;
+            st.steps = r
+                .steps
+                .iter()
+                .map(|s| DrillStepStatus { name: s.name.to_string(), outcome: s.outcome.label().into(), seconds: s.seconds, detail: s.detail.clone() })
+                .collect();
+            st.findings = r
+                .findings
+                .iter()
+                .map(|f| DrillFinding {
+                    check: f.check.to_string(),
+                    target: f.target.clone(),
+                    outcome: f.outcome.label().into(),
+                    detail: f.detail.clone(),
+                    fix: f.fix.clone(),
+                })
+                .collect();
+            st.failures = r.would_fail.clone();
+        }
+        Err(e) => {
+            st.passed = Some(false);
+            st.failures = vec![e.clone()];
+        }
+    }
+    st
+}
+
+/// The Event a finished drill publishes: (warning, reason, note).
+pub fn event(d: &DrillStatus) -> (bool, &'static str, String) {
+    let rpo = match (d.rpo_revisions, d.rpo_seconds) {
+        (Some(n), Some(s)) => format!("RPO {n} revisions, {s:.1}s"),
+        (Some(n), None) => format!("RPO {n} revisions"),
+        _ => "RPO unknown".into(),
+    };
+    let rto = d.predicted_rto_seconds.map(|s| format!("predicted RTO {s:.1}s")).unwrap_or_else(|| "RTO not predicted".into());
+    if d.passed == Some(true) {
+        let warned: Vec<String> = d.steps.iter().filter(|s| s.outcome != "ok").map(|s| format!("{} warned: {}", s.name, s.detail)).collect();
+        let warned = if warned.is_empty() { String::new() } else { format!("; {}", warned.join("; ")) };
+        (false, "DrillPassed", format!("drill {} passed: {rto}, {rpo}{warned}", d.id))
+    } else {
+        (true, "DrillFailed", format!("drill {} failed; a failover now would fail at: {} ({rto}, {rpo})", d.id, d.failures.join("; ")))
+    }
+}
+
+/// The drill running in this controller, if any: its id and task.
+#[derive(Default)]
+pub struct Running {
+    task: std::sync::Mutex<Option<(String, tokio::task::JoinHandle<Result<Report, String>>)>>,
+}
+
+impl Running {
+    pub fn is_running(&self) -> bool {
+        self.task.lock().map(|t| t.is_some()).unwrap_or(true)
+    }
+
+    pub fn start(&self, id: String, task: tokio::task::JoinHandle<Result<Report, String>>) {
+        if let Ok(mut t) = self.task.lock() {
+            *t = Some((id, task));
+        }
+    }
+
+    /// The id and result of a drill that finished since the last call (a panicked one is an error).
+    pub fn take_finished(&self) -> Option<(String, Result<Report, String>)> {
+        use futures::FutureExt;
+        let mut t = self.task.lock().ok()?;
+        if !t.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            return None;
+        }
+        let (id, handle) = t.take()?;
+        let result = match handle.now_or_never() {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(format!("the drill's task failed: {e}")),
+            None => Err("the drill's task did not finish".into()),
+        };
+        Some((id, result))
+    }
 }
 
 /// How the drill runs.
@@ -327,9 +470,16 @@ pub struct DrillArgs {
     namespace: String,
 }
 
+impl Options {
+    /// The CLI's defaults: probes of 5s, a catch-up of 60s, 64 resources read back.
+    pub fn new(namespace: &str) -> Options {
+        Options { probe_timeout: Duration::from_secs(5), catch_up_timeout: Duration::from_secs(60), sample: 64, namespace: namespace.to_string() }
+    }
+}
+
 pub async fn run(args: DrillArgs, client: Client) -> anyhow::Result<ExitCode> {
     let topo = preflight::load_topology(&client, args.name.as_deref()).await?;
-    let opts = Options { probe_timeout: Duration::from_secs(5), catch_up_timeout: args.catch_up_timeout, sample: args.sample, namespace: args.namespace };
+    let opts = Options { catch_up_timeout: args.catch_up_timeout, sample: args.sample, ..Options::new(&args.namespace) };
     let report = run_drill(&client, &topo, &args.cluster_name, &opts).await.map_err(|e| anyhow::anyhow!(e))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -402,6 +552,54 @@ mod tests {
         assert!(!caught_up(Some(&c), 8, 90), "another source");
         assert!(!caught_up(None, 7, 1), "no checkpoint");
         assert!(!caught_up(Some(&Checkpoint { pending: Some(99), ..c.clone() }), 7, 90), "a batch half written");
+    }
+
+    #[test]
+    fn each_drill_id_runs_once_and_an_unfinished_one_is_recorded_as_interrupted() {
+        let done = DrillStatus { id: "7".into(), started_at: "t".into(), finished_at: Some("t".into()), ..Default::default() };
+        let unfinished = DrillStatus { finished_at: None, ..done.clone() };
+        let cases: &[(&str, Option<&str>, Option<&DrillStatus>, bool, Duty)] = &[
+            ("no annotation", None, None, false, Duty::Nothing),
+            ("an empty annotation", Some(" "), None, false, Duty::Nothing),
+            ("a first id", Some("7"), None, false, Duty::Start("7".into())),
+            ("an id already run", Some("7"), Some(&done), false, Duty::Nothing),
+            ("a new id", Some("8"), Some(&done), false, Duty::Start("8".into())),
+            ("a new id while one runs here", Some("8"), Some(&unfinished), true, Duty::Nothing),
+            ("the id running here", Some("7"), Some(&unfinished), true, Duty::Nothing),
+            ("unfinished, not running here (restarted)", Some("7"), Some(&unfinished), false, Duty::Interrupted),
+            ("unfinished, the annotation removed", None, Some(&unfinished), false, Duty::Interrupted),
+        ];
+        for (name, requested, last, running, want) in cases {
+            assert_eq!(duty(*requested, *last, *running), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_finished_drill_is_recorded_with_its_steps_findings_and_last_pass() {
+        let t0: Timestamp = "2026-12-05T20:00:00Z".parse().expect("time");
+        let t1: Timestamp = "2026-12-05T20:01:00Z".parse().expect("time");
+        let earlier = DrillStatus { last_passed_at: Some("2026-11-28T20:00:00Z".into()), ..Default::default() };
+        let running = started("weekly", t0, Some(&earlier));
+        assert_eq!((running.id.as_str(), running.finished_at.as_deref(), running.last_passed_at.as_deref()), ("weekly", None, Some("2026-11-28T20:00:00Z")));
+        let finding = preflight::Row::bad("dns.provider", "powerdns", Outcome::Fail, "the API key was rejected", "fix spec.dns.powerdns");
+        let report = |steps: Vec<Step>, findings: Vec<preflight::Row>| finish("global-b", "global-a", t0.to_string(), steps, findings, Some(3), Some(1.5), 30);
+        let failed = record(&running, &Ok(report(vec![step("preflight", Outcome::Fail, 2.0), step("catch-up", Outcome::Ok, 0.5)], vec![finding])), t1);
+        assert_eq!(failed.passed, Some(false));
+        assert_eq!(failed.last_passed_at.as_deref(), Some("2026-11-28T20:00:00Z"), "the earlier pass is kept");
+        assert_eq!((failed.steps[0].name.as_str(), failed.steps[0].outcome.as_str()), ("preflight", "fail"));
+        assert_eq!((failed.findings[0].check.as_str(), failed.findings[0].outcome.as_str()), ("dns.provider", "fail"));
+        assert_eq!(failed.failures, ["preflight: "]);
+        assert_eq!((failed.predicted_rto_seconds, failed.rpo_revisions, failed.rpo_seconds), (Some(30.5), Some(3), Some(1.5)));
+        let (warning, reason, note) = event(&failed);
+        assert!(warning && reason == "DrillFailed" && note.starts_with("drill weekly failed; a failover now would fail at: preflight"), "{note}");
+
+        let passed = record(&running, &Ok(report(vec![step("preflight", Outcome::Warn, 2.0), step("catch-up", Outcome::Ok, 0.5)], vec![])), t1);
+        assert_eq!((passed.passed, passed.last_passed_at.as_deref()), (Some(true), Some("2026-12-05T20:01:00Z")), "a warning passes");
+        let (warning, reason, note) = event(&passed);
+        assert!(!warning && reason == "DrillPassed" && note.contains("predicted RTO 30.5s, RPO 3 revisions, 1.5s; preflight warned"), "{note}");
+
+        let refused = record(&running, &Err("global-a is spec.primary".into()), t1);
+        assert_eq!((refused.passed, refused.failures.as_slice(), refused.finished_at.as_deref()), (Some(false), &["global-a is spec.primary".to_string()][..], Some("2026-12-05T20:01:00Z")));
     }
 
     #[test]
