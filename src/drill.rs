@@ -400,7 +400,7 @@ async fn read_back(local: &Client, dst: &Conn, filter: &Filter, opts: &Options) 
         Ok(d) => d,
         Err(e) => return (Outcome::Fail, format!("API discovery on this cluster: {e}")),
     };
-    let (mut read, mut failed, mut unserved) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut read, mut failed, mut unserved, mut forbidden) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for key in sample(&keys, filter, opts.sample) {
         let Some(o) = keyspace::parse(&key) else { continue };
         // Built-in keys carry no group (`/registry/deployments/...`): the core group first,
@@ -426,11 +426,13 @@ async fn read_back(local: &Client, dst: &Conn, filter: &Filter, opts: &Options) 
         let what = format!("{}{}/{}", if ar.group.is_empty() { String::new() } else { format!("{}/", ar.group) }, o.resource, o.name);
         match tokio::time::timeout(opts.probe_timeout, api.get(o.name)).await {
             Ok(Ok(_)) => read.push(what),
+            // The controller's least-privilege RBAC gets few kinds: not a failed decryption.
+            Ok(Err(kube::Error::Api(e))) if e.code == 403 => forbidden.push(what),
             Ok(Err(e)) => failed.push(format!("{what}: {e}")),
             Err(_) => failed.push(format!("{what}: no answer within {:?}", opts.probe_timeout)),
         }
     }
-    let mut detail = format!("{} of {} sampled resources read back", read.len(), read.len() + failed.len());
+    let mut detail = format!("{} of {} sampled resources read back", read.len(), read.len() + failed.len() + forbidden.len());
     if !unserved.is_empty() {
         detail.push_str(&format!(" (keys no apiserver resource serves, not read: {})", unserved.join(", ")));
     }
@@ -440,6 +442,13 @@ async fn read_back(local: &Client, dst: &Conn, filter: &Filter, opts: &Options) 
     }
     if read.iter().any(|r| r.starts_with("secrets/")) {
         detail.push_str(", Secrets included (decrypted here)");
+    }
+    if !forbidden.is_empty() {
+        detail.push_str(&format!(
+            "; not permitted to get (grant this identity get on them for a complete read-back): {}",
+            forbidden.join(", ")
+        ));
+        return (Outcome::Warn, detail);
     }
     (Outcome::Ok, detail)
 }
