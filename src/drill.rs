@@ -428,6 +428,7 @@ async fn read_back(local: &Client, dst: &Conn, filter: &Filter, opts: &Options) 
             Ok(Ok(_)) => read.push(what),
             // The controller's least-privilege RBAC gets few kinds: not a failed decryption.
             Ok(Err(kube::Error::Api(e))) if e.code == 403 => forbidden.push(what),
+            Ok(Err(kube::Error::Api(s))) => failed.push(format!("{what}: {} {}", s.code, s.message)),
             Ok(Err(e)) => failed.push(format!("{what}: {e}")),
             Err(_) => failed.push(format!("{what}: no answer within {:?}", opts.probe_timeout)),
         }
@@ -444,10 +445,7 @@ async fn read_back(local: &Client, dst: &Conn, filter: &Filter, opts: &Options) 
         detail.push_str(", Secrets included (decrypted here)");
     }
     if !forbidden.is_empty() {
-        detail.push_str(&format!(
-            "; not permitted to get (grant this identity get on them for a complete read-back): {}",
-            forbidden.join(", ")
-        ));
+        detail.push_str(&format!("; not permitted to get (grant this identity get on them for a complete read-back): {}", forbidden.join(", ")));
         return (Outcome::Warn, detail);
     }
     (Outcome::Ok, detail)
@@ -608,7 +606,10 @@ mod tests {
         assert!(!warning && reason == "DrillPassed" && note.contains("predicted RTO 30.5s, RPO 3 revisions, 1.5s; preflight warned"), "{note}");
 
         let refused = record(&running, &Err("global-a is spec.primary".into()), t1);
-        assert_eq!((refused.passed, refused.failures.as_slice(), refused.finished_at.as_deref()), (Some(false), &["global-a is spec.primary".to_string()][..], Some("2026-12-05T20:01:00Z")));
+        assert_eq!(
+            (refused.passed, refused.failures.as_slice(), refused.finished_at.as_deref()),
+            (Some(false), &["global-a is spec.primary".to_string()][..], Some("2026-12-05T20:01:00Z"))
+        );
     }
 
     #[test]

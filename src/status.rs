@@ -268,8 +268,11 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
         .map(|k| ConditionView { type_: k.type_.clone(), status: k.status.clone(), reason: k.reason.clone(), message: k.message.clone() })
         .collect();
     c.failover = st.failover.as_ref().map(failover_view);
-    c.last_drill_age_seconds =
-        st.last_drill.as_ref().and_then(|d| parse_time(d.finished_at.as_deref().unwrap_or(&d.started_at))).map(|t| now.duration_since(t).as_secs_f64().max(0.0));
+    c.last_drill_age_seconds = st
+        .last_drill
+        .as_ref()
+        .and_then(|d| parse_time(d.finished_at.as_deref().unwrap_or(&d.started_at)))
+        .map(|t| now.duration_since(t).as_secs_f64().max(0.0));
     c.last_drill = st.last_drill.clone();
     c
 }
@@ -1165,7 +1168,11 @@ mod tests {
                 rpo_revisions: Some(0),
                 rpo_seconds: Some(1.2),
                 steps: if passed.is_some() { vec![step("preflight", "fail"), step("catch-up", "ok")] } else { vec![] },
-                failures: if passed == Some(false) { vec!["preflight: 1 of 20 checks failed: dns.provider powerdns: the API key was rejected".into()] } else { vec![] },
+                failures: if passed == Some(false) {
+                    vec!["preflight: 1 of 20 checks failed: dns.provider powerdns: the API key was rejected".into()]
+                } else {
+                    vec![]
+                },
                 ..Default::default()
             });
             report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", st)], &dns_at("10.0.0.10"), now())
