@@ -200,10 +200,13 @@ pub fn event(d: &DrillStatus) -> (bool, &'static str, String) {
     }
 }
 
+/// A drill's task: its result and when it ended.
+pub type Task = tokio::task::JoinHandle<(Result<Report, String>, Timestamp)>;
+
 /// The drill running in this controller, if any: its id and task.
 #[derive(Default)]
 pub struct Running {
-    task: std::sync::Mutex<Option<(String, tokio::task::JoinHandle<Result<Report, String>>)>>,
+    task: std::sync::Mutex<Option<(String, Task)>>,
 }
 
 impl Running {
@@ -211,26 +214,27 @@ impl Running {
         self.task.lock().map(|t| t.is_some()).unwrap_or(true)
     }
 
-    pub fn start(&self, id: String, task: tokio::task::JoinHandle<Result<Report, String>>) {
+    pub fn start(&self, id: String, task: Task) {
         if let Ok(mut t) = self.task.lock() {
             *t = Some((id, task));
         }
     }
 
-    /// The id and result of a drill that finished since the last call (a panicked one is an error).
-    pub fn take_finished(&self) -> Option<(String, Result<Report, String>)> {
+    /// The id, result and end of a drill that finished since the last call (a panicked one is
+    /// an error, ended now).
+    pub fn take_finished(&self) -> Option<(String, Result<Report, String>, Timestamp)> {
         use futures::FutureExt;
         let mut t = self.task.lock().ok()?;
         if !t.as_ref().is_some_and(|(_, h)| h.is_finished()) {
             return None;
         }
         let (id, handle) = t.take()?;
-        let result = match handle.now_or_never() {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => Err(format!("the drill's task failed: {e}")),
-            None => Err("the drill's task did not finish".into()),
+        let (result, ended) = match handle.now_or_never() {
+            Some(Ok(done)) => done,
+            Some(Err(e)) => (Err(format!("the drill's task failed: {e}")), Timestamp::now()),
+            None => (Err("the drill's task did not finish".into()), Timestamp::now()),
         };
-        Some((id, result))
+        Some((id, result, ended))
     }
 }
 
@@ -250,7 +254,7 @@ pub async fn run_drill(local: &Client, topo: &ValidatedTopology, self_name: &str
     let spec = &topo.spec;
     let me = spec.cluster(self_name).ok_or_else(|| format!("{self_name:?} is not one of spec.clusters[].name"))?;
     if spec.primary == self_name {
-        return Err(format!("{self_name} is spec.primary: a drill rehearses a failover on the standby; run it with --cluster-name of the standby"));
+        return Err(format!("{self_name} is spec.primary: a drill rehearses a failover on the standby: run it there (--cluster-name of the standby, or annotation drctl.io/drill on its DRTopology)"));
     }
     let primary = spec.cluster(&spec.primary).ok_or_else(|| format!("spec.primary {} is not in spec.clusters", spec.primary))?;
     let started_at = Timestamp::now().to_string();

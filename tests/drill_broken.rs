@@ -244,4 +244,17 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
     // The hook's endpoint is down.
     bed.hook.stop();
     bed.assert_fails_exactly(&["preflight"], ("hook", "vip-forwarding")).await;
+
+    // Asked of the primary: recorded as failed, nothing run there.
+    bed.pair.a.api.kubectl_ok(&["annotate", "drt", TOPOLOGY, "drctl.io/drill=on-the-primary"]);
+    let a = bed
+        .pair
+        .wait(&bed.pair.a, "A's drill recorded", Duration::from_secs(60), &[&bed.ca, &bed.cb], |s| {
+            s.last_drill.as_ref().is_some_and(|d| d.id == "on-the-primary" && d.finished_at.is_some())
+        })
+        .await;
+    let d = a.status.and_then(|s| s.last_drill).expect("lastDrill");
+    assert_eq!(d.passed, Some(false), "{d:#?}");
+    assert!(d.steps.is_empty() && d.failures.len() == 1 && d.failures[0].starts_with("global-a is spec.primary"), "{d:#?}");
+    bed.assert_primary_untouched().await;
 }

@@ -299,7 +299,7 @@ async fn finish(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, after: D
     if let Some((id, v)) = drill {
         let (client, me, opts) = (ctx.client.clone(), ctx.self_name().to_string(), crate::drill::Options::new(&ctx.args.namespace));
         info!(id, "drill started");
-        ctx.drill.start(id, tokio::spawn(async move { crate::drill::run_drill(&client, &v, &me, &opts).await }));
+        ctx.drill.start(id, tokio::spawn(async move { (crate::drill::run_drill(&client, &v, &me, &opts).await, Timestamp::now()) }));
     }
     ctx.metrics.observe_status(&w.status);
     ctx.metrics.observe_thresholds(&Thresholds::of(topo));
@@ -364,10 +364,10 @@ fn refresh_preflight(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) {
 async fn drill_duty(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> Option<(String, ValidatedTopology)> {
     use crate::drill::{self, Duty};
     let now = Timestamp::now();
-    if let Some((id, result)) = ctx.drill.take_finished() {
+    if let Some((id, result, ended)) = ctx.drill.take_finished() {
         match w.status.last_drill.as_ref().filter(|d| d.id == id) {
             Some(running) => {
-                let done = drill::record(running, &result, now);
+                let done = drill::record(running, &result, ended);
                 drill_event(ctx, topo, &done).await;
                 w.status.last_drill = Some(done);
             }
