@@ -1,12 +1,14 @@
 //! `drctl drill`: a rehearsal on the standby of every failover step that moves no traffic, for
 //! real, ending with a report (each step's outcome and duration, the predicted RTO, the RPO at
-//! that moment). The primary is only read: it is not demoted or fenced, DNS is not changed, no
-//! restart or hook runs.
+//! that moment). The primary is only read: it is not demoted or fenced, the platform record is
+//! not changed, no restart runs and hooks are only called in drill mode.
 //!
 //! Steps: `preflight` (every row of `drctl preflight`), `catch-up` (FinalSync's: the standby's
 //! mirror reaches the primary's revision read at the start), `check` (FinalSync's consistency
 //! check at that point), `read-back` (one object of every replicated resource, Secrets included,
-//! read through the standby's apiserver: its encryption keys decrypt what was copied).
+//! read through the standby's apiserver: its encryption keys decrypt what was copied), `dns`
+//! (SwitchDNS and VerifyDNS on [`drill_name`], never the platform name), `hooks` (each webhook
+//! hook called in drill mode: header `X-Drctl-Drill: true`, `"drill": true` in its body).
 //!
 //! The same drill runs in the standby's controller when its DRTopology is annotated
 //! [`DRILL_ANNOTATION`]`=<id>`: beside the reconciles (a drill takes seconds to a minute), once
@@ -32,6 +34,12 @@ use crate::preflight::{self, Outcome};
 use crate::secret::KubeSecrets;
 use crate::topology::{DrillFinding, DrillStatus, DrillStepStatus};
 use crate::validated::ValidatedTopology;
+
+/// The name a drill sets to the standby's VIP and verifies: under the platform domain (so in its
+/// zone), never the platform name itself.
+pub fn drill_name(domain: &str) -> String {
+    format!("drctl-drill.{domain}")
+}
 
 /// Set to a new value on the standby's DRTopology to have its controller run a drill; each
 /// value runs once (`status.lastDrill.id`).
@@ -67,12 +75,13 @@ pub struct Report {
     pub would_fail: Vec<String>,
 }
 
-/// A failover's time, predicted from what the drill measured: FinalSync's catch-up and check as
-/// they took now, plus the platform record's TTL (resolvers' caches). Not included: the old
-/// primary's acknowledgement (a planned failover's Demote, usually a second), the DNS call and
-/// the restarts' readiness (`--restart-ready-timeout` bounds them).
+/// A failover's time, predicted from what the drill measured: FinalSync's catch-up and check,
+/// the DNS switch and its verification (on the drill name) and the webhook hooks as they took
+/// now, plus the platform record's TTL (resolvers' caches). Not included: the old primary's
+/// acknowledgement (a planned failover's Demote, usually a second), Job hooks and the restarts'
+/// readiness (`--restart-ready-timeout` bounds them).
 pub fn predicted_rto(steps: &[Step], ttl_seconds: u32) -> f64 {
-    let measured: f64 = steps.iter().filter(|s| matches!(s.name, "catch-up" | "check")).map(|s| s.seconds).sum();
+    let measured: f64 = steps.iter().filter(|s| matches!(s.name, "catch-up" | "check" | "dns" | "hooks")).map(|s| s.seconds).sum();
     ((measured + f64::from(ttl_seconds)) * 1000.0).round() / 1000.0
 }
 
@@ -317,6 +326,14 @@ pub async fn run_drill(local: &Client, topo: &ValidatedTopology, self_name: &str
     let t = Instant::now();
     let (outcome, detail) = read_back(local, &dst, &filter, opts).await;
     steps.push(Step { name: "read-back", outcome, seconds: secs(t), detail });
+
+    let t = Instant::now();
+    let (outcome, detail) = dns_step(local, topo, me.vip).await;
+    steps.push(Step { name: "dns", outcome, seconds: secs(t), detail });
+
+    let t = Instant::now();
+    let (outcome, detail) = hooks_step(local, topo, self_name, &started_at).await;
+    steps.push(Step { name: "hooks", outcome, seconds: secs(t), detail });
     Ok(finish(self_name, &spec.primary, started_at, steps, findings, rpo_revisions, rpo_seconds, spec.platform.ttl))
 }
 
@@ -378,6 +395,58 @@ async fn catch_up(src: &Conn, dst: &Conn, timeout: Duration) -> Result<String, S
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// SwitchDNS and VerifyDNS on the drill name: the provider's credentials used for a real write,
+/// the resolvers asked until they answer it. A provider whose every call is a switch of the
+/// platform record (webhook), or that drctl does not write (external-dns's DNSEndpoint names
+/// the platform record, manual), is not rehearsed: a warning.
+async fn dns_step(local: &Client, topo: &ValidatedTopology, vip: std::net::IpAddr) -> (Outcome, String) {
+    use crate::validated::DnsProvider as P;
+    let spec = &topo.spec;
+    if !matches!(spec.dns.provider, P::PowerDns(_) | P::Rfc2136(_)) {
+        let provider = preflight::provider_name(&spec.dns.provider);
+        return (Outcome::Warn, format!("{provider}: not rehearsed (a call is a change of the platform record); preflight's dns.provider checked what it can"));
+    }
+    let platform = crate::topology::Platform { domain: drill_name(&spec.platform.domain), ttl: spec.platform.ttl };
+    let secrets = KubeSecrets::new(local.clone());
+    let no_annotations = BTreeMap::new();
+    let ctx = crate::dns::SwitchContext { secrets: &secrets, kube: Some(local.clone()), annotations: &no_annotations };
+    let set = match crate::dns::switch(&spec.dns.provider, &platform, vip, &ctx).await {
+        Ok(o) => o,
+        Err(e) => return (Outcome::Fail, format!("setting {} to {vip}: {e}", platform.domain)),
+    };
+    match crate::dns::verify(&spec.dns.verify, &platform, vip, spec.dns.verify.timeout, |_| async {}).await {
+        Ok(v) => (Outcome::Ok, format!("{set}; {} resolver(s) answered it ({} attempt(s))", v.resolvers.len(), v.attempts)),
+        Err(e) => (Outcome::Fail, format!("{set}; {e}")),
+    }
+}
+
+/// Each webhook hook called as its failover would call it, in drill mode; Job hooks are not run
+/// (preflight dry-run creates their Job).
+async fn hooks_step(local: &Client, topo: &ValidatedTopology, self_name: &str, started_at: &str) -> (Outcome, String) {
+    use crate::hooks::{HookInput, Phase};
+    use crate::validated::HookKind;
+    let f = &topo.spec.failover;
+    let secrets = KubeSecrets::new(local.clone());
+    let id = format!("drill-{started_at}");
+    let (mut called, mut failed) = (Vec::new(), Vec::new());
+    let hooks = f.pre_hooks.iter().map(|h| (h, Phase::Pre)).chain(f.post_hooks.iter().map(|h| (h, Phase::Post)));
+    for (h, phase) in hooks.filter(|(h, _)| matches!(h.kind, HookKind::Webhook(_))) {
+        let input = HookInput { hook: &h.name, phase, topology: &topo.name(), from: &topo.spec.primary, to: self_name, failover_id: &id, drill: true };
+        match crate::hooks::run(local, &secrets, h, &input).await {
+            Ok(crate::hooks::HookRun::Done(line)) => called.push(line),
+            Ok(crate::hooks::HookRun::Running { why, .. }) => called.push(why),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        return (Outcome::Fail, failed.join("; "));
+    }
+    if called.is_empty() {
+        return (Outcome::Ok, "no webhook hook (Job hooks: preflight dry-run creates them)".into());
+    }
+    (Outcome::Ok, format!("called in drill mode: {}", called.join("; ")))
 }
 
 /// Reads one object of each replicated resource through this cluster's apiserver.
@@ -546,9 +615,16 @@ mod tests {
 
     #[test]
     fn the_predicted_rto_is_final_syncs_measured_steps_plus_the_ttl() {
-        let steps =
-            [step("preflight", Outcome::Ok, 3.0), step("catch-up", Outcome::Ok, 0.25), step("check", Outcome::Ok, 1.5), step("read-back", Outcome::Ok, 2.0)];
-        assert_eq!(predicted_rto(&steps, 30), 31.75);
+        let steps = [
+            step("preflight", Outcome::Ok, 3.0),
+            step("catch-up", Outcome::Ok, 0.25),
+            step("check", Outcome::Ok, 1.5),
+            step("read-back", Outcome::Ok, 2.0),
+            step("dns", Outcome::Ok, 0.5),
+            step("hooks", Outcome::Ok, 0.125),
+        ];
+        assert_eq!(predicted_rto(&steps, 30), 32.375);
+        assert_eq!(drill_name("platform.example.com"), "drctl-drill.platform.example.com");
         assert_eq!(exit_code(&steps), 0);
         assert_eq!(exit_code(&[step("check", Outcome::Warn, 0.0)]), 1);
         assert_eq!(exit_code(&[step("check", Outcome::Warn, 0.0), step("read-back", Outcome::Fail, 0.0)]), 2);

@@ -4,7 +4,8 @@
 //! dependency is broken at a time (a different encryption key on the standby, a wrong DNS API
 //! key, a verify resolver down, a workload cluster's kubeconfig with credentials its apiserver
 //! rejects, a hook endpoint down) and the drill reports exactly that failure: the step it failed
-//! and the preflight row naming the dependency. After each, the primary is untouched: DNS
+//! and the preflight row naming the dependency. DNS is rehearsed on the drill name and the
+//! webhook hook called in drill mode. After each, the primary is untouched: its DNS record
 //! unchanged, still the steady primary of the same term, no fence, no failover, no demotion. A
 //! drill id runs once, also across a controller restart; `drctl status` shows the last drill.
 
@@ -13,16 +14,18 @@ mod support;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drctl::topology::{DrillStatus, Phase, Role};
-use support::pair::{Controller, Pair, DOMAIN, TOPOLOGY, VIP_A};
+use support::pair::{Controller, Pair, DOMAIN, TOPOLOGY, VIP_A, VIP_B};
 
 /// A webhook receiver answering 200 until stopped; stopped, its port refuses connections.
 struct HookServer {
     port: u16,
     stop: Arc<AtomicBool>,
+    /// Each request's line and headers, lower-cased.
+    seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl HookServer {
@@ -33,20 +36,30 @@ impl HookServer {
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
         std::thread::spawn(move || {
             while !stopped.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
+                        let mut head = String::new();
+                        let mut reader = BufReader::new(&stream);
                         let mut line = String::new();
-                        let _ = BufReader::new(&stream).read_line(&mut line);
+                        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                            head.push_str(&line.to_lowercase());
+                            line.clear();
+                        }
+                        if let Ok(mut s) = record.lock() {
+                            s.push(head);
+                        }
                         let _ = (&stream).write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         });
-        HookServer { port, stop }
+        HookServer { port, stop, seen }
     }
 
     fn stop(&self) {
@@ -171,9 +184,15 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
     let d = bed.drill().await;
     assert_eq!(d.passed, Some(true), "{d:#?}");
     let steps: Vec<(&str, &str)> = d.steps.iter().map(|s| (s.name.as_str(), s.outcome.as_str())).collect();
-    assert_eq!(steps, [("preflight", "ok"), ("catch-up", "ok"), ("check", "ok"), ("read-back", "ok")], "{d:#?}");
+    assert_eq!(steps, [("preflight", "ok"), ("catch-up", "ok"), ("check", "ok"), ("read-back", "ok"), ("dns", "ok"), ("hooks", "ok")], "{d:#?}");
     assert!(d.findings.is_empty() && d.failures.is_empty(), "{d:#?}");
     assert!(d.steps[3].detail.contains("Secrets included"), "{}", d.steps[3].detail);
+    // DNS set and verified on the drill name, never the platform name (checked below); the
+    // webhook hook called in drill mode.
+    assert_eq!(support::dns::dig(bed.pair.pdns.dns, &format!("drctl-drill.{DOMAIN}"), "A"), [VIP_B], "the drill name set to the standby's VIP");
+    let calls = bed.hook.seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let posts: Vec<&String> = calls.iter().filter(|h| h.starts_with("post /hook")).collect();
+    assert!(posts.len() == 1 && posts[0].contains("x-drctl-drill: true\r\n"), "one POST in drill mode: {calls:?}");
     assert!(d.predicted_rto_seconds.is_some_and(|s| s >= 30.0) && d.rpo_revisions.is_some() && d.rpo_seconds.is_some(), "{d:#?}");
     assert_eq!(d.last_passed_at, d.finished_at);
     let events = bed.pair.b.api.kubectl_ok(&["get", "events", "-A", "--field-selector", "reason=DrillPassed", "-o", "jsonpath={.items[*].message}"]);
@@ -212,7 +231,7 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
 
     // The DNS API key is wrong on the standby.
     bed.replace_secret("pdns-api", "--from-literal=apiKey=not-the-key");
-    let d = bed.assert_fails_exactly(&["preflight"], ("dns.provider", "powerdns")).await;
+    let d = bed.assert_fails_exactly(&["preflight", "dns"], ("dns.provider", "powerdns")).await;
     assert!(!serde_json::to_string(&d).unwrap_or_default().contains("not-the-key"), "the key is never printed");
     bed.replace_secret("pdns-api", &format!("--from-literal=apiKey={}", bed.pair.pdns.api_key));
 
@@ -222,7 +241,7 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
     let broken = yaml.replace(&format!("resolvers: [\"{}\"]", bed.pair.pdns.dns), &format!("resolvers: [\"{dead}\"]"));
     assert_ne!(broken, yaml, "the resolver replaced");
     bed.pair.apply(&bed.pair.b, &broken);
-    bed.assert_fails_exactly(&["preflight"], ("dns.resolver", &dead)).await;
+    bed.assert_fails_exactly(&["preflight", "dns"], ("dns.resolver", &dead)).await;
     bed.pair.apply(&bed.pair.b, &yaml);
 
     // The workload cluster's kubeconfig holds credentials its apiserver rejects (a client
@@ -243,7 +262,7 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
 
     // The hook's endpoint is down.
     bed.hook.stop();
-    bed.assert_fails_exactly(&["preflight"], ("hook", "vip-forwarding")).await;
+    bed.assert_fails_exactly(&["preflight", "hooks"], ("hook", "vip-forwarding")).await;
 
     // Asked of the primary: recorded as failed, nothing run there.
     bed.pair.a.api.kubectl_ok(&["annotate", "drt", TOPOLOGY, "drctl.io/drill=on-the-primary"]);
