@@ -592,7 +592,7 @@ pub fn render(r: &Report) -> String {
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
     out.push_str(&format!(
-        "\nRPO now: {} revisions, {} (heartbeat)\nPredicted RTO: {:.1}s (catch-up + check as measured + the record's TTL; Demote, the DNS call and restarts' readiness not included)\n",
+        "\nRPO now: {} revisions, {} (heartbeat)\nPredicted RTO: {:.1}s (catch-up, check, dns and hooks as measured + the record's TTL; Demote, Job hooks and restarts' readiness not included)\n",
         opt(r.rpo_revisions.map(|n| n.to_string())),
         opt(r.rpo_seconds.map(|s| format!("{s:.1}s"))),
         r.predicted_rto_seconds
@@ -645,7 +645,8 @@ mod tests {
     fn each_drill_id_runs_once_and_an_unfinished_one_is_recorded_as_interrupted() {
         let done = DrillStatus { id: "7".into(), started_at: "t".into(), finished_at: Some("t".into()), ..Default::default() };
         let unfinished = DrillStatus { finished_at: None, ..done.clone() };
-        let cases: &[(&str, Option<&str>, Option<&DrillStatus>, bool, Duty)] = &[
+        type Case<'a> = (&'a str, Option<&'a str>, Option<&'a DrillStatus>, bool, Duty);
+        let cases: &[Case] = &[
             ("no annotation", None, None, false, Duty::Nothing),
             ("an empty annotation", Some(" "), None, false, Duty::Nothing),
             ("a first id", Some("7"), None, false, Duty::Start("7".into())),
