@@ -8,7 +8,8 @@
 //! check at that point), `read-back` (one object of every replicated resource, Secrets included,
 //! read through the standby's apiserver: its encryption keys decrypt what was copied), `dns`
 //! (SwitchDNS and VerifyDNS on [`drill_name`], never the platform name), `hooks` (each webhook
-//! hook called in drill mode: header `X-Drctl-Drill: true`, `"drill": true` in its body).
+//! hook whose receiver answers drill calls, `webhook.drill`, called in drill mode: header
+//! `X-Drctl-Drill: true`, `"drill": true` in its body).
 //!
 //! The same drill runs in the standby's controller when its DRTopology is annotated
 //! [`DRILL_ANNOTATION`]`=<id>`: beside the reconciles (a drill takes seconds to a minute), once
@@ -422,31 +423,50 @@ async fn dns_step(local: &Client, topo: &ValidatedTopology, vip: std::net::IpAdd
     }
 }
 
-/// Each webhook hook called as its failover would call it, in drill mode; Job hooks are not run
-/// (preflight dry-run creates their Job).
-async fn hooks_step(local: &Client, topo: &ValidatedTopology, self_name: &str, started_at: &str) -> (Outcome, String) {
-    use crate::hooks::{HookInput, Phase};
+/// The webhook hooks a drill calls (their receiver answers drill calls: `webhook.drill`), in
+/// runbook order, and the names of those it does not; Job hooks are neither (preflight dry-run
+/// creates their Job).
+pub fn drill_hooks(f: &crate::validated::FailoverConfig) -> (Vec<(&crate::validated::Hook, crate::hooks::Phase)>, Vec<&str>) {
+    use crate::hooks::Phase;
     use crate::validated::HookKind;
-    let f = &topo.spec.failover;
+    let (mut call, mut skip) = (Vec::new(), Vec::new());
+    for (h, phase) in f.pre_hooks.iter().map(|h| (h, Phase::Pre)).chain(f.post_hooks.iter().map(|h| (h, Phase::Post))) {
+        match &h.kind {
+            HookKind::Webhook(w) if w.drill => call.push((h, phase)),
+            HookKind::Webhook(_) => skip.push(h.name.as_str()),
+            HookKind::Job(_) => {}
+        }
+    }
+    (call, skip)
+}
+
+/// Each webhook hook whose receiver answers drill calls, called as its failover would call it,
+/// in drill mode; one that does not is named in a warning.
+async fn hooks_step(local: &Client, topo: &ValidatedTopology, self_name: &str, started_at: &str) -> (Outcome, String) {
+    use crate::hooks::{HookInput, HookRun};
     let secrets = KubeSecrets::new(local.clone());
     let id = format!("drill-{started_at}");
+    let (call, skip) = drill_hooks(&topo.spec.failover);
     let (mut called, mut failed) = (Vec::new(), Vec::new());
-    let hooks = f.pre_hooks.iter().map(|h| (h, Phase::Pre)).chain(f.post_hooks.iter().map(|h| (h, Phase::Post)));
-    for (h, phase) in hooks.filter(|(h, _)| matches!(h.kind, HookKind::Webhook(_))) {
+    for (h, phase) in call {
         let input = HookInput { hook: &h.name, phase, topology: &topo.name(), from: &topo.spec.primary, to: self_name, failover_id: &id, drill: true };
         match crate::hooks::run(local, &secrets, h, &input).await {
-            Ok(crate::hooks::HookRun::Done(line)) => called.push(line),
-            Ok(crate::hooks::HookRun::Running { why, .. }) => called.push(why),
+            Ok(HookRun::Done(line)) => called.push(line),
+            Ok(HookRun::Running { why, .. }) => called.push(why),
             Err(e) => failed.push(e.to_string()),
         }
     }
+    let mut detail = match called.is_empty() {
+        true => "no webhook hook called".to_string(),
+        false => format!("called in drill mode: {}", called.join("; ")),
+    };
+    if !skip.is_empty() {
+        detail.push_str(&format!("; not called (set webhook.drill: true once the receiver answers X-Drctl-Drill calls without acting): {}", skip.join(", ")));
+    }
     if !failed.is_empty() {
-        return (Outcome::Fail, failed.join("; "));
+        return (Outcome::Fail, format!("{}; {detail}", failed.join("; ")));
     }
-    if called.is_empty() {
-        return (Outcome::Ok, "no webhook hook (Job hooks: preflight dry-run creates them)".into());
-    }
-    (Outcome::Ok, format!("called in drill mode: {}", called.join("; ")))
+    (if skip.is_empty() { Outcome::Ok } else { Outcome::Warn }, detail)
 }
 
 /// Reads one object of each replicated resource through this cluster's apiserver.
@@ -691,6 +711,27 @@ mod tests {
             (refused.passed, refused.failures.as_slice(), refused.finished_at.as_deref()),
             (Some(false), &["global-a is spec.primary".to_string()][..], Some("2026-12-05T20:01:00Z"))
         );
+    }
+
+    #[test]
+    fn a_drill_calls_only_the_webhook_hooks_whose_receiver_answers_drill_calls() {
+        let topo: crate::topology::DRTopology = serde_saphyr::from_str(include_str!("../examples/minimal.yaml")).expect("example");
+        let mut topo = topo;
+        let hook = |name: &str, kind: &str| -> crate::topology::Hook {
+            serde_json::from_value(match kind {
+                "drill" => serde_json::json!({"name": name, "webhook": {"url": "http://r/h", "drill": true}}),
+                "webhook" => serde_json::json!({"name": name, "webhook": {"url": "http://r/h"}}),
+                _ => serde_json::json!({"name": name, "job": {"namespace": "ops", "template": {}}}),
+            })
+            .expect("hook")
+        };
+        topo.spec.failover.pre_hooks = vec![hook("vip", "drill"), hook("notify", "webhook"), hook("job", "job")];
+        topo.spec.failover.post_hooks = vec![hook("after", "drill")];
+        let v = ValidatedTopology::try_from(&topo).expect("valid");
+        let (call, skip) = drill_hooks(&v.spec.failover);
+        let called: Vec<(&str, crate::hooks::Phase)> = call.iter().map(|(h, p)| (h.name.as_str(), *p)).collect();
+        assert_eq!(called, [("vip", crate::hooks::Phase::Pre), ("after", crate::hooks::Phase::Post)]);
+        assert_eq!(skip, ["notify"], "a receiver not said to answer drill calls is not called; a Job hook is neither");
     }
 
     #[test]

@@ -672,6 +672,10 @@ pub struct WebhookHook {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret_ref: Option<SecretRef>,
+    /// The receiver answers drill calls (header `X-Drctl-Drill: true`, `"drill": true` in the
+    /// body) without acting: a drill calls it. Unset, a drill does not call it (and warns).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -142,7 +142,7 @@ impl Bed {
 async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_untouched() {
     let hook = HookServer::start();
     let mut pair = Pair::start().await;
-    pair.failover_extra = format!("    preHooks:\n    - name: vip-forwarding\n      webhook: {{url: \"http://127.0.0.1:{}/hook\"}}\n", hook.port);
+    pair.failover_extra = format!("    preHooks:\n    - name: vip-forwarding\n      webhook: {{url: \"http://127.0.0.1:{}/hook\", drill: true}}\n", hook.port);
     pair.spec_extra = "  workloadClusters:\n  - name: business-1\n    kubeconfigSecretRef: {name: business-1-kubeconfig, namespace: drctl-system}\n".into();
     // Each global reaches a workload cluster (its own apiserver stands in for one), its Secret
     // written before encryption at rest is on.
