@@ -7,13 +7,14 @@
 //! and the preflight row naming the dependency. DNS is rehearsed on the drill name and the
 //! webhook hook called in drill mode. After each, the primary is untouched: its DNS record
 //! unchanged, still the steady primary of the same term, no fence, no failover, no demotion. A
-//! drill id runs once, also across a controller restart; `drctl status` shows the last drill.
+//! drill id runs once, also across a controller restart, and one the controller was killed
+//! during is recorded as interrupted, not run again; `drctl status` shows the last drill.
 
 mod support;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ struct HookServer {
     stop: Arc<AtomicBool>,
     /// Each request's line and headers, lower-cased.
     seen: Arc<Mutex<Vec<String>>>,
+    /// How long a POST waits before its answer, in milliseconds.
+    post_delay: Arc<AtomicU64>,
 }
 
 impl HookServer {
@@ -38,6 +41,8 @@ impl HookServer {
         let stopped = stop.clone();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = seen.clone();
+        let post_delay = Arc::new(AtomicU64::new(0));
+        let delay = post_delay.clone();
         std::thread::spawn(move || {
             while !stopped.load(Ordering::SeqCst) {
                 match listener.accept() {
@@ -50,8 +55,12 @@ impl HookServer {
                             head.push_str(&line.to_lowercase());
                             line.clear();
                         }
+                        let post = head.starts_with("post ");
                         if let Ok(mut s) = record.lock() {
                             s.push(head);
+                        }
+                        if post {
+                            std::thread::sleep(Duration::from_millis(delay.load(Ordering::SeqCst)));
                         }
                         let _ = (&stream).write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                     }
@@ -59,7 +68,12 @@ impl HookServer {
                 }
             }
         });
-        HookServer { port, stop, seen }
+        HookServer { port, stop, seen, post_delay }
+    }
+
+    /// The POSTs received so far.
+    fn posts(&self) -> Vec<String> {
+        self.seen.lock().map(|s| s.iter().filter(|h| h.starts_with("post ")).cloned().collect()).unwrap_or_default()
     }
 
     fn stop(&self) {
@@ -190,9 +204,8 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
     // DNS set and verified on the drill name, never the platform name (checked below); the
     // webhook hook called in drill mode.
     assert_eq!(support::dns::dig(bed.pair.pdns.dns, &format!("drctl-drill.{DOMAIN}"), "A"), [VIP_B], "the drill name set to the standby's VIP");
-    let calls = bed.hook.seen.lock().map(|s| s.clone()).unwrap_or_default();
-    let posts: Vec<&String> = calls.iter().filter(|h| h.starts_with("post /hook")).collect();
-    assert!(posts.len() == 1 && posts[0].contains("x-drctl-drill: true\r\n"), "one POST in drill mode: {calls:?}");
+    let posts = bed.hook.posts();
+    assert!(posts.len() == 1 && posts[0].starts_with("post /hook") && posts[0].contains("x-drctl-drill: true\r\n"), "one POST in drill mode: {posts:?}");
     assert!(d.predicted_rto_seconds.is_some_and(|s| s >= 30.0) && d.rpo_revisions.is_some() && d.rpo_seconds.is_some(), "{d:#?}");
     assert_eq!(d.last_passed_at, d.finished_at);
     let events = bed.pair.b.api.kubectl_ok(&["get", "events", "-A", "--field-selector", "reason=DrillPassed", "-o", "jsonpath={.items[*].message}"]);
@@ -259,6 +272,35 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
     let d = bed.assert_fails_exactly(&["preflight"], ("workload.cluster", "business-1")).await;
     assert!(d.findings[0].fix.as_deref().unwrap_or("").contains("business-1-kubeconfig"), "{d:#?}");
     bed.replace_secret("business-1-kubeconfig", &format!("--from-file=kubeconfig={}", bed.pair.b.api.kubeconfig.display()));
+
+    // The controller killed during a drill (its hook call held for 30 s): the restarted one
+    // records it as interrupted and does not run it again (the receiver sees no second POST).
+    bed.hook.post_delay.store(30_000, Ordering::SeqCst);
+    let before = bed.hook.posts().len();
+    bed.pair.b.api.kubectl_ok(&["annotate", "--overwrite", "drt", TOPOLOGY, "drctl.io/drill=killed-during"]);
+    let start = std::time::Instant::now();
+    while bed.hook.posts().len() == before {
+        assert!(start.elapsed() < Duration::from_secs(60), "the drill's hook call never came\n{}", bed.cb.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let running = bed.pair.status(&bed.pair.b).await.and_then(|t| t.status).and_then(|s| s.last_drill).expect("lastDrill");
+    assert_eq!((running.id.as_str(), running.finished_at.as_ref()), ("killed-during", None), "recorded as running before it ran");
+    bed.cb.kill();
+    bed.cb.restart();
+    let t = bed
+        .pair
+        .wait(&bed.pair.b, "the interrupted drill recorded", Duration::from_secs(90), &[&bed.ca, &bed.cb], |s| {
+            s.last_drill.as_ref().is_some_and(|d| d.id == "killed-during" && d.finished_at.is_some())
+        })
+        .await;
+    let d = t.status.and_then(|s| s.last_drill).expect("lastDrill");
+    assert_eq!(d.passed, Some(false), "{d:#?}");
+    assert!(d.failures.len() == 1 && d.failures[0].starts_with("interrupted: the controller stopped"), "{d:#?}");
+    assert_eq!(d.last_passed_at, running.last_passed_at, "the last pass is kept");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(bed.hook.posts().len(), before + 1, "not run again");
+    bed.hook.post_delay.store(0, Ordering::SeqCst);
+    bed.assert_primary_untouched().await;
 
     // The hook's endpoint is down.
     bed.hook.stop();
