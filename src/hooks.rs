@@ -69,7 +69,14 @@ pub struct HookInput<'a> {
     pub to: &'a str,
     /// Stable across retries of the same failover (its start time in Unix seconds).
     pub failover_id: &'a str,
+    /// A drill (`drctl drill`), not a failover: the receiver must check and answer, and change
+    /// nothing. Also sent as header [`DRILL_HEADER`]`: true`; absent from a failover's body.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
 }
+
+/// The header of a webhook hook called by a drill.
+pub const DRILL_HEADER: &str = "X-Drctl-Drill";
 
 fn short_hash(s: &str) -> String {
     use sha2::Digest;
@@ -95,12 +102,17 @@ pub async fn run(client: &Client, secrets: &dyn SecretSource, hook: &Hook, input
                 Some(r) => Some(secrets.get(r, "hmacKey").await.map_err(|source| HookError::Secret { hook: hook.name.clone(), source })?),
                 None => None,
             };
-            let resp = json_post(&reqwest::Client::new(), &w.url, key.as_ref().map(|k| k.expose()), body)
+            let mut req = json_post(&reqwest::Client::new(), &w.url, key.as_ref().map(|k| k.expose()), body)
                 .timeout(WEBHOOK_TIMEOUT)
-                .header("X-Drctl-Failover-Id", input.failover_id)
-                .send()
-                .await
-                .map_err(|source| HookError::Http { hook: hook.name.clone(), url: crate::urls::redact(&w.url), source: source.without_url() })?;
+                .header("X-Drctl-Failover-Id", input.failover_id);
+            if input.drill {
+                req = req.header(DRILL_HEADER, "true");
+            }
+            let resp = req.send().await.map_err(|source| HookError::Http {
+                hook: hook.name.clone(),
+                url: crate::urls::redact(&w.url),
+                source: source.without_url(),
+            })?;
             let status = resp.status();
             if !status.is_success() {
                 let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();

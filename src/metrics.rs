@@ -29,6 +29,9 @@ pub struct Metrics {
     pub lag_seconds: Gauge<f64, AtomicU64>,
     pub replication_lag_seconds: Gauge<f64, AtomicU64>,
     pub last_failover_seconds: Gauge<f64, AtomicU64>,
+    last_drill_timestamp: Gauge<f64, AtomicU64>,
+    last_drill_success: Gauge,
+    last_passing_drill_timestamp: Gauge<f64, AtomicU64>,
     pub applied_revision: Gauge,
     pub missed_keys: Gauge,
     pub surplus_keys: Gauge,
@@ -59,6 +62,9 @@ impl Metrics {
             lag_seconds: Gauge::default(),
             replication_lag_seconds: Gauge::default(),
             last_failover_seconds: Gauge::default(),
+            last_drill_timestamp: Gauge::default(),
+            last_drill_success: Gauge::default(),
+            last_passing_drill_timestamp: Gauge::default(),
             applied_revision: Gauge::default(),
             missed_keys: Gauge::default(),
             surplus_keys: Gauge::default(),
@@ -98,6 +104,17 @@ impl Metrics {
             "drctl_last_failover_duration_seconds",
             "The last completed failover to this cluster, from the controller seeing spec.primary change to Done",
             m.last_failover_seconds.clone(),
+        );
+        r.register(
+            "drctl_last_drill_timestamp_seconds",
+            "Unix time the last drill of this cluster (annotation drctl.io/drill) finished; 0 before the first",
+            m.last_drill_timestamp.clone(),
+        );
+        r.register("drctl_last_drill_success", "1 when the last finished drill passed (no step failed), else 0", m.last_drill_success.clone());
+        r.register(
+            "drctl_last_passing_drill_timestamp_seconds",
+            "Unix time the newest passing drill of this cluster finished; 0 when none passed (alert DrctlNoRecentPassingDrill)",
+            m.last_passing_drill_timestamp.clone(),
         );
         r.register("drctl_sync_applied_revision", "Last primary revision applied here", m.applied_revision.clone());
         r.register("drctl_check_missed_keys", "Keys on the primary missing here at the last check", m.missed_keys.clone());
@@ -159,6 +176,10 @@ impl Metrics {
         let healthy = s.role == Some(Role::Standby) && is_true(s, ConditionType::SyncHealthy);
         self.sync_healthy.set(i64::from(healthy));
         self.last_failover_seconds.set(failover_seconds(s, &self.cluster).unwrap_or(0.0));
+        let (finished, passed, last_passed) = drill_figures(s);
+        self.last_drill_timestamp.set(finished);
+        self.last_drill_success.set(i64::from(passed));
+        self.last_passing_drill_timestamp.set(last_passed);
         if let Some(sync) = &s.sync {
             self.lag_seconds.set(sync.lag_seconds.unwrap_or(0.0));
             // Unknown is not zero: no alert compares true against NaN, and no graph shows "no lag".
@@ -222,6 +243,19 @@ pub fn failover_seconds(s: &DRTopologyStatus, cluster: &str) -> Option<f64> {
     let start: Timestamp = f.started_at.as_deref()?.parse().ok()?;
     let end: Timestamp = f.completed_at.as_deref()?.parse().ok()?;
     Some(((end.as_millisecond() - start.as_millisecond()).max(0) as f64) / 1000.0)
+}
+
+/// The last finished drill's time and result, and the newest passing one's time (0: none), from
+/// `status.lastDrill` (a running drill shows the previous one's figures only through
+/// `lastPassedAt`).
+fn drill_figures(s: &DRTopologyStatus) -> (f64, bool, f64) {
+    let time = |t: Option<&str>| t.and_then(|t| t.parse().ok()).map(unix_seconds).unwrap_or(0.0);
+    let Some(d) = &s.last_drill else { return (0.0, false, 0.0) };
+    let last_passed = time(d.last_passed_at.as_deref());
+    match d.finished_at.as_deref() {
+        Some(f) => (time(Some(f)), d.passed == Some(true), last_passed),
+        None => (0.0, false, last_passed),
+    }
 }
 
 fn unix_seconds(t: Timestamp) -> f64 {
@@ -294,6 +328,37 @@ mod tests {
         for (name, self_name, s, want) in cases {
             assert_eq!(unfinished_step(s, self_name), *want, "{name}");
         }
+    }
+
+    #[test]
+    fn the_drill_metrics_follow_status_last_drill() {
+        use crate::topology::DrillStatus;
+        let m = Metrics::new("global-b");
+        let mut s = DRTopologyStatus::default();
+        let has = |m: &Metrics, line: &str| assert!(m.encode().contains(line), "{line} not in:\n{}", m.encode());
+        m.observe_status(&s);
+        has(&m, "drctl_last_drill_timestamp_seconds{cluster=\"global-b\"} 0.0\n");
+        has(&m, "drctl_last_passing_drill_timestamp_seconds{cluster=\"global-b\"} 0.0\n");
+        let at = |t: &str| unix_seconds(t.parse().expect("timestamp"));
+        s.last_drill = Some(DrillStatus {
+            id: "1".into(),
+            started_at: "2026-12-05T20:00:00Z".into(),
+            finished_at: Some("2026-12-05T20:00:40Z".into()),
+            passed: Some(false),
+            last_passed_at: Some(T0.into()),
+            ..Default::default()
+        });
+        m.observe_status(&s);
+        has(&m, &format!("drctl_last_drill_timestamp_seconds{{cluster=\"global-b\"}} {:?}\n", at("2026-12-05T20:00:40Z")));
+        has(&m, "drctl_last_drill_success{cluster=\"global-b\"} 0\n");
+        has(&m, &format!("drctl_last_passing_drill_timestamp_seconds{{cluster=\"global-b\"}} {:?}\n", at(T0)));
+        if let Some(d) = s.last_drill.as_mut() {
+            d.passed = Some(true);
+            d.last_passed_at = d.finished_at.clone();
+        }
+        m.observe_status(&s);
+        has(&m, "drctl_last_drill_success{cluster=\"global-b\"} 1\n");
+        has(&m, &format!("drctl_last_passing_drill_timestamp_seconds{{cluster=\"global-b\"}} {:?}\n", at("2026-12-05T20:00:40Z")));
     }
 
     #[test]

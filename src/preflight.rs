@@ -526,7 +526,7 @@ async fn dns_checks(local: &Client, topo: &ValidatedTopology, opts: &Options, ro
     }
 }
 
-fn provider_name(p: &crate::validated::DnsProvider) -> &'static str {
+pub fn provider_name(p: &crate::validated::DnsProvider) -> &'static str {
     use crate::validated::DnsProvider as P;
     match p {
         P::Rfc2136(_) => "rfc2136",

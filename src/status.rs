@@ -95,6 +95,10 @@ pub struct ClusterStatus {
     pub conditions: Vec<ConditionView>,
     /// The failover this cluster recorded last (the one that made, or was making, it primary).
     pub failover: Option<FailoverView>,
+    /// The last drill asked of this cluster (`status.lastDrill`).
+    pub last_drill: Option<crate::topology::DrillStatus>,
+    /// Seconds between the last drill's finish (else its start) and when the report was made.
+    pub last_drill_age_seconds: Option<f64>,
     pub argocd: Option<ArgoView>,
     /// Why the Application could not be read (None also when it does not exist: see `argocd`).
     pub argocd_error: Option<String>,
@@ -264,6 +268,12 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
         .map(|k| ConditionView { type_: k.type_.clone(), status: k.status.clone(), reason: k.reason.clone(), message: k.message.clone() })
         .collect();
     c.failover = st.failover.as_ref().map(failover_view);
+    c.last_drill_age_seconds = st
+        .last_drill
+        .as_ref()
+        .and_then(|d| parse_time(d.finished_at.as_deref().unwrap_or(&d.started_at)))
+        .map(|t| now.duration_since(t).as_secs_f64().max(0.0));
+    c.last_drill = st.last_drill.clone();
     c
 }
 
@@ -578,10 +588,24 @@ fn rows(c: &ClusterStatus) -> [String; ROW_LABELS.len()] {
         cell(c, condition("PeerReachable"), |r| r),
         argo_cell(c),
         failover_cell(c),
+        drill_cell(c),
     ]
 }
 
-const ROW_LABELS: [&str; 14] = [
+fn drill_cell(c: &ClusterStatus) -> String {
+    let Some(d) = &c.last_drill else { return cell(c, None::<()>, |_| String::new()) };
+    let ago = c.last_drill_age_seconds.map(human_seconds).unwrap_or_else(|| "?".into());
+    match d.passed {
+        None => format!("running for {ago}"),
+        Some(true) => format!("passed {ago} ago, RTO {}", d.predicted_rto_seconds.map(human_seconds).unwrap_or_else(|| "?".into())),
+        Some(false) => {
+            let at: Vec<&str> = d.steps.iter().filter(|s| s.outcome == "fail").map(|s| s.name.as_str()).collect();
+            format!("FAILED {ago} ago{}", if at.is_empty() { String::new() } else { format!(": {}", at.join(", ")) })
+        }
+    }
+}
+
+const ROW_LABELS: [&str; 15] = [
     "apiserver",
     "VIP",
     "role",
@@ -596,6 +620,7 @@ const ROW_LABELS: [&str; 14] = [
     "PeerReachable",
     "Argo CD",
     "last failover",
+    "last drill",
 ];
 
 /// The report as a table: the two globals side by side, then DNS, the newest failover's steps,
@@ -650,6 +675,12 @@ pub fn render_table(r: &StatusReport) -> String {
         }
     }
 
+    for c in &r.clusters {
+        if let Some(d) = &c.last_drill {
+            t.push_str(&drill_section(d, &c.name));
+        }
+    }
+
     for c in r.clusters.iter().filter(|c| !c.reachable) {
         t.push_str(&format!("\n{} is UNREACHABLE: {}\n", c.name, c.error.as_deref().unwrap_or("no answer")));
     }
@@ -664,6 +695,35 @@ pub fn render_table(r: &StatusReport) -> String {
             Severity::Warning => "warning",
         };
         t.push_str(&format!("  {sev:<8} {}: {}\n", f.code, f.message));
+    }
+    t
+}
+
+fn drill_section(d: &crate::topology::DrillStatus, cluster: &str) -> String {
+    let how = match (d.passed, &d.finished_at) {
+        (Some(true), Some(f)) => format!("passed, finished {f}"),
+        (_, Some(f)) => format!("FAILED, finished {f}"),
+        _ => "running".into(),
+    };
+    let mut t = format!("\nLast drill on {cluster} (id {}): started {}, {how}\n", d.id, d.started_at);
+    if d.finished_at.is_some() {
+        let n = |v: Option<String>| v.unwrap_or_else(|| "unknown".into());
+        t.push_str(&format!(
+            "  predicted RTO {}, RPO {} revisions / {}\n",
+            n(d.predicted_rto_seconds.map(human_seconds)),
+            n(d.rpo_revisions.map(|r| r.to_string())),
+            n(d.rpo_seconds.map(human_seconds))
+        ));
+    }
+    for s in &d.steps {
+        t.push_str(format!("  {:<11}{:<6}{:<9}{}", s.name, s.outcome, human_seconds(s.seconds), one_line(&s.detail, 90)).trim_end());
+        t.push('\n');
+    }
+    for f in &d.findings {
+        t.push_str(&format!("  preflight {} {} {}: {}\n", f.outcome, f.check, f.target, one_line(&f.detail, 90)));
+    }
+    for f in &d.failures {
+        t.push_str(&format!("  would fail: {}\n", one_line(f, 110)));
     }
     t
 }
@@ -1091,6 +1151,43 @@ mod tests {
         ] {
             assert_eq!(human_seconds(secs), want, "{secs}");
         }
+    }
+
+    #[test]
+    fn the_last_drill_is_a_row_and_a_section() {
+        use crate::topology::{DrillStatus, DrillStepStatus};
+        let step = |name: &str, outcome: &str| DrillStepStatus { name: name.into(), outcome: outcome.into(), seconds: 1.5, detail: format!("{name} said") };
+        let drilled = |passed: Option<bool>| {
+            let mut st = standby_in_sync();
+            st.last_drill = Some(DrillStatus {
+                id: "weekly-7".into(),
+                started_at: "2026-12-01T11:58:05Z".into(),
+                finished_at: passed.map(|_| "2026-12-01T11:59:05Z".into()),
+                passed,
+                predicted_rto_seconds: passed.map(|_| 31.5),
+                rpo_revisions: Some(0),
+                rpo_seconds: Some(1.2),
+                steps: if passed.is_some() { vec![step("preflight", "fail"), step("catch-up", "ok")] } else { vec![] },
+                failures: if passed == Some(false) {
+                    vec!["preflight: 1 of 20 checks failed: dns.provider powerdns: the API key was rejected".into()]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            });
+            report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", st)], &dns_at("10.0.0.10"), now())
+        };
+        let r = drilled(Some(false));
+        let b = &r.clusters[1];
+        assert_eq!(drill_cell(b), "FAILED 1m05s ago: preflight");
+        assert_eq!(drill_cell(&r.clusters[0]), "-", "never drilled");
+        let table = render_table(&r);
+        assert!(table.contains("last drill") && table.contains("Last drill on global-b (id weekly-7): started 2026-12-01T11:58:05Z, FAILED"), "{table}");
+        assert!(table.contains("would fail: preflight: 1 of 20 checks failed: dns.provider powerdns"), "{table}");
+        assert!(table.contains("predicted RTO 31.5s, RPO 0 revisions / 1.2s"), "{table}");
+        assert_eq!(serde_json::to_value(&r).expect("json")["clusters"][1]["lastDrill"]["id"], "weekly-7");
+        assert_eq!(drill_cell(&drilled(Some(true)).clusters[1]), "passed 1m05s ago, RTO 31.5s");
+        assert_eq!(drill_cell(&drilled(None).clusters[1]), "running for 2m05s");
     }
 
     #[test]

@@ -672,6 +672,10 @@ pub struct WebhookHook {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret_ref: Option<SecretRef>,
+    /// The receiver answers drill calls (header `X-Drctl-Drill: true`, `"drill": true` in the
+    /// body) without acting: a drill calls it. Unset, a drill does not call it (and warns).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drill: bool,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -718,6 +722,70 @@ pub struct DRTopologyStatus {
     /// Preflight and Demote), so a disaster failover still raises the term past it.
     #[serde(default)]
     pub peer_term: i64,
+    /// The last drill asked of this cluster by annotation `drctl.io/drill` (`drctl drill`'s
+    /// report): running while `finishedAt` is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillStatus>,
+}
+
+/// A drill's report as kept in status (`src/drill.rs`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillStatus {
+    /// The value of annotation `drctl.io/drill` this drill answered: each value runs once.
+    pub id: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// No step failed; unset while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// The finish of the newest drill that passed (this one or an earlier one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_passed_at: Option<String>,
+    /// FinalSync's catch-up and check as measured, plus the platform record's TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_rto_seconds: Option<f64>,
+    /// Primary revisions not applied here when the drill started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_revisions: Option<i64>,
+    /// Now minus the newest primary heartbeat applied here, when the drill started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<DrillStepStatus>,
+    /// The preflight rows that were not ok.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub findings: Vec<DrillFinding>,
+    /// What a failover now would have stopped at: each failed step with its detail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// One rehearsed step of a drill.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillStepStatus {
+    pub name: String,
+    /// ok, warn or fail.
+    pub outcome: String,
+    pub seconds: f64,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// A preflight row of a drill that was not ok.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillFinding {
+    pub check: String,
+    pub target: String,
+    /// warn or fail.
+    pub outcome: String,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -1,7 +1,8 @@
 //! The alerts and dashboard of gitops/deploy/components/alerts: `promtool check rules` and
 //! `promtool test rules` (a test for every alert), then a real Prometheus scraping a DR pair's
 //! two real controllers, where breaking DNS and stopping the standby's mirror fire the right
-//! alerts and every dashboard query runs.
+//! alerts, a standby never drilled fires DrctlNoRecentPassingDrill until a drill passes, and
+//! every dashboard query runs.
 
 mod support;
 
@@ -240,6 +241,28 @@ async fn prometheus_fires_the_right_alerts_when_dns_breaks_and_the_mirror_stops(
             assert!(!empty || may_be_empty.contains(&title), "dashboard panel {title:?} has no data: {expr}");
         }
     }
+
+    // The standby never passed a drill: its last passing drill is 1970. A drill by annotation
+    // passes and clears the alert.
+    let took = prom.wait_firing("DrctlNoRecentPassingDrill", "global-b", Duration::from_secs(30), &logs(&ca, &cb)).await;
+    println!("a standby never drilled: DrctlNoRecentPassingDrill fired for global-b after {took:?}");
+    assert!(!prom.firing().await.iter().any(|(a, w)| a == "DrctlNoRecentPassingDrill" && w == "global-a"), "the primary is not drilled");
+    pair.b.api.kubectl_ok(&["annotate", "drt", support::pair::TOPOLOGY, "drctl.io/drill=alerts-1"]);
+    let b = pair
+        .wait(&pair.b, "B's drill alerts-1 finished", Duration::from_secs(120), &[&ca, &cb], |s| {
+            s.last_drill.as_ref().is_some_and(|d| d.id == "alerts-1" && d.finished_at.is_some())
+        })
+        .await;
+    let drill = b.status.and_then(|s| s.last_drill).expect("lastDrill");
+    assert_eq!(drill.passed, Some(true), "{drill:#?}");
+    let start = Instant::now();
+    while prom.firing().await.iter().any(|(a, w)| a == "DrctlNoRecentPassingDrill" && w == "global-b") {
+        assert!(start.elapsed() < Duration::from_secs(30), "DrctlNoRecentPassingDrill still fires after a passing drill\n{}", logs(&ca, &cb));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let q = prom.api("/api/v1/query", &[("query", "drctl_last_drill_success{cluster=\"global-b\"}")]).await;
+    assert_eq!(q["result"][0]["value"][1], "1", "{q}");
+    println!("drill alerts-1 passed (predicted RTO {:?}s): DrctlNoRecentPassingDrill cleared after {:?}", drill.predicted_rto_seconds, start.elapsed());
 
     // DNS broken: the platform domain answers an address that is neither VIP.
     pair.pdns.set(&format!("{DOMAIN}."), "A", 30, &["127.0.0.99"]);

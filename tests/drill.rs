@@ -63,7 +63,7 @@ async fn a_drill_on_the_standby_rehearses_without_touching_the_primary() {
 
     let (code, v) = drill(&pair);
     let ok = |n: &str| (n.to_string(), "ok".to_string());
-    assert_eq!(outcomes(&v), vec![ok("preflight"), ok("catch-up"), ok("check"), ok("read-back")], "{v:#}");
+    assert_eq!(outcomes(&v), vec![ok("preflight"), ok("catch-up"), ok("check"), ok("read-back"), ok("dns"), ok("hooks")], "{v:#}");
     assert_eq!(code, 0);
     let read_back = v["steps"][3]["detail"].as_str().unwrap_or("");
     assert!(read_back.contains("Secrets included") && !read_back.contains("failed"), "{read_back}");

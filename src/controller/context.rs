@@ -47,6 +47,8 @@ pub struct Context {
     pub heartbeat: Arc<crate::heartbeat::Heartbeat>,
     /// The scheduled preflight behind the `Preflight` condition.
     pub preflight: crate::preflight::Periodic,
+    /// The drill annotation `drctl.io/drill` asked for, while it runs beside the reconciles.
+    pub drill: crate::drill::Running,
     /// Consecutive failed reconciles per DRTopology, for the backoff of transient errors.
     pub(super) failures: std::sync::Mutex<HashMap<String, u32>>,
 }

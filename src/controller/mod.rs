@@ -74,6 +74,7 @@ pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
         fingerprint_error: std::sync::Mutex::new(None),
         failures: std::sync::Mutex::default(),
         preflight: Default::default(),
+        drill: Default::default(),
         heartbeat: Arc::default(),
         args: args.clone(),
     });
@@ -303,8 +304,16 @@ async fn remembering(ctx: &Context, api: &Api<DRTopology>, topo: &DRTopology) ->
 /// Writes the status and its metrics, and requeues after `after`.
 async fn finish(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, after: Duration) -> Result<Requeue, Error> {
     refresh_preflight(ctx, topo, w);
+    let drill = drill_duty(ctx, topo, w).await;
     heartbeat_duty(ctx, topo, &w.status).await;
     w.write().await?;
+    // Started once `status.lastDrill` records its id: a controller restarted from here on
+    // finds it unfinished and never runs it again.
+    if let Some((id, v)) = drill {
+        let (client, me, opts) = (ctx.client.clone(), ctx.self_name().to_string(), crate::drill::Options::new(&ctx.args.namespace));
+        info!(id, "drill started");
+        ctx.drill.start(id, tokio::spawn(async move { (crate::drill::run_drill(&client, &v, &me, &opts).await, Timestamp::now()) }));
+    }
     ctx.metrics.observe_status(&w.status);
     ctx.metrics.observe_thresholds(&Thresholds::of(topo));
     Ok(Requeue::requeue(after))
@@ -360,6 +369,53 @@ fn refresh_preflight(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) {
         let (ok, reason, msg) = crate::preflight::condition(&rows);
         set_condition(&mut w.status, ConditionType::Preflight, ok, reason, &msg, topo.metadata.generation);
     }
+}
+
+/// Records a drill that finished (status, Event), and one a restarted controller left
+/// unfinished; returns the drill to start when annotation `drctl.io/drill` names a new id (an
+/// invalid spec is recorded as that drill's failure, not run).
+async fn drill_duty(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter) -> Option<(String, ValidatedTopology)> {
+    use crate::drill::{self, Duty};
+    let now = Timestamp::now();
+    if let Some((id, result, ended)) = ctx.drill.take_finished() {
+        match w.status.last_drill.as_ref().filter(|d| d.id == id) {
+            Some(running) => {
+                let done = drill::record(running, &result, ended);
+                drill_event(ctx, topo, &done).await;
+                w.status.last_drill = Some(done);
+            }
+            None => warn!(id, "a finished drill no longer in status.lastDrill: its report is dropped"),
+        }
+    }
+    let requested = topo.annotations().get(drill::DRILL_ANNOTATION).map(String::as_str);
+    if drill::duty(requested, w.status.last_drill.as_ref(), ctx.drill.is_running()) == Duty::Interrupted {
+        if let Some(running) = w.status.last_drill.as_ref() {
+            let done = drill::record(running, &Err("interrupted: the controller stopped before the drill finished; annotate a new id to run one".into()), now);
+            drill_event(ctx, topo, &done).await;
+            w.status.last_drill = Some(done);
+        }
+    }
+    let Duty::Start(id) = drill::duty(requested, w.status.last_drill.as_ref(), ctx.drill.is_running()) else { return None };
+    let running = drill::started(&id, now, w.status.last_drill.as_ref());
+    match parse(topo, ctx.self_name()) {
+        Ok(v) => {
+            ctx.event_on(topo, EventType::Normal, "DrillStarted", "Drill", format!("drill {id} started on {}", ctx.self_name())).await;
+            w.status.last_drill = Some(running);
+            Some((id, v))
+        }
+        Err(errors) => {
+            let done = drill::record(&running, &Err(format!("the spec is invalid: {}", errors.join("; "))), now);
+            drill_event(ctx, topo, &done).await;
+            w.status.last_drill = Some(done);
+            None
+        }
+    }
+}
+
+async fn drill_event(ctx: &Context, topo: &DRTopology, d: &crate::topology::DrillStatus) {
+    let (warning, reason, note) = crate::drill::event(d);
+    info!(id = d.id, passed = d.passed, "drill finished");
+    ctx.event_on(topo, if warning { EventType::Warning } else { EventType::Normal }, reason, "Drill", note).await;
 }
 
 /// The spec as this controller acts on it, or what is wrong with it: every validation error,

@@ -448,7 +448,15 @@ impl Runbook<'_> {
                 done.push(msg);
                 continue;
             }
-            let input = hooks::HookInput { hook: &h.name, phase, topology: &self.topo.name(), from: self.peer_name, to: self.self_name(), failover_id: &id };
+            let input = hooks::HookInput {
+                hook: &h.name,
+                phase,
+                topology: &self.topo.name(),
+                from: self.peer_name,
+                to: self.self_name(),
+                failover_id: &id,
+                drill: false,
+            };
             match hooks::run(&self.ctx.client, &secrets, h, &input).await.map_err(|e| StepError::Hook(Box::new(e)))? {
                 hooks::HookRun::Done(msg) => {
                     self.failover()?.hooks_done.push(HookDone { phase: phase.to_string(), name: h.name.clone(), message: msg.clone() });

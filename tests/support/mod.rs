@@ -317,6 +317,23 @@ impl ApiServer {
         self.spawn();
         self.wait_ready();
     }
+
+    /// Restarts with encryption at rest as `config` (an EncryptionConfiguration) says; waits
+    /// until it is ready, or with `ready` false only until it serves (`/livez`): an apiserver
+    /// that cannot decrypt a stored Secret never becomes ready (its Secret cache cannot list).
+    pub fn restart_encrypting(&mut self, config: &Path, ready: bool) {
+        self.server.encryption_config = Some(config.to_path_buf());
+        if ready {
+            return self.restart();
+        }
+        self.kill();
+        self.spawn();
+        let start = std::time::Instant::now();
+        while !self.kubectl(&["get", "--raw", "/livez"]).is_ok_and(|o| o.status.success()) {
+            assert!(start.elapsed() < std::time::Duration::from_secs(90), "kube-apiserver not live:\n{}", procs::tail(&self.server.log()));
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
 }
 
 impl Drop for ApiServer {

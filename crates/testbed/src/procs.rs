@@ -495,6 +495,9 @@ pub struct ApiServer {
     /// The client certificate it shows an etcd that requires one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_tls: Option<EtcdTls>,
+    /// `--encryption-provider-config`: encryption at rest of what the file names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_config: Option<PathBuf>,
 }
 
 impl ApiServer {
@@ -506,7 +509,8 @@ impl ApiServer {
         let kubeconfig = dir.join("kubeconfig");
         let write = |path: &Path, user: &Issued| write_private(path, &kubeconfig_yaml(&url, &pki.ca_pem, user));
         write(&kubeconfig, &pki.admin)?;
-        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None };
+        let a =
+            ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None, encryption_config: None };
         write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
         write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
         Ok(a)
@@ -565,6 +569,9 @@ impl ApiServer {
                 format!("--etcd-certfile={}", t.cert.display()),
                 format!("--etcd-keyfile={}", t.key.display()),
             ]);
+        }
+        if let Some(c) = &self.encryption_config {
+            cmd.arg(format!("--encryption-provider-config={}", c.display()));
         }
         cmd
     }
