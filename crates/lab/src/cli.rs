@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::flip::{self, Scenario};
 use super::out::Out;
-use super::{default_dir, down, status, supervise, up, LabState};
+use super::{default_dir, down, drill, status, supervise, up, LabState};
 
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
@@ -20,6 +20,9 @@ pub enum LabCommand {
     Disaster(FlipArgs),
     /// Start the globals `disaster` stopped again; they come back as standbys of the new primary.
     Recover(DirArg),
+    /// A DR drill on the standby (the `drctl.io/drill` annotation), followed to its report:
+    /// every failover step that moves no traffic, the primary only read.
+    Drill(DirArg),
     /// Primary, DNS answer and each global's role, phase and missed keys, read live.
     Status {
         #[command(flatten)]
@@ -75,6 +78,9 @@ pub async fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
             flip::flip(&f.dir.path(), Scenario::Disaster, !f.no_refresh, &o).await?;
         }
         LabCommand::Recover(d) => up::recover(&d.path(), &o).await?,
+        LabCommand::Drill(d) => {
+            drill::drill(&d.path(), &o).await?;
+        }
         LabCommand::Status { dir, json } => {
             let state = LabState::require(&dir.path())?;
             let s = status::read(&state).await;

@@ -10,6 +10,7 @@
 
 pub mod argo;
 pub mod cli;
+pub mod drill;
 pub mod flip;
 pub mod out;
 pub mod repo;

@@ -125,7 +125,7 @@ fn drctl_lab_runs_the_drctl_lab_binary() {
     let help = drctl().args(["lab", "--help"]).output().expect("run drctl lab --help");
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(help.status.success(), "drctl lab --help: {}", String::from_utf8_lossy(&help.stderr));
-    for cmd in ["up", "flip", "disaster", "recover", "status", "down"] {
+    for cmd in ["up", "flip", "disaster", "recover", "drill", "status", "down"] {
         assert!(text.lines().any(|l| l.trim_start().starts_with(cmd)), "drctl lab --help lists {cmd}:\n{text}");
     }
     let empty = tempfile::tempdir().expect("tempdir");
@@ -196,6 +196,15 @@ fn planned_switchover_by_pull_request() {
     // Pods become Ready on kwok's nodes: the failover's restart target is a real rollout.
     let out = lab.kubectl("global-a", &["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "True True", "global-a's kwok nodes are Ready");
+
+    // A drill on the standby first: it passes, and nothing moves.
+    let drilled = lab.run(&["drill"]);
+    assert!(drilled.contains("Drill lab-") && drilled.contains("on global-b") && drilled.contains("passed"), "{drilled}");
+    assert!(drilled.contains("predicted RTO") && drilled.contains("catch-up") && drilled.contains("read-back"), "{drilled}");
+    assert_eq!(lab.dig(), vec!["127.0.0.10"], "a drill never moves the platform name");
+    let s = lab.status();
+    let (a, b) = (cluster(&s, "global-a"), cluster(&s, "global-b"));
+    assert_eq!((a["role"].as_str(), b["role"].as_str()), (Some("Primary"), Some("Standby")), "{s}");
 
     lab.put("global-a", "before-flip", "written on global-a");
     let shown = lab.run(&["flip"]);
