@@ -8,6 +8,7 @@ pub mod dns;
 pub mod etcd_cluster;
 pub mod faults;
 pub mod health;
+pub mod node;
 pub mod pair;
 pub mod partition;
 pub mod ssh;
@@ -226,19 +227,27 @@ impl ApiServer {
 
     /// Waits for this spawned apiserver; when it does not start, a new one on a fresh port.
     fn ready_or_relaunch(self, etcd: &Etcd) -> ApiServer {
+        let service_accounts = self.server.service_account_admission;
         let mut spawned = Some(self);
         on_fresh_ports("kube-apiserver", || {
-            let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_new(etcd));
+            let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_with(etcd, service_accounts));
             let child = a.child.as_mut().expect("apiserver spawned");
             a.server.wait_ready(kube_bin_dir(), child).map(|()| a)
         })
     }
 
     fn spawn_new(etcd: &Etcd) -> ApiServer {
+        ApiServer::spawn_with(etcd, false)
+    }
+
+    /// `service_accounts`: the ServiceAccount admission plugin mounts each Pod's token (a global
+    /// with a real node).
+    fn spawn_with(etcd: &Etcd, service_accounts: bool) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         // Every member, as a control-plane node's apiserver is given them.
         let mut server = procs::ApiServer::prepare(dir.path(), &etcd.member_urls().join(",")).expect("apiserver pki");
         server.etcd_tls = etcd.tls.clone();
+        server.service_account_admission = service_accounts;
         let mut a = ApiServer { child: None, url: server.url.clone(), kubeconfig: server.kubeconfig.clone(), dir, server };
         a.spawn();
         a
@@ -352,6 +361,14 @@ impl Global {
     pub fn start(name: &str) -> Global {
         let etcd = Etcd::start();
         let api = ApiServer::start(&etcd);
+        Global { name: name.to_string(), control_plane: None, api, etcd }
+    }
+
+    /// A global whose apiserver mounts ServiceAccount tokens into Pods, for a real node
+    /// ([`node::Node`]).
+    pub fn start_for_real_node(name: &str) -> Global {
+        let etcd = Etcd::start();
+        let api = ApiServer::spawn_with(&etcd, true).ready_or_relaunch(&etcd);
         Global { name: name.to_string(), control_plane: None, api, etcd }
     }
 

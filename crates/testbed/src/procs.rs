@@ -495,6 +495,11 @@ pub struct ApiServer {
     /// The client certificate it shows an etcd that requires one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_tls: Option<EtcdTls>,
+    /// Runs the ServiceAccount admission plugin, which mounts each Pod's token: only for a
+    /// global with a real node (`kubelet`). Off elsewhere, where Pods go to kwok's fake nodes,
+    /// often before their namespace's ServiceAccount exists.
+    #[serde(default)]
+    pub service_account_admission: bool,
 }
 
 impl ApiServer {
@@ -506,7 +511,7 @@ impl ApiServer {
         let kubeconfig = dir.join("kubeconfig");
         let write = |path: &Path, user: &Issued| write_private(path, &kubeconfig_yaml(&url, &pki.ca_pem, user));
         write(&kubeconfig, &pki.admin)?;
-        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None };
+        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None, service_account_admission: false };
         write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
         write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
         Ok(a)
@@ -554,11 +559,13 @@ impl ApiServer {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--authorization-mode=RBAC".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
             "--allow-privileged=true".into(),
             "--endpoint-reconciler-type=none".into(),
             "-v=1".into(),
         ]);
+        if !self.service_account_admission {
+            cmd.arg("--disable-admission-plugins=ServiceAccount");
+        }
         if let Some(t) = &self.etcd_tls {
             cmd.args([
                 format!("--etcd-cafile={}", t.ca.display()),
