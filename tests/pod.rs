@@ -1,27 +1,196 @@
-//! The controller as a real Pod on a real node.
+//! Issue 21, item 1: the `gitops/` tree installed into a global through its real Argo CD, under
+//! a namespace (`dr-platform`) and an Argo CD namespace (`gitops-system`) that are not the
+//! defaults, every object Synced and Healthy; the controller then runs as a real Pod of that
+//! Deployment, from the image `make image` built, on a real node (containerd, runc and a kubelet:
+//! `drctl_testbed::kubelet`), and does its job as global-b's standby: it replicates global-a.
+//!
+//! What the test overlay changes, and why (the rest is `gitops/` as shipped):
+//! - `imagePullPolicy: Never` and the image's local name: there is no registry; the image is
+//!   imported into the node's containerd.
+//! - `hostNetwork: true` (so the namespace is PSA `privileged`, which `baseline` would refuse):
+//!   the test bed's etcds and apiservers listen on loopback only, which a Pod's own network
+//!   namespace cannot reach. For the same reason `KUBERNETES_SERVICE_HOST`/`_PORT` name the
+//!   apiserver's loopback address (no kube-proxy serves the `kubernetes` Service's ClusterIP),
+//!   and the controller listens on a free port, not 8080, which the host may use.
+//! - a `nodeSelector` for the real node: the global's other nodes are kwok's fakes.
+//!
+//! Only global-b has a real node (and its Argo CD): global-a's controller runs as a process,
+//! as in the other tests. Needs root, Debian's containerd and runc (`make deps`) and the image
+//! (`make image`); where any is missing the test fails saying so.
 
 mod support;
 
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
+use drctl::topology::{DRTopologyStatus, Phase, Role};
+use serde_json::Value;
+use support::argocd::{self, ArgoCd};
 use support::node::Node;
+use support::pair::Pair;
 use support::Global;
 
-#[test]
-fn smoke_node() {
-    let mut g = Global::start_for_real_node("global-a");
-    g.start_control_plane(0);
-    let node = Node::start(&g, 0);
+const NS: &str = "dr-platform";
+const ARGOCD_NS: &str = "gitops-system";
+const OVERLAY: &str = "deploy/overlays/test-real-node";
+const CHECK_TOKEN: &str = "s3cret-check-token-for-the-test";
+
+fn standby_in_sync(s: &DRTopologyStatus) -> bool {
+    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
+}
+
+fn git(repo: &Path, args: &[&str]) {
+    let out = Command::new("git").arg("-C").arg(repo).args(args).output().expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The test overlay over `deploy/overlays/global-b` (see the module comment for each change).
+fn test_overlay(image: &str, node: &str, listen_port: u16, api_port: u16) -> String {
+    let (name, tag) = image.rsplit_once(':').expect("image tag");
+    format!(
+        r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: {NS}
+resources: [../global-b]
+images:
+  - name: registry.example.com/platform/drctl
+    newName: {name}
+    newTag: "{tag}"
+patches:
+  - patch: |-
+      apiVersion: v1
+      kind: Namespace
+      metadata:
+        name: drctl-system
+        labels:
+          pod-security.kubernetes.io/enforce: privileged
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: drctl-controller
+        namespace: drctl-system
+      spec:
+        template:
+          spec:
+            hostNetwork: true
+            nodeSelector:
+              kubernetes.io/hostname: {node}
+            containers:
+              - name: controller
+                imagePullPolicy: Never
+                args: [controller, --cluster-name, $(CLUSTER_NAME), --listen, "0.0.0.0:{listen_port}", --check-token-file, /var/run/drctl/check-token/token, --lease-seconds=6]
+                ports:
+                  - name: http
+                    containerPort: {listen_port}
+                env:
+                  - name: KUBERNETES_SERVICE_HOST
+                    value: 127.0.0.1
+                  - name: KUBERNETES_SERVICE_PORT
+                    value: "{api_port}"
+"#
+    )
+}
+
+/// A Git repository holding a copy of `gitops/` with the test overlay and the pair's topology.
+fn gitops_repo(dir: &Path, overlay: &str, topology: &str) -> std::path::PathBuf {
+    let repo = dir.join("dr-gitops");
+    std::fs::create_dir_all(&repo).expect("mkdir repo");
+    let out = Command::new("cp").arg("-r").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/.")).arg(&repo).output().expect("cp");
+    assert!(out.status.success(), "copy gitops/: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::create_dir_all(repo.join(OVERLAY)).expect("mkdir overlay");
+    std::fs::write(repo.join(OVERLAY).join("kustomization.yaml"), overlay).expect("write overlay");
+    std::fs::write(repo.join("topology/drtopology.yaml"), topology).expect("write topology");
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "add", "-A"]);
+    git(&repo, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-qm", "drctl for the DR pair"]);
+    repo
+}
+
+/// The pair's topology as Git holds it, with the annotations of `gitops/topology/drtopology.yaml`.
+fn topology_in_git(pair: &Pair) -> String {
+    pair.topology_yaml("global-a").replacen(
+        "metadata:\n  name: platform\n",
+        "metadata:\n  name: platform\n  annotations:\n    argocd.argoproj.io/sync-options: Delete=false,Prune=false,SkipDryRunOnMissingResource=true\n    drctl.io/health-max-lag-seconds: \"60\"\n",
+        1,
+    )
+}
+
+fn controller_pod(g: &Global) -> Value {
+    let out = g.api.kubectl_ok(&["-n", NS, "get", "pods", "-l", "app.kubernetes.io/name=drctl", "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("pod list");
+    let pods = list["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pods.len(), 1, "one controller Pod: {out}");
+    pods[0].clone()
+}
+
+/// `GET path` on the controller's port of the node, with an optional bearer token; the status.
+fn http_status(addr: &str, path: &str, token: Option<&str>) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() {
+    let started = Instant::now();
+    let globals = (Global::start("global-a"), Global::start_for_real_node("global-b"));
+    let mut pair = Pair::start_in(globals, NS, Some("global-b")).await;
+    pair.spec_extra = format!("  argocd:\n    namespace: {ARGOCD_NS}\n");
+    pair.b.start_control_plane(1);
+    let node = Node::start(&pair.b, 0);
     let image = node.import_drctl_image();
-    eprintln!("image {image}");
-    let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: v, namespace: default}}\nspec:\n  nodeName: {}\n  hostNetwork: true\n  restartPolicy: Never\n  containers:\n  - name: c\n    image: {image}\n    imagePullPolicy: Never\n    args: [\"--version\"]\n", node.node.name);
-    let (ok, out) = g.api.apply_stdin(&pod);
-    assert!(ok, "{out}");
-    for _ in 0..120 {
-        let p = g.api.kubectl_ok(&["get", "pod", "v", "-o", "jsonpath={.status.phase}"]);
-        eprintln!("{p}");
-        if p == "Succeeded" || p == "Failed" { break; }
-        std::thread::sleep(Duration::from_secs(1));
+    let node_up = started.elapsed();
+    let mut argo = ArgoCd::start(&pair.b, 1, ARGOCD_NS);
+
+    // What the operator creates by hand (Secrets are never in Git): the /check token.
+    pair.b.api.kubectl_ok(&["-n", NS, "create", "secret", "generic", "drctl-check-token", &format!("--from-literal=token={CHECK_TOKEN}")]);
+    let listen_port = support::free_port();
+    let api_port: u16 = pair.b.api.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("apiserver port");
+    let repo = gitops_repo(pair.dir.path(), &test_overlay(&image, &node.node.name, listen_port, api_port), &topology_in_git(&pair));
+    let (ok, out) = pair.b.api.apply_stdin(&argocd::applications("global-b", &repo, ARGOCD_NS, NS, OVERLAY));
+    assert!(ok, "apply the Applications: {out}");
+
+    // global-a: the primary, its topology applied and its controller run as the other tests do.
+    pair.apply(&pair.a, &pair.topology_yaml("global-a"));
+    let ca = pair.controller(&pair.a, &[]);
+
+    let app = argo.wait_synced_and_healthy(&pair.b, "drctl-controller", Duration::from_secs(150));
+    let kinds: Vec<String> = app["status"]["resources"].as_array().expect("resources").iter().map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))).collect();
+    for want in ["Namespace/dr-platform", "CustomResourceDefinition/drtopologies.drctl.io", "Deployment/drctl-controller", "ServiceAccount/drctl-controller", "Service/drctl-controller"] {
+        assert!(kinds.iter().any(|k| k == want), "{want} not managed by the Application: {kinds:?}");
     }
-    eprintln!("{}", g.api.kubectl_ok(&["logs", "v"]));
+    let installed = started.elapsed();
+
+    // The Pod: on the real node, Ready through its real probes, with the token the kubelet
+    // requested for its ServiceAccount and the check-token Secret mounted.
+    let pod = controller_pod(&pair.b);
+    assert_eq!(pod["spec"]["nodeName"], node.node.name.as_str(), "{pod}");
+    let ready = pod["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+    assert!(ready, "{}", pod["status"]);
+    let volumes = pod["spec"]["volumes"].to_string();
+    assert!(volumes.contains("kube-api-access") && volumes.contains("serviceAccountToken"), "the ServiceAccount token is mounted: {volumes}");
+    assert!(volumes.contains("drctl-check-token"), "{volumes}");
+    assert_eq!(pod["spec"]["containers"][0]["image"], image.as_str());
+
+    // The pod-run controller as global-b's standby: in sync with global-a.
+    pair.wait(&pair.b, "the Pod's controller: global-b standby in sync", Duration::from_secs(90), &[&ca], standby_in_sync).await;
+    // Argo CD's health check for the DRTopology (gitops/health) reads the status it wrote.
+    argo.wait_synced_and_healthy(&pair.b, "drtopology", Duration::from_secs(90));
+
+    // /check answers the token of the mounted Secret, and only it.
+    let addr = format!("{}:{listen_port}", node.node.ip);
+    assert_eq!(http_status(&addr, "/readyz", None), Some(200));
+    assert_eq!(http_status(&addr, "/check", Some(CHECK_TOKEN)).map(|s| s != 401 && s != 403), Some(true), "the mounted token is accepted");
+    assert!(matches!(http_status(&addr, "/check", Some("wrong")), Some(401 | 403)), "a wrong token is refused");
+
+    let restarts = controller_pod(&pair.b)["status"]["containerStatuses"][0]["restartCount"].as_i64();
+    assert_eq!(restarts, Some(0), "the controller Pod never restarted");
+    eprintln!("node Ready with images imported after {node_up:?}; gitops/ Synced and Healthy after {installed:?}; standby in sync and checked after {:?}", started.elapsed());
 }

@@ -4,6 +4,7 @@
 //! when the test process dies (PR_SET_PDEATHSIG), so a crashed test leaves nothing behind.
 #![allow(dead_code)]
 
+pub mod argocd;
 pub mod dns;
 pub mod etcd_cluster;
 pub mod faults;
