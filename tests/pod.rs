@@ -1,10 +1,11 @@
-//! Issue 21, item 1: the `gitops/` tree installed into a global through its real Argo CD, under
-//! a namespace (`dr-platform`) and an Argo CD namespace (`gitops-system`) that are not the
-//! defaults, every object Synced and Healthy; the controller then runs as a real Pod of that
-//! Deployment, from the image `make image` built, on a real node (containerd, runc and a kubelet:
-//! `drctl_testbed::kubelet`), and does its job as global-b's standby: it replicates global-a.
+//! Issue 21, item 1: the `gitops/` tree installed into both globals through each one's real
+//! Argo CD, under a namespace (`dr-platform`) and an Argo CD namespace (`gitops-system`) that are
+//! not the defaults, every object Synced and Healthy; global-b's controller then runs as a real
+//! Pod of that Deployment, from the image `make image` built, on a real node (containerd, runc and
+//! a kubelet: `drctl_testbed::kubelet`), and does its job as the standby: it replicates global-a,
+//! with nothing missed and nothing surplus (Argo CD's own namespace is left out on both sides).
 //!
-//! What the test overlay changes, and why (the rest is `gitops/` as shipped):
+//! What global-b's test overlay changes, and why (the rest is `gitops/` as shipped):
 //! - `imagePullPolicy: Never` and the image's local name: there is no registry; the image is
 //!   imported into the node's containerd.
 //! - `hostNetwork: true` (so the namespace is PSA `privileged`, which `baseline` would refuse):
@@ -14,9 +15,11 @@
 //!   and the controller listens on a free port, not 8080, which the host may use.
 //! - a `nodeSelector` for the real node: the global's other nodes are kwok's fakes.
 //!
-//! Only global-b has a real node (and its Argo CD): global-a's controller runs as a process,
-//! as in the other tests. Needs root, Debian's containerd and runc (`make deps`) and the image
-//! (`make image`); where any is missing the test fails saying so.
+//! Only global-b has a real node: one kubelet per machine is what has been tried here (two would
+//! need their own cgroup roots, ports and bridges, which `RealNode` has, but not the time to
+//! prove them). global-a's overlay scales the Deployment to 0 and its controller runs as a
+//! process, as in the other tests. Needs root, Debian's containerd and runc (`make deps`) and the
+//! image (`make image`); where any is missing the test fails saying so.
 
 mod support;
 
@@ -33,11 +36,12 @@ use support::Global;
 
 const NS: &str = "dr-platform";
 const ARGOCD_NS: &str = "gitops-system";
-const OVERLAY: &str = "deploy/overlays/test-real-node";
+const OVERLAY_A: &str = "deploy/overlays/test-process";
+const OVERLAY_B: &str = "deploy/overlays/test-real-node";
 const CHECK_TOKEN: &str = "s3cret-check-token-for-the-test";
 
 fn standby_in_sync(s: &DRTopologyStatus) -> bool {
-    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
+    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0) && y.surplus_keys == Some(0))
 }
 
 fn git(repo: &Path, args: &[&str]) {
@@ -45,8 +49,28 @@ fn git(repo: &Path, args: &[&str]) {
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// global-a's overlay: its controller runs as a process of the test (no real node for it).
+fn overlay_a() -> String {
+    format!(
+        r#"apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: {NS}
+resources: [../global-a]
+patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: Deployment
+      metadata:
+        name: drctl-controller
+        namespace: drctl-system
+      spec:
+        replicas: 0
+"#
+    )
+}
+
 /// The test overlay over `deploy/overlays/global-b` (see the module comment for each change).
-fn test_overlay(image: &str, node: &str, listen_port: u16, api_port: u16) -> String {
+fn overlay_b(image: &str, node: &str, listen_port: u16, api_port: u16) -> String {
     let (name, tag) = image.rsplit_once(':').expect("image tag");
     format!(
         r#"apiVersion: kustomize.config.k8s.io/v1beta1
@@ -81,26 +105,31 @@ patches:
               - name: controller
                 imagePullPolicy: Never
                 args: [controller, --cluster-name, $(CLUSTER_NAME), --listen, "0.0.0.0:{listen_port}", --check-token-file, /var/run/drctl/check-token/token, --lease-seconds=6]
-                ports:
-                  - name: http
-                    containerPort: {listen_port}
                 env:
                   - name: KUBERNETES_SERVICE_HOST
                     value: 127.0.0.1
                   - name: KUBERNETES_SERVICE_PORT
                     value: "{api_port}"
+  # Ports merge on containerPort: a strategic merge would add a second port named http.
+  - target: {{kind: Deployment, name: drctl-controller}}
+    patch: |-
+      - op: replace
+        path: /spec/template/spec/containers/0/ports/0/containerPort
+        value: {listen_port}
 "#
     )
 }
 
-/// A Git repository holding a copy of `gitops/` with the test overlay and the pair's topology.
-fn gitops_repo(dir: &Path, overlay: &str, topology: &str) -> std::path::PathBuf {
+/// A Git repository holding a copy of `gitops/` with the test overlays and the pair's topology.
+fn gitops_repo(dir: &Path, overlays: &[(&str, String)], topology: &str) -> std::path::PathBuf {
     let repo = dir.join("dr-gitops");
     std::fs::create_dir_all(&repo).expect("mkdir repo");
     let out = Command::new("cp").arg("-r").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/.")).arg(&repo).output().expect("cp");
     assert!(out.status.success(), "copy gitops/: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::create_dir_all(repo.join(OVERLAY)).expect("mkdir overlay");
-    std::fs::write(repo.join(OVERLAY).join("kustomization.yaml"), overlay).expect("write overlay");
+    for (path, overlay) in overlays {
+        std::fs::create_dir_all(repo.join(path)).expect("mkdir overlay");
+        std::fs::write(repo.join(path).join("kustomization.yaml"), overlay).expect("write overlay");
+    }
     std::fs::write(repo.join("topology/drtopology.yaml"), topology).expect("write topology");
     git(&repo, &["init", "-q", "-b", "main"]);
     git(&repo, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "add", "-A"]);
@@ -137,37 +166,46 @@ fn http_status(addr: &str, path: &str, token: Option<&str>) -> Option<u16> {
     body.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The Application `drctl-controller` manages the objects of `gitops/deploy` it should.
+fn assert_manages_the_install(app: &Value) {
+    let kinds: Vec<String> =
+        app["status"]["resources"].as_array().expect("resources").iter().map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))).collect();
+    for want in ["Namespace/dr-platform", "CustomResourceDefinition/drtopologies.drctl.io", "Deployment/drctl-controller", "ServiceAccount/drctl-controller", "Service/drctl-controller"] {
+        assert!(kinds.iter().any(|k| k == want), "{want} not managed by the Application: {kinds:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() {
     let started = Instant::now();
     let globals = (Global::start("global-a"), Global::start_for_real_node("global-b"));
-    let mut pair = Pair::start_in(globals, NS, Some("global-b")).await;
+    let mut pair = Pair::start_in(globals, NS, true).await;
     pair.spec_extra = format!("  argocd:\n    namespace: {ARGOCD_NS}\n");
+    pair.a.start_control_plane(0);
     pair.b.start_control_plane(1);
     let node = Node::start(&pair.b, 0);
     let image = node.import_drctl_image();
     let node_up = started.elapsed();
-    let mut argo = ArgoCd::start(&pair.b, 1, ARGOCD_NS);
+    let mut argo_a = ArgoCd::start(&pair.a, 0, ARGOCD_NS);
+    let mut argo_b = ArgoCd::start(&pair.b, 1, ARGOCD_NS);
 
     // What the operator creates by hand (Secrets are never in Git): the /check token.
     pair.b.api.kubectl_ok(&["-n", NS, "create", "secret", "generic", "drctl-check-token", &format!("--from-literal=token={CHECK_TOKEN}")]);
     let listen_port = support::free_port();
     let api_port: u16 = pair.b.api.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("apiserver port");
-    let repo = gitops_repo(pair.dir.path(), &test_overlay(&image, &node.node.name, listen_port, api_port), &topology_in_git(&pair));
-    let (ok, out) = pair.b.api.apply_stdin(&argocd::applications("global-b", &repo, ARGOCD_NS, NS, OVERLAY));
-    assert!(ok, "apply the Applications: {out}");
-
-    // global-a: the primary, its topology applied and its controller run as the other tests do.
-    pair.apply(&pair.a, &pair.topology_yaml("global-a"));
-    let ca = pair.controller(&pair.a, &[]);
-
-    let app = argo.wait_synced_and_healthy(&pair.b, "drctl-controller", Duration::from_secs(150));
-    let kinds: Vec<String> = app["status"]["resources"].as_array().expect("resources").iter().map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))).collect();
-    for want in ["Namespace/dr-platform", "CustomResourceDefinition/drtopologies.drctl.io", "Deployment/drctl-controller", "ServiceAccount/drctl-controller", "Service/drctl-controller"] {
-        assert!(kinds.iter().any(|k| k == want), "{want} not managed by the Application: {kinds:?}");
+    let overlays = [(OVERLAY_A, overlay_a()), (OVERLAY_B, overlay_b(&image, &node.node.name, listen_port, api_port))];
+    let repo = gitops_repo(pair.dir.path(), &overlays, &topology_in_git(&pair));
+    for (g, overlay) in [(&pair.a, OVERLAY_A), (&pair.b, OVERLAY_B)] {
+        let (ok, out) = g.api.apply_stdin(&argocd::applications(&g.name, &repo, ARGOCD_NS, NS, overlay));
+        assert!(ok, "apply the Applications to {}: {out}", g.name);
     }
-    let installed = started.elapsed();
 
+    assert_manages_the_install(&argo_a.wait_synced_and_healthy(&pair.a, "drctl-controller", Duration::from_secs(150)));
+    // global-a's controller, once its Argo CD installed the CRD.
+    pair.a.api.wait_crd("drtopologies.drctl.io");
+    let ca = pair.controller(&pair.a, &[]);
+    assert_manages_the_install(&argo_b.wait_synced_and_healthy(&pair.b, "drctl-controller", Duration::from_secs(150)));
+    let installed = started.elapsed();
     // The Pod: on the real node, Ready through its real probes, with the token the kubelet
     // requested for its ServiceAccount and the check-token Secret mounted.
     let pod = controller_pod(&pair.b);
@@ -181,8 +219,9 @@ async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() 
 
     // The pod-run controller as global-b's standby: in sync with global-a.
     pair.wait(&pair.b, "the Pod's controller: global-b standby in sync", Duration::from_secs(90), &[&ca], standby_in_sync).await;
-    // Argo CD's health check for the DRTopology (gitops/health) reads the status it wrote.
-    argo.wait_synced_and_healthy(&pair.b, "drtopology", Duration::from_secs(90));
+    // Argo CD's health check for the DRTopology (gitops/health) reads the status each wrote.
+    argo_b.wait_synced_and_healthy(&pair.b, "drtopology", Duration::from_secs(90));
+    argo_a.wait_synced_and_healthy(&pair.a, "drtopology", Duration::from_secs(60));
 
     // /check answers the token of the mounted Secret, and only it.
     let addr = format!("{}:{listen_port}", node.node.ip);

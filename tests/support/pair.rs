@@ -91,12 +91,12 @@ impl Pair {
     }
 
     async fn start_on(globals: (Global, Global)) -> Pair {
-        Pair::start_in(globals, NAMESPACE, None).await
+        Pair::start_in(globals, NAMESPACE, false).await
     }
 
-    /// A pair with drctl's Secrets in `namespace`. The CRD is applied with kubectl to each
-    /// global except `crd_from_argocd`, whose Argo CD installs it with the rest of `gitops/`.
-    pub async fn start_in((a, b): (Global, Global), namespace: &str, crd_from_argocd: Option<&str>) -> Pair {
+    /// A pair with drctl's Secrets in `namespace`. The CRD is applied with kubectl unless
+    /// `crd_from_argocd`: each global's Argo CD installs it with the rest of `gitops/`.
+    pub async fn start_in((a, b): (Global, Global), namespace: &str, crd_from_argocd: bool) -> Pair {
         let pdns = PowerDnsServer::start(ZONE);
         pdns.set(&format!("{DOMAIN}."), "A", 30, &[VIP_A]);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -115,8 +115,7 @@ impl Pair {
             namespace: namespace.to_string(),
         };
         for (g, peer) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
-            let crd_by_kubectl = crd_from_argocd != Some(g.name.as_str());
-            if crd_by_kubectl {
+            if !crd_from_argocd {
                 g.api.kubectl_ok(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")]);
             }
             g.api.kubectl_ok(&["create", "namespace", namespace]);
@@ -137,7 +136,7 @@ impl Pair {
                     secret(&format!("{}-etcd-tls", e.name), &[&file("ca.crt", &t.ca), &file("tls.crt", &t.cert), &file("tls.key", &t.key)]);
                 }
             }
-            if crd_by_kubectl {
+            if !crd_from_argocd {
                 g.api.wait_crd("drtopologies.drctl.io");
             }
         }
