@@ -27,11 +27,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drctl::topology::{DRTopologyStatus, Phase, Role};
+use drctl::topology::{DRTopologyStatus, Phase, Role, StepState};
 use serde_json::Value;
 use support::argocd::{self, ArgoCd};
 use support::node::Node;
-use support::pair::Pair;
+use support::pair::{Pair, DOMAIN, VIP_B};
 use support::Global;
 
 const NS: &str = "dr-platform";
@@ -132,14 +132,18 @@ fn gitops_repo(dir: &Path, overlays: &[(&str, String)], topology: &str) -> std::
     }
     std::fs::write(repo.join("topology/drtopology.yaml"), topology).expect("write topology");
     git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "add", "-A"]);
-    git(&repo, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-qm", "drctl for the DR pair"]);
+    commit_all(&repo, "drctl for the DR pair");
     repo
 }
 
+fn commit_all(repo: &Path, message: &str) {
+    git(repo, &["add", "-A"]);
+    git(repo, &["-c", "user.name=Test", "-c", "user.email=test@example.com", "commit", "-qm", message]);
+}
+
 /// The pair's topology as Git holds it, with the annotations of `gitops/topology/drtopology.yaml`.
-fn topology_in_git(pair: &Pair) -> String {
-    pair.topology_yaml("global-a").replacen(
+fn topology_in_git(pair: &Pair, primary: &str) -> String {
+    pair.topology_yaml(primary).replacen(
         "metadata:\n  name: platform\n",
         "metadata:\n  name: platform\n  annotations:\n    argocd.argoproj.io/sync-options: Delete=false,Prune=false,SkipDryRunOnMissingResource=true\n    drctl.io/health-max-lag-seconds: \"60\"\n",
         1,
@@ -194,7 +198,7 @@ async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() 
     let listen_port = support::free_port();
     let api_port: u16 = pair.b.api.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("apiserver port");
     let overlays = [(OVERLAY_A, overlay_a()), (OVERLAY_B, overlay_b(&image, &node.node.name, listen_port, api_port))];
-    let repo = gitops_repo(pair.dir.path(), &overlays, &topology_in_git(&pair));
+    let repo = gitops_repo(pair.dir.path(), &overlays, &topology_in_git(&pair, "global-a"));
     for (g, overlay) in [(&pair.a, OVERLAY_A), (&pair.b, OVERLAY_B)] {
         let (ok, out) = g.api.apply_stdin(&argocd::applications(&g.name, &repo, ARGOCD_NS, NS, overlay));
         assert!(ok, "apply the Applications to {}: {out}", g.name);
@@ -229,7 +233,37 @@ async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() 
     assert_eq!(http_status(&addr, "/check", Some(CHECK_TOKEN)).map(|s| s != 401 && s != 403), Some(true), "the mounted token is accepted");
     assert!(matches!(http_status(&addr, "/check", Some("wrong")), Some(401 | 403)), "a wrong token is refused");
 
+    // Replication: what is written in global-a reaches global-b through the Pod's mirror.
+    pair.a.api.kubectl_ok(&["create", "namespace", "apps"]);
+    pair.a.api.kubectl_ok(&["-n", "apps", "create", "configmap", "before-flip", "--from-literal=value=written on global-a"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pair.b.api.kubectl(&["-n", "apps", "get", "configmap", "before-flip"]).map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "global-a's ConfigMap never reached global-b");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let in_sync = started.elapsed();
+
+    // A planned failover the GitOps way: the pull request flipping spec.primary merges, each
+    // global's Argo CD applies it (refreshed as a forge webhook would), the Pod's controller runs
+    // the runbook as the new primary.
+    std::fs::write(repo.join("topology/drtopology.yaml"), topology_in_git(&pair, "global-b")).expect("write topology");
+    commit_all(&repo, "Fail over to global-b");
+    argo_a.refresh(&pair.a, "drtopology");
+    argo_b.refresh(&pair.b, "drtopology");
+    let b = pair.wait(&pair.b, "the Pod's controller: failover to global-b done", Duration::from_secs(150), &[&ca], |s| s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())).await;
+    let st = b.status.expect("status");
+    assert_eq!((st.role, st.phase), (Some(Role::Primary), Some(Phase::Steady)));
+    for s in &st.failover.expect("failover record").steps {
+        let ok = s.state == StepState::Succeeded || (s.state == StepState::Skipped && s.name.ends_with("Hooks"));
+        assert!(ok, "step {} ended {:?}: {:?}", s.name, s.state, s.message);
+    }
+    assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), vec![VIP_B], "the platform domain points at global-b");
+    pair.wait(&pair.a, "global-a standby of the Pod's controller", Duration::from_secs(90), &[&ca], standby_in_sync).await;
+
     let restarts = controller_pod(&pair.b)["status"]["containerStatuses"][0]["restartCount"].as_i64();
     assert_eq!(restarts, Some(0), "the controller Pod never restarted");
-    eprintln!("node Ready with images imported after {node_up:?}; gitops/ Synced and Healthy after {installed:?}; standby in sync and checked after {:?}", started.elapsed());
+    eprintln!(
+        "node Ready with images imported after {node_up:?}; gitops/ Synced and Healthy after {installed:?}; standby in sync and replicating after {in_sync:?}; failed over to the Pod's global and back in sync after {:?}",
+        started.elapsed()
+    );
 }

@@ -84,6 +84,11 @@ impl ArgoCd {
         )
     }
 
+    /// Asks Argo CD to look at Git now, as a webhook from the forge would.
+    pub fn refresh(&self, g: &Global, name: &str) {
+        g.api.kubectl_ok(&["-n", &self.namespace, "annotate", "--overwrite", "applications.argoproj.io", name, "argocd.argoproj.io/refresh=normal"]);
+    }
+
     fn assert_running(&mut self) {
         for (name, c) in self.children.iter_mut() {
             if let Ok(Some(status)) = c.try_wait() {
