@@ -172,9 +172,19 @@ fn http_status(addr: &str, path: &str, token: Option<&str>) -> Option<u16> {
 
 /// The Application `drctl-controller` manages the objects of `gitops/deploy` it should.
 fn assert_manages_the_install(app: &Value) {
-    let kinds: Vec<String> =
-        app["status"]["resources"].as_array().expect("resources").iter().map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""))).collect();
-    for want in ["Namespace/dr-platform", "CustomResourceDefinition/drtopologies.drctl.io", "Deployment/drctl-controller", "ServiceAccount/drctl-controller", "Service/drctl-controller"] {
+    let kinds: Vec<String> = app["status"]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")))
+        .collect();
+    for want in [
+        "Namespace/dr-platform",
+        "CustomResourceDefinition/drtopologies.drctl.io",
+        "Deployment/drctl-controller",
+        "ServiceAccount/drctl-controller",
+        "Service/drctl-controller",
+    ] {
         assert!(kinds.iter().any(|k| k == want), "{want} not managed by the Application: {kinds:?}");
     }
 }
@@ -250,7 +260,11 @@ async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() 
     commit_all(&repo, "Fail over to global-b");
     argo_a.refresh(&pair.a, "drtopology");
     argo_b.refresh(&pair.b, "drtopology");
-    let b = pair.wait(&pair.b, "the Pod's controller: failover to global-b done", Duration::from_secs(150), &[&ca], |s| s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())).await;
+    let b = pair
+        .wait(&pair.b, "the Pod's controller: failover to global-b done", Duration::from_secs(150), &[&ca], |s| {
+            s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())
+        })
+        .await;
     let st = b.status.expect("status");
     assert_eq!((st.role, st.phase), (Some(Role::Primary), Some(Phase::Steady)));
     for s in &st.failover.expect("failover record").steps {

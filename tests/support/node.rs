@@ -35,7 +35,9 @@ impl Node {
         let node = RealNode::prepare(dir.path(), &format!("{}-node", g.name), index).unwrap_or_else(|e| panic!("prepare a real node: {e}"));
         let containerd = spawn(node.containerd(), &node.log("containerd"));
         let mut n = Node { kubelet: None, containerd: Some(containerd), node, dir };
-        wait("containerd (Debian's, `make deps`) did not answer on its socket", &n.node.log("containerd"), Duration::from_secs(30), || n.node.containerd_ready());
+        wait("containerd (Debian's, `make deps`) did not answer on its socket", &n.node.log("containerd"), Duration::from_secs(30), || {
+            n.node.containerd_ready()
+        });
         n.node.import_pause_image().unwrap_or_else(|e| panic!("import the pause image: {e}"));
         n.kubelet = Some(spawn(n.node.kubelet(kube_bin_dir(), &g.api.kubeconfig), &n.node.log("kubelet")));
         let ready = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;

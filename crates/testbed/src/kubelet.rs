@@ -319,7 +319,9 @@ serializeImagePulls: false
     fn ctr_list(&self, args: &[&str]) -> Vec<String> {
         let mut cmd = self.ctr();
         cmd.args(args);
-        cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()).unwrap_or_default()
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -424,8 +426,10 @@ mod tests {
     #[test]
     fn mounts_under_the_node_dir_come_off_deepest_first_and_no_others() {
         let got = mounts_under(MOUNTINFO, Path::new("/tmp/n"));
-        let want: Vec<PathBuf> =
-            ["/tmp/n/with space", "/tmp/n/kubelet/pods/u/volumes/kubernetes.io~projected/kube-api-access", "/tmp/n/kubelet"].iter().map(PathBuf::from).collect();
+        let want: Vec<PathBuf> = ["/tmp/n/with space", "/tmp/n/kubelet/pods/u/volumes/kubernetes.io~projected/kube-api-access", "/tmp/n/kubelet"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
         assert_eq!(got, want);
     }
 

@@ -511,7 +511,15 @@ impl ApiServer {
         let kubeconfig = dir.join("kubeconfig");
         let write = |path: &Path, user: &Issued| write_private(path, &kubeconfig_yaml(&url, &pki.ca_pem, user));
         write(&kubeconfig, &pki.admin)?;
-        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None, service_account_admission: false };
+        let a = ApiServer {
+            dir: dir.to_path_buf(),
+            port,
+            url: url.clone(),
+            etcd_url: etcd_url.to_string(),
+            kubeconfig,
+            etcd_tls: None,
+            service_account_admission: false,
+        };
         write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
         write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
         Ok(a)
