@@ -1,25 +1,23 @@
 //! Issue 21, item 1: the `gitops/` tree installed into both globals through each one's real
 //! Argo CD, under a namespace (`dr-platform`) and an Argo CD namespace (`gitops-system`) that are
-//! not the defaults, every object Synced and Healthy; global-b's controller then runs as a real
-//! Pod of that Deployment, from the image `make image` built, on a real node (containerd, runc and
-//! a kubelet: `drctl_testbed::kubelet`), and does its job as the standby: it replicates global-a,
-//! with nothing missed and nothing surplus (Argo CD's own namespace is left out on both sides).
+//! not the defaults, every object Synced and Healthy; each global's controller then runs as a
+//! real Pod of that Deployment, from the image `make image` built, on a real node of its own
+//! (containerd, runc and a kubelet per global: `drctl_testbed::kubelet`), and the pair does its
+//! job: global-b replicates global-a with nothing missed and nothing surplus (Argo CD's own
+//! namespace is left out on both sides), then fails over by a commit in Git.
 //!
-//! What global-b's test overlay changes, and why (the rest is `gitops/` as shipped):
+//! What the test overlays change, and why (the rest is `gitops/` as shipped):
 //! - `imagePullPolicy: Never` and the image's local name: there is no registry; the image is
-//!   imported into the node's containerd.
+//!   imported into each node's containerd.
 //! - `hostNetwork: true` (so the namespace is PSA `privileged`, which `baseline` would refuse):
 //!   the test bed's etcds and apiservers listen on loopback only, which a Pod's own network
 //!   namespace cannot reach. For the same reason `KUBERNETES_SERVICE_HOST`/`_PORT` name the
 //!   apiserver's loopback address (no kube-proxy serves the `kubernetes` Service's ClusterIP),
-//!   and the controller listens on a free port, not 8080, which the host may use.
-//! - a `nodeSelector` for the real node: the global's other nodes are kwok's fakes.
+//!   and each controller listens on a free port, not 8080, which the host may use.
+//! - a `nodeSelector` for the global's real node: its other nodes are kwok's fakes.
 //!
-//! Only global-b has a real node: one kubelet per machine is what has been tried here (two would
-//! need their own cgroup roots, ports and bridges, which `RealNode` has, but not the time to
-//! prove them). global-a's overlay scales the Deployment to 0 and its controller runs as a
-//! process, as in the other tests. Needs root, Debian's containerd and runc (`make deps`) and the
-//! image (`make image`); where any is missing the test fails saying so.
+//! Needs root, Debian's containerd and runc (`make deps`) and the image (`make image`); where
+//! any is missing the test fails saying so.
 
 mod support;
 
@@ -36,8 +34,6 @@ use support::Global;
 
 const NS: &str = "dr-platform";
 const ARGOCD_NS: &str = "gitops-system";
-const OVERLAY_A: &str = "deploy/overlays/test-process";
-const OVERLAY_B: &str = "deploy/overlays/test-real-node";
 const CHECK_TOKEN: &str = "s3cret-check-token-for-the-test";
 
 fn standby_in_sync(s: &DRTopologyStatus) -> bool {
@@ -49,34 +45,19 @@ fn git(repo: &Path, args: &[&str]) {
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// global-a's overlay: its controller runs as a process of the test (no real node for it).
-fn overlay_a() -> String {
-    format!(
-        r#"apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-namespace: {NS}
-resources: [../global-a]
-patches:
-  - patch: |-
-      apiVersion: apps/v1
-      kind: Deployment
-      metadata:
-        name: drctl-controller
-        namespace: drctl-system
-      spec:
-        replicas: 0
-"#
-    )
+/// Where the test overlay of `cluster` lives in the repository.
+fn overlay_path(cluster: &str) -> String {
+    format!("deploy/overlays/test-{cluster}")
 }
 
-/// The test overlay over `deploy/overlays/global-b` (see the module comment for each change).
-fn overlay_b(image: &str, node: &str, listen_port: u16, api_port: u16) -> String {
+/// The test overlay over `deploy/overlays/<cluster>` (see the module comment for each change).
+fn overlay(cluster: &str, image: &str, node: &str, listen_port: u16, api_port: u16) -> String {
     let (name, tag) = image.rsplit_once(':').expect("image tag");
     format!(
         r#"apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 namespace: {NS}
-resources: [../global-b]
+resources: [../{cluster}]
 images:
   - name: registry.example.com/platform/drctl
     newName: {name}
@@ -121,7 +102,7 @@ patches:
 }
 
 /// A Git repository holding a copy of `gitops/` with the test overlays and the pair's topology.
-fn gitops_repo(dir: &Path, overlays: &[(&str, String)], topology: &str) -> std::path::PathBuf {
+fn gitops_repo(dir: &Path, overlays: &[(String, String)], topology: &str) -> std::path::PathBuf {
     let repo = dir.join("dr-gitops");
     std::fs::create_dir_all(&repo).expect("mkdir repo");
     let out = Command::new("cp").arg("-r").arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/.")).arg(&repo).output().expect("cp");
@@ -189,56 +170,69 @@ fn assert_manages_the_install(app: &Value) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() {
-    let started = Instant::now();
-    let globals = (Global::start("global-a"), Global::start_for_real_node("global-b"));
-    let mut pair = Pair::start_in(globals, NS, true).await;
-    pair.spec_extra = format!("  argocd:\n    namespace: {ARGOCD_NS}\n");
-    pair.a.start_control_plane(0);
-    pair.b.start_control_plane(1);
-    let node = Node::start(&pair.b, 0);
-    let image = node.import_drctl_image();
-    let node_up = started.elapsed();
-    let mut argo_a = ArgoCd::start(&pair.a, 0, ARGOCD_NS);
-    let mut argo_b = ArgoCd::start(&pair.b, 1, ARGOCD_NS);
-
-    // What the operator creates by hand (Secrets are never in Git): the /check token.
-    pair.b.api.kubectl_ok(&["-n", NS, "create", "secret", "generic", "drctl-check-token", &format!("--from-literal=token={CHECK_TOKEN}")]);
-    let listen_port = support::free_port();
-    let api_port: u16 = pair.b.api.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("apiserver port");
-    let overlays = [(OVERLAY_A, overlay_a()), (OVERLAY_B, overlay_b(&image, &node.node.name, listen_port, api_port))];
-    let repo = gitops_repo(pair.dir.path(), &overlays, &topology_in_git(&pair, "global-a"));
-    for (g, overlay) in [(&pair.a, OVERLAY_A), (&pair.b, OVERLAY_B)] {
-        let (ok, out) = g.api.apply_stdin(&argocd::applications(&g.name, &repo, ARGOCD_NS, NS, overlay));
-        assert!(ok, "apply the Applications to {}: {out}", g.name);
-    }
-
-    assert_manages_the_install(&argo_a.wait_synced_and_healthy(&pair.a, "drctl-controller", Duration::from_secs(150)));
-    // global-a's controller, once its Argo CD installed the CRD.
-    pair.a.api.wait_crd("drtopologies.drctl.io");
-    let ca = pair.controller(&pair.a, &[]);
-    assert_manages_the_install(&argo_b.wait_synced_and_healthy(&pair.b, "drctl-controller", Duration::from_secs(150)));
-    let installed = started.elapsed();
-    // The Pod: on the real node, Ready through its real probes, with the token the kubelet
-    // requested for its ServiceAccount and the check-token Secret mounted.
-    let pod = controller_pod(&pair.b);
+/// The controller Pod of `g`: on `node`, Ready through its real probes, from `image`, with the
+/// token the kubelet requested for its ServiceAccount and the check-token Secret mounted.
+fn assert_pod_on_real_node(g: &Global, node: &Node, image: &str) {
+    let pod = controller_pod(g);
     assert_eq!(pod["spec"]["nodeName"], node.node.name.as_str(), "{pod}");
     let ready = pod["status"]["conditions"].as_array().expect("conditions").iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
     assert!(ready, "{}", pod["status"]);
     let volumes = pod["spec"]["volumes"].to_string();
     assert!(volumes.contains("kube-api-access") && volumes.contains("serviceAccountToken"), "the ServiceAccount token is mounted: {volumes}");
     assert!(volumes.contains("drctl-check-token"), "{volumes}");
-    assert_eq!(pod["spec"]["containers"][0]["image"], image.as_str());
+    assert_eq!(pod["spec"]["containers"][0]["image"], image);
+}
 
-    // The pod-run controller as global-b's standby: in sync with global-a.
-    pair.wait(&pair.b, "the Pod's controller: global-b standby in sync", Duration::from_secs(90), &[&ca], standby_in_sync).await;
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("apiserver port")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitops_installs_through_argocd_and_the_controllers_run_as_real_pods() {
+    let started = Instant::now();
+    let globals = (Global::start_for_real_node("global-a"), Global::start_for_real_node("global-b"));
+    let mut pair = Pair::start_in(globals, NS, true).await;
+    pair.spec_extra = format!("  argocd:\n    namespace: {ARGOCD_NS}\n");
+    pair.a.start_control_plane(0);
+    pair.b.start_control_plane(1);
+    // Two nodes on one machine: each its own containerd, cgroup root, ports and bridge.
+    let (node_a, node_b) = (Node::start(&pair.a, 0), Node::start(&pair.b, 1));
+    let image = node_a.import_drctl_image();
+    assert_eq!(node_b.import_drctl_image(), image);
+    let nodes_up = started.elapsed();
+    let mut argo_a = ArgoCd::start(&pair.a, 0, ARGOCD_NS);
+    let mut argo_b = ArgoCd::start(&pair.b, 1, ARGOCD_NS);
+
+    // What the operator creates by hand (Secrets are never in Git): the /check token.
+    for g in [&pair.a, &pair.b] {
+        g.api.kubectl_ok(&["-n", NS, "create", "secret", "generic", "drctl-check-token", &format!("--from-literal=token={CHECK_TOKEN}")]);
+    }
+    let (port_a, port_b) = (support::free_port(), support::free_port());
+    let overlays = [
+        (overlay_path("global-a"), overlay("global-a", &image, &node_a.node.name, port_a, port_of(&pair.a.api.url))),
+        (overlay_path("global-b"), overlay("global-b", &image, &node_b.node.name, port_b, port_of(&pair.b.api.url))),
+    ];
+    let repo = gitops_repo(pair.dir.path(), &overlays, &topology_in_git(&pair, "global-a"));
+    for g in [&pair.a, &pair.b] {
+        let (ok, out) = g.api.apply_stdin(&argocd::applications(&g.name, &repo, ARGOCD_NS, NS, &overlay_path(&g.name)));
+        assert!(ok, "apply the Applications to {}: {out}", g.name);
+    }
+    for (g, argo) in [(&pair.a, &mut argo_a), (&pair.b, &mut argo_b)] {
+        assert_manages_the_install(&argo.wait_synced_and_healthy(g, "drctl-controller", Duration::from_secs(150)));
+    }
+    let installed = started.elapsed();
+    assert_pod_on_real_node(&pair.a, &node_a, &image);
+    assert_pod_on_real_node(&pair.b, &node_b, &image);
+
+    // global-b's Pod as the standby: in sync with global-a's Pod.
+    pair.wait(&pair.a, "global-a's Pod: primary", Duration::from_secs(90), &[], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
+    pair.wait(&pair.b, "global-b's Pod: standby in sync", Duration::from_secs(90), &[], standby_in_sync).await;
     // Argo CD's health check for the DRTopology (gitops/health) reads the status each wrote.
     argo_b.wait_synced_and_healthy(&pair.b, "drtopology", Duration::from_secs(90));
     argo_a.wait_synced_and_healthy(&pair.a, "drtopology", Duration::from_secs(60));
 
     // /check answers the token of the mounted Secret, and only it.
-    let addr = format!("{}:{listen_port}", node.node.ip);
+    let addr = format!("{}:{port_b}", node_b.node.ip);
     assert_eq!(http_status(&addr, "/readyz", None), Some(200));
     assert_eq!(http_status(&addr, "/check", Some(CHECK_TOKEN)).map(|s| s != 401 && s != 403), Some(true), "the mounted token is accepted");
     assert!(matches!(http_status(&addr, "/check", Some("wrong")), Some(401 | 403)), "a wrong token is refused");
@@ -254,14 +248,14 @@ async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() 
     let in_sync = started.elapsed();
 
     // A planned failover the GitOps way: the pull request flipping spec.primary merges, each
-    // global's Argo CD applies it (refreshed as a forge webhook would), the Pod's controller runs
-    // the runbook as the new primary.
+    // global's Argo CD applies it (refreshed as a forge webhook would), the two Pods' controllers
+    // run the runbook.
     std::fs::write(repo.join("topology/drtopology.yaml"), topology_in_git(&pair, "global-b")).expect("write topology");
     commit_all(&repo, "Fail over to global-b");
     argo_a.refresh(&pair.a, "drtopology");
     argo_b.refresh(&pair.b, "drtopology");
     let b = pair
-        .wait(&pair.b, "the Pod's controller: failover to global-b done", Duration::from_secs(150), &[&ca], |s| {
+        .wait(&pair.b, "global-b's Pod: failover to global-b done", Duration::from_secs(150), &[], |s| {
             s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())
         })
         .await;
@@ -272,12 +266,14 @@ async fn gitops_installs_through_argocd_and_the_controller_runs_as_a_real_pod() 
         assert!(ok, "step {} ended {:?}: {:?}", s.name, s.state, s.message);
     }
     assert_eq!(support::dns::dig(pair.pdns.dns, DOMAIN, "A"), vec![VIP_B], "the platform domain points at global-b");
-    pair.wait(&pair.a, "global-a standby of the Pod's controller", Duration::from_secs(90), &[&ca], standby_in_sync).await;
+    pair.wait(&pair.a, "global-a's Pod: standby in sync", Duration::from_secs(90), &[], standby_in_sync).await;
 
-    let restarts = controller_pod(&pair.b)["status"]["containerStatuses"][0]["restartCount"].as_i64();
-    assert_eq!(restarts, Some(0), "the controller Pod never restarted");
+    for g in [&pair.a, &pair.b] {
+        let restarts = controller_pod(g)["status"]["containerStatuses"][0]["restartCount"].as_i64();
+        assert_eq!(restarts, Some(0), "{}'s controller Pod never restarted", g.name);
+    }
     eprintln!(
-        "node Ready with images imported after {node_up:?}; gitops/ Synced and Healthy after {installed:?}; standby in sync and replicating after {in_sync:?}; failed over to the Pod's global and back in sync after {:?}",
+        "2 nodes Ready with images imported after {nodes_up:?}; gitops/ Synced and Healthy in both after {installed:?}; standby in sync and replicating after {in_sync:?}; failed over and back in sync after {:?}",
         started.elapsed()
     );
 }

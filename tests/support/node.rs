@@ -58,8 +58,29 @@ impl Node {
     }
 }
 
+/// Every file under `dir`, depth first.
+fn files_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
+        // A failed test shows what its Pods printed (the apiserver cannot proxy `kubectl logs`
+        // to this kubelet: it has no address for it).
+        if std::thread::panicking() {
+            for f in files_under(&self.dir.path().join("pod-logs")) {
+                eprintln!("--- {}:\n{}", f.display(), tail(&f));
+            }
+        }
         if let Some(k) = self.kubelet.as_mut() {
             kill(k);
         }
