@@ -139,6 +139,18 @@ fn controller_pod(g: &Global) -> Value {
     pods[0].clone()
 }
 
+/// Who holds `g`'s controller Lease (`--identity`, the Pod's name from the downward API).
+fn lease_holder(g: &Global) -> Option<String> {
+    let out = g.api.kubectl(&["-n", NS, "get", "lease", &format!("drctl-{}", g.name), "-o", "jsonpath={.spec.holderIdentity}"]).ok()?;
+    let holder = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !holder.is_empty()).then_some(holder)
+}
+
+fn pod_ready(g: &Global, name: &str) -> bool {
+    let jsonpath = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
+    g.api.kubectl(&["-n", NS, "get", "pod", name, jsonpath]).is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "True")
+}
+
 /// `GET path` on the controller's port of the node, with an optional bearer token; the status.
 fn http_status(addr: &str, path: &str, token: Option<&str>) -> Option<u16> {
     use std::io::{Read, Write};
@@ -269,11 +281,31 @@ async fn gitops_installs_through_argocd_and_the_controllers_run_as_real_pods() {
     pair.wait(&pair.a, "global-a's Pod: standby in sync", Duration::from_secs(90), &[], standby_in_sync).await;
 
     for g in [&pair.a, &pair.b] {
-        let restarts = controller_pod(g)["status"]["containerStatuses"][0]["restartCount"].as_i64();
-        assert_eq!(restarts, Some(0), "{}'s controller Pod never restarted", g.name);
+        let pod = controller_pod(g);
+        assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"].as_i64(), Some(0), "{}'s controller Pod never restarted", g.name);
+        assert_eq!(lease_holder(g).as_deref(), pod["metadata"]["name"].as_str(), "{}'s Pod holds the Lease under its own name", g.name);
     }
+
+    // The new primary's Pod is deleted (a drain, an eviction): the Deployment's next Pod, on the
+    // same real node, takes the Lease over and the new primary stays steady.
+    let old = controller_pod(&pair.b)["metadata"]["name"].as_str().expect("pod name").to_string();
+    pair.b.api.kubectl_ok(&["-n", NS, "delete", "pod", &old, "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let new = loop {
+        let holder = lease_holder(&pair.b);
+        let ready = holder.as_deref().is_some_and(|h| h != old && pod_ready(&pair.b, h));
+        if let (true, Some(h)) = (ready, holder) {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "no new controller Pod took the Lease over from {old}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    pair.wait(&pair.b, &format!("global-b primary under {new}"), Duration::from_secs(60), &[], |s| {
+        s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)
+    })
+    .await;
     eprintln!(
-        "2 nodes Ready with images imported after {nodes_up:?}; gitops/ Synced and Healthy in both after {installed:?}; standby in sync and replicating after {in_sync:?}; failed over and back in sync after {:?}",
+        "2 nodes Ready with images imported after {nodes_up:?}; gitops/ Synced and Healthy in both after {installed:?}; standby in sync and replicating after {in_sync:?}; failed over, back in sync and the Pod replaced after {:?}",
         started.elapsed()
     );
 }
