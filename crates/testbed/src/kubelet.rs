@@ -345,10 +345,22 @@ fn host_ip() -> Result<Ipv4Addr, ProcError> {
     }
 }
 
-/// The cgroup v1 hierarchies (`cpu`, `memory`, `name=systemd`, ...) and the unified one if mounted.
+/// The cgroup hierarchies: each v1 controller's (`cpu`, `memory`, `name=systemd`, ...) and the
+/// unified one where mounted, or `/sys/fs/cgroup` itself on a cgroup v2 only host.
 fn cgroup_hierarchies() -> Result<Vec<PathBuf>, ProcError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(io("read /proc/self/mountinfo"))?;
-    Ok(mount_points(&mountinfo).into_iter().filter(|m| m.starts_with(CGROUP_FS) && m != Path::new(CGROUP_FS)).collect())
+    Ok(cgroup_mounts(&mountinfo))
+}
+
+fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let point = l.split(' ').nth(4)?;
+            let fstype = l.split(" - ").nth(1)?.split(' ').next()?;
+            (matches!(fstype, "cgroup" | "cgroup2") && Path::new(point).starts_with(CGROUP_FS)).then(|| PathBuf::from(point))
+        })
+        .collect()
 }
 
 /// Every mount point in a /proc/self/mountinfo text (octal escapes decoded for spaces).
@@ -434,10 +446,10 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_hierarchies_are_the_mounts_below_the_cgroup_tmpfs() {
-        let all = mount_points(MOUNTINFO);
-        let h: Vec<&PathBuf> = all.iter().filter(|m| m.starts_with(CGROUP_FS) && *m != Path::new(CGROUP_FS)).collect();
-        assert_eq!(h, [Path::new("/sys/fs/cgroup/cpu"), Path::new("/sys/fs/cgroup/memory")]);
+    fn cgroup_hierarchies_are_the_cgroup_mounts_v1_or_v2() {
+        assert_eq!(cgroup_mounts(MOUNTINFO), [Path::new("/sys/fs/cgroup/cpu"), Path::new("/sys/fs/cgroup/memory")]);
+        let v2 = "22 1 254:0 / / rw - ext4 /dev/vda rw\n30 22 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup_mounts(v2), [Path::new("/sys/fs/cgroup")]);
     }
 
     #[test]
