@@ -28,18 +28,19 @@ fn wait(what: &str, log: &std::path::Path, timeout: Duration, mut ready: impl Fn
 }
 
 impl Node {
-    /// Starts the node `<global>-node` and waits until its Node object is Ready. `index` keeps
-    /// the bridges and subnets of two nodes apart.
+    /// Starts a node of `g` (`kubelet::NODE_NAME`, with the node identity `g`'s PKI issued) and
+    /// waits until its Node object is Ready. `index` keeps two nodes' bridges, subnets and
+    /// cgroup roots apart.
     pub fn start(g: &Global, index: u8) -> Node {
         let dir = tempfile::Builder::new().prefix("drctl-node-").tempdir().expect("tempdir");
-        let node = RealNode::prepare(dir.path(), &format!("{}-node", g.name), index).unwrap_or_else(|e| panic!("prepare a real node: {e}"));
+        let node = RealNode::prepare(dir.path(), index).unwrap_or_else(|e| panic!("prepare a real node: {e}"));
         let containerd = spawn(node.containerd(), &node.log("containerd"));
         let mut n = Node { kubelet: None, containerd: Some(containerd), node, dir };
         wait("containerd (Debian's, `make deps`) did not answer on its socket", &n.node.log("containerd"), Duration::from_secs(30), || {
             n.node.containerd_ready()
         });
         n.node.import_pause_image().unwrap_or_else(|e| panic!("import the pause image: {e}"));
-        n.kubelet = Some(spawn(n.node.kubelet(kube_bin_dir(), &g.api.kubeconfig), &n.node.log("kubelet")));
+        n.kubelet = Some(spawn(n.node.kubelet(kube_bin_dir(), &g.api.server.node_kubeconfig()), &n.node.log("kubelet")));
         let ready = r#"-o=jsonpath={.status.conditions[?(@.type=="Ready")].status}"#;
         let log = n.node.log("kubelet");
         wait(&format!("node {} did not become Ready", n.node.name), &log, Duration::from_secs(90), || {

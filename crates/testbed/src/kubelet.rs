@@ -16,6 +16,9 @@ use std::process::Command;
 
 use crate::procs::{self, ProcError};
 
+/// The Node every real node registers as, each with its own global's apiserver (whose PKI
+/// holds its client certificate: `procs::ApiServer::node_kubeconfig`).
+pub const NODE_NAME: &str = "real-node";
 /// The image name the pause image is imported as (containerd's `sandbox_image`).
 pub const PAUSE_IMAGE: &str = "docker.io/local/pause:1";
 /// Where the CNI plugins of `containernetworking-plugins` live on Debian.
@@ -34,8 +37,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcError {
 #[derive(Debug, Clone)]
 pub struct RealNode {
     pub dir: PathBuf,
-    /// The Node object's name (`--hostname-override`).
+    /// The Node object's name (`--hostname-override`), [`NODE_NAME`] but in unit tests.
     pub name: String,
+    /// Tells apart the bridges, subnets and cgroup roots of nodes running side by side.
+    pub index: u8,
     /// The host's own address (the kubelet refuses a loopback node IP): host-network Pods and
     /// their probes use it.
     pub ip: Ipv4Addr,
@@ -48,11 +53,12 @@ pub struct RealNode {
 
 impl RealNode {
     /// Lays out the node's directories and configuration under `dir`; `index` tells apart the
-    /// bridges and subnets of nodes running side by side.
-    pub fn prepare(dir: &Path, name: &str, index: u8) -> Result<RealNode, ProcError> {
+    /// bridges, subnets and cgroup roots of nodes running side by side.
+    pub fn prepare(dir: &Path, index: u8) -> Result<RealNode, ProcError> {
         let node = RealNode {
             dir: dir.to_path_buf(),
-            name: name.to_string(),
+            name: NODE_NAME.to_string(),
+            index,
             ip: host_ip()?,
             kubelet_port: procs::free_port()?,
             healthz_port: procs::free_port()?,
@@ -84,7 +90,7 @@ impl RealNode {
 
     /// A cgroup of its own under every hierarchy, so another kubelet's `/kubepods` is never ours.
     fn cgroup_root(&self) -> String {
-        format!("/drctl-{}", self.name)
+        format!("/drctl-{}-{}", self.name, self.index)
     }
 
     fn containerd_config(&self) -> String {
@@ -457,7 +463,8 @@ mod tests {
         let dir = PathBuf::from("/nonexistent/node");
         let node = RealNode {
             dir: dir.clone(),
-            name: "global-a-node".into(),
+            name: NODE_NAME.into(),
+            index: 3,
             ip: Ipv4Addr::new(192, 0, 2, 2),
             kubelet_port: 1,
             healthz_port: 2,
@@ -468,7 +475,7 @@ mod tests {
         assert!(c.contains(&format!("address = \"{}/containerd.sock\"", dir.display())) && c.contains("restrict_oom_score_adj = true"), "{c}");
         assert!(c.contains(&format!("Root = \"{}/containerd/runc\"", dir.display())), "{c}");
         let k = node.kubelet_config();
-        assert!(k.contains("cgroupRoot: /drctl-global-a-node") && k.contains("makeIPTablesUtilChains: false") && k.contains("port: 1\n"), "{k}");
+        assert!(k.contains("cgroupRoot: /drctl-real-node-3") && k.contains("makeIPTablesUtilChains: false") && k.contains("port: 1\n"), "{k}");
         let n = node.cni_config();
         assert!(n.contains("\"bridge\": \"drctlnode3\"") && n.contains("10.89.3.0/24"), "{n}");
     }

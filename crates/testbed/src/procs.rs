@@ -438,6 +438,8 @@ struct Pki {
     /// The identities the bootstrap RBAC grants the control plane's own components.
     controller_manager: Issued,
     scheduler: Issued,
+    /// The kubelet of a real node (`kubelet::NODE_NAME`), as the Node authorizer knows it.
+    node: Issued,
 }
 
 fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
@@ -446,6 +448,7 @@ fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
     let admin = ca.client("drctl-lab-admin", Some("system:masters"))?;
     let controller_manager = ca.client("system:kube-controller-manager", None)?;
     let scheduler = ca.client("system:kube-scheduler", None)?;
+    let node = ca.client(&format!("system:node:{}", crate::kubelet::NODE_NAME), Some("system:nodes"))?;
     let sa_key = rcgen::KeyPair::generate()?;
     for (name, body) in [
         ("ca.crt", ca.pem.clone()),
@@ -456,7 +459,7 @@ fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
     ] {
         write_private(&dir.join(name), &body)?;
     }
-    Ok(Pki { ca_pem: ca.pem, admin, controller_manager, scheduler })
+    Ok(Pki { ca_pem: ca.pem, admin, controller_manager, scheduler, node })
 }
 
 /// Writes a file only its owner can read (keys, kubeconfigs, API keys).
@@ -495,8 +498,8 @@ pub struct ApiServer {
     /// The client certificate it shows an etcd that requires one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_tls: Option<EtcdTls>,
-    /// Runs the ServiceAccount admission plugin, which mounts each Pod's token: only for a
-    /// global with a real node (`kubelet`). Off elsewhere, where Pods go to kwok's fake nodes,
+    /// Runs the ServiceAccount admission plugin, which mounts each Pod's token, and
+    /// NodeRestriction: only for a global with a real node (`kubelet`). Off elsewhere, where Pods go to kwok's fake nodes,
     /// often before their namespace's ServiceAccount exists.
     #[serde(default)]
     pub service_account_admission: bool,
@@ -521,8 +524,15 @@ impl ApiServer {
             service_account_admission: false,
         };
         write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
+        write(&a.node_kubeconfig(), &pki.node)?;
         write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
         Ok(a)
+    }
+
+    /// Acts as the kubelet of the real node `kubelet::NODE_NAME` (group `system:nodes`): the Node
+    /// authorizer and NodeRestriction admission limit it to its own Node and the Pods bound to it.
+    pub fn node_kubeconfig(&self) -> PathBuf {
+        self.dir.join("node.kubeconfig")
     }
 
     /// Acts as `system:kube-controller-manager`, as the bootstrap RBAC expects.
@@ -566,12 +576,14 @@ impl ApiServer {
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
-            "--authorization-mode=RBAC".into(),
+            "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
             "--endpoint-reconciler-type=none".into(),
             "-v=1".into(),
         ]);
-        if !self.service_account_admission {
+        if self.service_account_admission {
+            cmd.arg("--enable-admission-plugins=NodeRestriction");
+        } else {
             cmd.arg("--disable-admission-plugins=ServiceAccount");
         }
         if let Some(t) = &self.etcd_tls {
