@@ -228,10 +228,10 @@ impl ApiServer {
 
     /// Waits for this spawned apiserver; when it does not start, a new one on a fresh port.
     fn ready_or_relaunch(self, etcd: &Etcd) -> ApiServer {
-        let service_accounts = self.server.service_account_admission;
+        let real_nodes = self.server.real_nodes;
         let mut spawned = Some(self);
         on_fresh_ports("kube-apiserver", || {
-            let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_with(etcd, service_accounts));
+            let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_with(etcd, real_nodes));
             let child = a.child.as_mut().expect("apiserver spawned");
             a.server.wait_ready(kube_bin_dir(), child).map(|()| a)
         })
@@ -241,14 +241,13 @@ impl ApiServer {
         ApiServer::spawn_with(etcd, false)
     }
 
-    /// `service_accounts`: the ServiceAccount admission plugin mounts each Pod's token (a global
-    /// with a real node).
-    fn spawn_with(etcd: &Etcd, service_accounts: bool) -> ApiServer {
+    /// `real_nodes`: the admission a global with real nodes needs (`procs::ApiServer::real_nodes`).
+    fn spawn_with(etcd: &Etcd, real_nodes: bool) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         // Every member, as a control-plane node's apiserver is given them.
         let mut server = procs::ApiServer::prepare(dir.path(), &etcd.member_urls().join(",")).expect("apiserver pki");
         server.etcd_tls = etcd.tls.clone();
-        server.service_account_admission = service_accounts;
+        server.real_nodes = real_nodes;
         let mut a = ApiServer { child: None, url: server.url.clone(), kubeconfig: server.kubeconfig.clone(), dir, server };
         a.spawn();
         a

@@ -563,7 +563,7 @@ mod tests {
                         etcd_url: format!("https://127.0.0.1:{port}"),
                         kubeconfig: dir.join(name).join("apiserver/kubeconfig"),
                         etcd_tls: None,
-                        service_account_admission: false,
+                        real_nodes: false,
                     },
                     platform: platform::Platform::on_free_ports(&dir.join(name).join("platform"), i).expect("ports"),
                     controller: ControllerState { listen: addr(port + 3), log: dir.join(name).join("controller.log") },

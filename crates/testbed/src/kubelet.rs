@@ -8,13 +8,14 @@
 //! root, cgroup root, ports and CNI bridge, except what [`RealNode::clean_up`] removes: the mounts
 //! the kubelet makes under its root dir, the cgroups under its cgroup root, the containers'
 //! shims, and the bridge if a Pod ever used it. The kubelet creates no iptables chains
-//! (`makeIPTablesUtilChains: false`). Needs root (`../shared/notes/real-kubelet-probe.md`).
+//! (`makeIPTablesUtilChains: false`). The kubelet registers as [`NODE_NAME`] with the node
+//! identity its global's PKI issued. Needs root (`../shared/notes/real-kubelet-probe.md`).
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::procs::{self, ProcError};
+use crate::procs::{self, io, ProcError};
 
 /// The Node every real node registers as, each with its own global's apiserver (whose PKI
 /// holds its client certificate: `procs::ApiServer::node_kubeconfig`).
@@ -25,13 +26,8 @@ pub const PAUSE_IMAGE: &str = "docker.io/local/pause:1";
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Where the kubelet links each container's log (not configurable), into our `podLogsDir`.
 const CONTAINER_LOG_LINKS: &str = "/var/log/containers";
-/// Where the cgroup v1 hierarchies are mounted.
+/// Where cgroups are mounted: the v1 hierarchies below it, or cgroup v2 itself.
 const CGROUP_FS: &str = "/sys/fs/cgroup";
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcError {
-    let what = what.into();
-    move |source| ProcError::Io { what, source }
-}
 
 /// One node: its directory, name, address and ports.
 #[derive(Debug, Clone)]
@@ -228,11 +224,6 @@ serializeImagePulls: false
         self.ctr().arg("version").output().is_ok_and(|o| o.status.success())
     }
 
-    /// The kubelet's /healthz answers ok.
-    pub fn kubelet_healthy(&self) -> bool {
-        procs::http_get(&format!("127.0.0.1:{}", self.healthz_port), "/healthz").is_some_and(|r| r.ends_with("ok"))
-    }
-
     /// Imports the OCI archive `archive` (an OCI layout in a tar, tagged `tag`, as
     /// `hack/build-image.sh` writes it) as `name`; returns the name the kubelet knows it by.
     pub fn import_oci_archive(&self, archive: &Path, tag: &str, name: &str) -> Result<String, ProcError> {
@@ -278,11 +269,11 @@ serializeImagePulls: false
         std::fs::remove_dir_all(&work).map_err(io(format!("remove {}", work.display())))
     }
 
-    /// Removes what the node made outside its directory, and unmounts what it mounted inside it,
-    /// once the kubelet is stopped and while containerd still runs: every container's task (and
-    /// with it its shim), the containers, then (after the caller stops containerd: call again)
-    /// the mounts, cgroups and bridge. Best effort: each step runs even if an earlier one failed;
-    /// the failures are returned.
+    /// Removes what the node made, once the kubelet is stopped: every container's task (and with
+    /// it its shim) and the containers while containerd still runs; the mounts under the node's
+    /// directory, its cgroups, its log links and its bridge. Call it again once containerd is
+    /// stopped, for what containerd held. Best effort: each step runs even if an earlier one
+    /// failed; the failures are returned.
     pub fn clean_up(&self) -> Vec<String> {
         let mut failed = Vec::new();
         if self.containerd_ready() {

@@ -37,7 +37,7 @@ pub enum ProcError {
     Failed(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcError {
     let what = what.into();
     move |source| ProcError::Io { what, source }
 }
@@ -498,11 +498,11 @@ pub struct ApiServer {
     /// The client certificate it shows an etcd that requires one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_tls: Option<EtcdTls>,
-    /// Runs the ServiceAccount admission plugin, which mounts each Pod's token, and
-    /// NodeRestriction: only for a global with a real node (`kubelet`). Off elsewhere, where Pods go to kwok's fake nodes,
-    /// often before their namespace's ServiceAccount exists.
+    /// A global with real nodes (`kubelet`): runs the ServiceAccount admission plugin, which
+    /// mounts each Pod's token, and NodeRestriction. Off elsewhere: there Pods go to kwok's fake
+    /// nodes, often before their namespace's ServiceAccount exists.
     #[serde(default)]
-    pub service_account_admission: bool,
+    pub real_nodes: bool,
 }
 
 impl ApiServer {
@@ -514,15 +514,7 @@ impl ApiServer {
         let kubeconfig = dir.join("kubeconfig");
         let write = |path: &Path, user: &Issued| write_private(path, &kubeconfig_yaml(&url, &pki.ca_pem, user));
         write(&kubeconfig, &pki.admin)?;
-        let a = ApiServer {
-            dir: dir.to_path_buf(),
-            port,
-            url: url.clone(),
-            etcd_url: etcd_url.to_string(),
-            kubeconfig,
-            etcd_tls: None,
-            service_account_admission: false,
-        };
+        let a = ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None, real_nodes: false };
         write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
         write(&a.node_kubeconfig(), &pki.node)?;
         write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
@@ -581,7 +573,7 @@ impl ApiServer {
             "--endpoint-reconciler-type=none".into(),
             "-v=1".into(),
         ]);
-        if self.service_account_admission {
+        if self.real_nodes {
             cmd.arg("--enable-admission-plugins=NodeRestriction");
         } else {
             cmd.arg("--disable-admission-plugins=ServiceAccount");
