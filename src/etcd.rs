@@ -403,6 +403,22 @@ pub fn is_future_revision(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("future revision"))
 }
 
+/// Which of its txn limits an etcd refused a write for: `--max-txn-ops` and
+/// `--max-request-bytes` are server flags that no API reports, so a client learns them so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnRefusal {
+    TooManyOps,
+    TooLarge,
+}
+
+pub fn txn_refusal(e: &etcd_client::Error) -> Option<TxnRefusal> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if s.message().contains("too many operations in txn request") => Some(TxnRefusal::TooManyOps),
+        etcd_client::Error::GRpcStatus(s) if s.message().contains("request is too large") => Some(TxnRefusal::TooLarge),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

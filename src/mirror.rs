@@ -19,9 +19,9 @@ use tokio::sync::watch;
 use crate::archive::{self, ArchiveRef, Manifest, Reason};
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
-pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
+pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, WasPrimary, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::copy_order;
-use crate::etcd::{self, Conn, Endpoint, EtcdError, Side};
+use crate::etcd::{self, Conn, Endpoint, EtcdError, Side, TxnRefusal};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
@@ -380,15 +380,69 @@ async fn history_changed(kv: &mut KvClient, cp: &Checkpoint) -> Result<bool, Mir
     }
 }
 
+/// The smallest txn the mirror shrinks to: one data op beside the checkpoint, and a few KiB.
+const MIN_TXN: TxnLimits = TxnLimits { ops: 2, bytes: 4 << 10 };
+
+/// How many ops and bytes the mirror puts in one txn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnLimits {
+    pub ops: usize,
+    pub bytes: usize,
+}
+
+impl TxnLimits {
+    /// Half the limit the destination refused, or None when it is at the floor already (then
+    /// the refusal stands: one value is larger than the destination takes).
+    pub fn shrunk(self, refused: TxnRefusal) -> Option<TxnLimits> {
+        let next = match refused {
+            TxnRefusal::TooManyOps => TxnLimits { ops: (self.ops / 2).max(MIN_TXN.ops), ..self },
+            TxnRefusal::TooLarge => TxnLimits { bytes: (self.bytes / 2).max(MIN_TXN.bytes), ..self },
+        };
+        (next != self).then_some(next)
+    }
+}
+
 /// The replication engine; the CLI and the controller run it in-process.
 pub struct Mirror {
     cfg: MirrorConfig,
     progress: watch::Sender<Progress>,
+    /// Starts at the tuning's; halved each time the destination refuses a txn as too big.
+    limits: std::sync::Mutex<TxnLimits>,
 }
 
 impl Mirror {
     pub fn new(cfg: MirrorConfig) -> Mirror {
-        Mirror { cfg, progress: watch::Sender::new(Progress::default()) }
+        let limits = std::sync::Mutex::new(TxnLimits { ops: cfg.tuning.txn_max_ops, bytes: cfg.tuning.txn_max_bytes });
+        Mirror { cfg, progress: watch::Sender::new(Progress::default()), limits }
+    }
+
+    fn txn_limits(&self) -> TxnLimits {
+        self.limits.lock().map(|l| *l).unwrap_or(TxnLimits { ops: self.cfg.tuning.txn_max_ops, bytes: self.cfg.tuning.txn_max_bytes })
+    }
+
+    /// Learns from a destination that refused a txn as too big: the next session writes smaller
+    /// ones (a refused txn wrote nothing; the session resumes from the checkpoint). True when the
+    /// limits shrank, so the session is worth running again at once.
+    fn learned(&self, e: &MirrorError) -> bool {
+        let MirrorError::Etcd { side: Side::Destination, source } = e else { return false };
+        let Some(refused) = etcd::txn_refusal(source) else { return false };
+        let Ok(mut limits) = self.limits.lock() else { return false };
+        match limits.shrunk(refused) {
+            Some(next) => {
+                tracing::warn!(
+                    ?refused,
+                    ops = next.ops,
+                    bytes = next.bytes,
+                    "the destination etcd refused a txn as too big (its --max-txn-ops or --max-request-bytes is below drctl's batch): writing smaller txns"
+                );
+                *limits = next;
+                true
+            }
+            None => {
+                tracing::error!(?refused, ops = limits.ops, bytes = limits.bytes, "the destination etcd refuses even drctl's smallest txn: raise its --max-txn-ops (at least 2) or --max-request-bytes (above the largest object)");
+                false
+            }
+        }
     }
 
     /// Live progress: revisions, lag, counts.
@@ -405,15 +459,18 @@ impl Mirror {
         // A session resumes from the checkpoint: one that an election or a member going away
         // ended is simply run again, as the long-running mirror would.
         let mut r = self.session(true).await;
-        for wait in [500, 1000, 2000, 4000] {
+        let mut waits = [500, 1000, 2000, 4000].into_iter();
+        loop {
             match &r {
+                Err(e) if self.learned(e) => {}
                 Err(e) if e.is_transient() => {
+                    let Some(wait) = waits.next() else { break };
                     tracing::warn!(error = %e, "mirror session failed; trying again");
                     tokio::time::sleep(Duration::from_millis(wait)).await;
-                    r = self.session(true).await;
                 }
                 _ => break,
             }
+            r = self.session(true).await;
         }
         self.update(|p| p.phase = Phase::Stopped);
         r.map(|()| self.progress.borrow().clone())
@@ -431,8 +488,10 @@ impl Mirror {
                 },
                 () = &mut shutdown => break,
             };
-            // A session that got as far as following was healthy: its failure starts a new backoff.
-            if self.progress.borrow().phase == Phase::Following {
+            // A session that got as far as following was healthy, or one whose txns were too big
+            // for the destination (it writes smaller ones now): its failure starts a new backoff.
+            let learned = self.learned(&err);
+            if learned || self.progress.borrow().phase == Phase::Following {
                 backoff = Duration::from_millis(500);
             }
             tracing::warn!(error = %err, retry_in = ?backoff, "mirror session failed");
@@ -471,10 +530,14 @@ impl Mirror {
                 // Whatever the destination holds already (a rejoining old primary's data) is kept
                 // where the source lacks it (surplus, reported by the check); values the copy
                 // overwrites are archived first.
-                let was_primary = dst.kv.clone().get(WAS_PRIMARY_KEY, None).await.map_err(on(Side::Destination))?.count() > 0;
-                let reason = if was_primary { Reason::Rejoin } else { Reason::InitialCopy };
-                tracing::info!(revision = head, was_primary, "no checkpoint: initial copy");
-                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)) }
+                let marker = WasPrimary::read(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
+                let reason = if marker.is_some() { Reason::Rejoin } else { Reason::InitialCopy };
+                let seen = match marker {
+                    Some((_, since)) => Some(self.seen_by_source(&src, dest_id, since).await),
+                    None => None,
+                };
+                tracing::info!(revision = head, ?seen, "no checkpoint: initial copy");
+                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)).pruning_below(seen) }
             }
             Some(cp) if cp.cluster_id != cluster_id => {
                 tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
@@ -552,9 +615,26 @@ impl Mirror {
 
     /// Copies `/registry/` at `revision` from `cursor` on, saving the destination's values it
     /// overwrites or deletes in the cursor's archive first; returns `revision`.
+    /// A rejoining old primary (its marker created at `since`): below which revision of its own
+    /// etcd the source saw every write. Its marker's create revision at least (what came before
+    /// the primary term are replicas); further when the source's own marker says its mirror had
+    /// applied more of this cluster's history when it became primary (a planned switchover's
+    /// final revision, or a disaster's last applied one). A key the source lacks that was last
+    /// written below this was deleted by the source; one written later is a write it never saw.
+    async fn seen_by_source(&self, src: &Conn, dest_id: u64, since: i64) -> i64 {
+        match WasPrimary::read(&mut src.kv.clone()).await {
+            Ok(theirs) => theirs.and_then(|(m, _)| m.seen_below(dest_id)).map_or(since, |seen| seen.max(since)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the source's was-primary marker: pruning only what predates this cluster's primary term");
+                since
+            }
+        }
+    }
+
     #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
     async fn copy(&self, src: &Conn, dst: &Conn, cluster_id: u64, revision: i64, cursor: CopyCursor) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
+        let limits = self.txn_limits();
         let mut skv = src.kv.clone();
         let dkv = dst.kv.clone();
         let total = skv
@@ -567,9 +647,8 @@ impl Mirror {
             p.copy_total_keys = total.max(0) as u64;
             p.copy_compared_keys = 0;
         });
-        let prune = cursor.prune;
         let archive = cursor.archive.clone();
-        let at = |phase: usize, next: &[u8]| CopyCursor::at(phase, next, prune, archive.clone());
+        let at = |phase: usize, next: &[u8]| cursor.at(phase, next);
         let next = hex::decode(&cursor.next).unwrap_or_default();
         let checkpoint = |c: &CopyCursor| Checkpoint { copy: Some(c.clone()), ..Checkpoint::at(cluster_id, revision) };
         let mut done = cursor.clone();
@@ -589,7 +668,7 @@ impl Mirror {
                     .filter_map(|d| {
                         let (op, action) = match d.source {
                             Some(v) => (Op::Put(d.key, v), archive::Action::Overwritten),
-                            None if prune => (Op::Delete(d.key), archive::Action::Pruned),
+                            None if cursor.prunes(d.dest_mod_revision) => (Op::Delete(d.key), archive::Action::Pruned),
                             None => return None,
                         };
                         // The destination's value goes into the archive before the write replaces it.
@@ -612,7 +691,7 @@ impl Mirror {
                         op
                     })
                     .collect();
-                let mut chunks = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
+                let mut chunks = split_txns(ops, limits.ops - 1, limits.bytes);
                 let last = chunks.pop();
                 // Each chunk covers keys up to its last key; the page's last chunk (or an empty
                 // page's marker) covers the whole page.
@@ -639,7 +718,7 @@ impl Mirror {
                     } else {
                         // The checkpoint may only claim what has committed in order before it.
                         // Spawned, so writes proceed while the next page is read.
-                        let (kv, cp, (max_ops, max_bytes)) = (dkv.clone(), checkpoint(&done), (t.txn_max_ops, t.txn_max_bytes));
+                        let (kv, cp, (max_ops, max_bytes)) = (dkv.clone(), checkpoint(&done), (limits.ops, limits.bytes));
                         let mut task = AbortOnDrop(tokio::spawn(async move {
                             // The values about to be replaced are saved first: a crash in between
                             // leaves them both saved and in place, and the resumed copy saves the same.
@@ -671,7 +750,7 @@ impl Mirror {
         let done = if archive.as_ref().is_some_and(|a| a.reason == Reason::Rejoin) { vec![Op::Delete(WAS_PRIMARY_KEY.into())] } else { Vec::new() };
         apply(dkv.clone(), done, Some(Checkpoint::at(cluster_id, revision))).await?;
         let sealed = match &archive {
-            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision).await.map_err(on(Side::Destination))?,
+            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision, cursor.prune_below).await.map_err(on(Side::Destination))?,
             None => None,
         };
         self.update(|p| {
@@ -841,7 +920,8 @@ impl Mirror {
         let ops = batch.into_ops();
         let dels = ops.iter().filter(|op| matches!(op, Op::Delete(_))).count() as u64;
         let puts = ops.len() as u64 - dels;
-        let mut txns = split_txns(ops, t.txn_max_ops - 1, t.txn_max_bytes);
+        let limits = self.txn_limits();
+        let mut txns = split_txns(ops, limits.ops - 1, limits.bytes);
         let last = txns.pop().unwrap_or_default();
         let pending = Checkpoint { pending: Some(revision), ..done.clone() };
         let writes: Vec<BoxFuture<'static, Result<(), MirrorError>>> =
@@ -879,6 +959,16 @@ impl Mirror {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_txn_halves_the_limit_it_broke_down_to_a_floor() {
+        let l = TxnLimits { ops: 128, bytes: 1 << 20 };
+        assert_eq!(l.shrunk(TxnRefusal::TooManyOps), Some(TxnLimits { ops: 64, bytes: 1 << 20 }));
+        assert_eq!(l.shrunk(TxnRefusal::TooLarge), Some(TxnLimits { ops: 128, bytes: 512 << 10 }));
+        assert_eq!(TxnLimits { ops: 3, ..l }.shrunk(TxnRefusal::TooManyOps), Some(TxnLimits { ops: 2, ..l }));
+        assert_eq!(TxnLimits { ops: 2, ..l }.shrunk(TxnRefusal::TooManyOps), None, "one data op and the checkpoint: the refusal stands");
+        assert_eq!(TxnLimits { bytes: 4 << 10, ..l }.shrunk(TxnRefusal::TooLarge), None);
+    }
 
     fn put(k: &str, v: usize) -> Op {
         Op::Put(k.as_bytes().to_vec(), vec![b'x'; v])

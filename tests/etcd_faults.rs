@@ -309,3 +309,43 @@ async fn the_load_balancer_moving_the_mirror_to_another_member_loses_nothing() {
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
     assert_zero_differences(&src, &src.member_urls().join(","), &dst);
 }
+
+/// What kube-apiserver does to its etcd every 5 minutes (a compaction at the head) and what an
+/// operator does to reclaim space (a defragmentation of each member in turn, which blocks that
+/// member while it runs), four rounds of both under a writer. A compaction can pass the mirror's
+/// watch (a resync, archived); a defragmentation stalls the member it is pinned to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_and_defragmentation_under_writes_lose_nothing() {
+    let src = EtcdCluster::start(3);
+    let dst = Etcd::start();
+    let log = src.dir.path().join("mirror.log");
+    let mirror = follow(&src, &src.lb_url(), &dst, &log);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let w = writer(&src, "team-c", rx);
+    let mut compactions = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut c = src.client().await;
+        let head = c.get("/registry/", None).await.expect("head").header().map(|h| h.revision()).expect("header");
+        c.compact(head, Some(etcd_client::CompactionOptions::new().with_physical())).await.expect("compact");
+        compactions.push(head);
+        for i in 0..3 {
+            member_client(&src, i).await.defragment().await.expect("defragment");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tx.send(true).expect("stop the writer");
+    let (ledger, failed) = w.await.expect("writer");
+    let mut d = dst.client().await;
+    let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
+    drop(mirror);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let resyncs = log_text.matches("full resync").count() + log_text.matches("compacted past").count();
+    println!(
+        "compactions at {compactions:?}, 12 defragmentations: {} acknowledged keys ({failed} puts not acknowledged), {missing} missing, {resyncs} resync lines in the mirror's log",
+        ledger.len()
+    );
+    assert!(ledger.len() > 100, "the writer hardly wrote: {}", ledger.len());
+    assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
+    assert_zero_differences(&src, &src.member_urls().join(","), &dst);
+}

@@ -206,6 +206,35 @@ async fn a_window_of_more_than_128_events_with_a_key_written_twice_is_batched() 
     assert!((3..=8).contains(&txns), "{txns} destination revisions for 302 events");
 }
 
+/// A destination etcd with lowered `--max-txn-ops` and `--max-request-bytes` (no API reports
+/// them): the mirror's 128-op, 1 MiB txns are refused, and it learns to write smaller ones, in
+/// the copy and in the watch's batches, losing nothing (a refused txn writes nothing and the
+/// session resumes from its checkpoint).
+#[tokio::test]
+async fn a_destination_with_lowered_txn_limits_is_written_in_smaller_txns() {
+    let src = Etcd::start();
+    let dst = Etcd::start_with(&["--max-txn-ops=8", "--max-request-bytes=32768"]);
+    let (mut s, mut d) = (src.client().await, dst.client().await);
+    let value = |i: usize| format!("{i:06}").repeat(500).into_bytes();
+    let kvs: Vec<(String, Vec<u8>)> = (0..200).map(|i| (format!("/registry/configmaps/team-a/c{i:03}"), value(i))).collect();
+    put_all(&mut s, &kvs[..100]).await;
+    for (k, v) in &kvs[100..] {
+        s.put(k.as_str(), v.clone(), None).await.expect("put");
+    }
+    let p = Mirror::new(config(&src, &dst)).run_once().await.expect("copy into the limited destination");
+    assert_eq!(p.applied_revision, head(&mut s).await);
+    assert_same(&mut s, &mut d).await;
+    // Following: one source txn of 100 puts arrives as one watch batch, written in small txns.
+    let Running { mut rx, stop, task } = run_in_background(Mirror::new(config(&src, &dst)));
+    let more: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("/registry/secrets/team-b/s{i:03}"), value(i))).collect();
+    put_all(&mut s, &more).await;
+    caught_up(&mut rx, &mut s).await;
+    stop_mirror(stop, task).await;
+    assert_same(&mut s, &mut d).await;
+    let (code, report) = check_cli(&src, &dst, &[]);
+    assert_eq!((code, report.missed.count, report.surplus.count, report.diverged.count), (0, 0, 0, 0), "{report:?}");
+}
+
 #[test]
 fn kill_9_mid_copy_then_resume_without_recopying() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -763,7 +792,9 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
 
 /// A rejoining old primary (no checkpoint: deleted when it became primary) gets an initial copy
 /// over its existing data: values the copy overwrites are archived, keys only it holds are kept
-/// (surplus, reported by the check; deleted only when an operator agrees).
+/// (surplus, reported by the check; deleted only when an operator agrees) — on a rejoin, only
+/// those it wrote as primary: older ones are replicas of keys the source deleted since (archived,
+/// then pruned).
 #[tokio::test]
 async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keeps_surplus() {
     let (src, dst) = (Etcd::start(), Etcd::start());
@@ -786,10 +817,28 @@ async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keep
     d.delete(CHECKPOINT_KEY, None).await.expect("forget the checkpoint");
     d.put(drctl::mirror::WAS_PRIMARY_KEY, "{}", None).await.expect("marker");
     d.put("/registry/secrets/team-a/s10", "written while primary", None).await.expect("diverge");
+    // Written as primary, then seen by the source's mirror (its marker says so), then deleted there.
+    let seen = d.put("/registry/secrets/team-a/seen-then-deleted", "x", None).await.expect("put");
+    let (d_id, seen_at) = seen.header().map(|h| (h.cluster_id(), h.revision())).expect("header");
+    let applied = drctl::checkpoint::Applied { cluster_id: d_id, revision: seen_at };
+    let theirs = drctl::mirror::WasPrimary { since: "then".into(), applied_from: Some(applied) };
+    s.put(drctl::mirror::WAS_PRIMARY_KEY, theirs.to_json(), None).await.expect("the source's marker");
+    d.put("/registry/secrets/team-a/never-seen", "surplus", None).await.expect("surplus");
+    d.put("/registry/secrets/team-a/s30", "written as primary, never seen", None).await.expect("diverge");
+    // The new primary deleted a key this cluster held as a replica: a CronJob's old Job, say.
+    s.delete("/registry/secrets/team-a/s20", None).await.expect("delete at the source");
     let p = Mirror::new(config(&src, &dst)).run_once().await.expect("rejoin copy");
     let m = p.archive.clone().expect("archive");
-    assert_eq!((m.count, m.reason.as_str()), (1, "rejoin after being primary"));
+    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str()), (5, 2, 3, "rejoin after being primary"));
+    // Of the five only s30 is a write the source never got (s10 it saw, and changed since); the
+    // surplus key it never saw is kept, not archived.
+    assert_eq!((m.unseen, m.lost()), (Some(1), 1), "stale replicas are not lost writes");
     assert_eq!(d.get(drctl::mirror::WAS_PRIMARY_KEY, None).await.expect("get").count(), 0, "the marker is gone with the rejoin's copy");
+    let has = |resp: etcd_client::GetResponse| resp.count() > 0;
+    assert!(!has(d.get("/registry/secrets/team-a/s20", None).await.expect("get")), "a replica the source deleted since is pruned (archived first)");
+    assert!(!has(d.get("/registry/secrets/team-a/only-here", None).await.expect("get")), "so is a key held before the primary term");
+    assert!(!has(d.get("/registry/secrets/team-a/seen-then-deleted", None).await.expect("get")), "and one the source saw, then deleted");
+    assert!(has(d.get("/registry/secrets/team-a/never-seen", None).await.expect("get")), "a write the source never saw is kept: surplus");
     // A copy into an empty destination archives nothing.
     let (src2, dst2) = (Etcd::start(), Etcd::start());
     put_all(&mut src2.client().await, &same).await;

@@ -78,6 +78,8 @@ pub struct Etcd {
     /// Set for members behind a load balancer ([`Etcd::start_cluster`]); `client_url` is then
     /// the load balancer's, and [`Etcd::kill`] / [`Etcd::restart`] act on every member.
     pub cluster: Option<etcd_cluster::EtcdCluster>,
+    /// Flags after the test bed's own (etcd takes the last of a repeated flag).
+    extra_args: Vec<String>,
 }
 
 impl Etcd {
@@ -94,12 +96,28 @@ impl Etcd {
     pub fn start_cluster(members: usize) -> Etcd {
         let c = etcd_cluster::EtcdCluster::start(members);
         let server = c.member(0).clone();
-        Etcd { child: None, dir: tempfile::tempdir().expect("tempdir"), client_url: c.lb_url(), tls: Some(c.tls.clone()), server, cluster: Some(c) }
+        Etcd {
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            client_url: c.lb_url(),
+            tls: Some(c.tls.clone()),
+            server,
+            cluster: Some(c),
+            extra_args: Vec::new(),
+        }
     }
 
     /// The client URLs of every member (the load balancer's alone is `client_url`).
     pub fn member_urls(&self) -> Vec<String> {
         self.cluster.as_ref().map_or_else(|| vec![self.client_url.clone()], |c| c.member_urls())
+    }
+
+    /// A single member started with `args` too, e.g. lowered request limits.
+    pub fn start_with(args: &[&str]) -> Etcd {
+        let mut e = Etcd::new(false);
+        e.extra_args = args.iter().map(|a| a.to_string()).collect();
+        e.spawn();
+        e.ready_or_relaunch()
     }
 
     fn launch(tls: bool) -> Etcd {
@@ -110,11 +128,12 @@ impl Etcd {
 
     /// Waits for this spawned etcd; when it does not start, a new one on fresh ports.
     fn ready_or_relaunch(self) -> Etcd {
-        let tls = self.tls.is_some();
+        let (tls, extra_args) = (self.tls.is_some(), self.extra_args.clone());
         let mut spawned = Some(self);
         on_fresh_ports("etcd", || {
             let mut e = spawned.take().unwrap_or_else(|| {
                 let mut e = Etcd::new(tls);
+                e.extra_args = extra_args.clone();
                 e.spawn();
                 e
             });
@@ -126,11 +145,13 @@ impl Etcd {
     fn new(tls: bool) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let server = if tls { procs::EtcdServer::on_free_ports_tls(dir.path()) } else { procs::EtcdServer::on_free_ports(dir.path()) }.expect("etcd ports");
-        Etcd { child: None, client_url: server.client_url.clone(), tls: server.tls.clone(), dir, server, cluster: None }
+        Etcd { child: None, client_url: server.client_url.clone(), tls: server.tls.clone(), dir, server, cluster: None, extra_args: Vec::new() }
     }
 
     fn spawn(&mut self) {
-        self.child = Some(spawn(self.server.command(), &self.server.log()));
+        let mut cmd = self.server.command();
+        cmd.args(&self.extra_args);
+        self.child = Some(spawn(cmd, &self.server.log()));
     }
 
     fn wait_ready(&mut self) {
@@ -413,6 +434,17 @@ impl Global {
 
     pub async fn client(&self) -> Client {
         self.api.client().await
+    }
+
+    /// A client acting as the user alice: cluster-admin by RBAC but not exempt from the fence,
+    /// as a platform user would be.
+    pub async fn as_alice(&self) -> Client {
+        // Replicated from the primary once the standby mirrors: it may exist already.
+        let _ = self.api.kubectl(&["create", "clusterrolebinding", "alice-admin", "--clusterrole=cluster-admin", "--user=alice"]);
+        let kc = kube::config::Kubeconfig::read_from(&self.api.kubeconfig).expect("kubeconfig");
+        let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        cfg.auth_info.impersonate = Some("alice".into());
+        Client::try_from(cfg).expect("client")
     }
 }
 
