@@ -9,13 +9,15 @@ DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 .PHONY: deps etcd kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
-# protoc with its well-known types, OpenSSH, OpenSSL headers.
+# protoc with its well-known types, OpenSSH, OpenSSL headers; containerd, runc, CNI plugins,
+# busybox-static, iptables and skopeo for tests/pod.rs's real node.
 deps:
 	bash hack/install-deps.sh
 
 # Built from Go modules (never downloaded prebuilt), cached by version in $(DRCTL_CACHE):
-# kube-apiserver, kube-controller-manager, kube-scheduler and kubectl; Argo CD; kwok; Gitea (the
-# forge tests/forge.rs opens pull requests on).
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet (tests/pod.rs's
+# real node); Argo CD with the kustomize it pins; kwok; Gitea (the forge tests/forge.rs opens
+# pull requests on).
 kube:
 	bash hack/build-kube.sh >/dev/null
 # etcd, etcdctl and etcdutl (ETCD_VERSION, default the newest 3.6 served; 3.5 and 3.7 build too).

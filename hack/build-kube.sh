@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the k8s.io/kubernetes Go module (no prebuilt binaries)
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet (the real node of tests/pod.rs) from the k8s.io/kubernetes Go module (no prebuilt binaries)
 # and caches them by version under $DRCTL_CACHE (default /var/cache/drctl), so a machine builds
 # them once. `go install k8s.io/kubernetes/cmd/kube-apiserver@vX` cannot work: k8s.io/kubernetes
 # replaces its staging modules with ./staging paths, so a throwaway module pins each staging
@@ -9,7 +9,7 @@ set -euo pipefail
 version="${KUBE_VERSION:-v1.34.4}"
 cache="${DRCTL_CACHE:-/var/cache/drctl}"
 out="$cache/kube-$version"
-want=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 missing=()
 for b in "${want[@]}"; do [ -x "$out/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$out"; exit 0; fi
@@ -35,6 +35,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	_ "k8s.io/kubernetes/cmd/kubelet/app"
 	_ "k8s.io/kubectl/pkg/cmd"
 )
 

@@ -6,11 +6,14 @@ set -euo pipefail
 # umoci: `make image` builds the OCI image without a daemon or base image; prometheus: its promtool and server test the alerts;
 # openssh-server: the SSH forge of the push test; libssl-dev + pkg-config: libgit2's HTTPS/SSH transports;
 # etcd is not listed: Debian ships 3.4 (end of life); hack/build-etcd.sh builds 3.6 from its Go modules;
-# redis-server: each lab global's Argo CD keeps its cache there; golang-go is not listed: Go comes
+# redis-server: each lab global's Argo CD keeps its cache there;
+# containerd + runc + containernetworking-plugins + iptables: the real node tests/pod.rs runs the controller's Pod on
+#   (a kubelet built by hack/build-kube.sh); busybox-static + skopeo: its pause image and the image import, no registry;
+# golang-go is not listed: Go comes
 #   with the machine (the Go builds in hack/ need it, and check for it).
 pkgs=(protobuf-compiler libprotobuf-dev pdns-server pdns-backend-sqlite3 bind9 bind9-dnsutils
   sqlite3 git openssh-server openssh-client libssl-dev pkg-config redis-server ca-certificates curl build-essential
-  umoci prometheus)
+  umoci prometheus containerd runc containernetworking-plugins busybox-static iptables skopeo)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

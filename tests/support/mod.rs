@@ -4,10 +4,12 @@
 //! when the test process dies (PR_SET_PDEATHSIG), so a crashed test leaves nothing behind.
 #![allow(dead_code)]
 
+pub mod argocd;
 pub mod dns;
 pub mod etcd_cluster;
 pub mod faults;
 pub mod health;
+pub mod node;
 pub mod pair;
 pub mod partition;
 pub mod ssh;
@@ -247,19 +249,26 @@ impl ApiServer {
 
     /// Waits for this spawned apiserver; when it does not start, a new one on a fresh port.
     fn ready_or_relaunch(self, etcd: &Etcd) -> ApiServer {
+        let real_nodes = self.server.real_nodes;
         let mut spawned = Some(self);
         on_fresh_ports("kube-apiserver", || {
-            let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_new(etcd));
+            let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_with(etcd, real_nodes));
             let child = a.child.as_mut().expect("apiserver spawned");
             a.server.wait_ready(kube_bin_dir(), child).map(|()| a)
         })
     }
 
     fn spawn_new(etcd: &Etcd) -> ApiServer {
+        ApiServer::spawn_with(etcd, false)
+    }
+
+    /// `real_nodes`: the admission a global with real nodes needs (`procs::ApiServer::real_nodes`).
+    fn spawn_with(etcd: &Etcd, real_nodes: bool) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         // Every member, as a control-plane node's apiserver is given them.
         let mut server = procs::ApiServer::prepare(dir.path(), &etcd.member_urls().join(",")).expect("apiserver pki");
         server.etcd_tls = etcd.tls.clone();
+        server.real_nodes = real_nodes;
         let mut a = ApiServer { child: None, url: server.url.clone(), kubeconfig: server.kubeconfig.clone(), dir, server };
         a.spawn();
         a
@@ -390,6 +399,14 @@ impl Global {
     pub fn start(name: &str) -> Global {
         let etcd = Etcd::start();
         let api = ApiServer::start(&etcd);
+        Global { name: name.to_string(), control_plane: None, api, etcd }
+    }
+
+    /// A global whose apiserver mounts ServiceAccount tokens into Pods, for a real node
+    /// ([`node::Node`]).
+    pub fn start_for_real_node(name: &str) -> Global {
+        let etcd = Etcd::start();
+        let api = ApiServer::spawn_with(&etcd, true).ready_or_relaunch(&etcd);
         Global { name: name.to_string(), control_plane: None, api, etcd }
     }
 

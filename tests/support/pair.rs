@@ -72,7 +72,12 @@ pub struct Pair {
     /// Extra entries of `spec.restarts` and extra `spec` fields (workload clusters).
     pub restarts_extra: String,
     pub spec_extra: String,
+    /// drctl's namespace in both globals: its Secrets, its Lease, the topology's references.
+    pub namespace: String,
 }
+
+/// The namespace the base of `gitops/deploy` installs drctl into.
+pub const NAMESPACE: &str = "drctl-system";
 
 impl Pair {
     pub async fn start() -> Pair {
@@ -85,20 +90,38 @@ impl Pair {
         Pair::start_on(Global::start_pair_ha("global-a", "global-b")).await
     }
 
-    async fn start_on((a, b): (Global, Global)) -> Pair {
+    async fn start_on(globals: (Global, Global)) -> Pair {
+        Pair::start_in(globals, NAMESPACE, false).await
+    }
+
+    /// A pair with drctl's Secrets in `namespace`. The CRD is applied with kubectl unless
+    /// `crd_from_argocd`: each global's Argo CD installs it with the rest of `gitops/`.
+    pub async fn start_in((a, b): (Global, Global), namespace: &str, crd_from_argocd: bool) -> Pair {
         let pdns = PowerDnsServer::start(ZONE);
         pdns.set(&format!("{DOMAIN}."), "A", 30, &[VIP_A]);
         let dir = tempfile::tempdir().expect("tempdir");
         // Both globals share one encryption config, as the runbook requires.
         std::fs::write(dir.path().join("encryption-a.conf"), "kind: EncryptionConfiguration\n").expect("write");
         std::fs::write(dir.path().join("encryption-b.conf"), "kind: EncryptionConfiguration\n").expect("write");
-        let pair = Pair { a, b, pdns, dir, failover_extra: String::new(), sync_extra: String::new(), restarts_extra: String::new(), spec_extra: String::new() };
+        let pair = Pair {
+            a,
+            b,
+            pdns,
+            dir,
+            failover_extra: String::new(),
+            sync_extra: String::new(),
+            restarts_extra: String::new(),
+            spec_extra: String::new(),
+            namespace: namespace.to_string(),
+        };
         for (g, peer) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
-            g.api.kubectl_ok(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")]);
-            g.api.kubectl_ok(&["create", "namespace", "drctl-system"]);
+            if !crd_from_argocd {
+                g.api.kubectl_ok(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")]);
+            }
+            g.api.kubectl_ok(&["create", "namespace", namespace]);
             g.api.kubectl_ok(&["create", "namespace", "cpaas-system"]);
             let secret = |name: &str, data: &[&str]| {
-                let mut args = vec!["-n", "drctl-system", "create", "secret", "generic", name];
+                let mut args = vec!["-n", namespace, "create", "secret", "generic", name];
                 args.extend_from_slice(data);
                 g.api.kubectl_ok(&args);
             };
@@ -113,7 +136,9 @@ impl Pair {
                     secret(&format!("{}-etcd-tls", e.name), &[&file("ca.crt", &t.ca), &file("tls.crt", &t.cert), &file("tls.key", &t.key)]);
                 }
             }
-            g.api.wait_crd("drtopologies.drctl.io");
+            if !crd_from_argocd {
+                g.api.wait_crd("drtopologies.drctl.io");
+            }
         }
         pair
     }
@@ -149,25 +174,27 @@ impl Pair {
     pub fn topology_yaml(&self, primary: &str) -> String {
         let cluster = |g: &Global, vip: &str, enc: &str| {
             let tls = match &g.etcd.tls {
-                Some(_) => format!("\n      tlsSecretRef: {{name: {}-etcd-tls, namespace: drctl-system}}", g.name),
+                Some(_) => format!("\n      tlsSecretRef: {{name: {}-etcd-tls, namespace: {}}}", g.name, self.namespace),
                 None => String::new(),
             };
             format!(
-                "  - name: {}\n    vip: {vip}\n    apiServer: {}\n    kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: drctl-system}}\n    etcd:\n      endpoints: [{}]{tls}\n    encryptionConfigPath: {}\n",
+                "  - name: {}\n    vip: {vip}\n    apiServer: {}\n    kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: {}}}\n    etcd:\n      endpoints: [{}]{tls}\n    encryptionConfigPath: {}\n",
                 g.name,
                 g.api.url,
                 g.name,
+                self.namespace,
                 g.etcd.client_url,
                 self.dir.path().join(enc).display()
             )
         };
         format!(
-            "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nmetadata:\n  name: {TOPOLOGY}\nspec:\n  primary: {primary}\n  platform:\n    domain: {DOMAIN}\n    ttl: 30\n  clusters:\n{}{}  sync:\n    checkInterval: 2s\n{}  restarts:\n  - name: cluster-transformer\n    namespace: cpaas-system\n    labelSelector: service_name=cluster-transformer\n    method: rolloutRestart\n    when: [failover]\n  - name: victoriametrics\n    namespace: cpaas-system\n    labelSelector: service_name in (vmselect,vminsert)\n    method: deletePods\n    when: [syncEnabled]\n{}  dns:\n    powerdns:\n      apiUrl: {}\n      zone: {ZONE}\n      apiKeySecretRef: {{name: pdns-api, namespace: drctl-system}}\n    verify:\n      resolvers: [\"{}\"]\n      timeout: 20s\n  failover:\n    demotionTimeout: 10s\n{}{}",
+            "apiVersion: drctl.io/v1alpha1\nkind: DRTopology\nmetadata:\n  name: {TOPOLOGY}\nspec:\n  primary: {primary}\n  platform:\n    domain: {DOMAIN}\n    ttl: 30\n  clusters:\n{}{}  sync:\n    checkInterval: 2s\n{}  restarts:\n  - name: cluster-transformer\n    namespace: cpaas-system\n    labelSelector: service_name=cluster-transformer\n    method: rolloutRestart\n    when: [failover]\n  - name: victoriametrics\n    namespace: cpaas-system\n    labelSelector: service_name in (vmselect,vminsert)\n    method: deletePods\n    when: [syncEnabled]\n{}  dns:\n    powerdns:\n      apiUrl: {}\n      zone: {ZONE}\n      apiKeySecretRef: {{name: pdns-api, namespace: {}}}\n    verify:\n      resolvers: [\"{}\"]\n      timeout: 20s\n  failover:\n    demotionTimeout: 10s\n{}{}",
             cluster(&self.a, VIP_A, "encryption-a.conf"),
             cluster(&self.b, VIP_B, "encryption-b.conf"),
             self.sync_extra,
             self.restarts_extra,
             self.pdns.api_url(),
+            self.namespace,
             self.pdns.dns,
             self.failover_extra,
             self.spec_extra
@@ -199,7 +226,7 @@ impl Pair {
             format!("--kubeconfig={}", kubeconfig.display()),
             format!("--listen={listen}"),
             // Explicit: a test host that is itself a Pod has POD_NAMESPACE and a ServiceAccount file.
-            "--namespace=drctl-system".into(),
+            format!("--namespace={}", self.namespace),
             "--lease-seconds=6".into(),
         ];
         // Short unless the test asks for its own (a restart that waits for readiness).

@@ -139,7 +139,7 @@ fn command(kind: Kind, state: &LabState, c: &ClusterState, drctl: &Path) -> Comm
         Kind::Kwok => p.kwok(b, &c.api),
         Kind::Redis => p.redis(),
         Kind::ArgocdRepoServer => p.repo_server(b, &c.api),
-        Kind::ArgocdApplicationController => p.application_controller(b, &c.api),
+        Kind::ArgocdApplicationController => p.application_controller(b, &c.api, platform::ARGOCD_NAMESPACE),
         Kind::DrctlController => {
             let mut cmd = Command::new(drctl);
             cmd.arg("controller")

@@ -260,7 +260,7 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
     for crd in ["drtopologies.drctl.io", "applications.argoproj.io", "appprojects.argoproj.io"] {
         c.api.wait_crd_established(&state.bins.kube, crd)?;
     }
-    procs::kubectl_apply(c.kubectl(state), &platform::argocd_config(&state.bins)?)?;
+    procs::kubectl_apply(c.kubectl(state), &platform::argocd_config(&state.bins, ARGOCD_NAMESPACE)?)?;
     let mut cmd = c.kubectl(state);
     cmd.args(["-n", ARGOCD_NAMESPACE, "patch", "configmap", "argocd-cm", "--type", "merge", "--patch-file"]).arg(layout.join("argocd/argocd-cm-patch.yaml"));
     run_ok(cmd, "patch argocd-cm with gitops/argocd/argocd-cm-patch.yaml")?;
@@ -564,6 +564,7 @@ mod tests {
                         kubeconfig: dir.join(name).join("apiserver/kubeconfig"),
                         etcd_tls: None,
                         encryption_config: None,
+                        real_nodes: false,
                     },
                     platform: platform::Platform::on_free_ports(&dir.join(name).join("platform"), i).expect("ports"),
                     controller: ControllerState { listen: addr(port + 3), log: dir.join(name).join("controller.log") },

@@ -1,9 +1,11 @@
 //! drctl's test bed: the real servers the integration tests and the lab run on loopback (etcd,
 //! kube-apiserver with its PKI, the rest of a global's control plane, Argo CD, kwok, PowerDNS),
+//! a real node (containerd and a kubelet) per global,
 //! spawned either to die with the test or detached for the lab; free ports and the one
 //! "port taken, try new ports" loop; a TCP load balancer for etcd members. It depends on no drctl code, so the controller links none
 //! of it.
 
+pub mod kubelet;
 pub mod platform;
 pub mod ports;
 pub mod procs;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::procs::{self, ApiServer, ProcError};
 
-/// Argo CD's namespace in every global (never replicated): drctl's
+/// Argo CD's namespace in every lab global (never replicated): drctl's
 /// `keyspace::DEFAULT_ARGOCD_NAMESPACE` (the lab's tests check they agree).
 pub const ARGOCD_NAMESPACE: &str = "argocd";
 /// The Application that applies `topology/` (from `gitops/argocd/application-<cluster>.yaml`):
@@ -198,11 +198,12 @@ impl Platform {
         cmd
     }
 
-    pub fn application_controller(&self, bins: &Binaries, api: &ApiServer) -> Command {
+    /// Watches the Applications in `namespace` (the lab's is [`ARGOCD_NAMESPACE`]).
+    pub fn application_controller(&self, bins: &Binaries, api: &ApiServer, namespace: &str) -> Command {
         let mut cmd = self.argocd(bins, api, "argocd-application-controller");
         cmd.args([
             "--namespace".into(),
-            ARGOCD_NAMESPACE.into(),
+            namespace.into(),
             "--redis".into(),
             format!("127.0.0.1:{}", self.redis_port),
             "--repo-server".into(),
@@ -241,18 +242,18 @@ status:
         .join("---\n")
 }
 
-/// Argo CD's own configuration objects (from its module) in the `argocd` namespace, plus the
+/// Argo CD's own configuration objects (from its module) in Argo CD's `namespace`, plus the
 /// `default` AppProject. argocd-cm is the upstream base; `gitops/argocd/argocd-cm-patch.yaml`
 /// is applied over it as README tells users to.
-pub fn argocd_config(bins: &Binaries) -> Result<String, ProcError> {
-    let mut docs = vec![format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ARGOCD_NAMESPACE}}}\n")];
+pub fn argocd_config(bins: &Binaries, namespace: &str) -> Result<String, ProcError> {
+    let mut docs = vec![format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n")];
     for name in ["argocd-cm.yaml", "argocd-cmd-params-cm.yaml", "argocd-rbac-cm.yaml", "argocd-secret.yaml"] {
-        docs.push(with_namespace(&bins.argocd_manifest(name)?));
+        docs.push(with_namespace(&bins.argocd_manifest(name)?, namespace));
     }
     docs.push(format!(
         "apiVersion: argoproj.io/v1alpha1
 kind: AppProject
-metadata: {{name: default, namespace: {ARGOCD_NAMESPACE}}}
+metadata: {{name: default, namespace: {namespace}}}
 spec:
   sourceRepos: ['*']
   destinations: [{{namespace: '*', server: '*'}}]
@@ -263,8 +264,8 @@ spec:
 }
 
 /// Upstream's config manifests carry no namespace (kustomize sets it); the lab applies them raw.
-fn with_namespace(manifest: &str) -> String {
-    manifest.replacen("metadata:\n", &format!("metadata:\n  namespace: {ARGOCD_NAMESPACE}\n"), 1)
+fn with_namespace(manifest: &str, namespace: &str) -> String {
+    manifest.replacen("metadata:\n", &format!("metadata:\n  namespace: {namespace}\n"), 1)
 }
 
 /// The `drtopology` Application from the project's own `gitops/argocd/application-<cluster>.yaml`,
@@ -307,6 +308,6 @@ mod tests {
     #[test]
     fn upstream_config_gets_argocds_namespace() {
         let m = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: argocd-cm\ndata: {}\n";
-        assert!(with_namespace(m).contains("metadata:\n  namespace: argocd\n  name: argocd-cm"));
+        assert!(with_namespace(m, "gitops-system").contains("metadata:\n  namespace: gitops-system\n  name: argocd-cm"));
     }
 }

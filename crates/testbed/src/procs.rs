@@ -37,7 +37,7 @@ pub enum ProcError {
     Failed(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcError {
     let what = what.into();
     move |source| ProcError::Io { what, source }
 }
@@ -438,6 +438,8 @@ struct Pki {
     /// The identities the bootstrap RBAC grants the control plane's own components.
     controller_manager: Issued,
     scheduler: Issued,
+    /// The kubelet of a real node (`kubelet::NODE_NAME`), as the Node authorizer knows it.
+    node: Issued,
 }
 
 fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
@@ -446,6 +448,7 @@ fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
     let admin = ca.client("drctl-lab-admin", Some("system:masters"))?;
     let controller_manager = ca.client("system:kube-controller-manager", None)?;
     let scheduler = ca.client("system:kube-scheduler", None)?;
+    let node = ca.client(&format!("system:node:{}", crate::kubelet::NODE_NAME), Some("system:nodes"))?;
     let sa_key = rcgen::KeyPair::generate()?;
     for (name, body) in [
         ("ca.crt", ca.pem.clone()),
@@ -456,7 +459,7 @@ fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
     ] {
         write_private(&dir.join(name), &body)?;
     }
-    Ok(Pki { ca_pem: ca.pem, admin, controller_manager, scheduler })
+    Ok(Pki { ca_pem: ca.pem, admin, controller_manager, scheduler, node })
 }
 
 /// Writes a file only its owner can read (keys, kubeconfigs, API keys).
@@ -498,6 +501,11 @@ pub struct ApiServer {
     /// `--encryption-provider-config`: encryption at rest of what the file names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_config: Option<PathBuf>,
+    /// A global with real nodes (`kubelet`): runs the ServiceAccount admission plugin, which
+    /// mounts each Pod's token, and NodeRestriction. Off elsewhere: there Pods go to kwok's fake
+    /// nodes, often before their namespace's ServiceAccount exists.
+    #[serde(default)]
+    pub real_nodes: bool,
 }
 
 impl ApiServer {
@@ -509,11 +517,26 @@ impl ApiServer {
         let kubeconfig = dir.join("kubeconfig");
         let write = |path: &Path, user: &Issued| write_private(path, &kubeconfig_yaml(&url, &pki.ca_pem, user));
         write(&kubeconfig, &pki.admin)?;
-        let a =
-            ApiServer { dir: dir.to_path_buf(), port, url: url.clone(), etcd_url: etcd_url.to_string(), kubeconfig, etcd_tls: None, encryption_config: None };
+        let a = ApiServer {
+            dir: dir.to_path_buf(),
+            port,
+            url: url.clone(),
+            etcd_url: etcd_url.to_string(),
+            kubeconfig,
+            etcd_tls: None,
+            encryption_config: None,
+            real_nodes: false,
+        };
         write(&a.controller_manager_kubeconfig(), &pki.controller_manager)?;
+        write(&a.node_kubeconfig(), &pki.node)?;
         write(&a.scheduler_kubeconfig(), &pki.scheduler)?;
         Ok(a)
+    }
+
+    /// Acts as the kubelet of the real node `kubelet::NODE_NAME` (group `system:nodes`): the Node
+    /// authorizer and NodeRestriction admission limit it to its own Node and the Pods bound to it.
+    pub fn node_kubeconfig(&self) -> PathBuf {
+        self.dir.join("node.kubeconfig")
     }
 
     /// Acts as `system:kube-controller-manager`, as the bootstrap RBAC expects.
@@ -557,12 +580,16 @@ impl ApiServer {
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
-            "--authorization-mode=RBAC".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
+            "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
             "--endpoint-reconciler-type=none".into(),
             "-v=1".into(),
         ]);
+        if self.real_nodes {
+            cmd.arg("--enable-admission-plugins=NodeRestriction");
+        } else {
+            cmd.arg("--disable-admission-plugins=ServiceAccount");
+        }
         if let Some(t) = &self.etcd_tls {
             cmd.args([
                 format!("--etcd-cafile={}", t.ca.display()),
