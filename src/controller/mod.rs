@@ -314,18 +314,15 @@ async fn heartbeat_duty(ctx: &Context, topo: &DRTopology, st: &crate::topology::
     let me = ctx.self_name();
     let write = st.role == Some(Role::Primary) && st.phase == Some(Phase::Steady) && topo.spec.primary == me;
     let read = st.role == Some(Role::Standby);
-    let Some(c) = topo.spec.cluster(me).filter(|_| write || read) else {
-        ctx.heartbeat.set(None);
-        return;
-    };
-    let name = topo.name_any();
-    if ctx.heartbeat.is(write, &name, &c.etcd.endpoints) {
-        ctx.heartbeat.rearm();
-        return;
+    if !(write || read) {
+        return ctx.heartbeat.set(None);
     }
+    let name = topo.name_any();
     let Ok(v) = parse(topo, me) else { return ctx.heartbeat.set(None) };
     let Some(c) = v.spec.cluster(me) else { return ctx.heartbeat.set(None) };
+    // The Secret is read on every reconcile: a certificate rotated in place is used at once.
     match crate::etcd::cluster_endpoint(&crate::secret::KubeSecrets::new(ctx.client.clone()), c).await {
+        Ok(etcd) if ctx.heartbeat.is(write, &name, &etcd) => ctx.heartbeat.rearm(),
         Ok(etcd) if write => ctx.heartbeat.set(Some(Duty::Write { topology: name, cluster: me.to_string(), etcd })),
         Ok(etcd) => ctx.heartbeat.set(Some(Duty::Read { topology: name, etcd })),
         Err(e) => {
