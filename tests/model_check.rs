@@ -69,6 +69,23 @@ fn a_planned_switchover_and_back_is_safe() {
     assert_safe("a-primary", "apply(ab:b) run(a) run(b) run(a) run(b) apply(ab:a) run(b) run(a) run(b) run(a)");
 }
 
+/// Issue 21: the old primary's controller is broken (a never reconciles; its apiserver answers
+/// as primary), so b's Demote waits. An override while a's etcd is written is refused; one with
+/// its writers stopped lets b fail over; a's controller, back, steps down for the higher term.
+#[test]
+fn a_demote_overridden_while_the_old_primary_controller_is_broken_is_safe() {
+    let events = "apply(ab:b) run(b) override(b:written) run(b) override(b) run(b) run(a) run(b)";
+    assert_safe("a-primary", events);
+    let mut w = model::check::root("a-primary", FinalSyncPolicy::Abandon);
+    for e in parse_events(events).expect("events parse") {
+        w.apply(e);
+    }
+    let b = &w.c[1].status;
+    let f = b.failover.as_ref().expect("b's failover");
+    assert!(f.completed_at.is_some() && f.demote_overridden.as_ref().is_some_and(|o| o.annotation == "a/1"), "{}", model::world::world_line(&w));
+    assert_eq!(w.c[0].status.role, Some(drctl::topology::Role::Standby), "{}", model::world::world_line(&w));
+}
+
 #[test]
 fn a_flip_back_mid_failover_is_safe() {
     assert_safe("a-primary", "apply(ab:b) run(a) rec(b) rec(b) rec(b) apply(ab:a) run(b) run(a) run(b) run(a)");
