@@ -905,7 +905,7 @@ pub struct FailoverStatus {
 
 /// An override of the Demote step, as accepted: the audit record of a failover that did not
 /// wait for the old primary's acknowledgement while that primary still answered.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DemoteOverridden {
     /// The annotation's value: the old primary and the term it held (`<cluster>/<term>`).

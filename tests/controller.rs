@@ -1653,3 +1653,100 @@ async fn three_member_mtls_etcds_take_a_rotated_client_ca_without_a_controller_r
     assert_eq!(mirrors_started(), before, "the mirror was not restarted, only reconnected\n{}", cb.log_tail());
     eprintln!("rotated A's etcd client CA: B's last check {:?}", checked.status.and_then(|s| s.sync).and_then(|y| y.last_check_time));
 }
+
+/// Issue 21: the old primary's controller is broken while its apiserver and etcd serve, so the
+/// new primary's Demote can never be acknowledged. The operator's override
+/// (`drctl.io/override-demotion=global-a/<term>`) is refused while clients still write to A,
+/// accepted once they stop; the failover completes with everything A took, and status, an
+/// Event and `drctl history` record the override. A's controller, back, steps down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demote_override_is_refused_while_the_old_primary_is_written_and_then_fails_over() {
+    let pair = Pair::start().await;
+    let (mut ca, cb) = steady_pair(&pair).await;
+    let term = pair.status(&pair.a).await.and_then(|t| t.status).map(|s| s.term).expect("A's term");
+    ca.kill();
+    pair.apply_both("global-b");
+    let waiting = |s: &DRTopologyStatus| {
+        s.failover
+            .as_ref()
+            .and_then(|f| f.steps.iter().find(|x| x.name == "Demote"))
+            .and_then(|x| x.message.as_deref())
+            .is_some_and(|m| m.contains("waiting for global-a"))
+    };
+    let b = pair.wait(&pair.b, "B's Demote waiting for A", FAILOVER, &[&cb], waiting).await;
+    let demote = |t: &drctl::topology::DRTopology| {
+        t.status.as_ref().and_then(|s| s.failover.as_ref()).and_then(|f| f.steps.iter().find(|x| x.name == "Demote")).and_then(|x| x.message.clone())
+    };
+    let hint = format!("drctl.io/override-demotion=global-a/{term}");
+    assert!(demote(&b).is_some_and(|m| m.contains(&hint)), "the waiting step names the override: {:?}", demote(&b));
+
+    // Clients keep writing to A through its apiserver.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let api: Api<ConfigMap> = Api::namespaced(pair.a.client().await, "apps");
+    put_configmap(&pair.a, "apps", "w-0", "first").await;
+    let writer = tokio::spawn(async move {
+        let mut n = 1;
+        while !*stopped.borrow() {
+            let cm: ConfigMap =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": format!("w-{n}")}, "data": {"value": "written to A"}})).expect("cm");
+            if api.create(&PostParams::default(), &cm).await.is_ok() {
+                n += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        n
+    });
+    pair.b.api.kubectl_ok(&["annotate", "drtopology", "platform", &hint]);
+    let refused = |s: &DRTopologyStatus| {
+        s.failover.as_ref().and_then(|f| f.steps.iter().find(|x| x.name == "Demote")).and_then(|x| x.message.as_deref()).is_some_and(|m| m.contains("refused"))
+    };
+    let b = pair.wait(&pair.b, "the override refused while A is written", FAILOVER, &[&cb], refused).await;
+    let message = demote(&b).unwrap_or_default();
+    assert!(message.contains("still being written") && message.contains("/registry/configmaps/apps/w-"), "{message}");
+    assert!(b.status.as_ref().and_then(|s| s.failover.as_ref()).is_some_and(|f| f.completed_at.is_none() && f.demote_overridden.is_none()));
+    let _ = stop.send(true);
+    let written = writer.await.expect("writer");
+
+    let b = pair.wait(&pair.b, "B failover done on the override", FAILOVER, &[&cb], steps_all_finished).await;
+    let f = b.status.as_ref().and_then(|s| s.failover.clone()).expect("failover record");
+    let o = f.demote_overridden.clone().unwrap_or_else(|| panic!("the override recorded: {f:?}"));
+    assert_eq!(o.annotation, format!("global-a/{term}"));
+    for s in &f.steps {
+        let ok = s.state == StepState::Succeeded || (s.state == StepState::Skipped && s.name.ends_with("Hooks"));
+        assert!(ok, "step {} ended {:?}: {:?}", s.name, s.state, s.message);
+    }
+    assert!(demote(&b).is_some_and(|m| m.contains("overridden")), "{:?}", demote(&b));
+    // FinalSync caught up to A's head after the quiet window: every write A took is here.
+    for n in 0..written {
+        wait_configmap(&pair.b, "apps", &format!("w-{n}"), Duration::from_secs(5)).await;
+    }
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}"]);
+    assert!(events.lines().any(|l| l.starts_with("DemoteOverrideRefused: ")), "{events}");
+    let note = events.lines().find(|l| l.starts_with("DemoteOverridden: ")).unwrap_or_else(|| panic!("a DemoteOverridden Event: {events}"));
+    assert!(note.contains(&hint), "{note}");
+
+    // The audit trail: the flip in Git, the override from B's status.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path();
+    let file = repo.join(drctl::gitops::DEFAULT_FILE);
+    std::fs::create_dir_all(file.parent().expect("a directory")).expect("mkdir");
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(&file, pair.topology_yaml("global-a")).expect("write");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "Add the DR topology"]);
+    std::fs::write(&file, pair.topology_yaml("global-b")).expect("write");
+    git(repo, &["commit", "-q", "-am", "DR: promote global-b (global-a's controller is broken)"]);
+    let out = support::drctl().args(["history", "--repo"]).arg(repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("Demote overridden at {} by annotation {hint}", o.accepted_at)),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A's controller, repaired, steps down for the higher term and follows B.
+    ca.restart();
+    pair.wait(&pair.a, "A standby in sync after its controller came back", STEADY, &[&ca, &cb], standby_in_sync).await;
+    eprintln!("override refused while A was written ({written} writes), then accepted: {}", o.accepted_at);
+}
