@@ -390,7 +390,13 @@ impl Runbook<'_> {
             }
             (DemoteVerdict::NotAcknowledged, _) => {
                 let p = answered.unwrap_or_default();
-                Err(StepError::NotAcknowledged { peer: self.peer_name.to_string(), timeout: timeout_s.clone(), spec_primary: p.spec_primary, role: p.role })
+                Err(StepError::NotAcknowledged {
+                    peer: self.peer_name.to_string(),
+                    timeout: timeout_s.clone(),
+                    spec_primary: p.spec_primary,
+                    role: p.role,
+                    term: p.term,
+                })
             }
             // A verdict on an error comes only from an error, and on an answer from one.
             (DemoteVerdict::ConfigurationError | DemoteVerdict::Disaster, Ok(_)) => wait(),
