@@ -19,8 +19,9 @@ use drctl::topology::FinalSyncPolicy;
 use model::check::{explore, replay, trace};
 use model::world::parse_events;
 
-/// Depth 8: 78k states in about 90 s (210 MB) in a debug build on this 2-core machine (depth 7:
-/// 33k states, about 45 s; each level costs about 2.3 times the one before).
+/// Depth 8: 85k states in about 90 s (210 MB) in a debug build on this 2-core machine (169 s on
+/// a busy one; 78k before the Demote override's operator events; depth 7: 36k states, about
+/// 45 s; each level costs about 2.3 times the one before).
 const CI_DEPTH: usize = 8;
 
 fn depth() -> usize {
