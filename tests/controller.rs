@@ -1748,5 +1748,5 @@ async fn a_demote_override_is_refused_while_the_old_primary_is_written_and_then_
     // A's controller, repaired, steps down for the higher term and follows B.
     ca.restart();
     pair.wait(&pair.a, "A standby in sync after its controller came back", STEADY, &[&ca, &cb], standby_in_sync).await;
-    eprintln!("override refused while A was written ({written} writes), then accepted: {}", o.accepted_at);
+    eprintln!("override refused while A was written ({written} writes): {message}\nthen accepted at {}: {:?}", o.accepted_at, demote(&b));
 }
