@@ -177,6 +177,11 @@ pub struct Manifest {
     pub count: u64,
     pub overwritten: u64,
     pub pruned: u64,
+    /// A rejoin's entries last written at or above what the new primary had seen of this
+    /// cluster: writes it never got. The others it had, and replaced or deleted since (stale
+    /// replicas). None for every other archive: each entry counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseen: Option<u64>,
     /// The lowest and highest mod revision (in this etcd) of the saved keys.
     pub min_revision: i64,
     pub max_revision: i64,
@@ -185,6 +190,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The entries that are writes the primary does not have (what `DrctlWritesArchived` counts).
+    pub fn lost(&self) -> u64 {
+        self.unseen.unwrap_or(self.count)
+    }
+
     pub fn revisions(&self) -> String {
         format!("{}-{}", self.min_revision, self.max_revision)
     }
@@ -208,13 +218,23 @@ pub async fn entries(kv: &mut KvClient, id: &str) -> Result<Vec<Entry>, etcd_cli
     }
 }
 
-/// Counts archive `id`'s entries and writes its manifest; None (and nothing written) when it is empty.
-pub async fn seal(kv: &mut KvClient, archive: &ArchiveRef, source_cluster_id: u64, source_revision: i64) -> Result<Option<Manifest>, etcd_client::Error> {
+/// Counts archive `id`'s entries and writes its manifest; None (and nothing written) when it is
+/// empty. `seen_below`: a rejoin's bound of what the source had seen (see [`Manifest::unseen`]).
+pub async fn seal(
+    kv: &mut KvClient,
+    archive: &ArchiveRef,
+    source_cluster_id: u64,
+    source_revision: i64,
+    seen_below: Option<i64>,
+) -> Result<Option<Manifest>, etcd_client::Error> {
     let found = entries(kv, &archive.id).await?;
     if found.is_empty() {
         return Ok(None);
     }
-    let m = summarize(&archive.id, archive.reason.as_str(), &found, source_cluster_id, source_revision);
+    let m = Manifest {
+        unseen: seen_below.map(|below| found.iter().filter(|e| e.mod_revision >= below).count() as u64),
+        ..summarize(&archive.id, archive.reason.as_str(), &found, source_cluster_id, source_revision)
+    };
     kv.put(manifest_key(&archive.id), serde_json::to_vec(&m).unwrap_or_default(), None).await?;
     tracing::warn!(archive = %m.id, count = m.count, overwritten = m.overwritten, pruned = m.pruned, reason = %m.reason, "destination keys archived before they were overwritten or deleted");
     Ok(Some(m))
@@ -231,6 +251,7 @@ fn summarize(id: &str, reason: &str, found: &[Entry], source_cluster_id: u64, so
         count: found.len() as u64,
         overwritten: count(Action::Overwritten),
         pruned: count(Action::Pruned),
+        unseen: None,
         min_revision: found.iter().map(|e| e.mod_revision).min().unwrap_or(0),
         max_revision: found.iter().map(|e| e.mod_revision).max().unwrap_or(0),
         bytes: found.iter().map(|e| e.value.len() as u64).sum(),

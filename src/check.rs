@@ -648,7 +648,7 @@ pub async fn repair(source: &Conn, dest: &Conn, filter: &Filter, differences: &[
     if out.archived > 0 {
         // Counted from what is in the archive: a write that lost a race after its value was saved
         // in a txn of its own left an entry too.
-        let sealed = crate::archive::seal(&mut dest.kv.clone(), &archive, cluster_id, head).await.map_err(on(Side::Destination))?;
+        let sealed = crate::archive::seal(&mut dest.kv.clone(), &archive, cluster_id, head, None).await.map_err(on(Side::Destination))?;
         out.archived = sealed.as_ref().map_or(out.archived, |m| m.count);
         out.archive = sealed;
     }

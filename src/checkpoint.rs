@@ -57,7 +57,51 @@ pub struct Witness {
     pub mod_revision: i64,
 }
 
+/// The value of [`WAS_PRIMARY_KEY`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WasPrimary {
+    #[serde(default)]
+    pub since: String,
+    /// What this cluster's mirror had fully applied when it became primary (from its
+    /// checkpoint): the old source's history up to there was seen here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_from: Option<Applied>,
+}
+
+/// A source's history applied up to `revision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    pub cluster_id: u64,
+    pub revision: i64,
+}
+
+impl WasPrimary {
+    /// Below which revision of `cluster_id`'s etcd this cluster saw every write: a key there
+    /// last written below it, and missing here, was deleted here. None for another source.
+    pub fn seen_below(&self, cluster_id: u64) -> Option<i64> {
+        self.applied_from.filter(|a| a.cluster_id == cluster_id).map(|a| a.revision.saturating_add(1))
+    }
+
+    /// The marker and its create revision (where the cluster began acting as primary), if set.
+    /// A value that does not parse (written by an older drctl) still marks the term.
+    pub async fn read(kv: &mut KvClient) -> Result<Option<(WasPrimary, i64)>, etcd_client::Error> {
+        let resp = kv.get(WAS_PRIMARY_KEY, None).await?;
+        Ok(resp.kvs().first().map(|kv| (serde_json::from_slice(kv.value()).unwrap_or_default(), kv.create_revision())))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 impl Checkpoint {
+    /// What it proves applied: nothing while a copy or a split batch is half done.
+    pub fn applied(&self) -> Option<Applied> {
+        (self.copy.is_none() && self.pending.is_none()).then_some(Applied { cluster_id: self.cluster_id, revision: self.revision })
+    }
+
     /// The source fully applied up to `revision`.
     pub fn at(cluster_id: u64, revision: i64) -> Checkpoint {
         Checkpoint { cluster_id, revision, copy: None, pending: None, witness: None }
@@ -77,6 +121,11 @@ pub struct CopyCursor {
     pub next: String,
     /// A resync also deletes destination keys the source no longer has.
     pub prune: bool,
+    /// A rejoin deletes destination keys the source no longer has that were last written before
+    /// this revision (the destination's numbering): when it became primary, so they are replicas
+    /// of what the source deleted since, not its own writes (which are kept: surplus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_below: Option<i64>,
     /// Where the copy saves the destination's values it overwrites or deletes (see
     /// [`crate::archive`]); absent in checkpoints written before archives existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,11 +134,22 @@ pub struct CopyCursor {
 
 impl CopyCursor {
     pub(crate) fn start(prune: bool, archive: ArchiveRef) -> CopyCursor {
-        CopyCursor { phase: 0, next: String::new(), prune, archive: Some(archive) }
+        CopyCursor { phase: 0, next: String::new(), prune, prune_below: None, archive: Some(archive) }
     }
 
-    pub(crate) fn at(phase: usize, next: &[u8], prune: bool, archive: Option<ArchiveRef>) -> CopyCursor {
-        CopyCursor { phase, next: hex::encode(next), prune, archive }
+    /// This copy also prunes keys last written before `revision` (see [`CopyCursor::prune_below`]).
+    pub(crate) fn pruning_below(self, revision: Option<i64>) -> CopyCursor {
+        CopyCursor { prune_below: revision, ..self }
+    }
+
+    /// The same copy, at (`phase`, `next`).
+    pub(crate) fn at(&self, phase: usize, next: &[u8]) -> CopyCursor {
+        CopyCursor { phase, next: hex::encode(next), ..self.clone() }
+    }
+
+    /// Whether a destination key the source does not have is deleted.
+    pub fn prunes(&self, dest_mod_revision: Option<i64>) -> bool {
+        self.prune || matches!((self.prune_below, dest_mod_revision), (Some(below), Some(rev)) if rev < below)
     }
 }
 
@@ -108,17 +168,49 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::Reason;
 
     #[test]
     fn checkpoint_json_is_stable() {
-        let cp = Checkpoint { copy: Some(CopyCursor::at(2, b"/registry/x", true, None)), ..Checkpoint::at(7, 42) };
+        let cp = Checkpoint {
+            copy: Some(CopyCursor { archive: None, ..CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, 1)) }.at(2, b"/registry/x")),
+            ..Checkpoint::at(7, 42)
+        };
         let json = String::from_utf8(serde_json::to_vec(&cp).expect("serialize")).expect("utf8");
         assert_eq!(json, r#"{"clusterId":7,"revision":42,"copy":{"phase":2,"next":"2f72656769737472792f78","prune":true}}"#);
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), cp);
-        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: crate::archive::Reason::Compaction };
-        let with = Checkpoint { copy: Some(CopyCursor::at(0, b"", true, Some(archive))), ..Checkpoint::at(7, 42) };
+        let archive = ArchiveRef { id: "x-r1-compaction".into(), reason: Reason::Compaction };
+        let with = Checkpoint { copy: Some(CopyCursor::start(true, archive)), ..Checkpoint::at(7, 42) };
         let json = String::from_utf8(serde_json::to_vec(&with).expect("serialize")).expect("utf8");
         assert!(json.contains(r#""archive":{"id":"x-r1-compaction","reason":"resync after compaction"}"#), "{json}");
         assert_eq!(serde_json::from_str::<Checkpoint>(&json).expect("parse"), with);
+    }
+
+    #[test]
+    fn the_was_primary_marker_says_what_history_of_which_source_was_seen() {
+        let cp = Checkpoint::at(7, 42);
+        let m = WasPrimary { since: "t".into(), applied_from: cp.applied() };
+        assert_eq!((m.seen_below(7), m.seen_below(8)), (Some(43), None));
+        let copying = Checkpoint { copy: Some(CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, 1))), ..cp.clone() };
+        assert_eq!(copying.applied(), None, "a half-done copy proves nothing");
+        assert_eq!(Checkpoint { pending: Some(40), ..cp }.applied(), None, "nor a half-written batch");
+        let json = m.to_json();
+        assert_eq!(json, r#"{"since":"t","appliedFrom":{"clusterId":7,"revision":42}}"#);
+        assert_eq!(serde_json::from_str::<WasPrimary>("{}").expect("an older marker"), WasPrimary::default());
+    }
+
+    #[test]
+    fn a_rejoin_prunes_only_replicas_older_than_its_primary_term() {
+        let rejoin = CopyCursor::start(false, ArchiveRef::new(Reason::Rejoin, 1)).pruning_below(Some(100));
+        assert!(rejoin.prunes(Some(99)), "last written by the mirror before the primary term: the source deleted it since");
+        assert!(!rejoin.prunes(Some(100)) && !rejoin.prunes(Some(150)), "written during the primary term: kept, reported as surplus");
+        assert!(!rejoin.prunes(None));
+        let initial = CopyCursor::start(false, ArchiveRef::new(Reason::InitialCopy, 1));
+        assert!(!initial.prunes(Some(1)), "a first copy keeps whatever the destination had");
+        assert!(CopyCursor::start(true, ArchiveRef::new(Reason::Compaction, 1)).prunes(Some(1_000)));
+        // Resumed from a checkpoint with the bound.
+        let json = serde_json::to_string(&rejoin.at(1, b"/registry/a")).expect("serialize");
+        assert!(json.contains(r#""pruneBelow":100"#), "{json}");
+        assert_eq!(serde_json::from_str::<CopyCursor>(&json).expect("parse").prune_below, Some(100));
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::archive::{self, ArchiveRef, Manifest, Reason};
 use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
-pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
+pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, WasPrimary, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::copy_order;
 use crate::etcd::{self, Conn, Endpoint, EtcdError, Side};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
@@ -492,10 +492,14 @@ impl Mirror {
                 // Whatever the destination holds already (a rejoining old primary's data) is kept
                 // where the source lacks it (surplus, reported by the check); values the copy
                 // overwrites are archived first.
-                let was_primary = dst.kv.clone().get(WAS_PRIMARY_KEY, None).await.map_err(on(Side::Destination))?.count() > 0;
-                let reason = if was_primary { Reason::Rejoin } else { Reason::InitialCopy };
-                tracing::info!(revision = head, was_primary, "no checkpoint: initial copy");
-                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)) }
+                let marker = WasPrimary::read(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
+                let reason = if marker.is_some() { Reason::Rejoin } else { Reason::InitialCopy };
+                let seen = match marker {
+                    Some((_, since)) => Some(self.seen_by_source(&src, dest_id, since).await),
+                    None => None,
+                };
+                tracing::info!(revision = head, ?seen, "no checkpoint: initial copy");
+                Start::Copy { revision: head, cursor: CopyCursor::start(false, ArchiveRef::new(reason, head)).pruning_below(seen) }
             }
             Some(cp) if cp.cluster_id != cluster_id => {
                 tracing::warn!(old = cp.cluster_id, new = cluster_id, "source cluster changed: full resync");
@@ -573,6 +577,22 @@ impl Mirror {
 
     /// Copies `/registry/` at `revision` from `cursor` on, saving the destination's values it
     /// overwrites or deletes in the cursor's archive first; returns `revision`.
+    /// A rejoining old primary (its marker created at `since`): below which revision of its own
+    /// etcd the source saw every write. Its marker's create revision at least (what came before
+    /// the primary term are replicas); further when the source's own marker says its mirror had
+    /// applied more of this cluster's history when it became primary (a planned switchover's
+    /// final revision, or a disaster's last applied one). A key the source lacks that was last
+    /// written below this was deleted by the source; one written later is a write it never saw.
+    async fn seen_by_source(&self, src: &Conn, dest_id: u64, since: i64) -> i64 {
+        match WasPrimary::read(&mut src.kv.clone()).await {
+            Ok(theirs) => theirs.and_then(|(m, _)| m.seen_below(dest_id)).map_or(since, |seen| seen.max(since)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the source's was-primary marker: pruning only what predates this cluster's primary term");
+                since
+            }
+        }
+    }
+
     #[tracing::instrument(skip(self, src, dst, cursor), fields(prune = cursor.prune))]
     async fn copy(&self, src: &Conn, dst: &Conn, cluster_id: u64, revision: i64, cursor: CopyCursor) -> Result<i64, MirrorError> {
         let t = &self.cfg.tuning;
@@ -588,9 +608,8 @@ impl Mirror {
             p.copy_total_keys = total.max(0) as u64;
             p.copy_compared_keys = 0;
         });
-        let prune = cursor.prune;
         let archive = cursor.archive.clone();
-        let at = |phase: usize, next: &[u8]| CopyCursor::at(phase, next, prune, archive.clone());
+        let at = |phase: usize, next: &[u8]| cursor.at(phase, next);
         let next = hex::decode(&cursor.next).unwrap_or_default();
         let checkpoint = |c: &CopyCursor| Checkpoint { copy: Some(c.clone()), ..Checkpoint::at(cluster_id, revision) };
         let mut done = cursor.clone();
@@ -610,7 +629,7 @@ impl Mirror {
                     .filter_map(|d| {
                         let (op, action) = match d.source {
                             Some(v) => (Op::Put(d.key, v), archive::Action::Overwritten),
-                            None if prune => (Op::Delete(d.key), archive::Action::Pruned),
+                            None if cursor.prunes(d.dest_mod_revision) => (Op::Delete(d.key), archive::Action::Pruned),
                             None => return None,
                         };
                         // The destination's value goes into the archive before the write replaces it.
@@ -692,7 +711,7 @@ impl Mirror {
         let done = if archive.as_ref().is_some_and(|a| a.reason == Reason::Rejoin) { vec![Op::Delete(WAS_PRIMARY_KEY.into())] } else { Vec::new() };
         apply(dkv.clone(), done, Some(Checkpoint::at(cluster_id, revision))).await?;
         let sealed = match &archive {
-            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision).await.map_err(on(Side::Destination))?,
+            Some(a) => archive::seal(&mut dkv.clone(), a, cluster_id, revision, cursor.prune_below).await.map_err(on(Side::Destination))?,
             None => None,
         };
         self.update(|p| {

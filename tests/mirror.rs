@@ -763,7 +763,9 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
 
 /// A rejoining old primary (no checkpoint: deleted when it became primary) gets an initial copy
 /// over its existing data: values the copy overwrites are archived, keys only it holds are kept
-/// (surplus, reported by the check; deleted only when an operator agrees).
+/// (surplus, reported by the check; deleted only when an operator agrees) — on a rejoin, only
+/// those it wrote as primary: older ones are replicas of keys the source deleted since (archived,
+/// then pruned).
 #[tokio::test]
 async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keeps_surplus() {
     let (src, dst) = (Etcd::start(), Etcd::start());
@@ -786,10 +788,28 @@ async fn an_initial_copy_over_existing_data_archives_what_it_overwrites_and_keep
     d.delete(CHECKPOINT_KEY, None).await.expect("forget the checkpoint");
     d.put(drctl::mirror::WAS_PRIMARY_KEY, "{}", None).await.expect("marker");
     d.put("/registry/secrets/team-a/s10", "written while primary", None).await.expect("diverge");
+    // Written as primary, then seen by the source's mirror (its marker says so), then deleted there.
+    let seen = d.put("/registry/secrets/team-a/seen-then-deleted", "x", None).await.expect("put");
+    let (d_id, seen_at) = seen.header().map(|h| (h.cluster_id(), h.revision())).expect("header");
+    let applied = drctl::checkpoint::Applied { cluster_id: d_id, revision: seen_at };
+    let theirs = drctl::mirror::WasPrimary { since: "then".into(), applied_from: Some(applied) };
+    s.put(drctl::mirror::WAS_PRIMARY_KEY, theirs.to_json(), None).await.expect("the source's marker");
+    d.put("/registry/secrets/team-a/never-seen", "surplus", None).await.expect("surplus");
+    d.put("/registry/secrets/team-a/s30", "written as primary, never seen", None).await.expect("diverge");
+    // The new primary deleted a key this cluster held as a replica: a CronJob's old Job, say.
+    s.delete("/registry/secrets/team-a/s20", None).await.expect("delete at the source");
     let p = Mirror::new(config(&src, &dst)).run_once().await.expect("rejoin copy");
     let m = p.archive.clone().expect("archive");
-    assert_eq!((m.count, m.reason.as_str()), (1, "rejoin after being primary"));
+    assert_eq!((m.count, m.overwritten, m.pruned, m.reason.as_str()), (5, 2, 3, "rejoin after being primary"));
+    // Of the five only s30 is a write the source never got (s10 it saw, and changed since); the
+    // surplus key it never saw is kept, not archived.
+    assert_eq!((m.unseen, m.lost()), (Some(1), 1), "stale replicas are not lost writes");
     assert_eq!(d.get(drctl::mirror::WAS_PRIMARY_KEY, None).await.expect("get").count(), 0, "the marker is gone with the rejoin's copy");
+    let has = |resp: etcd_client::GetResponse| resp.count() > 0;
+    assert!(!has(d.get("/registry/secrets/team-a/s20", None).await.expect("get")), "a replica the source deleted since is pruned (archived first)");
+    assert!(!has(d.get("/registry/secrets/team-a/only-here", None).await.expect("get")), "so is a key held before the primary term");
+    assert!(!has(d.get("/registry/secrets/team-a/seen-then-deleted", None).await.expect("get")), "and one the source saw, then deleted");
+    assert!(has(d.get("/registry/secrets/team-a/never-seen", None).await.expect("get")), "a write the source never saw is kept: surplus");
     // A copy into an empty destination archives nothing.
     let (src2, dst2) = (Etcd::start(), Etcd::start());
     put_all(&mut src2.client().await, &same).await;

@@ -81,17 +81,6 @@ fn schedule(seed: u64, len: usize) -> Vec<Fault> {
 /// Every ConfigMap an apiserver acknowledged: (the global that took it, its name).
 type Ledger = Arc<Mutex<Vec<(usize, String)>>>;
 
-/// A client for `g` acting as the user alice (cluster-admin by RBAC, not exempt from the
-/// fence, as a platform user would be).
-async fn as_alice(g: &Global) -> kube::Client {
-    // Replicated from A to B once B mirrors: it may exist already.
-    let _ = g.api.kubectl(&["create", "clusterrolebinding", "alice-admin", "--clusterrole=cluster-admin", "--user=alice"]);
-    let kc = kube::config::Kubeconfig::read_from(&g.api.kubeconfig).expect("kubeconfig");
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
-    cfg.auth_info.impersonate = Some("alice".into());
-    kube::Client::try_from(cfg).expect("client")
-}
-
 /// Writes a ConfigMap through each global's apiserver in turn, every 150 ms, until stopped. A
 /// fenced standby refuses them: only what an apiserver acknowledged is in the ledger.
 fn writer(clients: [kube::Client; 2], stop: Arc<AtomicBool>, ledger: Ledger) -> tokio::task::JoinHandle<u64> {
@@ -149,7 +138,7 @@ async fn run_seed(seed: u64) -> Outcome {
     // The ledger's namespace, created on the primary and replicated.
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": LEDGER_NS}})).expect("namespace");
     Api::<Namespace>::all(pair.a.client().await).create(&PostParams::default(), &ns).await.expect("create namespace");
-    let w = writer([as_alice(&pair.a).await, as_alice(&pair.b).await], stop.clone(), ledger.clone());
+    let w = writer([pair.a.as_alice().await, pair.b.as_alice().await], stop.clone(), ledger.clone());
     let mut git = 0usize;
     let faults = schedule(seed, 8);
     let mut said = Vec::new();

@@ -17,6 +17,16 @@ use crate::topology::DRTopology;
 use crate::validated::ValidatedTopology;
 
 /// Shared by every reconcile.
+/// A fence as this process last applied it.
+pub struct FenceApplied {
+    /// The primary it points writers to, or None when lifted.
+    pub want: Option<String>,
+    /// When it was last applied (it is re-applied every minute).
+    pub at: std::time::Instant,
+    /// When it first took this shape: how long writes may still have passed.
+    pub since: std::time::Instant,
+}
+
 pub struct Context {
     pub client: Client,
     pub args: ControllerArgs,
@@ -25,8 +35,8 @@ pub struct Context {
     pub sync: Arc<SyncManager>,
     /// Serialises reconciles that act (one DRTopology is acted on, but watch events race).
     pub act_lock: Mutex<()>,
-    /// The fence last applied (the primary it points writers to, or None when lifted) and when.
-    pub fenced: Mutex<Option<(Option<String>, std::time::Instant)>>,
+    /// The fence last applied, None before the first.
+    pub fenced: Mutex<Option<FenceApplied>>,
     /// Tells `/readyz` when a reconcile stopped making progress.
     pub watchdog: Arc<Watchdog>,
     /// The encryption config's sha256, re-read only when the file changes.

@@ -29,14 +29,15 @@ use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::{predicates, reflector, watcher, Predicate, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use tokio::sync::Mutex;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use args::{parse_duration_arg, ControllerArgs};
 pub use context::Context;
+use context::FenceApplied;
 pub use error::Error;
 
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
-use crate::decide::fence::{fence_wanted, stopped_sync, FenceFacts};
+use crate::decide::fence::{fence_wanted, settle_left, stopped_sync, FenceFacts};
 use crate::decide::plan::{self, Action, Observed, PeerView, Step, RETRY_ANNOTATION};
 use crate::decide::retry::{retry, Retry};
 use crate::decide::standby::Thresholds;
@@ -229,7 +230,7 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
             dns = Some(seen);
         }
         let action = plan::plan(&observed);
-        tracing::debug!(?action, "planned");
+        debug!(?action, "planned");
         // Invalid: the planner held, and that is all until the spec changes.
         let Some(v) = v else {
             w.status = transition(&action, &w.status, &facts(ctx, &topo, &peer_name));
@@ -241,8 +242,20 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
             // old primary is fenced before it writes its demotion token: a token written while
             // the fence failed would promise a final revision that later writes pass.
             let fenced = fence_as_declared(ctx, v, &w.status, &action).await;
-            if let (Err(e), Action::AcknowledgeDemotion { .. } | Action::StandDown { .. }) = (fenced, &action) {
-                return Err(Error::Fence(e));
+            let reads_final_revision =
+                matches!(action, Action::AcknowledgeDemotion { .. } | Action::StandDown { .. } | Action::AbandonFailover { .. } | Action::AbortFailover { .. });
+            match fenced {
+                Err(e) if matches!(action, Action::AcknowledgeDemotion { .. } | Action::StandDown { .. }) => return Err(Error::Fence(e)),
+                // Not before the fence is enforced: a write it still let through would land
+                // after the final revision the token promises, and the new primary would not
+                // catch up to it.
+                Ok(fenced_for) if reads_final_revision => {
+                    if let Some(left) = settle_left(fenced_for) {
+                        debug!(?left, "waiting for the fence to be enforced before reading the final revision");
+                        return finish(ctx, &topo, w, left).await;
+                    }
+                }
+                _ => {}
             }
         }
         ctx.watchdog.beat(watchdog::step_budget(&action, &v.spec));
@@ -632,7 +645,7 @@ async fn dns_points_here(topo: &ValidatedTopology, self_name: &str, peer_name: &
 }
 
 /// A fenced standby refuses writes to replicated data; a primary (or fencing disabled) lifts the
-/// fence. Follows the declared role, so an old primary is fenced before it writes its demotion
+/// fence. Returns for how long this process has had it up (None: lifted). Follows the declared role, so an old primary is fenced before it writes its demotion
 /// token (no write can land after its final revision); a new primary stays fenced until its
 /// failover has stopped replicating (StopSync lifts it, before the hooks, DNS and restarts), so
 /// its own controllers never act on data the mirror is still writing. Re-applied every minute in
@@ -642,7 +655,7 @@ async fn fence_as_declared(
     topo: &ValidatedTopology,
     status: &crate::topology::DRTopologyStatus,
     action: &Action,
-) -> Result<(), crate::fence::FenceError> {
+) -> Result<Option<Duration>, crate::fence::FenceError> {
     let fenced = fence_wanted(&FenceFacts {
         enabled: topo.spec.sync.fence.enabled,
         declared_primary: topo.spec.primary == ctx.self_name(),
@@ -655,8 +668,9 @@ async fn fence_as_declared(
     });
     let want = fenced.then(|| topo.spec.primary.clone());
     let mut last = ctx.fenced.lock().await;
-    if last.as_ref().is_some_and(|(w, at)| w == &want && at.elapsed() < Duration::from_secs(60)) {
-        return Ok(());
+    let up_for = |f: &FenceApplied| f.want.is_some().then(|| f.since.elapsed());
+    if let Some(f) = last.as_ref().filter(|f| f.want == want && f.at.elapsed() < Duration::from_secs(60)) {
+        return Ok(up_for(f));
     }
     let result = match &want {
         Some(_) => crate::fence::apply(&ctx.client, topo, &ctx.args.namespace).await,
@@ -664,11 +678,18 @@ async fn fence_as_declared(
     };
     match result {
         Ok(()) => {
-            if last.as_ref().map(|(w, _)| w) != Some(&want) {
-                info!(fenced = want.is_some(), "fence reconciled");
-            }
-            *last = Some((want, std::time::Instant::now()));
-            Ok(())
+            let now = std::time::Instant::now();
+            let since = match last.as_ref().filter(|f| f.want == want) {
+                Some(f) => f.since,
+                None => {
+                    info!(fenced = want.is_some(), "fence reconciled");
+                    now
+                }
+            };
+            let applied = FenceApplied { want, at: now, since };
+            let fenced_for = up_for(&applied);
+            *last = Some(applied);
+            Ok(fenced_for)
         }
         Err(e) => {
             warn!(error = %e, "fence not reconciled; will retry");

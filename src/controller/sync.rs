@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -15,6 +16,7 @@ use tracing::{debug, info, warn};
 use super::context::{stop_replicated_pods, Context};
 use super::replication::{SyncError, SyncKey};
 use super::status::StatusWriter;
+use crate::checkpoint::{Checkpoint, CheckpointError, WasPrimary, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::standby::{differences_event, record_archive, record_check, record_health, standby_health, MirrorFacts, Thresholds};
 use crate::decide::wait::{restarts_next, RestartsNext};
@@ -65,11 +67,24 @@ pub async fn stop_replication(ctx: &Context, topo: &ValidatedTopology, why: Stop
 pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology) -> Result<(), SyncError> {
     let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
     let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
-    let marker = serde_json::json!({ "since": Timestamp::now().to_string() }).to_string();
-    let txn = etcd_client::Txn::new().and_then(vec![
-        etcd_client::TxnOp::delete(crate::checkpoint::CHECKPOINT_KEY, None),
-        etcd_client::TxnOp::put(crate::checkpoint::WAS_PRIMARY_KEY, marker, None),
-    ]);
+    let checkpoint = match Checkpoint::read(&mut conn.kv).await {
+        Ok(cp) => cp,
+        Err(CheckpointError::Read(e)) => return Err(SyncError::Status(e)),
+        // Deleted all the same; it proves nothing applied.
+        Err(CheckpointError::Parse(_)) => None,
+    };
+    let forget = TxnOp::delete(CHECKPOINT_KEY, None);
+    let marker = |applied_from| TxnOp::put(WAS_PRIMARY_KEY, WasPrimary { since: Timestamp::now().to_string(), applied_from }.to_json(), None);
+    // The marker records what the mirror had applied, for the peer's rejoin to tell replicas it
+    // deleted since from writes it never saw. Without a checkpoint (a restart, the marker set
+    // already) it is left as it is.
+    let txn = match checkpoint {
+        Some(cp) => Txn::new().and_then(vec![forget, marker(cp.applied())]),
+        None => Txn::new()
+            .when(vec![Compare::create_revision(WAS_PRIMARY_KEY, CompareOp::Equal, 0)])
+            .and_then(vec![forget.clone(), marker(None)])
+            .or_else(vec![forget]),
+    };
     let resp = conn.kv.txn(txn).await.map_err(SyncError::Status)?;
     let deleted = resp.op_responses().iter().any(|r| matches!(r, etcd_client::TxnOpResponse::Delete(d) if d.deleted() > 0));
     if deleted {
@@ -257,12 +272,13 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
 }
 
 /// Records each archive newer than the one in `status.sync.archived`, with a `WritesArchived`
-/// Warning Event and `drctl_archived_keys_total`: once per archive.
+/// Warning Event and `drctl_archived_keys_total` (the writes lost: a rejoin's stale replicas are
+/// not): once per archive.
 async fn announce_archives(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus, archives: &[crate::archive::Manifest]) {
     for m in archives {
         if let Some(note) = record_archive(status, m) {
             warn!(%note, "keys archived");
-            ctx.metrics.archived(&m.reason, m.count);
+            ctx.metrics.archived(&m.reason, m.lost());
             ctx.event(topo, EventType::Warning, "WritesArchived", "Sync", note).await;
         }
     }

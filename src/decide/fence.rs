@@ -1,7 +1,23 @@
 //! Whether this cluster is fenced: its own controllers refused writes to replicated data.
 
+use std::time::Duration;
+
 use super::plan::{in_progress, step_finished, Step};
 use crate::topology::{DRTopologyStatus, Role};
+
+/// How long a fence just put up may still let writes through. kube-apiserver enforces an
+/// admission policy only after its informer delivers it and its policy source recompiles, which
+/// it does at most once a second (k8s.io/apiserver `plugin/policy/generic/policy_source.go`,
+/// `policyRefreshInterval`); the policy and its binding are two objects that may land in two
+/// refreshes. A write admitted in that window commits after a final revision read too early.
+pub const FENCE_SETTLE: Duration = Duration::from_secs(3);
+
+/// How much longer to wait before reading a final revision behind a fence up for `fenced_for`
+/// (None: not fenced, nothing to wait for). A controller that restarted does not know how long
+/// the fence has been up and counts from its own first apply.
+pub fn settle_left(fenced_for: Option<Duration>) -> Option<Duration> {
+    fenced_for.and_then(|d| FENCE_SETTLE.checked_sub(d)).filter(|left| !left.is_zero())
+}
 
 /// What decides whether this cluster is fenced.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +68,16 @@ pub fn stopped_sync(status: &DRTopologyStatus, self_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_final_revision_waits_until_a_new_fence_is_enforced() {
+        let s = Duration::from_secs;
+        assert_eq!(settle_left(None), None, "no fence, nothing to wait for");
+        assert_eq!(settle_left(Some(s(0))), Some(FENCE_SETTLE));
+        assert_eq!(settle_left(Some(s(1))), Some(FENCE_SETTLE - s(1)));
+        assert_eq!(settle_left(Some(FENCE_SETTLE)), None);
+        assert_eq!(settle_left(Some(s(600))), None, "a fence up for long is enforced");
+    }
     use crate::topology::{FailoverStatus, StepState, StepStatus};
 
     #[test]

@@ -105,8 +105,10 @@ pub fn record_archive(status: &mut DRTopologyStatus, m: &Manifest) -> Option<Str
     }
     let total = sync.archived.as_ref().map_or(0, |a| a.total) + m.count;
     let a = ArchivedStatus { count: m.count, archive_id: m.id.clone(), revisions: m.revisions(), reason: m.reason.clone(), total };
+    let unseen =
+        m.unseen.map(|n| format!("; {n} of them writes the primary never saw, the others replicas of what it changed or deleted since")).unwrap_or_default();
     let note = format!(
-        "{} keys of this cluster ({} overwritten, {} deleted; mod revisions {} here) were replaced by the primary's ({}) after being saved in archive {}: `drctl archive list --keys` shows them, `drctl archive restore {}` puts chosen ones back on the primary",
+        "{} keys of this cluster ({} overwritten, {} deleted; mod revisions {} here{unseen}) were replaced by the primary's ({}) after being saved in archive {}: `drctl archive list --keys` shows them, `drctl archive restore {}` puts chosen ones back on the primary",
         m.count, m.overwritten, m.pruned, a.revisions, m.reason, m.id, m.id
     );
     sync.archived = Some(a);
@@ -390,8 +392,13 @@ mod tests {
         assert_eq!(record_archive(&mut st, &older), None, "an older one (already announced before the last)");
         let second = Manifest { id: "a2".into(), count: 2, ..m.clone() };
         assert!(record_archive(&mut st, &second).is_some());
-        let a = st.sync.and_then(|s| s.archived).expect("recorded");
+        let a = st.sync.as_ref().and_then(|s| s.archived.clone()).expect("recorded");
         assert_eq!((a.archive_id.as_str(), a.count, a.total, a.revisions.as_str()), ("a2", 2, 39, "290-366"));
+        // A rejoin tells the old primary's unseen writes from stale replicas.
+        let rejoin = Manifest { id: "a3".into(), reason: "rejoin after being primary".into(), unseen: Some(5), ..m.clone() };
+        let note = record_archive(&mut st, &rejoin).expect("a new archive");
+        assert!(note.contains("290-366 here; 5 of them writes the primary never saw, the others replicas of what it changed or deleted since)"), "{note}");
+        assert_eq!((m.lost(), rejoin.lost()), (37, 5));
     }
 
     #[test]

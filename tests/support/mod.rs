@@ -397,6 +397,17 @@ impl Global {
     pub async fn client(&self) -> Client {
         self.api.client().await
     }
+
+    /// A client acting as the user alice: cluster-admin by RBAC but not exempt from the fence,
+    /// as a platform user would be.
+    pub async fn as_alice(&self) -> Client {
+        // Replicated from the primary once the standby mirrors: it may exist already.
+        let _ = self.api.kubectl(&["create", "clusterrolebinding", "alice-admin", "--clusterrole=cluster-admin", "--user=alice"]);
+        let kc = kube::config::Kubeconfig::read_from(&self.api.kubeconfig).expect("kubeconfig");
+        let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        cfg.auth_info.impersonate = Some("alice".into());
+        Client::try_from(cfg).expect("client")
+    }
 }
 
 /// The `drctl` binary under test.
