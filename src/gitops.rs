@@ -583,6 +583,9 @@ pub struct Completion {
     pub completed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+    /// Started by a flip made in the cluster (Git or the forge down): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
     /// Its Demote step passed on the operator's override, not the old primary's acknowledgement.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub demote_overridden: Option<crate::topology::DemoteOverridden>,
@@ -601,6 +604,7 @@ pub fn attach_failovers(entries: &mut [HistoryEntry], records: &[crate::topology
                 started_at: r.started_at.clone(),
                 completed_at: r.completed_at.clone(),
                 aborted: r.aborted.clone(),
+                break_glass: r.break_glass.clone(),
                 demote_overridden: r.demote_overridden.clone(),
             });
         }
@@ -794,6 +798,9 @@ pub fn format_history(entries: &[HistoryEntry]) -> String {
                 (_, Some(why)) => s.push_str(&format!("  [failover on {} aborted: {why}]", f.cluster)),
                 (Some(at), None) => s.push_str(&format!("  [failover done on {} at {at}]", f.cluster)),
                 (None, None) => s.push_str(&format!("  [failover on {} in progress]", f.cluster)),
+            }
+            if let Some(why) = &f.break_glass {
+                s.push_str(&format!("  [break-glass: flipped in the cluster, not by this commit: {why}]"));
             }
             if let Some(o) = &f.demote_overridden {
                 s.push_str(&format!(

@@ -890,6 +890,10 @@ pub struct FailoverStatus {
     /// gave the role back: what it was abandoned under, so it is not retried until that changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<AbandonedUnder>,
+    /// The `drctl.io/break-glass` annotation set with the flip that started this failover: it
+    /// was made in the cluster (Git or the forge down), not by a commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
     /// Set when the Demote step passed on the operator's override (annotation
     /// `drctl.io/override-demotion`) instead of the old primary's acknowledgement.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1810,3 +1810,49 @@ async fn a_demote_override_is_refused_while_the_old_primary_is_written_and_then_
     pair.wait(&pair.a, "A standby in sync after its controller came back", STEADY, &[&ca, &cb], standby_in_sync).await;
     eprintln!("override refused while A was written ({written} writes): {message}\nthen accepted at {}: {:?}", o.accepted_at, demote(&b));
 }
+
+/// Issue 21, break-glass: Git and the forge unreachable (the controllers read no repo), the flip
+/// made in both clusters with one `kubectl patch` of `spec.primary` and the
+/// `drctl.io/break-glass` annotation. B fails over and records why; once Git is back, the
+/// commit that records the flip is applied (as Argo CD would) without starting anything, and
+/// `drctl history --kubeconfig` shows the flip as break-glass. (Argo CD's self-heal is not in
+/// this pair: docs/runbooks.md turns it off first.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_break_glass_flip_made_in_the_clusters_is_recorded_and_history_shows_it_once_git_is_back() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    let why = "Git and the forge down; INC-42";
+    let patch = serde_json::json!({"metadata": {"annotations": {"drctl.io/break-glass": why}}, "spec": {"primary": "global-b"}}).to_string();
+    for g in [&pair.a, &pair.b] {
+        g.api.kubectl_ok(&["patch", "drt", "platform", "--type", "merge", "-p", &patch]);
+    }
+    let b = pair.wait(&pair.b, "B break-glass failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let f = b.status.as_ref().and_then(|s| s.failover.clone()).expect("failover record");
+    assert_eq!((f.break_glass.as_deref(), f.commit.as_deref()), (Some(why), None), "{f:?}");
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+
+    // Git is back: the flip is committed and merged, Argo CD applies it, the annotation goes.
+    pair.apply_both("global-b");
+    for g in [&pair.a, &pair.b] {
+        g.api.kubectl_ok(&["annotate", "drt", "platform", "drctl.io/break-glass-"]);
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = pair.status(&pair.b).await.and_then(|t| t.status).expect("B status");
+    assert_eq!(after.failover.as_ref().map(|x| (&x.started_at, &x.completed_at)), Some((&f.started_at, &f.completed_at)), "no new failover");
+    assert_eq!((after.role, after.phase), (Some(Role::Primary), Some(Phase::Steady)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path();
+    let file = repo.join(drctl::gitops::DEFAULT_FILE);
+    std::fs::create_dir_all(file.parent().expect("a directory")).expect("mkdir");
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(&file, pair.topology_yaml("global-a")).expect("write");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "Add the DR topology"]);
+    std::fs::write(&file, pair.topology_yaml("global-b")).expect("write");
+    git(repo, &["commit", "-q", "-am", "DR: promote global-b to primary (break-glass, recorded)"]);
+    let out = support::drctl().args(["history", "--repo"]).arg(repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&format!("[break-glass: flipped in the cluster, not by this commit: {why}]")), "{text}");
+    eprintln!("{text}");
+}

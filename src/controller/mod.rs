@@ -38,7 +38,7 @@ pub use error::Error;
 
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::fence::{fence_wanted, settle_left, stopped_sync, FenceFacts};
-use crate::decide::plan::{self, Action, Observed, PeerView, Step, RETRY_ANNOTATION};
+use crate::decide::plan::{self, Action, Observed, PeerView, Step, BREAK_GLASS_ANNOTATION, RETRY_ANNOTATION};
 use crate::decide::retry::{retry, Retry};
 use crate::decide::standby::Thresholds;
 use crate::decide::transition::{transition, Facts, FlipCommit};
@@ -442,7 +442,10 @@ async fn act(
                 other => format!("would {other:?}"),
             };
         }
-        Action::StartFailover { .. } => facts.commit = flipping_commit(&ctx.args, ctx.self_name()),
+        Action::StartFailover { .. } => {
+            facts.commit = flipping_commit(&ctx.args, ctx.self_name());
+            facts.break_glass = topo.annotations().get(BREAK_GLASS_ANNOTATION).map(String::as_str);
+        }
         Action::AbandonFailover { .. } | Action::AbortFailover { .. } | Action::AcknowledgeDemotion { .. } | Action::StandDown { .. } => {
             facts.own_head = match sync::own_revision(ctx, topo).await {
                 Ok(head) => Some(head),
