@@ -66,7 +66,8 @@ test: deps platform image lint
 	cargo test --workspace --no-fail-fast -- --test-threads=2
 	$(MAKE) etcd-matrix
 
-# A pair on three-member mTLS etcds behind load balancers, alone (it is heavy for 2 cores); then
+# A pair on three-member mTLS etcds behind load balancers, alone (it is heavy for 2 cores): a
+# failover with members down, and the primary's etcd client CA rotated under it; then
 # the other supported etcd versions (README, "Supported etcd versions"): the mirror, the check
 # and etcd's own faults (three mTLS members behind a load balancer) on each. The whole suite runs
 # on the default, the newest 3.6.

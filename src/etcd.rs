@@ -95,6 +95,33 @@ impl Endpoint {
     pub fn plain(urls: Vec<String>) -> Endpoint {
         Endpoint { urls, tls: None }
     }
+
+    /// A SHA-256 of the URLs and the TLS material: two endpoints with the same digest reach the
+    /// same members with the same CA bundle, certificate and key. Compared to notice a TLS
+    /// Secret rotated in place without keeping a second copy of the key to compare with.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Each part length-prefixed: no two different endpoints hash the same bytes.
+        let mut part = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        part(&(self.urls.len() as u64).to_be_bytes());
+        for u in &self.urls {
+            part(u.as_bytes());
+        }
+        match &self.tls {
+            None => part(b"plain"),
+            Some(t) => {
+                part(t.ca.as_deref().unwrap_or_default());
+                let (cert, key) = t.identity.as_ref().map(|(c, k)| (c.as_slice(), k.0.as_slice())).unwrap_or_default();
+                part(cert);
+                part(key);
+            }
+        }
+        h.finalize().into()
+    }
 }
 
 /// A connected etcd: the KV and watch clients with raised message limits.

@@ -583,6 +583,12 @@ pub struct Completion {
     pub completed_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<String>,
+    /// Started by a flip made in the cluster (Git or the forge down): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
+    /// Its Demote step passed on the operator's override, not the old primary's acknowledgement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demote_overridden: Option<crate::topology::DemoteOverridden>,
 }
 
 /// Joins failover records from the clusters' status onto the history. A record names the commit
@@ -593,8 +599,14 @@ pub fn attach_failovers(entries: &mut [HistoryEntry], records: &[crate::topology
         let by_commit = r.commit.as_ref().and_then(|c| entries.iter().position(|e| &e.commit == c));
         let at = by_commit.or_else(|| entries.iter().position(|e| e.to == r.to));
         if let Some(i) = at {
-            entries[i].failover =
-                Some(Completion { cluster: r.to.clone(), started_at: r.started_at.clone(), completed_at: r.completed_at.clone(), aborted: r.aborted.clone() });
+            entries[i].failover = Some(Completion {
+                cluster: r.to.clone(),
+                started_at: r.started_at.clone(),
+                completed_at: r.completed_at.clone(),
+                aborted: r.aborted.clone(),
+                break_glass: r.break_glass.clone(),
+                demote_overridden: r.demote_overridden.clone(),
+            });
         }
     }
 }
@@ -786,6 +798,15 @@ pub fn format_history(entries: &[HistoryEntry]) -> String {
                 (_, Some(why)) => s.push_str(&format!("  [failover on {} aborted: {why}]", f.cluster)),
                 (Some(at), None) => s.push_str(&format!("  [failover done on {} at {at}]", f.cluster)),
                 (None, None) => s.push_str(&format!("  [failover on {} in progress]", f.cluster)),
+            }
+            if let Some(why) = &f.break_glass {
+                s.push_str(&format!("  [break-glass: flipped in the cluster, not by this commit: {why}]"));
+            }
+            if let Some(o) = &f.demote_overridden {
+                s.push_str(&format!(
+                    "  [Demote overridden at {} by annotation drctl.io/override-demotion={}: caught up to revision {}]",
+                    o.accepted_at, o.annotation, o.final_revision
+                ));
             }
         }
         s.push('\n');

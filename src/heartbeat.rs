@@ -89,13 +89,13 @@ impl Heartbeat {
         self.armed.store(true, Ordering::SeqCst);
     }
 
-    /// Whether the duty already is `write`/read of `topology` at `urls` (the endpoint, with its
-    /// TLS Secret read, is built only when it changes).
-    pub fn is(&self, write: bool, topology: &str, urls: &[String]) -> bool {
+    /// Whether the duty already is `write`/read of `topology` at `endpoint`, TLS material
+    /// included (a Secret rotated in place makes a new duty, and the task a new connection).
+    pub fn is(&self, write: bool, topology: &str, endpoint: &Endpoint) -> bool {
         let Ok(d) = self.duty.lock() else { return false };
         match &*d {
-            Some(Duty::Write { topology: t, etcd, .. }) => write && t == topology && etcd.urls == urls,
-            Some(Duty::Read { topology: t, etcd }) => !write && t == topology && etcd.urls == urls,
+            Some(Duty::Write { topology: t, etcd, .. }) => write && t == topology && etcd.digest() == endpoint.digest(),
+            Some(Duty::Read { topology: t, etcd }) => !write && t == topology && etcd.digest() == endpoint.digest(),
             None => false,
         }
     }
@@ -127,7 +127,8 @@ impl Heartbeat {
 /// The heartbeat task: every [`INTERVAL`], under `lock` (skipped while a reconcile holds it),
 /// writes or reads the beat as the duty says. Errors are logged once per change and retried.
 pub async fn run<L: std::ops::Deref<Target = tokio::sync::Mutex<()>>>(hb: Arc<Heartbeat>, lock: L) {
-    let mut conn: Option<(Vec<String>, etcd::Conn)> = None;
+    // The connection and the digest of the endpoint it was made to.
+    let mut conn: Option<([u8; 32], etcd::Conn)> = None;
     let mut last_error: Option<String> = None;
     loop {
         tokio::time::sleep(INTERVAL).await;
@@ -141,8 +142,9 @@ pub async fn run<L: std::ops::Deref<Target = tokio::sync::Mutex<()>>>(hb: Arc<He
         };
         // Bounded: the lock held here keeps every reconcile waiting.
         let io = async {
-            if conn.as_ref().is_none_or(|(urls, _)| urls != &endpoint.urls) {
-                conn = Some((endpoint.urls.clone(), etcd::connect(endpoint).await.map_err(|e| e.to_string())?));
+            let digest = endpoint.digest();
+            if conn.as_ref().is_none_or(|(d, _)| *d != digest) {
+                conn = Some((digest, etcd::connect(endpoint).await.map_err(|e| e.to_string())?));
             }
             let Some((_, c)) = conn.as_mut() else { return Ok(()) };
             match &duty {

@@ -405,6 +405,9 @@ impl TxnLimits {
 /// The replication engine; the CLI and the controller run it in-process.
 pub struct Mirror {
     cfg: MirrorConfig,
+    /// The source and destination each session connects to: `cfg`'s, until
+    /// [`Mirror::set_endpoints`] gives new ones (a TLS Secret rotated in place).
+    endpoints: std::sync::Mutex<(Endpoint, Endpoint)>,
     progress: watch::Sender<Progress>,
     /// Starts at the tuning's; halved each time the destination refuses a txn as too big.
     limits: std::sync::Mutex<TxnLimits>,
@@ -413,7 +416,8 @@ pub struct Mirror {
 impl Mirror {
     pub fn new(cfg: MirrorConfig) -> Mirror {
         let limits = std::sync::Mutex::new(TxnLimits { ops: cfg.tuning.txn_max_ops, bytes: cfg.tuning.txn_max_bytes });
-        Mirror { cfg, progress: watch::Sender::new(Progress::default()), limits }
+        let endpoints = std::sync::Mutex::new((cfg.source.clone(), cfg.dest.clone()));
+        Mirror { cfg, endpoints, progress: watch::Sender::new(Progress::default()), limits }
     }
 
     fn txn_limits(&self) -> TxnLimits {
@@ -442,6 +446,22 @@ impl Mirror {
                 tracing::error!(?refused, ops = limits.ops, bytes = limits.bytes, "the destination etcd refuses even drctl's smallest txn: raise its --max-txn-ops (at least 2) or --max-request-bytes (above the largest object)");
                 false
             }
+        }
+    }
+
+    /// The endpoints the next session connects with (the running one keeps its connections:
+    /// the credentials they were opened with were valid then, and a member that stops
+    /// accepting them closes them, which starts the next session).
+    pub fn set_endpoints(&self, source: Endpoint, dest: Endpoint) {
+        if let Ok(mut e) = self.endpoints.lock() {
+            *e = (source, dest);
+        }
+    }
+
+    fn endpoints(&self) -> (Endpoint, Endpoint) {
+        match self.endpoints.lock() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -511,8 +531,9 @@ impl Mirror {
     #[tracing::instrument(skip(self))]
     async fn session(&self, once: bool) -> Result<(), MirrorError> {
         self.update(|p| p.phase = Phase::Connecting);
-        let src = etcd::connect(&self.cfg.source).await?;
-        let dst = etcd::connect(&self.cfg.dest).await?;
+        let (source, dest) = self.endpoints();
+        let src = etcd::connect(&source).await?;
+        let dst = etcd::connect(&dest).await?;
         let (cluster_id, head) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
         let (dest_id, _) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
         etcd::distinct(cluster_id, dest_id)?;

@@ -958,6 +958,14 @@ pub struct FailoverStatus {
     /// gave the role back: what it was abandoned under, so it is not retried until that changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<AbandonedUnder>,
+    /// The `drctl.io/break-glass` annotation set with the flip that started this failover: it
+    /// was made in the cluster (Git or the forge down), not by a commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
+    /// Set when the Demote step passed on the operator's override (annotation
+    /// `drctl.io/override-demotion`) instead of the old primary's acknowledgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demote_overridden: Option<DemoteOverridden>,
     /// The Git commit that flipped `spec.primary`, when the controller can read the repo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
@@ -965,6 +973,20 @@ pub struct FailoverStatus {
     pub author: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// An override of the Demote step, as accepted: the audit record of a failover that did not
+/// wait for the old primary's acknowledgement while that primary still answered.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteOverridden {
+    /// The annotation's value: the old primary and the term it held (`<cluster>/<term>`).
+    pub annotation: String,
+    pub accepted_at: String,
+    /// The old primary's etcd head after the quiet window: what FinalSync caught up to.
+    pub final_revision: i64,
+    /// How long its etcd was watched and found taking no client writes.
+    pub quiet_seconds: u64,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -135,13 +135,18 @@ async fn wait_next_check(c: &Controller, within: Duration) {
 
 /// Both controllers running, A primary and B an in-sync standby.
 async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
+    steady_pair_with(pair, &[]).await
+}
+
+/// [`steady_pair`] with `extra` controller flags.
+async fn steady_pair_with(pair: &Pair, extra: &[&str]) -> (Controller, Controller) {
     create_restart_target(&pair.a).await;
     create_restart_target(&pair.b).await;
     create_sync_restart_target(&pair.a).await;
     create_sync_restart_target(&pair.b).await;
     pair.apply_both("global-a");
-    let ca = pair.controller(&pair.a, &[]);
-    let cb = pair.controller(&pair.b, &[]);
+    let ca = pair.controller(&pair.a, extra);
+    let cb = pair.controller(&pair.b, extra);
     pair.wait(&pair.a, "A primary and steady", STEADY, &[&ca, &cb], is(Role::Primary, Phase::Steady)).await;
     pair.wait(&pair.b, "B standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
     (ca, cb)
@@ -1612,4 +1617,242 @@ async fn three_member_mtls_etcds_behind_load_balancers_fail_over_with_a_member_d
     put_configmap(&pair.b, "apps", "after-flip", "written on global-b").await;
     let data = wait_configmap(&pair.a, "apps", "after-flip", Duration::from_secs(30)).await;
     assert_eq!(data.get("value").map(String::as_str), Some("written on global-b"));
+}
+
+/// Issue 21: the primary's etcd client CA rotated in place, as a platform rotates it, with no
+/// controller restarted. Overlap first: the members trust the old and the new CA, and
+/// `global-a-etcd-tls` (in both globals, same name) gets a CA bundle and a client certificate
+/// and key from the new CA. Then the old CA is retired: the members serve a certificate of the
+/// new CA and trust only it, A's apiserver gets a new-CA client certificate, and the old
+/// client certificate is refused. The standby's mirror (its session broken by the members'
+/// restart), its periodic check and the primary's heartbeat carry on with the Secret's material.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "run alone by `make etcd-matrix` (six etcd members, two load balancers), as the failover test above"]
+async fn three_member_mtls_etcds_take_a_rotated_client_ca_without_a_controller_restart() {
+    let mut pair = Pair::start_ha().await;
+    // A's apiserver restarts below (to take its own new-CA certificate): A's controller holds its
+    // Lease across that, as it would across any apiserver restart shorter than the Lease.
+    let (mut ca, mut cb) = steady_pair_with(&pair, &["--lease-seconds=60"]).await;
+    let pids = (ca.pid(), cb.pid());
+    let b_log = cb.log.clone();
+    let mirrors_started = || std::fs::read_to_string(&b_log).unwrap_or_default().matches("mirror started").count();
+    let before = mirrors_started();
+    put_configmap(&pair.a, "apps", "before-rotation", "old CA").await;
+    wait_configmap(&pair.b, "apps", "before-rotation", Duration::from_secs(30)).await;
+
+    let old = pair.a.etcd.tls.clone().expect("A's etcd serves TLS");
+    let rotated_dir = tempfile::tempdir().expect("tempdir");
+    let new = drctl_testbed::procs::EtcdTls::issue(rotated_dir.path(), "ca2").expect("issue the new CA");
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read PEM");
+    let (old_ca, old_cert, old_key) = (read(&old.ca), read(&old.cert), read(&old.key));
+    let bundle = rotated_dir.path().join("bundle.crt");
+    std::fs::write(&bundle, [old_ca.clone(), read(&new.ca)].concat()).expect("write the bundle");
+
+    // Overlap: the members trust both CAs (still serving the old CA's certificate); the Secret
+    // gets the bundle and the new client certificate.
+    std::fs::copy(&bundle, &old.ca).expect("members trust both CAs");
+    pair.a.etcd.cluster.as_mut().expect("a cluster").restart_all();
+    pair.put_etcd_tls(&pair.a, &bundle, &new.cert, &new.key);
+    let renewed = Instant::now();
+    while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("etcd credentials renewed") {
+        assert!(renewed.elapsed() < Duration::from_secs(30), "B never took the rotated Secret\n{}", cb.log_tail());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}"]);
+    let note = events.lines().find(|l| l.starts_with("EtcdCredentialsRenewed: ")).unwrap_or_else(|| panic!("an EtcdCredentialsRenewed Event: {events}"));
+    assert!(note.contains("global-a (Secret drctl-system/global-a-etcd-tls)") && !note.contains("global-b"), "{note}");
+    put_configmap(&pair.a, "apps", "during-overlap", "both CAs trusted").await;
+    wait_configmap(&pair.b, "apps", "during-overlap", Duration::from_secs(30)).await;
+
+    // Cut-over: the old CA retired everywhere in A's etcd. Its apiserver reads its files again
+    // at its restart; the controllers are not restarted.
+    for (from, to) in
+        [(&new.ca, &old.ca), (&new.server_cert, &old.server_cert), (&new.server_key, &old.server_key), (&new.cert, &old.cert), (&new.key, &old.key)]
+    {
+        std::fs::copy(from, to).expect("install the new CA's files");
+    }
+    pair.a.etcd.cluster.as_mut().expect("a cluster").restart_all();
+    pair.a.api.restart();
+    let cut_over = k8s_openapi::jiff::Timestamp::now();
+    let stale = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&new.ca)))
+            .identity(etcd_client::Identity::from_pem(&old_cert, &old_key)),
+    );
+    let refused = async { etcd_client::Client::connect([pair.a.etcd.client_url.clone()], Some(stale)).await?.get("x", None).await };
+    assert!(tokio::time::timeout(Duration::from_secs(10), refused).await.is_ok_and(|r| r.is_err()), "A's etcd still takes the old client certificate");
+    assert!(old_ca != read(&old.ca), "the members' CA file is the new CA's");
+
+    put_configmap(&pair.a, "apps", "after-cut-over", "new CA only").await;
+    let data = wait_configmap(&pair.b, "apps", "after-cut-over", Duration::from_secs(60)).await;
+    assert_eq!(data.get("value").map(String::as_str), Some("new CA only"));
+    // A check that started after the cut-over passed (it connects afresh each time), and the
+    // primary's heartbeat reached its etcd again with the Secret's material.
+    let checked = pair
+        .wait(&pair.b, "a check after the cut-over", STEADY, &[&ca, &cb], |s| {
+            standby_in_sync(s)
+                && s.sync
+                    .as_ref()
+                    .and_then(|y| y.last_check_time.as_deref())
+                    .and_then(|t| t.parse().ok())
+                    .is_some_and(|t: k8s_openapi::jiff::Timestamp| t > cut_over)
+        })
+        .await;
+    let mut etcd_a = pair.a.etcd.cluster.as_ref().expect("a cluster").client().await;
+    let beat_after = Instant::now();
+    loop {
+        let r = etcd_a.get(drctl::heartbeat::key(support::pair::TOPOLOGY), None).await.expect("read A's heartbeat");
+        let beat = r.kvs().first().and_then(|kv| drctl::heartbeat::Beat::decode(kv.value()));
+        if beat.as_ref().and_then(|b| b.time.parse::<k8s_openapi::jiff::Timestamp>().ok()).is_some_and(|t| t > cut_over) {
+            break;
+        }
+        assert!(beat_after.elapsed() < Duration::from_secs(60), "A's controller wrote no heartbeat since the cut-over ({beat:?})\n{}", ca.log_tail());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!((ca.pid(), cb.pid()), pids, "no controller restarted");
+    assert_eq!(mirrors_started(), before, "the mirror was not restarted, only reconnected\n{}", cb.log_tail());
+    eprintln!("rotated A's etcd client CA: B's last check {:?}", checked.status.and_then(|s| s.sync).and_then(|y| y.last_check_time));
+}
+
+/// Issue 21: the old primary's controller is broken while its apiserver and etcd serve, so the
+/// new primary's Demote can never be acknowledged. The operator's override
+/// (`drctl.io/override-demotion=global-a/<term>`) is refused while clients still write to A,
+/// accepted once they stop; the failover completes with everything A took, and status, an
+/// Event and `drctl history` record the override. A's controller, back, steps down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demote_override_is_refused_while_the_old_primary_is_written_and_then_fails_over() {
+    let pair = Pair::start().await;
+    let (mut ca, cb) = steady_pair(&pair).await;
+    let term = pair.status(&pair.a).await.and_then(|t| t.status).map(|s| s.term).expect("A's term");
+    ca.kill();
+    pair.apply_both("global-b");
+    let waiting = |s: &DRTopologyStatus| {
+        s.failover
+            .as_ref()
+            .and_then(|f| f.steps.iter().find(|x| x.name == "Demote"))
+            .and_then(|x| x.message.as_deref())
+            .is_some_and(|m| m.contains("waiting for global-a"))
+    };
+    let b = pair.wait(&pair.b, "B's Demote waiting for A", FAILOVER, &[&cb], waiting).await;
+    let demote = |t: &drctl::topology::DRTopology| {
+        t.status.as_ref().and_then(|s| s.failover.as_ref()).and_then(|f| f.steps.iter().find(|x| x.name == "Demote")).and_then(|x| x.message.clone())
+    };
+    let hint = format!("drctl.io/override-demotion=global-a/{term}");
+    assert!(demote(&b).is_some_and(|m| m.contains(&hint)), "the waiting step names the override: {:?}", demote(&b));
+
+    // Clients keep writing to A through its apiserver.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let api: Api<ConfigMap> = Api::namespaced(pair.a.client().await, "apps");
+    put_configmap(&pair.a, "apps", "w-0", "first").await;
+    let writer = tokio::spawn(async move {
+        let mut n = 1;
+        while !*stopped.borrow() {
+            let cm: ConfigMap =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": format!("w-{n}")}, "data": {"value": "written to A"}})).expect("cm");
+            if api.create(&PostParams::default(), &cm).await.is_ok() {
+                n += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        n
+    });
+    pair.b.api.kubectl_ok(&["annotate", "drtopology", "platform", &hint]);
+    let refused = |s: &DRTopologyStatus| {
+        s.failover.as_ref().and_then(|f| f.steps.iter().find(|x| x.name == "Demote")).and_then(|x| x.message.as_deref()).is_some_and(|m| m.contains("refused"))
+    };
+    let b = pair.wait(&pair.b, "the override refused while A is written", FAILOVER, &[&cb], refused).await;
+    let message = demote(&b).unwrap_or_default();
+    assert!(message.contains("still being written") && message.contains("/registry/configmaps/apps/w-"), "{message}");
+    assert!(b.status.as_ref().and_then(|s| s.failover.as_ref()).is_some_and(|f| f.completed_at.is_none() && f.demote_overridden.is_none()));
+    let _ = stop.send(true);
+    let written = writer.await.expect("writer");
+
+    let b = pair.wait(&pair.b, "B failover done on the override", FAILOVER, &[&cb], steps_all_finished).await;
+    let f = b.status.as_ref().and_then(|s| s.failover.clone()).expect("failover record");
+    let o = f.demote_overridden.clone().unwrap_or_else(|| panic!("the override recorded: {f:?}"));
+    assert_eq!(o.annotation, format!("global-a/{term}"));
+    for s in &f.steps {
+        let ok = s.state == StepState::Succeeded || (s.state == StepState::Skipped && s.name.ends_with("Hooks"));
+        assert!(ok, "step {} ended {:?}: {:?}", s.name, s.state, s.message);
+    }
+    assert!(demote(&b).is_some_and(|m| m.contains("overridden")), "{:?}", demote(&b));
+    // FinalSync caught up to A's head after the quiet window: every write A took is here.
+    for n in 0..written {
+        wait_configmap(&pair.b, "apps", &format!("w-{n}"), Duration::from_secs(5)).await;
+    }
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    let events = pair.b.api.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={range .items[*]}{.reason}: {.note}{\"\\n\"}{end}"]);
+    assert!(events.lines().any(|l| l.starts_with("DemoteOverrideRefused: ")), "{events}");
+    let note = events.lines().find(|l| l.starts_with("DemoteOverridden: ")).unwrap_or_else(|| panic!("a DemoteOverridden Event: {events}"));
+    assert!(note.contains(&hint), "{note}");
+
+    // The audit trail: the flip in Git, the override from B's status.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path();
+    let file = repo.join(drctl::gitops::DEFAULT_FILE);
+    std::fs::create_dir_all(file.parent().expect("a directory")).expect("mkdir");
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(&file, pair.topology_yaml("global-a")).expect("write");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "Add the DR topology"]);
+    std::fs::write(&file, pair.topology_yaml("global-b")).expect("write");
+    git(repo, &["commit", "-q", "-am", "DR: promote global-b (global-a's controller is broken)"]);
+    let out = support::drctl().args(["history", "--repo"]).arg(repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("Demote overridden at {} by annotation {hint}", o.accepted_at)),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A's controller, repaired, steps down for the higher term and follows B.
+    ca.restart();
+    pair.wait(&pair.a, "A standby in sync after its controller came back", STEADY, &[&ca, &cb], standby_in_sync).await;
+    eprintln!("override refused while A was written ({written} writes): {message}\nthen accepted at {}: {:?}", o.accepted_at, demote(&b));
+}
+
+/// Issue 21, break-glass: Git and the forge unreachable (the controllers read no repo), the flip
+/// made in both clusters with one `kubectl patch` of `spec.primary` and the
+/// `drctl.io/break-glass` annotation. B fails over and records why; once Git is back, the
+/// commit that records the flip is applied (as Argo CD would) without starting anything, and
+/// `drctl history --kubeconfig` shows the flip as break-glass. (Argo CD's self-heal is not in
+/// this pair: docs/runbooks.md turns it off first.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_break_glass_flip_made_in_the_clusters_is_recorded_and_history_shows_it_once_git_is_back() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    let why = "Git and the forge down; INC-42";
+    let patch = serde_json::json!({"metadata": {"annotations": {"drctl.io/break-glass": why}}, "spec": {"primary": "global-b"}}).to_string();
+    for g in [&pair.a, &pair.b] {
+        g.api.kubectl_ok(&["patch", "drt", "platform", "--type", "merge", "-p", &patch]);
+    }
+    let b = pair.wait(&pair.b, "B break-glass failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let f = b.status.as_ref().and_then(|s| s.failover.clone()).expect("failover record");
+    assert_eq!((f.break_glass.as_deref(), f.commit.as_deref()), (Some(why), None), "{f:?}");
+    assert_eq!(dns_answer(&pair), vec![VIP_B]);
+    pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+
+    // Git is back: the flip is committed and merged, Argo CD applies it, the annotation goes.
+    pair.apply_both("global-b");
+    for g in [&pair.a, &pair.b] {
+        g.api.kubectl_ok(&["annotate", "drt", "platform", "drctl.io/break-glass-"]);
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = pair.status(&pair.b).await.and_then(|t| t.status).expect("B status");
+    assert_eq!(after.failover.as_ref().map(|x| (&x.started_at, &x.completed_at)), Some((&f.started_at, &f.completed_at)), "no new failover");
+    assert_eq!((after.role, after.phase), (Some(Role::Primary), Some(Phase::Steady)));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path();
+    let file = repo.join(drctl::gitops::DEFAULT_FILE);
+    std::fs::create_dir_all(file.parent().expect("a directory")).expect("mkdir");
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(&file, pair.topology_yaml("global-a")).expect("write");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "Add the DR topology"]);
+    std::fs::write(&file, pair.topology_yaml("global-b")).expect("write");
+    git(repo, &["commit", "-q", "-am", "DR: promote global-b to primary (break-glass, recorded)"]);
+    let out = support::drctl().args(["history", "--repo"]).arg(repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&format!("[break-glass: flipped in the cluster, not by this commit: {why}]")), "{text}");
+    eprintln!("{text}");
 }

@@ -38,7 +38,7 @@ pub use error::Error;
 
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::fence::{fence_wanted, settle_left, stopped_sync, FenceFacts};
-use crate::decide::plan::{self, Action, Observed, PeerView, Step, RETRY_ANNOTATION};
+use crate::decide::plan::{self, Action, Observed, PeerView, Step, BREAK_GLASS_ANNOTATION, RETRY_ANNOTATION};
 use crate::decide::retry::{retry, Retry};
 use crate::decide::standby::Thresholds;
 use crate::decide::transition::{transition, Facts, FlipCommit};
@@ -336,18 +336,15 @@ async fn heartbeat_duty(ctx: &Context, topo: &DRTopology, st: &crate::topology::
     let me = ctx.self_name();
     let write = st.role == Some(Role::Primary) && st.phase == Some(Phase::Steady) && topo.spec.primary == me;
     let read = st.role == Some(Role::Standby);
-    let Some(c) = topo.spec.cluster(me).filter(|_| write || read) else {
-        ctx.heartbeat.set(None);
-        return;
-    };
-    let name = topo.name_any();
-    if ctx.heartbeat.is(write, &name, &c.etcd.endpoints) {
-        ctx.heartbeat.rearm();
-        return;
+    if !(write || read) {
+        return ctx.heartbeat.set(None);
     }
+    let name = topo.name_any();
     let Ok(v) = parse(topo, me) else { return ctx.heartbeat.set(None) };
     let Some(c) = v.spec.cluster(me) else { return ctx.heartbeat.set(None) };
+    // The Secret is read on every reconcile: a certificate rotated in place is used at once.
     match crate::etcd::cluster_endpoint(&crate::secret::KubeSecrets::new(ctx.client.clone()), c).await {
+        Ok(etcd) if ctx.heartbeat.is(write, &name, &etcd) => ctx.heartbeat.rearm(),
         Ok(etcd) if write => ctx.heartbeat.set(Some(Duty::Write { topology: name, cluster: me.to_string(), etcd })),
         Ok(etcd) => ctx.heartbeat.set(Some(Duty::Read { topology: name, etcd })),
         Err(e) => {
@@ -501,7 +498,10 @@ async fn act(
                 other => format!("would {other:?}"),
             };
         }
-        Action::StartFailover { .. } => facts.commit = flipping_commit(&ctx.args, ctx.self_name()),
+        Action::StartFailover { .. } => {
+            facts.commit = flipping_commit(&ctx.args, ctx.self_name());
+            facts.break_glass = topo.annotations().get(BREAK_GLASS_ANNOTATION).map(String::as_str);
+        }
         Action::AbandonFailover { .. } | Action::AbortFailover { .. } | Action::AcknowledgeDemotion { .. } | Action::StandDown { .. } => {
             facts.own_head = match sync::own_revision(ctx, topo).await {
                 Ok(head) => Some(head),

@@ -155,7 +155,14 @@ mod tests {
         ];
         let hour = std::time::Duration::from_secs(3600);
         for (e, want, rule) in cases {
-            let f = DemoteFacts { self_name: "global-b", answer: e.answer(), down_for: Some(hour), waited: hour, timeout: Duration::from_secs(120) };
+            let f = DemoteFacts {
+                self_name: "global-b",
+                answer: e.answer(),
+                down_for: Some(hour),
+                waited: hour,
+                timeout: Duration::from_secs(120),
+                override_: Default::default(),
+            };
             assert_eq!(demote_verdict(&f), want, "{rule}: {e}");
         }
     }

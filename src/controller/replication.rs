@@ -17,14 +17,15 @@ use crate::keyspace::Filter;
 use crate::mirror::{Mirror, MirrorConfig, Progress, Tuning};
 use crate::secret::SecretError;
 
-/// What identifies a running mirror: when any of it changes, the mirror restarts.
+/// What identifies a running mirror: when any of it changes, the mirror restarts. The TLS
+/// material is not part of it: a rotated certificate reaches the same etcds, and the running
+/// mirror and check take it for their next connection ([`SyncManager::renew_credentials`]).
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct SyncKey {
     pub(super) source: Vec<String>,
     pub(super) dest: Vec<String>,
     pub(super) exclude: String,
     pub(super) namespace: String,
-    pub(super) tls: String,
 }
 
 struct Running {
@@ -32,6 +33,7 @@ struct Running {
     progress: watch::Receiver<Progress>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
+    mirror: Arc<Mirror>,
     source: Endpoint,
     dest: Endpoint,
     filter: Filter,
@@ -49,6 +51,19 @@ struct PeriodicCheck {
     /// `spec.sync.autoRepair` and `checkReadRate` it runs with.
     settings: (bool, Option<u64>),
     task: JoinHandle<CheckResult>,
+}
+
+/// Which sides' TLS material [`SyncManager::renew_credentials`] replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Renewed {
+    pub(super) source: bool,
+    pub(super) dest: bool,
+}
+
+impl Renewed {
+    pub(super) fn any(self) -> bool {
+        self.source || self.dest
+    }
 }
 
 /// A periodic check that finished: the report before it and its result.
@@ -161,7 +176,22 @@ impl SyncManager {
             tokio::spawn(async move { mirror.run(token.cancelled_owned()).await })
         };
         info!(source = %crate::urls::redact_all(&key.source), dest = %crate::urls::redact_all(&key.dest), "mirror started");
-        *self.running.lock().await = Some(Running { key, progress, shutdown, task, source, dest, filter });
+        *self.running.lock().await = Some(Running { key, progress, shutdown, task, mirror, source, dest, filter });
+    }
+
+    /// Gives the running mirror and its checks `source` and `dest` for their next connections
+    /// when their TLS material differs from what they have (a Secret rotated in place): the
+    /// mirror's open session and a check under way finish on the connections they have.
+    /// Which sides changed, if any.
+    pub(super) async fn renew_credentials(&self, source: Endpoint, dest: Endpoint) -> Renewed {
+        let mut guard = self.running.lock().await;
+        let Some(r) = guard.as_mut() else { return Renewed::default() };
+        let renewed = Renewed { source: r.source.digest() != source.digest(), dest: r.dest.digest() != dest.digest() };
+        if renewed.any() {
+            r.mirror.set_endpoints(source.clone(), dest.clone());
+            (r.source, r.dest) = (source, dest);
+        }
+        renewed
     }
 
     /// What identifies the running mirror, if one runs.

@@ -142,10 +142,29 @@ pub async fn ensure_mirror(ctx: &Context, topo: &ValidatedTopology, self_name: &
         dest: me.etcd.endpoints.clone(),
         exclude: serde_json::to_string(&topo.spec.sync.exclude).unwrap_or_default(),
         namespace: ctx.args.namespace.clone(),
-        tls: format!("{:?}/{:?}", src.etcd.tls_secret_ref, me.etcd.tls_secret_ref),
     };
+    // Read on every reconcile: a certificate rotated inside the same Secret is used from the
+    // next connection on, without a restart.
+    let (source, dest) = (endpoint(ctx, src).await?, endpoint(ctx, me).await?);
     let running = ctx.sync.running_key().await;
     if running.as_ref() == Some(&key) {
+        let renewed = ctx.sync.renew_credentials(source, dest).await;
+        if renewed.any() {
+            let secrets: Vec<String> = [(renewed.source, src), (renewed.dest, me)]
+                .into_iter()
+                .filter(|(changed, _)| *changed)
+                .map(|(_, c)| match &c.etcd.tls_secret_ref {
+                    Some(r) => format!("{} (Secret {}/{})", c.name, r.namespace, r.name),
+                    None => c.name.clone(),
+                })
+                .collect();
+            let note = format!(
+                "the etcd TLS material of {} changed: the mirror and the check use it from their next connection (open connections are kept)",
+                secrets.join(" and ")
+            );
+            info!(%note, "etcd credentials renewed");
+            ctx.event(topo, EventType::Normal, "EtcdCredentialsRenewed", "Sync", note).await;
+        }
         return Ok(());
     }
     if let Some(old) = running.filter(|r| r.exclude != key.exclude) {
@@ -158,7 +177,6 @@ pub async fn ensure_mirror(ctx: &Context, topo: &ValidatedTopology, self_name: &
         warn!(%note, "exclusions changed");
         ctx.event(topo, EventType::Warning, "ExclusionsChanged", "Sync", note).await;
     }
-    let (source, dest) = (endpoint(ctx, src).await?, endpoint(ctx, me).await?);
     ctx.sync.start(key, source, dest, topo.spec.filter(&ctx.args.namespace)).await;
     Ok(())
 }

@@ -33,6 +33,11 @@ use crate::topology::{DRTopologyStatus, DemotionStatus, FailoverStatus, FinalSyn
 /// the cluster named primary to any value it did not have when the failover was abandoned.
 pub const RETRY_ANNOTATION: &str = "drctl.io/retry-failover";
 
+/// Set, with `spec.primary`, in the same `kubectl patch` of a break-glass failover (Git or the
+/// forge down, docs/runbooks.md): why. The failover it starts records it (`failover.breakGlass`),
+/// and `drctl history` shows it beside the commit that records the flip once Git is back.
+pub const BREAK_GLASS_ANNOTATION: &str = "drctl.io/break-glass";
+
 /// The runbook's steps, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Step {

@@ -34,6 +34,9 @@ pub struct Facts<'a> {
     pub dry_run_plan: String,
     /// Starting a failover: the commit that flipped `spec.primary`, when the repo is readable.
     pub commit: Option<FlipCommit>,
+    /// Starting a failover: the [`BREAK_GLASS_ANNOTATION`](super::plan::BREAK_GLASS_ANNOTATION)
+    /// set with the flip, when it was made in the cluster instead of in Git.
+    pub break_glass: Option<&'a str>,
     /// Stepping down: this cluster's etcd head revision and cluster ID, when etcd answered.
     pub own_head: Option<(i64, String)>,
 }
@@ -76,6 +79,7 @@ pub fn transition(action: &Action, status: &DRTopologyStatus, f: &Facts) -> DRTo
                 record.author = Some(c.author.clone());
                 record.reason = Some(c.reason.clone());
             }
+            record.break_glass = f.break_glass.map(str::to_string);
             st.failover = Some(record);
             st.phase = Some(Phase::FailingOver);
             st.demotion = None;
@@ -299,6 +303,9 @@ mod tests {
         let f = st.failover.as_ref().expect("record");
         assert_eq!((f.from.as_str(), f.to.as_str(), f.started_at.clone()), ("a", "b", Some(at(0).to_string())));
         assert_eq!((f.commit.as_deref(), f.author.as_deref(), f.reason.as_deref()), (Some("abc"), Some("ana"), Some("drill")));
+        assert_eq!(f.break_glass, None);
+        let glass = transition(&Action::StartFailover { why: "flip".into() }, &was, &Facts { break_glass: Some("git down"), ..facts() });
+        assert_eq!(glass.failover.as_ref().and_then(|f| f.break_glass.as_deref()), Some("git down"), "a break-glass flip is recorded as one");
         assert_eq!((st.phase, st.demotion.is_none()), (Some(Phase::FailingOver), true));
         assert_eq!(condition(&st, ConditionType::Ready), Some(("False".into(), "FailingOver".into())));
     }

@@ -28,9 +28,10 @@ pub enum StepError {
     PeerAccess { peer: String, source: Box<PeerError> },
     #[error(
         "{peer} is reachable but did not acknowledge demotion within {timeout} (its spec.primary is {spec_primary:?}, role {role:?}). \
-         Check its controller and Argo CD sync; only an old primary unreachable for that long is failed over from"
+         Check its controller and Argo CD sync; only an old primary unreachable for that long is failed over from, \
+         unless annotation drctl.io/override-demotion={peer}/{term} overrides it (docs/runbooks.md)"
     )]
-    NotAcknowledged { peer: String, timeout: String, spec_primary: String, role: Option<Role> },
+    NotAcknowledged { peer: String, timeout: String, spec_primary: String, role: Option<Role>, term: i64 },
     /// FinalSync could not start the mirror it catches up with.
     #[error(transparent)]
     StartMirror(Box<SyncError>),

@@ -19,7 +19,9 @@ use crate::controller::replication::SyncError;
 use crate::controller::status::StatusWriter;
 use crate::controller::sync::{collect_periodic, compact_own_history, ensure_mirror, stop_replication, Stopping};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
-use crate::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
+use crate::decide::demote::{
+    client_writes, demote_verdict, override_named, DemoteFacts, DemoteVerdict, Override, PeerAnswer, OVERRIDE_ANNOTATION, OVERRIDE_QUIET_WINDOW,
+};
 use crate::decide::plan::{final_sync_left, old_primary_may_be_newer, step_record, PeerView, Step};
 use crate::decide::standby::record_check;
 use crate::decide::transition::{failover_done, record_step};
@@ -28,8 +30,17 @@ use crate::dns;
 use crate::hooks;
 use crate::restart;
 use crate::secret::KubeSecrets;
-use crate::topology::{FailoverStatus, HookDone, Phase, RestartScope, RestartWhen, RpoToken, StepState};
+use crate::topology::{DemoteOverridden, FailoverStatus, HookDone, Phase, RestartScope, RestartWhen, RpoToken, StepState};
 use crate::validated::{Driver, Hook, ValidatedTopology};
+
+/// What the old primary's etcd took during an override's quiet window.
+struct QuietWindow {
+    /// Client writes ([`client_writes`]): none, or the override is refused.
+    writes: Vec<String>,
+    /// Its head at the end of the window, and its cluster ID: the token FinalSync catches up to.
+    head: i64,
+    cluster_id: String,
+}
 
 /// What one run of a step ended with.
 pub enum Outcome {
@@ -285,13 +296,33 @@ impl Runbook<'_> {
             (Ok(_), Some(p)) => PeerAnswer::Answered(p),
             (Ok(_), None) => PeerAnswer::Down,
         };
-        let facts = DemoteFacts { self_name: self.self_name(), answer, down_for, waited, timeout };
+        let mut facts = DemoteFacts { self_name: self.self_name(), answer, down_for, waited, timeout, override_: Override::Absent };
+        // The operator's override, looked at only when it would change the verdict: the old
+        // primary answers and has not acknowledged (its controller does not act).
+        let annotation = self.topo.annotations().get(OVERRIDE_ANNOTATION).cloned();
+        let (mut ignored, mut watched) = (None, None);
+        if let (Some(p), DemoteVerdict::Wait | DemoteVerdict::NotAcknowledged) = (&answered, demote_verdict(&facts)) {
+            match override_named(annotation.as_deref(), self.peer_name, p.term) {
+                Ok(false) => {}
+                Err(why) => ignored = Some(why),
+                Ok(true) => {
+                    let quiet = self.quiet_window().await;
+                    facts.override_ = if quiet.as_ref().is_ok_and(|q| q.writes.is_empty()) { Override::Quiet } else { Override::Written };
+                    watched = Some(quiet);
+                }
+            }
+        }
         let (topo, peer_name) = (self.topo, self.peer_name);
         let timeout_s = format!("{:?}", topo.spec.failover.demotion_timeout);
+        let term = answered.as_ref().map(|p| p.term).unwrap_or_default();
         let wait = || {
             let why = match down_for {
                 Some(d) => format!("waiting: {peer_name} unreachable for {}s in a row; a disaster after {timeout_s}", d.as_secs()),
-                None => format!("waiting for {peer_name} to acknowledge demotion ({}s of {timeout_s})", waited.as_secs()),
+                None => format!(
+                    "waiting for {peer_name} to acknowledge demotion ({}s of {timeout_s}); if its controller is broken, see annotation {OVERRIDE_ANNOTATION}={peer_name}/{term}{}",
+                    waited.as_secs(),
+                    ignored.as_ref().map(|i| format!(" ({i})")).unwrap_or_default()
+                ),
             };
             // Looks again before the deadline passes, so the verdict comes on time.
             let left = timeout.saturating_sub(down_for.unwrap_or(waited));
@@ -299,6 +330,45 @@ impl Runbook<'_> {
         };
         match (demote_verdict(&facts), read) {
             (DemoteVerdict::Wait, _) => wait(),
+            // Quiet only when the window was watched and found so.
+            (DemoteVerdict::Overridden, _) => {
+                let Some(Ok(q)) = watched else { return wait() };
+                let annotation = annotation.unwrap_or_default();
+                let f = self.failover()?;
+                f.rpo_token = Some(RpoToken { source_cluster_id: q.cluster_id.clone(), final_revision: Some(q.head), ..Default::default() });
+                f.demote_overridden = Some(DemoteOverridden {
+                    annotation: annotation.clone(),
+                    accepted_at: Timestamp::now().to_string(),
+                    final_revision: q.head,
+                    quiet_seconds: OVERRIDE_QUIET_WINDOW.as_secs(),
+                });
+                let note = format!(
+                    "demotion of {peer_name} overridden by annotation {OVERRIDE_ANNOTATION}={annotation}: it answers but did not acknowledge, and its etcd took no client writes in {}s; proceeding as if it acknowledged at revision {} (it is not fenced: keep its writers stopped until it is a standby)",
+                    OVERRIDE_QUIET_WINDOW.as_secs(),
+                    q.head
+                );
+                warn!(%note, "demotion overridden");
+                self.ctx.event(self.topo, EventType::Warning, "DemoteOverridden", Step::Demote.name(), note.clone()).await;
+                Ok(Outcome::ok(note))
+            }
+            (DemoteVerdict::OverrideRefused, _) => {
+                let why = match watched {
+                    Some(Ok(q)) => format!(
+                        "its etcd is still being written ({} keys written in {}s besides leases and Events; first: {})",
+                        q.writes.len(),
+                        OVERRIDE_QUIET_WINDOW.as_secs(),
+                        crate::decide::standby::first_keys(q.writes.iter())
+                    ),
+                    Some(Err(e)) => format!("its etcd could not be watched for writes: {e}"),
+                    None => "it was not watched".to_string(),
+                };
+                let note = format!(
+                    "override {OVERRIDE_ANNOTATION} of {peer_name}'s demotion refused: {why}. Stop its writers (clients, controllers, workload clusters reporting to it), or stop its apiservers for a disaster failover"
+                );
+                warn!(%note, "demotion override refused");
+                self.ctx.event(self.topo, EventType::Warning, "DemoteOverrideRefused", Step::Demote.name(), note.clone()).await;
+                Ok(Outcome::waiting(note, RECHECK))
+            }
             (DemoteVerdict::ConfigurationError, Err(source)) => Err(StepError::PeerAccess { peer: self.peer_name.to_string(), source: Box::new(source) }),
             (DemoteVerdict::Disaster, Err(e)) => Ok(Outcome::ok(format!(
                 "old primary {} unreachable for {timeout_s} ({e}): proceeding without its acknowledgement (disaster failover)",
@@ -323,11 +393,50 @@ impl Runbook<'_> {
             }
             (DemoteVerdict::NotAcknowledged, _) => {
                 let p = answered.unwrap_or_default();
-                Err(StepError::NotAcknowledged { peer: self.peer_name.to_string(), timeout: timeout_s.clone(), spec_primary: p.spec_primary, role: p.role })
+                Err(StepError::NotAcknowledged {
+                    peer: self.peer_name.to_string(),
+                    timeout: timeout_s.clone(),
+                    spec_primary: p.spec_primary,
+                    role: p.role,
+                    term: p.term,
+                })
             }
             // A verdict on an error comes only from an error, and on an answer from one.
             (DemoteVerdict::ConfigurationError | DemoteVerdict::Disaster, Ok(_)) => wait(),
         }
+    }
+
+    /// Watches the old primary's etcd for [`OVERRIDE_QUIET_WINDOW`]: the client writes it took
+    /// (every revision from the start to the end of the window, read back from its history) and
+    /// its head at the end.
+    async fn quiet_window(&self) -> Result<QuietWindow, String> {
+        let peer = self.topo.spec.cluster(self.peer_name).ok_or_else(|| format!("cluster {} is not in spec.clusters", self.peer_name))?;
+        let endpoint = crate::etcd::cluster_endpoint(&KubeSecrets::new(self.ctx.client.clone()), peer).await.map_err(|e| e.to_string())?;
+        let mut conn = crate::etcd::connect(&endpoint).await.map_err(|e| e.to_string())?;
+        let (_, from) = crate::etcd::head(&mut conn.kv).await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(OVERRIDE_QUIET_WINDOW).await;
+        let (cluster_id, head) = crate::etcd::head(&mut conn.kv).await.map_err(|e| e.to_string())?;
+        let mut keys = Vec::new();
+        if head > from {
+            let opts = etcd_client::WatchOptions::new().with_all_keys().with_start_revision(from + 1);
+            let mut stream = conn.watch.watch("", Some(opts)).await.map_err(|e| e.to_string())?;
+            let mut seen = from;
+            while seen < head {
+                let resp = match tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
+                    Ok(Ok(Some(r))) => r,
+                    Ok(Ok(None)) => return Err("its watch ended".into()),
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err(format!("its history up to revision {head} was not read back within 5s")),
+                };
+                for kv in resp.events().iter().filter_map(|e| e.kv()) {
+                    seen = seen.max(kv.mod_revision());
+                    if kv.mod_revision() <= head {
+                        keys.push(kv.key().to_vec());
+                    }
+                }
+            }
+        }
+        Ok(QuietWindow { writes: client_writes(keys.iter().map(Vec::as_slice)), head, cluster_id: format!("{cluster_id:x}") })
     }
 
     async fn final_sync(&mut self) -> Result<Outcome, StepError> {

@@ -16,7 +16,7 @@ use super::world::{parse_events, world_line, Effect, Event, Outcome, World, NAME
 
 /// Keys whose string values are instants: canonicalised to their age (capped), so states that
 /// differ only in when the clock started are one.
-const TIME_KEYS: [&str; 5] = ["startedAt", "finishedAt", "completedAt", "acknowledgedAt", "peerDownSince"];
+const TIME_KEYS: [&str; 6] = ["startedAt", "finishedAt", "completedAt", "acknowledgedAt", "peerDownSince", "acceptedAt"];
 
 /// A canonical 128-bit hash of what the successors of a state depend on: specs (with the
 /// generation only as "same as the abandoned failover's"), statuses with instants as capped ages,
@@ -31,7 +31,7 @@ pub fn canon(w: &World) -> u128 {
             }
         }
         ages(&mut v, w.now);
-        parts.push(serde_json::json!([c.spec, c.fenced, c.held, v]));
+        parts.push(serde_json::json!([c.spec, c.fenced, c.held, c.override_demotion, v]));
     }
     let text = serde_json::json!([parts, w.reach, w.dns]).to_string();
     let half = |seed: u64| {

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use drctl::controller::peer::peer_state;
-use drctl::decide::demote::{demote_verdict, DemoteFacts, DemoteVerdict, PeerAnswer};
+use drctl::decide::demote::{demote_verdict, override_named, DemoteFacts, DemoteVerdict, Override, PeerAnswer};
 use drctl::decide::fence::{fence_wanted, stopped_sync, FenceFacts};
 use drctl::decide::memory::{restore, Memory};
 use drctl::decide::plan::{
@@ -16,7 +16,7 @@ use drctl::decide::plan::{
 };
 use drctl::decide::transition::{failover_done, record_step, transition, Facts};
 use drctl::decide::wait::{elapsed_since, wait_verdict, WaitVerdict};
-use drctl::topology::{DRTopology, DRTopologyStatus, FinalSyncPolicy, Phase, Role, RpoToken, StepState};
+use drctl::topology::{DRTopology, DRTopologyStatus, DemoteOverridden, FinalSyncPolicy, Phase, Role, RpoToken, StepState};
 use k8s_openapi::jiff::Timestamp;
 
 pub const NAMES: [&str; 2] = ["a", "b"];
@@ -47,6 +47,9 @@ pub struct Cluster {
     /// The role memory ConfigMap (`controller::status::StatusWriter` writes it with every status
     /// that changes it; a lost status starts from it).
     pub memory: Memory,
+    /// The operator's `drctl.io/override-demotion` on this cluster's DRTopology (its value), and
+    /// whether the peer's etcd is quiet when the Demote step watches it.
+    pub override_demotion: Option<(String, bool)>,
 }
 
 #[derive(Clone, Debug)]
@@ -103,6 +106,12 @@ pub enum Event {
     LoseStatus {
         on: usize,
     },
+    /// The operator annotates `on` to override its Demote step, naming the peer at the term
+    /// its waiting step shows, with the peer's writers stopped (`quiet`) or not.
+    Override {
+        on: usize,
+        quiet: bool,
+    },
 }
 
 impl fmt::Display for Event {
@@ -119,6 +128,8 @@ impl fmt::Display for Event {
             Event::Heal => f.write_str("heal"),
             Event::Tick => f.write_str("tick"),
             Event::LoseStatus { on } => write!(f, "lose({})", NAMES[on]),
+            Event::Override { on, quiet: true } => write!(f, "override({})", NAMES[on]),
+            Event::Override { on, quiet: false } => write!(f, "override({}:written)", NAMES[on]),
         }
     }
 }
@@ -163,6 +174,15 @@ fn parse_event(tok: &str) -> Result<Event, String> {
         }
         _ if tok.starts_with("run(") => Event::Run { on: arg("run(").and_then(name_index).ok_or_else(bad)? },
         _ if tok.starts_with("lose(") => Event::LoseStatus { on: arg("lose(").and_then(name_index).ok_or_else(bad)? },
+        _ if tok.starts_with("override(") => {
+            let a = arg("override(").ok_or_else(bad)?;
+            let (on, quiet) = match a.split_once(':') {
+                None => (a, true),
+                Some((on, "written")) => (on, false),
+                Some(_) => return Err(bad()),
+            };
+            Event::Override { on: name_index(on).ok_or_else(bad)?, quiet }
+        }
         _ => return Err(bad()),
     })
 }
@@ -233,6 +253,17 @@ impl World {
                 ev.push(Event::LoseStatus { on });
             }
         }
+        // Only where the runbook tells an operator to: a Demote waiting on a peer that answers
+        // as primary (its controller not acting), and not already overridden for its term.
+        for on in 0..2 {
+            let peer = &self.c[1 - on].status;
+            let value = format!("{}/{}", NAMES[1 - on], peer.term);
+            let waiting = self.reach[on] && peer.role == Some(Role::Primary) && self.next_action(on) == Action::RunStep(Step::Demote);
+            if waiting && self.c[on].override_demotion.as_ref().is_none_or(|(v, _)| *v != value) {
+                ev.push(Event::Override { on, quiet: true });
+                ev.push(Event::Override { on, quiet: false });
+            }
+        }
         ev
     }
 
@@ -272,6 +303,10 @@ impl World {
             Event::LoseStatus { on } => {
                 let m = &self.c[on].memory;
                 self.c[on].status = if m.is_empty() { DRTopologyStatus::default() } else { restore(m) };
+            }
+            Event::Override { on, quiet } => {
+                let value = format!("{}/{}", NAMES[1 - on], self.c[1 - on].status.term);
+                self.c[on].override_demotion = Some((value, quiet));
             }
         }
         Effect::default()
@@ -524,9 +559,27 @@ impl World {
             record_peer_term(st, p.term);
         }
         let answer = peer.reachable().map(PeerAnswer::Answered).unwrap_or(PeerAnswer::Down);
-        let facts = DemoteFacts { self_name: NAMES[x], answer, down_for, waited, timeout: Duration::from_secs(TICK as u64) };
+        let timeout = Duration::from_secs(TICK as u64);
+        let mut facts = DemoteFacts { self_name: NAMES[x], answer, down_for, waited, timeout, override_: Override::Absent };
+        // `Runbook::demote`: the override is looked at only when it would change the verdict.
+        if let (Some(p), DemoteVerdict::Wait | DemoteVerdict::NotAcknowledged) = (peer.reachable(), demote_verdict(&facts)) {
+            if let Some((value, quiet)) = &self.c[x].override_demotion {
+                if override_named(Some(value), NAMES[1 - x], p.term) == Ok(true) {
+                    facts.override_ = if *quiet { Override::Quiet } else { Override::Written };
+                }
+            }
+        }
         match demote_verdict(&facts) {
             DemoteVerdict::Wait => Ok((StepState::Running, "waiting for the old primary".to_string())),
+            DemoteVerdict::Overridden => {
+                let f = st.failover.as_mut().ok_or("no failover")?;
+                // The peer's etcd head after the quiet window.
+                f.rpo_token = Some(RpoToken { source_cluster_id: format!("etcd-{}", NAMES[1 - x]), final_revision: Some(1), ..Default::default() });
+                let annotation = self.c[x].override_demotion.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
+                f.demote_overridden = Some(DemoteOverridden { annotation, accepted_at: now.to_string(), final_revision: 1, quiet_seconds: 5 });
+                Ok((StepState::Succeeded, "overridden".to_string()))
+            }
+            DemoteVerdict::OverrideRefused => Ok((StepState::Running, "override refused: the old primary is written".to_string())),
             DemoteVerdict::Disaster => Ok((StepState::Succeeded, "old primary unreachable: disaster failover".to_string())),
             DemoteVerdict::Acknowledged => {
                 let p = peer.reachable().ok_or("acknowledged without an answer")?;

@@ -47,6 +47,12 @@ impl Controller {
         self.spawn();
     }
 
+    /// The process id while it runs (None once it has exited): a test shows it was not restarted.
+    pub fn pid(&mut self) -> Option<u32> {
+        let c = self.child.as_mut()?;
+        matches!(c.try_wait(), Ok(None)).then(|| c.id())
+    }
+
     pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
@@ -128,19 +134,30 @@ impl Pair {
             let kc = peer.api.kubeconfig.display().to_string();
             secret(&format!("{}-kubeconfig", peer.name), &[&format!("--from-file=kubeconfig={kc}")]);
             secret("pdns-api", &[&format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
-            // Each global holds the client certificates of both etcds: it reads the peer's as a
-            // standby and writes its own.
-            for e in [g, peer] {
-                if let Some(t) = &e.etcd.tls {
-                    let file = |key: &str, p: &std::path::Path| format!("--from-file={key}={}", p.display());
-                    secret(&format!("{}-etcd-tls", e.name), &[&file("ca.crt", &t.ca), &file("tls.crt", &t.cert), &file("tls.key", &t.key)]);
-                }
-            }
             if !crd_from_argocd {
                 g.api.wait_crd("drtopologies.drctl.io");
             }
         }
+        for e in [&pair.a, &pair.b] {
+            if let Some(t) = &e.etcd.tls {
+                pair.put_etcd_tls(e, &t.ca, &t.cert, &t.key);
+            }
+        }
         pair
+    }
+
+    /// Writes `of`'s etcd TLS Secret (`<name>-etcd-tls`: `ca.crt`, `tls.crt`, `tls.key`) into
+    /// both globals, created or replaced in place: each global holds the client certificates of
+    /// both etcds (it reads the peer's as a standby and writes its own).
+    pub fn put_etcd_tls(&self, of: &Global, ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) {
+        let file = |key: &str, p: &std::path::Path| format!("--from-file={key}={}", p.display());
+        let name = format!("{}-etcd-tls", of.name);
+        for g in [&self.a, &self.b] {
+            let (ca, cert, key) = (file("ca.crt", ca), file("tls.crt", cert), file("tls.key", key));
+            let args = ["-n", &self.namespace, "create", "secret", "generic", &name, &ca, &cert, &key, "--dry-run=client", "-o", "yaml"];
+            let (ok, out) = g.api.apply_stdin(&g.api.kubectl_ok(&args));
+            assert!(ok, "apply {name} to {}: {out}", g.name);
+        }
     }
 
     /// A pair whose globals also run their own controller-manager, scheduler and kwok nodes,
@@ -227,8 +244,11 @@ impl Pair {
             format!("--listen={listen}"),
             // Explicit: a test host that is itself a Pod has POD_NAMESPACE and a ServiceAccount file.
             format!("--namespace={}", self.namespace),
-            "--lease-seconds=6".into(),
         ];
+        // Short unless the test asks for its own (one that restarts an apiserver).
+        if !extra.iter().any(|a| a.starts_with("--lease-seconds")) {
+            args.push("--lease-seconds=6".into());
+        }
         // Short unless the test asks for its own (a restart that waits for readiness).
         if !extra.iter().any(|a| a.starts_with("--restart-ready-timeout")) {
             args.push("--restart-ready-timeout=1s".into());

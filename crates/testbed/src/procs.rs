@@ -411,21 +411,30 @@ impl Ca {
 
 /// A CA, a serving certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
 fn write_etcd_pki(dir: &Path) -> Result<EtcdTls, ProcError> {
-    let ca = Ca::new("drctl-etcd-ca")?;
-    let server = ca.server("etcd", &[])?;
-    let client = ca.client("drctl", None)?;
-    let w = |name: &str, body: &str| -> Result<PathBuf, ProcError> {
-        let p = dir.join(name);
-        write_private(&p, body)?;
-        Ok(p)
-    };
-    Ok(EtcdTls {
-        ca: w("etcd-ca.crt", &ca.pem)?,
-        cert: w("etcd-client.crt", &client.cert)?,
-        key: w("etcd-client.key", &client.key)?,
-        server_cert: w("etcd-server.crt", &server.cert)?,
-        server_key: w("etcd-server.key", &server.key)?,
-    })
+    EtcdTls::issue(dir, "etcd")
+}
+
+impl EtcdTls {
+    /// A new CA named `<prefix>-ca`, a serving certificate for 127.0.0.1 and a client
+    /// certificate from it, as PEM files `<prefix>-ca.crt`, `<prefix>-client.{crt,key}` and
+    /// `<prefix>-server.{crt,key}` in `dir` (a test rotating an etcd's CA issues a second set).
+    pub fn issue(dir: &Path, prefix: &str) -> Result<EtcdTls, ProcError> {
+        let ca = Ca::new(&format!("drctl-{prefix}-ca"))?;
+        let server = ca.server("etcd", &[])?;
+        let client = ca.client("drctl", None)?;
+        let w = |name: &str, body: &str| -> Result<PathBuf, ProcError> {
+            let p = dir.join(format!("{prefix}-{name}"));
+            write_private(&p, body)?;
+            Ok(p)
+        };
+        Ok(EtcdTls {
+            ca: w("ca.crt", &ca.pem)?,
+            cert: w("client.crt", &client.cert)?,
+            key: w("client.key", &client.key)?,
+            server_cert: w("server.crt", &server.cert)?,
+            server_key: w("server.key", &server.key)?,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
