@@ -15,11 +15,9 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub use crate::procs::NODE_NAME;
 use crate::procs::{self, io, ProcError};
 
-/// The Node every real node registers as, each with its own global's apiserver (whose PKI
-/// holds its client certificate: `procs::ApiServer::node_kubeconfig`).
-pub const NODE_NAME: &str = "real-node";
 /// The image name the pause image is imported as (containerd's `sandbox_image`).
 pub const PAUSE_IMAGE: &str = "docker.io/local/pause:1";
 /// Where the CNI plugins of `containernetworking-plugins` live on Debian.

@@ -229,6 +229,10 @@ pub struct EtcdTls {
     pub server_key: PathBuf,
 }
 
+/// The Node every real node (`kubelet`) registers as, each with its own global's apiserver
+/// (whose PKI holds its client certificate: [`ApiServer::node_kubeconfig`]).
+pub const NODE_NAME: &str = "real-node";
+
 impl EtcdServer {
     pub fn on_free_ports(dir: &Path) -> Result<EtcdServer, ProcError> {
         Ok(EtcdServer {
@@ -447,7 +451,7 @@ struct Pki {
     /// The identities the bootstrap RBAC grants the control plane's own components.
     controller_manager: Issued,
     scheduler: Issued,
-    /// The kubelet of a real node (`kubelet::NODE_NAME`), as the Node authorizer knows it.
+    /// The kubelet of a real node ([`NODE_NAME`]), as the Node authorizer knows it.
     node: Issued,
 }
 
@@ -457,7 +461,7 @@ fn write_pki(dir: &Path) -> Result<Pki, ProcError> {
     let admin = ca.client("drctl-lab-admin", Some("system:masters"))?;
     let controller_manager = ca.client("system:kube-controller-manager", None)?;
     let scheduler = ca.client("system:kube-scheduler", None)?;
-    let node = ca.client(&format!("system:node:{}", crate::kubelet::NODE_NAME), Some("system:nodes"))?;
+    let node = ca.client(&format!("system:node:{}", NODE_NAME), Some("system:nodes"))?;
     let sa_key = rcgen::KeyPair::generate()?;
     for (name, body) in [
         ("ca.crt", ca.pem.clone()),
@@ -542,7 +546,7 @@ impl ApiServer {
         Ok(a)
     }
 
-    /// Acts as the kubelet of the real node `kubelet::NODE_NAME` (group `system:nodes`): the Node
+    /// Acts as the kubelet of the real node [`NODE_NAME`] (group `system:nodes`): the Node
     /// authorizer and NodeRestriction admission limit it to its own Node and the Pods bound to it.
     pub fn node_kubeconfig(&self) -> PathBuf {
         self.dir.join("node.kubeconfig")
