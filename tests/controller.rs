@@ -1787,17 +1787,7 @@ async fn a_demote_override_is_refused_while_the_old_primary_is_written_and_then_
     assert!(note.contains(&hint), "{note}");
 
     // The audit trail: the flip in Git, the override from B's status.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path();
-    let file = repo.join(drctl::gitops::DEFAULT_FILE);
-    std::fs::create_dir_all(file.parent().expect("a directory")).expect("mkdir");
-    git(repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(&file, pair.topology_yaml("global-a")).expect("write");
-    git(repo, &["add", "."]);
-    git(repo, &["commit", "-q", "-m", "Add the DR topology"]);
-    std::fs::write(&file, pair.topology_yaml("global-b")).expect("write");
-    git(repo, &["commit", "-q", "-am", "DR: promote global-b (global-a's controller is broken)"]);
-    let out = support::drctl().args(["history", "--repo"]).arg(repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history");
+    let out = history_of_a_flip_to_b(&pair, "DR: promote global-b (global-a's controller is broken)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains(&format!("Demote overridden at {} by annotation {hint}", o.accepted_at)),
@@ -1809,6 +1799,22 @@ async fn a_demote_override_is_refused_while_the_old_primary_is_written_and_then_
     ca.restart();
     pair.wait(&pair.a, "A standby in sync after its controller came back", STEADY, &[&ca, &cb], standby_in_sync).await;
     eprintln!("override refused while A was written ({written} writes): {message}\nthen accepted at {}: {:?}", o.accepted_at, demote(&b));
+}
+
+/// `drctl history --kubeconfig` of B over a fresh GitOps repo holding the topology with A
+/// primary, then a commit (`message`) flipping it to B.
+fn history_of_a_flip_to_b(pair: &Pair, message: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path();
+    let file = repo.join(drctl::gitops::DEFAULT_FILE);
+    std::fs::create_dir_all(file.parent().expect("a directory")).expect("mkdir");
+    git(repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(&file, pair.topology_yaml("global-a")).expect("write");
+    git(repo, &["add", "."]);
+    git(repo, &["commit", "-q", "-m", "Add the DR topology"]);
+    std::fs::write(&file, pair.topology_yaml("global-b")).expect("write");
+    git(repo, &["commit", "-q", "-am", message]);
+    support::drctl().args(["history", "--repo"]).arg(repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history")
 }
 
 /// Issue 21, break-glass: Git and the forge unreachable (the controllers read no repo), the flip
@@ -1841,17 +1847,7 @@ async fn a_break_glass_flip_made_in_the_clusters_is_recorded_and_history_shows_i
     let after = pair.status(&pair.b).await.and_then(|t| t.status).expect("B status");
     assert_eq!(after.failover.as_ref().map(|x| (&x.started_at, &x.completed_at)), Some((&f.started_at, &f.completed_at)), "no new failover");
     assert_eq!((after.role, after.phase), (Some(Role::Primary), Some(Phase::Steady)));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let repo = dir.path();
-    let file = repo.join(drctl::gitops::DEFAULT_FILE);
-    std::fs::create_dir_all(file.parent().expect("a directory")).expect("mkdir");
-    git(repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(&file, pair.topology_yaml("global-a")).expect("write");
-    git(repo, &["add", "."]);
-    git(repo, &["commit", "-q", "-m", "Add the DR topology"]);
-    std::fs::write(&file, pair.topology_yaml("global-b")).expect("write");
-    git(repo, &["commit", "-q", "-am", "DR: promote global-b to primary (break-glass, recorded)"]);
-    let out = support::drctl().args(["history", "--repo"]).arg(repo).arg("--kubeconfig").arg(&pair.b.api.kubeconfig).output().expect("drctl history");
+    let out = history_of_a_flip_to_b(&pair, "DR: promote global-b to primary (break-glass, recorded)");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains(&format!("[break-glass: flipped in the cluster, not by this commit: {why}]")), "{text}");
     eprintln!("{text}");

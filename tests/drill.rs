@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use drctl::topology::{Phase, Role};
 use serde_json::Value;
 use support::pair::{Pair, DOMAIN, VIP_A};
@@ -47,19 +45,7 @@ async fn a_drill_on_the_standby_rehearses_without_touching_the_primary() {
     pair.a.api.kubectl_ok(&["create", "namespace", "apps"]);
     pair.a.api.kubectl_ok(&["-n", "apps", "create", "secret", "generic", "db-creds", "--from-literal=password=drill"]);
     pair.a.api.kubectl_ok(&["-n", "apps", "create", "configmap", "settings", "--from-literal=mode=drill"]);
-    let t = Duration::from_secs(90);
-    pair.wait(&pair.a, "A steady primary", t, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
-    pair.wait(&pair.b, "B standby, checked, its syncEnabled restarts done", t, &[&ca, &cb], |s| {
-        s.role == Some(Role::Standby) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0) && y.replication_lag_seconds.is_some() && y.restarts_done)
-    })
-    .await;
-    // The restarts' targets on the standby (cpaas-system is not replicated), made after its
-    // syncEnabled restart (which deletes vmselect pods).
-    pair.b.api.apply_stdin(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cluster-transformer, namespace: cpaas-system, labels: {service_name: cluster-transformer}}\n\
-         spec:\n  selector: {matchLabels: {app: ct}}\n  template:\n    metadata: {labels: {app: ct}}\n    spec: {containers: [{name: c, image: x}]}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {name: vmselect-0, namespace: cpaas-system, labels: {service_name: vmselect}}\nspec: {containers: [{name: c, image: x}]}\n",
-    );
+    pair.ready_for_drill(&[&ca, &cb]).await;
 
     let (code, v) = drill(&pair);
     let ok = |n: &str| (n.to_string(), "ok".to_string());

@@ -179,18 +179,7 @@ async fn a_drill_names_exactly_the_one_broken_dependency_and_leaves_the_primary_
     let mut etcd_a = pair.a.etcd.client().await;
     let raw = etcd_a.get("/registry/secrets/apps/db-creds", None).await.expect("read etcd");
     assert!(raw.kvs().first().is_some_and(|kv| kv.value().starts_with(b"k8s:enc:aescbc:v1:key1:")), "the primary encrypts Secrets at rest");
-    let t = Duration::from_secs(90);
-    let a = pair.wait(&pair.a, "A steady primary", t, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
-    pair.wait(&pair.b, "B standby, checked, its syncEnabled restarts done", t, &[&ca, &cb], |s| {
-        s.role == Some(Role::Standby) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0) && y.replication_lag_seconds.is_some() && y.restarts_done)
-    })
-    .await;
-    // What the restarts select on the standby, so that no selector comes back empty.
-    pair.b.api.apply_stdin(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cluster-transformer, namespace: cpaas-system, labels: {service_name: cluster-transformer}}\n\
-         spec:\n  selector: {matchLabels: {app: ct}}\n  template:\n    metadata: {labels: {app: ct}}\n    spec: {containers: [{name: c, image: x}]}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {name: vmselect-0, namespace: cpaas-system, labels: {service_name: vmselect}}\nspec: {containers: [{name: c, image: x}]}\n",
-    );
+    let a = pair.ready_for_drill(&[&ca, &cb]).await;
     let term = a.status.map(|s| s.term).unwrap_or_default();
     let mut bed = Bed { pair, ca, cb, hook, term, drills: 0 };
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use drctl::topology::{DRTopology, DRTopologyStatus};
+use drctl::topology::{DRTopology, DRTopologyStatus, Phase, Role};
 use kube::api::Api;
 
 use super::dns::PowerDnsServer;
@@ -158,6 +158,25 @@ impl Pair {
             let (ok, out) = g.api.apply_stdin(&g.api.kubectl_ok(&args));
             assert!(ok, "apply {name} to {}: {out}", g.name);
         }
+    }
+
+    /// Waits for A steady as primary and B a checked standby whose `syncEnabled` restarts are
+    /// done, then makes the restarts' targets on B (cpaas-system is not replicated; made after
+    /// that restart, which deletes vmselect pods), so a drill finds no selector empty. A's
+    /// DRTopology as it was then.
+    pub async fn ready_for_drill(&self, logs: &[&Controller]) -> DRTopology {
+        let t = Duration::from_secs(90);
+        let a = self.wait(&self.a, "A steady primary", t, logs, |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
+        self.wait(&self.b, "B standby, checked, its syncEnabled restarts done", t, logs, |s| {
+            s.role == Some(Role::Standby) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0) && y.replication_lag_seconds.is_some() && y.restarts_done)
+        })
+        .await;
+        self.b.api.apply_stdin(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cluster-transformer, namespace: cpaas-system, labels: {service_name: cluster-transformer}}\n\
+             spec:\n  selector: {matchLabels: {app: ct}}\n  template:\n    metadata: {labels: {app: ct}}\n    spec: {containers: [{name: c, image: x}]}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: vmselect-0, namespace: cpaas-system, labels: {service_name: vmselect}}\nspec: {containers: [{name: c, image: x}]}\n",
+        );
+        a
     }
 
     /// A pair whose globals also run their own controller-manager, scheduler and kwok nodes,
