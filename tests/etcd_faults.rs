@@ -194,6 +194,34 @@ fn writer(src: &EtcdCluster, prefix: &'static str, stop: tokio::sync::watch::Rec
     })
 }
 
+/// What a writer left once stopped and the mirror given a minute to catch up.
+struct Settled {
+    ledger: BTreeMap<String, String>,
+    /// Puts not acknowledged.
+    failed: u64,
+    /// Acknowledged keys not on the destination with their value.
+    missing: usize,
+    /// The mirror's log, read after it was stopped.
+    log_text: String,
+}
+
+/// Stops the writer, waits up to a minute for every key it had acknowledged on `dst`, then stops
+/// the mirror and reads its log.
+async fn settle(
+    stop: tokio::sync::watch::Sender<bool>,
+    writer: tokio::task::JoinHandle<(BTreeMap<String, String>, u64)>,
+    dst: &Etcd,
+    mirror: Following,
+    log: &std::path::Path,
+) -> Settled {
+    stop.send(true).expect("stop the writer");
+    let (ledger, failed) = writer.await.expect("writer");
+    let missing = holds_all(&mut dst.client().await, &ledger, Duration::from_secs(60)).await;
+    drop(mirror);
+    let log_text = std::fs::read_to_string(log).unwrap_or_default();
+    Settled { ledger, failed, missing, log_text }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kills_and_a_rolling_restart_under_writes_lose_nothing() {
     let mut src = EtcdCluster::start(3);
@@ -216,12 +244,7 @@ async fn leader_kills_and_a_rolling_restart_under_writes_lose_nothing() {
         src.restart(i);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tx.send(true).expect("stop the writer");
-    let (ledger, failed) = w.await.expect("writer");
-    let mut d = dst.client().await;
-    let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
-    drop(mirror);
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let Settled { ledger, failed, missing, log_text } = settle(tx, w, &dst, mirror, &log).await;
     println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
     assert!(ledger.len() > 100, "the writer hardly wrote: {}", ledger.len());
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
@@ -299,12 +322,7 @@ async fn the_load_balancer_moving_the_mirror_to_another_member_loses_nothing() {
         src.lb.drain(i, false);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tx.send(true).expect("stop the writer");
-    let (ledger, failed) = w.await.expect("writer");
-    let mut d = dst.client().await;
-    let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
-    drop(mirror);
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let Settled { ledger, failed, missing, log_text } = settle(tx, w, &dst, mirror, &log).await;
     println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing; {} load-balancer connections", ledger.len(), src.lb.connections());
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
     assert_zero_differences(&src, &src.member_urls().join(","), &dst);
@@ -334,12 +352,7 @@ async fn compaction_and_defragmentation_under_writes_lose_nothing() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    tx.send(true).expect("stop the writer");
-    let (ledger, failed) = w.await.expect("writer");
-    let mut d = dst.client().await;
-    let missing = holds_all(&mut d, &ledger, Duration::from_secs(60)).await;
-    drop(mirror);
-    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let Settled { ledger, failed, missing, log_text } = settle(tx, w, &dst, mirror, &log).await;
     let resyncs = log_text.matches("full resync").count() + log_text.matches("compacted past").count();
     println!(
         "compactions at {compactions:?}, 12 defragmentations: {} acknowledged keys ({failed} puts not acknowledged), {missing} missing, {resyncs} resync lines in the mirror's log",
