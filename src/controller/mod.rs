@@ -243,10 +243,10 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
             // old primary is fenced before it writes its demotion token: a token written while
             // the fence failed would promise a final revision that later writes pass.
             let fenced = fence_as_declared(ctx, v, &w.status, &action).await;
-            let reads_final_revision =
-                matches!(action, Action::AcknowledgeDemotion { .. } | Action::StandDown { .. } | Action::AbandonFailover { .. } | Action::AbortFailover { .. });
+            let steps_down = matches!(action, Action::AcknowledgeDemotion { .. } | Action::StandDown { .. });
+            let reads_final_revision = steps_down || matches!(action, Action::AbandonFailover { .. } | Action::AbortFailover { .. });
             match fenced {
-                Err(e) if matches!(action, Action::AcknowledgeDemotion { .. } | Action::StandDown { .. }) => return Err(Error::Fence(e)),
+                Err(e) if steps_down => return Err(Error::Fence(e)),
                 // Not before the fence is enforced: a write it still let through would land
                 // after the final revision the token promises, and the new primary would not
                 // catch up to it.
