@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps etcd kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
+.PHONY: deps etcd kube argocd kwok gitea released lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers; containerd, runc, CNI plugins,
@@ -29,6 +29,11 @@ kwok:
 	bash hack/build-kwok.sh >/dev/null
 gitea:
 	bash hack/build-gitea.sh >/dev/null
+# The last released controller (hack/released-commit), a debug build from this clone's own
+# history, cached by sha in $(DRCTL_CACHE)/released/: tests/upgrade.rs runs a pair mixed across
+# it and HEAD.
+released:
+	bash hack/build-released.sh >/dev/null
 # What the lab runs; the tests also open pull requests on Gitea.
 lab-platform: kube argocd kwok etcd
 platform: lab-platform gitea
@@ -61,7 +66,7 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: deps platform image lint
+test: deps platform image released lint
 	cargo build --workspace --bins
 	cargo test --workspace --no-fail-fast -- --test-threads=2
 	$(MAKE) etcd-matrix

@@ -726,6 +726,21 @@ pub struct DRTopologyStatus {
     /// report): running while `finishedAt` is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill: Option<DrillStatus>,
+    /// The drctl controller that writes this status: its version and the peer protocol it
+    /// speaks (`decide::skew`). Absent: a release from before protocols (32753b3 or older).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerStatus>,
+}
+
+/// `status.controller`: what the peer reads to know which rules this controller follows.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ControllerStatus {
+    /// drctl's version (the crate version of its build).
+    #[schemars(length(max = 64))]
+    pub version: String,
+    /// The peer protocol it speaks; a controller of a newer one refuses to step down for it.
+    pub protocol: u32,
 }
 
 /// A drill's report as kept in status (`src/drill.rs`).

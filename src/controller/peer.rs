@@ -119,6 +119,7 @@ pub fn peer_state(t: &DRTopology, peer_name: &str) -> PeerState {
         encryption_config_sha256: st.encryption_config_sha256.clone(),
         term: st.term,
         token_term: st.demotion.as_ref().and_then(|d| d.term),
+        controller: crate::decide::skew::PeerController::published(st.controller.as_ref()),
         failover: st.failover.as_ref().filter(|f| f.to == peer_name).map(|f| PeerFailover {
             completed: f.completed_at.is_some(),
             term: f.term,

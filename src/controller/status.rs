@@ -53,6 +53,8 @@ impl StatusWriter {
     /// Applies the status when it changed since the last write, the role memory first when
     /// that changed: a status never holds a role or term the memory has not.
     pub async fn write(&mut self) -> Result<(), kube::Error> {
+        // Published with every write, so the peer knows which rules this controller follows.
+        self.status.controller = Some(crate::decide::skew::ours());
         let memory = Memory::of(&self.status);
         if self.remembered.as_ref() != Some(&memory) && !(self.remembered.is_none() && memory.is_empty()) {
             let name = Self::memory_name(&self.name);

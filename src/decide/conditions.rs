@@ -43,7 +43,7 @@ api_names! {
         SourceRewound, CheckStale,
         PointsHere, Switched, Verified, Wrong,
         DryRun, FailingOver, StepFailed, Demoting, WaitingForPeer, WaitingForPrimary,
-        FailoverAbandoned, Resolved, SteppedDown,
+        FailoverAbandoned, Resolved, SteppedDown, PeerVersionSkew,
         ChecksPassed, ChecksWarned, ChecksFailed,
     }
 }

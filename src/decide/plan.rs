@@ -161,6 +161,8 @@ pub struct PeerState {
     pub term: i64,
     /// The term its demotion token answers for (the term it held when it stepped down).
     pub token_term: Option<i64>,
+    /// The controller that wrote its status (`status.controller`): see `decide::skew`.
+    pub controller: super::skew::PeerController,
 }
 
 /// How far the peer got with its latest failover to itself.
@@ -272,9 +274,10 @@ pub enum Action {
     /// Our failover was abandoned under the spec we still have: follow the old primary (mirror
     /// from it once it is Primary and Steady) instead of starting again.
     HoldAbandoned { why: String, mirror: bool },
-    /// `spec.primary` names the peer, but the peer abandoned its failover to itself and handed
-    /// the role back: stay primary (unfenced) until it retries.
-    HoldPrimary { why: String },
+    /// `spec.primary` names the peer, but stay primary (unfenced): the peer abandoned its
+    /// failover to itself and handed the role back (until it retries), or its controller is of
+    /// an older protocol (until it is upgraded).
+    HoldPrimary { why: String, hold: PrimaryHold },
     /// This cluster was primary and `spec.primary` moved: write the demotion token.
     AcknowledgeDemotion { new_primary: String },
     /// Standby whose primary is ready: mirror from it (idempotent when already mirroring).
@@ -293,11 +296,22 @@ pub enum Action {
     HoldStoodDown { why: String },
 }
 
+/// Why a primary named standby keeps the role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrimaryHold {
+    /// The new primary abandoned its failover and handed the role back.
+    PeerAbandoned,
+    /// The new primary's controller is of an older protocol (`decide::skew`).
+    PeerVersionSkew,
+}
+
 impl Action {
     /// Why the pair holds after an abandoned failover, for the `Degraded` condition.
     pub fn abandoned_hold(&self) -> Option<&str> {
         match self {
-            Action::AbandonFailover { reason: why } | Action::HoldAbandoned { why, .. } | Action::HoldPrimary { why } => Some(why),
+            Action::AbandonFailover { reason: why } | Action::HoldAbandoned { why, .. } | Action::HoldPrimary { why, hold: PrimaryHold::PeerAbandoned } => {
+                Some(why)
+            }
             _ => None,
         }
     }
@@ -649,7 +663,10 @@ fn plan_role(o: &Observed) -> Action {
                         "spec.primary is {} but it abandoned its failover (term {}) and handed the role back; primary until it retries",
                         o.spec_primary, p.term
                     );
-                    return Action::HoldPrimary { why };
+                    return Action::HoldPrimary { why, hold: PrimaryHold::PeerAbandoned };
+                }
+                if let Some(why) = o.peer.reachable().and_then(|p| super::skew::demotion_refused(o.self_name, o.peer_name, p)) {
+                    return Action::HoldPrimary { why, hold: PrimaryHold::PeerVersionSkew };
                 }
                 return Action::AcknowledgeDemotion { new_primary: o.spec_primary.to_string() };
             }
@@ -1196,6 +1213,37 @@ mod tests {
         assert_eq!(plan(&obs("a", "b", Some(&st), b_seen(RUNNING, None, 0))), Action::AcknowledgeDemotion { new_primary: "b".into() });
         // b unreachable: nothing proves it will not fail over; a follows the spec.
         assert_eq!(plan(&obs("a", "b", Some(&st), PeerView::Unreachable)), Action::AcknowledgeDemotion { new_primary: "b".into() });
+    }
+
+    #[test]
+    fn a_primary_does_not_step_down_for_a_peer_of_an_older_protocol() {
+        use super::super::skew::PeerController;
+        let st = primary_of_term(3);
+        let older = PeerController::published(None);
+        let b = |controller: PeerController| {
+            PeerView::Reachable(PeerState { spec_primary: "b".into(), role: Some(Role::Standby), term: 2, controller, ..Default::default() })
+        };
+        let skew = |a: &Action| matches!(a, Action::HoldPrimary { hold: PrimaryHold::PeerVersionSkew, .. });
+        // (rule, me, spec.primary, peer, expected)
+        let cases: Vec<(&str, &str, PeerView, &str)> = vec![
+            ("flipped to an older peer that answers: stay primary, say why", "b", b(older.clone()), "skew"),
+            ("flipped to a peer of our protocol: step down", "b", b(PeerController::default()), "ack"),
+            ("flipped, the peer unreachable: its version is unknown and does not matter", "b", PeerView::Unreachable, "ack"),
+            ("not flipped: an older standby is followed as ever", "a", b(older.clone()), "stay"),
+        ];
+        for (rule, primary, p, want) in cases {
+            let got = plan(&obs("a", primary, Some(&st), p));
+            let ok = match want {
+                "skew" => skew(&got) && got.abandoned_hold().is_none(),
+                "ack" => got == Action::AcknowledgeDemotion { new_primary: "b".into() },
+                "stay" => got == Action::StayPrimary,
+                _ => unreachable!(),
+            };
+            assert!(ok, "{rule}: {got:?}");
+        }
+        // An outranked primary stands down whatever the peer's version: the skew only holds a flip.
+        let higher = PeerView::Reachable(PeerState { spec_primary: "a".into(), role: Some(Role::Primary), term: 4, controller: older, ..Default::default() });
+        assert!(matches!(plan(&obs("a", "a", Some(&st), higher)), Action::StandDown { .. }));
     }
 
     /// A primary of term `term` with `spec.primary` naming itself, as `me` sees it.

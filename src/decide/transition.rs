@@ -5,7 +5,7 @@
 use k8s_openapi::jiff::Timestamp;
 
 use super::conditions::{is_true, set_condition, ConditionType, Reason};
-use super::plan::{next_term, Action, Step};
+use super::plan::{next_term, Action, PrimaryHold, Step};
 use crate::topology::{AbandonedUnder, DRTopologyStatus, DemotionStatus, FailoverStatus, Phase, Role, StepState, StepStatus};
 
 /// The commit of the GitOps repo that made this cluster the primary, for the failover record.
@@ -196,15 +196,18 @@ fn step_down(st: &mut DRTopologyStatus, new_primary: &str, served: bool, f: &Fac
     set_condition(st, ConditionType::Ready, false, Reason::Demoting, &format!("stepped down for {new_primary}"), f.generation);
 }
 
-/// `Degraded` says the pair holds after an abandoned failover (why, and how to retry); it is
-/// cleared once the hold ends. A reclaim is the step between abandoning and holding.
+/// `Degraded` says the pair holds after an abandoned failover (why, and how to retry) or for a
+/// peer of an older controller (`decide::skew`); it is cleared once the hold ends. A reclaim is the step between abandoning and holding.
 fn abandon_condition(status: &mut DRTopologyStatus, action: &Action, generation: Option<i64>) {
+    if let Action::HoldPrimary { why, hold: PrimaryHold::PeerVersionSkew } = action {
+        return set_condition(status, ConditionType::Degraded, true, Reason::PeerVersionSkew, why, generation);
+    }
     match action.abandoned_hold() {
         Some(why) => set_condition(status, ConditionType::Degraded, true, Reason::FailoverAbandoned, why, generation),
         None if matches!(action, Action::ReclaimPrimary { .. } | Action::StandDown { .. } | Action::HoldStoodDown { .. }) => {}
         None => {
             if is_true(status, ConditionType::Degraded) {
-                set_condition(status, ConditionType::Degraded, false, Reason::Resolved, "no abandoned failover holds the pair", generation);
+                set_condition(status, ConditionType::Degraded, false, Reason::Resolved, "no abandoned failover or version skew holds the pair", generation);
             }
         }
     }
@@ -422,7 +425,7 @@ mod tests {
     #[test]
     fn degraded_says_an_abandoned_failover_holds_and_clears_once_it_does_not() {
         let degraded = |s: &DRTopologyStatus| condition(s, ConditionType::Degraded);
-        let hold = Action::HoldPrimary { why: "b abandoned".into() };
+        let hold = Action::HoldPrimary { why: "b abandoned".into(), hold: PrimaryHold::PeerAbandoned };
         let reclaim = Action::ReclaimPrimary { proof: "terms".into() };
         let mut st = DRTopologyStatus::default();
         abandon_condition(&mut st, &Action::StayPrimary, None);
@@ -433,6 +436,11 @@ mod tests {
         assert_eq!(degraded(&st), Some(("True".into(), "FailoverAbandoned".into())), "a reclaim is the step into a hold: left as it is");
         abandon_condition(&mut st, &Action::AcknowledgeDemotion { new_primary: "b".into() }, None);
         assert_eq!(degraded(&st), Some(("False".into(), "Resolved".into())), "the peer retried: cleared");
+        let skew = Action::HoldPrimary { why: "b runs an older drctl".into(), hold: PrimaryHold::PeerVersionSkew };
+        abandon_condition(&mut st, &skew, None);
+        assert_eq!(degraded(&st), Some(("True".into(), "PeerVersionSkew".into())), "a version skew holds the pair too");
+        abandon_condition(&mut st, &Action::AcknowledgeDemotion { new_primary: "b".into() }, None);
+        assert_eq!(degraded(&st), Some(("False".into(), "Resolved".into())), "the peer upgraded: cleared");
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub struct Controller {
     pub log: PathBuf,
     pub listen: SocketAddr,
     args: Vec<String>,
+    /// The drctl binary it runs: the one under test unless a test runs another build.
+    bin: PathBuf,
 }
 
 impl Controller {
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drctl"));
+        let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args).env("DRCTL_LOG", "info,drctl=debug");
         self.child = Some(super::spawn(cmd, &self.log));
     }
@@ -44,6 +46,14 @@ impl Controller {
 
     pub fn restart(&mut self) {
         self.kill();
+        self.spawn();
+    }
+
+    /// Stops it and starts `bin` with the same flags on the same state, as an upgrade (or a
+    /// rollback) of the controller's image does.
+    pub fn restart_with(&mut self, bin: &std::path::Path) {
+        self.kill();
+        self.bin = bin.to_path_buf();
         self.spawn();
     }
 
@@ -255,6 +265,11 @@ impl Pair {
 
     /// A controller authenticating with `kubeconfig` (e.g. a ServiceAccount token) instead of admin.
     pub fn controller_as(&self, g: &Global, kubeconfig: &std::path::Path, extra: &[&str]) -> Controller {
+        self.controller_from(std::path::Path::new(env!("CARGO_BIN_EXE_drctl")), g, kubeconfig, extra)
+    }
+
+    /// A controller running the drctl binary `bin` (another build, e.g. the last release).
+    pub fn controller_from(&self, bin: &std::path::Path, g: &Global, kubeconfig: &std::path::Path, extra: &[&str]) -> Controller {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut args: Vec<String> = vec![
             "controller".into(),
@@ -273,7 +288,8 @@ impl Pair {
             args.push("--restart-ready-timeout=1s".into());
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut c = Controller { child: None, log: self.dir.path().join(format!("controller-{}-{}.log", g.name, listen.port())), listen, args };
+        let log = self.dir.path().join(format!("controller-{}-{}.log", g.name, listen.port()));
+        let mut c = Controller { child: None, log, listen, args, bin: bin.to_path_buf() };
         c.spawn();
         c
     }

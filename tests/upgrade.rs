@@ -1,0 +1,197 @@
+//! Upgrading drctl one global at a time (issue 21, item 4): a pair with one global on the last
+//! released controller (hack/released-commit, built by hack/build-released.sh) and the other on
+//! this build, under this build's CRD. The mixed pair replicates both ways, fails over to the
+//! newer controller, refuses to fail over to the older one (`decide::skew`, condition Degraded /
+//! PeerVersionSkew), and once the older one is restarted on this build on the same state, the
+//! refused failover proceeds and the pair fails back, with no write a primary acknowledged lost.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drctl::decide::skew::{PROTOCOL, VERSION};
+use drctl::topology::{DRTopologyStatus, Phase, Role};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use kube::Client;
+use support::pair::{Controller, Pair};
+use support::Global;
+
+const STEADY: Duration = Duration::from_secs(90);
+const FAILOVER: Duration = Duration::from_secs(120);
+
+/// The released controller, built from this clone's history once per machine.
+fn released_drctl() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/build-released.sh");
+    let start = Instant::now();
+    let out = std::process::Command::new("bash").arg(script).stderr(std::process::Stdio::inherit()).output().expect("run hack/build-released.sh");
+    assert!(out.status.success(), "hack/build-released.sh failed");
+    let path = String::from_utf8_lossy(&out.stdout).lines().last().map(str::trim).map(PathBuf::from).expect("the binary's path on the last line");
+    eprintln!("released drctl: {} ({:.1}s to get)", path.display(), start.elapsed().as_secs_f64());
+    path
+}
+
+fn head_drctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_drctl"))
+}
+
+fn standby_in_sync(s: &DRTopologyStatus) -> bool {
+    s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
+}
+
+fn failover_done(s: &DRTopologyStatus) -> bool {
+    s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())
+}
+
+fn skew_condition(s: &DRTopologyStatus) -> Option<String> {
+    s.conditions.iter().find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "PeerVersionSkew").map(|c| c.message.clone())
+}
+
+/// Writes ConfigMaps `<prefix>NNNNN` into namespace `ledger` as a user the fence applies to,
+/// one at a time, until stopped: the names the apiserver acknowledged, and how many it refused.
+struct Ledger {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<String>, u32)>,
+}
+
+impl Ledger {
+    async fn start(g: &Global, prefix: &'static str) -> Ledger {
+        let _ = g.api.kubectl(&["create", "namespace", "ledger"]);
+        let api: Api<ConfigMap> = Api::namespaced(g.as_alice().await, "ledger");
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let (mut acked, mut refused) = (Vec::new(), 0u32);
+                for seq in 0u32.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let name = format!("{prefix}{seq:05}");
+                    let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("cm");
+                    match tokio::time::timeout(Duration::from_secs(2), api.create(&PostParams::default(), &cm)).await {
+                        Ok(Ok(_)) => acked.push(name),
+                        _ => refused += 1,
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (acked, refused)
+            }
+        });
+        Ledger { stop, task }
+    }
+
+    async fn stop(self) -> (Vec<String>, u32) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("ledger writer")
+    }
+}
+
+async fn ledger_on(client: Client) -> BTreeSet<String> {
+    let api: Api<ConfigMap> = Api::namespaced(client, "ledger");
+    api.list(&Default::default()).await.expect("list ledger").items.into_iter().filter_map(|c| c.metadata.name).collect()
+}
+
+/// Every write `acked` is on `g`.
+async fn assert_carried(g: &Global, acked: &[String], refused: u32, what: &str) {
+    let on = ledger_on(g.client().await).await;
+    let missing: Vec<&String> = acked.iter().filter(|n| !on.contains(*n)).collect();
+    eprintln!("{what}: {} writes acknowledged, {refused} refused; {} missing on {}", acked.len(), missing.len(), g.name);
+    assert!(!acked.is_empty(), "{what}: the writer got nothing acknowledged");
+    assert!(missing.is_empty(), "{what}: {} of {} acknowledged writes are not on {}: {missing:?}", missing.len(), acked.len(), g.name);
+}
+
+/// A ConfigMap written on `from` shows up on `to` through the mirror.
+async fn replicates(from: &Global, to: &Global, name: &str, logs: &[&Controller]) {
+    from.api.kubectl_ok(&["-n", "default", "create", "configmap", name, "--from-literal=v=1"]);
+    let start = Instant::now();
+    while start.elapsed() < STEADY {
+        if to.api.kubectl(&["-n", "default", "get", "configmap", name]).is_ok_and(|o| o.status.success()) {
+            eprintln!("replicated {name} from {} to {} in {:.1}s", from.name, to.name, start.elapsed().as_secs_f64());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs: Vec<String> = logs.iter().map(|c| c.log_tail()).collect();
+    panic!("{name} written on {} never reached {}\n{}", from.name, to.name, logs.join("\n---\n"));
+}
+
+fn controller_of(s: &DRTopologyStatus) -> Option<(String, u32)> {
+    s.controller.as_ref().map(|c| (c.version.clone(), c.protocol))
+}
+
+/// A on the release as primary, B on this build as standby (the standby upgraded first). The
+/// flip to B completes (the old primary steps down by itself; B accepts its term-less token);
+/// the flip back to the older A is refused by B, which stays primary and serves; A upgraded in
+/// place, its waiting failover proceeds; then B takes over again with both on this build.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_the_older_until_it_is_upgraded() {
+    let released = released_drctl();
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    fence: {enabled: true}\n".into();
+    // This build's CRD is applied to both (Pair::start): an upgrade applies the CRD first.
+    pair.apply_both("global-a");
+    let kc_a = pair.a.api.kubeconfig.clone();
+    let mut ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    let a = pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
+    let b = pair.wait(&pair.b, "B (this build) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let (a, b) = (a.status.expect("A status"), b.status.expect("B status"));
+    assert_eq!(controller_of(&a), None, "the release publishes no status.controller");
+    assert_eq!(controller_of(&b), Some((VERSION.to_string(), PROTOCOL)));
+    // The release's status survives this build's structural schema: nothing it writes is pruned.
+    let raw = pair.a.api.kubectl_ok(&["get", "drtopology", "platform", "-o", "jsonpath={.status.term} {.status.role} {.status.encryptionConfigSha256}"]);
+    assert!(raw.split_whitespace().count() == 3 && raw.contains("Primary"), "A's status as stored: {raw:?}");
+    replicates(&pair.a, &pair.b, "from-release-primary", &[&ca, &cb]).await;
+
+    // 1. Flip to the newer controller: completes, and carries every write A acknowledged.
+    let ledger = Ledger::start(&pair.a, "a").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B (this build) failover from the release done", FAILOVER, &[&ca, &cb], failover_done).await;
+    let (acked, refused) = ledger.stop().await;
+    assert_carried(&pair.b, &acked, refused, "flip to this build").await;
+    let term_b = b.status.expect("B status").term;
+    pair.wait(&pair.a, "A (release) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    replicates(&pair.b, &pair.a, "to-release-standby", &[&ca, &cb]).await;
+
+    // 2. Flip to the older controller: B refuses to step down, stays primary, keeps serving.
+    let ledger = Ledger::start(&pair.b, "b").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.apply_both("global-a");
+    let b = pair.wait(&pair.b, "B refuses the flip to the release", STEADY, &[&ca, &cb], |s| skew_condition(s).is_some()).await;
+    let msg = skew_condition(b.status.as_ref().expect("status")).expect("condition");
+    eprintln!("B's Degraded/PeerVersionSkew: {msg}");
+    for want in ["global-a runs a drctl release that publishes no status.controller", "upgrade global-a first", "global-b stays primary"] {
+        assert!(msg.contains(want), "{want:?} not in {msg:?}");
+    }
+    // Past the release's demotionTimeout (10 s): still one primary, B, and its writes acknowledged.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (a, b) = (pair.status(&pair.a).await.and_then(|t| t.status).expect("A"), pair.status(&pair.b).await.and_then(|t| t.status).expect("B"));
+    assert_eq!((a.role, b.role), (Some(Role::Standby), Some(Role::Primary)), "A must not have taken over from a primary that did not step down");
+    assert!(b.demotion.as_ref().is_none_or(|d| d.new_primary != "global-a"), "B wrote no token for A while refusing: {:?}", b.demotion);
+
+    // 3. A upgraded in place: its failover proceeds; B steps down for it; nothing B acked is lost.
+    ca.restart_with(&head_drctl());
+    let a = pair.wait(&pair.a, "A (now this build) failover done", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary)).await;
+    let (acked, refused) = ledger.stop().await;
+    assert_carried(&pair.a, &acked, refused, "flip to the upgraded global").await;
+    let a = a.status.expect("A status");
+    assert!(a.term > term_b, "A's term {} is past B's {term_b}", a.term);
+    assert_eq!(controller_of(&a), Some((VERSION.to_string(), PROTOCOL)), "A publishes this build once upgraded");
+    let b = pair.wait(&pair.b, "B standby in sync, skew cleared", STEADY, &[&ca, &cb], |s| standby_in_sync(s) && skew_condition(s).is_none()).await;
+    assert!(b.status.is_some());
+
+    // 4. And back, both on this build.
+    let ledger = Ledger::start(&pair.a, "c").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.apply_both("global-b");
+    pair.wait(&pair.b, "B failover done, both on this build", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary) && s.term > a.term).await;
+    let (acked, refused) = ledger.stop().await;
+    assert_carried(&pair.b, &acked, refused, "flip back with both on this build").await;
+    pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+}
