@@ -107,10 +107,12 @@ async fn assert_carried(g: &Global, acked: &[String], refused: u32, what: &str) 
 
 /// A ConfigMap written on `from` shows up on `to` through the mirror.
 async fn replicates(from: &Global, to: &Global, name: &str, logs: &[&Controller]) {
-    from.api.kubectl_ok(&["-n", "default", "create", "configmap", name, "--from-literal=v=1"]);
+    // Namespace `default` is never replicated (the apiserver's own Service).
+    let _ = from.api.kubectl(&["create", "namespace", "apps"]);
+    from.api.kubectl_ok(&["-n", "apps", "create", "configmap", name, "--from-literal=v=1"]);
     let start = Instant::now();
     while start.elapsed() < STEADY {
-        if to.api.kubectl(&["-n", "default", "get", "configmap", name]).is_ok_and(|o| o.status.success()) {
+        if to.api.kubectl(&["-n", "apps", "get", "configmap", name]).is_ok_and(|o| o.status.success()) {
             eprintln!("replicated {name} from {} to {} in {:.1}s", from.name, to.name, start.elapsed().as_secs_f64());
             return;
         }
