@@ -197,3 +197,57 @@ async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_
     assert_carried(&pair.b, &acked, refused, "flip back with both on this build").await;
     pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
 }
+
+/// The documented order, from a pair that runs the release: this build's CRD first (applied by
+/// `Pair::start`), then the primary's controller in place (no failover: it keeps its role and
+/// term, replication goes on), a rollback of it and the runbook's status patch, the primary
+/// again; a flip made while mixed is refused until the standby is upgraded, then completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_primary_first_upgrades_a_released_pair_without_a_failover_and_rolls_back() {
+    let released = released_drctl();
+    let mut pair = Pair::start().await;
+    pair.sync_extra = "    fence: {enabled: true}\n".into();
+    pair.apply_both("global-a");
+    let (kc_a, kc_b) = (pair.a.api.kubeconfig.clone(), pair.b.api.kubeconfig.clone());
+    let mut ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
+    let mut cb = pair.controller_from(&released, &pair.b, &kc_b, &[]);
+    let primary_steady = |s: &DRTopologyStatus| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady);
+    let a = pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], primary_steady).await;
+    pair.wait(&pair.b, "B (release) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let term = a.status.expect("A status").term;
+
+    // 1. The primary first: same role, same term, no failover; the release's standby follows it.
+    ca.restart_with(&head_drctl());
+    let ours = Some((VERSION.to_string(), PROTOCOL));
+    let a = pair.wait(&pair.a, "A upgraded in place, still primary", STEADY, &[&ca, &cb], |s| primary_steady(s) && controller_of(s) == ours).await;
+    let a = a.status.expect("A status");
+    assert_eq!((a.term, a.failover.is_none(), a.demotion.is_none()), (term, true, true), "an in-place upgrade is no failover");
+    replicates(&pair.a, &pair.b, "after-primary-upgrade", &[&ca, &cb]).await;
+    pair.wait(&pair.b, "B (release) standby in sync under an upgraded primary", STEADY, &[&ca, &cb], standby_in_sync).await;
+
+    // 2. Rolled back: the runbook's patch removes what the upgraded controller published.
+    ca.restart_with(&released);
+    pair.a.api.kubectl_ok(&["patch", "drt", "platform", "--subresource=status", "--type=json", "-p", r#"[{"op":"remove","path":"/status/controller"}]"#]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let a = pair.status(&pair.a).await.and_then(|t| t.status).expect("A status");
+    assert_eq!((controller_of(&a), a.role, a.term), (None, Some(Role::Primary), term), "rolled back: no status.controller, still primary");
+    replicates(&pair.a, &pair.b, "after-primary-rollback", &[&ca, &cb]).await;
+    ca.restart_with(&head_drctl());
+    pair.wait(&pair.a, "A upgraded again", STEADY, &[&ca, &cb], |s| primary_steady(s) && controller_of(s) == ours).await;
+
+    // 3. A flip made while mixed is refused; A keeps serving.
+    let ledger = Ledger::start(&pair.a, "m").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.apply_both("global-b");
+    pair.wait(&pair.a, "A refuses the flip to the release", STEADY, &[&ca, &cb], |s| skew_condition(s).is_some() && s.role == Some(Role::Primary)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let b = pair.status(&pair.b).await.and_then(|t| t.status).expect("B status");
+    assert_eq!(b.role, Some(Role::Standby), "B must not take over from a primary that did not step down");
+
+    // 4. The standby upgraded: the refused failover proceeds, nothing A acknowledged is lost.
+    cb.restart_with(&head_drctl());
+    pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary) && s.term > term).await;
+    let (acked, refused) = ledger.stop().await;
+    assert_carried(&pair.b, &acked, refused, "the flip made while mixed, once the standby is upgraded").await;
+    pair.wait(&pair.a, "A standby in sync, skew cleared", STEADY, &[&ca, &cb], |s| standby_in_sync(s) && skew_condition(s).is_none()).await;
+}

@@ -3,7 +3,7 @@
 --
 -- Runs in Argo CD's sandbox: Lua 5.1 with the base, table and package libraries and os.time /
 -- os.date only. There is no string or math library, so numbers are only compared and
--- concatenated. Conditions read: Valid, Degraded (a hold after an abandoned failover),
+-- concatenated. Conditions read: Valid, Degraded (a hold after an abandoned failover, or for a peer of an older drctl),
 -- SyncHealthy (standby), DNSCorrect.
 --
 -- Thresholds: a standby is Degraded when status.sync.lagSeconds exceeds the annotation
@@ -80,6 +80,10 @@ end
 -- Both clusters hold after an abandoned failover until the spec changes or the
 -- drctl.io/retry-failover annotation does: the primary serves, but the flip did not happen.
 local degraded = condition(status, "Degraded")
+-- A primary that does not step down for a peer of an older drctl (an upgrade half done).
+if degraded ~= nil and degraded.status == "True" and degraded.reason == "PeerVersionSkew" then
+  return result("Degraded", "Version skew, holding the primary role: " .. because(degraded, "upgrade the peer's drctl"))
+end
 if degraded ~= nil and degraded.status == "True" then
   return result("Degraded", "Holding after an abandoned failover: " .. because(degraded, "see the controller's events") ..
     " (retry: change drctl.io/retry-failover or the spec)")
