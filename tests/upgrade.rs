@@ -140,7 +140,8 @@ async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_
     let kc_a = pair.a.api.kubeconfig.clone();
     let mut ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
     let cb = pair.controller(&pair.b, &[]);
-    let a = pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
+    let a =
+        pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
     let b = pair.wait(&pair.b, "B (this build) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
     let (a, b) = (a.status.expect("A status"), b.status.expect("B status"));
     assert_eq!(controller_of(&a), None, "the release publishes no status.controller");
@@ -192,7 +193,8 @@ async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_
     let ledger = Ledger::start(&pair.a, "c").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     pair.apply_both("global-b");
-    pair.wait(&pair.b, "B failover done, both on this build", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary) && s.term > a.term).await;
+    pair.wait(&pair.b, "B failover done, both on this build", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary) && s.term > a.term)
+        .await;
     let (acked, refused) = ledger.stop().await;
     assert_carried(&pair.b, &acked, refused, "flip back with both on this build").await;
     pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
