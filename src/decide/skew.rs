@@ -13,8 +13,9 @@
 use super::plan::PeerState;
 
 /// The peer protocol this build speaks. Raise it when a controller must rely on its peer
-/// reading a new status field or following a new rule, and say in docs/runbooks.md ("Upgrading drctl") what the
-/// older one lacks. 2: terms with stand-down, the demotion token's term, the role memory.
+/// reading a new status field or following a new rule, and say in docs/runbooks.md
+/// ("Upgrading drctl") what the older one lacks. 2: terms with stand-down, the demotion token's
+/// term, the role memory.
 pub const PROTOCOL: u32 = 2;
 
 /// The protocol of a controller that publishes no `status.controller`: 32753b3 and older.

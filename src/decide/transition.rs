@@ -197,7 +197,8 @@ fn step_down(st: &mut DRTopologyStatus, new_primary: &str, served: bool, f: &Fac
 }
 
 /// `Degraded` says the pair holds after an abandoned failover (why, and how to retry) or for a
-/// peer of an older controller (`decide::skew`); it is cleared once the hold ends. A reclaim is the step between abandoning and holding.
+/// peer of an older controller (`decide::skew`); it is cleared once the hold ends. A reclaim is
+/// the step between abandoning and holding.
 fn abandon_condition(status: &mut DRTopologyStatus, action: &Action, generation: Option<i64>) {
     if let Action::HoldPrimary { why, hold: PrimaryHold::PeerVersionSkew } = action {
         return set_condition(status, ConditionType::Degraded, true, Reason::PeerVersionSkew, why, generation);
