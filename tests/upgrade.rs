@@ -4,6 +4,7 @@
 //! newer controller, refuses to fail over to the older one (`decide::skew`, condition Degraded /
 //! PeerVersionSkew), and once the older one is restarted on this build on the same state, the
 //! refused failover proceeds and the pair fails back, with no write a primary acknowledged lost.
+//! Also the documented order (the primary first) with a rollback, and a disaster while mixed.
 
 mod support;
 
@@ -252,4 +253,44 @@ async fn the_primary_first_upgrades_a_released_pair_without_a_failover_and_rolls
     let (acked, refused) = ledger.stop().await;
     assert_carried(&pair.b, &acked, refused, "the flip made while mixed, once the standby is upgraded").await;
     pair.wait(&pair.a, "A standby in sync, skew cleared", STEADY, &[&ca, &cb], |s| standby_in_sync(s) && skew_condition(s).is_none()).await;
+}
+
+/// A disaster while mixed: the release's primary dies whole; HEAD's standby fails over after
+/// `demotionTimeout` as ever (a peer that does not answer has no version to weigh), and the
+/// release, back with the flip applied, steps down and follows HEAD.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disaster_while_mixed_fails_over_whatever_the_dead_peers_version() {
+    let released = released_drctl();
+    let mut pair = Pair::start().await;
+    pair.apply_both("global-a");
+    let kc_a = pair.a.api.kubeconfig.clone();
+    let mut ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
+    pair.wait(&pair.b, "B (this build) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    replicates(&pair.a, &pair.b, "last-words", &[&ca, &cb]).await;
+
+    ca.kill();
+    pair.a.api.kill();
+    pair.a.etcd.kill();
+    let flipped = Instant::now();
+    let to_b = pair.topology_yaml("global-b");
+    pair.apply(&pair.b, &to_b);
+    let b = pair.wait(&pair.b, "B disaster failover done", FAILOVER, &[&cb], |s| failover_done(s) && s.role == Some(Role::Primary)).await;
+    let f = b.status.expect("B status").failover.expect("failover");
+    let demote = f.steps.iter().find(|s| s.name == "Demote").expect("Demote step");
+    assert!(demote.message.as_deref().unwrap_or_default().contains("unreachable"), "{demote:?}");
+    assert!(!b_skewed(&pair).await, "no version skew is reported for a peer that does not answer");
+    eprintln!("disaster while mixed: flip -> Done in {:.1}s", flipped.elapsed().as_secs_f64());
+
+    pair.a.etcd.restart();
+    pair.a.api.restart();
+    pair.apply(&pair.a, &to_b);
+    let ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
+    pair.wait(&pair.a, "A (release) back as standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    replicates(&pair.b, &pair.a, "after-disaster", &[&ca, &cb]).await;
+}
+
+async fn b_skewed(pair: &Pair) -> bool {
+    pair.status(&pair.b).await.and_then(|t| t.status).as_ref().and_then(skew_condition).is_some()
 }
