@@ -349,7 +349,11 @@ async fn heartbeat_duty(ctx: &Context, topo: &DRTopology, st: &crate::topology::
         Ok(etcd) => ctx.heartbeat.set(Some(Duty::Read { topology: name, etcd })),
         Err(e) => {
             warn!(error = %e, "replication heartbeat: this cluster's etcd endpoint not built");
-            ctx.heartbeat.set(None);
+            // A standby goes on reading where it did (a Secret read that failed once must not
+            // turn its lag unknown); a primary writes nothing it could not vouch for.
+            if write {
+                ctx.heartbeat.set(None);
+            }
         }
     }
 }
