@@ -362,3 +362,101 @@ async fn compaction_and_defragmentation_under_writes_lose_nothing() {
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
     assert_zero_differences(&src, &src.member_urls().join(","), &dst);
 }
+
+/// `n` keys of 256 B under `/registry/configmaps/bulk/`, in txns of 128 puts; the ledger.
+async fn preload(src: &EtcdCluster, n: usize) -> BTreeMap<String, String> {
+    let mut c = src.client().await;
+    let ledger: BTreeMap<String, String> = (0..n).map(|i| (format!("/registry/configmaps/bulk/k{i:06}"), format!("{i:0>256}"))).collect();
+    let all: Vec<_> = ledger.iter().collect();
+    for chunk in all.chunks(128) {
+        let ops: Vec<_> = chunk.iter().map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)).collect();
+        c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("preload txn");
+    }
+    ledger
+}
+
+/// How many keys the destination holds under `/registry/`.
+async fn count(d: &mut Client) -> i64 {
+    let opts = etcd_client::GetOptions::new().with_prefix().with_count_only();
+    d.get("/registry/", Some(opts)).await.map(|r| r.count()).unwrap_or(-1)
+}
+
+/// The source's leader killed while the mirror's initial copy runs (the copy reads pages pinned
+/// at one revision; the member serving them dies with the pins), and again while it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_copy_loses_nothing() {
+    let mut src = EtcdCluster::start(3);
+    let dst = Etcd::start();
+    let mut bulk = preload(&src, 40_000).await;
+    let log = src.dir.path().join("mirror.log");
+    let mirror = follow(&src, &src.lb_url(), &dst, &log);
+    let mut d = dst.client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let n = count(&mut d).await;
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the copy never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let leader = src.leader().await;
+    src.kill(leader);
+    println!("leader (member {leader}) killed with {at_kill} of {} keys copied", bulk.len());
+    assert!((at_kill as usize) < bulk.len(), "the copy was over before the kill: the test proves nothing");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let w = writer(&src, "team-d", rx);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    src.restart(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = src.leader().await;
+    src.kill(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    src.restart(leader);
+    let Settled { ledger, failed, missing, log_text } = settle(tx, w, &dst, mirror, &log).await;
+    bulk.extend(ledger);
+    let bulk_missing = holds_all(&mut d, &bulk, Duration::from_secs(5)).await;
+    println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} + {bulk_missing} missing on the destination", bulk.len());
+    assert_eq!(missing + bulk_missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
+    assert_zero_differences(&src, &src.member_urls().join(","), &dst);
+}
+
+/// The source's leader killed while `drctl check` reads it: the check either finishes with the
+/// truth (0/0/0: nothing differs) or fails with an error — it never reports differences that do
+/// not exist, which an operator (or FinalSync) would act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_check_reports_no_false_difference() {
+    let mut src = EtcdCluster::start(3);
+    let dst = Etcd::start();
+    let bulk = preload(&src, 40_000).await;
+    mirror_once(&src, &src.lb_url(), &dst).expect("copy");
+    let members = src.member_urls().join(",");
+    let started = Instant::now();
+    let child = drctl()
+        .args(["check", "--json", "--source", &members, "--dest", &dst.client_url])
+        .args(src.tls_args("source-"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drctl check");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = src.leader().await;
+    src.kill(leader);
+    let killed_after = started.elapsed();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("drctl check");
+    let took = started.elapsed();
+    let verdict = match serde_json::from_slice::<CheckReport>(&out.stdout) {
+        Ok(r) => {
+            assert!(r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "a false difference after the leader died: {r}");
+            format!("finished: {r}")
+        }
+        Err(_) => {
+            assert!(!out.status.success(), "no report and exit 0: {}", String::from_utf8_lossy(&out.stderr));
+            format!("failed (exit {:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default())
+        }
+    };
+    println!("leader (member {leader}) killed {killed_after:?} into a check of {} keys that took {took:?}: {verdict}", bulk.len());
+    assert!(killed_after < took, "the check was over before the kill: the test proves nothing");
+    src.restart(leader);
+    assert_zero_differences(&src, &members, &dst);
+}
