@@ -460,3 +460,64 @@ async fn the_leader_killed_mid_check_reports_no_false_difference() {
     src.restart(leader);
     assert_zero_differences(&src, &members, &dst);
 }
+
+/// A member cut off from its peers both ways (a node's peer network gone, its client port still
+/// reachable) while the mirror follows it: it loses its leader and would serve only stale
+/// serializable reads. The mirror's watch requires a leader, so the member cancels it and the
+/// mirror moves on to a member of the quorum; a write the quorum takes meanwhile arrives before
+/// the partition heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_partitioned_both_ways_is_left_for_the_quorum() {
+    let src = EtcdCluster::start_firewallable(3);
+    let dst = Etcd::start();
+    let leader = src.leader().await;
+    let cut = (0..3).find(|i| *i != leader).expect("a follower");
+    // The follower to be cut off first in the list: the mirror follows it.
+    let urls = src.member_urls();
+    let list: Vec<String> = std::iter::once(urls[cut].clone()).chain(urls.iter().enumerate().filter(|(i, _)| *i != cut).map(|(_, u)| u.clone())).collect();
+    let log = src.dir.path().join("mirror.log");
+    let mirror = follow(&src, &list.join(","), &dst, &log);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let w = writer(&src, "team-e", rx);
+    let mut d = dst.client().await;
+    let first = BTreeMap::from([("/registry/configmaps/team-f/before".to_string(), "v".to_string())]);
+    put(&mut src.client().await, "/registry/configmaps/team-f/before", "v").await;
+    assert_eq!(holds_all(&mut d, &first, Duration::from_secs(30)).await, 0, "the mirror never started");
+
+    let partition = src.partition(cut);
+    // The cut-off member notices after an election timeout (1 s here by default): its status
+    // names no leader.
+    let mut member = member_client(&src, cut).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while member.status().await.map(|s| s.leader()).unwrap_or(0) != 0 {
+        assert!(Instant::now() < deadline, "member {cut} still names a leader 20 s into its partition: the cut does not hold");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut quorum = member_client(&src, leader).await;
+    let (k, v) = ("/registry/configmaps/team-f/during-the-partition".to_string(), "v".to_string());
+    put(&mut quorum, &k, &v).await;
+    let started = Instant::now();
+    let probe = BTreeMap::from([(k.clone(), v.clone())]);
+    let missing = holds_all(&mut d, &probe, Duration::from_secs(30)).await;
+    let latency = started.elapsed();
+    // The stale member really is stale: a serializable read of it lacks the write.
+    // (A client of its own: drctl's clients require a leader, which this member refuses.)
+    let mut plain = Client::connect([urls[cut].as_str()], Some(src.options())).await.expect("connect the cut-off member");
+    let stale = plain.get(k.as_str(), Some(etcd_client::GetOptions::new().with_serializable())).await.map(|r| r.kvs().is_empty());
+    let refused = member.get(k.as_str(), Some(etcd_client::GetOptions::new().with_serializable())).await.is_err();
+    drop(partition);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(missing, 0, "a write the quorum took while member {cut} was partitioned never arrived; mirror log:\n{log_text}");
+    println!(
+        "member {cut} partitioned both ways: a quorum write reached the destination {:.1} s later; the member's serializable read: {stale:?} (lacks it)",
+        latency.as_secs_f64()
+    );
+    assert!(log_text.contains("no leader"), "the mirror never followed the cut-off member (no 'no leader' from it): the test proves nothing\n{log_text}");
+    assert!(stale.is_ok_and(|lacks| lacks), "the cut-off member served the write: it was not cut off");
+    assert!(refused, "a client requiring a leader (as drctl's do) was served by a member with none");
+    src.settled().await;
+    let Settled { ledger, failed, missing, log_text } = settle(tx, w, &dst, mirror, &log).await;
+    println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
+    assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
+    assert_zero_differences(&src, &src.member_urls().join(","), &dst);
+}
