@@ -67,9 +67,10 @@ test: deps platform image lint
 	$(MAKE) etcd-matrix
 
 # A pair on three-member mTLS etcds behind load balancers, alone (it is heavy for 2 cores): a
-# failover with members down, and the primary's etcd client CA rotated under it; then
-# the other supported etcd versions (README, "Supported etcd versions"): the mirror, the check
-# and etcd's own faults (three mTLS members behind a load balancer) on each. The whole suite runs
+# failover with members down, the primary's etcd client CA rotated under it, its leader killed
+# mid-FinalSync; then the other supported etcd versions (README, "Supported etcd versions"): the
+# mirror, the check and etcd's own faults (three mTLS members behind a load balancer) on each,
+# but for the two 40,000-key leader kills (the default version runs those). The whole suite runs
 # on the default, the newest 3.6.
 ETCD_MATRIX ?= v3.5.36 v3.7.4
 etcd-matrix:
@@ -77,7 +78,7 @@ etcd-matrix:
 	set -e; for v in $(ETCD_MATRIX); do \
 	  ETCD_VERSION=$$v bash hack/build-etcd.sh >/dev/null; \
 	  echo "== etcd $$v" >&2; \
-	  ETCD_VERSION=$$v cargo test --test mirror --test etcd_faults -- --test-threads=2; \
+	  ETCD_VERSION=$$v cargo test --test mirror --test etcd_faults -- --test-threads=2 --skip the_leader_killed_mid; \
 	done
 
 # The model check of the decision core (tests/model_check.rs) deeper than CI runs it, both
