@@ -245,6 +245,8 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
     // with its real group and names).
     apply_server_side(&g, DNSENDPOINT_CRD);
     g.api.wait_crd("dnsendpoints.externaldns.k8s.io");
+    // Argo CD's Applications, for the follow-role grant.
+    support::argocd::install_crds(&g);
 
     let allowed: &[&[&str]] = &[
         &["get", "drtopologies.drctl.io"],

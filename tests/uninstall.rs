@@ -69,9 +69,9 @@ fn automated(g: &Global) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn uninstall_removes_the_fence_memory_and_leases_once_the_controller_is_stopped() {
     let pair = Pair::start().await;
-    // Argo CD's API in the standby (no Argo CD runs: only drctl touches the Application).
-    support::argocd::install_crds(&pair.b);
-    pair.b.api.kubectl_ok(&["create", "namespace", "argocd"]);
+    // Argo CD's API (no Argo CD runs: only drctl touches the Application): its CRDs made on the
+    // primary reach the standby through the mirror.
+    support::argocd::install_crds(&pair.a);
     pair.apply_both("global-a");
     // The platform's own policy, made on the primary and replicated: uninstall must leave it.
     let (ok, out) = pair.a.api.apply_stdin(TEAM_POLICY);
@@ -79,7 +79,10 @@ async fn uninstall_removes_the_fence_memory_and_leases_once_the_controller_is_st
     let ca = pair.controller(&pair.a, &[]);
     let mut cb = pair.controller(&pair.b, &[]);
     pair.wait(&pair.b, "B standby in sync", Duration::from_secs(90), &[&ca, &cb], standby_in_sync).await;
-    // Made on the steady standby: held within a reconcile.
+    // Made on the steady standby, in Argo CD's namespace (never replicated nor fenced): held
+    // within a reconcile.
+    pair.b.api.wait_crd("applications.argoproj.io");
+    pair.b.api.kubectl_ok(&["create", "namespace", "argocd"]);
     let (ok, out) = pair.b.api.apply_stdin(FOLLOWER);
     assert!(ok, "{out}");
     pair.wait(&pair.b, "B holds platform-web", Duration::from_secs(30), &[&ca, &cb], |s| {
