@@ -7,7 +7,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, P
 use kube::Client;
 use serde_json::Value;
 
-use crate::decide::follow_role::{patch, FOLLOWS_PRIMARY, HELD_ANNOTATION, LABEL};
+use crate::decide::follow_role::{patch, verb, FOLLOWS_PRIMARY, HELD_ANNOTATION, LABEL};
 use crate::topology::{ApplicationsState, ApplicationsStatus};
 
 const FIELD_MANAGER: &str = "drctl";
@@ -19,7 +19,9 @@ fn api_resource() -> ApiResource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowRoleError {
-    #[error("list Argo CD Applications in namespace {namespace} (spec.argocd.namespace; drctl needs get, list, patch on applications.argoproj.io there): {source}")]
+    #[error(
+        "list Argo CD Applications in namespace {namespace} (spec.argocd.namespace; drctl needs get, list, patch on applications.argoproj.io there): {source}"
+    )]
     List {
         namespace: String,
         #[source]
@@ -79,14 +81,6 @@ async fn apply(api: &Api<DynamicObject>, name: &str, app: &Value, state: Applica
     let Some(p) = patch(app, state).map_err(|e| e.to_string())? else { return Ok(false) };
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     api.patch(name, &params, &Patch::Merge(&p)).await.map(|_| true).map_err(|e| format!("{name}: {e}"))
-}
-
-/// "held" / "released", for messages and Events.
-pub fn verb(state: ApplicationsState) -> &'static str {
-    match state {
-        ApplicationsState::Held => "held",
-        ApplicationsState::Released => "released",
-    }
 }
 
 /// `drctl uninstall`: releases every Application in `namespace` that drctl holds (annotation

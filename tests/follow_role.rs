@@ -189,5 +189,8 @@ async fn platform_applications_sync_only_on_the_primary_and_move_with_a_failover
     argo_a.wait_synced_and_healthy(&pair.a, PARENT, Duration::from_secs(60));
     let events = pair.b.api.kubectl_ok(&["get", "events", "-A", "--field-selector", "reason=ApplicationsReleased", "-o", "jsonpath={.items[*].message}"]);
     assert!(events.contains(APP), "an ApplicationsReleased Event names it: {events:?}");
-    eprintln!("steady with the standby's Application held after {steady:?}; failed over and switched after {failed_over:?}; v2 synced on the new primary after {:?}", started.elapsed());
+    eprintln!(
+        "steady with the standby's Application held after {steady:?}; failed over and switched after {failed_over:?}; v2 synced on the new primary after {:?}",
+        started.elapsed()
+    );
 }

@@ -72,6 +72,14 @@ pub fn wanted(f: &RoleFacts) -> ApplicationsState {
     }
 }
 
+/// "held" / "released", for messages, Events and `drctl status`.
+pub fn verb(state: ApplicationsState) -> &'static str {
+    match state {
+        ApplicationsState::Held => "held",
+        ApplicationsState::Released => "released",
+    }
+}
+
 /// Why an Application's held automated policy cannot be restored.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("Application {name}: annotation {HELD_ANNOTATION} is not a JSON object ({value:?}): {reason}; set spec.syncPolicy.automated by hand and remove the annotation")]
