@@ -20,7 +20,7 @@ fn api_resource() -> ApiResource {
 #[derive(Debug, thiserror::Error)]
 pub enum FollowRoleError {
     #[error(
-        "list Argo CD Applications in namespace {namespace} (spec.argocd.namespace; drctl needs get, list, patch on applications.argoproj.io there): {source}"
+        "list Argo CD Applications in namespace {namespace} (spec.argocd.namespace; drctl needs list and patch on applications.argoproj.io there): {source}"
     )]
     List {
         namespace: String,
