@@ -2,8 +2,9 @@
 //! the parent of `gitops/argocd/platform-apps.yaml` applies `gitops/argocd/platform-web.yaml` from
 //! a Git repository in both; the primary's Argo CD syncs the workload and the mirror replicates
 //! it; the standby's copy is held (no automated sync, never synced, and the parent's selfHeal
-//! does not put it back); after a failover the new primary's is released and syncs a commit made
-//! after the flip, and the old primary's is held.
+//! does not put it back); after a failover the new primary's is released (after VerifyDNS, before
+//! its restarts) and syncs a commit made after the flip, and the old primary's is held (before its
+//! demotion token).
 
 mod support;
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use drctl::decide::follow_role::HELD_ANNOTATION;
 use drctl::topology::{ApplicationsState, DRTopologyStatus, Phase, Role};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use support::argocd::ArgoCd;
 use support::pair::Pair;
@@ -93,6 +95,19 @@ fn never_failed(app: &Value) -> bool {
     !matches!(phase, Some("Failed" | "Error")) && !conditions.contains("SyncError")
 }
 
+fn time(s: &str) -> Timestamp {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// When drctl last published an Event `reason` naming the Application in `g`.
+fn newest_event(g: &Global, reason: &str) -> Timestamp {
+    let out = g.api.kubectl_ok(&["get", "events", "-A", "--field-selector", &format!("reason={reason}"), "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("events");
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    let naming = items.iter().filter(|e| e["message"].as_str().is_some_and(|m| m.contains(APP)));
+    naming.filter_map(|e| e["eventTime"].as_str().map(time)).max().unwrap_or_else(|| panic!("no {reason} Event naming {APP} in {}: {out}", g.name))
+}
+
 fn standby_in_sync(s: &DRTopologyStatus) -> bool {
     s.role == Some(Role::Standby) && s.phase == Some(Phase::Steady) && s.sync.as_ref().is_some_and(|y| y.missed_keys == Some(0))
 }
@@ -154,6 +169,16 @@ async fn platform_applications_sync_only_on_the_primary_and_move_with_a_failover
     pair.wait(&pair.b, "B: failover done", Duration::from_secs(120), &logs, |s| s.failover.as_ref().is_some_and(|f| f.completed_at.is_some())).await;
     pair.wait(&pair.b, "B: 1 Application released", t, &logs, apps_are(ApplicationsState::Released)).await;
     pair.wait(&pair.a, "A: standby in sync, 1 Application held", t, &logs, |s| standby_in_sync(s) && apps_are(ApplicationsState::Held)(s)).await;
+    // When: the old primary held with its fence, before its demotion token; the new primary
+    // released after VerifyDNS, before its restarts.
+    let a_status = pair.status(&pair.a).await.and_then(|t| t.status).expect("A's status");
+    let token_at = a_status.demotion.as_ref().and_then(|d| d.acknowledged_at.as_deref()).map(time).expect("A's demotion token");
+    assert!(newest_event(&pair.a, "ApplicationsHeld") < token_at, "A held its Applications before writing its demotion token");
+    let b_status = pair.status(&pair.b).await.and_then(|t| t.status).expect("B's status");
+    let step = |name: &str| b_status.failover.as_ref().and_then(|f| f.steps.iter().find(|s| s.name == name).cloned()).expect("step");
+    let released_at = newest_event(&pair.b, "ApplicationsReleased");
+    assert!(step("VerifyDNS").finished_at.as_deref().map(time) < Some(released_at), "released after VerifyDNS");
+    assert!(Some(released_at) < step("Restart").started_at.as_deref().map(time), "released before the restarts");
     let child_b = argo_b.application(&pair.b, APP).expect("child");
     assert_eq!(automated(&child_b), Some(&serde_json::json!({"prune": true, "selfHeal": true})), "restored exactly on the new primary");
     assert_eq!(held_annotation(&child_b), None);
@@ -187,8 +212,6 @@ async fn platform_applications_sync_only_on_the_primary_and_move_with_a_failover
     assert_ne!(last_sync_a, Some(v2.as_str()), "the old primary's Argo CD never synced the commit after the flip");
     assert!(never_failed(&child_a), "no sync against the fence on the old primary: {}", child_a["status"]);
     argo_a.wait_synced_and_healthy(&pair.a, PARENT, Duration::from_secs(60));
-    let events = pair.b.api.kubectl_ok(&["get", "events", "-A", "--field-selector", "reason=ApplicationsReleased", "-o", "jsonpath={.items[*].message}"]);
-    assert!(events.contains(APP), "an ApplicationsReleased Event names it: {events:?}");
     eprintln!(
         "steady with the standby's Application held after {steady:?}; failed over and switched after {failed_over:?}; v2 synced on the new primary after {:?}",
         started.elapsed()
