@@ -29,11 +29,12 @@ pub enum FollowRoleError {
     },
 }
 
-/// What one pass did: the status to record and the Applications it changed.
+/// What one pass did: the status to record and the Applications it changed, with the state each
+/// was put in (an opted-out one is released whatever the role).
 #[derive(Debug, Default, PartialEq)]
 pub struct Pass {
     pub status: ApplicationsStatus,
-    pub changed: Vec<String>,
+    pub changed: Vec<(String, ApplicationsState)>,
 }
 
 /// Brings every Application labelled `drctl.io/follow-role: primary` in `namespace` into `want`;
@@ -64,7 +65,7 @@ pub async fn reconcile(client: &Client, namespace: &str, want: ApplicationsState
             }
         };
         match apply(&api, &name, &app, state).await {
-            Ok(true) => pass.changed.push(name),
+            Ok(true) => pass.changed.push((name, state)),
             Ok(false) => {}
             Err(e) => failures.push(e),
         }

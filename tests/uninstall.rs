@@ -1,4 +1,5 @@
-//! `drctl uninstall` on a real standby: refused while its controller holds the Lease; once it is
+//! `drctl uninstall` on a real standby (whose controller holds a labelled Application and
+//! releases one whose label opts out): refused while its controller holds the Lease; once it is
 //! stopped, a dry run lists the fence, the role memory, the Lease and the Application drctl
 //! holds and changes nothing, and `--yes` leaves none of them and gives the Application its
 //! automated sync back — and nothing that is not drctl's is touched.
@@ -62,8 +63,26 @@ spec:
     automated: {prune: true, selfHeal: true}
 ";
 
+/// One drctl held before its label was changed to opt out: released once, whatever the role.
+const OPTED_OUT: &str = "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: platform-old
+  namespace: argocd
+  labels: {drctl.io/follow-role: none}
+  annotations: {drctl.io/held-automated: '{\"prune\":false}'}
+spec:
+  project: default
+  source: {repoURL: https://git.example.com/platform/platform-apps.git, targetRevision: main, path: old}
+  destination: {server: https://kubernetes.default.svc, namespace: platform-old}
+";
+
+fn automated_of(g: &Global, app: &str) -> String {
+    g.api.kubectl_ok(&["-n", "argocd", "get", "applications.argoproj.io", app, "-o", "jsonpath={.spec.syncPolicy.automated}"])
+}
+
 fn automated(g: &Global) -> String {
-    g.api.kubectl_ok(&["-n", "argocd", "get", "applications.argoproj.io", "platform-web", "-o", "jsonpath={.spec.syncPolicy.automated}"])
+    automated_of(g, "platform-web")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -83,13 +102,14 @@ async fn uninstall_removes_the_fence_memory_and_leases_once_the_controller_is_st
     // within a reconcile.
     pair.b.api.wait_crd("applications.argoproj.io");
     pair.b.api.kubectl_ok(&["create", "namespace", "argocd"]);
-    let (ok, out) = pair.b.api.apply_stdin(FOLLOWER);
+    let (ok, out) = pair.b.api.apply_stdin(&format!("{FOLLOWER}---\n{OPTED_OUT}"));
     assert!(ok, "{out}");
     pair.wait(&pair.b, "B holds platform-web", Duration::from_secs(30), &[&ca, &cb], |s| {
         s.applications.as_ref().is_some_and(|a| a.state == ApplicationsState::Held && a.names == ["platform-web"])
     })
     .await;
     assert_eq!(automated(&pair.b), "", "held: automated sync removed");
+    assert_eq!(automated_of(&pair.b, "platform-old"), r#"{"prune":false}"#, "opted out: released on a standby too");
     let before = left(&pair.b);
     for want in [
         "validatingadmissionpolicies/drctl-fence-platform",

@@ -775,14 +775,16 @@ async fn applications_as_declared(ctx: &Context, topo: &ValidatedTopology, w: &m
     let namespace = &topo.spec.argocd_namespace;
     match crate::follow_role::reconcile(&ctx.client, namespace, want).await {
         Ok(pass) => {
-            if !pass.changed.is_empty() {
-                let (reason, verb) = match want {
-                    ApplicationsState::Held => ("ApplicationsHeld", "held (automated sync off)"),
-                    ApplicationsState::Released => ("ApplicationsReleased", "released (automated sync restored)"),
-                };
-                let note = format!("Argo CD Applications in {namespace} {verb}: {}", pass.changed.join(", "));
-                info!(%note, "applications follow the role");
-                ctx.event(topo, EventType::Normal, reason, "FollowRole", note).await;
+            for (state, reason, verb) in [
+                (ApplicationsState::Held, "ApplicationsHeld", "held (automated sync off)"),
+                (ApplicationsState::Released, "ApplicationsReleased", "released (automated sync restored)"),
+            ] {
+                let names: Vec<&str> = pass.changed.iter().filter(|(_, s)| *s == state).map(|(n, _)| n.as_str()).collect();
+                if !names.is_empty() {
+                    let note = format!("Argo CD Applications in {namespace} {verb}: {}", names.join(", "));
+                    info!(%note, "applications follow the role");
+                    ctx.event(topo, EventType::Normal, reason, "FollowRole", note).await;
+                }
             }
             if let Some(m) = &pass.status.message {
                 warn!(message = %m, "applications not all in the state the role wants; will retry");
