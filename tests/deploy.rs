@@ -245,6 +245,8 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
     // with its real group and names).
     apply_server_side(&g, DNSENDPOINT_CRD);
     g.api.wait_crd("dnsendpoints.externaldns.k8s.io");
+    // Argo CD's Applications, for the follow-role grant.
+    support::argocd::install_crds(&g);
 
     let allowed: &[&[&str]] = &[
         &["get", "drtopologies.drctl.io"],
@@ -272,6 +274,8 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
         &["patch", "dnsendpoints.externaldns.k8s.io", "-n", "drctl-system"],
         &["create", "validatingadmissionpolicies.admissionregistration.k8s.io"],
         &["delete", "validatingadmissionpolicybindings.admissionregistration.k8s.io"],
+        &["list", "applications.argoproj.io", "-n", "argocd"],
+        &["patch", "applications.argoproj.io", "-n", "argocd"],
     ];
     let denied: &[&[&str]] = &[
         &["delete", "drtopologies.drctl.io"],
@@ -290,6 +294,9 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
         &["delete", "dnsendpoints.externaldns.k8s.io", "-n", "drctl-system"],
         &["update", "validatingadmissionpolicies.admissionregistration.k8s.io"],
         &["create", "clusterroles.rbac.authorization.k8s.io"],
+        &["create", "applications.argoproj.io", "-n", "argocd"],
+        &["delete", "applications.argoproj.io", "-n", "argocd"],
+        &["update", "applications.argoproj.io", "-n", "argocd"],
         &["*", "*"],
     ];
     let mut wrong = Vec::new();
