@@ -84,7 +84,7 @@ umoci gc --layout "$work/oci"
 # features and target, without the build scripts' own dependencies (not linked into the binary),
 # with versions, licenses and hashes, by cargo-cyclonedx (built from crates.io once, cached by
 # version); then the Debian packages the image copies files from. cargo-cyclonedx writes one
-# file per binary of the workspace beside its Cargo.toml: keep drctl's, remove the others.
+# file per package of the workspace beside its Cargo.toml: keep drctl's, remove the others.
 cdx_version=0.5.9
 cdx_root=$DRCTL_CACHE/tools/cargo-cyclonedx-$cdx_version
 if [ ! -x "$cdx_root/bin/cargo-cyclonedx" ]; then

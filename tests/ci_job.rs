@@ -118,7 +118,7 @@ fn checkout(dir: &Path, edit: impl Fn(&str) -> String) -> PathBuf {
     let topology = std::fs::read_to_string(repo("gitops/topology/drtopology.yaml")).expect("read the topology");
     std::fs::create_dir_all(dir.join("topology")).expect("mkdir checkout");
     std::fs::write(dir.join("topology/drtopology.yaml"), edit(&topology)).expect("write topology");
-    for d in [dir, &dir.join("topology")] {
+    for d in [dir.to_path_buf(), dir.join("topology")] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     dir.to_path_buf()
