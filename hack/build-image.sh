@@ -45,13 +45,22 @@ umoci unpack --image "$img" "$work/bundle" >/dev/null
 root=$work/bundle/rootfs
 
 install -m 0755 "$bin" "$root/drctl"
+# The Debian package holding the library at path $1. dpkg knows each file by the path its package
+# ships, which since the /usr merge may be ldd's path under /usr, or the symlink's target.
+deb_of() {
+  local p owner
+  for p in "$1" "/usr$1" "$(readlink -f "$1")"; do
+    owner=$(dpkg -S "$p" 2>/dev/null) && { echo "${owner%%:*}"; return 0; }
+  done
+  echo "no Debian package holds $1" >&2
+  return 1
+}
 # The loader and each library at the path ldd resolved, symlinks followed; the Debian package of
 # each, and of the CA certificates, goes into the SBOM.
 debs=(ca-certificates)
 for lib in $(ldd "$bin" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
   cp -L --parents "$lib" "$root/"
-  pkg=$(dpkg -S "$lib" | cut -d: -f1) || { echo "no Debian package holds $lib" >&2; exit 1; }
-  debs+=("$pkg")
+  debs+=("$(deb_of "$lib")")
 done
 mkdir -p "$root/etc/ssl/certs"
 cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"

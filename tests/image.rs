@@ -216,7 +216,14 @@ fn check_sbom(repo: &Path, path: &Path, libs: &[String]) {
 
     let debs: Vec<&str> = components.iter().filter(|c| c["purl"].as_str().is_some_and(|p| p.starts_with("pkg:deb/debian/"))).map(|c| c["name"].as_str().unwrap_or_default()).collect();
     for lib in libs {
-        let owner = run(Command::new("dpkg").arg("-S").arg(lib));
+        // dpkg knows the path the package ships: ldd's, the same under /usr (merged /usr), or
+        // the symlink's target.
+        let canonical = std::fs::canonicalize(lib).map(|p| p.display().to_string()).unwrap_or_default();
+        let owner = [lib.clone(), format!("/usr{lib}"), canonical]
+            .iter()
+            .find_map(|p| Command::new("dpkg").arg("-S").arg(p).output().ok().filter(|o| o.status.success()))
+            .unwrap_or_else(|| panic!("no Debian package holds {lib}"));
+        let owner = String::from_utf8_lossy(&owner.stdout);
         let pkg = owner.split(':').next().unwrap_or_default();
         assert!(debs.contains(&pkg), "{lib} comes from {pkg}, not in the SBOM's Debian packages {debs:?}");
     }
