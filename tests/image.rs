@@ -214,7 +214,11 @@ fn check_sbom(repo: &Path, path: &Path, libs: &[String]) {
         assert!(version_of(left_out).is_none(), "{left_out} is not compiled into the image's drctl but is in its SBOM");
     }
 
-    let debs: Vec<&str> = components.iter().filter(|c| c["purl"].as_str().is_some_and(|p| p.starts_with("pkg:deb/debian/"))).map(|c| c["name"].as_str().unwrap_or_default()).collect();
+    let debs: Vec<&str> = components
+        .iter()
+        .filter(|c| c["purl"].as_str().is_some_and(|p| p.starts_with("pkg:deb/debian/")))
+        .map(|c| c["name"].as_str().unwrap_or_default())
+        .collect();
     for lib in libs {
         // dpkg knows the path the package ships: ldd's, the same under /usr (merged /usr), or
         // the symlink's target.
