@@ -182,10 +182,13 @@ fn check_sbom(repo: &Path, path: &Path, libs: &[String]) {
     let crates: Vec<&Value> = components.iter().filter(|c| c["purl"].as_str().is_some_and(|p| p.starts_with("pkg:cargo/"))).collect();
     let version_of = |name: &str| crates.iter().find(|c| c["name"] == name).and_then(|c| c["version"].as_str());
 
-    // Cargo's own reading of Cargo.toml and Cargo.lock (as --no-default-features resolves them).
+    // Cargo's own reading of Cargo.toml and Cargo.lock, resolved as the image's build resolves
+    // them: --no-default-features, for the host (other platforms' crates are not downloaded).
+    let (rustc, _) = output(Command::new("rustc").arg("-vV"));
+    let host = rustc.lines().find_map(|l| l.strip_prefix("host: ")).expect("rustc -vV names the host");
     let (out, _) = output(
         Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["metadata", "--format-version", "1", "--locked", "--offline", "--no-default-features", "--manifest-path"])
+            .args(["metadata", "--format-version", "1", "--locked", "--offline", "--no-default-features", "--filter-platform", host, "--manifest-path"])
             .arg(repo.join("Cargo.toml")),
     );
     let meta: Value = serde_json::from_str(&out).expect("cargo metadata JSON");
