@@ -6,13 +6,17 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps etcd kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
+.PHONY: deps image-deps etcd kube argocd kwok gitea lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers; containerd, runc, CNI plugins,
 # busybox-static, iptables and skopeo for tests/pod.rs's real node.
 deps:
 	bash hack/install-deps.sh
+
+# Only what `make image` needs (the release build, umoci, jq, git): no test server on a build host.
+image-deps:
+	bash hack/install-deps.sh --image
 
 # Built from Go modules (never downloaded prebuilt), cached by version in $(DRCTL_CACHE):
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet (tests/pod.rs's
@@ -48,10 +52,12 @@ argocd-cm:
 	  sed 's/^\(..*\)$$/    \1/' gitops/health/health.lua; } > gitops/argocd/argocd-cm-patch.yaml.new
 	mv gitops/argocd/argocd-cm-patch.yaml.new gitops/argocd/argocd-cm-patch.yaml
 
-# drctl's OCI image, built with umoci (no daemon, no base image) from the cached release build;
-# push it with skopeo (README, "Deploy from the image"). Kept out of the work tree.
+# drctl's OCI image, built with umoci (no daemon, no base image) from the cached release build,
+# tagged VERSION-gCOMMIT (-dirty for uncommitted changes), its CycloneDX SBOM beside it
+# (drctl-oci.cdx.json); push it with skopeo (README, "Deploy from the image"). Kept out of the
+# work tree.
 IMAGE ?= $(DRCTL_CACHE)/image/drctl-oci.tar
-image: deps
+image: image-deps
 	bash hack/build-image.sh $(IMAGE)
 
 # Every test of every package. The lab's tests run `drctl lab`, and cargo builds another

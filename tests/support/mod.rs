@@ -10,6 +10,7 @@ pub mod etcd_cluster;
 pub mod faults;
 pub mod health;
 pub mod node;
+pub mod oci;
 pub mod pair;
 pub mod partition;
 pub mod ssh;
