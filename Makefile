@@ -6,13 +6,17 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps etcd kube argocd kwok gitea released lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
+.PHONY: deps image-deps etcd kube argocd kwok gitea released lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers; containerd, runc, CNI plugins,
 # busybox-static, iptables and skopeo for tests/pod.rs's real node.
 deps:
 	bash hack/install-deps.sh
+
+# Only what `make image` needs (the release build, umoci, jq, git): no test server on a build host.
+image-deps:
+	bash hack/install-deps.sh --image
 
 # Built from Go modules (never downloaded prebuilt), cached by version in $(DRCTL_CACHE):
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kubelet (tests/pod.rs's
@@ -53,10 +57,12 @@ argocd-cm:
 	  sed 's/^\(..*\)$$/    \1/' gitops/health/health.lua; } > gitops/argocd/argocd-cm-patch.yaml.new
 	mv gitops/argocd/argocd-cm-patch.yaml.new gitops/argocd/argocd-cm-patch.yaml
 
-# drctl's OCI image, built with umoci (no daemon, no base image) from the cached release build;
-# push it with skopeo (README, "Deploy from the image"). Kept out of the work tree.
+# drctl's OCI image, built with umoci (no daemon, no base image) from the cached release build,
+# tagged VERSION-gCOMMIT (-dirty for uncommitted changes), its CycloneDX SBOM beside it
+# (drctl-oci.cdx.json); push it with skopeo (README, "Deploy from the image"). Kept out of the
+# work tree.
 IMAGE ?= $(DRCTL_CACHE)/image/drctl-oci.tar
-image: deps
+image: image-deps
 	bash hack/build-image.sh $(IMAGE)
 
 # Every test of every package. The lab's tests run `drctl lab`, and cargo builds another
@@ -72,9 +78,10 @@ test: deps platform image released lint
 	$(MAKE) etcd-matrix
 
 # A pair on three-member mTLS etcds behind load balancers, alone (it is heavy for 2 cores): a
-# failover with members down, and the primary's etcd client CA rotated under it; then
-# the other supported etcd versions (README, "Supported etcd versions"): the mirror, the check
-# and etcd's own faults (three mTLS members behind a load balancer) on each. The whole suite runs
+# failover with members down, the primary's etcd client CA rotated under it, its leader killed
+# mid-FinalSync; then the other supported etcd versions (README, "Supported etcd versions"): the
+# mirror, the check and etcd's own faults (three mTLS members behind a load balancer) on each,
+# but for the two 40,000-key leader kills (the default version runs those). The whole suite runs
 # on the default, the newest 3.6.
 ETCD_MATRIX ?= v3.5.36 v3.7.4
 etcd-matrix:
@@ -82,7 +89,7 @@ etcd-matrix:
 	set -e; for v in $(ETCD_MATRIX); do \
 	  ETCD_VERSION=$$v bash hack/build-etcd.sh >/dev/null; \
 	  echo "== etcd $$v" >&2; \
-	  ETCD_VERSION=$$v cargo test --test mirror --test etcd_faults -- --test-threads=2; \
+	  ETCD_VERSION=$$v cargo test --test mirror --test etcd_faults -- --test-threads=2 --skip the_leader_killed_mid; \
 	done
 
 # The model check of the decision core (tests/model_check.rs) deeper than CI runs it, both

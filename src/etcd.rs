@@ -251,9 +251,10 @@ pub async fn cluster_endpoint(secrets: &dyn crate::secret::SecretSource, c: &cra
         None => None,
         Some(r) => {
             let err = |source| TlsSecretError { cluster: c.name.clone(), source };
-            let ca = secrets.get(r, "ca.crt").await.map_err(err)?;
-            let cert = secrets.get(r, "tls.crt").await.map_err(err)?;
-            let key = secrets.get(r, "tls.key").await.map_err(err)?;
+            let [ca, cert, key] = <[_; 3]>::try_from(secrets.get_keys(r, &["ca.crt", "tls.crt", "tls.key"]).await.map_err(err)?).map_err(|_| {
+                let (namespace, name) = (r.namespace.clone(), r.name.clone());
+                err(crate::secret::SecretError::MissingKey { namespace, name, key: "ca.crt, tls.crt, tls.key".into(), keys: String::new() })
+            })?;
             Some(TlsMaterial { ca: Some(ca.expose().to_vec()), identity: Some((cert.expose().to_vec(), SecretBytes(key.expose().to_vec()))) })
         }
     };

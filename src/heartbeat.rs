@@ -71,7 +71,8 @@ pub enum Duty {
 pub struct Heartbeat {
     duty: std::sync::Mutex<Option<Duty>>,
     /// Cleared at the start of every reconcile, set by its end: a reconcile that ended in an
-    /// error (say, mid-demotion) leaves no writing duty behind.
+    /// error (say, mid-demotion) leaves no writing duty behind. Reading needs no arming: it
+    /// changes nothing, and a standby keeps measuring through a failed reconcile.
     armed: AtomicBool,
     /// The newest beat a standby read.
     last: std::sync::Mutex<Option<Beat>>,
@@ -83,6 +84,10 @@ impl Heartbeat {
     }
 
     pub fn set(&self, duty: Option<Duty>) {
+        // A beat read as a standby means nothing once this cluster no longer reads.
+        if !matches!(duty, Some(Duty::Read { .. })) {
+            self.record(None);
+        }
         if let Ok(mut d) = self.duty.lock() {
             *d = duty;
         }
@@ -106,10 +111,8 @@ impl Heartbeat {
     }
 
     fn duty(&self) -> Option<Duty> {
-        if !self.armed.load(Ordering::SeqCst) {
-            return None;
-        }
-        self.duty.lock().ok()?.clone()
+        let duty = self.duty.lock().ok()?.clone()?;
+        (self.armed.load(Ordering::SeqCst) || matches!(duty, Duty::Read { .. })).then_some(duty)
     }
 
     /// The replication lag a standby measured: now − the newest beat it has applied.
@@ -133,10 +136,7 @@ pub async fn run<L: std::ops::Deref<Target = tokio::sync::Mutex<()>>>(hb: Arc<He
     loop {
         tokio::time::sleep(INTERVAL).await;
         let Ok(_guard) = lock.try_lock() else { continue };
-        let Some(duty) = hb.duty() else {
-            hb.record(None);
-            continue;
-        };
+        let Some(duty) = hb.duty() else { continue };
         let (topology, endpoint) = match &duty {
             Duty::Write { topology, etcd, .. } | Duty::Read { topology, etcd } => (topology, etcd),
         };
@@ -154,7 +154,12 @@ pub async fn run<L: std::ops::Deref<Target = tokio::sync::Mutex<()>>>(hb: Arc<He
                 }
                 Duty::Read { .. } => {
                     let r = c.kv.get(key(topology), None).await.map_err(|e| e.to_string())?;
-                    hb.record(r.kvs().first().and_then(|kv| Beat::decode(kv.value())));
+                    // None read keeps the last beat: the lag is since the newest beat this
+                    // standby ever applied, and grows while none arrives (a resync that briefly
+                    // lacks the key must not read as "unknown").
+                    if let Some(beat) = r.kvs().first().and_then(|kv| Beat::decode(kv.value())) {
+                        hb.record(Some(beat));
+                    }
                     Ok(())
                 }
             }
@@ -201,11 +206,22 @@ mod tests {
     }
 
     #[test]
-    fn a_disarmed_heartbeat_has_no_duty() {
+    fn a_disarmed_heartbeat_writes_nothing_but_keeps_reading() {
         let hb = Heartbeat::default();
-        hb.set(Some(Duty::Read { topology: "p".into(), etcd: Endpoint::default() }));
+        let write = Duty::Write { topology: "p".into(), cluster: "a".into(), etcd: Endpoint::default() };
+        hb.set(Some(write));
         assert!(hb.duty().is_some());
         hb.disarm();
-        assert!(hb.duty().is_none(), "a reconcile that has not finished leaves no duty");
+        assert!(hb.duty().is_none(), "a reconcile that has not finished leaves no writing duty");
+
+        // A standby whose reconcile failed keeps its last beat and goes on reading: its lag
+        // must not turn unknown (NaN on /metrics) because one reconcile did not finish.
+        hb.set(Some(Duty::Read { topology: "p".into(), etcd: Endpoint::default() }));
+        hb.record(Some(Beat::now("a")));
+        hb.disarm();
+        assert!(matches!(hb.duty(), Some(Duty::Read { .. })));
+        assert!(hb.lag_seconds(Timestamp::now()).is_some());
+        hb.set(None);
+        assert!(hb.lag_seconds(Timestamp::now()).is_none(), "a cluster that stopped reading forgets the beat");
     }
 }

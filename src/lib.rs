@@ -15,6 +15,7 @@ pub mod failover;
 pub mod fence;
 pub mod fields;
 pub mod files;
+pub mod follow_role;
 pub mod forge;
 pub mod gitops;
 pub mod guards;

@@ -72,6 +72,20 @@ pub enum SecretError {
 pub trait SecretSource: Send + Sync {
     /// The value under `reference.key`, or under `default_key` when the reference names none.
     fn get<'a>(&'a self, reference: &'a SecretRef, default_key: &'a str) -> BoxFuture<'a, Result<Secret, SecretError>>;
+
+    /// The values under `keys` of the Secret `reference` names (its own `key` ignored). A
+    /// Kubernetes Secret is read once, so a certificate and its key rotated in place are never
+    /// read half old, half new.
+    fn get_keys<'a>(&'a self, reference: &'a SecretRef, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Secret>, SecretError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let one = SecretRef { key: None, ..reference.clone() };
+                out.push(self.get(&one, key).await?);
+            }
+            Ok(out)
+        })
+    }
 }
 
 fn key_of<'a>(reference: &'a SecretRef, default_key: &'a str) -> &'a str {
@@ -93,6 +107,19 @@ impl KubeSecrets {
 impl SecretSource for KubeSecrets {
     fn get<'a>(&'a self, reference: &'a SecretRef, default_key: &'a str) -> BoxFuture<'a, Result<Secret, SecretError>> {
         Box::pin(async move {
+            let key = [key_of(reference, default_key)];
+            let mut values = self.get_keys(&SecretRef { key: None, ..reference.clone() }, &key).await?;
+            values.pop().ok_or_else(|| SecretError::MissingKey {
+                namespace: reference.namespace.clone(),
+                name: reference.name.clone(),
+                key: key[0].to_string(),
+                keys: String::new(),
+            })
+        })
+    }
+
+    fn get_keys<'a>(&'a self, reference: &'a SecretRef, keys: &'a [&'a str]) -> BoxFuture<'a, Result<Vec<Secret>, SecretError>> {
+        Box::pin(async move {
             let (namespace, name) = (reference.namespace.clone(), reference.name.clone());
             let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), &reference.namespace);
             let secret = match api.get_opt(&reference.name).await {
@@ -100,18 +127,19 @@ impl SecretSource for KubeSecrets {
                 Ok(None) => return Err(SecretError::NotFound { namespace, name }),
                 Err(source) => return Err(SecretError::Kube { namespace, name, source }),
             };
-            let key = key_of(reference, default_key);
-            let mut data = secret.data.unwrap_or_default();
-            if let Some(v) = data.remove(key) {
-                return Ok(Secret(v.0));
-            }
+            let data = secret.data.unwrap_or_default();
             // `stringData` is write-only, but objects built by hand (tests, dry runs) may carry it.
-            let mut string_data = secret.string_data.unwrap_or_default();
-            if let Some(v) = string_data.remove(key) {
-                return Ok(Secret(v.into_bytes()));
-            }
-            let keys: Vec<&str> = data.keys().chain(string_data.keys()).map(String::as_str).collect();
-            Err(SecretError::MissingKey { namespace, name, key: key.to_string(), keys: keys.join(", ") })
+            let string_data = secret.string_data.unwrap_or_default();
+            keys.iter()
+                .map(|key| match (data.get(*key), string_data.get(*key)) {
+                    (Some(v), _) => Ok(Secret(v.0.clone())),
+                    (None, Some(v)) => Ok(Secret(v.clone().into_bytes())),
+                    (None, None) => {
+                        let keys: Vec<&str> = data.keys().chain(string_data.keys()).map(String::as_str).collect();
+                        Err(SecretError::MissingKey { namespace: namespace.clone(), name: name.clone(), key: key.to_string(), keys: keys.join(", ") })
+                    }
+                })
+                .collect()
         })
     }
 }

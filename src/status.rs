@@ -102,6 +102,8 @@ pub struct ClusterStatus {
     pub argocd: Option<ArgoView>,
     /// Why the Application could not be read (None also when it does not exist: see `argocd`).
     pub argocd_error: Option<String>,
+    /// `status.applications`: the platform Applications that follow the role.
+    pub applications: Option<crate::topology::ApplicationsStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -274,6 +276,7 @@ fn cluster_status(v: &ClusterView, shared: Option<&DRTopologySpec>, now: Timesta
         .and_then(|d| parse_time(d.finished_at.as_deref().unwrap_or(&d.started_at)))
         .map(|t| now.duration_since(t).as_secs_f64().max(0.0));
     c.last_drill = st.last_drill.clone();
+    c.applications = st.applications.clone();
     c
 }
 
@@ -557,6 +560,17 @@ fn argo_cell(c: &ClusterStatus) -> String {
     }
 }
 
+/// "1 held", "2 released; not held: …"; `-` with no labelled Application.
+fn apps_cell(c: &ClusterStatus) -> String {
+    cell(c, c.applications.as_ref(), |a| {
+        let state = format!("{} {}", a.count, crate::decide::follow_role::verb(a.state));
+        match &a.message {
+            Some(m) => format!("{state}; {}", one_line(m, 40)),
+            None => state,
+        }
+    })
+}
+
 fn failover_cell(c: &ClusterStatus) -> String {
     let Some(f) = &c.failover else { return cell(c, None::<()>, |_| String::new()) };
     let end = match (&f.aborted, f.duration_seconds) {
@@ -587,6 +601,7 @@ fn rows(c: &ClusterStatus) -> [String; ROW_LABELS.len()] {
         cell(c, condition("Ready"), |r| r),
         cell(c, condition("PeerReachable"), |r| r),
         argo_cell(c),
+        apps_cell(c),
         failover_cell(c),
         drill_cell(c),
     ]
@@ -605,7 +620,7 @@ fn drill_cell(c: &ClusterStatus) -> String {
     }
 }
 
-const ROW_LABELS: [&str; 15] = [
+const ROW_LABELS: [&str; 16] = [
     "apiserver",
     "VIP",
     "role",
@@ -619,6 +634,7 @@ const ROW_LABELS: [&str; 15] = [
     "Ready",
     "PeerReachable",
     "Argo CD",
+    "platform apps",
     "last failover",
     "last drill",
 ];
@@ -1151,6 +1167,20 @@ mod tests {
         ] {
             assert_eq!(human_seconds(secs), want, "{secs}");
         }
+    }
+
+    #[test]
+    fn the_platform_applications_are_a_row() {
+        use crate::topology::{ApplicationsState, ApplicationsStatus};
+        let mut st = standby_in_sync();
+        st.applications = Some(ApplicationsStatus { state: ApplicationsState::Held, count: 2, names: vec!["web".into(), "api".into()], message: None });
+        let r = report(&[up("global-a", status(Role::Primary, Phase::Steady)), up("global-b", st.clone())], &dns_at("10.0.0.10"), now());
+        assert_eq!(apps_cell(&r.clusters[1]), "2 held");
+        assert_eq!(apps_cell(&r.clusters[0]), "-", "nothing labelled");
+        assert!(render_table(&r).lines().any(|l| l.starts_with("platform apps") && l.ends_with("2 held")), "{}", render_table(&r));
+        st.applications = Some(ApplicationsStatus { message: Some("not held: web: 409 Conflict".into()), ..st.applications.clone().expect("set") });
+        let r = report(&[up("global-b", st)], &dns_at("10.0.0.10"), now());
+        assert_eq!(apps_cell(&r.clusters[0]), "2 held; not held: web: 409 Conflict");
     }
 
     #[test]

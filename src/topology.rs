@@ -726,10 +726,42 @@ pub struct DRTopologyStatus {
     /// report): running while `finishedAt` is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill: Option<DrillStatus>,
+    /// The platform's own Argo CD Applications that follow the role (label
+    /// `drctl.io/follow-role: primary` in `spec.argocd.namespace`): held on a standby, released
+    /// on the acting primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applications: Option<ApplicationsStatus>,
     /// The drctl controller that writes this status: its version and the peer protocol it
     /// speaks (`decide::skew`). Absent: a release from before protocols (32753b3 or older).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<ControllerStatus>,
+}
+
+/// `status.applications`: what drctl last did to this global's labelled Applications.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationsStatus {
+    /// What this cluster's role wants of them.
+    pub state: ApplicationsState,
+    /// How many labelled Applications there are (all in `state` unless `message` says otherwise).
+    pub count: u32,
+    /// Their names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// What could not be held or released, and why (retried every reconcile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Whether a labelled Application's automated sync is on.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ApplicationsState {
+    /// `spec.syncPolicy.automated` removed (kept in annotation `drctl.io/held-automated`): this
+    /// global's Argo CD does not sync them into a fenced standby.
+    #[default]
+    Held,
+    /// `spec.syncPolicy.automated` as declared: the acting primary's Argo CD syncs them.
+    Released,
 }
 
 /// `status.controller`: what the peer reads to know which rules this controller follows.

@@ -1,6 +1,7 @@
 //! `drctl uninstall`: deletes what the controller created in one global — the fence
 //! (ValidatingAdmissionPolicy and binding `drctl-fence-*`, which have no owner: left behind they
-//! keep a former standby fenced), the role memory ConfigMaps and the leader Leases. The
+//! keep a former standby fenced), the role memory ConfigMaps and the leader Leases, and releases
+//! the Argo CD Applications drctl holds (their automated sync restored). The
 //! DRTopology, its CRD, the namespace and its Secrets are Argo CD's and yours
 //! (`docs/runbooks.md`, "Uninstall"). Refused while a controller still holds its Lease: it would
 //! put the fence back.
@@ -30,6 +31,10 @@ pub struct UninstallArgs {
     /// drctl's namespace in that global (its Leases and role memory).
     #[arg(long, default_value = DEFAULT_CONTROLLER_NAMESPACE)]
     pub namespace: String,
+    /// Argo CD's namespace in that global (`spec.argocd.namespace`): the Applications drctl
+    /// holds there get their automated sync back.
+    #[arg(long, default_value = crate::topology::DEFAULT_ARGOCD_NAMESPACE)]
+    pub argocd_namespace: String,
     /// List what would be deleted; delete nothing.
     #[arg(long, conflicts_with = "yes", required_unless_present = "yes")]
     pub dry_run: bool,
@@ -43,10 +48,13 @@ pub type Found = (&'static str, String);
 
 pub async fn run(args: UninstallArgs) -> anyhow::Result<()> {
     let client = crate::controller::client(args.kubeconfig.as_deref()).await?;
-    let found = uninstall(&client, &args.namespace, !args.yes, Timestamp::now()).await?;
+    let found = uninstall(&client, &args.namespace, &args.argocd_namespace, !args.yes, Timestamp::now()).await?;
     let verb = if args.yes { "deleted" } else { "would delete" };
     for (kind, name) in &found {
-        println!("{verb} {kind} {name}");
+        match *kind {
+            RELEASED => println!("{} Application {name} (automated sync restored)", if args.yes { "released" } else { "would release" }),
+            _ => println!("{verb} {kind} {name}"),
+        }
     }
     if found.is_empty() {
         println!("nothing of drctl's left in this global");
@@ -58,9 +66,12 @@ pub async fn run(args: UninstallArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Finds (and unless `dry_run`, deletes) what drctl created. Refused while a Lease of drctl's
-/// is held and not expired at `now`.
-pub async fn uninstall(client: &Client, namespace: &str, dry_run: bool, now: Timestamp) -> anyhow::Result<Vec<Found>> {
+/// The kind [`uninstall`] reports a released Application under.
+pub const RELEASED: &str = "Application (released)";
+
+/// Finds (and unless `dry_run`, deletes) what drctl created, and releases the Applications it
+/// holds in `argocd_namespace`. Refused while a Lease of drctl's is held and not expired at `now`.
+pub async fn uninstall(client: &Client, namespace: &str, argocd_namespace: &str, dry_run: bool, now: Timestamp) -> anyhow::Result<Vec<Found>> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let leases = named(&leases, LEASE_PREFIX).await?;
     for l in &leases {
@@ -86,6 +97,9 @@ pub async fn uninstall(client: &Client, namespace: &str, dry_run: bool, now: Tim
     found.extend(delete_all(&policies, named(&policies, FENCE_PREFIX).await?, None, dry_run).await?);
     found.extend(delete_all(&memory, named(&memory, MEMORY_PREFIX).await?, Some(namespace), dry_run).await?);
     found.extend(delete_all(&lease_api, leases, Some(namespace), dry_run).await?);
+    // Last: released while the fence stands, the Application would sync into it.
+    let released = crate::follow_role::release_all(client, argocd_namespace, dry_run).await?;
+    found.extend(released.into_iter().map(|name| (RELEASED, format!("{argocd_namespace}/{name}"))));
     Ok(found)
 }
 

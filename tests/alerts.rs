@@ -1,8 +1,10 @@
-//! The alerts and dashboard of gitops/deploy/components/alerts: `promtool check rules` and
-//! `promtool test rules` (a test for every alert), then a real Prometheus scraping a DR pair's
-//! two real controllers, where breaking DNS and stopping the standby's mirror fire the right
-//! alerts, a standby never drilled fires DrctlNoRecentPassingDrill until a drill passes, and
-//! every dashboard query runs.
+//! The alerts and dashboard of gitops/deploy/components/alerts (per cluster) and alerts-pair
+//! (comparing both globals): `promtool check rules` and `promtool test rules` (a test for every
+//! alert; the per-cluster tests hold one cluster's series each, and a healthy standby alone and a
+//! healthy primary alone evaluate every per-cluster alert silent), then a real Prometheus
+//! scraping a DR pair's two real controllers with both rule files, where breaking DNS and
+//! stopping the standby's mirror fire the right alerts, a standby never drilled fires
+//! DrctlNoRecentPassingDrill until a drill passes, and every dashboard query runs.
 
 mod support;
 
@@ -13,8 +15,25 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::pair::{Pair, DOMAIN, VIP_A};
 
-const RULE: &str = "gitops/deploy/components/alerts/prometheusrule.yaml";
-const RULE_TESTS: &str = "gitops/deploy/components/alerts/prometheusrule_test.yaml";
+/// A component's PrometheusRule, its promtool tests, and the rules file name the tests load.
+struct Rules {
+    rule: &'static str,
+    tests: &'static str,
+    file: &'static str,
+}
+
+/// The per-cluster alerts, for the Prometheus of each global.
+const PER_CLUSTER: Rules = Rules {
+    rule: "gitops/deploy/components/alerts/prometheusrule.yaml",
+    tests: "gitops/deploy/components/alerts/prometheusrule_test.yaml",
+    file: "drctl-rules.yaml",
+};
+/// The alerts comparing both globals, for a ruler that sees both.
+const PAIR: Rules = Rules {
+    rule: "gitops/deploy/components/alerts-pair/prometheusrule.yaml",
+    tests: "gitops/deploy/components/alerts-pair/prometheusrule_test.yaml",
+    file: "drctl-pair-rules.yaml",
+};
 const DASHBOARD: &str = "gitops/deploy/components/alerts/drctl-dashboard.json";
 
 fn repo(p: &str) -> PathBuf {
@@ -32,8 +51,8 @@ fn alerts(spec: &Value) -> Vec<&Value> {
 }
 
 /// The PrometheusRule's `spec` (a Prometheus rules file), with `edit` applied to every rule.
-fn rules_file(edit: impl Fn(&mut serde_json::Map<String, Value>)) -> String {
-    let mut spec = yaml(&repo(RULE))["spec"].clone();
+fn rules_file(rules: &Rules, edit: impl Fn(&mut serde_json::Map<String, Value>)) -> String {
+    let mut spec = yaml(&repo(rules.rule))["spec"].clone();
     for g in spec["groups"].as_array_mut().expect("groups") {
         for r in g["rules"].as_array_mut().expect("rules") {
             edit(r.as_object_mut().expect("rule"));
@@ -49,16 +68,23 @@ fn promtool(args: &[&str]) -> String {
     text
 }
 
-#[test]
-fn every_alert_has_a_runbook_and_a_promtool_unit_test_that_fires_it() {
-    let rule = yaml(&repo(RULE));
+/// The alert names of a PrometheusRule.
+fn alert_names(rules: &Rules) -> Vec<String> {
+    let rule = yaml(&repo(rules.rule));
     assert_eq!(rule["kind"], "PrometheusRule");
-    let names: Vec<&str> = alerts(&rule["spec"]).iter().map(|r| r["alert"].as_str().expect("alert name")).collect();
-    for r in alerts(&rule["spec"]) {
+    alerts(&rule["spec"]).iter().map(|r| r["alert"].as_str().expect("alert name").to_string()).collect()
+}
+
+/// Every alert has a runbook and a promtool test that fires it; `promtool check rules` and
+/// `promtool test rules` pass. Returns the promtool tests.
+fn check_component(rules: &Rules) -> Value {
+    let names = alert_names(rules);
+    for r in alerts(&yaml(&repo(rules.rule))["spec"]) {
         let runbook = r["annotations"]["runbook"].as_str().unwrap_or_default();
         assert!(runbook.len() > 20, "{} has no runbook annotation", r["alert"]);
     }
-    let tests = yaml(&repo(RULE_TESTS));
+    let tests = yaml(&repo(rules.tests));
+    assert_eq!(tests["rule_files"], serde_json::json!([rules.file]), "{}", rules.tests);
     let fired: Vec<&str> = tests["tests"]
         .as_array()
         .expect("tests")
@@ -67,22 +93,68 @@ fn every_alert_has_a_runbook_and_a_promtool_unit_test_that_fires_it() {
         .filter(|a| a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty()))
         .map(|a| a["alertname"].as_str().expect("alertname"))
         .collect();
-    let untested: Vec<&&str> = names.iter().filter(|n| !fired.contains(n)).collect();
-    assert!(untested.is_empty(), "no promtool test expects these to fire: {untested:?}");
+    let untested: Vec<&String> = names.iter().filter(|n| !fired.contains(&n.as_str())).collect();
+    assert!(untested.is_empty(), "no promtool test of {} expects these to fire: {untested:?}", rules.tests);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let full = dir.path().join("full.yaml");
-    std::fs::write(&full, rules_file(|_| {})).expect("write rules");
+    std::fs::write(&full, rules_file(rules, |_| {})).expect("write rules");
     let out = promtool(&["check", "rules", full.to_str().expect("path")]);
     println!("{out}");
     assert!(out.contains(&format!("SUCCESS: {} rules found", names.len())), "{out}");
     // The unit tests pin expressions, labels and `for`, not the wording of annotations.
-    std::fs::write(dir.path().join("drctl-rules.yaml"), rules_file(|r| drop(r.remove("annotations")))).expect("write rules");
+    std::fs::write(dir.path().join(rules.file), rules_file(rules, |r| drop(r.remove("annotations")))).expect("write rules");
     let copy = dir.path().join("prometheusrule_test.yaml");
-    std::fs::copy(repo(RULE_TESTS), &copy).expect("copy tests");
+    std::fs::copy(repo(rules.tests), &copy).expect("copy tests");
     let out = promtool(&["test", "rules", copy.to_str().expect("path")]);
     println!("{out}");
     assert!(out.contains("SUCCESS"), "{out}");
+    tests
+}
+
+/// The `cluster` label values of a promtool test's input series.
+fn clusters_of(test: &Value) -> Vec<String> {
+    let mut clusters: Vec<String> = test["input_series"]
+        .as_array()
+        .expect("input_series")
+        .iter()
+        .filter_map(|s| {
+            let series = s["series"].as_str()?;
+            let (_, rest) = series.split_once("cluster=\"")?;
+            rest.split_once('"').map(|(c, _)| c.to_string())
+        })
+        .collect();
+    clusters.sort();
+    clusters.dedup();
+    clusters
+}
+
+#[test]
+fn every_alert_has_a_runbook_and_a_promtool_unit_test_that_fires_it() {
+    let per_cluster = check_component(&PER_CLUSTER);
+    check_component(&PAIR);
+    let names = alert_names(&PER_CLUSTER);
+    let pair = alert_names(&PAIR);
+    assert!(names.iter().all(|n| !pair.contains(n)), "an alert in both components: {names:?} {pair:?}");
+
+    // What a per-cluster Prometheus holds: every test has one cluster's series only ...
+    let tests = per_cluster["tests"].as_array().expect("tests");
+    for t in tests {
+        assert!(clusters_of(t).len() <= 1, "{:?} mixes clusters' series: {:?}", t["name"], clusters_of(t));
+    }
+    // ... and a healthy standby alone and a healthy primary alone evaluate every alert silent.
+    for who in ["a healthy standby alone", "a healthy primary alone"] {
+        let t = tests.iter().find(|t| t["name"].as_str().is_some_and(|n| n.starts_with(who))).unwrap_or_else(|| panic!("no test {who:?}"));
+        let silent: Vec<&str> = t["alert_rule_test"]
+            .as_array()
+            .expect("alert_rule_test")
+            .iter()
+            .filter(|a| a["exp_alerts"].as_array().is_some_and(Vec::is_empty))
+            .map(|a| a["alertname"].as_str().expect("alertname"))
+            .collect();
+        let unchecked: Vec<&String> = names.iter().filter(|n| !silent.contains(&n.as_str())).collect();
+        assert!(unchecked.is_empty(), "{who:?} does not check these stay silent: {unchecked:?}");
+    }
 }
 
 /// A Prometheus on loopback, killed on drop.
@@ -103,22 +175,26 @@ impl Drop for Prometheus {
 const TEST_FOR: &str = "3s";
 
 impl Prometheus {
-    /// Scrapes `targets` every second as job drctl-controller and evaluates drctl's rules every
-    /// second with every `for:` shortened to [`TEST_FOR`].
-    async fn start(dir: &Path, targets: &[String]) -> Prometheus {
-        let rules = dir.join("drctl-rules.yaml");
-        std::fs::write(
-            &rules,
-            rules_file(|r| {
-                if r.contains_key("for") {
-                    r.insert("for".into(), TEST_FOR.into());
-                }
-            }),
-        )
-        .expect("write rules");
+    /// Scrapes `targets` every second as job drctl-controller and evaluates `rules` every
+    /// second with every `for:` shortened to [`TEST_FOR`]; keeps its files in `dir`.
+    async fn start(dir: &Path, targets: &[String], rules: &[&Rules]) -> Prometheus {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let files: Vec<PathBuf> = rules
+            .iter()
+            .map(|rules| {
+                let path = dir.join(rules.file);
+                let text = rules_file(rules, |r| {
+                    if r.contains_key("for") {
+                        r.insert("for".into(), TEST_FOR.into());
+                    }
+                });
+                std::fs::write(&path, text).expect("write rules");
+                path
+            })
+            .collect();
         let config = serde_json::json!({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "rule_files": [rules],
+            "rule_files": files,
             "scrape_configs": [{"job_name": "drctl-controller", "static_configs": [{"targets": targets}]}],
         });
         let config_path = dir.join("prometheus.yml");
@@ -189,6 +265,7 @@ const QUIET_WHEN_HEALTHY: &[&str] = &[
     "DrctlBothPrimary",
     "DrctlNoPrimary",
     "DrctlControllerDown",
+    "DrctlMetricsAbsent",
     "DrctlClusterMissing",
     "DrctlNoLeader",
     "DrctlLeaderFlapping",
@@ -211,12 +288,20 @@ async fn prometheus_fires_the_right_alerts_when_dns_breaks_and_the_mirror_stops(
     .await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let prom = Prometheus::start(dir.path(), &[ca.listen.to_string(), cb.listen.to_string()]).await;
+    // One Prometheus sees both clusters (both rule files), and each global has its own with the
+    // per-cluster rules only, as gitops/README.md deploys them.
+    let (a, b) = (ca.listen.to_string(), cb.listen.to_string());
+    let prom = Prometheus::start(&dir.path().join("both"), &[a.clone(), b.clone()], &[&PER_CLUSTER, &PAIR]).await;
+    let prom_a = Prometheus::start(&dir.path().join("a"), std::slice::from_ref(&a), &[&PER_CLUSTER]).await;
+    let prom_b = Prometheus::start(&dir.path().join("b"), std::slice::from_ref(&b), &[&PER_CLUSTER]).await;
 
-    // Healthy: both targets up with their cluster label, and none of the fault alerts fires.
+    // Healthy: both targets up with their cluster label, and none of the fault alerts fires, in
+    // the Prometheus that sees both nor in either global's own.
     let start = Instant::now();
     loop {
-        let firing = prom.firing().await;
+        let mut firing = prom.firing().await;
+        firing.extend(prom_a.firing().await);
+        firing.extend(prom_b.firing().await);
         let noisy: Vec<_> = firing.iter().filter(|(a, _)| QUIET_WHEN_HEALTHY.contains(&a.as_str())).collect();
         let up = prom.api("/api/v1/query", &[("query", "count(count by (cluster) (drctl_leader == 1))")]).await;
         let both_lead = up["result"][0]["value"][1] == "2";
@@ -227,7 +312,12 @@ async fn prometheus_fires_the_right_alerts_when_dns_breaks_and_the_mirror_stops(
         assert!(start.elapsed() < Duration::from_secs(40), "a healthy pair fires {noisy:?} (both lead: {both_lead})\n{}", logs(&ca, &cb));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    println!("healthy pair: no fault alert fires ({:?})", prom.firing().await);
+    println!(
+        "healthy pair: no fault alert fires (both: {:?}; A alone: {:?}; B alone: {:?})",
+        prom.firing().await,
+        prom_a.firing().await,
+        prom_b.firing().await
+    );
 
     // Every dashboard query runs on the real series; the core panels have data.
     let dash: Value = serde_json::from_str(&std::fs::read_to_string(repo(DASHBOARD)).expect("read dashboard")).expect("dashboard JSON");
@@ -269,13 +359,19 @@ async fn prometheus_fires_the_right_alerts_when_dns_breaks_and_the_mirror_stops(
     let took = prom.wait_firing("DrctlDNSNotPointingAtPrimary", "global-a", Duration::from_secs(75), &logs(&ca, &cb)).await;
     println!("DNS set to 127.0.0.99 (primary VIP {VIP_A}): DrctlDNSNotPointingAtPrimary fired for global-a after {took:?}");
     assert!(!prom.firing().await.iter().any(|(a, w)| a == "DrctlDNSNotPointingAtPrimary" && w == "global-b"), "only the primary's DNS matters");
+    let took = prom_a.wait_firing("DrctlDNSNotPointingAtPrimary", "global-a", Duration::from_secs(30), &logs(&ca, &cb)).await;
+    println!("... and in A's own Prometheus after {took:?} more");
 
     // The standby's mirror stops: the primary's etcd dies.
     pair.a.etcd.kill();
     let took = prom.wait_firing("DrctlStandbyNotReplicating", "global-b", Duration::from_secs(75), &logs(&ca, &cb)).await;
     println!("primary etcd killed: DrctlStandbyNotReplicating fired for global-b after {took:?}");
+    let took = prom_b.wait_firing("DrctlStandbyNotReplicating", "global-b", Duration::from_secs(30), &logs(&ca, &cb)).await;
+    println!("... and in B's own Prometheus after {took:?} more");
     // Its controller cannot renew its Lease without etcd and exits: its target goes down.
     let took = prom.wait_firing("DrctlControllerDown", &ca.listen.to_string(), Duration::from_secs(75), &logs(&ca, &cb)).await;
     println!("DrctlControllerDown fired for global-a's controller {} after {took:?}", ca.listen);
-    drop(prom);
+    let took = prom_a.wait_firing("DrctlControllerDown", &ca.listen.to_string(), Duration::from_secs(30), &logs(&ca, &cb)).await;
+    println!("... and in A's own Prometheus after {took:?} more");
+    drop((prom, prom_a, prom_b));
 }

@@ -1,6 +1,6 @@
 //! The `gitops/` tree a platform team copies: every kustomize overlay builds with kubectl and
 //! applies to a real kube-apiserver; the RBAC grants exactly the controller's verbs; the Argo CD
-//! Applications and the CI job point at files that exist.
+//! Applications point at files that exist (tests/ci_job.rs runs the CI job).
 
 mod support;
 
@@ -204,15 +204,16 @@ fn overlays_build_set_the_cluster_name_and_grant_no_wildcards() {
             }
         }
     }
-    // The optional ServiceMonitor and alerts components build on the base; the ServiceMonitor
-    // scrapes the Service.
-    let objs = docs(&overlay_with(None, &["deploy/components/servicemonitor", "deploy/components/alerts"]));
+    // The optional ServiceMonitor and alerts components (per cluster, and the pair's) build on
+    // the base; the ServiceMonitor scrapes the Service.
+    let objs = docs(&overlay_with(None, &["deploy/components/servicemonitor", "deploy/components/alerts", "deploy/components/alerts-pair"]));
     let sm = find(&objs, "ServiceMonitor", "drctl-controller");
     let svc = find(&objs, "Service", "drctl-controller");
     assert_eq!(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"]);
     assert_eq!(sm["spec"]["endpoints"][0]["port"], svc["spec"]["ports"][0]["name"]);
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
     find(&objs, "PrometheusRule", "drctl");
+    find(&objs, "PrometheusRule", "drctl-pair");
     let dash = find(&objs, "ConfigMap", "drctl-dashboard");
     assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1", "Grafana's sidecar picks it up by this label");
     let json = std::fs::read_to_string(gitops().join("deploy/components/alerts/drctl-dashboard.json")).expect("read dashboard");
@@ -245,6 +246,8 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
     // with its real group and names).
     apply_server_side(&g, DNSENDPOINT_CRD);
     g.api.wait_crd("dnsendpoints.externaldns.k8s.io");
+    // Argo CD's Applications, for the follow-role grant.
+    support::argocd::install_crds(&g);
 
     let allowed: &[&[&str]] = &[
         &["get", "drtopologies.drctl.io"],
@@ -272,6 +275,8 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
         &["patch", "dnsendpoints.externaldns.k8s.io", "-n", "drctl-system"],
         &["create", "validatingadmissionpolicies.admissionregistration.k8s.io"],
         &["delete", "validatingadmissionpolicybindings.admissionregistration.k8s.io"],
+        &["list", "applications.argoproj.io", "-n", "argocd"],
+        &["patch", "applications.argoproj.io", "-n", "argocd"],
     ];
     let denied: &[&[&str]] = &[
         &["delete", "drtopologies.drctl.io"],
@@ -290,6 +295,9 @@ fn overlays_apply_to_an_apiserver_and_rbac_is_exactly_the_controllers() {
         &["delete", "dnsendpoints.externaldns.k8s.io", "-n", "drctl-system"],
         &["update", "validatingadmissionpolicies.admissionregistration.k8s.io"],
         &["create", "clusterroles.rbac.authorization.k8s.io"],
+        &["create", "applications.argoproj.io", "-n", "argocd"],
+        &["delete", "applications.argoproj.io", "-n", "argocd"],
+        &["update", "applications.argoproj.io", "-n", "argocd"],
         &["*", "*"],
     ];
     let mut wrong = Vec::new();
@@ -323,17 +331,4 @@ fn argocd_applications_sync_paths_that_exist() {
         let topology = apps.iter().find(|a| a["metadata"]["name"] == "drtopology").expect("drtopology Application");
         assert_eq!(topology["spec"]["syncPolicy"]["automated"]["prune"], false, "Argo CD must never prune the topology");
     }
-}
-
-#[test]
-fn ci_job_runs_drctl_validate_on_the_topology() {
-    let text = std::fs::read_to_string(gitops().join("ci/validate-topology.yaml")).expect("read ci job");
-    let job = docs(&text).remove(0);
-    assert_eq!(job["on"], "pull_request");
-    let runs: Vec<&str> = job["jobs"]["validate"]["steps"].as_array().expect("steps").iter().filter_map(|s| s["run"].as_str()).collect();
-    let cmd = "drctl validate topology/drtopology.yaml";
-    assert_eq!(runs, [cmd]);
-    // The same command, from the directory the job checks out, passes on the shipped topology.
-    let out = support::drctl().current_dir(gitops()).args(["validate", "topology/drtopology.yaml"]).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

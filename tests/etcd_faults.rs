@@ -362,3 +362,162 @@ async fn compaction_and_defragmentation_under_writes_lose_nothing() {
     assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
     assert_zero_differences(&src, &src.member_urls().join(","), &dst);
 }
+
+/// `n` keys of 256 B under `/registry/configmaps/bulk/`, in txns of 128 puts; the ledger.
+async fn preload(src: &EtcdCluster, n: usize) -> BTreeMap<String, String> {
+    let mut c = src.client().await;
+    let ledger: BTreeMap<String, String> = (0..n).map(|i| (format!("/registry/configmaps/bulk/k{i:06}"), format!("{i:0>256}"))).collect();
+    let all: Vec<_> = ledger.iter().collect();
+    for chunk in all.chunks(128) {
+        let ops: Vec<_> = chunk.iter().map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)).collect();
+        c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("preload txn");
+    }
+    ledger
+}
+
+/// How many keys the destination holds under `/registry/`.
+async fn count(d: &mut Client) -> i64 {
+    let opts = etcd_client::GetOptions::new().with_prefix().with_count_only();
+    d.get("/registry/", Some(opts)).await.map(|r| r.count()).unwrap_or(-1)
+}
+
+/// The source's leader killed while the mirror's initial copy runs (the copy reads pages pinned
+/// at one revision; the member serving them dies with the pins), and again while it follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_copy_loses_nothing() {
+    let mut src = EtcdCluster::start(3);
+    let dst = Etcd::start();
+    let mut bulk = preload(&src, 40_000).await;
+    let log = src.dir.path().join("mirror.log");
+    let mirror = follow(&src, &src.lb_url(), &dst, &log);
+    let mut d = dst.client().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let at_kill = loop {
+        let n = count(&mut d).await;
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "the copy never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let leader = src.leader().await;
+    src.kill(leader);
+    println!("leader (member {leader}) killed with {at_kill} of {} keys copied", bulk.len());
+    assert!((at_kill as usize) < bulk.len(), "the copy was over before the kill: the test proves nothing");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let w = writer(&src, "team-d", rx);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    src.restart(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = src.leader().await;
+    src.kill(leader);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    src.restart(leader);
+    let Settled { ledger, failed, missing, log_text } = settle(tx, w, &dst, mirror, &log).await;
+    bulk.extend(ledger);
+    let bulk_missing = holds_all(&mut d, &bulk, Duration::from_secs(5)).await;
+    println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} + {bulk_missing} missing on the destination", bulk.len());
+    assert_eq!(missing + bulk_missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
+    assert_zero_differences(&src, &src.member_urls().join(","), &dst);
+}
+
+/// The source's leader killed while `drctl check` reads it: the check either finishes with the
+/// truth (0/0/0: nothing differs) or fails with an error — it never reports differences that do
+/// not exist, which an operator (or FinalSync) would act on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_mid_check_reports_no_false_difference() {
+    let mut src = EtcdCluster::start(3);
+    let dst = Etcd::start();
+    let bulk = preload(&src, 40_000).await;
+    mirror_once(&src, &src.lb_url(), &dst).expect("copy");
+    let members = src.member_urls().join(",");
+    let started = Instant::now();
+    let child = drctl()
+        .args(["check", "--json", "--source", &members, "--dest", &dst.client_url])
+        .args(src.tls_args("source-"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn drctl check");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = src.leader().await;
+    src.kill(leader);
+    let killed_after = started.elapsed();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("drctl check");
+    let took = started.elapsed();
+    let verdict = match serde_json::from_slice::<CheckReport>(&out.stdout) {
+        Ok(r) => {
+            assert!(r.missed.count == 0 && r.surplus.count == 0 && r.diverged.count == 0, "a false difference after the leader died: {r}");
+            format!("finished: {r}")
+        }
+        Err(_) => {
+            assert!(!out.status.success(), "no report and exit 0: {}", String::from_utf8_lossy(&out.stderr));
+            format!("failed (exit {:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default())
+        }
+    };
+    println!("leader (member {leader}) killed {killed_after:?} into a check of {} keys that took {took:?}: {verdict}", bulk.len());
+    assert!(killed_after < took, "the check was over before the kill: the test proves nothing");
+    src.restart(leader);
+    assert_zero_differences(&src, &members, &dst);
+}
+
+/// A member cut off from its peers both ways (a node's peer network gone, its client port still
+/// reachable) while the mirror follows it: it loses its leader and would serve only stale
+/// serializable reads. The mirror's watch requires a leader, so the member cancels it and the
+/// mirror moves on to a member of the quorum; a write the quorum takes meanwhile arrives before
+/// the partition heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_partitioned_both_ways_is_left_for_the_quorum() {
+    let src = EtcdCluster::start_firewallable(3);
+    let dst = Etcd::start();
+    let leader = src.leader().await;
+    let cut = (0..3).find(|i| *i != leader).expect("a follower");
+    // The follower to be cut off first in the list: the mirror follows it.
+    let urls = src.member_urls();
+    let list: Vec<String> = std::iter::once(urls[cut].clone()).chain(urls.iter().enumerate().filter(|(i, _)| *i != cut).map(|(_, u)| u.clone())).collect();
+    let log = src.dir.path().join("mirror.log");
+    let mirror = follow(&src, &list.join(","), &dst, &log);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let w = writer(&src, "team-e", rx);
+    let mut d = dst.client().await;
+    let first = BTreeMap::from([("/registry/configmaps/team-f/before".to_string(), "v".to_string())]);
+    put(&mut src.client().await, "/registry/configmaps/team-f/before", "v").await;
+    assert_eq!(holds_all(&mut d, &first, Duration::from_secs(30)).await, 0, "the mirror never started");
+
+    let partition = src.partition(cut);
+    // The cut-off member notices after an election timeout (1 s here by default): its status
+    // names no leader.
+    let mut member = member_client(&src, cut).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while member.status().await.map(|s| s.leader()).unwrap_or(0) != 0 {
+        assert!(Instant::now() < deadline, "member {cut} still names a leader 20 s into its partition: the cut does not hold");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut quorum = member_client(&src, leader).await;
+    let (k, v) = ("/registry/configmaps/team-f/during-the-partition".to_string(), "v".to_string());
+    put(&mut quorum, &k, &v).await;
+    let started = Instant::now();
+    let probe = BTreeMap::from([(k.clone(), v.clone())]);
+    let missing = holds_all(&mut d, &probe, Duration::from_secs(30)).await;
+    let latency = started.elapsed();
+    // The stale member really is stale: a serializable read of it lacks the write.
+    // (A client of its own: drctl's clients require a leader, which this member refuses.)
+    let mut plain = Client::connect([urls[cut].as_str()], Some(src.options())).await.expect("connect the cut-off member");
+    let stale = plain.get(k.as_str(), Some(etcd_client::GetOptions::new().with_serializable())).await.map(|r| r.kvs().is_empty());
+    let refused = member.get(k.as_str(), Some(etcd_client::GetOptions::new().with_serializable())).await.is_err();
+    drop(partition);
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(missing, 0, "a write the quorum took while member {cut} was partitioned never arrived; mirror log:\n{log_text}");
+    println!(
+        "member {cut} partitioned both ways: a quorum write reached the destination {:.1} s later; the member's serializable read: {stale:?} (lacks it)",
+        latency.as_secs_f64()
+    );
+    assert!(log_text.contains("no leader"), "the mirror never followed the cut-off member (no 'no leader' from it): the test proves nothing\n{log_text}");
+    assert!(stale.is_ok_and(|lacks| lacks), "the cut-off member served the write: it was not cut off");
+    assert!(refused, "a client requiring a leader (as drctl's do) was served by a member with none");
+    src.settled().await;
+    let Settled { ledger, failed, missing, log_text } = settle(tx, w, &dst, mirror, &log).await;
+    println!("{} acknowledged keys ({failed} puts not acknowledged), {missing} missing on the destination", ledger.len());
+    assert_eq!(missing, 0, "acknowledged writes lost; mirror log:\n{log_text}");
+    assert_zero_differences(&src, &src.member_urls().join(","), &dst);
+}

@@ -8,17 +8,12 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drctl::decide::skew::{PROTOCOL, VERSION};
 use drctl::topology::{DRTopologyStatus, Phase, Role};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, PostParams};
-use kube::Client;
+use support::ledger::Ledger;
 use support::pair::{Controller, Pair};
 use support::Global;
 
@@ -50,60 +45,6 @@ fn failover_done(s: &DRTopologyStatus) -> bool {
 
 fn skew_condition(s: &DRTopologyStatus) -> Option<String> {
     s.conditions.iter().find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "PeerVersionSkew").map(|c| c.message.clone())
-}
-
-/// Writes ConfigMaps `<prefix>NNNNN` into namespace `ledger` as a user the fence applies to,
-/// one at a time, until stopped: the names the apiserver acknowledged, and how many it refused.
-struct Ledger {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(Vec<String>, u32)>,
-}
-
-impl Ledger {
-    async fn start(g: &Global, prefix: &'static str) -> Ledger {
-        let _ = g.api.kubectl(&["create", "namespace", "ledger"]);
-        let api: Api<ConfigMap> = Api::namespaced(g.as_alice().await, "ledger");
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let (mut acked, mut refused) = (Vec::new(), 0u32);
-                for seq in 0u32.. {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let name = format!("{prefix}{seq:05}");
-                    let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("cm");
-                    match tokio::time::timeout(Duration::from_secs(2), api.create(&PostParams::default(), &cm)).await {
-                        Ok(Ok(_)) => acked.push(name),
-                        _ => refused += 1,
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                (acked, refused)
-            }
-        });
-        Ledger { stop, task }
-    }
-
-    async fn stop(self) -> (Vec<String>, u32) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await.expect("ledger writer")
-    }
-}
-
-async fn ledger_on(client: Client) -> BTreeSet<String> {
-    let api: Api<ConfigMap> = Api::namespaced(client, "ledger");
-    api.list(&Default::default()).await.expect("list ledger").items.into_iter().filter_map(|c| c.metadata.name).collect()
-}
-
-/// Every write `acked` is on `g`.
-async fn assert_carried(g: &Global, acked: &[String], refused: u32, what: &str) {
-    let on = ledger_on(g.client().await).await;
-    let missing: Vec<&String> = acked.iter().filter(|n| !on.contains(*n)).collect();
-    eprintln!("{what}: {} writes acknowledged, {refused} refused; {} missing on {}", acked.len(), missing.len(), g.name);
-    assert!(!acked.is_empty(), "{what}: the writer got nothing acknowledged");
-    assert!(missing.is_empty(), "{what}: {} of {} acknowledged writes are not on {}: {missing:?}", missing.len(), acked.len(), g.name);
 }
 
 /// A ConfigMap written on `from` shows up on `to` through the mirror.
@@ -154,18 +95,15 @@ async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_
 
     // 1. Flip to the newer controller: completes, and carries every write A acknowledged.
     let ledger = Ledger::start(&pair.a, "a").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     pair.apply_both("global-b");
     let b = pair.wait(&pair.b, "B (this build) failover from the release done", FAILOVER, &[&ca, &cb], failover_done).await;
-    let (acked, refused) = ledger.stop().await;
-    assert_carried(&pair.b, &acked, refused, "flip to this build").await;
+    ledger.stop_and_find_all_on(&pair.b).await;
     let term_b = b.status.expect("B status").term;
     pair.wait(&pair.a, "A (release) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
     replicates(&pair.b, &pair.a, "to-release-standby", &[&ca, &cb]).await;
 
     // 2. Flip to the older controller: B refuses to step down, stays primary, keeps serving.
     let ledger = Ledger::start(&pair.b, "b").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     pair.apply_both("global-a");
     let b = pair.wait(&pair.b, "B refuses the flip to the release", STEADY, &[&ca, &cb], |s| skew_condition(s).is_some()).await;
     let msg = skew_condition(b.status.as_ref().expect("status")).expect("condition");
@@ -182,8 +120,7 @@ async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_
     // 3. A upgraded in place: its failover proceeds; B steps down for it; nothing B acked is lost.
     ca.restart_with(&head_drctl());
     let a = pair.wait(&pair.a, "A (now this build) failover done", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary)).await;
-    let (acked, refused) = ledger.stop().await;
-    assert_carried(&pair.a, &acked, refused, "flip to the upgraded global").await;
+    ledger.stop_and_find_all_on(&pair.a).await;
     let a = a.status.expect("A status");
     assert!(a.term > term_b, "A's term {} is past B's {term_b}", a.term);
     assert_eq!(controller_of(&a), Some((VERSION.to_string(), PROTOCOL)), "A publishes this build once upgraded");
@@ -192,12 +129,10 @@ async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_
 
     // 4. And back, both on this build.
     let ledger = Ledger::start(&pair.a, "c").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     pair.apply_both("global-b");
     pair.wait(&pair.b, "B failover done, both on this build", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary) && s.term > a.term)
         .await;
-    let (acked, refused) = ledger.stop().await;
-    assert_carried(&pair.b, &acked, refused, "flip back with both on this build").await;
+    ledger.stop_and_find_all_on(&pair.b).await;
     pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
 }
 
@@ -240,7 +175,6 @@ async fn the_primary_first_upgrades_a_released_pair_without_a_failover_and_rolls
 
     // 3. A flip made while mixed is refused; A keeps serving.
     let ledger = Ledger::start(&pair.a, "m").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     pair.apply_both("global-b");
     pair.wait(&pair.a, "A refuses the flip to the release", STEADY, &[&ca, &cb], |s| skew_condition(s).is_some() && s.role == Some(Role::Primary)).await;
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -250,8 +184,7 @@ async fn the_primary_first_upgrades_a_released_pair_without_a_failover_and_rolls
     // 4. The standby upgraded: the refused failover proceeds, nothing A acknowledged is lost.
     cb.restart_with(&head_drctl());
     pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], |s| failover_done(s) && s.role == Some(Role::Primary) && s.term > term).await;
-    let (acked, refused) = ledger.stop().await;
-    assert_carried(&pair.b, &acked, refused, "the flip made while mixed, once the standby is upgraded").await;
+    ledger.stop_and_find_all_on(&pair.b).await;
     pair.wait(&pair.a, "A standby in sync, skew cleared", STEADY, &[&ca, &cb], |s| standby_in_sync(s) && skew_condition(s).is_none()).await;
 }
 

@@ -38,6 +38,7 @@ pub use error::Error;
 
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
 use crate::decide::fence::{fence_wanted, settle_left, stopped_sync, FenceFacts};
+use crate::decide::follow_role::{self, RoleFacts};
 use crate::decide::plan::{self, Action, Observed, PeerView, Step, BREAK_GLASS_ANNOTATION, RETRY_ANNOTATION};
 use crate::decide::retry::{retry, Retry};
 use crate::decide::standby::Thresholds;
@@ -46,7 +47,7 @@ use crate::failover::runbook::{self, Runbook};
 use crate::http;
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
-use crate::topology::{DRTopology, Phase, Role};
+use crate::topology::{ApplicationsState, ApplicationsStatus, DRTopology, Phase, Role};
 use crate::validated::ValidatedTopology;
 use status::StatusWriter;
 use sync::Stopping;
@@ -243,6 +244,9 @@ async fn reconcile_loop(name: &str, ctx: &Arc<Context>) -> Result<Requeue, Error
             // old primary is fenced before it writes its demotion token: a token written while
             // the fence failed would promise a final revision that later writes pass.
             let fenced = fence_as_declared(ctx, v, &w.status, &action).await;
+            // With the fence, whatever came of it: a held Application only spares the fence
+            // (and the mirror) a fight, so it never blocks a step.
+            applications_as_declared(ctx, v, w, &action).await;
             let steps_down = matches!(action, Action::AcknowledgeDemotion { .. } | Action::StandDown { .. });
             let reads_final_revision = steps_down || matches!(action, Action::AbandonFailover { .. } | Action::AbortFailover { .. });
             match fenced {
@@ -349,7 +353,11 @@ async fn heartbeat_duty(ctx: &Context, topo: &DRTopology, st: &crate::topology::
         Ok(etcd) => ctx.heartbeat.set(Some(Duty::Read { topology: name, etcd })),
         Err(e) => {
             warn!(error = %e, "replication heartbeat: this cluster's etcd endpoint not built");
-            ctx.heartbeat.set(None);
+            // A standby goes on reading where it did (a Secret read that failed once must not
+            // turn its lag unknown); a primary writes nothing it could not vouch for.
+            if write {
+                ctx.heartbeat.set(None);
+            }
         }
     }
 }
@@ -751,6 +759,47 @@ async fn fence_as_declared(
         Err(e) => {
             warn!(error = %e, "fence not reconciled; will retry");
             Err(e)
+        }
+    }
+}
+
+/// Holds or releases this global's labelled Argo CD Applications as its role wants
+/// (`decide::follow_role`) and records it in `status.applications`; a failure is logged and
+/// recorded, and tried again next pass.
+async fn applications_as_declared(ctx: &Context, topo: &ValidatedTopology, w: &mut StatusWriter, action: &Action) {
+    let facts = RoleFacts::of(
+        &w.status,
+        ctx.self_name(),
+        &topo.spec.primary,
+        topo.spec.failover.dry_run,
+        matches!(action, Action::HoldPrimary { .. }),
+        matches!(action, Action::StandDown { .. }),
+    );
+    let want = follow_role::wanted(&facts);
+    let namespace = &topo.spec.argocd_namespace;
+    match crate::follow_role::reconcile(&ctx.client, namespace, want).await {
+        Ok(pass) => {
+            for (state, reason, verb) in [
+                (ApplicationsState::Held, "ApplicationsHeld", "held (automated sync off)"),
+                (ApplicationsState::Released, "ApplicationsReleased", "released (automated sync restored)"),
+            ] {
+                let names: Vec<&str> = pass.changed.iter().filter(|(_, s)| *s == state).map(|(n, _)| n.as_str()).collect();
+                if !names.is_empty() {
+                    let note = format!("Argo CD Applications in {namespace} {verb}: {}", names.join(", "));
+                    info!(%note, "applications follow the role");
+                    ctx.event(topo, EventType::Normal, reason, "FollowRole", note).await;
+                }
+            }
+            if let Some(m) = &pass.status.message {
+                warn!(message = %m, "applications not all in the state the role wants; will retry");
+            }
+            // Nothing labelled and nothing wrong: no field to show.
+            w.status.applications = (pass.status.count > 0 || pass.status.message.is_some()).then_some(pass.status);
+        }
+        Err(e) => {
+            warn!(error = %e, "applications not reconciled; will retry");
+            let last = w.status.applications.take().unwrap_or_default();
+            w.status.applications = Some(ApplicationsStatus { state: want, message: Some(e.to_string()), ..last });
         }
     }
 }

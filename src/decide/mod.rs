@@ -1,14 +1,15 @@
 //! The controller's decisions, with no Kubernetes or etcd I/O: what to do next (`plan`), what
 //! each action does to status (`transition`), the Demote verdict (`demote`), a standby's health
-//! (`standby`), whether this cluster is fenced (`fence`), condition types and reasons
-//! (`conditions`), what survives a lost status (`memory`), what a pair of two controller
-//! versions refuses (`skew`), how soon a failed reconcile is retried (`retry`) and what a
-//! waiting step does next (`wait`). The executors (`controller`, `failover::runbook`) gather
-//! the facts, call these and do the I/O.
+//! (`standby`), whether this cluster is fenced (`fence`), whether its labelled Argo CD
+//! Applications run (`follow_role`), condition types and reasons (`conditions`), what survives
+//! a lost status (`memory`), what a pair of two controller versions refuses (`skew`), how soon
+//! a failed reconcile is retried (`retry`) and what a waiting step does next (`wait`). The
+//! executors (`controller`, `failover::runbook`) gather the facts, call these and do the I/O.
 
 pub mod conditions;
 pub mod demote;
 pub mod fence;
+pub mod follow_role;
 pub mod memory;
 pub mod notes;
 pub mod plan;

@@ -22,16 +22,7 @@ impl ArgoCd {
     /// README says) into `g` under `namespace`, and starts its components.
     pub fn start(g: &Global, index: usize, namespace: &str) -> ArgoCd {
         let b = binaries();
-        for crd in ["application-crd.yaml", "appproject-crd.yaml"] {
-            let mut cmd = std::process::Command::new(kube_bin_dir().join("kubectl"));
-            cmd.arg(format!("--kubeconfig={}", g.api.kubeconfig.display())).args(["apply", "--server-side", "-f", "-"]);
-            let manifest = b.argocd_manifest(crd).unwrap_or_else(|e| panic!("{e}"));
-            let out = drctl_testbed::procs::run_with_stdin(cmd, manifest.as_bytes(), "kubectl apply").unwrap_or_else(|e| panic!("{e}"));
-            assert!(out.status.success(), "apply Argo CD's {crd}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        for crd in ["applications.argoproj.io", "appprojects.argoproj.io"] {
-            g.api.wait_crd(crd);
-        }
+        install_crds(g);
         let (ok, out) = g.api.apply_stdin(&platform::argocd_config(b, namespace).unwrap_or_else(|e| panic!("{e}")));
         assert!(ok, "Argo CD's configuration: {out}");
         let patch = Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/argocd/argocd-cm-patch.yaml");
@@ -96,6 +87,20 @@ impl ArgoCd {
                 panic!("{name} exited ({status}); last lines of {}:\n{}", log.display(), tail(&log));
             }
         }
+    }
+}
+
+/// Argo CD's Application and AppProject CRDs, established in `g`.
+pub fn install_crds(g: &Global) {
+    for crd in ["application-crd.yaml", "appproject-crd.yaml"] {
+        let mut cmd = std::process::Command::new(kube_bin_dir().join("kubectl"));
+        cmd.arg(format!("--kubeconfig={}", g.api.kubeconfig.display())).args(["apply", "--server-side", "-f", "-"]);
+        let manifest = binaries().argocd_manifest(crd).unwrap_or_else(|e| panic!("{e}"));
+        let out = drctl_testbed::procs::run_with_stdin(cmd, manifest.as_bytes(), "kubectl apply").unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "apply Argo CD's {crd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    for crd in ["applications.argoproj.io", "appprojects.argoproj.io"] {
+        g.api.wait_crd(crd);
     }
 }
 

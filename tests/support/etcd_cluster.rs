@@ -21,20 +21,30 @@ pub struct EtcdCluster {
     pub tls: EtcdTls,
     /// Member `i`'s peer traffic from the others, when started [`EtcdCluster::start_partitionable`].
     peer_links: Vec<Proxy>,
+    /// Each member runs as its own user (uid = its peer port), when started
+    /// [`EtcdCluster::start_firewallable`].
+    own_users: bool,
 }
 
 impl EtcdCluster {
     pub fn start(n: usize) -> EtcdCluster {
-        EtcdCluster::launch(n, false)
+        EtcdCluster::launch(n, false, false)
     }
 
     /// Members whose peers reach each other through proxies, so one can be cut off from its
     /// quorum while its clients still reach it ([`EtcdCluster::isolate`]).
     pub fn start_partitionable(n: usize) -> EtcdCluster {
-        EtcdCluster::launch(n, true)
+        EtcdCluster::launch(n, true, false)
     }
 
-    fn launch(n: usize, partitionable: bool) -> EtcdCluster {
+    /// Members that each run as their own user, so a firewall rule tells one member's peer
+    /// connections from the others' and cuts it off both ways ([`EtcdCluster::partition`]): a
+    /// proxy per advertised peer URL cannot, as etcd's peer streams are dialed by the receiver.
+    pub fn start_firewallable(n: usize) -> EtcdCluster {
+        EtcdCluster::launch(n, false, true)
+    }
+
+    fn launch(n: usize, partitionable: bool, own_users: bool) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut members = EtcdServer::cluster_tls(dir.path(), n).expect("etcd members");
         let mut peer_links = Vec::new();
@@ -47,13 +57,16 @@ impl EtcdCluster {
             EtcdServer::introduce(&mut members);
         }
         let tls = members[0].tls.clone().expect("members serve TLS");
+        if own_users {
+            hand_over(dir.path(), &members, &tls);
+        }
         // All at once: a member alone waits for its quorum.
-        let mut children: Vec<Option<Child>> = members.iter().map(|m| Some(spawn(m.command(), &m.log()))).collect();
+        let mut children: Vec<Option<Child>> = members.iter().map(|m| Some(spawn(command(m, own_users), &m.log()))).collect();
         for (m, c) in members.iter().zip(children.iter_mut()) {
             m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
         }
         let lb = LoadBalancer::start(members.iter().map(|m| addr_of(&m.client_url)).collect());
-        EtcdCluster { dir, members, children, lb, tls, peer_links }
+        EtcdCluster { dir, members, children, lb, tls, peer_links, own_users }
     }
 
     /// Cuts member `i` off from the others' messages (or heals it): it no longer hears its
@@ -64,6 +77,32 @@ impl EtcdCluster {
         if cut {
             link.stall_open_connections();
         }
+    }
+
+    /// Cuts member `i` off from its peers both ways until the returned guard is dropped, while its
+    /// clients still reach it: iptables drops every packet to or from its peer port, and marks
+    /// and drops the connections its own user dials to the others' peer ports (both directions
+    /// of each: the messages the others send it travel over those).
+    pub fn partition(&self, i: usize) -> Partition {
+        assert!(self.own_users, "start the cluster with EtcdCluster::start_firewallable");
+        let port = |m: &EtcdServer| addr_of(&m.peer_url).port().to_string();
+        let me = port(&self.members[i]);
+        let others: Vec<String> = self.members.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, m)| port(m)).collect();
+        let rules = vec![
+            vec!["-p", "tcp", "-m", "owner", "--uid-owner", &me, "-m", "multiport", "--dports", &others.join(","), "-j", "CONNMARK", "--set-mark", &me]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+            ["-m", "connmark", "--mark", &me, "-j", "DROP"].map(String::from).to_vec(),
+            ["-p", "tcp", "--dport", &me, "-j", "DROP"].map(String::from).to_vec(),
+            ["-p", "tcp", "--sport", &me, "-j", "DROP"].map(String::from).to_vec(),
+        ];
+        let mut installed = Partition { rules: Vec::new() };
+        for r in rules {
+            iptables("-A", &r).unwrap_or_else(|e| panic!("{e} (the test needs root and iptables with the owner, multiport and connmark matches)"));
+            installed.rules.push(r);
+        }
+        installed
     }
 
     /// The members' client URLs, as a member list.
@@ -120,7 +159,7 @@ impl EtcdCluster {
     pub fn restart_all(&mut self) {
         self.kill_all();
         for (m, c) in self.members.iter().zip(self.children.iter_mut()) {
-            *c = Some(spawn(m.command(), &m.log()));
+            *c = Some(spawn(command(m, self.own_users), &m.log()));
         }
         for (m, c) in self.members.iter().zip(self.children.iter_mut()) {
             m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
@@ -131,7 +170,7 @@ impl EtcdCluster {
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         let m = &self.members[i];
-        let mut c = spawn(m.command(), &m.log());
+        let mut c = spawn(command(m, self.own_users), &m.log());
         m.wait_ready(&mut c).unwrap_or_else(|e| panic!("{e}"));
         self.children[i] = Some(c);
     }
@@ -230,5 +269,58 @@ impl LoadBalancer {
     /// Connections handed out so far.
     pub fn connections(&self) -> usize {
         self.lb.connections()
+    }
+}
+
+/// Member `m`'s command, run as its own user when `own_users` (uid and gid = its peer port).
+fn command(m: &EtcdServer, own_users: bool) -> std::process::Command {
+    let mut cmd = m.command();
+    if own_users {
+        use std::os::unix::process::CommandExt;
+        let uid = u32::from(addr_of(&m.peer_url).port());
+        cmd.uid(uid).gid(uid);
+    }
+    cmd
+}
+
+/// Gives each member's directory to its user, and lets every member read the shared PKI (test
+/// keys only) through the temp dir.
+fn hand_over(root: &Path, members: &[EtcdServer], tls: &EtcdTls) {
+    use std::os::unix::fs::PermissionsExt;
+    let open = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    open(root, 0o755);
+    for f in [&tls.ca, &tls.cert, &tls.key, &tls.server_cert, &tls.server_key] {
+        open(f, 0o644);
+        if let Some(d) = f.parent() {
+            open(d, 0o755);
+        }
+    }
+    for m in members {
+        let uid = u32::from(addr_of(&m.peer_url).port());
+        std::os::unix::fs::chown(&m.dir, Some(uid), Some(uid)).expect("chown a member's dir");
+    }
+}
+
+fn iptables(op: &str, rule: &[String]) -> Result<(), String> {
+    let out = std::process::Command::new("iptables").args(["-w", op, "OUTPUT"]).args(rule).output().map_err(|e| format!("iptables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("iptables {op} OUTPUT {}: {}", rule.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Firewall rules of [`EtcdCluster::partition`], removed when dropped (also when a test panics).
+pub struct Partition {
+    rules: Vec<Vec<String>>,
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for r in self.rules.iter().rev() {
+            if let Err(e) = iptables("-D", r) {
+                eprintln!("{e}");
+            }
+        }
     }
 }

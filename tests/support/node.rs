@@ -51,11 +51,9 @@ impl Node {
 
     /// Imports the image `make image` built (`$DRCTL_IMAGE`, else `$DRCTL_CACHE/image`) and returns its name.
     pub fn import_drctl_image(&self) -> String {
-        let cache = std::env::var_os("DRCTL_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/drctl"));
-        let archive = std::env::var_os("DRCTL_IMAGE").map(PathBuf::from).unwrap_or_else(|| cache.join("image/drctl-oci.tar"));
-        assert!(archive.is_file(), "{} does not exist: run `make image` (or set DRCTL_IMAGE)", archive.display());
-        let tag = env!("CARGO_PKG_VERSION");
-        self.node.import_oci_archive(&archive, tag, &format!("local/drctl:{tag}")).unwrap_or_else(|e| panic!("import {}: {e}", archive.display()))
+        let archive = super::oci::built_image();
+        let tag = super::oci::tag(&archive);
+        self.node.import_oci_archive(&archive, &tag, &format!("local/drctl:{tag}")).unwrap_or_else(|e| panic!("import {}: {e}", archive.display()))
     }
 }
 
