@@ -665,7 +665,7 @@ fn plan_role(o: &Observed) -> Action {
                     );
                     return Action::HoldPrimary { why, hold: PrimaryHold::PeerAbandoned };
                 }
-                if let Some(why) = o.peer.reachable().and_then(|p| super::skew::demotion_refused(o.self_name, o.peer_name, p)) {
+                if let Some(why) = o.peer.reachable().and_then(|p| super::skew::demotion_refused(o.self_name, o.peer_name, &p.controller)) {
                     return Action::HoldPrimary { why, hold: PrimaryHold::PeerVersionSkew };
                 }
                 return Action::AcknowledgeDemotion { new_primary: o.spec_primary.to_string() };

@@ -10,8 +10,6 @@
 //! standby's runbook accepts its term-less token ("a token from before terms is waited for").
 //! A disaster is never refused: a peer that does not answer has no version to compare.
 
-use super::plan::PeerState;
-
 /// The peer protocol this build speaks. Raise it when a controller must rely on its peer
 /// reading a new status field or following a new rule, and say in docs/runbooks.md
 /// ("Upgrading drctl") what the older one lacks. 2: terms with stand-down, the demotion token's
@@ -64,13 +62,13 @@ pub fn ours() -> crate::topology::ControllerStatus {
 
 /// Why this cluster, primary and named standby by a flip, must not step down for `peer` (the
 /// new primary, which answers): it runs an older protocol. None: step down as usual.
-pub fn demotion_refused(self_name: &str, peer_name: &str, peer: &PeerState) -> Option<String> {
-    (peer.controller.protocol < PROTOCOL).then(|| {
+pub fn demotion_refused(self_name: &str, peer_name: &str, peer: &PeerController) -> Option<String> {
+    (peer.protocol < PROTOCOL).then(|| {
         format!(
             "{peer_name} runs {}, {self_name} runs drctl {VERSION} (peer protocol {PROTOCOL}); a planned failover to the older \
              controller is refused while the pair is mixed, and {self_name} stays primary: upgrade {peer_name} first (docs/runbooks.md, section Upgrading drctl), then \
              its failover proceeds, or flip spec.primary back to {self_name}",
-            peer.controller.describe()
+            peer.describe()
         )
     })
 }
@@ -82,14 +80,14 @@ mod tests {
 
     #[test]
     fn only_a_peer_of_an_older_protocol_is_refused() {
-        let peer = |c: Option<ControllerStatus>| PeerState { controller: PeerController::published(c.as_ref()), ..Default::default() };
+        let peer = |c: Option<ControllerStatus>| PeerController::published(c.as_ref());
         let of = |protocol| Some(ControllerStatus { version: "9.9.9".into(), protocol });
         let cases = [
             (peer(None), true, "no status.controller: 32753b3 or older"),
             (peer(of(PROTOCOL - 1)), true, "an older protocol that publishes itself"),
             (peer(of(PROTOCOL)), false, "ours"),
             (peer(of(PROTOCOL + 1)), false, "a newer one: it is that one's to refuse"),
-            (PeerState::default(), false, "a peer state with no controller given stands for ours"),
+            (PeerController::default(), false, "a peer state with no controller given stands for ours"),
         ];
         for (p, refused, rule) in cases {
             assert_eq!(demotion_refused("global-a", "global-b", &p).is_some(), refused, "{rule}");
@@ -98,7 +96,7 @@ mod tests {
 
     #[test]
     fn the_refusal_names_both_versions_and_the_fix() {
-        let old = PeerState { controller: PeerController::published(None), ..Default::default() };
+        let old = PeerController::published(None);
         let msg = demotion_refused("global-a", "global-b", &old).expect("refused");
         for want in ["32753b3 or older", &format!("drctl {VERSION} (peer protocol {PROTOCOL})"), "upgrade global-b first", "stays primary"] {
             assert!(msg.contains(want), "{want:?} not in {msg}");
