@@ -1596,14 +1596,7 @@ async fn three_member_mtls_etcds_lose_nothing_when_the_old_primarys_leader_dies_
     let mut pair = Pair::start_ha().await;
     pair.sync_extra = "    fence: {enabled: true}\n".into();
     let (ca, cb) = steady_pair(&pair).await;
-    let mut etcd_a = pair.a.etcd.cluster.as_ref().expect("a cluster").client().await;
-    let mut head = 0;
-    for chunk in 0..(40_000 / 128) {
-        let ops: Vec<_> =
-            (0..128).map(|i| etcd_client::TxnOp::put(format!("/registry/bulk.example.com/things/k{chunk:04}-{i:03}"), vec![b'x'; 256], None)).collect();
-        let r = etcd_a.txn(etcd_client::Txn::new().and_then(ops)).await.expect("preload");
-        head = r.header().map(|h| h.revision()).unwrap_or_default();
-    }
+    let (_, head) = pair.a.etcd.cluster.as_ref().expect("a cluster").preload("/registry/bulk.example.com/things/", 40_000).await;
     let applied = |s: &DRTopologyStatus| s.sync.as_ref().and_then(|y| y.applied_revision).unwrap_or_default();
     pair.wait(&pair.b, "B in sync with the bulk", STEADY, &[&ca, &cb], |s| standby_in_sync(s) && applied(s) >= head).await;
     let writer = Ledger::start(&pair.a, "w").await;

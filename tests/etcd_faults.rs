@@ -78,6 +78,13 @@ async fn holds_all(d: &mut Client, ledger: &BTreeMap<String, String>, within: Du
     }
 }
 
+/// Puts `key` and waits until the mirror has copied it to `d`: the mirror follows.
+async fn mirror_started(src: &EtcdCluster, d: &mut Client, key: &str) {
+    put(&mut src.client().await, key, "v").await;
+    let first = BTreeMap::from([(key.to_string(), "v".to_string())]);
+    assert_eq!(holds_all(d, &first, Duration::from_secs(30)).await, 0, "the mirror never started");
+}
+
 /// A put through the load balancer, retried (with the same value) until acknowledged: a member
 /// going down breaks the connection it went over.
 async fn put(c: &mut Client, k: &str, v: &str) {
@@ -269,9 +276,7 @@ async fn a_follower_whose_messages_to_its_peers_are_lost_does_not_stall_the_mirr
     let mut d = dst.client().await;
     // The mirror follows before the cut: pinned to the first follower of the list, the member
     // cut off below.
-    let first = BTreeMap::from([("/registry/configmaps/team-b/before".to_string(), "v".to_string())]);
-    put(&mut src.client().await, "/registry/configmaps/team-b/before", "v").await;
-    assert_eq!(holds_all(&mut d, &first, Duration::from_secs(30)).await, 0, "the mirror never started");
+    mirror_started(&src, &mut d, "/registry/configmaps/team-b/before").await;
 
     // A follower's messages to its peers are lost (it still hears its leader and answers status
     // and serializable reads). What that does to its commit index depends on raft's flow
@@ -363,18 +368,6 @@ async fn compaction_and_defragmentation_under_writes_lose_nothing() {
     assert_zero_differences(&src, &src.member_urls().join(","), &dst);
 }
 
-/// `n` keys of 256 B under `/registry/configmaps/bulk/`, in txns of 128 puts; the ledger.
-async fn preload(src: &EtcdCluster, n: usize) -> BTreeMap<String, String> {
-    let mut c = src.client().await;
-    let ledger: BTreeMap<String, String> = (0..n).map(|i| (format!("/registry/configmaps/bulk/k{i:06}"), format!("{i:0>256}"))).collect();
-    let all: Vec<_> = ledger.iter().collect();
-    for chunk in all.chunks(128) {
-        let ops: Vec<_> = chunk.iter().map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)).collect();
-        c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("preload txn");
-    }
-    ledger
-}
-
 /// How many keys the destination holds under `/registry/`.
 async fn count(d: &mut Client) -> i64 {
     let opts = etcd_client::GetOptions::new().with_prefix().with_count_only();
@@ -387,7 +380,7 @@ async fn count(d: &mut Client) -> i64 {
 async fn the_leader_killed_mid_copy_loses_nothing() {
     let mut src = EtcdCluster::start(3);
     let dst = Etcd::start();
-    let mut bulk = preload(&src, 40_000).await;
+    let mut bulk = src.preload("/registry/configmaps/bulk/", 40_000).await.0;
     let log = src.dir.path().join("mirror.log");
     let mirror = follow(&src, &src.lb_url(), &dst, &log);
     let mut d = dst.client().await;
@@ -428,7 +421,7 @@ async fn the_leader_killed_mid_copy_loses_nothing() {
 async fn the_leader_killed_mid_check_reports_no_false_difference() {
     let mut src = EtcdCluster::start(3);
     let dst = Etcd::start();
-    let bulk = preload(&src, 40_000).await;
+    let bulk = src.preload("/registry/configmaps/bulk/", 40_000).await.0;
     mirror_once(&src, &src.lb_url(), &dst).expect("copy");
     let members = src.member_urls().join(",");
     let started = Instant::now();
@@ -480,9 +473,7 @@ async fn a_member_partitioned_both_ways_is_left_for_the_quorum() {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let w = writer(&src, "team-e", rx);
     let mut d = dst.client().await;
-    let first = BTreeMap::from([("/registry/configmaps/team-f/before".to_string(), "v".to_string())]);
-    put(&mut src.client().await, "/registry/configmaps/team-f/before", "v").await;
-    assert_eq!(holds_all(&mut d, &first, Duration::from_secs(30)).await, 0, "the mirror never started");
+    mirror_started(&src, &mut d, "/registry/configmaps/team-f/before").await;
 
     let partition = src.partition(cut);
     // The cut-off member notices after an election timeout (1 s here by default): its status

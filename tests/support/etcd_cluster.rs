@@ -105,6 +105,21 @@ impl EtcdCluster {
         installed
     }
 
+    /// `n` keys of 256 B under `prefix` (e.g. `/registry/configmaps/bulk/`), written through the
+    /// load balancer in txns of 128 puts: what the keys hold, and the revision after the last.
+    pub async fn preload(&self, prefix: &str, n: usize) -> (std::collections::BTreeMap<String, String>, i64) {
+        let mut c = self.client().await;
+        let ledger: std::collections::BTreeMap<String, String> = (0..n).map(|i| (format!("{prefix}k{i:06}"), format!("{i:0>256}"))).collect();
+        let all: Vec<_> = ledger.iter().collect();
+        let mut head = 0;
+        for chunk in all.chunks(128) {
+            let ops: Vec<_> = chunk.iter().map(|(k, v)| etcd_client::TxnOp::put(k.as_str(), v.as_str(), None)).collect();
+            let r = c.txn(etcd_client::Txn::new().and_then(ops)).await.expect("preload txn");
+            head = r.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        (ledger, head)
+    }
+
     /// The members' client URLs, as a member list.
     pub fn member_urls(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
