@@ -64,6 +64,22 @@ async fn replicates(from: &Global, to: &Global, name: &str, logs: &[&Controller]
     panic!("{name} written on {} never reached {}\n{}", from.name, to.name, logs.join("\n---\n"));
 }
 
+fn primary_steady(s: &DRTopologyStatus) -> bool {
+    s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)
+}
+
+/// Topology to global-a; A's controller on the release, the steady primary, and B's on this
+/// build, its standby in sync: the controllers and both statuses.
+async fn release_primary_and_head_standby(pair: &Pair, released: &std::path::Path) -> (Controller, Controller, DRTopologyStatus, DRTopologyStatus) {
+    pair.apply_both("global-a");
+    let kc_a = pair.a.api.kubeconfig.clone();
+    let ca = pair.controller_from(released, &pair.a, &kc_a, &[]);
+    let cb = pair.controller(&pair.b, &[]);
+    let a = pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], primary_steady).await;
+    let b = pair.wait(&pair.b, "B (this build) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    (ca, cb, a.status.expect("A status"), b.status.expect("B status"))
+}
+
 fn controller_of(s: &DRTopologyStatus) -> Option<(String, u32)> {
     s.controller.as_ref().map(|c| (c.version.clone(), c.protocol))
 }
@@ -78,14 +94,7 @@ async fn a_mixed_pair_replicates_fails_over_to_the_newer_controller_and_refuses_
     let mut pair = Pair::start().await;
     pair.sync_extra = "    fence: {enabled: true}\n".into();
     // This build's CRD is applied to both (Pair::start): an upgrade applies the CRD first.
-    pair.apply_both("global-a");
-    let kc_a = pair.a.api.kubeconfig.clone();
-    let mut ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
-    let cb = pair.controller(&pair.b, &[]);
-    let a =
-        pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
-    let b = pair.wait(&pair.b, "B (this build) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
-    let (a, b) = (a.status.expect("A status"), b.status.expect("B status"));
+    let (mut ca, cb, a, b) = release_primary_and_head_standby(&pair, &released).await;
     assert_eq!(controller_of(&a), None, "the release publishes no status.controller");
     assert_eq!(controller_of(&b), Some((VERSION.to_string(), PROTOCOL)));
     // The release's status survives this build's structural schema: nothing it writes is pruned.
@@ -149,7 +158,6 @@ async fn the_primary_first_upgrades_a_released_pair_without_a_failover_and_rolls
     let (kc_a, kc_b) = (pair.a.api.kubeconfig.clone(), pair.b.api.kubeconfig.clone());
     let mut ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
     let mut cb = pair.controller_from(&released, &pair.b, &kc_b, &[]);
-    let primary_steady = |s: &DRTopologyStatus| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady);
     let a = pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], primary_steady).await;
     pair.wait(&pair.b, "B (release) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
     let term = a.status.expect("A status").term;
@@ -195,12 +203,7 @@ async fn the_primary_first_upgrades_a_released_pair_without_a_failover_and_rolls
 async fn a_disaster_while_mixed_fails_over_whatever_the_dead_peers_version() {
     let released = released_drctl();
     let mut pair = Pair::start().await;
-    pair.apply_both("global-a");
-    let kc_a = pair.a.api.kubeconfig.clone();
-    let mut ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
-    let cb = pair.controller(&pair.b, &[]);
-    pair.wait(&pair.a, "A (release) primary and steady", STEADY, &[&ca, &cb], |s| s.role == Some(Role::Primary) && s.phase == Some(Phase::Steady)).await;
-    pair.wait(&pair.b, "B (this build) standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
+    let (mut ca, cb, _, _) = release_primary_and_head_standby(&pair, &released).await;
     replicates(&pair.a, &pair.b, "last-words", &[&ca, &cb]).await;
 
     ca.kill();
@@ -219,6 +222,7 @@ async fn a_disaster_while_mixed_fails_over_whatever_the_dead_peers_version() {
     pair.a.etcd.restart();
     pair.a.api.restart();
     pair.apply(&pair.a, &to_b);
+    let kc_a = pair.a.api.kubeconfig.clone();
     let ca = pair.controller_from(&released, &pair.a, &kc_a, &[]);
     pair.wait(&pair.a, "A (release) back as standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
     replicates(&pair.b, &pair.a, "after-disaster", &[&ca, &cb]).await;
