@@ -1516,7 +1516,7 @@ async fn a_primary_restored_from_a_snapshot_makes_the_standby_unhealthy_until_it
         .find(|l| l.starts_with("drctl_archived_keys_total{") && l.contains("reason=\"source rewound\""))
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
     assert!(total >= Some(LOST as u64), "{total:?}");
-    let listed = support::drctl().args(["archive", "list", "--etcd", &pair.b.etcd.client_url, "--keys"]).output().expect("drctl archive list");
+    let listed = support::drctl().args(["archive", "list", "--etcd", &pair.b.etcd.client_url, "--keys"]).args(pair.b.etcd.tls_args("")).output().expect("drctl archive list");
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&archived.archive_id) && listed.contains("configmaps apps/lost-00"), "{listed}");
 }
@@ -1553,7 +1553,7 @@ async fn a_primary_whose_dns_answers_its_follower_points_it_back() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "run alone by `make etcd-matrix` (six etcd members, two load balancers): beside another pair in CI, once the old primary's controller stopped reconciling (not diagnosed; RELIABILITY.md)"]
 async fn three_member_mtls_etcds_behind_load_balancers_fail_over_with_a_member_down() {
-    let mut pair = Pair::start_ha().await;
+    let mut pair = Pair::start().await;
     let (ca, cb) = steady_pair(&pair).await;
     put_configmap(&pair.a, "apps", "before", "written with every member up").await;
     wait_configmap(&pair.b, "apps", "before", Duration::from_secs(30)).await;
@@ -1593,7 +1593,7 @@ async fn three_member_mtls_etcds_behind_load_balancers_fail_over_with_a_member_d
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "run alone by `make etcd-matrix` (six etcd members, two load balancers), as the failover test above"]
 async fn three_member_mtls_etcds_lose_nothing_when_the_old_primarys_leader_dies_mid_final_sync() {
-    let mut pair = Pair::start_ha().await;
+    let mut pair = Pair::start().await;
     pair.sync_extra = "    fence: {enabled: true}\n".into();
     let (ca, cb) = steady_pair(&pair).await;
     let (_, head) = pair.a.etcd.cluster.as_ref().expect("a cluster").preload("/registry/bulk.example.com/things/", 40_000).await;
@@ -1627,7 +1627,7 @@ async fn three_member_mtls_etcds_lose_nothing_when_the_old_primarys_leader_dies_
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "run alone by `make etcd-matrix` (six etcd members, two load balancers), as the failover test above"]
 async fn three_member_mtls_etcds_take_a_rotated_client_ca_without_a_controller_restart() {
-    let mut pair = Pair::start_ha().await;
+    let mut pair = Pair::start().await;
     // A's apiserver restarts below (to take its own new-CA certificate): A's controller holds its
     // Lease across that, as it would across any apiserver restart shorter than the Lease.
     let (mut ca, mut cb) = steady_pair_with(&pair, &["--lease-seconds=60"]).await;

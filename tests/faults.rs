@@ -85,7 +85,7 @@ async fn judge(src: &Etcd, dst: &Etcd, s: &mut Client, d: &mut Client, ledger: &
     let caught = faults::wait_caught_up(s, d, catch_up).await;
     let took = started.elapsed();
     let l = ledger.lock().expect("ledger").clone();
-    let mut v = faults::verdict(&src.client_url, &dst.client_url, d, &l).await;
+    let mut v = faults::verdict(src, dst, d, &l).await;
     if let Err(e) = caught {
         v.consistent = false;
         eprintln!("{e}");

@@ -378,21 +378,17 @@ fn mirror_and_check_speak_mtls_to_both_sides() {
     let (src, dst) = (Etcd::start_tls(), Etcd::start_tls());
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
     rt.block_on(put_all(&mut s, &[("/registry/secrets/team-a/tls".into(), b"sealed".to_vec())]));
-    let tls_args = |side: &str, e: &Etcd| {
-        let t = e.tls.as_ref().expect("tls etcd");
-        vec![format!("--{side}-cacert={}", t.ca.display()), format!("--{side}-cert={}", t.cert.display()), format!("--{side}-key={}", t.key.display())]
-    };
     let base = ["--source", &src.client_url, "--dest", &dst.client_url];
 
     let without = drctl().args(["mirror", "--once"]).args(base).output().expect("run drctl");
     assert!(!without.status.success(), "a client without a certificate must be refused");
 
-    let out = drctl().args(["mirror", "--once"]).args(base).args(tls_args("source", &src)).args(tls_args("dest", &dst)).output().expect("run drctl mirror");
+    let out = drctl().args(["mirror", "--once"]).args(base).args(src.tls_args("source-")).args(dst.tls_args("dest-")).output().expect("run drctl mirror");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     rt.block_on(assert_same(&mut s, &mut d));
     assert_eq!(rt.block_on(replicated(&mut d)).len(), 1);
 
-    let out = drctl().args(["check", "--json"]).args(base).args(tls_args("source", &src)).args(tls_args("dest", &dst)).output().expect("run drctl check");
+    let out = drctl().args(["check", "--json"]).args(base).args(src.tls_args("source-")).args(dst.tls_args("dest-")).output().expect("run drctl check");
     let report: CheckReport = serde_json::from_slice(&out.stdout).expect("check JSON");
     assert!(report.consistent && report.checked_keys == 1, "{report}");
 }

@@ -124,7 +124,7 @@ async fn soak(secs: u64, keys: Option<u64>) {
 
     let mut a = pair.a.etcd.client().await;
     faults::wait_caught_up(&mut b, &mut a, Duration::from_secs(120)).await.expect("A catches up");
-    let (code, report) = faults::check(&pair.b.etcd.client_url, &pair.a.etcd.client_url);
+    let (code, report) = faults::check(&pair.b.etcd, &pair.a.etcd);
     let l = ledger.lock().expect("ledger").clone();
     let lost = faults::lost_writes(&mut a, &l).await;
     let mut sorted = lags.lock().expect("lags").clone();

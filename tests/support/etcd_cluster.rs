@@ -132,11 +132,7 @@ impl EtcdCluster {
 
     /// `--<prefix>cacert/--<prefix>cert/--<prefix>key` for drctl's CLI.
     pub fn tls_args(&self, prefix: &str) -> Vec<String> {
-        vec![
-            format!("--{prefix}cacert={}", self.tls.ca.display()),
-            format!("--{prefix}cert={}", self.tls.cert.display()),
-            format!("--{prefix}key={}", self.tls.key.display()),
-        ]
+        super::cli_tls_args(&self.tls, prefix)
     }
 
     /// The PEM files drctl's Endpoint carries.
@@ -179,6 +175,29 @@ impl EtcdCluster {
         for (m, c) in self.members.iter().zip(self.children.iter_mut()) {
             m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
         }
+    }
+
+    /// Restores every member from `snapshot`, as etcd's disaster-recovery procedure does for a
+    /// cluster: all stopped, `etcdutl snapshot restore` into a fresh data dir per member with its
+    /// name, peer URL and the same `--initial-cluster` (so the same cluster ID), all started.
+    /// The revision goes back to the snapshot's.
+    pub fn restore_snapshot(&mut self, snapshot: &Path) {
+        assert!(!self.own_users, "restored data dirs belong to root: restore a cluster started without its own users");
+        self.kill_all();
+        for m in &self.members {
+            let data = m.dir.join("data");
+            std::fs::remove_dir_all(&data).expect("remove the data dir");
+            let out = drctl_testbed::procs::etcd_command("etcdutl")
+                .args(["snapshot", "restore"])
+                .arg(snapshot)
+                .args(["--name", &m.name, "--initial-cluster", &m.initial_cluster, "--initial-advertise-peer-urls", m.advertised_peer()])
+                .arg("--data-dir")
+                .arg(&data)
+                .output()
+                .expect("run etcdutl");
+            assert!(out.status.success(), "etcdutl snapshot restore {}: {}", m.name, String::from_utf8_lossy(&out.stderr));
+        }
+        self.restart_all();
     }
 
     /// Start member `i` again on its data dir; waits until it serves with a leader.

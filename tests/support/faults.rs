@@ -275,8 +275,13 @@ pub async fn lost_writes(dest: &mut Client, ledger: &Ledger) -> Vec<String> {
 }
 
 /// `drctl check --json` between two etcds.
-pub fn check(source: &str, dest: &str) -> (Option<i32>, CheckReport) {
-    let out = super::drctl().args(["check", "--json", "--source", source, "--dest", dest]).output().expect("run drctl check");
+pub fn check(source: &super::Etcd, dest: &super::Etcd) -> (Option<i32>, CheckReport) {
+    let out = super::drctl()
+        .args(["check", "--json", "--source", &source.client_url, "--dest", &dest.client_url])
+        .args(source.tls_args("source-"))
+        .args(dest.tls_args("dest-"))
+        .output()
+        .expect("run drctl check");
     let report: CheckReport = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("drctl check printed no report ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
     (out.status.code(), report)
@@ -327,8 +332,8 @@ impl std::fmt::Display for Verdict {
 }
 
 /// Judges a caught-up destination: `drctl check` at the source's head, and the ledger.
-pub async fn verdict(source_url: &str, dest_url: &str, dest: &mut Client, ledger: &Ledger) -> Verdict {
-    let (code, r) = check(source_url, dest_url);
+pub async fn verdict(source: &super::Etcd, dest_etcd: &super::Etcd, dest: &mut Client, ledger: &Ledger) -> Verdict {
+    let (code, r) = check(source, dest_etcd);
     Verdict {
         // Compared at the source's head, not at a checkpoint behind it.
         consistent: r.consistent && code == Some(0) && r.revision == r.source_revision,

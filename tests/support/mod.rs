@@ -182,6 +182,11 @@ impl Etcd {
         self.wait_ready();
     }
 
+    /// `--<prefix>cacert/--<prefix>cert/--<prefix>key` for drctl's CLI (none for plain HTTP).
+    pub fn tls_args(&self, prefix: &str) -> Vec<String> {
+        self.tls.as_ref().map(|t| cli_tls_args(t, prefix)).unwrap_or_default()
+    }
+
     /// `etcdctl snapshot save` of this etcd into `path`.
     pub fn snapshot(&self, path: &Path) {
         let tls: Vec<String> = self
@@ -196,9 +201,12 @@ impl Etcd {
     /// Restores this etcd from `snapshot` as an operator would after losing its data: stop,
     /// `etcdutl snapshot restore` into a fresh data dir with
     /// the same member name, peer URL and cluster token (so the same cluster ID), start again.
-    /// Its revision goes back to the snapshot's.
+    /// Its revision goes back to the snapshot's. Members behind a load balancer are all restored
+    /// ([`etcd_cluster::EtcdCluster::restore_snapshot`]).
     pub fn restore_snapshot(&mut self, snapshot: &Path) {
-        assert!(self.cluster.is_none(), "restore_snapshot restores a single member");
+        if let Some(c) = self.cluster.as_mut() {
+            return c.restore_snapshot(snapshot);
+        }
         self.kill();
         let data = self.dir.path().join("data");
         std::fs::remove_dir_all(&data).expect("remove the data dir");
@@ -227,6 +235,11 @@ impl Etcd {
         });
         etcd_client::Client::connect([self.client_url.as_str()], opts).await.expect("connect etcd")
     }
+}
+
+/// drctl's etcd TLS flags: `--<prefix>cacert`, `--<prefix>cert`, `--<prefix>key`.
+fn cli_tls_args(t: &EtcdTls, prefix: &str) -> Vec<String> {
+    vec![format!("--{prefix}cacert={}", t.ca.display()), format!("--{prefix}cert={}", t.cert.display()), format!("--{prefix}key={}", t.key.display())]
 }
 
 impl Drop for Etcd {

@@ -96,18 +96,11 @@ pub struct Pair {
 pub const NAMESPACE: &str = "drctl-system";
 
 impl Pair {
+    /// Two globals whose etcds are three mTLS members behind a load balancer each, as a real
+    /// global runs its etcd: the topology names the load balancer and a `tlsSecretRef` per
+    /// cluster, each apiserver is given the three members.
     pub async fn start() -> Pair {
-        Pair::start_on(Global::start_pair("global-a", "global-b")).await
-    }
-
-    /// A pair whose etcds are three mTLS members behind a load balancer each (issue 19): the
-    /// topology names the load balancer and a `tlsSecretRef` per cluster.
-    pub async fn start_ha() -> Pair {
-        Pair::start_on(Global::start_pair_ha("global-a", "global-b")).await
-    }
-
-    async fn start_on(globals: (Global, Global)) -> Pair {
-        Pair::start_in(globals, NAMESPACE, false).await
+        Pair::start_in(Global::start_pair_ha("global-a", "global-b"), NAMESPACE, false).await
     }
 
     /// A pair with drctl's Secrets in `namespace`. The CRD is applied with kubectl unless

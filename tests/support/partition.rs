@@ -89,18 +89,20 @@ pub async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
 pub struct MirrorLink {
     proxy: Proxy,
     direct: String,
+    /// The proxy's URL in the source's scheme (TLS passes through it untouched).
+    proxied: String,
 }
 
 impl MirrorLink {
     pub fn start(source: &Global) -> MirrorLink {
-        let hostport = source.etcd.client_url.trim_start_matches("http://").trim_end_matches('/');
-        let proxy = Proxy::start(hostport.parse().expect("etcd client URL is http://IP:port"));
-        MirrorLink { proxy, direct: source.etcd.client_url.clone() }
+        let (scheme, hostport) = source.etcd.client_url.trim_end_matches('/').split_once("://").expect("etcd client URL is scheme://IP:port");
+        let proxy = Proxy::start(hostport.parse().expect("etcd client URL is scheme://IP:port"));
+        MirrorLink { direct: source.etcd.client_url.clone(), proxied: format!("{scheme}://{}", proxy.addr), proxy }
     }
 
     /// `yaml` (a topology) with the source's etcd endpoint replaced by the proxy.
     pub fn topology(&self, yaml: &str) -> String {
-        let (direct, proxied) = (format!("endpoints: [{}]", self.direct), format!("endpoints: [{}]", self.proxy.url()));
+        let (direct, proxied) = (format!("endpoints: [{}]", self.direct), format!("endpoints: [{}]", self.proxied));
         assert!(yaml.contains(&direct), "the topology names {direct}");
         yaml.replace(&direct, &proxied)
     }
