@@ -6,7 +6,7 @@ KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 
-.PHONY: deps image-deps etcd kube argocd kwok gitea released lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
+.PHONY: deps image-deps etcd kube argocd kwok gitea released nextest lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers; containerd, runc, CNI plugins,
@@ -72,9 +72,18 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: deps platform image released lint
+# The test runner: cargo-nextest, built from crates.io once per machine (hack/build-nextest.sh).
+# It runs tests of different binaries side by side, slowest first (.config/nextest.toml).
+NEXTEST_VERSION ?= 0.9.148
+export NEXTEST_VERSION
+NEXTEST := $(DRCTL_CACHE)/tools/cargo-nextest-$(NEXTEST_VERSION)/bin/cargo-nextest nextest
+nextest:
+	bash hack/build-nextest.sh >/dev/null
+
+test: deps platform image released lint nextest
 	cargo build --workspace --bins
-	cargo test --workspace --no-fail-fast -- --test-threads=2
+	$(NEXTEST) run --workspace --no-fail-fast
+	cargo test --workspace --doc
 	$(MAKE) etcd-matrix
 
 # A pair on three-member mTLS etcds behind load balancers, alone (it is heavy for 2 cores): a
@@ -84,12 +93,12 @@ test: deps platform image released lint
 # but for the two 40,000-key leader kills (the default version runs those). The whole suite runs
 # on the default, the newest 3.6.
 ETCD_MATRIX ?= v3.5.36 v3.7.4
-etcd-matrix:
-	cargo test --test controller -- --ignored --test-threads=1 three_member_mtls_etcds
+etcd-matrix: nextest
+	$(NEXTEST) run --test controller --run-ignored only --test-threads 1 -E 'test(three_member_mtls_etcds)'
 	set -e; for v in $(ETCD_MATRIX); do \
 	  ETCD_VERSION=$$v bash hack/build-etcd.sh >/dev/null; \
 	  echo "== etcd $$v" >&2; \
-	  ETCD_VERSION=$$v cargo test --test mirror --test etcd_faults -- --test-threads=2 --skip the_leader_killed_mid; \
+	  ETCD_VERSION=$$v $(NEXTEST) run --no-fail-fast --test mirror --test etcd_faults -E 'not test(the_leader_killed_mid)'; \
 	done
 
 # The model check of the decision core (tests/model_check.rs) deeper than CI runs it, both

@@ -88,6 +88,10 @@ pub struct SyncManager {
     check_error: std::sync::Mutex<Option<String>>,
     /// This cluster's mirror checkpoint is known deleted since it became primary.
     checkpoint_forgotten: std::sync::atomic::AtomicBool,
+    /// Repairs of the periodic check no reconcile has announced yet, kept apart from its result:
+    /// the check re-reads both keyspaces after its repair, and a flip that stops the mirror
+    /// meanwhile cancels it, but the keys it put are put.
+    unannounced_repairs: std::sync::Mutex<Vec<Repaired>>,
 }
 
 /// How often revisions and lag are refreshed in status.
@@ -238,7 +242,13 @@ impl SyncManager {
     /// again: the report says what is left, its `repair` what was done, and `Repaired` which
     /// keys were found.
     pub async fn check_now(&self, repair: bool, max_read_rate: Option<u64>) -> CheckResult {
-        let result = self.check_and_repair(repair, max_read_rate).await;
+        self.check(repair, max_read_rate, false).await
+    }
+
+    /// [`Self::check_now`]; with `keep_repair`, a repair is also kept for
+    /// [`Self::take_unannounced_repairs`] as soon as it is done (the periodic check).
+    async fn check(&self, repair: bool, max_read_rate: Option<u64>, keep_repair: bool) -> CheckResult {
+        let result = self.check_and_repair(repair, max_read_rate, keep_repair).await;
         match &result {
             Ok(_) => {
                 set(&self.check_error, None);
@@ -250,7 +260,7 @@ impl SyncManager {
         result
     }
 
-    async fn check_and_repair(&self, repair: bool, max_read_rate: Option<u64>) -> CheckResult {
+    async fn check_and_repair(&self, repair: bool, max_read_rate: Option<u64>, keep_repair: bool) -> CheckResult {
         let (source, dest, filter, progress) = {
             let guard = self.running.lock().await;
             let r = guard.as_ref().ok_or(SyncError::NotRunning)?;
@@ -264,15 +274,21 @@ impl SyncManager {
         let mut repaired = None;
         if !fixable.is_empty() {
             let outcome = check::repair(&s, &d, &filter, &fixable, false).await?;
-            let found = result.report;
-            result = check::run(&s, &d, &filter, &opts).await?;
-            result.report.repair = Some(outcome.clone());
+            let found = &result.report;
             // Nothing put: the differences were the mirror's in-flight writes after all.
             if outcome.put > 0 {
                 let keys = found.missed.keys.iter().chain(&found.diverged.keys).cloned().collect();
                 let writers = found.writers_summary();
-                repaired = Some(Repaired { outcome, missed: found.missed.count, diverged: found.diverged.count, keys, writers });
+                let r = Repaired { outcome: outcome.clone(), missed: found.missed.count, diverged: found.diverged.count, keys, writers };
+                if keep_repair {
+                    if let Ok(mut kept) = self.unannounced_repairs.lock() {
+                        kept.push(r.clone());
+                    }
+                }
+                repaired = Some(r);
             }
+            result = check::run(&s, &d, &filter, &opts).await?;
+            result.report.repair = Some(outcome);
         }
         if progress.borrow().rewinds != rewinds {
             return Err(SyncError::RewoundDuringCheck);
@@ -333,7 +349,7 @@ impl SyncManager {
         let previous = self.last_check().await;
         info!(repair, max_read_rate, "consistency check started");
         let me = self.clone();
-        let task = tokio::spawn(async move { me.check_now(repair, max_read_rate).await });
+        let task = tokio::spawn(async move { me.check(repair, max_read_rate, true).await });
         *slot = Some(PeriodicCheck { previous, settings: (repair, max_read_rate), task });
     }
 
@@ -349,6 +365,11 @@ impl SyncManager {
             Err(e) => Err(SyncError::CheckTask(e)),
         };
         Some(FinishedCheck { previous: p.previous, result })
+    }
+
+    /// The periodic check's repairs not announced yet (once), whether or not the check finished.
+    pub(super) fn take_unannounced_repairs(&self) -> Vec<Repaired> {
+        self.unannounced_repairs.lock().map(|mut kept| std::mem::take(&mut *kept)).unwrap_or_default()
     }
 
     /// Stops a periodic check that is running: the mirror stops, or FinalSync runs its own.

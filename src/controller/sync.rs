@@ -18,7 +18,7 @@ use super::replication::{SyncError, SyncKey};
 use super::status::StatusWriter;
 use crate::checkpoint::{Checkpoint, CheckpointError, WasPrimary, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
-use crate::decide::standby::{differences_event, record_archive, record_check, record_health, standby_health, MirrorFacts, Thresholds};
+use crate::decide::standby::{differences_event, record_archive, record_check, record_health, record_repair, standby_health, MirrorFacts, Thresholds};
 use crate::decide::wait::{restarts_next, RestartsNext};
 use crate::etcd::{self, Endpoint};
 use crate::restart;
@@ -293,15 +293,18 @@ async fn announce_archives(ctx: &Context, topo: &ValidatedTopology, status: &mut
 /// Events, and on a fenced standby the replicated pods stopped), once. Before anything stops the
 /// mirror or cancels the check: a finished check dropped uncollected would lose its repair's record.
 pub async fn collect_periodic(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus) {
+    // A repair is announced once it is done, even when the check's re-read after it was
+    // cancelled or has not finished.
+    for r in ctx.sync.take_unannounced_repairs() {
+        warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
+        record_repair(status, r.outcome.put);
+        ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
+        announce_archives(ctx, topo, status, r.outcome.archive.as_slice()).await;
+    }
     let Some(done) = ctx.sync.finished_periodic().await else { return };
     match done.result {
-        Ok((report, repaired)) => {
-            record_check(status, &report, repaired.as_ref().map(|r| r.outcome.put));
-            if let Some(r) = repaired {
-                warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
-                ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
-                announce_archives(ctx, topo, status, r.outcome.archive.as_slice()).await;
-            }
+        Ok((report, _announced_above)) => {
+            record_check(status, &report, None);
             if let Some(note) = differences_event(done.previous.as_ref(), &report) {
                 warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");
                 ctx.event(topo, EventType::Warning, "KeysDiffer", "Check", note).await;

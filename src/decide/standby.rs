@@ -90,8 +90,14 @@ pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, repaire
     sync.diverged_keys = Some(report.diverged.count);
     sync.last_check_time = Some(Timestamp::now().to_string());
     if let Some(r) = repaired {
-        sync.repaired_keys = Some(sync.repaired_keys.unwrap_or(0) + r);
+        record_repair(status, r);
     }
+}
+
+/// Adds the keys a check re-put to `status.sync.repairedKeys`.
+pub fn record_repair(status: &mut DRTopologyStatus, put: u64) {
+    let sync = status.sync.get_or_insert_with(SyncStatus::default);
+    sync.repaired_keys = Some(sync.repaired_keys.unwrap_or(0) + put);
 }
 
 /// Records an archive in `status.sync.archived` when it is newer than the one recorded (ids

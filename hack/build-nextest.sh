@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds cargo-nextest (the test runner `make test` uses) from crates.io into
+# $DRCTL_CACHE/tools/cargo-nextest-<version>, once per machine; never a prebuilt binary.
+# Prints the path of the binary on its last stdout line.
+set -euo pipefail
+version="${NEXTEST_VERSION:-0.9.148}"
+root="${DRCTL_CACHE:-/var/cache/drctl}/tools/cargo-nextest-$version"
+if [ ! -x "$root/bin/cargo-nextest" ]; then
+  echo "building cargo-nextest $version into $root (about 7 min on 2 cores; cached afterwards) ..." >&2
+  # Its own target dir (a temporary one): the workspace's is keyed to drctl's dependencies.
+  env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$root" cargo-nextest --version "$version" >&2
+fi
+echo "$root/bin/cargo-nextest"
