@@ -134,6 +134,14 @@ async fn wait_next_check(c: &Controller, within: Duration) {
     wait_in_log(c, "no other periodic check started", within, |log| starts(log) > before).await;
 }
 
+/// Waits until the periodic check of `c` has re-put keys again (its re-read after the repair
+/// may still be running).
+async fn wait_next_repair(c: &Controller, within: Duration) {
+    let repairs = |log: &str| log.matches("repair done put=").count() - log.matches("repair done put=0 ").count();
+    let before = repairs(&log_of(c));
+    wait_in_log(c, "no other repair", within, |log| repairs(log) > before).await;
+}
+
 /// Both controllers running, A primary and B an in-sync standby.
 async fn steady_pair(pair: &Pair) -> (Controller, Controller) {
     steady_pair_with(pair, &[]).await
@@ -1111,8 +1119,9 @@ async fn a_repair_by_the_periodic_check_just_before_a_failover_is_reported() {
     wait_configmap(&pair.b, "apps", "lost-before-flip", STEADY).await;
     let mut b = pair.b.etcd.client().await;
     b.delete("/registry/configmaps/apps/lost-before-flip", None).await.expect("delete on B");
-    // The next check finds and repairs the key; the flip comes before a reconcile collects it.
-    wait_next_check(&cb, STEADY).await;
+    // The next check finds and repairs the key; the flip comes before a reconcile collects it
+    // (and, on three TLS members, before the check's re-read after its repair has ended).
+    wait_next_repair(&cb, STEADY).await;
     pair.apply_both("global-b");
     let done = pair.wait(&pair.b, "B primary", FAILOVER, &[&ca, &cb], |s| steps_all_finished(s) && is(Role::Primary, Phase::Steady)(s)).await;
     let f = done.status.and_then(|s| s.failover).expect("failover");
@@ -1139,7 +1148,7 @@ async fn a_repair_by_the_periodic_check_before_the_standby_stops_its_mirror_is_r
     wait_configmap(&pair.b, "apps", "lost-before-wait", STEADY).await;
     let mut b = pair.b.etcd.client().await;
     b.delete("/registry/configmaps/apps/lost-before-wait", None).await.expect("delete on B");
-    wait_next_check(&cb, STEADY).await;
+    wait_next_repair(&cb, STEADY).await;
     pair.apply(&pair.a, &pair.topology_yaml("global-b"));
     pair.wait(&pair.b, "B waiting for both globals to agree", STEADY, &[&ca, &cb], |s| {
         condition(s, "SyncHealthy").is_some_and(|c| c.reason == "WaitingForPrimary")
@@ -1516,7 +1525,11 @@ async fn a_primary_restored_from_a_snapshot_makes_the_standby_unhealthy_until_it
         .find(|l| l.starts_with("drctl_archived_keys_total{") && l.contains("reason=\"source rewound\""))
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
     assert!(total >= Some(LOST as u64), "{total:?}");
-    let listed = support::drctl().args(["archive", "list", "--etcd", &pair.b.etcd.client_url, "--keys"]).args(pair.b.etcd.tls_args("")).output().expect("drctl archive list");
+    let listed = support::drctl()
+        .args(["archive", "list", "--etcd", &pair.b.etcd.client_url, "--keys"])
+        .args(pair.b.etcd.tls_args(""))
+        .output()
+        .expect("drctl archive list");
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&archived.archive_id) && listed.contains("configmaps apps/lost-00"), "{listed}");
 }

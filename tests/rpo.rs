@@ -36,8 +36,21 @@ async fn the_standby_measures_replication_lag_by_the_primary_heartbeat() {
     let b = pair.wait(&pair.b, "B reports a heartbeat lag under 12s", t, &[&ca, &cb], |s| hb(s).is_some_and(|l| l < 12.0)).await;
     eprintln!("B sync: {:?}", b.status.as_ref().and_then(|s| s.sync.clone()));
 
+    // /metrics is refreshed right after the status write, so a read right after the status can
+    // still see the report before it (the first, before any beat was read, says NaN).
     let cbl = cb.listen;
-    let m = tokio::task::spawn_blocking(move || metric(&cbl, "drctl_replication_lag_seconds")).await.expect("join");
+    let m = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = metric(&cbl, "drctl_replication_lag_seconds");
+            if m.is_some_and(|v| v < 15.0) || std::time::Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .expect("join");
     assert!(m.is_some_and(|v| v < 15.0), "B's /metrics: drctl_replication_lag_seconds {m:?}");
     let out = support::drctl()
         .args(["status", "--json"])

@@ -486,11 +486,11 @@ async fn act(
     let stop_replication = |why| async move { sync::stop_replication(ctx, topo, why).await.map_err(Error::StopReplication) };
     match &action {
         Action::BootstrapPrimary => stop_replication(Stopping::AsPrimary).await?,
-        // A standby stopping its mirror cancels the periodic check: one that finished is recorded
-        // first, or its repair would be in no Event.
+        // A standby stopping its mirror cancels the periodic check; what it finished or repaired
+        // is recorded now, in this pass.
         Action::WaitForPrimary { .. } | Action::HoldAbandoned { mirror: false, .. } => {
+            stop_replication(Stopping::AsStandby).await?;
             sync::collect_periodic(ctx, topo, &mut w.status).await;
-            stop_replication(Stopping::AsStandby).await?
         }
         Action::StayPrimary | Action::HoldPrimary { .. } => {
             stop_replication(Stopping::AsPrimary).await?;

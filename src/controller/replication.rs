@@ -166,6 +166,8 @@ impl SyncManager {
 
     pub(super) async fn start(&self, key: SyncKey, source: Endpoint, dest: Endpoint, filter: Filter) {
         self.stop().await;
+        // A finished check of the mirror before that no reconcile collected is of another mirror.
+        self.periodic.lock().await.take();
         // The last check was of the mirror before (another source, other exclusions, or an
         // older copy): the new one is healthy only once a check of it has finished.
         *self.last_check.lock().await = None;
@@ -367,16 +369,25 @@ impl SyncManager {
         Some(FinishedCheck { previous: p.previous, result })
     }
 
-    /// The periodic check's repairs not announced yet (once), whether or not the check finished.
-    pub(super) fn take_unannounced_repairs(&self) -> Vec<Repaired> {
+    /// The periodic check's repairs not announced yet (once), unless the check is still running
+    /// (its result then comes first, so status never shows a repair beside the differences it
+    /// fixed); a cancelled check's repair is returned too.
+    pub(super) async fn take_unannounced_repairs(&self) -> Vec<Repaired> {
+        if self.periodic.lock().await.as_ref().is_some_and(|p| !p.task.is_finished()) {
+            return Vec::new();
+        }
         self.unannounced_repairs.lock().map(|mut kept| std::mem::take(&mut *kept)).unwrap_or_default()
     }
 
-    /// Stops a periodic check that is running: the mirror stops, or FinalSync runs its own.
+    /// Stops a periodic check that is running: the mirror stops, or FinalSync runs its own. One
+    /// that has finished is kept for [`Self::finished_periodic`].
     pub async fn cancel_periodic(&self) {
-        if let Some(p) = self.periodic.lock().await.take() {
-            p.task.abort();
-            let _ = p.task.await;
+        let mut slot = self.periodic.lock().await;
+        if slot.as_ref().is_some_and(|p| !p.task.is_finished()) {
+            if let Some(p) = slot.take() {
+                p.task.abort();
+                let _ = p.task.await;
+            }
         }
     }
 

@@ -290,21 +290,26 @@ async fn announce_archives(ctx: &Context, topo: &ValidatedTopology, status: &mut
 }
 
 /// Records the periodic check if it has finished (status, the `KeysRepaired` and `KeysDiffer`
-/// Events, and on a fenced standby the replicated pods stopped), once. Before anything stops the
-/// mirror or cancels the check: a finished check dropped uncollected would lose its repair's record.
+/// Events, and on a fenced standby the replicated pods stopped), and the repair of one cancelled
+/// after its repair, once each. Stopping the mirror or cancelling the check keeps both for it.
 pub async fn collect_periodic(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus) {
-    // A repair is announced once it is done, even when the check's re-read after it was
-    // cancelled or has not finished.
-    for r in ctx.sync.take_unannounced_repairs() {
+    let finished = ctx.sync.finished_periodic().await;
+    if let Some(done) = &finished {
+        if let Ok((report, _)) = &done.result {
+            record_check(status, report, None);
+        }
+    }
+    // The repair is kept apart from the check's result: a flip that stops the mirror during the
+    // check's re-read after its repair cancels the check, and the keys it put are put.
+    for r in ctx.sync.take_unannounced_repairs().await {
         warn!(put = r.outcome.put, missed = r.missed, diverged = r.diverged, "the check re-put keys the standby had lost or held different");
         record_repair(status, r.outcome.put);
         ctx.event(topo, EventType::Warning, "KeysRepaired", "Check", r.summary()).await;
         announce_archives(ctx, topo, status, r.outcome.archive.as_slice()).await;
     }
-    let Some(done) = ctx.sync.finished_periodic().await else { return };
+    let Some(done) = finished else { return };
     match done.result {
         Ok((report, _announced_above)) => {
-            record_check(status, &report, None);
             if let Some(note) = differences_event(done.previous.as_ref(), &report) {
                 warn!(missed = report.missed.count, surplus = report.surplus.count, diverged = report.diverged.count, "the check found differences");
                 ctx.event(topo, EventType::Warning, "KeysDiffer", "Check", note).await;

@@ -495,15 +495,15 @@ impl Runbook<'_> {
                 return Err(StepError::CatchUp(Box::new(e)));
             }
         };
-        // A periodic check that finished since the flip is recorded (no standby reconcile has collected it),
-        // before what is left of the bound is measured.
+        // One still running from the standby days would double the read load. What a periodic
+        // check finished or repaired since the flip is recorded (no standby reconcile has
+        // collected it), before what is left of the bound is measured.
+        self.ctx.sync.cancel_periodic().await;
         collect_periodic(self.ctx, self.topo, &mut self.status.status).await;
         // The check reads the whole keyspace inside this look (BENCHMARKS: 0.6 s at 100k keys,
         // 6-12 s at 1M, twice with a repair): a flip back is planned once it ends. Bounded by
         // what is left of the step's bound, so the bound's policy still applies on time.
         let left = final_sync_left_now(&self.status.status, self.topo).unwrap_or(bound);
-        // One still running from the standby days would double the read load.
-        self.ctx.sync.cancel_periodic().await;
         let check = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair, None);
         let (report, repaired) = match tokio::time::timeout(left, check).await {
             Ok(checked) => checked.map_err(|e| StepError::Check(Box::new(e)))?,

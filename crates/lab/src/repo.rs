@@ -10,9 +10,9 @@ use super::{git_err, io_err, LabError};
 pub const MAIN: &str = "main";
 const AUTHOR: (&str, &str) = ("drctl lab", "lab@drctl.invalid");
 
-/// The `gitops/` layout to copy: the work tree drctl runs in, else the one it was built from.
+/// The `gitops/` layout to copy: in the work tree drctl runs in, else the one it was built from.
 pub fn layout_source() -> Result<PathBuf, LabError> {
-    [PathBuf::from("gitops"), drctl_testbed::source_tree().join("gitops")]
+    drctl_testbed::tree_candidates(Path::new("gitops"))
         .into_iter()
         .find(|p| p.join("topology").is_dir())
         .ok_or_else(|| LabError::Failed("no gitops/ layout here: run drctl lab from the drctl source tree".into()))

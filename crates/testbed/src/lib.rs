@@ -17,3 +17,11 @@ use std::path::{Path, PathBuf};
 pub fn source_tree() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+/// Where `rel` (`hack/build-kube.sh`, `gitops`) may be, nearest first: in the directory drctl
+/// runs in or above it (a test runs in its package's directory), then in the tree this crate was
+/// built in (cargo may reuse a build made in another clone of the same tree, since deleted).
+pub fn tree_candidates(rel: &Path) -> Vec<PathBuf> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cwd.ancestors().map(|d| d.join(rel)).chain([source_tree().join(rel)]).collect()
+}

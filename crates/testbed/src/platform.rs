@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_topology_application_comes_from_the_projects_own_file_pointed_at_the_lab_repo() {
-        let layout = crate::source_tree().join("gitops");
+        let layout = crate::tree_candidates(Path::new("gitops")).into_iter().find(|p| p.is_dir()).expect("the gitops/ layout");
         let app = topology_application(&layout, "global-a", Path::new("/lab/repo")).expect("application");
         assert!(app.contains("kind: Application") && app.contains("name: drtopology"), "{app}");
         assert!(app.contains("repoURL: file:///lab/repo"), "{app}");

@@ -165,8 +165,7 @@ fn built(override_var: &str, script: &str, versions: &[(&str, &str)]) -> Result<
     if let Ok(d) = std::env::var(override_var) {
         return Ok(PathBuf::from(d));
     }
-    // The work tree drctl runs in, else the one it was built from.
-    let path = [PathBuf::from("hack").join(script), crate::source_tree().join("hack").join(script)]
+    let path = crate::tree_candidates(&Path::new("hack").join(script))
         .into_iter()
         .find(|p| p.exists())
         .ok_or_else(|| ProcError::Failed(format!("no hack/{script} here; set {override_var}")))?;
