@@ -399,7 +399,9 @@ async fn a_live_workload_with_the_standbys_control_plane_running() {
     for d in &checks.dirty {
         eprintln!("  not 0/0/0: {d}");
     }
-    assert!(checks.seen >= 10, "only {} checks in {RUN:?}", checks.seen);
+    // Enough samples for the share below: a check of this keyspace took under 2 s on one plain
+    // etcd member, and takes 5–10 s on three TLS members (a debug build, beside other tests).
+    assert!(checks.seen >= 6, "only {} checks in {RUN:?}", checks.seen);
     assert!(checks.share() >= 0.95, "0/0/0 in {} of {} checks: {:?}", checks.clean, checks.seen, checks.dirty);
     assert!(exited.is_empty(), "components exited: {exited:?}");
     assert!(pods_seen.is_empty(), "pods of replicated workloads on the standby: {pods_seen:?}");
