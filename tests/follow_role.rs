@@ -147,7 +147,14 @@ async fn platform_applications_sync_only_on_the_primary_and_move_with_a_failover
     let (ok, out) = pair.b.api.apply_stdin(&parent);
     assert!(ok, "apply the parent to global-b: {out}");
     pair.wait(&pair.b, "B: 1 Application held", t, &logs, apps_are(ApplicationsState::Held)).await;
-    let child_b = argo_b.application(&pair.b, APP).expect("the parent made the child in global-b");
+    // The parent's first sync can still be applying the child as Git declares it (with
+    // `automated`): a newer declaration, which drctl holds again at its next pass.
+    let child_b = eventually(
+        "the standby's child held",
+        t,
+        || argo_b.application(&pair.b, APP).filter(|c| automated(c).is_none()),
+        || format!("{:?}", argo_b.application(&pair.b, APP).map(|c| c["spec"].clone())),
+    );
     assert_eq!(automated(&child_b), None, "held on the standby: {}", child_b["spec"]);
     assert_eq!(held_annotation(&child_b), Some(r#"{"prune":true,"selfHeal":true}"#));
     // Argo CD there compares the replicated workload with Git (Synced) and never syncs it; the

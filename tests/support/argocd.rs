@@ -109,7 +109,10 @@ pub fn install_crds(g: &Global) {
 pub fn all_synced_and_healthy(app: &Value) -> bool {
     let st = &app["status"];
     let healthy = |h: &Value| h.is_null() || h["status"] == "Healthy";
-    st["sync"]["status"] == "Synced"
+    // Argo CD reports Synced and Healthy a moment before it closes the sync operation.
+    let settled = !matches!(st["operationState"]["phase"].as_str(), Some("Running" | "Terminating"));
+    settled
+        && st["sync"]["status"] == "Synced"
         && st["health"]["status"] == "Healthy"
         && st["resources"].as_array().is_some_and(|rs| !rs.is_empty() && rs.iter().all(|r| r["status"] == "Synced" && healthy(&r["health"])))
 }
