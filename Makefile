@@ -86,7 +86,7 @@ test: deps platform image released lint nextest
 	cargo test --workspace --doc
 	$(MAKE) etcd-matrix
 
-# A pair on three-member mTLS etcds behind load balancers, alone (it is heavy for 2 cores): a
+# The pair tests that kill or restart etcd members under a pair, alone (one stalled beside another pair once): a
 # failover with members down, the primary's etcd client CA rotated under it, its leader killed
 # mid-FinalSync; then the other supported etcd versions (README, "Supported etcd versions"): the
 # mirror, the check and etcd's own faults (three mTLS members behind a load balancer) on each,

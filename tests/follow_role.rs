@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use support::argocd::ArgoCd;
 use support::pair::Pair;
-use support::Global;
+use support::{eventually, Global};
 
 const ARGOCD_NS: &str = "argocd";
 const REPO_URL: &str = "https://git.example.com/platform/platform-apps.git";
@@ -65,18 +65,6 @@ fn platform_repo(dir: &Path) -> (std::path::PathBuf, String) {
 fn web_value(g: &Global) -> Option<String> {
     let out = g.api.kubectl(&["-n", "platform-web", "get", "configmap", "web-config", "-o", "jsonpath={.data.value}"]).ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-/// Polls `what` until it returns Some, or panics with `context()` after `timeout`.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", context());
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 fn automated(app: &Value) -> Option<&Value> {

@@ -39,19 +39,17 @@ async fn the_standby_measures_replication_lag_by_the_primary_heartbeat() {
     // /metrics is refreshed right after the status write, so a read right after the status can
     // still see the report before it (the first, before any beat was read, says NaN).
     let cbl = cb.listen;
-    let m = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let m = metric(&cbl, "drctl_replication_lag_seconds");
-            if m.is_some_and(|v| v < 15.0) || std::time::Instant::now() > deadline {
-                return m;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    tokio::task::spawn_blocking(move || {
+        let lag = || metric(&cbl, "drctl_replication_lag_seconds");
+        support::eventually(
+            "B's /metrics: drctl_replication_lag_seconds under 15",
+            Duration::from_secs(10),
+            || lag().filter(|v| *v < 15.0),
+            || format!("{:?}", lag()),
+        )
     })
     .await
     .expect("join");
-    assert!(m.is_some_and(|v| v < 15.0), "B's /metrics: drctl_replication_lag_seconds {m:?}");
     let out = support::drctl()
         .args(["status", "--json"])
         .arg(format!("--cluster=global-a={}", pair.a.api.kubeconfig.display()))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use drctl_testbed::procs::{self, Lifetime};
 use serde_json::Value;
-use support::{drctl, ApiServer, Global};
+use support::{drctl, eventually, ApiServer, Global};
 
 /// A child process killed on drop.
 struct Running(Child);
@@ -129,17 +129,6 @@ fn get(api: &ApiServer, args: &[&str]) -> Option<Value> {
     out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("JSON"))
 }
 
-fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 /// `drctl check` between the two etcds: (missed, surplus, diverged) and the report.
 fn check(primary: &Global, standby: &Global) -> ((u64, u64, u64), Value) {
     let out = drctl().args(["check", "--json", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url]).output().expect("drctl check");
@@ -187,7 +176,7 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
         )
         .expect("drctl mirror"),
     );
-    eventually("the workloads replicated", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]));
+    eventually("the workloads replicated", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "replicaset", "web-1"]), String::new);
 
     // The fence, as the standby's controller installs it.
     let raw: drctl::topology::DRTopology = serde_saphyr::from_str(include_str!("../examples/minimal.yaml")).expect("example parses");
@@ -196,9 +185,12 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     rt.block_on(async { drctl::fence::apply(&standby.api.client().await, &topo, drctl::keyspace::DEFAULT_CONTROLLER_NAMESPACE).await.expect("fence applied") });
     let rs_controller = "system:serviceaccount:kube-system:replicaset-controller";
     let t0 = Instant::now();
-    let denied = eventually("the fence enforced", Duration::from_secs(30), || {
-        create_as(&standby.api, rs_controller, "team-a", &format!("probe-{}", t0.elapsed().as_millis())).err()
-    });
+    let denied = eventually(
+        "the fence enforced",
+        Duration::from_secs(30),
+        || create_as(&standby.api, rs_controller, "team-a", &format!("probe-{}", t0.elapsed().as_millis())).err(),
+        String::new,
+    );
     assert!(denied.contains("fenced by drctl"), "{denied}");
 
     // The standby's own kube-controller-manager (each controller as its own ServiceAccount),
@@ -216,11 +208,21 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
     );
 
     // The standby's control plane at work on what it owns: its CA in every namespace, its slices.
-    eventually("the standby's own kube-root-ca.crt", Duration::from_secs(60), || get(&standby.api, &["-n", "team-a", "configmap", "kube-root-ca.crt"]));
-    eventually("the standby's own EndpointSlice", Duration::from_secs(60), || {
-        get(&standby.api, &["-n", "team-a", "endpointslices", "-l", "kubernetes.io/service-name=db"])
-            .filter(|l| l["items"].as_array().is_some_and(|i| !i.is_empty()))
-    });
+    eventually(
+        "the standby's own kube-root-ca.crt",
+        Duration::from_secs(60),
+        || get(&standby.api, &["-n", "team-a", "configmap", "kube-root-ca.crt"]),
+        String::new,
+    );
+    eventually(
+        "the standby's own EndpointSlice",
+        Duration::from_secs(60),
+        || {
+            get(&standby.api, &["-n", "team-a", "endpointslices", "-l", "kubernetes.io/service-name=db"])
+                .filter(|l| l["items"].as_array().is_some_and(|i| !i.is_empty()))
+        },
+        String::new,
+    );
 
     // A couple of minutes (two CronJob schedules): every check 0/0/0, both components running.
     let start = Instant::now();

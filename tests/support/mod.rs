@@ -480,6 +480,18 @@ impl Global {
     }
 }
 
+/// Polls `f` until it returns Some, or panics naming `what` and `context()` after `timeout`.
+pub fn eventually<T>(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", context());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 /// The `drctl` binary under test.
 pub fn drctl() -> Command {
     Command::new(env!("CARGO_BIN_EXE_drctl"))
