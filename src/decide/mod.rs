@@ -3,7 +3,8 @@
 //! (`standby`), whether this cluster is fenced (`fence`), whether its labelled Argo CD
 //! Applications run (`follow_role`), condition types and reasons (`conditions`), what survives
 //! a lost status (`memory`), what a pair of two controller versions refuses (`skew`), how soon
-//! a failed reconcile is retried (`retry`) and what a waiting step does next (`wait`). The
+//! a failed reconcile is retried (`retry`), which of the other etcd's resourceVersions a
+//! promotion's compaction leaves unrefused (`revisions`) and what a waiting step does next (`wait`). The
 //! executors (`controller`, `failover::runbook`) gather the facts, call these and do the I/O.
 
 pub mod conditions;
@@ -14,6 +15,7 @@ pub mod memory;
 pub mod notes;
 pub mod plan;
 pub mod retry;
+pub mod revisions;
 pub mod skew;
 pub mod standby;
 pub mod transition;

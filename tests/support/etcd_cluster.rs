@@ -308,7 +308,7 @@ impl LoadBalancer {
 
 /// Member `m`'s command, run as its own user when `own_users` (uid and gid = its peer port).
 fn command(m: &EtcdServer, own_users: bool) -> std::process::Command {
-    let mut cmd = m.command();
+    let mut cmd = super::etcd_command(m);
     if own_users {
         use std::os::unix::process::CommandExt;
         let uid = u32::from(addr_of(&m.peer_url).port());

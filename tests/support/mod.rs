@@ -151,7 +151,7 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = self.server.command();
+        let mut cmd = etcd_command(&self.server);
         cmd.args(&self.extra_args);
         self.child = Some(spawn(cmd, &self.server.log()));
     }
@@ -235,6 +235,16 @@ impl Etcd {
         });
         etcd_client::Client::connect([self.client_url.as_str()], opts).await.expect("connect etcd")
     }
+}
+
+/// The command that starts a test's etcd member. The tests' faults kill processes, never the
+/// machine, and the page cache outlives a SIGKILL: fsync guards nothing here, while a dozen
+/// members syncing their WAL on every write queue up on one disk and stretch the timing-bound
+/// tests. The lab and the benchmarks keep fsync on.
+pub fn etcd_command(server: &procs::EtcdServer) -> std::process::Command {
+    let mut cmd = server.command();
+    cmd.arg("--unsafe-no-fsync");
+    cmd
 }
 
 /// drctl's etcd TLS flags: `--<prefix>cacert`, `--<prefix>cert`, `--<prefix>key`.
