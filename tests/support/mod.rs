@@ -238,9 +238,9 @@ impl Etcd {
 }
 
 /// The command that starts a test's etcd member. The tests' faults kill processes, never the
-/// machine, and the page cache outlives a SIGKILL: fsync guards nothing here, while a dozen
-/// members syncing their WAL on every write queue up on one disk and stretch the timing-bound
-/// tests. The lab and the benchmarks keep fsync on.
+/// machine, and the page cache outlives a SIGKILL: fsync guards nothing here and would only add
+/// its latency to every write of every test on the one shared disk. The lab and the benchmarks
+/// keep fsync on.
 pub fn etcd_command(server: &procs::EtcdServer) -> std::process::Command {
     let mut cmd = server.command();
     cmd.arg("--unsafe-no-fsync");
