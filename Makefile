@@ -86,12 +86,12 @@ test: deps platform image released lint nextest
 	cargo test --workspace --doc
 	$(MAKE) etcd-matrix
 
-# The pair tests that kill or restart etcd members under a pair, alone (one stalled beside another pair once): a
-# failover with members down, the primary's etcd client CA rotated under it, its leader killed
-# mid-FinalSync; then the other supported etcd versions (README, "Supported etcd versions"): the
-# mirror, the check and etcd's own faults (three mTLS members behind a load balancer) on each,
-# but for the two 40,000-key leader kills (the default version runs those). The whole suite runs
-# on the default, the newest 3.6.
+# The pair tests that kill or restart etcd members under a pair, alone (one stalled beside
+# another pair once): a failover with members down, the primary's etcd client CA rotated under
+# it, its leader killed mid-FinalSync; then the other supported etcd versions (README,
+# "Supported etcd versions"): the mirror, the check and etcd's own faults (three mTLS members
+# behind a load balancer) on each, but for the two 40,000-key leader kills (the default version
+# runs those). The whole suite runs on the default, the newest 3.6.
 ETCD_MATRIX ?= v3.5.36 v3.7.4
 etcd-matrix: nextest
 	$(NEXTEST) run --test controller --run-ignored only --test-threads 1 -E 'test(three_member_mtls_etcds)'
