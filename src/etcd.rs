@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, KvClient, TlsOptions, WatchClient};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::decide::revisions;
+use crate::topology::RpoToken;
 
 /// gRPC message limit both ways: a page of values or a txn of up to 128 Kubernetes objects
 /// (each up to etcd's 1.5 MiB request limit) must fit; tonic's default is 4 MiB.
@@ -362,24 +366,53 @@ pub async fn head(kv: &mut KvClient) -> Result<(u64, i64), etcd_client::Error> {
     Ok(resp.header().map(|h| (h.cluster_id(), h.revision())).unwrap_or_default())
 }
 
-/// Where kube-apiserver keeps the revision it last compacted at; its watch cache follows this
-/// key and answers 410 Gone to a watch from any resourceVersion below it.
+/// Where kube-apiserver keeps the revision it last compacted at (its compactors coordinate
+/// through it).
 pub const APISERVER_COMPACT_KEY: &str = "compact_rev_key";
 
-/// Compacts this etcd at its head, announced as kube-apiserver announces its own compactions
-/// (its compaction key first), and returns that revision. After a failover the global's clients
-/// come back holding resourceVersions of the other etcd's numbering; with every revision below
-/// the head gone, a watch resumed from one is answered 410 Gone (or "too large" above the head)
-/// and the client relists instead of resuming at a revision that means something else here:
+/// Where [`raise_revision`] writes: outside `/registry/`, so no apiserver sees it and no mirror
+/// copies it.
+pub const REVISION_FLOOR_KEY: &str = "drctl/revision-floor";
+
+/// Advances this etcd, at `head`, by `by` revisions (one put each, `in_flight` at a time: etcd
+/// has no online way to skip revisions) and returns its head after the last.
+pub async fn raise_revision(kv: &KvClient, head: i64, by: u64, in_flight: usize) -> Result<i64, etcd_client::Error> {
+    let puts = (0..by).map(|_| {
+        let mut kv = kv.clone();
+        async move { kv.put(REVISION_FLOOR_KEY, "", None).await.map(|r| r.header().map_or(0, |h| h.revision())) }
+    });
+    futures::stream::iter(puts).buffer_unordered(in_flight.max(1)).try_fold(head, |max, r| async move { Ok(max.max(r)) }).await
+}
+
+/// Puts in flight while StopSync raises the new primary's revision.
+const PROMOTION_IN_FLIGHT: usize = 64;
+
+/// A promotion's compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub revision: i64,
+    /// Revisions skipped first, to reach the old primary's numbering.
+    pub raised: u64,
+}
+
+/// Raises this etcd to the old primary's numbering as far as `token` tells
+/// ([`revisions::promotion_raise`]), then compacts it at its head, announced as kube-apiserver
+/// announces its own compactions (its compaction key first). After a failover the global's
+/// clients come back holding resourceVersions of the other etcd's numbering; with every one of
+/// them at or below the compaction, a read or watch from one is answered 410 Gone (from etcd; a
+/// watch cache answers from its own window, which the floor makes safe) and the client relists:
 /// the online counterpart of `etcdutl snapshot restore --bump-revision --mark-compacted`.
-pub async fn compact_at_head(conn: &mut Conn) -> Result<i64, etcd_client::Error> {
-    let (_, head) = head(&mut conn.kv).await?;
+pub async fn compact_at_head(conn: &mut Conn, token: Option<&RpoToken>) -> Result<Compacted, etcd_client::Error> {
+    let (_, mut head) = head(&mut conn.kv).await?;
+    let raised = revisions::promotion_raise(head, token);
+    if raised > 0 {
+        head = raise_revision(&conn.kv, head, raised, PROMOTION_IN_FLIGHT).await?;
+    }
     conn.kv.put(APISERVER_COMPACT_KEY, head.to_string(), None).await?;
     match conn.client.compact(head, None).await {
-        Ok(_) => Ok(head),
         // Compacted there already (a resumed step): the same outcome.
-        Err(e) if is_compacted(&e) => Ok(head),
-        Err(e) => Err(e),
+        Err(e) if !is_compacted(&e) => Err(e),
+        _ => Ok(Compacted { revision: head, raised }),
     }
 }
 

@@ -33,6 +33,7 @@ pub struct Metrics {
     last_drill_success: Gauge,
     last_passing_drill_timestamp: Gauge<f64, AtomicU64>,
     pub applied_revision: Gauge,
+    revision_gap: Gauge,
     pub missed_keys: Gauge,
     pub surplus_keys: Gauge,
     pub diverged_keys: Gauge,
@@ -66,6 +67,7 @@ impl Metrics {
             last_drill_success: Gauge::default(),
             last_passing_drill_timestamp: Gauge::default(),
             applied_revision: Gauge::default(),
+            revision_gap: Gauge::default(),
             missed_keys: Gauge::default(),
             surplus_keys: Gauge::default(),
             diverged_keys: Gauge::default(),
@@ -117,6 +119,11 @@ impl Metrics {
             m.last_passing_drill_timestamp.clone(),
         );
         r.register("drctl_sync_applied_revision", "Last primary revision applied here", m.applied_revision.clone());
+        r.register(
+            "drctl_sync_revision_gap",
+            "Revisions this standby's etcd still lies below the primary's numbering; 0 once the mirror's revision floor holds",
+            m.revision_gap.clone(),
+        );
         r.register("drctl_check_missed_keys", "Keys on the primary missing here at the last check", m.missed_keys.clone());
         r.register("drctl_check_surplus_keys", "Keys only here at the last check", m.surplus_keys.clone());
         r.register("drctl_check_diverged_keys", "Keys whose bytes differ at the last check", m.diverged_keys.clone());
@@ -186,6 +193,7 @@ impl Metrics {
             self.replication_lag_seconds.set(sync.replication_lag_seconds.unwrap_or(f64::NAN));
             self.applied_revision.set(sync.applied_revision.unwrap_or(0));
             let as_i64 = |v: Option<u64>| i64::try_from(v.unwrap_or(0)).unwrap_or(i64::MAX);
+            self.revision_gap.set(as_i64(sync.revision_gap));
             self.missed_keys.set(as_i64(sync.missed_keys));
             self.surplus_keys.set(as_i64(sync.surplus_keys));
             self.diverged_keys.set(as_i64(sync.diverged_keys));
@@ -194,7 +202,7 @@ impl Metrics {
             // A primary has no sync: a promoted standby's last figures must not linger.
             self.lag_seconds.set(0.0);
             self.replication_lag_seconds.set(0.0);
-            for g in [&self.missed_keys, &self.surplus_keys, &self.diverged_keys] {
+            for g in [&self.missed_keys, &self.surplus_keys, &self.diverged_keys, &self.revision_gap] {
                 g.set(0);
             }
         }

@@ -21,6 +21,7 @@ use crate::check::{self, CheckError, CheckOptions, DiffPage, DiffPager};
 // Re-exported: the checkpoint is the mirror's, in its own module so the check can read it too.
 pub use crate::checkpoint::{Checkpoint, CheckpointError, CopyCursor, WasPrimary, Witness, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::copy_order;
+use crate::decide::revisions;
 use crate::etcd::{self, Conn, Endpoint, EtcdError, Side, TxnRefusal};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
 
@@ -103,6 +104,10 @@ pub struct Tuning {
     /// passes repeat every `anti_entropy_retry` until one finds nothing to repair.
     pub anti_entropy_after: Option<Duration>,
     pub anti_entropy_retry: Duration,
+    /// Most revisions the destination is raised by before one batch or in one quiet spell, to
+    /// keep it at or above the source's numbering (`decide::revisions`): catching up a standby
+    /// far below its primary is spread over many, so no batch waits long.
+    pub floor_step: u64,
 }
 
 impl Default for Tuning {
@@ -119,6 +124,7 @@ impl Default for Tuning {
             // dependents that arrived before their owners.
             anti_entropy_after: Some(Duration::ZERO),
             anti_entropy_retry: Duration::from_secs(2),
+            floor_step: 2_000,
         }
     }
 }
@@ -179,6 +185,9 @@ pub struct Progress {
     pub last_error: Option<String>,
     /// When the destination last had every source revision the mirror knew of.
     pub caught_up_at: Option<SystemTime>,
+    /// Revisions the destination still lies below the source revision it applied (0 once the
+    /// floor of `decide::revisions` holds).
+    pub revision_gap: u64,
 }
 
 /// Archives kept in [`Progress::archives`].
@@ -304,12 +313,13 @@ impl Batch {
     }
 }
 
-/// Applies one txn of writes, with the checkpoint when given.
-async fn apply(mut kv: KvClient, ops: Vec<Op>, checkpoint: Option<Checkpoint>) -> Result<(), MirrorError> {
+/// Applies one txn of writes, with the checkpoint when given, and returns the revision it
+/// committed at.
+async fn apply(mut kv: KvClient, ops: Vec<Op>, checkpoint: Option<Checkpoint>) -> Result<i64, MirrorError> {
     let mut txn_ops: Vec<TxnOp> = ops.into_iter().map(Op::txn_op).collect();
     txn_ops.extend(checkpoint.map(|c| c.op()));
-    kv.txn(Txn::new().and_then(txn_ops)).await.map_err(on(Side::Destination))?;
-    Ok(())
+    let resp = kv.txn(Txn::new().and_then(txn_ops)).await.map_err(on(Side::Destination))?;
+    Ok(resp.header().map_or(0, |h| h.revision()))
 }
 
 /// A spawned write that stops when its copy is abandoned (an error, a shutdown).
@@ -752,7 +762,7 @@ impl Mirror {
                         inflight.push_back(
                             async move {
                                 match (&mut task.0).await {
-                                    Ok(r) => r.map(|()| wrote),
+                                    Ok(r) => r.map(|_| wrote),
                                     Err(e) => Err(MirrorError::Task(e.to_string())),
                                 }
                             }
@@ -824,12 +834,14 @@ impl Mirror {
             p.last_error = None;
         });
         let (mut applied, mut persisted, mut last_persist) = (from, from, Instant::now());
+        let (_, mut dest_head) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
         let (mut asked_progress, mut passes) = (false, 0);
         loop {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
                 // Quiet, and nothing missed: on to the checkpoint and anti-entropy below.
                 Err(_) if asked_progress => {
                     self.quiet_source(src, applied).await?;
+                    dest_head = self.keep_floor(dst, dest_head, applied + 1).await?;
                     None
                 }
                 Err(_) => {
@@ -865,8 +877,10 @@ impl Mirror {
                     witness = batch.witness.clone();
                 }
                 if !batch.ops.is_empty() {
+                    dest_head = self.keep_floor(dst, dest_head, revision).await?;
                     let done = Checkpoint::at(cluster_id, persisted);
-                    let (puts, dels) = self.apply_batch(dst, done, Checkpoint::at(cluster_id, revision).witnessed(witness.clone()), batch).await?;
+                    let (puts, dels, head) = self.apply_batch(dst, done, Checkpoint::at(cluster_id, revision).witnessed(witness.clone()), batch).await?;
+                    dest_head = dest_head.max(head);
                     self.update(|p| {
                         p.put_keys += puts;
                         p.deleted_keys += dels;
@@ -885,8 +899,8 @@ impl Mirror {
             let caught_up = applied >= self.progress.borrow().source_revision;
             let done = target.is_some_and(|t| applied >= t);
             if applied > persisted && (done || last_persist.elapsed() >= t.checkpoint_every || anti_entropy.is_some()) {
-                apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied).witnessed(witness.clone()))).await?;
-                (persisted, last_persist) = (applied, Instant::now());
+                let head = apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied).witnessed(witness.clone()))).await?;
+                (persisted, last_persist, dest_head) = (applied, Instant::now(), dest_head.max(head));
             }
             if done {
                 return Ok(());
@@ -932,11 +946,26 @@ impl Mirror {
         }
     }
 
+    /// Keeps the floor of `decide::revisions`: raises the destination, at `dest_head`, for the
+    /// source's writes up to `source_revision` to land no lower than their own revisions, by at
+    /// most `floor_step` (the rest waits for the next batch or quiet spell). Returns its head.
+    async fn keep_floor(&self, dst: &Conn, dest_head: i64, source_revision: i64) -> Result<i64, MirrorError> {
+        let t = &self.cfg.tuning;
+        let gap = revisions::floor_gap(dest_head, source_revision);
+        let step = gap.min(t.floor_step);
+        let head = match step {
+            0 => dest_head,
+            _ => etcd::raise_revision(&dst.kv, dest_head, step, t.in_flight * 4).await.map_err(on(Side::Destination))?,
+        };
+        self.update(|p| p.revision_gap = gap - step);
+        Ok(head)
+    }
+
     /// Writes one deduplicated batch, taking the destination from `done` (its checkpoint) to
-    /// `next`. The new checkpoint goes with the last txn, after the others committed, so it
+    /// `next`, and returns how many keys it put and deleted and the revision it ended at. The new checkpoint goes with the last txn, after the others committed, so it
     /// never claims a revision whose writes are not all in; the earlier txns mark it pending, so
     /// no reader takes the half-written state for the source at `done.revision`.
-    async fn apply_batch(&self, dst: &Conn, done: Checkpoint, next: Checkpoint, batch: Batch) -> Result<(u64, u64), MirrorError> {
+    async fn apply_batch(&self, dst: &Conn, done: Checkpoint, next: Checkpoint, batch: Batch) -> Result<(u64, u64, i64), MirrorError> {
         let revision = next.revision;
         let t = &self.cfg.tuning;
         let ops = batch.into_ops();
@@ -946,11 +975,11 @@ impl Mirror {
         let mut txns = split_txns(ops, limits.ops - 1, limits.bytes);
         let last = txns.pop().unwrap_or_default();
         let pending = Checkpoint { pending: Some(revision), ..done.clone() };
-        let writes: Vec<BoxFuture<'static, Result<(), MirrorError>>> =
+        let writes: Vec<BoxFuture<'static, Result<i64, MirrorError>>> =
             txns.into_iter().map(|ops| apply(dst.kv.clone(), ops, Some(pending.clone())).boxed()).collect();
-        futures::stream::iter(writes).buffer_unordered(t.in_flight).try_collect::<Vec<()>>().await?;
-        apply(dst.kv.clone(), last, Some(next)).await?;
-        Ok((puts, dels))
+        futures::stream::iter(writes).buffer_unordered(t.in_flight).try_collect::<Vec<i64>>().await?;
+        let head = apply(dst.kv.clone(), last, Some(next)).await?;
+        Ok((puts, dels, head))
     }
 
     /// Re-puts keys that went missing or diverged after the copy (e.g. the destination's garbage

@@ -908,6 +908,11 @@ pub struct SyncStatus {
     /// Last primary revision fully applied here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_revision: Option<i64>,
+    /// Revisions this etcd still lies below the primary's numbering (absent once its revision
+    /// is at or above every primary revision applied here): while it is, a client holding one
+    /// of the primary's resourceVersions could resume here past writes after a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_gap: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
     /// Now minus the newest primary heartbeat applied here (`src/heartbeat.rs`): the RPO

@@ -908,6 +908,151 @@ async fn a_planned_flip_carries_every_write_the_old_primary_acknowledged() {
     pair.wait(&pair.a, "A standby in sync, nothing surplus", STEADY, &[&ca, &cb], standby_in_sync).await;
 }
 
+/// An informer on ConfigMaps of one namespace, as client-go's reflector runs one: it lists, then
+/// watches from the list's resourceVersion on, and relists when a watch is refused (410 Gone,
+/// or a resourceVersion too large). It reaches the platform through its DNS name, resolved at
+/// every connect; the VIP the name answers stands for that global's load balancer.
+struct Informer {
+    ns: &'static str,
+    rv: String,
+    cache: BTreeMap<String, Option<String>>,
+    relists: usize,
+    /// The global each connect reached.
+    reached: Vec<String>,
+}
+
+impl Informer {
+    fn platform(pair: &Pair) -> &Global {
+        match dns_answer(pair).as_slice() {
+            [vip] if vip == VIP_A => &pair.a,
+            [vip] if vip == VIP_B => &pair.b,
+            other => panic!("{DOMAIN} answers {other:?}"),
+        }
+    }
+
+    async fn start(pair: &Pair, ns: &'static str) -> Informer {
+        let mut i = Informer { ns, rv: String::new(), cache: BTreeMap::new(), relists: 0, reached: Vec::new() };
+        i.list(Informer::platform(pair)).await;
+        i.relists = 0;
+        i
+    }
+
+    async fn list(&mut self, g: &Global) {
+        let api: Api<ConfigMap> = Api::namespaced(g.client().await, self.ns);
+        let list = api.list(&kube::api::ListParams::default()).await.expect("list");
+        self.cache = list.items.into_iter().map(|cm| (cm.metadata.name.clone().unwrap_or_default(), value_of(&cm))).collect();
+        self.rv = list.metadata.resource_version.expect("list resourceVersion");
+        self.relists += 1;
+    }
+
+    /// One watch of `secs` seconds from where the informer is, through the platform's name.
+    async fn watch_for(&mut self, pair: &Pair, secs: u32) {
+        let g = Informer::platform(pair);
+        self.reached.push(g.name.clone());
+        let api: Api<ConfigMap> = Api::namespaced(g.client().await, self.ns);
+        let refused = |code: u16, message: &str| code == 410 || code == 504 || message.contains("Too large resource version");
+        let stream = match api.watch(&kube::api::WatchParams::default().timeout(secs), &self.rv).await {
+            Err(kube::Error::Api(e)) if refused(e.code, &e.message) => return self.list(g).await,
+            Err(e) => panic!("watch from {} on {}: {e}", self.rv, g.name),
+            Ok(s) => s,
+        };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event.unwrap_or_else(|e| panic!("watch on {}: {e}", g.name)) {
+                kube::api::WatchEvent::Added(cm) | kube::api::WatchEvent::Modified(cm) => {
+                    self.cache.insert(cm.metadata.name.clone().unwrap_or_default(), value_of(&cm));
+                    self.rv = cm.metadata.resource_version.clone().unwrap_or_default();
+                }
+                kube::api::WatchEvent::Deleted(cm) => {
+                    self.cache.remove(&cm.metadata.name.clone().unwrap_or_default());
+                    self.rv = cm.metadata.resource_version.clone().unwrap_or_default();
+                }
+                kube::api::WatchEvent::Bookmark(b) => self.rv = b.metadata.resource_version,
+                kube::api::WatchEvent::Error(e) if refused(e.code, &e.message) => return self.list(g).await,
+                kube::api::WatchEvent::Error(e) => panic!("watch on {}: {e:?}", g.name),
+            }
+        }
+    }
+}
+
+fn value_of(cm: &ConfigMap) -> Option<String> {
+    cm.data.as_ref().and_then(|d| d.get("value").cloned())
+}
+
+/// Advances `g`'s etcd by `by` revisions outside `/registry/`: the writes a global makes that the
+/// mirror does not carry (leases, events, excluded namespaces), as many as a busy one makes.
+async fn churn(g: &Global, by: u64) {
+    let kv = g.etcd.client().await.kv_client();
+    drctl::etcd::raise_revision(&kv, 0, by, 32).await.expect("churn");
+}
+
+async fn etcd_head(g: &Global) -> i64 {
+    let mut kv = g.etcd.client().await.kv_client();
+    drctl::etcd::head(&mut kv).await.expect("etcd head").1
+}
+
+/// Item 6 of the real-etcd issue: an informer holds a resourceVersion of the old primary's
+/// numbering across a planned flip, and is away while the new primary's own revision passes
+/// it. The old primary's numbering runs ahead (a long-lived primary beside a young standby):
+/// had the new primary kept its own lower numbering, the informer would resume there at a
+/// revision meaning something else and miss what was written there in between. The mirror
+/// raises the standby as it applies, StopSync the rest and compacts: the informer, whether it
+/// resumes or relists, ends holding exactly what the new primary holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_informer_holding_the_old_primarys_resource_version_misses_nothing_after_the_flip() {
+    let pair = Pair::start().await;
+    let (ca, cb) = steady_pair(&pair).await;
+    put_configmap(&pair.a, "apps", "w1", "one").await;
+    // A runs 2,500 revisions ahead of B: more than one mirror batch raises B by.
+    let ahead = (etcd_head(&pair.b).await - etcd_head(&pair.a).await).max(0) as u64 + 2_500;
+    churn(&pair.a, ahead).await;
+    put_configmap(&pair.a, "apps", "w2", "two").await;
+    let mut informer = Informer::start(&pair, "apps").await;
+    informer.watch_for(&pair, 2).await;
+    wait_configmap(&pair.b, "apps", "w2", Duration::from_secs(30)).await;
+    let held = informer.rv.clone();
+    assert_eq!(informer.reached.last().map(String::as_str), Some("global-a"));
+    assert_eq!(informer.cache.get("w2"), Some(&Some("two".to_string())), "{:?}", informer.cache);
+
+    pair.apply_both("global-b");
+    let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
+    let f = b.status.and_then(|s| s.failover).expect("failover record");
+    let final_revision = f.rpo_token.as_ref().and_then(|t| t.final_revision).expect("final revision");
+    let stop_sync = f.steps.iter().find(|s| s.name == "StopSync").and_then(|s| s.message.clone()).unwrap_or_default();
+    let compacted: i64 = stop_sync
+        .split("history compacted at revision ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("StopSync names its compaction: {stop_sync}"));
+
+    // Written on the new primary while the informer is away, then its own revision passes what
+    // the informer holds (its leases, events and the rest, for as long as the informer is away).
+    put_configmap(&pair.b, "apps", "after", "written on global-b").await;
+    let held_num: i64 = held.parse().expect("numeric resourceVersion");
+    let behind = (held_num - etcd_head(&pair.b).await).max(0) as u64 + 100;
+    churn(&pair.b, behind).await;
+    put_configmap(&pair.b, "apps", "later", "written on global-b later").await;
+
+    let api: Api<ConfigMap> = Api::namespaced(pair.b.client().await, "apps");
+    let truth: BTreeMap<String, Option<String>> =
+        api.list(&Default::default()).await.expect("list").items.iter().map(|cm| (cm.metadata.name.clone().unwrap_or_default(), value_of(cm))).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while informer.cache != truth && Instant::now() < deadline {
+        informer.watch_for(&pair, 2).await;
+    }
+    assert_eq!(informer.reached.last().map(String::as_str), Some("global-b"));
+    assert_eq!(
+        informer.cache, truth,
+        "the informer resumed from {held} on global-b ({} relists, reached {:?}); {stop_sync}",
+        informer.relists, informer.reached
+    );
+    // What made it so: the new primary's compaction covers the old numbering.
+    assert!(compacted >= final_revision, "compacted at {compacted}, below the old primary's final revision {final_revision}: {stop_sync}");
+    assert!(!stop_sync.contains("are above it"), "{stop_sync}");
+    eprintln!("held {held} from global-a; global-b compacted at {compacted} (final {final_revision}); {} relists; {stop_sync}", informer.relists);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn manifest_driver_applies_the_platforms_sync_object_only_on_the_standby() {
     let mut pair = Pair::start().await;

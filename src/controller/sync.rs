@@ -23,7 +23,7 @@ use crate::decide::wait::{restarts_next, RestartsNext};
 use crate::etcd::{self, Endpoint};
 use crate::restart;
 use crate::secret::KubeSecrets;
-use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, RewoundStatus, SyncStatus};
+use crate::topology::{DRTopologyStatus, Phase, RestartWhen, RestartsBegun, RewoundStatus, RpoToken, SyncStatus};
 use crate::validated::{Cluster, Driver, ValidatedTopology};
 
 /// A global's etcd as an endpoint, with mTLS material from its Secret.
@@ -99,11 +99,12 @@ pub async fn forget_checkpoint(ctx: &Context, topo: &ValidatedTopology, held_all
     Ok(())
 }
 
-/// Compacts this cluster's etcd at its head as it becomes primary ([`etcd::compact_at_head`]).
-pub async fn compact_own_history(ctx: &Context, topo: &ValidatedTopology) -> Result<i64, SyncError> {
+/// Raises this cluster's etcd to the old primary's numbering and compacts it at its head as it
+/// becomes primary ([`etcd::compact_at_head`]).
+pub async fn compact_own_history(ctx: &Context, topo: &ValidatedTopology, token: Option<&RpoToken>) -> Result<etcd::Compacted, SyncError> {
     let me = topo.spec.cluster(ctx.self_name()).ok_or_else(|| SyncError::UnknownCluster(ctx.self_name().to_string()))?;
     let mut conn = etcd::connect(&endpoint(ctx, me).await?).await?;
-    etcd::compact_at_head(&mut conn).await.map_err(SyncError::Status)
+    etcd::compact_at_head(&mut conn, token).await.map_err(SyncError::Status)
 }
 
 /// Applies (server-side) or deletes the `sync.manifest` object.
@@ -229,6 +230,7 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);
         sync.applied_revision = Some(p.applied_revision).filter(|r| *r > 0);
+        sync.revision_gap = Some(p.revision_gap).filter(|g| *g > 0);
         sync.lag_seconds = Some((lag * 1000.0).round() / 1000.0);
         sync.replication_lag_seconds = ctx.heartbeat.lag_seconds(Timestamp::now()).map(|l| (l * 1000.0).round() / 1000.0);
     }

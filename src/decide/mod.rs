@@ -3,8 +3,9 @@
 //! (`standby`), whether this cluster is fenced (`fence`), whether its labelled Argo CD
 //! Applications run (`follow_role`), condition types and reasons (`conditions`), what survives
 //! a lost status (`memory`), what a pair of two controller versions refuses (`skew`), how soon
-//! a failed reconcile is retried (`retry`), which of the other etcd's resourceVersions a
-//! promotion's compaction leaves unrefused (`revisions`) and what a waiting step does next
+//! a failed reconcile is retried (`retry`), how a standby's etcd revision stays at or above its
+//! primary's numbering and what a promotion's compaction leaves unrefused (`revisions`) and what
+//! a waiting step does next
 //! (`wait`). The executors (`controller`, `failover::runbook`) gather the facts, call these and
 //! do the I/O.
 

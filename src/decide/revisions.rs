@@ -1,12 +1,45 @@
-//! What a client holding a resourceVersion of the other etcd's numbering gets from the new
-//! primary. StopSync compacts the new primary at its head: every revision up to there is
-//! refused (410 Gone) to lists and gets, and the client relists. A revision above the head is
-//! refused only as "too large", and only until this etcd's own revision passes it; from then on
-//! it would be served as if it meant something here.
-
+//! Two etcds, two numberings: what a client holding a resourceVersion of the other etcd's
+//! numbering gets from this one, and the rule that makes it harmless.
+//!
+//! **The floor.** A standby's mirror keeps its etcd's revision at or above the source revision it
+//! applies: before a batch of source writes up to revision `r` goes in, the destination's head is
+//! raised to `r - 1` (puts of one key outside `/registry/`, see [`crate::etcd::raise_revision`]),
+//! so each write lands here at a revision no lower than it had on the source. A client that
+//! watched the old primary up to `r` and resumes here from `r` is then shown writes again, never
+//! skipped past one: every write it had not seen sits above `r` here too.
+//!
+//! **At promotion** StopSync raises the new primary to the old primary's final revision (the
+//! little the mirror had not closed yet), then compacts at its head: every resourceVersion of
+//! the old numbering is at or below the compaction, refused (410 Gone) by etcd, and the client
+//! relists. Only what the floor could not reach in time is left: a revision above the
+//! compaction is refused only as "too large", and only until this etcd's own revision passes it.
 use std::fmt;
 
 use crate::topology::RpoToken;
+
+/// Revisions the destination, at `dest_head`, must skip before it applies source writes up to
+/// `source_revision`, for each of them to land at a revision at least its own.
+pub fn floor_gap(dest_head: i64, source_revision: i64) -> u64 {
+    (source_revision - 1 - dest_head).max(0) as u64
+}
+
+/// Most revisions StopSync skips at promotion. The mirror keeps the floor as it goes, so a
+/// longer way means it never caught up (a standby much younger than its primary): a minute of
+/// puts is spent at most, and the message names what is left.
+pub const PROMOTION_MAX_RAISE: u64 = 200_000;
+
+/// How far StopSync raises the new primary, at `head`, before compacting: to the old primary's
+/// last revision it knows (final, or in a disaster the last applied), if that is within
+/// [`PROMOTION_MAX_RAISE`]. The compaction then covers the old numbering.
+pub fn promotion_raise(head: i64, token: Option<&RpoToken>) -> u64 {
+    let Some(t) = token else { return 0 };
+    let gap = (t.final_revision.unwrap_or(t.applied_revision) - head).max(0) as u64;
+    if gap <= PROMOTION_MAX_RAISE {
+        gap
+    } else {
+        0
+    }
+}
 
 /// Revisions of the old primary's numbering above the new primary's compaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +74,38 @@ mod tests {
 
     fn token(final_revision: Option<i64>, applied_revision: i64) -> RpoToken {
         RpoToken { final_revision, applied_revision, ..Default::default() }
+    }
+
+    #[test]
+    fn the_floor_lets_every_source_write_land_at_or_above_its_own_revision() {
+        // (destination head, source revision of the batch, revisions to skip)
+        for (dest, source, want) in [(100, 90, 0), (100, 101, 0), (100, 102, 1), (100, 5_000, 4_899), (0, 1, 0)] {
+            let gap = floor_gap(dest, source);
+            assert_eq!(gap, want, "dest {dest}, source {source}");
+            // The batch's first txn lands at head + 1 after the raise.
+            assert!(dest + gap as i64 + 1 >= source, "dest {dest}, source {source}");
+        }
+    }
+
+    #[test]
+    fn promotion_raises_to_the_old_primarys_last_known_revision_within_the_bound() {
+        let max = PROMOTION_MAX_RAISE as i64;
+        let cases = [
+            // (head, final, applied, expected raise)
+            (100, Some(90), 90, 0),
+            (100, Some(150), 150, 50),
+            // A disaster: the last revision the mirror applied is all that is known.
+            (100, None, 120, 20),
+            (100, Some(100 + max), 100 + max, PROMOTION_MAX_RAISE),
+            // Too far to walk in a failover: left to the message.
+            (100, Some(101 + max), 101 + max, 0),
+        ];
+        for (head, final_revision, applied, want) in cases {
+            assert_eq!(promotion_raise(head, Some(&token(final_revision, applied))), want, "head {head}, final {final_revision:?}, applied {applied}");
+            let compacted = head + want as i64;
+            assert_eq!(unrefused(compacted, Some(&token(final_revision, applied))).is_none(), want > 0 || final_revision.unwrap_or(applied) <= head);
+        }
+        assert_eq!(promotion_raise(100, None), 0);
     }
 
     #[test]

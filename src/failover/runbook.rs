@@ -166,14 +166,18 @@ impl Runbook<'_> {
                 stop_replication(self.ctx, self.topo, why).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
                 // Before anyone writes here: resourceVersions of the other etcd's numbering must
                 // make clients relist, not resume.
-                let compacted = compact_own_history(self.ctx, self.topo).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
-                let unrefused = crate::decide::revisions::unrefused(compacted, token).map(|u| format!("; {u}")).unwrap_or_default();
+                let compacted = compact_own_history(self.ctx, self.topo, token).await.map_err(|e| StepError::StopSync(Box::new(e)))?;
+                let raised = match compacted.raised {
+                    0 => String::new(),
+                    n => format!(" after skipping {n} revisions to pass the old primary's numbering"),
+                };
+                let unrefused = crate::decide::revisions::unrefused(compacted.revision, token).map(|u| format!("; {u}")).unwrap_or_default();
                 // Nothing writes underneath any more: this cluster's own control plane may act
                 // on the data from now on (the hooks, DNS and restarts that follow need it to).
                 crate::fence::remove(&self.ctx.client, self.topo).await.map_err(|e| StepError::LiftFence(Box::new(e)))?;
                 Ok(Outcome::ok(format!(
-                    "no longer replicating from {}; history compacted at revision {compacted} (clients holding the other etcd's resourceVersions up to it relist){unrefused}; fence lifted",
-                    self.peer_name
+                    "no longer replicating from {}; history compacted at revision {}{raised} (clients holding the other etcd's resourceVersions up to it relist){unrefused}; fence lifted",
+                    self.peer_name, compacted.revision
                 )))
             }
             Step::PreHooks => self.hooks(&self.topo.spec.failover.pre_hooks.clone(), hooks::Phase::Pre).await,
