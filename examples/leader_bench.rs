@@ -2,9 +2,11 @@
 //! etcd (3.6, mTLS) holding N Kubernetes-shaped keys, a steady writer of single-key puts to the
 //! leader (as the apiservers' writes all end there), and the put latency measured alone, during
 //! a `drctl check` whose reads go to the leader, and during one whose reads go to the followers
-//! (the member list: drctl reads past revisions from followers). Not a test: `make bench-leader`.
+//! (the member list: drctl reads past revisions from followers). Then what StopSync's raise
+//! of the new primary's revision (`decide::revisions`) costs: revisions skipped per second.
+//! Not a test: `make bench-leader`.
 //!
-//! Usage: leader_bench [--keys N] [--rate PUTS_PER_S]
+//! Usage: leader_bench [--keys N] [--rate PUTS_PER_S] [--raise REVISIONS]
 
 #[path = "bench/mod.rs"]
 mod bench;
@@ -32,6 +34,7 @@ struct Phase {
 async fn main() -> Res<()> {
     let keys: usize = arg("--keys").map_or(Ok(300_000), |s| s.parse())?;
     let rate: u64 = arg("--rate").map_or(Ok(300), |s| s.parse())?;
+    let raise: u64 = arg("--raise").map_or(Ok(50_000), |s| s.parse())?;
     let dir = tempfile::tempdir()?;
     let members = EtcdServer::cluster_tls(dir.path(), 3)?;
     let mut children: Vec<_> = members.iter().map(|m| m.spawn(Lifetime::WithParent)).collect::<Result<_, _>>()?;
@@ -108,6 +111,13 @@ async fn main() -> Res<()> {
     for p in &phases {
         println!("| {} | {} | {:.1} | {:.1} | {:.2}x | {} | {:.0} |", p.name, p.puts, p.p50, p.p99, p.p99 / alone, p.checks, p.check_ms);
     }
+    // StopSync's raise, through the member list as the controller connects: 64 puts in flight.
+    let mut all = etcd::connect(&endpoint(urls.clone())?).await?;
+    let (_, head) = etcd::head(&mut all.kv).await?;
+    let t = Instant::now();
+    let to = etcd::raise_revision(&all.kv, head, raise, 64).await?;
+    let secs = t.elapsed().as_secs_f64();
+    println!("\nStopSync's raise: {} revisions ({head} -> {to}) in {secs:.1} s: {:.0} revisions/s", to - head, (to - head) as f64 / secs);
     for c in children.iter_mut() {
         let _ = c.kill();
         let _ = c.wait();
