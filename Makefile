@@ -141,6 +141,7 @@ bench-scale: deps etcd
 
 # The primary's leader during a check (not a test): put p99 at the leader alone, during a check
 # reading the leader, during one reading the followers; a 3-member etcd of LEADER_KEYS keys.
+# Then what StopSync's raise of the new primary's revision costs (revisions per second).
 LEADER_KEYS ?= 300000
 bench-leader: deps etcd
 	cargo build --release -p drctl --example leader_bench
