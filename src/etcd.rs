@@ -372,7 +372,7 @@ pub const APISERVER_COMPACT_KEY: &str = "compact_rev_key";
 
 /// Where [`raise_revision`] writes: outside `/registry/`, so no apiserver sees it and no mirror
 /// copies it.
-pub const REVISION_FLOOR_KEY: &str = "drctl/revision-floor";
+pub const REVISION_FLOOR_KEY: &str = "drctl/mirror/revision-floor";
 
 /// Advances this etcd, at `head`, by `by` revisions (one put each, `in_flight` at a time: etcd
 /// has no online way to skip revisions) and returns its head after the last.

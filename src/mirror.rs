@@ -545,11 +545,13 @@ impl Mirror {
         let src = etcd::connect(&source).await?;
         let dst = etcd::connect(&dest).await?;
         let (cluster_id, head) = etcd::head(&mut src.kv.clone()).await.map_err(on(Side::Source))?;
-        let (dest_id, _) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
+        let (dest_id, dest_head) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
         etcd::distinct(cluster_id, dest_id)?;
         self.update(|p| {
             p.source_cluster_id = cluster_id;
             p.source_revision = head;
+            // Until the watch raises it: a copy's writes land wherever the destination is.
+            p.revision_gap = revisions::floor_gap(dest_head, head + 1);
         });
         let checkpoint = Checkpoint::read(&mut dst.kv.clone()).await?;
         let history_changed = match &checkpoint {

@@ -995,7 +995,8 @@ async fn etcd_head(g: &Global) -> i64 {
 /// numbering across a planned flip, and is away while the new primary's own revision passes
 /// it. The old primary's numbering runs ahead (a long-lived primary beside a young standby):
 /// had the new primary kept its own lower numbering, the informer would resume there at a
-/// revision meaning something else and miss what was written there in between. The mirror
+/// revision meaning something else and miss what was written in between, on the old primary
+/// after its last look (`unseen`) and on the new one while it was away (`after`). The mirror
 /// raises the standby as it applies, StopSync the rest and compacts: the informer, whether it
 /// resumes or relists, ends holding exactly what the new primary holds.
 #[tokio::test(flavor = "multi_thread")]
@@ -1013,6 +1014,10 @@ async fn an_informer_holding_the_old_primarys_resource_version_misses_nothing_af
     let held = informer.rv.clone();
     assert_eq!(informer.reached.last().map(String::as_str), Some("global-a"));
     assert_eq!(informer.cache.get("w2"), Some(&Some("two".to_string())), "{:?}", informer.cache);
+    // Written on A after what the informer holds, before it looks again: the mirror's floor
+    // puts it on B above that resourceVersion too.
+    put_configmap(&pair.a, "apps", "unseen", "written on global-a later").await;
+    wait_configmap(&pair.b, "apps", "unseen", Duration::from_secs(30)).await;
 
     pair.apply_both("global-b");
     let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
