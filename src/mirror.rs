@@ -124,7 +124,7 @@ impl Default for Tuning {
             // dependents that arrived before their owners.
             anti_entropy_after: Some(Duration::ZERO),
             anti_entropy_retry: Duration::from_secs(2),
-            floor_step: 2_000,
+            floor_step: 1_000,
         }
     }
 }
