@@ -5,9 +5,8 @@
 //! a lost status (`memory`), what a pair of two controller versions refuses (`skew`), how soon
 //! a failed reconcile is retried (`retry`), how a standby's etcd revision stays at or above its
 //! primary's numbering and what a promotion's compaction leaves unrefused (`revisions`) and what
-//! a waiting step does next
-//! (`wait`). The executors (`controller`, `failover::runbook`) gather the facts, call these and
-//! do the I/O.
+//! a waiting step does next (`wait`). The executors (`controller`, `failover::runbook`) gather
+//! the facts, call these and do the I/O.
 
 pub mod conditions;
 pub mod demote;

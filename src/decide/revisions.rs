@@ -8,11 +8,12 @@
 //! watched the old primary up to `r` and resumes here from `r` is then shown writes again, never
 //! skipped past one: every write it had not seen sits above `r` here too.
 //!
-//! **At promotion** StopSync raises the new primary to the old primary's final revision (the
-//! little the mirror had not closed yet), then compacts at its head: every resourceVersion of
+//! **At promotion** StopSync raises the new primary past the old primary's last known revision
+//! by a margin (the little the mirror had not closed yet), then compacts at its head: every resourceVersion of
 //! the old numbering is at or below the compaction, refused (410 Gone) by etcd, and the client
 //! relists. Only what the floor could not reach in time is left: a revision above the
 //! compaction is refused only as "too large", and only until this etcd's own revision passes it.
+
 use std::fmt;
 
 use crate::topology::RpoToken;
@@ -42,12 +43,18 @@ pub const PROMOTION_MARGIN: i64 = 1_000;
 /// covers the old numbering.
 pub fn promotion_raise(head: i64, token: Option<&RpoToken>) -> u64 {
     let Some(t) = token else { return 0 };
-    let gap = (t.final_revision.unwrap_or(0).max(t.applied_revision) + PROMOTION_MARGIN - head).max(0) as u64;
+    let gap = (last_known(t) + PROMOTION_MARGIN - head).max(0) as u64;
     if gap <= PROMOTION_MAX_RAISE {
         gap
     } else {
         0
     }
+}
+
+/// The old primary's last revision known here: its final revision, or the last the mirror
+/// applied if higher (its own writes after the final one) or if there is no final (a disaster).
+fn last_known(t: &RpoToken) -> i64 {
+    t.final_revision.unwrap_or(0).max(t.applied_revision)
 }
 
 /// Revisions of the old primary's numbering above the new primary's compaction.
@@ -63,8 +70,7 @@ pub struct Unrefused {
 /// The old primary's revisions that the compaction at `compacted` does not refuse, if any.
 pub fn unrefused(compacted: i64, token: Option<&RpoToken>) -> Option<Unrefused> {
     let token = token?;
-    // The mirror may have applied past the final revision: the old primary's own writes after it.
-    let (to, at_least) = (token.final_revision.unwrap_or(0).max(token.applied_revision), token.final_revision.is_none());
+    let (to, at_least) = (last_known(token), token.final_revision.is_none());
     (to > compacted).then_some(Unrefused { from: compacted + 1, to, at_least })
 }
 
