@@ -2,9 +2,12 @@
 //! etcd (3.6, mTLS) holding N Kubernetes-shaped keys, a steady writer of single-key puts to the
 //! leader (as the apiservers' writes all end there), and the put latency measured alone, during
 //! a `drctl check` whose reads go to the leader, and during one whose reads go to the followers
-//! (the member list: drctl reads past revisions from followers). Then what StopSync's raise
-//! of the new primary's revision (`decide::revisions`) costs: revisions skipped per second.
-//! Not a test: `make bench-leader`.
+//! (the member list: drctl reads past revisions from followers), and beside a thread that only
+//! burns one core (no reads at all): if the burner slows the leader as much as a follower's check
+//! does, what is left is CPU sharing, not the check's reads. Each phase reports the leader's CPU
+//! time and how long its threads waited for a CPU (`/proc/PID/task/*/schedstat`). Then what
+//! StopSync's raise of the new primary's revision (`decide::revisions`) costs: revisions skipped
+//! per second. Not a test: `make bench-leader`.
 //!
 //! Usage: leader_bench [--keys N] [--rate PUTS_PER_S] [--raise REVISIONS]
 
@@ -28,6 +31,20 @@ struct Phase {
     puts: usize,
     checks: usize,
     check_ms: f64,
+    /// The leader's CPU seconds and its seconds runnable but waiting for a CPU, over the phase.
+    leader_cpu: f64,
+    leader_wait: f64,
+    /// CPU seconds of everything else measured: the followers and this process (writer, check).
+    others_cpu: f64,
+}
+
+/// What runs beside the writer in a phase.
+enum Beside {
+    Nothing,
+    /// Back-to-back checks reading these members.
+    Check(Vec<String>),
+    /// A thread spinning on one core, reading nothing.
+    Burner,
 }
 
 #[tokio::main]
@@ -48,14 +65,18 @@ async fn main() -> Res<()> {
 
     // The leader: the member whose status names itself.
     let mut leader = None;
-    for u in &urls {
+    for (i, u) in urls.iter().enumerate() {
         let mut c = etcd::connect(&endpoint(vec![u.clone()])?).await?.client;
         let s = c.status().await?;
         if s.header().is_some_and(|h| h.member_id() == s.leader()) {
-            leader = Some(u.clone());
+            leader = Some(i);
         }
     }
-    let leader = leader.ok_or("no leader")?;
+    let leader_index = leader.ok_or("no leader")?;
+    let leader = urls[leader_index].clone();
+    let leader_pid = children[leader_index].id();
+    let other_pids: Vec<u32> = children.iter().enumerate().filter(|(i, _)| *i != leader_index).map(|(_, c)| c.id()).chain([std::process::id()]).collect();
+    let others_cpu = || other_pids.iter().map(|p| bench::sched_secs(*p).0).sum::<f64>();
     let to_leader = etcd::connect(&endpoint(vec![leader.clone()])?).await?.client;
 
     eprintln!("loading {keys} keys of 1 KiB into a 3-member etcd {} ...", bench::etcd_version()?);
@@ -70,12 +91,26 @@ async fn main() -> Res<()> {
     let dest = etcd::connect(&Endpoint::plain(vec![dst.url.clone()])).await?;
 
     let mut phases = Vec::new();
-    for (name, reads) in [("alone", None), ("check reading the leader", Some(vec![leader.clone()])), ("check reading the followers", Some(urls.clone()))] {
-        let source = match &reads {
-            Some(u) => Some(etcd::connect(&endpoint(u.clone())?).await?),
-            None => None,
+    for (name, beside) in [
+        ("alone", Beside::Nothing),
+        ("check reading the leader", Beside::Check(vec![leader.clone()])),
+        ("check reading the followers", Beside::Check(urls.clone())),
+        ("a thread burning one core", Beside::Burner),
+    ] {
+        let source = match &beside {
+            Beside::Check(u) => Some(etcd::connect(&endpoint(u.clone())?).await?),
+            _ => None,
         };
+        let (leader_before, others_before) = (bench::sched_secs(leader_pid), others_cpu());
         let started = Instant::now();
+        let burner = matches!(beside, Beside::Burner).then(|| {
+            std::thread::spawn(move || {
+                let mut spins = 0u64;
+                while started.elapsed() < Duration::from_secs(15) {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            })
+        });
         let writer = {
             let c = to_leader.clone();
             tokio::spawn(
@@ -93,6 +128,10 @@ async fn main() -> Res<()> {
             }
         }
         let w = writer.await??;
+        if let Some(b) = burner {
+            b.join().map_err(|_| "the burner thread panicked")?;
+        }
+        let (leader_after, others_after) = (bench::sched_secs(leader_pid), others_cpu());
         let mut lat = w.latencies_ms;
         lat.sort_by(f64::total_cmp);
         phases.push(Phase {
@@ -102,14 +141,29 @@ async fn main() -> Res<()> {
             puts: lat.len(),
             checks,
             check_ms: check_time.as_secs_f64() * 1e3 / checks.max(1) as f64,
+            leader_cpu: leader_after.0 - leader_before.0,
+            leader_wait: leader_after.1 - leader_before.1,
+            others_cpu: others_after - others_before,
         });
     }
     let alone = phases[0].p99;
     println!("\nput latency at the leader, {rate} puts/s of 1 KiB, {keys} keys, etcd {} x3 (mTLS):", bench::etcd_version()?);
-    println!("| phase | puts | p50 ms | p99 ms | p99 / alone | checks | ms per check |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| phase | puts | p50 ms | p99 ms | p99 / alone | checks | ms per check | leader CPU s | leader waiting for a CPU s | others' CPU s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for p in &phases {
-        println!("| {} | {} | {:.1} | {:.1} | {:.2}x | {} | {:.0} |", p.name, p.puts, p.p50, p.p99, p.p99 / alone, p.checks, p.check_ms);
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.2}x | {} | {:.0} | {:.1} | {:.2} | {:.1} |",
+            p.name,
+            p.puts,
+            p.p50,
+            p.p99,
+            p.p99 / alone,
+            p.checks,
+            p.check_ms,
+            p.leader_cpu,
+            p.leader_wait,
+            p.others_cpu
+        );
     }
     // StopSync's raise, through the member list as the controller connects: 64 puts in flight.
     let mut all = etcd::connect(&endpoint(urls.clone())?).await?;
