@@ -5,7 +5,7 @@
 //! (the member list: drctl reads past revisions from followers), and beside a thread that only
 //! burns one core (no reads at all): if the burner slows the leader as much as a follower's check
 //! does, what is left is CPU sharing, not the check's reads. Each phase reports the leader's CPU
-//! time and how long its threads waited for a CPU (`/proc/PID/task/*/schedstat`). Then what
+//! time (`/proc/PID/stat`) and how long its threads waited for a CPU (`schedstat`). Then what
 //! StopSync's raise of the new primary's revision (`decide::revisions`) costs: revisions skipped
 //! per second. Not a test: `make bench-leader`.
 //!
@@ -34,7 +34,8 @@ struct Phase {
     /// The leader's CPU seconds and its seconds runnable but waiting for a CPU, over the phase.
     leader_cpu: f64,
     leader_wait: f64,
-    /// CPU seconds of everything else measured: the followers and this process (writer, check).
+    /// CPU seconds of everything else measured: the followers and this process (writer, check,
+    /// burner).
     others_cpu: f64,
 }
 
@@ -76,7 +77,8 @@ async fn main() -> Res<()> {
     let leader = urls[leader_index].clone();
     let leader_pid = children[leader_index].id();
     let other_pids: Vec<u32> = children.iter().enumerate().filter(|(i, _)| *i != leader_index).map(|(_, c)| c.id()).chain([std::process::id()]).collect();
-    let others_cpu = || other_pids.iter().map(|p| bench::sched_secs(*p).0).sum::<f64>();
+    let others_cpu = || other_pids.iter().map(|p| bench::cpu_secs(*p)).sum::<f64>();
+    let leader_sched = || (bench::cpu_secs(leader_pid), bench::cpu_wait_secs(leader_pid));
     let to_leader = etcd::connect(&endpoint(vec![leader.clone()])?).await?.client;
 
     eprintln!("loading {keys} keys of 1 KiB into a 3-member etcd {} ...", bench::etcd_version()?);
@@ -101,7 +103,7 @@ async fn main() -> Res<()> {
             Beside::Check(u) => Some(etcd::connect(&endpoint(u.clone())?).await?),
             _ => None,
         };
-        let (leader_before, others_before) = (bench::sched_secs(leader_pid), others_cpu());
+        let (leader_before, others_before) = (leader_sched(), others_cpu());
         let started = Instant::now();
         let burner = matches!(beside, Beside::Burner).then(|| {
             std::thread::spawn(move || {
@@ -131,7 +133,7 @@ async fn main() -> Res<()> {
         if let Some(b) = burner {
             b.join().map_err(|_| "the burner thread panicked")?;
         }
-        let (leader_after, others_after) = (bench::sched_secs(leader_pid), others_cpu());
+        let (leader_after, others_after) = (leader_sched(), others_cpu());
         let mut lat = w.latencies_ms;
         lat.sort_by(f64::total_cmp);
         phases.push(Phase {

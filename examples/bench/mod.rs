@@ -177,17 +177,16 @@ pub fn cpu_secs(pid: u32) -> f64 {
     }
 }
 
-/// Scheduler accounting of process `pid`, summed over its threads (`/proc/PID/task/*/schedstat`):
-/// seconds on a CPU and seconds runnable but waiting for one. Zeros once it is gone.
-pub fn sched_secs(pid: u32) -> (f64, f64) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (0.0, 0.0) };
+/// Seconds the threads of process `pid` spent runnable but waiting for a CPU, summed over its
+/// threads (`/proc/PID/task/*/schedstat`, second field; threads that exited are not counted). 0
+/// once it is gone. Its CPU time is [`cpu_secs`].
+pub fn cpu_wait_secs(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .map(|s| {
-            let mut f = s.split_whitespace().map(|x| x.parse::<f64>().unwrap_or(0.0) / 1e9);
-            (f.next().unwrap_or(0.0), f.next().unwrap_or(0.0))
-        })
-        .fold((0.0, 0.0), |(a, b), (c, d)| (a + c, b + d))
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
 }
 
 /// A finished command: wall time, its own peak RSS and CPU time, its stdout.
