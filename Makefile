@@ -5,6 +5,9 @@ export CARGO_TARGET_DIR ?= $(DRCTL_CACHE)/target
 KUBE_VERSION ?= v1.34.4
 export KUBE_VERSION
 DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
+# Cargo would reuse another clone's workspace binaries from the shared target dir when this
+# clone's files are older (hack/claim-target.sh says why): every make run claims it first.
+_ := $(shell CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) bash hack/claim-target.sh)
 
 .PHONY: deps image-deps etcd kube argocd kwok gitea released nextest lab-platform platform build crds argocd-cm image lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 

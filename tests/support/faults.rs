@@ -58,6 +58,8 @@ impl Proxy {
                         let born = Epoch { current: e.clone(), at_accept: e.load(Ordering::SeqCst) };
                         tokio::spawn(async move {
                             let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                            // No Nagle: a request written in parts would wait for a delayed ACK (tcp_lb.rs).
+                            let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                             let (ri, wi) = inbound.into_split();
                             let (ro, wo) = outbound.into_split();
                             tokio::spawn(pump(ri, wo, m.clone(), f.clone(), born.clone()));
