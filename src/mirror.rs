@@ -851,7 +851,17 @@ impl Mirror {
                     asked_progress = true;
                     continue;
                 }
-                Ok(r) => Some(r.map_err(on(Side::Source))?.ok_or(MirrorError::WatchEnded)?),
+                Ok(r) => {
+                    let resp = r.map_err(on(Side::Source))?.ok_or(MirrorError::WatchEnded)?;
+                    // The answer to the progress request. etcd 3.5 gives it from the member's own
+                    // state, so a member whose messages to its peers are lost (it still hears its
+                    // leader) says it is current while it misses every write: only a
+                    // linearizable read, which needs the quorum, proves nothing was missed.
+                    if asked_progress && resp.events().is_empty() && !resp.canceled() && resp.compact_revision() == 0 {
+                        self.quiet_source(src, applied).await?;
+                    }
+                    Some(resp)
+                }
             };
             asked_progress = false;
             let mut batch = Batch::default();
@@ -925,10 +935,12 @@ impl Mirror {
         }
     }
 
-    /// The watch stayed silent after a progress request. etcd 3.6 answers one only once its store
-    /// has reached the watch's start revision (`progressIfSync`), so on a quiet source (nothing
-    /// after `applied`, where the watch starts) silence is the answer: a linearizable read of
-    /// the head tells that apart from a stream that stopped delivering.
+    /// The watch stayed silent, then answered a progress request or stayed silent after it too.
+    /// etcd 3.6 answers one only once its store has reached the watch's start revision
+    /// (`progressIfSync`), so on a quiet source (nothing after `applied`, where the watch starts)
+    /// silence is the answer; etcd 3.5 answers from the member's state, however stale. A
+    /// linearizable read of the head tells a quiet source apart from a stream that stopped
+    /// delivering and from a member that no longer reaches its quorum (the read times out).
     async fn quiet_source(&self, src: &Conn, applied: i64) -> Result<(), MirrorError> {
         let t = &self.cfg.tuning;
         let (_, head) = tokio::time::timeout(t.progress_timeout, etcd::head(&mut src.kv.clone()))
