@@ -279,7 +279,7 @@ impl ApiServer {
         on_fresh_ports("kube-apiserver", || {
             let mut a = spawned.take().unwrap_or_else(|| ApiServer::spawn_with(etcd, real_nodes));
             let child = a.child.as_mut().expect("apiserver spawned");
-            a.server.wait_ready(kube_bin_dir(), child).map(|()| a)
+            a.server.wait_ready(child).map(|()| a)
         })
     }
 
@@ -305,7 +305,7 @@ impl ApiServer {
 
     fn wait_ready(&mut self) {
         let child = self.child.as_mut().expect("apiserver spawned");
-        self.server.wait_ready(kube_bin_dir(), child).unwrap_or_else(|e| panic!("{e}"));
+        self.server.wait_ready(child).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Runs kubectl against this apiserver as admin.
@@ -323,7 +323,7 @@ impl ApiServer {
 
     /// Waits until the CRD named `crd` is Established.
     pub fn wait_crd(&self, crd: &str) {
-        self.server.wait_crd_established(kube_bin_dir(), crd).unwrap_or_else(|e| panic!("{e}"));
+        self.server.wait_crd_established(crd).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// kubectl that must succeed; returns stdout.

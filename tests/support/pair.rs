@@ -123,27 +123,27 @@ impl Pair {
             spec_extra: String::new(),
             namespace: namespace.to_string(),
         };
+        // One apply per global (a kubectl run is ~0.1 CPU-s plus a discovery the apiserver serves).
         for (g, peer) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
+            let mut docs = Vec::new();
             if !crd_from_argocd {
-                g.api.kubectl_ok(&["apply", "-f", concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")]);
+                docs.push(std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")).expect("read the CRD"));
             }
-            g.api.kubectl_ok(&["create", "namespace", namespace]);
-            g.api.kubectl_ok(&["create", "namespace", "cpaas-system"]);
-            let secret = |name: &str, data: &[&str]| {
-                let mut args = vec!["-n", namespace, "create", "secret", "generic", name];
-                args.extend_from_slice(data);
-                g.api.kubectl_ok(&args);
-            };
-            let kc = peer.api.kubeconfig.display().to_string();
-            secret(&format!("{}-kubeconfig", peer.name), &[&format!("--from-file=kubeconfig={kc}")]);
-            secret("pdns-api", &[&format!("--from-literal=apiKey={}", pair.pdns.api_key)]);
-            if !crd_from_argocd {
-                g.api.wait_crd("drtopologies.drctl.io");
+            docs.extend([namespace, "cpaas-system"].map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n")));
+            let kubeconfig = std::fs::read(&peer.api.kubeconfig).expect("read the peer's kubeconfig");
+            docs.push(secret_yaml(namespace, &format!("{}-kubeconfig", peer.name), &[("kubeconfig", &kubeconfig)]));
+            docs.push(secret_yaml(namespace, "pdns-api", &[("apiKey", pair.pdns.api_key.as_bytes())]));
+            for e in [&pair.a, &pair.b] {
+                if let Some(t) = &e.etcd.tls {
+                    docs.push(etcd_tls_yaml(namespace, e, &t.ca, &t.cert, &t.key));
+                }
             }
+            let (ok, out) = g.api.apply_stdin(&docs.join("---\n"));
+            assert!(ok, "apply drctl's namespace, Secrets and CRD to {}: {out}", g.name);
         }
-        for e in [&pair.a, &pair.b] {
-            if let Some(t) = &e.etcd.tls {
-                pair.put_etcd_tls(e, &t.ca, &t.cert, &t.key);
+        if !crd_from_argocd {
+            for g in [&pair.a, &pair.b] {
+                g.api.wait_crd("drtopologies.drctl.io");
             }
         }
         pair
@@ -153,13 +153,10 @@ impl Pair {
     /// both globals, created or replaced in place: each global holds the client certificates of
     /// both etcds (it reads the peer's as a standby and writes its own).
     pub fn put_etcd_tls(&self, of: &Global, ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) {
-        let file = |key: &str, p: &std::path::Path| format!("--from-file={key}={}", p.display());
-        let name = format!("{}-etcd-tls", of.name);
+        let secret = etcd_tls_yaml(&self.namespace, of, ca, cert, key);
         for g in [&self.a, &self.b] {
-            let (ca, cert, key) = (file("ca.crt", ca), file("tls.crt", cert), file("tls.key", key));
-            let args = ["-n", &self.namespace, "create", "secret", "generic", &name, &ca, &cert, &key, "--dry-run=client", "-o", "yaml"];
-            let (ok, out) = g.api.apply_stdin(&g.api.kubectl_ok(&args));
-            assert!(ok, "apply {name} to {}: {out}", g.name);
+            let (ok, out) = g.api.apply_stdin(&secret);
+            assert!(ok, "apply {}-etcd-tls to {}: {out}", of.name, g.name);
         }
     }
 
@@ -317,4 +314,17 @@ impl Pair {
             logs.join("\n")
         );
     }
+}
+
+/// A Secret of `data` (file name, contents) as YAML.
+fn secret_yaml(namespace: &str, name: &str, data: &[(&str, &[u8])]) -> String {
+    use base64::Engine;
+    let data: String = data.iter().map(|(k, v)| format!("  {k}: {}\n", base64::engine::general_purpose::STANDARD.encode(v))).collect();
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: Opaque\ndata:\n{data}")
+}
+
+/// `of`'s etcd TLS Secret (`<name>-etcd-tls`) from the PEM files.
+fn etcd_tls_yaml(namespace: &str, of: &Global, ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> String {
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    secret_yaml(namespace, &format!("{}-etcd-tls", of.name), &[("ca.crt", &read(ca)), ("tls.crt", &read(cert)), ("tls.key", &read(key))])
 }

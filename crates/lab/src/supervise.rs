@@ -292,7 +292,7 @@ fn wait_gate(gate: Gate, shared: &Shared, state: &LabState, c: &ClusterState) {
     let ready = || match gate {
         Gate::Nothing => true,
         Gate::EtcdHealthy => c.etcd.quorum(),
-        Gate::ApiserverReady => c.api.ready(&state.bins.kube),
+        Gate::ApiserverReady => c.api.ready(),
         Gate::ArgoConfigured => argo::configured(state, c),
         Gate::ArgoSyncedMain => argo_synced_main(state, c),
     };

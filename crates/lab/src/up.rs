@@ -126,7 +126,7 @@ async fn start(dir: &Path, o: &Out, started: &mut Vec<Pid>) -> Result<LabState, 
     }
     state.save()?;
     for c in &state.clusters {
-        wait_apiserver(&state, c).await?;
+        wait_apiserver(c).await?;
     }
     o.ok(&format!("kube-apiservers up: {}", state.clusters.iter().map(|c| c.api.url.as_str()).collect::<Vec<_>>().join(", ")));
 
@@ -165,13 +165,13 @@ pub(crate) fn start_supervisor(lab: &Path, state: &LabState, c: &ClusterState) -
     Ok(Pid::of(&child, &program_name(lab)))
 }
 
-async fn wait_apiserver(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
+async fn wait_apiserver(c: &ClusterState) -> Result<(), LabError> {
     let start = Instant::now();
     while start.elapsed() < GLOBAL_TIMEOUT {
         if !c.is_up() {
             return Err(LabError::Failed(format!("{}'s supervisor exited:\n{}", c.name, procs::tail(&c.supervisor_log))));
         }
-        if c.api.ready(&state.bins.kube) {
+        if c.api.ready() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -258,7 +258,7 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
         }
     }
     for crd in ["drtopologies.drctl.io", "applications.argoproj.io", "appprojects.argoproj.io"] {
-        c.api.wait_crd_established(&state.bins.kube, crd)?;
+        c.api.wait_crd_established(crd)?;
     }
     procs::kubectl_apply(c.kubectl(state), &platform::argocd_config(&state.bins, ARGOCD_NAMESPACE)?)?;
     let mut cmd = c.kubectl(state);
@@ -271,7 +271,7 @@ fn prepare_global(state: &LabState, c: &ClusterState, peer: &ClusterState, layou
 fn seed(state: &LabState, c: &ClusterState) -> Result<(), LabError> {
     procs::kubectl_apply(c.kubectl(state), WORKLOADS)?;
     procs::kubectl_apply(c.kubectl(state), platform::WIDGET_CRD)?;
-    c.api.wait_crd_established(&state.bins.kube, "widgets.example.com")?;
+    c.api.wait_crd_established("widgets.example.com")?;
     procs::kubectl_apply(c.kubectl(state), WIDGETS)?;
     Ok(())
 }
@@ -498,7 +498,7 @@ pub async fn recover(dir: &Path, o: &Out) -> Result<(), LabError> {
     let (main, _) = repo::read_main(&git, &state.file)?;
     for &i in &down {
         let c = &state.clusters[i];
-        wait_apiserver(&state, c).await?;
+        wait_apiserver(c).await?;
         o.ok(&format!("{}'s etcd and kube-apiserver are back on their data at {}", c.name, c.api.url));
         let at = wait_argo_synced(&state, c, &main.to_string(), GLOBAL_TIMEOUT).await?;
         o.ok(&format!("{}'s Argo CD synced main ({}) at {at}; its controller starts now", c.name, &main.to_string()[..12]));
