@@ -11,8 +11,9 @@
 //! **At promotion** StopSync raises the new primary past the old primary's last known revision
 //! by a margin (the little the mirror had not closed yet), then compacts at its head: every
 //! resourceVersion of the old numbering is at or below the compaction, refused (410 Gone) by
-//! etcd, and the client relists. Only what the floor could not reach in time is left: a revision above the
-//! compaction is refused only as "too large", and only until this etcd's own revision passes it.
+//! etcd, and the client relists. Only what the floor could not reach in time is left: a
+//! revision above the compaction is refused only as "too large", and only until this etcd's own
+//! revision passes it.
 
 use std::fmt;
 
