@@ -25,6 +25,9 @@ use crate::decide::revisions;
 use crate::etcd::{self, Conn, Endpoint, EtcdError, Side, TxnRefusal};
 use crate::keyspace::{Filter, REGISTRY_PREFIX};
 
+mod floor;
+use floor::Floor;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MirrorError {
     #[error(transparent)]
@@ -104,10 +107,13 @@ pub struct Tuning {
     /// passes repeat every `anti_entropy_retry` until one finds nothing to repair.
     pub anti_entropy_after: Option<Duration>,
     pub anti_entropy_retry: Duration,
-    /// Most revisions the destination is raised by before one batch or in one quiet spell, to
-    /// keep it at or above the source's numbering (`decide::revisions`): catching up a standby
-    /// far below its primary is spread over many, so no batch waits long.
+    /// Most revisions a batch waits for the destination to be raised by, to keep it at or above
+    /// the source's numbering (`decide::revisions`, raised beside the batches: `mirror::floor`).
+    /// A standby further below its primary catches up without the batches waiting.
     pub floor_step: u64,
+    /// How far past the source's last revision the destination is raised while following, so a
+    /// batch under a steady write rate finds its room made already.
+    pub floor_lead: u64,
 }
 
 impl Default for Tuning {
@@ -124,7 +130,8 @@ impl Default for Tuning {
             // dependents that arrived before their owners.
             anti_entropy_after: Some(Duration::ZERO),
             anti_entropy_retry: Duration::from_secs(2),
-            floor_step: 1_000,
+            floor_step: 250,
+            floor_lead: 1_000,
         }
     }
 }
@@ -836,14 +843,15 @@ impl Mirror {
             p.last_error = None;
         });
         let (mut applied, mut persisted, mut last_persist) = (from, from, Instant::now());
-        let (_, mut dest_head) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
+        let (_, dest_head) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
+        // A single pass (`--once`) makes no room past what it applies.
+        let mut floor = Floor::start(dst.kv.clone(), dest_head, if target.is_some() { 0 } else { t.floor_lead });
         let (mut asked_progress, mut passes) = (false, 0);
         loop {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
                 // Quiet, and nothing missed: on to the checkpoint and anti-entropy below.
                 Err(_) if asked_progress => {
-                    self.quiet_source(src, applied).await?;
-                    dest_head = self.keep_floor(dst, dest_head, applied + 1).await?;
+                    self.quiet_source(src, &floor, applied).await?;
                     None
                 }
                 Err(_) => {
@@ -858,7 +866,7 @@ impl Mirror {
                     // leader) says it is current while it misses every write: only a
                     // linearizable read, which needs the quorum, proves nothing was missed.
                     if asked_progress && resp.events().is_empty() && !resp.canceled() && resp.compact_revision() == 0 {
-                        self.quiet_source(src, applied).await?;
+                        self.quiet_source(src, &floor, applied).await?;
                     }
                     Some(resp)
                 }
@@ -883,17 +891,26 @@ impl Mirror {
                 }
             }
             let source_revision = batch.source_revision;
+            floor.reach(source_revision.max(batch.revision));
             if batch.revision > applied {
                 let revision = batch.revision;
                 if batch.witness.is_some() {
                     witness = batch.witness.clone();
                 }
                 if !batch.ops.is_empty() {
-                    dest_head = self.keep_floor(dst, dest_head, revision).await?;
+                    // Each write lands at or above its own revision: wait for the raise to make
+                    // room if little is missing. Further behind (a standby catching up), a wait
+                    // would delay the batch without flooring it: it goes in now, the raise goes
+                    // on, and `revision_gap` says how far below its numbering it landed.
+                    if floor.gap(revision) <= t.floor_step {
+                        floor.wait(revision - 1).await?;
+                    }
+                    let gap = floor.gap(revision);
                     let done = Checkpoint::at(cluster_id, persisted);
                     let (puts, dels, head) = self.apply_batch(dst, done, Checkpoint::at(cluster_id, revision).witnessed(witness.clone()), batch).await?;
-                    dest_head = dest_head.max(head);
+                    floor.saw(head);
                     self.update(|p| {
+                        p.revision_gap = gap;
                         p.put_keys += puts;
                         p.deleted_keys += dels;
                     });
@@ -912,7 +929,8 @@ impl Mirror {
             let done = target.is_some_and(|t| applied >= t);
             if applied > persisted && (done || last_persist.elapsed() >= t.checkpoint_every || anti_entropy.is_some()) {
                 let head = apply(dst.kv.clone(), Vec::new(), Some(Checkpoint::at(cluster_id, applied).witnessed(witness.clone()))).await?;
-                (persisted, last_persist, dest_head) = (applied, Instant::now(), dest_head.max(head));
+                floor.saw(head);
+                (persisted, last_persist) = (applied, Instant::now());
             }
             if done {
                 return Ok(());
@@ -940,8 +958,9 @@ impl Mirror {
     /// (`progressIfSync`), so on a quiet source (nothing after `applied`, where the watch starts)
     /// silence is the answer; etcd 3.5 answers from the member's state, however stale. A
     /// linearizable read of the head tells a quiet source apart from a stream that stopped
-    /// delivering and from a member that no longer reaches its quorum (the read times out).
-    async fn quiet_source(&self, src: &Conn, applied: i64) -> Result<(), MirrorError> {
+    /// delivering and from a member that no longer reaches its quorum (the read times out). A
+    /// quiet source is a chance to close what is left of the floor's gap.
+    async fn quiet_source(&self, src: &Conn, floor: &Floor, applied: i64) -> Result<(), MirrorError> {
         let t = &self.cfg.tuning;
         let (_, head) = tokio::time::timeout(t.progress_timeout, etcd::head(&mut src.kv.clone()))
             .await
@@ -951,28 +970,15 @@ impl Mirror {
             std::cmp::Ordering::Greater => Err(MirrorError::DeadWatch(t.progress_timeout)),
             std::cmp::Ordering::Less => Err(MirrorError::Rewound),
             std::cmp::Ordering::Equal => {
+                floor.reach(applied + 1);
                 self.update(|p| {
                     p.source_revision = head;
                     p.caught_up_at = Some(SystemTime::now());
+                    p.revision_gap = floor.gap(applied + 1);
                 });
                 Ok(())
             }
         }
-    }
-
-    /// Keeps the floor of `decide::revisions`: raises the destination, at `dest_head`, for the
-    /// source's writes up to `source_revision` to land no lower than their own revisions, by at
-    /// most `floor_step` (the rest waits for the next batch or quiet spell). Returns its head.
-    async fn keep_floor(&self, dst: &Conn, dest_head: i64, source_revision: i64) -> Result<i64, MirrorError> {
-        let t = &self.cfg.tuning;
-        let gap = revisions::floor_gap(dest_head, source_revision);
-        let step = gap.min(t.floor_step);
-        let head = match step {
-            0 => dest_head,
-            _ => etcd::raise_revision(&dst.kv, dest_head, step, t.in_flight * 4).await.map_err(on(Side::Destination))?,
-        };
-        self.update(|p| p.revision_gap = gap - step);
-        Ok(head)
     }
 
     /// Writes one deduplicated batch, taking the destination from `done` (its checkpoint) to
