@@ -846,7 +846,7 @@ impl Mirror {
         let (_, dest_head) = etcd::head(&mut dst.kv.clone()).await.map_err(on(Side::Destination))?;
         // A single pass (`--once`) makes no room past what it applies.
         let mut floor = Floor::start(dst.kv.clone(), dest_head, if target.is_some() { 0 } else { t.floor_lead });
-        let (mut asked_progress, mut passes) = (false, 0);
+        let (mut asked_progress, mut passes, mut below_floor) = (false, 0, false);
         loop {
             let first = match tokio::time::timeout(t.progress_timeout, stream.message()).await {
                 // Quiet, and nothing missed: on to the checkpoint and anti-entropy below.
@@ -891,6 +891,7 @@ impl Mirror {
                 }
             }
             let source_revision = batch.source_revision;
+            floor.failed()?;
             floor.reach(source_revision.max(batch.revision));
             if batch.revision > applied {
                 let revision = batch.revision;
@@ -906,11 +907,14 @@ impl Mirror {
                         floor.wait(revision - 1).await?;
                     }
                     let gap = floor.gap(revision);
+                    if gap > 0 && !below_floor {
+                        tracing::warn!(gap, revision, "writes land below the source's numbering while the destination is raised to it (once a session)");
+                        below_floor = true;
+                    }
                     let done = Checkpoint::at(cluster_id, persisted);
                     let (puts, dels, head) = self.apply_batch(dst, done, Checkpoint::at(cluster_id, revision).witnessed(witness.clone()), batch).await?;
                     floor.saw(head);
                     self.update(|p| {
-                        p.revision_gap = gap;
                         p.put_keys += puts;
                         p.deleted_keys += dels;
                     });
@@ -921,6 +925,7 @@ impl Mirror {
             self.update(|p| {
                 p.applied_revision = applied;
                 p.source_revision = p.source_revision.max(source_revision);
+                p.revision_gap = floor.gap(applied + 1);
                 if applied >= p.source_revision {
                     p.caught_up_at = Some(SystemTime::now());
                 }
@@ -933,6 +938,8 @@ impl Mirror {
                 (persisted, last_persist) = (applied, Instant::now());
             }
             if done {
+                let gap = floor.finish(applied + 1).await?;
+                self.update(|p| p.revision_gap = gap);
                 return Ok(());
             }
             if caught_up && anti_entropy.is_some_and(|at| Instant::now() >= at) && persisted == applied {
@@ -974,7 +981,6 @@ impl Mirror {
                 self.update(|p| {
                     p.source_revision = head;
                     p.caught_up_at = Some(SystemTime::now());
-                    p.revision_gap = floor.gap(applied + 1);
                 });
                 Ok(())
             }

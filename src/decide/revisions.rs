@@ -2,9 +2,12 @@
 //! numbering gets from this one, and the rule that makes it harmless.
 //!
 //! **The floor.** A standby's mirror keeps its etcd's revision at or above the source revision it
-//! applies: before a batch of source writes up to revision `r` goes in, the destination's head is
-//! raised to `r - 1` (puts of one key outside `/registry/`, see [`crate::etcd::raise_revision`]),
-//! so each write lands here at a revision no lower than it had on the source. A client that
+//! applies: when a batch of source writes up to revision `r` goes in, the destination's head is
+//! at `r - 1` or above (raised beside the batches by puts of one key outside `/registry/`, see
+//! `mirror::floor` and [`crate::etcd::raise_revision`]), so each write lands here at a revision
+//! no lower than it had on the source. A batch further below than the raise has reached (a
+//! standby catching up, a burst the raise falls behind) goes in as it is, reported as the gap,
+//! rather than wait. A client that
 //! watched the old primary up to `r` and resumes here from `r` is then shown writes again, never
 //! skipped past one: every write it had not seen sits above `r` here too.
 //!

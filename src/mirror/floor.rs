@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use etcd_client::KvClient;
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -16,14 +17,16 @@ use crate::decide::revisions;
 use crate::etcd;
 
 /// The raise's writes in flight: on an idle 1-member etcd 3.6 here, ~8,300 revisions/s at 32,
-/// ~9,300 at 64, ~11,800 at 128; 64 leaves the batches' txns a short queue.
+/// ~9,300 at 64, ~11,800 at 128 (at 1M keys under 64 writers, lag p99 265 ms at 64 and 117 ms
+/// at 128 with a smaller `floor_step`, BENCHMARKS.md).
 const IN_FLIGHT: usize = 128;
 /// Revisions raised between two looks at the target and two reports of the head.
 const CHUNK: u64 = 512;
 
 pub(super) struct Floor {
-    /// The source revision whose writes must land at or above their own revisions.
-    target: watch::Sender<i64>,
+    /// The source revision whose writes must land at or above their own revisions; None once
+    /// the raise was told to end there.
+    target: Option<watch::Sender<i64>>,
     /// The destination's head as far as known: the raise's writes and the batches'.
     head: Arc<watch::Sender<i64>>,
     /// None once its outcome was taken.
@@ -36,7 +39,7 @@ impl Floor {
         let (target, targets) = watch::channel(0);
         let head = Arc::new(watch::channel(head).0);
         let task = tokio::spawn(raise(kv, targets, head.clone(), lead));
-        Floor { target, head, task: Some(task) }
+        Floor { target: Some(target), head, task: Some(task) }
     }
 
     pub(super) fn head(&self) -> i64 {
@@ -50,7 +53,31 @@ impl Floor {
 
     /// The source reached `revision`: make room for its writes up to it.
     pub(super) fn reach(&self, revision: i64) {
-        self.target.send_if_modified(|t| raise_to(t, revision));
+        if let Some(target) = &self.target {
+            target.send_if_modified(|t| raise_to(t, revision));
+        }
+    }
+
+    /// Ends the raise and says what is left of the gap for the source's writes up to
+    /// `revision`: it raises the rest of the way if that is within
+    /// [`revisions::PROMOTION_MAX_RAISE`] (a single pass ends at the source's numbering, as a
+    /// promotion would), else it stops where it is. None of its writes is in flight after.
+    pub(super) async fn finish(mut self, revision: i64) -> Result<u64, MirrorError> {
+        if self.gap(revision) <= revisions::PROMOTION_MAX_RAISE {
+            self.reach(revision);
+            // Its sender gone, the raise ends once it has reached the last target.
+            self.target = None;
+        } else if let Some(task) = &self.task {
+            task.abort();
+        }
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(Ok(())) => Ok(self.gap(revision)),
+                Err(e) if e.is_cancelled() => Ok(self.gap(revision)),
+                ended => Err(failure(ended)),
+            },
+            None => Err(failure(Ok(Ok(())))),
+        }
     }
 
     /// Revisions still to skip for the source's writes up to `revision`.
@@ -58,27 +85,39 @@ impl Floor {
         revisions::floor_gap(self.head(), revision)
     }
 
+    /// The raise's failure, if it failed: the session ends with it (and another one starts
+    /// over), as it would have had the raise failed in its own way, not only when a batch waits.
+    pub(super) fn failed(&mut self) -> Result<(), MirrorError> {
+        match self.task.take_if(|t| t.is_finished()).and_then(FutureExt::now_or_never) {
+            Some(ended) => Err(failure(ended)),
+            None if self.task.is_none() => Err(failure(Ok(Ok(())))),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until the destination's head is at least `head`, or the raise failed.
     pub(super) async fn wait(&mut self, head: i64) -> Result<(), MirrorError> {
         let mut heads = self.head.subscribe();
         while *heads.borrow_and_update() < head {
-            let Some(task) = self.task.as_mut() else {
-                return Err(MirrorError::Task("the revision floor's raise ended".into()));
-            };
+            let Some(task) = self.task.as_mut() else { return Err(failure(Ok(Ok(())))) };
             tokio::select! {
                 // The sender lives in `self`: a change, never a close.
                 _ = heads.changed() => {}
                 ended = task => {
                     self.task = None;
-                    return Err(match ended {
-                        Ok(Err(e)) => on(Side::Destination)(e),
-                        Ok(Ok(())) => MirrorError::Task("the revision floor's raise ended".into()),
-                        Err(e) => MirrorError::Task(format!("the revision floor's raise: {e}")),
-                    });
+                    return Err(failure(ended));
                 }
             }
         }
         Ok(())
+    }
+}
+
+fn failure(ended: Result<Result<(), etcd_client::Error>, tokio::task::JoinError>) -> MirrorError {
+    match ended {
+        Ok(Err(e)) => on(Side::Destination)(e),
+        Ok(Ok(())) => MirrorError::Task("the revision floor's raise ended".into()),
+        Err(e) => MirrorError::Task(format!("the revision floor's raise: {e}")),
     }
 }
 
