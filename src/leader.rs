@@ -1,8 +1,9 @@
 //! Leader election on a coordination.k8s.io Lease, so two controller replicas never both act.
 //!
-//! The holder renews every third of the lease duration; a holder that cannot renew before its
-//! lease runs out stops acting (the process exits and its Deployment restarts it), the same
-//! trade-off client-go's leaderelection makes.
+//! The holder renews every sixth of the lease duration, retrying as often while a renewal fails;
+//! a holder that cannot renew within two thirds of it stops acting (the process exits and its
+//! Deployment restarts it), before a rival may take the lease. client-go's leaderelection makes
+//! the same trade-off (15 s lease, 10 s renew deadline, 2 s retry).
 
 use std::time::Duration;
 
@@ -29,11 +30,21 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
+    /// The lease as we last wrote it: a renewal replaces it in one request (its resourceVersion
+    /// makes a rival's write in between a conflict), instead of a read and then a write.
+    held: std::sync::Mutex<Option<Lease>>,
 }
 
 impl LeaderElector {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
-        Self { api: Api::namespaced(client, namespace), namespace: namespace.into(), name: name.into(), identity: identity.into(), duration }
+        Self {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+            held: Default::default(),
+        }
     }
 
     fn err(&self, source: kube::Error) -> LeaderError {
@@ -58,7 +69,7 @@ impl LeaderElector {
                     }),
                 };
                 match self.api.create(&PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
+                    Ok(written) => Ok(self.hold(written)),
                     // Someone else created it first.
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(self.err(e)),
@@ -87,11 +98,32 @@ impl LeaderElector {
                 lease.spec = Some(new);
                 // replace() carries resourceVersion: a concurrent writer makes this 409, not a split.
                 match self.api.replace(&self.name, &PostParams::default(), &lease).await {
-                    Ok(_) => Ok(true),
+                    Ok(written) => Ok(self.hold(written)),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(self.err(e)),
                 }
             }
+        }
+    }
+
+    fn hold(&self, lease: Lease) -> bool {
+        *self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease);
+        true
+    }
+
+    /// One renewal: the held lease written back with a new renew time; on a conflict (or with
+    /// none held) the full read-then-write of [`Self::try_acquire`], which tells a rival's
+    /// takeover from a write of ours that the held copy missed.
+    async fn renew(&self) -> Result<bool, LeaderError> {
+        let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let Some(mut lease) = held else { return self.try_acquire().await };
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+        }
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(written) => Ok(self.hold(written)),
+            Err(kube::Error::Api(e)) if e.code == 409 => self.try_acquire().await,
+            Err(e) => Err(self.err(e)),
         }
     }
 
@@ -113,10 +145,12 @@ impl LeaderElector {
         // Stop before a rival may take the lease over (it waits the full duration).
         let give_up = self.duration * 2 / 3;
         loop {
-            tokio::time::sleep(self.duration / 3).await;
+            // Often enough that one slow answer (an apiserver under load) leaves time for more
+            // attempts: a renewal may take up to half the duration.
+            tokio::time::sleep(self.duration / 6).await;
             // A renewal that hangs (a half-open connection) must not keep us leading.
             let left = give_up.saturating_sub(last_ok.elapsed());
-            let attempt = match tokio::time::timeout(left, self.try_acquire()).await {
+            let attempt = match tokio::time::timeout(left, self.renew()).await {
                 Ok(r) => r,
                 Err(_) => return LeaderError::Expired(self.name.clone()),
             };

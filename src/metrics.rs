@@ -34,6 +34,7 @@ pub struct Metrics {
     last_passing_drill_timestamp: Gauge<f64, AtomicU64>,
     pub applied_revision: Gauge,
     revision_gap: Gauge,
+    pub writes_below_floor: Counter,
     pub missed_keys: Gauge,
     pub surplus_keys: Gauge,
     pub diverged_keys: Gauge,
@@ -68,6 +69,7 @@ impl Metrics {
             last_passing_drill_timestamp: Gauge::default(),
             applied_revision: Gauge::default(),
             revision_gap: Gauge::default(),
+            writes_below_floor: Counter::default(),
             missed_keys: Gauge::default(),
             surplus_keys: Gauge::default(),
             diverged_keys: Gauge::default(),
@@ -123,6 +125,11 @@ impl Metrics {
             "drctl_sync_revision_gap",
             "Revisions this standby's etcd still lies below the primary's numbering; 0 once the mirror's revision floor holds",
             m.revision_gap.clone(),
+        );
+        r.register(
+            "drctl_sync_writes_below_floor",
+            "Writes the mirror applied below their own primary revision (a standby catching up, or a burst the revision floor's raise fell behind); the gap closes later, these stay",
+            m.writes_below_floor.clone(),
         );
         r.register("drctl_check_missed_keys", "Keys on the primary missing here at the last check", m.missed_keys.clone());
         r.register("drctl_check_surplus_keys", "Keys only here at the last check", m.surplus_keys.clone());

@@ -195,6 +195,11 @@ pub struct Progress {
     /// Revisions the destination still lies below the source revision it applied (0 once the
     /// floor of `decide::revisions` holds).
     pub revision_gap: u64,
+    /// Writes applied below their own source revision since start (a standby catching up, or a
+    /// burst the floor's raise fell behind): `revision_gap` closes again once the raise catches
+    /// up, this stays. A client resuming a watch from a resourceVersion in such a window on the
+    /// promoted standby could miss them.
+    pub writes_below_floor: u64,
 }
 
 /// Archives kept in [`Progress::archives`].
@@ -917,6 +922,9 @@ impl Mirror {
                     self.update(|p| {
                         p.put_keys += puts;
                         p.deleted_keys += dels;
+                        if gap > 0 {
+                            p.writes_below_floor += puts + dels;
+                        }
                     });
                     (persisted, last_persist) = (revision, Instant::now());
                 }

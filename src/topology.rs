@@ -1093,7 +1093,7 @@ pub struct RpoToken {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_revision: Option<i64>,
     pub applied_revision: i64,
-    /// Keys of the old primary missing here at FinalSync's last check: lost when the failover
+    /// Keys of the old primary missing here at FinalSync's last finished check: lost when the failover
     /// went on with them (`maxMissedKeys`, `finalSyncPolicy: proceed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed_keys: Option<u64>,

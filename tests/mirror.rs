@@ -226,8 +226,13 @@ async fn a_standby_far_below_the_sources_numbering_is_raised_beside_the_writes()
     // The source's own churn outside what is replicated (leases, events): 5,000 revisions, far
     // more than a batch waits for (`Tuning::floor_step`).
     etcd::raise_revision(&s.kv_client(), 0, 5_000, 32).await.expect("churn");
-    s.put("/registry/configmaps/team-a/early", "1", None).await.expect("put");
+    let at = s.put("/registry/configmaps/team-a/early", "1", None).await.expect("put").header().expect("header").revision();
     caught_up(&mut rx, &mut s).await;
+    // Whether it waited depends on how far the raise had got when it arrived; the count of
+    // writes below the floor says which, and lasts after the gap closes.
+    let landed = d.get("/registry/configmaps/team-a/early", None).await.expect("get").kvs().first().map(|kv| kv.mod_revision()).expect("replicated");
+    let below = rx.borrow().writes_below_floor;
+    assert_eq!(below, u64::from(landed < at), "early: written at source revision {at}, landed at {landed}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while head(&mut d).await < head(&mut s).await - 1 {
         assert!(Instant::now() < deadline, "the destination was not raised to the source's numbering: {} < {}", head(&mut d).await, head(&mut s).await);
@@ -248,6 +253,7 @@ async fn a_standby_far_below_the_sources_numbering_is_raised_beside_the_writes()
         assert!(Instant::now() < deadline, "the reported gap did not close: {:?}", rx.borrow().clone());
         let _ = tokio::time::timeout(Duration::from_millis(200), rx.changed()).await;
     }
+    assert_eq!(rx.borrow().writes_below_floor, below, "the later writes all waited for the raise");
     stop_mirror(stop, task).await;
     assert_same(&mut s, &mut d).await;
 }

@@ -82,6 +82,8 @@ pub struct SyncManager {
     reported_at: std::sync::Mutex<Option<Instant>>,
     /// Source rewinds of the running mirror already noted ([`Progress::rewinds`]).
     rewinds_seen: std::sync::Mutex<u64>,
+    /// The running mirror's [`Progress::writes_below_floor`] already counted in the metric.
+    below_floor_seen: std::sync::Mutex<u64>,
     /// The last rewind, until a check of the new history has passed.
     rewound: std::sync::Mutex<Option<(i64, i64)>>,
     /// The error of the checks that failed since the last one that passed.
@@ -157,7 +159,10 @@ pub fn secret_error_kind(e: &SecretError) -> ErrorKind {
 impl SyncManager {
     pub async fn stop(&self) {
         self.cancel_periodic().await;
-        if let Some(r) = self.running.lock().await.take() {
+        // Taken out first: the guard in an `if let` would be held across the task's end, and
+        // every status read of the mirror's progress would wait for it.
+        let running = self.running.lock().await.take();
+        if let Some(r) = running {
             r.shutdown.cancel();
             let _ = r.task.await;
             info!(source = %crate::urls::redact_all(&r.key.source), "mirror stopped");
@@ -172,6 +177,7 @@ impl SyncManager {
         // older copy): the new one is healthy only once a check of it has finished.
         *self.last_check.lock().await = None;
         set(&self.rewinds_seen, 0);
+        set(&self.below_floor_seen, 0);
         set(&self.check_error, None);
         self.checkpoint_forgotten.store(false, std::sync::atomic::Ordering::SeqCst);
         let mirror = Arc::new(Mirror::new(MirrorConfig { source: source.clone(), dest: dest.clone(), filter: filter.clone(), tuning: Tuning::default() }));
@@ -314,6 +320,15 @@ impl SyncManager {
         *self.last_check.lock().await = None;
         set(&self.rewound, p.rewound);
         p.rewound
+    }
+
+    /// The running mirror's writes below the revision floor not counted yet (the counter lives
+    /// across mirrors; each mirror's own count starts at 0).
+    pub(super) fn new_writes_below_floor(&self, p: &Progress) -> u64 {
+        let Ok(mut seen) = self.below_floor_seen.lock() else { return 0 };
+        let new = p.writes_below_floor.saturating_sub(*seen);
+        *seen = (*seen).max(p.writes_below_floor);
+        new
     }
 
     /// The last source rewind while no check of the new history has passed.

@@ -539,12 +539,14 @@ impl Runbook<'_> {
         )))
     }
 
-    /// What the RPO token says when FinalSync's check did not run and the bound's policy goes on
-    /// without it: `applied`, missed keys unknown.
+    /// What the RPO token says when this look's check did not finish and the bound's policy may
+    /// go on without it: `applied`, and the missed keys of an earlier look's check if one
+    /// finished. That check ran after catching up to the old primary's final revision, the
+    /// revision the RPO is about, so its count still stands; unknown only if none finished (a
+    /// look cut short by what is left of the bound used to erase it: "no check finished").
     fn unchecked_token(&mut self, applied: i64) -> Result<(), StepError> {
         if let Some(t) = self.failover()?.rpo_token.as_mut() {
             t.applied_revision = applied;
-            t.missed_keys = None;
         }
         Ok(())
     }
