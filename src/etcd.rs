@@ -304,25 +304,27 @@ pub fn is_transient(e: &etcd_client::Error) -> bool {
     }
 }
 
-/// How long a read may take, its retries included. A member cut off from its quorum answers a
-/// linearizable read only when etcd's own request timeout ends (7 s at its default election
-/// timeout; "request timed out", which is UNAVAILABLE like an election): retried on the same
-/// member six times, a mirror's anti-entropy pass waited over 40 s on it and stopped following
-/// meanwhile. An election takes 1–3 s; a page of a check or a copy well under a second.
-const READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a read is retried for. A member cut off from its quorum answers a linearizable read
+/// only when etcd's own request timeout ends (7 s at its default election timeout; "request
+/// timed out", which is UNAVAILABLE like an election): asked six more times, as the retries
+/// allowed, a mirror's anti-entropy pass waited over 40 s on it and stopped following meanwhile.
+/// An election takes 1–3 s. A try under way is never cut short: a large page from a distant
+/// primary may take long.
+const RETRY_WITHIN: Duration = Duration::from_secs(10);
 
-/// A read retried while [`is_transient`]: etcd's own client retries reads across an election
-/// and a member going down; a copy, a check or a FinalSync must not fail on one. Past
-/// [`READ_TIMEOUT`] it fails: the caller's next connection probes the members and leaves out
-/// one that cannot reach its quorum.
+/// A read retried while [`is_transient`], for [`RETRY_WITHIN`]: etcd's own client retries reads
+/// across an election and a member going down; a copy, a check or a FinalSync must not fail on
+/// one. Past it the error is returned as it is (still transient): the caller's next connection
+/// probes the members and leaves out one that cannot reach its quorum.
 async fn read<T, F: std::future::Future<Output = Result<T, etcd_client::Error>>>(mut attempt: impl FnMut() -> F) -> Result<T, etcd_client::Error> {
     use backon::Retryable;
     let waits = backon::ExponentialBuilder::default().with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(2)).with_max_times(6);
-    let retried = (|| attempt()).retry(waits).when(is_transient).notify(|e, wait| tracing::debug!(error = %e, ?wait, "etcd read retried"));
-    tokio::time::timeout(READ_TIMEOUT, retried).await.unwrap_or_else(|_| {
-        let why = format!("no answer within {READ_TIMEOUT:?} (a member cut off from its quorum cannot serve a linearizable read)");
-        Err(etcd_client::Error::IoError(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
-    })
+    let started = tokio::time::Instant::now();
+    (|| attempt())
+        .retry(waits)
+        .when(|e| is_transient(e) && started.elapsed() < RETRY_WITHIN)
+        .notify(|e, wait| tracing::debug!(error = %e, ?wait, "etcd read retried"))
+        .await
 }
 
 /// Reads up to `limit` keys of `[start, end)`, at `revision` (0 = now).

@@ -1,8 +1,9 @@
 //! Leader election on a coordination.k8s.io Lease, so two controller replicas never both act.
 //!
 //! The holder renews every sixth of the lease duration, retrying as often while a renewal fails;
-//! a holder that cannot renew within two thirds of it stops acting (the process exits and its
-//! Deployment restarts it), before a rival may take the lease. client-go's leaderelection makes
+//! a holder that cannot renew within two thirds of it, counted from when its last successful
+//! renewal was sent, stops acting (the process exits and its Deployment restarts it), before a
+//! rival may take the lease. client-go's leaderelection makes
 //! the same trade-off (15 s lease, 10 s renew deadline, 2 s retry).
 
 use std::time::Duration;
@@ -123,7 +124,12 @@ impl LeaderElector {
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
             Ok(written) => Ok(self.hold(written)),
             Err(kube::Error::Api(e)) if e.code == 409 => self.try_acquire().await,
-            Err(e) => Err(self.err(e)),
+            Err(e) => {
+                // Kept for the next try: had this write gone through after all, the copy is
+                // stale and that try's conflict falls back to the read-then-write.
+                self.hold(lease);
+                Err(self.err(e))
+            }
         }
     }
 
@@ -141,31 +147,32 @@ impl LeaderElector {
 
     /// Renews until the lease is lost; resolves with the reason.
     pub async fn keep_renewing(&self) -> LeaderError {
+        // When the last renewal that succeeded was sent: its renew time is no earlier, so
+        // counting from here we stop before a rival may take the lease over (it waits the full
+        // duration past that renew time), however long the answer took.
         let mut last_ok = tokio::time::Instant::now();
-        // Stop before a rival may take the lease over (it waits the full duration).
         let give_up = self.duration * 2 / 3;
         loop {
             // Often enough that one slow answer (an apiserver under load) leaves time for more
             // attempts: a renewal may take up to half the duration.
-            tokio::time::sleep(self.duration / 6).await;
+            tokio::time::sleep((self.duration / 6).min(give_up.saturating_sub(last_ok.elapsed()))).await;
             // A renewal that hangs (a half-open connection) must not keep us leading.
             let left = give_up.saturating_sub(last_ok.elapsed());
+            if left.is_zero() {
+                return LeaderError::Expired(self.name.clone());
+            }
+            let sent = tokio::time::Instant::now();
             let attempt = match tokio::time::timeout(left, self.renew()).await {
                 Ok(r) => r,
                 Err(_) => return LeaderError::Expired(self.name.clone()),
             };
             match attempt {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(true) => last_ok = sent,
                 Ok(false) => {
                     let holder = self.api.get_opt(&self.name).await.ok().flatten().and_then(|l| l.spec.and_then(|s| s.holder_identity)).unwrap_or_default();
                     return LeaderError::Lost(self.name.clone(), holder);
                 }
-                Err(e) => {
-                    warn!(error = %e, "lease renewal failed");
-                    if last_ok.elapsed() >= give_up {
-                        return LeaderError::Expired(self.name.clone());
-                    }
-                }
+                Err(e) => warn!(error = %e, "lease renewal failed"),
             }
         }
     }

@@ -128,7 +128,7 @@ impl Metrics {
         );
         r.register(
             "drctl_sync_writes_below_floor",
-            "Writes the mirror applied below their own primary revision (a standby catching up, or a burst the revision floor's raise fell behind); the gap closes later, these stay",
+            "Writes the mirror applied while this etcd was known to lie below their primary revision (a standby catching up, or a burst the revision floor's raise fell behind): at least those that landed below it; the gap closes later, this count stays",
             m.writes_below_floor.clone(),
         );
         r.register("drctl_check_missed_keys", "Keys on the primary missing here at the last check", m.missed_keys.clone());

@@ -195,10 +195,12 @@ pub struct Progress {
     /// Revisions the destination still lies below the source revision it applied (0 once the
     /// floor of `decide::revisions` holds).
     pub revision_gap: u64,
-    /// Writes applied below their own source revision since start (a standby catching up, or a
-    /// burst the floor's raise fell behind): `revision_gap` closes again once the raise catches
-    /// up, this stays. A client resuming a watch from a resourceVersion in such a window on the
-    /// promoted standby could miss them.
+    /// Writes of the batches applied since start while the destination was known to lie below
+    /// the batch's revision (a standby catching up, or a burst the floor's raise fell behind):
+    /// `revision_gap` closes again once the raise catches up, this stays. A client resuming a
+    /// watch from a resourceVersion in such a window on the promoted standby could miss them.
+    /// At least every write that landed below its own revision; a batch is counted whole, and
+    /// the head the mirror knows can trail the destination's by a chunk of the raise.
     pub writes_below_floor: u64,
 }
 

@@ -320,6 +320,7 @@ async fn finish(ctx: &Context, topo: &DRTopology, w: &mut StatusWriter, after: D
     }
     ctx.metrics.observe_status(&w.status);
     ctx.metrics.observe_thresholds(&Thresholds::of(topo));
+    ctx.metrics.writes_below_floor.inc_by(ctx.sync.take_writes_below_floor());
     Ok(Requeue::requeue(after))
 }
 

@@ -72,6 +72,14 @@ pub struct FinishedCheck {
     pub result: CheckResult,
 }
 
+/// [`Progress::writes_below_floor`] of the running mirror already counted, and the count not yet
+/// exported.
+#[derive(Default)]
+struct BelowFloor {
+    seen: u64,
+    unexported: u64,
+}
+
 #[derive(Default)]
 pub struct SyncManager {
     running: Mutex<Option<Running>>,
@@ -82,8 +90,8 @@ pub struct SyncManager {
     reported_at: std::sync::Mutex<Option<Instant>>,
     /// Source rewinds of the running mirror already noted ([`Progress::rewinds`]).
     rewinds_seen: std::sync::Mutex<u64>,
-    /// The running mirror's [`Progress::writes_below_floor`] already counted in the metric.
-    below_floor_seen: std::sync::Mutex<u64>,
+    /// Writes below the revision floor, summed over this controller's mirrors.
+    below_floor: std::sync::Mutex<BelowFloor>,
     /// The last rewind, until a check of the new history has passed.
     rewound: std::sync::Mutex<Option<(i64, i64)>>,
     /// The error of the checks that failed since the last one that passed.
@@ -159,12 +167,12 @@ pub fn secret_error_kind(e: &SecretError) -> ErrorKind {
 impl SyncManager {
     pub async fn stop(&self) {
         self.cancel_periodic().await;
-        // Taken out first: the guard in an `if let` would be held across the task's end, and
-        // every status read of the mirror's progress would wait for it.
+        // Taken out first, so the lock is not held while the task ends.
         let running = self.running.lock().await.take();
         if let Some(r) = running {
             r.shutdown.cancel();
             let _ = r.task.await;
+            self.fold_below_floor(&r.progress.borrow());
             info!(source = %crate::urls::redact_all(&r.key.source), "mirror stopped");
         }
     }
@@ -177,7 +185,9 @@ impl SyncManager {
         // older copy): the new one is healthy only once a check of it has finished.
         *self.last_check.lock().await = None;
         set(&self.rewinds_seen, 0);
-        set(&self.below_floor_seen, 0);
+        if let Ok(mut b) = self.below_floor.lock() {
+            b.seen = 0;
+        }
         set(&self.check_error, None);
         self.checkpoint_forgotten.store(false, std::sync::atomic::Ordering::SeqCst);
         let mirror = Arc::new(Mirror::new(MirrorConfig { source: source.clone(), dest: dest.clone(), filter: filter.clone(), tuning: Tuning::default() }));
@@ -215,6 +225,7 @@ impl SyncManager {
     pub async fn progress(&self) -> Option<(Progress, f64)> {
         let guard = self.running.lock().await;
         let p = guard.as_ref()?.progress.borrow().clone();
+        self.fold_below_floor(&p);
         let lag = p.lag(std::time::SystemTime::now()).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         Some((p, lag))
     }
@@ -322,13 +333,18 @@ impl SyncManager {
         p.rewound
     }
 
-    /// The running mirror's writes below the revision floor not counted yet (the counter lives
-    /// across mirrors; each mirror's own count starts at 0).
-    pub(super) fn new_writes_below_floor(&self, p: &Progress) -> u64 {
-        let Ok(mut seen) = self.below_floor_seen.lock() else { return 0 };
-        let new = p.writes_below_floor.saturating_sub(*seen);
-        *seen = (*seen).max(p.writes_below_floor);
-        new
+    /// Writes below the revision floor counted since the last call (for the metric, a counter
+    /// across mirrors: a standby's, and the catch-up of FinalSync).
+    pub(super) fn take_writes_below_floor(&self) -> u64 {
+        self.below_floor.lock().map(|mut b| std::mem::take(&mut b.unexported)).unwrap_or(0)
+    }
+
+    fn fold_below_floor(&self, p: &Progress) {
+        if let Ok(mut b) = self.below_floor.lock() {
+            let new = p.writes_below_floor.saturating_sub(b.seen);
+            b.seen = b.seen.max(p.writes_below_floor);
+            b.unexported += new;
+        }
     }
 
     /// The last source rewind while no check of the new history has passed.

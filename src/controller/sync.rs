@@ -226,7 +226,6 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
         ctx.event(topo, EventType::Warning, "SourceRewound", "Sync", note).await;
     }
     announce_archives(ctx, topo, &mut w.status, &p.archives).await;
-    ctx.metrics.writes_below_floor.inc_by(ctx.sync.new_writes_below_floor(&p));
     if ctx.sync.report_due() || w.status.sync.is_none() {
         let sync = w.status.sync.get_or_insert_with(SyncStatus::default);
         sync.source_revision = Some(p.source_revision).filter(|r| *r > 0);

@@ -511,7 +511,11 @@ impl Runbook<'_> {
         let left = final_sync_left_now(&self.status.status, self.topo).unwrap_or(bound);
         let check = self.ctx.sync.check_now(self.topo.spec.sync.auto_repair, None);
         let (report, repaired) = match tokio::time::timeout(left, check).await {
-            Ok(checked) => checked.map_err(|e| StepError::Check(Box::new(e)))?,
+            Ok(Ok(checked)) => checked,
+            Ok(Err(e)) => {
+                self.unchecked_token(applied)?;
+                return Err(StepError::Check(Box::new(e)));
+            }
             Err(_) => {
                 self.unchecked_token(applied)?;
                 return Err(StepError::CheckTimeout { after: bound });
