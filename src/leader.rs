@@ -1,10 +1,8 @@
 //! Leader election on a coordination.k8s.io Lease, so two controller replicas never both act.
 //!
-//! The holder renews every sixth of the lease duration, retrying as often while a renewal fails;
-//! a holder that cannot renew within two thirds of it, counted from when its last successful
-//! renewal was sent, stops acting (the process exits and its Deployment restarts it), before a
-//! rival may take the lease. client-go's leaderelection makes
-//! the same trade-off (15 s lease, 10 s renew deadline, 2 s retry).
+//! The holder renews every third of the lease duration; a holder that cannot renew before its
+//! lease runs out stops acting (the process exits and its Deployment restarts it), the same
+//! trade-off client-go's leaderelection makes.
 
 use std::time::Duration;
 
@@ -31,21 +29,11 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
-    /// The lease as we last wrote it: a renewal replaces it in one request (its resourceVersion
-    /// makes a rival's write in between a conflict), instead of a read and then a write.
-    held: std::sync::Mutex<Option<Lease>>,
 }
 
 impl LeaderElector {
     pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
-        Self {
-            api: Api::namespaced(client, namespace),
-            namespace: namespace.into(),
-            name: name.into(),
-            identity: identity.into(),
-            duration,
-            held: Default::default(),
-        }
+        Self { api: Api::namespaced(client, namespace), namespace: namespace.into(), name: name.into(), identity: identity.into(), duration }
     }
 
     fn err(&self, source: kube::Error) -> LeaderError {
@@ -70,7 +58,7 @@ impl LeaderElector {
                     }),
                 };
                 match self.api.create(&PostParams::default(), &lease).await {
-                    Ok(written) => Ok(self.hold(written)),
+                    Ok(_) => Ok(true),
                     // Someone else created it first.
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(self.err(e)),
@@ -99,36 +87,10 @@ impl LeaderElector {
                 lease.spec = Some(new);
                 // replace() carries resourceVersion: a concurrent writer makes this 409, not a split.
                 match self.api.replace(&self.name, &PostParams::default(), &lease).await {
-                    Ok(written) => Ok(self.hold(written)),
+                    Ok(_) => Ok(true),
                     Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
                     Err(e) => Err(self.err(e)),
                 }
-            }
-        }
-    }
-
-    fn hold(&self, lease: Lease) -> bool {
-        *self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease);
-        true
-    }
-
-    /// One renewal: the held lease written back with a new renew time; on a conflict (or with
-    /// none held) the full read-then-write of [`Self::try_acquire`], which tells a rival's
-    /// takeover from a write of ours that the held copy missed.
-    async fn renew(&self) -> Result<bool, LeaderError> {
-        let held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let Some(mut lease) = held else { return self.try_acquire().await };
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-        }
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
-            Ok(written) => Ok(self.hold(written)),
-            Err(kube::Error::Api(e)) if e.code == 409 => self.try_acquire().await,
-            Err(e) => {
-                // Kept for the next try: had this write gone through after all, the copy is
-                // stale and that try's conflict falls back to the read-then-write.
-                self.hold(lease);
-                Err(self.err(e))
             }
         }
     }
@@ -147,32 +109,29 @@ impl LeaderElector {
 
     /// Renews until the lease is lost; resolves with the reason.
     pub async fn keep_renewing(&self) -> LeaderError {
-        // When the last renewal that succeeded was sent: its renew time is no earlier, so
-        // counting from here we stop before a rival may take the lease over (it waits the full
-        // duration past that renew time), however long the answer took.
         let mut last_ok = tokio::time::Instant::now();
+        // Stop before a rival may take the lease over (it waits the full duration).
         let give_up = self.duration * 2 / 3;
         loop {
-            // Often enough that one slow answer (an apiserver under load) leaves time for more
-            // attempts: a renewal may take up to half the duration.
-            tokio::time::sleep((self.duration / 6).min(give_up.saturating_sub(last_ok.elapsed()))).await;
+            tokio::time::sleep(self.duration / 3).await;
             // A renewal that hangs (a half-open connection) must not keep us leading.
             let left = give_up.saturating_sub(last_ok.elapsed());
-            if left.is_zero() {
-                return LeaderError::Expired(self.name.clone());
-            }
-            let sent = tokio::time::Instant::now();
-            let attempt = match tokio::time::timeout(left, self.renew()).await {
+            let attempt = match tokio::time::timeout(left, self.try_acquire()).await {
                 Ok(r) => r,
                 Err(_) => return LeaderError::Expired(self.name.clone()),
             };
             match attempt {
-                Ok(true) => last_ok = sent,
+                Ok(true) => last_ok = tokio::time::Instant::now(),
                 Ok(false) => {
                     let holder = self.api.get_opt(&self.name).await.ok().flatten().and_then(|l| l.spec.and_then(|s| s.holder_identity)).unwrap_or_default();
                     return LeaderError::Lost(self.name.clone(), holder);
                 }
-                Err(e) => warn!(error = %e, "lease renewal failed"),
+                Err(e) => {
+                    warn!(error = %e, "lease renewal failed");
+                    if last_ok.elapsed() >= give_up {
+                        return LeaderError::Expired(self.name.clone());
+                    }
+                }
             }
         }
     }
