@@ -97,7 +97,8 @@ umoci gc --layout "$work/oci"
 cdx_version=0.5.9
 cdx_root=$DRCTL_CACHE/tools/cargo-cyclonedx-$cdx_version
 if [ ! -x "$cdx_root/bin/cargo-cyclonedx" ]; then
-  env -u CARGO_TARGET_DIR cargo install --locked --quiet --root "$cdx_root" cargo-cyclonedx --version "$cdx_version" >&2
+  # A debug build: it reads cargo metadata once per image.
+  env -u CARGO_TARGET_DIR cargo install --debug --locked --quiet --root "$cdx_root" cargo-cyclonedx --version "$cdx_version" >&2
 fi
 target=$(rustc -vV | sed -n 's/^host: //p')
 sbom_name=.drctl-image-sbom-$$
