@@ -84,13 +84,23 @@ pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(args.listen, check_access, probes));
 
     // Two replicas never both act: only the Lease holder runs the controller.
-    let elector =
-        LeaderElector::new(client.clone(), &args.namespace, &format!("drctl-{}", args.cluster_name), &identity, Duration::from_secs(args.lease_seconds));
+    let elector = Arc::new(LeaderElector::new(
+        client.clone(),
+        &args.namespace,
+        &format!("drctl-{}", args.cluster_name),
+        &identity,
+        Duration::from_secs(args.lease_seconds),
+    ));
     info!(identity, cluster = %args.cluster_name, "waiting for leadership");
-    elector.acquire().await?;
+    let renewed = elector.acquire().await?;
     metrics.became_leader();
     info!(identity, "leading");
-    let lost = elector.keep_renewing();
+    // A task of its own: the reconciles run in this one, and a long poll there must not delay a
+    // renewal (or the give-up that ends the lead in time).
+    let mut lost = tokio::spawn({
+        let elector = elector.clone();
+        async move { elector.keep_renewing(renewed).await }
+    });
     tokio::spawn(crate::heartbeat::run(ctx.heartbeat.clone(), ActLock(ctx.clone())));
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
 
@@ -112,9 +122,15 @@ pub async fn run(mut args: ControllerArgs) -> anyhow::Result<()> {
     });
     tokio::select! {
         _ = controller => info!("controller stopped"),
-        e = lost => anyhow::bail!("lost leadership: {e}"),
+        e = &mut lost => match e {
+            Ok(e) => anyhow::bail!("lost leadership: {e}"),
+            Err(e) => anyhow::bail!("lost leadership: the lease's renewal task ended: {e}"),
+        },
         r = server => anyhow::bail!("http server stopped: {r:?}"),
     }
+    // No renewal after the release below.
+    lost.abort();
+    let _ = (&mut lost).await;
     ctx.sync.stop().await;
     elector.release().await;
     Ok(())
