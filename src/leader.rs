@@ -223,8 +223,8 @@ where
         // A renewal that hangs (a half-open connection) must not keep us leading.
         let failed = match tokio::time::timeout_at(deadline, renew()).await {
             Ok(Ok(Some(at))) => {
+                // Only a late one is logged: a line a second would bury a log's tail.
                 let took = started.elapsed();
-                debug!(took_ms = took.as_millis() as u64, "lease renewed");
                 if took > schedule.period {
                     warn!(took_ms = took.as_millis() as u64, lease = ?schedule.duration, "lease renewal answered late");
                 }
