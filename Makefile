@@ -9,7 +9,7 @@ DRCTL := $(CARGO_TARGET_DIR)/debug/drctl
 # clone's files are older (hack/claim-target.sh says why): every make run claims it first.
 _ := $(shell CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) bash hack/claim-target.sh)
 
-.PHONY: deps image-deps etcd kube argocd kwok gitea released nextest lab-platform platform build crds argocd-cm image fmt-check lint test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
+.PHONY: deps image-deps etcd kube argocd kwok gitea released nextest lab-platform platform build crds argocd-cm image fmt-check lint lint-tool test model-check demo demo-down bench bench-scale bench-leader etcd-matrix faults soak nemesis
 
 # Debian packages the build, the tests and the lab need: etcd, etcdctl, PowerDNS, BIND, redis,
 # protoc with its well-known types, OpenSSH, OpenSSL headers; containerd, runc, CNI plugins,
@@ -89,14 +89,17 @@ nextest:
 # workspace's crates without it.
 CLIPPY_BUILD = RUSTC_WORKSPACE_WRAPPER="$(CLIPPY_DRIVER)" CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 CLIPPY_DRIVER = $(shell command -v clippy-driver)
+# First, not after an hour of builds: rustup's clippy-driver proxy is there even without the
+# clippy component, and only answers with it.
+lint-tool:
+	@$(CLIPPY_DRIVER) -V >/dev/null || { echo "clippy-driver does not run: rustup component add clippy" >&2; exit 1; }
 
 # Every test of every package. One build of every target first: the lab's tests run `drctl lab`
 # (cargo builds another package's binaries only when asked), and one build with the tests'
 # dev-dependencies compiles each dependency with one set of features (`--bins` alone compiled
 # tokio, hyper, kube and the crates above them a second time). The released controller builds
 # after it, from the dependencies it compiled (hack/build-released.sh).
-test: deps platform image fmt-check nextest
-	@[ -n "$(CLIPPY_DRIVER)" ] || { echo "clippy-driver is not installed: rustup component add clippy" >&2; exit 1; }
+test: lint-tool deps platform image fmt-check nextest
 	$(CLIPPY_BUILD) cargo build --workspace --all-targets
 	$(MAKE) released
 	$(CLIPPY_BUILD) $(NEXTEST) run --workspace --no-fail-fast
