@@ -60,12 +60,14 @@ impl Schedule {
 }
 
 /// What one attempt found.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Attempt {
     /// We hold the lease; the renew time we wrote was taken at this instant.
     Held(Instant),
-    /// Another replica holds it, or the lease changed between our read and our write.
-    NotOurs,
+    /// The read found this other replica holding it, its renew time not yet expired.
+    HeldBy(String),
+    /// Our write lost to another (a 409): the lease changed between our read and our write.
+    Conflict,
 }
 
 pub struct LeaderElector {
@@ -110,7 +112,7 @@ impl LeaderElector {
                 match self.api.create(&PostParams::default(), &lease).await {
                     Ok(_) => Ok(Attempt::Held(at)),
                     // Someone else created it first.
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::NotOurs),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Conflict),
                     Err(e) => Err(self.err(e)),
                 }
             }
@@ -124,7 +126,7 @@ impl LeaderElector {
                 });
                 if !ours && !holder.is_empty() && !expired {
                     debug!(holder, "lease held by another replica");
-                    return Ok(Attempt::NotOurs);
+                    return Ok(Attempt::HeldBy(holder));
                 }
                 let mut new = spec;
                 if !ours {
@@ -138,7 +140,7 @@ impl LeaderElector {
                 // replace() carries resourceVersion: a concurrent writer makes this 409, not a split.
                 match self.api.replace(&self.name, &PostParams::default(), &lease).await {
                     Ok(_) => Ok(Attempt::Held(at)),
-                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::NotOurs),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(Attempt::Conflict),
                     Err(e) => Err(self.err(e)),
                 }
             }
@@ -154,7 +156,7 @@ impl LeaderElector {
                 // is tried again at once (which renews it).
                 Ok(Attempt::Held(at)) if Instant::now() < schedule.deadline(at) => return Ok(at),
                 Ok(Attempt::Held(_)) => continue,
-                Ok(Attempt::NotOurs) => {}
+                Ok(Attempt::HeldBy(_) | Attempt::Conflict) => {}
                 Err(e) => warn!(error = %e, "leader election attempt failed"),
             }
             tokio::time::sleep(self.duration / 3).await;
@@ -172,7 +174,9 @@ impl LeaderElector {
     async fn renew(&self) -> Result<Option<Instant>, LeaderError> {
         match self.try_acquire().await? {
             Attempt::Held(at) => Ok(Some(at)),
-            Attempt::NotOurs => {
+            Attempt::HeldBy(h) => Err(LeaderError::Lost(self.name.clone(), format!("{h} holds it"))),
+            // Only a read after the conflict tells whose write won.
+            Attempt::Conflict => {
                 let lease = self.api.get_opt(&self.name).await.map_err(|e| self.err(e))?;
                 match lease.and_then(|l| l.spec.and_then(|s| s.holder_identity)).filter(|h| !h.is_empty()) {
                     Some(h) if h == self.identity => Ok(None),
