@@ -99,6 +99,9 @@ lint-tool:
 # dev-dependencies compiles each dependency with one set of features (`--bins` alone compiled
 # tokio, hyper, kube and the crates above them a second time). The released controller builds
 # after it, from the dependencies it compiled (hack/build-released.sh).
+# The image it builds and tests packs the dev profile's drctl (hack/build-image.sh says why);
+# `make image` packs the release build.
+test: export IMAGE_PROFILE = dev
 test: lint-tool deps platform image fmt-check nextest
 	$(CLIPPY_BUILD) cargo build --workspace --all-targets
 	$(MAKE) released

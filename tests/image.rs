@@ -68,15 +68,18 @@ fn image_runs_drctl_from_its_own_rootfs_as_a_non_root_user() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = dir.path().join("drctl-oci.tar");
-    // The recipe itself, not a leftover archive. It packs the release binary `make image` built
-    // (make test runs it first): cargo run from inside a test recompiles drctl (the test's
-    // environment differs), which takes minutes on this machine. Without one, the recipe builds it.
+    // The recipe itself, not a leftover archive. It packs the binary `make image` built (make
+    // test runs it first, IMAGE_PROFILE=dev): cargo run from inside a test recompiles drctl (the
+    // test's environment differs), which takes minutes on this machine, and a dev build would
+    // replace target/debug/drctl under the other tests. Without one, the recipe builds it.
     let mut build = Command::new("bash");
     build.arg(repo.join("hack/build-image.sh")).arg(&archive).current_dir(repo);
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), std::path::PathBuf::from);
-    let release = target.join("release/drctl");
-    if release.is_file() {
-        build.env("DRCTL_BIN", &release);
+    let packed = match std::env::var("IMAGE_PROFILE").as_deref() {
+        Ok("dev") => std::env::var_os("DRCTL_CACHE").map_or_else(|| "/var/cache/drctl".into(), std::path::PathBuf::from).join("image/drctl-dev"),
+        _ => std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), std::path::PathBuf::from).join("release/drctl"),
+    };
+    if packed.is_file() {
+        build.env("DRCTL_BIN", &packed);
     }
     let (printed, _) = output(&mut build);
     let size = std::fs::metadata(&archive).expect("archive").len();
