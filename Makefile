@@ -60,7 +60,8 @@ argocd-cm:
 	  sed 's/^\(..*\)$$/    \1/' gitops/health/health.lua; } > gitops/argocd/argocd-cm-patch.yaml.new
 	mv gitops/argocd/argocd-cm-patch.yaml.new gitops/argocd/argocd-cm-patch.yaml
 
-# drctl's OCI image, built with umoci (no daemon, no base image) from the cached release build,
+# drctl's OCI image, built with umoci (no daemon, no base image) from the cached release build
+# (`make test` builds its own from the dev build),
 # tagged VERSION-gCOMMIT (-dirty for uncommitted changes), its CycloneDX SBOM beside it
 # (drctl-oci.cdx.json); push it with skopeo (README, "Deploy from the image"). Kept out of the
 # work tree.
@@ -99,9 +100,11 @@ lint-tool:
 # dev-dependencies compiles each dependency with one set of features (`--bins` alone compiled
 # tokio, hyper, kube and the crates above them a second time). The released controller builds
 # after it, from the dependencies it compiled (hack/build-released.sh).
-# The image it builds and tests packs the dev profile's drctl (hack/build-image.sh says why);
-# `make image` packs the release build.
+# The image it builds and tests packs the dev profile's drctl (hack/build-image.sh says why),
+# tagged -dev, in an archive of its own; `make image` packs the release build.
 test: export IMAGE_PROFILE = dev
+test: IMAGE = $(DRCTL_CACHE)/image/drctl-oci-dev.tar
+test: export DRCTL_IMAGE = $(IMAGE)
 test: lint-tool deps platform image fmt-check nextest
 	$(CLIPPY_BUILD) cargo build --workspace --all-targets
 	$(MAKE) released

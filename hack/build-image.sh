@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Builds drctl's OCI image with umoci: no container daemon, no base image. The image holds the
-# stripped release binary at /drctl, exactly the shared libraries ldd names, CA certificates
+# stripped release binary (or dev, below) at /drctl, exactly the shared libraries ldd names, CA certificates
 # (webhooks, DNS APIs and forges over HTTPS verify servers with them), and /etc/passwd with the non-root user
 # 65532 it runs as. Writes an OCI archive (a tar of an OCI layout) and its CycloneDX SBOM beside it
 # (OUT without .tar + .cdx.json), and prints the tag:
 #   bash hack/build-image.sh /var/cache/drctl/image/drctl-oci.tar
-# The tag is the crate version and the commit, VERSION-gCOMMIT (12 hex digits), with -dirty when
-# tracked files differ from the commit: it is the index's org.opencontainers.image.ref.name and,
+# The tag is the crate version and the commit, VERSION-gCOMMIT (12 hex digits), then -dev for a
+# dev build and -dirty when tracked files differ from the commit: it is the index's org.opencontainers.image.ref.name and,
 # with the full commit and the commit's time, the image's version/revision/created labels (the
 # commit's time, not the build's, so a rebuild of a commit labels it the same).
 # The release build is cached in $CARGO_TARGET_DIR: a second run does not compile. DRCTL_BIN=path
 # packs that binary instead of building (tests/image.rs packs the one `make image` built).
-# IMAGE_PROFILE=dev (what `make test` sets) packs the dev profile's build instead, from the
-# dependencies the tests' build compiles: the release build is 10-16 min of a cold CI run and
-# 4 min of a warm one, and the recipe, the image's files, libraries and SBOM are the same. That
-# binary is kept at $DRCTL_CACHE/image/drctl-dev (the tests' build replaces target/debug/drctl).
+# IMAGE_PROFILE=dev (what `make test` sets, with its own OUT) packs the dev profile's build
+# instead, from the dependencies the tests' build compiles: the release build is 10-16 min of a
+# cold CI run and 4 min of a warm one, and the recipe, the image's files, libraries and SBOM are
+# the same. That binary is kept at $DRCTL_CACHE/image/drctl-dev for tests/image.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: build-image.sh OUT.tar}
@@ -23,22 +23,24 @@ for tool in umoci jq git; do
 done
 : "${CARGO_TARGET_DIR:=/var/cache/drctl/target}"
 : "${DRCTL_CACHE:=/var/cache/drctl}"
+export CARGO_TARGET_DIR DRCTL_CACHE
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 revision=$(git rev-parse --verify HEAD 2>/dev/null) || {
   echo "$(pwd) is not a git work tree with a commit: the image's tag and revision label name its commit" >&2
   exit 1
 }
 created=$(TZ=UTC git show -s --date=format-local:%Y-%m-%dT%H:%M:%SZ --format=%cd "$revision")
-tag=$version-g${revision:0:12}
+profile=${IMAGE_PROFILE:-release}
+case $profile in
+  release) built=$CARGO_TARGET_DIR/release/drctl; suffix= ;;
+  # A dev image never carries a release image's tag.
+  dev) built=$DRCTL_CACHE/image/drctl-dev; suffix=-dev ;;
+  *) echo "IMAGE_PROFILE=$profile: release (the default) or dev" >&2; exit 1 ;;
+esac
+tag=$version-g${revision:0:12}$suffix
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
   tag=$tag-dirty
 fi
-profile=${IMAGE_PROFILE:-release}
-case $profile in
-  release) built=$CARGO_TARGET_DIR/release/drctl ;;
-  dev) built=$DRCTL_CACHE/image/drctl-dev ;;
-  *) echo "IMAGE_PROFILE=$profile: release (the default) or dev" >&2; exit 1 ;;
-esac
 if [ -z "${DRCTL_BIN:-}" ]; then
   # The controller only reads Git history: no push transports, so no OpenSSL or libssh2. Only the
   # drctl package: the lab and the test bed are other crates of the workspace.
@@ -46,19 +48,31 @@ if [ -z "${DRCTL_BIN:-}" ]; then
     cargo build --release -p drctl --bin drctl --no-default-features >&2
   else
     # With the examples, which bring in the dev-dependencies' features: the dependencies then
-    # have the hashes of the tests' build and compile once (only git2 and drctl differ). Cargo
-    # leaves this binary at target/debug/drctl, the tests' (default features), and does not put
-    # theirs back while it is fresh: theirs is kept aside and put back.
+    # have the hashes of the tests' build and compile once (libgit2-sys, git2 and drctl differ,
+    # and the test bed: this build runs without make test's clippy wrapper). Cargo links this
+    # binary to target/debug/drctl, where the tests' (default features) is until their next
+    # build: theirs is kept aside and put back, for tests running meanwhile. One such build at a
+    # time in this cache.
+    mkdir -p "$(dirname "$built")"
+    exec 9>"$DRCTL_CACHE/image/.build-image.lock"
+    flock 9
     debug_bin=$CARGO_TARGET_DIR/debug/drctl
-    kept=$debug_bin.kept-by-build-image.$$
+    kept=$debug_bin.kept-by-build-image
     put_back() { if [ -e "$kept" ]; then mv -f "$kept" "$debug_bin"; else rm -f "$debug_bin"; fi; }
-    if [ -e "$debug_bin" ]; then ln "$debug_bin" "$kept"; fi
+    if [ -e "$debug_bin" ]; then ln -f "$debug_bin" "$kept"; fi
     trap put_back EXIT
     cargo build -p drctl --bin drctl --examples --no-default-features >&2
-    mkdir -p "$(dirname "$built")"
-    cp "$debug_bin" "$built.tmp" && mv "$built.tmp" "$built"
-    put_back
+    copy=$(mktemp "$built.XXXXXX")
+    cp "$debug_bin" "$copy"
     trap - EXIT
+    put_back
+    if ldd "$copy" | grep -Eq 'lib(ssl|crypto|ssh2)\.'; then
+      rm -f "$copy"
+      echo "$debug_bin links OpenSSL or libssh2 after a build without the push transports: another build replaced it; run again" >&2
+      exit 1
+    fi
+    chmod 0755 "$copy"
+    mv "$copy" "$built"
   fi
 fi
 bin=${DRCTL_BIN:-$built}
@@ -159,5 +173,5 @@ mv "$sbom.tmp" "$sbom"
 
 tar -C "$work/oci" --sort=name --owner=0 --group=0 --numeric-owner -cf "$out.tmp" .
 mv "$out.tmp" "$out"
-echo "$out: $(du -k "$out" | cut -f1) KiB (binary $(du -k "$bin" | cut -f1) KiB); SBOM $sbom" >&2
+echo "$out: $(du -k "$out" | cut -f1) KiB (binary $(du -k "$root/drctl" | cut -f1) KiB, $profile profile); SBOM $sbom" >&2
 echo "$tag"

@@ -70,16 +70,23 @@ fn image_runs_drctl_from_its_own_rootfs_as_a_non_root_user() {
     let archive = dir.path().join("drctl-oci.tar");
     // The recipe itself, not a leftover archive. It packs the binary `make image` built (make
     // test runs it first, IMAGE_PROFILE=dev): cargo run from inside a test recompiles drctl (the
-    // test's environment differs), which takes minutes on this machine, and a dev build would
-    // replace target/debug/drctl under the other tests. Without one, the recipe builds it.
+    // test's environment differs), which takes minutes on this machine. Without a release one,
+    // the recipe builds it.
     let mut build = Command::new("bash");
     build.arg(repo.join("hack/build-image.sh")).arg(&archive).current_dir(repo);
-    let packed = match std::env::var("IMAGE_PROFILE").as_deref() {
-        Ok("dev") => std::env::var_os("DRCTL_CACHE").map_or_else(|| "/var/cache/drctl".into(), std::path::PathBuf::from).join("image/drctl-dev"),
-        _ => std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), std::path::PathBuf::from).join("release/drctl"),
-    };
-    if packed.is_file() {
+    if profile() == "dev" {
+        let packed = std::env::var_os("DRCTL_CACHE").map_or_else(|| "/var/cache/drctl".into(), std::path::PathBuf::from).join("image/drctl-dev");
+        assert!(
+            packed.is_file(),
+            "{} does not exist: run `make image IMAGE_PROFILE=dev` first (a dev build here would replace the drctl the other tests run)",
+            packed.display()
+        );
         build.env("DRCTL_BIN", &packed);
+    } else {
+        let release = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), std::path::PathBuf::from).join("release/drctl");
+        if release.is_file() {
+            build.env("DRCTL_BIN", &release);
+        }
     }
     let (printed, _) = output(&mut build);
     let size = std::fs::metadata(&archive).expect("archive").len();
@@ -146,10 +153,16 @@ fn git(repo: &Path, args: &[&str]) -> String {
 
 /// The tag is VERSION-gCOMMIT (-dirty when tracked files differ from it), printed by the recipe;
 /// the labels carry it, the whole commit and the commit's time.
+/// The profile hack/build-image.sh builds: IMAGE_PROFILE, release unless set.
+fn profile() -> String {
+    std::env::var("IMAGE_PROFILE").unwrap_or_else(|_| "release".to_string())
+}
+
 fn check_tag_and_labels(repo: &Path, archive: &Path, layout: &Path, tag: &str, printed: &str) {
     let revision = git(repo, &["rev-parse", "HEAD"]);
     let dirty = !git(repo, &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    let want = format!("{}-g{}{}", env!("CARGO_PKG_VERSION"), &revision[..12], if dirty { "-dirty" } else { "" });
+    let dev = if profile() == "dev" { "-dev" } else { "" };
+    let want = format!("{}-g{}{dev}{}", env!("CARGO_PKG_VERSION"), &revision[..12], if dirty { "-dirty" } else { "" });
     assert_eq!(tag, want, "the index's ref.name");
     assert_eq!(printed.trim(), want, "the recipe prints the tag, alone on stdout");
     let blob = |digest: &str| -> Value {
@@ -177,6 +190,9 @@ fn check_sbom(repo: &Path, path: &Path, libs: &[String]) {
     assert_eq!(sbom["specVersion"], "1.5");
     assert!(sbom["serialNumber"].as_str().is_some_and(|s| s.starts_with("urn:uuid:")), "serialNumber: {}", sbom["serialNumber"]);
     assert_eq!(sbom["metadata"]["component"]["name"], "drctl");
+    let properties = sbom["metadata"]["properties"].as_array().expect("metadata.properties");
+    let property = |name: &str| properties.iter().find(|p| p["name"] == name).and_then(|p| p["value"].as_str()).map(str::to_string);
+    assert_eq!(property("drctl:cargo:profile"), Some(profile()), "the SBOM names the profile: {properties:?}");
     let components = sbom["components"].as_array().expect("components");
     for c in components {
         let ok = ["type", "name", "version", "purl", "bom-ref"].iter().all(|k| c[k].as_str().is_some_and(|v| !v.is_empty()));

@@ -585,7 +585,7 @@ impl ApiServer {
     pub fn command(&self, kube_bin: &Path) -> Command {
         let p = |n: &str| self.dir.join(n).display().to_string();
         let mut cmd = Command::new(kube_bin.join("kube-apiserver"));
-        // Every pair test starts two apiservers on a shared 2-core machine: collecting garbage
+        // Every pair test (and the lab) starts two apiservers on a shared 2-core machine: collecting garbage
         // less often cut the CPU to /readyz from ~3.1 to ~2.4 s (three runs each, 12-07) for
         // ~100 MiB more at its peak (~365 MiB). An environment that sets GOGC keeps its own.
         if std::env::var_os("GOGC").is_none() {
