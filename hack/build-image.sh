@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds drctl's OCI image with umoci: no container daemon, no base image. The image holds the
-# stripped release binary (or dev, below) at /drctl, exactly the shared libraries ldd names, CA certificates
-# (webhooks, DNS APIs and forges over HTTPS verify servers with them), and /etc/passwd with the non-root user
+# stripped release binary (or dev, below) at /drctl, exactly the shared libraries ldd names, CA
+# certificates (webhooks, DNS APIs and forges over HTTPS verify servers with them), and /etc/passwd with the non-root user
 # 65532 it runs as. Writes an OCI archive (a tar of an OCI layout) and its CycloneDX SBOM beside it
 # (OUT without .tar + .cdx.json), and prints the tag:
 #   bash hack/build-image.sh /var/cache/drctl/image/drctl-oci.tar
 # The tag is the crate version and the commit, VERSION-gCOMMIT (12 hex digits), then -dev for a
-# dev build and -dirty when tracked files differ from the commit: it is the index's org.opencontainers.image.ref.name and,
-# with the full commit and the commit's time, the image's version/revision/created labels (the
+# dev build and -dirty when tracked files differ from the commit: it is the index's
+# org.opencontainers.image.ref.name and, with the full commit and the commit's time, the image's version/revision/created labels (the
 # commit's time, not the build's, so a rebuild of a commit labels it the same).
 # The release build is cached in $CARGO_TARGET_DIR: a second run does not compile. DRCTL_BIN=path
 # packs that binary instead of building (tests/image.rs packs the one `make image` built).

@@ -75,7 +75,7 @@ fn image_runs_drctl_from_its_own_rootfs_as_a_non_root_user() {
     let mut build = Command::new("bash");
     build.arg(repo.join("hack/build-image.sh")).arg(&archive).current_dir(repo);
     if profile() == "dev" {
-        let packed = std::env::var_os("DRCTL_CACHE").map_or_else(|| "/var/cache/drctl".into(), std::path::PathBuf::from).join("image/drctl-dev");
+        let packed = oci::image_dir().join("drctl-dev");
         assert!(
             packed.is_file(),
             "{} does not exist: run `make image IMAGE_PROFILE=dev` first (a dev build here would replace the drctl the other tests run)",
@@ -151,13 +151,13 @@ fn git(repo: &Path, args: &[&str]) -> String {
     run(Command::new("git").arg("-C").arg(repo).args(args)).trim().to_string()
 }
 
-/// The tag is VERSION-gCOMMIT (-dirty when tracked files differ from it), printed by the recipe;
-/// the labels carry it, the whole commit and the commit's time.
 /// The profile hack/build-image.sh builds: IMAGE_PROFILE, release unless set.
 fn profile() -> String {
     std::env::var("IMAGE_PROFILE").unwrap_or_else(|_| "release".to_string())
 }
 
+/// The tag is VERSION-gCOMMIT (then -dev for a dev build, -dirty when tracked files differ from
+/// the commit), printed by the recipe; the labels carry it, the whole commit and the commit's time.
 fn check_tag_and_labels(repo: &Path, archive: &Path, layout: &Path, tag: &str, printed: &str) {
     let revision = git(repo, &["rev-parse", "HEAD"]);
     let dirty = !git(repo, &["status", "--porcelain", "--untracked-files=no"]).is_empty();

@@ -5,10 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Where hack/build-image.sh keeps the image and the binaries it packs: `$DRCTL_CACHE/image`.
+pub fn image_dir() -> PathBuf {
+    std::env::var_os("DRCTL_CACHE").map_or_else(|| PathBuf::from("/var/cache/drctl"), PathBuf::from).join("image")
+}
+
 /// The archive `make image` built: `$DRCTL_IMAGE`, else `$DRCTL_CACHE/image/drctl-oci.tar`.
 pub fn built_image() -> PathBuf {
-    let cache = std::env::var_os("DRCTL_CACHE").map_or_else(|| PathBuf::from("/var/cache/drctl"), PathBuf::from);
-    let archive = std::env::var_os("DRCTL_IMAGE").map_or_else(|| cache.join("image/drctl-oci.tar"), PathBuf::from);
+    let archive = std::env::var_os("DRCTL_IMAGE").map_or_else(|| image_dir().join("drctl-oci.tar"), PathBuf::from);
     assert!(archive.is_file(), "{} does not exist: run `make image` (or set DRCTL_IMAGE)", archive.display());
     archive
 }
