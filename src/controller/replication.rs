@@ -261,24 +261,31 @@ impl SyncManager {
     /// again: the report says what is left, its `repair` what was done, and `Repaired` which
     /// keys were found.
     pub async fn check_now(&self, repair: bool, max_read_rate: Option<u64>) -> CheckResult {
-        self.check(repair, max_read_rate, false).await
+        let result = self.check_and_repair(repair, max_read_rate, false).await;
+        self.publish(&result).await;
+        result
     }
 
-    /// [`Self::check_now`]; with `keep_repair`, a repair is also kept for
-    /// [`Self::take_unannounced_repairs`] as soon as it is done (the periodic check).
-    async fn check(&self, repair: bool, max_read_rate: Option<u64>, keep_repair: bool) -> CheckResult {
-        let result = self.check_and_repair(repair, max_read_rate, keep_repair).await;
-        match &result {
-            Ok(_) => {
+    /// Makes a finished check what health is decided on: the last check, the error of the
+    /// checks since, a rewind behind us. The periodic check's is published when a reconcile
+    /// collects it ([`Self::finished_periodic`]), in the pass that records it in status: published
+    /// when it finished, a reconcile in between reported the standby healthy beside the
+    /// `lastCheckTime` and counts of the check before (a restarted mirror's standby looked
+    /// healthy on the old mirror's check).
+    async fn publish(&self, result: &CheckResult) {
+        match result {
+            Ok((report, _)) => {
+                *self.last_check.lock().await = Some((report.clone(), Instant::now()));
                 set(&self.check_error, None);
                 // A check of the new history has passed: the rewind is behind us.
                 set(&self.rewound, None);
             }
             Err(e) => set(&self.check_error, Some(e.to_string())),
         }
-        result
     }
 
+    /// The check of [`Self::check_now`], not published; with `keep_repair`, a repair is also
+    /// kept for [`Self::take_unannounced_repairs`] as soon as it is done (the periodic check).
     async fn check_and_repair(&self, repair: bool, max_read_rate: Option<u64>, keep_repair: bool) -> CheckResult {
         let (source, dest, filter, progress) = {
             let guard = self.running.lock().await;
@@ -312,7 +319,6 @@ impl SyncManager {
         if progress.borrow().rewinds != rewinds {
             return Err(SyncError::RewoundDuringCheck);
         }
-        *self.last_check.lock().await = Some((result.report.clone(), Instant::now()));
         Ok((result.report, repaired))
     }
 
@@ -382,11 +388,12 @@ impl SyncManager {
         let previous = self.last_check().await;
         info!(repair, max_read_rate, "consistency check started");
         let me = self.clone();
-        let task = tokio::spawn(async move { me.check(repair, max_read_rate, true).await });
+        let task = tokio::spawn(async move { me.check_and_repair(repair, max_read_rate, true).await });
         *slot = Some(PeriodicCheck { previous, settings: (repair, max_read_rate), task });
     }
 
-    /// The periodic check's result once it has finished (once: it is then forgotten).
+    /// The periodic check's result once it has finished (once: it is then forgotten), published
+    /// for health as it is taken.
     pub(super) async fn finished_periodic(&self) -> Option<FinishedCheck> {
         let mut slot = self.periodic.lock().await;
         if !slot.as_ref().is_some_and(|p| p.task.is_finished()) {
@@ -397,6 +404,7 @@ impl SyncManager {
             Ok(r) => r,
             Err(e) => Err(SyncError::CheckTask(e)),
         };
+        self.publish(&result).await;
         Some(FinishedCheck { previous: p.previous, result })
     }
 
