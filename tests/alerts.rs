@@ -6,7 +6,7 @@
 //! stopping the standby's mirror fire the right alerts, a standby never drilled fires
 //! DrctlNoRecentPassingDrill until a drill passes, and every dashboard query runs.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

@@ -1,6 +1,6 @@
 //! The DRTopology API on a real kube-apiserver (built from the k8s.io/kubernetes Go module).
 
-mod support;
+use drctl_testsupport as support;
 
 use std::time::Duration;
 

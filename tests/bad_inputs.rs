@@ -10,7 +10,7 @@
 //! After an intended change of a message, rewrite the expectations with
 //! `DRCTL_BLESS=1 cargo test --test bad_inputs` and review the diff.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

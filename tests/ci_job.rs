@@ -5,8 +5,7 @@
 //! no shell anywhere. A valid topology passes; an invalid one fails naming the field. Skipped,
 //! saying why, only where this machine cannot run containers (root, umoci and runc).
 
-#[path = "support/oci.rs"]
-mod oci;
+use drctl_testsupport::oci;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! disaster failover, kill -9 at every step, a flip back mid-failover (and mid-step, and while a
 //! demotion restart waits), an invalid spec, and two replicas behind one Lease.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! applies to a real kube-apiserver; the RBAC grants exactly the controller's verbs; the Argo CD
 //! Applications point at files that exist (tests/ci_job.rs runs the CI job).
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

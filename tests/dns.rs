@@ -1,6 +1,6 @@
 //! The DNS switch and its verification against real servers: PowerDNS through its HTTP API,
 //! BIND through RFC 2136 with TSIG, a webhook receiver that checks the HMAC.
-mod support;
+use drctl_testsupport as support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -3,7 +3,7 @@
 //! standby's apiserver; a different encryption config on the standby makes exactly that
 //! preflight finding fail the drill; and the primary is never touched (DNS, role, no failover).
 
-mod support;
+use drctl_testsupport as support;
 
 use drctl::topology::{Phase, Role};
 use serde_json::Value;

@@ -10,7 +10,7 @@
 //! drill id runs once, also across a controller restart, and one the controller was killed
 //! during is recorded as interrupted, not run again; `drctl status` shows the last drill.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::net::TcpListener;
 use std::path::Path;

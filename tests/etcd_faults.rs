@@ -2,7 +2,7 @@
 //! with client certificates, behind a TCP load balancer. Each test keeps a ledger of the writes
 //! the source acknowledged and ends with every one of them on the destination and `drctl check`
 //! at 0/0/0 (issue 19).
-mod support;
+use drctl_testsupport as support;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Stdio};

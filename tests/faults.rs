@@ -5,7 +5,7 @@
 //!
 //! `DRCTL_FAULT_SEED` and `DRCTL_FAULT_RUNS` replay or extend the kill -9 runs.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 //! its restarts) and syncs a commit made after the flip, and the old primary's is held (before its
 //! demotion token).
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! API with the right head and base and a diff that flips spec.primary, an open one is found
 //! again, and a missing or rejected token is named, never shown.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

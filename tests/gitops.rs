@@ -1,7 +1,7 @@
 //! `drctl promote` and `drctl history` on real Git repositories made by the test with the git CLI:
 //! a bare remote for `--push`, merge commits from pull request branches, a rename of the file.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

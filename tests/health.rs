@@ -1,7 +1,7 @@
 //! `gitops/health/health.lua` on a real Lua 5.1 interpreter set up like Argo CD's sandbox, against
 //! the cases of `gitops/health/health_test.yaml` in Argo CD's own test format.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::Path;
 

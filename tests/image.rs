@@ -5,8 +5,7 @@
 //! beside it names every crate drctl depends on and the Debian packages of its libraries.
 //! Skipped, saying why, only where this machine cannot build or unpack images.
 
-#[path = "support/oci.rs"]
-mod oci;
+use drctl_testsupport::oci;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,5 +1,5 @@
 //! The mirror and the check on two real etcds.
-mod support;
+use drctl_testsupport as support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

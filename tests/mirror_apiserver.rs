@@ -1,6 +1,6 @@
 //! The mirror between two real kube-apiservers: what the primary's API holds, the standby's API
 //! serves, except what is excluded.
-mod support;
+use drctl_testsupport as support;
 
 use std::process::Child;
 use std::time::{Duration, Instant};

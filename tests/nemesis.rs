@@ -14,7 +14,7 @@
 //! One `NEMESIS | seed ...` line per seed. `DRCTL_NEMESIS_SEEDS=1,2,3` picks the seeds
 //! (`make nemesis SEEDS=20` runs 1..=20); CI runs the default two.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};

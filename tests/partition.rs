@@ -3,7 +3,7 @@
 //! the globals would (`support::partition`). Each test samples both statuses all along and asserts
 //! the safe outcome; each prints one `FAULT | ...` line (RELIABILITY.md records them).
 
-mod support;
+use drctl_testsupport as support;
 
 use std::time::{Duration, Instant};
 

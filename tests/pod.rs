@@ -19,7 +19,7 @@
 //! Needs root, Debian's containerd and runc (`make deps`) and the image (`make image`); where
 //! any is missing the test fails saying so.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::Path;
 use std::process::Command;

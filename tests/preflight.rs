@@ -4,7 +4,7 @@
 //! fix, and exit 2; and the primary stays untouched (DNS record, no drctl key written in its
 //! etcd, its DRTopology without status).
 
-mod support;
+use drctl_testsupport as support;
 
 use serde_json::Value;
 use support::pair::{Pair, DOMAIN, VIP_A};

@@ -4,7 +4,7 @@
 //! 0 (measured, not assumed), and falls again once it beats again. A planned failover then
 //! records its duration and loses no revision (the heartbeat never follows the final revision).
 
-mod support;
+use drctl_testsupport as support;
 
 use std::time::Duration;
 

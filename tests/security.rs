@@ -4,7 +4,7 @@
 //! mirror copies byte for byte) — then controller logs, Events, status, /metrics and /check are
 //! searched for every value, raw and base64. `/check` requires its bearer token when given one.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

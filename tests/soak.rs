@@ -6,7 +6,7 @@
 //! DRCTL_SOAK_KEYS=N makes each writer cycle over N keys (a keyspace of constant size, to tell a
 //! leak from growth with the keyspace); by default every put creates a key.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

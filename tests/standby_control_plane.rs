@@ -2,7 +2,7 @@
 //! own ServiceAccount), kube-scheduler and kwok nodes on the standby's apiserver
 //! (`Global::start_control_plane`, as the lab runs them), while the mirror writes the primary's
 //! workloads underneath them. The fence must keep them off replicated data.
-mod support;
+use drctl_testsupport as support;
 
 use std::process::Child;
 use std::time::{Duration, Instant};

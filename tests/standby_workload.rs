@@ -8,7 +8,7 @@
 //! replicated workload exists there; a planned and then a disaster flip pass, the new standby
 //! 0/0/0 within 60 s each. The figures are printed (RELIABILITY.md "Live control plane on the
 //! standby").
-mod support;
+use drctl_testsupport as support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

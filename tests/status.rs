@@ -2,7 +2,7 @@
 //! before and after a planned failover, then with one global's apiserver killed; and a global
 //! that accepts connections but never answers, bounded by `--timeout`.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::io::Write;
 use std::net::TcpListener;

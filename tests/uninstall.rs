@@ -4,7 +4,7 @@
 //! holds and changes nothing, and `--yes` leaves none of them and gives the Application its
 //! automated sync back — and nothing that is not drctl's is touched.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! refused failover proceeds and the pair fails back, with no write a primary acknowledged lost.
 //! Also the documented order (the primary first) with a rollback, and a disaster while mixed.
 
-mod support;
+use drctl_testsupport as support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

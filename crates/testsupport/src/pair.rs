@@ -127,7 +127,7 @@ impl Pair {
         for (g, peer) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
             let mut docs = Vec::new();
             if !crd_from_argocd {
-                docs.push(std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/drtopology.yaml")).expect("read the CRD"));
+                docs.push(std::fs::read_to_string(super::repo().join("crds/drtopology.yaml")).expect("read the CRD"));
             }
             docs.extend([namespace, "cpaas-system"].map(|n| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n")));
             let kubeconfig = std::fs::read(&peer.api.kubeconfig).expect("read the peer's kubeconfig");
@@ -255,7 +255,7 @@ impl Pair {
 
     /// A controller authenticating with `kubeconfig` (e.g. a ServiceAccount token) instead of admin.
     pub fn controller_as(&self, g: &Global, kubeconfig: &std::path::Path, extra: &[&str]) -> Controller {
-        self.controller_from(std::path::Path::new(env!("CARGO_BIN_EXE_drctl")), g, kubeconfig, extra)
+        self.controller_from(&super::drctl_bin(), g, kubeconfig, extra)
     }
 
     /// A controller running the drctl binary `bin` (another build, e.g. the last release).

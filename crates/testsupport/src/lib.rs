@@ -2,7 +2,6 @@
 //!
 //! Every process is killed when its handle drops (also on panic), and asks the kernel to kill it
 //! when the test process dies (PR_SET_PDEATHSIG), so a crashed test leaves nothing behind.
-#![allow(dead_code)]
 
 pub mod argocd;
 pub mod dns;
@@ -504,5 +503,27 @@ pub fn eventually<T>(what: &str, timeout: std::time::Duration, mut f: impl FnMut
 
 /// The `drctl` binary under test.
 pub fn drctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_drctl"))
+    Command::new(drctl_bin())
+}
+
+/// The path of the `drctl` binary the running integration test was built with. Cargo gives it to
+/// a test crate only at compile time (`CARGO_BIN_EXE_drctl`) and nextest at run time
+/// (`NEXTEST_BIN_EXE_drctl`); without nextest it is where cargo puts it, beside the directory of
+/// the test's own executable (`target/<profile>/deps/<test>-<hash>`).
+pub fn drctl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = std::env::var_os("NEXTEST_BIN_EXE_drctl").map(PathBuf::from).unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test's own executable");
+            exe.parent().and_then(Path::parent).map(|profile| profile.join("drctl")).unwrap_or_default()
+        });
+        assert!(bin.is_file(), "the drctl binary under test is not at {} (build it with the tests: cargo build --all-targets)", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// The repository's root: its `crds/`, `gitops/` and the rest the tests read.
+pub fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }

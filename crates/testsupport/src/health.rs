@@ -1,13 +1,13 @@
 //! Argo CD's health check, `gitops/health/health.lua`, on a real Lua 5.1 interpreter set up like
 //! Argo CD's sandbox; used by the health table tests and on live controller status.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mlua::{Lua, LuaOptions, StdLib, Table};
 use serde_json::Value;
 
 pub fn health_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/health")
+    super::repo().join("gitops/health")
 }
 
 pub fn script() -> String {

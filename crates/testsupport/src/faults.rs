@@ -159,7 +159,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -168,7 +168,7 @@ impl Rng {
 
     /// Uniform in `lo..hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo).max(1)
+        lo + self.next_u64() % (hi - lo).max(1)
     }
 }
 
@@ -182,7 +182,7 @@ impl DrctlProcess {
         use std::os::unix::process::CommandExt;
         let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let f2 = f.try_clone().expect("clone log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drctl"));
+        let mut cmd = Command::new(super::drctl_bin());
         cmd.args(args).stdout(f).stderr(f2);
         // SAFETY: prctl is async-signal-safe.
         unsafe {

@@ -1,6 +1,4 @@
 //! The OCI archive hack/build-image.sh writes (`make image`): where it is, and its one tag.
-//! Also included alone (`#[path]`) by the tests that need nothing else of the harness.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -25,7 +25,7 @@ impl ArgoCd {
         install_crds(g);
         let (ok, out) = g.api.apply_stdin(&platform::argocd_config(b, namespace).unwrap_or_else(|e| panic!("{e}")));
         assert!(ok, "Argo CD's configuration: {out}");
-        let patch = Path::new(env!("CARGO_MANIFEST_DIR")).join("gitops/argocd/argocd-cm-patch.yaml");
+        let patch = super::repo().join("gitops/argocd/argocd-cm-patch.yaml");
         g.api.kubectl_ok(&["-n", namespace, "patch", "configmap", "argocd-cm", "--type", "merge", "--patch-file", &patch.display().to_string()]);
 
         let dir = tempfile::Builder::new().prefix("drctl-argocd-").tempdir().expect("tempdir");
@@ -128,7 +128,7 @@ impl Drop for ArgoCd {
 /// `gitops/argocd/application-<cluster>.yaml`, pointed at `repo` (a local Git repository), with
 /// Argo CD's namespace `argocd_ns`, drctl's namespace `ns` and the controller's overlay `overlay`.
 pub fn applications(cluster: &str, repo: &Path, argocd_ns: &str, ns: &str, overlay: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("gitops/argocd/application-{cluster}.yaml"));
+    let path = super::repo().join(format!("gitops/argocd/application-{cluster}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     text.replace("repoURL: https://git.example.com/platform/dr-gitops.git", &format!("repoURL: file://{}", repo.display()))
         .replace("  namespace: argocd\n", &format!("  namespace: {argocd_ns}\n"))
