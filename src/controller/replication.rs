@@ -9,6 +9,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use k8s_openapi::jiff::Timestamp;
+
 use crate::check::{self, CheckReport};
 use crate::decide::retry::{kube_error_kind, ErrorKind};
 use crate::decide::standby::first_keys;
@@ -70,6 +72,16 @@ impl Renewed {
 pub struct FinishedCheck {
     pub previous: Option<CheckReport>,
     pub result: CheckResult,
+    /// When it was published, if it passed: status's `lastCheckTime`.
+    pub published: Option<Timestamp>,
+}
+
+/// The check health is decided on: its report, and when it was published (for its age, and as
+/// status's `lastCheckTime`).
+struct Published {
+    report: CheckReport,
+    at: Instant,
+    time: Timestamp,
 }
 
 /// [`Progress::writes_below_floor`] of the running mirror already counted, and the count not yet
@@ -83,7 +95,7 @@ struct BelowFloor {
 #[derive(Default)]
 pub struct SyncManager {
     running: Mutex<Option<Running>>,
-    last_check: Mutex<Option<(CheckReport, Instant)>>,
+    last_check: Mutex<Option<Published>>,
     periodic: Mutex<Option<PeriodicCheck>>,
     /// When revisions and lag were last copied into status. Each status write wakes the
     /// controller's watch; without this a busy primary would keep the standby reconciling.
@@ -272,15 +284,20 @@ impl SyncManager {
     /// when it finished, a reconcile in between reported the standby healthy beside the
     /// `lastCheckTime` and counts of the check before (a restarted mirror's standby looked
     /// healthy on the old mirror's check).
-    async fn publish(&self, result: &CheckResult) {
+    async fn publish(&self, result: &CheckResult) -> Option<Timestamp> {
         match result {
             Ok((report, _)) => {
-                *self.last_check.lock().await = Some((report.clone(), Instant::now()));
+                let time = Timestamp::now();
+                *self.last_check.lock().await = Some(Published { report: report.clone(), at: Instant::now(), time });
                 set(&self.check_error, None);
                 // A check of the new history has passed: the rewind is behind us.
                 set(&self.rewound, None);
+                Some(time)
             }
-            Err(e) => set(&self.check_error, Some(e.to_string())),
+            Err(e) => {
+                set(&self.check_error, Some(e.to_string()));
+                None
+            }
         }
     }
 
@@ -333,7 +350,13 @@ impl SyncManager {
             }
             *seen = p.rewinds;
         }
-        self.cancel_periodic().await;
+        // A check of the old history, running or finished and not collected yet: collected
+        // later, it would be published as a check of the new one. Its repairs are kept apart
+        // (`take_unannounced_repairs`) and still reported.
+        if let Some(p) = self.periodic.lock().await.take() {
+            p.task.abort();
+            let _ = p.task.await;
+        }
         *self.last_check.lock().await = None;
         set(&self.rewound, p.rewound);
         p.rewound
@@ -404,8 +427,8 @@ impl SyncManager {
             Ok(r) => r,
             Err(e) => Err(SyncError::CheckTask(e)),
         };
-        self.publish(&result).await;
-        Some(FinishedCheck { previous: p.previous, result })
+        let published = self.publish(&result).await;
+        Some(FinishedCheck { previous: p.previous, result, published })
     }
 
     /// The periodic check's repairs not announced yet (once), unless the check is still running
@@ -441,11 +464,17 @@ impl SyncManager {
     }
 
     pub async fn last_check(&self) -> Option<CheckReport> {
-        self.last_check.lock().await.as_ref().map(|(r, _)| r.clone())
+        self.last_check.lock().await.as_ref().map(|p| p.report.clone())
+    }
+
+    /// [`Self::last_check`] and the time it was published, which status records as
+    /// `lastCheckTime`.
+    pub(super) async fn published_check(&self) -> Option<(CheckReport, Timestamp)> {
+        self.last_check.lock().await.as_ref().map(|p| (p.report.clone(), p.time))
     }
 
     pub(super) async fn last_check_age(&self) -> Option<Duration> {
-        self.last_check.lock().await.as_ref().map(|(_, at)| at.elapsed())
+        self.last_check.lock().await.as_ref().map(|p| p.at.elapsed())
     }
 }
 
@@ -513,5 +542,55 @@ mod tests {
         let with_writers = Repaired { writers: Some("kube-controller-manager ×3".into()), ..repaired(3, 4) }.summary();
         assert!(with_writers.contains("; diverged keys last written here by kube-controller-manager ×3; first: "), "{with_writers}");
         assert!(!repaired(3, 4).summary().contains("more"));
+    }
+
+    fn clean_report() -> CheckReport {
+        let none = check::KeyList::default();
+        CheckReport {
+            consistent: true,
+            revision: 7,
+            source_revision: 7,
+            source_cluster_id: "ab".into(),
+            checked_keys: 3,
+            source_keys: 3,
+            missed: none.clone(),
+            surplus: none.clone(),
+            diverged: none,
+            duration_ms: 1,
+            repair: None,
+            writers: Default::default(),
+        }
+    }
+
+    /// A periodic check that has finished with a clean report and was not collected yet.
+    async fn finished_uncollected(sync: &SyncManager) {
+        let task = tokio::spawn(async { Ok((clean_report(), None)) });
+        while !task.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        *sync.periodic.lock().await = Some(PeriodicCheck { previous: None, settings: (true, None), task });
+    }
+
+    #[tokio::test]
+    async fn a_finished_periodic_check_is_what_health_uses_only_once_a_reconcile_collects_it() {
+        let sync = SyncManager::default();
+        finished_uncollected(&sync).await;
+        assert!(sync.last_check().await.is_none(), "published before a reconcile recorded it in status");
+        let done = sync.finished_periodic().await.expect("the finished check");
+        let (report, published) = sync.published_check().await.expect("published when collected");
+        assert_eq!(report, clean_report());
+        assert_eq!(done.published, Some(published), "status records the time health's check was published at");
+        assert!(sync.finished_periodic().await.is_none(), "collected once");
+    }
+
+    #[tokio::test]
+    async fn a_rewind_drops_a_finished_check_of_the_old_history_before_it_is_collected() {
+        let sync = SyncManager::default();
+        finished_uncollected(&sync).await;
+        let rewind = Progress { rewinds: 1, rewound: Some((90, 40)), ..Progress::default() };
+        assert_eq!(sync.note_rewind(&rewind).await, Some((90, 40)));
+        assert!(sync.finished_periodic().await.is_none(), "the old history's check was kept");
+        assert!(sync.last_check().await.is_none(), "a check of the old history is what health uses");
+        assert_eq!(sync.rewound(), Some((90, 40)), "the rewind was cleared by a check of the old history");
     }
 }

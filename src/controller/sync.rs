@@ -14,7 +14,7 @@ use kube::runtime::events::EventType;
 use tracing::{debug, info, warn};
 
 use super::context::{stop_replicated_pods, Context};
-use super::replication::{SyncError, SyncKey};
+use super::replication::{FinishedCheck, SyncError, SyncKey};
 use super::status::StatusWriter;
 use crate::checkpoint::{Checkpoint, CheckpointError, WasPrimary, CHECKPOINT_KEY, WAS_PRIMARY_KEY};
 use crate::decide::conditions::{set_condition, ConditionType, Reason};
@@ -210,6 +210,13 @@ pub async fn standby(ctx: &Arc<Context>, topo: &ValidatedTopology, w: &mut Statu
     }
     // Before the mirror may restart (new exclusions), which cancels the check.
     collect_periodic(ctx, topo, &mut w.status).await;
+    // The check health is decided on below, in status whatever became of the pass that recorded
+    // it: one whose status write failed lost it, and the next check is an interval away.
+    if let Some((report, time)) = ctx.sync.published_check().await {
+        if w.status.sync.as_ref().and_then(|y| y.last_check_time.as_deref()) != Some(time.to_string().as_str()) {
+            record_check(&mut w.status, &report, time, None);
+        }
+    }
     if let Err(e) = ensure_mirror(ctx, topo, ctx.self_name()).await {
         w.status.phase = Some(Phase::Degraded);
         set_condition(&mut w.status, ConditionType::SyncHealthy, false, Reason::MirrorNotStarted, &e.to_string(), generation);
@@ -296,10 +303,8 @@ async fn announce_archives(ctx: &Context, topo: &ValidatedTopology, status: &mut
 /// after its repair, once each. Stopping the mirror or cancelling the check keeps both for it.
 pub async fn collect_periodic(ctx: &Context, topo: &ValidatedTopology, status: &mut DRTopologyStatus) {
     let finished = ctx.sync.finished_periodic().await;
-    if let Some(done) = &finished {
-        if let Ok((report, _)) = &done.result {
-            record_check(status, report, None);
-        }
+    if let Some(FinishedCheck { result: Ok((report, _)), published: Some(time), .. }) = &finished {
+        record_check(status, report, *time, None);
     }
     // The repair is kept apart from the check's result: a flip that stops the mirror during the
     // check's re-read after its repair cancels the check, and the keys it put are put.

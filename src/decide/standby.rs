@@ -82,13 +82,14 @@ pub fn differences_event(previous: Option<&CheckReport>, now: &CheckReport) -> O
     ))
 }
 
-/// Records a check's counts in `status.sync`; `repaired` is how many keys its repair re-put.
-pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, repaired: Option<u64>) {
+/// Records a check's counts and its time in `status.sync`; `repaired` is how many keys its
+/// repair re-put.
+pub fn record_check(status: &mut DRTopologyStatus, report: &CheckReport, time: Timestamp, repaired: Option<u64>) {
     let sync = status.sync.get_or_insert_with(SyncStatus::default);
     sync.missed_keys = Some(report.missed.count);
     sync.surplus_keys = Some(report.surplus.count);
     sync.diverged_keys = Some(report.diverged.count);
-    sync.last_check_time = Some(Timestamp::now().to_string());
+    sync.last_check_time = Some(time.to_string());
     if let Some(r) = repaired {
         record_repair(status, r);
     }

@@ -529,7 +529,7 @@ impl Runbook<'_> {
             missed_keys: Some(report.missed.count),
         };
         self.failover()?.rpo_token = Some(token);
-        record_check(&mut self.status.status, &report, repaired.as_ref().map(|r| r.outcome.put));
+        record_check(&mut self.status.status, &report, Timestamp::now(), repaired.as_ref().map(|r| r.outcome.put));
         if report.missed.count > max {
             return Err(StepError::MissedKeys { missed: report.missed.count, peer: self.peer_name.to_string(), max, first: report.missed.keys.join(", ") });
         }
