@@ -304,6 +304,41 @@ pub fn is_transient(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// A TLS handshake that failed on a certificate, ours or the other side's (not trusted,
+/// expired, for another name, none presented where one is required): TLS material that is
+/// wrong or missing, which no retry mends. gRPC reports it as UNAVAILABLE, like a member that is
+/// not up yet, so [`is_transient`] alone would retry it.
+pub fn is_tls_refusal(e: &etcd_client::Error) -> bool {
+    let first: &(dyn std::error::Error + 'static) = match e {
+        etcd_client::Error::GRpcStatus(s) => s,
+        etcd_client::Error::TransportError(t) => t,
+        _ => return false,
+    };
+    std::iter::successors(Some(first), |e| e.source()).any(|e| {
+        // rustls's error travels inside an io::Error, whose `source()` skips it.
+        let inner = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        e.downcast_ref::<rustls::Error>().or_else(|| inner.and_then(|i| i.downcast_ref::<rustls::Error>())).is_some_and(refuses_certificate)
+    })
+}
+
+fn refuses_certificate(e: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => true,
+        rustls::Error::AlertReceived(a) => matches!(
+            a,
+            A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::CertificateRequired
+        ),
+        _ => false,
+    }
+}
+
 /// How long a read is retried for. A member cut off from its quorum answers a linearizable read
 /// only when etcd's own request timeout ends (7 s at its default election timeout; "request
 /// timed out", which is UNAVAILABLE like an election): asked six more times, as the retries
@@ -322,7 +357,7 @@ async fn read<T, F: std::future::Future<Output = Result<T, etcd_client::Error>>>
     let started = tokio::time::Instant::now();
     (|| attempt())
         .retry(waits)
-        .when(|e| is_transient(e) && started.elapsed() < RETRY_WITHIN)
+        .when(|e| is_transient(e) && !is_tls_refusal(e) && started.elapsed() < RETRY_WITHIN)
         .notify(|e, wait| tracing::debug!(error = %e, ?wait, "etcd read retried"))
         .await
 }
@@ -457,6 +492,16 @@ pub fn distinct(source_id: u64, dest_id: u64) -> Result<(), SameCluster> {
 pub enum Side {
     Source,
     Destination,
+}
+
+impl Side {
+    /// The prefix of its TLS flags on the command line (`--source-cacert`, `--dest-cacert`).
+    pub fn flag_prefix(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Destination => "dest",
+        }
+    }
 }
 
 impl std::fmt::Display for Side {

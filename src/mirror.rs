@@ -34,6 +34,11 @@ pub enum MirrorError {
     Connect(#[from] EtcdError),
     #[error("etcd request to the {side} failed: {source}")]
     Etcd { side: Side, source: etcd_client::Error },
+    #[error(
+        "the {side}'s etcd and drctl do not accept each other's TLS certificates: give the CA that signed its serving certificate and a client certificate it trusts (--{p}-cacert, --{p}-cert, --{p}-key; for the controller, the cluster's tlsSecretRef); a retry does not mend this ({source})",
+        p = side.flag_prefix()
+    )]
+    TlsRefused { side: Side, source: etcd_client::Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -57,7 +62,8 @@ impl MirrorError {
     pub fn is_transient(&self) -> bool {
         match self {
             MirrorError::Etcd { source, .. } => etcd::is_transient(source),
-            MirrorError::Connect(EtcdError::Connect { .. } | EtcdError::NoMember { .. }) => true,
+            MirrorError::Connect(EtcdError::Connect { source, .. }) => !etcd::is_tls_refusal(source),
+            MirrorError::Connect(EtcdError::NoMember { .. }) => true,
             MirrorError::DeadWatch(_) | MirrorError::WatchEnded => true,
             MirrorError::WatchCanceled(why) => why.contains("no leader"),
             _ => false,
@@ -71,6 +77,8 @@ fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> MirrorError {
             MirrorError::Compacted
         } else if side == Side::Source && etcd::is_future_revision(&source) {
             MirrorError::Rewound
+        } else if etcd::is_tls_refusal(&source) {
+            MirrorError::TlsRefused { side, source }
         } else {
             MirrorError::Etcd { side, source }
         }

@@ -441,6 +441,10 @@ fn mirror_and_check_speak_mtls_to_both_sides() {
 
     let without = drctl().args(["mirror", "--once"]).args(base).output().expect("run drctl");
     assert!(!without.status.success(), "a client without a certificate must be refused");
+    // Wrong or missing TLS material is named at once, not retried as if the etcd were down.
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert!(stderr.contains("do not accept each other's TLS certificates") && stderr.contains("--source-cacert"), "{stderr}");
+    assert!(!stderr.contains("trying again"), "a TLS refusal was retried:\n{stderr}");
 
     let out = drctl().args(["mirror", "--once"]).args(base).args(src.tls_args("source-")).args(dst.tls_args("dest-")).output().expect("run drctl mirror");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
