@@ -295,19 +295,21 @@ pub struct Page {
 /// that went away under an open connection.
 const UNAVAILABLE: i32 = 14;
 
-/// True when another try, perhaps on another member, can succeed where `e` failed.
+/// True when another try, perhaps on another member, can succeed where `e` failed: not a
+/// [`is_tls_refusal`], which gRPC reports as UNAVAILABLE too.
 pub fn is_transient(e: &etcd_client::Error) -> bool {
-    match e {
+    let unavailable = match e {
         etcd_client::Error::GRpcStatus(s) => i32::from(s.code()) == UNAVAILABLE,
         etcd_client::Error::TransportError(_) => true,
         _ => false,
-    }
+    };
+    unavailable && !is_tls_refusal(e)
 }
 
 /// A TLS handshake that failed on a certificate, ours or the other side's (not trusted,
 /// expired, for another name, none presented where one is required): TLS material that is
 /// wrong or missing, which no retry mends. gRPC reports it as UNAVAILABLE, like a member that is
-/// not up yet, so [`is_transient`] alone would retry it.
+/// not up yet.
 pub fn is_tls_refusal(e: &etcd_client::Error) -> bool {
     let first: &(dyn std::error::Error + 'static) = match e {
         etcd_client::Error::GRpcStatus(s) => s,
@@ -357,7 +359,7 @@ async fn read<T, F: std::future::Future<Output = Result<T, etcd_client::Error>>>
     let started = tokio::time::Instant::now();
     (|| attempt())
         .retry(waits)
-        .when(|e| is_transient(e) && !is_tls_refusal(e) && started.elapsed() < RETRY_WITHIN)
+        .when(|e| is_transient(e) && started.elapsed() < RETRY_WITHIN)
         .notify(|e, wait| tracing::debug!(error = %e, ?wait, "etcd read retried"))
         .await
 }

@@ -510,7 +510,7 @@ pub fn drctl() -> Command {
 /// a test crate only at compile time (`CARGO_BIN_EXE_drctl`) and nextest at run time
 /// (`NEXTEST_BIN_EXE_drctl`); without nextest it is where cargo puts it, beside the directory of
 /// the test's own executable (`target/<profile>/deps/<test>-<hash>`).
-pub fn drctl_bin() -> PathBuf {
+pub fn drctl_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let bin = std::env::var_os("NEXTEST_BIN_EXE_drctl").map(PathBuf::from).unwrap_or_else(|| {
@@ -520,7 +520,6 @@ pub fn drctl_bin() -> PathBuf {
         assert!(bin.is_file(), "the drctl binary under test is not at {} (build it with the tests: cargo build --all-targets)", bin.display());
         bin
     })
-    .clone()
 }
 
 /// The repository's root: its `crds/`, `gitops/` and the rest the tests read.

@@ -255,7 +255,7 @@ impl Pair {
 
     /// A controller authenticating with `kubeconfig` (e.g. a ServiceAccount token) instead of admin.
     pub fn controller_as(&self, g: &Global, kubeconfig: &std::path::Path, extra: &[&str]) -> Controller {
-        self.controller_from(&super::drctl_bin(), g, kubeconfig, extra)
+        self.controller_from(super::drctl_bin(), g, kubeconfig, extra)
     }
 
     /// A controller running the drctl binary `bin` (another build, e.g. the last release).
