@@ -42,13 +42,21 @@ pub enum CheckError {
     #[error("etcd request to the {side} failed: {source}")]
     Etcd { side: Side, source: etcd_client::Error },
     #[error(transparent)]
+    TlsRefused(#[from] etcd::TlsRefused),
+    #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     SameCluster(#[from] etcd::SameCluster),
 }
 
 fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> CheckError {
-    move |source| CheckError::Etcd { side, source }
+    move |source| {
+        if etcd::is_tls_refusal(&source) {
+            CheckError::TlsRefused(etcd::TlsRefused { side, source })
+        } else {
+            CheckError::Etcd { side, source }
+        }
+    }
 }
 
 /// One key that differs between the two sides.

@@ -323,6 +323,18 @@ pub fn is_tls_refusal(e: &etcd_client::Error) -> bool {
     })
 }
 
+/// A request one side's etcd refused on a certificate ([`is_tls_refusal`]): the message says
+/// which side and which TLS material to give, since a retry does not mend it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the {side}'s etcd and drctl do not accept each other's TLS certificates: give the CA that signed its serving certificate and a client certificate it trusts (--{p}-cacert, --{p}-cert, --{p}-key; for the controller, the cluster's tlsSecretRef); a retry does not mend this ({source})",
+    p = side.flag_prefix()
+)]
+pub struct TlsRefused {
+    pub side: Side,
+    pub source: etcd_client::Error,
+}
+
 fn refuses_certificate(e: &rustls::Error) -> bool {
     use rustls::AlertDescription as A;
     match e {

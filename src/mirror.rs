@@ -34,11 +34,8 @@ pub enum MirrorError {
     Connect(#[from] EtcdError),
     #[error("etcd request to the {side} failed: {source}")]
     Etcd { side: Side, source: etcd_client::Error },
-    #[error(
-        "the {side}'s etcd and drctl do not accept each other's TLS certificates: give the CA that signed its serving certificate and a client certificate it trusts (--{p}-cacert, --{p}-cert, --{p}-key; for the controller, the cluster's tlsSecretRef); a retry does not mend this ({source})",
-        p = side.flag_prefix()
-    )]
-    TlsRefused { side: Side, source: etcd_client::Error },
+    #[error(transparent)]
+    TlsRefused(#[from] etcd::TlsRefused),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
@@ -78,7 +75,7 @@ fn on(side: Side) -> impl FnOnce(etcd_client::Error) -> MirrorError {
         } else if side == Side::Source && etcd::is_future_revision(&source) {
             MirrorError::Rewound
         } else if etcd::is_tls_refusal(&source) {
-            MirrorError::TlsRefused { side, source }
+            MirrorError::TlsRefused(etcd::TlsRefused { side, source })
         } else {
             MirrorError::Etcd { side, source }
         }
@@ -89,6 +86,7 @@ impl From<CheckError> for MirrorError {
     fn from(e: CheckError) -> Self {
         match e {
             CheckError::Etcd { side, source } => on(side)(source),
+            CheckError::TlsRefused(r) => MirrorError::TlsRefused(r),
             CheckError::Checkpoint(c) => MirrorError::Checkpoint(c),
             CheckError::SameCluster(s) => MirrorError::SameCluster(s),
         }

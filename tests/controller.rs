@@ -1730,11 +1730,11 @@ async fn three_member_mtls_etcds_behind_load_balancers_fail_over_with_a_member_d
 
     // A node of each global reboots: the primary's etcd (the mirror's source) loses a member,
     // and the standby's (the mirror's destination) loses another while the mirror writes.
-    pair.a.etcd.cluster.as_mut().expect("a cluster").kill(0);
+    pair.a.etcd.cluster.kill(0);
     for i in 0..10 {
         put_configmap(&pair.a, "apps", &format!("during-{i}"), "written with a member down").await;
         if i == 4 {
-            pair.b.etcd.cluster.as_mut().expect("a cluster").kill(1);
+            pair.b.etcd.cluster.kill(1);
         }
     }
     for i in 0..10 {
@@ -1766,7 +1766,7 @@ async fn three_member_mtls_etcds_lose_nothing_when_the_old_primarys_leader_dies_
     let mut pair = Pair::start().await;
     pair.sync_extra = "    fence: {enabled: true}\n".into();
     let (ca, cb) = steady_pair(&pair).await;
-    let (_, head) = pair.a.etcd.cluster.as_ref().expect("a cluster").preload("/registry/bulk.example.com/things/", 40_000).await;
+    let (_, head) = pair.a.etcd.cluster.preload("/registry/bulk.example.com/things/", 40_000).await;
     let applied = |s: &DRTopologyStatus| s.sync.as_ref().and_then(|y| y.applied_revision).unwrap_or_default();
     pair.wait(&pair.b, "B in sync with the bulk", STEADY, &[&ca, &cb], |s| standby_in_sync(s) && applied(s) >= head).await;
     let writer = Ledger::start(&pair.a, "w").await;
@@ -1774,7 +1774,7 @@ async fn three_member_mtls_etcds_lose_nothing_when_the_old_primarys_leader_dies_
     let final_sync = |s: &DRTopologyStatus| s.failover.as_ref().and_then(|f| f.steps.iter().find(|st| st.name == "FinalSync").map(|st| st.state));
     let b = pair.wait(&pair.b, "B in FinalSync", FAILOVER, &[&ca, &cb], |s| final_sync(s).is_some_and(|st| st != StepState::Pending)).await;
     assert_eq!(b.status.as_ref().and_then(final_sync), Some(StepState::Running), "FinalSync was over before the kill: the test proves nothing");
-    let cluster = pair.a.etcd.cluster.as_mut().expect("a cluster");
+    let cluster = &mut pair.a.etcd.cluster;
     let leader = cluster.leader().await;
     cluster.kill(leader);
     let b = pair.wait(&pair.b, "B failover done", FAILOVER, &[&ca, &cb], steps_all_finished).await;
@@ -1782,7 +1782,7 @@ async fn three_member_mtls_etcds_lose_nothing_when_the_old_primarys_leader_dies_
     let step = f.steps.iter().find(|st| st.name == "FinalSync").expect("FinalSync");
     eprintln!("A's etcd leader (member {leader}) killed mid-FinalSync: {:?} {:?}", step.state, step.message);
     assert_eq!(step.state, StepState::Succeeded, "{:?}", step.message);
-    pair.a.etcd.cluster.as_mut().expect("a cluster").restart(leader);
+    pair.a.etcd.cluster.restart(leader);
     writer.stop_and_find_all_on(&pair.b).await;
     pair.wait(&pair.a, "A standby in sync", STEADY, &[&ca, &cb], standby_in_sync).await;
 }
@@ -1808,7 +1808,7 @@ async fn three_member_mtls_etcds_take_a_rotated_client_ca_without_a_controller_r
     put_configmap(&pair.a, "apps", "before-rotation", "old CA").await;
     wait_configmap(&pair.b, "apps", "before-rotation", Duration::from_secs(30)).await;
 
-    let old = pair.a.etcd.tls.clone().expect("A's etcd serves TLS");
+    let old = pair.a.etcd.tls.clone();
     let rotated_dir = tempfile::tempdir().expect("tempdir");
     let new = drctl_testbed::procs::EtcdTls::issue(rotated_dir.path(), "ca2").expect("issue the new CA");
     let read = |p: &std::path::Path| std::fs::read(p).expect("read PEM");
@@ -1819,7 +1819,7 @@ async fn three_member_mtls_etcds_take_a_rotated_client_ca_without_a_controller_r
     // Overlap: the members trust both CAs (still serving the old CA's certificate); the Secret
     // gets the bundle and the new client certificate.
     std::fs::copy(&bundle, &old.ca).expect("members trust both CAs");
-    pair.a.etcd.cluster.as_mut().expect("a cluster").restart_all();
+    pair.a.etcd.cluster.restart_all();
     pair.put_etcd_tls(&pair.a, &bundle, &new.cert, &new.key);
     let renewed = Instant::now();
     while !std::fs::read_to_string(&cb.log).unwrap_or_default().contains("etcd credentials renewed") {
@@ -1839,7 +1839,7 @@ async fn three_member_mtls_etcds_take_a_rotated_client_ca_without_a_controller_r
     {
         std::fs::copy(from, to).expect("install the new CA's files");
     }
-    pair.a.etcd.cluster.as_mut().expect("a cluster").restart_all();
+    pair.a.etcd.cluster.restart_all();
     pair.a.api.restart();
     let cut_over = k8s_openapi::jiff::Timestamp::now();
     let stale = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_tls(
@@ -1866,7 +1866,7 @@ async fn three_member_mtls_etcds_take_a_rotated_client_ca_without_a_controller_r
                     .is_some_and(|t: k8s_openapi::jiff::Timestamp| t > cut_over)
         })
         .await;
-    let mut etcd_a = pair.a.etcd.cluster.as_ref().expect("a cluster").client().await;
+    let mut etcd_a = pair.a.etcd.cluster.client().await;
     let beat_after = Instant::now();
     loop {
         let r = etcd_a.get(drctl::heartbeat::key(support::pair::TOPOLOGY), None).await.expect("read A's heartbeat");

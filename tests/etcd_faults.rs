@@ -13,10 +13,14 @@ use etcd_client::Client;
 use support::etcd_cluster::EtcdCluster;
 use support::{drctl, Etcd};
 
-/// `drctl check --json` of `source` (URLs, comma-separated) against the plain `dst`.
+/// `drctl check --json` of `source` (URLs, comma-separated) against `dst`.
 fn check(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<CheckReport, String> {
-    let out =
-        drctl().args(["check", "--json", "--source", source, "--dest", &dst.client_url]).args(src.tls_args("source-")).output().map_err(|e| e.to_string())?;
+    let out = drctl()
+        .args(["check", "--json", "--source", source])
+        .args(src.tls_args("source-"))
+        .args(dst.flags("dest", "dest-"))
+        .output()
+        .map_err(|e| e.to_string())?;
     serde_json::from_slice(&out.stdout).map_err(|e| format!("exit {:?}: {e}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -27,8 +31,12 @@ fn assert_zero_differences(src: &EtcdCluster, source: &str, dst: &Etcd) {
 }
 
 fn mirror_once(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<(), String> {
-    let out =
-        drctl().args(["mirror", "--once", "--source", source, "--dest", &dst.client_url]).args(src.tls_args("source-")).output().map_err(|e| e.to_string())?;
+    let out = drctl()
+        .args(["mirror", "--once", "--source", source])
+        .args(src.tls_args("source-"))
+        .args(dst.flags("dest", "dest-"))
+        .output()
+        .map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(())
     } else {
@@ -50,8 +58,9 @@ impl Drop for Following {
 fn follow(src: &EtcdCluster, source: &str, dst: &Etcd, log: &std::path::Path) -> Following {
     let f = std::fs::File::create(log).expect("mirror log");
     let child = drctl()
-        .args(["mirror", "--source", source, "--dest", &dst.client_url])
+        .args(["mirror", "--source", source])
         .args(src.tls_args("source-"))
+        .args(dst.flags("dest", "dest-"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(f)
@@ -426,8 +435,9 @@ async fn the_leader_killed_mid_check_reports_no_false_difference() {
     let members = src.member_urls().join(",");
     let started = Instant::now();
     let child = drctl()
-        .args(["check", "--json", "--source", &members, "--dest", &dst.client_url])
+        .args(["check", "--json", "--source", &members])
         .args(src.tls_args("source-"))
+        .args(dst.flags("dest", "dest-"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

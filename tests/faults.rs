@@ -56,19 +56,17 @@ impl Load {
     }
 }
 
-fn mirror_args<'a>(src: &'a str, dst: &'a str) -> [&'a str; 5] {
-    ["mirror", "--source", src, "--dest", dst]
+fn mirror_args(src: &Etcd, dst: &Etcd) -> Vec<String> {
+    [vec!["mirror".to_string()], src.flags("source", "source-"), dst.flags("dest", "dest-")].concat()
 }
 
 /// An in-process mirror (for its progress) until `stop` fires.
-fn in_process_mirror(source: String, dest: String) -> (tokio::sync::watch::Receiver<Progress>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn in_process_mirror(
+    source: Endpoint,
+    dest: Endpoint,
+) -> (tokio::sync::watch::Receiver<Progress>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let tuning = Tuning { progress_timeout: Duration::from_secs(2), anti_entropy_after: None, ..Tuning::default() };
-    let m = Arc::new(Mirror::new(MirrorConfig {
-        source: Endpoint::plain(vec![source]),
-        dest: Endpoint::plain(vec![dest]),
-        filter: Filter::with_default_namespaces(&ExcludeSpec::default()),
-        tuning,
-    }));
+    let m = Arc::new(Mirror::new(MirrorConfig { source, dest, filter: Filter::with_default_namespaces(&ExcludeSpec::default()), tuning }));
     let rx = m.progress();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -102,7 +100,7 @@ async fn mirror_killed_9_at_random_points() {
     let log = dir.path().join("mirror.log");
     let (seed, runs) = (env_u64("DRCTL_FAULT_SEED", 7), env_u64("DRCTL_FAULT_RUNS", 20));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let args = mirror_args(&src.client_url, &dst.client_url);
+    let args = mirror_args(&src, &dst);
     let (mut survived, mut lost, mut failures, mut kill_ms) = (0, 0, Vec::new(), Vec::new());
     // Where each kill landed, read from the destination's checkpoint right after it.
     let (mut before_checkpoint, mut in_copy, mut following) = (0, 0, 0);
@@ -159,7 +157,7 @@ async fn etcd_down_under_writes(source_side: bool, outage: Duration) -> (Verdict
     let (mut src, mut dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = (src.client().await, dst.client().await);
     preload(&mut s, "preloaded", 500).await;
-    let (mut rx, stop, task) = in_process_mirror(src.client_url.clone(), dst.client_url.clone());
+    let (mut rx, stop, task) = in_process_mirror(src.endpoint(), dst.endpoint());
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let load = Load::start(&s, "faults", 200, 11, &ledger);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -219,7 +217,7 @@ async fn compaction_while_the_mirror_is_down() {
     preload(&mut s, "preloaded", 1000).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("mirror.log");
-    let args = mirror_args(&src.client_url, &dst.client_url);
+    let args = mirror_args(&src, &dst);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut m = DrctlProcess::spawn(&args, &log);
     let load = Load::start(&s, "faults", 300, 21, &ledger);
@@ -265,8 +263,11 @@ impl ThroughProxy {
     async fn start(seed: u64) -> ThroughProxy {
         let (src, dst) = (Etcd::start(), Etcd::start());
         let (s, d) = (src.client().await, dst.client().await);
-        let proxy = Proxy::start(src.client_url.trim_start_matches("http://").parse().expect("etcd addr"));
-        let (rx, stop, task) = in_process_mirror(proxy.url(), dst.client_url.clone());
+        // In front of the source's load balancer; the members' certificates name 127.0.0.1, as
+        // the proxy's address does.
+        let proxy = Proxy::start(src.cluster.lb.addr);
+        let through = src.cluster.endpoint(vec![proxy.url().replace("http://", "https://")]);
+        let (rx, stop, task) = in_process_mirror(through, dst.endpoint());
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let load = Load::start(&s, "faults", 200, seed, &ledger);
         ThroughProxy { src, dst, s, d, proxy, rx, stop, task, ledger, load }
@@ -382,9 +383,7 @@ async fn a_watch_that_goes_silent_without_closing_is_replaced() {
 async fn check_and_repair_beside_a_live_mirror_lose_nothing() {
     let t = ThroughProxy::start(41).await;
     let extra: Vec<Load> = (0..4).map(|i| Load::start(&t.s, &format!("repair-{i}"), 200, 60 + i, &t.ledger)).collect();
-    let plain = |url: &str| Endpoint::plain(vec![url.to_string()]);
-    let (sc, dc) =
-        (drctl::etcd::connect(&plain(&t.src.client_url)).await.expect("source"), drctl::etcd::connect(&plain(&t.dst.client_url)).await.expect("destination"));
+    let (sc, dc) = (drctl::etcd::connect(&t.src.endpoint()).await.expect("source"), drctl::etcd::connect(&t.dst.endpoint()).await.expect("destination"));
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
     let deadline = Instant::now() + Duration::from_secs(30);
     while t.rx.borrow().phase != MirrorPhase::Following {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drctl::check::{self, CheckOptions, CheckReport};
-use drctl::etcd::{self, Endpoint};
+use drctl::etcd;
 use drctl::keyspace::Filter;
 use drctl::mirror::{Checkpoint, Mirror, MirrorConfig, Progress, Tuning, CHECKPOINT_KEY};
 use drctl::topology::ExcludeSpec;
@@ -18,7 +18,7 @@ fn filter() -> Filter {
 
 fn config(src: &Etcd, dst: &Etcd) -> MirrorConfig {
     let tuning = Tuning { anti_entropy_after: None, progress_timeout: Duration::from_secs(2), ..Tuning::default() };
-    MirrorConfig { source: Endpoint::plain(vec![src.client_url.clone()]), dest: Endpoint::plain(vec![dst.client_url.clone()]), filter: filter(), tuning }
+    MirrorConfig { source: src.endpoint(), dest: dst.endpoint(), filter: filter(), tuning }
 }
 
 /// Replicated keys and values of an etcd, as the filter sees them.
@@ -303,8 +303,8 @@ fn kill_9_mid_copy_then_resume_without_recopying() {
     let keys: Vec<(String, Vec<u8>)> = (0..N).map(|i| (format!("/registry/configmaps/ns-{}/cm-{i:05}", i % 50), vec![b'a' + (i % 26) as u8; 2048])).collect();
     rt.block_on(put_all(&mut s, &keys));
 
-    let args = ["mirror", "--source", &src.client_url, "--dest", &dst.client_url, "--once"];
-    let mut child = drctl().args(args).spawn().expect("spawn drctl mirror");
+    let args = [vec!["mirror".to_string(), "--once".into()], src.flags("source", "source-"), dst.flags("dest", "dest-")].concat();
+    let mut child = drctl().args(&args).spawn().expect("spawn drctl mirror");
     let count =
         |d: &mut Client| rt.block_on(async { d.get("/registry/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count").count() });
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -320,7 +320,7 @@ fn kill_9_mid_copy_then_resume_without_recopying() {
     let cp = rt.block_on(Checkpoint::read(&mut d.kv_client())).expect("read").expect("checkpoint written");
     assert!(cp.copy.is_some(), "checkpoint of an unfinished copy: {cp:?}");
 
-    let out = drctl().args(args).output().expect("run drctl mirror again");
+    let out = drctl().args(&args).output().expect("run drctl mirror again");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("resumed from checkpoint"), "{stdout}");
@@ -361,7 +361,8 @@ async fn compaction_while_stopped_forces_a_resync_that_converges_with_deletes() 
 }
 
 fn check_cli(src: &Etcd, dst: &Etcd, extra: &[&str]) -> (i32, CheckReport) {
-    let out = drctl().args(["check", "--source", &src.client_url, "--dest", &dst.client_url, "--json"]).args(extra).output().expect("run drctl check");
+    let out =
+        drctl().args(["check", "--json"]).args(src.flags("source", "source-")).args(dst.flags("dest", "dest-")).args(extra).output().expect("run drctl check");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("check JSON: {e}: {stdout}{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().expect("exit code"), report)
@@ -434,7 +435,7 @@ async fn the_mirror_reconnects_when_either_etcd_restarts() {
 #[test]
 fn mirror_and_check_speak_mtls_to_both_sides() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let (src, dst) = (Etcd::start_tls(), Etcd::start_tls());
+    let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
     rt.block_on(put_all(&mut s, &[("/registry/secrets/team-a/tls".into(), b"sealed".to_vec())]));
     let base = ["--source", &src.client_url, "--dest", &dst.client_url];
@@ -445,6 +446,11 @@ fn mirror_and_check_speak_mtls_to_both_sides() {
     let stderr = String::from_utf8_lossy(&without.stderr);
     assert!(stderr.contains("do not accept each other's TLS certificates") && stderr.contains("--source-cacert"), "{stderr}");
     assert!(!stderr.contains("trying again"), "a TLS refusal was retried:\n{stderr}");
+    // So does the check (it reads both sides the same way).
+    let without = drctl().args(["check"]).args(base).args(src.tls_args("source-")).output().expect("run drctl check");
+    let stderr = String::from_utf8_lossy(&without.stderr);
+    assert_eq!(without.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the destination's etcd and drctl do not accept each other's TLS certificates") && stderr.contains("--dest-cacert"), "{stderr}");
 
     let out = drctl().args(["mirror", "--once"]).args(base).args(src.tls_args("source-")).args(dst.tls_args("dest-")).output().expect("run drctl mirror");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -462,7 +468,9 @@ fn drctl_mirror_follows_until_sigterm_then_exits_cleanly() {
     let (src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
     let mut child = drctl()
-        .args(["mirror", "--source", &src.client_url, "--dest", &dst.client_url])
+        .arg("mirror")
+        .args(src.flags("source", "source-"))
+        .args(dst.flags("dest", "dest-"))
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn drctl mirror");
@@ -522,8 +530,8 @@ async fn unknown_key_shapes_under_an_excluded_resource_are_copied_and_checked() 
     assert_same(&mut s, &mut d).await;
     d.put("/registry/pods/team-a/p05/odd", "tampered", None).await.expect("plant diverged");
     let found = check::run(
-        &etcd::connect(&Endpoint::plain(vec![src.client_url.clone()])).await.expect("src"),
-        &etcd::connect(&Endpoint::plain(vec![dst.client_url.clone()])).await.expect("dst"),
+        &etcd::connect(&src.endpoint()).await.expect("src"),
+        &etcd::connect(&dst.endpoint()).await.expect("dst"),
         &filter(),
         &CheckOptions::default(),
     )
@@ -554,15 +562,15 @@ fn exclusions_from_the_topology_file_and_the_flags_add_to_the_defaults() {
         let resp = rt.block_on(d.get("/registry/", Some(GetOptions::new().with_prefix().with_keys_only()))).expect("keys");
         resp.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect()
     };
-    let base = ["--source", &src.client_url, "--dest", &dst.client_url];
+    let base = [src.flags("source", "source-"), dst.flags("dest", "dest-")].concat();
 
     let config = format!("--config={}", topo.display());
-    let out = drctl().args(["mirror", "--once", &config]).args(base).output().expect("run drctl");
+    let out = drctl().args(["mirror", "--once", &config]).args(&base).output().expect("run drctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // team-b from the file, kube-system still excluded by default (it used to be copied: the
     // file's list replaced the defaults).
     assert_eq!(copied(&mut d), vec!["/registry/configmaps/team-a/a", "/registry/example.com/widgets/team-a/w"]);
-    let out = drctl().args(["check", &config]).args(base).output().expect("run drctl check");
+    let out = drctl().args(["check", &config]).args(&base).output().expect("run drctl check");
     assert!(out.status.success(), "the check filters like the mirror: {}", String::from_utf8_lossy(&out.stdout));
 
     // Flags add to the defaults (kube-system and events stay excluded) and to --config's list.
@@ -570,18 +578,18 @@ fn exclusions_from_the_topology_file_and_the_flags_add_to_the_defaults() {
     rt.block_on(d.delete(CHECKPOINT_KEY, None)).expect("wipe checkpoint");
     let out = drctl()
         .args(["mirror", "--once", &config, "--exclude-namespace=team-a", "--exclude-resource=example.com/widgets"])
-        .args(base)
+        .args(&base)
         .output()
         .expect("run drctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(copied(&mut d), Vec::<String>::new(), "team-b from --config, team-a and widgets from the flags, the rest by default");
     rt.block_on(d.delete(CHECKPOINT_KEY, None)).expect("wipe checkpoint");
-    let out = drctl().args(["mirror", "--once", "--exclude-namespace=team-a"]).args(base).output().expect("run drctl");
+    let out = drctl().args(["mirror", "--once", "--exclude-namespace=team-a"]).args(&base).output().expect("run drctl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(copied(&mut d), vec!["/registry/configmaps/team-b/b"]);
     // What would exclude everything is refused before anything is written.
     for bad in ["--exclude-resource=*", "--exclude-resource=namespaces"] {
-        let out = drctl().args(["mirror", "--once", bad]).args(base).output().expect("run drctl");
+        let out = drctl().args(["mirror", "--once", bad]).args(&base).output().expect("run drctl");
         assert!(!out.status.success(), "{bad} accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("spec.sync.exclude.resources[0]"), "{bad}: {err}");
@@ -589,7 +597,7 @@ fn exclusions_from_the_topology_file_and_the_flags_add_to_the_defaults() {
     // A check whose exclusions leave nothing replicated is not "consistent".
     let out = drctl()
         .args(["check", "--exclude-namespace=team-a", "--exclude-namespace=team-b", "--exclude-resource=example.com/widgets"])
-        .args(base)
+        .args(&base)
         .output()
         .expect("run drctl check");
     let said = String::from_utf8_lossy(&out.stdout);
@@ -705,21 +713,22 @@ async fn a_half_written_batch_is_never_compared_or_repaired() {
     assert!(after.report.consistent, "{}", after.report);
 }
 
-/// `--source X --dest X` is refused by cluster ID, even when the two URLs are spelled
-/// differently (127.0.0.1 and localhost reach the same etcd), and nothing is written.
+/// `--source X --dest X` is refused by cluster ID, even when the two are reached differently
+/// (the load balancer and one member's own URL), and nothing is written.
 #[tokio::test]
 async fn the_same_etcd_as_source_and_destination_is_refused() {
     let e = Etcd::start();
-    let other_spelling = e.client_url.replace("127.0.0.1", "localhost");
-    assert_ne!(other_spelling, e.client_url);
-    let mut c = Client::connect([e.client_url.clone()], None).await.expect("connect");
+    let member = e.member_urls()[1].clone();
+    assert_ne!(member, e.client_url);
+    let mut c = e.client().await;
     c.put("/registry/configmaps/team/a", "v", None).await.expect("put");
     let before = head(&mut c).await;
 
+    let via_member = [vec!["--dest".to_string(), member.clone()], e.tls_args("dest-")].concat();
     for args in [
-        vec!["check", "--source", &e.client_url, "--dest", &other_spelling],
-        vec!["mirror", "--once", "--source", &e.client_url, "--dest", &other_spelling],
-        vec!["mirror", "--source", &e.client_url, "--dest", &e.client_url],
+        [vec!["check".to_string()], e.flags("source", "source-"), via_member.clone()].concat(),
+        [vec!["mirror".to_string(), "--once".into()], e.flags("source", "source-"), via_member].concat(),
+        [vec!["mirror".to_string()], e.flags("source", "source-"), e.flags("dest", "dest-")].concat(),
     ] {
         let out = drctl().args(&args).output().expect("run drctl");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -728,15 +737,10 @@ async fn the_same_etcd_as_source_and_destination_is_refused() {
         eprintln!("{}: {}", args[0], stderr.lines().last().unwrap_or(""));
     }
     // The library refuses too (the controller's mirror and check use it).
-    let cfg = MirrorConfig {
-        source: Endpoint::plain(vec![e.client_url.clone()]),
-        dest: Endpoint::plain(vec![other_spelling.clone()]),
-        filter: filter(),
-        tuning: Tuning::default(),
-    };
+    let cfg = MirrorConfig { source: e.endpoint(), dest: e.cluster.endpoint(vec![member]), filter: filter(), tuning: Tuning::default() };
     let err = Mirror::new(cfg).run_once().await.expect_err("same etcd");
     assert!(matches!(err, drctl::mirror::MirrorError::SameCluster(_)), "{err}");
-    let conn = etcd::connect(&Endpoint::plain(vec![e.client_url.clone()])).await.expect("connect");
+    let conn = etcd::connect(&e.endpoint()).await.expect("connect");
     let err = check::run(&conn, &conn, &filter(), &CheckOptions::default()).await.expect_err("same etcd");
     assert!(matches!(err, check::CheckError::SameCluster(_)), "{err}");
 
@@ -744,7 +748,7 @@ async fn the_same_etcd_as_source_and_destination_is_refused() {
     assert!(c.get(CHECKPOINT_KEY, None).await.expect("get").kvs().is_empty());
 }
 
-fn archive_cli(args: &[&str]) -> String {
+fn archive_cli(args: &[String]) -> String {
     let out = drctl().arg("archive").args(args).output().expect("run drctl archive");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "drctl archive {args:?}: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -829,7 +833,7 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
         assert_eq!(own.kvs().len(), 1, "excluded keys are neither pruned nor archived");
     });
 
-    let listed = archive_cli(&["list", "--etcd", &dst.client_url, "--keys"]);
+    let listed = archive_cli(&[&["list".into(), "--keys".into()][..], &dst.flags("etcd", "")].concat());
     eprint!("{listed}");
     assert!(listed.contains(&format!("{}  {} keys ({} overwritten, {} deleted)", m.id, OWN + SOURCE_CHANGED, SOURCE_CHANGED, OWN)), "{listed}");
     assert!(listed.contains("configmaps team-b/own-07  /registry/configmaps/team-b/own-07"), "{listed}");
@@ -837,8 +841,8 @@ fn a_compaction_resync_archives_every_destination_value_it_deletes_or_overwrites
 
     // Put one back on the primary (the source), and leave one the primary holds alone.
     let key = "/registry/configmaps/team-b/own-07";
-    let restored =
-        archive_cli(&["restore", &m.id, "--etcd", &dst.client_url, "--to", &src.client_url, "--only", key, "--only", "/registry/configmaps/team-a/cm-001"]);
+    let only = ["--only", key, "--only", "/registry/configmaps/team-a/cm-001"].map(String::from);
+    let restored = archive_cli(&[&["restore".into(), m.id.clone()][..], &dst.flags("etcd", ""), &src.flags("to", "to-"), &only].concat());
     eprint!("{restored}");
     assert!(restored.contains("1 put, 1 kept"), "{restored}");
     rt.block_on(async {
@@ -917,7 +921,7 @@ fn a_source_restored_from_a_snapshot_is_reported_resynced_and_the_lost_history_a
     let (mut s, mut d) = rt.block_on(async { (src.client().await, dst.client().await) });
     const LOST: usize = 60;
     const NEW: usize = 20;
-    let snap = src.dir.path().join("snap.db");
+    let snap = src.dir().join("snap.db");
     let Running { mut rx, stop, task } = rt.block_on(async {
         let base: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("/registry/configmaps/team-a/base-{i:03}"), format!("v{i}").into_bytes())).collect();
         put_all(&mut s, &base).await;
@@ -992,7 +996,7 @@ fn a_source_restored_from_a_snapshot_is_reported_resynced_and_the_lost_history_a
 async fn a_rewound_source_whose_new_writes_passed_the_checkpoint_is_told_by_the_witness() {
     let (mut src, dst) = (Etcd::start(), Etcd::start());
     let (mut s, mut d) = (src.client().await, dst.client().await);
-    let snap = src.dir.path().join("snap.db");
+    let snap = src.dir().join("snap.db");
     put_all(&mut s, &[("/registry/configmaps/team-a/base".into(), b"v".to_vec())]).await;
     Mirror::new(config(&src, &dst)).run_once().await.expect("copy");
     src.snapshot(&snap);

@@ -87,7 +87,9 @@ fn objects_created_on_the_primary_are_served_by_the_standby_except_excluded_ones
 
     let _mirror = Running(
         drctl()
-            .args(["mirror", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url])
+            .arg("mirror")
+            .args(primary.etcd.flags("source", "source-"))
+            .args(standby.etcd.flags("dest", "dest-"))
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("mirror.log")).expect("log file"))
             .spawn()

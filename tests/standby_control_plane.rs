@@ -131,7 +131,12 @@ fn get(api: &ApiServer, args: &[&str]) -> Option<Value> {
 
 /// `drctl check` between the two etcds: (missed, surplus, diverged) and the report.
 fn check(primary: &Global, standby: &Global) -> ((u64, u64, u64), Value) {
-    let out = drctl().args(["check", "--json", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url]).output().expect("drctl check");
+    let out = drctl()
+        .args(["check", "--json"])
+        .args(primary.etcd.flags("source", "source-"))
+        .args(standby.etcd.flags("dest", "dest-"))
+        .output()
+        .expect("drctl check");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("check JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     let n = |k: &str| report[k]["count"].as_u64().expect("count");
     ((n("missed"), n("surplus"), n("diverged")), report)
@@ -168,7 +173,7 @@ fn a_standbys_controller_manager_and_scheduler_never_write_replicated_data_and_n
         procs::spawn(
             {
                 let mut c = drctl();
-                c.args(["mirror", "--source", &primary.etcd.client_url, "--dest", &standby.etcd.client_url]);
+                c.arg("mirror").args(primary.etcd.flags("source", "source-")).args(standby.etcd.flags("dest", "dest-"));
                 c
             },
             &dir.path().join("mirror.log"),

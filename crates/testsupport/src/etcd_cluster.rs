@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Child;
 
-use drctl_testbed::procs::{EtcdServer, EtcdTls};
+use drctl_testbed::procs::{EtcdServer, EtcdTls, ProcError};
 use drctl_testbed::tcp_lb::{Backend, TcpLb};
 
 use super::faults::{Mode, Proxy};
@@ -24,29 +24,42 @@ pub struct EtcdCluster {
     /// Each member runs as its own user (uid = its peer port), when started
     /// [`EtcdCluster::start_firewallable`].
     own_users: bool,
+    /// Flags after the test bed's own, for every member (etcd takes the last of a repeated flag).
+    extra_args: Vec<String>,
 }
 
 impl EtcdCluster {
     pub fn start(n: usize) -> EtcdCluster {
-        EtcdCluster::launch(n, false, false)
+        EtcdCluster::launch(n, false, false, &[])
+    }
+
+    /// Members started with `args` too, e.g. lowered request limits.
+    pub fn start_with(n: usize, args: &[&str]) -> EtcdCluster {
+        EtcdCluster::launch(n, false, false, args)
     }
 
     /// Members whose peers reach each other through proxies, so one can be cut off from its
     /// quorum while its clients still reach it ([`EtcdCluster::isolate`]).
     pub fn start_partitionable(n: usize) -> EtcdCluster {
-        EtcdCluster::launch(n, true, false)
+        EtcdCluster::launch(n, true, false, &[])
     }
 
     /// Members that each run as their own user, so a firewall rule tells one member's peer
     /// connections from the others' and cuts it off both ways ([`EtcdCluster::partition`]): a
     /// proxy per advertised peer URL cannot, as etcd's peer streams are dialed by the receiver.
     pub fn start_firewallable(n: usize) -> EtcdCluster {
-        EtcdCluster::launch(n, false, true)
+        EtcdCluster::launch(n, false, true, &[])
     }
 
-    fn launch(n: usize, partitionable: bool, own_users: bool) -> EtcdCluster {
+    fn launch(n: usize, partitionable: bool, own_users: bool, extra_args: &[&str]) -> EtcdCluster {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+        super::on_fresh_ports("etcd cluster", || EtcdCluster::try_launch(n, partitionable, own_users, extra_args.clone()))
+    }
+
+    /// One start on fresh ports; an error when a member does not come up (its port taken).
+    fn try_launch(n: usize, partitionable: bool, own_users: bool, extra_args: Vec<String>) -> Result<EtcdCluster, ProcError> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut members = EtcdServer::cluster_tls(dir.path(), n).expect("etcd members");
+        let mut members = EtcdServer::cluster_tls(dir.path(), n)?;
         let mut peer_links = Vec::new();
         if partitionable {
             for m in &mut members {
@@ -60,13 +73,17 @@ impl EtcdCluster {
         if own_users {
             hand_over(dir.path(), &members, &tls);
         }
-        // All at once: a member alone waits for its quorum.
-        let mut children: Vec<Option<Child>> = members.iter().map(|m| Some(spawn(command(m, own_users), &m.log()))).collect();
-        for (m, c) in members.iter().zip(children.iter_mut()) {
-            m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
-        }
         let lb = LoadBalancer::start(members.iter().map(|m| addr_of(&m.client_url)).collect());
-        EtcdCluster { dir, members, children, lb, tls, peer_links, own_users }
+        // Dropped on an error below: the members spawned so far are killed with it.
+        let mut cluster = EtcdCluster { dir, children: members.iter().map(|_| None).collect(), members, lb, tls, peer_links, own_users, extra_args };
+        // All at once: a member alone waits for its quorum.
+        for i in 0..n {
+            cluster.children[i] = Some(spawn(cluster.command(i), &cluster.members[i].log()));
+        }
+        for (m, c) in cluster.members.iter().zip(cluster.children.iter_mut()) {
+            m.wait_ready(c.as_mut().expect("spawned"))?;
+        }
+        Ok(cluster)
     }
 
     /// Cuts member `i` off from the others' messages (or heals it): it no longer hears its
@@ -169,8 +186,8 @@ impl EtcdCluster {
     /// Every member started again at once (one alone would wait for its quorum).
     pub fn restart_all(&mut self) {
         self.kill_all();
-        for (m, c) in self.members.iter().zip(self.children.iter_mut()) {
-            *c = Some(spawn(command(m, self.own_users), &m.log()));
+        for i in 0..self.members.len() {
+            self.children[i] = Some(spawn(self.command(i), &self.members[i].log()));
         }
         for (m, c) in self.members.iter().zip(self.children.iter_mut()) {
             m.wait_ready(c.as_mut().expect("spawned")).unwrap_or_else(|e| panic!("{e}"));
@@ -203,9 +220,8 @@ impl EtcdCluster {
     /// Start member `i` again on its data dir; waits until it serves with a leader.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
-        let m = &self.members[i];
-        let mut c = spawn(command(m, self.own_users), &m.log());
-        m.wait_ready(&mut c).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = spawn(self.command(i), &self.members[i].log());
+        self.members[i].wait_ready(&mut c).unwrap_or_else(|e| panic!("{e}"));
         self.children[i] = Some(c);
     }
 
@@ -247,6 +263,20 @@ impl EtcdCluster {
             assert!(std::time::Instant::now() < deadline, "the members do not agree on a leader: {leaders:?}");
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
+    }
+
+    /// Member `i`'s command, run as its own user when started [`EtcdCluster::start_firewallable`]
+    /// (uid and gid = its peer port).
+    fn command(&self, i: usize) -> std::process::Command {
+        let m = &self.members[i];
+        let mut cmd = super::etcd_command(m);
+        cmd.args(&self.extra_args);
+        if self.own_users {
+            use std::os::unix::process::CommandExt;
+            let uid = u32::from(addr_of(&m.peer_url).port());
+            cmd.uid(uid).gid(uid);
+        }
+        cmd
     }
 
     /// How [`EtcdCluster::client`] connects (a test that reconnects makes its own clients).
@@ -304,17 +334,6 @@ impl LoadBalancer {
     pub fn connections(&self) -> usize {
         self.lb.connections()
     }
-}
-
-/// Member `m`'s command, run as its own user when `own_users` (uid and gid = its peer port).
-fn command(m: &EtcdServer, own_users: bool) -> std::process::Command {
-    let mut cmd = super::etcd_command(m);
-    if own_users {
-        use std::os::unix::process::CommandExt;
-        let uid = u32::from(addr_of(&m.peer_url).port());
-        cmd.uid(uid).gid(uid);
-    }
-    cmd
 }
 
 /// Gives each member's directory to its user, and lets every member read the shared PKI (test

@@ -178,7 +178,7 @@ pub struct DrctlProcess {
 }
 
 impl DrctlProcess {
-    pub fn spawn(args: &[&str], log: &Path) -> DrctlProcess {
+    pub fn spawn(args: &[String], log: &Path) -> DrctlProcess {
         use std::os::unix::process::CommandExt;
         let f = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
         let f2 = f.try_clone().expect("clone log");
@@ -278,12 +278,8 @@ pub async fn lost_writes(dest: &mut Client, ledger: &Ledger) -> Vec<String> {
 
 /// `drctl check --json` between two etcds.
 pub fn check(source: &super::Etcd, dest: &super::Etcd) -> (Option<i32>, CheckReport) {
-    let out = super::drctl()
-        .args(["check", "--json", "--source", &source.client_url, "--dest", &dest.client_url])
-        .args(source.tls_args("source-"))
-        .args(dest.tls_args("dest-"))
-        .output()
-        .expect("run drctl check");
+    let out =
+        super::drctl().args(["check", "--json"]).args(source.flags("source", "source-")).args(dest.flags("dest", "dest-")).output().expect("run drctl check");
     let report: CheckReport = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("drctl check printed no report ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
     (out.status.code(), report)

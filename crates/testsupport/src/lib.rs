@@ -68,171 +68,82 @@ fn tail(path: &Path) -> String {
 
 pub use procs::EtcdTls;
 
-/// A single-member etcd ([`procs::ETCD_VERSION`], built from its Go modules) in a temp dir.
+/// A global's etcd as production runs it, in a temp dir: three members of etcd
+/// [`procs::ETCD_VERSION`] (built from its Go modules) requiring client certificates, behind a
+/// TCP load balancer ([`etcd_cluster::EtcdCluster`]). `client_url` is the load balancer's, which
+/// is what the peer's mirror and the CLI are given; the apiserver is given the members.
 pub struct Etcd {
-    child: Option<Child>,
-    pub dir: tempfile::TempDir,
     pub client_url: String,
-    server: procs::EtcdServer,
-    /// Set for an etcd that requires mTLS from its clients.
-    pub tls: Option<EtcdTls>,
-    /// Set for members behind a load balancer ([`Etcd::start_cluster`]); `client_url` is then
-    /// the load balancer's, and [`Etcd::kill`] / [`Etcd::restart`] act on every member.
-    pub cluster: Option<etcd_cluster::EtcdCluster>,
-    /// Flags after the test bed's own (etcd takes the last of a repeated flag).
-    extra_args: Vec<String>,
+    pub tls: EtcdTls,
+    pub cluster: etcd_cluster::EtcdCluster,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
-        Etcd::launch(false)
+        Etcd::start_with(&[])
     }
 
-    /// An etcd that serves HTTPS and requires a client certificate signed by its CA.
-    pub fn start_tls() -> Etcd {
-        Etcd::launch(true)
+    /// Members started with `args` too, e.g. lowered request limits.
+    pub fn start_with(args: &[&str]) -> Etcd {
+        let cluster = etcd_cluster::EtcdCluster::start_with(3, args);
+        Etcd { client_url: cluster.lb_url(), tls: cluster.tls.clone(), cluster }
     }
 
-    /// `members` mTLS members behind a TCP load balancer, as a real global runs its etcd.
-    pub fn start_cluster(members: usize) -> Etcd {
-        let c = etcd_cluster::EtcdCluster::start(members);
-        let server = c.member(0).clone();
-        Etcd {
-            child: None,
-            dir: tempfile::tempdir().expect("tempdir"),
-            client_url: c.lb_url(),
-            tls: Some(c.tls.clone()),
-            server,
-            cluster: Some(c),
-            extra_args: Vec::new(),
-        }
+    /// A temp dir that lives as long as this etcd (for a test's snapshots and logs).
+    pub fn dir(&self) -> &Path {
+        self.cluster.dir.path()
     }
 
     /// The client URLs of every member (the load balancer's alone is `client_url`).
     pub fn member_urls(&self) -> Vec<String> {
-        self.cluster.as_ref().map_or_else(|| vec![self.client_url.clone()], |c| c.member_urls())
+        self.cluster.member_urls()
     }
 
-    /// A single member started with `args` too, e.g. lowered request limits.
-    pub fn start_with(args: &[&str]) -> Etcd {
-        let mut e = Etcd::new(false);
-        e.extra_args = args.iter().map(|a| a.to_string()).collect();
-        e.spawn();
-        e.ready_or_relaunch()
-    }
-
-    fn launch(tls: bool) -> Etcd {
-        let mut e = Etcd::new(tls);
-        e.spawn();
-        e.ready_or_relaunch()
-    }
-
-    /// Waits for this spawned etcd; when it does not start, a new one on fresh ports.
-    fn ready_or_relaunch(self) -> Etcd {
-        let (tls, extra_args) = (self.tls.is_some(), self.extra_args.clone());
-        let mut spawned = Some(self);
-        on_fresh_ports("etcd", || {
-            let mut e = spawned.take().unwrap_or_else(|| {
-                let mut e = Etcd::new(tls);
-                e.extra_args = extra_args.clone();
-                e.spawn();
-                e
-            });
-            let child = e.child.as_mut().expect("etcd spawned");
-            e.server.wait_ready(child).map(|()| e)
-        })
-    }
-
-    fn new(tls: bool) -> Etcd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let server = if tls { procs::EtcdServer::on_free_ports_tls(dir.path()) } else { procs::EtcdServer::on_free_ports(dir.path()) }.expect("etcd ports");
-        Etcd { child: None, client_url: server.client_url.clone(), tls: server.tls.clone(), dir, server, cluster: None, extra_args: Vec::new() }
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = etcd_command(&self.server);
-        cmd.args(&self.extra_args);
-        self.child = Some(spawn(cmd, &self.server.log()));
-    }
-
-    fn wait_ready(&mut self) {
-        let child = self.child.as_mut().expect("etcd spawned");
-        self.server.wait_ready(child).unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    /// Kill -9, as a crash would.
+    /// Kill -9 every member, as a crash of the whole etcd would.
     pub fn kill(&mut self) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.kill_all();
-        }
-        if let Some(c) = self.child.as_mut() {
-            kill(c);
-        }
-        self.child = None;
+        self.cluster.kill_all();
     }
 
-    /// Start again on the same data dir and ports.
+    /// Every member started again on the same data dirs and ports.
     pub fn restart(&mut self) {
-        if let Some(c) = self.cluster.as_mut() {
-            return c.restart_all();
-        }
-        self.kill();
-        self.spawn();
-        self.wait_ready();
+        self.cluster.restart_all();
     }
 
-    /// `--<prefix>cacert/--<prefix>cert/--<prefix>key` for drctl's CLI (none for plain HTTP).
+    /// `--<prefix>cacert/--<prefix>cert/--<prefix>key` for drctl's CLI.
     pub fn tls_args(&self, prefix: &str) -> Vec<String> {
-        self.tls.as_ref().map(|t| cli_tls_args(t, prefix)).unwrap_or_default()
+        cli_tls_args(&self.tls, prefix)
+    }
+
+    /// How drctl's CLI is pointed at this etcd: `--<flag> <load balancer>` and the TLS flags
+    /// `--<tls_prefix>cacert/cert/key` (`--source` with `source-`, `--etcd` with none).
+    pub fn flags(&self, flag: &str, tls_prefix: &str) -> Vec<String> {
+        let mut out = vec![format!("--{flag}"), self.client_url.clone()];
+        out.extend(self.tls_args(tls_prefix));
+        out
+    }
+
+    /// drctl's endpoint for this etcd: the load balancer, with the client certificate.
+    pub fn endpoint(&self) -> drctl::etcd::Endpoint {
+        self.cluster.endpoint(vec![self.client_url.clone()])
     }
 
     /// `etcdctl snapshot save` of this etcd into `path`.
     pub fn snapshot(&self, path: &Path) {
-        let tls: Vec<String> = self
-            .tls
-            .iter()
-            .flat_map(|t| [format!("--cacert={}", t.ca.display()), format!("--cert={}", t.cert.display()), format!("--key={}", t.key.display())])
-            .collect();
+        let t = &self.tls;
+        let tls = [format!("--cacert={}", t.ca.display()), format!("--cert={}", t.cert.display()), format!("--key={}", t.key.display())];
         let out = procs::etcd_command("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).args(tls).arg(path).output().expect("run etcdctl");
         assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
     }
 
-    /// Restores this etcd from `snapshot` as an operator would after losing its data: stop,
-    /// `etcdutl snapshot restore` into a fresh data dir with
-    /// the same member name, peer URL and cluster token (so the same cluster ID), start again.
-    /// Its revision goes back to the snapshot's. Members behind a load balancer are all restored
-    /// ([`etcd_cluster::EtcdCluster::restore_snapshot`]).
+    /// Restores this etcd from `snapshot` as an operator would after losing its data
+    /// ([`etcd_cluster::EtcdCluster::restore_snapshot`]): the same cluster ID, its revision back
+    /// to the snapshot's.
     pub fn restore_snapshot(&mut self, snapshot: &Path) {
-        if let Some(c) = self.cluster.as_mut() {
-            return c.restore_snapshot(snapshot);
-        }
-        self.kill();
-        let data = self.dir.path().join("data");
-        std::fs::remove_dir_all(&data).expect("remove the data dir");
-        let peer = self.server.peer_url.clone();
-        let out = procs::etcd_command("etcdutl")
-            .args(["snapshot", "restore"])
-            .arg(snapshot)
-            .args(["--name", "default", "--initial-cluster", &format!("default={peer}"), "--initial-advertise-peer-urls", &peer])
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .expect("run etcdutl");
-        assert!(out.status.success(), "etcdutl snapshot restore: {}", String::from_utf8_lossy(&out.stderr));
-        self.spawn();
-        self.wait_ready();
+        self.cluster.restore_snapshot(snapshot);
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        let opts = self.tls.as_ref().map(|t| {
-            let read = |p: &Path| std::fs::read(p).expect("read etcd PEM");
-            etcd_client::ConnectOptions::new().with_tls(
-                etcd_client::TlsOptions::new()
-                    .ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca)))
-                    .identity(etcd_client::Identity::from_pem(read(&t.cert), read(&t.key))),
-            )
-        });
-        etcd_client::Client::connect([self.client_url.as_str()], opts).await.expect("connect etcd")
+        self.cluster.client().await
     }
 }
 
@@ -249,12 +160,6 @@ pub fn etcd_command(server: &procs::EtcdServer) -> std::process::Command {
 /// drctl's etcd TLS flags: `--<prefix>cacert`, `--<prefix>cert`, `--<prefix>key`.
 fn cli_tls_args(t: &EtcdTls, prefix: &str) -> Vec<String> {
     vec![format!("--{prefix}cacert={}", t.ca.display()), format!("--{prefix}cert={}", t.cert.display()), format!("--{prefix}key={}", t.key.display())]
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A kube-apiserver built from the `k8s.io/kubernetes` Go module, on an etcd of its own.
@@ -291,7 +196,7 @@ impl ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         // Every member, as a control-plane node's apiserver is given them.
         let mut server = procs::ApiServer::prepare(dir.path(), &etcd.member_urls().join(",")).expect("apiserver pki");
-        server.etcd_tls = etcd.tls.clone();
+        server.etcd_tls = Some(etcd.tls.clone());
         server.real_nodes = real_nodes;
         let mut a = ApiServer { child: None, url: server.url.clone(), kubeconfig: server.kubeconfig.clone(), dir, server };
         a.spawn();
@@ -452,22 +357,12 @@ impl Global {
         self.control_plane = Some(ControlPlane { children, dir });
     }
 
-    /// Two independent globals. Processes are spawned from this thread (PR_SET_PDEATHSIG fires
-    /// when the spawning *thread* exits) and then waited for together.
-    /// Two globals whose etcds are three mTLS members behind a load balancer each; each
-    /// apiserver is given its three members.
-    pub fn start_pair_ha(a: &str, b: &str) -> (Global, Global) {
-        let (ea, eb) = (Etcd::start_cluster(3), Etcd::start_cluster(3));
-        let (aa, ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
-        let (aa, ab) = (aa.ready_or_relaunch(&ea), ab.ready_or_relaunch(&eb));
-        (Global { name: a.to_string(), control_plane: None, api: aa, etcd: ea }, Global { name: b.to_string(), control_plane: None, api: ab, etcd: eb })
-    }
-
+    /// Two independent globals, each etcd three mTLS members behind a load balancer and each
+    /// apiserver given its three members. Processes are spawned from this thread
+    /// (PR_SET_PDEATHSIG fires when the spawning *thread* exits) and the apiservers waited for
+    /// together.
     pub fn start_pair(a: &str, b: &str) -> (Global, Global) {
-        let (mut ea, mut eb) = (Etcd::new(false), Etcd::new(false));
-        ea.spawn();
-        eb.spawn();
-        let (ea, eb) = (ea.ready_or_relaunch(), eb.ready_or_relaunch());
+        let (ea, eb) = (Etcd::start(), Etcd::start());
         let (aa, ab) = (ApiServer::spawn_new(&ea), ApiServer::spawn_new(&eb));
         let (aa, ab) = (aa.ready_or_relaunch(&ea), ab.ready_or_relaunch(&eb));
         (Global { name: a.to_string(), control_plane: None, api: aa, etcd: ea }, Global { name: b.to_string(), control_plane: None, api: ab, etcd: eb })

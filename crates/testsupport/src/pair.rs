@@ -100,7 +100,7 @@ impl Pair {
     /// global runs its etcd: the topology names the load balancer and a `tlsSecretRef` per
     /// cluster, each apiserver is given the three members.
     pub async fn start() -> Pair {
-        Pair::start_in(Global::start_pair_ha("global-a", "global-b"), NAMESPACE, false).await
+        Pair::start_in(Global::start_pair("global-a", "global-b"), NAMESPACE, false).await
     }
 
     /// A pair with drctl's Secrets in `namespace`. The CRD is applied with kubectl unless
@@ -134,9 +134,8 @@ impl Pair {
             docs.push(secret_yaml(namespace, &format!("{}-kubeconfig", peer.name), &[("kubeconfig", &kubeconfig)]));
             docs.push(secret_yaml(namespace, "pdns-api", &[("apiKey", pair.pdns.api_key.as_bytes())]));
             for e in [&pair.a, &pair.b] {
-                if let Some(t) = &e.etcd.tls {
-                    docs.push(etcd_tls_yaml(namespace, e, &t.ca, &t.cert, &t.key));
-                }
+                let t = &e.etcd.tls;
+                docs.push(etcd_tls_yaml(namespace, e, &t.ca, &t.cert, &t.key));
             }
             let (ok, out) = g.api.apply_stdin(&docs.join("---\n"));
             assert!(ok, "apply drctl's namespace, Secrets and CRD to {}: {out}", g.name);
@@ -209,10 +208,7 @@ impl Pair {
 
     pub fn topology_yaml(&self, primary: &str) -> String {
         let cluster = |g: &Global, vip: &str, enc: &str| {
-            let tls = match &g.etcd.tls {
-                Some(_) => format!("\n      tlsSecretRef: {{name: {}-etcd-tls, namespace: {}}}", g.name, self.namespace),
-                None => String::new(),
-            };
+            let tls = format!("\n      tlsSecretRef: {{name: {}-etcd-tls, namespace: {}}}", g.name, self.namespace);
             format!(
                 "  - name: {}\n    vip: {vip}\n    apiServer: {}\n    kubeconfigSecretRef: {{name: {}-kubeconfig, namespace: {}}}\n    etcd:\n      endpoints: [{}]{tls}\n    encryptionConfigPath: {}\n",
                 g.name,
