@@ -556,8 +556,7 @@ async fn mirror(etcd: &EtcdArgs, exclude: &ExcludeArgs, once: bool) -> anyhow::R
         while let Err(e) = refuse_same_etcd(&endpoints).await {
             // Only an etcd that is not there yet is waited for; a bad URL or file is not.
             let unreachable = e.chain().any(|c| {
-                matches!(c.downcast_ref::<etcd::EtcdError>(), Some(etcd::EtcdError::NoMember { .. }))
-                    || matches!(c.downcast_ref::<etcd::EtcdError>(), Some(etcd::EtcdError::Connect { source, .. }) if !etcd::is_tls_refusal(source))
+                c.downcast_ref::<etcd::EtcdError>().is_some_and(etcd::EtcdError::is_transient)
                     || c.downcast_ref::<etcd_client::Error>().is_some_and(etcd::is_transient)
             });
             if !unreachable {

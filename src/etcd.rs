@@ -31,6 +31,19 @@ pub enum EtcdError {
     NoMember { endpoints: String, timeout: Duration, failures: String },
 }
 
+impl EtcdError {
+    /// True when connecting again can succeed: no member answered yet, or the connection failed
+    /// for a reason other than a certificate refused ([`is_tls_refusal`]). A bad URL, file or
+    /// identity is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            EtcdError::Connect { source, .. } => !is_tls_refusal(source),
+            EtcdError::NoMember { .. } => true,
+            EtcdError::Userinfo(_) | EtcdError::ReadFile { .. } | EtcdError::HalfIdentity => false,
+        }
+    }
+}
+
 /// Paths of PEM files for mTLS to one etcd (the controller fills them from a Secret).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsFiles {

@@ -59,8 +59,7 @@ impl MirrorError {
     pub fn is_transient(&self) -> bool {
         match self {
             MirrorError::Etcd { source, .. } => etcd::is_transient(source),
-            MirrorError::Connect(EtcdError::Connect { source, .. }) => !etcd::is_tls_refusal(source),
-            MirrorError::Connect(EtcdError::NoMember { .. }) => true,
+            MirrorError::Connect(e) => e.is_transient(),
             MirrorError::DeadWatch(_) | MirrorError::WatchEnded => true,
             MirrorError::WatchCanceled(why) => why.contains("no leader"),
             _ => false,

@@ -5,7 +5,7 @@
 use drctl_testsupport as support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use drctl::check::CheckReport;
@@ -13,14 +13,17 @@ use etcd_client::Client;
 use support::etcd_cluster::EtcdCluster;
 use support::{drctl, Etcd};
 
+/// `drctl <args>` from `source` (URLs of `src`, comma-separated) into `dst`, with both sides'
+/// TLS flags.
+fn drctl_between(args: &[&str], src: &EtcdCluster, source: &str, dst: &Etcd) -> Command {
+    let mut cmd = drctl();
+    cmd.args(args).args(["--source", source]).args(src.tls_args("source-")).args(dst.flags("dest", "dest-"));
+    cmd
+}
+
 /// `drctl check --json` of `source` (URLs, comma-separated) against `dst`.
 fn check(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<CheckReport, String> {
-    let out = drctl()
-        .args(["check", "--json", "--source", source])
-        .args(src.tls_args("source-"))
-        .args(dst.flags("dest", "dest-"))
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out = drctl_between(&["check", "--json"], src, source, dst).output().map_err(|e| e.to_string())?;
     serde_json::from_slice(&out.stdout).map_err(|e| format!("exit {:?}: {e}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -31,12 +34,7 @@ fn assert_zero_differences(src: &EtcdCluster, source: &str, dst: &Etcd) {
 }
 
 fn mirror_once(src: &EtcdCluster, source: &str, dst: &Etcd) -> Result<(), String> {
-    let out = drctl()
-        .args(["mirror", "--once", "--source", source])
-        .args(src.tls_args("source-"))
-        .args(dst.flags("dest", "dest-"))
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out = drctl_between(&["mirror", "--once"], src, source, dst).output().map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(())
     } else {
@@ -57,15 +55,7 @@ impl Drop for Following {
 /// `drctl mirror` (following) from `source` into `dst`, its log in `log`.
 fn follow(src: &EtcdCluster, source: &str, dst: &Etcd, log: &std::path::Path) -> Following {
     let f = std::fs::File::create(log).expect("mirror log");
-    let child = drctl()
-        .args(["mirror", "--source", source])
-        .args(src.tls_args("source-"))
-        .args(dst.flags("dest", "dest-"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(f)
-        .spawn()
-        .expect("spawn drctl mirror");
+    let child = drctl_between(&["mirror"], src, source, dst).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(f).spawn().expect("spawn drctl mirror");
     Following(child)
 }
 
@@ -448,14 +438,7 @@ async fn the_leader_killed_mid_check_reports_no_false_difference() {
     mirror_once(&src, &src.lb_url(), &dst).expect("copy");
     let members = src.member_urls().join(",");
     let started = Instant::now();
-    let child = drctl()
-        .args(["check", "--json", "--source", &members])
-        .args(src.tls_args("source-"))
-        .args(dst.flags("dest", "dest-"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn drctl check");
+    let child = drctl_between(&["check", "--json"], &src, &members, &dst).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn drctl check");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let leader = src.leader().await;
     src.kill(leader);

@@ -129,9 +129,13 @@ impl Etcd {
 
     /// `etcdctl snapshot save` of this etcd into `path`.
     pub fn snapshot(&self, path: &Path) {
-        let t = &self.tls;
-        let tls = [format!("--cacert={}", t.ca.display()), format!("--cert={}", t.cert.display()), format!("--key={}", t.key.display())];
-        let out = procs::etcd_command("etcdctl").args(["--endpoints", &self.client_url, "snapshot", "save"]).args(tls).arg(path).output().expect("run etcdctl");
+        // etcdctl's TLS flags are drctl's without a prefix.
+        let out = procs::etcd_command("etcdctl")
+            .args(["--endpoints", &self.client_url, "snapshot", "save"])
+            .args(self.tls_args(""))
+            .arg(path)
+            .output()
+            .expect("run etcdctl");
         assert!(out.status.success(), "etcdctl snapshot save: {}", String::from_utf8_lossy(&out.stderr));
     }
 
