@@ -147,9 +147,11 @@ demo-down:
 
 # The mirror benchmark (not a test): drctl vs etcdctl make-mirror vs the destination's own
 # batched-put rate, lag, check and RSS on 100k keys. Paste its output into BENCHMARKS.md.
+# Each side's etcd is MEMBERS members with client certificates (1: one plain-HTTP member).
+MEMBERS ?= 3
 bench: deps etcd
 	cargo build --release -p drctl --bin drctl --example mirror_bench
-	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl
+	$(CARGO_TARGET_DIR)/release/examples/mirror_bench --drctl $(CARGO_TARGET_DIR)/release/drctl --members $(MEMBERS)
 
 # The scale benchmark (not a test): N keys (default 1M × 1 KiB) — copy vs the snapshot route and
 # the destination's ceiling, check vs the range-read floor, the primary's latency under a check,
@@ -158,7 +160,7 @@ N ?= 1000000
 VALUE_BYTES ?= 1024
 bench-scale: deps etcd
 	cargo build --release -p drctl --bin drctl --example scale_bench
-	$(CARGO_TARGET_DIR)/release/examples/scale_bench --drctl $(CARGO_TARGET_DIR)/release/drctl --keys $(N) --value-bytes $(VALUE_BYTES)
+	$(CARGO_TARGET_DIR)/release/examples/scale_bench --drctl $(CARGO_TARGET_DIR)/release/drctl --keys $(N) --value-bytes $(VALUE_BYTES) --members $(MEMBERS)
 
 # The primary's leader during a check (not a test): put p99 at the leader alone, during a check
 # reading the leader, during one reading the followers, beside a thread burning one core (the

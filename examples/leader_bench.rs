@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use bench::{arg, batched_put, percentile, EtcdProc, Load, Res};
 use drctl::check::{self, CheckOptions};
-use drctl::etcd::{self, Endpoint, TlsFiles};
+use drctl::etcd::{self, Endpoint};
 use drctl::keyspace::Filter;
 use drctl::mirror::{Mirror, MirrorConfig, Tuning};
 use drctl::topology::ExcludeSpec;
-use drctl_testbed::procs::{EtcdServer, Lifetime};
 
 struct Phase {
     name: &'static str,
@@ -53,30 +52,14 @@ async fn main() -> Res<()> {
     let keys: usize = arg("--keys").map_or(Ok(300_000), |s| s.parse())?;
     let rate: u64 = arg("--rate").map_or(Ok(300), |s| s.parse())?;
     let raise: u64 = arg("--raise").map_or(Ok(50_000), |s| s.parse())?;
-    let dir = tempfile::tempdir()?;
-    let members = EtcdServer::cluster_tls(dir.path(), 3)?;
-    let mut children: Vec<_> = members.iter().map(|m| m.spawn(Lifetime::WithParent)).collect::<Result<_, _>>()?;
-    for (m, c) in members.iter().zip(children.iter_mut()) {
-        m.wait_ready(c)?;
-    }
-    let tls = members[0].tls.clone().ok_or("members serve TLS")?;
-    let files = TlsFiles { ca: Some(tls.ca.clone()), cert: Some(tls.cert.clone()), key: Some(tls.key.clone()) };
-    let endpoint = |urls: Vec<String>| -> Res<Endpoint> { Ok(Endpoint { urls, tls: Some(files.load()?) }) };
-    let urls: Vec<String> = members.iter().map(|m| m.client_url.clone()).collect();
-
-    // The leader: the member whose status names itself.
-    let mut leader = None;
-    for (i, u) in urls.iter().enumerate() {
-        let mut c = etcd::connect(&endpoint(vec![u.clone()])?).await?.client;
-        let s = c.status().await?;
-        if s.header().is_some_and(|h| h.member_id() == s.leader()) {
-            leader = Some(i);
-        }
-    }
-    let leader_index = leader.ok_or("no leader")?;
+    let src = EtcdProc::start(3).await?;
+    let endpoint = |urls: Vec<String>| -> Res<Endpoint> { Ok(Endpoint { urls, ..src.endpoint()? }) };
+    let urls = src.urls.clone();
+    let leader_index = src.leader().await?;
     let leader = urls[leader_index].clone();
-    let leader_pid = children[leader_index].id();
-    let other_pids: Vec<u32> = children.iter().enumerate().filter(|(i, _)| *i != leader_index).map(|(_, c)| c.id()).chain([std::process::id()]).collect();
+    let pids = src.pids();
+    let leader_pid = pids[leader_index];
+    let other_pids: Vec<u32> = pids.iter().enumerate().filter(|(i, _)| *i != leader_index).map(|(_, p)| *p).chain([std::process::id()]).collect();
     let others_cpu = || other_pids.iter().map(|p| bench::cpu_secs(*p)).sum::<f64>();
     let leader_sched = || (bench::cpu_secs(leader_pid), bench::cpu_wait_secs(leader_pid));
     let to_leader = etcd::connect(&endpoint(vec![leader.clone()])?).await?.client;
@@ -84,13 +67,13 @@ async fn main() -> Res<()> {
     eprintln!("loading {keys} keys of 1 KiB into a 3-member etcd {} ...", bench::etcd_version()?);
     let ids: Vec<usize> = (0..keys).collect();
     batched_put(&to_leader, &ids, 1024, 128, 4).await?;
-    let dst = EtcdProc::start().await?;
+    let dst = EtcdProc::start(1).await?;
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
     let tuning = Tuning { anti_entropy_after: None, ..Tuning::default() };
-    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: Endpoint::plain(vec![dst.url.clone()]), filter: filter.clone(), tuning })
+    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: dst.endpoint()?, filter: filter.clone(), tuning })
         .run_once()
         .await?;
-    let dest = etcd::connect(&Endpoint::plain(vec![dst.url.clone()])).await?;
+    let dest = etcd::connect(&dst.endpoint()?).await?;
 
     let mut phases = Vec::new();
     for (name, beside) in [
@@ -174,9 +157,5 @@ async fn main() -> Res<()> {
     let to = etcd::raise_revision(&all.kv, head, raise, 64).await?;
     let secs = t.elapsed().as_secs_f64();
     println!("\nStopSync's raise: {} revisions ({head} -> {to}) in {secs:.1} s: {:.0} revisions/s", to - head, (to - head) as f64 / secs);
-    for c in children.iter_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
     Ok(())
 }

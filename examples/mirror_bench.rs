@@ -3,7 +3,10 @@
 //! ceiling), `etcdctl make-mirror`'s initial copy, `drctl mirror --once`, the steady-state lag at
 //! 2,000 writes/s, a full `drctl check`, and drctl's peak RSS; then prints a Markdown report.
 //!
-//! Usage: mirror_bench --drctl PATH [--keys N] [--make-mirror-budget SECS]
+//! Each side's etcd is three members requiring client certificates unless `--members 1` (one
+//! plain-HTTP member, as before issue 19).
+//!
+//! Usage: mirror_bench --drctl PATH [--keys N] [--members N] [--make-mirror-budget SECS]
 
 mod bench;
 
@@ -24,6 +27,7 @@ const LAG_SECONDS: u64 = 10;
 async fn main() -> Res<()> {
     let drctl = bench::drctl()?;
     let n: usize = bench::arg("--keys").map(|s| s.parse()).transpose()?.unwrap_or(100_000);
+    let members = bench::members()?;
     let mm_budget = Duration::from_secs(bench::arg("--make-mirror-budget").map(|s| s.parse()).transpose()?.unwrap_or(120));
 
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
@@ -31,8 +35,8 @@ async fn main() -> Res<()> {
     let replicated: Vec<usize> = all.iter().copied().filter(|&i| filter.copies(bench::key(i).as_bytes())).collect();
     eprintln!("{} keys, {} replicated by the default filter", all.len(), replicated.len());
 
-    let src = EtcdProc::start().await?;
-    let s = src.client().await?;
+    let src = EtcdProc::start(members).await?;
+    let s = src.leader_client().await?;
     let load_rate = batched_put(&s, &all, VALUE_BYTES, 128, 8).await?;
     eprintln!("loaded the source at {load_rate:.0} keys/s");
 
@@ -40,8 +44,8 @@ async fn main() -> Res<()> {
     //    best of several concurrencies (each into a fresh etcd).
     let (mut ceiling, mut ceiling_in_flight) = (0.0, 0);
     for in_flight in CEILING_IN_FLIGHT {
-        let d = EtcdProc::start().await?;
-        let c = d.client().await?;
+        let d = EtcdProc::start(members).await?;
+        let c = d.leader_client().await?;
         let rate = batched_put(&c, &replicated, VALUE_BYTES, 127, in_flight).await?;
         eprintln!("batched put, {in_flight} in flight: {rate:.0} keys/s");
         if rate > ceiling {
@@ -51,11 +55,15 @@ async fn main() -> Res<()> {
 
     // 2. etcdctl make-mirror: copies every key under the prefix one put at a time.
     let (mm_rate, mm_keys, mm_secs, mm_done) = {
-        let d = EtcdProc::start().await?;
+        let d = EtcdProc::start(members).await?;
         let mut c = d.client().await?;
         let started = Instant::now();
         let mut child = drctl_testbed::procs::etcd_command("etcdctl")
-            .args(["--endpoints", &src.url, "make-mirror", "--prefix", "/registry/", &d.url])
+            .arg(format!("--endpoints={}", src.urls.join(",")))
+            .args(src.tls_flags(""))
+            .args(["make-mirror", "--prefix", "/registry/"])
+            .args(d.tls_flags("dest-"))
+            .arg(&d.urls[0])
             .env("ETCDCTL_API", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -76,16 +84,17 @@ async fn main() -> Res<()> {
     eprintln!("make-mirror {mm_rate:.0} keys/s ({mm_keys} keys in {mm_secs:.1}s)");
 
     // 3. drctl mirror --once into a fresh destination, then steady state and check on it.
-    let d = EtcdProc::start().await?;
+    let d = EtcdProc::start(members).await?;
+    let both = [src.drctl_flags("source"), d.drctl_flags("dest")].concat();
     let bench::Measured { elapsed: once_elapsed, peak_kib: once_rss_kib, out: once_out, .. } =
-        run_measured(Command::new(&drctl).args(["mirror", "--source", &src.url, "--dest", &d.url, "--once"]))?;
+        run_measured(Command::new(&drctl).arg("mirror").args(&both).arg("--once"))?;
     let mut dc = d.client().await?;
     let copied = count(&mut dc).await?;
     let drctl_rate = copied as f64 / once_elapsed.as_secs_f64();
     eprintln!("drctl --once: {}", once_out.trim());
 
     // 4. Steady-state lag at LAG_RATE writes/s: source commit → visible in the destination.
-    let mut follower = Command::new(&drctl).args(["mirror", "--source", &src.url, "--dest", &d.url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut follower = Command::new(&drctl).arg("mirror").args(&both).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, lags) = measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Rate(LAG_RATE), LAG_SECONDS as f64, VALUE_BYTES).await?;
     let write_secs = LAG_SECONDS as f64;
@@ -96,17 +105,17 @@ async fn main() -> Res<()> {
 
     // 5. A full check of the replicated keyspace.
     let bench::Measured { elapsed: check_elapsed, peak_kib: check_rss_kib, out: check_out, .. } =
-        run_measured(Command::new(&drctl).args(["check", "--source", &src.url, "--dest", &d.url, "--json"]))?;
+        run_measured(Command::new(&drctl).arg("check").args(&both).arg("--json"))?;
     let report: drctl::check::CheckReport = serde_json::from_str(&check_out)?;
 
     let ok = |b: bool| if b { "met" } else { "MISSED" };
     println!("## Mirror\n");
     println!(
-        "`make bench` ({} keys, {} B values, {} replicated by the default filter; etcd {}; {} CPUs; one run).\n",
+        "`make bench` ({} keys, {} B values, {} replicated by the default filter; {}; {} CPUs; one run).\n",
         all.len(),
         VALUE_BYTES,
         replicated.len(),
-        bench::etcd_version()?,
+        src.describe()?,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     );
     println!("| measure | figure | target |");

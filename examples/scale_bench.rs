@@ -4,9 +4,11 @@
 //! `drctl mirror --once`, the time to merely range-read both keyspaces (the check's floor),
 //! `drctl check`, the primary's put latency with and without a check running against it, the lag
 //! at the highest write rate the source sustains, and drctl's peak RSS; then prints a Markdown
-//! report with the ratios.
+//! report with the ratios. Each side's etcd is three members requiring client certificates unless
+//! `--members 1` (one plain-HTTP member, as before issue 19); the writers put to the source's
+//! leader, drctl and the floor read through the member list (a follower).
 //!
-//! Usage: scale_bench --drctl PATH [--keys N] [--value-bytes B] [--ceiling-in-flight 8,16]
+//! Usage: scale_bench --drctl PATH [--keys N] [--members N] [--value-bytes B] [--ceiling-in-flight 8,16]
 //!        [--writers W] [--writer-rate R] [--check-args "ARGS"]
 
 mod bench;
@@ -14,7 +16,7 @@ mod bench;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::{batched_put, count, cpu_secs, measure_lag, peak_rss_kib, percentile, run_measured, write_load, EtcdProc, Load, Res};
+use bench::{batched_put, count, measure_lag, peak_rss_kib, percentile, run_measured, write_load, EtcdProc, Load, Res};
 use drctl::keyspace::Filter;
 use drctl::topology::ExcludeSpec;
 use etcd_client::{Client, GetOptions};
@@ -81,6 +83,7 @@ fn mib(kib: i64) -> f64 {
 async fn main() -> Res<()> {
     let drctl = bench::drctl()?;
     let n: usize = bench::arg("--keys").map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
+    let members = bench::members()?;
     let value_bytes: usize = bench::arg("--value-bytes").map(|s| s.parse()).transpose()?.unwrap_or(1024);
     let ceiling_in_flight: Vec<usize> = bench::arg("--ceiling-in-flight").unwrap_or("8,16".into()).split(',').map(str::parse).collect::<Result<_, _>>()?;
     let writers: usize = bench::arg("--writers").map(|s| s.parse()).transpose()?.unwrap_or(64);
@@ -94,8 +97,8 @@ async fn main() -> Res<()> {
     let replicated: Vec<usize> = all.iter().copied().filter(|&i| filter.copies(bench::key(i).as_bytes())).collect();
     eprintln!("{} keys × {value_bytes} B, {} replicated by the default filter", all.len(), replicated.len());
 
-    let src = EtcdProc::start().await?;
-    let s = src.client().await?;
+    let src = EtcdProc::start(members).await?;
+    let s = src.leader_client().await?;
     let load_rate = batched_put(&s, &all, value_bytes, 128, 16).await?;
     eprintln!("loaded the source at {load_rate:.0} keys/s");
 
@@ -103,8 +106,8 @@ async fn main() -> Res<()> {
     //    shaped like drctl's, best of the concurrencies (each into a fresh etcd).
     let (mut ceiling, mut ceiling_at) = (0.0, 0);
     for &in_flight in &ceiling_in_flight {
-        let d = EtcdProc::start().await?;
-        let rate = batched_put(&d.client().await?, &replicated, value_bytes, 127, in_flight).await?;
+        let d = EtcdProc::start(members).await?;
+        let rate = batched_put(&d.leader_client().await?, &replicated, value_bytes, 127, in_flight).await?;
         eprintln!("ceiling: batched put, {in_flight} in flight: {rate:.0} keys/s");
         if rate > ceiling {
             (ceiling, ceiling_at) = (rate, in_flight);
@@ -119,7 +122,9 @@ async fn main() -> Res<()> {
         let started = Instant::now();
         let status = drctl_testbed::procs::etcd_command("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &src.url, "snapshot", "save"])
+            .arg(format!("--endpoints={}", src.urls[0]))
+            .args(src.tls_flags(""))
+            .args(["snapshot", "save"])
             .arg(&file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -129,7 +134,7 @@ async fn main() -> Res<()> {
         }
         let save = started.elapsed();
         let started = Instant::now();
-        let restored = EtcdProc::start_from(Some(&file)).await?;
+        let restored = EtcdProc::start_from(members, Some(&file)).await?;
         let restore = started.elapsed();
         let got = count(&mut restored.client().await?).await?;
         if got as usize != n {
@@ -141,10 +146,11 @@ async fn main() -> Res<()> {
     eprintln!("snapshot route: save {:.1} s + restore and start {:.1} s", secs(snap_save), secs(snap_restore));
 
     // 3. drctl mirror --once into a fresh destination.
-    let d = EtcdProc::start().await?;
-    let etcd_cpu = || (cpu_secs(src.pid()), cpu_secs(d.pid()));
+    let d = EtcdProc::start(members).await?;
+    let etcd_cpu = || (src.cpu_secs(), d.cpu_secs());
+    let both = [src.drctl_flags("source"), d.drctl_flags("dest")].concat();
     let before = etcd_cpu();
-    let once_run = run_measured(Command::new(&drctl).args(["mirror", "--source", &src.url, "--dest", &d.url, "--once"]))?;
+    let once_run = run_measured(Command::new(&drctl).arg("mirror").args(&both).arg("--once"))?;
     let once_cpu = Cpu::since(before, etcd_cpu(), once_run.cpu_secs);
     let (once_elapsed, once_rss_kib, once_out) = (once_run.elapsed, once_run.peak_kib, once_run.out);
     let mut dc = d.client().await?;
@@ -152,9 +158,10 @@ async fn main() -> Res<()> {
     eprintln!("drctl --once: {}", once_out.trim());
 
     // 4. The check's floor: range-read both keyspaces at once, pages as big as the check's.
+    let src_reader = src.client().await?;
     let limit = (FLOOR_PAGE_BYTES / value_bytes).clamp(16, 10_000) as i64;
     let (started, before) = (Instant::now(), etcd_cpu());
-    let (src_read, dst_read) = tokio::try_join!(read_all(&s, 0, limit), read_all(&dc, 0, limit))?;
+    let (src_read, dst_read) = tokio::try_join!(read_all(&src_reader, 0, limit), read_all(&dc, 0, limit))?;
     let floor = started.elapsed();
     let floor_cpu = Cpu::since(before, etcd_cpu(), f64::NAN);
     eprintln!("range-read floor: {src_read} + {dst_read} keys in {:.1} s", secs(floor));
@@ -162,7 +169,7 @@ async fn main() -> Res<()> {
     // 5. A full check.
     let check_cmd = || {
         let mut c = Command::new(&drctl);
-        c.args(["check", "--source", &src.url, "--dest", &d.url, "--json"]).args(&check_args);
+        c.arg("check").args(&both).arg("--json").args(&check_args);
         c
     };
     let before = etcd_cpu();
@@ -195,7 +202,7 @@ async fn main() -> Res<()> {
 
     // 7. The lag at the highest write rate the source sustains (a closed loop of `writers`),
     //    with the following mirror's peak RSS (it resumes from the checkpoint: no copy).
-    let mut follower = Command::new(&drctl).args(["mirror", "--source", &src.url, "--dest", &d.url]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let mut follower = Command::new(&drctl).arg("mirror").args(&both).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     // Steady state: the follower has applied everything written so far (the writers above put
     // tens of thousands of excluded keys it replays from the watch first) and raised the
     // destination to the source's numbering (the revision floor): that catch-up is reported on
@@ -224,10 +231,10 @@ async fn main() -> Res<()> {
     let once_rate = copied as f64 / once;
     println!("## Scale\n");
     println!(
-        "`make bench-scale` ({} keys × {value_bytes} B, {} replicated by the default filter; etcd {}; {} CPUs; one run; load average {} at the start, {} at the end).\n",
+        "`make bench-scale` ({} keys × {value_bytes} B, {} replicated by the default filter; {}; {} CPUs; one run; load average {} at the start, {} at the end).\n",
         n,
         replicated.len(),
-        bench::etcd_version()?,
+        src.describe()?,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         load_at_start,
         load_avg(),
@@ -240,7 +247,7 @@ async fn main() -> Res<()> {
         replicated.len()
     );
     println!(
-        "| snapshot route: `etcdctl snapshot save` + `snapshot restore` + start (all {n} keys) | {snap_secs:.1} s ({:.1} + {:.1}) | | |",
+        "| snapshot route: `etcdctl snapshot save` + `snapshot restore` (each of the {members} members at once) + start (all {n} keys) | {snap_secs:.1} s ({:.1} + {:.1}) | | |",
         secs(snap_save),
         secs(snap_restore)
     );
@@ -281,7 +288,7 @@ async fn main() -> Res<()> {
         writes.per_second,
         ok(lag99 < 100.0)
     );
-    println!("| CPU seconds (drctl / source etcd / destination etcd): `mirror --once`; floor; `check` | {}; {}; {} | | |", once_cpu, floor_cpu, check_cpu);
+    println!("| CPU seconds (drctl / source etcd / destination etcd, every member): `mirror --once`; floor; `check` | {}; {}; {} | | |", once_cpu, floor_cpu, check_cpu);
     println!(
         "| peak RSS: `mirror --once` / `check` / following `mirror` | {:.0} / {:.0} / {:.0} MiB | | < 100 MiB: {} |",
         mib(once_rss_kib),

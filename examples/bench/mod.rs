@@ -3,97 +3,161 @@
 #![allow(dead_code)] // each benchmark uses part of it
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use drctl::etcd::{Endpoint, TlsFiles};
+use drctl_testbed::procs::{EtcdServer, Lifetime};
 use etcd_client::{Client, GetOptions, Txn, TxnOp, WatchOptions};
 use futures::stream::{self, StreamExt};
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// One side's etcd: `--members 1` is one plain-HTTP member (how the figures before issue 19 were
+/// taken); more is a cluster of that many members requiring client certificates, as a global
+/// runs it. drctl gets the member list, as the controller does; the test bed's load balancer is
+/// left out, since a proxy in this process would be measured with drctl.
 pub struct EtcdProc {
-    child: Child,
-    pub dir: tempfile::TempDir,
-    pub url: String,
+    children: Vec<Child>,
+    members: Vec<EtcdServer>,
+    /// Member client URLs.
+    pub urls: Vec<String>,
+    _dir: tempfile::TempDir,
 }
 
-fn free_port() -> Res<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `--members N` of the command line: 3 unless given.
+pub fn members() -> Res<usize> {
+    Ok(arg("--members").map(|s| s.parse()).transpose()?.unwrap_or(3))
 }
 
 impl EtcdProc {
-    /// A fresh, empty etcd.
-    pub async fn start() -> Res<EtcdProc> {
-        Self::start_from(None).await
+    /// A fresh, empty etcd of `n` members.
+    pub async fn start(n: usize) -> Res<EtcdProc> {
+        Self::start_from(n, None).await
     }
 
-    /// An etcd whose data directory is restored from `snapshot` (`etcdutl snapshot restore`,
-    /// with the member's peer URL, which the restore writes into the data).
-    pub async fn start_from(snapshot: Option<&Path>) -> Res<EtcdProc> {
+    /// An etcd of `n` members whose data directories are restored from `snapshot` (`etcdutl
+    /// snapshot restore` per member, at once, as the runbook would on each node), then started.
+    pub async fn start_from(n: usize, snapshot: Option<&Path>) -> Res<EtcdProc> {
         let dir = tempfile::tempdir()?;
-        let url = format!("http://127.0.0.1:{}", free_port()?);
-        let peer = format!("http://127.0.0.1:{}", free_port()?);
-        let data = dir.path().join("data");
+        let members = match n {
+            0 => return Err("--members must be at least 1".into()),
+            1 => vec![EtcdServer::on_free_ports(dir.path())?],
+            n => EtcdServer::cluster_tls(dir.path(), n)?,
+        };
         if let Some(snap) = snapshot {
-            let status = drctl_testbed::procs::etcd_command("etcdutl")
-                .args(["snapshot", "restore"])
-                .arg(snap)
-                .arg(format!("--data-dir={}", data.display()))
-                .args(["--name=default", &format!("--initial-cluster=default={peer}"), &format!("--initial-advertise-peer-urls={peer}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()?;
-            if !status.success() {
-                return Err(format!("etcdutl snapshot restore {}: {status}", snap.display()).into());
-            }
-        }
-        let child = drctl_testbed::procs::etcd_command("etcd")
-            .args([
-                "--name=default".to_string(),
-                format!("--data-dir={}", data.display()),
-                format!("--listen-client-urls={url}"),
-                format!("--advertise-client-urls={url}"),
-                format!("--listen-peer-urls={peer}"),
-                format!("--initial-advertise-peer-urls={peer}"),
-                format!("--initial-cluster=default={peer}"),
-                "--quota-backend-bytes=8589934592".into(),
-                "--log-level=warn".into(),
-                "--logger=zap".into(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("etcd.log"))?)
-            .spawn()?;
-        let e = EtcdProc { child, dir, url };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(mut c) = e.client().await {
-                if c.status().await.is_ok() {
-                    return Ok(e);
+            let initial = members.iter().map(|m| format!("{}={}", m.name, m.advertised_peer())).collect::<Vec<_>>().join(",");
+            let restores = members
+                .iter()
+                .map(|m| {
+                    drctl_testbed::procs::etcd_command("etcdutl")
+                        .args(["snapshot", "restore"])
+                        .arg(snap)
+                        .arg(format!("--data-dir={}", m.dir.join("data").display()))
+                        .args([format!("--name={}", m.name), format!("--initial-cluster={initial}"), format!("--initial-advertise-peer-urls={}", m.advertised_peer())])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            for mut r in restores {
+                let status = r.wait()?;
+                if !status.success() {
+                    return Err(format!("etcdutl snapshot restore {}: {status}", snap.display()).into());
                 }
             }
-            if Instant::now() > deadline {
-                return Err(format!("etcd at {} did not start", e.url).into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let urls = members.iter().map(|m| m.client_url.clone()).collect();
+        let mut e = EtcdProc { children: Vec::new(), members, urls, _dir: dir };
+        for m in &e.members {
+            e.children.push(m.spawn(Lifetime::WithParent)?);
+        }
+        for (m, c) in e.members.iter().zip(e.children.iter_mut()) {
+            m.wait_ready(c)?;
+        }
+        Ok(e)
     }
 
+    /// How drctl's library reaches it: the member list, with the client certificate if any.
+    pub fn endpoint(&self) -> Res<Endpoint> {
+        let tls = match &self.members[0].tls {
+            Some(t) => Some(TlsFiles { ca: Some(t.ca.clone()), cert: Some(t.cert.clone()), key: Some(t.key.clone()) }.load()?),
+            None => None,
+        };
+        Ok(Endpoint { urls: self.urls.clone(), tls })
+    }
+
+    /// The same, to one member only.
+    pub fn member_endpoint(&self, i: usize) -> Res<Endpoint> {
+        Ok(Endpoint { urls: vec![self.urls[i].clone()], ..self.endpoint()? })
+    }
+
+    /// A client as drctl connects (with several members: a follower in quorum).
     pub async fn client(&self) -> Res<Client> {
-        Ok(Client::connect([self.url.as_str()], None).await?)
+        Ok(drctl::etcd::connect(&self.endpoint()?).await?.client)
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The index of the member that leads, by asking each.
+    pub async fn leader(&self) -> Res<usize> {
+        for i in 0..self.urls.len() {
+            let mut c = drctl::etcd::connect(&self.member_endpoint(i)?).await?.client;
+            let s = c.status().await?;
+            if s.header().is_some_and(|h| h.member_id() == s.leader()) {
+                return Ok(i);
+            }
+        }
+        Err("no member leads".into())
+    }
+
+    /// A client of the leader alone, where every write ends up (the apiservers' too).
+    pub async fn leader_client(&self) -> Res<Client> {
+        Ok(drctl::etcd::connect(&self.member_endpoint(self.leader().await?)?).await?.client)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// CPU seconds every member used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        self.pids().into_iter().map(cpu_secs).sum()
+    }
+
+    /// `--{prefix}cacert`, `--{prefix}cert` and `--{prefix}key` for a member that wants a client
+    /// certificate (none for a plain one): etcdctl's own (`""`), make-mirror's (`"dest-"`),
+    /// drctl's (`"source-"`, `"dest-"`).
+    pub fn tls_flags(&self, prefix: &str) -> Vec<String> {
+        self.members[0]
+            .tls
+            .iter()
+            .flat_map(|t| [format!("--{prefix}cacert={}", t.ca.display()), format!("--{prefix}cert={}", t.cert.display()), format!("--{prefix}key={}", t.key.display())])
+            .collect()
+    }
+
+    /// drctl's flags for this etcd as `side` ("source" or "dest").
+    pub fn drctl_flags(&self, side: &str) -> Vec<String> {
+        let mut flags = vec![format!("--{side}={}", self.urls.join(","))];
+        flags.extend(self.tls_flags(&format!("{side}-")));
+        flags
+    }
+
+    /// "etcd 3.6.16, 3 members (mTLS)" for a report.
+    pub fn describe(&self) -> Res<String> {
+        Ok(match self.urls.len() {
+            1 => format!("etcd {}, one plain-HTTP member per side", etcd_version()?),
+            n => format!("etcd {}, {n} members per side with client certificates, drctl given the member list", etcd_version()?),
+        })
     }
 }
 
 impl Drop for EtcdProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
