@@ -70,9 +70,7 @@ async fn main() -> Res<()> {
     let dst = EtcdProc::start(1).await?;
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
     let tuning = Tuning { anti_entropy_after: None, ..Tuning::default() };
-    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: dst.endpoint()?, filter: filter.clone(), tuning })
-        .run_once()
-        .await?;
+    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: dst.endpoint()?, filter: filter.clone(), tuning }).run_once().await?;
     let dest = etcd::connect(&dst.endpoint()?).await?;
 
     let mut phases = Vec::new();

@@ -288,7 +288,10 @@ async fn main() -> Res<()> {
         writes.per_second,
         ok(lag99 < 100.0)
     );
-    println!("| CPU seconds (drctl / source etcd / destination etcd, every member): `mirror --once`; floor; `check` | {}; {}; {} | | |", once_cpu, floor_cpu, check_cpu);
+    println!(
+        "| CPU seconds (drctl / source etcd / destination etcd, every member): `mirror --once`; floor; `check` | {}; {}; {} | | |",
+        once_cpu, floor_cpu, check_cpu
+    );
     println!(
         "| peak RSS: `mirror --once` / `check` / following `mirror` | {:.0} / {:.0} / {:.0} MiB | | < 100 MiB: {} |",
         mib(once_rss_kib),

@@ -56,7 +56,11 @@ impl EtcdProc {
                         .args(["snapshot", "restore"])
                         .arg(snap)
                         .arg(format!("--data-dir={}", m.dir.join("data").display()))
-                        .args([format!("--name={}", m.name), format!("--initial-cluster={initial}"), format!("--initial-advertise-peer-urls={}", m.advertised_peer())])
+                        .args([
+                            format!("--name={}", m.name),
+                            format!("--initial-cluster={initial}"),
+                            format!("--initial-advertise-peer-urls={}", m.advertised_peer()),
+                        ])
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
@@ -132,7 +136,9 @@ impl EtcdProc {
         self.members[0]
             .tls
             .iter()
-            .flat_map(|t| [format!("--{prefix}cacert={}", t.ca.display()), format!("--{prefix}cert={}", t.cert.display()), format!("--{prefix}key={}", t.key.display())])
+            .flat_map(|t| {
+                [format!("--{prefix}cacert={}", t.ca.display()), format!("--{prefix}cert={}", t.cert.display()), format!("--{prefix}key={}", t.key.display())]
+            })
             .collect()
     }
 
