@@ -247,7 +247,8 @@ async fn main() -> Res<()> {
         replicated.len()
     );
     println!(
-        "| snapshot route: `etcdctl snapshot save` + `snapshot restore` (each of the {members} members at once) + start (all {n} keys) | {snap_secs:.1} s ({:.1} + {:.1}) | | |",
+        "| snapshot route: `etcdctl snapshot save` + `snapshot restore`{} + start (all {n} keys) | {snap_secs:.1} s ({:.1} + {:.1}) | | |",
+        if members > 1 { format!(" (into each of the {members} members at once)") } else { String::new() },
         secs(snap_save),
         secs(snap_restore)
     );
