@@ -41,8 +41,8 @@ struct Phase {
 /// What runs beside the writer in a phase.
 enum Beside {
     Nothing,
-    /// Back-to-back checks reading these members.
-    Check(Vec<String>),
+    /// Back-to-back checks reading through this endpoint.
+    Check(Endpoint),
     /// A thread spinning on one core, reading nothing.
     Burner,
 }
@@ -53,16 +53,13 @@ async fn main() -> Res<()> {
     let rate: u64 = arg("--rate").map_or(Ok(300), |s| s.parse())?;
     let raise: u64 = arg("--raise").map_or(Ok(50_000), |s| s.parse())?;
     let src = EtcdProc::start(3).await?;
-    let endpoint = |urls: Vec<String>| -> Res<Endpoint> { Ok(Endpoint { urls, ..src.endpoint()? }) };
-    let urls = src.urls.clone();
     let leader_index = src.leader().await?;
-    let leader = urls[leader_index].clone();
     let pids = src.pids();
     let leader_pid = pids[leader_index];
     let other_pids: Vec<u32> = pids.iter().enumerate().filter(|(i, _)| *i != leader_index).map(|(_, p)| *p).chain([std::process::id()]).collect();
     let others_cpu = || other_pids.iter().map(|p| bench::cpu_secs(*p)).sum::<f64>();
     let leader_sched = || (bench::cpu_secs(leader_pid), bench::cpu_wait_secs(leader_pid));
-    let to_leader = etcd::connect(&endpoint(vec![leader.clone()])?).await?.client;
+    let to_leader = etcd::connect(&src.member_endpoint(leader_index)?).await?.client;
 
     eprintln!("loading {keys} keys of 1 KiB into a 3-member etcd {} ...", bench::etcd_version()?);
     let ids: Vec<usize> = (0..keys).collect();
@@ -70,18 +67,18 @@ async fn main() -> Res<()> {
     let dst = EtcdProc::start(1).await?;
     let filter = Filter::with_default_namespaces(&ExcludeSpec::default());
     let tuning = Tuning { anti_entropy_after: None, ..Tuning::default() };
-    Mirror::new(MirrorConfig { source: endpoint(urls.clone())?, dest: dst.endpoint()?, filter: filter.clone(), tuning }).run_once().await?;
+    Mirror::new(MirrorConfig { source: src.endpoint()?, dest: dst.endpoint()?, filter: filter.clone(), tuning }).run_once().await?;
     let dest = etcd::connect(&dst.endpoint()?).await?;
 
     let mut phases = Vec::new();
     for (name, beside) in [
         ("alone", Beside::Nothing),
-        ("check reading the leader", Beside::Check(vec![leader.clone()])),
-        ("check reading the followers", Beside::Check(urls.clone())),
+        ("check reading the leader", Beside::Check(src.member_endpoint(leader_index)?)),
+        ("check reading the followers", Beside::Check(src.endpoint()?)),
         ("a thread burning one core", Beside::Burner),
     ] {
         let source = match &beside {
-            Beside::Check(u) => Some(etcd::connect(&endpoint(u.clone())?).await?),
+            Beside::Check(e) => Some(etcd::connect(e).await?),
             _ => None,
         };
         let (leader_before, others_before) = (leader_sched(), others_cpu());
@@ -149,7 +146,7 @@ async fn main() -> Res<()> {
         );
     }
     // StopSync's raise, through the member list as the controller connects: 64 puts in flight.
-    let mut all = etcd::connect(&endpoint(urls.clone())?).await?;
+    let mut all = etcd::connect(&src.endpoint()?).await?;
     let (_, head) = etcd::head(&mut all.kv).await?;
     let t = Instant::now();
     let to = etcd::raise_revision(&all.kv, head, raise, 64).await?;

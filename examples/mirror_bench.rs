@@ -13,7 +13,7 @@ mod bench;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::{batched_put, count, measure_lag, percentile, run_measured, EtcdProc, Load, Res};
+use bench::{batched_put, count, measure_lag, percentile, run_measured, EtcdProc, KillOnDrop, Load, Res};
 use drctl::keyspace::Filter;
 use drctl::topology::ExcludeSpec;
 
@@ -58,16 +58,19 @@ async fn main() -> Res<()> {
         let d = EtcdProc::start(members).await?;
         let mut c = d.client().await?;
         let started = Instant::now();
-        let mut child = drctl_testbed::procs::etcd_command("etcdctl")
+        // make-mirror takes one destination member: the one drctl pins, a follower.
+        let to = &d.urls[d.follower().await?];
+        let child = drctl_testbed::procs::etcd_command("etcdctl")
             .arg(format!("--endpoints={}", src.urls.join(",")))
             .args(src.tls_flags(""))
             .args(["make-mirror", "--prefix", "/registry/"])
             .args(d.tls_flags("dest-"))
-            .arg(&d.urls[0])
+            .arg(to)
             .env("ETCDCTL_API", "3")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
+            .spawn()
+            .map(KillOnDrop)?;
         let mut copied = 0;
         while started.elapsed() < mm_budget {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -77,8 +80,7 @@ async fn main() -> Res<()> {
             }
         }
         let secs = started.elapsed().as_secs_f64();
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(child);
         (copied as f64 / secs, copied, secs, copied as usize >= all.len())
     };
     eprintln!("make-mirror {mm_rate:.0} keys/s ({mm_keys} keys in {mm_secs:.1}s)");
@@ -94,12 +96,11 @@ async fn main() -> Res<()> {
     eprintln!("drctl --once: {}", once_out.trim());
 
     // 4. Steady-state lag at LAG_RATE writes/s: source commit → visible in the destination.
-    let mut follower = Command::new(&drctl).arg("mirror").args(&both).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let follower = Command::new(&drctl).arg("mirror").args(&both).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map(KillOnDrop)?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, lags) = measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Rate(LAG_RATE), LAG_SECONDS as f64, VALUE_BYTES).await?;
     let write_secs = LAG_SECONDS as f64;
-    let _ = follower.kill();
-    let _ = follower.wait();
+    drop(follower);
     let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
     eprintln!("lag p50 {p50:.1} ms, p99 {p99:.1} ms over {} writes", lags.len());
 

@@ -16,7 +16,7 @@ mod bench;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bench::{batched_put, count, measure_lag, peak_rss_kib, percentile, run_measured, write_load, EtcdProc, Load, Res};
+use bench::{batched_put, count, measure_lag, peak_rss_kib, percentile, run_measured, write_load, EtcdProc, KillOnDrop, Load, Res};
 use drctl::keyspace::Filter;
 use drctl::topology::ExcludeSpec;
 use etcd_client::{Client, GetOptions};
@@ -26,12 +26,14 @@ const WRITE_SECONDS: f64 = 10.0;
 /// Keys per range request of the floor: the check's own page (8 MiB) at this value size.
 const FLOOR_PAGE_BYTES: usize = 8 << 20;
 
-/// Reads every key under `/registry/` with its value, in pages of `limit`, at `revision` (0 =
-/// now), one resource range at a time (a range over the whole keyspace would make etcd 3.4 walk
-/// its index to the end of it on every page), keeping nothing: what any full comparison must at
-/// least fetch from this side.
-async fn read_all(c: &Client, revision: i64, limit: i64) -> Res<u64> {
+/// Reads every key under `/registry/` with its value, in pages of `limit`, at the head revision
+/// and serializably from the member `c` reaches (as the check reads its pinned revision), one
+/// resource range at a time (a range over the whole keyspace would make etcd 3.4 walk its index
+/// to the end of it on every page), keeping nothing: what any full comparison must at least
+/// fetch from this side.
+async fn read_all(c: &Client, limit: i64) -> Res<u64> {
     let mut kv = c.kv_client().max_decoding_message_size(256 << 20);
+    let revision = drctl::etcd::head(&mut kv).await?.1;
     let everything = Filter::with_default_namespaces(&ExcludeSpec::default());
     let found = drctl::copy_order::discover(&mut kv, revision).await?;
     let (start, end) = (b"/registry/".to_vec(), drctl::keyspace::prefix_end(b"/registry/"));
@@ -39,7 +41,7 @@ async fn read_all(c: &Client, revision: i64, limit: i64) -> Res<u64> {
     for range in drctl::copy_order::read_ranges(&start, &end, &found, &everything) {
         let mut from = range.start;
         loop {
-            let opts = GetOptions::new().with_range(range.end.clone()).with_revision(revision).with_limit(limit);
+            let opts = GetOptions::new().with_range(range.end.clone()).with_revision(revision).with_limit(limit).with_serializable();
             let resp = kv.get(from.clone(), Some(opts)).await?;
             n += resp.kvs().len() as u64;
             match resp.kvs().last() {
@@ -161,7 +163,7 @@ async fn main() -> Res<()> {
     let src_reader = src.client().await?;
     let limit = (FLOOR_PAGE_BYTES / value_bytes).clamp(16, 10_000) as i64;
     let (started, before) = (Instant::now(), etcd_cpu());
-    let (src_read, dst_read) = tokio::try_join!(read_all(&src_reader, 0, limit), read_all(&dc, 0, limit))?;
+    let (src_read, dst_read) = tokio::try_join!(read_all(&src_reader, limit), read_all(&dc, limit))?;
     let floor = started.elapsed();
     let floor_cpu = Cpu::since(before, etcd_cpu(), f64::NAN);
     eprintln!("range-read floor: {src_read} + {dst_read} keys in {:.1} s", secs(floor));
@@ -202,7 +204,7 @@ async fn main() -> Res<()> {
 
     // 7. The lag at the highest write rate the source sustains (a closed loop of `writers`),
     //    with the following mirror's peak RSS (it resumes from the checkpoint: no copy).
-    let mut follower = Command::new(&drctl).arg("mirror").args(&both).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let follower = Command::new(&drctl).arg("mirror").args(&both).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map(KillOnDrop)?;
     // Steady state: the follower has applied everything written so far (the writers above put
     // tens of thousands of excluded keys it replays from the watch first) and raised the
     // destination to the source's numbering (the revision floor): that catch-up is reported on
@@ -220,8 +222,7 @@ async fn main() -> Res<()> {
     eprintln!("the follower caught up and closed a revision gap of {floor_gap} in {:.1} s", secs(floor_closed));
     let (writes, lags) = measure_lag(&s, &dc, "/registry/configmaps/bench-lag/", Load::Writers(writers), WRITE_SECONDS, value_bytes).await?;
     let follower_rss_kib = peak_rss_kib(follower.id());
-    let _ = follower.kill();
-    let _ = follower.wait();
+    drop(follower);
     let (p50, lag99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
     eprintln!("lag at {:.0} writes/s: p50 {p50:.1} ms, p99 {lag99:.1} ms", writes.per_second);
 

@@ -48,29 +48,15 @@ impl EtcdProc {
             n => EtcdServer::cluster_tls(dir.path(), n)?,
         };
         if let Some(snap) = snapshot {
-            let initial = members.iter().map(|m| format!("{}={}", m.name, m.advertised_peer())).collect::<Vec<_>>().join(",");
-            let restores = members
-                .iter()
-                .map(|m| {
-                    drctl_testbed::procs::etcd_command("etcdutl")
-                        .args(["snapshot", "restore"])
-                        .arg(snap)
-                        .arg(format!("--data-dir={}", m.dir.join("data").display()))
-                        .args([
-                            format!("--name={}", m.name),
-                            format!("--initial-cluster={initial}"),
-                            format!("--initial-advertise-peer-urls={}", m.advertised_peer()),
-                        ])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .spawn()
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            for mut r in restores {
-                let status = r.wait()?;
-                if !status.success() {
-                    return Err(format!("etcdutl snapshot restore {}: {status}", snap.display()).into());
-                }
+            let log = |m: &EtcdServer| m.dir.join("restore.log");
+            let mut restores = Vec::new();
+            for m in &members {
+                restores.push(KillOnDrop(m.restore_command(snap).stdout(Stdio::null()).stderr(std::fs::File::create(log(m))?).spawn()?));
+            }
+            // Every restore ends before any is judged: none writes into a directory being removed.
+            let statuses = restores.iter_mut().map(|r| r.0.wait()).collect::<Result<Vec<_>, _>>()?;
+            if let Some((m, status)) = members.iter().zip(statuses).find(|(_, s)| !s.success()) {
+                return Err(format!("etcdutl snapshot restore {} into {}: {status}: {}", snap.display(), m.name, drctl_testbed::procs::tail(&log(m))).into());
             }
         }
         let urls = members.iter().map(|m| m.client_url.clone()).collect();
@@ -115,6 +101,13 @@ impl EtcdProc {
         Err("no member leads".into())
     }
 
+    /// The index of a member that does not lead (the only one, with one member): where drctl
+    /// reads and writes when given the member list.
+    pub async fn follower(&self) -> Res<usize> {
+        let leader = self.leader().await?;
+        Ok((0..self.urls.len()).find(|i| *i != leader).unwrap_or(leader))
+    }
+
     /// A client of the leader alone, where every write ends up (the apiservers' too).
     pub async fn leader_client(&self) -> Res<Client> {
         Ok(drctl::etcd::connect(&self.member_endpoint(self.leader().await?)?).await?.client)
@@ -129,17 +122,10 @@ impl EtcdProc {
         self.pids().into_iter().map(cpu_secs).sum()
     }
 
-    /// `--{prefix}cacert`, `--{prefix}cert` and `--{prefix}key` for a member that wants a client
-    /// certificate (none for a plain one): etcdctl's own (`""`), make-mirror's (`"dest-"`),
-    /// drctl's (`"source-"`, `"dest-"`).
+    /// The client TLS flags with `prefix` ([`drctl_testbed::procs::EtcdTls::cli_args`]); none
+    /// for a plain member.
     pub fn tls_flags(&self, prefix: &str) -> Vec<String> {
-        self.members[0]
-            .tls
-            .iter()
-            .flat_map(|t| {
-                [format!("--{prefix}cacert={}", t.ca.display()), format!("--{prefix}cert={}", t.cert.display()), format!("--{prefix}key={}", t.key.display())]
-            })
-            .collect()
+        self.members[0].tls.iter().flat_map(|t| t.cli_args(prefix)).collect()
     }
 
     /// drctl's flags for this etcd as `side` ("source" or "dest").
@@ -155,6 +141,22 @@ impl EtcdProc {
             1 => format!("etcd {}, one plain-HTTP member per side", etcd_version()?),
             n => format!("etcd {}, {n} members per side with client certificates, drctl given the member list", etcd_version()?),
         })
+    }
+}
+
+/// A child process killed when this goes out of scope, also on an error path.
+pub struct KillOnDrop(pub Child);
+
+impl KillOnDrop {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

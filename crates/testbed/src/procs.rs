@@ -303,12 +303,30 @@ impl EtcdServer {
         self.dir.join("etcd.log")
     }
 
-    pub fn command(&self) -> Command {
-        let mut cmd = etcd_command("etcd");
-        let initial_cluster = match self.initial_cluster.as_str() {
+    /// `--initial-cluster`: the cluster's members, or this member alone.
+    fn initial_cluster(&self) -> String {
+        match self.initial_cluster.as_str() {
             "" => format!("{}={}", self.name, self.advertised_peer()),
             all => all.to_string(),
-        };
+        }
+    }
+
+    /// `etcdutl snapshot restore` of `snapshot` into this member's data dir (which must not
+    /// exist), with its name, peer URL and the cluster's `--initial-cluster`, so every member
+    /// restored from one snapshot joins the same new cluster: etcd's disaster-recovery step.
+    pub fn restore_command(&self, snapshot: &Path) -> Command {
+        let mut cmd = etcd_command("etcdutl");
+        cmd.args(["snapshot", "restore"]).arg(snapshot).arg(format!("--data-dir={}", self.dir.join("data").display())).args([
+            format!("--name={}", self.name),
+            format!("--initial-cluster={}", self.initial_cluster()),
+            format!("--initial-advertise-peer-urls={}", self.advertised_peer()),
+        ]);
+        cmd
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = etcd_command("etcd");
+        let initial_cluster = self.initial_cluster();
         cmd.args([
             &format!("--name={}", self.name),
             &format!("--data-dir={}", self.dir.join("data").display()),
@@ -418,6 +436,17 @@ fn write_etcd_pki(dir: &Path) -> Result<EtcdTls, ProcError> {
 }
 
 impl EtcdTls {
+    /// A client's TLS flags as etcdctl and drctl spell them: `--<prefix>cacert`, `--<prefix>cert`,
+    /// `--<prefix>key` (etcdctl's own with `""`, make-mirror's with `"dest-"`, drctl's with
+    /// `"source-"` or `"dest-"`).
+    pub fn cli_args(&self, prefix: &str) -> Vec<String> {
+        vec![
+            format!("--{prefix}cacert={}", self.ca.display()),
+            format!("--{prefix}cert={}", self.cert.display()),
+            format!("--{prefix}key={}", self.key.display()),
+        ]
+    }
+
     /// A new CA named `<prefix>-ca`, a serving certificate for 127.0.0.1 and a client
     /// certificate from it, as PEM files `<prefix>-ca.crt`, `<prefix>-client.{crt,key}` and
     /// `<prefix>-server.{crt,key}` in `dir` (a test rotating an etcd's CA issues a second set).

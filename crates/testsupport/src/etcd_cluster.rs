@@ -149,7 +149,7 @@ impl EtcdCluster {
 
     /// `--<prefix>cacert/--<prefix>cert/--<prefix>key` for drctl's CLI.
     pub fn tls_args(&self, prefix: &str) -> Vec<String> {
-        super::cli_tls_args(&self.tls, prefix)
+        self.tls.cli_args(prefix)
     }
 
     /// The PEM files drctl's Endpoint carries.
@@ -204,14 +204,7 @@ impl EtcdCluster {
         for m in &self.members {
             let data = m.dir.join("data");
             std::fs::remove_dir_all(&data).expect("remove the data dir");
-            let out = drctl_testbed::procs::etcd_command("etcdutl")
-                .args(["snapshot", "restore"])
-                .arg(snapshot)
-                .args(["--name", &m.name, "--initial-cluster", &m.initial_cluster, "--initial-advertise-peer-urls", m.advertised_peer()])
-                .arg("--data-dir")
-                .arg(&data)
-                .output()
-                .expect("run etcdutl");
+            let out = m.restore_command(snapshot).output().expect("run etcdutl");
             assert!(out.status.success(), "etcdutl snapshot restore {}: {}", m.name, String::from_utf8_lossy(&out.stderr));
         }
         self.restart_all();

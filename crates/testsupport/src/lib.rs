@@ -111,7 +111,7 @@ impl Etcd {
 
     /// `--<prefix>cacert/--<prefix>cert/--<prefix>key` for drctl's CLI.
     pub fn tls_args(&self, prefix: &str) -> Vec<String> {
-        cli_tls_args(&self.tls, prefix)
+        self.tls.cli_args(prefix)
     }
 
     /// How drctl's CLI is pointed at this etcd: `--<flag> <load balancer>` and the TLS flags
@@ -159,11 +159,6 @@ pub fn etcd_command(server: &procs::EtcdServer) -> std::process::Command {
     let mut cmd = server.command();
     cmd.arg("--unsafe-no-fsync");
     cmd
-}
-
-/// drctl's etcd TLS flags: `--<prefix>cacert`, `--<prefix>cert`, `--<prefix>key`.
-fn cli_tls_args(t: &EtcdTls, prefix: &str) -> Vec<String> {
-    vec![format!("--{prefix}cacert={}", t.ca.display()), format!("--{prefix}cert={}", t.cert.display()), format!("--{prefix}key={}", t.key.display())]
 }
 
 /// A kube-apiserver built from the `k8s.io/kubernetes` Go module, on an etcd of its own.
