@@ -29,7 +29,11 @@ pub struct EtcdProc {
 
 /// `--members N` of the command line: 3 unless given.
 pub fn members() -> Res<usize> {
-    Ok(arg("--members").map(|s| s.parse()).transpose()?.unwrap_or(3))
+    match arg("--members").map(|s| (s.parse::<usize>(), s)) {
+        None => Ok(3),
+        Some((Ok(n), _)) if n > 0 => Ok(n),
+        Some((_, s)) => Err(format!("--members {s:?}: give the number of etcd members per side, 1 or more (3 by default)").into()),
+    }
 }
 
 impl EtcdProc {
@@ -43,7 +47,7 @@ impl EtcdProc {
     pub async fn start_from(n: usize, snapshot: Option<&Path>) -> Res<EtcdProc> {
         let dir = tempfile::tempdir()?;
         let members = match n {
-            0 => return Err("--members must be at least 1".into()),
+            0 => return Err("an etcd needs at least one member".into()),
             1 => vec![EtcdServer::on_free_ports(dir.path())?],
             n => EtcdServer::cluster_tls(dir.path(), n)?,
         };
@@ -426,10 +430,14 @@ pub fn etcd_version() -> Res<String> {
         .to_string())
 }
 
-/// `--name VALUE` of the command line.
+/// `--name VALUE` or `--name=VALUE` of the command line.
 pub fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix(name) {
+        Some("") => args.get(i + 1).cloned(),
+        Some(v) => v.strip_prefix('=').map(String::from),
+        None => None,
+    })
 }
 
 /// The drctl binary the benchmark runs (`--drctl PATH`).
