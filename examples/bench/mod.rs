@@ -20,7 +20,8 @@ pub type Res<T> = Result<T, Box<dyn std::error::Error>>;
 /// runs it. drctl gets the member list, as the controller does; the test bed's load balancer is
 /// left out, since a proxy in this process would be measured with drctl.
 pub struct EtcdProc {
-    children: Vec<Child>,
+    /// Killed before `_dir` is removed (fields drop in order).
+    children: Vec<KillOnDrop>,
     members: Vec<EtcdServer>,
     /// Member client URLs.
     pub urls: Vec<String>,
@@ -66,10 +67,10 @@ impl EtcdProc {
         let urls = members.iter().map(|m| m.client_url.clone()).collect();
         let mut e = EtcdProc { children: Vec::new(), members, urls, _dir: dir };
         for m in &e.members {
-            e.children.push(m.spawn(Lifetime::WithParent)?);
+            e.children.push(KillOnDrop(m.spawn(Lifetime::WithParent)?));
         }
         for (m, c) in e.members.iter().zip(e.children.iter_mut()) {
-            m.wait_ready(c)?;
+            m.wait_ready(&mut c.0)?;
         }
         Ok(e)
     }
@@ -118,7 +119,7 @@ impl EtcdProc {
     }
 
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
+        self.children.iter().map(KillOnDrop::id).collect()
     }
 
     /// CPU seconds every member used so far.
@@ -161,15 +162,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-impl Drop for EtcdProc {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
