@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drctl::etcd::{Endpoint, TlsFiles};
+use drctl::etcd::Endpoint;
 use drctl_testbed::procs::{EtcdServer, Lifetime};
 use etcd_client::{Client, GetOptions, Txn, TxnOp, WatchOptions};
 use futures::stream::{self, StreamExt};
@@ -78,7 +78,7 @@ impl EtcdProc {
     /// How drctl's library reaches it: the member list, with the client certificate if any.
     pub fn endpoint(&self) -> Res<Endpoint> {
         let tls = match &self.members[0].tls {
-            Some(t) => Some(TlsFiles { ca: Some(t.ca.clone()), cert: Some(t.cert.clone()), key: Some(t.key.clone()) }.load()?),
+            Some(t) => Some(drctl_testsupport::tls_files(t).load()?),
             None => None,
         };
         Ok(Endpoint { urls: self.urls.clone(), tls })

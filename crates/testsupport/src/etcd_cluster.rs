@@ -154,8 +154,7 @@ impl EtcdCluster {
 
     /// The PEM files drctl's Endpoint carries.
     pub fn endpoint(&self, urls: Vec<String>) -> drctl::etcd::Endpoint {
-        let files = drctl::etcd::TlsFiles { ca: Some(self.tls.ca.clone()), cert: Some(self.tls.cert.clone()), key: Some(self.tls.key.clone()) };
-        drctl::etcd::Endpoint { urls, tls: Some(files.load().expect("read the etcd PEM files")) }
+        drctl::etcd::Endpoint { urls, tls: Some(super::tls_files(&self.tls).load().expect("read the etcd PEM files")) }
     }
 
     /// A client over every member (tests write through it).

@@ -161,6 +161,11 @@ pub fn etcd_command(server: &procs::EtcdServer) -> std::process::Command {
     cmd
 }
 
+/// The PEM files of a test bed etcd's client identity, as drctl's [`drctl::etcd::Endpoint`] loads them.
+pub fn tls_files(t: &EtcdTls) -> drctl::etcd::TlsFiles {
+    drctl::etcd::TlsFiles { ca: Some(t.ca.clone()), cert: Some(t.cert.clone()), key: Some(t.key.clone()) }
+}
+
 /// A kube-apiserver built from the `k8s.io/kubernetes` Go module, on an etcd of its own.
 pub struct ApiServer {
     child: Option<Child>,
